@@ -1,0 +1,408 @@
+"""Grad-CAM-family class activation maps for several layers from one pass.
+
+``compute_cams(model, x, layers, method=..., class_idx=...)`` runs one forward pass with temporary forward hooks on
+the requested layers and, for gradient methods, one ``torch.autograd.grad`` call with respect to those layers'
+outputs. Parameters' ``.grad`` are never touched, ``backward()`` is never called, hooks are removed in ``finally``,
+module ``training`` flags are restored, and a per-model lock keeps concurrent sessions apart (see ``camlib.guard``).
+
+Numerics follow pytorch-grad-cam 1.5.7 exactly (``docs/cam-reference.md`` in the shared docs): for each layer the
+map is ``minmax(resize(minmax(relu(raw))))`` with ``minmax(m) = (m - min) / (1e-7 + max(m - min))`` per image and
+bilinear resizing with ``align_corners=False``. Unlike pytorch-grad-cam, each layer keeps its own map (no averaging).
+
+As in pytorch-grad-cam, the activation values are those of the layer's output tensor at the end of the forward pass
+(so later in-place ops such as ``ReLU(inplace=True)`` or a residual ``+=`` are seen), while the gradient is taken with
+respect to the layer's output as it left the layer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camlib.errors import ClassIndexError, GradientUnavailableError, LayerError, MethodError, NonFiniteError
+from camlib.guard import model_guard
+
+NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
+DEGENERATE_RATIO = 1e-6  # a ReLU'd map whose max-min is below this share of max|raw| carries no usable evidence
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A CAM method: its display label, the paper it comes from, and whether it needs gradients."""
+
+    name: str
+    label: str
+    paper: str
+    uses_gradients: bool
+    cost: str
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("gradcam", "Grad-CAM", "Selvaraju et al., ICCV 2017, arXiv:1610.02391", True, "1 forward + 1 backward"),
+        MethodSpec("gradcam++", "Grad-CAM++", "Chattopadhyay et al., WACV 2018, arXiv:1710.11063", True,
+                   "1 forward + 1 backward"),
+        MethodSpec("xgradcam", "XGrad-CAM", "Fu et al., BMVC 2020, arXiv:2008.02312", True, "1 forward + 1 backward"),
+        MethodSpec("hirescam", "HiResCAM", "Draelos & Carin, 2020, arXiv:2011.08891", True, "1 forward + 1 backward"),
+        MethodSpec("layercam", "LayerCAM", "Jiang et al., IEEE TIP 2021", True, "1 forward + 1 backward"),
+        MethodSpec("eigencam", "Eigen-CAM", "Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299", False,
+                   "1 forward + an SVD per image"),
+        MethodSpec("scorecam", "Score-CAM", "Wang et al., CVPR-W 2020, arXiv:1910.01279", False,
+                   "1 forward + one forward per channel (slow)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """The maps of one ``compute_cams`` call.
+
+    Attributes:
+        method: the method name (a key of ``METHODS``).
+        layers: the layer names, in the order requested.
+        class_idx: the explained class of each image.
+        logits: ``(B, num_classes)`` float32 raw model outputs.
+        maps: per layer, ``(B, H, W)`` float32 in [0, 1] at the input's size.
+        raw: per layer, ``(B, h, w)`` float32 signed map before ReLU and normalisation, at feature resolution.
+        degenerate: per layer, ``(B,)`` bool; True where the map carries no positive evidence (then it is all zeros).
+        elapsed_s: wall time of the call.
+    """
+
+    method: str
+    layers: tuple[str, ...]
+    class_idx: list[int]
+    logits: np.ndarray
+    maps: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    degenerate: dict[str, np.ndarray]
+    elapsed_s: float = field(default=0.0, compare=False)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Softmax of the logits, ``(B, num_classes)`` float32."""
+        return torch.softmax(torch.from_numpy(self.logits), dim=-1).numpy()
+
+
+def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's per-image normalisation of ``(B, h, w)`` maps: ``(m - min) / (1e-7 + max(m - min))``."""
+    shifted = maps - maps.flatten(1).min(dim=1).values[:, None, None]
+    return shifted / (NORM_EPS + shifted.flatten(1).max(dim=1).values[:, None, None])
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``(B, h, w)`` maps to ``size`` with ``align_corners=False`` (cv2.INTER_LINEAR's grid)."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+# --- per-method raw maps -------------------------------------------------------------------------------------------
+# Each takes the layer's activations A and gradients g, both (B, C, h, w), and returns the signed raw map (B, h, w).
+
+def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    return (weights[:, :, None, None] * acts).sum(dim=1)
+
+
+def _gradcam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    return _weighted_sum(grads.mean(dim=(2, 3)), acts)
+
+
+def _gradcam_plus_plus(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    grads_2 = grads**2
+    grads_3 = grads_2 * grads
+    sum_acts = acts.sum(dim=(2, 3), keepdim=True)
+    alpha = grads_2 / (2 * grads_2 + sum_acts * grads_3 + 1e-6)
+    alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+    return _weighted_sum((torch.relu(grads) * alpha).sum(dim=(2, 3)), acts)
+
+
+def _xgradcam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    sum_acts = acts.sum(dim=(2, 3), keepdim=True)
+    return _weighted_sum((grads * acts / (sum_acts + 1e-7)).sum(dim=(2, 3)), acts)
+
+
+def _hirescam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    return (grads * acts).sum(dim=1)
+
+
+def _layercam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    return (torch.relu(grads) * acts).sum(dim=1)
+
+
+_GRADIENT_MAPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "gradcam": _gradcam,
+    "gradcam++": _gradcam_plus_plus,
+    "xgradcam": _xgradcam,
+    "hirescam": _hirescam,
+    "layercam": _layercam,
+}
+
+
+def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
+    """First principal component of each image's activations, ``(B, C, h, w) -> (B, h, w)``.
+
+    The activations are centred per channel (as pytorch-grad-cam does) and projected on the first right singular
+    vector. An SVD's sign is arbitrary; we fix it so the projection correlates positively with the channel-mean
+    activation, so strongly activated regions come out positive. pytorch-grad-cam leaves the sign as LAPACK returns it.
+    """
+    acts = torch.nan_to_num(acts.double(), nan=0.0)
+    out = []
+    for image_acts in acts:
+        flat = image_acts.flatten(1).T  # (h*w, C)
+        centred = flat - flat.mean(dim=0)
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        projection = centred @ vh[0]
+        mean_act = flat.mean(dim=1)
+        if torch.dot(projection - projection.mean(), mean_act - mean_act.mean()) < 0:
+            projection = -projection
+        out.append(projection.reshape(image_acts.shape[1:]))
+    return torch.stack(out).float()
+
+
+def _scorecam(
+    model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: list[int], batch_size: int
+) -> torch.Tensor:
+    """Score-CAM channel weights and map, numerically as pytorch-grad-cam (align_corners=True masks, 1e-8, softmax)."""
+    size = x.shape[-2:]
+    raws = []
+    for b, target in enumerate(targets):
+        scores = []
+        for start in range(0, acts.shape[1], batch_size):
+            chunk = acts[b : b + 1, start : start + batch_size]
+            up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=True)[0]  # (c, H, W)
+            flat = up.flatten(1)
+            mins = flat.min(dim=1).values[:, None, None]
+            maxs = flat.max(dim=1).values[:, None, None]
+            masks = (up - mins) / (maxs - mins + 1e-8)
+            scores.append(model(x[b][None] * masks[:, None])[:, target])
+        weights = torch.softmax(torch.cat(scores), dim=-1)
+        raws.append((weights[:, None, None] * acts[b]).sum(dim=0))
+    return torch.stack(raws)
+
+
+# --- validation ----------------------------------------------------------------------------------------------------
+
+def _resolve_method(method: str) -> MethodSpec:
+    spec = METHODS.get(method) if isinstance(method, str) else None
+    if spec is None:
+        raise MethodError(f"unknown CAM method {method!r}; choose one of: {', '.join(METHODS)}")
+    return spec
+
+
+def _resolve_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    names = list(dict.fromkeys(layers))
+    if not names:
+        raise LayerError("no target layer given; pick at least one layer")
+    modules = dict(model.named_modules())
+    for name in names:
+        if not isinstance(name, str) or not name or name not in modules:
+            close = [n for n in modules if n and isinstance(name, str) and name.split(".")[-1] in n][:5]
+            hint = f" Similar names: {', '.join(close)}." if close else ""
+            raise LayerError(f"layer {name!r} is not a module of this model.{hint}")
+    return names
+
+
+def _resolve_classes(class_idx: int | Sequence[int] | None, logits: torch.Tensor) -> list[int]:
+    batch, num_classes = logits.shape
+    if class_idx is None:
+        return [int(k) for k in logits.argmax(dim=1).tolist()]
+    requested = [class_idx] * batch if isinstance(class_idx, (int, np.integer)) else list(class_idx)
+    if len(requested) != batch:
+        raise ClassIndexError(f"got {len(requested)} class indices for a batch of {batch} images")
+    out = []
+    for k in requested:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ClassIndexError(f"class index must be an integer, got {k!r}")
+        if not 0 <= int(k) < num_classes:
+            raise ClassIndexError(f"class index {int(k)} is out of range: this model has classes 0..{num_classes - 1}")
+        out.append(int(k))
+    return out
+
+
+def _validate_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a float tensor (B, C, H, W); got {shape}")
+
+
+class _Capture:
+    """Forward hooks that keep each layer's output (for gradients) and a copy that flows on (for values)."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.values: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+
+    def hook(self, name: str) -> Callable[[nn.Module, object, object], torch.Tensor | None]:
+        def save(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.calls[name] > 1:
+                return None
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise LayerError(
+                    f"layer {name!r} outputs {shape}; a CAM needs a 4-D (B, C, H, W) feature map. "
+                    "Pick a convolutional layer (the layer list shows only those)."
+                )
+            self.outputs[name] = output
+            # Later in-place ops (ReLU(inplace=True), residual +=) act on this copy, so `output` stays the tensor the
+            # layer produced (its gradient is what we want) while the copy ends with the values the network used.
+            flowing = output.clone()
+            self.values[name] = flowing
+            return flowing
+
+        return save
+
+
+def _check_finite(what: str, tensor: torch.Tensor) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        raise NonFiniteError(f"the model produced non-finite values (NaN or Inf) in {what}; the CAM cannot be drawn")
+
+
+def _finish(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU, normalise, resize, normalise again; degenerate images become exact zeros."""
+    positive = torch.relu(raw)
+    span = positive.flatten(1).max(dim=1).values - positive.flatten(1).min(dim=1).values
+    # Relative test: random-init or badly scaled models can have legitimately tiny maps (1e-11) that still carry a
+    # pattern; all-negative and constant maps have span 0 (up to rounding).
+    degenerate = span <= DEGENERATE_RATIO * raw.abs().flatten(1).max(dim=1).values
+    degenerate |= span == 0
+    maps = minmax_normalize(upsample_maps(minmax_normalize(positive), size))
+    maps[degenerate] = 0.0
+    return maps, degenerate
+
+
+def compute_cams(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    *,
+    method: str = "gradcam",
+    class_idx: int | Sequence[int] | None = None,
+    scorecam_batch_size: int = 32,
+) -> CamResult:
+    """Compute one CAM per requested layer from a single forward (and, for gradient methods, a single backward).
+
+    Args:
+        model: a classifier returning ``(B, num_classes)`` logits. It may be shared: it is locked while hooked, its
+            modules' ``training`` flags are restored, and its parameters' ``.grad`` and ``requires_grad`` untouched.
+        x: float tensor ``(B, 3, H, W)``, already preprocessed for the model.
+        layers: dotted module names (from ``model.named_modules()``), each with a 4-D output used once per forward.
+        method: a key of ``METHODS``.
+        class_idx: the class to explain: ``None`` for each image's argmax, one int for all, or one per image.
+        scorecam_batch_size: masked images per forward for Score-CAM (does not change the numbers).
+
+    Returns:
+        A ``CamResult``.
+
+    Raises:
+        MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError (all ``ValueError``).
+    """
+    started = time.perf_counter()
+    spec = _resolve_method(method)
+    names = _resolve_layers(model, layers)
+    _validate_input(x)
+    modules = dict(model.named_modules())
+    device = next((p.device for p in model.parameters()), x.device)
+    capture = _Capture()
+
+    with model_guard(model):
+        handles = [modules[name].register_forward_hook(capture.hook(name)) for name in names]
+        try:
+            # inference_mode(False) + enable_grad: works when the caller is inside no_grad or inference_mode.
+            with torch.inference_mode(False), torch.set_grad_enabled(spec.uses_gradients):
+                xin = x.detach().to(device).clone()
+                if spec.uses_gradients:
+                    # Gradients flow from the input, so this also works when every parameter is frozen.
+                    xin.requires_grad_(True)
+                logits = model(xin)
+        except RuntimeError as error:
+            if "inference" in str(error).lower():
+                raise GradientUnavailableError(
+                    "CAM needs gradients, and this model's tensors were created in inference_mode; "
+                    "load the model outside torch.inference_mode()"
+                ) from error
+            raise
+        finally:
+            for handle in handles:
+                handle.remove()
+
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise LayerError("the model must return (B, num_classes) logits for a CAM")
+        _check_finite("the logits", logits)
+        targets = _resolve_classes(class_idx, logits)
+        for name in names:
+            if name not in capture.outputs:
+                raise LayerError(f"layer {name!r} was not run in the forward pass, so it has no map")
+            if capture.calls[name] > 1:
+                raise LayerError(
+                    f"layer {name!r} runs {capture.calls[name]} times per forward pass (a shared module); "
+                    "pick a layer that runs once"
+                )
+
+        values = {name: capture.values[name].detach() for name in names}
+        raws: dict[str, torch.Tensor] = {}
+        if spec.uses_gradients:
+            score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
+            grads = torch.autograd.grad(score, [capture.outputs[n] for n in names], allow_unused=True)
+            for name, grad in zip(names, grads):
+                if grad is None:
+                    raise LayerError(f"layer {name!r} was not used to compute the selected class")
+                _check_finite(f"the gradients of layer {name!r}", grad)
+                _check_finite(f"the activations of layer {name!r}", values[name])
+                raws[name] = _GRADIENT_MAPS[spec.name](values[name], grad)
+        elif spec.name == "eigencam":
+            for name in names:
+                _check_finite(f"the activations of layer {name!r}", values[name])
+                raws[name] = eigen_projection(values[name])
+        else:  # scorecam: masked forwards need the model in eval mode, so they stay inside the guard
+            with torch.inference_mode(False), torch.no_grad():
+                for name in names:
+                    _check_finite(f"the activations of layer {name!r}", values[name])
+                    raws[name] = _scorecam(model, xin.detach(), values[name], targets, scorecam_batch_size)
+
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    maps, raw_np, degenerate = {}, {}, {}
+    with torch.no_grad():
+        for name in names:
+            raw = raws[name].detach().float()
+            layer_maps, layer_degenerate = _finish(raw, size)
+            maps[name] = layer_maps.cpu().numpy().astype(np.float32)
+            raw_np[name] = raw.cpu().numpy().astype(np.float32)
+            degenerate[name] = layer_degenerate.cpu().numpy()
+    return CamResult(
+        method=spec.name,
+        layers=tuple(names),
+        class_idx=targets,
+        logits=logits.detach().float().cpu().numpy(),
+        maps=maps,
+        raw=raw_np,
+        degenerate=degenerate,
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+def shared_scale_maps(result: CamResult) -> dict[str, np.ndarray]:
+    """Maps on one scale across layers: ReLU'd raw maps resized to the input size, divided by each image's largest
+    value over all layers, so layers with weak evidence look weak. Values in [0, 1]; all zeros if no layer has any."""
+    first = next(iter(result.maps.values()))
+    size = first.shape[-2:]
+    resized = {
+        name: upsample_maps(torch.relu(torch.from_numpy(result.raw[name])), size) for name in result.layers
+    }
+    peak = torch.stack([m.flatten(1).max(dim=1).values for m in resized.values()]).max(dim=0).values
+    scale = torch.where(peak > 0, peak, torch.ones_like(peak))[:, None, None]
+    return {name: (m / scale).clamp(0, 1).numpy().astype(np.float32) for name, m in resized.items()}
+
+
+def layer_magnitudes(result: CamResult) -> dict[str, np.ndarray]:
+    """Each layer's peak positive raw CAM value per image, ``(B,)``: the evidence scale the per-layer maps hide."""
+    return {name: np.maximum(result.raw[name], 0).reshape(len(result.class_idx), -1).max(axis=1)
+            for name in result.layers}

