@@ -359,7 +359,7 @@ def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedIn
     """Resize (bilinear, antialiased, shorter side to ``resize``), centre-crop and normalise, as torchvision's
     ``ImageClassification`` transform does for tensors."""
     height, width = image.shape[:2]
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    chw = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
     resized = TF.resize(chw, [preprocessing.resize], antialias=True)
     new_h, new_w = resized.shape[-2:]
     crop = preprocessing.crop

@@ -58,6 +58,7 @@ def overlay_heatmap(
     alpha: float = 0.5,
     colormap: str = "jet",
     threshold: float | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend a CAM over an image.
 
@@ -67,6 +68,7 @@ def overlay_heatmap(
         alpha: heatmap opacity in [0, 1].
         colormap: a key of ``COLORMAPS``.
         threshold: if set, pixels with CAM below it show the plain image.
+        mask: optional bool ``(H, W)``; False pixels (e.g. outside what the model saw) get no heat and are dimmed.
 
     Returns:
         uint8 RGB ``(H, W, 3)``.
@@ -79,7 +81,11 @@ def overlay_heatmap(
     weight = np.full(cam.shape, alpha, dtype=np.float32)
     if threshold is not None:
         weight[cam < threshold] = 0.0
-    out = (1.0 - weight[..., None]) * image.astype(np.float32) + weight[..., None] * heat
+    base = image.astype(np.float32)
+    if mask is not None:
+        weight[~mask] = 0.0
+        base[~mask] *= 0.45
+    out = (1.0 - weight[..., None]) * base + weight[..., None] * heat
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -98,3 +104,26 @@ def upscale_nearest(image: np.ndarray, min_side: int) -> np.ndarray:
     if factor == 1:
         return image
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def map_to_original(cam: np.ndarray, original_shape: tuple[int, int], crop_box: tuple[float, float, float, float]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Place a map computed on the model's crop back onto the original image.
+
+    Args:
+        cam: ``(h, w)`` map in [0, 1] over the crop the model saw.
+        original_shape: ``(H, W)`` of the original image.
+        crop_box: ``(left, top, right, bottom)`` of that crop in original pixel coordinates.
+
+    Returns:
+        ``(map, inside)``: the map at ``(H, W)`` (zeros outside the crop) and a bool mask of the crop region.
+    """
+    height, width = original_shape
+    left, top = max(0, int(round(crop_box[0]))), max(0, int(round(crop_box[1])))
+    right, bottom = min(width, int(round(crop_box[2]))), min(height, int(round(crop_box[3])))
+    full = np.zeros((height, width), dtype=np.float32)
+    inside = np.zeros((height, width), dtype=bool)
+    if right > left and bottom > top:
+        full[top:bottom, left:right] = resize_map(cam, (right - left, bottom - top))
+        inside[top:bottom, left:right] = True
+    return full, inside

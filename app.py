@@ -1,0 +1,34 @@
+"""CAM Explorer: the app's router and frame. Run with `streamlit run app.py`."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks for updates at import otherwise
+
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+import camlib  # noqa: E402
+from camlib.device import default_device  # noqa: E402
+
+st.set_page_config(page_title="CAM Explorer", page_icon=":material/local_fire_department:", layout="wide")
+
+
+@st.cache_resource
+def _configure_torch() -> int:
+    """Once per process: bound torch's intra-op threads so concurrent sessions do not oversubscribe the CPU."""
+    threads = max(1, min(torch.get_num_threads(), int(os.environ.get("CAMLIB_TORCH_THREADS", os.cpu_count() or 1))))
+    torch.set_num_threads(threads)
+    return threads
+
+
+threads = _configure_torch()
+pages = [
+    st.Page("pages/cam_explorer.py", title="CAM Explorer", icon=":material/local_fire_department:", default=True),
+]
+page = st.navigation(pages)
+with st.sidebar:
+    device = default_device()
+    st.caption(f"camlib {camlib.__version__} · torch {torch.__version__} · device **{device}** · {threads} CPU threads")
+page.run()

@@ -1,0 +1,114 @@
+"""CAM Explorer: an image, a model, layers and a class in; Grad-CAM-family heatmaps out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import streamlit as st
+
+import camlib
+from camlib.cam import METHODS, layer_magnitudes, shared_scale_maps
+from camlib.errors import CamlibError
+from camlib.layers import default_layer
+from camlib.overlay import COLORMAPS, map_to_original, overlay_heatmap, upscale_nearest
+from ui import render, state, widgets
+
+st.title("CAM Explorer")
+st.caption("What does the classifier look at? Pick an image, a model, one or more layers and a class.")
+
+controls, results = st.columns([1, 3], gap="large")
+with controls:
+    image = widgets.image_input("cam")
+    for note in image.notes:
+        st.info(note)
+    model_key = widgets.model_input("cam")
+    loaded = state.resolve_model(model_key)
+    method = st.selectbox("Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="cam_method",
+                          help="Score-CAM runs one forward pass per channel: slow on a CPU.")
+    st.caption(f"{METHODS[method].paper}. Cost: {METHODS[method].cost}.")
+
+    candidates = state.get_layers(model_key)
+    by_name = {c.name: c for c in candidates}
+    layers = st.multiselect("Target layers (one pass for all)", list(by_name), default=[default_layer(candidates).name],
+                            format_func=lambda n: f"{n}  [{by_name[n].shape_label}]", key="cam_layers")
+    for name in layers:
+        if by_name[name].warning:
+            st.warning(f"{name}: {by_name[name].warning}")
+
+    probabilities = state.predict(model_key, image.pixels)
+    top1 = int(np.argmax(probabilities))
+    class_mode = st.radio("Class to explain", ["Top-1 prediction", "Choose a class"], horizontal=True,
+                          key="cam_class_mode")
+    class_idx = top1
+    if class_mode == "Choose a class":
+        class_idx = st.selectbox("Class (type to search)", range(len(loaded.class_names)), index=top1,
+                                 format_func=lambda k: f"{k}: {loaded.class_names[k]}", key="cam_class")
+
+    st.subheader("Overlay")
+    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
+    colormap = st.selectbox("Colormap", list(COLORMAPS), key="cam_colormap")
+    threshold = st.slider("Hide heat below", 0.0, 1.0, 0.0, 0.05, key="cam_threshold",
+                          help="Pixels whose CAM value is below this show the plain image.") or None
+    shared = st.toggle("Shared scale across layers", key="cam_shared_scale",
+                       help="Off: each layer's map is scaled to [0, 1]. On: one scale for all layers, so raw "
+                            "magnitudes are comparable (weak layers look weak).")
+
+with results:
+    st.plotly_chart(render.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key="cam_top5")
+    if not layers:
+        st.info("Pick at least one target layer.")
+        st.stop()
+    settings = (model_key, tuple(layers), method, int(class_idx))
+    try:
+        view = state.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
+        st.session_state["cam_last_view"] = (settings, view)
+    except CamlibError as error:
+        st.error(f"Cannot compute the CAM: {error}")
+        if "cam_last_view" not in st.session_state:
+            st.stop()
+        settings, view = st.session_state["cam_last_view"]
+        st.caption("Showing the last result that worked.")
+
+    result, prepared = view.result, view.prepared
+    shown_layers = list(result.layers)
+    maps = shared_scale_maps(result) if shared else result.maps
+    explained = result.class_idx[0]
+    st.markdown(f"**Explaining class {explained}: {loaded.class_names[explained]}** "
+                f"({result.probabilities[0, explained]:.1%}) with {METHODS[result.method].label} "
+                f"in {result.elapsed_s * 1000:.0f} ms on {loaded.device}.")
+
+    model_view = upscale_nearest(prepared.model_view, 224)
+    overlays = {}
+    for column, name in zip(st.columns(min(max(len(shown_layers), 3), 4)) * 4, shown_layers):
+        overlays[name] = overlay_heatmap(model_view, maps[name][0], alpha=alpha, colormap=colormap, threshold=threshold)
+        with column:
+            st.image(overlays[name], caption=f"{name} [{by_name[name].shape_label if name in by_name else ''}]",
+                     width="stretch")
+            if result.degenerate[name][0]:
+                st.warning(f"No positive evidence for class {explained} at this layer: the map is blank.")
+
+    if len(shown_layers) > 1:
+        st.plotly_chart(render.magnitude_figure({n: float(v[0]) for n, v in layer_magnitudes(result).items()}),
+                        key="cam_magnitudes")
+
+    detail = st.selectbox("Layer for the detailed view and export", shown_layers, key="cam_detail_layer")
+    original_map, inside = map_to_original(maps[detail][0], image.pixels.shape[:2], prepared.crop_box)
+    on_original = overlay_heatmap(np.ascontiguousarray(image.pixels), original_map, alpha=alpha, colormap=colormap,
+                                  threshold=threshold, mask=inside)
+    left, right = st.columns(2)
+    left.image(on_original, caption="On the original image (dimmed: outside the model's centre crop)", width="stretch")
+    right.plotly_chart(render.heatmap_figure(maps[detail][0], colormap=colormap), key="cam_heatmap")
+
+    export = {"model": model_key, "model_label": loaded.spec.label, "method": result.method,
+              "layers": shown_layers, "class_idx": explained, "class_name": loaded.class_names[explained],
+              "image": image.name, "alpha": alpha, "colormap": colormap, "threshold": threshold,
+              "shared_scale": shared, "preprocessing": asdict(loaded.spec.preprocessing), "camlib": camlib.__version__}
+    a, b, c = st.columns(3)
+    a.download_button("Overlay PNG", render.png_bytes(overlays[detail]), f"cam_{detail}.png", "image/png",
+                      key="cam_dl_png")
+    b.download_button("Raw CAM (.npy)", render.npy_bytes(result.raw[detail][0]), f"cam_raw_{detail}.npy",
+                      "application/octet-stream", key="cam_dl_npy")
+    c.download_button("Settings (JSON)", json.dumps(export, indent=2, default=list), "cam_settings.json",
+                      "application/json", key="cam_dl_json")

@@ -1,0 +1,61 @@
+"""Small rendering helpers for the pages: PNG bytes, plotly figures. No model calls in here."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def top_k_figure(probabilities: np.ndarray, class_names: tuple[str, ...], *, k: int = 5,
+                 highlight: int | None = None) -> go.Figure:
+    """Horizontal bar chart of the top-k classes (highest at the top)."""
+    top = np.argsort(-probabilities)[:k][::-1]
+    colors = ["#e4572e" if int(i) == highlight else "#4c78a8" for i in top]
+    fig = go.Figure(go.Bar(
+        x=[float(probabilities[i]) for i in top],
+        y=[f"{class_names[i]} ({i})" for i in top],
+        orientation="h",
+        marker_color=colors,
+        text=[f"{probabilities[i]:.1%}" for i in top],
+        textposition="auto",
+        hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+    ))
+    fig.update_layout(height=230, margin=dict(l=0, r=10, t=10, b=0), xaxis=dict(range=[0, 1], tickformat=".0%"))
+    return fig
+
+
+PLOTLY_COLORSCALES = {"jet": "Jet", "turbo": "Turbo", "viridis": "Viridis", "inferno": "Inferno", "magma": "Magma",
+                      "plasma": "Plasma", "hot": "Hot", "bone": "gray"}
+
+
+def heatmap_figure(cam: np.ndarray, *, colormap: str = "jet", title: str = "") -> go.Figure:
+    """Interactive heatmap of a CAM map with hover values (row 0 at the top, like the image)."""
+    fig = go.Figure(go.Heatmap(z=cam, colorscale=PLOTLY_COLORSCALES.get(colormap, "Jet"), zmin=0, zmax=1,
+                               hovertemplate="x=%{x}, y=%{y}<br>CAM=%{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, height=420, margin=dict(l=0, r=0, t=30 if title else 0, b=0),
+                      yaxis=dict(autorange="reversed", scaleanchor="x"), xaxis=dict(constrain="domain"))
+    return fig
+
+
+def magnitude_figure(magnitudes: dict[str, float]) -> go.Figure:
+    """Bar chart of each layer's peak positive raw CAM value (the scale per-layer normalisation hides)."""
+    names = list(magnitudes)
+    fig = go.Figure(go.Bar(x=names, y=[magnitudes[n] for n in names], marker_color="#4c78a8",
+                           hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
+    fig.update_layout(height=260, margin=dict(l=0, r=0, t=10, b=0), yaxis_title="peak raw CAM (ReLU)")
+    return fig

@@ -1,0 +1,95 @@
+"""Streamlit glue: cached, shared resources (models, layer lists) and cached CAM results.
+
+Models are cached with ``st.cache_resource`` and shared by every session: camlib treats them as read-only (per-model
+lock, no backward(), hooks removed, modes restored). CAM results are cached with ``st.cache_data`` so overlay changes
+(opacity, colormap, threshold, scale) never re-run the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+import torch
+
+from camlib.cam import CamResult, compute_cams
+from camlib.imaging import DecodedImage, decode_image
+from camlib.layers import LayerInfo, list_candidate_layers
+from camlib.models import LoadedModel, PreparedInput, load_checkpoint, load_model, prepare_input
+
+CHECKPOINT_PREFIX = "checkpoint:"
+
+
+@dataclass(frozen=True)
+class CamView:
+    """What the page renders: the CAM result and the prepared input it was computed on."""
+
+    result: CamResult
+    prepared: PreparedInput
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading model...")
+def get_model(key: str) -> LoadedModel:
+    """A registry model, loaded once per process and shared by all sessions (read-only)."""
+    return load_model(key, allow_download=False)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading checkpoint...")
+def _checkpoint_models() -> dict[str, LoadedModel]:
+    return {}
+
+
+def register_checkpoint(arch: str, data: bytes, filename: str) -> str:
+    """Load a user checkpoint (safely) and return the model key under which the page can use it."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    key = f"{CHECKPOINT_PREFIX}{arch}:{digest}"
+    store = _checkpoint_models()
+    if key not in store:
+        loaded = load_checkpoint(arch, data, filename)
+        while len(store) >= 4:  # bounded: drop the oldest
+            store.pop(next(iter(store)))
+        store[key] = loaded
+    return key
+
+
+def resolve_model(key: str) -> LoadedModel:
+    if key.startswith(CHECKPOINT_PREFIX):
+        store = _checkpoint_models()
+        if key not in store:
+            raise KeyError(key)
+        return store[key]
+    return get_model(key)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def get_layers(key: str) -> list[LayerInfo]:
+    loaded = resolve_model(key)
+    crop = loaded.spec.preprocessing.crop
+    return list_candidate_layers(loaded.model, (crop, crop))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def decode_upload(data: bytes) -> DecodedImage:
+    return decode_image(data)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def predict(model_key: str, image: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(num_classes,)`` for one image (no gradients)."""
+    loaded = resolve_model(model_key)
+    prepared = prepare_input(image, loaded.spec.preprocessing)
+    with torch.inference_mode():
+        logits = loaded.model(prepared.tensor.to(loaded.device))
+    return torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing CAM...")
+def compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], method: str, class_idx: int) -> CamView:
+    """One CAM computation (all layers from one pass), cached on its inputs."""
+    loaded = resolve_model(model_key)
+    prepared = prepare_input(image, loaded.spec.preprocessing)
+    result = compute_cams(loaded.model, prepared.tensor.to(loaded.device), list(layers), method=method,
+                          class_idx=class_idx)
+    return CamView(result=result, prepared=prepared)

@@ -1,0 +1,106 @@
+"""Widget groups shared by the pages. Each keeps the last good value in ``st.session_state`` so a bad input shows
+an ``st.error`` and the page goes on with what worked before."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from camlib.errors import CamlibError, WeightsUnavailableError
+from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
+from camlib.models import DEFAULT_MODEL, MODELS, download_file, get_spec, torchvision_cache_path
+from camlib.samples import DEFAULT_SAMPLE, SAMPLES, load_sample
+from ui import state
+
+CHECKPOINT_OPTION = "checkpoint"
+
+
+@dataclass(frozen=True)
+class ChosenImage:
+    name: str
+    pixels: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+def image_input(prefix: str) -> ChosenImage:
+    """A sample photo or an upload; an unreadable upload gives an error and the last good image."""
+    last_key = f"{prefix}_last_image"
+    source = st.radio("Image", ["Sample photo", "Upload"], horizontal=True, key=f"{prefix}_source")
+    if source == "Sample photo":
+        name = st.selectbox("Sample", list(SAMPLES), index=list(SAMPLES).index(DEFAULT_SAMPLE), key=f"{prefix}_sample")
+        chosen = ChosenImage(name=name, pixels=load_sample(name))
+        st.session_state[last_key] = chosen
+        return chosen
+    upload = st.file_uploader("Upload an image", type=list(UPLOAD_TYPES), key=f"{prefix}_upload",
+                              max_upload_size=MAX_UPLOAD_BYTES // (1024 * 1024),
+                              help="PNG, JPEG, WebP, BMP or TIFF; up to 20 MB and 25 megapixels.")
+    if upload is not None:
+        try:
+            decoded = state.decode_upload(upload.getvalue())
+        except CamlibError as error:
+            st.error(f"Cannot use this file: {error}")
+        else:
+            chosen = ChosenImage(name=upload.name, pixels=decoded.pixels, notes=decoded.notes)
+            st.session_state[last_key] = chosen
+            return chosen
+    last = st.session_state.get(last_key)
+    if last is None:
+        last = ChosenImage(name=DEFAULT_SAMPLE, pixels=load_sample(DEFAULT_SAMPLE))
+    if upload is None:
+        st.caption(f"No upload yet: showing {last.name}.")
+    return last
+
+
+def _ensure_weights(key: str) -> None:
+    """Download torchvision weights into torchvision's cache with a progress bar, once."""
+    spec = get_spec(key)
+    if spec.source != "torchvision" or torchvision_cache_path(spec).exists():
+        return
+    bar = st.progress(0.0, text=f"Downloading {spec.label} weights...")
+
+    def report(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / total) if total else 0.0,
+                     text=f"Downloading {spec.label} weights: {done / 1e6:.1f} / {total / 1e6:.1f} MB")
+
+    try:
+        download_file(spec.weights_url, torchvision_cache_path(spec), progress=report)
+    finally:
+        bar.empty()
+
+
+def model_input(prefix: str) -> str:
+    """Pick a registry model or upload a checkpoint; returns a model key usable with ``state.resolve_model``."""
+    last_key = f"{prefix}_last_model"
+    options = list(MODELS) + [CHECKPOINT_OPTION]
+    labels = {key: spec.label for key, spec in MODELS.items()} | {CHECKPOINT_OPTION: "Your checkpoint..."}
+    choice = st.selectbox("Model", options, format_func=labels.get, key=f"{prefix}_model")
+    try:
+        if choice == CHECKPOINT_OPTION:
+            key = _checkpoint_input(prefix)
+            if key is None:
+                key = st.session_state.get(last_key, DEFAULT_MODEL)
+                st.info(f"Upload a checkpoint to use it. Still using: {state.resolve_model(key).spec.label}")
+        else:
+            _ensure_weights(choice)
+            state.get_model(choice)
+            key = choice
+    except CamlibError as error:
+        key = st.session_state.get(last_key, DEFAULT_MODEL)
+        hint = " Showing the bundled model instead." if isinstance(error, WeightsUnavailableError) else ""
+        st.error(f"{error}{hint}")
+        if key != DEFAULT_MODEL or choice == CHECKPOINT_OPTION:
+            st.caption(f"Still using: {state.resolve_model(key).spec.label}")
+    st.session_state[last_key] = key
+    return key
+
+
+def _checkpoint_input(prefix: str) -> str | None:
+    arch = st.selectbox("Architecture", list(MODELS), format_func=lambda k: MODELS[k].label.split(" (")[0],
+                        key=f"{prefix}_ckpt_arch")
+    upload = st.file_uploader("Checkpoint (.safetensors, or a weights-only .pt/.pth state dict)",
+                              type=["safetensors", "pt", "pth", "bin"], key=f"{prefix}_ckpt_file")
+    if upload is None:
+        return None
+    return state.register_checkpoint(arch, upload.getvalue(), upload.name)
