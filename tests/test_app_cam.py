@@ -1,0 +1,123 @@
+"""AppTest tests of the CAM Explorer page (streamlit.testing.v1 runs the script in this process)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from ui import state
+
+TIMEOUT = 180
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _explained(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
+
+
+def test_default_flow_shows_chelsea_gradcam(app: AppTest) -> None:
+    # With no input at all: the chelsea photo, the bundled model and its Grad-CAM on the suggested layer.
+    assert app.selectbox(key="cam_sample").value == "chelsea (cat)"
+    assert app.selectbox(key="cam_model").value == "efficientnet_lite0"
+    assert app.multiselect(key="cam_layers").value == ["bn2"]
+    assert app.selectbox(key="cam_method").value == "gradcam"
+    text = _explained(app)
+    assert any(f"class {k}:" in text for k in (281, 282, 285)), text  # tabby / tiger cat / Egyptian cat
+    assert not app.error
+    assert len(app.image) >= 2  # the overlay on the model's view and on the original
+    assert [b.label for b in app.get("download_button")] == ["Overlay PNG", "Raw CAM (.npy)", "Settings (JSON)"]
+
+
+def test_bad_upload_keeps_last_good_image(app: AppTest) -> None:
+    app.radio(key="cam_source").set_value("Upload").run()
+    good = np.zeros((64, 96, 3), np.uint8)
+    good[:, 48:] = 255
+    app.file_uploader(key="cam_upload").set_value(("good.png", _png(good), "image/png")).run()
+    assert not app.exception and not app.error
+    before = _explained(app)
+
+    app.file_uploader(key="cam_upload").set_value(("evil.png", b"MZ\x90\x00 not an image", "image/png")).run()
+    assert not app.exception
+    assert any("Cannot use this file" in e.value and "not a valid image" in e.value for e in app.error)
+    assert _explained(app) == before  # the page goes on with the last good image
+
+    app.file_uploader(key="cam_upload").set_value(("empty.png", b"", "image/png")).run()
+    assert any("empty file" in e.value for e in app.error)
+    assert _explained(app) == before
+
+
+def test_change_of_layer(app: AppTest) -> None:
+    app.multiselect(key="cam_layers").set_value(["blocks.5"]).run()
+    assert not app.exception and not app.error
+    assert app.selectbox(key="cam_detail_layer").value == "blocks.5"
+    assert app.selectbox(key="cam_detail_layer").options == ["blocks.5"]
+
+
+def test_several_layers_side_by_side_and_shared_scale(app: AppTest) -> None:
+    app.multiselect(key="cam_layers").set_value(["bn2", "blocks.5", "blocks.3"]).run()
+    assert not app.exception and not app.error
+    assert app.selectbox(key="cam_detail_layer").options == ["bn2", "blocks.5", "blocks.3"]
+    images_per_layer = len(app.image)
+    assert images_per_layer >= 4  # three layer overlays plus the original-image overlay
+    app.toggle(key="cam_shared_scale").set_value(True).run()
+    assert not app.exception and not app.error
+
+
+def test_small_layer_warns(app: AppTest) -> None:
+    options = app.multiselect(key="cam_layers").options
+    tiny = [o for o in options if "x 1 x 1" in o]
+    assert tiny, "the layer list shows each layer's C x H x W"
+    app.multiselect(key="cam_layers").set_value([tiny[0].split("  [")[0]]).run()
+    assert any("always blank" in w.value for w in app.warning)
+
+
+def test_overlay_changes_do_not_rerun_the_model(app: AppTest) -> None:
+    model = state.get_model("efficientnet_lite0").model
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        app.slider(key="cam_alpha").set_value(0.8).run()
+        app.selectbox(key="cam_colormap").set_value("viridis").run()
+        app.slider(key="cam_threshold").set_value(0.3).run()
+        app.toggle(key="cam_shared_scale").set_value(True).run()
+        assert not app.exception and not app.error
+        assert calls == [], "overlay settings must reuse the cached CAM"
+        app.selectbox(key="cam_method").set_value("hirescam").run()
+        assert calls, "a new method does run the model (the counter works)"
+    finally:
+        handle.remove()
+
+
+def test_choose_a_class_by_name(app: AppTest) -> None:
+    app.radio(key="cam_class_mode").set_value("Choose a class").run()
+    app.selectbox(key="cam_class").set_value(207).run()  # golden retriever
+    assert not app.exception
+    assert "class 207: golden retriever" in _explained(app)
+
+
+def test_shared_model_left_clean_after_page_runs(app: AppTest) -> None:
+    model = state.get_model("efficientnet_lite0").model
+    app.multiselect(key="cam_layers").set_value(["bn2", "blocks.4"]).run()
+    for module in model.modules():
+        assert not module._forward_hooks and not module._backward_hooks and not module.training
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.is_grad_enabled()

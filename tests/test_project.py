@@ -1,0 +1,68 @@
+"""Project-level checks: camlib stays free of Streamlit, the server config keeps its protections, requirements pins."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_camlib_never_imports_streamlit() -> None:
+    modules = sorted(p.stem for p in (ROOT / "camlib").glob("*.py") if p.stem != "__init__")
+    code = (
+        "import sys, importlib\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module('camlib.' + name)\n"
+        "print(sorted(m for m in sys.modules if m == 'streamlit' or m.startswith('streamlit.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"} | _python_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"camlib imported streamlit: {out.stdout}"
+    # And statically: no import statement names streamlit anywhere in camlib.
+    for path in (ROOT / "camlib").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "streamlit" for a in node.names), path
+            if isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "streamlit", path
+
+
+def _python_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k in ("HOME", "PYTHONPATH", "PATH", "TORCH_HOME", "LANG")}
+
+
+def test_streamlit_config_keeps_protections() -> None:
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    server = config["server"]
+    assert server["enableXsrfProtection"] is True
+    assert server["enableCORS"] is True
+    assert server["maxUploadSize"] <= 20
+    assert server["maxMessageSize"] <= 50
+    assert config["client"]["showErrorDetails"] in ("type", "none", False)
+
+
+def test_upload_cap_matches_camlib() -> None:
+    from camlib.imaging import MAX_UPLOAD_BYTES
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert MAX_UPLOAD_BYTES == config["server"]["maxUploadSize"] * 1024 * 1024
+
+
+def test_requirements_pins() -> None:
+    runtime = (ROOT / "requirements.txt").read_text().splitlines()
+    for pin in ("torch==2.14.1", "torchvision==0.29.1", "albumentations==2.0.8"):
+        assert pin in runtime
+    names = [line.split("==")[0].split(">=")[0].strip().lower() for line in runtime if line and not line.startswith("#")]
+    assert "opencv-python-headless" in names and "opencv-python" not in names
+
+
+def test_no_unsafe_html_in_ui() -> None:
+    for path in [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "ui").glob("*.py")]:
+        assert "unsafe_allow_html=True" not in path.read_text(), path
