@@ -233,9 +233,15 @@ def _validate_input(x: torch.Tensor) -> None:
 
 
 class _Capture:
-    """Forward hooks that keep each layer's output (for gradients) and a copy that flows on (for values)."""
+    """Forward hooks that keep each layer's output (for gradients) and a copy that flows on (for values).
 
-    def __init__(self) -> None:
+    With ``start_graph=True`` the forward pass starts with autograd off and the first requested layer to finish
+    switches it on, returning a fresh leaf: the part of the network below the earliest layer runs as a plain no-grad
+    forward and the backward pass covers only the part above it (the cost floor for these maps).
+    """
+
+    def __init__(self, *, start_graph: bool) -> None:
+        self.start_graph = start_graph
         self.outputs: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
@@ -251,6 +257,10 @@ class _Capture:
                     f"layer {name!r} outputs {shape}; a CAM needs a 4-D (B, C, H, W) feature map. "
                     "Pick a convolutional layer (the layer list shows only those)."
                 )
+            if self.start_graph and not torch.is_grad_enabled():
+                torch.set_grad_enabled(True)  # restored by the caller's set_grad_enabled context on exit
+            if self.start_graph and not output.requires_grad:
+                output = output.detach().requires_grad_(True)
             self.outputs[name] = output
             # Later in-place ops (ReLU(inplace=True), residual +=) act on this copy, so `output` stays the tensor the
             # layer produced (its gradient is what we want) while the copy ends with the values the network used.
@@ -311,17 +321,15 @@ def compute_cams(
     _validate_input(x)
     modules = dict(model.named_modules())
     device = next((p.device for p in model.parameters()), x.device)
-    capture = _Capture()
+    capture = _Capture(start_graph=spec.uses_gradients)
 
     with model_guard(model):
         handles = [modules[name].register_forward_hook(capture.hook(name)) for name in names]
         try:
-            # inference_mode(False) + enable_grad: works when the caller is inside no_grad or inference_mode.
-            with torch.inference_mode(False), torch.set_grad_enabled(spec.uses_gradients):
-                xin = x.detach().to(device).clone()
-                if spec.uses_gradients:
-                    # Gradients flow from the input, so this also works when every parameter is frozen.
-                    xin.requires_grad_(True)
+            # inference_mode(False): works when the caller is inside inference_mode. Autograd starts off; for gradient
+            # methods the first hooked layer switches it on (see _Capture), which also works with frozen parameters.
+            with torch.inference_mode(False), torch.set_grad_enabled(False):
+                xin = x.detach().to(device).clone()  # the model may modify its input in place
                 logits = model(xin)
         except RuntimeError as error:
             if "inference" in str(error).lower():
@@ -350,8 +358,11 @@ def compute_cams(
         values = {name: capture.values[name].detach() for name in names}
         raws: dict[str, torch.Tensor] = {}
         if spec.uses_gradients:
-            score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
-            grads = torch.autograd.grad(score, [capture.outputs[n] for n in names], allow_unused=True)
+            with torch.inference_mode(False), torch.enable_grad():
+                score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
+                if not score.requires_grad:
+                    raise LayerError(f"the layers {', '.join(names)} were not used to compute the selected class")
+                grads = torch.autograd.grad(score, [capture.outputs[n] for n in names], allow_unused=True)
             for name, grad in zip(names, grads):
                 if grad is None:
                     raise LayerError(f"layer {name!r} was not used to compute the selected class")

@@ -1,0 +1,110 @@
+"""CAM speed: camlib against pytorch-grad-cam, side by side in one run.
+
+For resnet18 (torchvision) and efficientnet_lite0 (timm) at 224x224, batch 1, on this machine's CPU (or CUDA when
+available), it times: a plain no-grad forward, camlib Grad-CAM with 1 layer and with 4 layers (one pass), and
+pytorch-grad-cam 1.5.7 with 1 layer and producing the same 4 per-layer maps (4 calls: it averages the layers of one
+call, so per-layer maps cost one call each). It checks that both libraries' maps agree, then prints medians and ratios.
+
+    python benchmarks/bench_cam.py [--repeats 15] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from pytorch_grad_cam import GradCAM  # noqa: E402
+
+from camlib.cam import compute_cams  # noqa: E402
+from camlib.device import default_device  # noqa: E402
+
+CASES = {
+    "resnet18": (lambda: torchvision.models.resnet18(weights=None), ["layer1", "layer2", "layer3", "layer4"]),
+    "efficientnet_lite0": (lambda: timm.create_model("efficientnet_lite0", pretrained=False),
+                           ["blocks.2", "blocks.4", "blocks.5", "bn2"]),
+}
+
+
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    fn()  # warm-up
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def bench(name: str, repeats: int, device: torch.device) -> dict[str, float]:
+    build, layers = CASES[name]
+    torch.manual_seed(0)
+    model = build().to(device).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+    modules = dict(model.named_modules())
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def pgc(target_layers: list[str]) -> list[np.ndarray]:
+        out = []
+        for layer in target_layers:
+            with GradCAM(model=model, target_layers=[modules[layer]]) as cam:
+                out.append(cam(input_tensor=x, targets=None)[0])
+        return out
+
+    ours = compute_cams(model, x, layers)
+    theirs = pgc(layers)
+    worst = max(float(np.abs(ours.maps[layer][0] - ref).max()) for layer, ref in zip(layers, theirs))
+    assert worst < 1e-5, f"{name}: maps differ from pytorch-grad-cam by {worst}"
+    model.zero_grad(set_to_none=True)  # pytorch-grad-cam's backward() filled .grad
+
+    return {
+        "forward": median_ms(forward, repeats, device),
+        "camlib_1": median_ms(lambda: compute_cams(model, x, layers[-1:]), repeats, device),
+        "camlib_4": median_ms(lambda: compute_cams(model, x, layers), repeats, device),
+        "pgc_1": median_ms(lambda: pgc(layers[-1:]), repeats, device),
+        "pgc_4": median_ms(lambda: pgc(layers), repeats, device),
+        "max_abs_diff": worst,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = default_device()
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats} "
+          "input=1x3x224x224, Grad-CAM, median ms")
+    header = (f"{'model':<20}{'forward':>9}{'camlib 1L':>11}{'camlib 4L':>11}{'pgc 1L':>9}{'pgc 4L':>9}"
+              f"{'pgc4/cam4':>11}{'cam4/fwd':>10}{'pgc1/cam1':>11}{'max|diff|':>11}")
+    print(header)
+    print("-" * len(header))
+    for name in CASES:
+        r = bench(name, args.repeats, device)
+        print(f"{name:<20}{r['forward']:>9.1f}{r['camlib_1']:>11.1f}{r['camlib_4']:>11.1f}{r['pgc_1']:>9.1f}"
+              f"{r['pgc_4']:>9.1f}{r['pgc_4'] / r['camlib_4']:>10.1f}x{r['camlib_4'] / r['forward']:>9.2f}x"
+              f"{r['pgc_1'] / r['camlib_1']:>10.1f}x{r['max_abs_diff']:>11.1e}")
+    print("targets: pgc4/cam4 >= 5x (camlib's 4 maps vs pytorch-grad-cam's 4 calls); cam4/fwd <= 2x")
+
+
+if __name__ == "__main__":
+    main()

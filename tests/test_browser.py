@@ -1,0 +1,117 @@
+"""Real-browser test: Playwright drives headless Debian chromium against `streamlit run` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from camlib.samples import load_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = _free_port()
+    env = os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start:\n{process.stdout.read() if process.stdout else ''}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser_page(server: str):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(server)
+        page.wait_for_selector('[data-testid="stApp"]', timeout=120_000)
+        yield page, dialogs
+        browser.close()
+
+
+def _explained(page) -> str:
+    locator = page.locator("p", has_text="Explaining class").first
+    locator.wait_for(timeout=120_000)
+    return locator.inner_text()
+
+
+def test_cam_page_upload_shows_overlay(browser_page, tmp_path: Path) -> None:
+    page, dialogs = browser_page
+    page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
+    first = _explained(page)
+    assert "281" in first or "282" in first or "285" in first  # the default chelsea photo is a cat
+
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(load_sample("coffee (cup)")).save(photo)
+    page.get_by_text("Upload", exact=True).click()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photo))
+    page.wait_for_function(
+        "(before) => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith('Explaining class') "
+        "&& p.innerText !== before)", arg=first, timeout=120_000)
+    assert _explained(page) != first
+    overlays = page.locator('[data-testid="stImage"] img')
+    assert overlays.count() >= 2
+    assert overlays.first.evaluate("img => img.complete && img.naturalWidth") >= 224
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert dialogs == []
+
+
+def test_bad_upload_shows_error_not_traceback(browser_page, tmp_path: Path) -> None:
+    page, _ = browser_page
+    bad = tmp_path / "<img src=x onerror=alert(1)>.png"
+    bad.write_bytes(b"\x7fELF this is not an image")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(bad))
+    page.get_by_text("not a valid image", exact=False).first.wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stImage"] img').count() >= 2  # the last good overlay stays
