@@ -17,12 +17,13 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI for updates at import otherwise
 
 import inspect
+import io
 import json
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -156,7 +157,8 @@ _GLOBAL_EXCLUDED: dict[str, str] = {
 
 # Per transform: parameters the lab leaves at the library default, and why.
 _EXCLUDED: dict[str, dict[str, str]] = {
-    "PadIfNeeded": {"pad_height_divisor": "the lab pads to min_height", "pad_width_divisor": "the lab pads to min_width"},
+    "PadIfNeeded": {"pad_height_divisor": "the lab pads to min_height",
+                    "pad_width_divisor": "the lab pads to min_width"},
     "Affine": {"translate_px": "the lab shifts by translate_percent, which works for every image size"},
     "ToGray": {"num_output_channels": "the lab's contract is 3-channel RGB"},
     "Equalize": {"mask": "takes an array or a callable", "mask_params": "only used with a callable mask"},
@@ -178,8 +180,9 @@ _UI_OVERRIDES: dict[str, dict[str, _UI]] = {
                "rotate": _UI(low=-180.0, high=180.0, step=1.0, default=(0.0, 0.0)),
                "shear": _UI(low=-45.0, high=45.0, step=1.0, default=(0.0, 0.0))},
     "Rotate": {"limit": _UI(low=-180.0, high=180.0, step=1.0)},
-    "CoarseDropout": {"num_holes_range": _UI(high=16), "hole_height_range": _UI(low=0.01, high=1.0),
-                      "hole_width_range": _UI(low=0.01, high=1.0)},
+    # CoarseDropout reads both hole ranges as pixels once hole_height_range[1] >= 1: fractions stop below 1
+    "CoarseDropout": {"num_holes_range": _UI(high=16), "hole_height_range": _UI(low=0.01, high=0.99),
+                      "hole_width_range": _UI(low=0.01, high=0.99)},
     "GridDropout": {"ratio": _UI(low=0.05), "shift_xy": _UI(kind="int_pair", high=16)},
     "RandomBrightnessContrast": {"brightness_limit": _UI(low=-1.0, high=1.0),
                                  "contrast_limit": _UI(low=-1.0, high=1.0)},
@@ -305,7 +308,7 @@ def _nice_step(low: float, high: float, kind: ParamKind) -> float:
     return 10.0 ** round(math.log10((high - low) / 100)) if high > low else 0.01
 
 
-def _intersect(schema: float | None, ui: float | None, pick: Any) -> float | None:
+def _intersect(schema: float | None, ui: float | None, pick: Callable[[float, float], float]) -> float | None:
     return ui if schema is None else schema if ui is None else pick(schema, ui)
 
 
@@ -393,6 +396,10 @@ class PipelineStep:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", dict(self.params))
+
+    def __hash__(self) -> int:
+        # the generated hash would fail on the params dict; parameter names are enough and agree with __eq__
+        return hash((self.transform, tuple(sorted(map(str, self.params))), self.p, self.enabled))
 
 
 @dataclass(frozen=True)
@@ -624,6 +631,11 @@ def _pick_indices(count: int, n_images: int, mode: GridMode, seed: int,
     return tuple(chosen * count if mode == "one" else chosen)
 
 
+def _check_grid_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise GridError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
 def _pad_to(tile: np.ndarray, height: int, width: int) -> np.ndarray:
     top, left = (height - tile.shape[0]) // 2, (width - tile.shape[1]) // 2
     canvas = np.zeros((height, width, 3), np.uint8)
@@ -663,9 +675,8 @@ def augment_grid(
     """
     if mode not in ("many", "one"):
         raise GridError(f"mode must be 'many' or 'one', got {mode!r}")
-    for name, value in (("rows", rows), ("cols", cols)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_GRID_SIDE:
-            raise GridError(f"{name} must be an integer from 1 to {MAX_GRID_SIDE}, got {value!r}")
+    _check_grid_int("rows", rows, 1, MAX_GRID_SIDE)
+    _check_grid_int("cols", cols, 1, MAX_GRID_SIDE)
     batch = _as_batch(images)
     count = rows * cols
     height, width = batch.shape[1:3]
@@ -682,7 +693,7 @@ def augment_grid(
         image = batch[index]
         try:
             result = compose(image=image)
-        except Exception as exc:  # noqa: BLE001 - re-raised typed: any transform may fail on an unusual image
+        except Exception as exc:  # re-raised typed: any transform may fail on an unusual image (size, dtype)
             raise PipelineError(f"the pipeline failed on a {image.shape[1]}x{image.shape[0]} image: "
                                 f"{' '.join(str(exc).split())}") from exc
         tile = result["image"]
@@ -712,9 +723,9 @@ def tile_grid(tiles: np.ndarray, rows: int, cols: int, *, scale: int = 1, pad: i
                         f"{getattr(tiles, 'shape', '')}")
     if tiles.shape[0] != rows * cols:
         raise GridError(f"a {rows}x{cols} grid needs {rows * cols} tiles, got {tiles.shape[0]}")
-    for name, value, high in (("scale", scale, 16), ("pad", pad, 32), ("fill", fill, 255)):
-        if isinstance(value, bool) or not isinstance(value, int) or not (name == "scale") <= value <= high:
-            raise GridError(f"{name} must be an integer from {int(name == 'scale')} to {high}, got {value!r}")
+    _check_grid_int("scale", scale, 1, 16)
+    _check_grid_int("pad", pad, 0, 32)
+    _check_grid_int("fill", fill, 0, 255)
     tile_h, tile_w = tiles.shape[1] * scale, tiles.shape[2] * scale
     out_h, out_w = rows * (tile_h + pad) + pad, cols * (tile_w + pad) + pad
     if out_h * out_w > MAX_GRID_PIXELS:
@@ -748,7 +759,9 @@ def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
     ``A.from_dict`` / ``A.load`` read the result as is (they ignore ``EXPORT_KEY``; Albumentations does not
     serialise the seed, so pass it to ``set_random_seed``); ``pipeline_from_dict`` restores the editor.
     """
-    document = _plain(A.to_dict(build_pipeline(pipeline)))
+    buffer = io.StringIO()
+    A.save(build_pipeline(pipeline), buffer, data_format="json")  # Albumentations' own serialisation (enums too)
+    document = json.loads(buffer.getvalue())
     document[EXPORT_KEY] = _plain(_editor_state(pipeline))
     return document
 

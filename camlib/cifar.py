@@ -1,0 +1,288 @@
+"""CIFAR-10 (Krizhevsky, 2009) from disk: the official torchvision-format release or an image-folder copy.
+
+Two layouts are read from a data root:
+
+- "torchvision": ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``, the official
+  release. Files are md5-checked by torchvision *before* anything is unpickled; the md5 table is
+  ``torchvision.datasets.CIFAR10``'s own (``train_list``, ``test_list``, ``meta``).
+- "folder": ``<root>/{train,test}/<class>/*.{png,jpg,jpeg}`` with the ten official class folders
+  (``../shared/data/cifar10`` is such a copy, JPEG-decoded, so close to but not bit-identical with the release).
+
+The default root is ``$CAMLIB_CIFAR10_ROOT``, else ``../shared/data/cifar10`` beside the repository when it exists.
+No image is ever generated in place of missing data: a missing dataset is a ``DatasetUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torchvision
+
+from camlib.errors import CamlibError
+
+Split = Literal["train", "test"]
+Source = Literal["torchvision", "folder"]
+
+ROOT_ENV = "CAMLIB_CIFAR10_ROOT"
+CLASS_NAMES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # the official order: label k is CLASS_NAMES[k]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SHAPE = (32, 32, 3)
+DOWNLOAD_CHUNK = 1 << 20  # 1 MiB: progress is reported about 160 times for the 163 MB archive
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_SHARED_COPY = _REPO_ROOT.parent / "shared" / "data" / "cifar10"
+
+
+class DatasetError(CamlibError):
+    """A dataset request camlib cannot serve (bad split or limit, or see the subclasses)."""
+
+
+class DatasetUnavailableError(DatasetError):
+    """The dataset is not on disk (or not all of it) and cannot be downloaded here, e.g. offline."""
+
+
+class DatasetIntegrityError(DatasetError):
+    """Files are present but corrupted or tampered with (md5 mismatch, undecodable or wrongly sized image)."""
+
+
+@dataclass(frozen=True)
+class CifarData:
+    """A loaded CIFAR-10 split.
+
+    Attributes:
+        images: ``uint8`` RGB ``(N, 32, 32, 3)``.
+        labels: ``int64`` ``(N,)``, indices into ``class_names``.
+        class_names: the ten class names in label order.
+        source: "torchvision" or "folder".
+        root: the data root it was read from.
+        split: "train" or "test".
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+    root: str
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def default_root() -> Path | None:
+    """``$CAMLIB_CIFAR10_ROOT`` if set, else the shared image-folder copy beside the repository if present."""
+    configured = os.environ.get(ROOT_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return _SHARED_COPY if _SHARED_COPY.is_dir() else None
+
+
+def detect_source(root: str | os.PathLike[str]) -> Source | None:
+    """Which layout ``root`` holds: "torchvision" (preferred: exact pixels), "folder", or None."""
+    path = Path(root).expanduser()
+    if (path / torchvision.datasets.CIFAR10.base_folder).is_dir():
+        return "torchvision"
+    if any((path / split / name).is_dir() for split in ("train", "test") for name in CLASS_NAMES):
+        return "folder"
+    return None
+
+
+def _how_to_get_it(root: Path) -> str:
+    return (f"download the official release with camlib.cifar.download_cifar10('{root}') on a machine that is "
+            f"online, or point ${ROOT_ENV} at a folder holding cifar-10-batches-py/ or train/ and test/ "
+            f"image folders ({', '.join(CLASS_NAMES)})")
+
+
+def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """Indices of at most ``limit`` items spread evenly over the classes, in their original order.
+
+    Classes are visited round-robin (each class's first item, then each class's second item, ...), so ``limit=20``
+    keeps the first two images of each of the ten classes; ``None`` or a limit above the size keeps everything.
+    """
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    rank = np.empty(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rank[members] = np.arange(len(members))
+    return np.sort(np.lexsort((labels, rank))[:limit])
+
+
+def _decode(path: Path) -> np.ndarray:
+    # imdecode(fromfile) rather than imread: non-ASCII paths work and it was the fastest of cv2/PIL here
+    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DatasetIntegrityError(f"{path} is not a readable image; replace it or delete it")
+    if image.shape != IMAGE_SHAPE:
+        raise DatasetIntegrityError(f"{path} is {image.shape[1]}x{image.shape[0]}; CIFAR-10 images are 32x32")
+    return image[:, :, ::-1]  # BGR -> RGB
+
+
+def _load_folder(root: Path, split: Split, limit: int | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    split_dir = root / split
+    missing = [name for name in CLASS_NAMES if not (split_dir / name).is_dir()]
+    if missing:
+        raise DatasetUnavailableError(f"the CIFAR-10 image folders in {split_dir} are incomplete: missing "
+                                      f"{', '.join(missing)}; {_how_to_get_it(root)}")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(CLASS_NAMES):
+        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise DatasetUnavailableError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}; "
+                                      f"{_how_to_get_it(root)}")
+    all_labels = np.asarray(labels, dtype=np.int64)
+    keep = balanced_subset(all_labels, limit)  # chosen before decoding: a small limit reads few files
+    images = np.empty((len(keep), *IMAGE_SHAPE), dtype=np.uint8)
+    for out, index in enumerate(keep):
+        images[out] = _decode(files[index])
+    return images, all_labels[keep], CLASS_NAMES
+
+
+def _release_files() -> list[tuple[str, str]]:
+    """``(file name, md5)`` of every file of the release, read from torchvision's class at call time."""
+    cls = torchvision.datasets.CIFAR10
+    return [(name, md5) for name, md5 in [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]]
+
+
+def _integrity_problem(root: Path) -> DatasetError:
+    """Why torchvision refused ``root``: which files are missing or fail their md5 (only on the error path)."""
+    folder = root / torchvision.datasets.CIFAR10.base_folder
+    expected = _release_files()
+    missing = [name for name, _ in expected if not (folder / name).is_file()]
+    if missing:
+        return DatasetUnavailableError(f"{folder} is incomplete: missing {', '.join(missing)}; "
+                                       f"{_how_to_get_it(root)}")
+    corrupted = [name for name, md5 in expected
+                 if not torchvision.datasets.utils.check_integrity(str(folder / name), md5)]
+    return DatasetIntegrityError(
+        f"CIFAR-10 files in {folder} fail their md5 check ({', '.join(corrupted) or 'unknown file'}): corrupted or "
+        f"tampered with, so they were not loaded; delete {folder} and download the release again")
+
+
+def _load_torchvision(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    try:
+        # torchvision md5-checks every batch file (and then the meta file) before it unpickles it
+        dataset = torchvision.datasets.CIFAR10(str(root), train=split == "train", download=False)
+    except RuntimeError as exc:  # "Dataset not found or corrupted" / "Dataset metadata file not found or corrupted"
+        raise _integrity_problem(root) from exc
+    images = np.ascontiguousarray(dataset.data, dtype=np.uint8)
+    return images, np.asarray(dataset.targets, dtype=np.int64), tuple(dataset.classes)
+
+
+def load_cifar10(root: str | os.PathLike[str] | None = None, split: Split = "test", *,
+                 limit: int | None = None) -> CifarData:
+    """Load a CIFAR-10 split from ``root`` (default: ``default_root()``).
+
+    Order is deterministic: the release's own order for "torchvision"; class by class (label order), files sorted
+    by name within a class, for "folder". ``limit`` keeps at most that many images spread evenly over the classes
+    (see ``balanced_subset``) and preserves that order; the folder source then decodes only those files.
+
+    Raises:
+        DatasetUnavailableError: no root, no known layout under it, or files missing.
+        DatasetIntegrityError: md5 mismatch (nothing is unpickled), an unreadable or non-32x32 image.
+        DatasetError: a split other than "train"/"test", or a limit below 1.
+    """
+    if split not in ("train", "test"):
+        raise DatasetError(f"split must be 'train' or 'test', got {split!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DatasetError(f"limit must be a positive integer or None, got {limit!r}")
+    if root is None:
+        root = default_root()
+        if root is None:
+            raise DatasetUnavailableError(f"no CIFAR-10 data root: ${ROOT_ENV} is not set and {_SHARED_COPY} does "
+                                          f"not exist; {_how_to_get_it(_SHARED_COPY)}")
+    path = Path(root).expanduser()
+    source = detect_source(path)
+    if source is None:
+        raise DatasetUnavailableError(
+            f"no CIFAR-10 under {path}: looked for {path / torchvision.datasets.CIFAR10.base_folder} (official "
+            f"release) and {path / split}/<class>/*.jpg (image folders); {_how_to_get_it(path)}")
+    if source == "torchvision":
+        images, labels, class_names = _load_torchvision(path, split)
+        keep = balanced_subset(labels, limit)
+        images, labels = images[keep], labels[keep]
+    else:
+        images, labels, class_names = _load_folder(path, split, limit)
+    return CifarData(images, labels, class_names, source, str(path), split)
+
+
+def _verified_release(root: Path) -> bool:
+    folder = root / torchvision.datasets.CIFAR10.base_folder
+    return all(torchvision.datasets.utils.check_integrity(str(folder / name), md5) for name, md5 in _release_files())
+
+
+def download_cifar10(root: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None, *,
+                     timeout: float = 30.0) -> Path:
+    """Download and extract the official CIFAR-10 release into ``root`` (a no-op when it is already there).
+
+    The archive is streamed in ``DOWNLOAD_CHUNK`` pieces, md5-checked against torchvision's ``tgz_md5`` and
+    extracted with ``tarfile``'s "data" filter (no absolute paths, links out of ``root`` or device files).
+
+    Args:
+        root: the data root; ``cifar-10-batches-py/`` is created in it.
+        progress: called as ``progress(done_bytes, total_bytes)`` after each chunk; ``total_bytes`` is 0 when the
+            server does not say.
+        timeout: seconds to wait for the server.
+
+    Returns:
+        ``root`` as a ``Path``, ready for ``load_cifar10``.
+
+    Raises:
+        DatasetUnavailableError: the server cannot be reached (offline) or the transfer breaks.
+        DatasetIntegrityError: the archive's md5 is wrong, it cannot be extracted safely, or its files fail md5.
+    """
+    path = Path(root).expanduser()
+    cls = torchvision.datasets.CIFAR10
+    if _verified_release(path):
+        return path
+    try:
+        response = urllib.request.urlopen(cls.url, timeout=timeout)  # looked up at call time: tests patch it
+    except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
+        raise DatasetUnavailableError(
+            f"cannot download CIFAR-10 from {cls.url} ({getattr(exc, 'reason', exc)}): this machine looks offline; "
+            f"copy cifar-10-python.tar.gz's contents into {path / cls.base_folder} or point ${ROOT_ENV} at an "
+            "image-folder copy") from exc
+    path.mkdir(parents=True, exist_ok=True)
+    archive = path / cls.filename
+    partial = archive.with_name(archive.name + ".part")
+    digest = hashlib.md5(usedforsecurity=False)  # integrity against the published md5, not security
+    try:
+        with response, partial.open("wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DatasetUnavailableError(f"the CIFAR-10 download from {cls.url} broke off ({exc}); try again") from exc
+    if digest.hexdigest() != cls.tgz_md5:
+        partial.unlink(missing_ok=True)
+        raise DatasetIntegrityError(f"the downloaded {cls.filename} has md5 {digest.hexdigest()}, expected "
+                                    f"{cls.tgz_md5}: the download is corrupted or was altered; try again")
+    partial.replace(archive)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(path, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise DatasetIntegrityError(f"cannot extract {archive} safely ({exc}); delete it and try again") from exc
+    if not _verified_release(path):
+        raise _integrity_problem(path)
+    return path
