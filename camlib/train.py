@@ -1,0 +1,279 @@
+"""Train a CIFAR-10 model with an Augmentation Lab pipeline.
+
+    python -m camlib.train --arch resnet20 --data ../shared/data/cifar10 --augment pipeline.json --epochs 30 --out runs/r20
+
+Trains on the train split with the exported Albumentations pipeline (so the page's design is what the model learns
+from), one-cycle learning rate (SGD, Nesterov momentum), evaluates on the test split after every epoch, shows a
+progress bar with loss, accuracy and images/s, and resumes from the last finished epoch when run again with the same
+``--out`` after an interruption. Writes ``model.safetensors`` and ``model_card.json`` into ``--out``.
+Bad arguments, a missing data root or an invalid pipeline stop with one clear line before any training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchvision  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from camlib.augment import CIFAR10_TRAIN_PIPELINE, Pipeline, build_pipeline, pipeline_from_json, pipeline_to_dict  # noqa: E402
+from camlib.cifar import CifarData, load_cifar10  # noqa: E402
+from camlib.cifar_models import CIFAR_ARCHS, build_cifar_model, normalize_batch  # noqa: E402
+from camlib.device import default_device  # noqa: E402
+from camlib.errors import CamlibError  # noqa: E402
+
+STATE_FILE = "last.pt"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+
+
+class TrainingError(CamlibError):
+    """A training run cannot start or resume (bad arguments, data, pipeline or checkpoint)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str
+    data: str
+    augment: str | None
+    epochs: int
+    out: str
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    limit_train: int | None = None
+    limit_test: int | None = None
+    threads: int | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="python -m camlib.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", required=True, choices=sorted(CIFAR_ARCHS))
+    parser.add_argument("--data", required=True, help="CIFAR-10 root: torchvision format or <root>/{train,test}/<class>/")
+    parser.add_argument("--augment", default=None, help="pipeline JSON exported from the Augmentation Lab "
+                                                        "(default: pad+crop, flip, affine, colour jitter, cutout)")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--out", required=True, help="output directory (also holds the resume state)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit-train", type=int, default=None, help="use only this many training images")
+    parser.add_argument("--limit-test", type=int, default=None, help="evaluate on only this many test images")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    config = TrainConfig(arch=args.arch, data=args.data, augment=args.augment, epochs=args.epochs, out=args.out,
+                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         label_smoothing=args.label_smoothing, seed=args.seed, limit_train=args.limit_train,
+                         limit_test=args.limit_test, threads=args.threads)
+    _check_numbers(config)
+    return config
+
+
+def _check_numbers(config: TrainConfig) -> None:
+    checks = [
+        (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
+        (config.lr > 0, f"--lr must be positive, got {config.lr}"),
+        (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
+        (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}"),
+        (config.limit_train is None or config.limit_train >= 10, "--limit-train must be at least 10"),
+        (config.limit_test is None or config.limit_test >= 10, "--limit-test must be at least 10"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TrainingError(message)
+
+
+def load_pipeline(path: str | None) -> Pipeline:
+    """The augmentation pipeline from an exported JSON file (or the default CIFAR-10 pipeline)."""
+    if path is None:
+        return CIFAR10_TRAIN_PIPELINE
+    file = Path(path)
+    if not file.is_file():
+        raise TrainingError(f"pipeline file not found: {file}")
+    return pipeline_from_json(file.read_text(encoding="utf-8"))
+
+
+def _check_pipeline_output(pipeline: Pipeline, sample: np.ndarray) -> None:
+    out = build_pipeline(pipeline)(image=sample)["image"]
+    if out.shape != sample.shape or out.dtype != np.uint8:
+        raise TrainingError(f"the pipeline must keep 32x32x3 uint8 images, it gives {out.dtype} {out.shape}; "
+                            "add a RandomCrop(32, 32) after padding, or a Resize")
+
+
+def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, seed: int) -> np.ndarray:
+    """Augment ``images[order]`` with a Compose seeded for this epoch (deterministic for (pipeline, seed))."""
+    compose = build_pipeline(Pipeline(pipeline.steps, seed))
+    out = np.empty((len(order), *images.shape[1:]), np.uint8)
+    for i, index in enumerate(order):
+        out[i] = compose(image=images[index])["image"]
+    return out
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: CifarData, device: torch.device, batch_size: int = 500
+             ) -> tuple[float, list[float], np.ndarray]:
+    """Accuracy, per-class accuracy and predictions of ``model`` on ``data``."""
+    was_training = model.training
+    model.eval()
+    predictions = []
+    for start in range(0, len(data.labels), batch_size):
+        batch = torch.from_numpy(data.images[start:start + batch_size]).to(device)
+        predictions.append(model(normalize_batch(batch)).argmax(dim=1).cpu())
+    model.train(was_training)
+    predicted = torch.cat(predictions).numpy()
+    correct = predicted == data.labels
+    per_class = [float(correct[data.labels == k].mean()) if (data.labels == k).any() else 0.0
+                 for k in range(len(data.class_names))]
+    return float(correct.mean()), per_class, predicted
+
+
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "albumentations": A.__version__, "numpy": np.__version__}
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)  # atomic: an interruption never leaves a half-written resume state
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a training; returns the model card."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    pipeline = load_pipeline(config.augment)
+    train_data = load_cifar10(config.data, "train", limit=config.limit_train)
+    test_data = load_cifar10(config.data, "test", limit=config.limit_test)
+    _check_pipeline_output(pipeline, train_data.images[0])
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    device = default_device()
+    torch.manual_seed(config.seed)
+    model = build_cifar_model(config.arch, len(train_data.class_names)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                                weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(train_data.labels) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                                    steps_per_epoch=steps_per_epoch, pct_start=0.25)
+    history: list[dict[str, Any]] = []
+    start_epoch, elapsed = 0, 0.0
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        saved = state["config"]
+        if saved["arch"] != config.arch or saved["epochs"] != config.epochs:
+            raise TrainingError(f"{state_path} is from a different run ({saved['arch']}, {saved['epochs']} epochs); "
+                                "use another --out or delete it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, elapsed, history = int(state["epoch"]), float(state["elapsed_s"]), json.loads(state["history"])
+        print(f"resuming from epoch {start_epoch} of {config.epochs} ({state_path})", file=sys.stderr)
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(train_data.labels))
+        images = augment_epoch(train_data.images, order, pipeline, seed=(config.seed * 1009 + epoch) % 2**31)
+        labels = torch.from_numpy(train_data.labels[order])
+        model.train()
+        seen, loss_sum, correct = 0, 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        for step in bar:
+            batch = slice(step * config.batch_size, (step + 1) * config.batch_size)
+            x = normalize_batch(torch.from_numpy(images[batch]).to(device))
+            y = labels[batch].to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(y)
+            loss_sum += float(loss) * len(y)
+            correct += int((logits.argmax(dim=1) == y).sum())
+            rate = seen / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
+        train_time = time.perf_counter() - started
+        eval_started = time.perf_counter()
+        accuracy, per_class, _ = evaluate(model, test_data, device)
+        eval_time = time.perf_counter() - eval_started
+        elapsed += time.perf_counter() - started
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                        "test_accuracy": accuracy, "train_images_per_s": seen / train_time,
+                        "test_images_per_s": len(test_data.labels) / eval_time, "lr": scheduler.get_last_lr()[0]})
+        print(f"epoch {epoch + 1}/{config.epochs}: loss {loss_sum / seen:.4f}, train acc {correct / seen:.4f}, "
+              f"test acc {accuracy:.4f}, {seen / train_time:.0f} img/s", file=sys.stderr)
+        _save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "elapsed_s": elapsed,
+                                 "history": json.dumps(history), "config": vars(config)})
+
+    accuracy, per_class, _ = evaluate(model, test_data, device)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
+    card = {
+        "architecture": config.arch,
+        "description": CIFAR_ARCHS[config.arch].description,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "classes": list(train_data.class_names),
+        "epochs": config.epochs,
+        "final_test_accuracy": accuracy,
+        "best_test_accuracy": max(h["test_accuracy"] for h in history),
+        "per_class_test_accuracy": dict(zip(train_data.class_names, per_class)),
+        "augmentation": pipeline_to_dict(pipeline),
+        "data": {"source": train_data.source, "root": train_data.root, "train_images": len(train_data.labels),
+                 "test_images": len(test_data.labels),
+                 "note": "the image-folder copy is JPEG-decoded: accuracy is measured on that copy"
+                 if train_data.source == "folder" else "official CIFAR-10 release"},
+        "training": {"optimizer": "SGD nesterov momentum 0.9", "lr_schedule": "one-cycle", "peak_lr": config.lr,
+                     "batch_size": config.batch_size, "weight_decay": config.weight_decay,
+                     "label_smoothing": config.label_smoothing, "seed": config.seed, "device": str(device),
+                     "threads": torch.get_num_threads(), "time_s": round(elapsed, 1),
+                     "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
+                     "test_images_per_s": round(float(np.median([h["test_images_per_s"] for h in history])), 1)},
+        "history": history,
+        "versions": _versions(),
+    }
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2), encoding="utf-8")
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(argv)
+        card = train(config)
+    except CamlibError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last finished epoch", file=sys.stderr)
+        return 130
+    print(f"final test accuracy {card['final_test_accuracy']:.4f} (best {card['best_test_accuracy']:.4f}); "
+          f"wrote {Path(config.out) / WEIGHTS_FILE} and {Path(config.out) / CARD_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
