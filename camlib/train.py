@@ -1,6 +1,7 @@
 """Train a CIFAR-10 model with an Augmentation Lab pipeline.
 
-    python -m camlib.train --arch resnet20 --data ../shared/data/cifar10 --augment pipeline.json --epochs 30 --out runs/r20
+    python -m camlib.train --arch resnet20 --data ../shared/data/cifar10 --augment pipeline.json \
+        --epochs 30 --out runs/r20
 
 Trains on the train split with the exported Albumentations pipeline (so the page's design is what the model learns
 from), one-cycle learning rate (SGD, Nesterov momentum), evaluates on the test split after every epoch, shows a
@@ -66,7 +67,8 @@ class TrainConfig:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m camlib.train", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", required=True, choices=sorted(CIFAR_ARCHS))
-    parser.add_argument("--data", required=True, help="CIFAR-10 root: torchvision format or <root>/{train,test}/<class>/")
+    parser.add_argument("--data", required=True,
+                        help="CIFAR-10 root: torchvision format or <root>/{train,test}/<class>/")
     parser.add_argument("--augment", default=None, help="pipeline JSON exported from the Augmentation Lab "
                                                         "(default: pad+crop, flip, affine, colour jitter, cutout)")
     parser.add_argument("--epochs", type=int, required=True)
