@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
@@ -59,3 +60,30 @@ def magnitude_figure(magnitudes: dict[str, float]) -> go.Figure:
                            hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
     fig.update_layout(height=260, margin=dict(l=0, r=0, t=10, b=0), yaxis_title="peak raw CAM (ReLU)")
     return fig
+
+
+def fast_png(image: np.ndarray) -> bytes:
+    """PNG bytes with light compression: lossless (pixel art stays crisp) and quick enough for live reruns."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return encoded.tobytes()
+
+
+def upscale_tiles(tiles: np.ndarray, min_side: int) -> np.ndarray:
+    """Nearest-neighbour upscale of ``(N, h, w, 3)`` tiles by the integer factor that reaches ``min_side``."""
+    factor = max(1, -(-min_side // max(1, min(tiles.shape[1:3]))))
+    return tiles.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else tiles
+
+
+def label_tiles(tiles: np.ndarray, labels: list[str], *, flagged: list[bool] | None = None) -> np.ndarray:
+    """Write a small label in the bottom-left corner of each tile (red background where ``flagged``)."""
+    out = tiles.copy()
+    height = out.shape[1]
+    scale = max(0.3, height / 250)
+    for k, text in enumerate(labels):
+        (width, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        background = (200, 30, 30) if flagged and flagged[k] else (0, 0, 0)
+        cv2.rectangle(out[k], (0, height - text_h - 6), (width + 4, height), background, thickness=-1)
+        cv2.putText(out[k], text, (2, height - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out

@@ -15,6 +15,7 @@ import streamlit as st
 import torch
 
 from camlib.cam import CamResult, compute_cams
+from camlib.cifar import CifarData, load_cifar10
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
 from camlib.models import LoadedModel, PreparedInput, load_checkpoint, load_model, prepare_input
@@ -93,3 +94,12 @@ def compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], met
     result = compute_cams(loaded.model, prepared.tensor.to(loaded.device), list(layers), method=method,
                           class_idx=class_idx)
     return CamView(result=result, prepared=prepared)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading CIFAR-10...")
+def get_cifar(root: str, split: str) -> CifarData:
+    """A CIFAR-10 split, loaded once per process and shared read-only by every session."""
+    data = load_cifar10(root, split)
+    data.images.setflags(write=False)
+    data.labels.setflags(write=False)
+    return data
