@@ -27,7 +27,7 @@ st.caption("Every change redraws at once. Same seed, same grid: export the pipel
 
 with st.sidebar:
     root = st.text_input("CIFAR-10 data root", value=str(default_root() or ""), key="aug_data_root",
-                         help="A folder with cifar-10-batches-py/ (official release) or train/ and test/ image folders.")
+                         help="A folder with cifar-10-batches-py/ (official release) or train/, test/ image folders.")
 
 editor, view = st.columns([1, 2.6], gap="large")
 with editor:
