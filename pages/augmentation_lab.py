@@ -43,7 +43,7 @@ with editor:
     pipeline = pipeline_editor.pipeline_editor()
 
 with view:
-    source = st.radio("Images", ["CIFAR-10", "Sample photo or upload"], horizontal=True, key="aug_source")
+    source = st.radio("Images", ["CIFAR-10", "Sample photo or upload"], horizontal=True, key="aug_images")
     labels: list[str] | None = None
     data = None
     if source == "CIFAR-10":
