@@ -27,6 +27,7 @@ threads = _configure_torch()
 pages = [
     st.Page("pages/cam_explorer.py", title="CAM Explorer", icon=":material/local_fire_department:", default=True),
     st.Page("pages/augmentation_lab.py", title="Augmentation Lab", icon=":material/auto_awesome_mosaic:"),
+    st.Page("pages/misclassifications.py", title="Misclassifications", icon=":material/report:"),
 ]
 page = st.navigation(pages)
 with st.sidebar:

@@ -20,18 +20,22 @@ st.caption("What does the classifier look at? Pick an image, a model, one or mor
 
 controls, results = st.columns([1, 3], gap="large")
 with controls:
-    image = widgets.image_input("cam")
-    for note in image.notes:
-        st.info(note)
     model_key = widgets.model_input("cam")
     loaded = state.resolve_model(model_key)
+    image = widgets.image_input("cam", cifar=state.cifar_test_set() if loaded.spec.dataset == "cifar10" else None)
+    for note in image.notes:
+        st.info(note)
     method = st.selectbox("Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="cam_method",
                           help="Score-CAM runs one forward pass per channel: slow on a CPU.")
     st.caption(f"{METHODS[method].paper}. Cost: {METHODS[method].cost}.")
 
     candidates = state.get_layers(model_key)
     by_name = {c.name: c for c in candidates}
-    layers = st.multiselect("Target layers (one pass for all)", list(by_name), default=[default_layer(candidates).name],
+    if st.session_state.get("cam_layers_for") != model_key:  # a new model: its own suggested layer and top class
+        st.session_state["cam_layers_for"] = model_key
+        st.session_state["cam_layers"] = [default_layer(candidates).name]
+        st.session_state.pop("cam_class", None)
+    layers = st.multiselect("Target layers (one pass for all)", list(by_name),
                             format_func=lambda n: f"{n}  [{by_name[n].shape_label}]", key="cam_layers")
     for name in layers:
         if by_name[name].warning:
@@ -78,6 +82,11 @@ with results:
     st.markdown(f"**Explaining class {explained}: {loaded.class_names[explained]}** "
                 f"({result.probabilities[0, explained]:.1%}) with {METHODS[result.method].label} "
                 f"in {result.elapsed_s * 1000:.0f} ms on {loaded.device}.")
+    if image.true_label is not None:
+        predicted = loaded.class_names[top1]
+        verdict = "correct" if predicted == image.true_label else "wrong"
+        st.markdown(f"True label: **{image.true_label}** · predicted: **{predicted}** ({probabilities[top1]:.1%}, "
+                    f"{verdict})")
 
     model_view = upscale_nearest(prepared.model_view, 224)
     overlays = {}

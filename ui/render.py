@@ -87,3 +87,30 @@ def label_tiles(tiles: np.ndarray, labels: list[str], *, flagged: list[bool] | N
         cv2.rectangle(out[k], (0, height - text_h - 6), (width + 4, height), background, thickness=-1)
         cv2.putText(out[k], text, (2, height - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
+
+
+def confusion_figure(matrix: np.ndarray, class_names: tuple[str, ...]) -> go.Figure:
+    """Confusion matrix as square markers (a scatter, so a click selects a cell): rows true, columns predicted."""
+    true_idx, pred_idx = np.meshgrid(np.arange(len(class_names)), np.arange(len(class_names)), indexing="ij")
+    counts = matrix[true_idx, pred_idx].ravel()
+    fig = go.Figure(go.Scatter(
+        x=[class_names[i] for i in pred_idx.ravel()], y=[class_names[i] for i in true_idx.ravel()],
+        mode="markers+text", text=[str(c) if c else "" for c in counts], textfont=dict(size=10),
+        marker=dict(symbol="square", size=34, color=np.log1p(counts), colorscale="Blues", showscale=False,
+                    line=dict(width=1, color="white")),
+        customdata=counts, hovertemplate="true %{y}, predicted %{x}: %{customdata}<extra></extra>",
+    ))
+    fig.update_layout(height=470, margin=dict(l=0, r=0, t=30, b=0), title="Confusion matrix (click a cell)",
+                      xaxis=dict(title="predicted", side="top", categoryorder="array", categoryarray=class_names),
+                      yaxis=dict(title="true", autorange="reversed", categoryorder="array",
+                                 categoryarray=class_names), dragmode=False)
+    return fig
+
+
+def per_class_figure(accuracy: np.ndarray, class_names: tuple[str, ...]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(accuracy), y=list(class_names), orientation="h", marker_color="#4c78a8",
+                           text=[f"{a:.1%}" for a in accuracy], textposition="auto",
+                           hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
+    fig.update_layout(height=470, margin=dict(l=0, r=10, t=30, b=0), title="Per-class accuracy",
+                      xaxis=dict(range=[0, 1], tickformat=".0%"), yaxis=dict(autorange="reversed"))
+    return fig

@@ -14,11 +14,11 @@ import numpy as np
 import streamlit as st
 
 from camlib.cam import CamResult, compute_cams
-from camlib.cifar import CifarData, load_cifar10
+from camlib.cifar import CifarData, default_root, detect_source, load_cifar10
 from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
-from camlib.models import LoadedModel, PreparedInput, load_checkpoint, load_model, prepare_input
+from camlib.models import LoadedModel, PreparedInput, load_checkpoint, load_model, prepare_batch, prepare_input
 
 CHECKPOINT_PREFIX = "checkpoint:"
 
@@ -100,3 +100,36 @@ def get_cifar(root: str, split: str) -> CifarData:
     data.images.setflags(write=False)
     data.labels.setflags(write=False)
     return data
+
+
+def cifar_test_set() -> CifarData | None:
+    """The CIFAR-10 test split from the default data root, or None when no copy is available."""
+    root = default_root()
+    if root is None or detect_source(root) is None:
+        return None
+    return get_cifar(str(root), "test")
+
+
+@st.cache_resource(max_entries=4, show_spinner="Predicting the 10,000 test images (once)...")
+def dataset_predictions(model_key: str, root: str, split: str = "test") -> np.ndarray:
+    """Class probabilities for a whole CIFAR-10 split, computed once per (model, data) and shared read-only."""
+    loaded = resolve_model(model_key)
+    data = get_cifar(root, split)
+    probabilities = predict_probabilities(loaded.model, data.images, loaded.spec.preprocessing)
+    probabilities.setflags(write=False)
+    return probabilities
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing CAMs for this page...")
+def gallery_cams(model_key: str, root: str, indices: tuple[int, ...], layer: str, method: str = "gradcam"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """CAM maps ``(n, 32, 32)`` of the predicted and of the true class for CIFAR-10 test images ``indices``."""
+    loaded = resolve_model(model_key)
+    data = get_cifar(root, "test")
+    images = data.images[list(indices)]
+    x = prepare_batch(images, loaded.spec.preprocessing).to(loaded.device)
+    predicted = dataset_predictions(model_key, root)[list(indices)].argmax(axis=1).tolist()
+    true = data.labels[list(indices)].tolist()
+    for_predicted = compute_cams(loaded.model, x, [layer], method=method, class_idx=predicted).maps[layer]
+    for_true = compute_cams(loaded.model, x, [layer], method=method, class_idx=true).maps[layer]
+    return for_predicted, for_true

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
+from camlib.cifar import CifarData
 from camlib.errors import CamlibError, WeightsUnavailableError
 from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from camlib.models import DEFAULT_MODEL, MODELS, download_file, get_spec, torchvision_cache_path
@@ -22,12 +23,19 @@ class ChosenImage:
     name: str
     pixels: np.ndarray
     notes: tuple[str, ...] = ()
+    true_label: str | None = None
 
 
-def image_input(prefix: str) -> ChosenImage:
-    """A sample photo or an upload; an unreadable upload gives an error and the last good image."""
+def image_input(prefix: str, *, cifar: CifarData | None = None) -> ChosenImage:
+    """A sample photo, an upload, or (given ``cifar``) a CIFAR-10 image by class and index; an unreadable upload
+    gives an error and the last good image."""
     last_key = f"{prefix}_last_image"
-    source = st.radio("Image", ["Sample photo", "Upload"], horizontal=True, key=f"{prefix}_source")
+    options = (["CIFAR-10 test image"] if cifar is not None else []) + ["Sample photo", "Upload"]
+    source = st.radio("Image", options, horizontal=True, key=f"{prefix}_source")
+    if source == "CIFAR-10 test image":
+        chosen = _cifar_image(prefix, cifar)
+        st.session_state[last_key] = chosen
+        return chosen
     if source == "Sample photo":
         name = st.selectbox("Sample", list(SAMPLES), index=list(SAMPLES).index(DEFAULT_SAMPLE), key=f"{prefix}_sample")
         chosen = ChosenImage(name=name, pixels=load_sample(name))
@@ -51,6 +59,15 @@ def image_input(prefix: str) -> ChosenImage:
     if upload is None:
         st.caption(f"No upload yet: showing {last.name}.")
     return last
+
+
+def _cifar_image(prefix: str, cifar: CifarData) -> ChosenImage:
+    left, right = st.columns(2)
+    class_name = left.selectbox("Class", cifar.class_names, key=f"{prefix}_cifar_class")
+    members = np.flatnonzero(cifar.labels == cifar.class_names.index(class_name))
+    position = right.number_input(f"Index (0..{len(members) - 1})", 0, len(members) - 1, 0, key=f"{prefix}_cifar_index")
+    index = int(members[int(position)])
+    return ChosenImage(name=f"CIFAR-10 {cifar.split} #{index}", pixels=cifar.images[index], true_label=class_name)
 
 
 def _ensure_weights(key: str) -> None:

@@ -1,0 +1,84 @@
+"""Misclassification gallery: the CIFAR-10 test images a model gets wrong, with the CAM of the predicted and of the
+true class side by side, a clickable confusion matrix and per-class accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from camlib.cifar import default_root, detect_source
+from camlib.errors import CamlibError
+from camlib.evaluation import confusion_matrix, per_class_accuracy
+from camlib.layers import default_layer
+from camlib.models import DEFAULT_CIFAR_MODEL, MODELS
+from camlib.overlay import overlay_heatmap, upscale_nearest
+from ui import render, state
+
+PAGE_SIZE = 12
+
+st.title("Misclassification gallery")
+st.caption("Where the CIFAR-10 model goes wrong, and what it looked at: Grad-CAM for the predicted class (left) and "
+           "for the true class (right).")
+
+root = default_root()
+if root is None or detect_source(root) is None:
+    st.warning("No CIFAR-10 test set found: set CAMLIB_CIFAR10_ROOT or the data root on the Augmentation Lab page.")
+    st.stop()
+root = str(root)
+cifar_models = [key for key, spec in MODELS.items() if spec.dataset == "cifar10"]
+model_key = st.selectbox("Model", cifar_models, index=cifar_models.index(DEFAULT_CIFAR_MODEL),
+                         format_func=lambda k: MODELS[k].label, key="gal_model")
+try:
+    loaded = state.get_model(model_key)
+except CamlibError as error:
+    st.error(str(error))
+    st.stop()
+data = state.get_cifar(root, "test")
+probabilities = state.dataset_predictions(model_key, root)
+predicted = probabilities.argmax(axis=1)
+matrix = confusion_matrix(data.labels, predicted, len(data.class_names))
+accuracy = float(np.trace(matrix) / matrix.sum())
+st.markdown(f"**Test accuracy {accuracy:.2%}** on {len(data.labels):,} images ({data.source} copy at `{root}`); "
+            f"{int((predicted != data.labels).sum()):,} mistakes.")
+
+left, right = st.columns([3, 2])
+with left:
+    event = st.plotly_chart(render.confusion_figure(matrix, data.class_names), key="gal_confusion",
+                            on_select="rerun", selection_mode="points")
+    points = event.selection.points if event and event.selection else []
+    clicked = (points[0]["y"], points[0]["x"]) if points else None
+    if clicked and clicked != st.session_state.get("gal_clicked"):  # apply a new click once, then let filters rule
+        st.session_state["gal_clicked"] = clicked
+        st.session_state["gal_true"], st.session_state["gal_pred"] = [clicked[0]], [clicked[1]]
+with right:
+    st.plotly_chart(render.per_class_figure(per_class_accuracy(matrix), data.class_names), key="gal_per_class")
+
+filters = st.columns(3)
+true_filter = filters[0].multiselect("True class", data.class_names, key="gal_true", placeholder="any")
+pred_filter = filters[1].multiselect("Predicted class", data.class_names, key="gal_pred", placeholder="any")
+candidates = state.get_layers(model_key)
+layer = filters[2].selectbox("Layer", [c.name for c in candidates], key="gal_layer",
+                             index=[c.name for c in candidates].index(default_layer(candidates).name),
+                             format_func=lambda n: f"{n} [{next(c.shape_label for c in candidates if c.name == n)}]")
+
+wrong = np.flatnonzero(predicted != data.labels)
+if true_filter:
+    wrong = wrong[np.isin(data.labels[wrong], [data.class_names.index(c) for c in true_filter])]
+if pred_filter:
+    wrong = wrong[np.isin(predicted[wrong], [data.class_names.index(c) for c in pred_filter])]
+if len(wrong) == 0:
+    st.info("No misclassified images match these filters.")
+    st.stop()
+pages = -(-len(wrong) // PAGE_SIZE)
+page = st.number_input(f"Page (1..{pages}) of {len(wrong)} images", 1, pages, 1, key="gal_page")
+shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE: page * PAGE_SIZE])
+
+for_predicted, for_true = state.gallery_cams(model_key, root, shown, layer)
+columns = st.columns(4)
+for k, index in enumerate(shown):
+    image = upscale_nearest(data.images[index], 128)
+    pair = np.hstack([overlay_heatmap(image, for_predicted[k]), np.full((image.shape[0], 4, 3), 255, np.uint8),
+                      overlay_heatmap(image, for_true[k])])
+    guess, truth = data.class_names[predicted[index]], data.class_names[data.labels[index]]
+    columns[k % 4].image(render.fast_png(pair), width="stretch",
+                         caption=f"#{index}: {truth} → {guess} ({probabilities[index, predicted[index]]:.0%})")
