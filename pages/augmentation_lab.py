@@ -18,7 +18,7 @@ from camlib.augment import (
 from camlib.cifar import default_root, detect_source, download_cifar10
 from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
-from ui import pipeline_editor, render, state, widgets
+from ui import model_loop, pipeline_editor, render, state, widgets
 
 GRID_TILE_PX = 96  # each tile is shown at least this large (nearest-neighbour)
 
@@ -111,8 +111,13 @@ with view:
 
     show_labels = data is not None and st.toggle("Class labels on tiles", value=True, key="aug_show_labels")
     tile_labels = [data.class_names[data.labels[i]] for i in grid.indices] if show_labels else None
+    loop_model = model_loop.model_loop_controls()
     augmented = render.upscale_tiles(grid.tiles, GRID_TILE_PX)
-    if tile_labels:
+    if loop_model is not None:
+        report, badges = model_loop.tile_predictions(loop_model, images[list(grid.indices)], grid.tiles)
+        augmented = render.label_tiles(augmented, badges, flagged=list(report.flipped))
+        st.markdown(model_loop.summary(report))
+    elif tile_labels:
         augmented = render.label_tiles(augmented, tile_labels)
     left, right = st.columns(2)
     if grid.mode == "many":
