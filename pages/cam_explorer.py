@@ -40,6 +40,11 @@ with controls:
     for name in layers:
         if by_name[name].warning:
             st.warning(f"{name}: {by_name[name].warning}")
+    with st.expander(f"Layer inspector ({len(candidates)} candidate layers)"):
+        st.dataframe([{"layer": c.name, "type": c.type_name, "output (C x H x W)": c.shape_label,
+                       "note": c.warning or ""} for c in candidates], hide_index=True, height=300)
+        st.caption("Modules with a 4-D output that run once per forward pass, in forward order. Suggested: the last "
+                   "layer whose map is at least 7x7.")
 
     probabilities = state.predict(model_key, image.pixels)
     top1 = int(np.argmax(probabilities))
