@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlib.errors import ClassIndexError, GradientUnavailableError, LayerError, MethodError, NonFiniteError
+from camlib.errors import (
+    CamlibError,
+    ClassIndexError,
+    GradientUnavailableError,
+    LayerError,
+    MethodError,
+    NonFiniteError,
+)
 from camlib.guard import model_guard
 
 NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
@@ -203,7 +210,9 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
         raise LayerError("no target layer given; pick at least one layer")
     modules = dict(model.named_modules())
     for name in names:
-        if not isinstance(name, str) or not name or name not in modules:
+        if not isinstance(name, str):
+            raise LayerError(f"layers are dotted module names such as 'layer4', got a {type(name).__name__}")
+        if not name or name not in modules:
             close = [n for n in modules if n and isinstance(name, str) and name.split(".")[-1] in n][:5]
             hint = f" Similar names: {', '.join(close)}." if close else ""
             raise LayerError(f"layer {name!r} is not a module of this model.{hint}")
@@ -214,7 +223,14 @@ def _resolve_classes(class_idx: int | Sequence[int] | None, logits: torch.Tensor
     batch, num_classes = logits.shape
     if class_idx is None:
         return [int(k) for k in logits.argmax(dim=1).tolist()]
-    requested = [class_idx] * batch if isinstance(class_idx, (int, np.integer)) else list(class_idx)
+    if isinstance(class_idx, (torch.Tensor, np.ndarray)):
+        class_idx = class_idx.tolist()
+    if isinstance(class_idx, (int, np.integer)):
+        requested = [class_idx] * batch
+    elif isinstance(class_idx, Sequence) and not isinstance(class_idx, str):
+        requested = list(class_idx)
+    else:
+        raise ClassIndexError(f"class index must be an integer or a list of integers, got {class_idx!r}")
     if len(requested) != batch:
         raise ClassIndexError(f"got {len(requested)} class indices for a batch of {batch} images")
     out = []
@@ -227,10 +243,14 @@ def _resolve_classes(class_idx: int | Sequence[int] | None, logits: torch.Tensor
     return out
 
 
-def _validate_input(x: torch.Tensor) -> None:
+def _validate_input(x: torch.Tensor, scorecam_batch_size: int) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a float tensor (B, C, H, W); got {shape}")
+        raise CamlibError(f"x must be a float tensor (B, C, H, W); got {shape}")
+    if x.shape[0] == 0:
+        raise CamlibError("x is an empty batch; pass at least one image")
+    if isinstance(scorecam_batch_size, bool) or not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:
+        raise CamlibError(f"scorecam_batch_size must be a positive integer, got {scorecam_batch_size!r}")
 
 
 class _Capture:
@@ -319,9 +339,16 @@ def compute_cams(
     started = time.perf_counter()
     spec = _resolve_method(method)
     names = _resolve_layers(model, layers)
-    _validate_input(x)
+    _validate_input(x, scorecam_batch_size)
     modules = dict(model.named_modules())
-    device = next((p.device for p in model.parameters()), x.device)
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else x.device
+    dtype = first.dtype if first is not None and first.is_floating_point() else x.dtype
+    if spec.uses_gradients and any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+        raise GradientUnavailableError(
+            "CAM needs gradients, and this model's weights were created in inference_mode; "
+            "load the model outside torch.inference_mode()"
+        )
     capture = _Capture(start_graph=spec.uses_gradients)
 
     with model_guard(model):
@@ -330,15 +357,10 @@ def compute_cams(
             # inference_mode(False): works when the caller is inside inference_mode. Autograd starts off; for gradient
             # methods the first hooked layer switches it on (see _Capture), which also works with frozen parameters.
             with torch.inference_mode(False), torch.set_grad_enabled(False):
-                xin = x.detach().to(device).clone()  # the model may modify its input in place
+                # The model's dtype (e.g. a float64 input for a float32 model); a copy, as the model may modify its
+                # input in place.
+                xin = x.detach().to(device=device, dtype=dtype).clone()
                 logits = model(xin)
-        except RuntimeError as error:
-            if "inference" in str(error).lower():
-                raise GradientUnavailableError(
-                    "CAM needs gradients, and this model's tensors were created in inference_mode; "
-                    "load the model outside torch.inference_mode()"
-                ) from error
-            raise
         finally:
             for handle in handles:
                 handle.remove()

@@ -1,0 +1,83 @@
+"""Shared test fixtures: a snapshot of everything camlib promises to leave untouched on a (shared) model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+_MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOK_DICTS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                      "_global_backward_pre_hooks")
+
+
+def registered_hooks(model: nn.Module) -> list[str]:
+    """Every hook registered on ``model``'s modules and parameters, or globally on all modules (should be empty)."""
+    found = [f"{name or '<root>'}.{attr}" for name, module in model.named_modules() for attr in _MODULE_HOOK_DICTS
+             if getattr(module, attr)]
+    found += [f"{name}._backward_hooks" for name, p in model.named_parameters() if p._backward_hooks]
+    found += [f"torch.nn.modules.module.{attr}" for attr in _GLOBAL_HOOK_DICTS if getattr(torch_module, attr)]
+    return found
+
+
+@dataclass
+class ModelSnapshot:
+    """Training flags, ``requires_grad`` flags, ``.grad`` objects and values, and the state dict of a model."""
+
+    model: nn.Module
+    training: dict[str, bool]
+    requires_grad: dict[str, bool]
+    grads: dict[str, torch.Tensor | None]
+    grad_values: dict[str, torch.Tensor | None]
+    state: dict[str, torch.Tensor]
+
+    @classmethod
+    def take(cls, model: nn.Module) -> ModelSnapshot:
+        params = dict(model.named_parameters())
+        return cls(
+            model=model,
+            training={name: m.training for name, m in model.named_modules()},
+            requires_grad={name: p.requires_grad for name, p in params.items()},
+            grads={name: p.grad for name, p in params.items()},
+            grad_values={name: None if p.grad is None else p.grad.detach().clone() for name, p in params.items()},
+            state={k: v.detach().clone() for k, v in model.state_dict().items()},
+        )
+
+    def assert_unchanged(self) -> None:
+        model = self.model
+        assert registered_hooks(model) == []
+        assert {name: m.training for name, m in model.named_modules()} == self.training
+        params = dict(model.named_parameters())
+        assert {name: p.requires_grad for name, p in params.items()} == self.requires_grad
+        for name, p in params.items():
+            assert p.grad is self.grads[name], f"{name}.grad was replaced or created"
+            if p.grad is not None:
+                assert torch.equal(p.grad, self.grad_values[name]), f"{name}.grad values changed"
+        state = model.state_dict()
+        assert state.keys() == self.state.keys()
+        for key, value in self.state.items():
+            assert torch.equal(state[key], value), f"state_dict[{key!r}] changed"
+
+
+@pytest.fixture
+def snapshot():
+    """``snapshot(model)`` records a model's state; ``.assert_unchanged()`` checks hooks, flags, grads, state dict."""
+    return ModelSnapshot.take
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch and BLAS/LAPACK work on one thread, then restore the settings. On a small shared machine
+    two spinning OpenMP/OpenBLAS threads competing with other processes for two cores run 10-50x slower than one."""
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn, a pytorch-grad-cam dependency
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)

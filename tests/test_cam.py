@@ -1,0 +1,971 @@
+"""Tests of camlib.cam: exact agreement with pytorch-grad-cam 1.5.7, the output contract, and the promise that a
+(shared) model is left exactly as it was: no hooks, same ``.grad``, ``requires_grad`` and ``training`` flags, same
+batch-norm statistics, also after an error, also from several threads at once (bad-inputs rows 31-45).
+
+pytorch-grad-cam calls ``model.eval()`` and ``loss.backward()`` (it fills parameters' ``.grad``), so it only ever runs
+on the zoo models of the reference section, after camlib's result for the same key has been computed, and its
+gradients are dropped after each call. The invariant tests build their own models and never touch the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+from torch import nn
+
+from camlib.cam import (
+    METHODS,
+    CamResult,
+    compute_cams,
+    layer_magnitudes,
+    minmax_normalize,
+    shared_scale_maps,
+    upsample_maps,
+)
+from camlib.errors import (
+    CamlibError,
+    ClassIndexError,
+    GradientUnavailableError,
+    LayerError,
+    MethodError,
+    NonFiniteError,
+)
+from camlib.layers import list_candidate_layers
+
+ATOL = 1e-5  # on maps in [0, 1]
+REFERENCE_CAMS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "hirescam": HiResCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "scorecam": ScoreCAM,
+}
+GRADIENT_METHODS = tuple(name for name, spec in METHODS.items() if spec.uses_gradients)
+TARGET_KINDS = ("argmax", "same", "per_image")  # None / one non-argmax class for all / one non-argmax class each
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
+    """Build a randomly initialised model in eval mode without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def _images(batch: int, size: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _per_image(class_idx: int | list[int], batch: int) -> list[int]:
+    return [class_idx] * batch if isinstance(class_idx, int) else list(class_idx)
+
+
+def _reference_maps(model: nn.Module, x: torch.Tensor, layer: str, method: str,
+                    class_idx: int | list[int] | None) -> np.ndarray:
+    """pytorch-grad-cam's map for one target layer; its parameter gradients are dropped afterwards."""
+    targets = None if class_idx is None else [ClassifierOutputTarget(k) for k in _per_image(class_idx, len(x))]
+    with REFERENCE_CAMS[method](model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
+        maps = cam(input_tensor=x, targets=targets)
+    model.zero_grad(set_to_none=True)
+    return maps
+
+
+def _reference_pipeline(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """base_cam's path from a signed (B, h, w) map: ReLU, scale_cam_image to (W, H), the one-layer aggregation."""
+    height, width = size
+    return scale_cam_image(scale_cam_image(np.maximum(raw, 0), (width, height)))
+
+
+def _assert_maps_follow_raw(result: CamResult, size: tuple[int, int]) -> None:
+    """``.maps`` is pytorch-grad-cam's pipeline applied to ``.raw``, with degenerate images exactly zero."""
+    for layer in result.layers:
+        expected = _reference_pipeline(result.raw[layer], size)
+        expected[result.degenerate[layer]] = 0.0
+        np.testing.assert_allclose(result.maps[layer], expected, atol=ATOL, rtol=0)
+
+
+def _assert_same_result(actual: CamResult, expected: CamResult) -> None:
+    assert actual.class_idx == expected.class_idx
+    assert actual.layers == expected.layers
+    np.testing.assert_array_equal(actual.logits, expected.logits)
+    for layer in expected.layers:
+        np.testing.assert_array_equal(actual.maps[layer], expected.maps[layer])
+        np.testing.assert_array_equal(actual.raw[layer], expected.raw[layer])
+        np.testing.assert_array_equal(actual.degenerate[layer], expected.degenerate[layer])
+
+
+def _resnet18(seed: int = 0) -> nn.Module:
+    return _seeded(lambda: torchvision.models.resnet18(weights=None), seed)
+
+
+# --- the reference zoo ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ZooEntry:
+    build: Callable[[], nn.Module]
+    layers: tuple[str, ...]  # explained together in ONE camlib call, each compared with a one-layer reference call
+
+
+ZOO = {
+    # layer4.1.bn2: its output is then changed in place by the residual `+=` and the inplace ReLU.
+    "resnet18": ZooEntry(lambda: torchvision.models.resnet18(weights=None), ("layer4", "layer3", "layer4.1.bn2")),
+    # features: followed by F.relu(..., inplace=True) in DenseNet.forward.
+    "densenet121": ZooEntry(lambda: torchvision.models.densenet121(weights=None),
+                            ("features", "features.denseblock3")),
+    "mobilenet_v3_small": ZooEntry(lambda: torchvision.models.mobilenet_v3_small(weights=None), ("features.12",)),
+    # features.27: the last ReLU(inplace=True), whose output is its input tensor modified in place; features.26: that
+    # batch norm, whose output the next module changes in place.
+    "vgg11_bn": ZooEntry(lambda: torchvision.models.vgg11_bn(weights=None), ("features.27", "features.26")),
+    "efficientnet_lite0": ZooEntry(lambda: timm.create_model("efficientnet_lite0", pretrained=False),
+                                   ("bn2", "blocks.5")),
+}
+SCORECAM_SIZE = 64
+SCORECAM_LAYERS = {"resnet18": ("layer1", "layer2"), "efficientnet_lite0": ("blocks.1",)}  # 64, 128 and 24 channels
+
+
+class Zoo:
+    """Seeded models, inputs, explicit classes and camlib results, built lazily and shared by the module."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, nn.Module] = {}
+        self._images: dict[int, torch.Tensor] = {}
+        self._results: dict[tuple, CamResult] = {}
+        self._activations: dict[str, dict[str, np.ndarray]] = {}
+        self._logits: dict[tuple[str, int], np.ndarray] = {}
+
+    def model(self, name: str) -> nn.Module:
+        if name not in self._models:
+            self._models[name] = _seeded(ZOO[name].build)
+        return self._models[name]
+
+    def images(self, size: int = 224) -> torch.Tensor:
+        if size not in self._images:
+            self._images[size] = _images(2, size, seed=size)
+        return self._images[size]
+
+    def logits(self, name: str, size: int = 224) -> np.ndarray:
+        if (name, size) not in self._logits:
+            with torch.no_grad():
+                self._logits[name, size] = self.model(name)(self.images(size)).numpy()
+        return self._logits[name, size]
+
+    def targets(self, name: str, kind: str, size: int = 224) -> int | list[int] | None:
+        """None, or classes that are not the argmax of either image."""
+        if kind == "argmax":
+            return None
+        logits = self.logits(name, size)
+        order = np.argsort(-logits, axis=1, kind="stable")
+        top = set(order[:, 0].tolist())
+        if kind == "same":
+            return next(int(k) for k in order[0, 1:] if int(k) not in top)
+        per_image = [int(order[0, 2]), int(order[1, -1])]
+        assert per_image[0] != per_image[1] and not top & set(per_image)
+        return per_image
+
+    def ours(self, name: str, method: str, kind: str, size: int = 224,
+             layers: tuple[str, ...] | None = None) -> CamResult:
+        layers = layers or ZOO[name].layers
+        key = (name, method, kind, size, layers)
+        if key not in self._results:
+            self._results[key] = compute_cams(self.model(name), self.images(size), list(layers), method=method,
+                                              class_idx=self.targets(name, kind, size))
+        return self._results[key]
+
+    def activations(self, name: str) -> dict[str, np.ndarray]:
+        """Each zoo layer's output values at the END of the forward pass (the tensor is kept, not cloned, as
+        pytorch-grad-cam keeps it, so later in-place ops show), from our own forward hooks."""
+        if name not in self._activations:
+            model = self.model(name)
+            modules = dict(model.named_modules())
+            store: dict[str, torch.Tensor] = {}
+            handles = [modules[layer].register_forward_hook(lambda _m, _i, out, layer=layer: store.update({layer: out}))
+                       for layer in ZOO[name].layers]
+            try:
+                with torch.no_grad():
+                    model(self.images())
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._activations[name] = {layer: out.numpy().copy() for layer, out in store.items()}
+        return self._activations[name]
+
+
+@pytest.fixture(scope="module")
+def zoo() -> Zoo:
+    return Zoo()
+
+
+def _gradient_cases():
+    for name, entry in ZOO.items():
+        for layer in entry.layers:
+            # VGG-11 costs ~10 ResNet-18s on CPU: every method with per-image classes, every target kind with
+            # Grad-CAM only; its second layer with Grad-CAM only.
+            methods = ("gradcam",) if (name, layer) == ("vgg11_bn", "features.26") else GRADIENT_METHODS
+            for method in methods:
+                kinds = TARGET_KINDS if name != "vgg11_bn" or method == "gradcam" else ("per_image",)
+                for kind in kinds:
+                    yield pytest.param(name, layer, method, kind, id=f"{name}-{layer}-{method}-{kind}")
+
+
+def test_every_method_has_a_reference_and_the_registry_is_complete():
+    assert set(METHODS) == set(REFERENCE_CAMS)
+    assert {name for name, spec in METHODS.items() if not spec.uses_gradients} == {"eigencam", "scorecam"}
+    for name, spec in METHODS.items():
+        assert spec.name == name and spec.label and spec.paper
+
+
+@pytest.mark.parametrize("model_name,layer,method,kind", _gradient_cases())
+def test_gradient_methods_match_pytorch_grad_cam(zoo, model_name, layer, method, kind):
+    """One multi-layer camlib call, per layer equal to a one-layer pytorch-grad-cam call (which, given several
+    layers, would only return their average)."""
+    ours = zoo.ours(model_name, method, kind)
+    x = zoo.images()
+    class_idx = zoo.targets(model_name, kind)
+    if class_idx is None:
+        assert ours.class_idx == np.argmax(zoo.logits(model_name), axis=1).tolist()
+    else:
+        assert ours.class_idx == _per_image(class_idx, len(x))
+    assert ours.maps[layer].dtype == np.float32 and ours.maps[layer].shape == (2, 224, 224)
+    reference = _reference_maps(zoo.model(model_name), x, layer, method, class_idx)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("model_name,layer", [(name, layer) for name, layer_list in SCORECAM_LAYERS.items()
+                                              for layer in layer_list])
+@pytest.mark.parametrize("kind", ["argmax", "per_image"])
+def test_scorecam_matches_pytorch_grad_cam(zoo, model_name, layer, kind):
+    """Score-CAM runs one forward per channel: compared at 64x64 on early layers, still at 1e-5."""
+    ours = zoo.ours(model_name, "scorecam", kind, SCORECAM_SIZE, SCORECAM_LAYERS[model_name])
+    class_idx = zoo.targets(model_name, kind, SCORECAM_SIZE)
+    reference = _reference_maps(zoo.model(model_name), zoo.images(SCORECAM_SIZE), layer, "scorecam", class_idx)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_non_square_input_matches_pytorch_grad_cam(method):
+    """(H, W) = (64, 96): catches any swap of height and width in the resize (cv2 takes (W, H))."""
+    model, x = _resnet18(seed=1), _images(2, 96, seed=8)[:, :, :64]
+    ours = compute_cams(model, x, ["layer2", "layer3"], method=method, class_idx=[1, 2])
+    for layer in ours.layers:
+        assert ours.maps[layer].shape == (2, 64, 96)
+        reference = _reference_maps(model, x, layer, method, [1, 2])
+        np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+def test_scorecam_batch_size_does_not_change_the_maps(zoo):
+    model, x = zoo.model("resnet18"), zoo.images(SCORECAM_SIZE)
+    ours = zoo.ours("resnet18", "scorecam", "argmax", SCORECAM_SIZE, SCORECAM_LAYERS["resnet18"])
+    small_batches = compute_cams(model, x, ["layer1"], method="scorecam", scorecam_batch_size=5)
+    np.testing.assert_allclose(small_batches.maps["layer1"], ours.maps["layer1"], atol=1e-6, rtol=0)
+
+
+_EIGEN_CASES = [(name, layer) for name, entry in ZOO.items() for layer in entry.layers]
+
+
+@pytest.mark.parametrize("model_name,layer", _EIGEN_CASES)
+def test_eigencam_matches_pytorch_grad_cam_up_to_the_svd_sign(zoo, model_name, layer):
+    """An SVD's sign is arbitrary: pytorch-grad-cam keeps LAPACK's, camlib flips the projection so it correlates
+    positively with the channel-mean activation. So ``raw == s * projection`` with s = +1 or -1 per image; where
+    s = +1 the maps equal EigenCAM's, where s = -1 they equal base_cam's pipeline applied to ``-projection``."""
+    model, x = zoo.model(model_name), zoo.images()
+    ours = zoo.ours(model_name, "eigencam", "argmax")
+    projection = get_2d_projection(zoo.activations(model_name)[layer])
+    raw = ours.raw[layer]
+    assert raw.shape == projection.shape and raw.dtype == np.float32
+    signs = np.sign(np.einsum("bhw,bhw->b", raw.astype(np.float64), projection.astype(np.float64)))
+    assert set(signs.tolist()) <= {-1.0, 1.0}
+    for b, sign in enumerate(signs):
+        scale = float(np.abs(projection[b]).max())
+        np.testing.assert_allclose(raw[b], sign * projection[b], atol=1e-5 * scale, rtol=0)
+
+    reference = _reference_maps(model, x, layer, "eigencam", None)
+    # Our emulation of base_cam's pipeline is faithful: on the unflipped projection it gives EigenCAM's output.
+    np.testing.assert_allclose(_reference_pipeline(projection, (224, 224)), reference, atol=1e-6, rtol=0)
+    for b, sign in enumerate(signs):
+        expected = _reference_pipeline(sign * projection[b:b + 1], (224, 224))[0]
+        np.testing.assert_allclose(ours.maps[layer][b], expected, atol=ATOL, rtol=0)
+        if sign > 0:
+            np.testing.assert_allclose(ours.maps[layer][b], reference[b], atol=ATOL, rtol=0)
+    assert ours.class_idx == np.argmax(zoo.logits(model_name), axis=1).tolist()
+
+
+@pytest.mark.parametrize("model_name,layer", _EIGEN_CASES)
+def test_eigencam_raw_correlates_non_negatively_with_the_mean_activation(zoo, model_name, layer):
+    raw = zoo.ours(model_name, "eigencam", "argmax").raw[layer].astype(np.float64)
+    mean_activation = zoo.activations(model_name)[layer].astype(np.float64).mean(axis=1)
+    for b in range(len(raw)):
+        centred_raw = raw[b] - raw[b].mean()
+        centred_mean = mean_activation[b] - mean_activation[b].mean()
+        assert float((centred_raw * centred_mean).sum()) >= 0.0
+
+
+class _Blob(nn.Module):
+    """``features`` is the input itself (4-D), so the first principal component is the bright blob."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("inverted", [False, True], ids=["bright-blob", "dark-blob"])
+@pytest.mark.parametrize("seed", range(2))
+def test_eigencam_highlights_the_strongly_activated_region_whatever_the_svd_sign(seed, inverted):
+    """A bright blob on a dark image, or the reverse: the two centred activation matrices are negatives of each
+    other, so LAPACK's projection has opposite signs on the bright region in the two cases; camlib's does not."""
+    blob = np.zeros((12, 12), dtype=bool)
+    blob[2:5, 3:7] = True
+    bright = ~blob if inverted else blob
+    x = 0.01 * _images(2, 12, seed)
+    x[:, :, torch.from_numpy(bright)] += 5.0
+    result = compute_cams(_seeded(_Blob, seed), x, ["features"], method="eigencam")
+    raw, maps = result.raw["features"], result.maps["features"]
+    assert (raw[:, bright] > 0).all() and (raw[:, ~bright] < 0).all()
+    assert (maps[:, ~bright] == 0).all() and maps.max(axis=(1, 2)) == pytest.approx(1.0, abs=1e-6)
+
+
+def _manual_gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]) -> np.ndarray:
+    """Grad-CAM's signed map by hand on a copy of the model: a tensor hook for the gradient of the layer's output,
+    its values at the end of the forward, ``loss.backward()`` (the copy's ``.grad`` do not matter), float64 sums."""
+    model = copy.deepcopy(model)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        store["activations"] = output
+        output.register_hook(lambda grad: store.update(gradients=grad))
+
+    handle = dict(model.named_modules())[layer].register_forward_hook(keep)
+    try:
+        logits = model(x.clone())
+    finally:
+        handle.remove()
+    logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
+    activations = store["activations"].detach().double()
+    weights = store["gradients"].double().mean(dim=(2, 3), keepdim=True)
+    return (weights * activations).sum(dim=1).numpy()
+
+
+@pytest.mark.parametrize("layer", ZOO["resnet18"].layers)
+def test_gradcam_raw_equals_an_independent_autograd_computation(zoo, layer):
+    ours = zoo.ours("resnet18", "gradcam", "per_image")
+    expected = _manual_gradcam_raw(zoo.model("resnet18"), zoo.images(), layer, ours.class_idx)
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(ours.raw[layer], expected, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_one_multi_layer_call_equals_one_layer_calls(zoo):
+    model, x = zoo.model("resnet18"), zoo.images()
+    together = zoo.ours("resnet18", "gradcam", "per_image")
+    assert together.layers == ZOO["resnet18"].layers
+    for layer in together.layers:
+        alone = compute_cams(model, x, [layer], class_idx=together.class_idx)
+        np.testing.assert_allclose(alone.maps[layer], together.maps[layer], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(alone.raw[layer], together.raw[layer], atol=1e-7, rtol=1e-5)
+        np.testing.assert_array_equal(alone.degenerate[layer], together.degenerate[layer])
+
+
+# --- output contract -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_output_contract(zoo, method):
+    model, x = zoo.model("resnet18"), zoo.images(SCORECAM_SIZE)
+    layers = SCORECAM_LAYERS["resnet18"]  # 16x16 and 8x8 at 64x64
+    result = zoo.ours("resnet18", method, "argmax", SCORECAM_SIZE, layers)
+    with torch.no_grad():
+        logits = model(x).numpy()
+    assert isinstance(result, CamResult) and result.method == method and result.layers == layers
+    assert result.logits.dtype == np.float32 and result.logits.shape == (2, 1000)
+    np.testing.assert_allclose(result.logits, logits, atol=1e-5, rtol=0)
+    assert result.class_idx == logits.argmax(axis=1).tolist()
+    assert all(type(k) is int for k in result.class_idx)
+    assert result.elapsed_s > 0
+    for layer, side in zip(layers, (16, 8), strict=True):
+        maps, raw, degenerate = result.maps[layer], result.raw[layer], result.degenerate[layer]
+        assert maps.dtype == np.float32 and maps.shape == (2, SCORECAM_SIZE, SCORECAM_SIZE)
+        assert raw.dtype == np.float32 and raw.shape == (2, side, side)
+        assert degenerate.dtype == np.bool_ and degenerate.shape == (2,)
+        assert np.isfinite(maps).all() and np.isfinite(raw).all()
+        assert maps.min() >= 0.0 and maps.max() <= 1.0
+        assert not degenerate.any()
+        # minmax with pytorch-grad-cam's epsilon: the max is 1 - ~1e-7 for maps of ordinary magnitude.
+        np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0, atol=1e-6)
+        np.testing.assert_array_equal(maps.min(axis=(1, 2)), 0.0)
+    _assert_maps_follow_raw(result, (SCORECAM_SIZE, SCORECAM_SIZE))
+    probabilities = result.probabilities
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, torch.softmax(torch.from_numpy(logits), dim=1).numpy(), atol=1e-6)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.method = "other"  # type: ignore[misc]
+
+
+@pytest.fixture(scope="module")
+def small_resnet() -> nn.Module:
+    """A read-only seeded ResNet-18 for 64x64 inputs (the tests that change a model build their own)."""
+    return _resnet18()
+
+
+@pytest.fixture(scope="module")
+def x64() -> torch.Tensor:
+    return _images(2, 64, seed=7)
+
+
+def test_class_idx_forms(small_resnet, x64):
+    base = compute_cams(small_resnet, x64, ["layer3"], class_idx=[5, 9])
+    assert base.class_idx == [5, 9]
+    for form in ((5, 9), np.array([5, 9]), [np.int64(5), 9]):
+        _assert_same_result(compute_cams(small_resnet, x64, ["layer3"], class_idx=form), base)
+    one = compute_cams(small_resnet, x64, ["layer3"], class_idx=np.int64(5))
+    assert one.class_idx == [5, 5]
+    _assert_same_result(compute_cams(small_resnet, x64, "layer3", class_idx=5), one)  # a bare layer name
+
+
+def test_images_of_a_batch_never_interact(small_resnet, x64):
+    batch = compute_cams(small_resnet, x64, ["layer2", "layer3"], class_idx=[3, 4])
+    for b in range(2):
+        alone = compute_cams(small_resnet, x64[b:b + 1], ["layer2", "layer3"], class_idx=[3, 4][b])
+        for layer in batch.layers:
+            np.testing.assert_allclose(alone.maps[layer][0], batch.maps[layer][b], atol=ATOL, rtol=0)
+
+
+def test_the_callers_input_is_left_alone():
+    """The first module is an in-place ReLU: it would clip the caller's tensor if camlib passed it as is."""
+    model = _seeded(lambda: nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1),
+                                          nn.Flatten(), nn.Linear(4, 2)))
+    x = _images(2, 8, seed=9).requires_grad_(True)
+    before = x.detach().clone()
+    compute_cams(model, x, ["1"])
+    assert torch.equal(x.detach(), before) and x.grad is None and x.requires_grad
+
+
+def test_duplicate_layers_are_explained_once_in_the_requested_order(small_resnet, x64):
+    result = compute_cams(small_resnet, x64, ["layer3", "layer2", "layer3"])
+    assert result.layers == ("layer3", "layer2") and set(result.maps) == {"layer3", "layer2"}
+
+
+# --- model state: hooks, grads, flags, statistics ------------------------------------------------------------------
+
+def _mixed_state(model: nn.Module) -> nn.Module:
+    """Train mode with one sub-tree in eval, a frozen parameter, a pre-set gradient: all must survive a CAM."""
+    model.train()
+    model.layer2.eval()
+    model.conv1.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.25)
+    return model
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_call_leaves_the_model_exactly_as_it_was(snapshot, x64, method):
+    model = _mixed_state(_resnet18())
+    before = snapshot(model)
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode):
+            compute_cams(model, x64, ["layer1", "layer2"], method=method)
+            assert torch.is_grad_enabled() == grad_mode
+        before.assert_unchanged()
+
+
+class _Net(nn.Module):
+    """conv -> BN -> ReLU -> ``features`` (a hookable identity) -> mean pool -> ``head``. It can raise mid-forward or
+    add a value (NaN, Inf) to its logits; ``aux`` is never run; ``side`` runs but its output is dropped."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.features = nn.Identity()
+        self.side = nn.Conv2d(6, 2, 1)
+        self.aux = nn.Conv2d(6, 2, 1)
+        self.head = nn.Linear(6, classes)
+        self.raise_mid_forward = False
+        self.add_to_logits = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.features(torch.relu(self.bn(self.conv(x))))
+        self.side(a)
+        if self.raise_mid_forward:
+            raise RuntimeError("boom mid-forward")
+        return self.head(a.mean(dim=(2, 3))) + self.add_to_logits
+
+
+def _failing_calls():
+    """(label, model factory, compute_cams kwargs, expected error)."""
+    def resnet():
+        return _mixed_state(_resnet18())
+
+    def exploding():
+        net = _seeded(_Net).train()
+        net.raise_mid_forward = True
+        net.head.weight.grad = torch.ones_like(net.head.weight)
+        return net
+
+    def nan_logits():
+        net = _seeded(_Net).train()
+        net.add_to_logits = float("nan")
+        return net
+
+    return [
+        ("class index >= num_classes (after the forward)", resnet, {"layers": ["layer2"], "class_idx": 1000},
+         ClassIndexError),
+        ("negative class index", resnet, {"layers": ["layer2"], "class_idx": [0, -1]}, ClassIndexError),
+        ("2-D layer output (raised inside the hook)", resnet, {"layers": ["layer2", "fc"]}, LayerError),
+        ("module run twice", resnet, {"layers": ["layer1.0.relu"]}, LayerError),
+        ("model raises mid-forward", exploding, {"layers": ["features"]}, RuntimeError),  # propagated as is
+        ("non-finite logits", nan_logits, {"layers": ["features"]}, NonFiniteError),
+        ("never-run layer", lambda: _seeded(_Net).train(), {"layers": ["features", "aux"]}, LayerError),
+    ]
+
+
+@pytest.mark.parametrize("build,kwargs,error", [pytest.param(*case, id=label) for label, *case in _failing_calls()])
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_a_failed_call_leaves_the_model_exactly_as_it_was(snapshot, build, kwargs, error, method):
+    model = build()
+    before = snapshot(model)
+    x = _images(2, 32, seed=3)
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode):
+            with pytest.raises(error):
+                compute_cams(model, x, method=method, **kwargs)
+            assert torch.is_grad_enabled() == grad_mode
+        before.assert_unchanged()
+    # ... and the same model still works afterwards.
+    if isinstance(model, _Net):
+        model.raise_mid_forward, model.add_to_logits = False, 0.0
+    layer = "layer2" if "layer2" in dict(model.named_modules()) else "features"
+    assert compute_cams(model, x, [layer], method=method).maps[layer].shape == (2, 32, 32)
+    before.assert_unchanged()
+
+
+def test_frozen_model_works_and_stays_frozen(snapshot, x64):
+    reference = compute_cams(_resnet18(), x64, ["layer2", "layer3"], class_idx=[3, 8])
+    frozen = _resnet18().requires_grad_(False)
+    before = snapshot(frozen)
+    for method in GRADIENT_METHODS:
+        result = compute_cams(frozen, x64, ["layer2", "layer3"], method=method, class_idx=[3, 8])
+        assert not result.degenerate["layer3"].any()
+        if method == "gradcam":
+            _assert_same_result(result, reference)
+    before.assert_unchanged()
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def test_train_mode_batch_of_one_uses_eval_and_keeps_statistics(snapshot):
+    """At 32x32 layer4 is 1x1: a train-mode BatchNorm would refuse a batch of one there, so this only works if the
+    CAM runs in eval mode; the running statistics must not move and the maps equal the eval-mode maps."""
+    x = _images(1, 32, seed=11)
+    model = _resnet18().train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        copy.deepcopy(model)(x)  # the premise
+    before = snapshot(model)
+    trained = compute_cams(model, x, ["layer1", "layer2"], class_idx=7)
+    before.assert_unchanged()
+    assert all(m.training for m in model.modules())
+    evaluated = compute_cams(model.eval(), x, ["layer1", "layer2"], class_idx=7)
+    _assert_same_result(trained, evaluated)
+
+
+def test_dropout_is_off_during_the_cam():
+    net = _seeded(lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.5),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, 5)))
+    x = _images(1, 16, seed=2)
+    with torch.no_grad():
+        logits = net(x).numpy()
+    net.train()
+    results = [compute_cams(net, x, ["2"], class_idx=1) for _ in range(3)]
+    for result in results:
+        np.testing.assert_allclose(result.logits, logits, atol=1e-6, rtol=0)
+        _assert_same_result(result, results[0])
+    assert all(m.training for m in net.modules())
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam"])
+def test_works_inside_no_grad_and_inference_mode(small_resnet, x64, context, method):
+    baseline = compute_cams(small_resnet, x64, ["layer2", "layer3"], method=method, class_idx=[1, 2])
+    with torch.no_grad() if context == "no_grad" else torch.inference_mode():
+        x = x64.clone()  # created inside the context (an inference tensor under inference_mode)
+        result = compute_cams(small_resnet, x, ["layer2", "layer3"], method=method, class_idx=[1, 2])
+        assert not torch.is_grad_enabled()
+    _assert_same_result(result, baseline)
+    assert torch.is_grad_enabled()
+
+
+def test_model_created_in_inference_mode_raises_a_typed_error():
+    with torch.inference_mode():
+        model = _seeded(_Net)
+    with pytest.raises(GradientUnavailableError, match="inference"):
+        compute_cams(model, _images(1, 8, seed=0), ["features"])
+
+
+def test_inplace_relu_and_residual_values_are_those_after_the_inplace_ops(small_resnet, x64):
+    """layer4.1.bn2's output is later changed by `+=` and ReLU(inplace=True); its activation values are taken after
+    them (as pytorch-grad-cam does), so they are >= 0 and LayerCAM's raw map (sum of relu(g) * A) is too."""
+    result = compute_cams(small_resnet, x64, ["layer4.1.bn2", "layer4"], method="layercam")
+    assert (result.raw["layer4.1.bn2"] >= 0).all() and result.raw["layer4.1.bn2"].max() > 0
+    with torch.no_grad():
+        np.testing.assert_allclose(result.logits, small_resnet(x64).numpy(), atol=1e-5, rtol=0)
+
+
+def test_memory_efficient_densenet_gives_the_same_maps(monkeypatch):
+    """DenseNet's memory_efficient=True checkpoints each dense layer's bottleneck once its inputs need gradients
+    (here: after denseblock2); the checkpointed part is recomputed during the backward, when camlib's hooks are gone.
+    Maps of layers inside a checkpointed part (denselayer5.norm1, .conv1) and around it equal the plain model's."""
+    layers = ["features.denseblock2", "features.denseblock3.denselayer5.norm1",
+              "features.denseblock3.denselayer5.conv1", "features.denseblock3"]
+    x = _images(1, 64, seed=6)
+    plain = compute_cams(_seeded(lambda: torchvision.models.densenet121(weights=None)), x, layers, class_idx=17)
+    checkpoint = torchvision.models.densenet.cp.checkpoint
+    calls = []
+    monkeypatch.setattr(torchvision.models.densenet.cp, "checkpoint",
+                        lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs))
+    efficient = compute_cams(_seeded(lambda: torchvision.models.densenet121(weights=None, memory_efficient=True)), x,
+                             layers, class_idx=17)
+    assert calls  # the checkpointed path did run
+    for layer in layers:
+        np.testing.assert_allclose(efficient.maps[layer], plain.maps[layer], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(efficient.raw[layer], plain.raw[layer], atol=1e-7, rtol=1e-5)
+
+
+def test_concurrent_calls_on_one_shared_model_equal_serial_results(snapshot):
+    """Sessions share one cached model: each thread gets the CAM of ITS image, also while another thread fails;
+    modes, hooks and grads are as before afterwards (rows 44-45)."""
+    model = _mixed_state(_resnet18())
+    before = snapshot(model)
+    images = _images(6, 48, seed=5)
+    jobs = [(images[i:i + 1], GRADIENT_METHODS[i % len(GRADIENT_METHODS)], None if i % 2 else 10 * i)
+            for i in range(len(images))]
+
+    def run(job):
+        x, method, class_idx = job
+        return compute_cams(model, x, ["layer2", "layer3"], method=method, class_idx=class_idx)
+
+    serial = [run(job) for job in jobs]
+    serial_layers = list_candidate_layers(model, (48, 48))  # the layer inspector hooks every module
+    for _ in range(3):
+        barrier = threading.Barrier(len(jobs) + 2)
+
+        def concurrent(job, barrier=barrier):
+            barrier.wait(timeout=60)
+            return run(job)
+
+        def failing(barrier=barrier):
+            barrier.wait(timeout=60)
+            with pytest.raises(ClassIndexError):
+                compute_cams(model, images[:1], ["layer2"], class_idx=5000)
+
+        def probing(barrier=barrier):
+            barrier.wait(timeout=60)
+            return list_candidate_layers(model, (48, 48))
+
+        with ThreadPoolExecutor(max_workers=len(jobs) + 2) as pool:
+            futures = [pool.submit(concurrent, job) for job in jobs] + [pool.submit(failing), pool.submit(probing)]
+            outcomes = [future.result(timeout=120) for future in futures]
+        for result, expected in zip(outcomes[:len(jobs)], serial, strict=True):
+            _assert_same_result(result, expected)
+        assert outcomes[-1] == serial_layers
+        before.assert_unchanged()
+
+
+# --- degenerate maps: never NaN ------------------------------------------------------------------------------------
+
+def _assert_degenerate(result: CamResult, layer: str, expected: list[bool]) -> None:
+    np.testing.assert_array_equal(result.degenerate[layer], expected)
+    maps = result.maps[layer]
+    assert np.isfinite(maps).all() and np.isfinite(result.raw[layer]).all()
+    assert (maps[np.array(expected)] == 0).all()
+    assert maps.min() >= 0 and maps.max() <= 1
+    for b, flag in enumerate(expected):
+        if not flag:
+            assert maps[b].max() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_zero_classifier_row_gives_a_degenerate_all_zero_map_per_image(x64, method):
+    model = _resnet18()
+    with torch.no_grad():
+        model.fc.weight[3] = 0.0  # class 3's logit is a constant: every gradient is exactly zero
+    result = compute_cams(model, x64, ["layer2", "layer3"], method=method, class_idx=[3, 8])
+    for layer in result.layers:
+        assert (result.raw[layer][0] == 0).all()
+        _assert_degenerate(result, layer, [True, False])
+
+
+def test_degenerate_flag_is_per_image_and_per_layer():
+    """At 32x32 ResNet-18's layer4 is 1x1 (a 1x1 map always normalises to zeros), layer2 is 4x4."""
+    model = _resnet18()
+    with torch.no_grad():
+        model.fc.weight[3] = 0.0
+    result = compute_cams(model, _images(2, 32, seed=4), ["layer2", "layer4"], class_idx=[3, 8])
+    _assert_degenerate(result, "layer2", [True, False])
+    _assert_degenerate(result, "layer4", [True, True])
+
+
+def _constant_activation_net() -> nn.Module:
+    net = _seeded(_Net)
+    with torch.no_grad():
+        net.conv.weight.zero_()
+        net.conv.bias.copy_(torch.tensor([1.0, 2.0, 0.5, 1.5, 3.0, 0.25]))
+        net.head.weight.abs_()
+    return net
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_constant_map_is_degenerate_not_nan(method):
+    """Every channel of `features` is spatially constant, so every method's raw map is constant (max == min)."""
+    result = compute_cams(_constant_activation_net(), _images(2, 10, seed=1), ["features"], method=method,
+                          class_idx=0)
+    raw = result.raw["features"]
+    np.testing.assert_allclose(raw, raw[:, :1, :1] * np.ones_like(raw), rtol=1e-6, atol=1e-7)
+    _assert_degenerate(result, "features", [True, True])
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_all_negative_map_is_degenerate_not_nan(method):
+    """Activations >= 0 (after ReLU) and a class whose weights are all negative: every weighted sum is <= 0."""
+    net = _seeded(_Net)
+    with torch.no_grad():
+        net.head.weight[0] = -net.head.weight[0].abs() - 0.1
+    result = compute_cams(net, _images(2, 10, seed=1), ["features"], method=method, class_idx=0)
+    raw = result.raw["features"]
+    assert raw.max() <= 0
+    if method in ("gradcam", "hirescam", "xgradcam"):
+        assert raw.min() < 0
+    _assert_degenerate(result, "features", [True, True])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("method", ["gradcam", "eigencam", "scorecam"])
+def test_non_finite_logits_raise_non_finite_error(value, method):
+    net = _seeded(_Net)
+    net.add_to_logits = value
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        compute_cams(net, _images(1, 8, seed=0), ["features"], method=method)
+
+
+class _NanFeatures(nn.Module):
+    """Finite logits, but the explained layer's output holds a NaN (masked before the head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv(x)
+        a[:, :, 0, 0] = float("nan")
+        return self.head(torch.nan_to_num(a).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_non_finite_activations_raise_non_finite_error(method):
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        compute_cams(_seeded(_NanFeatures), _images(1, 8, seed=0), ["conv"], method=method)
+
+
+# --- validation errors ---------------------------------------------------------------------------------------------
+
+def test_every_camlib_error_is_a_value_error():
+    for error in (ClassIndexError, LayerError, MethodError, NonFiniteError, GradientUnavailableError):
+        assert issubclass(error, CamlibError) and issubclass(error, ValueError)
+
+
+@pytest.mark.parametrize("class_idx,message", [
+    (1000, r"1000.*999"),
+    (-1, r"-1"),
+    ([0, 1000], r"1000.*999"),
+    ([-1, 0], r"-1"),
+])
+def test_class_index_out_of_range(small_resnet, x64, class_idx, message):
+    with pytest.raises(ClassIndexError, match=message) as caught:
+        compute_cams(small_resnet, x64, ["layer3"], class_idx=class_idx)
+    assert "range" in str(caught.value)
+
+
+@pytest.mark.parametrize("class_idx", [True, False, [True, 0], [0, np.bool_(True)], [0, 1.0], ["1", 0]])
+def test_class_index_of_the_wrong_type(small_resnet, x64, class_idx):
+    with pytest.raises(ClassIndexError):
+        compute_cams(small_resnet, x64, ["layer3"], class_idx=class_idx)
+
+
+@pytest.mark.parametrize("class_idx", [3.0, torch.tensor(3.0), "3"], ids=["float", "float tensor", "str"])
+def test_scalar_class_index_of_the_wrong_type_is_a_typed_error(small_resnet, x64, class_idx):
+    with pytest.raises(ClassIndexError):
+        compute_cams(small_resnet, x64, ["layer3"], class_idx=class_idx)
+
+
+@pytest.mark.parametrize("class_idx", [torch.tensor(3), np.int64(3), torch.tensor([3, 3]), np.array([3, 3])])
+def test_integer_tensors_and_arrays_are_accepted_as_class_indices(small_resnet, x64, class_idx):
+    expected = compute_cams(small_resnet, x64, ["layer3"], class_idx=3)
+    result = compute_cams(small_resnet, x64, ["layer3"], class_idx=class_idx)
+    assert result.class_idx == [3, 3]
+    np.testing.assert_array_equal(result.maps["layer3"], expected.maps["layer3"])
+
+
+@pytest.mark.parametrize("class_idx", [[1], [1, 2, 3], []])
+def test_class_list_of_the_wrong_length(small_resnet, x64, class_idx):
+    with pytest.raises(ClassIndexError, match="batch of 2"):
+        compute_cams(small_resnet, x64, ["layer3"], class_idx=class_idx)
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "GradCAM", "", None, "fullgrad"])
+def test_unknown_method(small_resnet, x64, method):
+    with pytest.raises(MethodError, match="gradcam"):  # the message lists the valid names
+        compute_cams(small_resnet, x64, ["layer3"], method=method)
+
+
+@pytest.mark.parametrize("layers,message", [
+    (["layer5"], "not a module"),
+    (["layer3", "layer4.9"], "not a module"),
+    ([""], "not a module"),
+    ([], "no target layer"),
+    (["fc"], "4-D"),
+    (["avgpool.missing"], "not a module"),
+    (["layer1.0.relu"], "runs 2 times"),
+])
+def test_bad_layers(small_resnet, x64, layers, message):
+    with pytest.raises(LayerError, match=message):
+        compute_cams(small_resnet, x64, layers)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("layers", [["features", "aux"], ["features", "side"], ["side"]])
+def test_layer_not_used_for_the_output_raises(layers, frozen):
+    """``aux`` never runs; ``side`` runs but its output is dropped, so no gradient reaches it."""
+    with pytest.raises(LayerError, match=layers[-1]):
+        compute_cams(_seeded(_Net).requires_grad_(not frozen), _images(1, 8, seed=0), layers)
+
+
+def test_auxiliary_head_of_a_train_mode_googlenet_raises(snapshot):
+    """GoogLeNet runs its auxiliary heads only in training; the CAM runs in eval mode, so they are unused there."""
+    model = _seeded(lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)).train()
+    before = snapshot(model)
+    x = _images(2, 64, seed=1)
+    with pytest.raises(LayerError, match="aux1.conv"):
+        compute_cams(model, x, ["inception4e", "aux1.conv"])
+    assert compute_cams(model, x, ["inception4e"]).maps["inception4e"].shape == (2, 64, 64)
+    before.assert_unchanged()
+
+
+def test_module_objects_instead_of_names_raise_layer_error(small_resnet, x64):
+    """pytorch-grad-cam takes modules; camlib takes dotted names."""
+    with pytest.raises(LayerError):
+        compute_cams(small_resnet, x64, [small_resnet.layer4])
+
+
+class _FailsWithItsOwnMessage(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.conv(x)
+        raise RuntimeError("inference backend failed")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_a_models_own_runtime_error_is_not_reported_as_inference_mode(method):
+    with pytest.raises(RuntimeError, match="inference backend failed") as caught:
+        compute_cams(_seeded(_FailsWithItsOwnMessage), _images(1, 8, seed=0), ["conv"], method=method)
+    assert not isinstance(caught.value, GradientUnavailableError)
+
+
+def test_bad_input_tensors(small_resnet):
+    for x in (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, 32, 32), np.zeros((1, 3, 32, 32))):
+        with pytest.raises(ValueError, match="float tensor"):
+            compute_cams(small_resnet, x, ["layer3"])
+
+
+def test_float64_input_is_converted_or_rejected_with_a_value_error(small_resnet, x64):
+    try:
+        result = compute_cams(small_resnet, x64.double(), ["layer3"])
+    except ValueError:
+        return
+    np.testing.assert_allclose(result.maps["layer3"], compute_cams(small_resnet, x64, ["layer3"]).maps["layer3"],
+                               atol=ATOL)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+def test_empty_batch_is_rejected_with_a_value_error(small_resnet, x64, method):
+    with pytest.raises(ValueError):
+        compute_cams(small_resnet, x64[:0], ["layer3"], method=method)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_scorecam_batch_size_must_be_positive(small_resnet, x64, batch_size):
+    with pytest.raises(ValueError, match="scorecam_batch_size"):
+        compute_cams(small_resnet, x64, ["layer1"], method="scorecam", scorecam_batch_size=batch_size)
+
+
+def test_error_messages_say_what_to_do(small_resnet, x64):
+    with pytest.raises(LayerError) as unknown:
+        compute_cams(small_resnet, x64, ["block4.1.bn2"])
+    assert "block4.1.bn2" in str(unknown.value) and "layer1.0.bn2" in str(unknown.value)  # a close name is offered
+    with pytest.raises(LayerError) as twice:
+        compute_cams(small_resnet, x64, ["layer1.0.relu"])
+    assert "layer1.0.relu" in str(twice.value) and "once" in str(twice.value)
+
+
+
+# --- helpers: resizing, normalisation, shared scale ----------------------------------------------------------------
+
+def test_upsample_maps_is_cv2_inter_linear():
+    maps = torch.rand(3, 7, 5, generator=torch.Generator().manual_seed(0))
+    expected = np.stack([cv2.resize(m, (24, 31), interpolation=cv2.INTER_LINEAR) for m in maps.numpy()])
+    np.testing.assert_allclose(upsample_maps(maps, (31, 24)).numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_minmax_normalize_is_scale_cam_image():
+    maps = 5 * torch.randn(3, 6, 6, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(minmax_normalize(maps).numpy(), scale_cam_image(maps.numpy()), atol=1e-7, rtol=0)
+    flat = minmax_normalize(torch.full((2, 4, 4), 3.0))
+    assert torch.equal(flat, torch.zeros(2, 4, 4))
+
+
+def test_layer_magnitudes_and_shared_scale_maps(small_resnet, x64):
+    layers = ["layer2", "layer3", "layer4"]  # 8x8, 4x4, 2x2 at 64x64
+    result = compute_cams(small_resnet, x64, layers, class_idx=[3, 4])
+    magnitudes = layer_magnitudes(result)
+    shared = shared_scale_maps(result)
+    assert list(shared) == layers and list(magnitudes) == layers
+    for layer in layers:
+        np.testing.assert_array_equal(magnitudes[layer], np.maximum(result.raw[layer], 0).max(axis=(1, 2)))
+        assert shared[layer].dtype == np.float32 and shared[layer].shape == (2, 64, 64)
+        assert shared[layer].min() >= 0 and shared[layer].max() <= 1
+    peaks = np.stack([shared[layer].max(axis=(1, 2)) for layer in layers])  # (layers, B)
+    np.testing.assert_allclose(peaks.max(axis=0), 1.0, atol=1e-6)  # one scale per image, set by its strongest layer
+    # Same ReLU'd raw map at a larger scale -> the same shared map, however each layer's own map normalises.
+    doubled = dataclasses.replace(result, raw={k: 2 * v for k, v in result.raw.items()})
+    for layer in layers:
+        np.testing.assert_allclose(shared_scale_maps(doubled)[layer], shared[layer], atol=1e-6, rtol=0)
+
+
+def test_shared_scale_maps_without_any_evidence_are_zeros():
+    model = _resnet18()
+    with torch.no_grad():
+        model.fc.weight[3] = 0.0
+    result = compute_cams(model, _images(1, 64, seed=0), ["layer2", "layer3"], class_idx=3)
+    for layer, shared in shared_scale_maps(result).items():
+        assert result.degenerate[layer].all()
+        assert np.isfinite(shared).all() and (shared == 0).all()

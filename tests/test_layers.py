@@ -1,0 +1,251 @@
+"""Tests of camlib.layers: candidate target layers (4-D output, run once, forward order) and the suggested default.
+
+Models are built offline (``weights=None`` / ``pretrained=False``) and seeded inside the helpers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from camlib.errors import LayerError
+from camlib.layers import MIN_USEFUL_SIZE, LayerInfo, default_layer, list_candidate_layers
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _seeded(build, seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def _resnet18() -> nn.Module:
+    return _seeded(lambda: torchvision.models.resnet18(weights=None))
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    """Shared, read-only (the probe must leave it untouched; the tests that mutate build their own)."""
+    return _resnet18()
+
+
+def _expected_resnet18(size: int) -> list[tuple[str, str, int, int, int]]:
+    """torchvision ResNet-18's 4-D, run-once modules in the order their outputs are produced, for a square input
+    whose side is a multiple of 32. BasicBlock's ``relu`` runs twice per block, so no ``layerX.Y.relu`` appears."""
+    side = size // 2
+    rows = [("conv1", "Conv2d", 64, side, side), ("bn1", "BatchNorm2d", 64, side, side),
+            ("relu", "ReLU", 64, side, side)]
+    side //= 2
+    rows.append(("maxpool", "MaxPool2d", 64, side, side))
+    for stage, channels in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            if stage > 1 and block == 0:
+                side //= 2
+            prefix = f"layer{stage}.{block}"
+            rows += [(f"{prefix}.conv1", "Conv2d", channels, side, side),
+                     (f"{prefix}.bn1", "BatchNorm2d", channels, side, side),
+                     (f"{prefix}.conv2", "Conv2d", channels, side, side),
+                     (f"{prefix}.bn2", "BatchNorm2d", channels, side, side)]
+            if stage > 1 and block == 0:
+                rows += [(f"{prefix}.downsample.0", "Conv2d", channels, side, side),
+                         (f"{prefix}.downsample.1", "BatchNorm2d", channels, side, side),
+                         (f"{prefix}.downsample", "Sequential", channels, side, side)]
+            rows.append((prefix, "BasicBlock", channels, side, side))
+        rows.append((f"layer{stage}", "Sequential", channels, side, side))
+    rows.append(("avgpool", "AdaptiveAvgPool2d", 512, 1, 1))
+    return rows
+
+
+def _rows(candidates: list[LayerInfo]) -> list[tuple[str, str, int, int, int]]:
+    return [(c.name, c.type_name, c.channels, c.height, c.width) for c in candidates]
+
+
+def _by_name(candidates: list[LayerInfo]) -> dict[str, LayerInfo]:
+    return {c.name: c for c in candidates}
+
+
+# --- candidates ----------------------------------------------------------------------------------------------------
+
+def test_resnet18_candidates_in_forward_order_with_shapes(resnet18):
+    candidates = list_candidate_layers(resnet18, (224, 224))
+    assert all(isinstance(c, LayerInfo) for c in candidates)
+    assert _rows(candidates) == _expected_resnet18(224)
+    layers = _by_name(candidates)
+    assert (layers["layer4"].channels, layers["layer4"].height, layers["layer4"].width) == (512, 7, 7)
+    assert (layers["layer1"].channels, layers["layer1"].height, layers["layer1"].width) == (64, 56, 56)
+    assert layers["layer4"].shape_label == "512 x 7 x 7"
+
+
+def test_modules_run_twice_and_non_4d_outputs_are_excluded(resnet18):
+    names = {c.name for c in list_candidate_layers(resnet18, (224, 224))}
+    twice = {f"layer{s}.{b}.relu" for s in range(1, 5) for b in range(2)}  # BasicBlock calls self.relu twice
+    assert twice <= dict(resnet18.named_modules()).keys()
+    assert not names & twice
+    assert "fc" not in names  # (B, 1000)
+    assert "" not in names  # the model itself (2-D logits)
+
+
+def test_candidates_follow_the_input_size(resnet18):
+    layers = _by_name(list_candidate_layers(resnet18, (256, 320)))
+    assert (layers["layer4"].height, layers["layer4"].width) == (8, 10)
+    assert (layers["conv1"].height, layers["conv1"].width) == (128, 160)
+
+
+def test_input_channels_option():
+    model = _seeded(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                          nn.Linear(4, 2)))
+    assert _rows(list_candidate_layers(model, (9, 9), channels=1)) == [
+        ("0", "Conv2d", 4, 9, 9), ("1", "AdaptiveAvgPool2d", 4, 1, 1)]
+
+
+# --- default layer and warnings ------------------------------------------------------------------------------------
+
+def test_resnet18_default_is_layer4(resnet18):
+    default = default_layer(list_candidate_layers(resnet18, (224, 224)))
+    assert default.name == "layer4"
+    assert default.warning is None  # exactly 7x7 is not coarse
+
+
+def test_one_by_one_layer_warns_always_blank(resnet18):
+    avgpool = _by_name(list_candidate_layers(resnet18, (224, 224)))["avgpool"]
+    assert (avgpool.height, avgpool.width) == (1, 1)
+    assert "1x1" in avgpool.warning and "blank" in avgpool.warning
+
+
+def test_only_maps_below_7x7_warn_coarse(resnet18):
+    candidates = list_candidate_layers(resnet18, (32, 32))
+    layers = _by_name(candidates)
+    assert (layers["layer3"].height, layers["layer3"].width) == (2, 2)
+    assert "2x2" in layers["layer3"].warning and "coarse" in layers["layer3"].warning
+    assert "coarse" in layers["layer2"].warning  # 4x4
+    assert (layers["layer4"].height, layers["layer4"].width) == (1, 1)
+    assert "blank" in layers["layer4"].warning
+    for c in candidates:
+        if min(c.height, c.width) >= MIN_USEFUL_SIZE:
+            assert c.warning is None, c
+
+
+def test_non_square_map_warns_on_its_short_side():
+    info = LayerInfo("x", "Conv2d", 8, 20, 5)
+    assert "20x5" in info.warning and "coarse" in info.warning
+
+
+def test_efficientnet_lite0_default_is_bn2():
+    model = _seeded(lambda: timm.create_model("efficientnet_lite0", pretrained=False))
+    candidates = list_candidate_layers(model, (224, 224))
+    default = default_layer(candidates)
+    assert default.name == "bn2"
+    assert (default.channels, default.height, default.width) == (1280, 7, 7)
+    names = [c.name for c in candidates]
+    assert names.index("conv_head") < names.index("bn2") < names.index("global_pool.pool")
+
+
+@pytest.mark.parametrize("build,expected", [
+    (lambda: torchvision.models.densenet121(weights=None), "features"),  # 1024 x 7 x 7, before DenseNet's F.relu
+    (lambda: torchvision.models.mobilenet_v3_small(weights=None), "features"),  # 576 x 7 x 7
+], ids=["densenet121", "mobilenet_v3_small"])
+def test_torchvision_defaults(build, expected):
+    default = default_layer(list_candidate_layers(_seeded(build), (224, 224)))
+    assert (default.name, default.height, default.width) == (expected, 7, 7)
+
+
+def test_auxiliary_heads_of_a_train_mode_googlenet_are_not_candidates(snapshot):
+    """GoogLeNet runs aux1/aux2 only in training; the probe runs in eval mode, as the CAM does."""
+    model = _seeded(lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)).train()
+    before = snapshot(model)
+    names = [c.name for c in list_candidate_layers(model, (64, 64))]
+    assert "inception4e" in names and not [name for name in names if name.startswith("aux")]
+    before.assert_unchanged()
+
+
+def test_resnet18_at_32x32_default_is_the_last_map_of_at_least_7x7(resnet18):
+    candidates = list_candidate_layers(resnet18, (32, 32))
+    default = default_layer(candidates)
+    # layer4 is 1x1, layer3 2x2, layer2 4x4: the last candidate of at least 7x7 is layer1 (8x8).
+    assert default.name == "layer1"
+    assert (default.height, default.width) == (8, 8)
+    later = candidates[[c.name for c in candidates].index("layer1") + 1:]
+    assert later and all(min(c.height, c.width) < MIN_USEFUL_SIZE for c in later)
+
+
+class _SmallMaps(nn.Module):
+    """No map reaches 7x7 on a 6x6 input: conv 6x6 -> pool 3x3 -> conv 3x3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(self.pool(torch.relu(self.conv(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_without_a_7x7_map_the_default_is_the_largest_map():
+    candidates = list_candidate_layers(_seeded(_SmallMaps), (6, 6))
+    assert _rows(candidates) == [("conv", "Conv2d", 4, 6, 6), ("pool", "MaxPool2d", 4, 3, 3),
+                                 ("conv2", "Conv2d", 4, 3, 3)]
+    assert default_layer(candidates).name == "conv"
+
+
+def test_resnet18_at_8x8_falls_back_to_a_largest_map(resnet18):
+    candidates = list_candidate_layers(resnet18, (8, 8))
+    assert all(min(c.height, c.width) < MIN_USEFUL_SIZE for c in candidates)
+    default = default_layer(candidates)
+    assert default.height * default.width == max(c.height * c.width for c in candidates) == 16
+
+
+def test_no_candidates_raises_layer_error():
+    with pytest.raises(LayerError, match="no layer"):
+        default_layer([])
+    mlp = _seeded(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+    assert list_candidate_layers(mlp, (2, 2)) == []
+
+
+# --- the probe leaves the model as it was --------------------------------------------------------------------------
+
+def _mixed_state(model: nn.Module) -> nn.Module:
+    """Train mode with one sub-tree in eval, a frozen parameter and a pre-set gradient: all must survive a probe."""
+    model.train()
+    model.layer2.eval()
+    model.conv1.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.5)
+    return model
+
+
+def test_probe_leaves_hooks_modes_grads_and_stats_untouched(snapshot):
+    model = _mixed_state(_resnet18())
+    before = snapshot(model)
+    grad_mode = torch.is_grad_enabled()
+    list_candidate_layers(model, (64, 64))
+    # Batch-norm running stats would move if the probe ran in train mode; the state dict proves it did not.
+    before.assert_unchanged()
+    assert torch.is_grad_enabled() == grad_mode
+
+
+class _Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        raise RuntimeError("boom mid-forward")
+
+
+def test_probe_cleans_up_when_the_forward_raises(snapshot):
+    model = _seeded(_Exploding)
+    model.train()
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="boom mid-forward"):
+        list_candidate_layers(model, (8, 8))
+    before.assert_unchanged()
+    assert model.training and model.bn.training
