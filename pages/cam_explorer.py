@@ -25,8 +25,14 @@ with controls:
     image = widgets.image_input("cam", cifar=state.cifar_test_set() if loaded.spec.dataset == "cifar10" else None)
     for note in image.notes:
         st.info(note)
-    method = st.selectbox("Method", list(METHODS), format_func=lambda m: METHODS[m].label, key="cam_method",
-                          help="Score-CAM runs one forward pass per channel: slow on a CPU.")
+    method = st.selectbox(
+        "Method",
+        list(METHODS),
+        format_func=lambda m: METHODS[m].label,
+        key="cam_method",
+        persist_state="session",
+        help="Score-CAM runs one forward pass per channel: slow on a CPU.",
+    )
     st.caption(f"{METHODS[method].paper}. Cost: {METHODS[method].cost}.")
 
     candidates = state.get_layers(model_key)
@@ -35,34 +41,73 @@ with controls:
         st.session_state["cam_layers_for"] = model_key
         st.session_state["cam_layers"] = [default_layer(candidates).name]
         st.session_state.pop("cam_class", None)
-    layers = st.multiselect("Target layers (one pass for all)", list(by_name),
-                            format_func=lambda n: f"{n}  [{by_name[n].shape_label}]", key="cam_layers")
+    layers = st.multiselect(
+        "Target layers (one pass for all)",
+        list(by_name),
+        format_func=lambda n: f"{n}  [{by_name[n].shape_label}]",
+        key="cam_layers",
+        persist_state="session",
+    )
     for name in layers:
         if by_name[name].warning:
             st.warning(f"{name}: {by_name[name].warning}")
     with st.expander(f"Layer inspector ({len(candidates)} candidate layers)"):
-        st.dataframe([{"layer": c.name, "type": c.type_name, "output (C x H x W)": c.shape_label,
-                       "note": c.warning or ""} for c in candidates], hide_index=True, height=300)
-        st.caption("Modules with a 4-D output that run once per forward pass, in forward order. Suggested: the last "
-                   "layer whose map is at least 7x7.")
+        st.dataframe(
+            [
+                {"layer": c.name, "type": c.type_name, "output (C x H x W)": c.shape_label, "note": c.warning or ""}
+                for c in candidates
+            ],
+            hide_index=True,
+            height=300,
+        )
+        st.caption(
+            "Modules with a 4-D output that run once per forward pass, in forward order. Suggested: the last "
+            "layer whose map is at least 7x7."
+        )
 
     probabilities = state.predict(model_key, image.pixels)
     top1 = int(np.argmax(probabilities))
-    class_mode = st.radio("Class to explain", ["Top-1 prediction", "Choose a class"], horizontal=True,
-                          key="cam_class_mode")
+    class_mode = st.radio(
+        "Class to explain",
+        ["Top-1 prediction", "Choose a class"],
+        horizontal=True,
+        key="cam_class_mode",
+        persist_state="session",
+    )
     class_idx = top1
     if class_mode == "Choose a class":
-        class_idx = st.selectbox("Class (type to search)", range(len(loaded.class_names)), index=top1,
-                                 format_func=lambda k: f"{k}: {loaded.class_names[k]}", key="cam_class")
+        class_idx = st.selectbox(
+            "Class (type to search)",
+            range(len(loaded.class_names)),
+            index=top1,
+            format_func=lambda k: f"{k}: {loaded.class_names[k]}",
+            key="cam_class",
+            persist_state="session",
+        )
 
     st.subheader("Overlay")
-    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha")
-    colormap = st.selectbox("Colormap", list(COLORMAPS), key="cam_colormap")
-    threshold = st.slider("Hide heat below", 0.0, 1.0, 0.0, 0.05, key="cam_threshold",
-                          help="Pixels whose CAM value is below this show the plain image.") or None
-    shared = st.toggle("Shared scale across layers", key="cam_shared_scale",
-                       help="Off: each layer's map is scaled to [0, 1]. On: one scale for all layers, so raw "
-                            "magnitudes are comparable (weak layers look weak).")
+    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha", persist_state="session")
+    colormap = st.selectbox("Colormap", list(COLORMAPS), key="cam_colormap", persist_state="session")
+    threshold = (
+        st.slider(
+            "Hide heat below",
+            0.0,
+            1.0,
+            0.0,
+            0.05,
+            key="cam_threshold",
+            persist_state="session",
+            help="Pixels whose CAM value is below this show the plain image.",
+        )
+        or None
+    )
+    shared = st.toggle(
+        "Shared scale across layers",
+        key="cam_shared_scale",
+        persist_state="session",
+        help="Off: each layer's map is scaled to [0, 1]. On: one scale for all layers, so raw "
+        "magnitudes are comparable (weak layers look weak).",
+    )
 
 with results:
     st.plotly_chart(render.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key="cam_top5")
@@ -84,45 +129,82 @@ with results:
     shown_layers = list(result.layers)
     maps = shared_scale_maps(result) if shared else result.maps
     explained = result.class_idx[0]
-    st.markdown(f"**Explaining class {explained}: {loaded.class_names[explained]}** "
-                f"({result.probabilities[0, explained]:.1%}) with {METHODS[result.method].label} "
-                f"in {result.elapsed_s * 1000:.0f} ms on {loaded.device}.")
+    st.markdown(
+        f"**Explaining class {explained}: {loaded.class_names[explained]}** "
+        f"({result.probabilities[0, explained]:.1%}) with {METHODS[result.method].label} "
+        f"in {result.elapsed_s * 1000:.0f} ms on {loaded.device}."
+    )
     if image.true_label is not None:
         predicted = loaded.class_names[top1]
         verdict = "correct" if predicted == image.true_label else "wrong"
-        st.markdown(f"True label: **{image.true_label}** · predicted: **{predicted}** ({probabilities[top1]:.1%}, "
-                    f"{verdict})")
+        st.markdown(
+            f"True label: **{image.true_label}** · predicted: **{predicted}** ({probabilities[top1]:.1%}, {verdict})"
+        )
 
     model_view = upscale_nearest(prepared.model_view, 224)
     overlays = {}
     for column, name in zip(st.columns(min(max(len(shown_layers), 3), 4)) * 4, shown_layers):
         overlays[name] = overlay_heatmap(model_view, maps[name][0], alpha=alpha, colormap=colormap, threshold=threshold)
         with column:
-            st.image(overlays[name], caption=f"{name} [{by_name[name].shape_label if name in by_name else ''}]",
-                     width="stretch")
+            st.image(
+                overlays[name],
+                caption=f"{name} [{by_name[name].shape_label if name in by_name else ''}]",
+                width="stretch",
+            )
             if result.degenerate[name][0]:
                 st.warning(f"No positive evidence for class {explained} at this layer: the map is blank.")
 
     if len(shown_layers) > 1:
-        st.plotly_chart(render.magnitude_figure({n: float(v[0]) for n, v in layer_magnitudes(result).items()}),
-                        key="cam_magnitudes")
+        st.plotly_chart(
+            render.magnitude_figure({n: float(v[0]) for n, v in layer_magnitudes(result).items()}), key="cam_magnitudes"
+        )
 
-    detail = st.selectbox("Layer for the detailed view and export", shown_layers, key="cam_detail_layer")
+    detail = st.selectbox(
+        "Layer for the detailed view and export", shown_layers, key="cam_detail_layer", persist_state="session"
+    )
     original_map, inside = map_to_original(maps[detail][0], image.pixels.shape[:2], prepared.crop_box)
-    on_original = overlay_heatmap(np.ascontiguousarray(image.pixels), original_map, alpha=alpha, colormap=colormap,
-                                  threshold=threshold, mask=inside)
+    on_original = overlay_heatmap(
+        np.ascontiguousarray(image.pixels),
+        original_map,
+        alpha=alpha,
+        colormap=colormap,
+        threshold=threshold,
+        mask=inside,
+    )
     left, right = st.columns(2)
     left.image(on_original, caption="On the original image (dimmed: outside the model's centre crop)", width="stretch")
     right.plotly_chart(render.heatmap_figure(maps[detail][0], colormap=colormap), key="cam_heatmap")
 
-    export = {"model": model_key, "model_label": loaded.spec.label, "method": result.method,
-              "layers": shown_layers, "class_idx": explained, "class_name": loaded.class_names[explained],
-              "image": image.name, "alpha": alpha, "colormap": colormap, "threshold": threshold,
-              "shared_scale": shared, "preprocessing": asdict(loaded.spec.preprocessing), "camlib": camlib.__version__}
+    export = {
+        "model": model_key,
+        "model_label": loaded.spec.label,
+        "method": result.method,
+        "layers": shown_layers,
+        "class_idx": explained,
+        "class_name": loaded.class_names[explained],
+        "image": image.name,
+        "alpha": alpha,
+        "colormap": colormap,
+        "threshold": threshold,
+        "shared_scale": shared,
+        "preprocessing": asdict(loaded.spec.preprocessing),
+        "camlib": camlib.__version__,
+    }
     a, b, c = st.columns(3)
-    a.download_button("Overlay PNG", render.png_bytes(overlays[detail]), f"cam_{detail}.png", "image/png",
-                      key="cam_dl_png")
-    b.download_button("Raw CAM (.npy)", render.npy_bytes(result.raw[detail][0]), f"cam_raw_{detail}.npy",
-                      "application/octet-stream", key="cam_dl_npy")
-    c.download_button("Settings (JSON)", json.dumps(export, indent=2, default=list), "cam_settings.json",
-                      "application/json", key="cam_dl_json")
+    a.download_button(
+        "Overlay PNG", render.png_bytes(overlays[detail]), f"cam_{detail}.png", "image/png", key="cam_dl_png"
+    )
+    b.download_button(
+        "Raw CAM (.npy)",
+        render.npy_bytes(result.raw[detail][0]),
+        f"cam_raw_{detail}.npy",
+        "application/octet-stream",
+        key="cam_dl_npy",
+    )
+    c.download_button(
+        "Settings (JSON)",
+        json.dumps(export, indent=2, default=list),
+        "cam_settings.json",
+        "application/json",
+        key="cam_dl_json",
+    )

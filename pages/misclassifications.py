@@ -17,8 +17,10 @@ from ui import render, state
 PAGE_SIZE = 12
 
 st.title("Misclassification gallery")
-st.caption("Where the CIFAR-10 model goes wrong, and what it looked at: Grad-CAM for the predicted class (left) and "
-           "for the true class (right).")
+st.caption(
+    "Where the CIFAR-10 model goes wrong, and what it looked at: Grad-CAM for the predicted class (left) and "
+    "for the true class (right)."
+)
 
 root = default_root()
 if root is None or detect_source(root) is None:
@@ -26,8 +28,14 @@ if root is None or detect_source(root) is None:
     st.stop()
 root = str(root)
 cifar_models = [key for key, spec in MODELS.items() if spec.dataset == "cifar10"]
-model_key = st.selectbox("Model", cifar_models, index=cifar_models.index(DEFAULT_CIFAR_MODEL),
-                         format_func=lambda k: MODELS[k].label, key="gal_model")
+model_key = st.selectbox(
+    "Model",
+    cifar_models,
+    index=cifar_models.index(DEFAULT_CIFAR_MODEL),
+    format_func=lambda k: MODELS[k].label,
+    key="gal_model",
+    persist_state="session",
+)
 try:
     loaded = state.get_model(model_key)
 except CamlibError as error:
@@ -38,13 +46,19 @@ probabilities = state.dataset_predictions(model_key, root)
 predicted = probabilities.argmax(axis=1)
 matrix = confusion_matrix(data.labels, predicted, len(data.class_names))
 accuracy = float(np.trace(matrix) / matrix.sum())
-st.markdown(f"**Test accuracy {accuracy:.2%}** on {len(data.labels):,} images ({data.source} copy at `{root}`); "
-            f"{int((predicted != data.labels).sum()):,} mistakes.")
+st.markdown(
+    f"**Test accuracy {accuracy:.2%}** on {len(data.labels):,} images ({data.source} copy at `{root}`); "
+    f"{int((predicted != data.labels).sum()):,} mistakes."
+)
 
 left, right = st.columns([3, 2])
 with left:
-    event = st.plotly_chart(render.confusion_figure(matrix, data.class_names), key="gal_confusion",
-                            on_select="rerun", selection_mode="points")
+    event = st.plotly_chart(
+        render.confusion_figure(matrix, data.class_names),
+        key="gal_confusion",
+        on_select="rerun",
+        selection_mode="points",
+    )
     points = event.selection.points if event and event.selection else []
     clicked = (points[0]["y"], points[0]["x"]) if points else None
     if clicked and clicked != st.session_state.get("gal_clicked"):  # apply a new click once, then let filters rule
@@ -54,12 +68,21 @@ with right:
     st.plotly_chart(render.per_class_figure(per_class_accuracy(matrix), data.class_names), key="gal_per_class")
 
 filters = st.columns(3)
-true_filter = filters[0].multiselect("True class", data.class_names, key="gal_true", placeholder="any")
-pred_filter = filters[1].multiselect("Predicted class", data.class_names, key="gal_pred", placeholder="any")
+true_filter = filters[0].multiselect(
+    "True class", data.class_names, key="gal_true", persist_state="session", placeholder="any"
+)
+pred_filter = filters[1].multiselect(
+    "Predicted class", data.class_names, key="gal_pred", persist_state="session", placeholder="any"
+)
 candidates = state.get_layers(model_key)
-layer = filters[2].selectbox("Layer", [c.name for c in candidates], key="gal_layer",
-                             index=[c.name for c in candidates].index(default_layer(candidates).name),
-                             format_func=lambda n: f"{n} [{next(c.shape_label for c in candidates if c.name == n)}]")
+layer = filters[2].selectbox(
+    "Layer",
+    [c.name for c in candidates],
+    key="gal_layer",
+    persist_state="session",
+    index=[c.name for c in candidates].index(default_layer(candidates).name),
+    format_func=lambda n: f"{n} [{next(c.shape_label for c in candidates if c.name == n)}]",
+)
 
 wrong = np.flatnonzero(predicted != data.labels)
 if true_filter:
@@ -70,15 +93,26 @@ if len(wrong) == 0:
     st.info("No misclassified images match these filters.")
     st.stop()
 pages = -(-len(wrong) // PAGE_SIZE)
-page = st.number_input(f"Page (1..{pages}) of {len(wrong)} images", 1, pages, 1, key="gal_page")
-shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE: page * PAGE_SIZE])
+page = st.number_input(
+    f"Page (1..{pages}) of {len(wrong)} images", 1, pages, 1, key="gal_page", persist_state="session"
+)
+shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
 
 for_predicted, for_true = state.gallery_cams(model_key, root, shown, layer)
 columns = st.columns(4)
 for k, index in enumerate(shown):
     image = upscale_nearest(data.images[index], 128)
-    pair = np.hstack([overlay_heatmap(image, for_predicted[k]), np.full((image.shape[0], 4, 3), 255, np.uint8),
-                      overlay_heatmap(image, for_true[k])])
+    pair = np.hstack(
+        [
+            overlay_heatmap(image, for_predicted[k]),
+            np.full((image.shape[0], 4, 3), 255, np.uint8),
+            overlay_heatmap(image, for_true[k]),
+        ]
+    )
     guess, truth = data.class_names[predicted[index]], data.class_names[data.labels[index]]
-    columns[k % 4].image(render.fast_png(pair), width="stretch",
-                         caption=f"#{index}: {truth} → {guess} ({probabilities[index, predicted[index]]:.0%})")
+    columns[k % 4].image(
+        render.fast_png(pair),
+        width="stretch",
+        output_format="PNG",
+        caption=f"#{index}: {truth} → {guess} ({probabilities[index, predicted[index]]:.0%})",
+    )

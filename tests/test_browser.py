@@ -102,6 +102,9 @@ def test_cam_page_upload_shows_overlay(browser_page, tmp_path: Path) -> None:
     assert _explained(page) != first
     overlays = page.locator('[data-testid="stImage"] img')
     assert overlays.count() >= 2
+    # the new overlay's <img> may still be loading when the text changes (this check raced 1 run in 3)
+    page.wait_for_function("() => { const img = document.querySelector('[data-testid=\"stImage\"] img');"
+                           " return img && img.complete && img.naturalWidth > 0; }", timeout=60_000)
     assert overlays.first.evaluate("img => img.complete && img.naturalWidth") >= 224
     assert page.locator('[data-testid="stException"]').count() == 0
     assert dialogs == []
@@ -115,3 +118,39 @@ def test_bad_upload_shows_error_not_traceback(browser_page, tmp_path: Path) -> N
     page.get_by_text("not a valid image", exact=False).first.wait_for(timeout=60_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator('[data-testid="stImage"] img').count() >= 2  # the last good overlay stays
+
+
+def _augmented_src(page) -> str | None:
+    return page.evaluate(
+        "() => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]"
+        ".find(e => e.innerText.includes('Augmented')); const img = box && box.querySelector('img');"
+        " return img && img.complete && img.naturalWidth > 0 ? img.getAttribute('src') : null; }")
+
+
+def test_augmentation_lab_slider_redraws_grid(browser_page) -> None:
+    page, dialogs = browser_page
+    page.locator('[data-testid="stSidebarNav"] a', has_text="Augmentation Lab").click()
+    page.wait_for_url("**/augmentation_lab", timeout=60_000)
+    images = page.locator('[data-testid="stImage"]')
+    images.filter(has_text="Original").locator("img").wait_for(timeout=120_000)
+    images.filter(has_text="Augmented").locator("img").wait_for(timeout=120_000)
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+                           ".filter(i => i.complete && i.naturalWidth >= 256).length >= 2", timeout=60_000)
+    before = _augmented_src(page)
+    assert before
+
+    # open "5. ColorJitter" and move its probability slider one step with the keyboard
+    page.locator('[data-testid="stExpander"] summary', has_text="5. ColorJitter").click()
+    thumb = page.locator('.st-key-aug_s4__p [role="slider"], .st-key-aug_s4__p input[type="range"]').first
+    thumb.wait_for(state="attached", timeout=30_000)
+    thumb.focus()
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(
+        "(before) => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]"
+        ".find(e => e.innerText.includes('Augmented')); const img = box && box.querySelector('img');"
+        " return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') !== before; }",
+        arg=before, timeout=60_000)
+    assert _augmented_src(page) != before
+    assert page.locator('.st-key-aug_s4__p [data-testid="stSliderThumbValue"]').inner_text().strip() == "0.75"
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert dialogs == []

@@ -13,13 +13,24 @@ from ui import state
 
 def model_loop_controls() -> LoadedModel | None:
     """The toggle (off by default) and the model choice; None when off or when the model cannot be loaded."""
-    if not st.toggle("Model in the loop: predict every tile", value=False, key="aug_model_loop",
-                     help="A CIFAR-10 model labels each augmented tile; tiles whose label differs from the label it "
-                          "gives the original image are flagged in red."):
+    if not st.toggle(
+        "Model in the loop: predict every tile",
+        value=False,
+        key="aug_model_loop",
+        persist_state="session",
+        help="A CIFAR-10 model labels each augmented tile; tiles whose label differs from the label it "
+        "gives the original image are flagged in red.",
+    ):
         return None
     choices = [key for key, spec in MODELS.items() if spec.dataset == "cifar10"]
-    key = st.selectbox("CIFAR-10 model", choices, index=choices.index(DEFAULT_CIFAR_MODEL),
-                       format_func=lambda k: MODELS[k].label, key="aug_loop_model")
+    key = st.selectbox(
+        "CIFAR-10 model",
+        choices,
+        index=choices.index(DEFAULT_CIFAR_MODEL),
+        format_func=lambda k: MODELS[k].label,
+        key="aug_loop_model",
+        persist_state="session",
+    )
     try:
         return state.get_model(key)
     except CamlibError as error:
@@ -38,6 +49,8 @@ def tile_predictions(loaded: LoadedModel, originals: np.ndarray, tiles: np.ndarr
 
 def summary(report: FlipReport) -> str:
     flips = int(report.flipped.sum())
-    return (f"**Label flips: {flips}/{report.flipped.size} ({report.flip_rate:.0%})** · mean confidence drop "
-            f"{report.mean_confidence_drop:+.1%} (probability of the label predicted on the original). "
-            "Many flips mean the augmentation is too strong for what the model knows.")
+    return (
+        f"**Label flips: {flips}/{report.flipped.size} ({report.flip_rate:.0%})** · mean confidence drop "
+        f"{report.mean_confidence_drop:+.1%} (probability of the label predicted on the original). "
+        "Many flips mean the augmentation is too strong for what the model knows."
+    )

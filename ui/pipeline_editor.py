@@ -7,6 +7,7 @@ adding, removing or reordering other steps (widget keys carry a step id that nev
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
@@ -20,6 +21,7 @@ from camlib.augment import (
 )
 
 STEPS = "aug_steps"
+_STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
 NEXT_ID = "aug_next_id"
 SEED = "aug_seed"
 
@@ -30,18 +32,24 @@ def _hex(colour: Any) -> str:
     return "#" + "".join(f"{int(c):02x}" for c in colour)
 
 
-def _new_step(transform: str, params: dict[str, Any] | None = None, p: float | None = None,
-              enabled: bool = True) -> dict[str, Any]:
+def _new_step(
+    transform: str, params: dict[str, Any] | None = None, p: float | None = None, enabled: bool = True
+) -> dict[str, Any]:
     spec = TRANSFORMS[transform]
     step_id = st.session_state.get(NEXT_ID, 0)
     st.session_state[NEXT_ID] = step_id + 1
-    return {"id": step_id, "transform": transform, "params": spec.defaults() | dict(params or {}),
-            "p": spec.default_p if p is None else float(p), "enabled": enabled}
+    return {
+        "id": step_id,
+        "transform": transform,
+        "params": spec.defaults() | dict(params or {}),
+        "p": spec.default_p if p is None else float(p),
+        "enabled": enabled,
+    }
 
 
 def load_pipeline(pipeline: Pipeline) -> None:
     """Replace the editor's pipeline (default pipeline, or an imported one)."""
-    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith("aug_s")]:
+    for key in [k for k in st.session_state if isinstance(k, str) and _STEP_WIDGET.match(k)]:
         del st.session_state[key]  # old step widgets: their ids are gone
     st.session_state[STEPS] = [_new_step(s.transform, dict(s.params), s.p, s.enabled) for s in pipeline.steps]
     st.session_state[SEED] = int(pipeline.seed)
@@ -54,12 +62,14 @@ def ensure_state() -> None:
 
 
 def current_pipeline() -> Pipeline:
-    steps = tuple(PipelineStep(s["transform"], dict(s["params"]), s["p"], s["enabled"])
-                  for s in st.session_state[STEPS])
+    steps = tuple(
+        PipelineStep(s["transform"], dict(s["params"]), s["p"], s["enabled"]) for s in st.session_state[STEPS]
+    )
     return Pipeline(steps, int(st.session_state[SEED]))
 
 
 # --- callbacks (run before the rerun, so the new order is drawn at once) --------------------------------------------
+
 
 def _add(choice_key: str) -> None:
     st.session_state[STEPS].append(_new_step(st.session_state[choice_key]))
@@ -78,6 +88,7 @@ def _move(step_id: int, offset: int) -> None:
 
 
 # --- widgets ---------------------------------------------------------------------------------------------------------
+
 
 def _bound(key: str, value: Any) -> None:
     """Seed a widget's state from the canonical value when the widget is new (first draw or after a page switch)."""
@@ -104,8 +115,9 @@ def _param_widget(step: dict[str, Any], spec: ParamSpec) -> Any:
         pair = []
         for column, part, suffix in ((left, value[0], "0"), (right, value[1], "1")):
             _bound(f"{key}_{suffix}", int(part))
-            pair.append(column.number_input(f"{label}[{suffix}]", int(spec.low), int(spec.high), step=1,
-                                            key=f"{key}_{suffix}"))
+            pair.append(
+                column.number_input(f"{label}[{suffix}]", int(spec.low), int(spec.high), step=1, key=f"{key}_{suffix}")
+            )
         return (int(pair[0]), int(pair[1]))
     integer = spec.kind in ("int", "int_range")
     cast = int if integer else float
@@ -120,16 +132,30 @@ def _param_widget(step: dict[str, Any], spec: ParamSpec) -> Any:
 
 def _step_editor(position: int, step: dict[str, Any], count: int) -> None:
     spec = TRANSFORMS[step["transform"]]
-    state = "" if step["enabled"] else " (off)"
+    # The toggle's new value is in session state before the toggle is drawn: use it for the title at once.
+    enabled = st.session_state.get(f"aug_s{step['id']}__enabled", step["enabled"])
+    state = "" if enabled else " (off)"
     with st.expander(f"{position + 1}. {step['transform']}{state}", expanded=False):
         st.caption(spec.summary)
         on, up, down, remove = st.columns([2, 1, 1, 1])
         _bound(f"aug_s{step['id']}__enabled", step["enabled"])
         step["enabled"] = on.toggle("enabled", key=f"aug_s{step['id']}__enabled")
-        up.button("↑", key=f"aug_s{step['id']}__up", on_click=_move, args=(step["id"], -1), disabled=position == 0,
-                  help="Move up")
-        down.button("↓", key=f"aug_s{step['id']}__down", on_click=_move, args=(step["id"], 1),
-                    disabled=position == count - 1, help="Move down")
+        up.button(
+            "↑",
+            key=f"aug_s{step['id']}__up",
+            on_click=_move,
+            args=(step["id"], -1),
+            disabled=position == 0,
+            help="Move up",
+        )
+        down.button(
+            "↓",
+            key=f"aug_s{step['id']}__down",
+            on_click=_move,
+            args=(step["id"], 1),
+            disabled=position == count - 1,
+            help="Move down",
+        )
         remove.button("✕", key=f"aug_s{step['id']}__remove", on_click=_remove, args=(step["id"],), help="Remove")
         _bound(f"aug_s{step['id']}__p", float(step["p"]))
         step["p"] = st.slider("p (probability)", 0.0, 1.0, step=0.05, key=f"aug_s{step['id']}__p")
@@ -149,7 +175,11 @@ def pipeline_editor() -> Pipeline:
     for name, spec in TRANSFORMS.items():
         by_category.setdefault(spec.category, []).append(name)
     choice, add = st.columns([3, 1], vertical_alignment="bottom")
-    choice.selectbox("Add a transform", [n for names in by_category.values() for n in names],
-                     format_func=lambda n: f"{n}  ({TRANSFORMS[n].category})", key="aug_add_choice")
+    choice.selectbox(
+        "Add a transform",
+        [n for names in by_category.values() for n in names],
+        format_func=lambda n: f"{n}  ({TRANSFORMS[n].category})",
+        key="aug_add_choice",
+    )
     add.button("Add", key="aug_add", on_click=_add, args=("aug_add_choice",), width="stretch")
     return current_pipeline()

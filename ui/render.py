@@ -22,42 +22,71 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def top_k_figure(probabilities: np.ndarray, class_names: tuple[str, ...], *, k: int = 5,
-                 highlight: int | None = None) -> go.Figure:
+def top_k_figure(
+    probabilities: np.ndarray, class_names: tuple[str, ...], *, k: int = 5, highlight: int | None = None
+) -> go.Figure:
     """Horizontal bar chart of the top-k classes (highest at the top)."""
     top = np.argsort(-probabilities)[:k][::-1]
     colors = ["#e4572e" if int(i) == highlight else "#4c78a8" for i in top]
-    fig = go.Figure(go.Bar(
-        x=[float(probabilities[i]) for i in top],
-        y=[f"{class_names[i]} ({i})" for i in top],
-        orientation="h",
-        marker_color=colors,
-        text=[f"{probabilities[i]:.1%}" for i in top],
-        textposition="auto",
-        hovertemplate="%{y}: %{x:.2%}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Bar(
+            x=[float(probabilities[i]) for i in top],
+            y=[f"{class_names[i]} ({i})" for i in top],
+            orientation="h",
+            marker_color=colors,
+            text=[f"{probabilities[i]:.1%}" for i in top],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
     fig.update_layout(height=230, margin=dict(l=0, r=10, t=10, b=0), xaxis=dict(range=[0, 1], tickformat=".0%"))
     return fig
 
 
-PLOTLY_COLORSCALES = {"jet": "Jet", "turbo": "Turbo", "viridis": "Viridis", "inferno": "Inferno", "magma": "Magma",
-                      "plasma": "Plasma", "hot": "Hot", "bone": "gray"}
+PLOTLY_COLORSCALES = {
+    "jet": "Jet",
+    "turbo": "Turbo",
+    "viridis": "Viridis",
+    "inferno": "Inferno",
+    "magma": "Magma",
+    "plasma": "Plasma",
+    "hot": "Hot",
+    "bone": "gray",
+}
 
 
 def heatmap_figure(cam: np.ndarray, *, colormap: str = "jet", title: str = "") -> go.Figure:
     """Interactive heatmap of a CAM map with hover values (row 0 at the top, like the image)."""
-    fig = go.Figure(go.Heatmap(z=cam, colorscale=PLOTLY_COLORSCALES.get(colormap, "Jet"), zmin=0, zmax=1,
-                               hovertemplate="x=%{x}, y=%{y}<br>CAM=%{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=420, margin=dict(l=0, r=0, t=30 if title else 0, b=0),
-                      yaxis=dict(autorange="reversed", scaleanchor="x"), xaxis=dict(constrain="domain"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=cam,
+            colorscale=PLOTLY_COLORSCALES.get(colormap, "Jet"),
+            zmin=0,
+            zmax=1,
+            hovertemplate="x=%{x}, y=%{y}<br>CAM=%{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        height=420,
+        margin=dict(l=0, r=0, t=30 if title else 0, b=0),
+        yaxis=dict(autorange="reversed", scaleanchor="x"),
+        xaxis=dict(constrain="domain"),
+    )
     return fig
 
 
 def magnitude_figure(magnitudes: dict[str, float]) -> go.Figure:
     """Bar chart of each layer's peak positive raw CAM value (the scale per-layer normalisation hides)."""
     names = list(magnitudes)
-    fig = go.Figure(go.Bar(x=names, y=[magnitudes[n] for n in names], marker_color="#4c78a8",
-                           hovertemplate="%{x}: %{y:.4g}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=[magnitudes[n] for n in names],
+            marker_color="#4c78a8",
+            hovertemplate="%{x}: %{y:.4g}<extra></extra>",
+        )
+    )
     fig.update_layout(height=260, margin=dict(l=0, r=0, t=10, b=0), yaxis_title="peak raw CAM (ReLU)")
     return fig
 
@@ -93,24 +122,53 @@ def confusion_figure(matrix: np.ndarray, class_names: tuple[str, ...]) -> go.Fig
     """Confusion matrix as square markers (a scatter, so a click selects a cell): rows true, columns predicted."""
     true_idx, pred_idx = np.meshgrid(np.arange(len(class_names)), np.arange(len(class_names)), indexing="ij")
     counts = matrix[true_idx, pred_idx].ravel()
-    fig = go.Figure(go.Scatter(
-        x=[class_names[i] for i in pred_idx.ravel()], y=[class_names[i] for i in true_idx.ravel()],
-        mode="markers+text", text=[str(c) if c else "" for c in counts], textfont=dict(size=10),
-        marker=dict(symbol="square", size=34, color=np.log1p(counts), colorscale="Blues", showscale=False,
-                    line=dict(width=1, color="white")),
-        customdata=counts, hovertemplate="true %{y}, predicted %{x}: %{customdata}<extra></extra>",
-    ))
-    fig.update_layout(height=470, margin=dict(l=0, r=0, t=30, b=0), title="Confusion matrix (click a cell)",
-                      xaxis=dict(title="predicted", side="top", categoryorder="array", categoryarray=class_names),
-                      yaxis=dict(title="true", autorange="reversed", categoryorder="array",
-                                 categoryarray=class_names), dragmode=False)
+    fig = go.Figure(
+        go.Scatter(
+            x=[class_names[i] for i in pred_idx.ravel()],
+            y=[class_names[i] for i in true_idx.ravel()],
+            mode="markers+text",
+            text=[str(c) if c else "" for c in counts],
+            textfont=dict(size=10),
+            marker=dict(
+                symbol="square",
+                size=34,
+                color=np.log1p(counts),
+                colorscale="Blues",
+                showscale=False,
+                line=dict(width=1, color="white"),
+            ),
+            customdata=counts,
+            hovertemplate="true %{y}, predicted %{x}: %{customdata}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=470,
+        margin=dict(l=0, r=0, t=30, b=0),
+        title="Confusion matrix (click a cell)",
+        xaxis=dict(title="predicted", side="top", categoryorder="array", categoryarray=class_names),
+        yaxis=dict(title="true", autorange="reversed", categoryorder="array", categoryarray=class_names),
+        dragmode=False,
+    )
     return fig
 
 
 def per_class_figure(accuracy: np.ndarray, class_names: tuple[str, ...]) -> go.Figure:
-    fig = go.Figure(go.Bar(x=list(accuracy), y=list(class_names), orientation="h", marker_color="#4c78a8",
-                           text=[f"{a:.1%}" for a in accuracy], textposition="auto",
-                           hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
-    fig.update_layout(height=470, margin=dict(l=0, r=10, t=30, b=0), title="Per-class accuracy",
-                      xaxis=dict(range=[0, 1], tickformat=".0%"), yaxis=dict(autorange="reversed"))
+    fig = go.Figure(
+        go.Bar(
+            x=list(accuracy),
+            y=list(class_names),
+            orientation="h",
+            marker_color="#4c78a8",
+            text=[f"{a:.1%}" for a in accuracy],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=470,
+        margin=dict(l=0, r=10, t=30, b=0),
+        title="Per-class accuracy",
+        xaxis=dict(range=[0, 1], tickformat=".0%"),
+        yaxis=dict(autorange="reversed"),
+    )
     return fig

@@ -88,8 +88,9 @@ def compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], met
     """One CAM computation (all layers from one pass), cached on its inputs."""
     loaded = resolve_model(model_key)
     prepared = prepare_input(image, loaded.spec.preprocessing)
-    result = compute_cams(loaded.model, prepared.tensor.to(loaded.device), list(layers), method=method,
-                          class_idx=class_idx)
+    result = compute_cams(
+        loaded.model, prepared.tensor.to(loaded.device), list(layers), method=method, class_idx=class_idx
+    )
     return CamView(result=result, prepared=prepared)
 
 
@@ -121,8 +122,9 @@ def dataset_predictions(model_key: str, root: str, split: str = "test") -> np.nd
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing CAMs for this page...")
-def gallery_cams(model_key: str, root: str, indices: tuple[int, ...], layer: str, method: str = "gradcam"
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def gallery_cams(
+    model_key: str, root: str, indices: tuple[int, ...], layer: str, method: str = "gradcam"
+) -> tuple[np.ndarray, np.ndarray]:
     """CAM maps ``(n, 32, 32)`` of the predicted and of the true class for CIFAR-10 test images ``indices``."""
     loaded = resolve_model(model_key)
     data = get_cifar(root, "test")

@@ -31,19 +31,29 @@ def image_input(prefix: str, *, cifar: CifarData | None = None) -> ChosenImage:
     gives an error and the last good image."""
     last_key = f"{prefix}_last_image"
     options = (["CIFAR-10 test image"] if cifar is not None else []) + ["Sample photo", "Upload"]
-    source = st.radio("Image", options, horizontal=True, key=f"{prefix}_source")
+    source = st.radio("Image", options, horizontal=True, key=f"{prefix}_source", persist_state="session")
     if source == "CIFAR-10 test image":
         chosen = _cifar_image(prefix, cifar)
         st.session_state[last_key] = chosen
         return chosen
     if source == "Sample photo":
-        name = st.selectbox("Sample", list(SAMPLES), index=list(SAMPLES).index(DEFAULT_SAMPLE), key=f"{prefix}_sample")
+        name = st.selectbox(
+            "Sample",
+            list(SAMPLES),
+            index=list(SAMPLES).index(DEFAULT_SAMPLE),
+            key=f"{prefix}_sample",
+            persist_state="session",
+        )
         chosen = ChosenImage(name=name, pixels=load_sample(name))
         st.session_state[last_key] = chosen
         return chosen
-    upload = st.file_uploader("Upload an image", type=list(UPLOAD_TYPES), key=f"{prefix}_upload",
-                              max_upload_size=MAX_UPLOAD_BYTES // (1024 * 1024),
-                              help="PNG, JPEG, WebP, BMP or TIFF; up to 20 MB and 25 megapixels.")
+    upload = st.file_uploader(
+        "Upload an image",
+        type=list(UPLOAD_TYPES),
+        key=f"{prefix}_upload",
+        max_upload_size=MAX_UPLOAD_BYTES // (1024 * 1024),
+        help="PNG, JPEG, WebP, BMP or TIFF; up to 20 MB and 25 megapixels.",
+    )
     if upload is not None:
         try:
             decoded = state.decode_upload(upload.getvalue())
@@ -63,9 +73,11 @@ def image_input(prefix: str, *, cifar: CifarData | None = None) -> ChosenImage:
 
 def _cifar_image(prefix: str, cifar: CifarData) -> ChosenImage:
     left, right = st.columns(2)
-    class_name = left.selectbox("Class", cifar.class_names, key=f"{prefix}_cifar_class")
+    class_name = left.selectbox("Class", cifar.class_names, key=f"{prefix}_cifar_class", persist_state="session")
     members = np.flatnonzero(cifar.labels == cifar.class_names.index(class_name))
-    position = right.number_input(f"Index (0..{len(members) - 1})", 0, len(members) - 1, 0, key=f"{prefix}_cifar_index")
+    position = right.number_input(
+        f"Index (0..{len(members) - 1})", 0, len(members) - 1, 0, key=f"{prefix}_cifar_index", persist_state="session"
+    )
     index = int(members[int(position)])
     return ChosenImage(name=f"CIFAR-10 {cifar.split} #{index}", pixels=cifar.images[index], true_label=class_name)
 
@@ -78,8 +90,10 @@ def _ensure_weights(key: str) -> None:
     bar = st.progress(0.0, text=f"Downloading {spec.label} weights...")
 
     def report(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / total) if total else 0.0,
-                     text=f"Downloading {spec.label} weights: {done / 1e6:.1f} / {total / 1e6:.1f} MB")
+        bar.progress(
+            min(1.0, done / total) if total else 0.0,
+            text=f"Downloading {spec.label} weights: {done / 1e6:.1f} / {total / 1e6:.1f} MB",
+        )
 
     try:
         download_file(spec.weights_url, torchvision_cache_path(spec), progress=report)
@@ -92,7 +106,7 @@ def model_input(prefix: str) -> str:
     last_key = f"{prefix}_last_model"
     options = list(MODELS) + [CHECKPOINT_OPTION]
     labels = {key: spec.label for key, spec in MODELS.items()} | {CHECKPOINT_OPTION: "Your checkpoint..."}
-    choice = st.selectbox("Model", options, format_func=labels.get, key=f"{prefix}_model")
+    choice = st.selectbox("Model", options, format_func=labels.get, key=f"{prefix}_model", persist_state="session")
     try:
         if choice == CHECKPOINT_OPTION:
             key = _checkpoint_input(prefix)
@@ -114,10 +128,18 @@ def model_input(prefix: str) -> str:
 
 
 def _checkpoint_input(prefix: str) -> str | None:
-    arch = st.selectbox("Architecture", list(MODELS), format_func=lambda k: MODELS[k].label.split(" (")[0],
-                        key=f"{prefix}_ckpt_arch")
-    upload = st.file_uploader("Checkpoint (.safetensors, or a weights-only .pt/.pth state dict)",
-                              type=["safetensors", "pt", "pth", "bin"], key=f"{prefix}_ckpt_file")
+    arch = st.selectbox(
+        "Architecture",
+        list(MODELS),
+        format_func=lambda k: MODELS[k].label.split(" (")[0],
+        key=f"{prefix}_ckpt_arch",
+        persist_state="session",
+    )
+    upload = st.file_uploader(
+        "Checkpoint (.safetensors, or a weights-only .pt/.pth state dict)",
+        type=["safetensors", "pt", "pth", "bin"],
+        key=f"{prefix}_ckpt_file",
+    )
     if upload is None:
         return None
     return state.register_checkpoint(arch, upload.getvalue(), upload.name)
