@@ -32,13 +32,22 @@ import torchvision  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from camlib.augment import CIFAR10_TRAIN_PIPELINE, Pipeline, build_pipeline, pipeline_from_json, pipeline_to_dict  # noqa: E402
+from camlib.augment import (  # noqa: E402
+    CIFAR10_TRAIN_PIPELINE,
+    Pipeline,
+    PipelineStep,
+    build_pipeline,
+    pipeline_from_json,
+    pipeline_to_dict,
+)
 from camlib.cifar import CifarData, load_cifar10  # noqa: E402
 from camlib.cifar_models import CIFAR_ARCHS, build_cifar_model, normalize_batch  # noqa: E402
 from camlib.device import default_device  # noqa: E402
 from camlib.errors import CamlibError  # noqa: E402
 
 STATE_FILE = "last.pt"
+# Settings a resumed run must share with the interrupted one (the schedule and the data order depend on them).
+RESUME_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed", "limit_train")
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 
@@ -99,6 +108,7 @@ def _check_numbers(config: TrainConfig) -> None:
         (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.limit_train is None or config.limit_train >= 10, "--limit-train must be at least 10"),
         (config.limit_test is None or config.limit_test >= 10, "--limit-test must be at least 10"),
+        (config.threads is None or config.threads >= 1, f"--threads must be at least 1, got {config.threads}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -115,11 +125,23 @@ def load_pipeline(path: str | None) -> Pipeline:
     return pipeline_from_json(file.read_text(encoding="utf-8"))
 
 
+MAX_CHECKED_COMBINATIONS = 256
+
+
 def _check_pipeline_output(pipeline: Pipeline, sample: np.ndarray) -> None:
-    out = build_pipeline(pipeline)(image=sample)["image"]
-    if out.shape != sample.shape or out.dtype != np.uint8:
-        raise TrainingError(f"the pipeline must keep 32x32x3 uint8 images, it gives {out.dtype} {out.shape}; "
-                            "add a RandomCrop(32, 32) after padding, or a Resize")
+    """Refuse a pipeline that can output anything but 32x32x3 uint8: try every combination of the steps that fire
+    only sometimes (0 < p < 1), each forced on or off (a size change depends on which steps fire)."""
+    enabled = [step for step in pipeline.steps if step.enabled and step.p > 0]
+    optional = [i for i, step in enumerate(enabled) if step.p < 1]
+    combinations = 1 << len(optional)
+    for mask in range(min(combinations, MAX_CHECKED_COMBINATIONS)):
+        off = {optional[bit] for bit in range(len(optional)) if not mask >> bit & 1}
+        steps = tuple(PipelineStep(s.transform, s.params, 1.0, i not in off) for i, s in enumerate(enabled))
+        out = build_pipeline(Pipeline(steps, pipeline.seed))(image=sample)["image"]
+        if out.shape != sample.shape or out.dtype != np.uint8:
+            fired = ", ".join(s.transform for i, s in enumerate(enabled) if i not in off) or "no step"
+            raise TrainingError(f"the pipeline must keep 32x32x3 uint8 images, but when {fired} fire(s) it gives "
+                                f"{out.dtype} {out.shape}; add a RandomCrop(32, 32) after padding, or a Resize")
 
 
 def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, seed: int) -> np.ndarray:
@@ -169,6 +191,11 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     test_data = load_cifar10(config.data, "test", limit=config.limit_test)
     _check_pipeline_output(pipeline, train_data.images[0])
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file; give a directory")
+    steps_per_epoch = -(-len(train_data.labels) // config.batch_size)
+    if steps_per_epoch * config.epochs < 4:
+        raise TrainingError("fewer than 4 optimizer steps in all: use more images, more epochs or a smaller batch")
     out.mkdir(parents=True, exist_ok=True)
 
     device = default_device()
@@ -176,18 +203,25 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     model = build_cifar_model(config.arch, len(train_data.class_names)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(train_data.labels) // config.batch_size)
+    # Warm-up on the first quarter, at least 2 steps (OneCycleLR divides by the warm-up length minus one).
+    pct_start = max(0.25, 2.0 / (steps_per_epoch * config.epochs))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=0.25)
+                                                    steps_per_epoch=steps_per_epoch, pct_start=pct_start)
     history: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
     state_path = out / STATE_FILE
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        saved = state["config"]
-        if saved["arch"] != config.arch or saved["epochs"] != config.epochs:
-            raise TrainingError(f"{state_path} is from a different run ({saved['arch']}, {saved['epochs']} epochs); "
-                                "use another --out or delete it")
+        try:
+            state = torch.load(state_path, map_location=device, weights_only=True)
+            saved = state["config"]
+        except Exception as error:  # torch's own message suggests weights_only=False: never show it
+            raise TrainingError(f"cannot resume: {state_path} is not a resume state written by this command "
+                                f"({type(error).__name__}); delete it or use another --out") from error
+        changed = [f"--{key.replace('_', '-')} {saved.get(key)} -> {getattr(config, key)}" for key in RESUME_KEYS
+                   if saved.get(key) != getattr(config, key)]
+        if changed:
+            raise TrainingError(f"{state_path} is from a different run ({'; '.join(changed)}); rerun with the same "
+                                "settings to resume, or use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,248 @@
+"""AppTest tests of the Misclassification gallery and of the Augmentation Lab's model-in-the-loop badges.
+
+Both pages use the real CIFAR-10 test split and the project's ResNet-20 weights; the whole-test-set predictions are
+cached by the app (``st.cache_resource``), so only the first test pays for them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from camlib.cifar import CLASS_NAMES, default_root, load_cifar10
+from camlib.evaluation import confusion_matrix, flip_report, predict_probabilities
+from camlib.models import MODELS, load_model
+from ui import model_loop, state
+
+TIMEOUT = 300
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10"
+WEIGHTS = REPO / "models/cifar10_resnet20/model.safetensors"
+CAPTION = re.compile(r"^#(\d+): (\w+) → (\w+) \((\d+)%\)$")
+ACCURACY = re.compile(r"^\*\*Test accuracy ([\d.]+)%\*\* on ([\d,]+) images .*; ([\d,]+) mistakes\.$")
+
+pytestmark = [
+    pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared CIFAR-10 image-folder copy is not at {DATA}"),
+    pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"no CIFAR-10 ResNet-20 weights at {WEIGHTS}"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
+
+
+@pytest.fixture(scope="module")
+def root() -> str:
+    found = default_root()
+    if found is None:
+        pytest.skip("no CIFAR-10 data root for the app (default_root() is None)")
+    return str(found)
+
+
+@pytest.fixture(scope="module")
+def test_set(root: str):
+    return load_cifar10(root, "test")
+
+
+@pytest.fixture(scope="module")
+def probabilities(root: str) -> np.ndarray:
+    """What the page uses: the app's cached whole-test-set predictions (checked against the model below)."""
+    return state.dataset_predictions("cifar10_resnet20", root)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("cifar10_resnet20", allow_download=False, device=torch.device("cpu"))
+
+
+def _page(path: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.switch_page(path).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture()
+def gallery() -> AppTest:
+    return _page("pages/misclassifications.py")
+
+
+def _shown(at: AppTest) -> list[tuple[int, str, str, int]]:
+    """(test index, true class, predicted class, confidence %) of every gallery image, in page order."""
+    shown = []
+    for image in at.image:
+        for caption in image.captions:
+            match = CAPTION.match(caption)
+            assert match, caption
+            shown.append((int(match[1]), match[2], match[3], int(match[4])))
+    return sorted(shown)
+
+
+def _wrong(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(probabilities.argmax(axis=1) != labels)
+
+
+def _page_total(at: AppTest) -> int:
+    return int(re.search(r"of (\d+) images", at.number_input(key="gal_page").label)[1])
+
+
+def test_app_predictions_are_the_models(probabilities: np.ndarray, test_set, model) -> None:
+    assert probabilities.shape == (10_000, 10)
+    sample = np.random.default_rng(0).choice(10_000, 300, replace=False)
+    direct = predict_probabilities(model.model, test_set.images[sample], model.spec.preprocessing)
+    np.testing.assert_allclose(probabilities[sample], direct, rtol=1e-4, atol=1e-5)
+
+
+def test_gallery_shows_accuracy_and_the_first_twelve_mistakes(gallery: AppTest, probabilities: np.ndarray,
+                                                              test_set) -> None:
+    assert not gallery.error
+    assert gallery.selectbox(key="gal_model").value == "cifar10_resnet20"
+    assert gallery.selectbox(key="gal_layer").value == "layer3"  # the default layer: last map >= 7x7
+    line = next(m.value for m in gallery.markdown if m.value.startswith("**Test accuracy"))
+    match = ACCURACY.match(line)
+    assert match, line
+    wrong = _wrong(probabilities, test_set.labels)
+    assert int(match[2].replace(",", "")) == 10_000
+    assert int(match[3].replace(",", "")) == len(wrong)
+    assert float(match[1]) == pytest.approx(100 * (1 - len(wrong) / 10_000), abs=0.005)
+    assert len(gallery.image) == 12
+    shown = _shown(gallery)
+    assert [s[0] for s in shown] == wrong[:12].tolist()
+    for index, truth, guess, confidence in shown:
+        assert truth == CLASS_NAMES[test_set.labels[index]]
+        assert guess == CLASS_NAMES[probabilities[index].argmax()] and guess != truth
+        assert confidence == round(100 * float(probabilities[index].max()))
+    assert _page_total(gallery) == len(wrong)
+
+
+def test_filter_by_true_class_shows_only_cats(gallery: AppTest, probabilities: np.ndarray, test_set) -> None:
+    gallery.multiselect(key="gal_true").set_value(["cat"]).run()
+    assert not gallery.exception and not gallery.error
+    shown = _shown(gallery)
+    assert len(shown) == 12
+    assert all(truth == "cat" and test_set.labels[index] == 3 for index, truth, _, _ in shown)
+    cats = [i for i in _wrong(probabilities, test_set.labels) if test_set.labels[i] == 3]
+    assert [s[0] for s in shown] == cats[:12]
+    assert _page_total(gallery) == len(cats)
+
+
+def test_paging_changes_the_images(gallery: AppTest, probabilities: np.ndarray, test_set) -> None:
+    first = _shown(gallery)
+    first_urls = [url for image in gallery.image for url in image.value]
+    gallery.number_input(key="gal_page").set_value(2).run()
+    assert not gallery.exception and not gallery.error
+    second = _shown(gallery)
+    assert len(second) == 12
+    assert [s[0] for s in second] == _wrong(probabilities, test_set.labels)[12:24].tolist()
+    assert not {s[0] for s in first} & {s[0] for s in second}
+    assert [url for image in gallery.image for url in image.value] != first_urls
+
+
+def test_last_page_and_filters_reset_the_page(gallery: AppTest, probabilities: np.ndarray, test_set) -> None:
+    wrong = _wrong(probabilities, test_set.labels)
+    last = -(-len(wrong) // 12)
+    gallery.number_input(key="gal_page").set_value(last).run()
+    assert not gallery.exception
+    assert [s[0] for s in _shown(gallery)] == wrong[(last - 1) * 12:].tolist()
+    gallery.multiselect(key="gal_true").set_value(["truck"]).run()  # fewer pages than the current page number
+    assert not gallery.exception and not gallery.error
+    assert gallery.number_input(key="gal_page").value == 1
+    assert all(truth == "truck" for _, truth, _, _ in _shown(gallery))
+
+
+@pytest.mark.parametrize("layer", ["layer1", "layer2", "layer2.0.conv1"])
+def test_changing_the_layer_redraws_the_cams(layer: str, gallery: AppTest, root: str) -> None:
+    before_urls = [url for image in gallery.image for url in image.value]
+    before = _shown(gallery)
+    gallery.selectbox(key="gal_layer").set_value(layer).run()
+    assert not gallery.exception and not gallery.error
+    assert gallery.selectbox(key="gal_layer").value == layer
+    assert _shown(gallery) == before  # the same mistakes...
+    assert [url for image in gallery.image for url in image.value] != before_urls  # ...with other maps
+    indices = tuple(s[0] for s in before)
+    for_predicted, for_true = state.gallery_cams("cifar10_resnet20", root, indices, layer)
+    assert for_predicted.shape == for_true.shape == (12, 32, 32)
+    assert np.isfinite(for_predicted).all() and for_predicted.min() >= 0 and for_predicted.max() <= 1
+
+
+def test_confusion_cell_filters(gallery: AppTest, probabilities: np.ndarray, test_set) -> None:
+    # A click on the confusion matrix sets gal_true/gal_pred (AppTest cannot click a plotly chart): set them directly.
+    gallery.session_state["gal_true"] = ["cat"]
+    gallery.session_state["gal_pred"] = ["dog"]
+    gallery.run()
+    assert not gallery.exception and not gallery.error
+    assert gallery.multiselect(key="gal_true").value == ["cat"]
+    assert gallery.multiselect(key="gal_pred").value == ["dog"]
+    shown = _shown(gallery)
+    assert shown and all((truth, guess) == ("cat", "dog") for _, truth, guess, _ in shown)
+    matrix = confusion_matrix(test_set.labels, probabilities.argmax(axis=1), 10)
+    assert _page_total(gallery) == matrix[3, 5]  # the cell's count
+
+
+def test_predicted_class_filter_alone(gallery: AppTest, probabilities: np.ndarray, test_set) -> None:
+    gallery.multiselect(key="gal_pred").set_value(["ship", "truck"]).run()
+    assert not gallery.exception
+    assert all(guess in ("ship", "truck") for _, _, guess, _ in _shown(gallery))
+    predicted = probabilities.argmax(axis=1)
+    wrong = _wrong(probabilities, test_set.labels)
+    assert _page_total(gallery) == int(np.isin(predicted[wrong], [8, 9]).sum())
+
+
+def test_an_empty_filter_says_so(gallery: AppTest, probabilities: np.ndarray, test_set) -> None:
+    matrix = confusion_matrix(test_set.labels, probabilities.argmax(axis=1), 10)
+    off_diagonal = [(t, p) for t in range(10) for p in range(10) if t != p and matrix[t, p] == 0]
+    if not off_diagonal:
+        pytest.skip("this model confuses every pair of classes at least once")
+    t, p = off_diagonal[0]
+    gallery.session_state["gal_true"] = [CLASS_NAMES[t]]
+    gallery.session_state["gal_pred"] = [CLASS_NAMES[p]]
+    gallery.run()
+    assert not gallery.exception
+    assert any("No misclassified images match" in i.value for i in gallery.info)
+    assert len(gallery.image) == 0
+
+
+@pytest.mark.skipif((REPO / "models/cifar10_resnet18/model.safetensors").exists(),
+                    reason="CIFAR ResNet-18 weights exist here, so the missing-weights case cannot be shown")
+def test_model_without_weights_shows_an_error_then_recovers(gallery: AppTest) -> None:
+    assert MODELS["cifar10_resnet18"].dataset == "cifar10"
+    gallery.selectbox(key="gal_model").set_value("cifar10_resnet18").run()
+    assert not gallery.exception
+    assert len(gallery.error) == 1
+    message = gallery.error[0].value
+    assert "no weights at" in message and "cifar10_resnet18" in message and "Traceback" not in message
+    assert len(gallery.image) == 0
+    gallery.selectbox(key="gal_model").set_value("cifar10_resnet20").run()
+    assert not gallery.exception and not gallery.error
+    assert len(gallery.image) == 12
+
+
+# --- Augmentation Lab: model in the loop ---------------------------------------------------------------------------
+
+FLIPS = re.compile(r"^\*\*Label flips: (\d+)/(\d+) \((\d+)%\)\*\*")
+
+
+def test_label_flips_match_a_direct_flip_report(root: str, test_set, model) -> None:
+    at = _page("pages/augmentation_lab.py")
+    assert not at.error
+    assert at.toggle(key="aug_model_loop").value is False  # off by default: no predictions, no flip line
+    assert not any(FLIPS.match(m.value) for m in at.markdown)
+
+    at.toggle(key="aug_model_loop").set_value(True).run()
+    assert not at.exception and not at.error
+    line = next(m.value for m in at.markdown if FLIPS.match(m.value))
+    flips, tiles, _ = map(int, FLIPS.match(line).groups())
+    grid = at.session_state["aug_last_grid"]
+    assert tiles == 64 == len(grid.tiles) and grid.mode == "many"
+    originals = test_set.images[list(grid.indices)]
+    report = flip_report(predict_probabilities(model.model, originals, model.spec.preprocessing),
+                         predict_probabilities(model.model, grid.tiles, model.spec.preprocessing))
+    assert flips == int(report.flipped.sum())
+    assert line == model_loop.summary(report)  # rate and mean confidence drop too
+
+    at.toggle(key="aug_model_loop").set_value(False).run()
+    assert not at.exception
+    assert not any(FLIPS.match(m.value) for m in at.markdown)
