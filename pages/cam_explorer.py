@@ -114,15 +114,15 @@ with results:
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
-    settings = (model_key, tuple(layers), method, int(class_idx))
+    class_names = loaded.class_names
     try:
         view = state.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
-        st.session_state["cam_last_view"] = (settings, view)
+        st.session_state["cam_last_view"] = (view, class_names)
     except CamlibError as error:
         st.error(f"Cannot compute the CAM: {error}")
         if "cam_last_view" not in st.session_state:
             st.stop()
-        settings, view = st.session_state["cam_last_view"]
+        view, class_names = st.session_state["cam_last_view"]  # the last result that worked, with its own classes
         st.caption("Showing the last result that worked.")
 
     result, prepared = view.result, view.prepared
@@ -130,7 +130,7 @@ with results:
     maps = shared_scale_maps(result) if shared else result.maps
     explained = result.class_idx[0]
     st.markdown(
-        f"**Explaining class {explained}: {loaded.class_names[explained]}** "
+        f"**Explaining class {explained}: {class_names[explained]}** "
         f"({result.probabilities[0, explained]:.1%}) with {METHODS[result.method].label} "
         f"in {result.elapsed_s * 1000:.0f} ms on {loaded.device}."
     )
@@ -181,7 +181,7 @@ with results:
         "method": result.method,
         "layers": shown_layers,
         "class_idx": explained,
-        "class_name": loaded.class_names[explained],
+        "class_name": class_names[explained],
         "image": image.name,
         "alpha": alpha,
         "colormap": colormap,
