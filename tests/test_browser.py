@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,15 @@ def test_augmentation_lab_slider_redraws_grid(browser_page) -> None:
     assert page.locator('.st-key-aug_s4__p [data-testid="stSliderThumbValue"]').inner_text().strip() == "0.75"
     assert page.locator('[data-testid="stException"]').count() == 0
     assert dialogs == []
+
+
+def test_upload_without_xsrf_token_is_refused(server: str) -> None:
+    """XSRF protection is on: a raw PUT to the upload endpoint without the token is refused (bad-inputs #5, #61)."""
+    request = urllib.request.Request(f"{server}/_stcore/upload_file/some-session/some-file", method="PUT",
+                                     data=b"--x\r\n\r\nnot an image\r\n--x--\r\n",
+                                     headers={"Content-Type": "multipart/form-data; boundary=x"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403
+    with urllib.request.urlopen(f"{server}/_stcore/health", timeout=10) as response:  # the server is unaffected
+        assert response.status == 200
