@@ -631,6 +631,17 @@ def _pick_indices(count: int, n_images: int, mode: GridMode, seed: int,
     return tuple(chosen * count if mode == "one" else chosen)
 
 
+def pick_images(pool: Sequence[int] | np.ndarray, count: int, seed: int) -> list[int]:
+    """``count`` image indices from ``pool``, drawn without replacement with a local generator seeded by ``seed``
+    (cycled in order when the pool is smaller than ``count``). The global numpy RNG is never touched."""
+    pool = np.asarray(pool, dtype=np.int64)
+    if pool.size == 0:
+        raise GridError("no images to choose from (is the class filter empty?)")
+    if pool.size >= count:
+        return np.random.default_rng(seed).choice(pool, size=count, replace=False).tolist()
+    return np.resize(pool, count).tolist()
+
+
 def _check_grid_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise GridError(f"{name} must be an integer from {low} to {high}, got {value!r}")

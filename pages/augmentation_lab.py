@@ -7,18 +7,11 @@ import time
 import numpy as np
 import streamlit as st
 
-from camlib.augment import (
-    augment_grid,
-    pipeline_from_json,
-    pipeline_to_json,
-    pipeline_to_python,
-    pipeline_to_yaml,
-    tile_grid,
-)
-from camlib.cifar import default_root, detect_source, download_cifar10
+from camlib.augment import augment_grid, pick_images
+from camlib.cifar import default_root
 from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
-from ui import model_loop, pipeline_editor, render, state, widgets
+from ui import model_loop, pipeline_editor, render, widgets
 
 GRID_TILE_PX = 96  # each tile is shown at least this large (nearest-neighbour)
 
@@ -37,55 +30,19 @@ with st.sidebar:
 editor, view = st.columns([1, 2.6], gap="large")
 with editor:
     st.subheader("Pipeline")
-    imported = st.file_uploader("Import a pipeline (JSON)", type=["json"], key="aug_import")
-    if imported is not None and st.session_state.get("aug_imported_id") != imported.file_id:
-        try:
-            pipeline_editor.load_pipeline(pipeline_from_json(imported.getvalue().decode("utf-8", "replace")))
-            st.session_state["aug_imported_id"] = imported.file_id
-            st.success(f"Imported {imported.name}.")
-        except CamlibError as error:
-            st.error(f"Cannot import {imported.name}: {error}")
-    pipeline = pipeline_editor.pipeline_editor()
+    pipeline_editor.import_widget()
+    pipeline_editor.pipeline_editor()
 
 with view:
     source = st.radio(
         "Images", ["CIFAR-10", "Sample photo or upload"], horizontal=True, key="aug_images", persist_state="session"
     )
-    labels: list[str] | None = None
-    data = None
-    if source == "CIFAR-10":
-        if root and detect_source(root):
-            split = st.radio("Split", ["test", "train"], horizontal=True, key="aug_split", persist_state="session")
-            try:
-                data = state.get_cifar(root, split)
-            except CamlibError as error:
-                st.error(str(error))
-        else:
-            st.warning(
-                f"No CIFAR-10 found under '{root}'. Set the data root in the sidebar, or download the "
-                "official release (170 MB) there. Meanwhile the grid uses a sample photo."
-            )
-            if root and st.button("Download CIFAR-10 into the data root", key="aug_download"):
-                bar = st.progress(0.0, text="Downloading CIFAR-10...")
-                try:
-                    download_cifar10(
-                        root,
-                        lambda done, total: bar.progress(
-                            min(1.0, done / total) if total else 0.0, text=f"{done / 1e6:.0f} / {total / 1e6:.0f} MB"
-                        ),
-                    )
-                    st.rerun()
-                except CamlibError as error:
-                    st.error(str(error))
-    if data is None:
-        image = widgets.image_input("aug")
-        images = image.pixels[None]
-    else:
-        images = data.images
+    data = widgets.cifar_input(root, "aug") if source == "CIFAR-10" else None
+    images = widgets.image_input("aug").pixels[None] if data is None else data.images
 
     top = st.columns(4)
-    rows = top[0].number_input("Rows", 1, 16, 8, key="aug_rows", persist_state="session")
-    cols = top[1].number_input("Columns", 1, 16, 8, key="aug_cols", persist_state="session")
+    rows = int(top[0].number_input("Rows", 1, 16, 8, key="aug_rows", persist_state="session"))
+    cols = int(top[1].number_input("Columns", 1, 16, 8, key="aug_cols", persist_state="session"))
     mode = top[2].selectbox(
         "Mode",
         ["many", "one"],
@@ -95,8 +52,8 @@ with view:
     )
     pipeline_editor.ensure_state()
     st.session_state.setdefault("aug_seed_input", st.session_state[pipeline_editor.SEED])
-    seed = top[3].number_input("Seed", 0, 2**32 - 1, key="aug_seed_input", persist_state="session")
-    st.session_state[pipeline_editor.SEED] = int(seed)
+    seed = int(top[3].number_input("Seed", 0, 2**32 - 1, key="aug_seed_input", persist_state="session"))
+    st.session_state[pipeline_editor.SEED] = seed
     pipeline = pipeline_editor.current_pipeline()
     st.button(
         "New samples",
@@ -111,7 +68,6 @@ with view:
         )
         if classes:
             pool = np.flatnonzero(np.isin(data.labels, [data.class_names.index(c) for c in classes]))
-    count = int(rows * cols)
     if mode == "one":
         position = st.number_input(
             f"Image (0..{len(pool) - 1} of the chosen classes)",
@@ -123,14 +79,11 @@ with view:
         )
         indices = [int(pool[int(position)])]
     else:
-        rng = np.random.default_rng(int(seed))
-        indices = (
-            rng.choice(pool, size=count, replace=False) if len(pool) >= count else np.resize(pool, count)
-        ).tolist()
+        indices = pick_images(pool, rows * cols, seed)
 
     started = time.perf_counter()
     try:
-        grid = augment_grid(images, pipeline, mode=mode, rows=int(rows), cols=int(cols), indices=indices)
+        grid = augment_grid(images, pipeline, mode=mode, rows=rows, cols=cols, indices=indices)
         st.session_state["aug_last_grid"] = grid
     except CamlibError as error:
         st.error(str(error))
@@ -142,35 +95,23 @@ with view:
     show_labels = data is not None and st.toggle(
         "Class labels on tiles", value=True, key="aug_show_labels", persist_state="session"
     )
-    tile_labels = [data.class_names[data.labels[i]] for i in grid.indices] if show_labels else None
+    labels = [data.class_names[data.labels[i]] for i in grid.indices] if show_labels else None
+    badges, flagged = labels, None
     loop_model = model_loop.model_loop_controls()
-    augmented = render.upscale_tiles(grid.tiles, GRID_TILE_PX)
     if loop_model is not None:
         report, badges = model_loop.tile_predictions(loop_model, images[list(grid.indices)], grid.tiles)
-        augmented = render.label_tiles(augmented, badges, flagged=list(report.flipped))
+        flagged = list(report.flipped)
         st.markdown(model_loop.summary(report))
-    elif tile_labels:
-        augmented = render.label_tiles(augmented, tile_labels)
     left, right = st.columns(2)
     if grid.mode == "many":
-        originals = render.upscale_tiles(images[list(grid.indices)], GRID_TILE_PX)
-        if tile_labels:
-            originals = render.label_tiles(originals, tile_labels)
-        left.image(
-            render.fast_png(tile_grid(originals, grid.rows, grid.cols)),
-            caption="Original",
-            width="stretch",
-            output_format="PNG",
+        original = render.grid_png(
+            images[list(grid.indices)], grid.rows, grid.cols, min_tile_px=GRID_TILE_PX, labels=labels
         )
     else:
-        left.image(
-            render.fast_png(upscale_nearest(images[grid.indices[0]], 256)),
-            caption="Original",
-            width="stretch",
-            output_format="PNG",
-        )
+        original = render.fast_png(upscale_nearest(images[grid.indices[0]], 256))
+    left.image(original, caption="Original", width="stretch", output_format="PNG")
     right.image(
-        render.fast_png(tile_grid(augmented, grid.rows, grid.cols)),
+        render.grid_png(grid.tiles, grid.rows, grid.cols, min_tile_px=GRID_TILE_PX, labels=badges, flagged=flagged),
         caption=f"Augmented (seed {grid.seed})",
         width="stretch",
         output_format="PNG",
@@ -182,12 +123,4 @@ with view:
         st.json(list(grid.applied[int(tile)]))
 
     st.subheader("Export")
-    try:
-        a, b, c = st.columns(3)
-        a.download_button("JSON", pipeline_to_json(pipeline), "pipeline.json", "application/json", key="aug_dl_json")
-        b.download_button("YAML", pipeline_to_yaml(pipeline), "pipeline.yaml", "application/yaml", key="aug_dl_yaml")
-        c.download_button("Python", pipeline_to_python(pipeline), "pipeline.py", "text/x-python", key="aug_dl_py")
-        with st.expander("Python snippet"):
-            st.code(pipeline_to_python(pipeline), language="python")
-    except CamlibError as error:
-        st.caption(f"Export is disabled until the pipeline is valid: {error}")
+    pipeline_editor.export_widgets(pipeline)

@@ -18,7 +18,12 @@ from camlib.augment import (
     ParamSpec,
     Pipeline,
     PipelineStep,
+    pipeline_from_json,
+    pipeline_to_json,
+    pipeline_to_python,
+    pipeline_to_yaml,
 )
+from camlib.errors import CamlibError
 
 STEPS = "aug_steps"
 _STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
@@ -183,3 +188,30 @@ def pipeline_editor() -> Pipeline:
     )
     add.button("Add", key="aug_add", on_click=_add, args=("aug_add_choice",), width="stretch")
     return current_pipeline()
+
+
+def import_widget() -> None:
+    """Upload an exported pipeline (JSON) to restore the editor; each upload is applied once."""
+    imported = st.file_uploader("Import a pipeline (JSON)", type=["json"], key="aug_import")
+    if imported is None or st.session_state.get("aug_imported_id") == imported.file_id:
+        return
+    try:
+        load_pipeline(pipeline_from_json(imported.getvalue().decode("utf-8", "replace")))
+        st.session_state["aug_imported_id"] = imported.file_id
+        st.success(f"Imported {imported.name}.")
+    except CamlibError as error:
+        st.error(f"Cannot import {imported.name}: {error}")
+
+
+def export_widgets(pipeline: Pipeline) -> None:
+    """Download the pipeline as JSON, YAML (Albumentations' own serialisation) or a runnable Python snippet."""
+    try:
+        snippet = pipeline_to_python(pipeline)
+        a, b, c = st.columns(3)
+        a.download_button("JSON", pipeline_to_json(pipeline), "pipeline.json", "application/json", key="aug_dl_json")
+        b.download_button("YAML", pipeline_to_yaml(pipeline), "pipeline.yaml", "application/yaml", key="aug_dl_yaml")
+        c.download_button("Python", snippet, "pipeline.py", "text/x-python", key="aug_dl_py")
+        with st.expander("Python snippet"):
+            st.code(snippet, language="python")
+    except CamlibError as error:
+        st.caption(f"Export is disabled until the pipeline is valid: {error}")

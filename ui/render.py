@@ -9,6 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
+from camlib.augment import tile_grid
+
 
 def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -172,3 +174,19 @@ def per_class_figure(accuracy: np.ndarray, class_names: tuple[str, ...]) -> go.F
         yaxis=dict(autorange="reversed"),
     )
     return fig
+
+
+def grid_png(
+    tiles: np.ndarray,
+    rows: int,
+    cols: int,
+    *,
+    min_tile_px: int,
+    labels: list[str] | None = None,
+    flagged: list[bool] | None = None,
+) -> bytes:
+    """PNG of a grid of tiles, upscaled nearest-neighbour so each tile is at least ``min_tile_px``, with labels."""
+    big = upscale_tiles(tiles, min_tile_px)
+    if labels:
+        big = label_tiles(big, labels, flagged=flagged)
+    return fast_png(tile_grid(big, rows, cols))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from camlib.cifar import CifarData
+from camlib.cifar import CifarData, detect_source, download_cifar10
 from camlib.errors import CamlibError, WeightsUnavailableError
 from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from camlib.models import DEFAULT_MODEL, MODELS, download_file, get_spec, torchvision_cache_path
@@ -143,3 +143,30 @@ def _checkpoint_input(prefix: str) -> str | None:
     if upload is None:
         return None
     return state.register_checkpoint(arch, upload.getvalue(), upload.name)
+
+
+def cifar_input(root: str, prefix: str) -> CifarData | None:
+    """The CIFAR-10 split under ``root``, or None (with a message, and a download button when a root is given)."""
+    if root and detect_source(root):
+        split = st.radio("Split", ["test", "train"], horizontal=True, key=f"{prefix}_split", persist_state="session")
+        try:
+            return state.get_cifar(root, split)
+        except CamlibError as error:
+            st.error(str(error))
+            return None
+    st.warning(
+        f"No CIFAR-10 found under '{root}'. Set the data root in the sidebar, or download the official "
+        "release (170 MB) there. Meanwhile the grid uses a sample photo."
+    )
+    if root and st.button("Download CIFAR-10 into the data root", key=f"{prefix}_download"):
+        bar = st.progress(0.0, text="Downloading CIFAR-10...")
+
+        def report(done: int, total: int) -> None:
+            bar.progress(min(1.0, done / total) if total else 0.0, text=f"{done / 1e6:.0f} / {total / 1e6:.0f} MB")
+
+        try:
+            download_cifar10(root, report)
+            st.rerun()
+        except CamlibError as error:
+            st.error(str(error))
+    return None
