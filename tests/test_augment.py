@@ -536,3 +536,20 @@ def test_tile_grid_is_exact():
 def test_tile_grid_rejects_bad_arguments(args, kwargs, message):
     with pytest.raises(GridError, match=message):
         tile_grid(*args, **kwargs)
+
+
+def test_pick_images_is_seeded_without_replacement_and_leaves_global_rng_alone() -> None:
+    from camlib.augment import pick_images
+
+    state = np.random.get_state()
+    pool = np.arange(100, 200)
+    first = pick_images(pool, 64, seed=7)
+    assert first == pick_images(pool, 64, seed=7)
+    assert first != pick_images(pool, 64, seed=8)
+    assert len(set(first)) == 64 and set(first) <= set(pool.tolist())
+    assert first == np.random.default_rng(7).choice(pool, size=64, replace=False).tolist()
+    assert pick_images([3, 5], 5, seed=0) == [3, 5, 3, 5, 3]  # too few: cycled in order
+    with pytest.raises(GridError, match="no images"):
+        pick_images([], 4, seed=0)
+    after = np.random.get_state()
+    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
