@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import numpy as np
@@ -12,7 +11,7 @@ import camlib
 from camlib.cam import METHODS, layer_magnitudes, shared_scale_maps
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
-from camlib.overlay import COLORMAPS, map_to_original, overlay_heatmap, upscale_nearest
+from camlib.overlay import map_to_original, overlay_heatmap, upscale_nearest
 from ui import render, state, widgets
 
 st.title("CAM Explorer")
@@ -86,28 +85,7 @@ with controls:
         )
 
     st.subheader("Overlay")
-    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_alpha", persist_state="session")
-    colormap = st.selectbox("Colormap", list(COLORMAPS), key="cam_colormap", persist_state="session")
-    threshold = (
-        st.slider(
-            "Hide heat below",
-            0.0,
-            1.0,
-            0.0,
-            0.05,
-            key="cam_threshold",
-            persist_state="session",
-            help="Pixels whose CAM value is below this show the plain image.",
-        )
-        or None
-    )
-    shared = st.toggle(
-        "Shared scale across layers",
-        key="cam_shared_scale",
-        persist_state="session",
-        help="Off: each layer's map is scaled to [0, 1]. On: one scale for all layers, so raw "
-        "magnitudes are comparable (weak layers look weak).",
-    )
+    look = widgets.overlay_controls("cam")
 
 with results:
     st.plotly_chart(render.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key="cam_top5")
@@ -127,7 +105,7 @@ with results:
 
     result, prepared = view.result, view.prepared
     shown_layers = list(result.layers)
-    maps = shared_scale_maps(result) if shared else result.maps
+    maps = shared_scale_maps(result) if look.shared_scale else result.maps
     explained = result.class_idx[0]
     st.markdown(
         f"**Explaining class {explained}: {class_names[explained]}** "
@@ -144,7 +122,9 @@ with results:
     model_view = upscale_nearest(prepared.model_view, 224)
     overlays = {}
     for column, name in zip(st.columns(min(max(len(shown_layers), 3), 4)) * 4, shown_layers):
-        overlays[name] = overlay_heatmap(model_view, maps[name][0], alpha=alpha, colormap=colormap, threshold=threshold)
+        overlays[name] = overlay_heatmap(
+            model_view, maps[name][0], alpha=look.alpha, colormap=look.colormap, threshold=look.threshold
+        )
         with column:
             st.image(
                 overlays[name],
@@ -166,45 +146,30 @@ with results:
     on_original = overlay_heatmap(
         np.ascontiguousarray(image.pixels),
         original_map,
-        alpha=alpha,
-        colormap=colormap,
-        threshold=threshold,
+        alpha=look.alpha,
+        colormap=look.colormap,
+        threshold=look.threshold,
         mask=inside,
     )
     left, right = st.columns(2)
     left.image(on_original, caption="On the original image (dimmed: outside the model's centre crop)", width="stretch")
-    right.plotly_chart(render.heatmap_figure(maps[detail][0], colormap=colormap), key="cam_heatmap")
+    right.plotly_chart(render.heatmap_figure(maps[detail][0], colormap=look.colormap), key="cam_heatmap")
 
-    export = {
-        "model": model_key,
-        "model_label": loaded.spec.label,
-        "method": result.method,
-        "layers": shown_layers,
-        "class_idx": explained,
-        "class_name": class_names[explained],
-        "image": image.name,
-        "alpha": alpha,
-        "colormap": colormap,
-        "threshold": threshold,
-        "shared_scale": shared,
-        "preprocessing": asdict(loaded.spec.preprocessing),
-        "camlib": camlib.__version__,
-    }
-    a, b, c = st.columns(3)
-    a.download_button(
-        "Overlay PNG", render.png_bytes(overlays[detail]), f"cam_{detail}.png", "image/png", key="cam_dl_png"
-    )
-    b.download_button(
-        "Raw CAM (.npy)",
-        render.npy_bytes(result.raw[detail][0]),
-        f"cam_raw_{detail}.npy",
-        "application/octet-stream",
-        key="cam_dl_npy",
-    )
-    c.download_button(
-        "Settings (JSON)",
-        json.dumps(export, indent=2, default=list),
-        "cam_settings.json",
-        "application/json",
-        key="cam_dl_json",
+    widgets.cam_downloads(
+        "cam",
+        overlay=overlays[detail],
+        raw=result.raw[detail][0],
+        layer=detail,
+        settings={
+            "model": model_key,
+            "model_label": loaded.spec.label,
+            "method": result.method,
+            "layers": shown_layers,
+            "class_idx": explained,
+            "class_name": class_names[explained],
+            "image": image.name,
+            **asdict(look),
+            "preprocessing": asdict(loaded.spec.preprocessing),
+            "camlib": camlib.__version__,
+        },
     )

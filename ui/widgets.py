@@ -3,6 +3,7 @@ an ``st.error`` and the page goes on with what worked before."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +13,21 @@ from camlib.cifar import CifarData, detect_source, download_cifar10
 from camlib.errors import CamlibError, WeightsUnavailableError
 from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from camlib.models import DEFAULT_MODEL, MODELS, download_file, get_spec, torchvision_cache_path
+from camlib.overlay import COLORMAPS
 from camlib.samples import DEFAULT_SAMPLE, SAMPLES, load_sample
-from ui import state
+from ui import render, state
 
 CHECKPOINT_OPTION = "checkpoint"
+
+
+@dataclass(frozen=True)
+class OverlaySettings:
+    """How maps are drawn; changing these never re-runs the model."""
+
+    alpha: float
+    colormap: str
+    threshold: float | None
+    shared_scale: bool
 
 
 @dataclass(frozen=True)
@@ -170,3 +182,46 @@ def cifar_input(root: str, prefix: str) -> CifarData | None:
         except CamlibError as error:
             st.error(str(error))
     return None
+
+
+def overlay_controls(prefix: str) -> OverlaySettings:
+    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"{prefix}_alpha", persist_state="session")
+    colormap = st.selectbox("Colormap", list(COLORMAPS), key=f"{prefix}_colormap", persist_state="session")
+    threshold = st.slider(
+        "Hide heat below",
+        0.0,
+        1.0,
+        0.0,
+        0.05,
+        key=f"{prefix}_threshold",
+        persist_state="session",
+        help="Pixels whose CAM value is below this show the plain image.",
+    )
+    shared = st.toggle(
+        "Shared scale across layers",
+        key=f"{prefix}_shared_scale",
+        persist_state="session",
+        help="Off: each layer's map is scaled to [0, 1]. On: one scale for all layers, so raw "
+        "magnitudes are comparable (weak layers look weak).",
+    )
+    return OverlaySettings(alpha=alpha, colormap=colormap, threshold=threshold or None, shared_scale=shared)
+
+
+def cam_downloads(prefix: str, *, overlay: np.ndarray, raw: np.ndarray, layer: str, settings: dict) -> None:
+    """Download buttons: the overlay PNG, the raw signed CAM (.npy) and the settings (JSON)."""
+    a, b, c = st.columns(3)
+    a.download_button("Overlay PNG", render.png_bytes(overlay), f"cam_{layer}.png", "image/png", key=f"{prefix}_dl_png")
+    b.download_button(
+        "Raw CAM (.npy)",
+        render.npy_bytes(raw),
+        f"cam_raw_{layer}.npy",
+        "application/octet-stream",
+        key=f"{prefix}_dl_npy",
+    )
+    c.download_button(
+        "Settings (JSON)",
+        json.dumps(settings, indent=2, default=list),
+        "cam_settings.json",
+        "application/json",
+        key=f"{prefix}_dl_json",
+    )
