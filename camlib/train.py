@@ -13,6 +13,7 @@ Bad arguments, a missing data root or an invalid pipeline stop with one clear li
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -44,10 +45,11 @@ from camlib.cifar import CifarData, load_cifar10  # noqa: E402
 from camlib.cifar_models import CIFAR_ARCHS, build_cifar_model, normalize_batch  # noqa: E402
 from camlib.device import default_device  # noqa: E402
 from camlib.errors import CamlibError  # noqa: E402
+from camlib.models import read_checkpoint  # noqa: E402
 
 STATE_FILE = "last.pt"
 # Settings a resumed run must share with the interrupted one (the schedule and the data order depend on them).
-RESUME_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed", "limit_train")
+RESUME_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed", "limit_train", "init")
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 
@@ -71,6 +73,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     threads: int | None = None
+    init: str | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -90,11 +93,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--limit-train", type=int, default=None, help="use only this many training images")
     parser.add_argument("--limit-test", type=int, default=None, help="evaluate on only this many test images")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--init", default=None, help="start from these weights (.safetensors of the same "
+                                                     "architecture), e.g. to fine-tune a trained model further")
     args = parser.parse_args(argv)
     config = TrainConfig(arch=args.arch, data=args.data, augment=args.augment, epochs=args.epochs, out=args.out,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          label_smoothing=args.label_smoothing, seed=args.seed, limit_train=args.limit_train,
-                         limit_test=args.limit_test, threads=args.threads)
+                         limit_test=args.limit_test, threads=args.threads, init=args.init)
     _check_numbers(config)
     return config
 
@@ -176,6 +181,26 @@ def _versions() -> dict[str, str]:
             "albumentations": A.__version__, "numpy": np.__version__}
 
 
+def _load_init(model: torch.nn.Module, path: str) -> dict[str, Any]:
+    """Load starting weights (safely: safetensors or weights-only) and describe them for the model card."""
+    file = Path(path)
+    if not file.is_file():
+        raise TrainingError(f"--init file not found: {file}")
+    data = file.read_bytes()
+    state = read_checkpoint(data, file.name)
+    expected = model.state_dict()
+    problems = sorted(set(expected) ^ set(state)) + [k for k in expected if k in state
+                                                     and state[k].shape != expected[k].shape]
+    if problems:
+        raise TrainingError(f"--init {file} does not fit this architecture ({', '.join(problems[:4])})")
+    model.load_state_dict(state)
+    card = file.with_name("model_card.json")
+    previous = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
+    return {"file": file.name, "sha256": hashlib.sha256(data).hexdigest(),
+            "epochs": previous.get("epochs"), "test_accuracy": previous.get("final_test_accuracy"),
+            "training": previous.get("training"), "history": previous.get("history")}
+
+
 def _save_state(path: Path, state: dict[str, Any]) -> None:
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
@@ -200,7 +225,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
 
     device = default_device()
     torch.manual_seed(config.seed)
-    model = build_cifar_model(config.arch, len(train_data.class_names)).to(device)
+    model = build_cifar_model(config.arch, len(train_data.class_names))
+    init = _load_init(model, config.init) if config.init else None
+    model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
     # Warm-up on the first quarter, at least 2 steps (OneCycleLR divides by the warm-up length minus one).
@@ -279,6 +306,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "per_class_test_accuracy": dict(zip(train_data.class_names, per_class)),
         "augmentation": pipeline_to_dict(pipeline),
+        "initialised_from": init,
         "data": {"source": train_data.source, "root": train_data.root, "train_images": len(train_data.labels),
                  "test_images": len(test_data.labels),
                  "note": "the image-folder copy is JPEG-decoded: accuracy is measured on that copy"

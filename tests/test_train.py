@@ -510,3 +510,37 @@ def test_weights_only_state_dict_for_resnet20_is_accepted() -> None:
     loaded = load_checkpoint("cifar10_resnet20", buffer.getvalue(), "weights.pt", device=CPU)
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(value, state[key])
+
+
+@needs_data
+def test_init_starts_from_trained_weights_and_is_recorded(trained: tuple[Path, int, str], tmp_path: Path) -> None:
+    source = trained[0] / "model.safetensors"
+    model = build_cifar_model("resnet20")
+    info = train_module._load_init(model, str(source))
+    for key, value in load_file(str(source)).items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert info["epochs"] == 1 and len(info["sha256"]) == 64
+
+    out = tmp_path / "ft"
+    code, err = _run(_args(out, extra=[*TINY, "--init", str(source), "--lr", "0.01"]))
+    assert code == 0, err[-2000:]
+    card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
+    previous = json.loads((trained[0] / "model_card.json").read_text(encoding="utf-8"))
+    assert card["initialised_from"]["file"] == "model.safetensors"
+    assert card["initialised_from"]["test_accuracy"] == pytest.approx(previous["final_test_accuracy"])
+    assert card["initialised_from"]["history"] == previous["history"]
+
+
+@needs_data
+@pytest.mark.parametrize("problem", ["missing", "other arch"])
+def test_init_that_does_not_fit_is_refused(problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_training(monkeypatch)
+    if problem == "missing":
+        init = tmp_path / "nope.safetensors"
+    else:
+        from safetensors.torch import save_file
+
+        init = tmp_path / "r18.safetensors"
+        save_file({k: v.contiguous() for k, v in build_cifar_model("resnet18_cifar").state_dict().items()}, str(init))
+    code, err = _run(_args(tmp_path / "out", extra=[*TINY, "--init", str(init)]))
+    assert code == 2 and err.startswith("error: --init")
