@@ -35,19 +35,23 @@ CASES = {
 }
 
 
-def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median ms of each function, timed in rotation (one call of each per round) so that machine noise hits all
+    of them alike and the ratios stay meaningful."""
+    for fn in fns.values():  # warm-up
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench(name: str, repeats: int, device: torch.device) -> dict[str, float]:
@@ -74,14 +78,14 @@ def bench(name: str, repeats: int, device: torch.device) -> dict[str, float]:
     assert worst < 1e-5, f"{name}: maps differ from pytorch-grad-cam by {worst}"
     model.zero_grad(set_to_none=True)  # pytorch-grad-cam's backward() filled .grad
 
-    return {
-        "forward": median_ms(forward, repeats, device),
-        "camlib_1": median_ms(lambda: compute_cams(model, x, layers[-1:]), repeats, device),
-        "camlib_4": median_ms(lambda: compute_cams(model, x, layers), repeats, device),
-        "pgc_1": median_ms(lambda: pgc(layers[-1:]), repeats, device),
-        "pgc_4": median_ms(lambda: pgc(layers), repeats, device),
-        "max_abs_diff": worst,
-    }
+    medians = interleaved_medians({
+        "forward": forward,
+        "camlib_1": lambda: compute_cams(model, x, layers[-1:]),
+        "camlib_4": lambda: compute_cams(model, x, layers),
+        "pgc_1": lambda: pgc(layers[-1:]),
+        "pgc_4": lambda: pgc(layers),
+    }, repeats, device)
+    return medians | {"max_abs_diff": worst}
 
 
 def main() -> None:
