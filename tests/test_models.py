@@ -156,13 +156,17 @@ def _serve(monkeypatch: pytest.MonkeyPatch, response: FakeResponse) -> list[str]
 
 def test_registry_lists_the_expected_models() -> None:
     assert list(MODELS) == ["efficientnet_lite0", "resnet18", "resnet50", "mobilenet_v3_large", "vgg16_bn",
-                            "densenet121", "convnext_tiny"]
+                            "densenet121", "convnext_tiny", "cifar10_resnet20", "cifar10_resnet18"]
     assert models.DEFAULT_MODEL == "efficientnet_lite0"
+    assert models.DEFAULT_CIFAR_MODEL == "cifar10_resnet20"
     default = MODELS["efficientnet_lite0"]
     assert default.source == "bundled" and default.weights_url is None
     assert default.preprocessing == Preprocessing(resize=256, crop=224)
     for key, spec in MODELS.items():
-        assert spec.key == key and spec.num_classes == 1000 and spec.label
+        cifar = spec.dataset == "cifar10"
+        assert spec.key == key and spec.num_classes == (10 if cifar else 1000) and spec.label
+        assert len(models.class_names_for(spec)) == spec.num_classes
+        assert (spec.preprocessing.crop == 32) == cifar
         assert get_spec(key) is spec
 
 
