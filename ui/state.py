@@ -8,6 +8,7 @@ lock, no backward(), hooks removed, modes restored). CAM results are cached with
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from camlib.layers import LayerInfo, list_candidate_layers
 from camlib.models import LoadedModel, PreparedInput, load_checkpoint, load_model, prepare_batch, prepare_input
 
 CHECKPOINT_PREFIX = "checkpoint:"
+_STORE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,10 @@ def register_checkpoint(arch: str, data: bytes, filename: str) -> str:
     store = _checkpoint_models()
     if key not in store:
         loaded = load_checkpoint(arch, data, filename)
-        while len(store) >= 4:  # bounded: drop the oldest
-            store.pop(next(iter(store)))
-        store[key] = loaded
+        with _STORE_LOCK:  # the store is shared by every session
+            while len(store) >= 4:  # bounded: drop the oldest
+                store.pop(next(iter(store)))
+            store[key] = loaded
     return key
 
 
