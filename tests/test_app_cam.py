@@ -121,3 +121,30 @@ def test_shared_model_left_clean_after_page_runs(app: AppTest) -> None:
         assert not module._forward_hooks and not module._backward_hooks and not module.training
     assert all(p.grad is None for p in model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_user_checkpoint_upload_and_refusal(app: AppTest, tmp_path) -> None:
+    import pickle
+
+    weights = (Path(APP).parent / "models" / "cifar10_resnet20" / "model.safetensors").read_bytes()
+    app.selectbox(key="cam_model").set_value("checkpoint").run()
+    assert not app.exception
+    assert any("Upload a checkpoint" in i.value for i in app.info)
+    app.selectbox(key="cam_ckpt_arch").set_value("cifar10_resnet20").run()
+    app.file_uploader(key="cam_ckpt_file").set_value(("mine.safetensors", weights, "application/octet-stream")).run()
+    assert not app.exception and not app.error
+    assert app.multiselect(key="cam_layers").value == ["layer3"]  # the CIFAR ResNet-20's suggested layer
+    assert _explained(app)
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    app.file_uploader(key="cam_ckpt_file").set_value(("evil.pt", pickle.dumps(Evil()), "application/octet-stream"))
+    app.run()
+    assert not app.exception
+    assert any("Only safetensors / weights-only checkpoints are accepted" in e.value for e in app.error)
+    assert not marker.exists()
+    assert _explained(app)  # the last good model goes on working
