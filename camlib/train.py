@@ -198,7 +198,8 @@ def _load_init(model: torch.nn.Module, path: str) -> dict[str, Any]:
     previous = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
     return {"file": file.name, "sha256": hashlib.sha256(data).hexdigest(),
             "epochs": previous.get("epochs"), "test_accuracy": previous.get("final_test_accuracy"),
-            "training": previous.get("training"), "history": previous.get("history")}
+            "training": previous.get("training"), "history": previous.get("history"),
+            "initialised_from": previous.get("initialised_from")}  # the whole chain of earlier runs
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
