@@ -120,7 +120,8 @@ def test_default_root_follows_the_environment(tmp_path, monkeypatch):
     with pytest.raises(DatasetUnavailableError, match=f"no CIFAR-10 under {tmp_path}"):
         load_cifar10()
     monkeypatch.delenv(ROOT_ENV)
-    assert default_root() == (DATA.resolve() if DATA.is_dir() else None)
+    root = default_root()
+    assert (root.resolve() if root else None) == (DATA.resolve() if DATA.is_dir() else None)
 
 
 def test_no_root_at_all(monkeypatch, tmp_path):
