@@ -318,7 +318,7 @@ def _read_weights_only(data: bytes) -> object:
     except EOFError as error:  # its message is empty: say what happened
         raise CheckpointError("the checkpoint is truncated (unexpected end of file)") from error
     except Exception as error:  # UnpicklingError, RuntimeError, zip errors...: all mean "refused"
-        # torch's own message is not shown: it has terminal escape codes and suggests weights_only=False.
+        # torch's own message is not shown: it has terminal escape codes and suggests switching the safe loader off.
         raise CheckpointError(
             "Only safetensors / weights-only checkpoints are accepted: this file holds pickled code or objects, "
             f"or is corrupted, and was refused without running it ({type(error).__name__})"

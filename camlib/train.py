@@ -242,7 +242,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         try:
             state = torch.load(state_path, map_location=device, weights_only=True)
             saved = state["config"]
-        except Exception as error:  # torch's own message suggests weights_only=False: never show it
+        except Exception as error:  # torch's own message suggests switching the safe loader off: never show it
             raise TrainingError(f"cannot resume: {state_path} is not a resume state written by this command "
                                 f"({type(error).__name__}); delete it or use another --out") from error
         changed = [f"--{key.replace('_', '-')} {saved.get(key)} -> {getattr(config, key)}" for key in RESUME_KEYS

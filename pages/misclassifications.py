@@ -10,9 +10,8 @@ from camlib.cifar import default_root, detect_source
 from camlib.errors import CamlibError
 from camlib.evaluation import confusion_matrix, per_class_accuracy
 from camlib.layers import default_layer
-from camlib.models import DEFAULT_CIFAR_MODEL, MODELS
 from camlib.overlay import overlay_heatmap, upscale_nearest
-from ui import render, state
+from ui import render, state, widgets
 
 PAGE_SIZE = 12
 
@@ -27,15 +26,7 @@ if root is None or detect_source(root) is None:
     st.warning("No CIFAR-10 test set found: set CAMLIB_CIFAR10_ROOT or the data root on the Augmentation Lab page.")
     st.stop()
 root = str(root)
-cifar_models = [key for key, spec in MODELS.items() if spec.dataset == "cifar10"]
-model_key = st.selectbox(
-    "Model",
-    cifar_models,
-    index=cifar_models.index(DEFAULT_CIFAR_MODEL),
-    format_func=lambda k: MODELS[k].label,
-    key="gal_model",
-    persist_state="session",
-)
+model_key = widgets.cifar_model_select("Model", "gal_model")
 try:
     loaded = state.get_model(model_key)
 except CamlibError as error:

@@ -7,8 +7,8 @@ import streamlit as st
 
 from camlib.errors import CamlibError
 from camlib.evaluation import FlipReport, flip_report, predict_probabilities
-from camlib.models import DEFAULT_CIFAR_MODEL, MODELS, LoadedModel
-from ui import state
+from camlib.models import LoadedModel
+from ui import state, widgets
 
 
 def model_loop_controls() -> LoadedModel | None:
@@ -22,15 +22,7 @@ def model_loop_controls() -> LoadedModel | None:
         "gives the original image are flagged in red.",
     ):
         return None
-    choices = [key for key, spec in MODELS.items() if spec.dataset == "cifar10"]
-    key = st.selectbox(
-        "CIFAR-10 model",
-        choices,
-        index=choices.index(DEFAULT_CIFAR_MODEL),
-        format_func=lambda k: MODELS[k].label,
-        key="aug_loop_model",
-        persist_state="session",
-    )
+    key = widgets.cifar_model_select("CIFAR-10 model", "aug_loop_model")
     try:
         return state.get_model(key)
     except CamlibError as error:

@@ -12,7 +12,7 @@ import streamlit as st
 from camlib.cifar import CifarData, detect_source, download_cifar10
 from camlib.errors import CamlibError, WeightsUnavailableError
 from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
-from camlib.models import DEFAULT_MODEL, MODELS, download_file, get_spec, torchvision_cache_path
+from camlib.models import DEFAULT_CIFAR_MODEL, DEFAULT_MODEL, MODELS, download_file, get_spec, torchvision_cache_path
 from camlib.overlay import COLORMAPS
 from camlib.samples import DEFAULT_SAMPLE, SAMPLES, load_sample
 from ui import render, state
@@ -224,4 +224,17 @@ def cam_downloads(prefix: str, *, overlay: np.ndarray, raw: np.ndarray, layer: s
         "cam_settings.json",
         "application/json",
         key=f"{prefix}_dl_json",
+    )
+
+
+def cifar_model_select(label: str, key: str) -> str:
+    """Pick one of the registry's CIFAR-10 models (default: the bundled one)."""
+    choices = [k for k, spec in MODELS.items() if spec.dataset == "cifar10"]
+    return st.selectbox(
+        label,
+        choices,
+        index=choices.index(DEFAULT_CIFAR_MODEL),
+        format_func=lambda k: MODELS[k].label,
+        key=key,
+        persist_state="session",
     )
