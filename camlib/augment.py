@@ -616,11 +616,7 @@ def _pick_indices(count: int, n_images: int, mode: GridMode, seed: int,
                   indices: Sequence[int] | None) -> tuple[int, ...]:
     wanted = count if mode == "many" else 1
     if indices is None:
-        rng = np.random.default_rng(seed)  # a local generator: the global numpy RNG is never touched
-        if n_images >= wanted:
-            chosen = rng.choice(n_images, size=wanted, replace=False).tolist()
-        else:
-            chosen = [i % n_images for i in range(wanted)]  # fewer images than tiles: cycle through them
+        chosen = pick_images(np.arange(n_images), wanted, seed)
     else:
         chosen = [int(i) for i in indices]
         if len(chosen) != wanted:
