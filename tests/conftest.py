@@ -62,6 +62,17 @@ class ModelSnapshot:
             assert torch.equal(state[key], value), f"state_dict[{key!r}] changed"
 
 
+def mixed_state(model: nn.Module, grad: float = 0.25) -> nn.Module:
+    """Train mode with one sub-tree in eval, a frozen parameter and a pre-set gradient: the state a shared model may
+    be in, which every camlib call must leave exactly as it found it (compare with ``snapshot``). ``model`` is a
+    torchvision ResNet."""
+    model.train()
+    model.layer2.eval()
+    model.conv1.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.full_like(model.fc.weight, grad)
+    return model
+
+
 @pytest.fixture
 def snapshot():
     """``snapshot(model)`` records a model's state; ``.assert_unchanged()`` checks hooks, flags, grads, state dict."""

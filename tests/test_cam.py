@@ -21,6 +21,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import mixed_state
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -466,18 +467,11 @@ def test_duplicate_layers_are_explained_once_in_the_requested_order(small_resnet
 
 # --- model state: hooks, grads, flags, statistics ------------------------------------------------------------------
 
-def _mixed_state(model: nn.Module) -> nn.Module:
-    """Train mode with one sub-tree in eval, a frozen parameter, a pre-set gradient: all must survive a CAM."""
-    model.train()
-    model.layer2.eval()
-    model.conv1.weight.requires_grad_(False)
-    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.25)
-    return model
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_a_call_leaves_the_model_exactly_as_it_was(snapshot, x64, method):
-    model = _mixed_state(_resnet18())
+    model = mixed_state(_resnet18())
     before = snapshot(model)
     for grad_mode in (True, False):
         with torch.set_grad_enabled(grad_mode):
@@ -512,7 +506,7 @@ class _Net(nn.Module):
 def _failing_calls():
     """(label, model factory, compute_cams kwargs, expected error)."""
     def resnet():
-        return _mixed_state(_resnet18())
+        return mixed_state(_resnet18())
 
     def exploding():
         net = _seeded(_Net).train()
@@ -651,7 +645,7 @@ def test_memory_efficient_densenet_gives_the_same_maps(monkeypatch):
 def test_concurrent_calls_on_one_shared_model_equal_serial_results(snapshot):
     """Sessions share one cached model: each thread gets the CAM of ITS image, also while another thread fails;
     modes, hooks and grads are as before afterwards (rows 44-45)."""
-    model = _mixed_state(_resnet18())
+    model = mixed_state(_resnet18())
     before = snapshot(model)
     images = _images(6, 48, seed=5)
     jobs = [(images[i:i + 1], GRADIENT_METHODS[i % len(GRADIENT_METHODS)], None if i % 2 else 10 * i)

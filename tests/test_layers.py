@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import mixed_state
 from torch import nn
 
 from camlib.errors import LayerError
@@ -210,17 +211,10 @@ def test_no_candidates_raises_layer_error():
 
 # --- the probe leaves the model as it was --------------------------------------------------------------------------
 
-def _mixed_state(model: nn.Module) -> nn.Module:
-    """Train mode with one sub-tree in eval, a frozen parameter and a pre-set gradient: all must survive a probe."""
-    model.train()
-    model.layer2.eval()
-    model.conv1.weight.requires_grad_(False)
-    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.5)
-    return model
 
 
 def test_probe_leaves_hooks_modes_grads_and_stats_untouched(snapshot):
-    model = _mixed_state(_resnet18())
+    model = mixed_state(_resnet18(), grad=0.5)
     before = snapshot(model)
     grad_mode = torch.is_grad_enabled()
     list_candidate_layers(model, (64, 64))

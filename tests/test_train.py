@@ -476,7 +476,7 @@ def test_bundled_card_accuracy_matches_a_recomputation(bundled_model, one_torch_
     accuracy = float((probabilities.argmax(axis=1) == test.labels).mean())
     # the same preprocessing and eval-mode forward as training's evaluation: equal up to a few float-rounding flips
     assert abs(accuracy - card["final_test_accuracy"]) <= 0.0005, (accuracy, card["final_test_accuracy"])
-    assert accuracy >= 0.88, f"the project's goal for the bundled model is 88% on the 10,000 test images: {accuracy:.4f}"
+    assert accuracy >= 0.88, f"the goal for the bundled model is 88% on the 10,000 test images: {accuracy:.4f}"
 
 
 class _TouchesMarker:
