@@ -5,8 +5,8 @@ Run from the repository root:  python benchmarks/bench_train.py [--threads N] [-
 For each architecture (ResNet-20, and CIFAR ResNet-18 with fewer steps) at batch 128 on 32x32 real CIFAR-10 training
 images, after a few warm-up steps, it times:
 
-- train: one step = normalise (``normalize_batch``) + forward + label-smoothed cross-entropy + backward + SGD step
-  (Nesterov momentum, weight decay), as ``camlib.train`` does it; the images are the raw training images;
+- train: one ``camlib.train.train_step`` = normalise + forward + label-smoothed cross-entropy + backward + SGD
+  step (Nesterov momentum, weight decay), as ``camlib.train`` runs it; the images are the raw training images;
 - train + augmentation: the same step preceded by augmenting the batch with the training pipeline
   (``--augment`` JSON, default ``models/cifar10_resnet20/pipeline.json``) through ``camlib.train.augment_epoch``,
   on the same thread (``camlib.train`` augments each epoch up front on the main thread, so the costs add up);
@@ -35,12 +35,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from camlib.augment import Pipeline  # noqa: E402
 from camlib.cifar import load_cifar10  # noqa: E402
 from camlib.cifar_models import build_cifar_model, normalize_batch  # noqa: E402
-from camlib.train import augment_epoch, load_pipeline  # noqa: E402
+from camlib.train import augment_epoch, load_pipeline, train_step  # noqa: E402
 
 TRAIN_BATCH = 128
 INFER_BATCH = 500
@@ -90,23 +89,19 @@ def bench_arch(arch: str, images: np.ndarray, labels: np.ndarray, pipeline: Pipe
         k = i % n_batches
         return slice(k * TRAIN_BATCH, (k + 1) * TRAIN_BATCH)
 
-    def train_step(batch: np.ndarray, y: torch.Tensor) -> None:
+    def sgd_step(batch: np.ndarray, y: torch.Tensor) -> None:
         model.train()
-        logits = model(normalize_batch(torch.from_numpy(batch)))
-        loss = F.cross_entropy(logits, y, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, torch.from_numpy(batch), y, label_smoothing=0.1)
 
     def plain(i: int) -> None:
-        train_step(images[batch_of(i)], all_labels[batch_of(i)])
+        sgd_step(images[batch_of(i)], all_labels[batch_of(i)])
 
     def augment(i: int) -> np.ndarray:
         part = batch_of(i)
         return augment_epoch(images, np.arange(part.start, part.stop), pipeline, seed=i)
 
     def augmented(i: int) -> None:
-        train_step(augment(i), all_labels[batch_of(i)])
+        sgd_step(augment(i), all_labels[batch_of(i)])
 
     @torch.inference_mode()
     def infer(i: int) -> None:

@@ -213,7 +213,7 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
         if not isinstance(name, str):
             raise LayerError(f"layers are dotted module names such as 'layer4', got a {type(name).__name__}")
         if not name or name not in modules:
-            close = [n for n in modules if n and isinstance(name, str) and name.split(".")[-1] in n][:5]
+            close = [n for n in modules if n and name.split(".")[-1] in n][:5]
             hint = f" Similar names: {', '.join(close)}." if close else ""
             raise LayerError(f"layer {name!r} is not a module of this model.{hint}")
     return names

@@ -271,7 +271,7 @@ def load_model(key: str = DEFAULT_MODEL, *, allow_download: bool = True, progres
         state = _project_state_dict(spec)
     else:
         state = _torchvision_state_dict(spec, allow_download=allow_download, progress=progress)
-    _load_strict(model, state, spec)
+    load_state_strict(model, state, spec.label)
     device = device or default_device()
     return LoadedModel(spec=spec, model=model.to(device).eval(), class_names=class_names_for(spec), device=device)
 
@@ -355,7 +355,9 @@ def read_checkpoint(data: bytes, filename: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], spec: ModelSpec) -> None:
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], label: str) -> None:
+    """Load ``state`` into ``model`` only if every tensor matches; otherwise a ``CheckpointError`` that lists the
+    missing, unexpected and mismatched tensors (``label`` names the model in the message)."""
     expected = model.state_dict()
     # BatchNorm's num_batches_tracked is newer than some published files (torchvision's DenseNet, VGG-BN); torch's
     # own loader fills it in, and it plays no part in eval mode.
@@ -368,7 +370,7 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], spec: Mode
             return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "") if items else "none"
 
         raise CheckpointError(
-            f"Checkpoint does not match model {spec.label} (missing: {few(missing)}; unexpected: {few(unexpected)}; "
+            f"Checkpoint does not match model {label} (missing: {few(missing)}; unexpected: {few(unexpected)}; "
             f"shape mismatch: {few(mismatched)})"
         )
     model.load_state_dict({**{k: v for k, v in expected.items() if k not in state}, **state}, strict=True)
@@ -379,7 +381,7 @@ def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.
     spec = get_spec(key)
     state = read_checkpoint(data, filename)
     model = build_architecture(spec)
-    _load_strict(model, state, spec)
+    load_state_strict(model, state, spec.label)
     device = device or default_device()
     label = f"{spec.label.split(' (')[0]} (your checkpoint: {Path(filename).name or 'upload'})"
     custom = ModelSpec(key=f"{key}:checkpoint", label=label, source="checkpoint", arch=spec.arch,

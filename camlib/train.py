@@ -44,8 +44,8 @@ from camlib.augment import (  # noqa: E402
 from camlib.cifar import CifarData, load_cifar10  # noqa: E402
 from camlib.cifar_models import CIFAR_ARCHS, build_cifar_model, normalize_batch  # noqa: E402
 from camlib.device import default_device  # noqa: E402
-from camlib.errors import CamlibError  # noqa: E402
-from camlib.models import read_checkpoint  # noqa: E402
+from camlib.errors import CamlibError, CheckpointError  # noqa: E402
+from camlib.models import load_state_strict, read_checkpoint  # noqa: E402
 
 STATE_FILE = "last.pt"
 # Settings a resumed run must share with the interrupted one (the schedule and the data order depend on them).
@@ -158,6 +158,18 @@ def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, see
     return out
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a uint8 ``(N, H, W, 3)`` batch: normalise, forward, label-smoothed cross-entropy,
+    backward, step. Returns the loss and the logits (detached)."""
+    logits = model(normalize_batch(images))
+    loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: CifarData, device: torch.device, batch_size: int = 500
              ) -> tuple[float, list[float], np.ndarray]:
@@ -181,20 +193,17 @@ def _versions() -> dict[str, str]:
             "albumentations": A.__version__, "numpy": np.__version__}
 
 
-def _load_init(model: torch.nn.Module, path: str) -> dict[str, Any]:
+def _load_init(model: torch.nn.Module, path: str, arch: str) -> dict[str, Any]:
     """Load starting weights (safely: safetensors or weights-only) and describe them for the model card."""
     file = Path(path)
     if not file.is_file():
         raise TrainingError(f"--init file not found: {file}")
     data = file.read_bytes()
-    state = read_checkpoint(data, file.name)
-    expected = model.state_dict()
-    problems = sorted(set(expected) ^ set(state)) + [k for k in expected if k in state
-                                                     and state[k].shape != expected[k].shape]
-    if problems:
-        raise TrainingError(f"--init {file} does not fit this architecture ({', '.join(problems[:4])})")
-    model.load_state_dict(state)
-    card = file.with_name("model_card.json")
+    try:
+        load_state_strict(model, read_checkpoint(data, file.name), arch)
+    except CheckpointError as error:
+        raise TrainingError(f"--init {file}: {error}") from error
+    card = file.with_name(CARD_FILE)
     previous = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
     return {"file": file.name, "sha256": hashlib.sha256(data).hexdigest(),
             "epochs": previous.get("epochs"), "test_accuracy": previous.get("final_test_accuracy"),
@@ -227,7 +236,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     device = default_device()
     torch.manual_seed(config.seed)
     model = build_cifar_model(config.arch, len(train_data.class_names))
-    init = _load_init(model, config.init) if config.init else None
+    init = _load_init(model, config.init, config.arch) if config.init else None
     model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
@@ -268,13 +277,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
                    file=sys.stderr, dynamic_ncols=True)
         for step in bar:
             batch = slice(step * config.batch_size, (step + 1) * config.batch_size)
-            x = normalize_batch(torch.from_numpy(images[batch]).to(device))
             y = labels[batch].to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, logits = train_step(model, optimizer, torch.from_numpy(images[batch]).to(device), y,
+                                      config.label_smoothing)
             scheduler.step()
             seen += len(y)
             loss_sum += float(loss) * len(y)

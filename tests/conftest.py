@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torch.nn.modules import module as torch_module
 
@@ -60,6 +62,18 @@ class ModelSnapshot:
         assert state.keys() == self.state.keys()
         for key, value in self.state.items():
             assert torch.equal(state[key], value), f"state_dict[{key!r}] changed"
+
+
+def seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
+    """Build a randomly initialised model in eval mode without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def seeded_resnet18(seed: int = 0) -> nn.Module:
+    """torchvision's ResNet-18 with seeded random weights (no download), in eval mode."""
+    return seeded(lambda: torchvision.models.resnet18(weights=None), seed)
 
 
 def mixed_state(model: nn.Module, grad: float = 0.25) -> nn.Module:

@@ -21,7 +21,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import mixed_state
+from conftest import mixed_state, seeded, seeded_resnet18
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -65,13 +65,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
-def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
-    """Build a randomly initialised model in eval mode without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build().eval()
-
-
 def _images(batch: int, size: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -114,10 +107,6 @@ def _assert_same_result(actual: CamResult, expected: CamResult) -> None:
         np.testing.assert_array_equal(actual.degenerate[layer], expected.degenerate[layer])
 
 
-def _resnet18(seed: int = 0) -> nn.Module:
-    return _seeded(lambda: torchvision.models.resnet18(weights=None), seed)
-
-
 # --- the reference zoo ---------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +144,7 @@ class Zoo:
 
     def model(self, name: str) -> nn.Module:
         if name not in self._models:
-            self._models[name] = _seeded(ZOO[name].build)
+            self._models[name] = seeded(ZOO[name].build)
         return self._models[name]
 
     def images(self, size: int = 224) -> torch.Tensor:
@@ -264,7 +253,7 @@ def test_scorecam_matches_pytorch_grad_cam(zoo, model_name, layer, kind):
 @pytest.mark.parametrize("method", ["gradcam", "hirescam"])
 def test_non_square_input_matches_pytorch_grad_cam(method):
     """(H, W) = (64, 96): catches any swap of height and width in the resize (cv2 takes (W, H))."""
-    model, x = _resnet18(seed=1), _images(2, 96, seed=8)[:, :, :64]
+    model, x = seeded_resnet18(seed=1), _images(2, 96, seed=8)[:, :, :64]
     ours = compute_cams(model, x, ["layer2", "layer3"], method=method, class_idx=[1, 2])
     for layer in ours.layers:
         assert ours.maps[layer].shape == (2, 64, 96)
@@ -341,7 +330,7 @@ def test_eigencam_highlights_the_strongly_activated_region_whatever_the_svd_sign
     bright = ~blob if inverted else blob
     x = 0.01 * _images(2, 12, seed)
     x[:, :, torch.from_numpy(bright)] += 5.0
-    result = compute_cams(_seeded(_Blob, seed), x, ["features"], method="eigencam")
+    result = compute_cams(seeded(_Blob, seed), x, ["features"], method="eigencam")
     raw, maps = result.raw["features"], result.maps["features"]
     assert (raw[:, bright] > 0).all() and (raw[:, ~bright] < 0).all()
     assert (maps[:, ~bright] == 0).all() and maps.max(axis=(1, 2)) == pytest.approx(1.0, abs=1e-6)
@@ -424,7 +413,7 @@ def test_output_contract(zoo, method):
 @pytest.fixture(scope="module")
 def small_resnet() -> nn.Module:
     """A read-only seeded ResNet-18 for 64x64 inputs (the tests that change a model build their own)."""
-    return _resnet18()
+    return seeded_resnet18()
 
 
 @pytest.fixture(scope="module")
@@ -452,7 +441,7 @@ def test_images_of_a_batch_never_interact(small_resnet, x64):
 
 def test_the_callers_input_is_left_alone():
     """The first module is an in-place ReLU: it would clip the caller's tensor if camlib passed it as is."""
-    model = _seeded(lambda: nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1),
+    model = seeded(lambda: nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1),
                                           nn.Flatten(), nn.Linear(4, 2)))
     x = _images(2, 8, seed=9).requires_grad_(True)
     before = x.detach().clone()
@@ -471,7 +460,7 @@ def test_duplicate_layers_are_explained_once_in_the_requested_order(small_resnet
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_a_call_leaves_the_model_exactly_as_it_was(snapshot, x64, method):
-    model = mixed_state(_resnet18())
+    model = mixed_state(seeded_resnet18())
     before = snapshot(model)
     for grad_mode in (True, False):
         with torch.set_grad_enabled(grad_mode):
@@ -506,16 +495,16 @@ class _Net(nn.Module):
 def _failing_calls():
     """(label, model factory, compute_cams kwargs, expected error)."""
     def resnet():
-        return mixed_state(_resnet18())
+        return mixed_state(seeded_resnet18())
 
     def exploding():
-        net = _seeded(_Net).train()
+        net = seeded(_Net).train()
         net.raise_mid_forward = True
         net.head.weight.grad = torch.ones_like(net.head.weight)
         return net
 
     def nan_logits():
-        net = _seeded(_Net).train()
+        net = seeded(_Net).train()
         net.add_to_logits = float("nan")
         return net
 
@@ -527,7 +516,7 @@ def _failing_calls():
         ("module run twice", resnet, {"layers": ["layer1.0.relu"]}, LayerError),
         ("model raises mid-forward", exploding, {"layers": ["features"]}, RuntimeError),  # propagated as is
         ("non-finite logits", nan_logits, {"layers": ["features"]}, NonFiniteError),
-        ("never-run layer", lambda: _seeded(_Net).train(), {"layers": ["features", "aux"]}, LayerError),
+        ("never-run layer", lambda: seeded(_Net).train(), {"layers": ["features", "aux"]}, LayerError),
     ]
 
 
@@ -552,8 +541,8 @@ def test_a_failed_call_leaves_the_model_exactly_as_it_was(snapshot, build, kwarg
 
 
 def test_frozen_model_works_and_stays_frozen(snapshot, x64):
-    reference = compute_cams(_resnet18(), x64, ["layer2", "layer3"], class_idx=[3, 8])
-    frozen = _resnet18().requires_grad_(False)
+    reference = compute_cams(seeded_resnet18(), x64, ["layer2", "layer3"], class_idx=[3, 8])
+    frozen = seeded_resnet18().requires_grad_(False)
     before = snapshot(frozen)
     for method in GRADIENT_METHODS:
         result = compute_cams(frozen, x64, ["layer2", "layer3"], method=method, class_idx=[3, 8])
@@ -568,7 +557,7 @@ def test_train_mode_batch_of_one_uses_eval_and_keeps_statistics(snapshot):
     """At 32x32 layer4 is 1x1: a train-mode BatchNorm would refuse a batch of one there, so this only works if the
     CAM runs in eval mode; the running statistics must not move and the maps equal the eval-mode maps."""
     x = _images(1, 32, seed=11)
-    model = _resnet18().train()
+    model = seeded_resnet18().train()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         copy.deepcopy(model)(x)  # the premise
     before = snapshot(model)
@@ -580,7 +569,7 @@ def test_train_mode_batch_of_one_uses_eval_and_keeps_statistics(snapshot):
 
 
 def test_dropout_is_off_during_the_cam():
-    net = _seeded(lambda: nn.Sequential(
+    net = seeded(lambda: nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.5),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, 5)))
     x = _images(1, 16, seed=2)
@@ -608,7 +597,7 @@ def test_works_inside_no_grad_and_inference_mode(small_resnet, x64, context, met
 
 def test_model_created_in_inference_mode_raises_a_typed_error():
     with torch.inference_mode():
-        model = _seeded(_Net)
+        model = seeded(_Net)
     with pytest.raises(GradientUnavailableError, match="inference"):
         compute_cams(model, _images(1, 8, seed=0), ["features"])
 
@@ -629,12 +618,12 @@ def test_memory_efficient_densenet_gives_the_same_maps(monkeypatch):
     layers = ["features.denseblock2", "features.denseblock3.denselayer5.norm1",
               "features.denseblock3.denselayer5.conv1", "features.denseblock3"]
     x = _images(1, 64, seed=6)
-    plain = compute_cams(_seeded(lambda: torchvision.models.densenet121(weights=None)), x, layers, class_idx=17)
+    plain = compute_cams(seeded(lambda: torchvision.models.densenet121(weights=None)), x, layers, class_idx=17)
     checkpoint = torchvision.models.densenet.cp.checkpoint
     calls = []
     monkeypatch.setattr(torchvision.models.densenet.cp, "checkpoint",
                         lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs))
-    efficient = compute_cams(_seeded(lambda: torchvision.models.densenet121(weights=None, memory_efficient=True)), x,
+    efficient = compute_cams(seeded(lambda: torchvision.models.densenet121(weights=None, memory_efficient=True)), x,
                              layers, class_idx=17)
     assert calls  # the checkpointed path did run
     for layer in layers:
@@ -645,7 +634,7 @@ def test_memory_efficient_densenet_gives_the_same_maps(monkeypatch):
 def test_concurrent_calls_on_one_shared_model_equal_serial_results(snapshot):
     """Sessions share one cached model: each thread gets the CAM of ITS image, also while another thread fails;
     modes, hooks and grads are as before afterwards (rows 44-45)."""
-    model = mixed_state(_resnet18())
+    model = mixed_state(seeded_resnet18())
     before = snapshot(model)
     images = _images(6, 48, seed=5)
     jobs = [(images[i:i + 1], GRADIENT_METHODS[i % len(GRADIENT_METHODS)], None if i % 2 else 10 * i)
@@ -697,7 +686,7 @@ def _assert_degenerate(result: CamResult, layer: str, expected: list[bool]) -> N
 
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_zero_classifier_row_gives_a_degenerate_all_zero_map_per_image(x64, method):
-    model = _resnet18()
+    model = seeded_resnet18()
     with torch.no_grad():
         model.fc.weight[3] = 0.0  # class 3's logit is a constant: every gradient is exactly zero
     result = compute_cams(model, x64, ["layer2", "layer3"], method=method, class_idx=[3, 8])
@@ -708,7 +697,7 @@ def test_zero_classifier_row_gives_a_degenerate_all_zero_map_per_image(x64, meth
 
 def test_degenerate_flag_is_per_image_and_per_layer():
     """At 32x32 ResNet-18's layer4 is 1x1 (a 1x1 map always normalises to zeros), layer2 is 4x4."""
-    model = _resnet18()
+    model = seeded_resnet18()
     with torch.no_grad():
         model.fc.weight[3] = 0.0
     result = compute_cams(model, _images(2, 32, seed=4), ["layer2", "layer4"], class_idx=[3, 8])
@@ -717,7 +706,7 @@ def test_degenerate_flag_is_per_image_and_per_layer():
 
 
 def _constant_activation_net() -> nn.Module:
-    net = _seeded(_Net)
+    net = seeded(_Net)
     with torch.no_grad():
         net.conv.weight.zero_()
         net.conv.bias.copy_(torch.tensor([1.0, 2.0, 0.5, 1.5, 3.0, 0.25]))
@@ -738,7 +727,7 @@ def test_constant_map_is_degenerate_not_nan(method):
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_all_negative_map_is_degenerate_not_nan(method):
     """Activations >= 0 (after ReLU) and a class whose weights are all negative: every weighted sum is <= 0."""
-    net = _seeded(_Net)
+    net = seeded(_Net)
     with torch.no_grad():
         net.head.weight[0] = -net.head.weight[0].abs() - 0.1
     result = compute_cams(net, _images(2, 10, seed=1), ["features"], method=method, class_idx=0)
@@ -752,7 +741,7 @@ def test_all_negative_map_is_degenerate_not_nan(method):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("method", ["gradcam", "eigencam", "scorecam"])
 def test_non_finite_logits_raise_non_finite_error(value, method):
-    net = _seeded(_Net)
+    net = seeded(_Net)
     net.add_to_logits = value
     with pytest.raises(NonFiniteError, match="non-finite"):
         compute_cams(net, _images(1, 8, seed=0), ["features"], method=method)
@@ -775,7 +764,7 @@ class _NanFeatures(nn.Module):
 @pytest.mark.parametrize("method", ["gradcam", "eigencam"])
 def test_non_finite_activations_raise_non_finite_error(method):
     with pytest.raises(NonFiniteError, match="non-finite"):
-        compute_cams(_seeded(_NanFeatures), _images(1, 8, seed=0), ["conv"], method=method)
+        compute_cams(seeded(_NanFeatures), _images(1, 8, seed=0), ["conv"], method=method)
 
 
 # --- validation errors ---------------------------------------------------------------------------------------------
@@ -848,12 +837,12 @@ def test_bad_layers(small_resnet, x64, layers, message):
 def test_layer_not_used_for_the_output_raises(layers, frozen):
     """``aux`` never runs; ``side`` runs but its output is dropped, so no gradient reaches it."""
     with pytest.raises(LayerError, match=layers[-1]):
-        compute_cams(_seeded(_Net).requires_grad_(not frozen), _images(1, 8, seed=0), layers)
+        compute_cams(seeded(_Net).requires_grad_(not frozen), _images(1, 8, seed=0), layers)
 
 
 def test_auxiliary_head_of_a_train_mode_googlenet_raises(snapshot):
     """GoogLeNet runs its auxiliary heads only in training; the CAM runs in eval mode, so they are unused there."""
-    model = _seeded(lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)).train()
+    model = seeded(lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)).train()
     before = snapshot(model)
     x = _images(2, 64, seed=1)
     with pytest.raises(LayerError, match="aux1.conv"):
@@ -881,7 +870,7 @@ class _FailsWithItsOwnMessage(nn.Module):
 @pytest.mark.parametrize("method", ["gradcam", "eigencam"])
 def test_a_models_own_runtime_error_is_not_reported_as_inference_mode(method):
     with pytest.raises(RuntimeError, match="inference backend failed") as caught:
-        compute_cams(_seeded(_FailsWithItsOwnMessage), _images(1, 8, seed=0), ["conv"], method=method)
+        compute_cams(seeded(_FailsWithItsOwnMessage), _images(1, 8, seed=0), ["conv"], method=method)
     assert not isinstance(caught.value, GradientUnavailableError)
 
 
@@ -956,7 +945,7 @@ def test_layer_magnitudes_and_shared_scale_maps(small_resnet, x64):
 
 
 def test_shared_scale_maps_without_any_evidence_are_zeros():
-    model = _resnet18()
+    model = seeded_resnet18()
     with torch.no_grad():
         model.fc.weight[3] = 0.0
     result = compute_cams(model, _images(1, 64, seed=0), ["layer2", "layer3"], class_idx=3)

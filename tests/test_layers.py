@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import mixed_state
+from conftest import mixed_state, seeded, seeded_resnet18
 from torch import nn
 
 from camlib.errors import LayerError
@@ -18,20 +18,10 @@ from camlib.layers import MIN_USEFUL_SIZE, LayerInfo, default_layer, list_candid
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _seeded(build, seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build().eval()
-
-
-def _resnet18() -> nn.Module:
-    return _seeded(lambda: torchvision.models.resnet18(weights=None))
-
-
 @pytest.fixture(scope="module")
 def resnet18() -> nn.Module:
     """Shared, read-only (the probe must leave it untouched; the tests that mutate build their own)."""
-    return _resnet18()
+    return seeded_resnet18()
 
 
 def _expected_resnet18(size: int) -> list[tuple[str, str, int, int, int]]:
@@ -97,7 +87,7 @@ def test_candidates_follow_the_input_size(resnet18):
 
 
 def test_input_channels_option():
-    model = _seeded(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    model = seeded(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                           nn.Linear(4, 2)))
     assert _rows(list_candidate_layers(model, (9, 9), channels=1)) == [
         ("0", "Conv2d", 4, 9, 9), ("1", "AdaptiveAvgPool2d", 4, 1, 1)]
@@ -136,7 +126,7 @@ def test_non_square_map_warns_on_its_short_side():
 
 
 def test_efficientnet_lite0_default_is_bn2():
-    model = _seeded(lambda: timm.create_model("efficientnet_lite0", pretrained=False))
+    model = seeded(lambda: timm.create_model("efficientnet_lite0", pretrained=False))
     candidates = list_candidate_layers(model, (224, 224))
     default = default_layer(candidates)
     assert default.name == "bn2"
@@ -150,13 +140,13 @@ def test_efficientnet_lite0_default_is_bn2():
     (lambda: torchvision.models.mobilenet_v3_small(weights=None), "features"),  # 576 x 7 x 7
 ], ids=["densenet121", "mobilenet_v3_small"])
 def test_torchvision_defaults(build, expected):
-    default = default_layer(list_candidate_layers(_seeded(build), (224, 224)))
+    default = default_layer(list_candidate_layers(seeded(build), (224, 224)))
     assert (default.name, default.height, default.width) == (expected, 7, 7)
 
 
 def test_auxiliary_heads_of_a_train_mode_googlenet_are_not_candidates(snapshot):
     """GoogLeNet runs aux1/aux2 only in training; the probe runs in eval mode, as the CAM does."""
-    model = _seeded(lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)).train()
+    model = seeded(lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)).train()
     before = snapshot(model)
     names = [c.name for c in list_candidate_layers(model, (64, 64))]
     assert "inception4e" in names and not [name for name in names if name.startswith("aux")]
@@ -189,7 +179,7 @@ class _SmallMaps(nn.Module):
 
 
 def test_without_a_7x7_map_the_default_is_the_largest_map():
-    candidates = list_candidate_layers(_seeded(_SmallMaps), (6, 6))
+    candidates = list_candidate_layers(seeded(_SmallMaps), (6, 6))
     assert _rows(candidates) == [("conv", "Conv2d", 4, 6, 6), ("pool", "MaxPool2d", 4, 3, 3),
                                  ("conv2", "Conv2d", 4, 3, 3)]
     assert default_layer(candidates).name == "conv"
@@ -205,7 +195,7 @@ def test_resnet18_at_8x8_falls_back_to_a_largest_map(resnet18):
 def test_no_candidates_raises_layer_error():
     with pytest.raises(LayerError, match="no layer"):
         default_layer([])
-    mlp = _seeded(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+    mlp = seeded(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
     assert list_candidate_layers(mlp, (2, 2)) == []
 
 
@@ -214,7 +204,7 @@ def test_no_candidates_raises_layer_error():
 
 
 def test_probe_leaves_hooks_modes_grads_and_stats_untouched(snapshot):
-    model = mixed_state(_resnet18(), grad=0.5)
+    model = mixed_state(seeded_resnet18(), grad=0.5)
     before = snapshot(model)
     grad_mode = torch.is_grad_enabled()
     list_candidate_layers(model, (64, 64))
@@ -236,7 +226,7 @@ class _Exploding(nn.Module):
 
 
 def test_probe_cleans_up_when_the_forward_raises(snapshot):
-    model = _seeded(_Exploding)
+    model = seeded(_Exploding)
     model.train()
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="boom mid-forward"):

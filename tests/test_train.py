@@ -518,7 +518,7 @@ def test_weights_only_state_dict_for_resnet20_is_accepted() -> None:
 def test_init_starts_from_trained_weights_and_is_recorded(trained: tuple[Path, int, str], tmp_path: Path) -> None:
     source = trained[0] / "model.safetensors"
     model = build_cifar_model("resnet20")
-    info = train_module._load_init(model, str(source))
+    info = train_module._load_init(model, str(source), "resnet20")
     for key, value in load_file(str(source)).items():
         assert torch.equal(model.state_dict()[key], value), key
     assert info["epochs"] == 1 and len(info["sha256"]) == 64
