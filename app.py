@@ -11,6 +11,7 @@ import torch  # noqa: E402
 
 import camlib  # noqa: E402
 from camlib.device import default_device  # noqa: E402
+from ui.text import md  # noqa: E402
 
 st.set_page_config(page_title="CAM Explorer", page_icon=":material/local_fire_department:", layout="wide")
 
@@ -32,5 +33,13 @@ pages = [
 page = st.navigation(pages)
 with st.sidebar:
     device = default_device()
-    st.caption(f"camlib {camlib.__version__} · torch {torch.__version__} · device **{device}** · {threads} CPU threads")
+    st.caption(
+        md(
+            "camlib {camlib} · torch {torch} · device **{device}** · {threads} CPU threads",
+            camlib=camlib.__version__,
+            torch=torch.__version__,
+            device=device,
+            threads=threads,
+        )
+    )
 page.run()

@@ -12,6 +12,7 @@ from camlib.cifar import default_root
 from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
 from ui import model_loop, pipeline_editor, render, widgets
+from ui.text import md
 
 GRID_TILE_PX = 96  # each tile is shown at least this large (nearest-neighbour)
 
@@ -70,7 +71,7 @@ with view:
             pool = np.flatnonzero(np.isin(data.labels, [data.class_names.index(c) for c in classes]))
     if mode == "one":
         position = st.number_input(
-            f"Image (0..{len(pool) - 1} of the chosen classes)",
+            md("Image (0..{last} of the chosen classes)", last=len(pool) - 1),
             0,
             len(pool) - 1,
             0,
@@ -78,45 +79,41 @@ with view:
             persist_state="session",
         )
         indices = [int(pool[int(position)])]
-    else:
-        indices = pick_images(pool, rows * cols, seed)
-
-    started = time.perf_counter()
-    try:
-        grid = augment_grid(images, pipeline, mode=mode, rows=rows, cols=cols, indices=indices)
-        st.session_state["aug_last_grid"] = grid
-    except CamlibError as error:
-        st.error(str(error))
-        grid = st.session_state.get("aug_last_grid")
-        if grid is None:
-            st.stop()
-        st.caption("Showing the last grid that worked.")
-
     show_labels = data is not None and st.toggle(
         "Class labels on tiles", value=True, key="aug_show_labels", persist_state="session"
     )
-    labels = [data.class_names[data.labels[i]] for i in grid.indices] if show_labels else None
-    badges, flagged = labels, None
     loop_model = model_loop.model_loop_controls()
-    if loop_model is not None:
-        report, badges = model_loop.tile_predictions(loop_model, images[list(grid.indices)], grid.tiles)
-        flagged = list(report.flipped)
-        st.markdown(model_loop.summary(report))
+
+    started = time.perf_counter()
+    try:  # augmenting, predicting and drawing: any camlib error keeps the last grid that worked, and its export
+        if mode == "many":
+            indices = pick_images(pool, rows * cols, seed)
+        grid = augment_grid(images, pipeline, mode=mode, rows=rows, cols=cols, indices=indices)
+        labels = [data.class_names[data.labels[i]] for i in grid.indices] if show_labels else None
+        badges, flagged, summary = labels, None, None
+        if loop_model is not None:
+            report, badges = model_loop.tile_predictions(loop_model, images[list(grid.indices)], grid.tiles)
+            flagged, summary = list(report.flipped), model_loop.summary(report)
+        if grid.mode == "many":
+            original = render.grid_png(images[list(grid.indices)], rows, cols, min_tile_px=GRID_TILE_PX, labels=labels)
+        else:
+            original = render.fast_png(upscale_nearest(images[grid.indices[0]], 256))
+        augmented = render.grid_png(grid.tiles, rows, cols, min_tile_px=GRID_TILE_PX, labels=badges, flagged=flagged)
+        st.session_state["aug_last_grid"], st.session_state["aug_last_drawn"] = grid, (original, augmented, summary)
+    except CamlibError as error:
+        st.error(md("{error}", error=error))
+        if "aug_last_drawn" not in st.session_state:
+            st.stop()
+        grid, (original, augmented, summary) = st.session_state["aug_last_grid"], st.session_state["aug_last_drawn"]
+        st.caption("Showing the last grid that worked.")
+
+    if summary is not None:
+        st.markdown(summary)
     left, right = st.columns(2)
-    if grid.mode == "many":
-        original = render.grid_png(
-            images[list(grid.indices)], grid.rows, grid.cols, min_tile_px=GRID_TILE_PX, labels=labels
-        )
-    else:
-        original = render.fast_png(upscale_nearest(images[grid.indices[0]], 256))
     left.image(original, caption="Original", width="stretch", output_format="PNG")
-    right.image(
-        render.grid_png(grid.tiles, grid.rows, grid.cols, min_tile_px=GRID_TILE_PX, labels=badges, flagged=flagged),
-        caption=f"Augmented (seed {grid.seed})",
-        width="stretch",
-        output_format="PNG",
-    )
-    st.caption(f"{grid.rows}x{grid.cols} grid augmented and drawn in {(time.perf_counter() - started) * 1000:.0f} ms.")
+    right.image(augmented, caption=md("Augmented (seed {seed})", seed=grid.seed), width="stretch", output_format="PNG")
+    elapsed = (time.perf_counter() - started) * 1000
+    st.caption(md("{rows}x{cols} grid augmented and drawn in {ms:.0f} ms.", rows=grid.rows, cols=grid.cols, ms=elapsed))
 
     with st.expander("Parameters applied to each tile"):
         tile = st.number_input("Tile (row-major)", 0, len(grid.applied) - 1, 0, key="aug_tile", persist_state="session")

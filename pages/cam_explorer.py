@@ -13,6 +13,7 @@ from camlib.errors import CamlibError
 from camlib.layers import default_layer
 from camlib.overlay import map_to_original, overlay_heatmap, upscale_nearest
 from ui import render, state, widgets
+from ui.text import md
 
 st.title("CAM Explorer")
 st.caption("What does the classifier look at? Pick an image, a model, one or more layers and a class.")
@@ -20,10 +21,14 @@ st.caption("What does the classifier look at? Pick an image, a model, one or mor
 controls, results = st.columns([1, 3], gap="large")
 with controls:
     model_key = widgets.model_input("cam")
-    loaded = state.resolve_model(model_key)
-    image = widgets.image_input("cam", cifar=state.cifar_test_set() if loaded.spec.dataset == "cifar10" else None)
-    for note in image.notes:
-        st.info(note)
+    try:
+        loaded = state.resolve_model(model_key)
+        candidates = state.get_layers(model_key)
+        cifar = state.cifar_test_set() if loaded.spec.dataset == "cifar10" else None
+    except CamlibError as error:
+        st.error(md("{error}", error=error))
+        st.stop()
+    image = widgets.image_input("cam", cifar=cifar)
     method = st.selectbox(
         "Method",
         list(METHODS),
@@ -32,9 +37,8 @@ with controls:
         persist_state="session",
         help="Score-CAM runs one forward pass per channel: slow on a CPU.",
     )
-    st.caption(f"{METHODS[method].paper}. Cost: {METHODS[method].cost}.")
+    st.caption(md("{paper}. Cost: {cost}.", paper=METHODS[method].paper, cost=METHODS[method].cost))
 
-    candidates = state.get_layers(model_key)
     by_name = {c.name: c for c in candidates}
     if st.session_state.get("cam_layers_for") != model_key:  # a new model: its own suggested layer and top class
         st.session_state["cam_layers_for"] = model_key
@@ -49,8 +53,8 @@ with controls:
     )
     for name in layers:
         if by_name[name].warning:
-            st.warning(f"{name}: {by_name[name].warning}")
-    with st.expander(f"Layer inspector ({len(candidates)} candidate layers)"):
+            st.warning(md("{name}: {warning}", name=name, warning=by_name[name].warning))
+    with st.expander(md("Layer inspector ({count} candidate layers)", count=len(candidates))):
         st.dataframe(
             [
                 {"layer": c.name, "type": c.type_name, "output (C x H x W)": c.shape_label, "note": c.warning or ""}
@@ -64,7 +68,10 @@ with controls:
             "layer whose map is at least 7x7."
         )
 
-    probabilities = state.predict(model_key, image.pixels)
+    try:
+        probabilities, failed = state.predict(model_key, image.pixels), None
+    except CamlibError as error:  # shown below, where the CAM would be; the last good result stays
+        probabilities, failed = np.zeros(len(loaded.class_names), np.float32), error
     top1 = int(np.argmax(probabilities))
     class_mode = st.radio(
         "Class to explain",
@@ -88,16 +95,19 @@ with controls:
     look = widgets.overlay_controls("cam")
 
 with results:
-    st.plotly_chart(render.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key="cam_top5")
+    if failed is None:
+        st.plotly_chart(render.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key="cam_top5")
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
     class_names = loaded.class_names
     try:
+        if failed is not None:
+            raise failed
         view = state.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
         st.session_state["cam_last_view"] = (view, class_names)
     except CamlibError as error:
-        st.error(f"Cannot compute the CAM: {error}")
+        st.error(md("Cannot compute the CAM: {error}", error=error))
         if "cam_last_view" not in st.session_state:
             st.stop()
         view, class_names = st.session_state["cam_last_view"]  # the last result that worked, with its own classes
@@ -107,16 +117,29 @@ with results:
     shown_layers = list(result.layers)
     maps = shared_scale_maps(result) if look.shared_scale else result.maps
     explained = result.class_idx[0]
+    timing = "from the cache (first computed in {ms:.0f} ms)" if view.from_cache else "in {ms:.0f} ms"
     st.markdown(
-        f"**Explaining class {explained}: {class_names[explained]}** "
-        f"({result.probabilities[0, explained]:.1%}) with {METHODS[result.method].label} "
-        f"in {result.elapsed_s * 1000:.0f} ms on {loaded.device}."
+        md(
+            "**Explaining class {k}: {name}** ({p:.1%}) with {method} " + timing + " on {device}.",
+            k=explained,
+            name=class_names[explained],
+            p=result.probabilities[0, explained],
+            method=METHODS[result.method].label,
+            ms=result.elapsed_s * 1000,
+            device=loaded.device,
+        )
     )
-    if image.true_label is not None:
+    if image.true_label is not None and failed is None:
         predicted = loaded.class_names[top1]
         verdict = "correct" if predicted == image.true_label else "wrong"
         st.markdown(
-            f"True label: **{image.true_label}** · predicted: **{predicted}** ({probabilities[top1]:.1%}, {verdict})"
+            md(
+                "True label: **{truth}** · predicted: **{predicted}** ({p:.1%}, {verdict})",
+                truth=image.true_label,
+                predicted=predicted,
+                p=probabilities[top1],
+                verdict=verdict,
+            )
         )
 
     model_view = upscale_nearest(prepared.model_view, 224)
@@ -128,11 +151,11 @@ with results:
         with column:
             st.image(
                 overlays[name],
-                caption=f"{name} [{by_name[name].shape_label if name in by_name else ''}]",
+                caption=md("{name} [{shape}]", name=name, shape=by_name[name].shape_label if name in by_name else ""),
                 width="stretch",
             )
             if result.degenerate[name][0]:
-                st.warning(f"No positive evidence for class {explained} at this layer: the map is blank.")
+                st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
 
     if len(shown_layers) > 1:
         st.plotly_chart(

@@ -12,6 +12,7 @@ from camlib.evaluation import confusion_matrix, per_class_accuracy
 from camlib.layers import default_layer
 from camlib.overlay import overlay_heatmap, upscale_nearest
 from ui import render, state, widgets
+from ui.text import html_text, md
 
 PAGE_SIZE = 12
 
@@ -28,18 +29,33 @@ if root is None or detect_source(root) is None:
 root = str(root)
 model_key = widgets.cifar_model_select("Model", "gal_model")
 try:
-    loaded = state.get_model(model_key)
+    state.get_model(model_key)
+except CamlibError as error:  # keep the last model that worked
+    st.error(md("{error}", error=error))
+    model_key = st.session_state.get("gal_last_model")
+    if model_key is None:
+        st.stop()
+    st.caption(md("Still using: {model}", model=state.get_model(model_key).spec.label))
+try:
+    data = state.get_cifar(root, "test")
+    probabilities = state.dataset_predictions(model_key, root)
+    candidates = state.get_layers(model_key)
 except CamlibError as error:
-    st.error(str(error))
+    st.error(md("{error}", error=error))
     st.stop()
-data = state.get_cifar(root, "test")
-probabilities = state.dataset_predictions(model_key, root)
+st.session_state["gal_last_model"] = model_key
 predicted = probabilities.argmax(axis=1)
 matrix = confusion_matrix(data.labels, predicted, len(data.class_names))
 accuracy = float(np.trace(matrix) / matrix.sum())
 st.markdown(
-    f"**Test accuracy {accuracy:.2%}** on {len(data.labels):,} images ({data.source} copy at `{root}`); "
-    f"{int((predicted != data.labels).sum()):,} mistakes."
+    md(
+        "**Test accuracy {accuracy:.2%}** on {n:,} images ({source} copy at {root}); {mistakes:,} mistakes.",
+        accuracy=accuracy,
+        n=len(data.labels),
+        source=data.source,
+        root=root,
+        mistakes=int((predicted != data.labels).sum()),
+    )
 )
 
 left, right = st.columns([3, 2])
@@ -51,7 +67,8 @@ with left:
         selection_mode="points",
     )
     points = event.selection.points if event and event.selection else []
-    clicked = (points[0]["y"], points[0]["x"]) if points else None
+    by_label = {html_text(name): name for name in data.class_names}  # the figure shows HTML-escaped names
+    clicked = (by_label.get(points[0]["y"]), by_label.get(points[0]["x"])) if points else None
     if clicked and clicked != st.session_state.get("gal_clicked"):  # apply a new click once, then let filters rule
         st.session_state["gal_clicked"] = clicked
         st.session_state["gal_true"], st.session_state["gal_pred"] = [clicked[0]], [clicked[1]]
@@ -65,7 +82,6 @@ true_filter = filters[0].multiselect(
 pred_filter = filters[1].multiselect(
     "Predicted class", data.class_names, key="gal_pred", persist_state="session", placeholder="any"
 )
-candidates = state.get_layers(model_key)
 layer = filters[2].selectbox(
     "Layer",
     [c.name for c in candidates],
@@ -85,25 +101,31 @@ if len(wrong) == 0:
     st.stop()
 pages = -(-len(wrong) // PAGE_SIZE)
 page = st.number_input(
-    f"Page (1..{pages}) of {len(wrong)} images", 1, pages, 1, key="gal_page", persist_state="session"
+    md("Page (1..{pages}) of {n} images", pages=pages, n=len(wrong)), 1, pages, 1, key="gal_page",
+    persist_state="session"
 )
 shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
 
-for_predicted, for_true = state.gallery_cams(model_key, root, shown, layer)
+try:
+    for_predicted, for_true = state.gallery_cams(model_key, root, shown, layer)
+    tiles = []
+    for k, index in enumerate(shown):
+        image = upscale_nearest(data.images[index], 128)
+        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+        pair = np.hstack([overlay_heatmap(image, for_predicted[k]), gap, overlay_heatmap(image, for_true[k])])
+        caption = md(
+            "#{index}: {truth} → {guess} ({p:.0%})",
+            index=index,
+            truth=data.class_names[data.labels[index]],
+            guess=data.class_names[predicted[index]],
+            p=probabilities[index, predicted[index]],
+        )
+        tiles.append((render.fast_png(pair), caption))
+    st.session_state["gal_last_tiles"] = tiles
+except CamlibError as error:  # keep the last page of CAMs that worked
+    st.error(md("Cannot compute the CAMs: {error}", error=error))
+    tiles = st.session_state.get("gal_last_tiles", [])
+    st.caption("Showing the last page that worked.")
 columns = st.columns(4)
-for k, index in enumerate(shown):
-    image = upscale_nearest(data.images[index], 128)
-    pair = np.hstack(
-        [
-            overlay_heatmap(image, for_predicted[k]),
-            np.full((image.shape[0], 4, 3), 255, np.uint8),
-            overlay_heatmap(image, for_true[k]),
-        ]
-    )
-    guess, truth = data.class_names[predicted[index]], data.class_names[data.labels[index]]
-    columns[k % 4].image(
-        render.fast_png(pair),
-        width="stretch",
-        output_format="PNG",
-        caption=f"#{index}: {truth} → {guess} ({probabilities[index, predicted[index]]:.0%})",
-    )
+for k, (png, caption) in enumerate(tiles):
+    columns[k % 4].image(png, width="stretch", output_format="PNG", caption=caption)

@@ -32,6 +32,7 @@ from camlib.augment import (
 from camlib.cifar import CLASS_NAMES, default_root, detect_source
 from camlib.samples import DEFAULT_SAMPLE, load_sample
 from ui import render, state
+from ui.text import escape
 
 TIMEOUT = 180
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -322,7 +323,7 @@ def test_reversed_range_shows_one_line_error_and_keeps_last_grid(key, bad, good,
     assert len(at.error) == 1, [e.value for e in at.error]
     message = at.error[0].value
     assert "\n" not in message and len(message) < 200, message
-    assert f"{transform}.{param}" in message and "reversed range" in message, message
+    assert escape(f"{transform}.{param}") in message and "reversed range" in message, message
     assert "validation error" not in message.lower() and "Traceback" not in message
     assert _grid(at) is last  # the last good grid stays, and is still shown
     assert _images_by_caption(at) == images_before
@@ -403,7 +404,7 @@ def test_exported_json_imports_to_the_same_editor_and_grid(media) -> None:
 
     _upload(other, "pipeline.json", exported)
     _assert_clean(other)
-    assert [s.value for s in other.success] == ["Imported pipeline.json."]
+    assert [s.value for s in other.success] == [r"Imported pipeline\.json."]
     assert _without_ids(_steps(other)) == exported_steps
     assert other.session_state["aug_seed"] == 1234 and other.number_input(key="aug_seed_input").value == 1234
     steps = _steps(other)
@@ -452,7 +453,7 @@ def test_bad_import_shows_error_and_changes_nothing(data: bytes, expected: str) 
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1, [e.value for e in at.error]
     message = at.error[0].value
-    assert message.startswith("Cannot import bad.json:") and expected in message, message
+    assert message.startswith(r"Cannot import bad\.json:") and escape(expected) in message, message
     assert "\n" not in message
     assert not at.success
     assert _steps(at) == steps and at.session_state["aug_seed"] == 0
@@ -480,7 +481,7 @@ def test_import_keeps_chosen_sample_photo() -> None:
     at.selectbox(key="aug_sample").set_value("coffee (cup)").run()
     _upload(at, "pipeline.json", pipeline_to_json(CIFAR10_TRAIN_PIPELINE).encode())
     _assert_clean(at)
-    assert [s.value for s in at.success] == ["Imported pipeline.json."]
+    assert [s.value for s in at.success] == [r"Imported pipeline\.json."]
     assert at.selectbox(key="aug_sample").value == "coffee (cup)"
 
 

@@ -18,6 +18,7 @@ from camlib.cifar import CLASS_NAMES, default_root, load_cifar10
 from camlib.evaluation import confusion_matrix, flip_report, predict_probabilities
 from camlib.models import MODELS, load_model
 from ui import model_loop, state
+from ui.text import escape
 
 TIMEOUT = 300
 REPO = Path(__file__).resolve().parents[1]
@@ -209,12 +210,14 @@ def test_an_empty_filter_says_so(gallery: AppTest, probabilities: np.ndarray, te
                     reason="CIFAR ResNet-18 weights exist here, so the missing-weights case cannot be shown")
 def test_model_without_weights_shows_an_error_then_recovers(gallery: AppTest) -> None:
     assert MODELS["cifar10_resnet18"].dataset == "cifar10"
+    before = _shown(gallery)
     gallery.selectbox(key="gal_model").set_value("cifar10_resnet18").run()
     assert not gallery.exception
     assert len(gallery.error) == 1
     message = gallery.error[0].value
-    assert "no weights at" in message and "cifar10_resnet18" in message and "Traceback" not in message
-    assert len(gallery.image) == 0
+    assert "no weights at" in message and r"cifar10\_resnet18" in message and "Traceback" not in message
+    assert "Still using: " + escape(MODELS["cifar10_resnet20"].label) in [c.value for c in gallery.caption]
+    assert _shown(gallery) == before  # the last good model's gallery stays
     gallery.selectbox(key="gal_model").set_value("cifar10_resnet20").run()
     assert not gallery.exception and not gallery.error
     assert len(gallery.image) == 12

@@ -9,6 +9,7 @@ from camlib.errors import CamlibError
 from camlib.evaluation import FlipReport, flip_report, predict_probabilities
 from camlib.models import LoadedModel
 from ui import state, widgets
+from ui.text import md
 
 
 def model_loop_controls() -> LoadedModel | None:
@@ -26,7 +27,7 @@ def model_loop_controls() -> LoadedModel | None:
     try:
         return state.get_model(key)
     except CamlibError as error:
-        st.error(f"Model in the loop is off: {error}")
+        st.error(md("Model in the loop is off: {error}", error=error))
         return None
 
 

@@ -24,6 +24,7 @@ from camlib.augment import (
     pipeline_to_yaml,
 )
 from camlib.errors import CamlibError
+from ui.text import md, shorten
 
 STEPS = "aug_steps"
 _STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
@@ -121,7 +122,13 @@ def _param_widget(step: dict[str, Any], spec: ParamSpec) -> Any:
         for column, part, suffix in ((left, value[0], "0"), (right, value[1], "1")):
             _bound(f"{key}_{suffix}", int(part))
             pair.append(
-                column.number_input(f"{label}[{suffix}]", int(spec.low), int(spec.high), step=1, key=f"{key}_{suffix}")
+                column.number_input(
+                    md("{label}[{suffix}]", label=label, suffix=suffix),
+                    int(spec.low),
+                    int(spec.high),
+                    step=1,
+                    key=f"{key}_{suffix}",
+                )
             )
         return (int(pair[0]), int(pair[1]))
     integer = spec.kind in ("int", "int_range")
@@ -139,8 +146,8 @@ def _step_editor(position: int, step: dict[str, Any], count: int) -> None:
     spec = TRANSFORMS[step["transform"]]
     # The toggle's new value is in session state before the toggle is drawn: use it for the title at once.
     enabled = st.session_state.get(f"aug_s{step['id']}__enabled", step["enabled"])
-    state = "" if enabled else " (off)"
-    with st.expander(f"{position + 1}. {step['transform']}{state}", expanded=False):
+    title = "{number}. {transform}" if enabled else "{number}. {transform} (off)"
+    with st.expander(md(title, number=position + 1, transform=step["transform"]), expanded=False):
         st.caption(spec.summary)
         on, up, down, remove = st.columns([2, 1, 1, 1])
         _bound(f"aug_s{step['id']}__enabled", step["enabled"])
@@ -183,7 +190,7 @@ def pipeline_editor() -> Pipeline:
     choice.selectbox(
         "Add a transform",
         [n for names in by_category.values() for n in names],
-        format_func=lambda n: f"{n}  ({TRANSFORMS[n].category})",
+        format_func=lambda n: f"{n}  ({TRANSFORMS[n].category})",  # options are plain text, never Markdown
         key="aug_add_choice",
     )
     add.button("Add", key="aug_add", on_click=_add, args=("aug_add_choice",), width="stretch")
@@ -198,9 +205,9 @@ def import_widget() -> None:
     try:
         load_pipeline(pipeline_from_json(imported.getvalue().decode("utf-8", "replace")))
         st.session_state["aug_imported_id"] = imported.file_id
-        st.success(f"Imported {imported.name}.")
+        st.success(md("Imported {file}.", file=shorten(imported.name)))
     except CamlibError as error:
-        st.error(f"Cannot import {imported.name}: {error}")
+        st.error(md("Cannot import {file}: {error}", file=shorten(imported.name), error=error))
 
 
 def export_widgets(pipeline: Pipeline) -> None:
@@ -214,4 +221,4 @@ def export_widgets(pipeline: Pipeline) -> None:
         with st.expander("Python snippet"):
             st.code(snippet, language="python")
     except CamlibError as error:
-        st.caption(f"Export is disabled until the pipeline is valid: {error}")
+        st.caption(md("Export is disabled until the pipeline is valid: {error}", error=error))

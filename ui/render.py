@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from camlib.augment import tile_grid
+from ui.text import html_text
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -27,13 +28,13 @@ def npy_bytes(array: np.ndarray) -> bytes:
 def top_k_figure(
     probabilities: np.ndarray, class_names: tuple[str, ...], *, k: int = 5, highlight: int | None = None
 ) -> go.Figure:
-    """Horizontal bar chart of the top-k classes (highest at the top)."""
+    """Horizontal bar chart of the top-k classes (highest at the top); class names shown as text (``html_text``)."""
     top = np.argsort(-probabilities)[:k][::-1]
     colors = ["#e4572e" if int(i) == highlight else "#4c78a8" for i in top]
     fig = go.Figure(
         go.Bar(
             x=[float(probabilities[i]) for i in top],
-            y=[f"{class_names[i]} ({i})" for i in top],
+            y=[f"{html_text(class_names[i])} ({i})" for i in top],
             orientation="h",
             marker_color=colors,
             text=[f"{probabilities[i]:.1%}" for i in top],
@@ -69,7 +70,7 @@ def heatmap_figure(cam: np.ndarray, *, colormap: str = "jet", title: str = "") -
         )
     )
     fig.update_layout(
-        title=title,
+        title=html_text(title),
         height=420,
         margin=dict(l=0, r=0, t=30 if title else 0, b=0),
         yaxis=dict(autorange="reversed", scaleanchor="x"),
@@ -80,11 +81,11 @@ def heatmap_figure(cam: np.ndarray, *, colormap: str = "jet", title: str = "") -
 
 def magnitude_figure(magnitudes: dict[str, float]) -> go.Figure:
     """Bar chart of each layer's peak positive raw CAM value (the scale per-layer normalisation hides)."""
-    names = list(magnitudes)
+    names = [html_text(name) for name in magnitudes]
     fig = go.Figure(
         go.Bar(
             x=names,
-            y=[magnitudes[n] for n in names],
+            y=list(magnitudes.values()),
             marker_color="#4c78a8",
             hovertemplate="%{x}: %{y:.4g}<extra></extra>",
         )
@@ -121,7 +122,10 @@ def label_tiles(tiles: np.ndarray, labels: list[str], *, flagged: list[bool] | N
 
 
 def confusion_figure(matrix: np.ndarray, class_names: tuple[str, ...]) -> go.Figure:
-    """Confusion matrix as square markers (a scatter, so a click selects a cell): rows true, columns predicted."""
+    """Confusion matrix as square markers (a scatter, so a click selects a cell): rows true, columns predicted.
+
+    Class names are shown as text: the axes carry ``html_text(name)``, which a click reports back."""
+    class_names = tuple(html_text(name) for name in class_names)
     true_idx, pred_idx = np.meshgrid(np.arange(len(class_names)), np.arange(len(class_names)), indexing="ij")
     counts = matrix[true_idx, pred_idx].ravel()
     fig = go.Figure(
@@ -158,7 +162,7 @@ def per_class_figure(accuracy: np.ndarray, class_names: tuple[str, ...]) -> go.F
     fig = go.Figure(
         go.Bar(
             x=list(accuracy),
-            y=list(class_names),
+            y=[html_text(name) for name in class_names],
             orientation="h",
             marker_color="#4c78a8",
             text=[f"{a:.1%}" for a in accuracy],

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
 
 from camlib.cam import CamResult, compute_cams
 from camlib.cifar import CifarData, default_root, detect_source, load_cifar10
+from camlib.errors import UnknownModelError
 from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
@@ -27,10 +28,12 @@ _STORE_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class CamView:
-    """What the page renders: the CAM result and the prepared input it was computed on."""
+    """What the page renders: the CAM result, the prepared input it was computed on, and whether this call found it in
+    the cache (then ``result.elapsed_s`` is the time of the first computation, not of this call)."""
 
     result: CamResult
     prepared: PreparedInput
+    from_cache: bool = False
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading model...")
@@ -59,10 +62,16 @@ def register_checkpoint(arch: str, data: bytes, filename: str) -> str:
 
 
 def resolve_model(key: str) -> LoadedModel:
+    """The model behind a key from ``get_model``'s registry or ``register_checkpoint``.
+
+    Raises:
+        UnknownModelError: a checkpoint key no longer in the shared store (it keeps the 4 latest checkpoints).
+        CamlibError: from ``get_model`` (unknown key, weights unavailable).
+    """
     if key.startswith(CHECKPOINT_PREFIX):
         store = _checkpoint_models()
         if key not in store:
-            raise KeyError(key)
+            raise UnknownModelError("this checkpoint is no longer loaded (the app keeps the 4 latest): upload it again")
         return store[key]
     return get_model(key)
 
@@ -86,9 +95,19 @@ def predict(model_key: str, image: np.ndarray) -> np.ndarray:
     return predict_probabilities(loaded.model, image[None], loaded.spec.preprocessing)[0]
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing CAM...")
+_computed = threading.local()  # set by the cached function's body, which runs only on a cache miss (same thread)
+
+
 def compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], method: str, class_idx: int) -> CamView:
-    """One CAM computation (all layers from one pass), cached on its inputs."""
+    """One CAM computation (all layers from one pass), cached on its inputs; ``from_cache`` says whether it was."""
+    _computed.fresh = False
+    view = _compute_view(model_key, image, layers, method, class_idx)
+    return view if _computed.fresh else replace(view, from_cache=True)
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing CAM...")
+def _compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], method: str, class_idx: int) -> CamView:
+    _computed.fresh = True
     loaded = resolve_model(model_key)
     prepared = prepare_input(image, loaded.spec.preprocessing)
     result = compute_cams(

@@ -16,6 +16,7 @@ from camlib.models import DEFAULT_CIFAR_MODEL, DEFAULT_MODEL, MODELS, download_f
 from camlib.overlay import COLORMAPS
 from camlib.samples import DEFAULT_SAMPLE, SAMPLES, load_sample
 from ui import render, state
+from ui.text import md, shorten
 
 CHECKPOINT_OPTION = "checkpoint"
 
@@ -36,6 +37,7 @@ class ChosenImage:
     pixels: np.ndarray
     notes: tuple[str, ...] = ()
     true_label: str | None = None
+    uploaded: bool = False
 
 
 def image_input(prefix: str, *, cifar: CifarData | None = None) -> ChosenImage:
@@ -70,16 +72,23 @@ def image_input(prefix: str, *, cifar: CifarData | None = None) -> ChosenImage:
         try:
             decoded = state.decode_upload(upload.getvalue())
         except CamlibError as error:
-            st.error(f"Cannot use this file: {error}")
+            st.error(md("Cannot use this file: {error}", error=error))
         else:
-            chosen = ChosenImage(name=upload.name, pixels=decoded.pixels, notes=decoded.notes)
+            chosen = ChosenImage(name=upload.name, pixels=decoded.pixels, notes=decoded.notes, uploaded=True)
             st.session_state[last_key] = chosen
+            for note in chosen.notes:
+                st.info(md("{file}: {note}", file=shorten(upload.name), note=note))
             return chosen
     last = st.session_state.get(last_key)
+    if upload is None and last is not None and last.uploaded:  # the upload was removed: do not show a gone file
+        last = None
     if last is None:
-        last = ChosenImage(name=DEFAULT_SAMPLE, pixels=load_sample(DEFAULT_SAMPLE))
+        sample = st.session_state.get(f"{prefix}_sample")
+        sample = sample if sample in SAMPLES else DEFAULT_SAMPLE
+        last = ChosenImage(name=sample, pixels=load_sample(sample))
+        st.session_state[last_key] = last
     if upload is None:
-        st.caption(f"No upload yet: showing {last.name}.")
+        st.caption(md("No upload yet: showing {image}.", image=shorten(last.name)))
     return last
 
 
@@ -88,7 +97,12 @@ def _cifar_image(prefix: str, cifar: CifarData) -> ChosenImage:
     class_name = left.selectbox("Class", cifar.class_names, key=f"{prefix}_cifar_class", persist_state="session")
     members = np.flatnonzero(cifar.labels == cifar.class_names.index(class_name))
     position = right.number_input(
-        f"Index (0..{len(members) - 1})", 0, len(members) - 1, 0, key=f"{prefix}_cifar_index", persist_state="session"
+        md("Index (0..{last})", last=len(members) - 1),
+        0,
+        len(members) - 1,
+        0,
+        key=f"{prefix}_cifar_index",
+        persist_state="session",
     )
     index = int(members[int(position)])
     return ChosenImage(name=f"CIFAR-10 {cifar.split} #{index}", pixels=cifar.images[index], true_label=class_name)
@@ -99,12 +113,13 @@ def _ensure_weights(key: str) -> None:
     spec = get_spec(key)
     if spec.source != "torchvision" or torchvision_cache_path(spec).exists():
         return
-    bar = st.progress(0.0, text=f"Downloading {spec.label} weights...")
+    bar = st.progress(0.0, text=md("Downloading {model} weights...", model=spec.label))
 
     def report(done: int, total: int) -> None:
         bar.progress(
             min(1.0, done / total) if total else 0.0,
-            text=f"Downloading {spec.label} weights: {done / 1e6:.1f} / {total / 1e6:.1f} MB",
+            text=md("Downloading {model} weights: {done:.1f} / {total:.1f} MB", model=spec.label, done=done / 1e6,
+                    total=total / 1e6),
         )
 
     try:
@@ -123,20 +138,35 @@ def model_input(prefix: str) -> str:
         if choice == CHECKPOINT_OPTION:
             key = _checkpoint_input(prefix)
             if key is None:
-                key = st.session_state.get(last_key, DEFAULT_MODEL)
-                st.info(f"Upload a checkpoint to use it. Still using: {state.resolve_model(key).spec.label}")
+                key = _last_model(last_key)
+                st.info(md("Upload a checkpoint to use it. Still using: {model}", model=_label(key)))
         else:
             _ensure_weights(choice)
             state.get_model(choice)
             key = choice
     except CamlibError as error:
-        key = st.session_state.get(last_key, DEFAULT_MODEL)
+        key = _last_model(last_key)
         hint = " Showing the bundled model instead." if isinstance(error, WeightsUnavailableError) else ""
-        st.error(f"{error}{hint}")
+        st.error(md("{error}{hint}", error=error, hint=hint))
         if key != DEFAULT_MODEL or choice == CHECKPOINT_OPTION:
-            st.caption(f"Still using: {state.resolve_model(key).spec.label}")
+            st.caption(md("Still using: {model}", model=_label(key)))
     st.session_state[last_key] = key
     return key
+
+
+def _last_model(last_key: str) -> str:
+    """The session's last good model key; the bundled model when that was a checkpoint the shared store dropped."""
+    key = st.session_state.get(last_key, DEFAULT_MODEL)
+    try:
+        state.resolve_model(key)
+    except CamlibError as error:
+        st.error(md("{error}. Showing the bundled model instead.", error=error))
+        key = DEFAULT_MODEL
+    return key
+
+
+def _label(key: str) -> str:
+    return shorten(state.resolve_model(key).spec.label)
 
 
 def _checkpoint_input(prefix: str) -> str | None:
@@ -164,23 +194,27 @@ def cifar_input(root: str, prefix: str) -> CifarData | None:
         try:
             return state.get_cifar(root, split)
         except CamlibError as error:
-            st.error(str(error))
+            st.error(md("{error}", error=error))
             return None
     st.warning(
-        f"No CIFAR-10 found under '{root}'. Set the data root in the sidebar, or download the official "
-        "release (170 MB) there. Meanwhile the grid uses a sample photo."
+        md(
+            "No CIFAR-10 found under '{root}'. Set the data root in the sidebar, or download the official "
+            "release (170 MB) there. Meanwhile the grid uses a sample photo.",
+            root=shorten(root),
+        )
     )
     if root and st.button("Download CIFAR-10 into the data root", key=f"{prefix}_download"):
         bar = st.progress(0.0, text="Downloading CIFAR-10...")
 
         def report(done: int, total: int) -> None:
-            bar.progress(min(1.0, done / total) if total else 0.0, text=f"{done / 1e6:.0f} / {total / 1e6:.0f} MB")
+            bar.progress(min(1.0, done / total) if total else 0.0,
+                         text=md("{done:.0f} / {total:.0f} MB", done=done / 1e6, total=total / 1e6))
 
         try:
             download_cifar10(root, report)
             st.rerun()
         except CamlibError as error:
-            st.error(str(error))
+            st.error(md("{error}", error=error))
     return None
 
 
