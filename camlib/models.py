@@ -28,6 +28,7 @@ import torchvision
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from camlib.checkpoints import NOT_A_STATE_DICT, CheckpointReading, candidate_readings, find_reading, weight_tensors
 from camlib.cifar import CLASS_NAMES as CIFAR10_CLASSES
 from camlib.cifar_models import CIFAR10_MEAN, CIFAR10_STD, CIFAR_ARCHS, build_cifar_model
 from camlib.device import default_device
@@ -276,7 +277,7 @@ def load_model(key: str = DEFAULT_MODEL, *, allow_download: bool = True, progres
     return LoadedModel(spec=spec, model=model.to(device).eval(), class_names=class_names_for(spec), device=device)
 
 
-def _project_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
+def _project_state_dict(spec: ModelSpec) -> Mapping[str, object]:
     path = PROJECT_ROOT / (spec.weights_file or "")
     if not path.is_file():
         raise WeightsUnavailableError(f"{spec.label}: no weights at {path}; {spec.notes}")
@@ -325,71 +326,82 @@ def _read_weights_only(data: bytes) -> object:
         ) from error
 
 
-def read_checkpoint(data: bytes, filename: str = "") -> dict[str, torch.Tensor]:
-    """Read a state dict from user bytes without ever running pickled code.
+def read_checkpoint(data: bytes, filename: str = "") -> Mapping[str, object]:
+    """Read a checkpoint from user bytes without ever running pickled code.
 
-    Accepts ``.safetensors`` and ``torch.save``'d state dicts (loaded with ``weights_only=True``), optionally wrapped
-    as ``{"state_dict": ...}`` or ``{"model_state_dict": ...}``; a ``module.`` prefix (DataParallel) is stripped.
+    Accepts ``.safetensors`` and anything ``torch.load`` with ``weights_only=True`` loads: a state dict, or a training
+    checkpoint holding one (see ``camlib.checkpoints`` for the containers and prefixes understood). The result is the
+    file's content as loaded; ``load_state_strict`` picks the reading that fits a model.
+
+    Raises:
+        CheckpointError: empty, over ``MAX_CHECKPOINT_BYTES`` (checked before parsing), a bad safetensors header,
+            TorchScript, a pickle needing code or objects, corrupt or truncated, no state dict anywhere, or NaN/Inf
+            in any tensor a reading could load.
     """
     if not data:
         raise CheckpointError("empty checkpoint file")
     if len(data) > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"checkpoint too large ({len(data) / 1e6:.0f} MB > {MAX_CHECKPOINT_BYTES / 1e6:.0f} MB)")
     if filename.lower().endswith(".safetensors") or _looks_like_safetensors(data):
-        state: object = _read_safetensors(data)
+        checkpoint: object = _read_safetensors(data)
     else:
-        state = _read_weights_only(data)
-    if isinstance(state, Mapping):
-        for wrapper in ("state_dict", "model_state_dict", "model"):
-            if isinstance(state.get(wrapper), Mapping):
-                state = state[wrapper]
-                break
-    if not isinstance(state, Mapping) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CheckpointError("the checkpoint is not a state dict (a mapping of names to tensors)")
-    out = {k.removeprefix("module."): v for k, v in state.items()}
-    bad = [k for k, v in out.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        checkpoint = _read_weights_only(data)
+    if not isinstance(checkpoint, Mapping) or not candidate_readings(checkpoint):
+        raise CheckpointError(NOT_A_STATE_DICT)
+    bad = [name for name, tensor in weight_tensors(checkpoint)
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     if bad:
         raise CheckpointError(f"the checkpoint has NaN or Inf values in {', '.join(bad[:5])}")
-    return out
+    return checkpoint
 
 
-def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], label: str) -> None:
-    """Load ``state`` into ``model`` only if every tensor matches; otherwise a ``CheckpointError`` that lists the
-    missing, unexpected and mismatched tensors (``label`` names the model in the message)."""
+def load_state_strict(model: nn.Module, checkpoint: Mapping[str, object], label: str) -> CheckpointReading:
+    """Load into ``model`` the one reading of ``checkpoint`` whose names and shapes are exactly the model's.
+
+    Args:
+        model: the architecture; its tensors are overwritten only on success.
+        checkpoint: a state dict, or a training checkpoint as ``read_checkpoint`` returns it.
+        label: the model's name in messages.
+
+    Returns:
+        The reading used (its ``describe()`` says which container and prefix).
+
+    Raises:
+        CheckpointError: no reading fits (missing, unexpected and mismatched tensors of the closest one), or several
+            different ones do (``camlib.checkpoints.find_reading``).
+    """
     expected = model.state_dict()
-    # BatchNorm's num_batches_tracked is newer than some published files (torchvision's DenseNet, VGG-BN); torch's
-    # own loader fills it in, and it plays no part in eval mode.
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        def few(items: list[str]) -> str:
-            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "") if items else "none"
-
-        raise CheckpointError(
-            f"Checkpoint does not match model {label} (missing: {few(missing)}; unexpected: {few(unexpected)}; "
-            f"shape mismatch: {few(mismatched)})"
-        )
+    reading = find_reading(checkpoint, expected, label)
+    state = reading.state
     model.load_state_dict({**{k: v for k, v in expected.items() if k not in state}, **state}, strict=True)
+    return reading
 
 
 def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.device | None = None) -> LoadedModel:
-    """Load a user's checkpoint into the registered architecture ``key`` (strict: every tensor must match)."""
+    """Load a user's checkpoint into the registered architecture ``key`` (strict: every tensor must match).
+
+    The returned spec's ``notes`` say where the weights were found, e.g. ``loaded from checkpoint['state_dict'],
+    prefix 'model.' removed``. Raises ``UnknownModelError`` or ``CheckpointError``.
+    """
     spec = get_spec(key)
-    state = read_checkpoint(data, filename)
+    checkpoint = read_checkpoint(data, filename)
     model = build_architecture(spec)
-    load_state_strict(model, state, spec.label)
+    note = load_state_strict(model, checkpoint, spec.label).describe()
+    del checkpoint  # the model holds copies: no second set of weights stays alive while it moves to the device
     device = device or default_device()
     label = f"{spec.label.split(' (')[0]} (your checkpoint: {Path(filename).name or 'upload'})"
     custom = ModelSpec(key=f"{key}:checkpoint", label=label, source="checkpoint", arch=spec.arch,
-                       num_classes=spec.num_classes, preprocessing=spec.preprocessing, dataset=spec.dataset)
+                       num_classes=spec.num_classes, preprocessing=spec.preprocessing, dataset=spec.dataset,
+                       notes=note)
     return LoadedModel(spec=custom, model=model.to(device).eval(), class_names=class_names_for(spec), device=device)
 
 
 # --- preprocessing -------------------------------------------------------------------------------------------------
+
+# Largest resized image (pixels per chunk of a batch) built in full before the centre crop. Above it only the crop
+# window is computed, so an extreme aspect ratio (a 1024 x 1 strip would resize to 262,144 x 256) stays bounded.
+MAX_RESIZED_PIXELS = 1 << 21
+
 
 @dataclass(frozen=True)
 class PreparedInput:
