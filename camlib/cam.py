@@ -9,15 +9,21 @@ Numerics follow pytorch-grad-cam 1.5.7 exactly (``docs/cam-reference.md`` in the
 map is ``minmax(resize(minmax(relu(raw))))`` with ``minmax(m) = (m - min) / (1e-7 + max(m - min))`` per image and
 bilinear resizing with ``align_corners=False``. Unlike pytorch-grad-cam, each layer keeps its own map (no averaging).
 
-As in pytorch-grad-cam, the activation values are those of the layer's output tensor at the end of the forward pass
-(so later in-place ops such as ``ReLU(inplace=True)`` or a residual ``+=`` are seen), while the gradient is taken with
-respect to the layer's output as it left the layer.
+The activations are each layer's output **as the layer produced it**, and the gradient is taken with respect to that
+same output (torch-cam's semantics): a map never depends on in-place operations that run later (``ReLU(inplace=True)``,
+a residual ``+=``) or on which other layers are requested in the same call. pytorch-grad-cam instead reads the stored
+output tensor after the forward pass, so later in-place ops change its activations but not its gradients; on models
+without later in-place ops the two agree exactly.
+
+Layers whose output is channels-last ``(B, H, W, C)`` or tokens ``(B, N, C)`` are read as ``(B, C, h, w)`` feature
+maps (``camlib.layouts``: the layout is inferred from the shapes and the input size; ambiguous layouts are refused
+unless given explicitly), as pytorch-grad-cam does with a matching ``reshape_transform``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,14 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlib.errors import (
-    CamlibError,
     ClassIndexError,
     GradientUnavailableError,
+    InputError,
     LayerError,
     MethodError,
     NonFiniteError,
 )
 from camlib.guard import model_guard
+from camlib.layouts import Layout, infer_layout, layout_from_spec, to_feature_map
 
 NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
 DEGENERATE_RATIO = 1e-6  # a ReLU'd map whose max-min is below this share of max|raw| carries no usable evidence
@@ -244,17 +251,52 @@ def _resolve_classes(class_idx: int | Sequence[int] | None, logits: torch.Tensor
 
 
 def _validate_input(x: torch.Tensor, scorecam_batch_size: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise CamlibError(f"x must be a float tensor (B, C, H, W); got {shape}")
-    if x.shape[0] == 0:
-        raise CamlibError("x is an empty batch; pass at least one image")
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"x must be a float tensor (B, C, H, W); got a {type(x).__name__}")
+    if x.dim() != 4 or not x.is_floating_point():
+        raise InputError(f"x must be a float tensor (B, C, H, W); got {x.dtype} {tuple(x.shape)}")
+    if x.shape[0] == 0 or 0 in x.shape[2:]:
+        raise InputError(f"x is empty ({tuple(x.shape)}); pass at least one image of at least 1x1 px")
+    if x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        raise InputError(f"x looks channels-last {tuple(x.shape)}; pass (B, C, H, W), e.g. x.permute(0, 3, 1, 2)")
     if isinstance(scorecam_batch_size, bool) or not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:
-        raise CamlibError(f"scorecam_batch_size must be a positive integer, got {scorecam_batch_size!r}")
+        raise InputError(f"scorecam_batch_size must be a positive integer, got {scorecam_batch_size!r}")
+
+
+def _resolve_layouts(layouts: Mapping[str, str] | None, names: list[str]) -> dict[str, str]:
+    if layouts is None:
+        return {}
+    if not isinstance(layouts, Mapping):
+        raise LayerError(f"layouts must map layer names to 'nchw', 'nhwc' or 'tokens:K', got {type(layouts).__name__}")
+    unknown = [name for name in layouts if name not in names]
+    if unknown:
+        raise LayerError(f"layouts names layers that were not requested: {', '.join(map(str, unknown))}")
+    return dict(layouts)
+
+
+def _layer_layout(name: str, shape: tuple[int, ...], input_size: tuple[int, int], explicit: str | None) -> Layout:
+    if explicit is not None:
+        return layout_from_spec(explicit, shape, input_size)
+    layout = infer_layout(shape, input_size)
+    if layout is None:
+        raise LayerError(
+            f"layer {name!r} outputs {shape}, which is not a spatial feature map ((B, C, H, W), (B, H, W, C) or "
+            "(B, N, C) tokens on a patch grid); pick another layer (the layer list shows only those)"
+        )
+    if layout.kind == "ambiguous":
+        raise LayerError(
+            f"the layout of layer {name!r} cannot be told from its output shape ({layout.reason}); "
+            f"pass layouts={{{name!r}: 'nchw' | 'nhwc' | 'tokens:K'}}"
+        )
+    return layout
 
 
 class _Capture:
-    """Forward hooks that keep each layer's output (for gradients) and a copy that flows on (for values).
+    """Forward hooks that keep each layer's output as produced (values and graph node) and pass a copy on.
+
+    The layer's output tensor is the node the gradient is taken with respect to; a snapshot of its values is kept; the
+    rest of the network receives a copy, so later in-place ops (``ReLU(inplace=True)``, residual ``+=``, a parent's
+    in-place op) change neither the values nor the gradient's target.
 
     With ``start_graph=True`` the forward pass starts with autograd off and the first requested layer to finish
     switches it on, returning a fresh leaf: the part of the network below the earliest layer runs as a plain no-grad
@@ -272,22 +314,19 @@ class _Capture:
             self.calls[name] = self.calls.get(name, 0) + 1
             if self.calls[name] > 1:
                 return None
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4) or not output.is_floating_point():
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise LayerError(
-                    f"layer {name!r} outputs {shape}; a CAM needs a 4-D (B, C, H, W) feature map. "
-                    "Pick a convolutional layer (the layer list shows only those)."
+                    f"layer {name!r} outputs {shape}; a CAM needs a spatial feature map: (B, C, H, W), "
+                    "(B, H, W, C) or (B, N, C) tokens. Pick another layer (the layer list shows only those)."
                 )
             if self.start_graph and not torch.is_grad_enabled():
                 torch.set_grad_enabled(True)  # restored by the caller's set_grad_enabled context on exit
             if self.start_graph and not output.requires_grad:
                 output = output.detach().requires_grad_(True)
             self.outputs[name] = output
-            # Later in-place ops (ReLU(inplace=True), residual +=) act on this copy, so `output` stays the tensor the
-            # layer produced (its gradient is what we want) while the copy ends with the values the network used.
-            flowing = output.clone()
-            self.values[name] = flowing
-            return flowing
+            self.values[name] = output.detach().clone()
+            return output.clone()
 
         return save
 
@@ -318,6 +357,7 @@ def compute_cams(
     method: str = "gradcam",
     class_idx: int | Sequence[int] | None = None,
     scorecam_batch_size: int = 32,
+    layouts: Mapping[str, str] | None = None,
 ) -> CamResult:
     """Compute one CAM per requested layer from a single forward (and, for gradient methods, a single backward).
 
@@ -325,21 +365,27 @@ def compute_cams(
         model: a classifier returning ``(B, num_classes)`` logits. It may be shared: it is locked while hooked, its
             modules' ``training`` flags are restored, and its parameters' ``.grad`` and ``requires_grad`` untouched.
         x: float tensor ``(B, 3, H, W)``, already preprocessed for the model.
-        layers: dotted module names (from ``model.named_modules()``), each with a 4-D output used once per forward.
+        layers: dotted module names (from ``model.named_modules()``), each run once per forward, whose output is a
+            spatial feature map: ``(B, C, h, w)``, channels-last ``(B, h, w, C)`` or tokens ``(B, N, C)``.
         method: a key of ``METHODS``.
         class_idx: the class to explain: ``None`` for each image's argmax, one int for all, or one per image.
         scorecam_batch_size: masked images per forward for Score-CAM (does not change the numbers).
+        layouts: optional per-layer layout ("nchw", "nhwc" or "tokens:K"), needed only where the layout is ambiguous
+            from the shapes (``camlib.layouts.infer_layout``); by default every layout is inferred.
 
     Returns:
-        A ``CamResult``.
+        A ``CamResult``; ``raw`` is at the feature map's ``(h, w)`` after any layout reshaping.
 
     Raises:
-        MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError (all ``ValueError``).
+        InputError, MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError (all
+        ``ValueError``).
     """
     started = time.perf_counter()
     spec = _resolve_method(method)
     names = _resolve_layers(model, layers)
     _validate_input(x, scorecam_batch_size)
+    explicit_layouts = _resolve_layouts(layouts, names)
+    size = (int(x.shape[-2]), int(x.shape[-1]))
     modules = dict(model.named_modules())
     first = next(model.parameters(), None)
     device = first.device if first is not None else x.device
@@ -360,7 +406,10 @@ def compute_cams(
                 # The model's dtype (e.g. a float64 input for a float32 model); a copy, as the model may modify its
                 # input in place.
                 xin = x.detach().to(device=device, dtype=dtype).clone()
-                logits = model(xin)
+                try:
+                    logits = model(xin)
+                except (RuntimeError, IndexError, TypeError) as error:
+                    raise InputError(f"the model cannot run on an input of shape {tuple(x.shape)}: {error}") from error
         finally:
             for handle in handles:
                 handle.remove()
@@ -378,7 +427,11 @@ def compute_cams(
                     "pick a layer that runs once"
                 )
 
-        values = {name: capture.values[name].detach() for name in names}
+        feature_layouts = {
+            name: _layer_layout(name, tuple(capture.values[name].shape), size, explicit_layouts.get(name))
+            for name in names
+        }
+        values = {name: to_feature_map(capture.values[name], feature_layouts[name]) for name in names}
         raws: dict[str, torch.Tensor] = {}
         if spec.uses_gradients:
             with torch.inference_mode(False), torch.enable_grad():
@@ -391,7 +444,7 @@ def compute_cams(
                     raise LayerError(f"layer {name!r} was not used to compute the selected class")
                 _check_finite(f"the gradients of layer {name!r}", grad)
                 _check_finite(f"the activations of layer {name!r}", values[name])
-                raws[name] = _GRADIENT_MAPS[spec.name](values[name], grad)
+                raws[name] = _GRADIENT_MAPS[spec.name](values[name], to_feature_map(grad, feature_layouts[name]))
         elif spec.name == "eigencam":
             for name in names:
                 _check_finite(f"the activations of layer {name!r}", values[name])
@@ -402,7 +455,6 @@ def compute_cams(
                     _check_finite(f"the activations of layer {name!r}", values[name])
                     raws[name] = _scorecam(model, xin.detach(), values[name], targets, scorecam_batch_size)
 
-    size = (int(x.shape[-2]), int(x.shape[-1]))
     maps, raw_np, degenerate = {}, {}, {}
     with torch.no_grad():
         for name in names:

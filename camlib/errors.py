@@ -48,3 +48,7 @@ class WeightsUnavailableError(CamlibError):
 
 class UnknownModelError(CamlibError):
     """A model key that is not in the registry."""
+
+
+class InputError(CamlibError):
+    """An argument violates a public function's input contract (shape, dtype, layout, range or type)."""

@@ -1,8 +1,11 @@
 """Layer inspector: which modules of a model can be CAM target layers, and which one to suggest.
 
-A candidate is a module whose output is a 4-D ``(B, C, H, W)`` tensor and that runs exactly once per forward pass.
-Candidates are found by one dry forward pass (no gradients, model locked and in eval mode, hooks removed afterwards)
-and listed in the order their outputs are produced.
+A candidate is a module that runs exactly once per forward pass and whose output is a spatial feature map in one of
+the layouts of ``camlib.layouts``: ``(B, C, H, W)``, channels-last ``(B, H, W, C)`` (ConvNeXt block internals, Swin
+stages) or tokens ``(B, N, C)`` with leading non-spatial tokens (ViT, DeiT). The layout is inferred from the output
+shape and the input size; ambiguous layouts are listed as such, with the reason, and never guessed. Candidates are
+found by one dry forward pass (no gradients, model locked and in eval mode, hooks removed afterwards) and listed in
+the order their outputs are produced.
 """
 
 from __future__ import annotations
@@ -14,27 +17,55 @@ from torch import nn
 
 from camlib.errors import LayerError
 from camlib.guard import model_guard
+from camlib.layouts import Layout, infer_layout
 
 MIN_USEFUL_SIZE = 7  # below 7x7 a CAM is coarse; 1x1 is always blank
 
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One candidate layer: dotted name, module type and output shape (C, H, W) for the probed input size."""
+    """One candidate layer for the probed input size.
+
+    Attributes:
+        name: dotted module name.
+        type_name: the module's class name.
+        layout: how its output reads as ``(B, C, h, w)`` (``kind`` "ambiguous" when it cannot be told from shapes).
+        output_shape: the raw output shape without the batch dimension, e.g. ``(197, 768)`` or ``(24, 24, 96)``.
+    """
 
     name: str
     type_name: str
-    channels: int
-    height: int
-    width: int
+    layout: Layout
+    output_shape: tuple[int, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.layout.channels
+
+    @property
+    def height(self) -> int:
+        return self.layout.height
+
+    @property
+    def width(self) -> int:
+        return self.layout.width
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.layout.kind == "ambiguous"
 
     @property
     def shape_label(self) -> str:
+        """``"C x h x w"`` of the feature map (the raw shape when the layout is ambiguous)."""
+        if self.ambiguous:
+            return " x ".join(str(d) for d in self.output_shape) + " (layout ambiguous)"
         return f"{self.channels} x {self.height} x {self.width}"
 
     @property
     def warning(self) -> str | None:
-        """A user-facing caveat about this layer's spatial size, or None."""
+        """A user-facing caveat about this layer's layout or spatial size, or None."""
+        if self.ambiguous:
+            return f"layout cannot be told from the shapes ({self.layout.reason}); camlib will not guess it"
         if self.height == 1 and self.width == 1:
             return "spatial resolution 1x1: the CAM is always blank (a 1x1 map normalises to zeros)"
         if min(self.height, self.width) < MIN_USEFUL_SIZE:
@@ -44,15 +75,15 @@ class LayerInfo:
 
 
 def list_candidate_layers(model: nn.Module, input_size: tuple[int, int], *, channels: int = 3) -> list[LayerInfo]:
-    """Find the modules with a 4-D output that run once, by one dry forward on a zero image of ``input_size``.
+    """Find the modules with a spatial output that run once, by one dry forward on a zero image of ``input_size``.
 
     Args:
         model: the classifier (may be shared; it is locked and its modes restored).
-        input_size: ``(H, W)`` of the model input.
+        input_size: ``(H, W)`` of the model input, in pixels.
         channels: input channels.
 
     Returns:
-        Candidate layers in forward order (the order their outputs are produced).
+        Candidate layers in forward order (the order their outputs are produced), with their inferred layouts.
     """
     records: dict[str, tuple[int, str, tuple[int, ...]]] = {}
     calls: dict[str, int] = {}
@@ -62,8 +93,8 @@ def list_candidate_layers(model: nn.Module, input_size: tuple[int, int], *, chan
         def record(module: nn.Module, _inputs: object, output: object) -> None:
             nonlocal order
             calls[name] = calls.get(name, 0) + 1
-            if name not in records and isinstance(output, torch.Tensor) and output.dim() == 4:
-                records[name] = (order, type(module).__name__, tuple(output.shape[1:]))
+            if name not in records and isinstance(output, torch.Tensor) and output.dim() in (3, 4):
+                records[name] = (order, type(module).__name__, tuple(output.shape))
             order += 1
 
         return record
@@ -78,15 +109,31 @@ def list_candidate_layers(model: nn.Module, input_size: tuple[int, int], *, chan
             for handle in handles:
                 handle.remove()
 
-    ranked = sorted((rec[0], name, rec[1], rec[2]) for name, rec in records.items() if calls[name] == 1)
-    return [LayerInfo(name, type_name, *shape) for _, name, type_name, shape in ranked]
+    found = []
+    for position, name, type_name, shape in sorted((rec[0], name, *rec[1:]) for name, rec in records.items()):
+        layout = infer_layout(shape, input_size)
+        if calls[name] == 1 and layout is not None:
+            found.append((position, LayerInfo(name, type_name, layout, shape[1:])))
+    return [info for _, info in found]
 
 
-def default_layer(candidates: list[LayerInfo]) -> LayerInfo:
-    """The suggested target layer: the last candidate whose map is at least 7x7 (else the largest map)."""
-    if not candidates:
-        raise LayerError("the model has no layer with a 4-D output, so no CAM can be computed")
-    useful = [c for c in candidates if min(c.height, c.width) >= MIN_USEFUL_SIZE]
+def default_layer(candidates: list[LayerInfo], preferred: tuple[str, ...] = ()) -> LayerInfo:
+    """The suggested target layer.
+
+    The first of ``preferred`` (a registry entry's ``default_layers``) that is a candidate; else the last
+    unambiguous candidate whose map is at least 7x7; else the largest unambiguous map.
+
+    Raises:
+        LayerError: no unambiguous candidate.
+    """
+    by_name = {c.name: c for c in candidates}
+    for name in preferred:
+        if name in by_name and not by_name[name].ambiguous:
+            return by_name[name]
+    usable = [c for c in candidates if not c.ambiguous]
+    if not usable:
+        raise LayerError("the model has no layer with a spatial feature map, so no CAM can be computed")
+    useful = [c for c in usable if min(c.height, c.width) >= MIN_USEFUL_SIZE]
     if useful:
         return useful[-1]
-    return max(reversed(candidates), key=lambda c: c.height * c.width)
+    return max(reversed(usable), key=lambda c: c.height * c.width)

@@ -73,12 +73,39 @@ def _per_image(class_idx: int | list[int], batch: int) -> list[int]:
     return [class_idx] * batch if isinstance(class_idx, int) else list(class_idx)
 
 
+def inplace_off(model: nn.Module) -> nn.Module:
+    """The same model (same weights, in place) with every module's ``inplace`` flag switched off."""
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    return model
+
+
+def _as_produced(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+    """Registered after pytorch-grad-cam's hooks: the network continues on a copy, so the tensor pytorch-grad-cam
+    stored keeps the layer's output as produced, also under in-place ops that are not module flags (a residual
+    ``+=``, DenseNet's functional ``F.relu(..., inplace=True)``)."""
+    return output.clone()
+
+
 def _reference_maps(model: nn.Module, x: torch.Tensor, layer: str, method: str,
-                    class_idx: int | list[int] | None) -> np.ndarray:
-    """pytorch-grad-cam's map for one target layer; its parameter gradients are dropped afterwards."""
+                    class_idx: int | list[int] | None, *, reshape_transform: Callable | None = None,
+                    as_produced: bool = True) -> np.ndarray:
+    """pytorch-grad-cam's map for one target layer; its parameter gradients are dropped afterwards.
+
+    pytorch-grad-cam reads its stored activations after the forward, so in-place ops that run later change them
+    (but not its gradients). camlib uses the output as produced; ``as_produced=True`` makes pytorch-grad-cam do the
+    same (see ``_as_produced``); the zoo models also have their ``inplace`` flags off.
+    """
     targets = None if class_idx is None else [ClassifierOutputTarget(k) for k in _per_image(class_idx, len(x))]
-    with REFERENCE_CAMS[method](model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
-        maps = cam(input_tensor=x, targets=targets)
+    module = dict(model.named_modules())[layer]
+    with REFERENCE_CAMS[method](model=model, target_layers=[module], reshape_transform=reshape_transform) as cam:
+        handle = module.register_forward_hook(_as_produced) if as_produced else None
+        try:
+            maps = cam(input_tensor=x, targets=targets)
+        finally:
+            if handle is not None:
+                handle.remove()
     model.zero_grad(set_to_none=True)
     return maps
 
@@ -115,6 +142,8 @@ class ZooEntry:
     layers: tuple[str, ...]  # explained together in ONE camlib call, each compared with a one-layer reference call
 
 
+# The reference comparison runs on these models with every `inplace` flag off (`Zoo.model`); `Zoo.model_inplace` is the
+# same weights with the flags as built, which must give the same maps.
 ZOO = {
     # layer4.1.bn2: its output is then changed in place by the residual `+=` and the inplace ReLU.
     "resnet18": ZooEntry(lambda: torchvision.models.resnet18(weights=None), ("layer4", "layer3", "layer4.1.bn2")),
@@ -143,9 +172,17 @@ class Zoo:
         self._logits: dict[tuple[str, int], np.ndarray] = {}
 
     def model(self, name: str) -> nn.Module:
+        """The seeded zoo model with every ``inplace`` flag off (the reference comparison's model)."""
         if name not in self._models:
-            self._models[name] = seeded(ZOO[name].build)
+            self._models[name] = inplace_off(seeded(ZOO[name].build))
         return self._models[name]
+
+    def model_inplace(self, name: str) -> nn.Module:
+        """The same weights with the ``inplace`` flags as torchvision/timm build them."""
+        key = f"{name}:inplace"
+        if key not in self._models:
+            self._models[key] = seeded(ZOO[name].build)
+        return self._models[key]
 
     def images(self, size: int = 224) -> torch.Tensor:
         if size not in self._images:
@@ -181,14 +218,14 @@ class Zoo:
         return self._results[key]
 
     def activations(self, name: str) -> dict[str, np.ndarray]:
-        """Each zoo layer's output values at the END of the forward pass (the tensor is kept, not cloned, as
-        pytorch-grad-cam keeps it, so later in-place ops show), from our own forward hooks."""
+        """Each zoo layer's output values as the layer produced them (copied in the hook, before any later in-place
+        op), from our own forward hooks."""
         if name not in self._activations:
             model = self.model(name)
             modules = dict(model.named_modules())
             store: dict[str, torch.Tensor] = {}
-            handles = [modules[layer].register_forward_hook(lambda _m, _i, out, layer=layer: store.update({layer: out}))
-                       for layer in ZOO[name].layers]
+            handles = [modules[layer].register_forward_hook(
+                lambda _m, _i, out, layer=layer: store.update({layer: out.clone()})) for layer in ZOO[name].layers]
             try:
                 with torch.no_grad():
                     model(self.images())
@@ -338,12 +375,13 @@ def test_eigencam_highlights_the_strongly_activated_region_whatever_the_svd_sign
 
 def _manual_gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]) -> np.ndarray:
     """Grad-CAM's signed map by hand on a copy of the model: a tensor hook for the gradient of the layer's output,
-    its values at the end of the forward, ``loss.backward()`` (the copy's ``.grad`` do not matter), float64 sums."""
+    its values as produced (copied in the hook), ``loss.backward()`` (the copy's ``.grad`` do not matter), float64
+    sums."""
     model = copy.deepcopy(model)
     store: dict[str, torch.Tensor] = {}
 
     def keep(_module, _inputs, output):
-        store["activations"] = output
+        store["activations"] = output.detach().clone()
         output.register_hook(lambda grad: store.update(gradients=grad))
 
     handle = dict(model.named_modules())[layer].register_forward_hook(keep)
@@ -359,8 +397,9 @@ def _manual_gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: 
 
 @pytest.mark.parametrize("layer", ZOO["resnet18"].layers)
 def test_gradcam_raw_equals_an_independent_autograd_computation(zoo, layer):
+    """By hand on the model with its in-place ReLUs and residual `+=` as built."""
     ours = zoo.ours("resnet18", "gradcam", "per_image")
-    expected = _manual_gradcam_raw(zoo.model("resnet18"), zoo.images(), layer, ours.class_idx)
+    expected = _manual_gradcam_raw(zoo.model_inplace("resnet18"), zoo.images(), layer, ours.class_idx)
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(ours.raw[layer], expected, atol=1e-5 * scale, rtol=1e-4)
 
@@ -374,6 +413,266 @@ def test_one_multi_layer_call_equals_one_layer_calls(zoo):
         np.testing.assert_allclose(alone.maps[layer], together.maps[layer], atol=1e-6, rtol=0)
         np.testing.assert_allclose(alone.raw[layer], together.raw[layer], atol=1e-7, rtol=1e-5)
         np.testing.assert_array_equal(alone.degenerate[layer], together.degenerate[layer])
+
+
+# --- in-place ops and parent/child layers (issue 8.2, bad-inputs row 65) -----------------------------------------
+
+def _inplace_flags(model: nn.Module) -> int:
+    return sum(getattr(m, "inplace", False) is True for m in model.modules())
+
+
+@pytest.mark.parametrize("method", [*GRADIENT_METHODS, "eigencam"])
+@pytest.mark.parametrize("model_name", list(ZOO))
+def test_maps_do_not_depend_on_inplace_flags(zoo, model_name, method):
+    """Every reference model, its in-place flags as built vs all off (same weights): the same maps for every layer."""
+    built = zoo.model_inplace(model_name)
+    assert _inplace_flags(built) > 0 and _inplace_flags(zoo.model(model_name)) == 0
+    class_idx = zoo.targets(model_name, "per_image")
+    flagged = compute_cams(built, zoo.images(), list(ZOO[model_name].layers), method=method, class_idx=class_idx)
+    plain = zoo.ours(model_name, method, "per_image") if method != "eigencam" else compute_cams(
+        zoo.model(model_name), zoo.images(), list(ZOO[model_name].layers), method=method, class_idx=class_idx)
+    for layer in ZOO[model_name].layers:
+        np.testing.assert_allclose(flagged.maps[layer], plain.maps[layer], atol=1e-6, rtol=0)
+        scale = float(np.abs(plain.raw[layer]).max())
+        np.testing.assert_allclose(flagged.raw[layer], plain.raw[layer], atol=1e-6 * scale, rtol=0)
+
+
+_RELATIVES = [
+    # (model, layer, relatives requested with it): parents, children and in-place neighbours
+    ("densenet121", "features.norm5", ("features",)),
+    ("densenet121", "features", ("features.norm5", "features.denseblock4")),
+    ("resnet18", "layer4.1.bn2", ("layer4.1", "layer4")),
+    ("resnet18", "layer4", ("layer4.1.bn2", "layer4.1", "layer4.0")),
+    ("vgg11_bn", "features.26", ("features.27", "features")),
+]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam", "eigencam"])
+@pytest.mark.parametrize("model_name,layer,relatives", _RELATIVES, ids=[f"{m}-{layer}" for m, layer, _ in _RELATIVES])
+def test_a_layer_requested_with_its_parent_or_child_gives_the_same_map_as_alone(zoo, model_name, layer, relatives,
+                                                                                method):
+    """On the models as built (in-place ops on): requesting relatives changes nothing, so the map depends only on the
+    layer's own output. (DenseNet's features.norm5 differed by up to 1.0 before, when `features` was requested.)"""
+    model, x = zoo.model_inplace(model_name), zoo.images()
+    classes = [3, 7]
+    alone = compute_cams(model, x, [layer], method=method, class_idx=classes)
+    together = compute_cams(model, x, [*relatives, layer], method=method, class_idx=classes)
+    np.testing.assert_allclose(together.maps[layer], alone.maps[layer], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(together.raw[layer], alone.raw[layer], atol=1e-6 * float(np.abs(alone.raw[layer]).max()),
+                               rtol=0)
+
+
+def test_pytorch_grad_cam_reads_post_inplace_values_and_camlib_does_not(zoo):
+    """The documented difference: on ResNet-18 as built, pytorch-grad-cam's layer4.1.bn2 map uses values after the
+    residual `+=` and ReLU (with gradients from before them), and so differs from camlib's; given the as-produced
+    output (`_as_produced`), it equals camlib's."""
+    model, x = zoo.model_inplace("resnet18"), zoo.images()
+    ours = compute_cams(model, x, ["layer4.1.bn2"], method="gradcam", class_idx=[3, 7]).maps["layer4.1.bn2"]
+    post_inplace = _reference_maps(model, x, "layer4.1.bn2", "gradcam", [3, 7], as_produced=False)
+    as_produced = _reference_maps(model, x, "layer4.1.bn2", "gradcam", [3, 7])
+    assert np.abs(post_inplace - ours).max() > 0.05
+    np.testing.assert_allclose(as_produced, ours, atol=ATOL, rtol=0)
+
+
+# --- channels-last and token layers (issue 8.1, bad-inputs row 64) --------------------------------------------------
+
+def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's reshape_transform for Swin/ConvNeXt internals (its tutorial's swin example)."""
+    return tensor.permute(0, 3, 1, 2)
+
+
+def _drop_tokens(prefix: int, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pytorch-grad-cam's ViT reshape_transform (tutorials/vision_transformers.md), dropping ``prefix`` tokens."""
+    def reshape(tensor: torch.Tensor) -> torch.Tensor:
+        result = tensor[:, prefix:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+        return result.transpose(2, 3).transpose(1, 2)
+
+    return reshape
+
+
+def _vit_b_16_112() -> nn.Module:
+    """ViT-B/16 at 112 px; torchvision initialises its head to zeros (all-zero logits and gradients), so it gets a
+    random one here, drawn from the caller's seeded RNG."""
+    model = torchvision.models.vit_b_16(weights=None, image_size=112)
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutEntry:
+    build: Callable[[], nn.Module]
+    size: int
+    layers: dict[str, Callable[[torch.Tensor], torch.Tensor] | None]  # layer -> pytorch-grad-cam reshape_transform
+    scorecam_layer: str | None  # a layer with few enough channels for Score-CAM on CPU (None: skipped, see below)
+
+
+LAYOUT_ZOO = {
+    "convnext_tiny": LayoutEntry(
+        lambda: torchvision.models.convnext_tiny(weights=None), 96,
+        {"features.1.0.block.2": _channels_last, "features.5.8.block.3": _channels_last, "features.5": None},
+        "features.1.0.block.2"),
+    "swin_t": LayoutEntry(
+        lambda: torchvision.models.swin_t(weights=None), 96,
+        {"features.5": _channels_last, "features.7.1.norm2": _channels_last, "norm": _channels_last}, "features.1"),
+    # ViT-B/16 at 112 px: 1 class token + 7x7 patches. Score-CAM (768 channels = 1,536 ViT-B forwards) is left to
+    # DeiT-Tiny, which exercises the same token path with 192 channels.
+    "vit_b_16": LayoutEntry(
+        _vit_b_16_112, 112,
+        {"encoder.layers.encoder_layer_11.ln_1": _drop_tokens(1, 7, 7),
+         "encoder.layers.encoder_layer_5": _drop_tokens(1, 7, 7)}, None),
+    # DeiT-Tiny distilled: a class token and a distillation token before the patches.
+    "deit_tiny": LayoutEntry(
+        lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=112), 112,
+        {"blocks.11.norm1": _drop_tokens(2, 7, 7), "blocks.4": _drop_tokens(2, 7, 7)}, "blocks.11.norm1"),
+}
+LAYOUT_SCORECAM_SIZE = {"convnext_tiny": 64, "swin_t": 64, "deit_tiny": 112}
+
+
+class LayoutZoo:
+    def __init__(self) -> None:
+        self._models: dict[str, nn.Module] = {}
+        self._results: dict[tuple, CamResult] = {}
+
+    def model(self, name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+        if (name, dtype) not in self._models:
+            self._models[name, dtype] = inplace_off(seeded(LAYOUT_ZOO[name].build)).to(dtype)
+        return self._models[name, dtype]
+
+    def images(self, name: str, size: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return _images(2, size or LAYOUT_ZOO[name].size, seed=11).to(dtype)
+
+    def ours(self, name: str, method: str, layers: tuple[str, ...], size: int | None = None,
+             dtype: torch.dtype = torch.float32) -> CamResult:
+        key = (name, method, layers, size, dtype)
+        if key not in self._results:
+            self._results[key] = compute_cams(self.model(name, dtype), self.images(name, size, dtype), list(layers),
+                                              method=method, class_idx=[5, 9])
+        return self._results[key]
+
+
+@pytest.fixture(scope="module")
+def layout_zoo() -> LayoutZoo:
+    return LayoutZoo()
+
+
+def _layout_cases():
+    for name, entry in LAYOUT_ZOO.items():
+        for layer in entry.layers:
+            for method in (*GRADIENT_METHODS, "eigencam"):
+                yield pytest.param(name, layer, method, id=f"{name}-{layer}-{method}")
+
+
+def _assert_equal_up_to_eigen_sign(ours: CamResult, layer: str, reference: np.ndarray, size: int) -> None:
+    """EigenCAM: per image, camlib's map equals pytorch-grad-cam's where the SVD signs agree, else the map of the
+    negated projection (see test_eigencam_matches_pytorch_grad_cam_up_to_the_svd_sign)."""
+    for b in range(len(reference)):
+        flipped = _reference_pipeline(-ours.raw[layer][b:b + 1], (size, size))[0]
+        assert (np.abs(ours.maps[layer][b] - reference[b]).max() <= ATOL
+                or np.abs(flipped - reference[b]).max() <= ATOL)
+
+
+@pytest.mark.parametrize("model_name,layer,method", _layout_cases())
+def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_transform(layout_zoo, model_name, layer,
+                                                                                        method):
+    """All layers of a model from one camlib call (inferred layouts); each equals pytorch-grad-cam run on that layer
+    with the matching reshape_transform (none for an NCHW layer).
+
+    XGrad-CAM on token layers is compared in float64 (both libraries): it divides by each channel's activation sum
+    over the grid, which is near zero for LayerNorm'd tokens, so float32 runs of either library differ from a float64
+    run by up to 2e-4 (measured on DeiT-Tiny), and from each other by up to 3e-5."""
+    entry = LAYOUT_ZOO[model_name]
+    dtype = torch.float64 if method == "xgradcam" and model_name in ("vit_b_16", "deit_tiny") else torch.float32
+    ours = layout_zoo.ours(model_name, method, tuple(entry.layers), dtype=dtype)
+    assert ours.maps[layer].shape == (2, entry.size, entry.size)
+    assert not ours.degenerate[layer].any()
+    reference = _reference_maps(layout_zoo.model(model_name, dtype), layout_zoo.images(model_name, dtype=dtype), layer,
+                                method, None if method == "eigencam" else [5, 9],
+                                reshape_transform=entry.layers[layer])
+    if method == "eigencam":
+        _assert_equal_up_to_eigen_sign(ours, layer, reference, entry.size)
+    else:
+        np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("model_name", list(LAYOUT_SCORECAM_SIZE))
+def test_scorecam_on_channels_last_and_token_layers_matches_pytorch_grad_cam(layout_zoo, model_name):
+    entry, size = LAYOUT_ZOO[model_name], LAYOUT_SCORECAM_SIZE[model_name]
+    layer = entry.scorecam_layer
+    ours = layout_zoo.ours(model_name, "scorecam", (layer,), size)
+    transform = entry.layers.get(layer, _channels_last)
+    if model_name == "deit_tiny":
+        transform = _drop_tokens(2, size // 16, size // 16)
+    reference = _reference_maps(layout_zoo.model(model_name), layout_zoo.images(model_name, size), layer, "scorecam",
+                                [5, 9], reshape_transform=transform)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+def test_a_channels_last_map_differs_from_reading_it_as_channels_first(layout_zoo):
+    """The fault this fixes: ConvNeXt's block LayerNorm output (B, 24, 24, 96) read as (B, C, H, W) gives a different
+    map; camlib's equals the permuted reading."""
+    ours = layout_zoo.ours("convnext_tiny", "gradcam", tuple(LAYOUT_ZOO["convnext_tiny"].layers))
+    wrong = _reference_maps(layout_zoo.model("convnext_tiny"), layout_zoo.images("convnext_tiny"),
+                            "features.1.0.block.2", "gradcam", [5, 9])
+    assert np.abs(ours.maps["features.1.0.block.2"] - wrong).max() > 0.3
+
+
+def test_an_ambiguous_layout_is_refused_unless_given_explicitly():
+    """(B, 8, 8, 8) on an 8x8 input reads as C x H x W and as H x W x C: camlib refuses to guess; with an explicit
+    layout each reading equals the map of the permuted tensor read as NCHW."""
+
+    class Cube(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.body = nn.Identity()
+            self.head = nn.Linear(8 * 8 * 8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(self.conv(x)).flatten(1))
+
+    model, x = seeded(Cube), _images(2, 8, seed=3)
+    with pytest.raises(LayerError, match="cannot be told"):
+        compute_cams(model, x, ["body"])
+    first = compute_cams(model, x, ["body"], layouts={"body": "nchw"}, class_idx=1)
+    last = compute_cams(model, x, ["body"], layouts={"body": "nhwc"}, class_idx=1)
+    assert np.abs(first.raw["body"] - last.raw["body"]).max() > 1e-4
+    with pytest.raises(LayerError, match="unknown layout"):
+        compute_cams(model, x, ["body"], layouts={"body": "chw"})
+    with pytest.raises(LayerError, match="not requested"):
+        compute_cams(model, x, ["body"], layouts={"conv": "nchw"})
+
+
+def test_token_layers_with_registers_and_explicit_prefix():
+    """A toy ViT with a class token and 4 registers (5 leading tokens) at 64 px with 8 px patches: the grid 8x8 and the
+    prefix 5 are inferred; ``layouts={'blocks': 'tokens:5'}`` gives the same result; a wrong prefix is refused. At
+    32 px (21 tokens) the reading is ambiguous (5 + 4x4 with 8 px patches, 17 + 2x2 with 16 px) and is refused."""
+
+    class ToyViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, 16, 8, stride=8)
+            self.prefix = nn.Parameter(torch.randn(1, 5, 16))
+            self.blocks = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 16), nn.GELU())
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.patch(x).flatten(2).transpose(1, 2)
+            tokens = torch.cat([self.prefix.expand(len(x), -1, -1), tokens], dim=1)
+            return self.head(self.blocks(tokens).mean(dim=1))
+
+    model, x = seeded(ToyViT), _images(2, 64, seed=4)
+    inferred = compute_cams(model, x, ["blocks"], class_idx=2)
+    explicit = compute_cams(model, x, ["blocks"], class_idx=2, layouts={"blocks": "tokens:5"})
+    assert inferred.raw["blocks"].shape == (2, 8, 8)
+    np.testing.assert_array_equal(inferred.maps["blocks"], explicit.maps["blocks"])
+    reference = _reference_maps(model, x, "blocks", "gradcam", 2, reshape_transform=_drop_tokens(5, 8, 8))
+    np.testing.assert_allclose(inferred.maps["blocks"], reference, atol=ATOL, rtol=0)
+    with pytest.raises(LayerError, match="grid"):
+        compute_cams(model, x, ["blocks"], class_idx=2, layouts={"blocks": "tokens:4"})
+    with pytest.raises(LayerError, match="cannot be told"):
+        compute_cams(model, x[:, :, :32, :32], ["blocks"], class_idx=2)
+    small = compute_cams(model, x[:, :, :32, :32], ["blocks"], class_idx=2, layouts={"blocks": "tokens:5"})
+    assert small.raw["blocks"].shape == (2, 4, 4)
 
 
 # --- output contract -----------------------------------------------------------------------------------------------
@@ -602,11 +901,37 @@ def test_model_created_in_inference_mode_raises_a_typed_error():
         compute_cams(model, _images(1, 8, seed=0), ["features"])
 
 
-def test_inplace_relu_and_residual_values_are_those_after_the_inplace_ops(small_resnet, x64):
-    """layer4.1.bn2's output is later changed by `+=` and ReLU(inplace=True); its activation values are taken after
-    them (as pytorch-grad-cam does), so they are >= 0 and LayerCAM's raw map (sum of relu(g) * A) is too."""
-    result = compute_cams(small_resnet, x64, ["layer4.1.bn2", "layer4"], method="layercam")
-    assert (result.raw["layer4.1.bn2"] >= 0).all() and result.raw["layer4.1.bn2"].max() > 0
+def _manual_hirescam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], *,
+                         as_produced: bool) -> np.ndarray:
+    """HiResCAM's ``sum_c g_c * A_c`` by hand on a copy: the gradient of the layer's output (a tensor hook), and its
+    values either as produced (copied in the hook) or at the end of the forward (the tensor kept, pytorch-grad-cam's
+    reading)."""
+    model = copy.deepcopy(model)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        store["activations"] = output.detach().clone() if as_produced else output
+        output.register_hook(lambda grad: store.update(gradients=grad))
+
+    handle = dict(model.named_modules())[layer].register_forward_hook(keep)
+    try:
+        logits = model(x.clone())
+    finally:
+        handle.remove()
+    logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
+    return (store["gradients"].double() * store["activations"].detach().double()).sum(dim=1).numpy()
+
+
+def test_inplace_relu_and_residual_values_are_those_as_produced(small_resnet, x64):
+    """layer4.1.bn2's output is later changed by `+=` and ReLU(inplace=True): camlib's HiResCAM equals the hand
+    computation from the output as produced, not the one from the values after those ops; the logits are those of
+    the unhooked model."""
+    result = compute_cams(small_resnet, x64, ["layer4.1.bn2", "layer4"], method="hirescam", class_idx=[3, 7])
+    produced = _manual_hirescam_raw(small_resnet, x64, "layer4.1.bn2", [3, 7], as_produced=True)
+    after = _manual_hirescam_raw(small_resnet, x64, "layer4.1.bn2", [3, 7], as_produced=False)
+    scale = float(np.abs(produced).max())
+    np.testing.assert_allclose(result.raw["layer4.1.bn2"], produced, atol=1e-5 * scale, rtol=0)
+    assert np.abs(after - produced).max() > 0.01 * scale
     with torch.no_grad():
         np.testing.assert_allclose(result.logits, small_resnet(x64).numpy(), atol=1e-5, rtol=0)
 

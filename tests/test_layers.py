@@ -14,6 +14,7 @@ from torch import nn
 
 from camlib.errors import LayerError
 from camlib.layers import MIN_USEFUL_SIZE, LayerInfo, default_layer, list_candidate_layers
+from camlib.layouts import Layout
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,7 +122,7 @@ def test_only_maps_below_7x7_warn_coarse(resnet18):
 
 
 def test_non_square_map_warns_on_its_short_side():
-    info = LayerInfo("x", "Conv2d", 8, 20, 5)
+    info = LayerInfo("x", "Conv2d", Layout("nchw", channels=8, height=20, width=5), (8, 20, 5))
     assert "20x5" in info.warning and "coarse" in info.warning
 
 
@@ -197,6 +198,106 @@ def test_no_candidates_raises_layer_error():
         default_layer([])
     mlp = seeded(lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
     assert list_candidate_layers(mlp, (2, 2)) == []
+
+
+# --- channels-last and token layers (issue 8.1, bad-inputs row 64) -------------------------------------------------
+
+def _channel_axis_by_probing(model: nn.Module, sizes: tuple[tuple[int, int], tuple[int, int]]) -> dict[str, int]:
+    """The truth, found independently of camlib's inference: probe at two input sizes of different aspect ratio and
+    see which output axis keeps its size (the channels). Only for 4-D outputs whose spatial axes all change."""
+    shapes = []
+    for size in sizes:
+        store: dict[str, tuple[int, ...]] = {}
+        def record(_module, _inputs, out, name: str, store=store) -> None:
+            if isinstance(out, torch.Tensor):
+                store.setdefault(name, tuple(out.shape))
+
+        handles = [m.register_forward_hook(lambda _m, _i, out, name=name: record(_m, _i, out, name))
+                   for name, m in model.named_modules() if name]
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, *size))
+        finally:
+            for handle in handles:
+                handle.remove()
+        shapes.append(store)
+    axes = {}
+    for name, first in shapes[0].items():
+        second = shapes[1].get(name)
+        if len(first) == 4 and second is not None and len(second) == 4:
+            same = [axis for axis in (1, 2, 3) if first[axis] == second[axis]]
+            if len(same) == 1:
+                axes[name] = same[0]
+    return axes
+
+
+@pytest.mark.parametrize("build,size,expected_nhwc", [
+    (lambda: torchvision.models.convnext_tiny(weights=None), 96, 90),
+    (lambda: torchvision.models.swin_t(weights=None), 96, None),
+], ids=["convnext_tiny", "swin_t"])
+def test_channels_last_layers_are_listed_with_their_true_shape(build, size, expected_nhwc):
+    """Every 4-D candidate's inferred layout agrees with the axis that keeps its size when the input's aspect ratio
+    changes; ConvNeXt-Tiny has 90 channels-last candidates (its block internals), Swin-T's stages are channels-last."""
+    model = seeded(build)
+    candidates = list_candidate_layers(model, (size, size))
+    truth = _channel_axis_by_probing(model, ((size, size + 32), (size + 32, size)))
+    checked = 0
+    for c in candidates:
+        if c.name in truth:
+            assert c.layout.kind == {1: "nchw", 3: "nhwc"}[truth[c.name]], c
+            checked += 1
+    assert checked > 0.9 * len(candidates)
+    nhwc = [c for c in candidates if c.layout.kind == "nhwc"]
+    if expected_nhwc is not None:
+        assert len(nhwc) == expected_nhwc
+        block = _by_name(candidates)["features.1.0.block.2"]  # the LayerNorm whose output is (1, 24, 24, 96)
+        assert block.output_shape == (24, 24, 96) and block.shape_label == "96 x 24 x 24"
+        assert "channels-last" in block.layout.label
+    else:
+        stages = _by_name(candidates)
+        for stage, (channels, side) in {"features.1": (96, 24), "features.3": (192, 12), "features.5": (384, 6),
+                                        "features.7": (768, 3)}.items():
+            assert stages[stage].layout.kind == "nhwc"
+            assert (stages[stage].channels, stages[stage].height, stages[stage].width) == (channels, side, side)
+    assert not [c for c in candidates if c.ambiguous]
+
+
+@pytest.mark.parametrize("build,prefix", [
+    (lambda: torchvision.models.vit_b_16(weights=None, image_size=112), 1),
+    (lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=112), 2),
+    (lambda: timm.create_model("vit_small_patch16_224", pretrained=False, img_size=112, reg_tokens=4), 5),
+], ids=["vit_b_16", "deit_tiny_distilled", "vit_small_4_registers"])
+def test_token_layers_are_listed_with_grid_and_leading_tokens(build, prefix):
+    """ViT blocks output (B, 1 + 49, C) at 112 px; DeiT adds a distillation token, a registers ViT 4 registers."""
+    model = seeded(build)
+    candidates = list_candidate_layers(model, (112, 112))
+    tokens = [c for c in candidates if c.layout.kind == "tokens"]
+    assert len(tokens) > 20
+    for c in tokens:  # the patch embedding's own outputs come before the leading tokens are added
+        expected = prefix if c.output_shape[0] == prefix + 49 else 0
+        assert (c.height, c.width, c.layout.prefix_tokens) == (7, 7, expected), c
+        assert c.output_shape[0] == expected + 49 and c.channels == c.output_shape[1]
+        assert f"{expected} leading token" in c.layout.label
+    assert sum(c.layout.prefix_tokens == prefix for c in tokens) > 20
+    assert not [c for c in candidates if c.ambiguous]
+
+
+def test_an_ambiguous_layout_is_listed_as_such_and_never_the_default():
+    """(1, 8, 8, 8) on an 8x8 input: the inspector says the layout cannot be told, and suggests another layer."""
+    model = seeded(lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Identity(), nn.Conv2d(8, 4, 3, padding=1),
+                                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    candidates = _by_name(list_candidate_layers(model, (8, 8)))
+    assert candidates["0"].ambiguous and candidates["1"].ambiguous
+    assert "cannot be told" in candidates["0"].warning and "(layout ambiguous)" in candidates["0"].shape_label
+    assert not candidates["2"].ambiguous  # 4 x 8 x 8 reads only as C x H x W
+    assert default_layer(list(candidates.values())).name == "2"
+    assert default_layer(list(candidates.values()), preferred=("0", "2")).name == "2"
+
+
+def test_preferred_default_layers_win_when_they_are_candidates(resnet18):
+    candidates = list_candidate_layers(resnet18, (224, 224))
+    assert default_layer(candidates, preferred=("nope", "layer3")).name == "layer3"
+    assert default_layer(candidates, preferred=("nope",)).name == "layer4"
 
 
 # --- the probe leaves the model as it was --------------------------------------------------------------------------
