@@ -151,3 +151,64 @@ def test_user_checkpoint_upload_and_refusal(app: AppTest, tmp_path) -> None:
     assert any(r"Only safetensors \/ weights\-only checkpoints are accepted" in e.value for e in app.error)
     assert not marker.exists()
     assert _explained(app)  # the last good model goes on working
+
+
+# --- checkpoint uploads: which reading was used, and the checkpoint size cap (issue #8 part 5, issue #9) -------------
+
+def _saved_state(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def test_uploaders_have_their_own_size_caps(app: AppTest) -> None:
+    # server.maxUploadSize is the checkpoint cap (the server has one cap for all uploads); images keep 20 MB.
+    from camlib.imaging import MAX_UPLOAD_BYTES
+    from camlib.models import MAX_CHECKPOINT_BYTES
+
+    app.radio(key="cam_source").set_value("Upload").run()
+    assert app.file_uploader(key="cam_upload").proto.max_upload_size_mb == MAX_UPLOAD_BYTES // 2**20 == 20
+    app.selectbox(key="cam_model").set_value("checkpoint").run()
+    assert app.file_uploader(key="cam_ckpt_file").proto.max_upload_size_mb == MAX_CHECKPOINT_BYTES // 2**20 == 600
+    assert {"ckpt", "tar"} <= {t.lstrip(".") for t in app.file_uploader(key="cam_ckpt_file").allowed_type}
+
+
+@pytest.mark.bad_input(66)
+def test_checkpoint_upload_says_which_container_and_prefix(app: AppTest) -> None:
+    from safetensors.torch import load
+
+    weights = load((Path(APP).parent / "models" / "cifar10_resnet20" / "model.safetensors").read_bytes())
+    lightning = {"epoch": 3, "state_dict": {f"model._orig_mod.{k}": v for k, v in weights.items()},
+                 "optimizer_states": [], "hyper_parameters": {"lr": 0.1}}
+    app.selectbox(key="cam_model").set_value("checkpoint").run()
+    app.selectbox(key="cam_ckpt_arch").set_value("cifar10_resnet20").run()
+    app.file_uploader(key="cam_ckpt_file").set_value(("last.ckpt", _saved_state(lightning), "application/octet-stream"))
+    app.run()
+    assert not app.exception and not app.error
+    shown = [t.value for t in app.text]
+    assert "Your checkpoint: loaded from checkpoint['state_dict'], prefix 'model._orig_mod.' removed" in shown
+    assert app.multiselect(key="cam_layers").value == ["layer3"] and _explained(app)
+
+
+def test_resnet50_sized_checkpoint_is_uploaded_and_used(app: AppTest) -> None:
+    """Issue #9: a ResNet-50 state dict (random weights, 102 MB) goes through the checkpoint uploader and is used."""
+    from camlib.models import MODELS, build_architecture
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        data = _saved_state(build_architecture(MODELS["resnet50"]).state_dict())
+    assert 100 * 2**20 > len(data) > 20 * 2**20  # 97.7 MB: over the image cap, under the checkpoint cap
+    try:
+        app.selectbox(key="cam_model").set_value("checkpoint").run()
+        app.selectbox(key="cam_ckpt_arch").set_value("resnet50").run()
+        app.file_uploader(key="cam_ckpt_file").set_value(("resnet50.pt", data, "application/octet-stream"))
+        del data
+        app.run()
+        assert not app.exception, [e.value for e in app.exception]
+        assert not app.error, [e.value for e in app.error]
+        assert "Your checkpoint: loaded from the file's top level, no prefix" in [t.value for t in app.text]
+        used = [m for key, m in state._checkpoint_models().items() if key.startswith("checkpoint:resnet50:")]
+        assert len(used) == 1 and used[0].spec.label == "ResNet-50 (your checkpoint: resnet50.pt)"
+        assert app.multiselect(key="cam_layers").value == ["layer4"] and _explained(app)
+    finally:
+        state._checkpoint_models().clear()  # 100 MB of weights: not kept for the other tests of this process

@@ -151,12 +151,14 @@ FORMS: dict[str, tuple[Callable[[nn.Module], object], str]] = {
 }
 
 
+@pytest.mark.bad_input(66)
 @pytest.mark.parametrize("form", list(FORMS))
 def test_each_saved_form_loads_with_the_original_logits(form: str, original: Original) -> None:
     make, note = FORMS[form]
     original.assert_loads(_saved(make(original.model)), f"{form}.pt", note)
 
 
+@pytest.mark.bad_input(66)
 @pytest.mark.parametrize(("prefix", "note"), [
     ("_orig_mod.", "loaded from the file's top level, prefix '_orig_mod.' removed"),
     ("module._orig_mod.", "loaded from the file's top level, prefix 'module._orig_mod.' removed"),
@@ -195,6 +197,7 @@ def test_identical_copies_are_one_reading(resnet20: Original) -> None:
     resnet20.assert_loads(_saved(checkpoint), "timm.pth.tar", "loaded from checkpoint['state_dict'], no prefix")
 
 
+@pytest.mark.bad_input(66)
 def test_two_different_fitting_readings_are_refused(resnet20: Original) -> None:
     ema = Original("cifar10_resnet20", seed=1).state()
     model = build_cifar_model("resnet20")
@@ -210,6 +213,7 @@ def test_two_different_fitting_readings_are_refused(resnet20: Original) -> None:
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # nothing was loaded
 
 
+@pytest.mark.bad_input(27, 66)
 def test_a_mismatch_is_still_refused_against_the_closest_reading() -> None:
     ten_classes = seeded(lambda: torchvision.models.resnet18(weights=None, num_classes=10))
     checkpoint = _training_dict("state_dict", nn.DataParallel(ten_classes).state_dict(), ten_classes)
@@ -262,6 +266,7 @@ class _RunsShell:
         return (os.system, (f"touch '{self.path}'",))
 
 
+@pytest.mark.bad_input(23, 66)
 @pytest.mark.parametrize("where", ["beside-the-weights", "inside-the-optimizer", "inside-the-weights",
                                    "inside-a-nested-container"])
 def test_code_needing_pickle_in_a_training_dict_is_refused_without_side_effect(where: str, resnet20: Original,
@@ -280,6 +285,7 @@ def test_code_needing_pickle_in_a_training_dict_is_refused_without_side_effect(w
     assert not marker.exists()
 
 
+@pytest.mark.bad_input(28, 66)
 def test_non_finite_weights_are_refused_in_any_container_but_optimizer_state_is_not_read(resnet20: Original) -> None:
     state = resnet20.state()
     broken = _prefixed({k: v.clone() for k, v in state.items()}, "module.")

@@ -12,13 +12,22 @@ import streamlit as st
 from camlib.cifar import CifarData, detect_source, download_cifar10
 from camlib.errors import CamlibError, WeightsUnavailableError
 from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
-from camlib.models import DEFAULT_CIFAR_MODEL, DEFAULT_MODEL, MODELS, download_file, get_spec, torchvision_cache_path
+from camlib.models import (
+    DEFAULT_CIFAR_MODEL,
+    DEFAULT_MODEL,
+    MAX_CHECKPOINT_BYTES,
+    MODELS,
+    download_file,
+    get_spec,
+    torchvision_cache_path,
+)
 from camlib.overlay import COLORMAPS
 from camlib.samples import DEFAULT_SAMPLE, SAMPLES, load_sample
 from ui import render, state
 from ui.text import md, shorten
 
 CHECKPOINT_OPTION = "checkpoint"
+CHECKPOINT_TYPES = ("safetensors", "pt", "pth", "bin", "ckpt", "tar")  # .ckpt: Lightning; .pth.tar: timm
 
 
 @dataclass(frozen=True)
@@ -178,13 +187,25 @@ def _checkpoint_input(prefix: str) -> str | None:
         persist_state="session",
     )
     upload = st.file_uploader(
-        "Checkpoint (.safetensors, or a weights-only .pt/.pth state dict)",
-        type=["safetensors", "pt", "pth", "bin"],
+        "Checkpoint (.safetensors, or a weights-only .pt/.pth/.ckpt state dict or training checkpoint)",
+        type=list(CHECKPOINT_TYPES),
         key=f"{prefix}_ckpt_file",
+        # Streamlit checks this in the browser; the server's cap is server.maxUploadSize (.streamlit/config.toml), and
+        # camlib.models.read_checkpoint checks MAX_CHECKPOINT_BYTES again before parsing.
+        max_upload_size=MAX_CHECKPOINT_BYTES // (1024 * 1024),
+        help=md(
+            "Up to {mb} MB. A state dict, also with the prefixes of DataParallel / DDP (`module.`), "
+            "`torch.compile` (`_orig_mod.`) or a Lightning attribute, or a training checkpoint holding one under "
+            "`state_dict`, `model`, `model_state_dict`, `state_dict_ema` or `model_ema`. Nothing but tensors and plain "
+            "values is ever unpickled.",
+            mb=MAX_CHECKPOINT_BYTES // (1024 * 1024),
+        ),
     )
     if upload is None:
         return None
-    return state.register_checkpoint(arch, upload.getvalue(), upload.name)
+    key = state.register_checkpoint(arch, upload.getvalue(), upload.name, upload_id=upload.file_id)
+    st.text(f"Your checkpoint: {state.resolve_model(key).spec.notes}")  # plain text: its key names are user data
+    return key
 
 
 def cifar_input(root: str, prefix: str) -> CifarData | None:
