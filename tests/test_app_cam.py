@@ -212,3 +212,30 @@ def test_resnet50_sized_checkpoint_is_uploaded_and_used(app: AppTest) -> None:
         assert app.multiselect(key="cam_layers").value == ["layer4"] and _explained(app)
     finally:
         state._checkpoint_models().clear()  # 100 MB of weights: not kept for the other tests of this process
+
+
+def test_checkpoint_store_is_bounded_by_bytes_and_a_rerun_does_not_reload(monkeypatch: pytest.MonkeyPatch) -> None:
+    from camlib.cifar_models import build_cifar_model
+
+    bundled = (Path(APP).parent / "models" / "cifar10_resnet20" / "model.safetensors").read_bytes()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        other = _saved_state(build_cifar_model("resnet20").state_dict())
+    store = state._checkpoint_models()
+    store.clear()
+    try:
+        first = state.register_checkpoint("cifar10_resnet20", bundled, "a.safetensors", upload_id="upload-1")
+        assert list(store) == [first] and store[first].spec.notes == "loaded from the file's top level, no prefix"
+        size = sum(t.numel() * t.element_size() for t in store[first].model.state_dict().values())
+        with monkeypatch.context() as patch:  # the same upload again (a rerun): neither hashed nor loaded
+            patch.setattr(state, "load_checkpoint", lambda *args: pytest.fail("loaded again"))
+            assert state.register_checkpoint("cifar10_resnet20", b"not read", "a.safetensors",
+                                             upload_id="upload-1") == first
+        monkeypatch.setattr(state, "CHECKPOINT_STORE_BYTES", size * 3 // 2)  # room for one ResNet-20, not two
+        second = state.register_checkpoint("cifar10_resnet20", other, "b.pt", upload_id="upload-2")
+        assert second != first and list(store) == [second]  # the oldest went
+        # A dropped model is loaded again when its upload comes back.
+        assert state.register_checkpoint("cifar10_resnet20", bundled, "a.safetensors", upload_id="upload-1") == first
+        assert list(store) == [first]
+    finally:
+        store.clear()
