@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ui.text import NAME_LIMIT, escape, html_text, md, shorten
+from ui.text import FIELD_LIMIT, NAME_LIMIT, escape, html_text, md, shorten
 
 REPO = Path(__file__).resolve().parents[1]
 PUNCTUATION = "\\`*_{}[]()<>#+-.!|~:$&@/"
@@ -79,6 +79,17 @@ def test_shorten_keeps_start_and_end() -> None:
     for limit in (2, 3, 10, 121):
         assert len(shorten("x" * 500, limit)) == limit
     assert escape(long, limit=50) == escape(shorten(long, 50))
+
+
+@pytest.mark.bad_input(20)
+def test_long_words_and_fields_are_shortened() -> None:
+    word = "n" * 4096 + ".png"
+    assert escape(word) == escape(shorten(word)) and len(_unescape(escape(word))) == NAME_LIMIT
+    assert escape(f"unknown transform '{word}' in step 2") == escape(f"unknown transform '{shorten(word)}' in step 2")
+    assert escape("x" * NAME_LIMIT) == "x" * NAME_LIMIT  # at the limit: kept
+    spaced = "word " * 1000
+    assert escape(spaced) == spaced[:-1] + " "  # words are short: nothing cut without a limit
+    assert len(md("{e}", e=spaced)) == FIELD_LIMIT and md("{e}", e="ok") == "ok"
 
 
 def test_md_escapes_fields_not_the_template_nor_numbers() -> None:

@@ -105,13 +105,13 @@ def resolve_model(key: str) -> LoadedModel:
     """The model behind a key from ``get_model``'s registry or ``register_checkpoint``.
 
     Raises:
-        UnknownModelError: a checkpoint key no longer in the shared store (it keeps the 4 latest checkpoints).
+        UnknownModelError: a checkpoint key no longer in the shared store (bounded: the oldest checkpoints go).
         CamlibError: from ``get_model`` (unknown key, weights unavailable).
     """
     if key.startswith(CHECKPOINT_PREFIX):
         store = _checkpoint_models()
         if key not in store:
-            raise UnknownModelError("this checkpoint is no longer loaded (the app keeps the 4 latest): upload it again")
+            raise UnknownModelError("this checkpoint is no longer loaded (the app keeps the latest few): upload it again")
         return store[key]
     return get_model(key)
 

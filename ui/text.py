@@ -23,7 +23,9 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&@/])")
 # display differently from what it is (e.g. "photo\u202egnp.exe" shows as "photoexe.png").
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _LINE_BREAKS = re.compile(r"[\n\u2028\u2029]+")
-NAME_LIMIT = 120  # characters of a file name shown; longer names are shortened in the middle
+NAME_LIMIT = 120  # characters of a file name (or of any unbroken word) shown; longer ones are shortened in the middle
+FIELD_LIMIT = 1000  # characters of one ``md`` field (an error message that quotes a user's 4 KB value, say)
+_LONG_WORD = re.compile(rf"\S{{{NAME_LIMIT + 1},}}")
 
 
 def shorten(text: str, limit: int = NAME_LIMIT) -> str:
@@ -37,10 +39,11 @@ def shorten(text: str, limit: int = NAME_LIMIT) -> str:
 def escape(value: Any, *, limit: int | None = None) -> str:
     """``str(value)`` as Markdown that renders literally (no links, images, LaTeX, directives, HTML or emphasis).
 
-    Control and bidi characters become U+FFFD, line breaks become spaces, and with ``limit`` the text is shortened
-    (``shorten``) before escaping.
+    Control and bidi characters become U+FFFD, line breaks become spaces, words longer than ``NAME_LIMIT`` are
+    shortened (``shorten``), and so is the whole text to ``limit`` characters when given; then it is escaped.
     """
     text = _CONTROLS.sub("\ufffd", _LINE_BREAKS.sub(" ", str(value)))
+    text = _LONG_WORD.sub(lambda word: shorten(word.group()), text)
     if limit is not None:
         text = shorten(text, limit)
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
@@ -51,7 +54,7 @@ class _EscapingFormatter(string.Formatter):
         formatted = super().format_field(value, format_spec)
         if isinstance(value, numbers.Number) and not isinstance(value, bool):
             return formatted  # a formatted number carries no markup
-        return escape(formatted)
+        return escape(formatted, limit=FIELD_LIMIT)
 
 
 _FORMATTER = _EscapingFormatter()
@@ -63,7 +66,8 @@ def md(template: str, /, **fields: Any) -> str:
     Example: ``md("Cannot import {name}.", name="[x](https://a.invalid)")`` gives
     ``Cannot import \\[x\\]\\(https\\:\\/\\/a\\.invalid\\).``, which renders as ``Cannot import [x](https://a.invalid).``
 
-    Numbers are formatted as usual (``{p:.1%}``) and left as they are; pass file names through ``shorten`` first.
+    Numbers are formatted as usual (``{p:.1%}``) and left as they are; other fields are cut to ``FIELD_LIMIT``
+    characters. Pass file names through ``shorten`` first.
     """
     return _FORMATTER.vformat(template, (), fields)
 
