@@ -111,7 +111,9 @@ def resolve_model(key: str) -> LoadedModel:
     if key.startswith(CHECKPOINT_PREFIX):
         store = _checkpoint_models()
         if key not in store:
-            raise UnknownModelError("this checkpoint is no longer loaded (the app keeps the latest few): upload it again")
+            raise UnknownModelError(
+                "this checkpoint is no longer loaded (the app keeps only the latest ones): upload it again"
+            )
         return store[key]
     return get_model(key)
 
