@@ -1,0 +1,244 @@
+"""What many sessions of one process share: a model interrupted by a rerun storm, bounded caches keyed on small
+arrays, library warnings from concurrent pipeline builds, and the number of concurrent CAM jobs (bad-inputs rows 48,
+49, 52, 60)."""
+
+from __future__ import annotations
+
+import ast
+import io
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import mixed_state, registered_hooks, seeded_resnet18
+from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
+from torch import nn
+
+from camlib.augment import Pipeline, PipelineError, PipelineStep, augment_grid, build_pipeline
+from camlib.cam import compute_cams
+from camlib.guard import model_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_FILES = [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py"))]
+
+
+# --- row 49: a rerun storm interrupts CAM runs --------------------------------------------------------------------
+
+
+class _Interrupt(nn.Module):
+    """Raises Streamlit's script-control exception (a BaseException, as a superseding rerun does) on chosen calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raise_on: BaseException | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.raise_on is not None:
+            raise self.raise_on
+        return x
+
+
+@pytest.mark.bad_input(49)
+def test_rerun_storm_interrupting_cams_leaves_no_hooks_threads_or_locks(snapshot, one_torch_thread: None) -> None:
+    """30 CAM runs, two in three interrupted mid-forward by RerunException / StopException (BaseExceptions, not
+    Exceptions) at varying depths: no hook, flag, gradient or statistic changes, no thread is left behind, the
+    model lock is free, and the run that follows the storm equals an undisturbed one exactly."""
+    model = mixed_state(seeded_resnet18())
+    interrupts = {name: _Interrupt() for name in ("layer1", "layer3", "layer4")}
+    for name, interrupt in interrupts.items():
+        getattr(model, name).append(interrupt)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    layers = ["layer2", "layer3"]
+    reference = compute_cams(model, x, layers, method="gradcam++")
+    before = snapshot(model)
+    threads_before = threading.active_count()
+    for run in range(30):
+        where = list(interrupts)[run % 3]
+        if run % 3:
+            interrupts[where].raise_on = (RerunException(None) if run % 2 else StopException())
+            with pytest.raises((RerunException, StopException)):
+                compute_cams(model, x, [layers[run % 2]], method=("gradcam", "layercam", "gradcam++")[run % 3])
+            interrupts[where].raise_on = None
+        else:
+            compute_cams(model, x, layers[: 1 + run % 2], method="xgradcam")
+        assert registered_hooks(model) == []
+    before.assert_unchanged()
+    assert threading.active_count() == threads_before
+    lock = model_lock(model)
+    assert lock.acquire(blocking=False)  # nobody holds it
+    lock.release()
+    after = compute_cams(model, x, layers, method="gradcam++")
+    for name in layers:
+        np.testing.assert_array_equal(after.maps[name], reference.maps[name])
+
+
+# --- row 52: caches are bounded and keyed on small arrays ---------------------------------------------------------
+
+
+def _cache_decorations() -> list[tuple[str, ast.FunctionDef, ast.Call | ast.Attribute]]:
+    found = []
+    for path in APP_FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                for decorator in node.decorator_list:
+                    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                    if isinstance(target, ast.Attribute) and target.attr in ("cache_data", "cache_resource"):
+                        found.append((f"{path.name}:{node.name}", node, decorator))
+    return found
+
+
+@pytest.mark.bad_input(52)
+def test_every_cache_with_arguments_is_bounded() -> None:
+    decorations = _cache_decorations()
+    assert len(decorations) >= 5  # the scan sees the app's caches
+    unbounded = []
+    for name, function, decorator in decorations:
+        takes_arguments = bool(function.args.args or function.args.kwonlyargs)
+        keywords = {k.arg for k in decorator.keywords} if isinstance(decorator, ast.Call) else set()
+        if takes_arguments and not keywords & {"max_entries", "ttl"}:
+            unbounded.append(name)
+    assert unbounded == [], f"caches without max_entries/ttl: {unbounded}"
+
+
+@pytest.mark.bad_input(52)
+def test_only_the_decoder_is_keyed_on_upload_bytes_and_it_returns_a_small_array() -> None:
+    """Upload bytes key one cache, the decoder, whose result is at most MAX_SIDE on its longest side; every other
+    cache (CAMs, predictions) is keyed on that small decoded array."""
+    from PIL import Image
+
+    from camlib.imaging import MAX_SIDE
+    from ui import state
+
+    keyed_on_bytes = [name for name, function, _ in _cache_decorations()
+                      if any(isinstance(a.annotation, ast.Name) and a.annotation.id == "bytes"
+                             for a in function.args.args)]
+    assert keyed_on_bytes == ["state.py:decode_upload"]
+    for width, height in [(3000, 2000), (1500, 4000), (1025, 1025)]:
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (200, 30, 60)).save(buffer, format="JPEG", quality=50)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "No runtime found": st.cache_data outside a Streamlit server
+            decoded = state.decode_upload(buffer.getvalue())
+        assert max(decoded.pixels.shape[:2]) == MAX_SIDE
+        assert decoded.pixels.nbytes <= MAX_SIDE * MAX_SIDE * 3
+
+
+# --- row 60: library warnings in concurrent sessions ----------------------------------------------------------------
+
+
+@pytest.mark.bad_input(60)
+def test_app_code_never_captures_warnings_with_catch_warnings() -> None:
+    """``warnings.catch_warnings`` swaps the process-wide filter list: not thread-safe across sessions."""
+    offenders = [str(path.relative_to(ROOT)) for path in [*APP_FILES, *sorted((ROOT / "camlib").glob("*.py"))]
+                 if "catch_warnings" in path.read_text()]
+    assert offenders == []
+
+
+@pytest.mark.bad_input(60)
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [({"blur_limit": (4, 6)}, "4 is not one of 3, 5"), ({"blur_limit": (3, 8)}, "8 is not one of"),
+     ({"blur_limit": (3, 7)}, None), ({"blur_limit": (5, 5)}, None)],
+    ids=["even-low", "even-high", "odd", "odd-single"],
+)
+def test_values_albumentations_would_adjust_with_a_warning_are_validated_beforehand_in_threads(
+        params: dict, problem: str | None) -> None:
+    """Albumentations turns an even MotionBlur kernel into the next odd one with only a UserWarning. camlib refuses
+    it before building (or builds the valid ones) from 8 threads at once: each thread gets the same typed error or
+    the same grid as a serial call, no warning is emitted, and the process's warning filters are untouched."""
+    pipeline = Pipeline(steps=(PipelineStep(transform="MotionBlur", params=params, p=1.0),), seed=5)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+
+    def attempt() -> str | bytes:
+        try:
+            build_pipeline(pipeline)
+            return augment_grid(images, pipeline, rows=2, cols=2).tiles.tobytes()
+        except PipelineError as error:
+            return str(error)
+
+    filters_before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:  # the test's own capture: records, never hides
+        warnings.simplefilter("always")
+        serial = attempt()
+        results: list[str | bytes] = []
+        barrier = threading.Barrier(8)
+
+        def worker() -> None:
+            barrier.wait(timeout=30)
+            results.append(attempt())
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert list(warnings.filters) == filters_before
+    assert [str(w.message) for w in caught if "albumentations" in (w.filename or "")] == []
+    assert results == [serial] * 8
+    if problem is None:
+        assert isinstance(serial, bytes)
+    else:
+        assert isinstance(serial, str) and problem in serial and "MotionBlur.blur_limit" in serial
+
+
+# --- row 48: a bound on concurrent CAM jobs -----------------------------------------------------------------------
+
+
+@pytest.mark.bad_input(48)
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="gap (bad-inputs row 48): nothing bounds concurrent CAM jobs across models; only the "
+                          "per-model lock serialises jobs on one model")
+def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight sessions ask for CAMs on four different models at once. Each job holds its model's lock (as camlib
+    does); a process-wide bound should keep the number of jobs running at once at most the CPU-thread budget
+    (here 2), so torch threads x jobs do not oversubscribe the CPU."""
+    from ui import state
+
+    running, peak, guard = 0, 0, threading.Lock()
+    models = {f"model{i}": nn.Identity() for i in range(4)}
+
+    class Loaded:
+        def __init__(self, key: str) -> None:
+            self.model = models[key]
+            self.device = "cpu"
+            self.spec = type("Spec", (), {"preprocessing": None})()
+
+    def fake_compute(model, x, layers, *, method, class_idx):
+        nonlocal running, peak
+        with model_lock(model):
+            with guard:
+                running += 1
+                peak = max(peak, running)
+            time.sleep(0.2)
+            with guard:
+                running -= 1
+        return 0
+
+    monkeypatch.setattr(state, "resolve_model", Loaded)
+    monkeypatch.setattr(state, "prepare_input", lambda image, pre: type("P", (), {"tensor": torch.zeros(1)})())
+    monkeypatch.setattr(state, "compute_cams", fake_compute)
+    monkeypatch.setattr(state, "CamView", lambda **kw: ("view", kw["result"]))  # picklable, as st.cache_data needs
+    errors: list[BaseException] = []
+
+    def session(*args) -> None:
+        try:
+            state.compute_view(*args)
+        except Exception as error:  # noqa: BLE001 - re-raised below, outside the expected failure
+            errors.append(error)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        threads = [threading.Thread(target=session,
+                                    args=(f"model{i % 4}", np.full((4, 4, 3), i, np.uint8), ("l",), "gradcam", 0))
+                   for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    if errors or running:
+        raise RuntimeError(f"the harness failed, not the bound: {errors}")
+    assert 1 <= peak <= 2, f"{peak} CAM jobs ran at once"
