@@ -400,7 +400,7 @@ def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.
 
 # Largest resized image (pixels per chunk of a batch) built in full before the centre crop. Above it only the crop
 # window is computed, so an extreme aspect ratio (a 1024 x 1 strip would resize to 262,144 x 256) stays bounded.
-MAX_RESIZED_PIXELS = 1 << 21
+MAX_RESIZED_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -418,10 +418,79 @@ class PreparedInput:
     crop_box: tuple[float, float, float, float]
 
 
-def _resize_crop(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 ``(N, 3, H, W)``: shorter side to ``resize`` (bilinear, antialiased), centre crop ``crop``."""
-    resized = TF.resize(batch, [preprocessing.resize], antialias=True)
-    return TF.center_crop(resized, [preprocessing.crop, preprocessing.crop])
+def _crop_offset(size: int, crop: int) -> int:
+    """First resized pixel of the centre crop, as ``TF.center_crop`` picks it (negative: zero padding first)."""
+    return -((crop - size) // 2) if crop > size else int(round((size - crop) / 2.0))
+
+
+def _resize_geometry(height: int, width: int, preprocessing: Preprocessing) -> tuple[int, int, int, int]:
+    """``(new_h, new_w, top, left)``: torchvision's resized size (shorter side to ``resize``, the longer one
+    truncated: ``int(resize * long / short)``) and the centre crop's offset in it."""
+    resize, crop = preprocessing.resize, preprocessing.crop
+    new_h, new_w = (resize, int(resize * width / height)) if height <= width else (
+        int(resize * height / width), resize)
+    return new_h, new_w, _crop_offset(new_h, crop), _crop_offset(new_w, crop)
+
+
+def _antialias_weights(in_size: int, out_size: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input indices and weights ``(count, taps)`` of output pixels ``start .. start + count - 1`` along one axis.
+
+    The formula of PyTorch's antialiased bilinear ``interpolate`` (``align_corners=False``; ATen
+    ``UpSampleKernel.cpp``, ``_compute_indices_min_size_weights_aa``): ``scale = in / out``; output ``i`` is centred at
+    ``scale * (i + 0.5)``; a triangle filter of half-width ``max(scale, 1)`` input pixels, weights normalised to sum 1.
+    Output pixels outside ``0 .. out_size - 1`` (the crop's zero padding) get zero weights.
+    """
+    scale = in_size / out_size
+    support, inverse = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    outputs = np.arange(start, start + count)
+    center = scale * (outputs + 0.5)
+    first = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C++ casts truncate toward zero
+    stop = np.minimum((center + support + 0.5).astype(np.int64), in_size)
+    indices = first[:, None] + np.arange(max(1, int((stop - first).max())))[None, :]
+    weights = np.clip(1.0 - np.abs((indices - center[:, None] + 0.5) * inverse), 0.0, None)
+    weights[(indices >= stop[:, None]) | ~((outputs >= 0) & (outputs < out_size))[:, None]] = 0.0
+    total = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    return np.clip(indices, 0, in_size - 1), weights
+
+
+def _resize_crop_window(images: np.ndarray, new_h: int, new_w: int, top: int, left: int, crop: int) -> torch.Tensor:
+    """The ``crop`` x ``crop`` window at ``(top, left)`` of the antialiased bilinear resize to ``new_h`` x ``new_w``,
+    computed from the input pixels under that window only (memory ~ the window, whatever the aspect ratio).
+
+    Same weights as ``TF.resize``; float64 sums rounded half to even like torchvision's uint8 output, so the result
+    equals ``TF.center_crop(TF.resize(...))`` up to float rounding (at most 1 grey level, on rare ties).
+    """
+    rows, row_weights = _antialias_weights(images.shape[1], new_h, top, crop)
+    cols, col_weights = _antialias_weights(images.shape[2], new_w, left, crop)
+    r0, c0 = int(rows.min()), int(cols.min())
+    region = torch.from_numpy(np.array(images[:, r0:int(rows.max()) + 1, c0:int(cols.max()) + 1], dtype=np.float64))
+    region = region.permute(0, 3, 1, 2)  # (N, 3, rows, cols)
+    rows, cols = torch.from_numpy(rows - r0), torch.from_numpy(cols - c0)
+    row_weights, col_weights = torch.from_numpy(row_weights), torch.from_numpy(col_weights)
+    horizontal = sum(region[..., cols[:, k]] * col_weights[:, k] for k in range(cols.shape[1]))
+    window = sum(horizontal[..., rows[:, k], :] * row_weights[:, k, None] for k in range(rows.shape[1]))
+    return torch.round(window).clamp_(0, 255).to(torch.uint8)
+
+
+def _resize_crop(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, 3, crop, crop)``: shorter side to ``resize`` (bilinear, antialiased),
+    centre crop ``crop``, as ``TF.center_crop(TF.resize(x, [resize], antialias=True), [crop, crop])``.
+
+    Up to ``MAX_RESIZED_PIXELS`` resized pixels per chunk the batch goes through torchvision itself (bit-identical);
+    above it (extreme aspect ratios) only the crop window is computed (``_resize_crop_window``).
+    """
+    new_h, new_w, top, left = _resize_geometry(images.shape[1], images.shape[2], preprocessing)
+    crop = preprocessing.crop
+    if new_h * new_w > MAX_RESIZED_PIXELS:
+        return _resize_crop_window(images, new_h, new_w, top, left, crop)
+    chunk = max(1, MAX_RESIZED_PIXELS // (new_h * new_w))
+    parts = []
+    for start in range(0, len(images), chunk):
+        batch = torch.from_numpy(np.array(images[start:start + chunk], dtype=np.uint8)).permute(0, 3, 1, 2)
+        resized = TF.resize(batch, [preprocessing.resize], antialias=True)
+        parts.append(TF.center_crop(resized, [crop, crop]))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
@@ -430,15 +499,19 @@ def _normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tenso
 
 def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedInput:
     """Resize (bilinear, antialiased, shorter side to ``resize``), centre-crop and normalise, as torchvision's
-    ``ImageClassification`` transform does for tensors."""
+    ``ImageClassification`` transform does for tensors; memory stays bounded for any aspect ratio.
+
+    Args:
+        image: uint8 RGB ``(H, W, 3)`` (read-only arrays are fine; never modified).
+        preprocessing: the model's resize, crop, mean and std.
+
+    Returns:
+        A ``PreparedInput``; ``crop_box`` maps the crop back to original pixels (``x * W / new_w``, ``y * H / new_h``).
+    """
     height, width = image.shape[:2]
-    chw = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    cropped = _resize_crop(chw[None], preprocessing)[0]
-    new_h, new_w = (preprocessing.resize, int(preprocessing.resize * width / height)) if height <= width else (
-        int(preprocessing.resize * height / width), preprocessing.resize)  # torchvision's output size rule
+    cropped = _resize_crop(image[None], preprocessing)[0]
+    new_h, new_w, top, left = _resize_geometry(height, width, preprocessing)
     crop = preprocessing.crop
-    top = int(round((new_h - crop) / 2.0))
-    left = int(round((new_w - crop) / 2.0))
     sx, sy = width / new_w, height / new_h
     box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
     return PreparedInput(tensor=_normalize(cropped, preprocessing)[None],
@@ -447,5 +520,4 @@ def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedIn
 
 def prepare_batch(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
     """Model input for a batch of same-size uint8 RGB images ``(N, H, W, 3)``: ``(N, 3, crop, crop)`` float32."""
-    batch = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).contiguous()
-    return _normalize(_resize_crop(batch, preprocessing), preprocessing)
+    return _normalize(_resize_crop(images, preprocessing), preprocessing)
