@@ -406,10 +406,7 @@ def compute_cams(
                 # The model's dtype (e.g. a float64 input for a float32 model); a copy, as the model may modify its
                 # input in place.
                 xin = x.detach().to(device=device, dtype=dtype).clone()
-                try:
-                    logits = model(xin)
-                except (RuntimeError, IndexError, TypeError) as error:
-                    raise InputError(f"the model cannot run on an input of shape {tuple(x.shape)}: {error}") from error
+                logits = model(xin)
         finally:
             for handle in handles:
                 handle.remove()

@@ -8,11 +8,12 @@ names:
 
 - a spatial grid ``(h, w)`` fits the input when one stride ``s`` explains both sides up to the rounding of a padded or
   pooled convolution: ``|h - H / s| < 1`` and ``|w - W / s| < 1``; when a 4-D output fits both as ``(C, h, w)`` and
-  as ``(h, w, C)``, the reading whose grid has the aspect ratio closer to the input's wins (a square input gives a
-  square grid), and an exact tie (e.g. ``(B, 7, 7, 7)``) is ambiguous;
+  as ``(h, w, C)``, it is ambiguous (e.g. ``(B, 7, 7, 7)``), except on a square input where exactly one reading is a
+  square grid (a square input gives an exactly square grid);
 - a token grid must come from a patch embedding (a convolution with kernel = stride = ``p``, no padding): an integer
   ``p`` with ``floor(H / p) = h`` and ``floor(W / p) = w``, and ``N - k = h * w`` for ``0 <= k <= MAX_PREFIX_TOKENS``.
-  When several ``k`` fit, the one whose patch size divides the input exactly wins if it is the only such one.
+  When several ``k`` fit, the one whose patch size divides the input exactly wins if it is the only such one
+  (torchvision's and timm's ViTs refuse inputs their patch size does not divide, unless told to pad).
 
 When both 4-D readings fit (e.g. ``(B, 7, 7, 7)``) or several token readings do, the layout is reported as ambiguous
 and nothing is guessed: ``compute_cams`` then needs an explicit ``layouts={layer: "nchw" | "nhwc" | "tokens:K"}``.
@@ -30,7 +31,6 @@ import torch
 
 from camlib.errors import LayerError
 
-ASPECT_TIE = 1e-9
 MAX_PREFIX_TOKENS = 17  # a class token plus up to 16 registers (Darcet et al., ICLR 2024, use 0-16 registers)
 LAYOUT_KINDS = ("nchw", "nhwc", "tokens", "ambiguous")
 
@@ -89,11 +89,6 @@ def grid_fits(height: int, width: int, input_size: tuple[int, int]) -> bool:
     return max(low_h, low_w) < min(high_h, high_w)
 
 
-def _aspect_offset(height: int, width: int, input_size: tuple[int, int]) -> float:
-    """``|log(h / w) - log(H / W)|``: how far a grid's aspect ratio is from the input's."""
-    return abs(math.log(height / width) - math.log(input_size[0] / input_size[1]))
-
-
 def _patch_grids(tokens: int, input_size: tuple[int, int]) -> list[tuple[int, int, int, bool]]:
     """Every ``(k, h, w, exact)`` with ``tokens - k = h * w`` a patch grid of some integer patch size ``p``."""
     in_h, in_w = input_size
@@ -130,11 +125,12 @@ def infer_layout(shape: tuple[int, ...], input_size: tuple[int, int]) -> Layout 
         nchw = grid_fits(d2, d3, input_size)
         nhwc = grid_fits(d1, d2, input_size)
         if nchw and nhwc:
-            # Both fit: the grid whose aspect ratio is closer to the input's wins; a tie is ambiguous.
-            off_nchw, off_nhwc = _aspect_offset(d2, d3, input_size), _aspect_offset(d1, d2, input_size)
-            if abs(off_nchw - off_nhwc) <= ASPECT_TIE:
+            # Both fit. A square input gives an exactly square grid, so on a square input a single square reading
+            # wins; anything else is ambiguous.
+            square_nchw, square_nhwc = d2 == d3, d1 == d2
+            if input_size[0] != input_size[1] or square_nchw == square_nhwc:
                 return Layout("ambiguous", reason=f"{d1} x {d2} x {d3} reads as C x H x W and as H x W x C")
-            nchw, nhwc = off_nchw < off_nhwc, off_nhwc < off_nchw
+            nchw, nhwc = square_nchw, square_nhwc
         if nhwc:
             return Layout("nhwc", channels=d3, height=d1, width=d2)
         if nchw:
