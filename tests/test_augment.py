@@ -168,6 +168,7 @@ def bound_variants(param: ParamSpec) -> list:
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
+@pytest.mark.bad_input(55)
 def test_transform_builds_and_runs_at_defaults_and_bounds(name, images):
     spec = TRANSFORMS[name]
     variants = [{}] + [{param.name: value} for param in spec.params for value in bound_variants(param)]
@@ -180,6 +181,7 @@ def test_transform_builds_and_runs_at_defaults_and_bounds(name, images):
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
+@pytest.mark.bad_input(58)
 def test_transform_is_reproducible_and_leaves_global_rngs_alone(name, images):
     before = rng_state()
     first = augment_grid(images, one_step(name, seed=11), rows=2, cols=3)
@@ -249,6 +251,7 @@ def test_coarse_dropout_fills_the_recorded_hole_with_a_hex_colour(images):
 # ---------------------------------------------------------------------------------------------------- grids and seeds
 
 
+@pytest.mark.bad_input(58)
 def test_same_seed_same_grid_other_seed_other_grid(images):
     first = augment_grid(images, CIFAR10_TRAIN_PIPELINE, rows=8, cols=8, seed=1)
     again = augment_grid(images, CIFAR10_TRAIN_PIPELINE, rows=8, cols=8, seed=1)
@@ -258,6 +261,7 @@ def test_same_seed_same_grid_other_seed_other_grid(images):
     assert first.seed == 1 and augment_grid(images, CIFAR10_TRAIN_PIPELINE, rows=1, cols=1).seed == 0
 
 
+@pytest.mark.bad_input(58)
 def test_global_rngs_untouched_by_a_full_pipeline(images):
     np.random.seed(123)
     random.seed(123)
@@ -268,6 +272,7 @@ def test_global_rngs_untouched_by_a_full_pipeline(images):
     assert rng_state() == before
 
 
+@pytest.mark.bad_input(46)
 def test_concurrent_threads_match_serial_results(images):
     jobs = [(CIFAR10_TRAIN_PIPELINE, seed) for seed in range(4)] + [(one_step("ElasticTransform"), 7),
                                                                      (one_step("GaussNoise"), 8)]
@@ -310,6 +315,7 @@ def test_modes_and_indices(images):
     ({"indices": [0, 1, 2, 10]}, "index 10 is out of range"),
     ({"mode": "one", "indices": [-1]}, "index -1 is out of range"),
 ])
+@pytest.mark.bad_input(59)
 def test_bad_grid_arguments(images, kwargs, message):
     with pytest.raises(GridError, match=message):
         augment_grid(images, CIFAR10_TRAIN_PIPELINE, **{"rows": 2, "cols": 2} | kwargs)
@@ -331,6 +337,7 @@ def test_size_changing_transforms_are_padded_to_a_common_size(images):
         assert not tile[:top].any() and not tile[top + h:].any()
 
 
+@pytest.mark.bad_input(57)
 def test_works_on_any_image_size(images):
     photo = np.asarray(Image.fromarray(images[0]).resize((70, 45), Image.BICUBIC))  # (45, 70, 3)
     pipeline = Pipeline(tuple(PipelineStep(n, p=0.7) for n in ("Affine", "ColorJitter", "CoarseDropout",
@@ -340,6 +347,7 @@ def test_works_on_any_image_size(images):
     assert augment_grid(photo[:, :, 0], one_step("InvertImg"), rows=1, cols=1).tiles.shape == (1, 45, 70, 3)
 
 
+@pytest.mark.bad_input(57, 59)
 def test_bad_images_and_oversized_grids(images):
     with pytest.raises(InvalidImageError):
         augment_grid(images.astype(np.float32), CIFAR10_TRAIN_PIPELINE)
@@ -349,6 +357,7 @@ def test_bad_images_and_oversized_grids(images):
         augment_grid(np.zeros((1, 1024, 1024, 3), np.uint8), CIFAR10_TRAIN_PIPELINE, rows=8, cols=8)
 
 
+@pytest.mark.bad_input(56)
 def test_a_crop_larger_than_the_image_is_a_pipeline_error(images):
     pipeline = one_step("RandomCrop", {"height": 64, "width": 64, "pad_if_needed": False})
     with pytest.raises(PipelineError, match="failed on a 32x32 image: Crop size"):
@@ -367,6 +376,7 @@ def raised(step: PipelineStep, seed: int = 0) -> PipelineError:
     return info.value
 
 
+@pytest.mark.bad_input(53)
 def test_reversed_range_names_transform_and_parameter():
     error = raised(PipelineStep("RandomBrightnessContrast", {"brightness_limit": (0.5, 0.1)}))
     assert str(error) == ("RandomBrightnessContrast.brightness_limit (step 2): reversed range (0.5, 0.1): "
@@ -389,10 +399,12 @@ def test_reversed_range_names_transform_and_parameter():
     (PipelineStep("Affine", {"border_mode": 9}), "Affine.border_mode (step 2): 9 is not one of 0, 1, 2, 3, 4"),
     (PipelineStep("PadIfNeeded", {"fill": (0, 0)}), "PadIfNeeded.fill (step 2): expected an RGB triple"),
 ])
+@pytest.mark.bad_input(54)
 def test_invalid_values_give_one_readable_line(step, expected):
     assert str(raised(step)).startswith(expected)
 
 
+@pytest.mark.bad_input(54)
 def test_schema_errors_are_mapped_to_one_line(monkeypatch):
     # widen the lab's bound past the schema's so that pydantic, not the lab, refuses the value
     spec = TRANSFORMS["Sharpen"]
@@ -420,6 +432,7 @@ def test_pipelines_are_hashable_values():
     assert len({CIFAR10_TRAIN_PIPELINE, Pipeline(CIFAR10_TRAIN_PIPELINE.steps), EDITED}) == 2
 
 
+@pytest.mark.bad_input(46)
 def test_build_returns_a_fresh_compose_each_time():
     first, second = build_pipeline(CIFAR10_TRAIN_PIPELINE), build_pipeline(CIFAR10_TRAIN_PIPELINE)
     assert first is not second and first.transforms[0] is not second.transforms[0]

@@ -236,6 +236,7 @@ class _Trap:
 
 
 @pytest.mark.parametrize("split", ["test", "train"])
+@pytest.mark.bad_input(30)
 def test_a_tampered_batch_is_refused_before_unpickling(release, tmp_path, split):
     root, _ = release
     marker = tmp_path / "unpickled"
@@ -247,6 +248,7 @@ def test_a_tampered_batch_is_refused_before_unpickling(release, tmp_path, split)
     assert not marker.exists()
 
 
+@pytest.mark.bad_input(30)
 def test_a_tampered_meta_file_is_refused_before_unpickling(release, tmp_path):
     root, _ = release
     marker = tmp_path / "unpickled"
@@ -267,6 +269,7 @@ def test_a_missing_batch_is_unavailable(release):
 # ---------------------------------------------------------------------------------------------------- download
 
 
+@pytest.mark.bad_input(29)
 def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

@@ -246,6 +246,7 @@ def _torchvision_reference(image: np.ndarray, key: str = "resnet18") -> torch.Te
 
 
 @pytest.mark.parametrize("key", ["resnet18", "convnext_tiny"])
+@pytest.mark.bad_input(43)
 def test_prepare_input_equals_torchvision_transforms(key: str) -> None:
     image = load_sample("chelsea (cat)")
     prepared = prepare_input(image, MODELS[key].preprocessing)
@@ -306,6 +307,7 @@ def test_crop_box_maps_the_model_view_back_onto_the_image() -> None:
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (2, 2, 3), (1, 37, 3), (500, 3, 3)])
+@pytest.mark.bad_input(10)
 def test_prepare_input_handles_tiny_and_thin_images(shape: tuple[int, int, int]) -> None:
     image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
     prepared = prepare_input(image, Preprocessing(resize=256, crop=224))
@@ -342,6 +344,7 @@ def test_not_cached_and_download_disabled(offline: Path) -> None:
     assert str(torchvision_cache_path(get_spec("resnet18"))) in str(info.value)
 
 
+@pytest.mark.bad_input(29)
 def test_not_cached_and_offline(offline: Path) -> None:
     path = torchvision_cache_path(get_spec("resnet18"))
     with pytest.raises(WeightsUnavailableError) as info:
@@ -418,6 +421,7 @@ def test_download_file_rejects_a_hash_mismatch(monkeypatch: pytest.MonkeyPatch, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.bad_input(29)
 def test_download_file_offline_leaves_nothing(tmp_path: Path) -> None:
     destination = tmp_path / "sub" / "resnet18-f37072fd.pth"
     with pytest.raises(WeightsUnavailableError) as info:
@@ -549,6 +553,7 @@ class _RunsShell:
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 @pytest.mark.parametrize("payload", ["open-in-torch-save", "system-in-torch-save", "open-raw-pickle",
                                      "system-raw-pickle-protocol-0", "nested-in-state-dict"])
+@pytest.mark.bad_input(23)
 def test_malicious_pickle_is_refused_without_side_effects(payload: str, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     data = {
@@ -566,6 +571,7 @@ def test_malicious_pickle_is_refused_without_side_effects(payload: str, tmp_path
     assert not marker.exists()
 
 
+@pytest.mark.bad_input(25)
 def test_pickled_full_module_is_refused() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
@@ -573,6 +579,7 @@ def test_pickled_full_module_is_refused() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.bad_input(25)
 def test_torchscript_archive_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     buffer = io.BytesIO()
@@ -602,6 +609,7 @@ def test_torchscript_archive_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
         ("non-tensor-values", lambda pt: _saved({"fc.weight": [1.0, 2.0]})),
     ],
 )
+@pytest.mark.bad_input(26)
 def test_unusable_files_give_a_friendly_error(name: str, make, resnet18_pt: bytes) -> None:
     data = make(resnet18_pt)
     for filename in ("x.pt", "x.safetensors"):
@@ -611,6 +619,7 @@ def test_unusable_files_give_a_friendly_error(name: str, make, resnet18_pt: byte
         assert len(str(info.value).strip()) > 10, repr(info.value)
 
 
+@pytest.mark.bad_input(26)
 def test_truncated_legacy_file_maps_eoferror() -> None:
     data = _saved({"w": torch.zeros(100)}, _use_new_zipfile_serialization=False)[:20]
     with pytest.raises(CheckpointError, match="truncated") as info:
@@ -646,6 +655,7 @@ def test_bad_safetensors_header(data: bytes) -> None:
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.bad_input(28)
 def test_safetensors_declaring_huge_tensors_is_refused() -> None:
     import json
 
@@ -655,6 +665,7 @@ def test_safetensors_declaring_huge_tensors_is_refused() -> None:
         read_checkpoint(data, "model.safetensors")
 
 
+@pytest.mark.bad_input(28)
 def test_file_size_cap_is_checked_first(monkeypatch: pytest.MonkeyPatch, resnet18_pt: bytes) -> None:
     monkeypatch.setattr(models, "MAX_CHECKPOINT_BYTES", 1000)
 
@@ -668,6 +679,7 @@ def test_file_size_cap_is_checked_first(monkeypatch: pytest.MonkeyPatch, resnet1
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+@pytest.mark.bad_input(28)
 def test_non_finite_weights_are_refused(bad: float, fmt: str, resnet18_state: OrderedDict[str, torch.Tensor]) -> None:
     state = OrderedDict((k, v.clone()) for k, v in resnet18_state.items())
     state["layer2.0.conv1.weight"][0, 0, 0, 0] = bad
@@ -677,6 +689,7 @@ def test_non_finite_weights_are_refused(bad: float, fmt: str, resnet18_state: Or
     assert "layer2.0.conv1.weight" in str(info.value)
 
 
+@pytest.mark.bad_input(28)
 def test_half_precision_non_finite_weights_are_refused(resnet18_state: OrderedDict[str, torch.Tensor]) -> None:
     state = OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in resnet18_state.items())
     state["fc.bias"][3] = float("inf")
@@ -686,6 +699,7 @@ def test_half_precision_non_finite_weights_are_refused(resnet18_state: OrderedDi
 
 # --- row 27: wrong architecture or class count -----------------------------------------------------------------------
 
+@pytest.mark.bad_input(27)
 def test_wrong_architecture_lists_missing_and_unexpected() -> None:
     torch.manual_seed(0)
     data = _saved(torchvision.models.mobilenet_v3_small(weights=None).state_dict())
@@ -698,6 +712,7 @@ def test_wrong_architecture_lists_missing_and_unexpected() -> None:
     assert "more)" in message  # long lists are shortened
 
 
+@pytest.mark.bad_input(27)
 def test_wrong_class_count_reports_the_shape_mismatch() -> None:
     data = _saved(_random_state(torchvision.models.resnet18, seed=1, num_classes=10))
     with pytest.raises(CheckpointError) as info:
@@ -707,6 +722,7 @@ def test_wrong_class_count_reports_the_shape_mismatch() -> None:
     assert "missing: none; unexpected: none" in message
 
 
+@pytest.mark.bad_input(27)
 def test_missing_and_extra_keys_are_strict(resnet18_state: OrderedDict[str, torch.Tensor]) -> None:
     fewer = OrderedDict(resnet18_state)
     del fewer["fc.bias"]
@@ -775,6 +791,7 @@ def _weights_only_true(call: ast.Call) -> bool:
                for k in call.keywords)
 
 
+@pytest.mark.bad_input(24)
 def test_every_torch_load_in_the_app_is_weights_only() -> None:
     roots = [REPO / name for name in ("camlib", "ui", "pages", "app.py") if (REPO / name).exists()]
     offenders, found = [], 0
@@ -796,6 +813,7 @@ def test_every_torch_load_in_the_app_is_weights_only() -> None:
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
 
 
+@pytest.mark.bad_input(24)
 def test_no_weights_only_false_anywhere() -> None:
     this_file = Path(__file__).resolve()
     offenders = []
@@ -811,6 +829,7 @@ def test_no_weights_only_false_anywhere() -> None:
     assert not offenders, f"weights_only other than True: {offenders}"
 
 
+@pytest.mark.bad_input(8, 11)
 def test_camlib_never_changes_pillow_globals() -> None:
     offenders = []
     for path in _python_files(REPO / "camlib"):

@@ -74,6 +74,7 @@ def test_requirements_pins() -> None:
     assert "opencv-python-headless" in names and "opencv-python" not in names
 
 
+@pytest.mark.bad_input(20)
 def test_no_unsafe_html_in_ui() -> None:
     for path in [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "ui").glob("*.py")]:
         assert "unsafe_allow_html=True" not in path.read_text(), path
