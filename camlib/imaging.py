@@ -1,9 +1,13 @@
-"""Safe decoding of user images into ``uint8`` RGB ``(H, W, 3)`` arrays.
+"""Safe decoding of user images into ``uint8`` RGB ``(H, W, 3)`` arrays, in bounded memory.
 
-Caps are checked before any pixel is decoded: the byte size first, then the pixel count the header declares. Only
-raster formats we need are opened (``Image.open(formats=...)``: no EPS, which needs Ghostscript, no SVG, no PSD).
-EXIF orientation is applied once; grayscale, palette, alpha, CMYK, 16-bit and multi-frame images are converted by
-documented rules. Nothing here changes Pillow's process-wide settings.
+Caps are checked before any pixel is decoded: the byte size first, then the size the header declares (at most
+``MAX_PIXELS``, and no side longer than ``MAX_DIMENSION``). A JPEG may declare up to ``MAX_JPEG_PIXELS`` (phone photos
+of 48-200 MP) because libjpeg decodes it at 1/2, 1/4 or 1/8 scale (``draft()``): the full-size image never exists,
+and the decoded size must itself be within ``MAX_PIXELS``. Only raster formats we need are opened
+(``Image.open(formats=...)``: no EPS, which needs Ghostscript, no SVG, no PSD). Only the first frame of a multi-frame
+file is read, and the frames are not walked to count them where the count is not in the header. EXIF orientation is
+applied once; grayscale, palette, alpha, CMYK, 16-bit and multi-frame images are converted by documented rules.
+Nothing here changes Pillow's process-wide settings.
 """
 
 from __future__ import annotations
@@ -11,19 +15,30 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from camlib.errors import ImageTooLargeError, InvalidImageError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # matches server.maxUploadSize in .streamlit/config.toml
-MAX_PIXELS = 25_000_000  # 25 MP
+MAX_PIXELS = 25_000_000  # 25 MP: declared by the header, or for a JPEG decoded at reduced scale
+MAX_JPEG_PIXELS = 200_000_000  # a JPEG may declare up to 200 MP: draft() decodes it at 1/2, 1/4 or 1/8 scale
+MAX_DIMENSION = 65_535  # longest accepted side (JPEG's own limit): longer strips would cost memory per row
 MAX_SIDE = 1024  # decoded images are downscaled once so their longest side is at most this
 TINY_SIDE = 8  # below this the CAM is not meaningful
+FRAMES_COUNTED = 100  # TIFF pages counted at most (counting walks every page)
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
+EXTENSION_FORMATS = {"png": "PNG", "apng": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "jpe": "JPEG", "jfif": "JPEG",
+                     "webp": "WEBP", "bmp": "BMP", "dib": "BMP", "tif": "TIFF", "tiff": "TIFF", "gif": "GIF"}
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# EXIF orientation -> the transpose that shows the image upright (the table of PIL.ImageOps.exif_transpose).
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                   7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
 @dataclass(frozen=True)
@@ -34,7 +49,7 @@ class DecodedImage:
         pixels: ``uint8`` RGB ``(H, W, 3)``.
         format: the real file format found in the bytes (e.g. "JPEG"), whatever the file name says.
         original_size: ``(width, height)`` as stored in the file, after EXIF rotation.
-        notes: informational messages (frame used, downscaling, alpha, tiny image...).
+        notes: informational messages (frame used, reduced decoding, downscaling, alpha, tiny image...).
     """
 
     pixels: np.ndarray
@@ -56,6 +71,10 @@ def _bomb_error(error: Exception, max_pixels: int) -> ImageTooLargeError:
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
+        if bytes(data[:3]) == _JPEG_MAGIC:
+            # The JPEG plugin directly: Image.open's own bomb check (a warning above 89 MP, an error above 179 MP,
+            # process-wide settings) would refuse phone photos that draft() decodes reduced; our caps apply instead.
+            return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
         return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         # The warning arrives as an exception when warnings are errors (-W error); both mean "too large".
@@ -69,31 +88,118 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise InvalidImageError(f"the file is corrupted and cannot be read ({error})") from error
 
 
-def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
-    """Convert any supported mode to RGB by explicit rules (16-bit scaled, alpha composited on white)."""
+def _check_declared_size(image: Image.Image, max_pixels: int, max_jpeg_pixels: int) -> None:
+    """Refuse a header that declares too many pixels, or a side longer than ``MAX_DIMENSION``, before decoding."""
+    width, height = image.size
+    limit = max(max_pixels, max_jpeg_pixels) if image.format == "JPEG" else max_pixels
+    if width * height > limit:
+        raise ImageTooLargeError(
+            f"image too large ({width * height / 1e6:.1f} MP > {limit / 1e6:.0f} MP): {width}x{height} pixels"
+        )
+    if max(width, height) > MAX_DIMENSION:
+        raise ImageTooLargeError(
+            f"image too long: {width}x{height} pixels; each side must be at most {MAX_DIMENSION:,} pixels"
+        )
+
+
+def _draft_jpeg(image: Image.Image, max_side: int) -> int:
+    """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale, the smallest that keeps the longest side >= ``max_side``
+    (Pillow's ``JpegImageFile.draft``: scale = largest of 8, 4, 2, 1 <= min(width // w, height // h)).
+
+    Returns:
+        The scale denominator (1: full size).
+    """
+    width, height = image.size
+    longest = max(width, height)
+    if longest <= 2 * max_side:
+        return 1
+    target = (max(1, width * max_side // longest), max(1, height * max_side // longest))
+    before = image.size
+    image.draft(image.mode, target)
+    return max(1, round(before[0] / image.size[0])) if image.size != before else 1
+
+
+def _frames_note(image: Image.Image) -> str | None:
+    """Which frame is used and how many there are, without walking the file where the count is not in the header.
+
+    APNG (acTL chunk) and WebP (ANIM header) declare the count. A TIFF is counted page by page up to
+    ``FRAMES_COUNTED`` (reading page headers only; counting 60,000 pages took 19 s). A GIF is not counted: each step
+    to the next frame decodes the previous one.
+    """
+    if image.format in ("PNG", "WEBP"):
+        frames = getattr(image, "n_frames", 1)
+        return f"animated image: using frame 1 of {frames}" if frames > 1 else None
+    if not getattr(image, "is_animated", False):  # TIFF: the first page's next-page offset; GIF: one frame header
+        return None
+    if image.format != "TIFF":
+        return "animated image: using frame 1 (frames not counted)"
+    frames = 1
+    try:
+        while frames <= FRAMES_COUNTED:
+            image.seek(frames)
+            frames += 1
+    except EOFError:
+        return f"multi-page image: using page 1 of {frames}"
+    finally:
+        image.seek(0)
+    return f"multi-page image: using page 1 (more than {FRAMES_COUNTED} pages)"
+
+
+def _name_note(filename: str, file_format: str) -> str | None:
+    """A note when the file name's extension names another format than the bytes hold (the bytes win)."""
+    extension = PurePath(filename).suffix.lower().lstrip(".")
+    if not extension or EXTENSION_FORMATS.get(extension) == file_format:
+        return None
+    return f"the file is named .{extension} but contains {file_format} data; decoded as {file_format}"
+
+
+def _to_8bit(image: Image.Image, notes: list[str]) -> Image.Image:
+    """Convert any supported mode to "L", "RGB" or "RGBA" by explicit rules (16-bit scaled, palette expanded).
+
+    The full-size image is copied only where the mode requires it; ``_to_rgb`` finishes on the downscaled image.
+    """
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.int64)
+        values = np.asarray(image)  # uint16 or int32: never a wider copy of a 25 MP image
         if values.min() < 0 or values.max() > 65535:
             raise InvalidImageError(f"unsupported image mode {mode} with values outside 0..65535")
-        # 16-bit: scale 0..65535 to 0..255 (x / 257), never clip (which would turn everything white).
-        gray = np.round(values / 257.0).astype(np.uint8)
+        # 16-bit: scale 0..65535 to 0..255 as round(x / 257), never clip (which would turn everything white).
+        # x = 257 q + r is never halfway (257 is odd), so round(x / 257) = q + (r >= 129): integer arithmetic only.
+        quotient, remainder = np.divmod(values, 257)
         notes.append("16-bit image: scaled to 8 bits")
-        return Image.fromarray(np.stack([gray] * 3, axis=-1), "RGB")
+        return Image.fromarray((quotient + (remainder >= 129)).astype(np.uint8), "L")
     if mode == "F":
         raise InvalidImageError("unsupported image mode F (32-bit float); save the image as 8- or 16-bit")
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
         if rgba.getextrema()[3][0] < 255:
             notes.append("transparent pixels shown on a white background")
-        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return rgba
     if mode == "CMYK":
         notes.append("CMYK image converted to RGB")
+    if mode == "1":
+        return image.convert("L")
+    return image if mode in ("L", "RGB") else image.convert("RGB")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """"L", "RGB" or "RGBA" to "RGB"; alpha is composited on white. Compositing after the downscale gives the same
+    image up to rounding: Pillow resizes RGBA with premultiplied alpha, and both operations are linear."""
+    if image.mode == "RGBA":
+        background = Image.new("RGBA", image.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, image).convert("RGB")
     return image.convert("RGB")
+
+
+def _downscaled_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``size`` scaled so the longest side is ``max_side`` (each side rounded, at least 1); unchanged if it fits."""
+    if not max_side or max(size) <= max_side:
+        return size
+    scale = max_side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def decode_image(
@@ -102,59 +208,80 @@ def decode_image(
     max_bytes: int = MAX_UPLOAD_BYTES,
     max_pixels: int = MAX_PIXELS,
     max_side: int | None = MAX_SIDE,
+    filename: str = "",
 ) -> DecodedImage:
-    """Decode image bytes into ``uint8`` RGB, with caps checked before decoding.
+    """Decode image bytes into ``uint8`` RGB, with caps checked before decoding and memory bounded by the caps.
+
+    Steps: caps on the bytes and the declared size; a JPEG over ``2 * max_side`` is decoded at reduced scale
+    (``draft``); the first frame only; conversion to 8 bits; one LANCZOS downscale so the longest side is at most
+    ``max_side``; EXIF orientation; RGB. Downscaling before rotating means no full-size rotated copy is made.
 
     Args:
         data: the file's bytes.
         max_bytes: largest accepted file size.
-        max_pixels: largest accepted pixel count (width x height as declared in the header).
-        max_side: downscale so the longest side is at most this (None keeps the size).
+        max_pixels: largest accepted pixel count: declared by the header, or for a JPEG, decoded after ``draft``.
+        max_side: downscale so the longest side is at most this (None keeps the size and disables reduced JPEG
+            decoding, so a JPEG over ``max_pixels`` is refused).
+        filename: the upload's name, only to say when its extension disagrees with the content (never opened).
 
     Returns:
         A ``DecodedImage``.
 
     Raises:
         InvalidImageError: empty, not an image, truncated or corrupted, unsupported mode.
-        ImageTooLargeError: above ``max_bytes`` or ``max_pixels``.
+        ImageTooLargeError: above ``max_bytes``, ``max_pixels`` (``MAX_JPEG_PIXELS`` declared for a JPEG) or
+            ``MAX_DIMENSION`` pixels on a side.
     """
     if not data:
         raise InvalidImageError("empty file: the upload has 0 bytes")
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"file too large ({_megabytes(len(data))} > {_megabytes(max_bytes)})")
     notes: list[str] = []
-    # Pillow may warn (DecompressionBombWarning) at open for > 89 MP; our own cap below rejects those anyway.
     image = _open(data, max_pixels)
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image too large ({width * height / 1e6:.1f} MP > {max_pixels / 1e6:.0f} MP): {width}x{height} pixels"
-        )
     file_format = image.format or "unknown"
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1:
-        notes.append(f"animated image: using frame 1 of {frames}")
-    if max_side and image.format == "JPEG" and max(width, height) > 2 * max_side:
-        image.draft("RGB", (max_side, max_side))  # decode a JPEG at reduced scale: faster, less memory
+    _check_declared_size(image, max_pixels, MAX_JPEG_PIXELS if max_side else 0)
+    stored_size = image.size
+    # A progressive JPEG keeps every DCT coefficient of the full image whatever the output scale (2-6 bytes a pixel:
+    # 149 MB for 48 MP), so only baseline JPEGs get the reduced-decoding allowance.
+    progressive = bool(image.info.get("progressive"))
+    scale = _draft_jpeg(image, max_side) if max_side and image.format == "JPEG" else 1
+    width, height = image.size
+    if width * height > max_pixels or (progressive and stored_size[0] * stored_size[1] > max_pixels):
+        reason = "; a progressive JPEG cannot be decoded at reduced size" if progressive else (
+            f" even at 1/{scale} size" if scale > 1 else "")
+        raise ImageTooLargeError(
+            f"image too large ({stored_size[0] * stored_size[1] / 1e6:.1f} MP > {max_pixels / 1e6:.0f} MP): "
+            f"{stored_size[0]}x{stored_size[1]} pixels{reason}"
+        )
+    frames_note = _frames_note(image)
     try:
         image.load()
         # Read EXIF after load(): for PNG, getexif() decodes the pixels itself, so it must sit inside this guard.
-        transposed = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap width and height
-        image = ImageOps.exif_transpose(image)
+        orientation = image.getexif().get(0x0112, 1)
+        image = _to_8bit(image, notes)
+        new_size = _downscaled_size(image.size, max_side)
+        if new_size != image.size:
+            image = image.resize(new_size, Image.Resampling.LANCZOS)
+        if orientation in _EXIF_TRANSPOSE:
+            image = image.transpose(_EXIF_TRANSPOSE[orientation])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise _bomb_error(error, max_pixels) from error
     except (OSError, ValueError, SyntaxError) as error:
         raise InvalidImageError(f"the file is truncated or corrupted ({error})") from error
-    original_size = (height, width) if transposed else (width, height)
-    image = _to_rgb(image, notes)
-    if max_side and max(image.size) > max_side:
-        scale = max_side / max(image.size)
-        new_size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
-        image = image.resize(new_size, Image.Resampling.LANCZOS)
-        notes.append(f"downscaled from {original_size[0]}x{original_size[1]} to {new_size[0]}x{new_size[1]}")
+    swap = orientation in (5, 6, 7, 8)  # orientations that swap width and height
+
+    def shown(size: tuple[int, int]) -> str:
+        return f"{size[1]}x{size[0]}" if swap else f"{size[0]}x{size[1]}"
+
+    original_size = (stored_size[1], stored_size[0]) if swap else stored_size
+    notes[:0] = [note for note in (_name_note(filename, file_format), frames_note) if note]
+    if scale > 1:
+        notes.append(f"decoded at 1/{scale} size: {shown(stored_size)} -> {shown((width, height))}")
+    if new_size != (width, height):
+        notes.append(f"downscaled from {shown(stored_size)} to {shown(new_size)}")
     if min(image.size) < TINY_SIDE:
         notes.append(f"tiny image ({image.size[0]}x{image.size[1]}): below {TINY_SIDE} px the CAM is not meaningful")
-    pixels = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+    pixels = np.ascontiguousarray(np.asarray(_to_rgb(image), dtype=np.uint8))
     return DecodedImage(pixels=pixels, format=file_format, original_size=original_size, notes=tuple(notes))
 
 

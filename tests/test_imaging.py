@@ -8,18 +8,33 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
+import os
 import re
 import struct
+import subprocess
+import sys
+import time
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, ImageOps
+from PIL import GifImagePlugin, Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 from camlib import imaging
 from camlib.errors import CamlibError, ImageTooLargeError, InvalidImageError
-from camlib.imaging import MAX_PIXELS, MAX_SIDE, TINY_SIDE, DecodedImage, decode_image, ensure_rgb_uint8
+from camlib.imaging import (
+    FRAMES_COUNTED,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MAX_UPLOAD_BYTES,
+    TINY_SIDE,
+    DecodedImage,
+    decode_image,
+    ensure_rgb_uint8,
+)
 
 MP_MESSAGE = re.compile(r"\d+(\.\d+)? MP > \d+ MP")  # "image too large (30.0 MP > 25 MP)"
 
@@ -159,12 +174,32 @@ def test_non_image_bytes_say_not_a_valid_image(data: bytes) -> None:
 
 
 def test_real_format_is_reported_whatever_the_name() -> None:
-    # decode_image takes bytes only; JPEG bytes that a user named "x.png" are decoded and reported as JPEG.
+    # JPEG bytes that a user named "x.png" are decoded and reported as JPEG.
     data = _encode(Image.fromarray(_rgb_noise()), "JPEG")
-    decoded = decode_image(data)
+    decoded = decode_image(data, filename="x.png")
     assert isinstance(decoded, DecodedImage)
     assert decoded.format == "JPEG"
     assert decoded.pixels.shape == (48, 64, 3) and decoded.pixels.dtype == np.uint8
+    assert decoded.notes == ("the file is named .png but contains JPEG data; decoded as JPEG",)
+
+
+_EXTENSIONS = {"PNG": ["png", "PNG", "apng"], "JPEG": ["jpg", "JPEG", "jpe", "jfif"], "WEBP": ["webp"],
+               "BMP": ["bmp", "dib"], "TIFF": ["tif", "tiff"], "GIF": ["gif"]}
+
+
+@pytest.mark.bad_input(3)
+@pytest.mark.parametrize("fmt", sorted(_EXTENSIONS))
+def test_a_name_that_disagrees_with_the_content_gets_a_note(fmt: str) -> None:
+    data = _encode(Image.fromarray(_rgb_noise(16, 16)), fmt)
+    for extension in _EXTENSIONS[fmt]:  # matching names (any case): no note
+        assert decode_image(data, filename=f"holiday.{extension}").notes == ()
+    for name in ("holiday", "", "a.b/holiday"):  # no extension: nothing to compare
+        assert decode_image(data, filename=name).notes == ()
+    others = [extension for other, names in _EXTENSIONS.items() if other != fmt for extension in names]
+    for extension in [*others, "heic", "txt"]:
+        note = f"the file is named .{extension.lower()} but contains {fmt} data; decoded as {fmt}"
+        decoded = decode_image(data, filename=f"../dir/holiday.{extension}")
+        assert decoded.notes == (note,) and decoded.format == fmt
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"])
@@ -213,10 +248,14 @@ def test_declared_pixel_count_is_rejected_without_decoding(width: int, height: i
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-@pytest.mark.parametrize("make", [_gif_declaring, _jpeg_declaring], ids=["gif-screen", "jpeg-sof"])
-@pytest.mark.parametrize(("width", "height"), [(6000, 5000), (20000, 20000)], ids=["30MP", "400MP"])
+@pytest.mark.parametrize(
+    ("make", "width", "height"),
+    [(_gif_declaring, 6000, 5000), (_gif_declaring, 20000, 20000), (_jpeg_declaring, 20000, 20000),
+     (_jpeg_declaring, 16000, 12501), (_jpeg_declaring, 65535, 65535)],
+    ids=["gif-30MP", "gif-400MP", "jpeg-400MP", "jpeg-just-over-200MP", "jpeg-4295MP"],
+)
 def test_crafted_headers_are_rejected_without_decoding(make, width: int, height: int, no_decoding: None) -> None:
-    with pytest.raises(ImageTooLargeError):
+    with pytest.raises(ImageTooLargeError, match="MP > "):
         decode_image(make(width, height))
 
 
@@ -297,6 +336,175 @@ def test_small_image_is_not_resized() -> None:
     np.testing.assert_array_equal(decoded.pixels, array)
     assert decoded.notes == ()
     assert decoded.original_size == (120, 100)
+
+
+# --- row 9: large phone photos (JPEG decoded at reduced scale) -------------------------------------------------------
+
+def _jpeg_with_sof(data: bytes, marker: bytes, width: int, height: int) -> bytes:
+    """``data`` (a JPEG) with its frame header ``marker`` (SOF0 / SOF2) patched to declare ``width`` x ``height``."""
+    data = bytearray(data)
+    sof = data.index(marker)
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.bad_input(9)
+@pytest.mark.parametrize(("width", "height", "scale"), [(8000, 6000, 4), (12000, 9000, 8), (16000, 12500, 8)],
+                         ids=["48MP", "108MP", "200MP"])
+def test_large_jpeg_headers_within_the_jpeg_cap_are_decoded_reduced(width: int, height: int, scale: int) -> None:
+    # A 16x16 JPEG declaring a phone-photo size (libjpeg fills what the data does not cover): accepted by the caps
+    # and decoded at 1/scale: the full-size canvas never exists.
+    data = _jpeg_declaring(width, height)
+    seen: list[tuple[int, int]] = []
+    original_load = JpegImagePlugin.JpegImageFile.load
+
+    def spy(self: Image.Image) -> object:
+        seen.append(self.size)
+        return original_load(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(JpegImagePlugin.JpegImageFile, "load", spy)
+        decoded = decode_image(data)
+    reduced = (-(-width // scale), -(-height // scale))  # libjpeg rounds up
+    assert seen and set(seen) == {reduced}  # every load() (a second one is a no-op) at the reduced size
+    assert decoded.notes[0] == f"decoded at 1/{scale} size: {width}x{height} -> {reduced[0]}x{reduced[1]}"
+    assert decoded.original_size == (width, height) and max(decoded.pixels.shape) == MAX_SIDE
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_large_jpeg_without_downscaling_keeps_the_25_mp_cap(no_decoding: None) -> None:
+    with pytest.raises(ImageTooLargeError, match=r"48\.0 MP > 25 MP"):
+        decode_image(_jpeg_declaring(8000, 6000), max_side=None)
+
+
+def test_large_progressive_jpeg_is_refused_without_decoding(no_decoding: None) -> None:
+    # A progressive JPEG holds every DCT coefficient of the full image whatever the output scale.
+    small = _encode(Image.new("RGB", (16, 16), (10, 20, 30)), "JPEG", progressive=True)
+    data = _jpeg_with_sof(small, b"\xff\xc2", 8000, 6000)
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(data)
+    assert str(info.value) == ("image too large (48.0 MP > 25 MP): 8000x6000 pixels; a progressive JPEG cannot be "
+                               "decoded at reduced size")
+
+
+def test_progressive_jpeg_within_the_cap_is_decoded_reduced() -> None:
+    data = _encode(Image.new("RGB", (4400, 2200), (30, 160, 90)), "JPEG", progressive=True)
+    decoded = decode_image(data, max_side=512)
+    assert decoded.notes == ("decoded at 1/8 size: 4400x2200 -> 550x275", "downscaled from 4400x2200 to 512x256")
+    assert np.abs(decoded.pixels.astype(int) - (30, 160, 90)).max() <= 6
+
+
+def test_cmyk_jpeg_is_decoded_reduced() -> None:
+    data = _encode(Image.new("CMYK", (4400, 2200), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
+    decoded = decode_image(data, max_side=512)
+    assert decoded.pixels.shape == (256, 512, 3)
+    assert decoded.notes == ("CMYK image converted to RGB", "decoded at 1/8 size: 4400x2200 -> 550x275",
+                             "downscaled from 4400x2200 to 512x256")
+    assert np.abs(decoded.pixels.astype(int) - (255, 0, 0)).max() <= 8
+
+
+def test_reduced_decoding_note_is_in_display_orientation() -> None:
+    # Stored 4400 x 2200 with EXIF orientation 6 (a portrait phone photo): shown 2200 x 4400.
+    stored = np.zeros((2200, 4400, 3), dtype=np.uint8)
+    stored[:, :2200] = (255, 0, 0)
+    stored[:, 2200:] = (0, 0, 255)
+    decoded = decode_image(_with_orientation(stored, 6, "JPEG"), max_side=512)
+    assert decoded.original_size == (2200, 4400)
+    assert decoded.pixels.shape == (512, 256, 3)
+    assert decoded.notes == ("decoded at 1/8 size: 2200x4400 -> 275x550", "downscaled from 2200x4400 to 256x512")
+    assert np.abs(decoded.pixels[:200].astype(int) - (255, 0, 0)).max() <= 12  # the stored left half is on top
+    assert np.abs(decoded.pixels[-200:].astype(int) - (0, 0, 255)).max() <= 12
+
+
+_GENERATE_JPEG = """
+import sys
+from PIL import Image
+width, height, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ramp = Image.linear_gradient("L")  # 256 x 256, smooth: the JPEG stays around 1-2 MB
+red = ramp.resize((width, height), Image.Resampling.NEAREST)
+green = ramp.rotate(90).resize((width, height), Image.Resampling.NEAREST)
+Image.merge("RGB", (red, green, Image.new("L", (width, height), 90))).save(path, "JPEG", quality=80)
+"""
+
+_DECODE_JPEG = """
+import json, resource, sys, time
+from camlib.imaging import decode_image
+data = open(sys.argv[1], "rb").read()
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+start = time.perf_counter()
+decoded = decode_image(data)
+seconds = time.perf_counter() - start
+extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+print(json.dumps({"shape": list(decoded.pixels.shape), "notes": decoded.notes, "extra_mb": extra, "s": seconds,
+                  "mean": decoded.pixels.reshape(-1, 3).mean(axis=0).tolist()}))
+"""
+
+
+def _python(script: str, *args: object, timeout: float = 300) -> str:
+    """Run ``script`` in a fresh interpreter: its peak RSS is its own. ``MALLOC_MMAP_THRESHOLD_``: glibc serves large
+    blocks from fresh mappings, which the peak RSS counts (by default it would reuse heap freed during imports)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=timeout, check=False, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def phone_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 48 MP (8000 x 6000) and a 108 MP (12000 x 9000) baseline JPEG, made once per session in a subprocess."""
+    folder = tmp_path_factory.mktemp("phone_photos")
+    photos = {"48MP": (8000, 6000), "108MP": (12000, 9000)}
+    for name, (width, height) in photos.items():
+        _python(_GENERATE_JPEG, width, height, folder / f"{name}.jpg")
+    return {name: folder / f"{name}.jpg" for name in photos}
+
+
+@pytest.mark.slow
+@pytest.mark.bad_input(9)
+@pytest.mark.parametrize(("name", "notes", "shape"), [
+    ("48MP", ["decoded at 1/4 size: 8000x6000 -> 2000x1500", "downscaled from 8000x6000 to 1024x768"], [768, 1024, 3]),
+    ("108MP", ["decoded at 1/8 size: 12000x9000 -> 1500x1125", "downscaled from 12000x9000 to 1024x768"],
+     [768, 1024, 3]),
+])
+def test_phone_photos_decode_in_bounded_memory_and_time(phone_photos: dict[str, Path], name: str, notes: list[str],
+                                                        shape: list[int]) -> None:
+    path = phone_photos[name]
+    assert path.stat().st_size < MAX_UPLOAD_BYTES
+    result = json.loads(_python(_DECODE_JPEG, path).strip().splitlines()[-1])
+    assert result["notes"] == notes and result["shape"] == shape
+    # The full-size RGB would be 144 MB (48 MP) or 324 MB (108 MP) as numpy, 4/3 of that in Pillow.
+    assert result["extra_mb"] < 60, result  # measured: about 20 MB
+    assert result["s"] < 10, result  # measured: 0.2 s
+    # The content survived: a horizontal red ramp (mean ~127), a vertical green ramp, blue 90.
+    assert result["mean"] == pytest.approx([127.5, 127.5, 90], abs=4)
+
+
+@pytest.mark.bad_input(9)
+def test_a_900_mp_png_bomb_is_still_refused_fast() -> None:
+    data = _bilevel_png(30000, 30000)
+    assert len(data) < 200_000
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLargeError, match="MP > 25 MP"):
+        decode_image(data)
+    assert time.perf_counter() - start < 0.5  # header only; decoding would take seconds and 900 MB
+
+
+@pytest.mark.bad_input(63)
+@pytest.mark.parametrize(("width", "height"), [(65536, 1), (1, 65536), (25_000_000, 1), (1, 25_000_000)])
+def test_sides_over_65535_pixels_are_refused_without_decoding(width: int, height: int, no_decoding: None) -> None:
+    # A 1 x 25,000,000 strip is within the pixel cap, but Pillow keeps a pointer per row (200 MB of them) and
+    # resampling it builds a 1.2 GB coefficient table.
+    with pytest.raises(ImageTooLargeError) as info:
+        decode_image(_bilevel_png(width, height))
+    assert str(info.value) == f"image too long: {width}x{height} pixels; each side must be at most 65,535 pixels"
+
+
+@pytest.mark.parametrize(("width", "height"), [(65535, 1), (1, 65535)])
+def test_sides_of_65535_pixels_are_accepted(width: int, height: int) -> None:
+    decoded = decode_image(_bilevel_png(width, height))
+    assert decoded.original_size == (width, height)
+    assert sorted(decoded.pixels.shape[:2]) == [1, MAX_SIDE] and (decoded.pixels == 0).all()
 
 
 # --- row 10: tiny images ---------------------------------------------------------------------------------------------
@@ -507,8 +715,13 @@ def test_bilevel_is_replicated_to_three_channels() -> None:
     np.testing.assert_array_equal(decoded.pixels, np.where(bits, 255, 0).astype(np.uint8)[..., None].repeat(3, 2))
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF", "WEBP"], ids=["gif", "apng", "multipage-tiff", "webp"])
-def test_animated_image_uses_first_frame(fmt: str) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "note"),
+    [("GIF", "animated image: using frame 1 (frames not counted)"), ("PNG", "animated image: using frame 1 of 3"),
+     ("TIFF", "multi-page image: using page 1 of 3"), ("WEBP", "animated image: using frame 1 of 3")],
+    ids=["gif", "apng", "multipage-tiff", "webp"],
+)
+def test_animated_image_uses_first_frame(fmt: str, note: str) -> None:
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     frames = [Image.new("RGB", (16, 16), colour) for colour in colours]
     params: dict[str, object] = {"save_all": True, "append_images": frames[1:]}
@@ -516,8 +729,107 @@ def test_animated_image_uses_first_frame(fmt: str) -> None:
         params["lossless"] = True
     decoded = decode_image(_encode(frames[0], fmt, **params))
     assert decoded.format == fmt
-    assert "animated image: using frame 1 of 3" in decoded.notes
+    assert decoded.notes == (note,)
     assert np.abs(decoded.pixels.astype(int) - (255, 0, 0)).max() <= 2
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF", "WEBP"])
+def test_single_frame_files_have_no_frame_note(fmt: str) -> None:
+    assert decode_image(_encode(Image.new("RGB", (16, 16), (1, 2, 3)), fmt)).notes == ()
+
+
+def _many_page_tiff(pages: int) -> bytes:
+    """An uncompressed 1x1 grayscale TIFF of ``pages`` pages: page 1 is 200, the others 50 (12 bytes a page)."""
+    header = b"II*\x00" + struct.pack("<I", 8)
+    entry_count = 8
+    ifd_size = 2 + 12 * entry_count + 4
+    parts = [header]
+    offset = 8
+    for page in range(pages):
+        pixel_offset = offset + ifd_size
+        next_offset = 0 if page == pages - 1 else pixel_offset + 2  # pixel byte + pad to an even offset
+        tags = [(256, 3, 1, 1), (257, 3, 1, 1), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+                (273, 4, 1, pixel_offset), (278, 3, 1, 1), (279, 4, 1, 1)]
+        entries = b"".join(struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3
+                                                                     else struct.pack("<I", value))
+                           for tag, kind, count, value in tags)
+        parts.append(struct.pack("<H", entry_count) + entries + struct.pack("<I", next_offset))
+        parts.append(bytes([200 if page == 0 else 50, 0]))
+        offset = pixel_offset + 2
+    return b"".join(parts)
+
+
+def _many_frame_gif(frames: int) -> bytes:
+    """A 1x1 GIF of ``frames`` frames: frame 1 is palette index 0 (red), the others index 1 (blue)."""
+    header = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + bytes([255, 0, 0, 0, 0, 255])
+    control = b"\x21\xf9\x04\x00\x0a\x00\x00\x00"  # 0.1 s a frame
+    descriptor = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+    # LZW, minimum code size 2, 3-bit codes LSB first: clear (4), the index, end (5).
+    first = control + descriptor + b"\x02\x02\x44\x01\x00"
+    other = control + descriptor + b"\x02\x02\x4c\x01\x00"
+    return header + first + other * (frames - 1) + b"\x3b"
+
+
+def _many_frame_apng(frames: int) -> bytes:
+    """A 1x1 RGB APNG of ``frames`` frames: frame 1 is red, the others blue."""
+    red, blue = zlib.compress(b"\x00\xff\x00\x00"), zlib.compress(b"\x00\x00\x00\xff")
+
+    def control(sequence: int) -> bytes:
+        return _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, 1, 1, 0, 0, 1, 10, 0, 0))
+
+    parts = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)),
+             _png_chunk(b"acTL", struct.pack(">II", frames, 0)), control(0), _png_chunk(b"IDAT", red)]
+    sequence = 1
+    for _ in range(frames - 1):
+        parts += [control(sequence), _png_chunk(b"fdAT", struct.pack(">I", sequence + 1) + blue)]
+        sequence += 2
+    parts.append(_png_chunk(b"IEND", b""))
+    return b"".join(parts)
+
+
+def test_many_frame_helpers_are_valid_files() -> None:
+    for data, frames in [(_many_page_tiff(5), 5), (_many_frame_gif(5), 5), (_many_frame_apng(5), 5)]:
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.n_frames == frames
+            image.seek(frames - 1)
+            image.load()
+
+
+@pytest.mark.bad_input(17)
+@pytest.mark.parametrize(("make", "plugin", "note", "pixel"), [
+    (_many_page_tiff, TiffImagePlugin.TiffImageFile, f"multi-page image: using page 1 (more than {FRAMES_COUNTED} "
+     "pages)", (200, 200, 200)),
+    (_many_frame_gif, GifImagePlugin.GifImageFile, "animated image: using frame 1 (frames not counted)", (255, 0, 0)),
+    (_many_frame_apng, PngImagePlugin.PngImageFile, "animated image: using frame 1 of 20000", (255, 0, 0)),
+], ids=["tiff", "gif", "apng"])
+def test_many_frame_files_use_frame_1_without_walking_the_frames(make, plugin: type, note: str,
+                                                                 pixel: tuple[int, int, int],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # 60,000 TIFF pages took 19.2 s when the frames were counted; now at most FRAMES_COUNTED page headers are read.
+    data = make(20_000)
+    steps: list[int] = []
+    original_seek = plugin._seek
+
+    def spy(self: Image.Image, frame: int, *args: object, **kwargs: object) -> None:
+        steps.append(frame)
+        original_seek(self, frame, *args, **kwargs)
+
+    monkeypatch.setattr(plugin, "_seek", spy)
+    start = time.perf_counter()
+    decoded = decode_image(data)
+    elapsed = time.perf_counter() - start
+    assert decoded.notes == (note, f"tiny image (1x1): below {TINY_SIDE} px the CAM is not meaningful")
+    assert decoded.pixels.tolist() == [[list(pixel)]]
+    assert max(steps, default=0) <= FRAMES_COUNTED + 1 and len(steps) <= 2 * FRAMES_COUNTED + 4, steps[-5:]
+    assert elapsed < 2, elapsed  # walking all 20,000 frames takes several seconds
+
+
+def test_tiff_pages_are_counted_up_to_the_limit() -> None:
+    for pages in (2, FRAMES_COUNTED, FRAMES_COUNTED + 1):
+        notes = decode_image(_many_page_tiff(pages)).notes
+        expected = (f"multi-page image: using page 1 of {pages}" if pages <= FRAMES_COUNTED
+                    else f"multi-page image: using page 1 (more than {FRAMES_COUNTED} pages)")
+        assert notes[0] == expected
 
 
 # --- row 19: formats that are never opened ---------------------------------------------------------------------------
@@ -556,7 +868,7 @@ def test_allow_list_excludes_risky_formats() -> None:
 
 def test_decode_image_takes_bytes_only_and_never_opens_files(monkeypatch: pytest.MonkeyPatch) -> None:
     parameters = inspect.signature(decode_image).parameters
-    assert list(parameters) == ["data", "max_bytes", "max_pixels", "max_side"]
+    assert list(parameters) == ["data", "max_bytes", "max_pixels", "max_side", "filename"]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for name, p in parameters.items() if name != "data")
 
     def no_files(*args: object, **kwargs: object) -> None:
@@ -565,7 +877,7 @@ def test_decode_image_takes_bytes_only_and_never_opens_files(monkeypatch: pytest
     data = _encode(Image.fromarray(_rgb_noise()), "PNG")
     monkeypatch.setattr("builtins.open", no_files)
     monkeypatch.setattr("os.open", no_files)
-    assert decode_image(data).pixels.shape == (48, 64, 3)
+    assert decode_image(data, filename="../../etc/passwd.png").pixels.shape == (48, 64, 3)  # a name, never opened
     for name in ("../../etc/passwd.png", "a\x00.png", "<img src=x onerror=alert(1)>.png"):
         with pytest.raises(InvalidImageError):
             decode_image(name.encode())  # a file name passed by mistake is just non-image bytes
