@@ -1,0 +1,192 @@
+"""Real-browser checks of the bad-input catalogue (rows 4, 6, 12, 22, 49): Playwright drives headless Debian chromium
+against `streamlit run` on 127.0.0.1, with the server and page fixtures of tests/test_browser.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_browser import CHROMIUM, _explained, browser, browser_page, server  # noqa: F401 - fixtures used by name
+from test_imaging import _with_orientation
+
+from camlib.samples import load_sample
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)"),
+]
+
+UPLOADER = '[data-testid="stFileUploaderDropzoneInput"]'
+ORIGINAL_IMG = "() => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]" \
+               ".find(e => e.innerText.includes('On the original image')); return box && box.querySelector('img'); }"
+
+
+def _settle(page, timeout: float = 120_000) -> None:
+    """Wait until no script run is in progress (Streamlit's running indicator is gone) and the images have loaded."""
+    page.wait_for_timeout(400)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"],"
+                           " [data-testid=\"stStatusWidgetRunningManIcon\"]')", timeout=timeout)
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=timeout)
+
+
+def _to_upload(page) -> None:
+    page.get_by_text("Upload", exact=True).first.click()
+    page.locator(UPLOADER).wait_for(state="attached", timeout=60_000)
+
+
+def _original_aspect(page) -> float:
+    handle = page.wait_for_function(f"() => {{ const img = ({ORIGINAL_IMG})(); return img && img.complete "
+                                    "&& img.naturalWidth > 0 && img.naturalWidth / img.naturalHeight; }",
+                                    timeout=60_000)
+    return float(handle.json_value())
+
+
+def _cam_text(page) -> str:
+    """The "Explaining class ..." line without its timing (which says whether the CAM came from the cache)."""
+    return re.sub(r" (in \d+ ms|from the cache \(first computed in \d+ ms\)) on ", " on ", _explained(page))
+
+
+def _wait_for_new_cam(page, before: str) -> None:
+    page.wait_for_function(
+        "(before) => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith('Explaining class') "
+        "&& p.innerText !== before)", arg=before, timeout=120_000)
+
+
+def _no_exception(page, dialogs: list[str]) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert dialogs == []
+
+
+@pytest.mark.bad_input(4)
+@pytest.mark.parametrize("name", ["setup.exe", "pipeline.json", "drawing.svg", "photo.png.exe"])
+def test_disallowed_extension_gets_a_frontend_error_chip(browser_page, tmp_path: Path, name: str) -> None:  # noqa: F811
+    page, dialogs = browser_page
+    _settle(page)
+    _to_upload(page)
+    before = _cam_text(page)
+    path = tmp_path / name
+    path.write_bytes(b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'/>" if name.endswith("svg")
+                     else b"MZ\x90\x00 not an image")
+    page.locator(UPLOADER).set_input_files(str(path))
+    page.locator('[data-testid="stFileChipIconError"]').first.wait_for(timeout=30_000)
+    assert page.get_by_text("not allowed", exact=False).count() >= 1
+    _settle(page)
+    assert _cam_text(page) == before  # the app is unaffected: same image, same CAM
+    _no_exception(page, dialogs)
+    page.locator('[data-testid="stFileChipDeleteBtn"]').first.click()  # clear it for the next case
+    page.locator('[data-testid="stFileChipIconError"]').first.wait_for(state="detached", timeout=30_000)
+
+
+@pytest.mark.bad_input(6)
+def test_file_over_the_upload_limit_gets_a_frontend_error_chip(browser_page, tmp_path: Path) -> None:  # noqa: F811
+    """The image uploader allows 20 MB: a 21 MB PNG is refused in the browser (error chip) and never reaches the
+    script: the CAM shown stays the same."""
+    page, dialogs = browser_page
+    _settle(page)
+    _to_upload(page)
+    before = _cam_text(page)
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(21 * 1024 * 1024))
+    page.locator(UPLOADER).set_input_files(str(path))
+    page.locator('[data-testid="stFileChipIconError"]').first.wait_for(timeout=60_000)
+    _settle(page)
+    assert _cam_text(page) == before
+    _no_exception(page, dialogs)
+    page.locator('[data-testid="stFileChipDeleteBtn"]').first.click()
+    page.locator('[data-testid="stFileChipIconError"]').first.wait_for(state="detached", timeout=30_000)
+
+
+@pytest.mark.bad_input(12)
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_rotated_photo_is_shown_upright_with_its_overlay(browser_page, tmp_path: Path,  # noqa: F811
+                                                              orientation: int) -> None:
+    """A 360x240 (landscape) JPEG whose EXIF says "rotate 90 degrees": the overlay on the original image is portrait
+    (2:3), i.e. the rotation was applied once, and the overlay is drawn on the rotated image."""
+    page, dialogs = browser_page
+    _settle(page)
+    _to_upload(page)
+    pixels = np.asarray(Image.fromarray(load_sample("coffee (cup)")).resize((360, 240)))
+    path = tmp_path / f"portrait{orientation}.jpg"
+    path.write_bytes(_with_orientation(pixels, orientation, "JPEG"))
+    page.locator(UPLOADER).set_input_files(str(path))
+    page.wait_for_function(f"() => {{ const img = ({ORIGINAL_IMG})(); return img && img.complete && "
+                           "img.naturalHeight > img.naturalWidth; }", timeout=120_000)
+    _settle(page)
+    assert _original_aspect(page) == pytest.approx(240 / 360, abs=0.01)
+    _no_exception(page, dialogs)
+
+
+def _photo(tmp_path: Path, sample: str, size: tuple[int, int], name: str) -> Path:
+    path = tmp_path / name
+    Image.fromarray(load_sample(sample)).resize(size).save(path)
+    return path
+
+
+@pytest.mark.bad_input(22)
+def test_new_upload_during_a_run_shows_only_the_new_images_cam(browser_page, tmp_path: Path) -> None:  # noqa: F811
+    """Upload a wide photo and, while its run is going, a tall one: the page settles on the tall photo's CAM (the
+    same text as when the tall photo is uploaded alone) on a tall original, never the wide one's overlay."""
+    page, dialogs = browser_page
+    _settle(page)
+    _to_upload(page)
+    tall = _photo(tmp_path, "rocket", (240, 400), "tall.png")
+    wide = _photo(tmp_path, "astronaut", (400, 240), "wide.png")
+    previous = _explained(page)
+    page.locator(UPLOADER).set_input_files(str(tall))
+    _wait_for_new_cam(page, previous)
+    _settle(page)
+    alone = _cam_text(page)
+    assert _original_aspect(page) == pytest.approx(240 / 400, abs=0.01)
+    page.locator(UPLOADER).set_input_files(str(wide))
+    page.wait_for_timeout(150)  # the wide photo's run has started
+    page.locator(UPLOADER).set_input_files(str(tall))
+    _settle(page)
+    assert _cam_text(page) == alone
+    assert _original_aspect(page) == pytest.approx(240 / 400, abs=0.01)
+    _no_exception(page, dialogs)
+
+
+@pytest.mark.bad_input(22)
+def test_removing_the_upload_mid_run_shows_no_stale_overlay(browser_page, tmp_path: Path) -> None:  # noqa: F811
+    """Upload a wide photo and click the chip's x while its run is going: the page settles on the sample photo it
+    names ("No upload yet: showing ..."), with the sample's aspect ratio, not on the removed photo."""
+    page, dialogs = browser_page
+    _settle(page)
+    _to_upload(page)
+    wide = _photo(tmp_path, "motorcycle", (480, 200), "wide-bike.png")
+    page.locator(UPLOADER).set_input_files(str(wide))
+    page.locator('[data-testid="stFileChipDeleteBtn"]').first.click(timeout=30_000)
+    _settle(page)
+    page.get_by_text("No upload yet: showing", exact=False).first.wait_for(timeout=60_000)
+    chelsea = load_sample("chelsea (cat)")
+    assert _original_aspect(page) == pytest.approx(chelsea.shape[1] / chelsea.shape[0], abs=0.01)
+    assert page.locator('[data-testid="stFileChip"]').count() == 0
+    _no_exception(page, dialogs)
+
+
+@pytest.mark.bad_input(49)
+def test_rerun_storm_of_widget_changes_ends_in_the_final_values(browser_page) -> None:  # noqa: F811
+    """Ten rapid opacity steps and three method changes in quick succession: reruns are superseded, the page
+    settles with the last method explained and the slider at its last value, with no exception."""
+    page, dialogs = browser_page
+    _settle(page)
+    slider = page.locator('.st-key-cam_alpha [role="slider"], .st-key-cam_alpha input[type="range"]').first
+    slider.wait_for(state="attached", timeout=30_000)
+    start = float(page.locator('.st-key-cam_alpha [data-testid="stSliderThumbValue"]').inner_text())
+    slider.focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowLeft")
+    for method in ("LayerCAM", "HiResCAM", "XGrad-CAM"):
+        page.locator(".st-key-cam_method").click()
+        page.keyboard.type(method)
+        page.keyboard.press("Enter")
+    _settle(page)
+    page.wait_for_function("() => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith("
+                           "'Explaining class') && p.innerText.includes('with XGrad-CAM '))", timeout=120_000)
+    value = float(page.locator('.st-key-cam_alpha [data-testid="stSliderThumbValue"]').inner_text())
+    assert value < start
+    _no_exception(page, dialogs)
