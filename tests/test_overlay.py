@@ -207,6 +207,7 @@ def test_float64_cam_is_accepted() -> None:
     ],
     ids=["all-nan", "some-nan", "inf", "negative", "above-one", "uint8-scale", "3-d", "1-d", "list"],
 )
+@pytest.mark.bad_input(34, 43)
 def test_bad_cams_raise_typed_errors(cam: object, match: str) -> None:
     for overlay in (overlay_heatmap, overlay_like_pytorch_grad_cam):
         with pytest.raises(CamlibError, match=match) as info:
@@ -227,6 +228,7 @@ def test_bad_cams_raise_typed_errors(cam: object, match: str) -> None:
     ],
     ids=["float01", "uint16", "int64", "gray-2d", "rgba", "batch", "list"],
 )
+@pytest.mark.bad_input(43)
 def test_bad_images_raise_typed_errors(image: object) -> None:
     for overlay in (overlay_heatmap, overlay_like_pytorch_grad_cam):
         with pytest.raises(CamlibError, match="uint8 RGB") as info:
