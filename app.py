@@ -13,7 +13,8 @@ import camlib  # noqa: E402
 from camlib.device import default_device  # noqa: E402
 from ui.text import md  # noqa: E402
 
-st.set_page_config(page_title="CAM Explorer", page_icon=":material/local_fire_department:", layout="wide")
+# An emoji favicon is an inline data: URL; a :material/...: one would be fetched from fonts.gstatic.com (offline app).
+st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
 
 
 @st.cache_resource

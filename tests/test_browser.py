@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import socket
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from camlib.augment import CIFAR10_TRAIN_PIPELINE, pipeline_to_json
 from camlib.samples import load_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,18 +70,32 @@ def server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser_page(server: str):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        dialogs: list[str] = []
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-        page.goto(server)
-        page.wait_for_selector('[data-testid="stApp"]', timeout=120_000)
-        yield page, dialogs
-        browser.close()
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def _open_page(browser, server: str):
+    """A new tab on the app, recording dialogs (an alert would mean injected script ran) and every request."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    dialogs: list[str] = []
+    requests: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(server)
+    page.wait_for_selector('[data-testid="stApp"]', timeout=120_000)
+    return page, dialogs, requests
+
+
+@pytest.fixture(scope="module")
+def browser_page(server: str, browser):
+    page, dialogs, _ = _open_page(browser, server)
+    yield page, dialogs
+    page.close()
 
 
 def _explained(page) -> str:
@@ -167,3 +184,84 @@ def test_upload_without_xsrf_token_is_refused(server: str) -> None:
     assert refused.value.code == 403
     with urllib.request.urlopen(f"{server}/_stcore/health", timeout=10) as response:  # the server is unaffected
         assert response.status == 200
+
+
+# --- hostile names (bad-inputs #20) ----------------------------------------------------------------------------------
+
+LINK_NAME = "[x](https://example.invalid/) ![t](https://example.invalid/t.png).png"
+HTML_NAME = "<img src=x onerror=alert(1)>.png"
+# Every element attribute that loads or links something, and every inline event handler.
+_FOREIGN_ATTRIBUTES = """(origin) => {
+  const found = [];
+  for (const element of document.querySelectorAll('*')) {
+    for (const attribute of element.attributes) {
+      const name = attribute.name.toLowerCase(), value = attribute.value.trim();
+      if (name.startsWith('on')) { found.push(`${element.tagName} ${name}=${value}`); continue; }
+      if (!['href', 'src', 'srcset', 'xlink:href', 'action', 'formaction', 'poster', 'data'].includes(name)) continue;
+      const own = value.startsWith(origin + '/') || value === origin || /^(data|blob):/.test(value)
+        || value.startsWith('#') || (!/^[a-z][a-z0-9+.-]*:/i.test(value) && !value.startsWith('//'));
+      if (!own || value.includes('example.invalid') || value === 'x') found.push(`${element.tagName} ${name}=${value}`);
+    }
+  }
+  return found;
+}"""
+
+
+def _wait_for_text(page, text: str, timeout: int = 60_000) -> None:
+    """Wait until the page shows ``text`` literally (ignoring the invisible word joiners that break autolinks)."""
+    page.wait_for_function("(text) => document.body.innerText.replaceAll('\\u2060', '').includes(text)", arg=text,
+                           timeout=timeout)
+
+
+def _assert_only_own_urls(page, server: str, requests: list[str], dialogs: list[str]) -> None:
+    assert page.evaluate(_FOREIGN_ATTRIBUTES, server) == []
+    assert [url for url in requests if not url.startswith(server)] == []  # example.invalid was never requested
+    assert dialogs == []
+
+
+def _transparent_png() -> bytes:
+    """The coffee photo, half transparent: its decoding adds a note that names the file."""
+    image = Image.fromarray(load_sample("coffee (cup)")[::4, ::4].copy()).convert("RGBA")
+    image.putalpha(128)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.bad_input(20)
+def test_hostile_names_render_as_text_and_load_nothing(server: str, browser) -> None:
+    page, dialogs, requests = _open_page(browser, server)
+    try:
+        page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
+        page.get_by_text("Upload", exact=True).click()
+        dropzone = page.locator('.st-key-cam_upload input[type="file"]')
+        dropzone.set_input_files(files=[{"name": LINK_NAME, "mimeType": "image/png", "buffer": _transparent_png()}])
+        # the note names the file: as literal text, not as a link and an image
+        _wait_for_text(page, f"{LINK_NAME}: transparent pixels shown", timeout=120_000)
+        _assert_only_own_urls(page, server, requests, dialogs)
+
+        page.locator('.st-key-cam_upload [data-testid="stFileChipDeleteBtn"] button').click()
+        _wait_for_text(page, "No upload yet: showing chelsea (cat).")
+        assert page.get_by_text("example.invalid", exact=False).count() == 0  # the removed file is not named
+        _assert_only_own_urls(page, server, requests, dialogs)
+
+        page.locator('[data-testid="stSidebarNav"] a', has_text="Augmentation Lab").click()
+        page.wait_for_url("**/augmentation_lab", timeout=60_000)
+        importer = page.locator('.st-key-aug_import input[type="file"]')
+        importer.wait_for(state="attached", timeout=120_000)
+        document = json.loads(pipeline_to_json(CIFAR10_TRAIN_PIPELINE))
+        document["augmentation_lab"]["steps"][0]["transform"] = HTML_NAME
+        hostile_json = HTML_NAME.removesuffix(".png") + ".json"
+        importer.set_input_files(files=[{"name": hostile_json, "mimeType": "application/json",
+                                         "buffer": json.dumps(document).encode()}])
+        _wait_for_text(page, f"Cannot import {hostile_json}:")
+        _assert_only_own_urls(page, server, requests, dialogs)
+
+        linked_json = LINK_NAME.removesuffix(".png") + ".json"
+        importer.set_input_files(files=[{"name": linked_json, "mimeType": "application/json",
+                                         "buffer": pipeline_to_json(CIFAR10_TRAIN_PIPELINE).encode()}])
+        _wait_for_text(page, f"Imported {linked_json}.")
+        _assert_only_own_urls(page, server, requests, dialogs)
+        assert page.locator('[data-testid="stException"]').count() == 0
+    finally:
+        page.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ui.text import FIELD_LIMIT, NAME_LIMIT, escape, html_text, md, shorten
+from ui.text import FIELD_LIMIT, NAME_LIMIT, WORD_JOINER, escape, html_text, md, shorten
 
 REPO = Path(__file__).resolve().parents[1]
 PUNCTUATION = "\\`*_{}[]()<>#+-.!|~:$&@/"
@@ -27,7 +27,8 @@ HOSTILE = [
 
 
 def _unescape(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text)
+    """What the reader sees: backslash escapes resolved, invisible word joiners gone."""
+    return re.sub(r"\\(.)", r"\1", text).replace(WORD_JOINER, "")
 
 
 def _unescaped_specials(text: str) -> list[int]:
@@ -52,12 +53,26 @@ def test_escape_leaves_no_live_markdown_and_round_trips(text: str) -> None:
 
 
 def test_escape_exact_values() -> None:
-    assert escape("[x](https://e.invalid).png") == r"\[x\]\(https\:\/\/e\.invalid\)\.png"
+    assert escape("[x](https://e.invalid).png") == "\\[x\\]\\(https\\:\u2060\\/\\/e\\.invalid\\)\\.png"
     assert escape("<b>&amp;</b>") == r"\<b\>\&amp;\<\/b\>"
     assert escape("$x$ :red[y]") == r"\$x\$ \:red\[y\]"
     assert escape("\\") == "\\\\"
     assert escape("plain words 123") == "plain words 123"
     assert escape(3.5) == r"3\.5"
+
+
+@pytest.mark.bad_input(20)
+@pytest.mark.parametrize(("text", "expected"), [
+    ("https://e.invalid", "https\\:\u2060\\/\\/e\\.invalid"),
+    ("HTTP://e.invalid", "HTTP\\:\u2060\\/\\/e\\.invalid"),
+    ("www.e.invalid", "www\u2060\\.e\\.invalid"),
+    ("WWW.e.invalid", "WWW\u2060\\.e\\.invalid"),
+    ("mailto:me@e.invalid", "mailto\\:me\\@\u2060e\\.invalid"),
+    ("a: b/c www", "a\\: b\\/c www"),  # no autolink shape: no joiner
+])
+def test_autolinks_are_broken_by_an_invisible_word_joiner(text: str, expected: str) -> None:
+    # GFM finds autolinks in the text after escapes are resolved, so escaping alone would leave them live.
+    assert escape(text) == expected
 
 
 @pytest.mark.bad_input(20)

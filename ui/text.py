@@ -17,7 +17,7 @@ from typing import Any
 
 # CommonMark: "Any ASCII punctuation character may be backslash-escaped" (spec 0.31, section 2.4). The backslash
 # itself first; '$' (remark-math), ':' (Streamlit's :red[...] / :material/...: directives) and '<', '>', '&' (HTML and
-# entities) included; '.', '@' and '/' break GFM's www. / e-mail / https:// autolinks.
+# entities) included.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&@/])")
 # Line breaks would start new Markdown blocks; bidi overrides (U+202A-E, U+2066-9) and other controls let a name
 # display differently from what it is (e.g. "photo\u202egnp.exe" shows as "photoexe.png").
@@ -25,6 +25,10 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u
 _LINE_BREAKS = re.compile(r"[\n\u2028\u2029]+")
 NAME_LIMIT = 120  # characters of a file name (or of any unbroken word) shown; longer ones are shortened in the middle
 FIELD_LIMIT = 1000  # characters of one ``md`` field (an error message that quotes a user's 4 KB value, say)
+# GFM autolinks are found in the text *after* escapes are resolved (mdast-util-gfm-autolink-literal), so "https\:\/\/"
+# still becomes a link: a WORD JOINER (U+2060, invisible) after "https:", after "www" and after "@" breaks the pattern.
+_AUTOLINK = re.compile(r"(\\:)(?=\\/\\/)|(?i:(www))(?=\\\.)|(\\@)")
+WORD_JOINER = "\u2060"
 _LONG_WORD = re.compile(rf"\S{{{NAME_LIMIT + 1},}}")
 
 
@@ -39,6 +43,9 @@ def shorten(text: str, limit: int = NAME_LIMIT) -> str:
 def escape(value: Any, *, limit: int | None = None) -> str:
     """``str(value)`` as Markdown that renders literally (no links, images, LaTeX, directives, HTML or emphasis).
 
+    Every Markdown punctuation character is backslash-escaped, and an invisible WORD JOINER breaks GFM's autolinks
+    (``https://``, ``www.``, e-mail addresses).
+
     Control and bidi characters become U+FFFD, line breaks become spaces, words longer than ``NAME_LIMIT`` are
     shortened (``shorten``), and so is the whole text to ``limit`` characters when given; then it is escaped.
     """
@@ -46,7 +53,7 @@ def escape(value: Any, *, limit: int | None = None) -> str:
     text = _LONG_WORD.sub(lambda word: shorten(word.group()), text)
     if limit is not None:
         text = shorten(text, limit)
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return _AUTOLINK.sub(lambda m: m.group() + WORD_JOINER, _MARKDOWN_SPECIAL.sub(r"\\\1", text))
 
 
 class _EscapingFormatter(string.Formatter):
