@@ -53,7 +53,7 @@ LIVE = re.compile(r"(?<!\\)(\]\(https://|!\[|<img|\$\\href|:red\[|:material/)|\u
 
 def _strings(message: Message) -> Iterator[str]:
     """Every string field of a protobuf message, recursively (labels, bodies, captions, help...)."""
-    for field, value in message.ListFields():
+    for _field, value in message.ListFields():
         values = [value] if isinstance(value, (str, bytes, int, float, Message)) else value  # repeated: a container
         for item in values:
             if isinstance(item, str):
@@ -324,3 +324,27 @@ def test_a_cached_cam_says_so() -> None:
     cached = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
     assert f" from the cache (first computed in {match[1]} ms) on " in cached, cached
     assert cached.split(" with ")[0] == fresh.split(" with ")[0]
+
+
+def _encoded(fmt: str) -> bytes:
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.bad_input(3)
+@pytest.mark.parametrize(("name", "fmt", "note"), [
+    ("photo.png", "JPEG", "the file is named .png but contains JPEG data; decoded as JPEG"),
+    ("photo.webp", "JPEG", "the file is named .webp but contains JPEG data; decoded as JPEG"),
+    ("photo.jpg", "PNG", "the file is named .jpg but contains PNG data; decoded as PNG"),
+    ("photo.jpeg", "JPEG", None),
+    ("photo.PNG", "PNG", None),
+])
+def test_extension_that_disagrees_with_the_content_is_noted(name: str, fmt: str, note: str | None) -> None:
+    at = _app()
+    at.radio(key="cam_source").set_value("Upload").run()
+    at.file_uploader(key="cam_upload").set_value((name, _encoded(fmt), "image/png")).run()
+    assert not at.exception and not at.error
+    assert [i.value for i in at.info] == ([md("{file}: {note}", file=name, note=note)] if note else [])
+    assert _explained(at)  # decoded and explained either way

@@ -126,8 +126,10 @@ def get_layers(key: str) -> list[LayerInfo]:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def decode_upload(data: bytes) -> DecodedImage:
-    return decode_image(data)
+def decode_upload(data: bytes, filename: str = "") -> DecodedImage:
+    """An upload decoded by ``camlib.imaging.decode_image``; ``filename`` only adds a note when its extension names
+    another format than the bytes hold (e.g. JPEG bytes named .png are decoded as JPEG, and the note says so)."""
+    return decode_image(data, filename=filename)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

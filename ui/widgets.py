@@ -79,7 +79,7 @@ def image_input(prefix: str, *, cifar: CifarData | None = None) -> ChosenImage:
     )
     if upload is not None:
         try:
-            decoded = state.decode_upload(upload.getvalue())
+            decoded = state.decode_upload(upload.getvalue(), upload.name)
         except CamlibError as error:
             st.error(md("Cannot use this file: {error}", error=error))
         else:
