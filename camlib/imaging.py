@@ -164,10 +164,15 @@ def _to_8bit(image: Image.Image, notes: list[str]) -> Image.Image:
         if values.min() < 0 or values.max() > 65535:
             raise InvalidImageError(f"unsupported image mode {mode} with values outside 0..65535")
         # 16-bit: scale 0..65535 to 0..255 as round(x / 257), never clip (which would turn everything white).
-        # x = 257 q + r is never halfway (257 is odd), so round(x / 257) = q + (r >= 129): integer arithmetic only.
-        quotient, remainder = np.divmod(values, 257)
+        # x = 257 q + r is never halfway (257 is odd), so round(x / 257) = q + (r >= 129): integer arithmetic only,
+        # in bands of about 1 M values so the temporaries stay small.
+        gray = np.empty(values.shape, np.uint8)
+        band = max(1, 2**20 // values.shape[1])
+        for start in range(0, values.shape[0], band):
+            quotient, remainder = np.divmod(values[start:start + band], 257)
+            gray[start:start + band] = quotient + (remainder >= 129)
         notes.append("16-bit image: scaled to 8 bits")
-        return Image.fromarray((quotient + (remainder >= 129)).astype(np.uint8), "L")
+        return Image.fromarray(gray, "L")
     if mode == "F":
         raise InvalidImageError("unsupported image mode F (32-bit float); save the image as 8- or 16-bit")
     if mode == "P":

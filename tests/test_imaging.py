@@ -416,6 +416,45 @@ def test_reduced_decoding_note_is_in_display_orientation() -> None:
     assert np.abs(decoded.pixels[-200:].astype(int) - (0, 0, 255)).max() <= 12
 
 
+# Run through an intermediate interpreter: a process started directly from this one inherits this one's peak RSS as
+# its own ru_maxrss (Linux keeps the high-water mark across exec), which would hide what the script allocates.
+_TRAMPOLINE = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+# For measuring scripts: the baseline after imports, refused if an earlier peak would hide the work's own.
+RSS_BASELINE = """
+import resource
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+rss = int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
+assert baseline - rss < 50 * 1024, f"peak {baseline} KiB before the work, RSS {rss} KiB: the measure would be blind"
+"""
+
+
+def run_python(script: str, *args: object, timeout: float = 300) -> str:
+    """Run ``script`` in a fresh interpreter and return its stdout.
+
+    ``MALLOC_MMAP_THRESHOLD_``: glibc serves blocks of 64 kB and more from fresh mappings, which the peak RSS counts
+    (by default it would reuse heap that the imports freed, hundreds of MB after ``import torch``, and hide them).
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run([sys.executable, "-c", _TRAMPOLINE, sys.executable, "-c", script, *map(str, args)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=timeout,
+                          check=False, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_memory_measurement_sees_what_the_script_allocates() -> None:
+    # The harness is not blind: with this process holding 300 MB, a child that allocates 200 MB reports ~200 MB.
+    held = np.ones(300 * 2**20, np.uint8)
+    script = RSS_BASELINE + """
+import numpy as np
+block = np.ones(200 * 2**20, np.uint8)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024)
+"""
+    assert 195 < float(run_python(script)) < 230
+    assert held.all()
+
+
 _GENERATE_JPEG = """
 import sys
 from PIL import Image
@@ -427,10 +466,10 @@ Image.merge("RGB", (red, green, Image.new("L", (width, height), 90))).save(path,
 """
 
 _DECODE_JPEG = """
-import json, resource, sys, time
+import json, sys, time
 from camlib.imaging import decode_image
 data = open(sys.argv[1], "rb").read()
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+""" + RSS_BASELINE + """
 start = time.perf_counter()
 decoded = decode_image(data)
 seconds = time.perf_counter() - start
@@ -440,23 +479,13 @@ print(json.dumps({"shape": list(decoded.pixels.shape), "notes": decoded.notes, "
 """
 
 
-def _python(script: str, *args: object, timeout: float = 300) -> str:
-    """Run ``script`` in a fresh interpreter: its peak RSS is its own. ``MALLOC_MMAP_THRESHOLD_``: glibc serves large
-    blocks from fresh mappings, which the peak RSS counts (by default it would reuse heap freed during imports)."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=timeout, check=False, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 @pytest.fixture(scope="session")
 def phone_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 48 MP (8000 x 6000) and a 108 MP (12000 x 9000) baseline JPEG, made once per session in a subprocess."""
     folder = tmp_path_factory.mktemp("phone_photos")
     photos = {"48MP": (8000, 6000), "108MP": (12000, 9000)}
     for name, (width, height) in photos.items():
-        _python(_GENERATE_JPEG, width, height, folder / f"{name}.jpg")
+        run_python(_GENERATE_JPEG, width, height, folder / f"{name}.jpg")
     return {name: folder / f"{name}.jpg" for name in photos}
 
 
@@ -471,13 +500,67 @@ def test_phone_photos_decode_in_bounded_memory_and_time(phone_photos: dict[str, 
                                                         shape: list[int]) -> None:
     path = phone_photos[name]
     assert path.stat().st_size < MAX_UPLOAD_BYTES
-    result = json.loads(_python(_DECODE_JPEG, path).strip().splitlines()[-1])
+    result = json.loads(run_python(_DECODE_JPEG, path).strip().splitlines()[-1])
     assert result["notes"] == notes and result["shape"] == shape
     # The full-size RGB would be 144 MB (48 MP) or 324 MB (108 MP) as numpy, 4/3 of that in Pillow.
     assert result["extra_mb"] < 60, result  # measured: about 20 MB
     assert result["s"] < 10, result  # measured: 0.2 s
     # The content survived: a horizontal red ramp (mean ~127), a vertical green ramp, blue 90.
     assert result["mean"] == pytest.approx([127.5, 127.5, 90], abs=4)
+
+
+def _diagonal(width: int, height: int) -> np.ndarray:
+    """A ``(height, width)`` uint8 pattern that PNG compresses well (a 25 MP image stays under the upload cap)."""
+    return ((np.arange(width)[None, :] * 7 + np.arange(height)[:, None] * 13) % 256).astype(np.uint8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "bound_mb"), [("L", 60), ("RGB", 150), ("RGB rotated", 150), ("RGBA", 250),
+                                                ("16-bit", 180)])
+def test_25_mp_images_decode_without_full_size_copies(kind: str, bound_mb: float, tmp_path: Path) -> None:
+    # Pillow holds 25 MP as 25 MB (L), 50 MB (16-bit) or 100 MB (RGB, RGBA). Before: 121, 622, 193, 193 and 479 MB
+    # (an int64 and a float64 copy of 16-bit pixels, an RGB-to-RGB copy, a full-size rotation, a full-size composite).
+    diagonal = _diagonal(5000, 5000)
+    rgb = np.stack([diagonal, 255 - diagonal, diagonal // 2], axis=2)
+    params: dict[str, object] = {}
+    if kind == "L":
+        image = Image.fromarray(diagonal)
+    elif kind == "16-bit":
+        image = Image.fromarray(diagonal.astype(np.uint16) * 257)
+    elif kind == "RGBA":
+        image = Image.fromarray(np.concatenate([rgb, (diagonal % 2 * 255)[..., None]], axis=2).astype(np.uint8))
+    else:
+        image = Image.fromarray(rgb)
+        if kind == "RGB rotated":
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            params["exif"] = exif.tobytes()
+    path = tmp_path / "image.png"
+    image.save(path, "PNG", **params)
+    del image, rgb
+    result = json.loads(run_python(_DECODE_JPEG, path).strip().splitlines()[-1])
+    assert result["shape"] == [1024, 1024, 3]
+    assert result["extra_mb"] < bound_mb, result  # measured: 31, 121, 121, 216 and 145 MB
+
+
+def test_16_bit_scaling_is_exact_for_every_value() -> None:
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    decoded = decode_image(_encode(Image.fromarray(values), "PNG"), max_side=None)
+    np.testing.assert_array_equal(decoded.pixels[..., 0], np.round(values / 257.0).astype(np.uint8))
+
+
+def test_alpha_composited_after_the_downscale_matches_compositing_first() -> None:
+    # Pillow resizes RGBA with premultiplied alpha, so both orders give the same image up to rounding (random alpha
+    # is the worst case).
+    rng = np.random.default_rng(3)
+    rgba = np.concatenate([_diagonal(1600, 1200)[..., None].repeat(3, axis=2),
+                           rng.integers(0, 256, (1200, 1600, 1), dtype=np.uint8)], axis=2)
+    decoded = decode_image(_encode(Image.fromarray(rgba), "PNG"), max_side=400)
+    white = Image.new("RGBA", (1600, 1200), (255, 255, 255, 255))
+    first = Image.alpha_composite(white, Image.fromarray(rgba)).convert("RGB").resize((400, 300),
+                                                                                      Image.Resampling.LANCZOS)
+    difference = np.abs(decoded.pixels.astype(int) - np.asarray(first, dtype=int))
+    assert difference.max() <= 6 and difference.mean() < 0.5  # 8-bit premultiplied values round low alphas
 
 
 @pytest.mark.bad_input(9)

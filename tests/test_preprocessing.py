@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +16,11 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from test_imaging import RSS_BASELINE, run_python
 
 from camlib import models
 from camlib.models import MAX_RESIZED_PIXELS, Preprocessing, prepare_batch, prepare_input
 
-ROOT = Path(__file__).resolve().parents[1]
 PREPROCESSINGS = [Preprocessing(resize=256, crop=224), Preprocessing(resize=32, crop=32),
                   Preprocessing(resize=64, crop=56)]
 # (height, width): square, 4:3, 3:4, 16:9, 9:16, 1:3, 3:1, odd, tiny, 1xN, Nx1 and thin strips.
@@ -160,7 +157,7 @@ def test_prepare_batch_in_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch
 # --- bounded memory (row 63): a subprocess measures peak RSS ---------------------------------------------------------
 
 _MEASURE = """
-import io, json, resource, sys
+import io, json, sys
 import numpy as np
 from PIL import Image
 from camlib.imaging import decode_image
@@ -178,7 +175,7 @@ datas = [open(path, "rb").read() for path in files]
 warm_up = io.BytesIO()
 Image.new("RGB", (64, 48), (90, 120, 150)).save(warm_up, "PNG")
 work(warm_up.getvalue())  # one-time initialisation (thread pools, lazy imports) is not an upload's cost
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+""" + RSS_BASELINE + """
 report = {}
 for path, data in zip(files, datas):
     pixels = work(data)
@@ -188,17 +185,9 @@ print(json.dumps(report))
 """
 
 
-def run_measurement(script: str, paths: list[Path], timeout: float = 300) -> dict[str, dict]:
-    """Run ``script`` in a fresh interpreter (so earlier allocations do not hide its peak) and read its JSON.
-
-    ``MALLOC_MMAP_THRESHOLD_``: glibc serves blocks of 64 kB and more from fresh mappings, which the peak RSS counts;
-    by default it would reuse heap that the imports freed (hundreds of MB after ``import torch``) and hide them.
-    """
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, "-c", script, *map(str, paths)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, check=False, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def run_measurement(script: str, paths: list[Path]) -> dict[str, dict]:
+    """Peak RSS over the baseline after imports (``extra_mb``, cumulative in file order) of ``script`` on ``paths``."""
+    return json.loads(run_python(script, *paths).strip().splitlines()[-1])
 
 
 def _png(width: int, height: int, mode: str = "RGB") -> bytes:
