@@ -48,12 +48,16 @@ TF_LITE_STD = (128 / 255,) * 3
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``, scale to [0, 1], normalise."""
+    """Resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``, scale to [0, 1], normalise.
+
+    ``interpolation`` is the resize filter the weights were trained with ("bilinear" or "bicubic", antialiased).
+    """
 
     resize: int
     crop: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,10 @@ class ModelSpec:
     notes: str = ""
     dataset: str = "imagenet"  # "imagenet" | "cifar10": class names and the kind of images it expects
     weights_file: str | None = None  # for source "project": a safetensors file relative to the repository root
+    default_layers: tuple[str, ...] = ()  # suggested target layers, first that exists wins (else the 7x7 rule)
 
 
-def _torchvision_spec(arch: str, weights_enum: str, label: str) -> ModelSpec:
+def _torchvision_spec(arch: str, weights_enum: str, label: str, *, default_layers: tuple[str, ...] = ()) -> ModelSpec:
     weights = getattr(torchvision.models, weights_enum).DEFAULT
     transforms = weights.transforms()
     return ModelSpec(
@@ -86,8 +91,10 @@ def _torchvision_spec(arch: str, weights_enum: str, label: str) -> ModelSpec:
             crop=int(transforms.crop_size[0]),
             mean=tuple(transforms.mean),
             std=tuple(transforms.std),
+            interpolation=transforms.interpolation.value,
         ),
         weights_url=weights.url,
+        default_layers=default_layers,
         notes=(f"torchvision {weights_enum}.{weights.name}, "
                f"ImageNet top-1 {weights.meta['_metrics']['ImageNet-1K']['acc@1']}%"),
     )
@@ -122,6 +129,14 @@ MODELS: dict[str, ModelSpec] = {
         _torchvision_spec("vgg16_bn", "VGG16_BN_Weights", "VGG-16-BN (ImageNet, torchvision)"),
         _torchvision_spec("densenet121", "DenseNet121_Weights", "DenseNet-121 (ImageNet, torchvision)"),
         _torchvision_spec("convnext_tiny", "ConvNeXt_Tiny_Weights", "ConvNeXt-Tiny (ImageNet, torchvision)"),
+        # Transformers: their token (ViT) and channels-last (Swin) layers are read as feature maps (camlib.layouts).
+        # Default layers as in pytorch-grad-cam's tutorial: the last block's first LayerNorm for ViT (the final
+        # encoder.ln feeds only the class token to the head, so its patch tokens get no gradient), the last block's
+        # norm2 for Swin.
+        _torchvision_spec("vit_b_16", "ViT_B_16_Weights", "ViT-B/16 (ImageNet, torchvision)",
+                          default_layers=("encoder.layers.encoder_layer_11.ln_1",)),
+        _torchvision_spec("swin_t", "Swin_T_Weights", "Swin-T (ImageNet, torchvision)",
+                          default_layers=("features.7.1.norm2",)),
         ModelSpec(key="cifar10_resnet20", label="ResNet-20 (CIFAR-10, trained by this project)", source="project",
                   arch="resnet20", num_classes=10, preprocessing=_CIFAR_PREPROCESSING, dataset="cifar10",
                   weights_file="models/cifar10_resnet20/model.safetensors",
@@ -402,7 +417,7 @@ def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.
     label = f"{spec.label.split(' (')[0]} (your checkpoint: {Path(filename).name or 'upload'})"
     custom = ModelSpec(key=f"{key}:checkpoint", label=label, source="checkpoint", arch=spec.arch,
                        num_classes=spec.num_classes, preprocessing=spec.preprocessing, dataset=spec.dataset,
-                       notes=note)
+                       notes=note, default_layers=spec.default_layers)
     return LoadedModel(spec=custom, model=model.to(device).eval(), class_names=class_names_for(spec), device=device)
 
 
@@ -442,37 +457,58 @@ def _resize_geometry(height: int, width: int, preprocessing: Preprocessing) -> t
     return new_h, new_w, _crop_offset(new_h, crop), _crop_offset(new_w, crop)
 
 
-def _antialias_weights(in_size: int, out_size: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _triangle(x: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 - np.abs(x), 0.0, None)
+
+
+def _keys_cubic(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel with a = -0.5 (PyTorch's antialiased bicubic filter, ``aa_filter``)."""
+    a, x = -0.5, np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+_FILTERS = {"bilinear": (1.0, _triangle), "bicubic": (2.0, _keys_cubic)}  # (half-width in input pixels, kernel)
+
+
+def _antialias_weights(in_size: int, out_size: int, start: int, count: int,
+                       interpolation: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
     """Input indices and weights ``(count, taps)`` of output pixels ``start .. start + count - 1`` along one axis.
 
-    The formula of PyTorch's antialiased bilinear ``interpolate`` (``align_corners=False``; ATen
-    ``UpSampleKernel.cpp``, ``_compute_indices_min_size_weights_aa``): ``scale = in / out``; output ``i`` is centred at
-    ``scale * (i + 0.5)``; a triangle filter of half-width ``max(scale, 1)`` input pixels, weights normalised to sum 1.
-    Output pixels outside ``0 .. out_size - 1`` (the crop's zero padding) get zero weights.
+    The formula of PyTorch's antialiased ``interpolate`` (``align_corners=False``; ATen ``UpSampleKernel.cpp``,
+    ``_compute_indices_min_size_weights_aa``): ``scale = in / out``; output ``i`` is centred at ``scale * (i + 0.5)``;
+    the filter (a triangle for bilinear, Keys' cubic with a = -0.5 for bicubic) is stretched by ``max(scale, 1)``,
+    weights normalised to sum 1. Output pixels outside ``0 .. out_size - 1`` (the crop's zero padding) get zero
+    weights.
     """
+    half_width, kernel = _FILTERS[interpolation]
     scale = in_size / out_size
-    support, inverse = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    support, inverse = (half_width * scale, 1.0 / scale) if scale >= 1.0 else (half_width, 1.0)
     outputs = np.arange(start, start + count)
     center = scale * (outputs + 0.5)
     first = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C++ casts truncate toward zero
     stop = np.minimum((center + support + 0.5).astype(np.int64), in_size)
     indices = first[:, None] + np.arange(max(1, int((stop - first).max())))[None, :]
-    weights = np.clip(1.0 - np.abs((indices - center[:, None] + 0.5) * inverse), 0.0, None)
+    weights = kernel((indices - center[:, None] + 0.5) * inverse)
     weights[(indices >= stop[:, None]) | ~((outputs >= 0) & (outputs < out_size))[:, None]] = 0.0
     total = weights.sum(axis=1, keepdims=True)
-    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total != 0)
     return np.clip(indices, 0, in_size - 1), weights
 
 
-def _resize_crop_window(images: np.ndarray, new_h: int, new_w: int, top: int, left: int, crop: int) -> torch.Tensor:
-    """The ``crop`` x ``crop`` window at ``(top, left)`` of the antialiased bilinear resize to ``new_h`` x ``new_w``,
+def _resize_crop_window(images: np.ndarray, new_h: int, new_w: int, top: int, left: int, crop: int,
+                        interpolation: str = "bilinear") -> torch.Tensor:
+    """The ``crop`` x ``crop`` window at ``(top, left)`` of the antialiased resize to ``new_h`` x ``new_w``,
     computed from the input pixels under that window only (memory ~ the window, whatever the aspect ratio).
 
     Same weights as ``TF.resize``; float64 sums rounded half to even like torchvision's uint8 output, so the result
-    equals ``TF.center_crop(TF.resize(...))`` up to float rounding (at most 1 grey level, on rare ties).
+    equals ``TF.center_crop(TF.resize(...))`` up to float rounding (bilinear: at most 1 grey level, on rare ties;
+    bicubic: torchvision clamps its uint8 intermediate between the two passes, so overshooting edges may differ by a
+    few grey levels).
     """
-    rows, row_weights = _antialias_weights(images.shape[1], new_h, top, crop)
-    cols, col_weights = _antialias_weights(images.shape[2], new_w, left, crop)
+    rows, row_weights = _antialias_weights(images.shape[1], new_h, top, crop, interpolation)
+    cols, col_weights = _antialias_weights(images.shape[2], new_w, left, crop, interpolation)
     r0, c0 = int(rows.min()), int(cols.min())
     region = torch.from_numpy(np.array(images[:, r0:int(rows.max()) + 1, c0:int(cols.max()) + 1], dtype=np.float64))
     region = region.permute(0, 3, 1, 2)  # (N, 3, rows, cols)
@@ -484,8 +520,9 @@ def _resize_crop_window(images: np.ndarray, new_h: int, new_w: int, top: int, le
 
 
 def _resize_crop(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, 3, crop, crop)``: shorter side to ``resize`` (bilinear, antialiased),
-    centre crop ``crop``, as ``TF.center_crop(TF.resize(x, [resize], antialias=True), [crop, crop])``.
+    """uint8 ``(N, H, W, 3)`` -> uint8 ``(N, 3, crop, crop)``: shorter side to ``resize`` (the weights' filter,
+    antialiased), centre crop ``crop``, as ``TF.center_crop(TF.resize(x, [resize], interpolation, antialias=True),
+    [crop, crop])``.
 
     Up to ``MAX_RESIZED_PIXELS`` resized pixels per chunk the batch goes through torchvision itself (bit-identical);
     above it (extreme aspect ratios) only the crop window is computed (``_resize_crop_window``).
@@ -493,12 +530,13 @@ def _resize_crop(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tens
     new_h, new_w, top, left = _resize_geometry(images.shape[1], images.shape[2], preprocessing)
     crop = preprocessing.crop
     if new_h * new_w > MAX_RESIZED_PIXELS:
-        return _resize_crop_window(images, new_h, new_w, top, left, crop)
+        return _resize_crop_window(images, new_h, new_w, top, left, crop, preprocessing.interpolation)
     chunk = max(1, MAX_RESIZED_PIXELS // (new_h * new_w))
     parts = []
+    interpolation = TF.InterpolationMode(preprocessing.interpolation)
     for start in range(0, len(images), chunk):
         batch = torch.from_numpy(np.array(images[start:start + chunk], dtype=np.uint8)).permute(0, 3, 1, 2)
-        resized = TF.resize(batch, [preprocessing.resize], antialias=True)
+        resized = TF.resize(batch, [preprocessing.resize], interpolation=interpolation, antialias=True)
         parts.append(TF.center_crop(resized, [crop, crop]))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
@@ -508,8 +546,8 @@ def _normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tenso
 
 
 def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedInput:
-    """Resize (bilinear, antialiased, shorter side to ``resize``), centre-crop and normalise, as torchvision's
-    ``ImageClassification`` transform does for tensors; memory stays bounded for any aspect ratio.
+    """Resize (the weights' filter, antialiased, shorter side to ``resize``), centre-crop and normalise, as
+    torchvision's ``ImageClassification`` transform does for tensors; memory stays bounded for any aspect ratio.
 
     Args:
         image: uint8 RGB ``(H, W, 3)`` (read-only arrays are fine; never modified).

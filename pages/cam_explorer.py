@@ -42,7 +42,7 @@ with controls:
     by_name = {c.name: c for c in candidates}
     if st.session_state.get("cam_layers_for") != model_key:  # a new model: its own suggested layer and top class
         st.session_state["cam_layers_for"] = model_key
-        st.session_state["cam_layers"] = [default_layer(candidates).name]
+        st.session_state["cam_layers"] = [default_layer(candidates, loaded.spec.default_layers).name]
         st.session_state.pop("cam_class", None)
     layers = st.multiselect(
         "Target layers (one pass for all)",
