@@ -143,6 +143,7 @@ def test_crafted_files_are_valid_images() -> None:
 
 # --- rows 1-3: empty, not an image, real format wins ----------------------------------------------------------------
 
+@pytest.mark.bad_input(1)
 def test_zero_bytes_is_empty_file() -> None:
     with pytest.raises(InvalidImageError, match="empty") as info:
         decode_image(b"")
@@ -160,6 +161,7 @@ def test_zero_bytes_is_empty_file() -> None:
     ],
     ids=["text", "elf", "mz-exe", "png-signature-only", "binary-garbage"],
 )
+@pytest.mark.bad_input(2)
 def test_non_image_bytes_are_rejected(data: bytes) -> None:
     with pytest.raises(InvalidImageError) as info:
         decode_image(data)
@@ -167,6 +169,7 @@ def test_non_image_bytes_are_rejected(data: bytes) -> None:
     assert "not a valid image" in str(info.value) or "corrupted" in str(info.value)
 
 
+@pytest.mark.bad_input(2)
 @pytest.mark.parametrize("data", [b"\x7fELF\x02\x01\x01\x00" + bytes(56), b"MZ\x90\x00" + bytes(60), b"hello"])
 def test_non_image_bytes_say_not_a_valid_image(data: bytes) -> None:
     with pytest.raises(InvalidImageError, match="not a valid image"):
@@ -239,6 +242,7 @@ def test_file_at_max_bytes_is_accepted() -> None:
     [(6000, 5000), (10000, 10000), (30000, 30000)],
     ids=["30MP-over-our-cap", "100MP-pillow-warns-only", "900MP-pillow-bomb-error"],
 )
+@pytest.mark.bad_input(7, 8)
 def test_declared_pixel_count_is_rejected_without_decoding(width: int, height: int, no_decoding: None) -> None:
     data = _bilevel_png(width, height)
     assert len(data) < 200_000  # a small file that would expand to width * height pixels
@@ -254,6 +258,7 @@ def test_declared_pixel_count_is_rejected_without_decoding(width: int, height: i
      (_jpeg_declaring, 16000, 12501), (_jpeg_declaring, 65535, 65535)],
     ids=["gif-30MP", "gif-400MP", "jpeg-400MP", "jpeg-just-over-200MP", "jpeg-4295MP"],
 )
+@pytest.mark.bad_input(7)
 def test_crafted_headers_are_rejected_without_decoding(make, width: int, height: int, no_decoding: None) -> None:
     with pytest.raises(ImageTooLargeError, match="MP > "):
         decode_image(make(width, height))
@@ -275,6 +280,7 @@ def test_pixel_cap_message_gives_megapixels_for_a_pillow_bomb() -> None:
     assert MP_MESSAGE.search(str(info.value)), str(info.value)
 
 
+@pytest.mark.bad_input(8)
 def test_pixel_cap_does_not_depend_on_warning_filters() -> None:
     data = _bilevel_png(10000, 10000)
     with warnings.catch_warnings():
@@ -543,6 +549,7 @@ def test_25_mp_images_decode_without_full_size_copies(kind: str, bound_mb: float
     assert result["extra_mb"] < bound_mb, result  # measured: 31, 121, 121, 216 and 145 MB
 
 
+@pytest.mark.bad_input(14)
 def test_16_bit_scaling_is_exact_for_every_value() -> None:
     values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     decoded = decode_image(_encode(Image.fromarray(values), "PNG"), max_side=None)
@@ -592,6 +599,7 @@ def test_sides_of_65535_pixels_are_accepted(width: int, height: int) -> None:
 
 # --- row 10: tiny images ---------------------------------------------------------------------------------------------
 
+@pytest.mark.bad_input(10)
 @pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 2), (1, 64), (64, 1), (7, 300)])
 def test_tiny_images_decode_with_a_note(width: int, height: int) -> None:
     decoded = decode_image(_encode(Image.new("RGB", (width, height), (9, 8, 7)), "PNG"))
@@ -607,6 +615,7 @@ def test_eight_pixels_is_not_tiny() -> None:
 
 # --- row 11: truncated files -----------------------------------------------------------------------------------------
 
+@pytest.mark.bad_input(11)
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "TIFF", "GIF"])
 def test_truncated_files_are_invalid(fmt: str) -> None:
@@ -617,6 +626,7 @@ def test_truncated_files_are_invalid(fmt: str) -> None:
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+@pytest.mark.bad_input(11)
 def test_truncated_png_is_invalid() -> None:
     data = _encode(Image.fromarray(_rgb_noise(64, 64)), "PNG")
     with pytest.raises(InvalidImageError, match="truncated|corrupted"):
@@ -645,6 +655,7 @@ def _asymmetric() -> np.ndarray:
     ("orientation", "turns"),
     [(1, 0), (3, 2), (6, -1), (8, 1)],  # np.rot90 turns: 6 = rotate 90 clockwise, 8 = 90 counter-clockwise
 )
+@pytest.mark.bad_input(12)
 def test_exif_orientation_is_applied_once(fmt: str, orientation: int, turns: int) -> None:
     original = _asymmetric()
     data = _with_orientation(original, orientation, fmt)
@@ -680,6 +691,7 @@ def test_exif_rotation_and_downscale_of_a_large_jpeg() -> None:
 
 # --- rows 13-18: modes -----------------------------------------------------------------------------------------------
 
+@pytest.mark.bad_input(13)
 def test_cmyk_jpeg_becomes_rgb() -> None:
     data = _encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
     with Image.open(io.BytesIO(data)) as image:
@@ -690,6 +702,7 @@ def test_cmyk_jpeg_becomes_rgb() -> None:
     assert any("CMYK" in note for note in decoded.notes)
 
 
+@pytest.mark.bad_input(14)
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
 def test_16_bit_grayscale_is_scaled_not_clipped(fmt: str) -> None:
     values = np.array([[0, 257, 40000, 65535]], dtype=np.uint16).repeat(3, axis=0)
@@ -703,6 +716,7 @@ def test_16_bit_grayscale_is_scaled_not_clipped(fmt: str) -> None:
     assert any("16-bit" in note for note in decoded.notes)
 
 
+@pytest.mark.bad_input(14)
 def test_16_bit_rgb_tiff_is_scaled_not_clipped() -> None:
     values = np.zeros((4, 6, 3), dtype=np.uint16)
     values[..., 0], values[..., 1], values[..., 2] = 40000, 65535, 257
@@ -712,17 +726,20 @@ def test_16_bit_rgb_tiff_is_scaled_not_clipped() -> None:
     assert np.abs(decoded.pixels.astype(int) - (156, 255, 1)).max() <= 1
 
 
+@pytest.mark.bad_input(18)
 def test_32_bit_integer_image_in_16_bit_range_is_scaled() -> None:
     decoded = decode_image(_encode(Image.fromarray(np.full((8, 8), 40000, dtype=np.int32)), "TIFF"))
     assert (decoded.pixels == 156).all()
 
 
+@pytest.mark.bad_input(18)
 def test_32_bit_integer_image_out_of_range_is_rejected() -> None:
     with pytest.raises(InvalidImageError, match="unsupported image mode I") as info:
         decode_image(_encode(Image.fromarray(np.full((8, 8), -5, dtype=np.int32)), "TIFF"))
     _assert_typed(info.value)
 
 
+@pytest.mark.bad_input(18)
 def test_float_tiff_is_rejected() -> None:
     data = _encode(Image.fromarray(np.ones((8, 8), dtype=np.float32)), "TIFF")
     with pytest.raises(InvalidImageError, match="unsupported image mode F") as info:
@@ -730,6 +747,7 @@ def test_float_tiff_is_rejected() -> None:
     _assert_typed(info.value)
 
 
+@pytest.mark.bad_input(15)
 def test_palette_png_with_transparency_is_composited_on_white() -> None:
     image = Image.new("P", (8, 8), 0)
     image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
@@ -749,6 +767,7 @@ def test_palette_png_without_transparency_keeps_colours() -> None:
     assert decoded.notes == ()
 
 
+@pytest.mark.bad_input(15)
 def test_rgba_is_composited_on_white() -> None:
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[..., :3] = (10, 20, 30)
@@ -772,6 +791,7 @@ def test_opaque_rgba_has_no_transparency_note() -> None:
     assert not any("transparent" in note for note in decoded.notes)
 
 
+@pytest.mark.bad_input(15)
 def test_la_is_composited_on_white() -> None:
     gray = np.full((8, 8), 50, dtype=np.uint8)
     alpha = np.full((8, 8), 255, dtype=np.uint8)
@@ -781,6 +801,7 @@ def test_la_is_composited_on_white() -> None:
     assert decoded.pixels[0, 0].tolist() == [50, 50, 50]
 
 
+@pytest.mark.bad_input(16)
 def test_grayscale_is_replicated_to_three_channels() -> None:
     gray = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).astype(np.uint8)
     decoded = decode_image(_encode(Image.fromarray(gray, "L"), "PNG"))
@@ -789,6 +810,7 @@ def test_grayscale_is_replicated_to_three_channels() -> None:
         np.testing.assert_array_equal(decoded.pixels[..., channel], gray)
 
 
+@pytest.mark.bad_input(16)
 def test_bilevel_is_replicated_to_three_channels() -> None:
     bits = np.arange(64).reshape(8, 8) % 3 == 0
     image = Image.fromarray(bits)
@@ -804,6 +826,7 @@ def test_bilevel_is_replicated_to_three_channels() -> None:
      ("TIFF", "multi-page image: using page 1 of 3"), ("WEBP", "animated image: using frame 1 of 3")],
     ids=["gif", "apng", "multipage-tiff", "webp"],
 )
+@pytest.mark.bad_input(17)
 def test_animated_image_uses_first_frame(fmt: str, note: str) -> None:
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     frames = [Image.new("RGB", (16, 16), colour) for colour in colours]
@@ -934,6 +957,7 @@ def _other_format_samples() -> dict[str, bytes]:
     return samples
 
 
+@pytest.mark.bad_input(19)
 @pytest.mark.parametrize("name", sorted(_other_format_samples()))
 def test_formats_outside_the_allow_list_are_rejected(name: str) -> None:
     data = _other_format_samples()[name]
@@ -942,6 +966,7 @@ def test_formats_outside_the_allow_list_are_rejected(name: str) -> None:
     _assert_typed(info.value)
 
 
+@pytest.mark.bad_input(19)
 def test_allow_list_excludes_risky_formats() -> None:
     assert set(imaging.ALLOWED_FORMATS) == {"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"}
     assert not {"EPS", "PSD", "SVG", "FITS", "ICO"} & set(imaging.ALLOWED_FORMATS)
@@ -949,6 +974,7 @@ def test_allow_list_excludes_risky_formats() -> None:
 
 # --- row 20: bytes only ----------------------------------------------------------------------------------------------
 
+@pytest.mark.bad_input(20)
 def test_decode_image_takes_bytes_only_and_never_opens_files(monkeypatch: pytest.MonkeyPatch) -> None:
     parameters = inspect.signature(decode_image).parameters
     assert list(parameters) == ["data", "max_bytes", "max_pixels", "max_side", "filename"]
