@@ -105,12 +105,14 @@ with results:
         if failed is not None:
             raise failed
         view = state.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
-        st.session_state["cam_last_view"] = (view, class_names)
+        st.session_state["cam_last_view"] = (view, class_names, image)
     except CamlibError as error:
         st.error(md("Cannot compute the CAM: {error}", error=error))
         if "cam_last_view" not in st.session_state:
             st.stop()
-        view, class_names = st.session_state["cam_last_view"]  # the last result that worked, with its own classes
+        # The last result that worked, with its own classes and image (the map is drawn on the image it explains).
+        view, class_names, image = st.session_state["cam_last_view"]
+        failed = error
         st.caption("Showing the last result that worked.")
 
     result, prepared = view.result, view.prepared
