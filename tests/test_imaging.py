@@ -471,7 +471,7 @@ green = ramp.rotate(90).resize((width, height), Image.Resampling.NEAREST)
 Image.merge("RGB", (red, green, Image.new("L", (width, height), 90))).save(path, "JPEG", quality=80)
 """
 
-_DECODE_JPEG = """
+DECODE_SCRIPT = """
 import json, sys, time
 from camlib.imaging import decode_image
 data = open(sys.argv[1], "rb").read()
@@ -506,7 +506,7 @@ def test_phone_photos_decode_in_bounded_memory_and_time(phone_photos: dict[str, 
                                                         shape: list[int]) -> None:
     path = phone_photos[name]
     assert path.stat().st_size < MAX_UPLOAD_BYTES
-    result = json.loads(run_python(_DECODE_JPEG, path).strip().splitlines()[-1])
+    result = json.loads(run_python(DECODE_SCRIPT, path).strip().splitlines()[-1])
     assert result["notes"] == notes and result["shape"] == shape
     # The full-size RGB would be 144 MB (48 MP) or 324 MB (108 MP) as numpy, 4/3 of that in Pillow.
     assert result["extra_mb"] < 60, result  # measured: about 20 MB
@@ -544,7 +544,7 @@ def test_25_mp_images_decode_without_full_size_copies(kind: str, bound_mb: float
     path = tmp_path / "image.png"
     image.save(path, "PNG", **params)
     del image, rgb
-    result = json.loads(run_python(_DECODE_JPEG, path).strip().splitlines()[-1])
+    result = json.loads(run_python(DECODE_SCRIPT, path).strip().splitlines()[-1])
     assert result["shape"] == [1024, 1024, 3]
     assert result["extra_mb"] < bound_mb, result  # measured: 31, 121, 121, 216 and 145 MB
 
