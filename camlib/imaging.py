@@ -114,9 +114,8 @@ def _draft_jpeg(image: Image.Image, max_side: int) -> int:
     if longest <= 2 * max_side:
         return 1
     target = (max(1, width * max_side // longest), max(1, height * max_side // longest))
-    before = image.size
-    image.draft(image.mode, target)
-    return max(1, round(before[0] / image.size[0])) if image.size != before else 1
+    drafted = image.draft(image.mode, target)  # (mode, (0, 0, width / scale, height / scale)), or None
+    return round(width / drafted[1][2]) if drafted else 1
 
 
 def _frames_note(image: Image.Image) -> str | None:

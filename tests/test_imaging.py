@@ -400,6 +400,16 @@ def test_progressive_jpeg_within_the_cap_is_decoded_reduced() -> None:
     assert np.abs(decoded.pixels.astype(int) - (30, 160, 90)).max() <= 6
 
 
+@pytest.mark.parametrize(("width", "height", "scale", "drafted"), [(5, 5000, 4, "2x1250"), (5000, 8, 8, "625x1")])
+def test_thin_jpeg_strips_are_decoded_reduced_with_the_right_scale(width: int, height: int, scale: int,
+                                                                   drafted: str) -> None:
+    # libjpeg's scale: the largest of 8, 4, 2, 1 <= min(5 // 1, 5000 // 512) = 5, or min(5000 // 512, 8 // 1) = 8.
+    decoded = decode_image(_encode(Image.new("RGB", (width, height), (200, 40, 40)), "JPEG"), max_side=512)
+    assert decoded.notes[0] == f"decoded at 1/{scale} size: {width}x{height} -> {drafted}"
+    assert max(decoded.pixels.shape) == 512
+    assert np.abs(decoded.pixels.astype(int) - (200, 40, 40)).max() <= 12
+
+
 def test_cmyk_jpeg_is_decoded_reduced() -> None:
     data = _encode(Image.new("CMYK", (4400, 2200), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
     decoded = decode_image(data, max_side=512)
