@@ -313,6 +313,7 @@ def test_grid_settings_survive_page_switch() -> None:
     ("aug_s3_rotate", (20.0, -20.0), (-15.0, 15.0), "Affine", "rotate"),
     ("aug_s5_num_holes_range", (3, 1), (1, 1), "CoarseDropout", "num_holes_range"),
 ])
+@pytest.mark.bad_input(53)
 def test_reversed_range_shows_one_line_error_and_keeps_last_grid(key, bad, good, transform, param) -> None:
     at = _lab()
     last = _grid(at)
@@ -338,6 +339,7 @@ def test_reversed_range_shows_one_line_error_and_keeps_last_grid(key, bad, good,
 
 
 @needs_cifar
+@pytest.mark.bad_input(54)
 def test_out_of_domain_values_never_reach_albumentations() -> None:
     # The browser cannot send these; AppTest (or a hostile websocket client) can. Streamlit puts an out-of-bounds
     # widget value back to the widget's default; the page must never crash and the pipeline must stay valid.

@@ -50,6 +50,7 @@ def test_default_flow_shows_chelsea_gradcam(app: AppTest) -> None:
     assert [b.label for b in app.get("download_button")] == ["Overlay PNG", "Raw CAM (.npy)", "Settings (JSON)"]
 
 
+@pytest.mark.bad_input(1, 2)
 def test_bad_upload_keeps_last_good_image(app: AppTest) -> None:
     app.radio(key="cam_source").set_value("Upload").run()
     good = np.zeros((64, 96, 3), np.uint8)

@@ -208,6 +208,7 @@ def test_an_empty_filter_says_so(gallery: AppTest, probabilities: np.ndarray, te
 
 @pytest.mark.skipif((REPO / "models/cifar10_resnet18/model.safetensors").exists(),
                     reason="CIFAR ResNet-18 weights exist here, so the missing-weights case cannot be shown")
+@pytest.mark.bad_input(29)
 def test_model_without_weights_shows_an_error_then_recovers(gallery: AppTest) -> None:
     assert MODELS["cifar10_resnet18"].dataset == "cifar10"
     before = _shown(gallery)

@@ -128,6 +128,7 @@ def test_cam_page_upload_shows_overlay(browser_page, tmp_path: Path) -> None:
     assert dialogs == []
 
 
+@pytest.mark.bad_input(2, 20)
 def test_bad_upload_shows_error_not_traceback(browser_page, tmp_path: Path) -> None:
     page, _ = browser_page
     bad = tmp_path / "<img src=x onerror=alert(1)>.png"
@@ -174,6 +175,7 @@ def test_augmentation_lab_slider_redraws_grid(browser_page) -> None:
     assert dialogs == []
 
 
+@pytest.mark.bad_input(5, 61, kind='HTTP')
 def test_upload_without_xsrf_token_is_refused(server: str) -> None:
     """XSRF protection is on: a raw PUT to the upload endpoint without the token is refused (bad-inputs #5, #61)."""
     request = urllib.request.Request(f"{server}/_stcore/upload_file/some-session/some-file", method="PUT",

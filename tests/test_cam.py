@@ -770,6 +770,7 @@ def test_duplicate_layers_are_explained_once_in_the_requested_order(small_resnet
 
 
 @pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.bad_input(39)
 def test_a_call_leaves_the_model_exactly_as_it_was(snapshot, x64, method):
     model = mixed_state(seeded_resnet18())
     before = snapshot(model)
@@ -833,6 +834,7 @@ def _failing_calls():
 
 @pytest.mark.parametrize("build,kwargs,error", [pytest.param(*case, id=label) for label, *case in _failing_calls()])
 @pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+@pytest.mark.bad_input(40)
 def test_a_failed_call_leaves_the_model_exactly_as_it_was(snapshot, build, kwargs, error, method):
     model = build()
     before = snapshot(model)
@@ -851,6 +853,7 @@ def test_a_failed_call_leaves_the_model_exactly_as_it_was(snapshot, build, kwarg
     before.assert_unchanged()
 
 
+@pytest.mark.bad_input(42)
 def test_frozen_model_works_and_stays_frozen(snapshot, x64):
     reference = compute_cams(seeded_resnet18(), x64, ["layer2", "layer3"], class_idx=[3, 8])
     frozen = seeded_resnet18().requires_grad_(False)
@@ -864,6 +867,7 @@ def test_frozen_model_works_and_stays_frozen(snapshot, x64):
     assert not any(p.requires_grad for p in frozen.parameters())
 
 
+@pytest.mark.bad_input(38)
 def test_train_mode_batch_of_one_uses_eval_and_keeps_statistics(snapshot):
     """At 32x32 layer4 is 1x1: a train-mode BatchNorm would refuse a batch of one there, so this only works if the
     CAM runs in eval mode; the running statistics must not move and the maps equal the eval-mode maps."""
@@ -879,6 +883,7 @@ def test_train_mode_batch_of_one_uses_eval_and_keeps_statistics(snapshot):
     _assert_same_result(trained, evaluated)
 
 
+@pytest.mark.bad_input(38)
 def test_dropout_is_off_during_the_cam():
     net = seeded(lambda: nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.5),
@@ -896,6 +901,7 @@ def test_dropout_is_off_during_the_cam():
 
 @pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam"])
+@pytest.mark.bad_input(42)
 def test_works_inside_no_grad_and_inference_mode(small_resnet, x64, context, method):
     baseline = compute_cams(small_resnet, x64, ["layer2", "layer3"], method=method, class_idx=[1, 2])
     with torch.no_grad() if context == "no_grad" else torch.inference_mode():
@@ -906,6 +912,7 @@ def test_works_inside_no_grad_and_inference_mode(small_resnet, x64, context, met
     assert torch.is_grad_enabled()
 
 
+@pytest.mark.bad_input(42)
 def test_model_created_in_inference_mode_raises_a_typed_error():
     with torch.inference_mode():
         model = seeded(_Net)
@@ -934,6 +941,7 @@ def _manual_hirescam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes:
     return (store["gradients"].double() * store["activations"].detach().double()).sum(dim=1).numpy()
 
 
+@pytest.mark.bad_input(41)
 def test_inplace_relu_and_residual_values_are_those_as_produced(small_resnet, x64):
     """layer4.1.bn2's output is later changed by `+=` and ReLU(inplace=True): camlib's HiResCAM equals the hand
     computation from the output as produced, not the one from the values after those ops; the logits are those of
@@ -968,6 +976,7 @@ def test_memory_efficient_densenet_gives_the_same_maps(monkeypatch):
         np.testing.assert_allclose(efficient.raw[layer], plain.raw[layer], atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.bad_input(44, 45)
 def test_concurrent_calls_on_one_shared_model_equal_serial_results(snapshot):
     """Sessions share one cached model: each thread gets the CAM of ITS image, also while another thread fails;
     modes, hooks and grads are as before afterwards (rows 44-45)."""
@@ -1022,6 +1031,7 @@ def _assert_degenerate(result: CamResult, layer: str, expected: list[bool]) -> N
 
 
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.bad_input(31)
 def test_zero_classifier_row_gives_a_degenerate_all_zero_map_per_image(x64, method):
     model = seeded_resnet18()
     with torch.no_grad():
@@ -1032,6 +1042,7 @@ def test_zero_classifier_row_gives_a_degenerate_all_zero_map_per_image(x64, meth
         _assert_degenerate(result, layer, [True, False])
 
 
+@pytest.mark.bad_input(31)
 def test_degenerate_flag_is_per_image_and_per_layer():
     """At 32x32 ResNet-18's layer4 is 1x1 (a 1x1 map always normalises to zeros), layer2 is 4x4."""
     model = seeded_resnet18()
@@ -1052,6 +1063,7 @@ def _constant_activation_net() -> nn.Module:
 
 
 @pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.bad_input(32)
 def test_constant_map_is_degenerate_not_nan(method):
     """Every channel of `features` is spatially constant, so every method's raw map is constant (max == min)."""
     result = compute_cams(_constant_activation_net(), _images(2, 10, seed=1), ["features"], method=method,
@@ -1062,6 +1074,7 @@ def test_constant_map_is_degenerate_not_nan(method):
 
 
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.bad_input(33)
 def test_all_negative_map_is_degenerate_not_nan(method):
     """Activations >= 0 (after ReLU) and a class whose weights are all negative: every weighted sum is <= 0."""
     net = seeded(_Net)
@@ -1077,6 +1090,7 @@ def test_all_negative_map_is_degenerate_not_nan(method):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("method", ["gradcam", "eigencam", "scorecam"])
+@pytest.mark.bad_input(34)
 def test_non_finite_logits_raise_non_finite_error(value, method):
     net = seeded(_Net)
     net.add_to_logits = value
@@ -1104,6 +1118,7 @@ class _NanFeatures(nn.Module):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "eigencam"])
+@pytest.mark.bad_input(34)
 def test_non_finite_activations_raise_non_finite_error(method):
     with pytest.raises(NonFiniteError, match="non-finite"):
         compute_cams(seeded(_NanFeatures), _images(1, 8, seed=0), ["conv"], method=method)
@@ -1122,6 +1137,7 @@ def test_every_camlib_error_is_a_value_error():
     ([0, 1000], r"1000.*999"),
     ([-1, 0], r"-1"),
 ])
+@pytest.mark.bad_input(37)
 def test_class_index_out_of_range(small_resnet, x64, class_idx, message):
     with pytest.raises(ClassIndexError, match=message) as caught:
         compute_cams(small_resnet, x64, ["layer3"], class_idx=class_idx)
@@ -1176,12 +1192,14 @@ def test_bad_layers(small_resnet, x64, layers, message):
 
 @pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("layers", [["features", "aux"], ["features", "side"], ["side"]])
+@pytest.mark.bad_input(36)
 def test_layer_not_used_for_the_output_raises(layers, frozen):
     """``aux`` never runs; ``side`` runs but its output is dropped, so no gradient reaches it."""
     with pytest.raises(LayerError, match=layers[-1]):
         compute_cams(seeded(_Net).requires_grad_(not frozen), _images(1, 8, seed=0), layers)
 
 
+@pytest.mark.bad_input(36)
 def test_auxiliary_head_of_a_train_mode_googlenet_raises(snapshot):
     """GoogLeNet runs its auxiliary heads only in training; the CAM runs in eval mode, so they are unused there."""
     model = seeded(lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)).train()
@@ -1216,12 +1234,14 @@ def test_a_models_own_runtime_error_is_not_reported_as_inference_mode(method):
     assert not isinstance(caught.value, GradientUnavailableError)
 
 
+@pytest.mark.bad_input(43)
 def test_bad_input_tensors(small_resnet):
     for x in (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, 32, 32), np.zeros((1, 3, 32, 32))):
         with pytest.raises(ValueError, match="float tensor"):
             compute_cams(small_resnet, x, ["layer3"])
 
 
+@pytest.mark.bad_input(43)
 def test_float64_input_is_converted_or_rejected_with_a_value_error(small_resnet, x64):
     try:
         result = compute_cams(small_resnet, x64.double(), ["layer3"])
