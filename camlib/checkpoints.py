@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from camlib.errors import CheckpointError
+from camlib.errors import CheckpointError, InputError
 
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
 MAX_CONTAINER_DEPTH = 2
@@ -111,7 +111,11 @@ def state_differences(state: Mapping[str, torch.Tensor], expected: Mapping[str, 
                       ) -> tuple[list[str], list[str], list[str]]:
     """``(missing, unexpected, mismatched)`` names of ``state`` against ``expected`` (a model's ``state_dict()``), each
     in the order of its own dict; a missing ``num_batches_tracked`` is not missing. Mismatches read
-    ``"name (saved shape) vs (model shape)"``. All three empty means ``state`` loads with ``strict=True``."""
+    ``"name (saved shape) vs (model shape)"``. All three empty means ``state`` loads with ``strict=True``.
+
+    Raises ``InputError`` unless both are mappings of names to tensors."""
+    _require_state(state, "state")
+    _require_state(expected, "expected")
     missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
     unexpected = [k for k in state if k not in expected]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
@@ -131,7 +135,9 @@ def find_reading(checkpoint: object, expected: Mapping[str, torch.Tensor], label
         CheckpointError: nothing in ``checkpoint`` is a state dict; no reading fits ("Checkpoint does not match model
             ..." with the missing, unexpected and mismatched tensors of the reading that comes closest, and which
             reading that was); or several readings with different tensors fit (the message names them).
+        InputError: ``expected`` is not a mapping of names to tensors.
     """
+    _require_state(expected, "expected")
     readings = candidate_readings(checkpoint)
     if not readings:
         raise CheckpointError(NOT_A_STATE_DICT)
@@ -155,6 +161,12 @@ def find_reading(checkpoint: object, expected: Mapping[str, torch.Tensor], label
         f"Checkpoint does not match model {label} (missing: {_few(missing)}; unexpected: {_few(unexpected)}; "
         f"shape mismatch: {_few(mismatched)}{read_as})"
     )
+
+
+def _require_state(state: object, name: str) -> None:
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+        raise InputError(f"{name} must be a state dict (a mapping of names to tensors), got {type(state).__name__}")
 
 
 def _containers(checkpoint: object, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Mapping]]:

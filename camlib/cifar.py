@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import torchvision
 
+from camlib.contracts import describe
 from camlib.errors import CamlibError
 
 Split = Literal["train", "test"]
@@ -88,9 +89,18 @@ def default_root() -> Path | None:
     return _SHARED_COPY if _SHARED_COPY.is_dir() else None
 
 
+def _root_path(root: object) -> Path:
+    """``root`` as a ``Path``; ``DatasetError`` unless it is a ``str`` or ``os.PathLike``."""
+    if not isinstance(root, str | os.PathLike):
+        raise DatasetError(f"root must be a directory path (str or Path), got {type(root).__name__}")
+    return Path(root).expanduser()
+
+
 def detect_source(root: str | os.PathLike[str]) -> Source | None:
-    """Which layout ``root`` holds: "torchvision" (preferred: exact pixels), "folder", or None."""
-    path = Path(root).expanduser()
+    """Which layout ``root`` holds: "torchvision" (preferred: exact pixels), "folder", or None.
+
+    Raises ``DatasetError`` when ``root`` is not a path."""
+    path = _root_path(root)
     if (path / torchvision.datasets.CIFAR10.base_folder).is_dir():
         return "torchvision"
     if any((path / split / name).is_dir() for split in ("train", "test") for name in CLASS_NAMES):
@@ -109,7 +119,13 @@ def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
 
     Classes are visited round-robin (each class's first item, then each class's second item, ...), so ``limit=20``
     keeps the first two images of each of the ten classes; ``None`` or a limit above the size keeps everything.
+
+    Raises ``DatasetError`` unless ``labels`` is a 1-D integer array and ``limit`` None or a positive integer.
     """
+    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DatasetError(f"labels must be a 1-D integer array, got {describe(labels)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1):
+        raise DatasetError(f"limit must be a positive integer or None, got {limit!r}")
     if limit is None or limit >= len(labels):
         return np.arange(len(labels))
     rank = np.empty(len(labels), dtype=np.int64)
@@ -205,7 +221,7 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, split: Split = "tes
         if root is None:
             raise DatasetUnavailableError(f"no CIFAR-10 data root: ${ROOT_ENV} is not set and {_SHARED_COPY} does "
                                           f"not exist; {_how_to_get_it(_SHARED_COPY)}")
-    path = Path(root).expanduser()
+    path = _root_path(root)
     source = detect_source(path)
     if source is None:
         raise DatasetUnavailableError(
@@ -244,8 +260,12 @@ def download_cifar10(root: str | os.PathLike[str], progress: Callable[[int, int]
     Raises:
         DatasetUnavailableError: the server cannot be reached (offline) or the transfer breaks.
         DatasetIntegrityError: the archive's md5 is wrong, it cannot be extracted safely, or its files fail md5.
+        DatasetError: ``root`` is not a path or ``timeout`` not a positive number of seconds (checked before any
+            network access).
     """
-    path = Path(root).expanduser()
+    path = _root_path(root)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+        raise DatasetError(f"timeout must be a positive number of seconds, got {timeout!r}")
     cls = torchvision.datasets.CIFAR10
     if _verified_release(path):
         return path

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlib.errors import UnknownModelError
+from camlib.contracts import require_int, require_tensor
+from camlib.errors import InputError, UnknownModelError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -99,14 +100,22 @@ CIFAR_ARCHS: dict[str, CifarArch] = {
 
 
 def build_cifar_model(arch: str, num_classes: int = 10) -> nn.Module:
-    """A freshly initialised CIFAR architecture."""
-    if arch not in CIFAR_ARCHS:
+    """A freshly initialised CIFAR architecture with ``num_classes >= 1`` outputs.
+
+    Raises ``UnknownModelError`` for an unknown ``arch``, ``InputError`` for a bad ``num_classes``."""
+    num_classes = require_int(num_classes, "num_classes", minimum=1)
+    if not isinstance(arch, str) or arch not in CIFAR_ARCHS:
         raise UnknownModelError(f"unknown CIFAR architecture {arch!r}; choose one of: {', '.join(CIFAR_ARCHS)}")
     return CIFAR_ARCHS[arch].build(num_classes)
 
 
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(N, 32, 32, 3)`` (NHWC) to the normalised float ``(N, 3, 32, 32)`` the CIFAR models take."""
+    """uint8 ``(N, 32, 32, 3)`` (NHWC) to the normalised float ``(N, 3, 32, 32)`` the CIFAR models take.
+
+    Raises ``InputError`` unless ``images`` is a non-empty uint8 ``(N, H, W, 3)`` tensor with data (not ``meta``)."""
+    require_tensor(images, "images", ndim=4, expected="uint8 tensor (N, H, W, 3)")
+    if images.dtype != torch.uint8 or images.shape[-1] != 3:
+        raise InputError(f"images must be a uint8 tensor (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
     # contiguous(): the permuted NHWC batch would otherwise run as channels_last, ~10x slower on CPUs here.
     x = images.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     mean = torch.tensor(CIFAR10_MEAN, device=x.device)[None, :, None, None]

@@ -14,12 +14,18 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from camlib.errors import InputError
+
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
-    """Return the lock that serialises hook registration and mode changes on ``model``."""
+    """Return the lock that serialises hook registration and mode changes on ``model``.
+
+    Raises ``InputError`` when ``model`` is not a ``torch.nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:
@@ -30,7 +36,9 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 @contextmanager
 def model_guard(model: nn.Module) -> Iterator[nn.Module]:
-    """Lock ``model``, put it in eval mode, and restore every module's ``training`` flag afterwards."""
+    """Lock ``model``, put it in eval mode, and restore every module's ``training`` flag afterwards.
+
+    Raises ``InputError`` when ``model`` is not a ``torch.nn.Module``."""
     with model_lock(model):
         modes = [(module, module.training) for module in model.modules()]
         model.eval()

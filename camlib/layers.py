@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from camlib.errors import LayerError
+from camlib.contracts import require_int, require_model, require_size
+from camlib.errors import InputError, LayerError
 from camlib.guard import model_guard
 from camlib.layouts import Layout, infer_layout
 
@@ -84,7 +85,14 @@ def list_candidate_layers(model: nn.Module, input_size: tuple[int, int], *, chan
 
     Returns:
         Candidate layers in forward order (the order their outputs are produced), with their inferred layouts.
+
+    Raises:
+        InputError: ``model`` is not a module with weights, ``input_size`` not two positive integers, ``channels``
+            not a positive integer. Errors of the model's own forward pass propagate unchanged.
     """
+    device = require_model(model)
+    input_size = require_size(input_size, "input_size")
+    channels = require_int(channels, "channels", minimum=1)
     records: dict[str, tuple[int, str, tuple[int, ...]]] = {}
     calls: dict[str, int] = {}
     order = 0
@@ -99,7 +107,6 @@ def list_candidate_layers(model: nn.Module, input_size: tuple[int, int], *, chan
 
         return record
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with model_guard(model):
         handles = [module.register_forward_hook(hook_for(name)) for name, module in model.named_modules() if name]
         try:
@@ -125,7 +132,13 @@ def default_layer(candidates: list[LayerInfo], preferred: tuple[str, ...] = ()) 
 
     Raises:
         LayerError: no unambiguous candidate.
+        InputError: ``candidates`` is not a list of ``LayerInfo`` or ``preferred`` not a tuple/list of names.
     """
+    if not isinstance(candidates, list | tuple) or not all(isinstance(c, LayerInfo) for c in candidates):
+        raise InputError("candidates must be the list of LayerInfo that list_candidate_layers returns, got "
+                         f"{type(candidates).__name__}")
+    if not isinstance(preferred, list | tuple) or not all(isinstance(name, str) for name in preferred):
+        raise InputError(f"preferred must be a tuple of layer names, got {preferred!r}")
     by_name = {c.name: c for c in candidates}
     for name in preferred:
         if name in by_name and not by_name[name].ambiguous:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from camlib.errors import CamlibError
+from camlib.contracts import require_array, require_int, require_size, require_unit_range
+from camlib.errors import CamlibError, InputError
 
 COLORMAPS: dict[str, int] = {
     "jet": cv2.COLORMAP_JET,
@@ -25,27 +26,48 @@ COLORMAPS: dict[str, int] = {
 }
 
 
+_MAP_DTYPES = (np.float16, np.float32, np.float64)  # maps are float32; the others are converted, never refused
+
+
+def _check_image(image: object) -> np.ndarray:
+    return require_array(image, "image", dtypes=(np.uint8,), ndim=3, channels=3,
+                         expected="uint8 RGB image (H, W, 3) (an image in [0, 1] floats: use np.uint8(255 * image))")
+
+
+def _check_map(cam: object, name: str = "cam") -> np.ndarray:
+    require_array(cam, name, dtypes=_MAP_DTYPES, ndim=2, expected="float 2-D CAM map (h, w) in [0, 1]")
+    require_unit_range(cam, name)
+    return cam
+
+
+def _check_weight(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating) or not 0.0 <= value <= 1.0:
+        raise InputError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def _check(image: np.ndarray, cam: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise CamlibError("overlay needs a uint8 RGB image (H, W, 3)")
-    if not isinstance(cam, np.ndarray) or cam.ndim != 2:
-        raise CamlibError("overlay needs a 2-D CAM map")
-    if not np.isfinite(cam).all():
-        raise CamlibError("the CAM map contains NaN or Inf; it cannot be drawn")
-    if cam.size and (cam.min() < 0 or cam.max() > 1):
-        raise CamlibError("the CAM map must be in [0, 1]")
+    _check_image(image)
+    _check_map(cam)
 
 
 def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
-    """Map a ``[0, 1]`` map to uint8 RGB with an OpenCV colormap (``uint8(255 * cam)`` as pytorch-grad-cam does)."""
-    if colormap not in COLORMAPS:
+    """Map a ``[0, 1]`` map to uint8 RGB with an OpenCV colormap (``uint8(255 * cam)`` as pytorch-grad-cam does).
+
+    ``cam`` is float16/32/64 ``(h, w)``; returns uint8 ``(h, w, 3)``. Raises ``InputError`` for another array or
+    values outside [0, 1] (NaN included), ``CamlibError`` for an unknown colormap."""
+    _check_map(cam)
+    if not isinstance(colormap, str) or colormap not in COLORMAPS:
         raise CamlibError(f"unknown colormap {colormap!r}; choose one of: {', '.join(COLORMAPS)}")
     bgr = cv2.applyColorMap(np.uint8(255 * cam), COLORMAPS[colormap])
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float map to ``(width, height)``, clipped back into [0, 1]."""
+    """Bilinear resize of a float ``(h, w)`` map in [0, 1] to ``size = (width, height)`` px, clipped back into [0, 1];
+    float32 out (the map itself when the size already matches). Raises ``InputError`` for a bad map or size."""
+    _check_map(cam)
+    size = require_size(size, "size")
     if cam.shape[::-1] == tuple(size):
         return cam
     return np.clip(cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
@@ -74,8 +96,9 @@ def overlay_heatmap(
         uint8 RGB ``(H, W, 3)``.
     """
     _check(image, cam)
-    if not 0.0 <= alpha <= 1.0:
-        raise CamlibError(f"alpha must be in [0, 1], got {alpha}")
+    _check_weight(alpha, "alpha")
+    if threshold is not None:
+        _check_weight(threshold, "threshold")
     cam = resize_map(cam, (image.shape[1], image.shape[0]))
     heat = colorize(cam, colormap).astype(np.float32)
     weight = np.full(cam.shape, alpha, dtype=np.float32)
@@ -92,8 +115,14 @@ def overlay_heatmap(
 
 
 def overlay_like_pytorch_grad_cam(image: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.5) -> np.ndarray:
-    """pytorch-grad-cam's ``show_cam_on_image(img / 255, cam, use_rgb=True, image_weight=...)``, for comparison."""
+    """pytorch-grad-cam's ``show_cam_on_image(img / 255, cam, use_rgb=True, image_weight=...)``, for comparison.
+
+    Like that function (which raises for ``max(img) > 1`` and for ``image_weight`` outside [0, 1]), ``cam`` must be
+    the image's size; the image is uint8 here and scaled by 1/255. Raises ``InputError`` otherwise."""
     _check(image, cam)
+    if cam.shape != image.shape[:2]:
+        raise InputError(f"cam must be the image's size {image.shape[:2]}, got {cam.shape}")
+    _check_weight(image_weight, "image_weight")
     heat = colorize(cam, "jet").astype(np.float32) / 255
     out = (1 - image_weight) * heat + image_weight * (image.astype(np.float32) / 255)
     out = out / np.max(out)
@@ -101,7 +130,14 @@ def overlay_like_pytorch_grad_cam(image: np.ndarray, cam: np.ndarray, *, image_w
 
 
 def upscale_nearest(image: np.ndarray, min_side: int) -> np.ndarray:
-    """Nearest-neighbour upscale by an integer factor so the shorter side is at least ``min_side`` (tiny images)."""
+    """Nearest-neighbour upscale by an integer factor so the shorter side is at least ``min_side`` (tiny images).
+
+    ``image`` is uint8 RGB ``(H, W, 3)`` or a numeric ``(H, W)`` map; ``min_side`` is in pixels (0: unchanged).
+    Raises ``InputError`` otherwise."""
+    if not isinstance(image, np.ndarray) or image.ndim != 2:
+        _check_image(image)
+    require_array(image, "image", expected="uint8 RGB image (H, W, 3) or numeric map (H, W)")
+    min_side = require_int(min_side, "min_side", minimum=0)
     factor = max(1, -(-min_side // max(1, min(image.shape[:2]))))
     if factor == 1:
         return image
@@ -119,7 +155,19 @@ def map_to_original(cam: np.ndarray, original_shape: tuple[int, int], crop_box: 
 
     Returns:
         ``(map, inside)``: the map at ``(H, W)`` (zeros outside the crop) and a bool mask of the crop region.
+
+    Raises:
+        InputError: a bad map, ``original_shape`` not two positive integers, or ``crop_box`` not four finite numbers
+            with ``left < right`` and ``top < bottom``.
     """
+    _check_map(cam)
+    original_shape = require_size(original_shape, "original_shape")
+    if (not isinstance(crop_box, tuple | list) or len(crop_box) != 4
+            or not all(isinstance(v, int | float | np.number) and not isinstance(v, bool) and np.isfinite(v)
+                       for v in crop_box)
+            or crop_box[0] >= crop_box[2] or crop_box[1] >= crop_box[3]):
+        raise InputError(f"crop_box must be four finite numbers (left, top, right, bottom) with left < right and "
+                         f"top < bottom, got {crop_box!r}")
     height, width = original_shape
     box_left, box_top, box_right, box_bottom = (int(round(v)) for v in crop_box)
     full = np.zeros((height, width), dtype=np.float32)

@@ -36,6 +36,6 @@ def _load(name: str) -> np.ndarray:
 
 def load_sample(name: str = DEFAULT_SAMPLE) -> np.ndarray:
     """A sample photo as read-only ``uint8`` RGB ``(H, W, 3)``."""
-    if name not in SAMPLES:
+    if not isinstance(name, str) or name not in SAMPLES:
         raise CamlibError(f"unknown sample {name!r}; choose one of: {', '.join(SAMPLES)}")
     return _load(name)

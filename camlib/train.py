@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 from camlib.augment import (  # noqa: E402
     CIFAR10_TRAIN_PIPELINE,
     Pipeline,
+    PipelineError,
     PipelineStep,
     build_pipeline,
     pipeline_from_json,
@@ -43,8 +44,9 @@ from camlib.augment import (  # noqa: E402
 )
 from camlib.cifar import CifarData, load_cifar10  # noqa: E402
 from camlib.cifar_models import CIFAR_ARCHS, build_cifar_model, normalize_batch  # noqa: E402
+from camlib.contracts import require_array, require_int, require_model, require_tensor  # noqa: E402
 from camlib.device import default_device  # noqa: E402
-from camlib.errors import CamlibError, CheckpointError  # noqa: E402
+from camlib.errors import CamlibError, CheckpointError, InputError  # noqa: E402
 from camlib.models import load_state_strict, read_checkpoint  # noqa: E402
 
 STATE_FILE = "last.pt"
@@ -121,9 +123,13 @@ def _check_numbers(config: TrainConfig) -> None:
 
 
 def load_pipeline(path: str | None) -> Pipeline:
-    """The augmentation pipeline from an exported JSON file (or the default CIFAR-10 pipeline)."""
+    """The augmentation pipeline from an exported JSON file (or the default CIFAR-10 pipeline).
+
+    Raises ``TrainingError`` when ``path`` is not a path or no file, ``PipelineError`` for an invalid export."""
     if path is None:
         return CIFAR10_TRAIN_PIPELINE
+    if not isinstance(path, str | os.PathLike):
+        raise TrainingError(f"the pipeline path must be a str or Path, got {type(path).__name__}")
     file = Path(path)
     if not file.is_file():
         raise TrainingError(f"pipeline file not found: {file}")
@@ -150,7 +156,16 @@ def _check_pipeline_output(pipeline: Pipeline, sample: np.ndarray) -> None:
 
 
 def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, seed: int) -> np.ndarray:
-    """Augment ``images[order]`` with a Compose seeded for this epoch (deterministic for (pipeline, seed))."""
+    """Augment ``images[order]`` with a Compose seeded for this epoch (deterministic for (pipeline, seed)).
+
+    ``images`` is uint8 ``(N, H, W, 3)``, ``order`` 1-D integer indices into it. Raises ``InputError`` for those,
+    ``PipelineError`` for a bad ``pipeline`` or ``seed``."""
+    require_array(images, "images", dtypes=(np.uint8,), ndim=4, channels=3, expected="uint8 images (N, H, W, 3)")
+    require_array(order, "order", ndim=1, nonempty=False, expected="1-D integer index array")
+    if order.dtype.kind not in "iu" or (order.size and (order.min() < 0 or order.max() >= len(images))):
+        raise InputError(f"order must hold integer indices in 0..{len(images) - 1}, got {order.dtype} {order.shape}")
+    if not isinstance(pipeline, Pipeline):
+        raise PipelineError(f"the pipeline must be a camlib.augment.Pipeline, got {type(pipeline).__name__}")
     compose = build_pipeline(Pipeline(pipeline.steps, seed))
     out = np.empty((len(order), *images.shape[1:]), np.uint8)
     for i, index in enumerate(order):
@@ -161,8 +176,23 @@ def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, see
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a uint8 ``(N, H, W, 3)`` batch: normalise, forward, label-smoothed cross-entropy,
-    backward, step. Returns the loss and the logits (detached)."""
+    backward, step. Returns the loss and the logits (detached).
+
+    Raises ``InputError`` for a ``model`` that is not a module with weights, ``images`` or int64 ``labels`` (N,)
+    that are not on the model's device or do not match, a class outside the logits, or ``label_smoothing`` outside
+    [0, 1]."""
+    device = require_model(model)
+    require_tensor(images, "images", ndim=4, device=device, expected="uint8 tensor (N, H, W, 3)")
+    require_tensor(labels, "labels", ndim=1, device=device, expected="int64 tensor (N,)")
+    if labels.dtype != torch.int64 or len(labels) != len(images):
+        raise InputError(f"labels must be int64 (N,) with N = {len(images)}, got {labels.dtype} {tuple(labels.shape)}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, int | float) \
+            or not 0.0 <= label_smoothing <= 1.0:
+        raise InputError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     logits = model(normalize_batch(images))
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise InputError(f"labels must be classes 0..{logits.shape[1] - 1}, got "
+                         f"{int(labels.min())}..{int(labels.max())}")
     loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -173,7 +203,17 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: CifarData, device: torch.device, batch_size: int = 500
              ) -> tuple[float, list[float], np.ndarray]:
-    """Accuracy, per-class accuracy and predictions of ``model`` on ``data``."""
+    """Accuracy, per-class accuracy and predictions of ``model`` on ``data``.
+
+    Raises ``InputError`` for a ``model`` that is not a module with weights, ``data`` that is not ``CifarData``, a
+    ``device`` that is not the model's or a ``batch_size`` below 1."""
+    model_device = require_model(model)
+    if not isinstance(data, CifarData):
+        raise InputError(f"data must be the CifarData that load_cifar10 returns, got {type(data).__name__}")
+    if (not isinstance(device, torch.device) or device.type != model_device.type
+            or device.index not in (None, model_device.index)):
+        raise InputError(f"device must be the model's torch.device ({model_device}), got {device!r}")
+    batch_size = require_int(batch_size, "batch_size", minimum=1)
     was_training = model.training
     model.eval()
     predictions = []
@@ -218,7 +258,10 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a training; returns the model card."""
+    """Run (or resume) a training; returns the model card. Raises ``TrainingError`` unless ``config`` is a
+    ``TrainConfig`` (build one with ``parse_args``)."""
+    if not isinstance(config, TrainConfig):
+        raise TrainingError(f"config must be a TrainConfig (see parse_args), got {type(config).__name__}")
     if config.threads:
         torch.set_num_threads(config.threads)
     pipeline = load_pipeline(config.augment)

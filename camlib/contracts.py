@@ -1,0 +1,135 @@
+"""Input-contract checks shared by camlib's public functions (bad-inputs row 43).
+
+Each check raises a typed camlib error (``InputError`` unless the caller passes a more specific subclass) whose
+message names the argument and says what was expected and what was given, so that a wrong shape, dtype, layout,
+range or device never surfaces as an untyped ``RuntimeError``/``IndexError``/``cv2.error`` from deep inside torch,
+numpy or OpenCV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+import torch
+from torch import nn
+
+from camlib.errors import CamlibError, InputError
+
+
+def describe(value: object) -> str:
+    """A short description of ``value`` for messages: ``"float64 array (2, 3)"``, ``"list"``, ``"None"``."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array {value.shape}"
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} tensor {tuple(value.shape)} on {value.device}"
+    return "None" if value is None else type(value).__name__
+
+
+def require_array(value: object, name: str, *, dtypes: Collection[np.dtype | type] | None = None,
+                  ndim: int | Collection[int] | None = None, channels: int | None = None, nonempty: bool = True,
+                  finite: bool = False, expected: str = "", error: type[CamlibError] = InputError) -> np.ndarray:
+    """``value`` itself when it is a numpy array with one of ``dtypes`` and ``ndim`` dimensions.
+
+    Args:
+        value: the argument as given (lists, tensors and None are refused, not converted).
+        name: the argument's name, quoted in the message.
+        dtypes: accepted dtypes (None: any numeric or bool dtype; object/string arrays are always refused).
+        ndim: accepted number of dimensions.
+        channels: required size of the last dimension (e.g. 3 for RGB).
+        nonempty: refuse arrays with a zero-size dimension.
+        finite: refuse NaN and Inf (float arrays only).
+        expected: what the argument should be, for the message (default: built from the other options).
+        error: the ``CamlibError`` subclass to raise.
+
+    Raises:
+        error: any violation; the message names ``name``.
+    """
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    wanted = expected or " ".join(filter(None, (
+        "/".join(str(np.dtype(d)) for d in dtypes) if dtypes else "numeric",
+        "array",
+        f"with {'/'.join(map(str, ndims))} dimensions" if ndims else "",
+        f"and {channels} channels last" if channels else "",
+    )))
+    if not isinstance(value, np.ndarray):
+        raise error(f"{name} must be a {wanted}, got {describe(value)}")
+    if dtypes is not None and value.dtype not in {np.dtype(d) for d in dtypes}:
+        raise error(f"{name} must be a {wanted}, got {describe(value)}")
+    if dtypes is None and value.dtype.kind not in "biuf":
+        raise error(f"{name} must be a {wanted}, got {describe(value)}")
+    if ndims is not None and value.ndim not in ndims:
+        raise error(f"{name} must be a {wanted}, got {describe(value)}")
+    if channels is not None and (value.ndim == 0 or value.shape[-1] != channels):
+        raise error(f"{name} must be a {wanted}, got {describe(value)}")
+    if nonempty and 0 in value.shape:
+        raise error(f"{name} is empty {value.shape}; it needs at least one element along each dimension")
+    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise error(f"{name} contains NaN or Inf")
+    return value
+
+
+def require_unit_range(value: np.ndarray | torch.Tensor, name: str, *, error: type[CamlibError] = InputError) -> None:
+    """Refuse NaN/Inf and values outside ``[0, 1]`` (CAM maps, probabilities)."""
+    data = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+    if not np.isfinite(data).all():
+        raise error(f"{name} contains NaN or Inf")
+    if data.size and (data.min() < 0 or data.max() > 1):
+        raise error(f"{name} must be in [0, 1], got values in [{data.min():g}, {data.max():g}]")
+
+
+def require_tensor(value: object, name: str, *, ndim: int | Collection[int] | None = None, floating: bool = False,
+                   device: torch.device | None = None, nonempty: bool = True, expected: str = "",
+                   error: type[CamlibError] = InputError) -> torch.Tensor:
+    """``value`` itself when it is a torch tensor of ``ndim`` dimensions (float if ``floating``) on ``device``.
+
+    A tensor on the ``meta`` device (shape only, no data) is always refused; ``device`` compares the device type and
+    index (``cuda`` and ``cuda:0`` differ, so pass ``next(model.parameters()).device``).
+
+    Raises:
+        error: any violation; the message names ``name``.
+    """
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    wanted = expected or " ".join(filter(None, (
+        "float" if floating else "", "tensor", f"with {'/'.join(map(str, ndims))} dimensions" if ndims else "")))
+    if not isinstance(value, torch.Tensor):
+        raise error(f"{name} must be a {wanted}, got {describe(value)}")
+    if (ndims is not None and value.dim() not in ndims) or (floating and not value.is_floating_point()):
+        raise error(f"{name} must be a {wanted}, got {describe(value)}")
+    if value.is_meta:
+        raise error(f"{name} is on the 'meta' device (a tensor without data); pass a tensor with values")
+    if device is not None and value.device != device:
+        raise error(f"{name} is on {value.device} but the model is on {device}; move it with .to({str(device)!r})")
+    if nonempty and value.numel() == 0:
+        raise error(f"{name} is empty {tuple(value.shape)}; it needs at least one element along each dimension")
+    return value
+
+
+def require_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None,
+                error: type[CamlibError] = InputError) -> int:
+    """``int(value)`` for a Python or numpy integer (not a bool) in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise error(f"{name} must be an integer, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"{'' if minimum is None else minimum}..{'' if maximum is None else maximum}"
+        raise error(f"{name} must be in {bounds}, got {value}")
+    return int(value)
+
+
+def require_size(value: object, name: str, *, error: type[CamlibError] = InputError) -> tuple[int, int]:
+    """A pair of positive integers (an ``(H, W)`` or ``(width, height)`` size, in pixels) as a tuple."""
+    if (not isinstance(value, tuple | list) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in value)):
+        raise error(f"{name} must be a pair of positive integers (pixels), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def require_model(value: object, name: str = "model", *, error: type[CamlibError] = InputError) -> torch.device:
+    """The device of ``value``'s first parameter (CPU for a model without parameters); ``value`` must be a
+    ``torch.nn.Module`` whose parameters are not on the ``meta`` device."""
+    if not isinstance(value, nn.Module):
+        raise error(f"{name} must be a torch.nn.Module, got {describe(value)}")
+    device = next((p.device for p in value.parameters()), torch.device("cpu"))
+    if device.type == "meta":
+        raise error(f"{name} has its parameters on the 'meta' device (no weights); load its weights first")
+    return device
