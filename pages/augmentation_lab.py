@@ -7,7 +7,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from camlib.augment import augment_grid, pick_images
+from camlib.augment.grid import augment_grid, pick_images
 from camlib.cifar import default_root
 from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest

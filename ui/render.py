@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
-from camlib.augment import tile_grid
+from camlib.augment.grid import tile_grid
 from ui.text import html_text
 
 

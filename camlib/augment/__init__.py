@@ -1,0 +1,88 @@
+"""Augmentation Lab backend: a catalogue of Albumentations transforms, seeded pipelines, grids and export.
+
+Modules:
+    catalogue -- ``TRANSFORMS``: every editable parameter of each transform, derived from its own schema.
+    pipeline  -- ``Pipeline`` of ``PipelineStep``s, ``validate_step`` and ``build_pipeline`` (a seeded ``A.Compose``).
+    grid      -- ``augment_grid`` (tiles and the parameters they drew), ``pick_images`` and ``tile_grid``.
+    export    -- JSON/YAML/Python export and re-import.
+
+Every public name is re-exported here, so ``from camlib.augment import build_pipeline`` works.
+"""
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI for updates at import otherwise
+
+from camlib.augment.catalogue import (  # noqa: E402
+    TRANSFORMS,
+    ParamKind,
+    ParamSpec,
+    PipelineError,
+    TransformSpec,
+    get_transform_spec,
+)
+from camlib.augment.export import (  # noqa: E402
+    EXPORT_FORMAT,
+    EXPORT_KEY,
+    MAX_IMPORT_CHARS,
+    pipeline_from_dict,
+    pipeline_from_json,
+    pipeline_from_yaml,
+    pipeline_to_dict,
+    pipeline_to_json,
+    pipeline_to_python,
+    pipeline_to_yaml,
+)
+from camlib.augment.grid import (  # noqa: E402
+    MAX_GRID_PIXELS,
+    MAX_GRID_SIDE,
+    MAX_LISTED_ELEMENTS,
+    GridError,
+    GridMode,
+    GridResult,
+    augment_grid,
+    pick_images,
+    tile_grid,
+)
+from camlib.augment.pipeline import (  # noqa: E402
+    CIFAR10_TRAIN_PIPELINE,
+    MAX_STEPS,
+    Pipeline,
+    PipelineStep,
+    build_pipeline,
+    validate_step,
+)
+
+__all__ = [
+    "CIFAR10_TRAIN_PIPELINE",
+    "EXPORT_FORMAT",
+    "EXPORT_KEY",
+    "MAX_GRID_PIXELS",
+    "MAX_GRID_SIDE",
+    "MAX_IMPORT_CHARS",
+    "MAX_LISTED_ELEMENTS",
+    "MAX_STEPS",
+    "TRANSFORMS",
+    "GridError",
+    "GridMode",
+    "GridResult",
+    "ParamKind",
+    "ParamSpec",
+    "Pipeline",
+    "PipelineError",
+    "PipelineStep",
+    "TransformSpec",
+    "augment_grid",
+    "build_pipeline",
+    "get_transform_spec",
+    "pick_images",
+    "pipeline_from_dict",
+    "pipeline_from_json",
+    "pipeline_from_yaml",
+    "pipeline_to_dict",
+    "pipeline_to_json",
+    "pipeline_to_python",
+    "pipeline_to_yaml",
+    "tile_grid",
+    "validate_step",
+]

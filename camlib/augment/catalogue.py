@@ -1,0 +1,402 @@
+"""The transforms the Augmentation Lab edits, each parameter derived from the transform's own schema.
+
+The catalogue (``TRANSFORMS``) derives every parameter's kind, default and bounds from the transform's own pydantic
+``InitSchema`` and ``__init__`` signature; ``_UI`` entries only add what a schema cannot say (slider bounds for
+unbounded values, steps, CIFAR-sized defaults) and ``_EXCLUDED`` names what the lab does not expose, with the reason.
+An Albumentations upgrade that renames or removes a parameter therefore fails ``tests/test_augment.py`` instead of
+showing a silently wrong slider. ``_normalise_value`` checks one value against its ``ParamSpec``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import albumentations as A
+import annotated_types
+import cv2
+import numpy as np
+
+from camlib.errors import CamlibError
+
+ParamKind = Literal["float", "int", "range", "int_range", "int_pair", "choice", "bool", "colour"]
+
+
+class PipelineError(CamlibError):
+    """A pipeline the lab cannot build or apply: unknown transform or parameter, or an invalid value.
+
+    ``str(error)`` is one line naming the step, the transform and the parameter; the attributes let a page highlight
+    the offending widget.
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, transform: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.transform = transform
+        self.param = param
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One editable parameter of a transform.
+
+    Attributes:
+        name: the transform's keyword argument.
+        kind: "float" / "int" scalar; "range" / "int_range" an ordered ``(low, high)`` interval sampled from;
+            "int_pair" an unordered pair such as ``(height, width)``; "choice" one of ``choices``; "bool";
+            "colour" an RGB triple of ints 0-255.
+        default: the value a new step starts with (tuples for pairs and colours).
+        low, high: inclusive bounds of each number (None for choice/bool); within the schema's own bounds.
+        step: slider step for numbers (None for choice/bool).
+        choices: allowed values of a "choice" (e.g. OpenCV enum ints), with human ``choice_labels``.
+    """
+
+    name: str
+    kind: ParamKind
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    choice_labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """A catalogued Albumentations transform.
+
+    Attributes:
+        name: the Albumentations class name (also the registry key and the ``__class_fullname__`` of exports).
+        transform: the class itself.
+        category: a UI group ("crop & pad", "geometric", "colour", "blur & noise", "dropout", "distortion").
+        summary: the first line of the class docstring.
+        default_p: the class's own default probability.
+        params: editable parameters, in signature order.
+    """
+
+    name: str
+    transform: type[A.BasicTransform]
+    category: str
+    summary: str
+    default_p: float
+    params: tuple[ParamSpec, ...]
+
+    def param(self, name: str) -> ParamSpec:
+        """The parameter called ``name``; raises ``PipelineError`` listing the valid names."""
+        for spec in self.params:
+            if spec.name == name:
+                return spec
+        valid = ", ".join(p.name for p in self.params) or "none"
+        raise PipelineError(f"{self.name} has no parameter '{name}' (editable: {valid})", transform=self.name,
+                            param=name)
+
+    def defaults(self) -> dict[str, Any]:
+        """Every editable parameter at its default."""
+        return {spec.name: spec.default for spec in self.params}
+
+
+_KEEP: Any = object()  # "use the schema/signature's own value" in _UI
+
+
+@dataclass(frozen=True)
+class _UI:
+    """What a schema cannot say: slider bounds of unbounded values, steps, CIFAR-sized defaults, a pair's meaning."""
+
+    kind: ParamKind | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    default: Any = _KEEP
+
+
+# Not editable anywhere: the step's own probability, strictness we always set, and mask/keypoint-only settings.
+_GLOBAL_EXCLUDED: dict[str, str] = {
+    "p": "the step's probability is PipelineStep.p",
+    "strict": "build_pipeline always passes strict=True",
+    "always_apply": "deprecated in Albumentations 2",
+    "mask_interpolation": "applies to masks only; the lab augments images",
+    "fill_mask": "applies to masks only",
+    "keypoint_remapping_method": "applies to keypoints only",
+}
+
+# Per transform: parameters the lab leaves at the library default, and why.
+_EXCLUDED: dict[str, dict[str, str]] = {
+    "PadIfNeeded": {"pad_height_divisor": "the lab pads to min_height",
+                    "pad_width_divisor": "the lab pads to min_width"},
+    "Affine": {"translate_px": "the lab shifts by translate_percent, which works for every image size"},
+    "ToGray": {"num_output_channels": "the lab's contract is 3-channel RGB"},
+    "Equalize": {"mask": "takes an array or a callable", "mask_params": "only used with a callable mask"},
+    "GaussianBlur": {"blur_limit": "0 derives the kernel size from sigma, the only setting valid at every sigma"},
+    "GridDropout": {"unit_size_range": "None lets holes_number_xy/ratio size the grid",
+                    "holes_number_xy": "None derives the hole count from the image size"},
+}
+
+_UI_OVERRIDES: dict[str, dict[str, _UI]] = {
+    # crop/pad sizes are scaled for 32x32 CIFAR-10; larger images still work, the crops are just small
+    "PadIfNeeded": {"min_height": _UI(low=8, high=64, default=40), "min_width": _UI(low=8, high=64, default=40)},
+    "RandomCrop": {"height": _UI(low=8, high=64, default=32), "width": _UI(low=8, high=64, default=32),
+                   # padding keeps a 64-px crop valid on a 32-px image, so every slider position works on CIFAR
+                   "pad_if_needed": _UI(default=True)},
+    "RandomResizedCrop": {"size": _UI(kind="int_pair", low=8, high=64, default=(32, 32)), "scale": _UI(low=0.05),
+                          "ratio": _UI(low=0.25, high=4.0)},
+    "Affine": {"scale": _UI(low=0.5, high=2.0, default=(1.0, 1.0)),
+               "translate_percent": _UI(low=-0.5, high=0.5, default=(0.0, 0.0)),
+               "rotate": _UI(low=-180.0, high=180.0, step=1.0, default=(0.0, 0.0)),
+               "shear": _UI(low=-45.0, high=45.0, step=1.0, default=(0.0, 0.0))},
+    "Rotate": {"limit": _UI(low=-180.0, high=180.0, step=1.0)},
+    # CoarseDropout reads both hole ranges as pixels once hole_height_range[1] >= 1: fractions stop below 1
+    "CoarseDropout": {"num_holes_range": _UI(high=16), "hole_height_range": _UI(low=0.01, high=0.99),
+                      "hole_width_range": _UI(low=0.01, high=0.99)},
+    "GridDropout": {"ratio": _UI(low=0.05), "shift_xy": _UI(kind="int_pair", high=16)},
+    "RandomBrightnessContrast": {"brightness_limit": _UI(low=-1.0, high=1.0),
+                                 "contrast_limit": _UI(low=-1.0, high=1.0)},
+    "HueSaturationValue": {"hue_shift_limit": _UI(low=-180.0, high=180.0, step=1.0),
+                           "sat_shift_limit": _UI(low=-255.0, high=255.0, step=1.0),
+                           "val_shift_limit": _UI(low=-255.0, high=255.0, step=1.0)},
+    # ColorJitter's bounds live in a field validator (not introspectable): hue in [-0.5, 0.5], the others >= 0.
+    "ColorJitter": {"brightness": _UI(low=0.0, high=2.0), "contrast": _UI(low=0.0, high=2.0),
+                    "saturation": _UI(low=0.0, high=2.0), "hue": _UI(low=-0.5, high=0.5)},
+    "RGBShift": {"r_shift_limit": _UI(low=-255.0, high=255.0, step=1.0),
+                 "g_shift_limit": _UI(low=-255.0, high=255.0, step=1.0),
+                 "b_shift_limit": _UI(low=-255.0, high=255.0, step=1.0)},
+    "CLAHE": {"clip_limit": _UI(high=16.0, step=0.1, default=(1.0, 4.0)),
+              "tile_grid_size": _UI(kind="int_pair", high=16)},
+    "Posterize": {"num_bits": _UI(low=1, high=7, default=(4, 4))},  # [1, 7] is checked in a field validator
+    "Sharpen": {"lightness": _UI(high=2.0), "kernel_size": _UI(high=15, step=2), "sigma": _UI(low=0.1, high=5.0)},
+    "GaussNoise": {"mean_range": _UI(low=-1.0, high=1.0)},
+    "GaussianBlur": {"sigma_limit": _UI(low=0.1, high=5.0, step=0.1)},
+    "MotionBlur": {"blur_limit": _UI(low=3, high=15, step=2)},  # odd kernels only: step 2 from 3
+    "Perspective": {"scale": _UI(low=0.0, high=0.5)},
+    "ElasticTransform": {"alpha": _UI(high=200.0, step=1.0), "sigma": _UI(high=100.0, step=1.0)},
+    # GridDistortion checks distort_limit in [-1, 1] in a field validator; +-0.5 keeps the grid legible.
+    "GridDistortion": {"num_steps": _UI(high=16), "distort_limit": _UI(low=-0.5, high=0.5)},
+    "OpticalDistortion": {"distort_limit": _UI(low=-1.0, high=1.0)},
+}
+
+# Registry: name -> (class, UI category). Explicit, so the UI lists exactly what the tests cover.
+_CATALOGUE: dict[str, tuple[type[A.BasicTransform], str]] = {
+    "PadIfNeeded": (A.PadIfNeeded, "crop & pad"),
+    "RandomCrop": (A.RandomCrop, "crop & pad"),
+    "RandomResizedCrop": (A.RandomResizedCrop, "crop & pad"),
+    "HorizontalFlip": (A.HorizontalFlip, "geometric"),
+    "VerticalFlip": (A.VerticalFlip, "geometric"),
+    "Affine": (A.Affine, "geometric"),
+    "Rotate": (A.Rotate, "geometric"),
+    "Perspective": (A.Perspective, "geometric"),
+    "RandomBrightnessContrast": (A.RandomBrightnessContrast, "colour"),
+    "HueSaturationValue": (A.HueSaturationValue, "colour"),
+    "ColorJitter": (A.ColorJitter, "colour"),
+    "RGBShift": (A.RGBShift, "colour"),
+    "ToGray": (A.ToGray, "colour"),
+    "CLAHE": (A.CLAHE, "colour"),
+    "Equalize": (A.Equalize, "colour"),
+    "Posterize": (A.Posterize, "colour"),
+    "Solarize": (A.Solarize, "colour"),
+    "InvertImg": (A.InvertImg, "colour"),
+    "ChannelShuffle": (A.ChannelShuffle, "colour"),
+    "Sharpen": (A.Sharpen, "blur & noise"),
+    "GaussNoise": (A.GaussNoise, "blur & noise"),
+    "GaussianBlur": (A.GaussianBlur, "blur & noise"),
+    "MotionBlur": (A.MotionBlur, "blur & noise"),
+    "ImageCompression": (A.ImageCompression, "blur & noise"),
+    "CoarseDropout": (A.CoarseDropout, "dropout"),
+    "GridDropout": (A.GridDropout, "dropout"),
+    "ElasticTransform": (A.ElasticTransform, "distortion"),
+    "GridDistortion": (A.GridDistortion, "distortion"),
+    "OpticalDistortion": (A.OpticalDistortion, "distortion"),
+}
+
+_CV2_LABELS: dict[str, dict[int, str]] = {
+    "interpolation": {getattr(cv2, n): n for n in ("INTER_NEAREST", "INTER_NEAREST_EXACT", "INTER_LINEAR",
+                                                   "INTER_CUBIC", "INTER_AREA", "INTER_LANCZOS4",
+                                                   "INTER_LINEAR_EXACT")},
+    "border_mode": {getattr(cv2, n): n for n in ("BORDER_CONSTANT", "BORDER_REPLICATE", "BORDER_REFLECT",
+                                                 "BORDER_WRAP", "BORDER_REFLECT_101")},
+}
+
+
+def _union_members(annotation: Any) -> list[Any]:
+    """The members of a ``Union`` (or ``X | Y``) without ``None``; a non-union gives itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for m in typing.get_args(annotation) if m is not type(None)]
+    return [annotation]
+
+
+def _infer_kind(annotation: Any) -> ParamKind | None:
+    """The kind a schema annotation maps to, or None when the lab cannot edit it without an override."""
+    members = _union_members(annotation)
+    tuples = [typing.get_args(m) for m in members if typing.get_origin(m) is tuple]
+    if any(args and args[-1] is Ellipsis for args in tuples):
+        return "colour"  # ``fill: tuple[float, ...] | float`` (and CoarseDropout's extra fill modes)
+    if len(members) == 1 and typing.get_origin(members[0]) is Literal:
+        return "choice"
+    if members == [bool]:
+        return "bool"
+    if members == [int]:
+        return "int"
+    if members == [float]:
+        return "float"
+    if (float, float) in tuples:  # a float pair wins over an int pair: the lab edits fractions, not pixels
+        return "range"
+    if (int, int) in tuples:
+        return "int_range"
+    return None
+
+
+def _schema_bounds(field_info: Any) -> tuple[float | None, float | None, bool, bool]:
+    """``(low, high, low_exclusive, high_exclusive)`` from ``Field(ge/gt/le/lt)`` or ``check_range_bounds``."""
+    low = high = None
+    low_open = high_open = False
+    for meta in field_info.metadata:
+        if isinstance(meta, annotated_types.Ge):
+            low = meta.ge
+        elif isinstance(meta, annotated_types.Gt):
+            low, low_open = meta.gt, True
+        elif isinstance(meta, annotated_types.Le):
+            high = meta.le
+        elif isinstance(meta, annotated_types.Lt):
+            high, high_open = meta.lt, True
+        elif callable(getattr(meta, "func", None)):
+            # check_range_bounds(min_val, max_val, ...) keeps its bounds in the validator's closure
+            bound = inspect.getclosurevars(meta.func).nonlocals
+            if "min_val" in bound:
+                low, low_open = bound["min_val"], not bound.get("min_inclusive", True)
+                high, high_open = bound.get("max_val"), not bound.get("max_inclusive", True)
+    return low, high, low_open, high_open
+
+
+def _nice_step(low: float, high: float, kind: ParamKind) -> float:
+    """About 100 slider positions, on a power of ten (ints: 1)."""
+    if kind in ("int", "int_range", "int_pair"):
+        return 1
+    return 10.0 ** round(math.log10((high - low) / 100)) if high > low else 0.01
+
+
+def _intersect(schema: float | None, ui: float | None, pick: Callable[[float, float], float]) -> float | None:
+    return ui if schema is None else schema if ui is None else pick(schema, ui)
+
+
+def _derive_param(name: str, field_info: Any, default: Any, ui: _UI) -> ParamSpec | None:
+    """One ``ParamSpec`` from the schema field, the signature default and the override; None if underivable."""
+    kind = ui.kind or _infer_kind(field_info.annotation)
+    if ui.default is not _KEEP:
+        default = ui.default
+    if kind is None or default is inspect.Parameter.empty:
+        return None
+    if kind == "choice":
+        choices = typing.get_args(_union_members(field_info.annotation)[0])
+        names = _CV2_LABELS.get(name, {})
+        labels = tuple(names.get(c, str(c)) if not isinstance(c, str) else c for c in choices)
+        return ParamSpec(name, kind, default, choices=choices, choice_labels=labels)
+    if default is None:
+        return None  # "None = automatic" numbers need an explicit default in _UI_OVERRIDES (or an exclusion)
+    if kind == "bool":
+        return ParamSpec(name, kind, bool(default))
+    if kind == "colour":
+        rgb = tuple(int(v) for v in (default if isinstance(default, tuple) else (default,) * 3))
+        return ParamSpec(name, kind, rgb, low=0, high=255, step=1)
+    s_low, s_high, low_open, high_open = _schema_bounds(field_info)
+    low, high = _intersect(s_low, ui.low, max), _intersect(s_high, ui.high, min)
+    if low is None or high is None:
+        return None  # an unbounded number needs UI bounds in _UI_OVERRIDES
+    step = ui.step or _nice_step(low, high, kind)
+    if low_open and low == s_low:
+        low += step
+    if high_open and high == s_high:
+        high -= step
+    is_int = kind in ("int", "int_range", "int_pair")
+    cast = int if is_int else float
+    low, high, step = cast(low), cast(high), cast(step)
+    default = tuple(cast(v) for v in default) if isinstance(default, tuple) else cast(default)
+    return ParamSpec(name, kind, default, low=low, high=high, step=step)
+
+
+def _derive_transform(name: str, cls: type[A.BasicTransform], category: str) -> TransformSpec:
+    signature = inspect.signature(cls.__init__).parameters
+    fields = cls.InitSchema.model_fields
+    excluded = _GLOBAL_EXCLUDED.keys() | _EXCLUDED.get(name, {}).keys()
+    overrides = _UI_OVERRIDES.get(name, {})
+    params = []
+    for pname, parameter in signature.items():
+        if pname == "self" or pname in excluded or pname not in fields:
+            continue  # a signature name without a schema field is caught by the drift tests
+        spec = _derive_param(pname, fields[pname], parameter.default, overrides.get(pname, _UI()))
+        if spec is not None:  # an underivable one is missing from the catalogue: the drift tests name it
+            params.append(spec)
+    doc = (cls.__doc__ or name).strip().splitlines()[0].strip()
+    default_p = signature["p"].default if "p" in signature else 1.0
+    return TransformSpec(name, cls, category, doc, float(default_p), tuple(params))
+
+
+TRANSFORMS: dict[str, TransformSpec] = {
+    name: _derive_transform(name, cls, category) for name, (cls, category) in _CATALOGUE.items()
+}
+
+
+def get_transform_spec(name: str) -> TransformSpec:
+    """The catalogued transform ``name``; raises ``PipelineError`` naming the valid transforms."""
+    spec = TRANSFORMS.get(name)
+    if spec is None:
+        raise PipelineError(f"unknown transform '{name}'; choose one of: {', '.join(TRANSFORMS)}", transform=name)
+    return spec
+
+
+_HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
+
+
+def _as_number(value: Any, integer: bool) -> float | int | None:
+    """``value`` as a finite int/float, or None when it is not one (bools are not numbers here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    if not math.isfinite(value):
+        return None
+    if integer:
+        return int(value) if float(value).is_integer() else None
+    return float(value)
+
+
+def _check_number(spec: ParamSpec, value: Any, integer: bool) -> float | int:
+    """One bounded number, or a ValueError whose text completes "<transform>.<param>: ..."."""
+    number = _as_number(value, integer)
+    if number is None:
+        raise ValueError(f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if not spec.low <= number <= spec.high:
+        raise ValueError(f"{number!r} is outside the allowed range [{spec.low}, {spec.high}]")
+    if integer and spec.step and spec.step > 1 and (number - spec.low) % spec.step:
+        raise ValueError(f"{number!r} is not one of {spec.low}, {spec.low + spec.step}, ... (step {spec.step})")
+    return number
+
+
+def _normalise_value(spec: ParamSpec, value: Any) -> Any:
+    """The canonical value (tuples, Python scalars) for ``spec``, or a ValueError saying what is wrong."""
+    kind = spec.kind
+    if kind == "bool":
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return bool(value)
+    if kind == "choice":
+        for choice in spec.choices:
+            if value == choice and isinstance(value, bool) == isinstance(choice, bool):
+                return choice
+        raise ValueError(f"{value!r} is not one of {', '.join(map(repr, spec.choices))}")
+    if kind == "colour":
+        if isinstance(value, str) and _HEX_COLOUR.fullmatch(value):
+            return tuple(int(value[i:i + 2], 16) for i in (1, 3, 5))
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise ValueError(f"expected an RGB triple like (0, 0, 0) or '#000000', got {value!r}")
+        return tuple(_check_number(spec, v, integer=True) for v in value)
+    if kind in ("float", "int"):
+        return _check_number(spec, value, integer=kind == "int")
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"expected a pair (low, high), got {value!r}")
+    pair = tuple(_check_number(spec, v, integer=kind != "range") for v in value)
+    if kind != "int_pair" and pair[0] > pair[1]:
+        raise ValueError(f"reversed range {pair!r}: the first value must not exceed the second")
+    return pair

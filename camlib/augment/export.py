@@ -1,0 +1,137 @@
+"""Export of a pipeline (JSON and YAML that ``albumentations.load`` reads, a Python snippet) and its re-import."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import albumentations as A
+import yaml
+
+from camlib.augment.grid import _jsonable
+from camlib.augment.pipeline import (
+    Pipeline,
+    PipelineError,
+    PipelineStep,
+    _check_seed,
+    _step_error,
+    build_pipeline,
+    validate_step,
+)
+
+MAX_IMPORT_CHARS = 1_000_000  # an exported pipeline is a few kB
+EXPORT_KEY = "augmentation_lab"  # our editor state inside an Albumentations export; A.load ignores it
+EXPORT_FORMAT = 1
+
+
+def _plain(value: Any) -> Any:
+    """JSON/YAML-safe plain data (tuples -> lists, numpy -> Python)."""
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+def _editor_state(pipeline: Pipeline) -> dict[str, Any]:
+    steps = [{"transform": step.transform, "enabled": bool(step.enabled), "p": float(step.p),
+              "params": validate_step(step, i)} for i, step in enumerate(pipeline.steps)]
+    return {"format": EXPORT_FORMAT, "seed": int(pipeline.seed), "steps": steps}
+
+
+def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
+    """``A.to_dict`` of the built Compose, plus our editor state (seed, disabled steps) under ``EXPORT_KEY``.
+
+    ``A.from_dict`` / ``A.load`` read the result as is (they ignore ``EXPORT_KEY``; Albumentations does not
+    serialise the seed, so pass it to ``set_random_seed``); ``pipeline_from_dict`` restores the editor.
+    """
+    buffer = io.StringIO()
+    A.save(build_pipeline(pipeline), buffer, data_format="json")  # Albumentations' own serialisation (enums too)
+    document = json.loads(buffer.getvalue())
+    document[EXPORT_KEY] = _plain(_editor_state(pipeline))
+    return document
+
+
+def pipeline_to_json(pipeline: Pipeline) -> str:
+    """The pipeline as JSON (see ``pipeline_to_dict``), loadable with ``A.load(path, data_format="json")``."""
+    return json.dumps(pipeline_to_dict(pipeline), indent=2)
+
+
+def pipeline_to_yaml(pipeline: Pipeline) -> str:
+    """The pipeline as YAML (see ``pipeline_to_dict``), loadable with ``A.load(path, data_format="yaml")``."""
+    return yaml.safe_dump(pipeline_to_dict(pipeline), sort_keys=False, default_flow_style=False)
+
+
+def pipeline_to_python(pipeline: Pipeline) -> str:
+    """A runnable snippet that rebuilds the same Compose (same seed, every parameter explicit).
+
+    Disabled steps are written as comments so that they are not lost.
+    """
+    _check_seed(pipeline.seed)
+    lines = [f'"""Augmentation pipeline exported from the CAM Explorer Augmentation Lab (albumentations '
+             f'{A.__version__})."""', "import albumentations as A", "", "transform = A.Compose(", "    ["]
+    for i, step in enumerate(pipeline.steps):
+        params = validate_step(step, i) | {"p": float(step.p)}
+        call = f"A.{step.transform}({', '.join(f'{k}={v!r}' for k, v in params.items())}),"
+        lines.append(f"        {call}" if step.enabled else f"        # disabled: {call}")
+    lines += ["    ],", f"    seed={int(pipeline.seed)},", "    strict=True,", "    save_applied_params=True,", ")", ""]
+    return "\n".join(lines)
+
+
+def pipeline_from_dict(document: Any) -> Pipeline:
+    """The editor state of an exported pipeline, checked against the catalogue.
+
+    When the file also holds an Albumentations section written by this Albumentations version, it must agree with
+    the editor state (a file edited by hand in one place only is refused rather than half-applied).
+
+    Raises:
+        PipelineError: not an export of the lab, an unknown transform or parameter, or an invalid value.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get(EXPORT_KEY), dict):
+        raise PipelineError(f"this is not an Augmentation Lab export: the '{EXPORT_KEY}' section is missing "
+                            "(a plain Albumentations file loads with albumentations.load instead)")
+    state = document[EXPORT_KEY]
+    if state.get("format") != EXPORT_FORMAT:
+        raise PipelineError(f"unsupported export format {state.get('format')!r}; expected {EXPORT_FORMAT}")
+    steps_data = state.get("steps")
+    if not isinstance(steps_data, list):
+        raise PipelineError("the export's 'steps' must be a list")
+    steps = []
+    for i, item in enumerate(steps_data):
+        if not isinstance(item, dict) or not isinstance(item.get("transform"), str):
+            raise PipelineError(f"step {i + 1} of the export is not a {{'transform': ..., 'params': ...}} object",
+                                step=i)
+        params = item.get("params", {})
+        if not isinstance(params, dict):
+            raise _step_error(i, item["transform"], None, "'params' must be an object")
+        steps.append(PipelineStep(item["transform"], params, p=item.get("p", 1.0), enabled=item.get("enabled", True)))
+        if not isinstance(steps[-1].enabled, bool):
+            raise _step_error(i, item["transform"], "enabled", "must be true or false")
+    pipeline = Pipeline(tuple(steps), state.get("seed", 0))
+    # normalise (lists -> tuples) through validation so that the restored pipeline equals the exported one
+    restored = Pipeline(tuple(PipelineStep(s.transform, validate_step(s, i), s.p, s.enabled)
+                              for i, s in enumerate(pipeline.steps)), pipeline.seed)
+    rebuilt = pipeline_to_dict(restored)  # also validates the seed and builds every enabled step
+    if ("transform" in document and document.get("__version__") == A.__version__
+            and _plain(document["transform"]) != rebuilt["transform"]):
+        raise PipelineError("the file's Albumentations 'transform' section does not match its "
+                            f"'{EXPORT_KEY}' editor state (edited by hand?); edit the editor state or re-export")
+    return restored
+
+
+def _parse(text: str, loader: Any, what: str) -> Any:
+    if not isinstance(text, str):
+        raise PipelineError(f"expected {what} text, got {type(text).__name__}")
+    if len(text) > MAX_IMPORT_CHARS:
+        raise PipelineError(f"the {what} is {len(text):,} characters; an exported pipeline is far smaller")
+    try:
+        return loader(text)
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise PipelineError(f"not valid {what}: {' '.join(str(exc).split())}") from exc
+
+
+def pipeline_from_json(text: str) -> Pipeline:
+    """Import ``pipeline_to_json`` output. Raises ``PipelineError`` on bad JSON or an invalid pipeline."""
+    return pipeline_from_dict(_parse(text, json.loads, "JSON"))
+
+
+def pipeline_from_yaml(text: str) -> Pipeline:
+    """Import ``pipeline_to_yaml`` output (safe YAML only). Raises ``PipelineError`` like ``pipeline_from_json``."""
+    return pipeline_from_dict(_parse(text, yaml.safe_load, "YAML"))

@@ -1,0 +1,206 @@
+"""Grids of augmented tiles (``augment_grid``), the images they show (``pick_images``) and one image of a grid
+(``tile_grid``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from camlib.augment.pipeline import Pipeline, PipelineError, _check_seed, build_pipeline
+from camlib.errors import CamlibError, InvalidImageError
+from camlib.imaging import ensure_rgb_uint8
+
+GridMode = Literal["many", "one"]
+
+MAX_GRID_SIDE = 16  # rows and cols of a grid
+MAX_GRID_PIXELS = 2**25  # input pixels over all tiles (~100 MB of uint8 RGB): bounds memory for large uploads
+MAX_LISTED_ELEMENTS = 64  # applied-param arrays above this size are summarised, not listed (e.g. 32x32 remap fields)
+
+
+class GridError(CamlibError):
+    """Invalid grid arguments: mode, rows/cols, indices, scale or a grid too large for memory."""
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """Augmented tiles of a grid, row-major.
+
+    Attributes:
+        tiles: ``uint8`` ``(rows*cols, h, w, 3)``. Tiles whose size changed (e.g. ``Affine(fit_output=True)``) are
+            centred on a black canvas of the largest tile's size; pixels are never resampled.
+        indices: the source image of each tile.
+        applied: per tile, the transforms that fired and the parameters they drew (JSON-friendly; arrays above
+            ``MAX_LISTED_ELEMENTS`` values are summarised as a string).
+        tile_shapes: per tile, ``(h, w)`` before padding to the common size.
+    """
+
+    tiles: np.ndarray
+    indices: tuple[int, ...]
+    applied: tuple[tuple[dict[str, Any], ...], ...]
+    tile_shapes: tuple[tuple[int, int], ...]
+    mode: GridMode
+    rows: int
+    cols: int
+    seed: int
+
+
+def _jsonable(value: Any) -> Any:
+    """Arrays, numpy scalars and tuples as JSON types; large arrays as a one-line summary."""
+    if isinstance(value, np.ndarray):
+        if value.size > MAX_LISTED_ELEMENTS:
+            return f"<array {value.dtype} {tuple(value.shape)}>"
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _as_batch(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 from a batch or one ``(H, W, 3)`` / ``(H, W)`` image."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.dtype != np.uint8 or images.shape[-1] != 3 or 0 in images.shape:
+            raise InvalidImageError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
+        return images
+    return ensure_rgb_uint8(images)[None]
+
+
+def _pick_indices(count: int, n_images: int, mode: GridMode, seed: int,
+                  indices: Sequence[int] | None) -> tuple[int, ...]:
+    wanted = count if mode == "many" else 1
+    if indices is None:
+        chosen = pick_images(np.arange(n_images), wanted, seed)
+    else:
+        chosen = [int(i) for i in indices]
+        if len(chosen) != wanted:
+            raise GridError(f"mode '{mode}' needs {wanted} image index(es) for this grid, got {len(chosen)}")
+        bad = [i for i in chosen if not 0 <= i < n_images]
+        if bad:
+            raise GridError(f"image index {bad[0]} is out of range: there are {n_images} images (0..{n_images - 1})")
+    return tuple(chosen * count if mode == "one" else chosen)
+
+
+def pick_images(pool: Sequence[int] | np.ndarray, count: int, seed: int) -> list[int]:
+    """``count`` image indices from ``pool``, drawn without replacement with a local generator seeded by ``seed``
+    (cycled in order when the pool is smaller than ``count``). The global numpy RNG is never touched."""
+    pool = np.asarray(pool, dtype=np.int64)
+    if pool.size == 0:
+        raise GridError("no images to choose from (is the class filter empty?)")
+    if pool.size >= count:
+        return np.random.default_rng(seed).choice(pool, size=count, replace=False).tolist()
+    return np.resize(pool, count).tolist()
+
+
+def _check_grid_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise GridError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _pad_to(tile: np.ndarray, height: int, width: int) -> np.ndarray:
+    top, left = (height - tile.shape[0]) // 2, (width - tile.shape[1]) // 2
+    canvas = np.zeros((height, width, 3), np.uint8)
+    canvas[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+    return canvas
+
+
+def augment_grid(
+    images: np.ndarray,
+    pipeline: Pipeline,
+    *,
+    mode: GridMode = "many",
+    rows: int = 4,
+    cols: int = 4,
+    seed: int | None = None,
+    indices: Sequence[int] | None = None,
+) -> GridResult:
+    """Augment a grid of tiles: "many" images with one draw each, or "one" image with ``rows*cols`` draws.
+
+    Tile ``k`` is the ``k``-th call of a Compose built for this call, so the same (images, pipeline, seed, indices)
+    always gives byte-identical tiles, whatever other threads or sessions do.
+
+    Args:
+        images: ``uint8`` RGB ``(N, H, W, 3)``, or one ``(H, W, 3)`` image.
+        pipeline: the steps; ``pipeline.seed`` unless ``seed`` is given.
+        mode: "many" (tile k shows image ``indices[k]``) or "one" (every tile shows ``indices[0]``).
+        rows, cols: grid size, 1..16 each.
+        seed: overrides ``pipeline.seed`` (a "reroll" without editing the pipeline).
+        indices: source images; by default drawn without replacement with ``np.random.default_rng(seed)``
+            (cycled in order when there are fewer images than tiles).
+
+    Raises:
+        GridError: bad mode, rows/cols or indices, or more than ``MAX_GRID_PIXELS`` input pixels.
+        PipelineError: an invalid pipeline, or a transform that fails on these images (e.g. a crop larger
+            than the image).
+        InvalidImageError: ``images`` is not uint8 RGB.
+    """
+    if mode not in ("many", "one"):
+        raise GridError(f"mode must be 'many' or 'one', got {mode!r}")
+    _check_grid_int("rows", rows, 1, MAX_GRID_SIDE)
+    _check_grid_int("cols", cols, 1, MAX_GRID_SIDE)
+    batch = _as_batch(images)
+    count = rows * cols
+    height, width = batch.shape[1:3]
+    if count * height * width > MAX_GRID_PIXELS:
+        raise GridError(f"a {rows}x{cols} grid of {width}x{height} images is too large; use fewer tiles or a "
+                        f"smaller image (at most {MAX_GRID_PIXELS:,} pixels in all)")
+    effective_seed = pipeline.seed if seed is None else seed
+    _check_seed(effective_seed)
+    compose = build_pipeline(Pipeline(pipeline.steps, effective_seed))
+    chosen = _pick_indices(count, len(batch), mode, effective_seed, indices)
+
+    tiles, applied = [], []
+    for index in chosen:
+        image = batch[index]
+        try:
+            result = compose(image=image)
+        except Exception as exc:  # re-raised typed: any transform may fail on an unusual image (size, dtype)
+            raise PipelineError(f"the pipeline failed on a {image.shape[1]}x{image.shape[0]} image: "
+                                f"{' '.join(str(exc).split())}") from exc
+        tile = result["image"]
+        if tile.dtype != np.uint8 or tile.ndim != 3 or tile.shape[2] != 3:
+            raise PipelineError(f"the pipeline returned {tile.dtype} {tile.shape}, not a uint8 RGB image")
+        tiles.append(tile)
+        applied.append(tuple({"transform": name, "params": _jsonable(params)}
+                             for name, params in result.get("applied_transforms", ())))
+    shapes = tuple((int(t.shape[0]), int(t.shape[1])) for t in tiles)
+    out_h, out_w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    stacked = np.stack([t if t.shape[:2] == (out_h, out_w) else _pad_to(t, out_h, out_w) for t in tiles])
+    return GridResult(stacked, chosen, tuple(applied), shapes, mode, rows, cols, int(effective_seed))
+
+
+def tile_grid(tiles: np.ndarray, rows: int, cols: int, *, scale: int = 1, pad: int = 2,
+              fill: int = 255) -> np.ndarray:
+    """One ``uint8`` image of ``rows x cols`` tiles, each upscaled ``scale`` times by pixel repetition.
+
+    Nearest-neighbour keeps 32x32 tiles crisp (no interpolation blur); ``pad`` pixels of grey level ``fill``
+    separate the tiles and frame the grid.
+
+    Raises:
+        GridError: tiles not ``(rows*cols, h, w, 3)`` uint8, bad scale/pad, or a result above ``MAX_GRID_PIXELS``.
+    """
+    if not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[3] != 3:
+        raise GridError(f"tiles must be uint8 (N, H, W, 3), got {getattr(tiles, 'dtype', type(tiles))} "
+                        f"{getattr(tiles, 'shape', '')}")
+    if tiles.shape[0] != rows * cols:
+        raise GridError(f"a {rows}x{cols} grid needs {rows * cols} tiles, got {tiles.shape[0]}")
+    _check_grid_int("scale", scale, 1, 16)
+    _check_grid_int("pad", pad, 0, 32)
+    _check_grid_int("fill", fill, 0, 255)
+    tile_h, tile_w = tiles.shape[1] * scale, tiles.shape[2] * scale
+    out_h, out_w = rows * (tile_h + pad) + pad, cols * (tile_w + pad) + pad
+    if out_h * out_w > MAX_GRID_PIXELS:
+        raise GridError(f"the grid image would be {out_w}x{out_h}; lower the scale or the number of tiles")
+    canvas = np.full((out_h, out_w, 3), fill, np.uint8)
+    big = tiles.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else tiles
+    for k in range(rows * cols):
+        top, left = pad + (k // cols) * (tile_h + pad), pad + (k % cols) * (tile_w + pad)
+        canvas[top:top + tile_h, left:left + tile_w] = big[k]
+    return canvas

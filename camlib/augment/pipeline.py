@@ -1,0 +1,143 @@
+"""Seeded pipelines: the editor's steps, their validation against the catalogue, and the ``A.Compose`` they build.
+
+Randomness only flows through ``A.Compose(seed=...)``: a new ``Compose`` is built for every call (a cached, shared one
+would mix the RNG state of concurrent sessions), and no global RNG (numpy, ``random``, torch) is read or seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import albumentations as A
+import numpy as np
+from pydantic import ValidationError
+
+from camlib.augment.catalogue import TRANSFORMS, PipelineError, _as_number, _normalise_value
+
+MAX_STEPS = 32  # steps in one pipeline
+
+
+@dataclass(frozen=True)
+class PipelineStep:
+    """One transform of a pipeline as the editor holds it.
+
+    ``params`` may be partial (missing ones take their catalogue default); it is copied, treat it as read-only.
+    Disabled steps are kept (and exported) but not built.
+    """
+
+    transform: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    p: float = 1.0
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", dict(self.params))
+
+    def __hash__(self) -> int:
+        # the generated hash would fail on the params dict; parameter names are enough and agree with __eq__
+        return hash((self.transform, tuple(sorted(map(str, self.params))), self.p, self.enabled))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An ordered tuple of steps and the seed of ``A.Compose``."""
+
+    steps: tuple[PipelineStep, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+
+
+def _step_error(index: int, name: str, param: str | None, problem: str) -> PipelineError:
+    where = f"{name}.{param}" if param else name
+    one_line = " ".join(str(problem).split())
+    return PipelineError(f"{where} (step {index + 1}): {one_line}", step=index, transform=name, param=param)
+
+
+def validate_step(step: PipelineStep, index: int = 0) -> dict[str, Any]:
+    """Every parameter of ``step`` (defaults filled in), canonical and checked against the catalogue.
+
+    Raises:
+        PipelineError: unknown transform or parameter, wrong type, out-of-bounds value, reversed range, bad ``p``.
+    """
+    spec = TRANSFORMS.get(step.transform)
+    if spec is None:
+        raise _step_error(index, str(step.transform), None,
+                          f"unknown transform; choose one of: {', '.join(TRANSFORMS)}")
+    p = _as_number(step.p, integer=False)
+    if p is None or not 0.0 <= p <= 1.0:
+        raise _step_error(index, spec.name, "p", f"the probability must be in [0, 1], got {step.p!r}")
+    names = {param.name for param in spec.params}
+    for unknown in sorted(set(step.params) - names, key=str):
+        valid = ", ".join(sorted(names)) or "none"
+        raise _step_error(index, spec.name, str(unknown), f"unknown parameter (editable: {valid})")
+    values = spec.defaults() | dict(step.params)
+    checked = {}
+    for param in spec.params:
+        try:
+            checked[param.name] = _normalise_value(param, values[param.name])
+        except ValueError as exc:
+            raise _step_error(index, spec.name, param.name, str(exc)) from exc
+    return checked
+
+
+def _pydantic_problem(exc: BaseException) -> tuple[str | None, str]:
+    """``(param, message)`` from Albumentations' ValueError wrapping a pydantic ValidationError."""
+    cause = exc.__cause__
+    if isinstance(cause, ValidationError) and cause.errors():
+        first = cause.errors()[0]
+        param = str(first["loc"][0]) if first.get("loc") else None
+        message = str(first.get("msg", cause)).removeprefix("Value error, ")
+        return param, message
+    return None, str(exc)
+
+
+def _instantiate(index: int, step: PipelineStep) -> A.BasicTransform:
+    params = validate_step(step, index)
+    spec = TRANSFORMS[step.transform]
+    try:
+        # strict=True: with strict=False Albumentations replaces invalid arguments by defaults with only a warning
+        return spec.transform(**params, p=float(step.p), strict=True)
+    except (ValueError, TypeError) as exc:  # pydantic errors reach us wrapped in ValueError
+        param, message = _pydantic_problem(exc)
+        raise _step_error(index, spec.name, param, message) from exc
+
+
+def build_pipeline(pipeline: Pipeline) -> A.Compose:
+    """A fresh ``A.Compose`` of the enabled steps, seeded with ``pipeline.seed``.
+
+    Build one per use: a Compose carries RNG state, so sharing one between sessions breaks reproducibility.
+
+    Raises:
+        PipelineError: see ``validate_step``; also a bad seed or too many steps.
+    """
+    _check_seed(pipeline.seed)
+    if len(pipeline.steps) > MAX_STEPS:
+        raise PipelineError(f"a pipeline has at most {MAX_STEPS} steps, got {len(pipeline.steps)}")
+    transforms = [_instantiate(i, step) for i, step in enumerate(pipeline.steps) if step.enabled]
+    return A.Compose(transforms, seed=pipeline.seed, strict=True, save_applied_params=True)
+
+
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise PipelineError(f"the seed must be an integer in [0, 2**32), got {seed!r}")
+
+
+CIFAR10_TRAIN_PIPELINE = Pipeline(
+    steps=(
+        PipelineStep("PadIfNeeded", {"min_height": 40, "min_width": 40}),
+        PipelineStep("RandomCrop", {"height": 32, "width": 32}),
+        PipelineStep("HorizontalFlip", p=0.5),
+        PipelineStep("Affine", {"translate_percent": (-0.0625, 0.0625), "scale": (0.9, 1.1), "rotate": (-15.0, 15.0)},
+                     p=0.5),
+        PipelineStep("ColorJitter", {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "saturation": (0.8, 1.2),
+                                     "hue": (-0.05, 0.05)}, p=0.8),
+        PipelineStep("CoarseDropout", {"num_holes_range": (1, 1), "hole_height_range": (0.25, 0.25),
+                                       "hole_width_range": (0.25, 0.25)}, p=0.5),
+    ),
+    seed=0,
+)
+"""A typical CIFAR-10 training pipeline: pad-and-crop, flip, small affine, colour jitter, 8x8 cutout."""
