@@ -29,7 +29,7 @@ import numpy as np
 import torchvision
 
 from camlib.contracts import describe
-from camlib.errors import CamlibError
+from camlib.errors import DatasetError, DatasetIntegrityError, DatasetUnavailableError
 
 Split = Literal["train", "test"]
 Source = Literal["torchvision", "folder"]
@@ -43,18 +43,6 @@ IMAGE_SHAPE = (32, 32, 3)
 DOWNLOAD_CHUNK = 1 << 20  # 1 MiB: progress is reported about 160 times for the 163 MB archive
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _SHARED_COPY = _REPO_ROOT.parent / "shared" / "data" / "cifar10"
-
-
-class DatasetError(CamlibError):
-    """A dataset request camlib cannot serve (bad split or limit, or see the subclasses)."""
-
-
-class DatasetUnavailableError(DatasetError):
-    """The dataset is not on disk (or not all of it) and cannot be downloaded here, e.g. offline."""
-
-
-class DatasetIntegrityError(DatasetError):
-    """Files are present but corrupted or tampered with (md5 mismatch, undecodable or wrongly sized image)."""
 
 
 @dataclass(frozen=True)

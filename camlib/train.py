@@ -46,7 +46,7 @@ from camlib.cifar import CifarData, load_cifar10  # noqa: E402
 from camlib.cifar_models import CIFAR_ARCHS, build_cifar_model, normalize_batch  # noqa: E402
 from camlib.contracts import require_array, require_int, require_model, require_tensor  # noqa: E402
 from camlib.device import default_device  # noqa: E402
-from camlib.errors import CamlibError, CheckpointError, InputError  # noqa: E402
+from camlib.errors import CamlibError, CheckpointError, InputError, TrainingError  # noqa: E402
 from camlib.models import load_state_strict, read_checkpoint  # noqa: E402
 
 STATE_FILE = "last.pt"
@@ -54,10 +54,6 @@ STATE_FILE = "last.pt"
 RESUME_KEYS = ("arch", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed", "limit_train", "init")
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
-
-
-class TrainingError(CamlibError):
-    """A training run cannot start or resume (bad arguments, data, pipeline or checkpoint)."""
 
 
 @dataclass(frozen=True)

@@ -88,17 +88,17 @@ def test_catalogue_covers_the_required_transforms():
 
 
 def test_every_override_names_a_real_schema_field():
-    for name, overrides in catalogue._UI_OVERRIDES.items():
-        cls = catalogue._CATALOGUE[name][0]
+    for name, overrides in catalogue.UI_OVERRIDES.items():
+        cls = catalogue.CATALOGUE[name][0]
         for param in overrides:
             assert param in cls.InitSchema.model_fields, f"{name}.{param} is not a schema field any more"
             assert param in signature_params(cls), f"{name}.{param} is not an __init__ argument any more"
 
 
 def test_every_exclusion_names_a_real_parameter():
-    for name, excluded in catalogue._EXCLUDED.items():
+    for name, excluded in catalogue.EXCLUDED.items():
         for param in excluded:
-            assert param in signature_params(catalogue._CATALOGUE[name][0]), f"{name}.{param} no longer exists"
+            assert param in signature_params(catalogue.CATALOGUE[name][0]), f"{name}.{param} no longer exists"
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
@@ -113,7 +113,7 @@ def test_catalogued_params_exist_in_signature_and_schema(name):
 def test_every_init_argument_is_catalogued_or_excluded(name):
     # a parameter added (or made underivable) by an upgrade must be decided on, not silently left out
     spec = TRANSFORMS[name]
-    excluded = catalogue._GLOBAL_EXCLUDED.keys() | catalogue._EXCLUDED.get(name, {}).keys()
+    excluded = catalogue.GLOBAL_EXCLUDED.keys() | catalogue.EXCLUDED.get(name, {}).keys()
     assert signature_params(spec.transform) - excluded == {p.name for p in spec.params}
 
 
@@ -122,20 +122,20 @@ def test_bounds_lie_within_the_schema_and_defaults_within_bounds(name):
     spec = TRANSFORMS[name]
     for param in spec.params:
         if param.kind in ("float", "int", "range", "int_range", "int_pair"):
-            low, high, _, _ = catalogue._schema_bounds(spec.transform.InitSchema.model_fields[param.name])
+            low, high, _, _ = catalogue.schema_bounds(spec.transform.InitSchema.model_fields[param.name])
             assert low is None or param.low >= low, (name, param)
             assert high is None or param.high <= high, (name, param)
             assert param.low < param.high and param.step > 0
-        assert catalogue._normalise_value(param, param.default) == param.default, (name, param)
+        assert catalogue.normalise_value(param, param.default) == param.default, (name, param)
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
 def test_defaults_equal_the_library_defaults_unless_overridden(name):
     spec = TRANSFORMS[name]
-    overrides = catalogue._UI_OVERRIDES.get(name, {})
+    overrides = catalogue.UI_OVERRIDES.get(name, {})
     # colours are (r, g, b) where the library's default is the scalar 0: same pixels, other spelling
     kept = {p.name: p.default for p in spec.params
-            if p.kind == "colour" or overrides.get(p.name, catalogue._UI()).default is not catalogue._KEEP}
+            if p.kind == "colour" or overrides.get(p.name, catalogue.UIOverride()).default is not catalogue.KEEP}
     assert A.to_dict(spec.transform(**spec.defaults())) == A.to_dict(spec.transform(**kept))
 
 

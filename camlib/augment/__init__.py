@@ -6,7 +6,8 @@ Modules:
     grid      -- ``augment_grid`` (tiles and the parameters they drew), ``pick_images`` and ``tile_grid``.
     export    -- JSON/YAML/Python export and re-import.
 
-Every public name is re-exported here, so ``from camlib.augment import build_pipeline`` works.
+Every public name is re-exported here, so ``from camlib.augment import build_pipeline`` works; so are
+``PipelineError`` and ``GridError``, which live in ``camlib.errors`` with every camlib error.
 """
 
 import os
@@ -17,7 +18,6 @@ from camlib.augment.catalogue import (  # noqa: E402
     TRANSFORMS,
     ParamKind,
     ParamSpec,
-    PipelineError,
     TransformSpec,
     get_transform_spec,
 )
@@ -37,7 +37,6 @@ from camlib.augment.grid import (  # noqa: E402
     MAX_GRID_PIXELS,
     MAX_GRID_SIDE,
     MAX_LISTED_ELEMENTS,
-    GridError,
     GridMode,
     GridResult,
     augment_grid,
@@ -52,6 +51,7 @@ from camlib.augment.pipeline import (  # noqa: E402
     build_pipeline,
     validate_step,
 )
+from camlib.errors import GridError, PipelineError  # noqa: E402
 
 __all__ = [
     "CIFAR10_TRAIN_PIPELINE",

@@ -1,10 +1,10 @@
 """The transforms the Augmentation Lab edits, each parameter derived from the transform's own schema.
 
 The catalogue (``TRANSFORMS``) derives every parameter's kind, default and bounds from the transform's own pydantic
-``InitSchema`` and ``__init__`` signature; ``_UI`` entries only add what a schema cannot say (slider bounds for
-unbounded values, steps, CIFAR-sized defaults) and ``_EXCLUDED`` names what the lab does not expose, with the reason.
+``InitSchema`` and ``__init__`` signature; ``UIOverride`` entries only add what a schema cannot say (slider bounds for
+unbounded values, steps, CIFAR-sized defaults) and ``EXCLUDED`` names what the lab does not expose, with the reason.
 An Albumentations upgrade that renames or removes a parameter therefore fails ``tests/test_augment.py`` instead of
-showing a silently wrong slider. ``_normalise_value`` checks one value against its ``ParamSpec``.
+showing a silently wrong slider. ``normalise_value`` checks one value against its ``ParamSpec``.
 """
 
 from __future__ import annotations
@@ -23,24 +23,9 @@ import annotated_types
 import cv2
 import numpy as np
 
-from camlib.errors import CamlibError
+from camlib.errors import PipelineError
 
 ParamKind = Literal["float", "int", "range", "int_range", "int_pair", "choice", "bool", "colour"]
-
-
-class PipelineError(CamlibError):
-    """A pipeline the lab cannot build or apply: unknown transform or parameter, or an invalid value.
-
-    ``str(error)`` is one line naming the step, the transform and the parameter; the attributes let a page highlight
-    the offending widget.
-    """
-
-    def __init__(self, message: str, *, step: int | None = None, transform: str | None = None,
-                 param: str | None = None) -> None:
-        super().__init__(message)
-        self.step = step
-        self.transform = transform
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -102,22 +87,22 @@ class TransformSpec:
         return {spec.name: spec.default for spec in self.params}
 
 
-_KEEP: Any = object()  # "use the schema/signature's own value" in _UI
+KEEP: Any = object()  # "use the schema/signature's own value" in UIOverride
 
 
 @dataclass(frozen=True)
-class _UI:
+class UIOverride:
     """What a schema cannot say: slider bounds of unbounded values, steps, CIFAR-sized defaults, a pair's meaning."""
 
     kind: ParamKind | None = None
     low: float | None = None
     high: float | None = None
     step: float | None = None
-    default: Any = _KEEP
+    default: Any = KEEP
 
 
 # Not editable anywhere: the step's own probability, strictness we always set, and mask/keypoint-only settings.
-_GLOBAL_EXCLUDED: dict[str, str] = {
+GLOBAL_EXCLUDED: dict[str, str] = {
     "p": "the step's probability is PipelineStep.p",
     "strict": "build_pipeline always passes strict=True",
     "always_apply": "deprecated in Albumentations 2",
@@ -127,7 +112,7 @@ _GLOBAL_EXCLUDED: dict[str, str] = {
 }
 
 # Per transform: parameters the lab leaves at the library default, and why.
-_EXCLUDED: dict[str, dict[str, str]] = {
+EXCLUDED: dict[str, dict[str, str]] = {
     "PadIfNeeded": {"pad_height_divisor": "the lab pads to min_height",
                     "pad_width_divisor": "the lab pads to min_width"},
     "Affine": {"translate_px": "the lab shifts by translate_percent, which works for every image size"},
@@ -138,50 +123,52 @@ _EXCLUDED: dict[str, dict[str, str]] = {
                     "holes_number_xy": "None derives the hole count from the image size"},
 }
 
-_UI_OVERRIDES: dict[str, dict[str, _UI]] = {
+UI_OVERRIDES: dict[str, dict[str, UIOverride]] = {
     # crop/pad sizes are scaled for 32x32 CIFAR-10; larger images still work, the crops are just small
-    "PadIfNeeded": {"min_height": _UI(low=8, high=64, default=40), "min_width": _UI(low=8, high=64, default=40)},
-    "RandomCrop": {"height": _UI(low=8, high=64, default=32), "width": _UI(low=8, high=64, default=32),
+    "PadIfNeeded": {"min_height": UIOverride(low=8, high=64, default=40),
+                    "min_width": UIOverride(low=8, high=64, default=40)},
+    "RandomCrop": {"height": UIOverride(low=8, high=64, default=32), "width": UIOverride(low=8, high=64, default=32),
                    # padding keeps a 64-px crop valid on a 32-px image, so every slider position works on CIFAR
-                   "pad_if_needed": _UI(default=True)},
-    "RandomResizedCrop": {"size": _UI(kind="int_pair", low=8, high=64, default=(32, 32)), "scale": _UI(low=0.05),
-                          "ratio": _UI(low=0.25, high=4.0)},
-    "Affine": {"scale": _UI(low=0.5, high=2.0, default=(1.0, 1.0)),
-               "translate_percent": _UI(low=-0.5, high=0.5, default=(0.0, 0.0)),
-               "rotate": _UI(low=-180.0, high=180.0, step=1.0, default=(0.0, 0.0)),
-               "shear": _UI(low=-45.0, high=45.0, step=1.0, default=(0.0, 0.0))},
-    "Rotate": {"limit": _UI(low=-180.0, high=180.0, step=1.0)},
+                   "pad_if_needed": UIOverride(default=True)},
+    "RandomResizedCrop": {"size": UIOverride(kind="int_pair", low=8, high=64, default=(32, 32)),
+                          "scale": UIOverride(low=0.05), "ratio": UIOverride(low=0.25, high=4.0)},
+    "Affine": {"scale": UIOverride(low=0.5, high=2.0, default=(1.0, 1.0)),
+               "translate_percent": UIOverride(low=-0.5, high=0.5, default=(0.0, 0.0)),
+               "rotate": UIOverride(low=-180.0, high=180.0, step=1.0, default=(0.0, 0.0)),
+               "shear": UIOverride(low=-45.0, high=45.0, step=1.0, default=(0.0, 0.0))},
+    "Rotate": {"limit": UIOverride(low=-180.0, high=180.0, step=1.0)},
     # CoarseDropout reads both hole ranges as pixels once hole_height_range[1] >= 1: fractions stop below 1
-    "CoarseDropout": {"num_holes_range": _UI(high=16), "hole_height_range": _UI(low=0.01, high=0.99),
-                      "hole_width_range": _UI(low=0.01, high=0.99)},
-    "GridDropout": {"ratio": _UI(low=0.05), "shift_xy": _UI(kind="int_pair", high=16)},
-    "RandomBrightnessContrast": {"brightness_limit": _UI(low=-1.0, high=1.0),
-                                 "contrast_limit": _UI(low=-1.0, high=1.0)},
-    "HueSaturationValue": {"hue_shift_limit": _UI(low=-180.0, high=180.0, step=1.0),
-                           "sat_shift_limit": _UI(low=-255.0, high=255.0, step=1.0),
-                           "val_shift_limit": _UI(low=-255.0, high=255.0, step=1.0)},
+    "CoarseDropout": {"num_holes_range": UIOverride(high=16), "hole_height_range": UIOverride(low=0.01, high=0.99),
+                      "hole_width_range": UIOverride(low=0.01, high=0.99)},
+    "GridDropout": {"ratio": UIOverride(low=0.05), "shift_xy": UIOverride(kind="int_pair", high=16)},
+    "RandomBrightnessContrast": {"brightness_limit": UIOverride(low=-1.0, high=1.0),
+                                 "contrast_limit": UIOverride(low=-1.0, high=1.0)},
+    "HueSaturationValue": {"hue_shift_limit": UIOverride(low=-180.0, high=180.0, step=1.0),
+                           "sat_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+                           "val_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0)},
     # ColorJitter's bounds live in a field validator (not introspectable): hue in [-0.5, 0.5], the others >= 0.
-    "ColorJitter": {"brightness": _UI(low=0.0, high=2.0), "contrast": _UI(low=0.0, high=2.0),
-                    "saturation": _UI(low=0.0, high=2.0), "hue": _UI(low=-0.5, high=0.5)},
-    "RGBShift": {"r_shift_limit": _UI(low=-255.0, high=255.0, step=1.0),
-                 "g_shift_limit": _UI(low=-255.0, high=255.0, step=1.0),
-                 "b_shift_limit": _UI(low=-255.0, high=255.0, step=1.0)},
-    "CLAHE": {"clip_limit": _UI(high=16.0, step=0.1, default=(1.0, 4.0)),
-              "tile_grid_size": _UI(kind="int_pair", high=16)},
-    "Posterize": {"num_bits": _UI(low=1, high=7, default=(4, 4))},  # [1, 7] is checked in a field validator
-    "Sharpen": {"lightness": _UI(high=2.0), "kernel_size": _UI(high=15, step=2), "sigma": _UI(low=0.1, high=5.0)},
-    "GaussNoise": {"mean_range": _UI(low=-1.0, high=1.0)},
-    "GaussianBlur": {"sigma_limit": _UI(low=0.1, high=5.0, step=0.1)},
-    "MotionBlur": {"blur_limit": _UI(low=3, high=15, step=2)},  # odd kernels only: step 2 from 3
-    "Perspective": {"scale": _UI(low=0.0, high=0.5)},
-    "ElasticTransform": {"alpha": _UI(high=200.0, step=1.0), "sigma": _UI(high=100.0, step=1.0)},
+    "ColorJitter": {"brightness": UIOverride(low=0.0, high=2.0), "contrast": UIOverride(low=0.0, high=2.0),
+                    "saturation": UIOverride(low=0.0, high=2.0), "hue": UIOverride(low=-0.5, high=0.5)},
+    "RGBShift": {"r_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+                 "g_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+                 "b_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0)},
+    "CLAHE": {"clip_limit": UIOverride(high=16.0, step=0.1, default=(1.0, 4.0)),
+              "tile_grid_size": UIOverride(kind="int_pair", high=16)},
+    "Posterize": {"num_bits": UIOverride(low=1, high=7, default=(4, 4))},  # [1, 7] is checked in a field validator
+    "Sharpen": {"lightness": UIOverride(high=2.0), "kernel_size": UIOverride(high=15, step=2),
+                "sigma": UIOverride(low=0.1, high=5.0)},
+    "GaussNoise": {"mean_range": UIOverride(low=-1.0, high=1.0)},
+    "GaussianBlur": {"sigma_limit": UIOverride(low=0.1, high=5.0, step=0.1)},
+    "MotionBlur": {"blur_limit": UIOverride(low=3, high=15, step=2)},  # odd kernels only: step 2 from 3
+    "Perspective": {"scale": UIOverride(low=0.0, high=0.5)},
+    "ElasticTransform": {"alpha": UIOverride(high=200.0, step=1.0), "sigma": UIOverride(high=100.0, step=1.0)},
     # GridDistortion checks distort_limit in [-1, 1] in a field validator; +-0.5 keeps the grid legible.
-    "GridDistortion": {"num_steps": _UI(high=16), "distort_limit": _UI(low=-0.5, high=0.5)},
-    "OpticalDistortion": {"distort_limit": _UI(low=-1.0, high=1.0)},
+    "GridDistortion": {"num_steps": UIOverride(high=16), "distort_limit": UIOverride(low=-0.5, high=0.5)},
+    "OpticalDistortion": {"distort_limit": UIOverride(low=-1.0, high=1.0)},
 }
 
 # Registry: name -> (class, UI category). Explicit, so the UI lists exactly what the tests cover.
-_CATALOGUE: dict[str, tuple[type[A.BasicTransform], str]] = {
+CATALOGUE: dict[str, tuple[type[A.BasicTransform], str]] = {
     "PadIfNeeded": (A.PadIfNeeded, "crop & pad"),
     "RandomCrop": (A.RandomCrop, "crop & pad"),
     "RandomResizedCrop": (A.RandomResizedCrop, "crop & pad"),
@@ -250,7 +237,7 @@ def _infer_kind(annotation: Any) -> ParamKind | None:
     return None
 
 
-def _schema_bounds(field_info: Any) -> tuple[float | None, float | None, bool, bool]:
+def schema_bounds(field_info: Any) -> tuple[float | None, float | None, bool, bool]:
     """``(low, high, low_exclusive, high_exclusive)`` from ``Field(ge/gt/le/lt)`` or ``check_range_bounds``."""
     low = high = None
     low_open = high_open = False
@@ -283,10 +270,10 @@ def _intersect(schema: float | None, ui: float | None, pick: Callable[[float, fl
     return ui if schema is None else schema if ui is None else pick(schema, ui)
 
 
-def _derive_param(name: str, field_info: Any, default: Any, ui: _UI) -> ParamSpec | None:
+def _derive_param(name: str, field_info: Any, default: Any, ui: UIOverride) -> ParamSpec | None:
     """One ``ParamSpec`` from the schema field, the signature default and the override; None if underivable."""
     kind = ui.kind or _infer_kind(field_info.annotation)
-    if ui.default is not _KEEP:
+    if ui.default is not KEEP:
         default = ui.default
     if kind is None or default is inspect.Parameter.empty:
         return None
@@ -296,16 +283,16 @@ def _derive_param(name: str, field_info: Any, default: Any, ui: _UI) -> ParamSpe
         labels = tuple(names.get(c, str(c)) if not isinstance(c, str) else c for c in choices)
         return ParamSpec(name, kind, default, choices=choices, choice_labels=labels)
     if default is None:
-        return None  # "None = automatic" numbers need an explicit default in _UI_OVERRIDES (or an exclusion)
+        return None  # "None = automatic" numbers need an explicit default in UI_OVERRIDES (or an exclusion)
     if kind == "bool":
         return ParamSpec(name, kind, bool(default))
     if kind == "colour":
         rgb = tuple(int(v) for v in (default if isinstance(default, tuple) else (default,) * 3))
         return ParamSpec(name, kind, rgb, low=0, high=255, step=1)
-    s_low, s_high, low_open, high_open = _schema_bounds(field_info)
+    s_low, s_high, low_open, high_open = schema_bounds(field_info)
     low, high = _intersect(s_low, ui.low, max), _intersect(s_high, ui.high, min)
     if low is None or high is None:
-        return None  # an unbounded number needs UI bounds in _UI_OVERRIDES
+        return None  # an unbounded number needs UI bounds in UI_OVERRIDES
     step = ui.step or _nice_step(low, high, kind)
     if low_open and low == s_low:
         low += step
@@ -321,13 +308,13 @@ def _derive_param(name: str, field_info: Any, default: Any, ui: _UI) -> ParamSpe
 def _derive_transform(name: str, cls: type[A.BasicTransform], category: str) -> TransformSpec:
     signature = inspect.signature(cls.__init__).parameters
     fields = cls.InitSchema.model_fields
-    excluded = _GLOBAL_EXCLUDED.keys() | _EXCLUDED.get(name, {}).keys()
-    overrides = _UI_OVERRIDES.get(name, {})
+    excluded = GLOBAL_EXCLUDED.keys() | EXCLUDED.get(name, {}).keys()
+    overrides = UI_OVERRIDES.get(name, {})
     params = []
     for pname, parameter in signature.items():
         if pname == "self" or pname in excluded or pname not in fields:
             continue  # a signature name without a schema field is caught by the drift tests
-        spec = _derive_param(pname, fields[pname], parameter.default, overrides.get(pname, _UI()))
+        spec = _derive_param(pname, fields[pname], parameter.default, overrides.get(pname, UIOverride()))
         if spec is not None:  # an underivable one is missing from the catalogue: the drift tests name it
             params.append(spec)
     doc = (cls.__doc__ or name).strip().splitlines()[0].strip()
@@ -336,7 +323,7 @@ def _derive_transform(name: str, cls: type[A.BasicTransform], category: str) -> 
 
 
 TRANSFORMS: dict[str, TransformSpec] = {
-    name: _derive_transform(name, cls, category) for name, (cls, category) in _CATALOGUE.items()
+    name: _derive_transform(name, cls, category) for name, (cls, category) in CATALOGUE.items()
 }
 
 
@@ -374,7 +361,7 @@ def _check_number(spec: ParamSpec, value: Any, integer: bool) -> float | int:
     return number
 
 
-def _normalise_value(spec: ParamSpec, value: Any) -> Any:
+def normalise_value(spec: ParamSpec, value: Any) -> Any:
     """The canonical value (tuples, Python scalars) for ``spec``, or a ValueError saying what is wrong."""
     kind = spec.kind
     if kind == "bool":

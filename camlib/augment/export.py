@@ -12,13 +12,13 @@ import yaml
 from camlib.augment.grid import _jsonable
 from camlib.augment.pipeline import (
     Pipeline,
-    PipelineError,
     PipelineStep,
     _check_seed,
     _step_error,
     build_pipeline,
     validate_step,
 )
+from camlib.errors import PipelineError
 
 MAX_IMPORT_CHARS = 1_000_000  # an exported pipeline is a few kB
 EXPORT_KEY = "augmentation_lab"  # our editor state inside an Albumentations export; A.load ignores it

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from camlib.augment.pipeline import Pipeline, PipelineError, _check_seed, build_pipeline
-from camlib.errors import CamlibError, InvalidImageError
+from camlib.augment.pipeline import Pipeline, _check_seed, build_pipeline
+from camlib.errors import GridError, InvalidImageError, PipelineError
 from camlib.imaging import ensure_rgb_uint8
 
 GridMode = Literal["many", "one"]
@@ -18,10 +18,6 @@ GridMode = Literal["many", "one"]
 MAX_GRID_SIDE = 16  # rows and cols of a grid
 MAX_GRID_PIXELS = 2**25  # input pixels over all tiles (~100 MB of uint8 RGB): bounds memory for large uploads
 MAX_LISTED_ELEMENTS = 64  # applied-param arrays above this size are summarised, not listed (e.g. 32x32 remap fields)
-
-
-class GridError(CamlibError):
-    """Invalid grid arguments: mode, rows/cols, indices, scale or a grid too large for memory."""
 
 
 @dataclass(frozen=True)

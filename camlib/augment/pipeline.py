@@ -14,7 +14,8 @@ import albumentations as A
 import numpy as np
 from pydantic import ValidationError
 
-from camlib.augment.catalogue import TRANSFORMS, PipelineError, _as_number, _normalise_value
+from camlib.augment.catalogue import TRANSFORMS, _as_number, normalise_value
+from camlib.errors import PipelineError
 
 MAX_STEPS = 32  # steps in one pipeline
 
@@ -78,7 +79,7 @@ def validate_step(step: PipelineStep, index: int = 0) -> dict[str, Any]:
     checked = {}
     for param in spec.params:
         try:
-            checked[param.name] = _normalise_value(param, values[param.name])
+            checked[param.name] = normalise_value(param, values[param.name])
         except ValueError as exc:
             raise _step_error(index, spec.name, param.name, str(exc)) from exc
     return checked
