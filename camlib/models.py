@@ -31,8 +31,9 @@ from torch import nn
 from camlib.checkpoints import NOT_A_STATE_DICT, CheckpointReading, candidate_readings, find_reading, weight_tensors
 from camlib.cifar import CLASS_NAMES as CIFAR10_CLASSES
 from camlib.cifar_models import CIFAR10_MEAN, CIFAR10_STD, CIFAR_ARCHS, build_cifar_model
+from camlib.contracts import require_model
 from camlib.device import default_device
-from camlib.errors import CheckpointError, UnknownModelError, WeightsUnavailableError
+from camlib.errors import CheckpointError, InputError, UnknownModelError, WeightsUnavailableError
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total; 0 if unknown)
 
@@ -162,7 +163,19 @@ class LoadedModel:
     device: torch.device
 
 
+def _require_spec(spec: object) -> None:
+    if not isinstance(spec, ModelSpec):
+        raise InputError(f"spec must be a ModelSpec (see get_spec), got {type(spec).__name__}")
+
+
+def _require_device(device: object) -> None:
+    if device is not None and (not isinstance(device, torch.device) or device.type == "meta"):
+        raise InputError(f"device must be a torch.device such as torch.device('cpu'), got {device!r}")
+
+
 def get_spec(key: str) -> ModelSpec:
+    if not isinstance(key, str):
+        raise UnknownModelError(f"a model key is a string such as {DEFAULT_MODEL!r}, got {type(key).__name__}")
     spec = MODELS.get(key)
     if spec is None:
         raise UnknownModelError(f"unknown model {key!r}; choose one of: {', '.join(MODELS)}")
@@ -171,6 +184,7 @@ def get_spec(key: str) -> ModelSpec:
 
 def class_names_for(spec: ModelSpec) -> tuple[str, ...]:
     """The class names of a model's dataset."""
+    _require_spec(spec)
     return CIFAR10_CLASSES if spec.dataset == "cifar10" else imagenet_class_names()
 
 
@@ -182,6 +196,7 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 def build_architecture(spec: ModelSpec) -> nn.Module:
     """The architecture with freshly initialised (not pretrained) weights."""
+    _require_spec(spec)
     if spec.arch in CIFAR_ARCHS:
         return build_cifar_model(spec.arch, spec.num_classes)
     if spec.arch == "tf_efficientnet_lite0":
@@ -216,6 +231,7 @@ def _bundled_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def torchvision_cache_path(spec: ModelSpec) -> Path:
     """Where torchvision looks for (and caches) this model's weights: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    _require_spec(spec)
     if spec.weights_url is None:
         raise UnknownModelError(f"model {spec.key!r} has no downloadable weights")
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.weights_url).name
@@ -227,7 +243,15 @@ def download_file(url: str, destination: Path, *, progress: ProgressCallback | N
 
     Raises:
         WeightsUnavailableError: no network, HTTP error, or a hash mismatch.
+        InputError: ``url`` not an http(s) URL, ``destination`` not a ``Path`` or ``timeout_s`` not a positive
+            number of seconds (checked before any network access).
     """
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise InputError(f"url must be an http(s) URL, got {url!r}")
+    if not isinstance(destination, Path):
+        raise InputError(f"destination must be a pathlib.Path, got {type(destination).__name__}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < float("inf"):
+        raise InputError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_suffix(destination.suffix + ".partial")
     digest = hashlib.sha256()
@@ -287,9 +311,11 @@ def load_model(key: str = DEFAULT_MODEL, *, allow_download: bool = True, progres
     """Build a registered model with its pretrained weights, in eval mode, on ``device`` (default: CUDA if available).
 
     Raises:
-        UnknownModelError, WeightsUnavailableError, CheckpointError.
+        UnknownModelError, WeightsUnavailableError, CheckpointError; InputError for a ``device`` that is not a
+        ``torch.device`` with data (``meta`` is refused).
     """
     spec = get_spec(key)
+    _require_device(device)
     model = build_architecture(spec)
     if spec.source == "bundled":
         state = _bundled_state_dict(model)
@@ -363,6 +389,10 @@ def read_checkpoint(data: bytes, filename: str = "") -> Mapping[str, object]:
             TorchScript, a pickle needing code or objects, corrupt or truncated, no state dict anywhere, or NaN/Inf
             in any tensor a reading could load.
     """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CheckpointError(f"a checkpoint is the file's bytes, got {type(data).__name__}")
+    if not isinstance(filename, str):
+        raise CheckpointError(f"the checkpoint's filename must be a string, got {type(filename).__name__}")
     if not data:
         raise CheckpointError("empty checkpoint file")
     if len(data) > MAX_CHECKPOINT_BYTES:
@@ -394,7 +424,9 @@ def load_state_strict(model: nn.Module, checkpoint: Mapping[str, object], label:
     Raises:
         CheckpointError: no reading fits (missing, unexpected and mismatched tensors of the closest one), or several
             different ones do (``camlib.checkpoints.find_reading``).
+        InputError: ``model`` is not a module with weights (``meta`` parameters are refused).
     """
+    require_model(model)
     expected = model.state_dict()
     reading = find_reading(checkpoint, expected, label)
     state = reading.state
@@ -406,9 +438,10 @@ def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.
     """Load a user's checkpoint into the registered architecture ``key`` (strict: every tensor must match).
 
     The returned spec's ``notes`` say where the weights were found, e.g. ``loaded from checkpoint['state_dict'],
-    prefix 'model.' removed``. Raises ``UnknownModelError`` or ``CheckpointError``.
+    prefix 'model.' removed``. Raises ``UnknownModelError`` or ``CheckpointError``, ``InputError`` for a bad ``device``.
     """
     spec = get_spec(key)
+    _require_device(device)
     checkpoint = read_checkpoint(data, filename)
     model = build_architecture(spec)
     note = load_state_strict(model, checkpoint, spec.label).describe()
