@@ -20,7 +20,7 @@ from pathlib import PurePath
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from camlib.errors import ImageTooLargeError, InvalidImageError
+from camlib.errors import ImageTooLargeError, InputError, InvalidImageError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # matches server.maxUploadSize in .streamlit/config.toml
 MAX_PIXELS = 25_000_000  # 25 MP: declared by the header, or for a JPEG decoded at reduced scale
@@ -232,12 +232,22 @@ def decode_image(
         A ``DecodedImage``.
 
     Raises:
+        InputError: ``data`` is not bytes-like, a cap is not a positive integer, ``filename`` is not a string.
         InvalidImageError: empty, not an image, truncated or corrupted, unsupported mode.
         ImageTooLargeError: above ``max_bytes``, ``max_pixels`` (``MAX_JPEG_PIXELS`` declared for a JPEG) or
             ``MAX_DIMENSION`` pixels on a side.
     """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InputError(f"data must be the file's bytes (bytes, bytearray or memoryview), got {type(data).__name__}")
     if not data:
-        raise InvalidImageError("empty file: the upload has 0 bytes")
+        raise InvalidImageError("empty file: the upload has 0 bytes of data")
+    for name, value in (("max_bytes", max_bytes), ("max_pixels", max_pixels), ("max_side", max_side)):
+        if not (value is None and name == "max_side") and (
+                isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
+            raise InputError(f"{name} must be a positive integer{' or None' if name == 'max_side' else ''}, got "
+                             f"{value!r}")
+    if not isinstance(filename, str):
+        raise InputError(f"filename must be a string (the upload's name), got {type(filename).__name__}")
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"file too large ({_megabytes(len(data))} > {_megabytes(max_bytes)})")
     notes: list[str] = []
@@ -290,11 +300,29 @@ def decode_image(
 
 
 def ensure_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Validate the image contract: ``uint8`` ``(H, W, 3)``; ``(H, W)`` grayscale is replicated to 3 channels."""
+    """Validate the image contract: ``uint8`` ``(H, W, 3)``; ``(H, W)`` grayscale is replicated to 3 channels.
+
+    Raises:
+        InvalidImageError: another type, dtype or shape, or a side of 0 pixels (the message names ``image``).
+    """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise InvalidImageError(f"expected a uint8 image, got {getattr(image, 'dtype', type(image).__name__)}")
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise InvalidImageError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
-    return image
+    if 0 in image.shape:
+        raise InvalidImageError(f"the image is empty: shape {image.shape}")
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+
+
+def ensure_rgb_batch(images: np.ndarray) -> np.ndarray:
+    """Validate the batch contract: ``uint8`` ``(N, H, W, 3)`` with ``N, H, W >= 1``; returned as is.
+
+    Raises:
+        InvalidImageError: another type, dtype or shape, or an empty batch (the message names ``images``).
+    """
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        given = f"{images.dtype} array {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise InvalidImageError(f"expected images as a uint8 array (N, H, W, 3), got {given}")
+    if 0 in images.shape:
+        raise InvalidImageError(f"the images are empty: shape {images.shape}")
+    return images

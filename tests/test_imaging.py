@@ -24,7 +24,7 @@ import pytest
 from PIL import GifImagePlugin, Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 from camlib import imaging
-from camlib.errors import CamlibError, ImageTooLargeError, InvalidImageError
+from camlib.errors import CamlibError, ImageTooLargeError, InputError, InvalidImageError
 from camlib.imaging import (
     FRAMES_COUNTED,
     MAX_PIXELS,
@@ -1040,10 +1040,44 @@ def test_ensure_rgb_uint8_replicates_grayscale() -> None:
         np.zeros(7, dtype=np.uint8),
         [[0, 1], [2, 3]],
         None,
+        np.zeros((0, 7, 3), dtype=np.uint8),
+        np.zeros((5, 0), dtype=np.uint8),
     ],
-    ids=["float32", "uint16", "int64", "rgba", "one-channel", "batch", "1-d", "list", "none"],
+    ids=["float32", "uint16", "int64", "rgba", "one-channel", "batch", "1-d", "list", "none", "no-rows", "no-columns"],
 )
 def test_ensure_rgb_uint8_rejects_other_contracts(image: object) -> None:
     with pytest.raises(InvalidImageError) as info:
         ensure_rgb_uint8(image)  # type: ignore[arg-type]
     _assert_typed(info.value)
+
+
+def test_ensure_rgb_batch_passes_batches_through() -> None:
+    images = np.zeros((2, 5, 7, 3), np.uint8)
+    assert imaging.ensure_rgb_batch(images) is images
+
+
+@pytest.mark.parametrize("images", [None, [[0]], np.zeros((5, 7, 3), np.uint8), np.zeros((2, 5, 7, 3), np.float32),
+                                    np.zeros((2, 3, 5, 7), np.uint8), np.zeros((0, 5, 7, 3), np.uint8),
+                                    np.zeros((2, 5, 0, 3), np.uint8)],
+                         ids=["none", "list", "one-image", "float32", "nchw", "no-images", "no-columns"])
+def test_ensure_rgb_batch_rejects_other_contracts(images: object) -> None:
+    with pytest.raises(InvalidImageError, match="images") as info:
+        imaging.ensure_rgb_batch(images)  # type: ignore[arg-type]
+    _assert_typed(info.value)
+
+
+@pytest.mark.parametrize(("keyword", "value"), [("max_bytes", 0), ("max_bytes", 1.5), ("max_bytes", True),
+                                                 ("max_pixels", -1), ("max_pixels", "25"), ("max_side", 0),
+                                                 ("filename", b"x.png"), ("filename", None)])
+def test_decode_image_refuses_bad_options_by_name(keyword: str, value: object) -> None:
+    data = _encode(Image.new("RGB", (4, 4)), "PNG")
+    with pytest.raises(InputError, match=keyword) as info:
+        decode_image(data, **{keyword: value})
+    _assert_typed(info.value)
+
+
+@pytest.mark.parametrize("data", [None, "image.png", [137, 80], np.zeros(8, np.uint8)], ids=str)
+def test_decode_image_refuses_data_that_is_not_bytes(data: object) -> None:
+    with pytest.raises(InputError, match="data must be the file's bytes"):
+        decode_image(data)  # type: ignore[arg-type]
+
