@@ -79,7 +79,7 @@ def test_autolinks_are_broken_by_an_invisible_word_joiner(text: str, expected: s
 @pytest.mark.parametrize(("text", "expected"), [
     ("photo\u202egnp.exe", "photo\ufffdgnp\\.exe"),  # RTL override: shown as a replacement character
     ("a\u2066b\u2069c\u200fd", "a\ufffdb\ufffdc\ufffdd"),
-    ("one\ntwo\r\nthree", "one two\ufffd three"),  # no new Markdown block
+    ("one\ntwo\r\nthree\rfour\u2028five", "one two three four five"),  # no new Markdown block
     ("nul\x00bell\x07", "nul\ufffdbell\ufffd"),
 ])
 def test_controls_and_line_breaks_are_neutralised(text: str, expected: str) -> None:

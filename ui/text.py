@@ -22,7 +22,7 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&@/])")
 # Line breaks would start new Markdown blocks; bidi overrides (U+202A-E, U+2066-9) and other controls let a name
 # display differently from what it is (e.g. "photo\u202egnp.exe" shows as "photoexe.png").
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-_LINE_BREAKS = re.compile(r"[\n\u2028\u2029]+")
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
 NAME_LIMIT = 120  # characters of a file name (or of any unbroken word) shown; longer ones are shortened in the middle
 FIELD_LIMIT = 1000  # characters of one ``md`` field (an error message that quotes a user's 4 KB value, say)
 # GFM autolinks are found in the text *after* escapes are resolved (mdast-util-gfm-autolink-literal), so "https\:\/\/"
