@@ -34,6 +34,7 @@ from camlib.cifar_models import CIFAR10_MEAN, CIFAR10_STD, CIFAR_ARCHS, build_ci
 from camlib.contracts import require_model
 from camlib.device import default_device
 from camlib.errors import CheckpointError, InputError, UnknownModelError, WeightsUnavailableError
+from camlib.imaging import ensure_rgb_batch, ensure_rgb_uint8
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total; 0 if unknown)
 
@@ -574,6 +575,12 @@ def _resize_crop(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tens
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
+def _require_preprocessing(preprocessing: object) -> None:
+    if not isinstance(preprocessing, Preprocessing):
+        raise InputError(f"preprocessing must be a Preprocessing (a model spec's .preprocessing), got "
+                         f"{type(preprocessing).__name__}")
+
+
 def _normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     return TF.normalize(batch.float() / 255.0, list(preprocessing.mean), list(preprocessing.std))
 
@@ -583,12 +590,18 @@ def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedIn
     torchvision's ``ImageClassification`` transform does for tensors; memory stays bounded for any aspect ratio.
 
     Args:
-        image: uint8 RGB ``(H, W, 3)`` (read-only arrays are fine; never modified).
+        image: uint8 RGB ``(H, W, 3)`` (``(H, W)`` grayscale is replicated; read-only arrays are fine; never modified).
         preprocessing: the model's resize, crop, mean and std.
 
     Returns:
         A ``PreparedInput``; ``crop_box`` maps the crop back to original pixels (``x * W / new_w``, ``y * H / new_h``).
+
+    Raises:
+        InvalidImageError: ``image`` breaks the contract (type, dtype, shape, a side of 0).
+        InputError: ``preprocessing`` is not a ``Preprocessing``.
     """
+    image = ensure_rgb_uint8(image)
+    _require_preprocessing(preprocessing)
     height, width = image.shape[:2]
     cropped = _resize_crop(image[None], preprocessing)[0]
     new_h, new_w, top, left = _resize_geometry(height, width, preprocessing)
@@ -600,5 +613,12 @@ def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedIn
 
 
 def prepare_batch(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:
-    """Model input for a batch of same-size uint8 RGB images ``(N, H, W, 3)``: ``(N, 3, crop, crop)`` float32."""
+    """Model input for a batch of same-size uint8 RGB images ``(N, H, W, 3)``: ``(N, 3, crop, crop)`` float32.
+
+    Raises:
+        InvalidImageError: ``images`` breaks the contract (type, dtype, shape, an empty batch or side).
+        InputError: ``preprocessing`` is not a ``Preprocessing``.
+    """
+    images = ensure_rgb_batch(images)
+    _require_preprocessing(preprocessing)
     return _normalize(_resize_crop(images, preprocessing), preprocessing)

@@ -19,6 +19,7 @@ from PIL import Image
 from test_imaging import DECODE_SCRIPT, RSS_BASELINE, run_python
 
 from camlib import models
+from camlib.errors import InputError, InvalidImageError
 from camlib.models import MAX_RESIZED_PIXELS, Preprocessing, prepare_batch, prepare_input
 
 PREPROCESSINGS = [Preprocessing(resize=256, crop=224), Preprocessing(resize=32, crop=32),
@@ -229,3 +230,17 @@ def test_rgb_strip_at_the_pixel_cap_costs_no_more_than_a_square_photo(tmp_path: 
                            for path in (strip, square))
     assert strip_mb <= square_mb + 10, (strip_mb, square_mb)  # measured: 91 MB and 120 MB
     assert square_mb < 4 * 25 + 40
+
+
+def test_prepare_input_replicates_grayscale_and_refuses_other_contracts() -> None:
+    gray = _noise(40, 50)[..., 0]
+    pre = Preprocessing(resize=32, crop=28)
+    torch.testing.assert_close(prepare_input(gray, pre).tensor, prepare_input(np.repeat(gray[..., None], 3, axis=2),
+                                                                               pre).tensor, atol=0, rtol=0)
+    for bad in (gray.astype(np.float32), np.zeros((0, 5, 3), np.uint8), _noise(4, 4)[None]):
+        with pytest.raises(InvalidImageError, match="image"):
+            prepare_input(bad, pre)
+    with pytest.raises(InvalidImageError, match="images"):
+        prepare_batch(_noise(4, 4), pre)
+    with pytest.raises(InputError, match="preprocessing"):
+        prepare_input(gray, models.MODELS["resnet18"])  # type: ignore[arg-type]
