@@ -57,6 +57,8 @@ def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
     ``cam`` is float16/32/64 ``(h, w)``; returns uint8 ``(h, w, 3)``. Raises ``InputError`` for another array or
     values outside [0, 1] (NaN included), ``CamlibError`` for an unknown colormap."""
     _check_map(cam)
+    if cam.dtype == np.float16:  # 255 * cam in float16 rounds differently; the same values as float32 instead
+        cam = cam.astype(np.float32)
     if not isinstance(colormap, str) or colormap not in COLORMAPS:
         raise CamlibError(f"unknown colormap {colormap!r}; choose one of: {', '.join(COLORMAPS)}")
     bgr = cv2.applyColorMap(np.uint8(255 * cam), COLORMAPS[colormap])
