@@ -1,5 +1,10 @@
 """Grad-CAM-family class activation maps for several layers from one pass.
 
+Methods live in one registry, ``METHODS``: each is a function decorated with ``register_method(name, label=...,
+paper=..., family=..., cost=...)`` that turns a layer's ``LayerEvidence`` (activations, and gradients for the
+"gradient" family) into a signed raw map. Adding a method is one decorated function (plus its test).
+``compute_cams`` reads as: forward with hooks, gradients if the family needs them, each layer's raw map, finish.
+
 ``compute_cams(model, x, layers, method=..., class_idx=...)`` runs one forward pass with temporary forward hooks on
 the requested layers and, for gradient methods, one ``torch.autograd.grad`` call with respect to those layers'
 outputs. Parameters' ``.grad`` are never touched, ``backward()`` is never called, hooks are removed in ``finally``,
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlib.contracts import require_size, require_tensor
 from camlib.errors import (
     ClassIndexError,
     GradientUnavailableError,
@@ -46,33 +52,70 @@ NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
 DEGENERATE_RATIO = 1e-6  # a ReLU'd map whose max-min is below this share of max|raw| carries no usable evidence
 
 
+FAMILIES = ("gradient", "activation", "perturbation")
+
+
+@dataclass(frozen=True)
+class LayerEvidence:
+    """Everything a method may use to build one layer's raw map.
+
+    Attributes:
+        activations: ``(B, C, h, w)`` the layer's output as produced (after any layout reshaping), model dtype.
+        gradients: ``(B, C, h, w)`` d(score of each image's explained class) / d(activations) for "gradient" methods,
+            else None.
+        model: the model, locked and in eval mode; "perturbation" methods run further forwards with it (no hooks).
+        x: ``(B, C_in, H, W)`` the model input as the model saw it.
+        targets: the explained class of each image.
+        batch_size: inputs per extra forward for "perturbation" methods.
+    """
+
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    model: nn.Module
+    x: torch.Tensor
+    targets: list[int]
+    batch_size: int
+
+
+RawMap = Callable[[LayerEvidence], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A CAM method: its display label, the paper it comes from, and whether it needs gradients."""
+    """A CAM method: display label, paper, family, cost, and the function that builds its signed raw map.
+
+    ``family`` says what ``compute_cams`` prepares: "gradient" methods get the gradients of the explained score (one
+    backward for all layers), "activation" methods only the activations, "perturbation" methods also run forwards of
+    perturbed inputs. ``raw_map(evidence) -> (B, h, w)`` is the signed map before ReLU and normalisation.
+    """
 
     name: str
     label: str
     paper: str
-    uses_gradients: bool
+    family: str
     cost: str
+    raw_map: RawMap = field(compare=False, repr=False)
+
+    @property
+    def uses_gradients(self) -> bool:
+        return self.family == "gradient"
 
 
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in (
-        MethodSpec("gradcam", "Grad-CAM", "Selvaraju et al., ICCV 2017, arXiv:1610.02391", True,
-                   "1 forward + 1 backward"),
-        MethodSpec("gradcam++", "Grad-CAM++", "Chattopadhyay et al., WACV 2018, arXiv:1710.11063", True,
-                   "1 forward + 1 backward"),
-        MethodSpec("xgradcam", "XGrad-CAM", "Fu et al., BMVC 2020, arXiv:2008.02312", True, "1 forward + 1 backward"),
-        MethodSpec("hirescam", "HiResCAM", "Draelos & Carin, 2020, arXiv:2011.08891", True, "1 forward + 1 backward"),
-        MethodSpec("layercam", "LayerCAM", "Jiang et al., IEEE TIP 2021", True, "1 forward + 1 backward"),
-        MethodSpec("eigencam", "Eigen-CAM", "Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299", False,
-                   "1 forward + an SVD per image"),
-        MethodSpec("scorecam", "Score-CAM", "Wang et al., CVPR-W 2020, arXiv:1910.01279", False,
-                   "1 forward + one forward per channel (slow)"),
-    )
-}
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, *, label: str, paper: str, family: str, cost: str) -> Callable[[RawMap], RawMap]:
+    """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown method family {family!r}; one of {FAMILIES}")
+
+    def add(raw_map: RawMap) -> RawMap:
+        if name in METHODS:
+            raise ValueError(f"CAM method {name!r} is registered twice")
+        METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map)
+        return raw_map
+
+    return add
 
 
 @dataclass(frozen=True)
@@ -106,28 +149,46 @@ class CamResult:
 
 
 def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
-    """pytorch-grad-cam's per-image normalisation of ``(B, h, w)`` maps: ``(m - min) / (1e-7 + max(m - min))``."""
+    """pytorch-grad-cam's per-image normalisation of ``(B, h, w)`` maps: ``(m - min) / (1e-7 + max(m - min))``.
+
+    Raises ``InputError`` unless ``maps`` is a non-empty float ``(B, h, w)`` tensor with data (not ``meta``)."""
+    require_tensor(maps, "maps", ndim=3, floating=True)
     shifted = maps - maps.flatten(1).min(dim=1).values[:, None, None]
     return shifted / (NORM_EPS + shifted.flatten(1).max(dim=1).values[:, None, None])
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of ``(B, h, w)`` maps to ``size`` with ``align_corners=False`` (cv2.INTER_LINEAR's grid)."""
+    """Bilinear resize of ``(B, h, w)`` maps to ``size`` with ``align_corners=False`` (cv2.INTER_LINEAR's grid).
+
+    Raises ``InputError`` unless ``maps`` is a non-empty float ``(B, h, w)`` tensor with data and ``size`` an
+    ``(H, W)`` pair of positive integers."""
+    require_tensor(maps, "maps", ndim=3, floating=True)
+    size = require_size(size, "size")
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-# --- per-method raw maps -------------------------------------------------------------------------------------------
-# Each takes the layer's activations A and gradients g, both (B, C, h, w), and returns the signed raw map (B, h, w).
+# --- methods -------------------------------------------------------------------------------------------------------
+# One registered function per method: A = activations, g = gradients, both (B, C, h, w); sums run over channels c and
+# positions (i, j). Constants follow pytorch-grad-cam 1.5.7 (shared docs: cam-reference.md) so the numbers match.
 
 def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
     return (weights[:, :, None, None] * acts).sum(dim=1)
 
 
-def _gradcam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    return _weighted_sum(grads.mean(dim=(2, 3)), acts)
+@register_method("gradcam", label="Grad-CAM", paper="Selvaraju et al., ICCV 2017, arXiv:1610.02391",
+                 family="gradient", cost="1 forward + 1 backward")
+def _gradcam(e: LayerEvidence) -> torch.Tensor:
+    """Grad-CAM: ``sum_c w_c A_c`` with ``w_c = mean_ij g_cij`` (Selvaraju et al. 2017, eq. 1-2, before the ReLU)."""
+    return _weighted_sum(e.gradients.mean(dim=(2, 3)), e.activations)
 
 
-def _gradcam_plus_plus(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+@register_method("gradcam++", label="Grad-CAM++", paper="Chattopadhyay et al., WACV 2018, arXiv:1710.11063",
+                 family="gradient", cost="1 forward + 1 backward")
+def _gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
+    """Grad-CAM++: ``w_c = sum_ij alpha_cij relu(g_cij)`` with ``alpha = g^2 / (2 g^2 + sum_ij(A) g^3)`` (eq. 19 of
+    Chattopadhyay et al. 2018 with exp(S) replaced by its gradients, as pytorch-grad-cam does; 1e-6 in the
+    denominator, alpha = 0 where g = 0)."""
+    acts, grads = e.activations, e.gradients
     grads_2 = grads**2
     grads_3 = grads_2 * grads
     sum_acts = acts.sum(dim=(2, 3), keepdim=True)
@@ -136,26 +197,34 @@ def _gradcam_plus_plus(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     return _weighted_sum((torch.relu(grads) * alpha).sum(dim=(2, 3)), acts)
 
 
-def _xgradcam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+@register_method("xgradcam", label="XGrad-CAM", paper="Fu et al., BMVC 2020, arXiv:2008.02312",
+                 family="gradient", cost="1 forward + 1 backward")
+def _xgradcam(e: LayerEvidence) -> torch.Tensor:
+    """XGrad-CAM: ``w_c = sum_ij (A_cij / (sum_ij A_cij + 1e-7)) g_cij`` (Fu et al. 2020, eq. 12)."""
+    acts = e.activations
     sum_acts = acts.sum(dim=(2, 3), keepdim=True)
-    return _weighted_sum((grads * acts / (sum_acts + 1e-7)).sum(dim=(2, 3)), acts)
+    return _weighted_sum((e.gradients * acts / (sum_acts + 1e-7)).sum(dim=(2, 3)), acts)
 
 
-def _hirescam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    return (grads * acts).sum(dim=1)
+@register_method("hirescam", label="HiResCAM", paper="Draelos & Carin, 2020, arXiv:2011.08891",
+                 family="gradient", cost="1 forward + 1 backward")
+def _hirescam(e: LayerEvidence) -> torch.Tensor:
+    """HiResCAM: ``sum_c g_c * A_c`` element-wise, no spatial averaging of the gradients (Draelos & Carin 2020)."""
+    return (e.gradients * e.activations).sum(dim=1)
 
 
-def _layercam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    return (torch.relu(grads) * acts).sum(dim=1)
+@register_method("layercam", label="LayerCAM", paper="Jiang et al., IEEE TIP 2021",
+                 family="gradient", cost="1 forward + 1 backward")
+def _layercam(e: LayerEvidence) -> torch.Tensor:
+    """LayerCAM: ``sum_c relu(g_c) * A_c`` element-wise (Jiang et al. 2021, eq. 5)."""
+    return (torch.relu(e.gradients) * e.activations).sum(dim=1)
 
 
-_GRADIENT_MAPS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "gradcam": _gradcam,
-    "gradcam++": _gradcam_plus_plus,
-    "xgradcam": _xgradcam,
-    "hirescam": _hirescam,
-    "layercam": _layercam,
-}
+@register_method("eigencam", label="Eigen-CAM", paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299",
+                 family="activation", cost="1 forward + an SVD per image")
+def _eigencam(e: LayerEvidence) -> torch.Tensor:
+    """Eigen-CAM: the activations projected on their first principal component (``eigen_projection``)."""
+    return eigen_projection(e.activations)
 
 
 def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
@@ -164,7 +233,10 @@ def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
     The activations are centred per channel (as pytorch-grad-cam does) and projected on the first right singular
     vector. An SVD's sign is arbitrary; we fix it so the projection correlates positively with the channel-mean
     activation, so strongly activated regions come out positive. pytorch-grad-cam leaves the sign as LAPACK returns it.
+
+    Raises ``InputError`` unless ``acts`` is a non-empty float ``(B, C, h, w)`` tensor with data (not ``meta``).
     """
+    require_tensor(acts, "acts", ndim=4, floating=True)
     acts = torch.nan_to_num(acts.double(), nan=0.0)
     out = []
     for image_acts in acts:
@@ -179,22 +251,24 @@ def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).float()
 
 
-def _scorecam(
-    model: nn.Module, x: torch.Tensor, acts: torch.Tensor, targets: list[int], batch_size: int
-) -> torch.Tensor:
-    """Score-CAM channel weights and map, numerically as pytorch-grad-cam (align_corners=True masks, 1e-8, softmax)."""
+@register_method("scorecam", label="Score-CAM", paper="Wang et al., CVPR-W 2020, arXiv:1910.01279",
+                 family="perturbation", cost="1 forward + one forward per channel (slow)")
+def _scorecam(e: LayerEvidence) -> torch.Tensor:
+    """Score-CAM: ``sum_c w_c A_c`` with ``w = softmax_c(score(x * norm(up(A_c))))`` (Wang et al. 2020, eq. 4-6),
+    numerically as pytorch-grad-cam: masks upsampled with ``align_corners=True``, min-max normalised with 1e-8."""
+    acts, x = e.activations, e.x
     size = x.shape[-2:]
     raws = []
-    for b, target in enumerate(targets):
+    for b, target in enumerate(e.targets):
         scores = []
-        for start in range(0, acts.shape[1], batch_size):
-            chunk = acts[b : b + 1, start : start + batch_size]
+        for start in range(0, acts.shape[1], e.batch_size):
+            chunk = acts[b : b + 1, start : start + e.batch_size]
             up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=True)[0]  # (c, H, W)
             flat = up.flatten(1)
             mins = flat.min(dim=1).values[:, None, None]
             maxs = flat.max(dim=1).values[:, None, None]
             masks = (up - mins) / (maxs - mins + 1e-8)
-            scores.append(model(x[b][None] * masks[:, None])[:, target])
+            scores.append(e.model(x[b][None] * masks[:, None])[:, target])
         weights = torch.softmax(torch.cat(scores), dim=-1)
         raws.append((weights[:, None, None] * acts[b]).sum(dim=0))
     return torch.stack(raws)
@@ -336,6 +410,60 @@ def _check_finite(what: str, tensor: torch.Tensor) -> None:
         raise NonFiniteError(f"the model produced non-finite values (NaN or Inf) in {what}; the CAM cannot be drawn")
 
 
+def _forward(model: nn.Module, x: torch.Tensor, names: list[str], *,
+             start_graph: bool) -> tuple[torch.Tensor, torch.Tensor, _Capture]:
+    """One forward with temporary hooks on ``names`` (removed in ``finally``); the caller holds the model guard.
+
+    Returns the input as the model saw it (its device and dtype; a copy, as a model may modify its input in place),
+    the ``(B, num_classes)`` logits, and the capture of every layer's output.
+    """
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else x.device
+    dtype = first.dtype if first is not None and first.is_floating_point() else x.dtype
+    modules = dict(model.named_modules())
+    capture = _Capture(start_graph=start_graph)
+    handles = [modules[name].register_forward_hook(capture.hook(name)) for name in names]
+    try:
+        # inference_mode(False): works when the caller is inside inference_mode. Autograd starts off; for gradient
+        # methods the first hooked layer switches it on (see _Capture), which also works with frozen parameters.
+        with torch.inference_mode(False), torch.set_grad_enabled(False):
+            xin = x.detach().to(device=device, dtype=dtype).clone()
+            logits = model(xin)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise LayerError("the model must return (B, num_classes) logits for a CAM")
+    _check_finite("the logits", logits)
+    for name in names:
+        if name not in capture.outputs:
+            raise LayerError(f"layer {name!r} was not run in the forward pass, so it has no map")
+        if capture.calls[name] > 1:
+            raise LayerError(
+                f"layer {name!r} runs {capture.calls[name]} times per forward pass (a shared module); "
+                "pick a layer that runs once"
+            )
+    return xin, logits, capture
+
+
+def _gradients(logits: torch.Tensor, targets: list[int], capture: _Capture, names: list[str],
+               layouts: dict[str, Layout]) -> dict[str, torch.Tensor]:
+    """One ``torch.autograd.grad`` of the summed explained scores with respect to every layer's output as produced,
+    each read as ``(B, C, h, w)``. Never ``backward()``: parameters' ``.grad`` stay untouched."""
+    with torch.inference_mode(False), torch.enable_grad():
+        score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
+        if not score.requires_grad:
+            raise LayerError(f"the layers {', '.join(names)} were not used to compute the selected class")
+        grads = torch.autograd.grad(score, [capture.outputs[n] for n in names], allow_unused=True)
+    out = {}
+    for name, grad in zip(names, grads):
+        if grad is None:
+            raise LayerError(f"layer {name!r} was not used to compute the selected class")
+        _check_finite(f"the gradients of layer {name!r}", grad)
+        out[name] = to_feature_map(grad, layouts[name])
+    return out
+
+
 def _finish(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """ReLU, normalise, resize, normalise again; degenerate images become exact zeros."""
     positive = torch.relu(raw)
@@ -386,71 +514,30 @@ def compute_cams(
     _validate_input(x, scorecam_batch_size)
     explicit_layouts = _resolve_layouts(layouts, names)
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    modules = dict(model.named_modules())
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else x.device
-    dtype = first.dtype if first is not None and first.is_floating_point() else x.dtype
     if spec.uses_gradients and any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
         raise GradientUnavailableError(
             "CAM needs gradients, and this model's weights were created in inference_mode; "
             "load the model outside torch.inference_mode()"
         )
-    capture = _Capture(start_graph=spec.uses_gradients)
 
     with model_guard(model):
-        handles = [modules[name].register_forward_hook(capture.hook(name)) for name in names]
-        try:
-            # inference_mode(False): works when the caller is inside inference_mode. Autograd starts off; for gradient
-            # methods the first hooked layer switches it on (see _Capture), which also works with frozen parameters.
-            with torch.inference_mode(False), torch.set_grad_enabled(False):
-                # The model's dtype (e.g. a float64 input for a float32 model); a copy, as the model may modify its
-                # input in place.
-                xin = x.detach().to(device=device, dtype=dtype).clone()
-                logits = model(xin)
-        finally:
-            for handle in handles:
-                handle.remove()
-
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise LayerError("the model must return (B, num_classes) logits for a CAM")
-        _check_finite("the logits", logits)
+        xin, logits, capture = _forward(model, x, names, start_graph=spec.uses_gradients)
         targets = _resolve_classes(class_idx, logits)
-        for name in names:
-            if name not in capture.outputs:
-                raise LayerError(f"layer {name!r} was not run in the forward pass, so it has no map")
-            if capture.calls[name] > 1:
-                raise LayerError(
-                    f"layer {name!r} runs {capture.calls[name]} times per forward pass (a shared module); "
-                    "pick a layer that runs once"
-                )
-
         feature_layouts = {
             name: _layer_layout(name, tuple(capture.values[name].shape), size, explicit_layouts.get(name))
             for name in names
         }
         values = {name: to_feature_map(capture.values[name], feature_layouts[name]) for name in names}
-        raws: dict[str, torch.Tensor] = {}
-        if spec.uses_gradients:
-            with torch.inference_mode(False), torch.enable_grad():
-                score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
-                if not score.requires_grad:
-                    raise LayerError(f"the layers {', '.join(names)} were not used to compute the selected class")
-                grads = torch.autograd.grad(score, [capture.outputs[n] for n in names], allow_unused=True)
-            for name, grad in zip(names, grads):
-                if grad is None:
-                    raise LayerError(f"layer {name!r} was not used to compute the selected class")
-                _check_finite(f"the gradients of layer {name!r}", grad)
-                _check_finite(f"the activations of layer {name!r}", values[name])
-                raws[name] = _GRADIENT_MAPS[spec.name](values[name], to_feature_map(grad, feature_layouts[name]))
-        elif spec.name == "eigencam":
-            for name in names:
-                _check_finite(f"the activations of layer {name!r}", values[name])
-                raws[name] = eigen_projection(values[name])
-        else:  # scorecam: masked forwards need the model in eval mode, so they stay inside the guard
-            with torch.inference_mode(False), torch.no_grad():
-                for name in names:
-                    _check_finite(f"the activations of layer {name!r}", values[name])
-                    raws[name] = _scorecam(model, xin.detach(), values[name], targets, scorecam_batch_size)
+        for name in names:
+            _check_finite(f"the activations of layer {name!r}", values[name])
+        grads = _gradients(logits, targets, capture, names, feature_layouts) if spec.uses_gradients else {}
+        # Perturbation methods run more forwards: they stay inside the guard (eval mode, no other session's hooks).
+        with torch.inference_mode(False), torch.no_grad():
+            raws = {
+                name: spec.raw_map(LayerEvidence(values[name], grads.get(name), model, xin.detach(), targets,
+                                                 scorecam_batch_size))
+                for name in names
+            }
 
     maps, raw_np, degenerate = {}, {}, {}
     with torch.no_grad():
@@ -474,7 +561,10 @@ def compute_cams(
 
 def shared_scale_maps(result: CamResult) -> dict[str, np.ndarray]:
     """Maps on one scale across layers: ReLU'd raw maps resized to the input size, divided by each image's largest
-    value over all layers, so layers with weak evidence look weak. Values in [0, 1]; all zeros if no layer has any."""
+    value over all layers, so layers with weak evidence look weak. Values in [0, 1]; all zeros if no layer has any.
+
+    Raises ``InputError`` when ``result`` is not a ``CamResult``."""
+    _require_result(result)
     first = next(iter(result.maps.values()))
     size = first.shape[-2:]
     resized = {
@@ -486,6 +576,14 @@ def shared_scale_maps(result: CamResult) -> dict[str, np.ndarray]:
 
 
 def layer_magnitudes(result: CamResult) -> dict[str, np.ndarray]:
-    """Each layer's peak positive raw CAM value per image, ``(B,)``: the evidence scale the per-layer maps hide."""
+    """Each layer's peak positive raw CAM value per image, ``(B,)``: the evidence scale the per-layer maps hide.
+
+    Raises ``InputError`` when ``result`` is not a ``CamResult``."""
+    _require_result(result)
     return {name: np.maximum(result.raw[name], 0).reshape(len(result.class_idx), -1).max(axis=1)
             for name in result.layers}
+
+
+def _require_result(result: object) -> None:
+    if not isinstance(result, CamResult):
+        raise InputError(f"result must be the CamResult that compute_cams returned, got {type(result).__name__}")

@@ -233,6 +233,7 @@ def _channel_axis_by_probing(model: nn.Module, sizes: tuple[tuple[int, int], tup
     return axes
 
 
+@pytest.mark.bad_input(64)
 @pytest.mark.parametrize("build,size,expected_nhwc", [
     (lambda: torchvision.models.convnext_tiny(weights=None), 96, 90),
     (lambda: torchvision.models.swin_t(weights=None), 96, None),
@@ -264,6 +265,7 @@ def test_channels_last_layers_are_listed_with_their_true_shape(build, size, expe
     assert not [c for c in candidates if c.ambiguous]
 
 
+@pytest.mark.bad_input(64)
 @pytest.mark.parametrize("build,prefix", [
     (lambda: torchvision.models.vit_b_16(weights=None, image_size=112), 1),
     (lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=112), 2),
@@ -283,6 +285,7 @@ def test_token_layers_are_listed_with_grid_and_leading_tokens(build, prefix):
     assert sum(c.layout.prefix_tokens == prefix for c in tokens) > 20
     assert not [c for c in candidates if c.ambiguous]
 
+@pytest.mark.bad_input(64)
 
 def test_an_ambiguous_layout_is_listed_as_such_and_never_the_default():
     """(1, 8, 8, 8) on an 8x8 input: the inspector says the layout cannot be told, and suggests another layer."""

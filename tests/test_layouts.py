@@ -57,6 +57,7 @@ def test_token_grids_and_leading_tokens_are_inferred(size, patch, prefix):
         assert layout == Layout("tokens", channels=384, height=h, width=w, prefix_tokens=prefix)
 
 
+@pytest.mark.bad_input(64)
 @pytest.mark.parametrize("shape,size,expected", [
     ((1, 197, 768), (224, 224), Layout("tokens", 768, 14, 14, 1)),  # ViT-B/16
     ((1, 198, 192), (224, 224), Layout("tokens", 192, 14, 14, 2)),  # DeiT distilled
@@ -71,6 +72,7 @@ def test_known_layouts(shape, size, expected):
     assert infer_layout(shape, size) == expected
 
 
+@pytest.mark.bad_input(64)
 @pytest.mark.parametrize("shape,size", [
     ((1, 7, 7, 7), (224, 224)), ((1, 32, 32, 32), (32, 32)), ((1, 21, 16), (32, 32)),  # 5 + 4x4 or 17 + 2x2
     ((1, 3, 4, 5), (97, 131)),  # 3 channels at stride 32, or 5 channels on a 3x4 grid
