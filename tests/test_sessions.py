@@ -133,7 +133,7 @@ def test_only_the_decoder_is_keyed_on_upload_bytes_and_it_returns_a_small_array(
 @pytest.mark.bad_input(60)
 def test_app_code_never_captures_warnings_with_catch_warnings() -> None:
     """``warnings.catch_warnings`` swaps the process-wide filter list: not thread-safe across sessions."""
-    offenders = [str(path.relative_to(ROOT)) for path in [*APP_FILES, *sorted((ROOT / "camlib").glob("*.py"))]
+    offenders = [str(path.relative_to(ROOT)) for path in [*APP_FILES, *sorted((ROOT / "camlib").rglob("*.py"))]
                  if "catch_warnings" in path.read_text()]
     assert offenders == []
 
