@@ -180,13 +180,36 @@ def test_rerun_storm_of_widget_changes_ends_in_the_final_values(browser_page) ->
     slider.focus()
     for _ in range(10):
         page.keyboard.press("ArrowLeft")
-    for method in ("LayerCAM", "HiResCAM", "XGrad-CAM"):
+    for method in ("LayerCAM", "HiResCAM", "XGrad-CAM"):  # each click starts a rerun that supersedes the last
         page.locator(".st-key-cam_method").click()
-        page.keyboard.type(method)
-        page.keyboard.press("Enter")
+        page.get_by_role("option", name=method, exact=True).click()
     _settle(page)
+    assert page.locator('.st-key-cam_method input[role="combobox"]').input_value() == "XGrad-CAM"
     page.wait_for_function("() => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith("
                            "'Explaining class') && p.innerText.includes('with XGrad-CAM '))", timeout=120_000)
     value = float(page.locator('.st-key-cam_alpha [data-testid="stSliderThumbValue"]').inner_text())
     assert value < start
     _no_exception(page, dialogs)
+
+
+@pytest.mark.slow
+@pytest.mark.bad_input(47, kind="PL")
+def test_several_browser_tabs_load_the_app_and_their_cams_at_once(browser, server: str) -> None:  # noqa: F811
+    """Playwright load (the catalogue's N~5 browsers, 3 tabs on this 2-core machine): tabs opened together each get
+    the page and its CAM with no exception and no dialog, within a generous bound."""
+    pages = []
+    try:
+        for _ in range(3):
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog, seen=dialogs: (seen.append(dialog.message), dialog.dismiss()))
+            page.goto(server, wait_until="commit")
+            pages.append((page, dialogs))
+        for page, dialogs in pages:
+            page.wait_for_selector('[data-testid="stApp"]', timeout=120_000)
+            assert _explained(page).startswith("Explaining class")
+            _settle(page)
+            _no_exception(page, dialogs)
+    finally:
+        for page, _ in pages:
+            page.close()

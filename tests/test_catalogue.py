@@ -23,8 +23,6 @@ KINDS = ("U", "AT", "PW", "WS", "HTTP", "SOAK", "HYP", "PL", "threads")
 # Kinds the catalogue names that a test of another kind stands for, and why.
 EQUIVALENT = {
     "threads": ("U", "thread tests are plain pytest modules: `threading.Barrier` workers on one shared object"),
-    "PL": ("WS", "N~5 real browsers on the 2 shared cores are replaced by N=8 protocol-level sessions that run the "
-                 "same page script through the same server (tests/test_server.py)"),
 }
 # Rows whose behaviour is scheduled for a later issue; nothing else may be listed here.
 PENDING = {
