@@ -329,7 +329,7 @@ TRANSFORMS: dict[str, TransformSpec] = {
 
 def get_transform_spec(name: str) -> TransformSpec:
     """The catalogued transform ``name``; raises ``PipelineError`` naming the valid transforms."""
-    spec = TRANSFORMS.get(name)
+    spec = TRANSFORMS.get(name) if isinstance(name, str) else None
     if spec is None:
         raise PipelineError(f"unknown transform '{name}'; choose one of: {', '.join(TRANSFORMS)}", transform=name)
     return spec

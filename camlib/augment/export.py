@@ -14,6 +14,7 @@ from camlib.augment.pipeline import (
     Pipeline,
     PipelineStep,
     _check_seed,
+    _require_pipeline,
     _step_error,
     build_pipeline,
     validate_step,
@@ -64,6 +65,7 @@ def pipeline_to_python(pipeline: Pipeline) -> str:
 
     Disabled steps are written as comments so that they are not lost.
     """
+    _require_pipeline(pipeline)
     _check_seed(pipeline.seed)
     lines = [f'"""Augmentation pipeline exported from the CAM Explorer Augmentation Lab (albumentations '
              f'{A.__version__})."""', "import albumentations as A", "", "transform = A.Compose(", "    ["]

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from camlib.augment.pipeline import Pipeline, _check_seed, build_pipeline
+from camlib.augment.pipeline import Pipeline, _check_seed, _require_pipeline, build_pipeline
+from camlib.contracts import require_int
 from camlib.errors import GridError, InvalidImageError, PipelineError
 from camlib.imaging import ensure_rgb_uint8
 
@@ -66,7 +67,10 @@ def _as_batch(images: np.ndarray) -> np.ndarray:
         if images.dtype != np.uint8 or images.shape[-1] != 3 or 0 in images.shape:
             raise InvalidImageError(f"expected uint8 RGB images (N, H, W, 3), got {images.dtype} {images.shape}")
         return images
-    return ensure_rgb_uint8(images)[None]
+    image = ensure_rgb_uint8(images)
+    if 0 in image.shape:
+        raise InvalidImageError(f"the image is empty {image.shape}; it needs at least 1x1 px")
+    return image[None]
 
 
 def _pick_indices(count: int, n_images: int, mode: GridMode, seed: int,
@@ -75,6 +79,9 @@ def _pick_indices(count: int, n_images: int, mode: GridMode, seed: int,
     if indices is None:
         chosen = pick_images(np.arange(n_images), wanted, seed)
     else:
+        if (isinstance(indices, str | bytes) or not isinstance(indices, Sequence | np.ndarray)
+                or any(isinstance(i, bool | np.bool_) or not isinstance(i, int | np.integer) for i in indices)):
+            raise GridError(f"indices must be a sequence of integers (one image index per tile), got {indices!r}")
         chosen = [int(i) for i in indices]
         if len(chosen) != wanted:
             raise GridError(f"mode '{mode}' needs {wanted} image index(es) for this grid, got {len(chosen)}")
@@ -86,10 +93,20 @@ def _pick_indices(count: int, n_images: int, mode: GridMode, seed: int,
 
 def pick_images(pool: Sequence[int] | np.ndarray, count: int, seed: int) -> list[int]:
     """``count`` image indices from ``pool``, drawn without replacement with a local generator seeded by ``seed``
-    (cycled in order when the pool is smaller than ``count``). The global numpy RNG is never touched."""
-    pool = np.asarray(pool, dtype=np.int64)
+    (cycled in order when the pool is smaller than ``count``). The global numpy RNG is never touched.
+
+    Raises ``GridError`` for an empty ``pool`` or one that is not a 1-D sequence of non-negative integers, a ``count``
+    below 1 or a ``seed`` outside ``[0, 2**32)``."""
+    if isinstance(pool, str | bytes) or not isinstance(pool, Sequence | np.ndarray):
+        raise GridError(f"the pool of image indices must be a 1-D sequence of integers, got {type(pool).__name__}")
+    pool = np.asarray(pool)
     if pool.size == 0:
-        raise GridError("no images to choose from (is the class filter empty?)")
+        raise GridError("no images to choose from: the pool is empty (is the class filter empty?)")
+    if pool.ndim != 1 or pool.dtype.kind not in "iu" or pool.min() < 0:
+        raise GridError(f"the pool of image indices must be 1-D non-negative integers, got {pool.dtype} {pool.shape}")
+    require_int(count, "count", minimum=1, error=GridError)
+    _check_seed(seed)
+    pool = pool.astype(np.int64)
     if pool.size >= count:
         return np.random.default_rng(seed).choice(pool, size=count, replace=False).tolist()
     return np.resize(pool, count).tolist()
@@ -139,6 +156,7 @@ def augment_grid(
     """
     if mode not in ("many", "one"):
         raise GridError(f"mode must be 'many' or 'one', got {mode!r}")
+    _require_pipeline(pipeline)
     _check_grid_int("rows", rows, 1, MAX_GRID_SIDE)
     _check_grid_int("cols", cols, 1, MAX_GRID_SIDE)
     batch = _as_batch(images)
@@ -182,7 +200,10 @@ def tile_grid(tiles: np.ndarray, rows: int, cols: int, *, scale: int = 1, pad: i
     Raises:
         GridError: tiles not ``(rows*cols, h, w, 3)`` uint8, bad scale/pad, or a result above ``MAX_GRID_PIXELS``.
     """
-    if not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[3] != 3:
+    _check_grid_int("rows", rows, 1, MAX_GRID_SIDE)
+    _check_grid_int("cols", cols, 1, MAX_GRID_SIDE)
+    if (not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[3] != 3
+            or 0 in tiles.shape[1:]):
         raise GridError(f"tiles must be uint8 (N, H, W, 3), got {getattr(tiles, 'dtype', type(tiles))} "
                         f"{getattr(tiles, 'shape', '')}")
     if tiles.shape[0] != rows * cols:

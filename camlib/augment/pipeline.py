@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from camlib.augment.catalogue import TRANSFORMS, _as_number, normalise_value
+from camlib.contracts import require_int
 from camlib.errors import PipelineError
 
 MAX_STEPS = 32  # steps in one pipeline
@@ -62,8 +63,12 @@ def validate_step(step: PipelineStep, index: int = 0) -> dict[str, Any]:
     """Every parameter of ``step`` (defaults filled in), canonical and checked against the catalogue.
 
     Raises:
-        PipelineError: unknown transform or parameter, wrong type, out-of-bounds value, reversed range, bad ``p``.
+        PipelineError: unknown transform or parameter, wrong type, out-of-bounds value, reversed range, bad ``p``;
+            ``step`` not a ``PipelineStep`` or ``index`` not a non-negative integer.
     """
+    if not isinstance(step, PipelineStep):
+        raise PipelineError(f"a pipeline step must be a PipelineStep, got {type(step).__name__}")
+    require_int(index, "the step index", minimum=0, error=PipelineError)
     spec = TRANSFORMS.get(step.transform)
     if spec is None:
         raise _step_error(index, str(step.transform), None,
@@ -113,13 +118,20 @@ def build_pipeline(pipeline: Pipeline) -> A.Compose:
     Build one per use: a Compose carries RNG state, so sharing one between sessions breaks reproducibility.
 
     Raises:
-        PipelineError: see ``validate_step``; also a bad seed or too many steps.
+        PipelineError: see ``validate_step``; also a bad seed or too many steps, or ``pipeline`` not a ``Pipeline``.
     """
+    _require_pipeline(pipeline)
     _check_seed(pipeline.seed)
     if len(pipeline.steps) > MAX_STEPS:
         raise PipelineError(f"a pipeline has at most {MAX_STEPS} steps, got {len(pipeline.steps)}")
     transforms = [_instantiate(i, step) for i, step in enumerate(pipeline.steps) if step.enabled]
     return A.Compose(transforms, seed=pipeline.seed, strict=True, save_applied_params=True)
+
+
+def _require_pipeline(pipeline: object) -> None:
+    if not isinstance(pipeline, Pipeline) or not all(isinstance(step, PipelineStep) for step in pipeline.steps):
+        raise PipelineError(f"the pipeline must be a camlib.augment.Pipeline of PipelineSteps, got "
+                            f"{type(pipeline).__name__}")
 
 
 def _check_seed(seed: Any) -> None:
