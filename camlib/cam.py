@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlib.contracts import require_size, require_tensor
+from camlib.contracts import require_model, require_size, require_tensor
 from camlib.errors import (
     ClassIndexError,
     GradientUnavailableError,
@@ -106,12 +106,12 @@ METHODS: dict[str, MethodSpec] = {}
 
 def register_method(name: str, *, label: str, paper: str, family: str, cost: str) -> Callable[[RawMap], RawMap]:
     """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown method family {family!r}; one of {FAMILIES}")
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
 
     def add(raw_map: RawMap) -> RawMap:
         if name in METHODS:
-            raise ValueError(f"CAM method {name!r} is registered twice")
+            raise MethodError(f"CAM method {name!r} is registered twice")
         METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map)
         return raw_map
 
@@ -286,6 +286,8 @@ def _resolve_method(method: str) -> MethodSpec:
 def _resolve_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
     if isinstance(layers, str):
         layers = [layers]
+    if not isinstance(layers, Sequence) or isinstance(layers, bytes):
+        raise LayerError(f"layers must be a list of dotted module names such as ['layer4'], got {layers!r}")
     names = list(dict.fromkeys(layers))
     if not names:
         raise LayerError("no target layer given; pick at least one layer")
@@ -510,8 +512,11 @@ def compute_cams(
     """
     started = time.perf_counter()
     spec = _resolve_method(method)
+    model_device = require_model(model)
     names = _resolve_layers(model, layers)
     _validate_input(x, scorecam_batch_size)
+    if x.device.type == "meta":
+        raise InputError(f"x is on the 'meta' device (no data); pass a tensor on {model_device}")
     explicit_layouts = _resolve_layouts(layouts, names)
     size = (int(x.shape[-2]), int(x.shape[-1]))
     if spec.uses_gradients and any(t.is_inference() for t in (*model.parameters(), *model.buffers())):

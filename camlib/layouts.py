@@ -27,9 +27,11 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from camlib.errors import LayerError
+from camlib.contracts import require_int, require_size, require_tensor
+from camlib.errors import InputError, LayerError
 
 MAX_PREFIX_TOKENS = 17  # a class token plus up to 16 registers (Darcet et al., ICLR 2024, use 0-16 registers)
 LAYOUT_KINDS = ("nchw", "nhwc", "tokens", "ambiguous")
@@ -77,9 +79,10 @@ def grid_fits(height: int, width: int, input_size: tuple[int, int]) -> bool:
     True when some stride ``s > 0`` gives ``|h - H/s| < 1`` and ``|w - W/s| < 1`` (the rounding of padded or pooled
     convolutions), i.e. the open intervals ``(H/(h+1), H/(h-1))`` and ``(W/(w+1), W/(w-1))`` of strides overlap.
     """
+    height, width = require_int(height, "height"), require_int(width, "width")
+    in_h, in_w = require_size(input_size, "input_size")
     if height < 1 or width < 1:
         return False
-    in_h, in_w = input_size
 
     def strides(n: int, size: int) -> tuple[float, float]:
         return size / (n + 1), (size / (n - 1) if n > 1 else math.inf)
@@ -109,17 +112,31 @@ def _patch_grids(tokens: int, input_size: tuple[int, int]) -> list[tuple[int, in
     return found
 
 
+def _require_shape(shape: object) -> tuple[int, ...]:
+    if isinstance(shape, torch.Size):
+        return tuple(shape)
+    if (not isinstance(shape, tuple | list) or not shape
+            or any(isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 0 for d in shape)):
+        raise InputError(f"shape must be a tuple of non-negative integers such as (1, 768, 14, 14), got {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
 def infer_layout(shape: tuple[int, ...], input_size: tuple[int, int]) -> Layout | None:
     """Infer the layout of a layer output of ``shape`` (batch dimension included) for an ``(H, W)`` input.
 
     Args:
-        shape: the output's shape, ``(B, C, h, w)``, ``(B, h, w, C)`` or ``(B, N, C)``.
+        shape: the output's shape, ``(B, C, h, w)``, ``(B, h, w, C)`` or ``(B, N, C)`` (non-negative integers).
         input_size: the model input's ``(H, W)`` in pixels.
 
     Returns:
         The ``Layout`` (possibly "ambiguous"), or None when the output is not a spatial feature map at all (other
         ranks, or tokens that form no patch grid, e.g. a pooled ``(B, C)`` or a ``(B, 1, C)`` class token).
+
+    Raises:
+        InputError: ``shape`` is not a sequence of non-negative integers, or ``input_size`` not two positive ones.
     """
+    shape = _require_shape(shape)
+    input_size = require_size(input_size, "input_size")
     if len(shape) == 4:
         _, d1, d2, d3 = (int(s) for s in shape)
         nchw = grid_fits(d2, d3, input_size)
@@ -163,21 +180,24 @@ def layout_from_spec(spec: str, shape: tuple[int, ...], input_size: tuple[int, i
 
     Raises:
         LayerError: an unknown spec, or one that does not fit the shape.
+        InputError: ``shape`` or ``input_size`` is malformed.
     """
+    shape = _require_shape(shape)
+    input_size = require_size(input_size, "input_size")
     match = _SPEC.match(spec.strip().lower()) if isinstance(spec, str) else None
     if match is None:
         raise LayerError(f"unknown layout {spec!r}; use 'nchw', 'nhwc' or 'tokens:K' (K leading non-spatial tokens)")
     if match.group(1) in ("nchw", "nhwc"):
         if len(shape) != 4:
-            raise LayerError(f"layout {spec!r} needs a 4-D output, got {tuple(shape)}")
+            raise LayerError(f"layout {spec!r} needs a 4-D output shape, got {tuple(shape)}")
         _, d1, d2, d3 = (int(s) for s in shape)
         if match.group(1) == "nchw":
             return Layout("nchw", channels=d1, height=d2, width=d3)
         return Layout("nhwc", channels=d3, height=d1, width=d2)
     prefix = int(match.group(2))
     if len(shape) != 3 or prefix >= int(shape[1]):
-        raise LayerError(f"layout {spec!r} needs a (B, N, C) token output with more than {prefix} tokens, got "
-                         f"{tuple(shape)}")
+        raise LayerError(f"layout {spec!r} needs a (B, N, C) token output shape with more than {prefix} tokens, "
+                         f"got {tuple(shape)}")
     spatial = int(shape[1]) - prefix
     ratio = input_size[0] / input_size[1]
     pairs = [(h, spatial // h) for h in range(1, spatial + 1) if spatial % h == 0]
@@ -200,7 +220,18 @@ def to_feature_map(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
 
     Raises:
         LayerError: an ambiguous layout, or a layout that does not fit the tensor.
+        InputError: ``tensor`` is not a float tensor of 3 or 4 dimensions, or ``layout`` is not a ``Layout``.
     """
+    require_tensor(tensor, "tensor", ndim=(3, 4), floating=True)
+    if not isinstance(layout, Layout):
+        raise InputError(f"layout must be a camlib.layouts.Layout, got {type(layout).__name__}")
+    expected_dims = 3 if layout.kind == "tokens" else 4
+    sizes = {"nchw": (layout.channels, layout.height, layout.width),
+             "nhwc": (layout.height, layout.width, layout.channels)}.get(layout.kind)
+    if layout.kind != "ambiguous" and (tensor.dim() != expected_dims
+                                       or (sizes is not None and tuple(tensor.shape[1:]) != sizes)):
+        raise InputError(f"tensor {tuple(tensor.shape)} does not fit the layout {layout.label} "
+                         f"({layout.channels} x {layout.height} x {layout.width})")
     if layout.kind == "nchw":
         return tensor
     if layout.kind == "nhwc":
