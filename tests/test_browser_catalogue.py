@@ -1,15 +1,17 @@
 """Real-browser checks of the bad-input catalogue (rows 4, 6, 12, 22, 49): Playwright drives headless Debian chromium
-against `streamlit run` on 127.0.0.1, with the server and page fixtures of tests/test_browser.py."""
+against `streamlit run` on 127.0.0.1 (no file watcher), with the browser and page fixtures of tests/test_browser.py."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_browser import CHROMIUM, _explained, browser, browser_page, server  # noqa: F401 - fixtures used by name
+from streamlit_ws import streamlit_server
+from test_browser import CHROMIUM, _explained, browser, browser_page  # noqa: F401 - fixtures used by name
 from test_imaging import _with_orientation
 
 from camlib.samples import load_sample
@@ -18,6 +20,15 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)"),
 ]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on 127.0.0.1 without a file watcher: edits to the source during a run never reload its modules (the
+    page fixtures of tests/test_browser.py use this server)."""
+    with streamlit_server(log=tmp_path_factory.mktemp("browser") / "streamlit.log") as running:
+        yield running.url
+
 
 UPLOADER = '[data-testid="stFileUploaderDropzoneInput"]'
 ORIGINAL_IMG = "() => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]" \
