@@ -206,6 +206,58 @@ def _downscaled_size(size: tuple[int, int], max_side: int | None) -> tuple[int, 
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
+def _check_decode_arguments(data: object, max_bytes: object, max_pixels: object, max_side: object,
+                            filename: object) -> None:
+    """decode_image's input contract and byte cap, before anything is parsed."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InputError(f"data must be the file's bytes (bytes, bytearray or memoryview), got {type(data).__name__}")
+    if not data:
+        raise InvalidImageError("empty file: the upload has 0 bytes of data")
+    for name, value in (("max_bytes", max_bytes), ("max_pixels", max_pixels), ("max_side", max_side)):
+        if not (value is None and name == "max_side") and (
+                isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
+            raise InputError(f"{name} must be a positive integer{' or None' if name == 'max_side' else ''}, got "
+                             f"{value!r}")
+    if not isinstance(filename, str):
+        raise InputError(f"filename must be a string (the upload's name), got {type(filename).__name__}")
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(f"file too large ({_megabytes(len(data))} > {_megabytes(max_bytes)})")
+
+
+def _check_decoded_size(stored: tuple[int, int], decoded: tuple[int, int], max_pixels: int, *, progressive: bool,
+                        scale: int) -> None:
+    """The pixel cap on what will actually be decoded (after ``draft``); progressive JPEGs on their stored size."""
+    if decoded[0] * decoded[1] > max_pixels or (progressive and stored[0] * stored[1] > max_pixels):
+        reason = "; a progressive JPEG cannot be decoded at reduced size" if progressive else (
+            f" even at 1/{scale} size" if scale > 1 else "")
+        raise ImageTooLargeError(
+            f"image too large ({stored[0] * stored[1] / 1e6:.1f} MP > {max_pixels / 1e6:.0f} MP): "
+            f"{stored[0]}x{stored[1]} pixels{reason}"
+        )
+
+
+def _load_downscaled(image: Image.Image, max_pixels: int, max_side: int | None,
+                     notes: list[str]) -> tuple[Image.Image, int, tuple[int, int]]:
+    """Decode the (first) frame, convert to 8 bits, downscale once (LANCZOS) so the longest side is at most
+    ``max_side``, then apply the EXIF orientation. Returns the image, the orientation and the downscaled size
+    before rotation."""
+    try:
+        image.load()
+        # Read EXIF after load(): for PNG, getexif() decodes the pixels itself, so it must sit inside this guard.
+        orientation = image.getexif().get(0x0112, 1)
+        image = _to_8bit(image, notes)
+        new_size = _downscaled_size(image.size, max_side)
+        if new_size != image.size:
+            image = image.resize(new_size, Image.Resampling.LANCZOS)
+        if orientation in _EXIF_TRANSPOSE:
+            image = image.transpose(_EXIF_TRANSPOSE[orientation])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise _bomb_error(error, max_pixels) from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InvalidImageError(f"the file is truncated or corrupted ({error})") from error
+    return image, orientation, new_size
+
+
 def decode_image(
     data: bytes,
     *,
@@ -237,19 +289,7 @@ def decode_image(
         ImageTooLargeError: above ``max_bytes``, ``max_pixels`` (``MAX_JPEG_PIXELS`` declared for a JPEG) or
             ``MAX_DIMENSION`` pixels on a side.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise InputError(f"data must be the file's bytes (bytes, bytearray or memoryview), got {type(data).__name__}")
-    if not data:
-        raise InvalidImageError("empty file: the upload has 0 bytes of data")
-    for name, value in (("max_bytes", max_bytes), ("max_pixels", max_pixels), ("max_side", max_side)):
-        if not (value is None and name == "max_side") and (
-                isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
-            raise InputError(f"{name} must be a positive integer{' or None' if name == 'max_side' else ''}, got "
-                             f"{value!r}")
-    if not isinstance(filename, str):
-        raise InputError(f"filename must be a string (the upload's name), got {type(filename).__name__}")
-    if len(data) > max_bytes:
-        raise ImageTooLargeError(f"file too large ({_megabytes(len(data))} > {_megabytes(max_bytes)})")
+    _check_decode_arguments(data, max_bytes, max_pixels, max_side, filename)
     notes: list[str] = []
     image = _open(data, max_pixels)
     file_format = image.format or "unknown"
@@ -260,28 +300,9 @@ def decode_image(
     progressive = bool(image.info.get("progressive"))
     scale = _draft_jpeg(image, max_side) if max_side and image.format == "JPEG" else 1
     width, height = image.size
-    if width * height > max_pixels or (progressive and stored_size[0] * stored_size[1] > max_pixels):
-        reason = "; a progressive JPEG cannot be decoded at reduced size" if progressive else (
-            f" even at 1/{scale} size" if scale > 1 else "")
-        raise ImageTooLargeError(
-            f"image too large ({stored_size[0] * stored_size[1] / 1e6:.1f} MP > {max_pixels / 1e6:.0f} MP): "
-            f"{stored_size[0]}x{stored_size[1]} pixels{reason}"
-        )
+    _check_decoded_size(stored_size, (width, height), max_pixels, progressive=progressive, scale=scale)
     frames_note = _frames_note(image)
-    try:
-        image.load()
-        # Read EXIF after load(): for PNG, getexif() decodes the pixels itself, so it must sit inside this guard.
-        orientation = image.getexif().get(0x0112, 1)
-        image = _to_8bit(image, notes)
-        new_size = _downscaled_size(image.size, max_side)
-        if new_size != image.size:
-            image = image.resize(new_size, Image.Resampling.LANCZOS)
-        if orientation in _EXIF_TRANSPOSE:
-            image = image.transpose(_EXIF_TRANSPOSE[orientation])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise _bomb_error(error, max_pixels) from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise InvalidImageError(f"the file is truncated or corrupted ({error})") from error
+    image, orientation, new_size = _load_downscaled(image, max_pixels, max_side, notes)
     swap = orientation in (5, 6, 7, 8)  # orientations that swap width and height
 
     def shown(size: tuple[int, int]) -> str:

@@ -531,16 +531,17 @@ def _antialias_weights(in_size: int, out_size: int, start: int, count: int,
     return np.clip(indices, 0, in_size - 1), weights
 
 
-def _resize_crop_window(images: np.ndarray, new_h: int, new_w: int, top: int, left: int, crop: int,
+def _resize_crop_window(images: np.ndarray, resized: tuple[int, int], offset: tuple[int, int], crop: int,
                         interpolation: str = "bilinear") -> torch.Tensor:
-    """The ``crop`` x ``crop`` window at ``(top, left)`` of the antialiased resize to ``new_h`` x ``new_w``,
-    computed from the input pixels under that window only (memory ~ the window, whatever the aspect ratio).
+    """The ``crop`` x ``crop`` window at ``offset = (top, left)`` of the antialiased resize to ``resized = (new_h,
+    new_w)``, computed from the input pixels under that window only (memory ~ the window, whatever the aspect ratio).
 
     Same weights as ``TF.resize``; float64 sums rounded half to even like torchvision's uint8 output, so the result
     equals ``TF.center_crop(TF.resize(...))`` up to float rounding (bilinear: at most 1 grey level, on rare ties;
     bicubic: torchvision clamps its uint8 intermediate between the two passes, so overshooting edges may differ by a
     few grey levels).
     """
+    (new_h, new_w), (top, left) = resized, offset
     rows, row_weights = _antialias_weights(images.shape[1], new_h, top, crop, interpolation)
     cols, col_weights = _antialias_weights(images.shape[2], new_w, left, crop, interpolation)
     r0, c0 = int(rows.min()), int(cols.min())
@@ -564,7 +565,7 @@ def _resize_crop(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tens
     new_h, new_w, top, left = _resize_geometry(images.shape[1], images.shape[2], preprocessing)
     crop = preprocessing.crop
     if new_h * new_w > MAX_RESIZED_PIXELS:
-        return _resize_crop_window(images, new_h, new_w, top, left, crop, preprocessing.interpolation)
+        return _resize_crop_window(images, (new_h, new_w), (top, left), crop, preprocessing.interpolation)
     chunk = max(1, MAX_RESIZED_PIXELS // (new_h * new_w))
     parts = []
     interpolation = TF.InterpolationMode(preprocessing.interpolation)

@@ -253,6 +253,80 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
     partial.replace(path)  # atomic: an interruption never leaves a half-written resume state
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every epoch of one training run uses."""
+
+    config: TrainConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    steps_per_epoch: int
+    progress: bool
+
+
+def _resume(state_path: Path, run: _Run) -> tuple[int, float, list[dict[str, Any]]]:
+    """Load a resume state into the run's model, optimizer and scheduler: ``(next epoch, elapsed s, history)``.
+
+    Raises:
+        TrainingError: the file is not a resume state of this command, or it was written with other settings.
+    """
+    config = run.config
+    try:
+        state = torch.load(state_path, map_location=run.device, weights_only=True)
+        saved = state["config"]
+    except Exception as error:  # torch's own message suggests switching the safe loader off: never show it
+        raise TrainingError(f"cannot resume: {state_path} is not a resume state written by this command "
+                            f"({type(error).__name__}); delete it or use another --out") from error
+    changed = [f"--{key.replace('_', '-')} {saved.get(key)} -> {getattr(config, key)}" for key in RESUME_KEYS
+               if saved.get(key) != getattr(config, key)]
+    if changed:
+        raise TrainingError(f"{state_path} is from a different run ({'; '.join(changed)}); rerun with the same "
+                            "settings to resume, or use another --out")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    start_epoch = int(state["epoch"])
+    print(f"resuming from epoch {start_epoch} of {config.epochs} ({state_path})", file=sys.stderr)
+    return start_epoch, float(state["elapsed_s"]), json.loads(state["history"])
+
+
+def _train_epoch(run: _Run, epoch: int, pipeline: Pipeline, train_data: CifarData,
+                 test_data: CifarData) -> dict[str, Any]:
+    """One epoch (seeded order and augmentation, progress bar) and its test evaluation: the history record."""
+    config, model, device = run.config, run.model, run.device
+    started = time.perf_counter()
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(len(train_data.labels))
+    images = augment_epoch(train_data.images, order, pipeline, seed=(config.seed * 1009 + epoch) % 2**31)
+    labels = torch.from_numpy(train_data.labels[order])
+    model.train()
+    seen, loss_sum, correct = 0, 0.0, 0
+    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress,
+               file=sys.stderr, dynamic_ncols=True)
+    for step in bar:
+        batch = slice(step * config.batch_size, (step + 1) * config.batch_size)
+        y = labels[batch].to(device)
+        loss, logits = train_step(model, run.optimizer, torch.from_numpy(images[batch]).to(device), y,
+                                  config.label_smoothing)
+        run.scheduler.step()
+        seen += len(y)
+        loss_sum += float(loss) * len(y)
+        correct += int((logits.argmax(dim=1) == y).sum())
+        rate = seen / (time.perf_counter() - started)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
+    train_time = time.perf_counter() - started
+    eval_started = time.perf_counter()
+    accuracy, _, _ = evaluate(model, test_data, device)
+    eval_time = time.perf_counter() - eval_started
+    print(f"epoch {epoch + 1}/{config.epochs}: loss {loss_sum / seen:.4f}, train acc {correct / seen:.4f}, "
+          f"test acc {accuracy:.4f}, {seen / train_time:.0f} img/s", file=sys.stderr)
+    return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+            "test_accuracy": accuracy, "train_images_per_s": seen / train_time,
+            "test_images_per_s": len(test_data.labels) / eval_time, "lr": run.scheduler.get_last_lr()[0]}
+
+
 def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a training; returns the model card. Raises ``TrainingError`` unless ``config`` is a
     ``TrainConfig`` (build one with ``parse_args``)."""
@@ -283,58 +357,15 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     pct_start = max(0.25, 2.0 / (steps_per_epoch * config.epochs))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
                                                     steps_per_epoch=steps_per_epoch, pct_start=pct_start)
-    history: list[dict[str, Any]] = []
-    start_epoch, elapsed = 0, 0.0
+    run = _Run(config, model, optimizer, scheduler, device, steps_per_epoch, progress)
     state_path = out / STATE_FILE
-    if state_path.exists():
-        try:
-            state = torch.load(state_path, map_location=device, weights_only=True)
-            saved = state["config"]
-        except Exception as error:  # torch's own message suggests switching the safe loader off: never show it
-            raise TrainingError(f"cannot resume: {state_path} is not a resume state written by this command "
-                                f"({type(error).__name__}); delete it or use another --out") from error
-        changed = [f"--{key.replace('_', '-')} {saved.get(key)} -> {getattr(config, key)}" for key in RESUME_KEYS
-                   if saved.get(key) != getattr(config, key)]
-        if changed:
-            raise TrainingError(f"{state_path} is from a different run ({'; '.join(changed)}); rerun with the same "
-                                "settings to resume, or use another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, elapsed, history = int(state["epoch"]), float(state["elapsed_s"]), json.loads(state["history"])
-        print(f"resuming from epoch {start_epoch} of {config.epochs} ({state_path})", file=sys.stderr)
+    start_epoch, elapsed, history = _resume(state_path, run) if state_path.exists() else (0, 0.0, [])
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(len(train_data.labels))
-        images = augment_epoch(train_data.images, order, pipeline, seed=(config.seed * 1009 + epoch) % 2**31)
-        labels = torch.from_numpy(train_data.labels[order])
-        model.train()
-        seen, loss_sum, correct = 0, 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True)
-        for step in bar:
-            batch = slice(step * config.batch_size, (step + 1) * config.batch_size)
-            y = labels[batch].to(device)
-            loss, logits = train_step(model, optimizer, torch.from_numpy(images[batch]).to(device), y,
-                                      config.label_smoothing)
-            scheduler.step()
-            seen += len(y)
-            loss_sum += float(loss) * len(y)
-            correct += int((logits.argmax(dim=1) == y).sum())
-            rate = seen / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
-        train_time = time.perf_counter() - started
-        eval_started = time.perf_counter()
-        accuracy, per_class, _ = evaluate(model, test_data, device)
-        eval_time = time.perf_counter() - eval_started
+        record = _train_epoch(run, epoch, pipeline, train_data, test_data)
         elapsed += time.perf_counter() - started
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                        "test_accuracy": accuracy, "train_images_per_s": seen / train_time,
-                        "test_images_per_s": len(test_data.labels) / eval_time, "lr": scheduler.get_last_lr()[0]})
-        print(f"epoch {epoch + 1}/{config.epochs}: loss {loss_sum / seen:.4f}, train acc {correct / seen:.4f}, "
-              f"test acc {accuracy:.4f}, {seen / train_time:.0f} img/s", file=sys.stderr)
+        history.append(record)
         _save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "elapsed_s": elapsed,
                                  "history": json.dumps(history), "config": vars(config)})
