@@ -9,9 +9,10 @@ import streamlit as st
 
 from camlib.augment.grid import augment_grid, pick_images
 from camlib.cifar import default_root
+from camlib.drawing import fast_png, grid_png
 from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
-from ui import model_loop, pipeline_editor, render, widgets
+from ui import model_loop, pipeline_editor, widgets
 from ui.text import md
 
 GRID_TILE_PX = 96  # each tile is shown at least this large (nearest-neighbour)
@@ -95,10 +96,10 @@ with view:
             report, badges = model_loop.tile_predictions(loop_model, images[list(grid.indices)], grid.tiles)
             flagged, summary = list(report.flipped), model_loop.summary(report)
         if grid.mode == "many":
-            original = render.grid_png(images[list(grid.indices)], rows, cols, min_tile_px=GRID_TILE_PX, labels=labels)
+            original = grid_png(images[list(grid.indices)], rows, cols, min_tile_px=GRID_TILE_PX, labels=labels)
         else:
-            original = render.fast_png(upscale_nearest(images[grid.indices[0]], 256))
-        augmented = render.grid_png(grid.tiles, rows, cols, min_tile_px=GRID_TILE_PX, labels=badges, flagged=flagged)
+            original = fast_png(upscale_nearest(images[grid.indices[0]], 256))
+        augmented = grid_png(grid.tiles, rows, cols, min_tile_px=GRID_TILE_PX, labels=badges, flagged=flagged)
         st.session_state["aug_last_grid"], st.session_state["aug_last_drawn"] = grid, (original, augmented, summary)
     except CamlibError as error:
         st.error(md("{error}", error=error))

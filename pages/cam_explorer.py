@@ -12,7 +12,7 @@ from camlib.cam import METHODS, layer_magnitudes, shared_scale_maps
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
 from camlib.overlay import map_to_original, overlay_heatmap, upscale_nearest
-from ui import render, state, widgets
+from ui import cache, figures, widgets
 from ui.text import md
 
 st.title("CAM Explorer")
@@ -22,9 +22,9 @@ controls, results = st.columns([1, 3], gap="large")
 with controls:
     model_key = widgets.model_input("cam")
     try:
-        loaded = state.resolve_model(model_key)
-        candidates = state.get_layers(model_key)
-        cifar = state.cifar_test_set() if loaded.spec.dataset == "cifar10" else None
+        loaded = cache.resolve_model(model_key)
+        candidates = cache.get_layers(model_key)
+        cifar = cache.cifar_test_set() if loaded.spec.dataset == "cifar10" else None
     except CamlibError as error:
         st.error(md("{error}", error=error))
         st.stop()
@@ -69,7 +69,7 @@ with controls:
         )
 
     try:
-        probabilities, failed = state.predict(model_key, image.pixels), None
+        probabilities, failed = cache.predict(model_key, image.pixels), None
     except CamlibError as error:  # shown below, where the CAM would be; the last good result stays
         probabilities, failed = np.zeros(len(loaded.class_names), np.float32), error
     top1 = int(np.argmax(probabilities))
@@ -96,7 +96,7 @@ with controls:
 
 with results:
     if failed is None:
-        st.plotly_chart(render.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key="cam_top5")
+        st.plotly_chart(figures.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key="cam_top5")
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
@@ -104,7 +104,7 @@ with results:
     try:
         if failed is not None:
             raise failed
-        view = state.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
+        view = cache.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
         st.session_state["cam_last_view"] = (view, class_names, image)
     except CamlibError as error:
         st.error(md("Cannot compute the CAM: {error}", error=error))
@@ -160,9 +160,8 @@ with results:
                 st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
 
     if len(shown_layers) > 1:
-        st.plotly_chart(
-            render.magnitude_figure({n: float(v[0]) for n, v in layer_magnitudes(result).items()}), key="cam_magnitudes"
-        )
+        magnitudes = {n: float(v[0]) for n, v in layer_magnitudes(result).items()}
+        st.plotly_chart(figures.magnitude_figure(magnitudes), key="cam_magnitudes")
 
     detail = st.selectbox(
         "Layer for the detailed view and export", shown_layers, key="cam_detail_layer", persist_state="session"
@@ -178,7 +177,7 @@ with results:
     )
     left, right = st.columns(2)
     left.image(on_original, caption="On the original image (dimmed: outside the model's centre crop)", width="stretch")
-    right.plotly_chart(render.heatmap_figure(maps[detail][0], colormap=look.colormap), key="cam_heatmap")
+    right.plotly_chart(figures.heatmap_figure(maps[detail][0], colormap=look.colormap), key="cam_heatmap")
 
     widgets.cam_downloads(
         "cam",

@@ -7,11 +7,12 @@ import numpy as np
 import streamlit as st
 
 from camlib.cifar import default_root, detect_source
+from camlib.drawing import fast_png
 from camlib.errors import CamlibError
 from camlib.evaluation import confusion_matrix, per_class_accuracy
 from camlib.layers import default_layer
 from camlib.overlay import overlay_heatmap, upscale_nearest
-from ui import render, state, widgets
+from ui import cache, figures, widgets
 from ui.text import html_text, md
 
 PAGE_SIZE = 12
@@ -29,17 +30,17 @@ if root is None or detect_source(root) is None:
 root = str(root)
 model_key = widgets.cifar_model_select("Model", "gal_model")
 try:
-    state.get_model(model_key)
+    cache.get_model(model_key)
 except CamlibError as error:  # keep the last model that worked
     st.error(md("{error}", error=error))
     model_key = st.session_state.get("gal_last_model")
     if model_key is None:
         st.stop()
-    st.caption(md("Still using: {model}", model=state.get_model(model_key).spec.label))
+    st.caption(md("Still using: {model}", model=cache.get_model(model_key).spec.label))
 try:
-    data = state.get_cifar(root, "test")
-    probabilities = state.dataset_predictions(model_key, root)
-    candidates = state.get_layers(model_key)
+    data = cache.get_cifar(root, "test")
+    probabilities = cache.dataset_predictions(model_key, root)
+    candidates = cache.get_layers(model_key)
 except CamlibError as error:
     st.error(md("{error}", error=error))
     st.stop()
@@ -61,7 +62,7 @@ st.markdown(
 left, right = st.columns([3, 2])
 with left:
     event = st.plotly_chart(
-        render.confusion_figure(matrix, data.class_names),
+        figures.confusion_figure(matrix, data.class_names),
         key="gal_confusion",
         on_select="rerun",
         selection_mode="points",
@@ -73,7 +74,7 @@ with left:
         st.session_state["gal_clicked"] = clicked
         st.session_state["gal_true"], st.session_state["gal_pred"] = [clicked[0]], [clicked[1]]
 with right:
-    st.plotly_chart(render.per_class_figure(per_class_accuracy(matrix), data.class_names), key="gal_per_class")
+    st.plotly_chart(figures.per_class_figure(per_class_accuracy(matrix), data.class_names), key="gal_per_class")
 
 filters = st.columns(3)
 true_filter = filters[0].multiselect(
@@ -107,7 +108,7 @@ page = st.number_input(
 shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
 
 try:
-    for_predicted, for_true = state.gallery_cams(model_key, root, shown, layer)
+    for_predicted, for_true = cache.gallery_cams(model_key, root, shown, layer)
     tiles = []
     for k, index in enumerate(shown):
         image = upscale_nearest(data.images[index], 128)
@@ -120,7 +121,7 @@ try:
             guess=data.class_names[predicted[index]],
             p=probabilities[index, predicted[index]],
         )
-        tiles.append((render.fast_png(pair), caption))
+        tiles.append((fast_png(pair), caption))
     st.session_state["gal_last_tiles"] = tiles
 except CamlibError as error:  # keep the last page of CAMs that worked
     st.error(md("Cannot compute the CAMs: {error}", error=error))

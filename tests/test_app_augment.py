@@ -18,6 +18,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
+from camlib import drawing
 from camlib.augment import (
     CIFAR10_TRAIN_PIPELINE,
     TRANSFORMS,
@@ -31,7 +32,7 @@ from camlib.augment import (
 )
 from camlib.cifar import CLASS_NAMES, default_root, detect_source
 from camlib.samples import DEFAULT_SAMPLE, load_sample
-from ui import render, state
+from ui import cache
 from ui.text import escape
 
 TIMEOUT = 180
@@ -118,7 +119,7 @@ def _step(at: AppTest, step_id: int) -> dict:
 
 def _cifar():
     """The split the page shows (the same process-wide cached object the page reads)."""
-    return state.get_cifar(str(ROOT), "test")
+    return cache.get_cifar(str(ROOT), "test")
 
 
 def _page_indices(seed: int, pool: np.ndarray, count: int = 64) -> list[int]:
@@ -146,9 +147,9 @@ def _decode(data: bytes) -> np.ndarray:
 
 
 def _expected_augmented_image(grid: GridResult, labels: list[str] | None) -> np.ndarray:
-    tiles = render.upscale_tiles(grid.tiles, GRID_TILE_PX)
+    tiles = drawing.upscale_tiles(grid.tiles, GRID_TILE_PX)
     if labels:
-        tiles = render.label_tiles(tiles, labels)
+        tiles = drawing.label_tiles(tiles, labels)
     return tile_grid(tiles, grid.rows, grid.cols)
 
 
@@ -192,7 +193,7 @@ def test_default_flow_cifar_grid_matches_camlib(media) -> None:
     assert augmented.shape == expected.shape == (8 * (GRID_TILE_PX + 2) + 2,) * 2 + (3,)
     np.testing.assert_array_equal(augmented, expected)  # sent losslessly (PNG), pixel for pixel
     original = _decode(media(shown["Original"]))
-    originals = tile_grid(render.label_tiles(render.upscale_tiles(data.images[indices], GRID_TILE_PX), labels), 8, 8)
+    originals = tile_grid(drawing.label_tiles(drawing.upscale_tiles(data.images[indices], GRID_TILE_PX), labels), 8, 8)
     np.testing.assert_array_equal(original, originals)
 
     assert [b.label for b in at.get("download_button")] == ["JSON", "YAML", "Python"]

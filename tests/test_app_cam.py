@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ui import state
+from ui import cache, checkpoint_store
 
 TIMEOUT = 180
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -95,7 +95,7 @@ def test_small_layer_warns(app: AppTest) -> None:
 
 
 def test_overlay_changes_do_not_rerun_the_model(app: AppTest) -> None:
-    model = state.get_model("efficientnet_lite0").model
+    model = cache.get_model("efficientnet_lite0").model
     calls = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -119,7 +119,7 @@ def test_choose_a_class_by_name(app: AppTest) -> None:
 
 
 def test_shared_model_left_clean_after_page_runs(app: AppTest) -> None:
-    model = state.get_model("efficientnet_lite0").model
+    model = cache.get_model("efficientnet_lite0").model
     app.multiselect(key="cam_layers").set_value(["bn2", "blocks.4"]).run()
     for module in model.modules():
         assert not module._forward_hooks and not module._backward_hooks and not module.training
@@ -208,11 +208,11 @@ def test_resnet50_sized_checkpoint_is_uploaded_and_used(app: AppTest) -> None:
         assert not app.exception, [e.value for e in app.exception]
         assert not app.error, [e.value for e in app.error]
         assert "Your checkpoint: loaded from the file's top level, no prefix" in [t.value for t in app.text]
-        used = [m for key, m in state._checkpoint_models().items() if key.startswith("checkpoint:resnet50:")]
+        used = [m for key, m in checkpoint_store._checkpoint_models().items() if key.startswith("checkpoint:resnet50:")]
         assert len(used) == 1 and used[0].spec.label == "ResNet-50 (your checkpoint: resnet50.pt)"
         assert app.multiselect(key="cam_layers").value == ["layer4"] and _explained(app)
     finally:
-        state._checkpoint_models().clear()  # 100 MB of weights: not kept for the other tests of this process
+        checkpoint_store._checkpoint_models().clear()  # 100 MB of weights: not kept for the other tests of this process
 
 
 def test_checkpoint_store_is_bounded_by_bytes_and_a_rerun_does_not_reload(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,21 +222,23 @@ def test_checkpoint_store_is_bounded_by_bytes_and_a_rerun_does_not_reload(monkey
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         other = _saved_state(build_cifar_model("resnet20").state_dict())
-    store = state._checkpoint_models()
+    store = checkpoint_store._checkpoint_models()
     store.clear()
     try:
-        first = state.register_checkpoint("cifar10_resnet20", bundled, "a.safetensors", upload_id="upload-1")
+        first = checkpoint_store.register_checkpoint("cifar10_resnet20", bundled, "a.safetensors", upload_id="upload-1")
         assert list(store) == [first] and store[first].spec.notes == "loaded from the file's top level, no prefix"
         size = sum(t.numel() * t.element_size() for t in store[first].model.state_dict().values())
         with monkeypatch.context() as patch:  # the same upload again (a rerun): neither hashed nor loaded
-            patch.setattr(state, "load_checkpoint", lambda *args: pytest.fail("loaded again"))
-            assert state.register_checkpoint("cifar10_resnet20", b"not read", "a.safetensors",
-                                             upload_id="upload-1") == first
-        monkeypatch.setattr(state, "CHECKPOINT_STORE_BYTES", size * 3 // 2)  # room for one ResNet-20, not two
-        second = state.register_checkpoint("cifar10_resnet20", other, "b.pt", upload_id="upload-2")
+            patch.setattr(checkpoint_store, "load_checkpoint", lambda *args: pytest.fail("loaded again"))
+            assert checkpoint_store.register_checkpoint("cifar10_resnet20", b"not read", "a.safetensors",
+                                                        upload_id="upload-1") == first
+        # room for one ResNet-20, not two
+        monkeypatch.setattr(checkpoint_store, "CHECKPOINT_STORE_BYTES", size * 3 // 2)
+        second = checkpoint_store.register_checkpoint("cifar10_resnet20", other, "b.pt", upload_id="upload-2")
         assert second != first and list(store) == [second]  # the oldest went
         # A dropped model is loaded again when its upload comes back.
-        assert state.register_checkpoint("cifar10_resnet20", bundled, "a.safetensors", upload_id="upload-1") == first
+        again = checkpoint_store.register_checkpoint("cifar10_resnet20", bundled, "a.safetensors", upload_id="upload-1")
+        assert again == first
         assert list(store) == [first]
     finally:
         store.clear()

@@ -12,7 +12,7 @@ from test_app_cam import APP, TIMEOUT, _explained
 
 from camlib.cam import compute_cams
 from camlib.imaging import MAX_SIDE
-from ui import state
+from ui import cache
 
 
 def _app() -> AppTest:
@@ -73,8 +73,8 @@ def test_class_index_out_of_range_is_an_error_not_another_class(monkeypatch: pyt
     def shifted(model, x, layers, *, method, class_idx):
         return compute_cams(model, x, layers, method=method, class_idx=class_idx + offset)
 
-    monkeypatch.setattr(state, "compute_cams", shifted)
-    getattr(state, "_compute_view", state.compute_view).clear()  # a cached CAM would not reach compute_cams
+    monkeypatch.setattr(cache, "compute_cams", shifted)
+    getattr(cache, "_compute_view", cache.compute_view).clear()  # a cached CAM would not reach compute_cams
     at.selectbox(key="cam_method").set_value("layercam").run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "Cannot compute the CAM" in at.error[0].value

@@ -30,7 +30,7 @@ from camlib.cifar import default_root, detect_source
 from camlib.errors import NonFiniteError
 from camlib.models import load_model
 from camlib.samples import DEFAULT_SAMPLE
-from ui import state
+from ui import cache
 from ui.text import escape, md, shorten
 
 TIMEOUT = 300
@@ -206,7 +206,7 @@ def test_checkpoint_file_name_and_key_names_are_escaped() -> None:
     assert_no_live_text(at)
     assert not at.error
     key = at.session_state["cam_last_model"]
-    label = state.resolve_model(key).spec.label
+    label = cache.resolve_model(key).spec.label
 
     at.file_uploader(key="cam_ckpt_file").set_value(None).run()  # the checkpoint's name is shown in "Still using"
     assert_no_live_text(at)
@@ -258,8 +258,8 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits [x](https://example.invalid/)")
 
-    monkeypatch.setattr(state, "compute_cams", fail)
-    state._compute_view.clear()  # a cached CAM would not reach compute_cams
+    monkeypatch.setattr(cache, "compute_cams", fail)
+    cache._compute_view.clear()  # a cached CAM would not reach compute_cams
     at.selectbox(key="cam_method").set_value("xgradcam").run()
     assert_no_live_text(at)
     assert [e.value for e in at.error] == [
@@ -297,7 +297,7 @@ def test_cam_error_keeps_the_last_cam_on_its_own_image(monkeypatch: pytest.Monke
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits")
 
-    monkeypatch.setattr(state, "compute_cams", fail)
+    monkeypatch.setattr(cache, "compute_cams", fail)
     tall = np.random.default_rng(12).integers(0, 256, (120, 40, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(tall).save(buffer, format="PNG")
@@ -316,7 +316,7 @@ def test_cam_prediction_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) ->
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits")
 
-    monkeypatch.setattr(state, "predict_probabilities", fail)
+    monkeypatch.setattr(cache, "predict_probabilities", fail)
     at.radio(key="cam_source").set_value("Upload").run()
     at.file_uploader(key="cam_upload").set_value(("new.png", _png(seed=7), "image/png")).run()  # not in the cache
     assert not at.exception, [e.value for e in at.exception]
@@ -346,7 +346,7 @@ def test_gallery_error_keeps_last_page(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise NonFiniteError("non-finite CAM")
 
-    monkeypatch.setattr(state, "gallery_cams", fail)
+    monkeypatch.setattr(cache, "gallery_cams", fail)
     at.number_input(key="gal_page").set_value(2).run()
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == ["Cannot compute the CAMs: non\\-finite CAM"]
@@ -357,7 +357,7 @@ def test_gallery_error_keeps_last_page(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- small things ----------------------------------------------------------------------------------------------------
 
 def test_a_cached_cam_says_so() -> None:
-    state._compute_view.clear()
+    cache._compute_view.clear()
     at = _app()
     fresh = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
     match = re.search(r" in (\d+) ms on ", fresh)

@@ -111,18 +111,18 @@ def test_only_the_decoder_is_keyed_on_upload_bytes_and_it_returns_a_small_array(
     from PIL import Image
 
     from camlib.imaging import MAX_SIDE
-    from ui import state
+    from ui import cache
 
     keyed_on_bytes = [name for name, function, _ in _cache_decorations()
                       if any(isinstance(a.annotation, ast.Name) and a.annotation.id == "bytes"
                              for a in function.args.args)]
-    assert keyed_on_bytes == ["state.py:decode_upload"]
+    assert keyed_on_bytes == ["cache.py:decode_upload"]
     for width, height in [(3000, 2000), (1500, 4000), (1025, 1025)]:
         buffer = io.BytesIO()
         Image.new("RGB", (width, height), (200, 30, 60)).save(buffer, format="JPEG", quality=50)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No runtime found": st.cache_data outside a Streamlit server
-            decoded = state.decode_upload(buffer.getvalue())
+            decoded = cache.decode_upload(buffer.getvalue())
         assert max(decoded.pixels.shape[:2]) == MAX_SIDE
         assert decoded.pixels.nbytes <= MAX_SIDE * MAX_SIDE * 3
 
@@ -196,7 +196,7 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
     """Eight sessions ask for CAMs on four different models at once. Each job holds its model's lock (as camlib
     does); a process-wide bound should keep the number of jobs running at once at most the CPU-thread budget
     (here 2), so torch threads x jobs do not oversubscribe the CPU."""
-    from ui import state
+    from ui import cache
 
     running, peak, guard = 0, 0, threading.Lock()
     models = {f"model{i}": nn.Identity() for i in range(4)}
@@ -218,15 +218,15 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
                 running -= 1
         return 0
 
-    monkeypatch.setattr(state, "resolve_model", Loaded)
-    monkeypatch.setattr(state, "prepare_input", lambda image, pre: type("P", (), {"tensor": torch.zeros(1)})())
-    monkeypatch.setattr(state, "compute_cams", fake_compute)
-    monkeypatch.setattr(state, "CamView", lambda **kw: ("view", kw["result"]))  # picklable, as st.cache_data needs
+    monkeypatch.setattr(cache, "resolve_model", Loaded)
+    monkeypatch.setattr(cache, "prepare_input", lambda image, pre: type("P", (), {"tensor": torch.zeros(1)})())
+    monkeypatch.setattr(cache, "compute_cams", fake_compute)
+    monkeypatch.setattr(cache, "CamView", lambda **kw: ("view", kw["result"]))  # picklable, as st.cache_data needs
     errors: list[BaseException] = []
 
     def session(*args) -> None:
         try:
-            state.compute_view(*args)
+            cache.compute_view(*args)
         except Exception as error:  # noqa: BLE001 - re-raised below, outside the expected failure
             errors.append(error)
 

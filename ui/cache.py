@@ -1,4 +1,4 @@
-"""Streamlit glue: cached, shared resources (models, layer lists) and cached CAM results.
+"""The cache layer: ``st.cache_*`` wrappers over camlib (models, layer lists, CIFAR-10, predictions, CAM results).
 
 Models are cached with ``st.cache_resource`` and shared by every session: camlib treats them as read-only (per-model
 lock, no backward(), hooks removed, modes restored). CAM results are cached with ``st.cache_data`` so overlay changes
@@ -7,7 +7,6 @@ lock, no backward(), hooks removed, modes restored). CAM results are cached with
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, replace
 
@@ -16,24 +15,11 @@ import streamlit as st
 
 from camlib.cam import CamResult, compute_cams
 from camlib.cifar import CifarData, default_root, detect_source, load_cifar10
-from camlib.errors import UnknownModelError
 from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
-from camlib.models import (
-    MAX_CHECKPOINT_BYTES,
-    LoadedModel,
-    PreparedInput,
-    load_checkpoint,
-    load_model,
-    prepare_batch,
-    prepare_input,
-)
-
-CHECKPOINT_PREFIX = "checkpoint:"
-CHECKPOINT_STORE_MODELS = 4
-CHECKPOINT_STORE_BYTES = 2 * MAX_CHECKPOINT_BYTES  # weights of user checkpoints kept for all sessions together
-_STORE_LOCK = threading.Lock()
+from camlib.models import LoadedModel, PreparedInput, load_model, prepare_batch, prepare_input
+from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
 
 
 @dataclass(frozen=True)
@@ -52,69 +38,15 @@ def get_model(key: str) -> LoadedModel:
     return load_model(key, allow_download=False)
 
 
-@st.cache_resource(show_spinner=False)
-def _checkpoint_models() -> dict[str, LoadedModel]:
-    """The shared store of loaded user checkpoints, oldest first (bounded by ``register_checkpoint``)."""
-    return {}
-
-
-@st.cache_resource(show_spinner=False)
-def _upload_keys() -> dict[str, str]:
-    """``"{upload id}:{architecture}"`` -> store key: a rerun with the same upload does not hash the file again."""
-    return {}
-
-
-def _weight_bytes(loaded: LoadedModel) -> int:
-    return sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
-
-
-def register_checkpoint(arch: str, data: bytes, filename: str, *, upload_id: str = "") -> str:
-    """Load a user checkpoint (safely) and return the model key under which the page can use it.
-
-    The key is the architecture and the file's SHA-256, so a file several sessions upload is loaded once. With
-    ``upload_id`` (Streamlit's ``UploadedFile.file_id``, new for every upload) later reruns skip the hashing (1.0 s
-    for a 528 MB VGG-16-BN checkpoint on this project's CPU machine). The store, shared by every session, keeps at most
-    ``CHECKPOINT_STORE_MODELS`` models and ``CHECKPOINT_STORE_BYTES`` of weights; the oldest are dropped first.
-
-    Raises:
-        CheckpointError, UnknownModelError: from ``camlib.models.load_checkpoint``.
-    """
-    store, by_upload = _checkpoint_models(), _upload_keys()
-    remembered = by_upload.get(f"{upload_id}:{arch}") if upload_id else None
-    if remembered in store:
-        return remembered
-    key = f"{CHECKPOINT_PREFIX}{arch}:{hashlib.sha256(data).hexdigest()[:16]}"
-    if key not in store:
-        with st.spinner("Loading checkpoint..."):
-            loaded = load_checkpoint(arch, data, filename)
-        size = _weight_bytes(loaded)
-        with _STORE_LOCK:  # the store is shared by every session
-            while store and (len(store) >= CHECKPOINT_STORE_MODELS
-                             or size + sum(map(_weight_bytes, store.values())) > CHECKPOINT_STORE_BYTES):
-                store.pop(next(iter(store)))
-            store[key] = loaded
-    if upload_id:
-        with _STORE_LOCK:
-            by_upload[f"{upload_id}:{arch}"] = key
-            while len(by_upload) > 8 * CHECKPOINT_STORE_MODELS:
-                by_upload.pop(next(iter(by_upload)))
-    return key
-
-
 def resolve_model(key: str) -> LoadedModel:
-    """The model behind a key from ``get_model``'s registry or ``register_checkpoint``.
+    """The model behind a registry key (``get_model``) or a checkpoint key (``ui.checkpoint_store``).
 
     Raises:
         UnknownModelError: a checkpoint key no longer in the shared store (bounded: the oldest checkpoints go).
         CamlibError: from ``get_model`` (unknown key, weights unavailable).
     """
-    if key.startswith(CHECKPOINT_PREFIX):
-        store = _checkpoint_models()
-        if key not in store:
-            raise UnknownModelError(
-                "this checkpoint is no longer loaded (the app keeps only the latest ones): upload it again"
-            )
-        return store[key]
+    if is_checkpoint_key(key):
+        return get_checkpoint(key)
     return get_model(key)
 
 

@@ -1,28 +1,13 @@
-"""Small rendering helpers for the pages: PNG bytes, plotly figures. No model calls in here."""
+"""Plotly figures for the pages (top-k bars, CAM heatmap, layer magnitudes, confusion matrix, per-class accuracy).
+
+Pixel drawing (PNG bytes, tile grids) is in ``camlib.drawing``. No model calls in here."""
 
 from __future__ import annotations
 
-import io
-
-import cv2
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image
 
-from camlib.augment.grid import tile_grid
 from ui.text import html_text
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def top_k_figure(
@@ -94,31 +79,7 @@ def magnitude_figure(magnitudes: dict[str, float]) -> go.Figure:
     return fig
 
 
-def fast_png(image: np.ndarray) -> bytes:
-    """PNG bytes with light compression: lossless (pixel art stays crisp) and quick enough for live reruns."""
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return encoded.tobytes()
 
-
-def upscale_tiles(tiles: np.ndarray, min_side: int) -> np.ndarray:
-    """Nearest-neighbour upscale of ``(N, h, w, 3)`` tiles by the integer factor that reaches ``min_side``."""
-    factor = max(1, -(-min_side // max(1, min(tiles.shape[1:3]))))
-    return tiles.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else tiles
-
-
-def label_tiles(tiles: np.ndarray, labels: list[str], *, flagged: list[bool] | None = None) -> np.ndarray:
-    """Write a small label in the bottom-left corner of each tile (red background where ``flagged``)."""
-    out = tiles.copy()
-    height = out.shape[1]
-    scale = max(0.3, height / 250)
-    for k, text in enumerate(labels):
-        (width, text_h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        background = (200, 30, 30) if flagged and flagged[k] else (0, 0, 0)
-        cv2.rectangle(out[k], (0, height - text_h - 6), (width + 4, height), background, thickness=-1)
-        cv2.putText(out[k], text, (2, height - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
 
 
 def confusion_figure(matrix: np.ndarray, class_names: tuple[str, ...]) -> go.Figure:
@@ -178,19 +139,3 @@ def per_class_figure(accuracy: np.ndarray, class_names: tuple[str, ...]) -> go.F
         yaxis=dict(autorange="reversed"),
     )
     return fig
-
-
-def grid_png(
-    tiles: np.ndarray,
-    rows: int,
-    cols: int,
-    *,
-    min_tile_px: int,
-    labels: list[str] | None = None,
-    flagged: list[bool] | None = None,
-) -> bytes:
-    """PNG of a grid of tiles, upscaled nearest-neighbour so each tile is at least ``min_tile_px``, with labels."""
-    big = upscale_tiles(tiles, min_tile_px)
-    if labels:
-        big = label_tiles(big, labels, flagged=flagged)
-    return fast_png(tile_grid(big, rows, cols))

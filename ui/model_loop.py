@@ -8,7 +8,7 @@ import streamlit as st
 from camlib.errors import CamlibError
 from camlib.evaluation import FlipReport, flip_report, predict_probabilities
 from camlib.models import LoadedModel
-from ui import state, widgets
+from ui import cache, widgets
 from ui.text import md
 
 
@@ -25,7 +25,7 @@ def model_loop_controls() -> LoadedModel | None:
         return None
     key = widgets.cifar_model_select("CIFAR-10 model", "aug_loop_model")
     try:
-        return state.get_model(key)
+        return cache.get_model(key)
     except CamlibError as error:
         st.error(md("Model in the loop is off: {error}", error=error))
         return None

@@ -1,5 +1,5 @@
-"""Widget groups shared by the pages. Each keeps the last good value in ``st.session_state`` so a bad input shows
-an ``st.error`` and the page goes on with what worked before."""
+"""Widget groups shared by the pages (image, model, CIFAR-10 split, overlay, download buttons). Each keeps the last
+good value in ``st.session_state`` so a bad input shows an ``st.error`` and the page goes on with what worked before."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from camlib.cifar import CifarData, detect_source, download_cifar10
+from camlib.cifar import CifarData, detect_source
+from camlib.drawing import npy_bytes, png_bytes
 from camlib.errors import CamlibError, WeightsUnavailableError
 from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from camlib.models import (
@@ -17,13 +18,10 @@ from camlib.models import (
     DEFAULT_MODEL,
     MAX_CHECKPOINT_BYTES,
     MODELS,
-    download_file,
-    get_spec,
-    torchvision_cache_path,
 )
 from camlib.overlay import COLORMAPS
 from camlib.samples import DEFAULT_SAMPLE, SAMPLES, load_sample
-from ui import render, state
+from ui import cache, checkpoint_store, downloads
 from ui.text import md, shorten
 
 CHECKPOINT_OPTION = "checkpoint"
@@ -79,7 +77,7 @@ def image_input(prefix: str, *, cifar: CifarData | None = None) -> ChosenImage:
     )
     if upload is not None:
         try:
-            decoded = state.decode_upload(upload.getvalue(), upload.name)
+            decoded = cache.decode_upload(upload.getvalue(), upload.name)
         except CamlibError as error:
             st.error(md("Cannot use this file: {error}", error=error))
         else:
@@ -117,28 +115,8 @@ def _cifar_image(prefix: str, cifar: CifarData) -> ChosenImage:
     return ChosenImage(name=f"CIFAR-10 {cifar.split} #{index}", pixels=cifar.images[index], true_label=class_name)
 
 
-def _ensure_weights(key: str) -> None:
-    """Download torchvision weights into torchvision's cache with a progress bar, once."""
-    spec = get_spec(key)
-    if spec.source != "torchvision" or torchvision_cache_path(spec).exists():
-        return
-    bar = st.progress(0.0, text=md("Downloading {model} weights...", model=spec.label))
-
-    def report(done: int, total: int) -> None:
-        bar.progress(
-            min(1.0, done / total) if total else 0.0,
-            text=md("Downloading {model} weights: {done:.1f} / {total:.1f} MB", model=spec.label, done=done / 1e6,
-                    total=total / 1e6),
-        )
-
-    try:
-        download_file(spec.weights_url, torchvision_cache_path(spec), progress=report)
-    finally:
-        bar.empty()
-
-
 def model_input(prefix: str) -> str:
-    """Pick a registry model or upload a checkpoint; returns a model key usable with ``state.resolve_model``."""
+    """Pick a registry model or upload a checkpoint; returns a model key usable with ``cache.resolve_model``."""
     last_key = f"{prefix}_last_model"
     options = list(MODELS) + [CHECKPOINT_OPTION]
     labels = {key: spec.label for key, spec in MODELS.items()} | {CHECKPOINT_OPTION: "Your checkpoint..."}
@@ -150,8 +128,8 @@ def model_input(prefix: str) -> str:
                 key = _last_model(last_key)
                 st.info(md("Upload a checkpoint to use it. Still using: {model}", model=_label(key)))
         else:
-            _ensure_weights(choice)
-            state.get_model(choice)
+            downloads.ensure_weights(choice)
+            cache.get_model(choice)
             key = choice
     except CamlibError as error:
         key = _last_model(last_key)
@@ -167,7 +145,7 @@ def _last_model(last_key: str) -> str:
     """The session's last good model key; the bundled model when that was a checkpoint the shared store dropped."""
     key = st.session_state.get(last_key, DEFAULT_MODEL)
     try:
-        state.resolve_model(key)
+        cache.resolve_model(key)
     except CamlibError as error:
         st.error(md("{error}. Showing the bundled model instead.", error=error))
         key = DEFAULT_MODEL
@@ -175,7 +153,7 @@ def _last_model(last_key: str) -> str:
 
 
 def _label(key: str) -> str:
-    return shorten(state.resolve_model(key).spec.label)
+    return shorten(cache.resolve_model(key).spec.label)
 
 
 def _checkpoint_input(prefix: str) -> str | None:
@@ -203,8 +181,8 @@ def _checkpoint_input(prefix: str) -> str | None:
     )
     if upload is None:
         return None
-    key = state.register_checkpoint(arch, upload.getvalue(), upload.name, upload_id=upload.file_id)
-    st.text(f"Your checkpoint: {state.resolve_model(key).spec.notes}")  # plain text: its key names are user data
+    key = checkpoint_store.register_checkpoint(arch, upload.getvalue(), upload.name, upload_id=upload.file_id)
+    st.text(f"Your checkpoint: {cache.resolve_model(key).spec.notes}")  # plain text: its key names are user data
     return key
 
 
@@ -213,7 +191,7 @@ def cifar_input(root: str, prefix: str) -> CifarData | None:
     if root and detect_source(root):
         split = st.radio("Split", ["test", "train"], horizontal=True, key=f"{prefix}_split", persist_state="session")
         try:
-            return state.get_cifar(root, split)
+            return cache.get_cifar(root, split)
         except CamlibError as error:
             st.error(md("{error}", error=error))
             return None
@@ -224,18 +202,8 @@ def cifar_input(root: str, prefix: str) -> CifarData | None:
             root=shorten(root),
         )
     )
-    if root and st.button("Download CIFAR-10 into the data root", key=f"{prefix}_download"):
-        bar = st.progress(0.0, text="Downloading CIFAR-10...")
-
-        def report(done: int, total: int) -> None:
-            bar.progress(min(1.0, done / total) if total else 0.0,
-                         text=md("{done:.0f} / {total:.0f} MB", done=done / 1e6, total=total / 1e6))
-
-        try:
-            download_cifar10(root, report)
-            st.rerun()
-        except CamlibError as error:
-            st.error(md("{error}", error=error))
+    if root:
+        downloads.cifar_download_button(root, key=f"{prefix}_download")
     return None
 
 
@@ -265,10 +233,10 @@ def overlay_controls(prefix: str) -> OverlaySettings:
 def cam_downloads(prefix: str, *, overlay: np.ndarray, raw: np.ndarray, layer: str, settings: dict) -> None:
     """Download buttons: the overlay PNG, the raw signed CAM (.npy) and the settings (JSON)."""
     a, b, c = st.columns(3)
-    a.download_button("Overlay PNG", render.png_bytes(overlay), f"cam_{layer}.png", "image/png", key=f"{prefix}_dl_png")
+    a.download_button("Overlay PNG", png_bytes(overlay), f"cam_{layer}.png", "image/png", key=f"{prefix}_dl_png")
     b.download_button(
         "Raw CAM (.npy)",
-        render.npy_bytes(raw),
+        npy_bytes(raw),
         f"cam_raw_{layer}.npy",
         "application/octet-stream",
         key=f"{prefix}_dl_npy",

@@ -1,0 +1,88 @@
+"""The store of user checkpoints loaded in this process, shared by every session and bounded in models and bytes.
+
+A checkpoint is loaded once per (architecture, file content) and used under a model key ``checkpoint:{arch}:{hash}``;
+``ui.cache.resolve_model`` turns such a key (or a registry key) into the loaded model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import streamlit as st
+
+from camlib.errors import UnknownModelError
+from camlib.models import MAX_CHECKPOINT_BYTES, LoadedModel, load_checkpoint
+
+CHECKPOINT_PREFIX = "checkpoint:"
+CHECKPOINT_STORE_MODELS = 4
+CHECKPOINT_STORE_BYTES = 2 * MAX_CHECKPOINT_BYTES  # weights of user checkpoints kept for all sessions together
+_STORE_LOCK = threading.Lock()
+
+
+@st.cache_resource(show_spinner=False)
+def _checkpoint_models() -> dict[str, LoadedModel]:
+    """The shared store of loaded user checkpoints, oldest first (bounded by ``register_checkpoint``)."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False)
+def _upload_keys() -> dict[str, str]:
+    """``"{upload id}:{architecture}"`` -> store key: a rerun with the same upload does not hash the file again."""
+    return {}
+
+
+def _weight_bytes(loaded: LoadedModel) -> int:
+    return sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
+
+
+def is_checkpoint_key(key: str) -> bool:
+    """Whether a model key names a user checkpoint (from ``register_checkpoint``) rather than a registry model."""
+    return key.startswith(CHECKPOINT_PREFIX)
+
+
+def register_checkpoint(arch: str, data: bytes, filename: str, *, upload_id: str = "") -> str:
+    """Load a user checkpoint (safely) and return the model key under which the page can use it.
+
+    The key is the architecture and the file's SHA-256, so a file several sessions upload is loaded once. With
+    ``upload_id`` (Streamlit's ``UploadedFile.file_id``, new for every upload) later reruns skip the hashing (1.0 s
+    for a 528 MB VGG-16-BN checkpoint on this project's CPU machine). The store, shared by every session, keeps at most
+    ``CHECKPOINT_STORE_MODELS`` models and ``CHECKPOINT_STORE_BYTES`` of weights; the oldest are dropped first.
+
+    Raises:
+        CheckpointError, UnknownModelError: from ``camlib.models.load_checkpoint``.
+    """
+    store, by_upload = _checkpoint_models(), _upload_keys()
+    remembered = by_upload.get(f"{upload_id}:{arch}") if upload_id else None
+    if remembered in store:
+        return remembered
+    key = f"{CHECKPOINT_PREFIX}{arch}:{hashlib.sha256(data).hexdigest()[:16]}"
+    if key not in store:
+        with st.spinner("Loading checkpoint..."):
+            loaded = load_checkpoint(arch, data, filename)
+        size = _weight_bytes(loaded)
+        with _STORE_LOCK:  # the store is shared by every session
+            while store and (len(store) >= CHECKPOINT_STORE_MODELS
+                             or size + sum(map(_weight_bytes, store.values())) > CHECKPOINT_STORE_BYTES):
+                store.pop(next(iter(store)))
+            store[key] = loaded
+    if upload_id:
+        with _STORE_LOCK:
+            by_upload[f"{upload_id}:{arch}"] = key
+            while len(by_upload) > 8 * CHECKPOINT_STORE_MODELS:
+                by_upload.pop(next(iter(by_upload)))
+    return key
+
+
+def get_checkpoint(key: str) -> LoadedModel:
+    """The loaded checkpoint behind a key from ``register_checkpoint``.
+
+    Raises:
+        UnknownModelError: the key is no longer in the shared store (bounded: the oldest checkpoints go).
+    """
+    store = _checkpoint_models()
+    if key not in store:
+        raise UnknownModelError(
+            "this checkpoint is no longer loaded (the app keeps only the latest ones): upload it again"
+        )
+    return store[key]
