@@ -1,18 +1,28 @@
 """camlib: the pure-Python backend of the CAM Explorer (no Streamlit in here).
 
 Modules:
-    cam       -- Grad-CAM-family maps for several layers from one forward/backward pass.
-    layers    -- candidate target layers of a model, found by one dry forward pass.
-    models    -- the model registry, preprocessing, weight loading and user checkpoints.
-    imaging   -- safe decoding of user images (caps before decoding, EXIF, modes).
-    overlay   -- heatmap colouring and blending.
-    samples   -- bundled sample photos (scikit-image), available offline.
-    augment   -- the Augmentation Lab backend, a package that re-exports its modules' public names:
+    cam          -- Grad-CAM-family maps for several layers from one forward/backward pass; the method registry.
+    layouts      -- how a layer's output (NCHW, channels-last NHWC, ViT tokens) reads as a (B, C, h, w) feature map.
+    layers       -- candidate target layers of a model, found by one dry forward pass, and the suggested one.
+    models       -- the model registry, preprocessing, weight loading and user checkpoints.
+    checkpoints  -- the one reading of a saved state dict that fits an architecture (prefixes, training dicts).
+    imaging      -- safe decoding of user images (caps before decoding, reduced JPEG decoding, EXIF, modes).
+    overlay      -- heatmap colouring and blending.
+    drawing      -- pixel helpers for display: PNG/.npy encoding, tile upscaling and labels, grid images.
+    samples      -- bundled sample photos (scikit-image), available offline.
+    augment      -- the Augmentation Lab backend, a package that re-exports its modules' public names:
         augment.catalogue -- the editable Albumentations transforms (``TRANSFORMS``), derived from their schemas.
         augment.pipeline  -- seeded pipelines of steps and the ``A.Compose`` they build.
         augment.grid      -- grids of augmented tiles, the images they show, and one image of a grid.
         augment.export    -- JSON/YAML/Python export and re-import of a pipeline.
-    errors    -- every typed error (all subclasses of ValueError) with actionable messages.
+    cifar        -- CIFAR-10 from the official release (md5-checked) or an image-folder copy; the download.
+    cifar_models -- CIFAR-10 architectures (ResNet-20, CIFAR ResNet-18) and their normalisation.
+    train        -- ``python -m camlib.train``: one-cycle training with an exported pipeline, resumable.
+    evaluation   -- batched predictions, confusion matrices, per-class accuracy, prediction flips.
+    guard        -- the per-model lock and mode restoration for shared (cached) models.
+    device       -- the default torch device ($CAMLIB_DEVICE, else CUDA when available, else CPU).
+    contracts    -- shared input-contract checks that raise typed errors naming the argument.
+    errors       -- every typed error (all subclasses of ValueError) with actionable messages.
 """
 
 __version__ = "0.1.0"
