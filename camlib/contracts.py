@@ -28,7 +28,7 @@ def describe(value: object) -> str:
 
 def require_array(value: object, name: str, *, dtypes: Collection[np.dtype | type] | None = None,
                   ndim: int | Collection[int] | None = None, channels: int | None = None, nonempty: bool = True,
-                  finite: bool = False, expected: str = "", error: type[CamlibError] = InputError) -> np.ndarray:
+                  expected: str = "", error: type[CamlibError] = InputError) -> np.ndarray:
     """``value`` itself when it is a numpy array with one of ``dtypes`` and ``ndim`` dimensions.
 
     Args:
@@ -38,7 +38,6 @@ def require_array(value: object, name: str, *, dtypes: Collection[np.dtype | typ
         ndim: accepted number of dimensions.
         channels: required size of the last dimension (e.g. 3 for RGB).
         nonempty: refuse arrays with a zero-size dimension.
-        finite: refuse NaN and Inf (float arrays only).
         expected: what the argument should be, for the message (default: built from the other options).
         error: the ``CamlibError`` subclass to raise.
 
@@ -64,8 +63,6 @@ def require_array(value: object, name: str, *, dtypes: Collection[np.dtype | typ
         raise error(f"{name} must be a {wanted}, got {describe(value)}")
     if nonempty and 0 in value.shape:
         raise error(f"{name} is empty {value.shape}; it needs at least one element along each dimension")
-    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise error(f"{name} contains NaN or Inf")
     return value
 
 

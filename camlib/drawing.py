@@ -12,18 +12,36 @@ import numpy as np
 from PIL import Image
 
 from camlib.augment.grid import tile_grid
+from camlib.contracts import require_array, require_int
 from camlib.errors import InputError
 
 
+def _check_image(image: object, *, gray: bool = False) -> None:
+    if gray and isinstance(image, np.ndarray) and image.ndim == 2:
+        require_array(image, "image", dtypes=(np.uint8,), expected="uint8 image (H, W, 3) or (H, W)")
+    else:
+        require_array(image, "image", dtypes=(np.uint8,), ndim=3, channels=3, expected="uint8 RGB image (H, W, 3)")
+
+
+def _check_tiles(tiles: object) -> None:
+    require_array(tiles, "tiles", dtypes=(np.uint8,), ndim=4, channels=3, expected="uint8 RGB tiles (N, h, w, 3)")
+
+
 def png_bytes(image: np.ndarray) -> bytes:
-    """Lossless PNG bytes of a ``uint8`` image ``(H, W, 3)`` (or ``(H, W)``), default compression (downloads)."""
+    """Lossless PNG bytes of a ``uint8`` image ``(H, W, 3)`` (or ``(H, W)``), default compression (downloads).
+
+    Raises ``InputError`` for anything else (the message names ``image``)."""
+    _check_image(image, gray=True)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
-    """``np.save`` bytes of any numeric array (no pickles): ``np.load`` gives back the same dtype, shape and values."""
+    """``np.save`` bytes of any numeric array (no pickles): ``np.load`` gives back the same dtype, shape and values.
+
+    Raises ``InputError`` for a non-array or an object/string array (the message names ``array``)."""
+    require_array(array, "array", nonempty=False, expected="numeric array")
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -34,8 +52,9 @@ def fast_png(image: np.ndarray) -> bytes:
     quick enough for live reruns.
 
     Raises:
-        InputError: OpenCV could not encode the image (e.g. not ``uint8``, or an empty image).
+        InputError: ``image`` is not ``uint8`` ``(H, W, 3)`` with sides >= 1, or OpenCV could not encode it.
     """
+    _check_image(image)
     try:
         ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     except cv2.error as error:
@@ -47,14 +66,27 @@ def fast_png(image: np.ndarray) -> bytes:
 
 def upscale_tiles(tiles: np.ndarray, min_side: int) -> np.ndarray:
     """Nearest-neighbour upscale of ``(N, h, w, 3)`` tiles by the integer factor that brings their shorter side to
-    at least ``min_side``; the tiles themselves (not a copy) when they are already that large."""
+    at least ``min_side``; the tiles themselves (not a copy) when they are already that large.
+
+    Raises ``InputError`` unless ``tiles`` is uint8 ``(N, h, w, 3)`` (``N >= 1``) and ``min_side >= 0``."""
+    _check_tiles(tiles)
+    min_side = require_int(min_side, "min_side", minimum=0)
     factor = max(1, -(-min_side // max(1, min(tiles.shape[1:3]))))
     return tiles.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else tiles
 
 
 def label_tiles(tiles: np.ndarray, labels: list[str], *, flagged: list[bool] | None = None) -> np.ndarray:
     """A copy of ``uint8`` tiles ``(N, h, w, 3)`` with a small white label in the bottom-left corner of each, on a
-    black background (red where ``flagged``); ``labels`` and ``flagged`` hold one entry per tile."""
+    black background (red where ``flagged``); ``labels`` and ``flagged`` hold one entry per tile.
+
+    Raises ``InputError`` for tiles that are not uint8 ``(N, h, w, 3)`` or labels/flags that are not one str/bool
+    per tile."""
+    _check_tiles(tiles)
+    if not isinstance(labels, list | tuple) or len(labels) != len(tiles) or not all(isinstance(t, str) for t in labels):
+        raise InputError(f"labels must be one string per tile ({len(tiles)}), got {labels!r:.80}")
+    if flagged is not None and (not isinstance(flagged, list | tuple) or len(flagged) != len(tiles)
+                                or not all(isinstance(f, bool | np.bool_) for f in flagged)):
+        raise InputError(f"flagged must be one bool per tile ({len(tiles)}), got {flagged!r:.80}")
     out = tiles.copy()
     height = out.shape[1]
     scale = max(0.3, height / 250)
@@ -77,6 +109,7 @@ def grid_png(
 ) -> bytes:
     """PNG (``fast_png``) of ``rows x cols`` ``uint8`` tiles ``(rows * cols, h, w, 3)``, upscaled nearest-neighbour so
     each tile is at least ``min_tile_px``, with labels (``label_tiles``) when given."""
+    require_int(min_tile_px, "min_tile_px", minimum=0)
     big = upscale_tiles(tiles, min_tile_px)
     if labels:
         big = label_tiles(big, labels, flagged=flagged)
