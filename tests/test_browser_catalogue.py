@@ -39,7 +39,8 @@ def _settle(page, timeout: float = 120_000) -> None:
     """Wait until no script run is in progress (Streamlit's running indicator is gone) and the images have loaded."""
     page.wait_for_timeout(400)
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"],"
-                           " [data-testid=\"stStatusWidgetRunningManIcon\"]')", timeout=timeout)
+                           " [data-testid=\"stStatusWidgetRunningManIcon\"], [data-stale=\"true\"]')",
+                           timeout=timeout)
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)", timeout=timeout)
 
@@ -61,10 +62,29 @@ def _cam_text(page) -> str:
     return re.sub(r" (in \d+ ms|from the cache \(first computed in \d+ ms\)) on ", " on ", _explained(page))
 
 
-def _wait_for_new_cam(page, before: str) -> None:
+def _wait_for_upload_shown(page, name: str, timeout: float = 120_000) -> None:
+    """Wait until ``name`` is the uploaded file, its run is over and the page no longer shows a fallback image (the
+    frontend removes the old file, a rerun shows the sample, then the new file arrives and runs)."""
+    page.locator('[data-testid="stFileChipName"]', has_text=name).first.wait_for(timeout=timeout)
     page.wait_for_function(
-        "(before) => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith('Explaining class') "
-        "&& p.innerText !== before)", arg=before, timeout=120_000)
+        "() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"], "
+        "[data-testid=\"stStatusWidgetRunningManIcon\"], [data-stale=\"true\"]') "
+        "&& !document.body.innerText.replace(/[\\u2060\\u200b]/g, '').includes('No upload yet')",
+        timeout=timeout)
+    _settle(page, timeout)
+
+
+def _choose(page, key: str, option: str) -> None:
+    """Open a selectbox and click one option, without waiting for the rerun it starts (retried if the box was being
+    re-rendered by a rerun at the moment of the click)."""
+    for attempt in range(3):
+        page.locator(f".st-key-{key}").click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            return
+        except Exception:  # noqa: BLE001 - the dropdown closed under a rerun: open it again
+            if attempt == 2:
+                raise
 
 
 def _no_exception(page, dialogs: list[str]) -> None:
@@ -124,9 +144,7 @@ def test_exif_rotated_photo_is_shown_upright_with_its_overlay(browser_page, tmp_
     path = tmp_path / f"portrait{orientation}.jpg"
     path.write_bytes(_with_orientation(pixels, orientation, "JPEG"))
     page.locator(UPLOADER).set_input_files(str(path))
-    page.wait_for_function(f"() => {{ const img = ({ORIGINAL_IMG})(); return img && img.complete && "
-                           "img.naturalHeight > img.naturalWidth; }", timeout=120_000)
-    _settle(page)
+    _wait_for_upload_shown(page, path.name)
     assert _original_aspect(page) == pytest.approx(240 / 360, abs=0.01)
     _no_exception(page, dialogs)
 
@@ -146,16 +164,14 @@ def test_new_upload_during_a_run_shows_only_the_new_images_cam(browser_page, tmp
     _to_upload(page)
     tall = _photo(tmp_path, "rocket", (240, 400), "tall.png")
     wide = _photo(tmp_path, "astronaut", (400, 240), "wide.png")
-    previous = _explained(page)
     page.locator(UPLOADER).set_input_files(str(tall))
-    _wait_for_new_cam(page, previous)
-    _settle(page)
+    _wait_for_upload_shown(page, tall.name)
     alone = _cam_text(page)
     assert _original_aspect(page) == pytest.approx(240 / 400, abs=0.01)
     page.locator(UPLOADER).set_input_files(str(wide))
     page.wait_for_timeout(150)  # the wide photo's run has started
     page.locator(UPLOADER).set_input_files(str(tall))
-    _settle(page)
+    _wait_for_upload_shown(page, tall.name)
     assert _cam_text(page) == alone
     assert _original_aspect(page) == pytest.approx(240 / 400, abs=0.01)
     _no_exception(page, dialogs)
@@ -192,8 +208,7 @@ def test_rerun_storm_of_widget_changes_ends_in_the_final_values(browser_page) ->
     for _ in range(10):
         page.keyboard.press("ArrowLeft")
     for method in ("LayerCAM", "HiResCAM", "XGrad-CAM"):  # each click starts a rerun that supersedes the last
-        page.locator(".st-key-cam_method").click()
-        page.get_by_role("option", name=method, exact=True).click()
+        _choose(page, "cam_method", method)
     _settle(page)
     assert page.locator('.st-key-cam_method input[role="combobox"]').input_value() == "XGrad-CAM"
     page.wait_for_function("() => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith("
