@@ -7,12 +7,11 @@ import time
 import numpy as np
 import streamlit as st
 
-from camlib.augment.grid import augment_grid, pick_images
-from camlib.cifar import default_root
+from camlib.augment.grid import GridResult, augment_grid, pick_images
 from camlib.drawing import fast_png, grid_png
-from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
-from ui import model_loop, pipeline_editor, widgets
+from ui import app_inputs, keys, model_loop, pipeline_editor, widgets
+from ui.last_good import keep_last_good
 from ui.text import md
 
 GRID_TILE_PX = 96  # each tile is shown at least this large (nearest-neighbour)
@@ -20,14 +19,7 @@ GRID_TILE_PX = 96  # each tile is shown at least this large (nearest-neighbour)
 st.title("Augmentation Lab")
 st.caption("Every change redraws at once. Same seed, same grid: export the pipeline and train with it.")
 
-with st.sidebar:
-    root = st.text_input(
-        "CIFAR-10 data root",
-        value=str(default_root() or ""),
-        key="aug_data_root",
-        persist_state="session",
-        help="A folder with cifar-10-batches-py/ (official release) or train/, test/ image folders.",
-    )
+root = app_inputs.data_root_input()  # app-wide: one sidebar field for every page
 
 editor, view = st.columns([1, 2.6], gap="large")
 with editor:
@@ -37,36 +29,29 @@ with editor:
 
 with view:
     source = st.radio(
-        "Images", ["CIFAR-10", "Sample photo or upload"], horizontal=True, key="aug_images", persist_state="session"
+        "Images", ["CIFAR-10", "Sample photo or upload"], horizontal=True, key=keys.AUG_IMAGES, persist_state="session"
     )
-    data = widgets.cifar_input(root, "aug") if source == "CIFAR-10" else None
-    images = widgets.image_input("aug").pixels[None] if data is None else data.images
+    data = widgets.cifar_input(root, keys.AUG) if source == "CIFAR-10" else None
+    images = widgets.image_input(keys.AUG).pixels[None] if data is None else data.images
 
     top = st.columns(4)
-    rows = int(top[0].number_input("Rows", 1, 16, 8, key="aug_rows", persist_state="session"))
-    cols = int(top[1].number_input("Columns", 1, 16, 8, key="aug_cols", persist_state="session"))
+    rows = int(top[0].number_input("Rows", 1, 16, 8, key=keys.AUG_ROWS, persist_state="session"))
+    cols = int(top[1].number_input("Columns", 1, 16, 8, key=keys.AUG_COLS, persist_state="session"))
     mode = top[2].selectbox(
         "Mode",
         ["many", "one"],
-        key="aug_mode",
+        key=keys.AUG_MODE,
         persist_state="session",
         format_func={"many": "many images, one augmentation each", "one": "one image, many augmentations"}.get,
     )
-    pipeline_editor.ensure_state()
-    st.session_state.setdefault("aug_seed_input", st.session_state[pipeline_editor.SEED])
-    seed = int(top[3].number_input("Seed", 0, 2**32 - 1, key="aug_seed_input", persist_state="session"))
-    st.session_state[pipeline_editor.SEED] = seed
+    seed = pipeline_editor.seed_input(top[3])
     pipeline = pipeline_editor.current_pipeline()
-    st.button(
-        "New samples",
-        key="aug_new_samples",
-        on_click=lambda: st.session_state.update(aug_seed_input=(int(st.session_state["aug_seed_input"]) + 1) % 2**32),
-    )
+    pipeline_editor.new_samples_button()
 
-    pool = np.arange(len(images))
+    pool, indices = np.arange(len(images)), None
     if data is not None:
         classes = st.multiselect(
-            "Classes", list(data.class_names), key="aug_classes", persist_state="session", placeholder="all classes"
+            "Classes", list(data.class_names), key=keys.AUG_CLASSES, persist_state="session", placeholder="all classes"
         )
         if classes:
             pool = np.flatnonzero(np.isin(data.labels, [data.class_names.index(c) for c in classes]))
@@ -76,20 +61,21 @@ with view:
             0,
             len(pool) - 1,
             0,
-            key="aug_image_index",
+            key=keys.AUG_IMAGE_INDEX,
             persist_state="session",
         )
         indices = [int(pool[int(position)])]
     show_labels = data is not None and st.toggle(
-        "Class labels on tiles", value=True, key="aug_show_labels", persist_state="session"
+        "Class labels on tiles", value=True, key=keys.AUG_SHOW_LABELS, persist_state="session"
     )
     loop_model = model_loop.model_loop_controls()
 
     started = time.perf_counter()
-    try:  # augmenting, predicting and drawing: any camlib error keeps the last grid that worked, and its export
-        if mode == "many":
-            indices = pick_images(pool, rows * cols, seed)
-        grid = augment_grid(images, pipeline, mode=mode, rows=rows, cols=cols, indices=indices)
+
+    def draw_grid() -> tuple[GridResult, bytes, bytes, str | None]:
+        """Augment, predict (model in the loop) and draw: the grid, the original and augmented PNGs, the summary."""
+        chosen = pick_images(pool, rows * cols, seed) if mode == "many" else indices
+        grid = augment_grid(images, pipeline, mode=mode, rows=rows, cols=cols, indices=chosen)
         labels = [data.class_names[data.labels[i]] for i in grid.indices] if show_labels else None
         badges, flagged, summary = labels, None, None
         if loop_model is not None:
@@ -100,13 +86,14 @@ with view:
         else:
             original = fast_png(upscale_nearest(images[grid.indices[0]], 256))
         augmented = grid_png(grid.tiles, rows, cols, min_tile_px=GRID_TILE_PX, labels=badges, flagged=flagged)
-        st.session_state["aug_last_grid"], st.session_state["aug_last_drawn"] = grid, (original, augmented, summary)
-    except CamlibError as error:
-        st.error(md("{error}", error=error))
-        if "aug_last_drawn" not in st.session_state:
-            st.stop()
-        grid, (original, augmented, summary) = st.session_state["aug_last_grid"], st.session_state["aug_last_drawn"]
-        st.caption("Showing the last grid that worked.")
+        return grid, original, augmented, summary
+
+    # Any camlib error keeps the last grid that worked, and its export.
+    drawn, _ = keep_last_good(keys.AUG_LAST_DRAWN, draw_grid, stale="Showing the last grid that worked.")
+    if drawn is None:
+        st.stop()
+    grid, original, augmented, summary = drawn
+    st.session_state[keys.AUG_LAST_GRID] = grid
 
     if summary is not None:
         st.markdown(summary)
@@ -117,7 +104,8 @@ with view:
     st.caption(md("{rows}x{cols} grid augmented and drawn in {ms:.0f} ms.", rows=grid.rows, cols=grid.cols, ms=elapsed))
 
     with st.expander("Parameters applied to each tile"):
-        tile = st.number_input("Tile (row-major)", 0, len(grid.applied) - 1, 0, key="aug_tile", persist_state="session")
+        last_tile = len(grid.applied) - 1
+        tile = st.number_input("Tile (row-major)", 0, last_tile, 0, key=keys.AUG_TILE, persist_state="session")
         st.json(list(grid.applied[int(tile)]))
 
     st.subheader("Export")

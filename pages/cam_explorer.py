@@ -12,43 +12,42 @@ from camlib.cam import METHODS, layer_magnitudes, shared_scale_maps
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
 from camlib.overlay import map_to_original, overlay_heatmap, upscale_nearest
-from ui import cache, figures, widgets
+from ui import app_inputs, cache, figures, keys, widgets
+from ui.last_good import keep_last_good
 from ui.text import md
 
 st.title("CAM Explorer")
 st.caption("What does the classifier look at? Pick an image, a model, one or more layers and a class.")
 
+root = app_inputs.data_root_input()  # app-wide: one sidebar field for every page
 controls, results = st.columns([1, 3], gap="large")
 with controls:
-    model_key = widgets.model_input("cam")
+    model_key = widgets.model_input(keys.CAM)
     try:
         loaded = cache.resolve_model(model_key)
         candidates = cache.get_layers(model_key)
-        cifar = cache.cifar_test_set() if loaded.spec.dataset == "cifar10" else None
+        cifar = cache.cifar_test_set(root) if loaded.spec.dataset == "cifar10" else None
     except CamlibError as error:
         st.error(md("{error}", error=error))
         st.stop()
-    image = widgets.image_input("cam", cifar=cifar)
+    image = widgets.image_input(keys.CAM, cifar=cifar)
     method = st.selectbox(
         "Method",
         list(METHODS),
         format_func=lambda m: METHODS[m].label,
-        key="cam_method",
+        key=keys.CAM_METHOD,
         persist_state="session",
         help="Score-CAM runs one forward pass per channel: slow on a CPU.",
     )
     st.caption(md("{paper}. Cost: {cost}.", paper=METHODS[method].paper, cost=METHODS[method].cost))
 
     by_name = {c.name: c for c in candidates}
-    if st.session_state.get("cam_layers_for") != model_key:  # a new model: its own suggested layer and top class
-        st.session_state["cam_layers_for"] = model_key
-        st.session_state["cam_layers"] = [default_layer(candidates, loaded.spec.default_layers).name]
-        st.session_state.pop("cam_class", None)
     layers = st.multiselect(
         "Target layers (one pass for all)",
         list(by_name),
+        default=[default_layer(candidates, loaded.spec.default_layers).name],
         format_func=lambda n: f"{n}  [{by_name[n].shape_label}]",
-        key="cam_layers",
+        key=keys.cam_layers(model_key),  # a new model gets its own widget: its suggested layer
         persist_state="session",
     )
     for name in layers:
@@ -77,7 +76,7 @@ with controls:
         "Class to explain",
         ["Top-1 prediction", "Choose a class"],
         horizontal=True,
-        key="cam_class_mode",
+        key=keys.CAM_CLASS_MODE,
         persist_state="session",
     )
     class_idx = top1
@@ -87,34 +86,34 @@ with controls:
             range(len(loaded.class_names)),
             index=top1,
             format_func=lambda k: f"{k}: {loaded.class_names[k]}",
-            key="cam_class",
+            key=keys.cam_class(model_key),  # a new model starts at its top-1 class
             persist_state="session",
         )
 
     st.subheader("Overlay")
-    look = widgets.overlay_controls("cam")
+    look = widgets.overlay_controls(keys.CAM)
 
 with results:
     if failed is None:
-        st.plotly_chart(figures.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key="cam_top5")
+        st.plotly_chart(figures.top_k_figure(probabilities, loaded.class_names, highlight=class_idx), key=keys.CAM_TOP5)
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
-    class_names = loaded.class_names
-    try:
-        if failed is not None:
-            raise failed
-        view = cache.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
-        st.session_state["cam_last_view"] = (view, class_names, image)
-    except CamlibError as error:
-        st.error(md("Cannot compute the CAM: {error}", error=error))
-        if "cam_last_view" not in st.session_state:
-            st.stop()
-        # The last result that worked, with its own classes and image (the map is drawn on the image it explains).
-        view, class_names, image = st.session_state["cam_last_view"]
-        failed = error
-        st.caption("Showing the last result that worked.")
 
+    def explain() -> tuple[cache.CamView, tuple[str, ...], widgets.ChosenImage]:
+        if failed is not None:
+            raise failed  # the prediction failed: shown here, where the CAM would be
+        view = cache.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
+        return view, loaded.class_names, image
+
+    # The last result that worked keeps its own classes and image (the map is drawn on the image it explains).
+    kept, failed = keep_last_good(
+        keys.CAM_LAST_VIEW, explain, failure="Cannot compute the CAM: {error}",
+        stale="Showing the last result that worked.",
+    )
+    if kept is None:
+        st.stop()
+    view, class_names, image = kept
     result, prepared = view.result, view.prepared
     shown_layers = list(result.layers)
     maps = shared_scale_maps(result) if look.shared_scale else result.maps
@@ -161,10 +160,10 @@ with results:
 
     if len(shown_layers) > 1:
         magnitudes = {n: float(v[0]) for n, v in layer_magnitudes(result).items()}
-        st.plotly_chart(figures.magnitude_figure(magnitudes), key="cam_magnitudes")
+        st.plotly_chart(figures.magnitude_figure(magnitudes), key=keys.CAM_MAGNITUDES)
 
     detail = st.selectbox(
-        "Layer for the detailed view and export", shown_layers, key="cam_detail_layer", persist_state="session"
+        "Layer for the detailed view and export", shown_layers, key=keys.CAM_DETAIL_LAYER, persist_state="session"
     )
     original_map, inside = map_to_original(maps[detail][0], image.pixels.shape[:2], prepared.crop_box)
     on_original = overlay_heatmap(
@@ -177,10 +176,10 @@ with results:
     )
     left, right = st.columns(2)
     left.image(on_original, caption="On the original image (dimmed: outside the model's centre crop)", width="stretch")
-    right.plotly_chart(figures.heatmap_figure(maps[detail][0], colormap=look.colormap), key="cam_heatmap")
+    right.plotly_chart(figures.heatmap_figure(maps[detail][0], colormap=look.colormap), key=keys.CAM_HEATMAP)
 
     widgets.cam_downloads(
-        "cam",
+        keys.CAM,
         overlay=overlays[detail],
         raw=result.raw[detail][0],
         layer=detail,

@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from camlib.cifar import default_root, detect_source
+from camlib.cifar import detect_source
 from camlib.drawing import fast_png
 from camlib.errors import CamlibError
 from camlib.evaluation import confusion_matrix, per_class_accuracy
 from camlib.layers import default_layer
 from camlib.overlay import overlay_heatmap, upscale_nearest
-from ui import cache, figures, widgets
+from ui import app_inputs, cache, figures, keys, widgets
+from ui.last_good import keep_last_good
 from ui.text import html_text, md
 
 PAGE_SIZE = 12
@@ -23,19 +24,22 @@ st.caption(
     "for the true class (right)."
 )
 
-root = default_root()
-if root is None or detect_source(root) is None:
-    st.warning("No CIFAR-10 test set found: set CAMLIB_CIFAR10_ROOT or the data root on the Augmentation Lab page.")
+root = app_inputs.data_root_input()  # app-wide: one sidebar field for every page
+if not root or detect_source(root) is None:
+    st.warning("No CIFAR-10 test set found: set the CIFAR-10 data root in the sidebar (or CAMLIB_CIFAR10_ROOT).")
     st.stop()
-root = str(root)
-model_key = widgets.cifar_model_select("Model", "gal_model")
-try:
-    cache.get_model(model_key)
-except CamlibError as error:  # keep the last model that worked
-    st.error(md("{error}", error=error))
-    model_key = st.session_state.get("gal_last_model")
-    if model_key is None:
-        st.stop()
+chosen = widgets.cifar_model_select("Model", keys.GAL_MODEL)
+
+
+def load_model() -> str:
+    cache.get_model(chosen)
+    return chosen
+
+
+model_key, failed = keep_last_good(keys.GAL_LAST_MODEL, load_model)  # keep the last model that worked
+if model_key is None:
+    st.stop()
+if failed is not None:
     st.caption(md("Still using: {model}", model=cache.get_model(model_key).spec.label))
 try:
     data = cache.get_cifar(root, "test")
@@ -44,7 +48,6 @@ try:
 except CamlibError as error:
     st.error(md("{error}", error=error))
     st.stop()
-st.session_state["gal_last_model"] = model_key
 predicted = probabilities.argmax(axis=1)
 matrix = confusion_matrix(data.labels, predicted, len(data.class_names))
 accuracy = float(np.trace(matrix) / matrix.sum())
@@ -63,30 +66,30 @@ left, right = st.columns([3, 2])
 with left:
     event = st.plotly_chart(
         figures.confusion_figure(matrix, data.class_names),
-        key="gal_confusion",
+        key=keys.GAL_CONFUSION,
         on_select="rerun",
         selection_mode="points",
     )
     points = event.selection.points if event and event.selection else []
     by_label = {html_text(name): name for name in data.class_names}  # the figure shows HTML-escaped names
     clicked = (by_label.get(points[0]["y"]), by_label.get(points[0]["x"])) if points else None
-    if clicked and clicked != st.session_state.get("gal_clicked"):  # apply a new click once, then let filters rule
-        st.session_state["gal_clicked"] = clicked
-        st.session_state["gal_true"], st.session_state["gal_pred"] = [clicked[0]], [clicked[1]]
+    if clicked and clicked != st.session_state.get(keys.GAL_CLICKED):  # apply a new click once, then let filters rule
+        st.session_state[keys.GAL_CLICKED] = clicked
+        st.session_state[keys.GAL_TRUE], st.session_state[keys.GAL_PRED] = [clicked[0]], [clicked[1]]
 with right:
-    st.plotly_chart(figures.per_class_figure(per_class_accuracy(matrix), data.class_names), key="gal_per_class")
+    st.plotly_chart(figures.per_class_figure(per_class_accuracy(matrix), data.class_names), key=keys.GAL_PER_CLASS)
 
 filters = st.columns(3)
 true_filter = filters[0].multiselect(
-    "True class", data.class_names, key="gal_true", persist_state="session", placeholder="any"
+    "True class", data.class_names, key=keys.GAL_TRUE, persist_state="session", placeholder="any"
 )
 pred_filter = filters[1].multiselect(
-    "Predicted class", data.class_names, key="gal_pred", persist_state="session", placeholder="any"
+    "Predicted class", data.class_names, key=keys.GAL_PRED, persist_state="session", placeholder="any"
 )
 layer = filters[2].selectbox(
     "Layer",
     [c.name for c in candidates],
-    key="gal_layer",
+    key=keys.GAL_LAYER,
     persist_state="session",
     index=[c.name for c in candidates].index(default_layer(candidates).name),
     format_func=lambda n: f"{n} [{next(c.shape_label for c in candidates if c.name == n)}]",
@@ -102,12 +105,15 @@ if len(wrong) == 0:
     st.stop()
 pages = -(-len(wrong) // PAGE_SIZE)
 page = st.number_input(
-    md("Page (1..{pages}) of {n} images", pages=pages, n=len(wrong)), 1, pages, 1, key="gal_page",
+    md("Page (1..{pages}) of {n} images", pages=pages, n=len(wrong)), 1, pages, 1, key=keys.GAL_PAGE,
     persist_state="session"
 )
 shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
 
-try:
+
+
+def draw_page() -> list[tuple[bytes, str]]:
+    """One PNG per shown image (CAM of the predicted class, gap, CAM of the true class) with its caption."""
     for_predicted, for_true = cache.gallery_cams(model_key, root, shown, layer)
     tiles = []
     for k, index in enumerate(shown):
@@ -122,11 +128,15 @@ try:
             p=probabilities[index, predicted[index]],
         )
         tiles.append((fast_png(pair), caption))
-    st.session_state["gal_last_tiles"] = tiles
-except CamlibError as error:  # keep the last page of CAMs that worked
-    st.error(md("Cannot compute the CAMs: {error}", error=error))
-    tiles = st.session_state.get("gal_last_tiles", [])
-    st.caption("Showing the last page that worked.")
+    return tiles
+
+
+tiles, _ = keep_last_good(  # keep the last page of CAMs that worked
+    keys.GAL_LAST_TILES,
+    draw_page,
+    failure="Cannot compute the CAMs: {error}",
+    stale="Showing the last page that worked.",
+)
 columns = st.columns(4)
-for k, (png, caption) in enumerate(tiles):
+for k, (png, caption) in enumerate(tiles or []):
     columns[k % 4].image(png, width="stretch", output_format="PNG", caption=caption)

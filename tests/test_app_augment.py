@@ -32,7 +32,7 @@ from camlib.augment import (
 )
 from camlib.cifar import CLASS_NAMES, default_root, detect_source
 from camlib.samples import DEFAULT_SAMPLE, load_sample
-from ui import cache
+from ui import cache, keys
 from ui.text import escape
 
 TIMEOUT = 180
@@ -362,7 +362,7 @@ def test_out_of_domain_values_never_reach_albumentations() -> None:
 @needs_cifar
 def test_missing_data_root_falls_back_to_the_sample_photo() -> None:
     at = _lab()
-    at.text_input(key="aug_data_root").set_value("/nonexistent/cifar").run()
+    at.text_input(key=keys.DATA_ROOT).set_value("/nonexistent/cifar").run()
     assert not at.exception and not at.error
     assert any("No CIFAR-10 found" in w.value for w in at.warning)
     grid = _grid(at)

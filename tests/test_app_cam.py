@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ui import cache, checkpoint_store
+from ui import cache, checkpoint_store, keys
 
 TIMEOUT = 180
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -31,6 +31,11 @@ def app() -> AppTest:
     return at
 
 
+def _layers(at: AppTest):
+    """The target-layer multiselect of the model in use (its key carries the model)."""
+    return at.multiselect(key=keys.cam_layers(at.session_state[f"{keys.CAM}_last_model"]))
+
+
 def _explained(at: AppTest) -> str:
     """The "Explaining class ..." line without its timing (which says whether the CAM came from the cache)."""
     line = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
@@ -41,7 +46,7 @@ def test_default_flow_shows_chelsea_gradcam(app: AppTest) -> None:
     # With no input at all: the chelsea photo, the bundled model and its Grad-CAM on the suggested layer.
     assert app.selectbox(key="cam_sample").value == "chelsea (cat)"
     assert app.selectbox(key="cam_model").value == "efficientnet_lite0"
-    assert app.multiselect(key="cam_layers").value == ["bn2"]
+    assert _layers(app).value == ["bn2"]
     assert app.selectbox(key="cam_method").value == "gradcam"
     text = _explained(app)
     assert any(f"class {k}:" in text for k in (281, 282, 285)), text  # tabby / tiger cat / Egyptian cat
@@ -70,14 +75,14 @@ def test_bad_upload_keeps_last_good_image(app: AppTest) -> None:
 
 
 def test_change_of_layer(app: AppTest) -> None:
-    app.multiselect(key="cam_layers").set_value(["blocks.5"]).run()
+    _layers(app).set_value(["blocks.5"]).run()
     assert not app.exception and not app.error
     assert app.selectbox(key="cam_detail_layer").value == "blocks.5"
     assert app.selectbox(key="cam_detail_layer").options == ["blocks.5"]
 
 
 def test_several_layers_side_by_side_and_shared_scale(app: AppTest) -> None:
-    app.multiselect(key="cam_layers").set_value(["bn2", "blocks.5", "blocks.3"]).run()
+    _layers(app).set_value(["bn2", "blocks.5", "blocks.3"]).run()
     assert not app.exception and not app.error
     assert app.selectbox(key="cam_detail_layer").options == ["bn2", "blocks.5", "blocks.3"]
     images_per_layer = len(app.image)
@@ -87,10 +92,10 @@ def test_several_layers_side_by_side_and_shared_scale(app: AppTest) -> None:
 
 
 def test_small_layer_warns(app: AppTest) -> None:
-    options = app.multiselect(key="cam_layers").options
+    options = _layers(app).options
     tiny = [o for o in options if "x 1 x 1" in o]
     assert tiny, "the layer list shows each layer's C x H x W"
-    app.multiselect(key="cam_layers").set_value([tiny[0].split("  [")[0]]).run()
+    _layers(app).set_value([tiny[0].split("  [")[0]]).run()
     assert any("always blank" in w.value for w in app.warning)
 
 
@@ -113,14 +118,14 @@ def test_overlay_changes_do_not_rerun_the_model(app: AppTest) -> None:
 
 def test_choose_a_class_by_name(app: AppTest) -> None:
     app.radio(key="cam_class_mode").set_value("Choose a class").run()
-    app.selectbox(key="cam_class").set_value(207).run()  # golden retriever
+    app.selectbox(key=keys.cam_class("efficientnet_lite0")).set_value(207).run()  # golden retriever
     assert not app.exception
     assert "class 207: golden retriever" in _explained(app)
 
 
 def test_shared_model_left_clean_after_page_runs(app: AppTest) -> None:
     model = cache.get_model("efficientnet_lite0").model
-    app.multiselect(key="cam_layers").set_value(["bn2", "blocks.4"]).run()
+    _layers(app).set_value(["bn2", "blocks.4"]).run()
     for module in model.modules():
         assert not module._forward_hooks and not module._backward_hooks and not module.training
     assert all(p.grad is None for p in model.parameters())
@@ -137,7 +142,7 @@ def test_user_checkpoint_upload_and_refusal(app: AppTest, tmp_path) -> None:
     app.selectbox(key="cam_ckpt_arch").set_value("cifar10_resnet20").run()
     app.file_uploader(key="cam_ckpt_file").set_value(("mine.safetensors", weights, "application/octet-stream")).run()
     assert not app.exception and not app.error
-    assert app.multiselect(key="cam_layers").value == ["layer3"]  # the CIFAR ResNet-20's suggested layer
+    assert _layers(app).value == ["layer3"]  # the CIFAR ResNet-20's suggested layer
     assert _explained(app)
 
     marker = tmp_path / "pwned"
@@ -188,7 +193,7 @@ def test_checkpoint_upload_says_which_container_and_prefix(app: AppTest) -> None
     assert not app.exception and not app.error
     shown = [t.value for t in app.text]
     assert "Your checkpoint: loaded from checkpoint['state_dict'], prefix 'model._orig_mod.' removed" in shown
-    assert app.multiselect(key="cam_layers").value == ["layer3"] and _explained(app)
+    assert _layers(app).value == ["layer3"] and _explained(app)
 
 
 def test_resnet50_sized_checkpoint_is_uploaded_and_used(app: AppTest) -> None:
@@ -210,7 +215,7 @@ def test_resnet50_sized_checkpoint_is_uploaded_and_used(app: AppTest) -> None:
         assert "Your checkpoint: loaded from the file's top level, no prefix" in [t.value for t in app.text]
         used = [m for key, m in checkpoint_store._checkpoint_models().items() if key.startswith("checkpoint:resnet50:")]
         assert len(used) == 1 and used[0].spec.label == "ResNet-50 (your checkpoint: resnet50.pt)"
-        assert app.multiselect(key="cam_layers").value == ["layer4"] and _explained(app)
+        assert _layers(app).value == ["layer4"] and _explained(app)
     finally:
         checkpoint_store._checkpoint_models().clear()  # 100 MB of weights: not kept for the other tests of this process
 

@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 
 from camlib.cam import CamResult, compute_cams
-from camlib.cifar import CifarData, default_root, detect_source, load_cifar10
+from camlib.cifar import CifarData, detect_source, load_cifar10
 from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
@@ -101,12 +101,11 @@ def get_cifar(root: str, split: str) -> CifarData:
     return data
 
 
-def cifar_test_set() -> CifarData | None:
-    """The CIFAR-10 test split from the default data root, or None when no copy is available."""
-    root = default_root()
-    if root is None or detect_source(root) is None:
+def cifar_test_set(root: str) -> CifarData | None:
+    """The CIFAR-10 test split under ``root`` (the app's data root), or None when no copy is there."""
+    if not root or detect_source(root) is None:
         return None
-    return get_cifar(str(root), "test")
+    return get_cifar(root, "test")
 
 
 @st.cache_resource(max_entries=4, show_spinner="Predicting the 10,000 test images (once)...")

@@ -8,7 +8,7 @@ import streamlit as st
 from camlib.errors import CamlibError
 from camlib.evaluation import FlipReport, flip_report, predict_probabilities
 from camlib.models import LoadedModel
-from ui import cache, widgets
+from ui import cache, keys, widgets
 from ui.text import md
 
 
@@ -17,13 +17,13 @@ def model_loop_controls() -> LoadedModel | None:
     if not st.toggle(
         "Model in the loop: predict every tile",
         value=False,
-        key="aug_model_loop",
+        key=keys.AUG_MODEL_LOOP,
         persist_state="session",
         help="A CIFAR-10 model labels each augmented tile; tiles whose label differs from the label it "
         "gives the original image are flagged in red.",
     ):
         return None
-    key = widgets.cifar_model_select("CIFAR-10 model", "aug_loop_model")
+    key = widgets.cifar_model_select("CIFAR-10 model", keys.AUG_LOOP_MODEL)
     try:
         return cache.get_model(key)
     except CamlibError as error:

@@ -7,7 +7,6 @@ adding, removing or reordering other steps (widget keys carry a step id that nev
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import streamlit as st
@@ -24,12 +23,13 @@ from camlib.augment import (
     pipeline_to_yaml,
 )
 from camlib.errors import CamlibError
+from ui import keys
 from ui.text import md, shorten
 
-STEPS = "aug_steps"
-_STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
-NEXT_ID = "aug_next_id"
-SEED = "aug_seed"
+STEPS = keys.AUG_STEPS
+NEXT_ID = keys.AUG_NEXT_ID
+SEED = keys.AUG_SEED
+SEED_MAX = 2**32 - 1
 
 
 def _hex(colour: Any) -> str:
@@ -55,16 +55,35 @@ def _new_step(
 
 def load_pipeline(pipeline: Pipeline) -> None:
     """Replace the editor's pipeline (default pipeline, or an imported one)."""
-    for key in [k for k in st.session_state if isinstance(k, str) and _STEP_WIDGET.match(k)]:
+    for key in [k for k in st.session_state if isinstance(k, str) and keys.STEP_WIDGET.match(k)]:
         del st.session_state[key]  # old step widgets: their ids are gone
     st.session_state[STEPS] = [_new_step(s.transform, dict(s.params), s.p, s.enabled) for s in pipeline.steps]
     st.session_state[SEED] = int(pipeline.seed)
-    st.session_state["aug_seed_input"] = int(pipeline.seed)
+    st.session_state[keys.AUG_SEED_INPUT] = int(pipeline.seed)
 
 
 def ensure_state() -> None:
     if STEPS not in st.session_state:
         load_pipeline(CIFAR10_TRAIN_PIPELINE)
+
+
+def seed_input(container: Any) -> int:
+    """The seed number input (in ``container``, e.g. a column); the editor's seed follows it. This module is the input's
+    only writer: ``new_samples_button`` moves it on, an imported pipeline sets it (``load_pipeline``)."""
+    ensure_state()
+    st.session_state.setdefault(keys.AUG_SEED_INPUT, st.session_state[SEED])
+    seed = int(container.number_input("Seed", 0, SEED_MAX, key=keys.AUG_SEED_INPUT, persist_state="session"))
+    st.session_state[SEED] = seed
+    return seed
+
+
+def new_samples_button() -> None:
+    """Draw the next seed's samples: the seed input moves on by one (after the last seed, back to 0)."""
+
+    def next_seed() -> None:
+        st.session_state[keys.AUG_SEED_INPUT] = (int(st.session_state[keys.AUG_SEED_INPUT]) + 1) % (SEED_MAX + 1)
+
+    st.button("New samples", key=keys.AUG_NEW_SAMPLES, on_click=next_seed)
 
 
 def current_pipeline() -> Pipeline:
@@ -103,7 +122,7 @@ def _bound(key: str, value: Any) -> None:
 
 
 def _param_widget(step: dict[str, Any], spec: ParamSpec) -> Any:
-    key = f"aug_s{step['id']}_{spec.name}"
+    key = keys.step_widget(step["id"], spec.name)
     value = step["params"].get(spec.name, spec.default)
     label = spec.name
     if spec.kind == "bool":
@@ -145,16 +164,16 @@ def _param_widget(step: dict[str, Any], spec: ParamSpec) -> Any:
 def _step_editor(position: int, step: dict[str, Any], count: int) -> None:
     spec = TRANSFORMS[step["transform"]]
     # The toggle's new value is in session state before the toggle is drawn: use it for the title at once.
-    enabled = st.session_state.get(f"aug_s{step['id']}__enabled", step["enabled"])
+    enabled = st.session_state.get(keys.step_widget(step["id"], "_enabled"), step["enabled"])
     title = "{number}. {transform}" if enabled else "{number}. {transform} (off)"
     with st.expander(md(title, number=position + 1, transform=step["transform"]), expanded=False):
         st.caption(spec.summary)
         on, up, down, remove = st.columns([2, 1, 1, 1])
-        _bound(f"aug_s{step['id']}__enabled", step["enabled"])
-        step["enabled"] = on.toggle("enabled", key=f"aug_s{step['id']}__enabled")
+        _bound(keys.step_widget(step["id"], "_enabled"), step["enabled"])
+        step["enabled"] = on.toggle("enabled", key=keys.step_widget(step["id"], "_enabled"))
         up.button(
             "↑",
-            key=f"aug_s{step['id']}__up",
+            key=keys.step_widget(step["id"], "_up"),
             on_click=_move,
             args=(step["id"], -1),
             disabled=position == 0,
@@ -162,15 +181,17 @@ def _step_editor(position: int, step: dict[str, Any], count: int) -> None:
         )
         down.button(
             "↓",
-            key=f"aug_s{step['id']}__down",
+            key=keys.step_widget(step["id"], "_down"),
             on_click=_move,
             args=(step["id"], 1),
             disabled=position == count - 1,
             help="Move down",
         )
-        remove.button("✕", key=f"aug_s{step['id']}__remove", on_click=_remove, args=(step["id"],), help="Remove")
-        _bound(f"aug_s{step['id']}__p", float(step["p"]))
-        step["p"] = st.slider("p (probability)", 0.0, 1.0, step=0.05, key=f"aug_s{step['id']}__p")
+        remove.button(
+            "✕", key=keys.step_widget(step["id"], "_remove"), on_click=_remove, args=(step["id"],), help="Remove"
+        )
+        _bound(keys.step_widget(step["id"], "_p"), float(step["p"]))
+        step["p"] = st.slider("p (probability)", 0.0, 1.0, step=0.05, key=keys.step_widget(step["id"], "_p"))
         for param in spec.params:
             step["params"][param.name] = _param_widget(step, param)
 
@@ -191,20 +212,20 @@ def pipeline_editor() -> Pipeline:
         "Add a transform",
         [n for names in by_category.values() for n in names],
         format_func=lambda n: f"{n}  ({TRANSFORMS[n].category})",  # options are plain text, never Markdown
-        key="aug_add_choice",
+        key=keys.AUG_ADD_CHOICE,
     )
-    add.button("Add", key="aug_add", on_click=_add, args=("aug_add_choice",), width="stretch")
+    add.button("Add", key=keys.AUG_ADD, on_click=_add, args=(keys.AUG_ADD_CHOICE,), width="stretch")
     return current_pipeline()
 
 
 def import_widget() -> None:
     """Upload an exported pipeline (JSON) to restore the editor; each upload is applied once."""
-    imported = st.file_uploader("Import a pipeline (JSON)", type=["json"], key="aug_import")
-    if imported is None or st.session_state.get("aug_imported_id") == imported.file_id:
+    imported = st.file_uploader("Import a pipeline (JSON)", type=["json"], key=keys.AUG_IMPORT)
+    if imported is None or st.session_state.get(keys.AUG_IMPORTED_ID) == imported.file_id:
         return
     try:
         load_pipeline(pipeline_from_json(imported.getvalue().decode("utf-8", "replace")))
-        st.session_state["aug_imported_id"] = imported.file_id
+        st.session_state[keys.AUG_IMPORTED_ID] = imported.file_id
         st.success(md("Imported {file}.", file=shorten(imported.name)))
     except CamlibError as error:
         st.error(md("Cannot import {file}: {error}", file=shorten(imported.name), error=error))
@@ -215,9 +236,9 @@ def export_widgets(pipeline: Pipeline) -> None:
     try:
         snippet = pipeline_to_python(pipeline)
         a, b, c = st.columns(3)
-        a.download_button("JSON", pipeline_to_json(pipeline), "pipeline.json", "application/json", key="aug_dl_json")
-        b.download_button("YAML", pipeline_to_yaml(pipeline), "pipeline.yaml", "application/yaml", key="aug_dl_yaml")
-        c.download_button("Python", snippet, "pipeline.py", "text/x-python", key="aug_dl_py")
+        a.download_button("JSON", pipeline_to_json(pipeline), "pipeline.json", "application/json", key=keys.AUG_DL_JSON)
+        b.download_button("YAML", pipeline_to_yaml(pipeline), "pipeline.yaml", "application/yaml", key=keys.AUG_DL_YAML)
+        c.download_button("Python", snippet, "pipeline.py", "text/x-python", key=keys.AUG_DL_PY)
         with st.expander("Python snippet"):
             st.code(snippet, language="python")
     except CamlibError as error:

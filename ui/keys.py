@@ -1,0 +1,81 @@
+"""Every ``st.session_state`` key of the app, named once: widget keys and the slots that keep state across reruns.
+
+Each key has one writer, named in its comment; every other module only reads it. Widget groups in ``ui.widgets``
+build their keys from a page prefix (``CAM``, ``AUG``), e.g. ``f"{CAM}_model"``; pipeline step widgets carry their
+step id (``step_widget``). ``tests/test_ui_keys.py`` fails on a key string written anywhere but here.
+"""
+
+from __future__ import annotations
+
+import re
+
+# --- app-wide inputs (the sidebar of every page, through ui.app_inputs) -----------------------------------------------
+DATA_ROOT = "app_data_root"  # ui.app_inputs: the CIFAR-10 data root text input, one for every page
+
+# --- CAM Explorer (pages/cam_explorer.py) ----------------------------------------------------------------------------
+CAM = "cam"  # prefix of ui.widgets' groups on this page: cam_model, cam_last_model, cam_source, cam_alpha...
+CAM_METHOD = "cam_method"  # pages/cam_explorer.py: method selectbox
+CAM_CLASS_MODE = "cam_class_mode"  # pages/cam_explorer.py: top-1 or a chosen class
+CAM_TOP5 = "cam_top5"  # pages/cam_explorer.py: top-k chart
+CAM_MAGNITUDES = "cam_magnitudes"  # pages/cam_explorer.py: layer magnitude chart
+CAM_DETAIL_LAYER = "cam_detail_layer"  # pages/cam_explorer.py: layer of the detailed view and export
+CAM_HEATMAP = "cam_heatmap"  # pages/cam_explorer.py: interactive heatmap
+CAM_LAST_VIEW = "cam_last_view"  # ui.last_good (from the CAM page): the last CAM that worked, with classes and image
+
+
+def cam_layers(model_key: str) -> str:
+    """pages/cam_explorer.py: the target-layer multiselect of one model (a new model gets a fresh widget, so its own
+    suggested layer, without a marker key saying which model the selection belongs to)."""
+    return f"cam_layers:{model_key}"
+
+
+def cam_class(model_key: str) -> str:
+    """pages/cam_explorer.py: the chosen class of one model (a new model starts at its own top-1 class)."""
+    return f"cam_class:{model_key}"
+
+
+# --- Augmentation Lab (pages/augmentation_lab.py, ui.pipeline_editor, ui.model_loop) ----------------------------------
+AUG = "aug"  # prefix of ui.widgets' groups on this page: aug_source, aug_sample, aug_upload, aug_split, aug_download...
+AUG_IMAGES = "aug_images"  # pages/augmentation_lab.py: CIFAR-10 or a photo
+AUG_ROWS = "aug_rows"  # pages/augmentation_lab.py
+AUG_COLS = "aug_cols"  # pages/augmentation_lab.py
+AUG_MODE = "aug_mode"  # pages/augmentation_lab.py: many images or one
+AUG_CLASSES = "aug_classes"  # pages/augmentation_lab.py: class filter
+AUG_IMAGE_INDEX = "aug_image_index"  # pages/augmentation_lab.py: the image in "one" mode
+AUG_SHOW_LABELS = "aug_show_labels"  # pages/augmentation_lab.py
+AUG_TILE = "aug_tile"  # pages/augmentation_lab.py: tile whose applied parameters are shown
+AUG_LAST_DRAWN = "aug_last_drawn"  # ui.last_good (from the Lab): the last grid that worked, drawn (PNGs, summary)
+AUG_LAST_GRID = "aug_last_grid"  # pages/augmentation_lab.py: the grid shown (the last good one after an error)
+AUG_MODEL_LOOP = "aug_model_loop"  # ui.model_loop: model-in-the-loop toggle
+AUG_LOOP_MODEL = "aug_loop_model"  # ui.model_loop: its CIFAR-10 model
+AUG_STEPS = "aug_steps"  # ui.pipeline_editor: the canonical pipeline steps
+AUG_NEXT_ID = "aug_next_id"  # ui.pipeline_editor: next step id
+AUG_SEED = "aug_seed"  # ui.pipeline_editor: the canonical seed
+AUG_SEED_INPUT = "aug_seed_input"  # ui.pipeline_editor: the seed number input (and "New samples", import)
+AUG_NEW_SAMPLES = "aug_new_samples"  # ui.pipeline_editor: button
+AUG_ADD_CHOICE = "aug_add_choice"  # ui.pipeline_editor: transform to add
+AUG_ADD = "aug_add"  # ui.pipeline_editor: button
+AUG_IMPORT = "aug_import"  # ui.pipeline_editor: pipeline JSON uploader
+AUG_IMPORTED_ID = "aug_imported_id"  # ui.pipeline_editor: the upload already applied
+AUG_DL_JSON = "aug_dl_json"  # ui.pipeline_editor: export buttons
+AUG_DL_YAML = "aug_dl_yaml"
+AUG_DL_PY = "aug_dl_py"
+STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
+
+
+def step_widget(step_id: int, name: str) -> str:
+    """ui.pipeline_editor: the widget of one step's parameter (``name``) or control (``_p``, ``_enabled``...)."""
+    return f"aug_s{step_id}_{name}"
+
+
+# --- Misclassifications (pages/misclassifications.py) ----------------------------------------------------------------
+GAL_MODEL = "gal_model"  # pages/misclassifications.py: model selectbox
+GAL_LAST_MODEL = "gal_last_model"  # ui.last_good (from the gallery): the last model that loaded
+GAL_CONFUSION = "gal_confusion"  # pages/misclassifications.py: clickable confusion matrix
+GAL_CLICKED = "gal_clicked"  # pages/misclassifications.py: the click already applied to the filters
+GAL_PER_CLASS = "gal_per_class"  # pages/misclassifications.py: per-class chart
+GAL_TRUE = "gal_true"  # pages/misclassifications.py: true-class filter (also set by a click)
+GAL_PRED = "gal_pred"  # pages/misclassifications.py: predicted-class filter (also set by a click)
+GAL_LAYER = "gal_layer"  # pages/misclassifications.py
+GAL_PAGE = "gal_page"  # pages/misclassifications.py
+GAL_LAST_TILES = "gal_last_tiles"  # ui.last_good (from the gallery): the last page of CAM tiles that worked
