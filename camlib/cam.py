@@ -67,6 +67,7 @@ class LayerEvidence:
         x: ``(B, C_in, H, W)`` the model input as the model saw it.
         targets: the explained class of each image.
         batch_size: inputs per extra forward for "perturbation" methods.
+        progress: call ``progress.step()`` after each extra forward batch (reports progress; may raise to cancel).
     """
 
     activations: torch.Tensor
@@ -75,6 +76,26 @@ class LayerEvidence:
     x: torch.Tensor
     targets: list[int]
     batch_size: int
+    progress: Progress = field(default_factory=lambda: Progress(None, 0))
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Progress:
+    """Counts the extra forward batches of a call and reports ``(done, total)`` to an optional callback.
+
+    The callback runs between batches; an exception it raises (e.g. the page's "this run is superseded") stops the
+    computation there and propagates, after camlib has removed its hooks, restored modes and released the lock.
+    """
+
+    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
+        self.callback, self.total, self.done = callback, total, 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total)
 
 
 RawMap = Callable[[LayerEvidence], torch.Tensor]
@@ -269,6 +290,7 @@ def _scorecam(e: LayerEvidence) -> torch.Tensor:
             maxs = flat.max(dim=1).values[:, None, None]
             masks = (up - mins) / (maxs - mins + 1e-8)
             scores.append(e.model(x[b][None] * masks[:, None])[:, target])
+            e.progress.step()
         weights = torch.softmax(torch.cat(scores), dim=-1)
         raws.append((weights[:, None, None] * acts[b]).sum(dim=0))
     return torch.stack(raws)
@@ -488,6 +510,7 @@ def compute_cams(
     class_idx: int | Sequence[int] | None = None,
     scorecam_batch_size: int = 32,
     layouts: Mapping[str, str] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CamResult:
     """Compute one CAM per requested layer from a single forward (and, for gradient methods, a single backward).
 
@@ -502,6 +525,9 @@ def compute_cams(
         scorecam_batch_size: masked images per forward for Score-CAM (does not change the numbers).
         layouts: optional per-layer layout ("nchw", "nhwc" or "tokens:K"), needed only where the layout is ambiguous
             from the shapes (``camlib.layouts.infer_layout``); by default every layout is inferred.
+        progress: optional ``callback(done, total)`` called after each extra forward batch of a "perturbation"
+            method (Score-CAM: ``total = B * ceil(C / scorecam_batch_size)`` summed over the layers). It may raise to
+            cancel: the exception propagates with hooks removed, modes restored and the model's lock released.
 
     Returns:
         A ``CamResult``; ``raw`` is at the feature map's ``(h, w)`` after any layout reshaping.
@@ -513,6 +539,8 @@ def compute_cams(
     started = time.perf_counter()
     spec = _resolve_method(method)
     model_device = require_model(model)
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
     names = _resolve_layers(model, layers)
     _validate_input(x, scorecam_batch_size)
     if x.device.type == "meta":
@@ -536,11 +564,13 @@ def compute_cams(
         for name in names:
             _check_finite(f"the activations of layer {name!r}", values[name])
         grads = _gradients(logits, targets, capture, names, feature_layouts) if spec.uses_gradients else {}
+        batches = sum(len(targets) * -(-values[name].shape[1] // scorecam_batch_size) for name in names)
+        counter = Progress(progress, batches if spec.family == "perturbation" else 0)
         # Perturbation methods run more forwards: they stay inside the guard (eval mode, no other session's hooks).
         with torch.inference_mode(False), torch.no_grad():
             raws = {
                 name: spec.raw_map(LayerEvidence(values[name], grads.get(name), model, xin.detach(), targets,
-                                                 scorecam_batch_size))
+                                                 scorecam_batch_size, counter))
                 for name in names
             }
 

@@ -45,6 +45,7 @@ from camlib.errors import (
     MethodError,
     NonFiniteError,
 )
+from camlib.guard import model_lock
 from camlib.layers import list_candidate_layers
 
 ATOL = 1e-5  # on maps in [0, 1]
@@ -1322,3 +1323,60 @@ def test_shared_scale_maps_without_any_evidence_are_zeros():
     for layer, shared in shared_scale_maps(result).items():
         assert result.degenerate[layer].all()
         assert np.isfinite(shared).all() and (shared == 0).all()
+
+
+# --- progress and cancellation of long methods (issue 11, bad-inputs row 68) ---------------------------------------
+
+class _Cancelled(Exception):
+    pass
+
+
+def test_scorecam_reports_progress_per_batch_and_gradient_methods_report_nothing(small_resnet, x64):
+    calls: list[tuple[int, int]] = []
+    result = compute_cams(small_resnet, x64[:1], ["layer1", "layer2"], method="scorecam", scorecam_batch_size=16,
+                          progress=lambda done, total: calls.append((done, total)))
+    total = 64 // 16 + 128 // 16  # one image: ceil(C / batch) forwards per layer
+    assert calls == [(k, total) for k in range(1, total + 1)]
+    same = compute_cams(small_resnet, x64[:1], ["layer1", "layer2"], method="scorecam", scorecam_batch_size=16)
+    _assert_same_result(result, same)
+    quiet: list[tuple[int, int]] = []
+    compute_cams(small_resnet, x64, ["layer2"], method="gradcam", progress=lambda *a: quiet.append(a))
+    assert quiet == []
+
+
+def test_a_raising_callback_cancels_scorecam_within_one_batch_and_leaves_the_model_clean(snapshot, x64):
+    """The callback raises at the 3rd batch: no 4th forward runs, the exception propagates, and the model has no
+    hooks, its modes, grads and state, and its lock is free for another thread at once."""
+    model = mixed_state(seeded_resnet18())
+    before = snapshot(model)
+    forwards: list[int] = []
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+
+    def cancel(done: int, _total: int) -> None:
+        if done == 3:
+            raise _Cancelled
+
+    try:
+        with pytest.raises(_Cancelled):
+            compute_cams(model, x64[:1], ["layer1"], method="scorecam", scorecam_batch_size=8, progress=cancel)
+    finally:
+        handle.remove()
+    assert len(forwards) == 1 + 3  # the hooked forward, then exactly three masked batches
+    before.assert_unchanged()
+    acquired = []
+
+    def try_lock() -> None:
+        lock = model_lock(model)
+        acquired.append(lock.acquire(timeout=5))
+        if acquired[-1]:
+            lock.release()
+
+    thread = threading.Thread(target=try_lock)
+    thread.start()
+    thread.join()
+    assert acquired == [True]
+
+
+def test_progress_must_be_callable(small_resnet, x64):
+    with pytest.raises(CamlibError, match="progress"):
+        compute_cams(small_resnet, x64, ["layer3"], progress=5)
