@@ -42,30 +42,9 @@ with controls:
     st.caption(md("{paper}. Cost: {cost}.", paper=METHODS[method].paper, cost=METHODS[method].cost))
 
     by_name = {c.name: c for c in candidates}
-    layers = st.multiselect(
-        "Target layers (one pass for all)",
-        list(by_name),
-        default=[default_layer(candidates, loaded.spec.default_layers).name],
-        format_func=lambda n: f"{n}  [{by_name[n].shape_label}]",
-        key=keys.cam_layers(model_key),  # a new model gets its own widget: its suggested layer
-        persist_state="session",
+    layers = widgets.layer_picker(
+        candidates, default=default_layer(candidates, loaded.spec.default_layers).name, key=keys.cam_layers(model_key)
     )
-    for name in layers:
-        if by_name[name].warning:
-            st.warning(md("{name}: {warning}", name=name, warning=by_name[name].warning))
-    with st.expander(md("Layer inspector ({count} candidate layers)", count=len(candidates))):
-        st.dataframe(
-            [
-                {"layer": c.name, "type": c.type_name, "output (C x H x W)": c.shape_label, "note": c.warning or ""}
-                for c in candidates
-            ],
-            hide_index=True,
-            height=300,
-        )
-        st.caption(
-            "Modules with a 4-D output that run once per forward pass, in forward order. Suggested: the last "
-            "layer whose map is at least 7x7."
-        )
 
     try:
         probabilities, failed = cache.predict(model_key, image.pixels), None

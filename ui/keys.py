@@ -24,8 +24,8 @@ CAM_LAST_VIEW = "cam_last_view"  # ui.last_good (from the CAM page): the last CA
 
 
 def cam_layers(model_key: str) -> str:
-    """pages/cam_explorer.py: the target-layer multiselect of one model (a new model gets a fresh widget, so its own
-    suggested layer, without a marker key saying which model the selection belongs to)."""
+    """ui.widgets.layer_picker (on the CAM page): the target-layer multiselect of one model. A new model gets a fresh
+    widget, so its own suggested layer, without a marker key saying which model the selection belongs to."""
     return f"cam_layers:{model_key}"
 
 

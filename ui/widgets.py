@@ -13,6 +13,7 @@ from camlib.cifar import CifarData, detect_source
 from camlib.drawing import npy_bytes, png_bytes
 from camlib.errors import CamlibError, WeightsUnavailableError
 from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
+from camlib.layers import LayerInfo
 from camlib.models import (
     DEFAULT_CIFAR_MODEL,
     DEFAULT_MODEL,
@@ -205,6 +206,38 @@ def cifar_input(root: str, prefix: str) -> CifarData | None:
     if root:
         downloads.cifar_download_button(root, key=f"{prefix}_download")
     return None
+
+
+def layer_picker(candidates: list[LayerInfo], *, default: str, key: str) -> list[str]:
+    """Target layers (a multiselect starting at ``default``), a warning per chosen layer that has one, and the layer
+    inspector (every candidate's type, output shape and note). ``key`` carries the model, so a new model gets its own
+    widget and its own suggested layer."""
+    by_name = {c.name: c for c in candidates}
+    layers = st.multiselect(
+        "Target layers (one pass for all)",
+        list(by_name),
+        default=[default],
+        format_func=lambda n: f"{n}  [{by_name[n].shape_label}]",
+        key=key,
+        persist_state="session",
+    )
+    for name in layers:
+        if by_name[name].warning:
+            st.warning(md("{name}: {warning}", name=name, warning=by_name[name].warning))
+    with st.expander(md("Layer inspector ({count} candidate layers)", count=len(candidates))):
+        st.dataframe(
+            [
+                {"layer": c.name, "type": c.type_name, "output (C x H x W)": c.shape_label, "note": c.warning or ""}
+                for c in candidates
+            ],
+            hide_index=True,
+            height=300,
+        )
+        st.caption(
+            "Modules with a 4-D output that run once per forward pass, in forward order. Suggested: the last "
+            "layer whose map is at least 7x7."
+        )
+    return layers
 
 
 def overlay_controls(prefix: str) -> OverlaySettings:
