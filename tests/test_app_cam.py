@@ -247,3 +247,15 @@ def test_checkpoint_store_is_bounded_by_bytes_and_a_rerun_does_not_reload(monkey
         assert list(store) == [first]
     finally:
         store.clear()
+
+
+@pytest.mark.bad_input(64)
+def test_layer_inspector_shows_each_layers_feature_map_and_layout(app: AppTest) -> None:
+    """The inspector table: the true C x H x W and how the output was read (all channels-first for the default
+    EfficientNet-Lite0; the channels-last and token readings are tested on ConvNeXt, Swin, ViT and DeiT in
+    tests/test_layers.py)."""
+    table = app.dataframe[0].value
+    assert {"layer", "type", "feature map (C x H x W)", "layout", "note"} <= set(table.columns)
+    bn2 = table[table["layer"] == "bn2"].iloc[0]
+    assert bn2["feature map (C x H x W)"] == "1280 x 7 x 7"
+    assert bn2["layout"] == "channels-first (B, C, H, W)"
