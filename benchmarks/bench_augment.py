@@ -50,14 +50,16 @@ PAGE_RERUN_TARGET_MS = 150.0  # a slider change should redraw an 8x8 grid "at on
 
 def torchvision_pipeline() -> v2.Compose:
     """torchvision.transforms.v2 equivalent of ``CIFAR10_TRAIN_PIPELINE``."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomCrop(32, padding=4),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomApply([v2.RandomAffine(degrees=15, translate=(0.0625, 0.0625), scale=(0.9, 1.1))], p=0.5),
-        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05)], p=0.8),
-        v2.RandomErasing(p=0.5, scale=(0.0625, 0.0625), ratio=(1.0, 1.0), value=0),  # 64/1024 px = one 8x8 square
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomCrop(32, padding=4),
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomApply([v2.RandomAffine(degrees=15, translate=(0.0625, 0.0625), scale=(0.9, 1.1))], p=0.5),
+            v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05)], p=0.8),
+            v2.RandomErasing(p=0.5, scale=(0.0625, 0.0625), ratio=(1.0, 1.0), value=0),  # 64/1024 px = one 8x8 square
+        ]
+    )
 
 
 def images_per_second(apply: Callable[[np.ndarray], object], images: np.ndarray, repeats: int) -> float:
@@ -133,8 +135,10 @@ def main() -> None:
     load_s = time.perf_counter() - start
     images = data.images
     print(f"CIFAR-10 test split: {len(images):,} images from {data.root} ({data.source}), loaded in {load_s:.2f} s")
-    print(f"albumentations {A.__version__}, torchvision {torchvision.__version__}, torch {torch.__version__}, "
-          f"opencv {cv2.__version__}; 1 thread each, best of {args.repeats} passes\n")
+    print(
+        f"albumentations {A.__version__}, torchvision {torchvision.__version__}, torch {torch.__version__}, "
+        f"opencv {cv2.__version__}; 1 thread each, best of {args.repeats} passes\n"
+    )
 
     album = build_pipeline(CIFAR10_TRAIN_PIPELINE)
     tv = torchvision_pipeline()
@@ -143,9 +147,11 @@ def main() -> None:
     album_rate = images_per_second(lambda image: album(image=image)["image"], images, args.repeats)
     tv_rate = images_per_second(tv, images, args.repeats)
 
-    rows = [("albumentations (camlib.augment)", f"{album_rate:,.0f}"),
-            ("torchvision.transforms.v2", f"{tv_rate:,.0f}"),
-            ("ratio albumentations / torchvision", f"{album_rate / tv_rate:.2f}x")]
+    rows = [
+        ("albumentations (camlib.augment)", f"{album_rate:,.0f}"),
+        ("torchvision.transforms.v2", f"{tv_rate:,.0f}"),
+        ("ratio albumentations / torchvision", f"{album_rate / tv_rate:.2f}x"),
+    ]
     width = max(len(name) for name, _ in rows)
     print(f"{'pipeline':<{width}}  {'images/s':>10}")
     print(f"{'-' * width}  {'-' * 10}")
@@ -155,20 +161,31 @@ def main() -> None:
     grid_ms = median_ms(lambda: augment_grid(images, CIFAR10_TRAIN_PIPELINE, rows=8, cols=8, seed=1), args.grid_runs)
     tiles = augment_grid(images, CIFAR10_TRAIN_PIPELINE, rows=8, cols=8, seed=1).tiles
     tile_ms = median_ms(lambda: tile_grid(tiles, 8, 8, scale=4, pad=2), args.grid_runs)
-    print(f"\naugment_grid 8x8 (CIFAR10_TRAIN_PIPELINE, Compose built per call): {grid_ms:.1f} ms "
-          f"(median of {args.grid_runs})")
-    print(f"tile_grid 8x8 at scale 4 ({tile_grid(tiles, 8, 8, scale=4, pad=2).shape[1]} px wide): {tile_ms:.2f} ms "
-          f"(median of {args.grid_runs})")
+    print(
+        f"\naugment_grid 8x8 (CIFAR10_TRAIN_PIPELINE, Compose built per call): {grid_ms:.1f} ms "
+        f"(median of {args.grid_runs})"
+    )
+    print(
+        f"tile_grid 8x8 at scale 4 ({tile_grid(tiles, 8, 8, scale=4, pad=2).shape[1]} px wide): {tile_ms:.2f} ms "
+        f"(median of {args.grid_runs})"
+    )
 
     if args.page_runs > 0:
         rerun_ms, drawn_ms = page_rerun_ms(args.page_runs)
         verdict = "met" if rerun_ms <= PAGE_RERUN_TARGET_MS else "MISSED"
-        latency = [("Augmentation Lab rerun, 8x8 grid (whole script, AppTest)", f"{rerun_ms:.1f}",
-                    f"<= {PAGE_RERUN_TARGET_MS:.0f} ({verdict})"),
-                   ("  of which grid augmented and drawn (page's own caption)", f"{drawn_ms:.0f}", "")]
+        latency = [
+            (
+                "Augmentation Lab rerun, 8x8 grid (whole script, AppTest)",
+                f"{rerun_ms:.1f}",
+                f"<= {PAGE_RERUN_TARGET_MS:.0f} ({verdict})",
+            ),
+            ("  of which grid augmented and drawn (page's own caption)", f"{drawn_ms:.0f}", ""),
+        ]
         width = max(len(name) for name, _, _ in latency)
-        print(f"\n{'page (median of ' + str(args.page_runs) + ' reruns, slider moved each time)':<{width}}  "
-              f"{'ms':>7}  target ms")
+        print(
+            f"\n{'page (median of ' + str(args.page_runs) + ' reruns, slider moved each time)':<{width}}  "
+            f"{'ms':>7}  target ms"
+        )
         print(f"{'-' * width}  {'-' * 7}  {'-' * 14}")
         for name, value, target in latency:
             print(f"{name:<{width}}  {value:>7}  {target}".rstrip())

@@ -30,8 +30,10 @@ from camlib.device import default_device  # noqa: E402
 
 CASES = {
     "resnet18": (lambda: torchvision.models.resnet18(weights=None), ["layer1", "layer2", "layer3", "layer4"]),
-    "efficientnet_lite0": (lambda: timm.create_model("efficientnet_lite0", pretrained=False),
-                           ["blocks.2", "blocks.4", "blocks.5", "bn2"]),
+    "efficientnet_lite0": (
+        lambda: timm.create_model("efficientnet_lite0", pretrained=False),
+        ["blocks.2", "blocks.4", "blocks.5", "bn2"],
+    ),
 }
 
 
@@ -78,13 +80,17 @@ def bench(name: str, repeats: int, device: torch.device) -> dict[str, float]:
     assert worst < 1e-5, f"{name}: maps differ from pytorch-grad-cam by {worst}"
     model.zero_grad(set_to_none=True)  # pytorch-grad-cam's backward() filled .grad
 
-    medians = interleaved_medians({
-        "forward": forward,
-        "camlib_1": lambda: compute_cams(model, x, layers[-1:]),
-        "camlib_4": lambda: compute_cams(model, x, layers),
-        "pgc_1": lambda: pgc(layers[-1:]),
-        "pgc_4": lambda: pgc(layers),
-    }, repeats, device)
+    medians = interleaved_medians(
+        {
+            "forward": forward,
+            "camlib_1": lambda: compute_cams(model, x, layers[-1:]),
+            "camlib_4": lambda: compute_cams(model, x, layers),
+            "pgc_1": lambda: pgc(layers[-1:]),
+            "pgc_4": lambda: pgc(layers),
+        },
+        repeats,
+        device,
+    )
     return medians | {"max_abs_diff": worst}
 
 
@@ -96,17 +102,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = default_device()
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats} "
-          "input=1x3x224x224, Grad-CAM, median ms")
-    header = (f"{'model':<20}{'forward':>9}{'camlib 1L':>11}{'camlib 4L':>11}{'pgc 1L':>9}{'pgc 4L':>9}"
-              f"{'pgc4/cam4':>11}{'cam4/fwd':>10}{'pgc1/cam1':>11}{'max|diff|':>11}")
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats} "
+        "input=1x3x224x224, Grad-CAM, median ms"
+    )
+    header = (
+        f"{'model':<20}{'forward':>9}{'camlib 1L':>11}{'camlib 4L':>11}{'pgc 1L':>9}{'pgc 4L':>9}"
+        f"{'pgc4/cam4':>11}{'cam4/fwd':>10}{'pgc1/cam1':>11}{'max|diff|':>11}"
+    )
     print(header)
     print("-" * len(header))
     for name in CASES:
         r = bench(name, args.repeats, device)
-        print(f"{name:<20}{r['forward']:>9.1f}{r['camlib_1']:>11.1f}{r['camlib_4']:>11.1f}{r['pgc_1']:>9.1f}"
-              f"{r['pgc_4']:>9.1f}{r['pgc_4'] / r['camlib_4']:>10.1f}x{r['camlib_4'] / r['forward']:>9.2f}x"
-              f"{r['pgc_1'] / r['camlib_1']:>10.1f}x{r['max_abs_diff']:>11.1e}")
+        print(
+            f"{name:<20}{r['forward']:>9.1f}{r['camlib_1']:>11.1f}{r['camlib_4']:>11.1f}{r['pgc_1']:>9.1f}"
+            f"{r['pgc_4']:>9.1f}{r['pgc_4'] / r['camlib_4']:>10.1f}x{r['camlib_4'] / r['forward']:>9.2f}x"
+            f"{r['pgc_1'] / r['camlib_1']:>10.1f}x{r['max_abs_diff']:>11.1e}"
+        )
     print("targets: pgc4/cam4 >= 5x (camlib's 4 maps vs pytorch-grad-cam's 4 calls); cam4/fwd <= 2x")
 
 

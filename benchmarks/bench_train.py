@@ -76,8 +76,9 @@ def rates(times: list[float], batch: int) -> tuple[float, float]:
     return batch / statistics.median(times), batch / min(times)
 
 
-def bench_arch(arch: str, images: np.ndarray, labels: np.ndarray, pipeline: Pipeline, *, warmup: int, steps: int,
-               infer_steps: int) -> list[tuple[str, str, int, float, float]]:
+def bench_arch(
+    arch: str, images: np.ndarray, labels: np.ndarray, pipeline: Pipeline, *, warmup: int, steps: int, infer_steps: int
+) -> list[tuple[str, str, int, float, float]]:
     """Rows ``(arch, mode, timed steps, median images/s, best images/s)`` for one architecture."""
     torch.manual_seed(0)
     model = build_cifar_model(arch)
@@ -107,12 +108,14 @@ def bench_arch(arch: str, images: np.ndarray, labels: np.ndarray, pipeline: Pipe
     def infer(i: int) -> None:
         model.eval()
         start = (i * INFER_BATCH) % max(1, len(images) - INFER_BATCH + 1)
-        model(normalize_batch(torch.from_numpy(images[start:start + INFER_BATCH]))).argmax(dim=1)
+        model(normalize_batch(torch.from_numpy(images[start : start + INFER_BATCH]))).argmax(dim=1)
 
     rows = []
-    for mode, step, count, batch in (("train", plain, steps, TRAIN_BATCH),
-                                     ("train + augmentation", augmented, steps, TRAIN_BATCH),
-                                     ("inference (eval, inference_mode)", infer, infer_steps, INFER_BATCH)):
+    for mode, step, count, batch in (
+        ("train", plain, steps, TRAIN_BATCH),
+        ("train + augmentation", augmented, steps, TRAIN_BATCH),
+        ("inference (eval, inference_mode)", infer, infer_steps, INFER_BATCH),
+    ):
         times = timed(step, warmup if mode != "inference (eval, inference_mode)" else 1, count)
         rows.append((arch, f"{mode}, batch {batch}", count, *rates(times, batch)))
         print(f"  {arch:<15} {mode:<34} done", file=sys.stderr, flush=True)
@@ -141,31 +144,56 @@ def main() -> None:
 
     jobs = background_training_jobs()
     load1, load5, _ = os.getloadavg()
-    print(f"CIFAR-10 train split: {len(data.images):,} images from {data.root} ({data.source}), "
-          f"loaded in {load_s:.1f} s")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch threads {torch.get_num_threads()}, device cpu; pipeline {args.augment}")
+    print(
+        f"CIFAR-10 train split: {len(data.images):,} images from {data.root} ({data.source}), loaded in {load_s:.1f} s"
+    )
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch threads {torch.get_num_threads()}, device cpu; pipeline {args.augment}"
+    )
     print(f"load average {load1:.2f} (1 min), {load5:.2f} (5 min)")
     if jobs:
-        print("NOTE: competing with a background training job on the same cores, so these numbers are lower "
-              "than an idle machine's:")
+        print(
+            "NOTE: competing with a background training job on the same cores, so these numbers are lower "
+            "than an idle machine's:"
+        )
         for job in jobs:
             print(f"  {job}")
     print()
 
-    rows = bench_arch("resnet20", data.images, data.labels, pipeline, warmup=args.warmup, steps=args.steps,
-                      infer_steps=args.infer_steps)
+    rows = bench_arch(
+        "resnet20",
+        data.images,
+        data.labels,
+        pipeline,
+        warmup=args.warmup,
+        steps=args.steps,
+        infer_steps=args.infer_steps,
+    )
     if args.r18_steps > 0:
-        rows += bench_arch("resnet18_cifar", data.images, data.labels, pipeline, warmup=1, steps=args.r18_steps,
-                           infer_steps=max(1, args.r18_steps // 2))
+        rows += bench_arch(
+            "resnet18_cifar",
+            data.images,
+            data.labels,
+            pipeline,
+            warmup=1,
+            steps=args.r18_steps,
+            infer_steps=max(1, args.r18_steps // 2),
+        )
 
     # augmentation alone, on the same thread, per batch of 128 (for reference: what it adds to each step)
     def augment_only(i: int) -> None:
         k = i % (len(data.images) // TRAIN_BATCH)
         augment_epoch(data.images, np.arange(k * TRAIN_BATCH, (k + 1) * TRAIN_BATCH), pipeline, seed=i)
 
-    rows.append(("-", f"augmentation only, batch {TRAIN_BATCH}", args.steps,
-                 *rates(timed(augment_only, 2, args.steps), TRAIN_BATCH)))
+    rows.append(
+        (
+            "-",
+            f"augmentation only, batch {TRAIN_BATCH}",
+            args.steps,
+            *rates(timed(augment_only, 2, args.steps), TRAIN_BATCH),
+        )
+    )
 
     header = ("model", "mode", "steps", "img/s median", "img/s best")
     table = [header] + [(a, m, str(s), f"{med:,.0f}", f"{best:,.0f}") for a, m, s, med, best in rows]
@@ -175,8 +203,10 @@ def main() -> None:
         if i == 0:
             print("  ".join("-" * w for w in widths))
     epoch = next(med for a, m, _, med, _ in rows if a == "resnet20" and m.startswith("train + augmentation"))
-    print(f"\nAt the median train + augmentation rate, one ResNet-20 epoch of 50,000 images takes "
-          f"{50_000 / epoch / 60:.1f} min on this machine now.")
+    print(
+        f"\nAt the median train + augmentation rate, one ResNet-20 epoch of 50,000 images takes "
+        f"{50_000 / epoch / 60:.1f} min on this machine now."
+    )
 
 
 if __name__ == "__main__":

@@ -87,11 +87,16 @@ def batchnorm_log_ratios(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[t
     def record(name: str, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...]) -> None:
         var, mean = (t.double() for t in torch.var_mean(inputs[0].detach(), dim=(0, 2, 3), correction=0))
         running_mean, running_var = module.running_mean.double(), module.running_var.double()
-        found[name] = (torch.log((var + module.eps) / (running_var + module.eps)),
-                       (mean - running_mean) / torch.sqrt(running_var + module.eps))
+        found[name] = (
+            torch.log((var + module.eps) / (running_var + module.eps)),
+            (mean - running_mean) / torch.sqrt(running_var + module.eps),
+        )
 
-    handles = [module.register_forward_pre_hook(lambda m, i, n=name: record(n, m, i))
-               for name, module in model.named_modules() if isinstance(module, nn.BatchNorm2d)]
+    handles = [
+        module.register_forward_pre_hook(lambda m, i, n=name: record(n, m, i))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.BatchNorm2d)
+    ]
     try:
         with torch.no_grad():
             model(x)
@@ -131,7 +136,7 @@ def tf_eval_resize(image: np.ndarray, size: int = 224, crop_fraction: float = 0.
     h, w = image.shape[:2]
     side = int(crop_fraction * min(h, w))
     top, left = (h - side + 1) // 2, (w - side + 1) // 2
-    window = torch.from_numpy(np.array(image[top:top + side, left:left + side])).permute(2, 0, 1)[None].float()
+    window = torch.from_numpy(np.array(image[top : top + side, left : left + side])).permute(2, 0, 1)[None].float()
     return F.interpolate(window, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 255)[0]
 
 
@@ -141,10 +146,20 @@ def model_inputs(images: list[np.ndarray], preprocessing: Preprocessing, resize:
     if resize == "bilinear":  # what camlib does
         return torch.cat([prepare_input(image, preprocessing).tensor for image in images])
     if resize == "bicubic":
-        pixels = torch.stack([TVF.center_crop(TVF.resize(torch.from_numpy(np.array(image)).permute(2, 0, 1),
-                                                         [preprocessing.resize], TVF.InterpolationMode.BICUBIC,
-                                                         antialias=True), [preprocessing.crop] * 2)
-                              for image in images]).float()
+        pixels = torch.stack(
+            [
+                TVF.center_crop(
+                    TVF.resize(
+                        torch.from_numpy(np.array(image)).permute(2, 0, 1),
+                        [preprocessing.resize],
+                        TVF.InterpolationMode.BICUBIC,
+                        antialias=True,
+                    ),
+                    [preprocessing.crop] * 2,
+                )
+                for image in images
+            ]
+        ).float()
     else:
         pixels = torch.stack([tf_eval_resize(image, preprocessing.crop) for image in images])
     mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
@@ -162,21 +177,28 @@ def main() -> None:
     geometry = MODELS["efficientnet_lite0"].preprocessing
     imagenet = replace(geometry, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     tf_lite = replace(geometry, mean=TF_LITE_MEAN, std=TF_LITE_STD)
-    archs = {"timm efficientnet_lite0": ("efficientnet_lite0", {}),
-             "timm efficientnet_lite0, BN eps 1e-3": ("efficientnet_lite0", {"bn_eps": 1e-3}),
-             "timm tf_efficientnet_lite0": ("tf_efficientnet_lite0", {})}
+    archs = {
+        "timm efficientnet_lite0": ("efficientnet_lite0", {}),
+        "timm efficientnet_lite0, BN eps 1e-3": ("efficientnet_lite0", {"bn_eps": 1e-3}),
+        "timm tf_efficientnet_lite0": ("tf_efficientnet_lite0", {}),
+    }
     candidates = [(arch, norm, "bilinear") for arch in archs for norm in ("ImageNet mean/std", "(x - 127) / 128")]
     candidates += [("timm tf_efficientnet_lite0", "(x - 127) / 128", resize) for resize in ("bicubic", "TF bicubic")]
     photos = [load_sample(name) for name in SAMPLES]
     data = load_cifar10(default_root(), "test")
-    keep = [i for group in CIFAR10_IMAGENET_CLASSES
-            for i in np.flatnonzero(data.labels == CLASS_NAMES.index(group))[:args.per_class]]
+    keep = [
+        i
+        for group in CIFAR10_IMAGENET_CLASSES
+        for i in np.flatnonzero(data.labels == CLASS_NAMES.index(group))[: args.per_class]
+    ]
     cifar_images, cifar_labels = data.images[keep], [CLASS_NAMES[data.labels[i]] for i in keep]
     names = imagenet_class_names()
     print(f"{len(photos)} sample photos; {len(keep)} CIFAR-10 test images ({args.per_class} per class)\n")
-    print("| architecture | normalisation | resize | first BN: median var / running_var | all BNs: median "
-          "\\|log var ratio\\| | all BNs: median \\|mean offset\\| / sd | CIFAR top-1 in group | CIFAR 9-way | "
-          "CIFAR group NLL | sample photos' top-1 |")
+    print(
+        "| architecture | normalisation | resize | first BN: median var / running_var | all BNs: median "
+        "\\|log var ratio\\| | all BNs: median \\|mean offset\\| / sd | CIFAR top-1 in group | CIFAR 9-way | "
+        "CIFAR group NLL | sample photos' top-1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     models_built: dict[str, nn.Module] = {}
     for arch_name, norm_name, resize in candidates:
@@ -191,15 +213,23 @@ def main() -> None:
         with torch.no_grad():
             top = [names[int(k)] for k in model(x).argmax(1)]
             if resize == "bilinear":
-                logits = torch.cat([model(prepare_batch(cifar_images[i:i + 100], preprocessing))
-                                    for i in range(0, len(keep), 100)])
+                logits = torch.cat(
+                    [model(prepare_batch(cifar_images[i : i + 100], preprocessing)) for i in range(0, len(keep), 100)]
+                )
             else:
-                logits = torch.cat([model(model_inputs(list(cifar_images[i:i + 100]), preprocessing, resize))
-                                    for i in range(0, len(keep), 100)])
+                logits = torch.cat(
+                    [
+                        model(model_inputs(list(cifar_images[i : i + 100]), preprocessing, resize))
+                        for i in range(0, len(keep), 100)
+                    ]
+                )
         in_group, nine_way, nll = superclass_scores(logits, cifar_labels)
-        print(f"| {arch_name} | {norm_name} | {resize} | {float(first_log.exp().median()):.2f} | "
-              f"{np.median(per_layer):.3f} | {np.median(offsets):.3f} | {in_group:.1%} | {nine_way:.1%} | {nll:.2f} | "
-              f"{', '.join(top)} |", flush=True)
+        print(
+            f"| {arch_name} | {norm_name} | {resize} | {float(first_log.exp().median()):.2f} | "
+            f"{np.median(per_layer):.3f} | {np.median(offsets):.3f} | {in_group:.1%} | {nine_way:.1%} | {nll:.2f} | "
+            f"{', '.join(top)} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -192,19 +192,30 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # One registered function per method: A = activations, g = gradients, both (B, C, h, w); sums run over channels c and
 # positions (i, j). Constants follow pytorch-grad-cam 1.5.7 (shared docs: cam-reference.md) so the numbers match.
 
+
 def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
     return (weights[:, :, None, None] * acts).sum(dim=1)
 
 
-@register_method("gradcam", label="Grad-CAM", paper="Selvaraju et al., ICCV 2017, arXiv:1610.02391",
-                 family="gradient", cost="1 forward + 1 backward")
+@register_method(
+    "gradcam",
+    label="Grad-CAM",
+    paper="Selvaraju et al., ICCV 2017, arXiv:1610.02391",
+    family="gradient",
+    cost="1 forward + 1 backward",
+)
 def _gradcam(e: LayerEvidence) -> torch.Tensor:
     """Grad-CAM: ``sum_c w_c A_c`` with ``w_c = mean_ij g_cij`` (Selvaraju et al. 2017, eq. 1-2, before the ReLU)."""
     return _weighted_sum(e.gradients.mean(dim=(2, 3)), e.activations)
 
 
-@register_method("gradcam++", label="Grad-CAM++", paper="Chattopadhyay et al., WACV 2018, arXiv:1710.11063",
-                 family="gradient", cost="1 forward + 1 backward")
+@register_method(
+    "gradcam++",
+    label="Grad-CAM++",
+    paper="Chattopadhyay et al., WACV 2018, arXiv:1710.11063",
+    family="gradient",
+    cost="1 forward + 1 backward",
+)
 def _gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
     """Grad-CAM++: ``w_c = sum_ij alpha_cij relu(g_cij)`` with ``alpha = g^2 / (2 g^2 + sum_ij(A) g^3)`` (eq. 19 of
     Chattopadhyay et al. 2018 with exp(S) replaced by its gradients, as pytorch-grad-cam does; 1e-6 in the
@@ -218,8 +229,13 @@ def _gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum((torch.relu(grads) * alpha).sum(dim=(2, 3)), acts)
 
 
-@register_method("xgradcam", label="XGrad-CAM", paper="Fu et al., BMVC 2020, arXiv:2008.02312",
-                 family="gradient", cost="1 forward + 1 backward")
+@register_method(
+    "xgradcam",
+    label="XGrad-CAM",
+    paper="Fu et al., BMVC 2020, arXiv:2008.02312",
+    family="gradient",
+    cost="1 forward + 1 backward",
+)
 def _xgradcam(e: LayerEvidence) -> torch.Tensor:
     """XGrad-CAM: ``w_c = sum_ij (A_cij / (sum_ij A_cij + 1e-7)) g_cij`` (Fu et al. 2020, eq. 12)."""
     acts = e.activations
@@ -227,22 +243,33 @@ def _xgradcam(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum((e.gradients * acts / (sum_acts + 1e-7)).sum(dim=(2, 3)), acts)
 
 
-@register_method("hirescam", label="HiResCAM", paper="Draelos & Carin, 2020, arXiv:2011.08891",
-                 family="gradient", cost="1 forward + 1 backward")
+@register_method(
+    "hirescam",
+    label="HiResCAM",
+    paper="Draelos & Carin, 2020, arXiv:2011.08891",
+    family="gradient",
+    cost="1 forward + 1 backward",
+)
 def _hirescam(e: LayerEvidence) -> torch.Tensor:
     """HiResCAM: ``sum_c g_c * A_c`` element-wise, no spatial averaging of the gradients (Draelos & Carin 2020)."""
     return (e.gradients * e.activations).sum(dim=1)
 
 
-@register_method("layercam", label="LayerCAM", paper="Jiang et al., IEEE TIP 2021",
-                 family="gradient", cost="1 forward + 1 backward")
+@register_method(
+    "layercam", label="LayerCAM", paper="Jiang et al., IEEE TIP 2021", family="gradient", cost="1 forward + 1 backward"
+)
 def _layercam(e: LayerEvidence) -> torch.Tensor:
     """LayerCAM: ``sum_c relu(g_c) * A_c`` element-wise (Jiang et al. 2021, eq. 5)."""
     return (torch.relu(e.gradients) * e.activations).sum(dim=1)
 
 
-@register_method("eigencam", label="Eigen-CAM", paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299",
-                 family="activation", cost="1 forward + an SVD per image")
+@register_method(
+    "eigencam",
+    label="Eigen-CAM",
+    paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299",
+    family="activation",
+    cost="1 forward + an SVD per image",
+)
 def _eigencam(e: LayerEvidence) -> torch.Tensor:
     """Eigen-CAM: the activations projected on their first principal component (``eigen_projection``)."""
     return eigen_projection(e.activations)
@@ -272,8 +299,13 @@ def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).float()
 
 
-@register_method("scorecam", label="Score-CAM", paper="Wang et al., CVPR-W 2020, arXiv:1910.01279",
-                 family="perturbation", cost="1 forward + one forward per channel (slow)")
+@register_method(
+    "scorecam",
+    label="Score-CAM",
+    paper="Wang et al., CVPR-W 2020, arXiv:1910.01279",
+    family="perturbation",
+    cost="1 forward + one forward per channel (slow)",
+)
 def _scorecam(e: LayerEvidence) -> torch.Tensor:
     """Score-CAM: ``sum_c w_c A_c`` with ``w = softmax_c(score(x * norm(up(A_c))))`` (Wang et al. 2020, eq. 4-6),
     numerically as pytorch-grad-cam: masks upsampled with ``align_corners=True``, min-max normalised with 1e-8."""
@@ -297,6 +329,7 @@ def _scorecam(e: LayerEvidence) -> torch.Tensor:
 
 
 # --- validation ----------------------------------------------------------------------------------------------------
+
 
 def _resolve_method(method: str) -> MethodSpec:
     spec = METHODS.get(method) if isinstance(method, str) else None
@@ -434,8 +467,9 @@ def _check_finite(what: str, tensor: torch.Tensor) -> None:
         raise NonFiniteError(f"the model produced non-finite values (NaN or Inf) in {what}; the CAM cannot be drawn")
 
 
-def _forward(model: nn.Module, x: torch.Tensor, names: list[str], *,
-             start_graph: bool) -> tuple[torch.Tensor, torch.Tensor, _Capture]:
+def _forward(
+    model: nn.Module, x: torch.Tensor, names: list[str], *, start_graph: bool
+) -> tuple[torch.Tensor, torch.Tensor, _Capture]:
     """One forward with temporary hooks on ``names`` (removed in ``finally``); the caller holds the model guard.
 
     Returns the input as the model saw it (its device and dtype; a copy, as a model may modify its input in place),
@@ -470,8 +504,9 @@ def _forward(model: nn.Module, x: torch.Tensor, names: list[str], *,
     return xin, logits, capture
 
 
-def _gradients(logits: torch.Tensor, targets: list[int], capture: _Capture, names: list[str],
-               layouts: dict[str, Layout]) -> dict[str, torch.Tensor]:
+def _gradients(
+    logits: torch.Tensor, targets: list[int], capture: _Capture, names: list[str], layouts: dict[str, Layout]
+) -> dict[str, torch.Tensor]:
     """One ``torch.autograd.grad`` of the summed explained scores with respect to every layer's output as produced,
     each read as ``(B, C, h, w)``. Never ``backward()``: parameters' ``.grad`` stay untouched."""
     with torch.inference_mode(False), torch.enable_grad():
@@ -569,8 +604,11 @@ def compute_cams(
         # Perturbation methods run more forwards: they stay inside the guard (eval mode, no other session's hooks).
         with torch.inference_mode(False), torch.no_grad():
             raws = {
-                name: spec.raw_map(LayerEvidence(values[name], grads.get(name), model, xin.detach(), targets,
-                                                 scorecam_batch_size, counter))
+                name: spec.raw_map(
+                    LayerEvidence(
+                        values[name], grads.get(name), model, xin.detach(), targets, scorecam_batch_size, counter
+                    )
+                )
                 for name in names
             }
 
@@ -602,9 +640,7 @@ def shared_scale_maps(result: CamResult) -> dict[str, np.ndarray]:
     _require_result(result)
     first = next(iter(result.maps.values()))
     size = first.shape[-2:]
-    resized = {
-        name: upsample_maps(torch.relu(torch.from_numpy(result.raw[name])), size) for name in result.layers
-    }
+    resized = {name: upsample_maps(torch.relu(torch.from_numpy(result.raw[name])), size) for name in result.layers}
     peak = torch.stack([m.flatten(1).max(dim=1).values for m in resized.values()]).max(dim=0).values
     scale = torch.where(peak > 0, peak, torch.ones_like(peak))[:, None, None]
     return {name: (m / scale).clamp(0, 1).numpy().astype(np.float32) for name, m in resized.items()}
@@ -615,8 +651,9 @@ def layer_magnitudes(result: CamResult) -> dict[str, np.ndarray]:
 
     Raises ``InputError`` when ``result`` is not a ``CamResult``."""
     _require_result(result)
-    return {name: np.maximum(result.raw[name], 0).reshape(len(result.class_idx), -1).max(axis=1)
-            for name in result.layers}
+    return {
+        name: np.maximum(result.raw[name], 0).reshape(len(result.class_idx), -1).max(axis=1) for name in result.layers
+    }
 
 
 def _require_result(result: object) -> None:

@@ -38,8 +38,10 @@ AVERAGED_MODEL_COUNTER = "n_averaged"
 # BatchNorm's counter is newer than some published files (torchvision's DenseNet, VGG-BN); torch's own loader fills
 # it in, and it plays no part in eval mode.
 OPTIONAL_SUFFIX = "num_batches_tracked"
-NOT_A_STATE_DICT = ("the checkpoint is not a state dict (a mapping of names to tensors), nor a training checkpoint "
-                    f"holding one under {', '.join(CONTAINER_KEYS)}")
+NOT_A_STATE_DICT = (
+    "the checkpoint is not a state dict (a mapping of names to tensors), nor a training checkpoint "
+    f"holding one under {', '.join(CONTAINER_KEYS)}"
+)
 _SHOWN = 5  # names listed in an error message before "(+N more)"
 
 
@@ -88,13 +90,13 @@ def candidate_readings(checkpoint: object) -> list[CheckpointReading]:
     readings = []
     for path, container in _state_containers(checkpoint):
         for prefix in _shared_prefixes(list(container)):
-            readings.append(CheckpointReading({k[len(prefix):]: v for k, v in container.items()}, path, prefix))
+            readings.append(CheckpointReading({k[len(prefix) :]: v for k, v in container.items()}, path, prefix))
         counter = container.get(AVERAGED_MODEL_COUNTER)
         if counter is not None and counter.ndim == 0 and not counter.is_floating_point():
             rest = [k for k in container if k != AVERAGED_MODEL_COUNTER]
             for prefix in _shared_prefixes(rest):
                 if prefix.startswith("module."):  # AveragedModel's layout; anywhere else the counter is a key
-                    state = {k[len(prefix):]: container[k] for k in rest}
+                    state = {k[len(prefix) :]: container[k] for k in rest}
                     readings.append(CheckpointReading(state, path, prefix, (AVERAGED_MODEL_COUNTER,)))
     return readings
 
@@ -107,8 +109,9 @@ def weight_tensors(checkpoint: object) -> Iterator[tuple[str, torch.Tensor]]:
             yield "/".join((*path, key)), tensor
 
 
-def state_differences(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
-                      ) -> tuple[list[str], list[str], list[str]]:
+def state_differences(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
     """``(missing, unexpected, mismatched)`` names of ``state`` against ``expected`` (a model's ``state_dict()``), each
     in the order of its own dict; a missing ``num_batches_tracked`` is not missing. Mismatches read
     ``"name (saved shape) vs (model shape)"``. All three empty means ``state`` loads with ``strict=True``.
@@ -118,8 +121,11 @@ def state_differences(state: Mapping[str, torch.Tensor], expected: Mapping[str, 
     _require_state(expected, "expected")
     missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIX)]
     unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and state[k].shape != v.shape]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     return missing, unexpected, mismatched
 
 
@@ -164,8 +170,9 @@ def find_reading(checkpoint: object, expected: Mapping[str, torch.Tensor], label
 
 
 def _require_state(state: object, name: str) -> None:
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                  for k, v in state.items()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise InputError(f"{name} must be a state dict (a mapping of names to tensors), got {type(state).__name__}")
 
 
@@ -198,15 +205,19 @@ def _shared_prefixes(keys: list[str]) -> list[str]:
 
 
 def _same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(a[k] is b[k] or (a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]))
-                                        for k in a)
+    return a.keys() == b.keys() and all(
+        a[k] is b[k] or (a[k].dtype == b[k].dtype and torch.equal(a[k], b[k])) for k in a
+    )
 
 
 def _closeness(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> tuple[int, int, int]:
     """Names that match with their shape, names that match, minus the names that do not: larger is closer."""
     same_name = [k for k in expected if k in state]
-    return (sum(state[k].shape == expected[k].shape for k in same_name), len(same_name),
-            -len(state.keys() - expected.keys()))
+    return (
+        sum(state[k].shape == expected[k].shape for k in same_name),
+        len(same_name),
+        -len(state.keys() - expected.keys()),
+    )
 
 
 def _few(items: list[str]) -> str:

@@ -36,7 +36,16 @@ Source = Literal["torchvision", "folder"]
 
 ROOT_ENV = "CAMLIB_CIFAR10_ROOT"
 CLASS_NAMES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )  # the official order: label k is CLASS_NAMES[k]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SHAPE = (32, 32, 3)
@@ -97,9 +106,11 @@ def detect_source(root: str | os.PathLike[str]) -> Source | None:
 
 
 def _how_to_get_it(root: Path) -> str:
-    return (f"download the official release with camlib.cifar.download_cifar10('{root}') on a machine that is "
-            f"online, or point ${ROOT_ENV} at a folder holding cifar-10-batches-py/ or train/ and test/ "
-            f"image folders ({', '.join(CLASS_NAMES)})")
+    return (
+        f"download the official release with camlib.cifar.download_cifar10('{root}') on a machine that is "
+        f"online, or point ${ROOT_ENV} at a folder holding cifar-10-batches-py/ or train/ and test/ "
+        f"image folders ({', '.join(CLASS_NAMES)})"
+    )
 
 
 def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
@@ -137,8 +148,10 @@ def _load_folder(root: Path, split: Split, limit: int | None) -> tuple[np.ndarra
     split_dir = root / split
     missing = [name for name in CLASS_NAMES if not (split_dir / name).is_dir()]
     if missing:
-        raise DatasetUnavailableError(f"the CIFAR-10 image folders in {split_dir} are incomplete: missing "
-                                      f"{', '.join(missing)}; {_how_to_get_it(root)}")
+        raise DatasetUnavailableError(
+            f"the CIFAR-10 image folders in {split_dir} are incomplete: missing "
+            f"{', '.join(missing)}; {_how_to_get_it(root)}"
+        )
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(CLASS_NAMES):
@@ -146,8 +159,9 @@ def _load_folder(root: Path, split: Split, limit: int | None) -> tuple[np.ndarra
         files += found
         labels += [label] * len(found)
     if not files:
-        raise DatasetUnavailableError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}; "
-                                      f"{_how_to_get_it(root)}")
+        raise DatasetUnavailableError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) under {split_dir}; {_how_to_get_it(root)}"
+        )
     all_labels = np.asarray(labels, dtype=np.int64)
     keep = balanced_subset(all_labels, limit)  # chosen before decoding: a small limit reads few files
     images = np.empty((len(keep), *IMAGE_SHAPE), dtype=np.uint8)
@@ -168,13 +182,14 @@ def _integrity_problem(root: Path) -> DatasetError:
     expected = _release_files()
     missing = [name for name, _ in expected if not (folder / name).is_file()]
     if missing:
-        return DatasetUnavailableError(f"{folder} is incomplete: missing {', '.join(missing)}; "
-                                       f"{_how_to_get_it(root)}")
-    corrupted = [name for name, md5 in expected
-                 if not torchvision.datasets.utils.check_integrity(str(folder / name), md5)]
+        return DatasetUnavailableError(f"{folder} is incomplete: missing {', '.join(missing)}; {_how_to_get_it(root)}")
+    corrupted = [
+        name for name, md5 in expected if not torchvision.datasets.utils.check_integrity(str(folder / name), md5)
+    ]
     return DatasetIntegrityError(
         f"CIFAR-10 files in {folder} fail their md5 check ({', '.join(corrupted) or 'unknown file'}): corrupted or "
-        f"tampered with, so they were not loaded; delete {folder} and download the release again")
+        f"tampered with, so they were not loaded; delete {folder} and download the release again"
+    )
 
 
 def _load_torchvision(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -187,8 +202,9 @@ def _load_torchvision(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray,
     return images, np.asarray(dataset.targets, dtype=np.int64), tuple(dataset.classes)
 
 
-def load_cifar10(root: str | os.PathLike[str] | None = None, split: Split = "test", *,
-                 limit: int | None = None) -> CifarData:
+def load_cifar10(
+    root: str | os.PathLike[str] | None = None, split: Split = "test", *, limit: int | None = None
+) -> CifarData:
     """Load a CIFAR-10 split from ``root`` (default: ``default_root()``).
 
     Order is deterministic: the release's own order for "torchvision"; class by class (label order), files sorted
@@ -207,14 +223,17 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, split: Split = "tes
     if root is None:
         root = default_root()
         if root is None:
-            raise DatasetUnavailableError(f"no CIFAR-10 data root: ${ROOT_ENV} is not set and {_SHARED_COPY} does "
-                                          f"not exist; {_how_to_get_it(_SHARED_COPY)}")
+            raise DatasetUnavailableError(
+                f"no CIFAR-10 data root: ${ROOT_ENV} is not set and {_SHARED_COPY} does "
+                f"not exist; {_how_to_get_it(_SHARED_COPY)}"
+            )
     path = _root_path(root)
     source = detect_source(path)
     if source is None:
         raise DatasetUnavailableError(
             f"no CIFAR-10 under {path}: looked for {path / torchvision.datasets.CIFAR10.base_folder} (official "
-            f"release) and {path / split}/<class>/*.jpg (image folders); {_how_to_get_it(path)}")
+            f"release) and {path / split}/<class>/*.jpg (image folders); {_how_to_get_it(path)}"
+        )
     if source == "torchvision":
         images, labels, class_names = _load_torchvision(path, split)
         keep = balanced_subset(labels, limit)
@@ -229,8 +248,9 @@ def _verified_release(root: Path) -> bool:
     return all(torchvision.datasets.utils.check_integrity(str(folder / name), md5) for name, md5 in _release_files())
 
 
-def download_cifar10(root: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None, *,
-                     timeout: float = 30.0) -> Path:
+def download_cifar10(
+    root: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None, *, timeout: float = 30.0
+) -> Path:
     """Download and extract the official CIFAR-10 release into ``root`` (a no-op when it is already there).
 
     The archive is streamed in ``DOWNLOAD_CHUNK`` pieces, md5-checked against torchvision's ``tgz_md5`` and
@@ -263,7 +283,8 @@ def download_cifar10(root: str | os.PathLike[str], progress: Callable[[int, int]
         raise DatasetUnavailableError(
             f"cannot download CIFAR-10 from {cls.url} ({getattr(exc, 'reason', exc)}): this machine looks offline; "
             f"copy cifar-10-python.tar.gz's contents into {path / cls.base_folder} or point ${ROOT_ENV} at an "
-            "image-folder copy") from exc
+            "image-folder copy"
+        ) from exc
     path.mkdir(parents=True, exist_ok=True)
     archive = path / cls.filename
     partial = archive.with_name(archive.name + ".part")
@@ -283,8 +304,10 @@ def download_cifar10(root: str | os.PathLike[str], progress: Callable[[int, int]
         raise DatasetUnavailableError(f"the CIFAR-10 download from {cls.url} broke off ({exc}); try again") from exc
     if digest.hexdigest() != cls.tgz_md5:
         partial.unlink(missing_ok=True)
-        raise DatasetIntegrityError(f"the downloaded {cls.filename} has md5 {digest.hexdigest()}, expected "
-                                    f"{cls.tgz_md5}: the download is corrupted or was altered; try again")
+        raise DatasetIntegrityError(
+            f"the downloaded {cls.filename} has md5 {digest.hexdigest()}, expected "
+            f"{cls.tgz_md5}: the download is corrupted or was altered; try again"
+        )
     partial.replace(archive)
     try:
         with tarfile.open(archive, "r:gz") as tar:

@@ -31,8 +31,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -91,10 +92,16 @@ class CifarArch:
 CIFAR_ARCHS: dict[str, CifarArch] = {
     arch.name: arch
     for arch in (
-        CifarArch("resnet20", lambda n: CifarResNet((16, 32, 64), (3, 3, 3), n),
-                  "ResNet-20 (He et al. 2016, CIFAR variant), 0.27 M parameters, maps 32/16/8: fits a CPU"),
-        CifarArch("resnet18_cifar", lambda n: CifarResNet((64, 128, 256, 512), (2, 2, 2, 2), n),
-                  "ResNet-18, CIFAR variant (3x3 stem, no max-pool), 11.2 M parameters, maps 32/16/8/4: for a GPU"),
+        CifarArch(
+            "resnet20",
+            lambda n: CifarResNet((16, 32, 64), (3, 3, 3), n),
+            "ResNet-20 (He et al. 2016, CIFAR variant), 0.27 M parameters, maps 32/16/8: fits a CPU",
+        ),
+        CifarArch(
+            "resnet18_cifar",
+            lambda n: CifarResNet((64, 128, 256, 512), (2, 2, 2, 2), n),
+            "ResNet-18, CIFAR variant (3x3 stem, no max-pool), 11.2 M parameters, maps 32/16/8/4: for a GPU",
+        ),
     )
 }
 

@@ -26,9 +26,17 @@ def describe(value: object) -> str:
     return "None" if value is None else type(value).__name__
 
 
-def require_array(value: object, name: str, *, dtypes: Collection[np.dtype | type] | None = None,
-                  ndim: int | Collection[int] | None = None, channels: int | None = None, nonempty: bool = True,
-                  expected: str = "", error: type[CamlibError] = InputError) -> np.ndarray:
+def require_array(
+    value: object,
+    name: str,
+    *,
+    dtypes: Collection[np.dtype | type] | None = None,
+    ndim: int | Collection[int] | None = None,
+    channels: int | None = None,
+    nonempty: bool = True,
+    expected: str = "",
+    error: type[CamlibError] = InputError,
+) -> np.ndarray:
     """``value`` itself when it is a numpy array with one of ``dtypes`` and ``ndim`` dimensions.
 
     Args:
@@ -45,12 +53,17 @@ def require_array(value: object, name: str, *, dtypes: Collection[np.dtype | typ
         error: any violation; the message names ``name``.
     """
     ndims = (ndim,) if isinstance(ndim, int) else ndim
-    wanted = expected or " ".join(filter(None, (
-        "/".join(str(np.dtype(d)) for d in dtypes) if dtypes else "numeric",
-        "array",
-        f"with {'/'.join(map(str, ndims))} dimensions" if ndims else "",
-        f"and {channels} channels last" if channels else "",
-    )))
+    wanted = expected or " ".join(
+        filter(
+            None,
+            (
+                "/".join(str(np.dtype(d)) for d in dtypes) if dtypes else "numeric",
+                "array",
+                f"with {'/'.join(map(str, ndims))} dimensions" if ndims else "",
+                f"and {channels} channels last" if channels else "",
+            ),
+        )
+    )
     if not isinstance(value, np.ndarray):
         raise error(f"{name} must be a {wanted}, got {describe(value)}")
     if dtypes is not None and value.dtype not in {np.dtype(d) for d in dtypes}:
@@ -75,9 +88,17 @@ def require_unit_range(value: np.ndarray | torch.Tensor, name: str, *, error: ty
         raise error(f"{name} must be in [0, 1], got values in [{data.min():g}, {data.max():g}]")
 
 
-def require_tensor(value: object, name: str, *, ndim: int | Collection[int] | None = None, floating: bool = False,
-                   device: torch.device | None = None, nonempty: bool = True, expected: str = "",
-                   error: type[CamlibError] = InputError) -> torch.Tensor:
+def require_tensor(
+    value: object,
+    name: str,
+    *,
+    ndim: int | Collection[int] | None = None,
+    floating: bool = False,
+    device: torch.device | None = None,
+    nonempty: bool = True,
+    expected: str = "",
+    error: type[CamlibError] = InputError,
+) -> torch.Tensor:
     """``value`` itself when it is a torch tensor of ``ndim`` dimensions (float if ``floating``) on ``device``.
 
     A tensor on the ``meta`` device (shape only, no data) is always refused; ``device`` compares the device type and
@@ -87,8 +108,12 @@ def require_tensor(value: object, name: str, *, ndim: int | Collection[int] | No
         error: any violation; the message names ``name``.
     """
     ndims = (ndim,) if isinstance(ndim, int) else ndim
-    wanted = expected or " ".join(filter(None, (
-        "float" if floating else "", "tensor", f"with {'/'.join(map(str, ndims))} dimensions" if ndims else "")))
+    wanted = expected or " ".join(
+        filter(
+            None,
+            ("float" if floating else "", "tensor", f"with {'/'.join(map(str, ndims))} dimensions" if ndims else ""),
+        )
+    )
     if not isinstance(value, torch.Tensor):
         raise error(f"{name} must be a {wanted}, got {describe(value)}")
     if (ndims is not None and value.dim() not in ndims) or (floating and not value.is_floating_point()):
@@ -102,8 +127,14 @@ def require_tensor(value: object, name: str, *, ndim: int | Collection[int] | No
     return value
 
 
-def require_int(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None,
-                error: type[CamlibError] = InputError) -> int:
+def require_int(
+    value: object,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type[CamlibError] = InputError,
+) -> int:
     """``int(value)`` for a Python or numpy integer (not a bool) in ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise error(f"{name} must be an integer, got {value!r}")
@@ -115,8 +146,11 @@ def require_int(value: object, name: str, *, minimum: int | None = None, maximum
 
 def require_size(value: object, name: str, *, error: type[CamlibError] = InputError) -> tuple[int, int]:
     """A pair of positive integers (an ``(H, W)`` or ``(width, height)`` size, in pixels) as a tuple."""
-    if (not isinstance(value, tuple | list) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in value)):
+    if (
+        not isinstance(value, tuple | list)
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in value)
+    ):
         raise error(f"{name} must be a pair of positive integers (pixels), got {value!r}")
     return int(value[0]), int(value[1])
 

@@ -24,6 +24,7 @@ def default_device() -> torch.device:
     except RuntimeError as error:
         raise InputError(f"CAMLIB_DEVICE={requested!r} is not a torch device; use cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"CAMLIB_DEVICE={requested!r} asks for CUDA, which this machine does not have; unset it or "
-                         "use cpu")
+        raise InputError(
+            f"CAMLIB_DEVICE={requested!r} asks for CUDA, which this machine does not have; unset it or use cpu"
+        )
     return device

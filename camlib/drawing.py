@@ -84,8 +84,11 @@ def label_tiles(tiles: np.ndarray, labels: list[str], *, flagged: list[bool] | N
     _check_tiles(tiles)
     if not isinstance(labels, list | tuple) or len(labels) != len(tiles) or not all(isinstance(t, str) for t in labels):
         raise InputError(f"labels must be one string per tile ({len(tiles)}), got {labels!r:.80}")
-    if flagged is not None and (not isinstance(flagged, list | tuple) or len(flagged) != len(tiles)
-                                or not all(isinstance(f, bool | np.bool_) for f in flagged)):
+    if flagged is not None and (
+        not isinstance(flagged, list | tuple)
+        or len(flagged) != len(tiles)
+        or not all(isinstance(f, bool | np.bool_) for f in flagged)
+    ):
         raise InputError(f"flagged must be one bool per tile ({len(tiles)}), got {flagged!r:.80}")
     out = tiles.copy()
     height = out.shape[1]

@@ -75,8 +75,9 @@ class PipelineError(CamlibError):
     the offending widget.
     """
 
-    def __init__(self, message: str, *, step: int | None = None, transform: str | None = None,
-                 param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, step: int | None = None, transform: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.step = step
         self.transform = transform

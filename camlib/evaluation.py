@@ -18,14 +18,22 @@ from camlib.guard import model_guard
 from camlib.models import Preprocessing, prepare_batch
 
 
-def predict_probabilities(model: nn.Module, images: np.ndarray, preprocessing: Preprocessing, *,
-                          batch_size: int = 500) -> np.ndarray:
+def predict_probabilities(
+    model: nn.Module, images: np.ndarray, preprocessing: Preprocessing, *, batch_size: int = 500
+) -> np.ndarray:
     """Softmax probabilities ``(N, num_classes)`` float32 for uint8 RGB images ``(N, H, W, 3)`` of one size.
 
     Raises ``InputError`` for images that are not that (``N = 0`` is fine), a ``model`` that is not a module with
     weights, a ``preprocessing`` that is not a ``Preprocessing`` or a ``batch_size`` below 1."""
-    require_array(images, "images", dtypes=(np.uint8,), ndim=4, channels=3, nonempty=False,
-                  expected="uint8 RGB images (N, H, W, 3)")
+    require_array(
+        images,
+        "images",
+        dtypes=(np.uint8,),
+        ndim=4,
+        channels=3,
+        nonempty=False,
+        expected="uint8 RGB images (N, H, W, 3)",
+    )
     if 0 in images.shape[1:]:
         raise InputError(f"images have a zero-size side {images.shape}; each needs at least 1x1 px")
     device = require_model(model)
@@ -38,7 +46,7 @@ def predict_probabilities(model: nn.Module, images: np.ndarray, preprocessing: P
     out = []
     with model_guard(model), torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = prepare_batch(images[start:start + batch_size], preprocessing).to(device)
+            x = prepare_batch(images[start : start + batch_size], preprocessing).to(device)
             out.append(torch.softmax(model(x).float(), dim=1).cpu())
     return torch.cat(out).numpy()
 
@@ -52,8 +60,9 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     num_classes = require_int(num_classes, "num_classes", minimum=1)
     labels, predictions = _class_indices(labels, "labels"), _class_indices(predictions, "predictions")
     if labels.shape != predictions.shape or labels.ndim != 1:
-        raise CamlibError(f"labels and predictions must be 1-D of one length, got {labels.shape} and "
-                          f"{predictions.shape}")
+        raise CamlibError(
+            f"labels and predictions must be 1-D of one length, got {labels.shape} and {predictions.shape}"
+        )
     for name, values in (("label", labels), ("prediction", predictions)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
             raise CamlibError(f"a {name} is outside 0..{num_classes - 1}")
@@ -69,8 +78,9 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
     Raises ``InputError`` otherwise."""
     require_array(matrix, "matrix", ndim=2, expected="square integer count matrix (C, C)")
     if matrix.dtype.kind not in "iu" or matrix.shape[0] != matrix.shape[1] or (matrix < 0).any():
-        raise InputError(f"matrix must be a square non-negative integer count matrix (C, C), got {matrix.dtype} "
-                         f"{matrix.shape}")
+        raise InputError(
+            f"matrix must be a square non-negative integer count matrix (C, C), got {matrix.dtype} {matrix.shape}"
+        )
     totals = matrix.sum(axis=1)
     return np.divide(np.diag(matrix), totals, out=np.zeros(len(matrix)), where=totals > 0)
 
@@ -119,10 +129,18 @@ def flip_report(original_probabilities: np.ndarray, augmented_probabilities: np.
     """Compare predictions on originals and on their augmented tiles (row k of each belongs to tile k).
 
     Both are float ``(N, C)`` probabilities in [0, 1] (``N = 0`` is fine). Raises ``InputError`` otherwise."""
-    for name, probabilities in (("original_probabilities", original_probabilities),
-                                ("augmented_probabilities", augmented_probabilities)):
-        require_array(probabilities, name, dtypes=(np.float16, np.float32, np.float64), ndim=2, nonempty=False,
-                      expected="float probability array (N, num_classes)")
+    for name, probabilities in (
+        ("original_probabilities", original_probabilities),
+        ("augmented_probabilities", augmented_probabilities),
+    ):
+        require_array(
+            probabilities,
+            name,
+            dtypes=(np.float16, np.float32, np.float64),
+            ndim=2,
+            nonempty=False,
+            expected="float probability array (N, num_classes)",
+        )
         if probabilities.shape[1] == 0:
             raise InputError(f"{name} has no classes {probabilities.shape}")
         require_unit_range(probabilities, name)

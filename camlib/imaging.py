@@ -31,14 +31,32 @@ TINY_SIDE = 8  # below this the CAM is not meaningful
 FRAMES_COUNTED = 100  # TIFF pages counted at most (counting walks every page)
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
-EXTENSION_FORMATS = {"png": "PNG", "apng": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "jpe": "JPEG", "jfif": "JPEG",
-                     "webp": "WEBP", "bmp": "BMP", "dib": "BMP", "tif": "TIFF", "tiff": "TIFF", "gif": "GIF"}
+EXTENSION_FORMATS = {
+    "png": "PNG",
+    "apng": "PNG",
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "jpe": "JPEG",
+    "jfif": "JPEG",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "dib": "BMP",
+    "tif": "TIFF",
+    "tiff": "TIFF",
+    "gif": "GIF",
+}
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # EXIF orientation -> the transpose that shows the image upright (the table of PIL.ImageOps.exif_transpose).
-_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
-                   7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -168,8 +186,8 @@ def _to_8bit(image: Image.Image, notes: list[str]) -> Image.Image:
         gray = np.empty(values.shape, np.uint8)
         band = max(1, 2**20 // values.shape[1])
         for start in range(0, values.shape[0], band):
-            quotient, remainder = np.divmod(values[start:start + band], 257)
-            gray[start:start + band] = quotient + (remainder >= 129)
+            quotient, remainder = np.divmod(values[start : start + band], 257)
+            gray[start : start + band] = quotient + (remainder >= 129)
         notes.append("16-bit image: scaled to 8 bits")
         return Image.fromarray(gray, "L")
     if mode == "F":
@@ -190,7 +208,7 @@ def _to_8bit(image: Image.Image, notes: list[str]) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """"L", "RGB" or "RGBA" to "RGB"; alpha is composited on white. Compositing after the downscale gives the same
+    """ "L", "RGB" or "RGBA" to "RGB"; alpha is composited on white. Compositing after the downscale gives the same
     image up to rounding: Pillow resizes RGBA with premultiplied alpha, and both operations are linear."""
     if image.mode == "RGBA":
         background = Image.new("RGBA", image.size, BACKGROUND + (255,))
@@ -206,8 +224,9 @@ def _downscaled_size(size: tuple[int, int], max_side: int | None) -> tuple[int, 
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _check_decode_arguments(data: object, max_bytes: object, max_pixels: object, max_side: object,
-                            filename: object) -> None:
+def _check_decode_arguments(
+    data: object, max_bytes: object, max_pixels: object, max_side: object, filename: object
+) -> None:
     """decode_image's input contract and byte cap, before anything is parsed."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InputError(f"data must be the file's bytes (bytes, bytearray or memoryview), got {type(data).__name__}")
@@ -215,29 +234,36 @@ def _check_decode_arguments(data: object, max_bytes: object, max_pixels: object,
         raise InvalidImageError("empty file: the upload has 0 bytes of data")
     for name, value in (("max_bytes", max_bytes), ("max_pixels", max_pixels), ("max_side", max_side)):
         if not (value is None and name == "max_side") and (
-                isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
-            raise InputError(f"{name} must be a positive integer{' or None' if name == 'max_side' else ''}, got "
-                             f"{value!r}")
+            isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
+        ):
+            raise InputError(
+                f"{name} must be a positive integer{' or None' if name == 'max_side' else ''}, got {value!r}"
+            )
     if not isinstance(filename, str):
         raise InputError(f"filename must be a string (the upload's name), got {type(filename).__name__}")
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"file too large ({_megabytes(len(data))} > {_megabytes(max_bytes)})")
 
 
-def _check_decoded_size(stored: tuple[int, int], decoded: tuple[int, int], max_pixels: int, *, progressive: bool,
-                        scale: int) -> None:
+def _check_decoded_size(
+    stored: tuple[int, int], decoded: tuple[int, int], max_pixels: int, *, progressive: bool, scale: int
+) -> None:
     """The pixel cap on what will actually be decoded (after ``draft``); progressive JPEGs on their stored size."""
     if decoded[0] * decoded[1] > max_pixels or (progressive and stored[0] * stored[1] > max_pixels):
-        reason = "; a progressive JPEG cannot be decoded at reduced size" if progressive else (
-            f" even at 1/{scale} size" if scale > 1 else "")
+        reason = (
+            "; a progressive JPEG cannot be decoded at reduced size"
+            if progressive
+            else (f" even at 1/{scale} size" if scale > 1 else "")
+        )
         raise ImageTooLargeError(
             f"image too large ({stored[0] * stored[1] / 1e6:.1f} MP > {max_pixels / 1e6:.0f} MP): "
             f"{stored[0]}x{stored[1]} pixels{reason}"
         )
 
 
-def _load_downscaled(image: Image.Image, max_pixels: int, max_side: int | None,
-                     notes: list[str]) -> tuple[Image.Image, int, tuple[int, int]]:
+def _load_downscaled(
+    image: Image.Image, max_pixels: int, max_side: int | None, notes: list[str]
+) -> tuple[Image.Image, int, tuple[int, int]]:
     """Decode the (first) frame, convert to 8 bits, downscale once (LANCZOS) so the longest side is at most
     ``max_side``, then apply the EXIF orientation. Returns the image, the orientation and the downscaled size
     before rotation."""

@@ -70,8 +70,10 @@ class LayerInfo:
         if self.height == 1 and self.width == 1:
             return "spatial resolution 1x1: the CAM is always blank (a 1x1 map normalises to zeros)"
         if min(self.height, self.width) < MIN_USEFUL_SIZE:
-            return (f"spatial resolution {self.height}x{self.width} is below {MIN_USEFUL_SIZE}x{MIN_USEFUL_SIZE}: "
-                    "the map will be coarse")
+            return (
+                f"spatial resolution {self.height}x{self.width} is below {MIN_USEFUL_SIZE}x{MIN_USEFUL_SIZE}: "
+                "the map will be coarse"
+            )
         return None
 
 
@@ -135,8 +137,10 @@ def default_layer(candidates: list[LayerInfo], preferred: tuple[str, ...] = ()) 
         InputError: ``candidates`` is not a list of ``LayerInfo`` or ``preferred`` not a tuple/list of names.
     """
     if not isinstance(candidates, list | tuple) or not all(isinstance(c, LayerInfo) for c in candidates):
-        raise InputError("candidates must be the list of LayerInfo that list_candidate_layers returns, got "
-                         f"{type(candidates).__name__}")
+        raise InputError(
+            "candidates must be the list of LayerInfo that list_candidate_layers returns, got "
+            f"{type(candidates).__name__}"
+        )
     if not isinstance(preferred, list | tuple) or not all(isinstance(name, str) for name in preferred):
         raise InputError(f"preferred must be a tuple of layer names, got {preferred!r}")
     by_name = {c.name: c for c in candidates}

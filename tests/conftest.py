@@ -12,14 +12,22 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 _MODULE_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_GLOBAL_HOOK_DICTS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                      "_global_backward_pre_hooks")
+_GLOBAL_HOOK_DICTS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
 
 
 def registered_hooks(model: nn.Module) -> list[str]:
     """Every hook registered on ``model``'s modules and parameters, or globally on all modules (should be empty)."""
-    found = [f"{name or '<root>'}.{attr}" for name, module in model.named_modules() for attr in _MODULE_HOOK_DICTS
-             if getattr(module, attr)]
+    found = [
+        f"{name or '<root>'}.{attr}"
+        for name, module in model.named_modules()
+        for attr in _MODULE_HOOK_DICTS
+        if getattr(module, attr)
+    ]
     found += [f"{name}._backward_hooks" for name, p in model.named_parameters() if p._backward_hooks]
     found += [f"torch.nn.modules.module.{attr}" for attr in _GLOBAL_HOOK_DICTS if getattr(torch_module, attr)]
     return found

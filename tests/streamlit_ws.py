@@ -75,13 +75,28 @@ class Server:
         assert name == "_streamlit_xsrf", cookie
         return rest.split(";")[0]
 
-    def put_file(self, session_id: str, file_id: str, name: str, data: bytes, *, token: bool = True,
-                 content_type: str = "application/octet-stream", declared_length: int | None = None) -> int:
+    def put_file(
+        self,
+        session_id: str,
+        file_id: str,
+        name: str,
+        data: bytes,
+        *,
+        token: bool = True,
+        content_type: str = "application/octet-stream",
+        declared_length: int | None = None,
+    ) -> int:
         """PUT one file to the upload endpoint as the frontend does; returns the HTTP status. ``declared_length``
         sends that Content-Length instead of the body's (a client announcing a large upload)."""
         boundary = uuid.uuid4().hex
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
-                f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                f"Content-Type: {content_type}\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Origin": self.url}
         if token:
             cookie = self.xsrf_cookie()
@@ -105,11 +120,28 @@ def streamlit_server(*args: str, env: dict[str, str] | None = None, log: Path) -
     """``streamlit run app.py`` on a free 127.0.0.1 port with extra ``--option value`` args; stopped on exit."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none", *args],  # a test server never reloads modules mid-test
-        cwd=ROOT, env=os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"} | (env or {}),
-        stdout=log.open("w"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+            *args,
+        ],  # a test server never reloads modules mid-test
+        cwd=ROOT,
+        env=os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"} | (env or {}),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
     )
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
@@ -158,8 +190,14 @@ class Session:
 
     def __init__(self, server: Server, *, session_id: str | None = None, origin: str | None = None) -> None:
         protocols = ["streamlit", "no-xsrf-token", session_id] if session_id else ["streamlit"]
-        self.ws: ClientConnection = connect(server.ws_url, subprotocols=protocols, origin=origin or server.url,
-                                            max_size=None, open_timeout=30, close_timeout=5).__enter__()
+        self.ws: ClientConnection = connect(
+            server.ws_url,
+            subprotocols=protocols,
+            origin=origin or server.url,
+            max_size=None,
+            open_timeout=30,
+            close_timeout=5,
+        ).__enter__()
         self.session_id: str | None = None
         self.page_hashes: dict[str, str] = {}
         self.widget_ids: dict[str, str] = {}  # key -> id, from every run so far
@@ -222,8 +260,9 @@ class Session:
         self.widget_ids |= {key: body.id for key, body in run.widgets.items()}
         return run
 
-    def rerun(self, states: dict[str, tuple[str, object]] | None = None, *, page: str = "",
-              timeout: float = 120) -> Run:
+    def rerun(
+        self, states: dict[str, tuple[str, object]] | None = None, *, page: str = "", timeout: float = 120
+    ) -> Run:
         self.send_rerun(states, page=page)
         return self.read_run(timeout)
 

@@ -49,6 +49,7 @@ needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 not found (set 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
 
+
 class _RecordingStorage(MemoryMediaFileStorage):
     """AppTest's media storage (one per run), remembered so a test can read what the page sent."""
 
@@ -104,8 +105,15 @@ def _steps(at: AppTest) -> list[dict]:
 
 def _without_ids(steps: list[dict]) -> list[tuple]:
     """Steps as comparable values: normalised params (a colour is '#000000' in a widget, (0, 0, 0) in a file)."""
-    return [(s["transform"], validate_step(PipelineStep(s["transform"], s["params"], s["p"], s["enabled"]), i),
-             s["p"], s["enabled"]) for i, s in enumerate(steps)]
+    return [
+        (
+            s["transform"],
+            validate_step(PipelineStep(s["transform"], s["params"], s["p"], s["enabled"]), i),
+            s["p"],
+            s["enabled"],
+        )
+        for i, s in enumerate(steps)
+    ]
 
 
 def _pipeline(at: AppTest) -> Pipeline:
@@ -160,6 +168,7 @@ def _download(at: AppTest, key: str, media) -> bytes:
 
 # --- 1. default flow -------------------------------------------------------------------------------------------------
 
+
 @needs_cifar
 def test_default_flow_cifar_grid_matches_camlib(media) -> None:
     at = _lab(via_navigation=True)
@@ -170,8 +179,9 @@ def test_default_flow_cifar_grid_matches_camlib(media) -> None:
     assert at.selectbox(key="aug_mode").value == "many"
     assert [s["transform"] for s in at.session_state["aug_steps"]] == DEFAULT_TRANSFORMS
     assert [e.label for e in at.expander][:6] == [f"{i + 1}. {name}" for i, name in enumerate(DEFAULT_TRANSFORMS)]
-    assert _without_ids(_steps(at)) == [(s.transform, validate_step(s, i), s.p, s.enabled)
-                                        for i, s in enumerate(CIFAR10_TRAIN_PIPELINE.steps)]
+    assert _without_ids(_steps(at)) == [
+        (s.transform, validate_step(s, i), s.p, s.enabled) for i, s in enumerate(CIFAR10_TRAIN_PIPELINE.steps)
+    ]
     assert at.session_state["aug_seed"] == 0 and at.number_input(key="aug_seed_input").value == 0
 
     grid = _grid(at)
@@ -214,6 +224,7 @@ def test_grid_images_are_sent_lossless(media) -> None:
 
 # --- 2. editing keeps the other steps' settings ---------------------------------------------------------------------
 
+
 @needs_cifar
 def test_add_remove_move_keep_other_steps_and_survive_page_switch() -> None:
     at = _lab()
@@ -232,6 +243,7 @@ def test_add_remove_move_keep_other_steps_and_survive_page_switch() -> None:
         assert _step(at, 4)["p"] == 0.3
         assert at.slider(key="aug_s4__p").value == 0.3
         assert at.session_state["aug_seed"] == 7 and at.number_input(key="aug_seed_input").value == 7
+
     assert_changed_kept()
     untouched = {s["id"]: s for s in _steps(at) if s["id"] not in changed}
 
@@ -259,8 +271,14 @@ def test_add_remove_move_keep_other_steps_and_survive_page_switch() -> None:
     _assert_clean(at)
     expected_ids = [3, 0, 2, 4, 5, 6]
     assert [s["id"] for s in at.session_state["aug_steps"]] == expected_ids
-    assert [e.label for e in at.expander][:6] == ["1. Affine", "2. PadIfNeeded", "3. HorizontalFlip",
-                                                   "4. ColorJitter", "5. CoarseDropout", "6. Solarize"]
+    assert [e.label for e in at.expander][:6] == [
+        "1. Affine",
+        "2. PadIfNeeded",
+        "3. HorizontalFlip",
+        "4. ColorJitter",
+        "5. CoarseDropout",
+        "6. Solarize",
+    ]
     assert_changed_kept()
     assert _step(at, 6)["p"] == 0.9
     for step_id, before in untouched.items():
@@ -272,8 +290,14 @@ def test_add_remove_move_keep_other_steps_and_survive_page_switch() -> None:
 
     # the grid is the pipeline the editor shows
     pipeline = _pipeline(at)
-    assert [s.transform for s in pipeline.steps] == ["Affine", "PadIfNeeded", "HorizontalFlip", "ColorJitter",
-                                                     "CoarseDropout", "Solarize"]
+    assert [s.transform for s in pipeline.steps] == [
+        "Affine",
+        "PadIfNeeded",
+        "HorizontalFlip",
+        "ColorJitter",
+        "CoarseDropout",
+        "Solarize",
+    ]
     grid = _grid(at)
     direct = augment_grid(_cifar().images, pipeline, rows=8, cols=8, indices=list(grid.indices))
     assert grid.seed == 7 and direct.tiles.tobytes() == grid.tiles.tobytes()
@@ -308,12 +332,16 @@ def test_grid_settings_survive_page_switch() -> None:
 
 # --- 3. invalid values ------------------------------------------------------------------------------------------------
 
+
 @needs_cifar
-@pytest.mark.parametrize(("key", "bad", "good", "transform", "param"), [
-    ("aug_s4_brightness", (1.2, 0.8), (0.8, 1.2), "ColorJitter", "brightness"),
-    ("aug_s3_rotate", (20.0, -20.0), (-15.0, 15.0), "Affine", "rotate"),
-    ("aug_s5_num_holes_range", (3, 1), (1, 1), "CoarseDropout", "num_holes_range"),
-])
+@pytest.mark.parametrize(
+    ("key", "bad", "good", "transform", "param"),
+    [
+        ("aug_s4_brightness", (1.2, 0.8), (0.8, 1.2), "ColorJitter", "brightness"),
+        ("aug_s3_rotate", (20.0, -20.0), (-15.0, 15.0), "Affine", "rotate"),
+        ("aug_s5_num_holes_range", (3, 1), (1, 1), "CoarseDropout", "num_holes_range"),
+    ],
+)
 @pytest.mark.bad_input(53)
 def test_reversed_range_shows_one_line_error_and_keeps_last_grid(key, bad, good, transform, param) -> None:
     at = _lab()
@@ -372,6 +400,7 @@ def test_missing_data_root_falls_back_to_the_sample_photo() -> None:
 
 # --- 4. export and import --------------------------------------------------------------------------------------------
 
+
 def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
     return at.file_uploader(key="aug_import").set_value((name, data, "application/json")).run()
 
@@ -394,8 +423,7 @@ def test_exported_json_imports_to_the_same_editor_and_grid(media) -> None:
     assert exported.decode() == pipeline_to_json(_pipeline(at))
     document = json.loads(exported)
     assert document["augmentation_lab"]["seed"] == 1234
-    assert [s["enabled"] for s in document["augmentation_lab"]["steps"]] == [True, True, False, True, True, True,
-                                                                               True]
+    assert [s["enabled"] for s in document["augmentation_lab"]["steps"]] == [True, True, False, True, True, True, True]
 
     # another session, altered: fewer steps, another seed; then import the file
     other = _lab()
@@ -438,15 +466,21 @@ def _hand_edited_export() -> bytes:
 
 
 @needs_cifar
-@pytest.mark.parametrize(("data", "expected"), [
-    (b"{this is not json", "not valid JSON"),
-    (b"", "not valid JSON"),
-    (b'{"transform": {"transforms": []}}', "not an Augmentation Lab export"),
-    (json.dumps({"augmentation_lab": {"format": 1, "seed": 0, "steps": [{"transform": "Explode"}]}}).encode(),
-     "Explode"),
-    (_hand_edited_export(), "ColorJitter.brightness"),
-    (b"\xff\xfe\x00garbage", "not valid JSON"),
-], ids=["syntax", "empty", "foreign", "unknown-transform", "reversed-range", "binary"])
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"{this is not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b'{"transform": {"transforms": []}}', "not an Augmentation Lab export"),
+        (
+            json.dumps({"augmentation_lab": {"format": 1, "seed": 0, "steps": [{"transform": "Explode"}]}}).encode(),
+            "Explode",
+        ),
+        (_hand_edited_export(), "ColorJitter.brightness"),
+        (b"\xff\xfe\x00garbage", "not valid JSON"),
+    ],
+    ids=["syntax", "empty", "foreign", "unknown-transform", "reversed-range", "binary"],
+)
 def test_bad_import_shows_error_and_changes_nothing(data: bytes, expected: str) -> None:
     at = _lab()
     at.slider(key="aug_s4__p").set_value(0.45).run()
@@ -489,6 +523,7 @@ def test_import_keeps_chosen_sample_photo() -> None:
 
 
 # --- 5. seeds, modes, classes, sources -------------------------------------------------------------------------------
+
 
 @needs_cifar
 def test_new_samples_changes_seed_and_grid_and_seed_is_reproducible() -> None:
@@ -579,6 +614,7 @@ def test_sample_photo_source() -> None:
 
 
 # --- 6. disabled steps -----------------------------------------------------------------------------------------------
+
 
 @needs_cifar
 def test_disabled_step_has_no_effect() -> None:

@@ -161,6 +161,7 @@ def test_user_checkpoint_upload_and_refusal(app: AppTest, tmp_path) -> None:
 
 # --- checkpoint uploads: which reading was used, and the checkpoint size cap (issue #8 part 5, issue #9) -------------
 
+
 def _saved_state(obj: object) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -184,8 +185,12 @@ def test_checkpoint_upload_says_which_container_and_prefix(app: AppTest) -> None
     from safetensors.torch import load
 
     weights = load((Path(APP).parent / "models" / "cifar10_resnet20" / "model.safetensors").read_bytes())
-    lightning = {"epoch": 3, "state_dict": {f"model._orig_mod.{k}": v for k, v in weights.items()},
-                 "optimizer_states": [], "hyper_parameters": {"lr": 0.1}}
+    lightning = {
+        "epoch": 3,
+        "state_dict": {f"model._orig_mod.{k}": v for k, v in weights.items()},
+        "optimizer_states": [],
+        "hyper_parameters": {"lr": 0.1},
+    }
     app.selectbox(key="cam_model").set_value("checkpoint").run()
     app.selectbox(key="cam_ckpt_arch").set_value("cifar10_resnet20").run()
     app.file_uploader(key="cam_ckpt_file").set_value(("last.ckpt", _saved_state(lightning), "application/octet-stream"))
@@ -235,8 +240,12 @@ def test_checkpoint_store_is_bounded_by_bytes_and_a_rerun_does_not_reload(monkey
         size = sum(t.numel() * t.element_size() for t in store[first].model.state_dict().values())
         with monkeypatch.context() as patch:  # the same upload again (a rerun): neither hashed nor loaded
             patch.setattr(checkpoint_store, "load_checkpoint", lambda *args: pytest.fail("loaded again"))
-            assert checkpoint_store.register_checkpoint("cifar10_resnet20", b"not read", "a.safetensors",
-                                                        upload_id="upload-1") == first
+            assert (
+                checkpoint_store.register_checkpoint(
+                    "cifar10_resnet20", b"not read", "a.safetensors", upload_id="upload-1"
+                )
+                == first
+            )
         # room for one ResNet-20, not two
         monkeypatch.setattr(checkpoint_store, "CHECKPOINT_STORE_BYTES", size * 3 // 2)
         second = checkpoint_store.register_checkpoint("cifar10_resnet20", other, "b.pt", upload_id="upload-2")

@@ -97,8 +97,9 @@ def test_app_predictions_are_the_models(probabilities: np.ndarray, test_set, mod
     np.testing.assert_allclose(probabilities[sample], direct, rtol=1e-4, atol=1e-5)
 
 
-def test_gallery_shows_accuracy_and_the_first_twelve_mistakes(gallery: AppTest, probabilities: np.ndarray,
-                                                              test_set) -> None:
+def test_gallery_shows_accuracy_and_the_first_twelve_mistakes(
+    gallery: AppTest, probabilities: np.ndarray, test_set
+) -> None:
     assert not gallery.error
     assert gallery.selectbox(key="gal_model").value == "cifar10_resnet20"
     assert gallery.selectbox(key="gal_layer").value == "layer3"  # the default layer: last map >= 7x7
@@ -147,7 +148,7 @@ def test_last_page_and_filters_reset_the_page(gallery: AppTest, probabilities: n
     last = -(-len(wrong) // 12)
     gallery.number_input(key="gal_page").set_value(last).run()
     assert not gallery.exception
-    assert [s[0] for s in _shown(gallery)] == wrong[(last - 1) * 12:].tolist()
+    assert [s[0] for s in _shown(gallery)] == wrong[(last - 1) * 12 :].tolist()
     gallery.multiselect(key="gal_true").set_value(["truck"]).run()  # fewer pages than the current page number
     assert not gallery.exception and not gallery.error
     assert gallery.number_input(key="gal_page").value == 1
@@ -206,8 +207,10 @@ def test_an_empty_filter_says_so(gallery: AppTest, probabilities: np.ndarray, te
     assert len(gallery.image) == 0
 
 
-@pytest.mark.skipif((REPO / "models/cifar10_resnet18/model.safetensors").exists(),
-                    reason="CIFAR ResNet-18 weights exist here, so the missing-weights case cannot be shown")
+@pytest.mark.skipif(
+    (REPO / "models/cifar10_resnet18/model.safetensors").exists(),
+    reason="CIFAR ResNet-18 weights exist here, so the missing-weights case cannot be shown",
+)
 @pytest.mark.bad_input(29)
 def test_model_without_weights_shows_an_error_then_recovers(gallery: AppTest) -> None:
     assert MODELS["cifar10_resnet18"].dataset == "cifar10"
@@ -242,8 +245,10 @@ def test_label_flips_match_a_direct_flip_report(root: str, test_set, model) -> N
     grid = at.session_state["aug_last_grid"]
     assert tiles == 64 == len(grid.tiles) and grid.mode == "many"
     originals = test_set.images[list(grid.indices)]
-    report = flip_report(predict_probabilities(model.model, originals, model.spec.preprocessing),
-                         predict_probabilities(model.model, grid.tiles, model.spec.preprocessing))
+    report = flip_report(
+        predict_probabilities(model.model, originals, model.spec.preprocessing),
+        predict_probabilities(model.model, grid.tiles, model.spec.preprocessing),
+    )
     assert flips == int(report.flipped.sum())
     assert line == model_loop.summary(report)  # rate and mean confidence drop too
 

@@ -106,6 +106,7 @@ def _explained(at: AppTest) -> str:
 
 # --- hostile names ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.bad_input(20)
 @pytest.mark.parametrize("name", HOSTILE.values(), ids=HOSTILE.keys())
 def test_cam_upload_name_is_escaped_and_not_named_after_removal(name: str) -> None:
@@ -113,7 +114,8 @@ def test_cam_upload_name_is_escaped_and_not_named_after_removal(name: str) -> No
     default = _explained(at)
     at.radio(key="cam_source").set_value("Upload").run()
     assert [c.value for c in at.caption if c.value.startswith("No upload yet")] == [
-        md("No upload yet: showing {image}.", image=DEFAULT_SAMPLE)]
+        md("No upload yet: showing {image}.", image=DEFAULT_SAMPLE)
+    ]
 
     at.file_uploader(key="cam_upload").set_value((name, _png(alpha=True), "image/png")).run()
     assert_no_live_text(at)
@@ -125,7 +127,8 @@ def test_cam_upload_name_is_escaped_and_not_named_after_removal(name: str) -> No
     at.file_uploader(key="cam_upload").set_value(None).run()  # removed: the page no longer names the file
     assert_no_live_text(at)
     assert [c.value for c in at.caption if c.value.startswith("No upload yet")] == [
-        md("No upload yet: showing {image}.", image=DEFAULT_SAMPLE)]
+        md("No upload yet: showing {image}.", image=DEFAULT_SAMPLE)
+    ]
     assert _explained(at).split(" with ")[0] == default.split(" with ")[0]  # back to the sample photo
 
     at.file_uploader(key="cam_upload").set_value((name, b"\x7fELF not an image", "image/png")).run()
@@ -149,7 +152,8 @@ def test_lab_upload_and_import_names_are_escaped(name: str) -> None:
 
     json_name = name.removesuffix(".png") + ".json"
     at.file_uploader(key="aug_import").set_value(
-        (json_name, pipeline_to_json(CIFAR10_TRAIN_PIPELINE).encode(), "application/json")).run()
+        (json_name, pipeline_to_json(CIFAR10_TRAIN_PIPELINE).encode(), "application/json")
+    ).run()
     assert_no_live_text(at)
     assert [s.value for s in at.success] == [md("Imported {file}.", file=shorten(json_name))]
 
@@ -213,10 +217,13 @@ def test_checkpoint_file_name_and_key_names_are_escaped() -> None:
     assert md("Upload a checkpoint to use it. Still using: {model}", model=shorten(label)) in [i.value for i in at.info]
 
     hostile_keys = _resnet20_state() | {
-        "[x](https://example.invalid/)": torch.zeros(1), "<img src=x onerror=alert(1)>": torch.zeros(1),
-        "$\\href{https://example.invalid}{x}$": torch.zeros(1)}
+        "[x](https://example.invalid/)": torch.zeros(1),
+        "<img src=x onerror=alert(1)>": torch.zeros(1),
+        "$\\href{https://example.invalid}{x}$": torch.zeros(1),
+    }
     at.file_uploader(key="cam_ckpt_file").set_value(
-        (HOSTILE["rtl"] + ".safetensors", save_safetensors(hostile_keys), "application/octet-stream")).run()
+        (HOSTILE["rtl"] + ".safetensors", save_safetensors(hostile_keys), "application/octet-stream")
+    ).run()
     assert_no_live_text(at)
     assert len(at.error) == 1
     message = at.error[0].value
@@ -224,6 +231,7 @@ def test_checkpoint_file_name_and_key_names_are_escaped() -> None:
 
 
 # --- camlib errors keep the last good result ------------------------------------------------------------------------
+
 
 @pytest.mark.bad_input(59)
 def test_lab_grid_too_large_keeps_last_grid_and_export() -> None:
@@ -263,7 +271,8 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
     at.selectbox(key="cam_method").set_value("xgradcam").run()
     assert_no_live_text(at)
     assert [e.value for e in at.error] == [
-        md("Cannot compute the CAM: {error}", error="the model produced NaN logits [x](https://example.invalid/)")]
+        md("Cannot compute the CAM: {error}", error="the model produced NaN logits [x](https://example.invalid/)")
+    ]
     assert _explained(at) == before and len(at.image) == images
     assert "Showing the last result that worked." in [c.value for c in at.caption]
 
@@ -356,6 +365,7 @@ def test_gallery_error_keeps_last_page(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- small things ----------------------------------------------------------------------------------------------------
 
+
 def test_a_cached_cam_says_so() -> None:
     cache._compute_view.clear()
     at = _app()
@@ -376,13 +386,16 @@ def _encoded(fmt: str) -> bytes:
 
 
 @pytest.mark.bad_input(3)
-@pytest.mark.parametrize(("name", "fmt", "note"), [
-    ("photo.png", "JPEG", "the file is named .png but contains JPEG data; decoded as JPEG"),
-    ("photo.webp", "JPEG", "the file is named .webp but contains JPEG data; decoded as JPEG"),
-    ("photo.jpg", "PNG", "the file is named .jpg but contains PNG data; decoded as PNG"),
-    ("photo.jpeg", "JPEG", None),
-    ("photo.PNG", "PNG", None),
-])
+@pytest.mark.parametrize(
+    ("name", "fmt", "note"),
+    [
+        ("photo.png", "JPEG", "the file is named .png but contains JPEG data; decoded as JPEG"),
+        ("photo.webp", "JPEG", "the file is named .webp but contains JPEG data; decoded as JPEG"),
+        ("photo.jpg", "PNG", "the file is named .jpg but contains PNG data; decoded as PNG"),
+        ("photo.jpeg", "JPEG", None),
+        ("photo.PNG", "PNG", None),
+    ],
+)
 def test_extension_that_disagrees_with_the_content_is_noted(name: str, fmt: str, note: str | None) -> None:
     at = _app()
     at.radio(key="cam_source").set_value("Upload").run()

@@ -47,10 +47,32 @@ from camlib.errors import CamlibError, InvalidImageError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10"
 REQUIRED = {
-    "PadIfNeeded", "RandomCrop", "HorizontalFlip", "Affine", "CoarseDropout", "RandomBrightnessContrast",
-    "HueSaturationValue", "ColorJitter", "RGBShift", "ToGray", "CLAHE", "Equalize", "Posterize", "Solarize", "Sharpen",
-    "GaussNoise", "GaussianBlur", "MotionBlur", "ImageCompression", "ChannelShuffle", "GridDropout", "Perspective",
-    "ElasticTransform", "GridDistortion", "OpticalDistortion", "RandomResizedCrop",
+    "PadIfNeeded",
+    "RandomCrop",
+    "HorizontalFlip",
+    "Affine",
+    "CoarseDropout",
+    "RandomBrightnessContrast",
+    "HueSaturationValue",
+    "ColorJitter",
+    "RGBShift",
+    "ToGray",
+    "CLAHE",
+    "Equalize",
+    "Posterize",
+    "Solarize",
+    "Sharpen",
+    "GaussNoise",
+    "GaussianBlur",
+    "MotionBlur",
+    "ImageCompression",
+    "ChannelShuffle",
+    "GridDropout",
+    "Perspective",
+    "ElasticTransform",
+    "GridDistortion",
+    "OpticalDistortion",
+    "RandomResizedCrop",
 }
 
 # Albumentations 2.0.8's to_dict writes a few constructor-internal names for PadIfNeeded and RGBShift, which from_dict
@@ -134,8 +156,11 @@ def test_defaults_equal_the_library_defaults_unless_overridden(name):
     spec = TRANSFORMS[name]
     overrides = catalogue.UI_OVERRIDES.get(name, {})
     # colours are (r, g, b) where the library's default is the scalar 0: same pixels, other spelling
-    kept = {p.name: p.default for p in spec.params
-            if p.kind == "colour" or overrides.get(p.name, catalogue.UIOverride()).default is not catalogue.KEEP}
+    kept = {
+        p.name: p.default
+        for p in spec.params
+        if p.kind == "colour" or overrides.get(p.name, catalogue.UIOverride()).default is not catalogue.KEEP
+    }
     assert A.to_dict(spec.transform(**spec.defaults())) == A.to_dict(spec.transform(**kept))
 
 
@@ -164,8 +189,11 @@ def bound_variants(param: ParamSpec) -> list:
     if param.kind in ("float", "int"):
         return [param.low, param.high]
     pairs = [(param.low, param.low), (param.high, param.high)]
-    return pairs + [(param.low, param.high)] if param.kind != "int_pair" else pairs + [(param.low, param.high),
-                                                                                   (param.high, param.low)]
+    return (
+        pairs + [(param.low, param.high)]
+        if param.kind != "int_pair"
+        else pairs + [(param.low, param.high), (param.high, param.low)]
+    )
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
@@ -214,13 +242,15 @@ def test_horizontal_flip_is_exact_and_recorded(images):
 
 
 def test_invert_and_disabled_steps(images):
-    pipeline = Pipeline((PipelineStep("InvertImg"), PipelineStep("VerticalFlip", enabled=False),
-                         PipelineStep("ChannelShuffle", p=0.0)))
+    pipeline = Pipeline(
+        (PipelineStep("InvertImg"), PipelineStep("VerticalFlip", enabled=False), PipelineStep("ChannelShuffle", p=0.0))
+    )
     result = augment_grid(images, pipeline, rows=1, cols=3, indices=[4, 5, 6])
     assert np.array_equal(result.tiles, 255 - images[[4, 5, 6]])
     assert [[a["transform"] for a in tile] for tile in result.applied] == [["InvertImg"]] * 3
-    identity = augment_grid(images, Pipeline((PipelineStep("InvertImg", enabled=False),)), rows=1, cols=2,
-                            indices=[0, 1])
+    identity = augment_grid(
+        images, Pipeline((PipelineStep("InvertImg", enabled=False),)), rows=1, cols=2, indices=[0, 1]
+    )
     assert np.array_equal(identity.tiles, images[:2]) and identity.applied == ((), ())
 
 
@@ -237,12 +267,19 @@ def test_pad_and_crop_match_the_recorded_coordinates(images):
 
 
 def test_coarse_dropout_fills_the_recorded_hole_with_a_hex_colour(images):
-    step = PipelineStep("CoarseDropout", {"num_holes_range": (1, 1), "hole_height_range": (0.5, 0.5),
-                                          "hole_width_range": (0.25, 0.25), "fill": "#ff8000"})
+    step = PipelineStep(
+        "CoarseDropout",
+        {
+            "num_holes_range": (1, 1),
+            "hole_height_range": (0.5, 0.5),
+            "hole_width_range": (0.25, 0.25),
+            "fill": "#ff8000",
+        },
+    )
     assert validate_step(step)["fill"] == (255, 128, 0)
     result = augment_grid(images, Pipeline((step,)), rows=1, cols=2, indices=[7, 8])
     for tile, index, applied in zip(result.tiles, result.indices, result.applied, strict=True):
-        (x1, y1, x2, y2), = applied[0]["params"]["holes"]
+        ((x1, y1, x2, y2),) = applied[0]["params"]["holes"]
         assert (y2 - y1, x2 - x1) == (16, 8)
         expected = images[index].copy()
         expected[y1:y2, x1:x2] = (255, 128, 0)
@@ -275,8 +312,10 @@ def test_global_rngs_untouched_by_a_full_pipeline(images):
 
 @pytest.mark.bad_input(46)
 def test_concurrent_threads_match_serial_results(images):
-    jobs = [(CIFAR10_TRAIN_PIPELINE, seed) for seed in range(4)] + [(one_step("ElasticTransform"), 7),
-                                                                     (one_step("GaussNoise"), 8)]
+    jobs = [(CIFAR10_TRAIN_PIPELINE, seed) for seed in range(4)] + [
+        (one_step("ElasticTransform"), 7),
+        (one_step("GaussNoise"), 8),
+    ]
     serial = [augment_grid(images, pipeline, rows=4, cols=4, seed=seed).tiles for pipeline, seed in jobs]
     results: dict[tuple[int, int], bytes] = {}
     barrier = threading.Barrier(len(jobs))
@@ -307,15 +346,18 @@ def test_modes_and_indices(images):
     assert big.tiles.shape == (256, 32, 32, 3)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"mode": "some"}, "mode must be"),
-    ({"rows": 0}, "rows must be"),
-    ({"cols": 17}, "cols must be"),
-    ({"rows": 2.0}, "rows must be"),
-    ({"indices": [1, 2]}, "needs 4 image index"),
-    ({"indices": [0, 1, 2, 10]}, "index 10 is out of range"),
-    ({"mode": "one", "indices": [-1]}, "index -1 is out of range"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "some"}, "mode must be"),
+        ({"rows": 0}, "rows must be"),
+        ({"cols": 17}, "cols must be"),
+        ({"rows": 2.0}, "rows must be"),
+        ({"indices": [1, 2]}, "needs 4 image index"),
+        ({"indices": [0, 1, 2, 10]}, "index 10 is out of range"),
+        ({"mode": "one", "indices": [-1]}, "index -1 is out of range"),
+    ],
+)
 @pytest.mark.bad_input(59)
 def test_bad_grid_arguments(images, kwargs, message):
     with pytest.raises(GridError, match=message):
@@ -334,15 +376,19 @@ def test_size_changing_transforms_are_padded_to_a_common_size(images):
     for tile, index, (h, w) in zip(result.tiles, result.indices, result.tile_shapes, strict=True):
         raw = compose(image=images[index])["image"]
         top, left = (height - h) // 2, (width - w) // 2
-        assert np.array_equal(tile[top:top + h, left:left + w], raw)
-        assert not tile[:top].any() and not tile[top + h:].any()
+        assert np.array_equal(tile[top : top + h, left : left + w], raw)
+        assert not tile[:top].any() and not tile[top + h :].any()
 
 
 @pytest.mark.bad_input(57)
 def test_works_on_any_image_size(images):
     photo = np.asarray(Image.fromarray(images[0]).resize((70, 45), Image.BICUBIC))  # (45, 70, 3)
-    pipeline = Pipeline(tuple(PipelineStep(n, p=0.7) for n in ("Affine", "ColorJitter", "CoarseDropout",
-                                                               "GridDistortion", "Sharpen", "HorizontalFlip")))
+    pipeline = Pipeline(
+        tuple(
+            PipelineStep(n, p=0.7)
+            for n in ("Affine", "ColorJitter", "CoarseDropout", "GridDistortion", "Sharpen", "HorizontalFlip")
+        )
+    )
     result = augment_grid(photo, pipeline, mode="one", rows=3, cols=3)
     assert result.tiles.shape == (9, 45, 70, 3) and result.indices == (0,) * 9
     assert augment_grid(photo[:, :, 0], one_step("InvertImg"), rows=1, cols=1).tiles.shape == (1, 45, 70, 3)
@@ -380,26 +426,44 @@ def raised(step: PipelineStep, seed: int = 0) -> PipelineError:
 @pytest.mark.bad_input(53)
 def test_reversed_range_names_transform_and_parameter():
     error = raised(PipelineStep("RandomBrightnessContrast", {"brightness_limit": (0.5, 0.1)}))
-    assert str(error) == ("RandomBrightnessContrast.brightness_limit (step 2): reversed range (0.5, 0.1): "
-                          "the first value must not exceed the second")
+    assert str(error) == (
+        "RandomBrightnessContrast.brightness_limit (step 2): reversed range (0.5, 0.1): "
+        "the first value must not exceed the second"
+    )
     assert (error.step, error.transform, error.param) == (1, "RandomBrightnessContrast", "brightness_limit")
 
 
-@pytest.mark.parametrize(("step", "expected"), [
-    (PipelineStep("Sharpen", {"alpha": (0.2, 2.0)}),
-     "Sharpen.alpha (step 2): 2.0 is outside the allowed range [0.0, 1.0]"),
-    (PipelineStep("Affine", {"bogus": 1}), "Affine.bogus (step 2): unknown parameter (editable: balanced_scale,"),
-    (PipelineStep("Blurry"), "Blurry (step 2): unknown transform; choose one of: PadIfNeeded,"),
-    (PipelineStep("HorizontalFlip", p=1.5), "HorizontalFlip.p (step 2): the probability must be in [0, 1], got 1.5"),
-    (PipelineStep("GaussNoise", {"std_range": "wide"}), "GaussNoise.std_range (step 2): expected a pair (low, high)"),
-    (PipelineStep("GaussNoise", {"std_range": (0.1, float("nan"))}),
-     "GaussNoise.std_range (step 2): expected a number, got nan"),
-    (PipelineStep("Sharpen", {"kernel_size": True}), "Sharpen.kernel_size (step 2): expected an integer, got True"),
-    (PipelineStep("MotionBlur", {"blur_limit": (3, 4)}), "MotionBlur.blur_limit (step 2): 4 is not one of 3, 5, ..."),
-    (PipelineStep("Affine", {"fit_output": "yes"}), "Affine.fit_output (step 2): expected true or false"),
-    (PipelineStep("Affine", {"border_mode": 9}), "Affine.border_mode (step 2): 9 is not one of 0, 1, 2, 3, 4"),
-    (PipelineStep("PadIfNeeded", {"fill": (0, 0)}), "PadIfNeeded.fill (step 2): expected an RGB triple"),
-])
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (
+            PipelineStep("Sharpen", {"alpha": (0.2, 2.0)}),
+            "Sharpen.alpha (step 2): 2.0 is outside the allowed range [0.0, 1.0]",
+        ),
+        (PipelineStep("Affine", {"bogus": 1}), "Affine.bogus (step 2): unknown parameter (editable: balanced_scale,"),
+        (PipelineStep("Blurry"), "Blurry (step 2): unknown transform; choose one of: PadIfNeeded,"),
+        (
+            PipelineStep("HorizontalFlip", p=1.5),
+            "HorizontalFlip.p (step 2): the probability must be in [0, 1], got 1.5",
+        ),
+        (
+            PipelineStep("GaussNoise", {"std_range": "wide"}),
+            "GaussNoise.std_range (step 2): expected a pair (low, high)",
+        ),
+        (
+            PipelineStep("GaussNoise", {"std_range": (0.1, float("nan"))}),
+            "GaussNoise.std_range (step 2): expected a number, got nan",
+        ),
+        (PipelineStep("Sharpen", {"kernel_size": True}), "Sharpen.kernel_size (step 2): expected an integer, got True"),
+        (
+            PipelineStep("MotionBlur", {"blur_limit": (3, 4)}),
+            "MotionBlur.blur_limit (step 2): 4 is not one of 3, 5, ...",
+        ),
+        (PipelineStep("Affine", {"fit_output": "yes"}), "Affine.fit_output (step 2): expected true or false"),
+        (PipelineStep("Affine", {"border_mode": 9}), "Affine.border_mode (step 2): 9 is not one of 0, 1, 2, 3, 4"),
+        (PipelineStep("PadIfNeeded", {"fill": (0, 0)}), "PadIfNeeded.fill (step 2): expected an RGB triple"),
+    ],
+)
 @pytest.mark.bad_input(54)
 def test_invalid_values_give_one_readable_line(step, expected):
     assert str(raised(step)).startswith(expected)
@@ -443,17 +507,25 @@ def test_build_returns_a_fresh_compose_each_time():
 # ---------------------------------------------------------------------------------------------------- export / import
 
 
-EDITED = Pipeline(CIFAR10_TRAIN_PIPELINE.steps + (PipelineStep("ToGray", {"method": "average"}, p=0.3, enabled=False),
-                                                  PipelineStep("Sharpen", {"alpha": [0.1, 0.4]}, p=0.25)), seed=1234)
+EDITED = Pipeline(
+    CIFAR10_TRAIN_PIPELINE.steps
+    + (
+        PipelineStep("ToGray", {"method": "average"}, p=0.3, enabled=False),
+        PipelineStep("Sharpen", {"alpha": [0.1, 0.4]}, p=0.25),
+    ),
+    seed=1234,
+)
 
 
 def canonical(pipeline: Pipeline) -> Pipeline:
-    return Pipeline(tuple(dataclasses.replace(s, params=validate_step(s, i)) for i, s in enumerate(pipeline.steps)),
-                    pipeline.seed)
+    return Pipeline(
+        tuple(dataclasses.replace(s, params=validate_step(s, i)) for i, s in enumerate(pipeline.steps)), pipeline.seed
+    )
 
 
-@pytest.mark.parametrize(("dump", "load"), [(pipeline_to_json, pipeline_from_json),
-                                            (pipeline_to_yaml, pipeline_from_yaml)])
+@pytest.mark.parametrize(
+    ("dump", "load"), [(pipeline_to_json, pipeline_from_json), (pipeline_to_yaml, pipeline_from_yaml)]
+)
 def test_export_import_round_trip_is_byte_identical(images, dump, load):
     restored = load(dump(EDITED))
     assert restored == canonical(EDITED)
@@ -501,11 +573,13 @@ def test_import_errors_are_typed():
         "[1, 2]": "not an Augmentation Lab export",
         json.dumps({"transform": good["transform"]}): "the 'augmentation_lab' section is missing",
         json.dumps(good | {"augmentation_lab": good["augmentation_lab"] | {"format": 99}}): "unsupported export format",
-        json.dumps(good | {"augmentation_lab": {"format": 1, "seed": 0, "steps": [{"transform": "Nope"}]}}):
-            "Nope (step 1): unknown transform",
-        json.dumps(good | {"augmentation_lab": {"format": 1, "seed": 0, "steps": [{"transform": "Affine",
-                                                                                    "params": {"scale": 3}}]}}):
-            "Affine.scale (step 1): expected a pair",
+        json.dumps(
+            good | {"augmentation_lab": {"format": 1, "seed": 0, "steps": [{"transform": "Nope"}]}}
+        ): "Nope (step 1): unknown transform",
+        json.dumps(
+            good
+            | {"augmentation_lab": {"format": 1, "seed": 0, "steps": [{"transform": "Affine", "params": {"scale": 3}}]}}
+        ): "Affine.scale (step 1): expected a pair",
         json.dumps(good | {"augmentation_lab": {"format": 1, "seed": 0, "steps": "Affine"}}): "must be a list",
         json.dumps(good | {"augmentation_lab": {"format": 1, "seed": -3, "steps": []}}): "seed must be",
         " " * (augment.MAX_IMPORT_CHARS + 1): "far smaller",
@@ -540,13 +614,16 @@ def test_tile_grid_is_exact():
     assert np.array_equal(tile_grid(tiles, 4, 1, scale=1, pad=0)[:, :, 0].reshape(4, 2, 3)[1:, 0, 0], [20, 30, 40])
 
 
-@pytest.mark.parametrize(("args", "kwargs", "message"), [
-    ((np.zeros((3, 4, 4, 3), np.uint8), 2, 2), {}, "needs 4 tiles"),
-    ((np.zeros((4, 4, 4), np.uint8), 2, 2), {}, "must be uint8"),
-    ((np.zeros((4, 4, 4, 3), np.uint8), 2, 2), {"scale": 0}, "scale must be"),
-    ((np.zeros((4, 4, 4, 3), np.uint8), 2, 2), {"pad": -1}, "pad must be"),
-    ((np.zeros((4, 4, 4, 3), np.uint8), 2, 2), {"fill": 256}, "fill must be"),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((np.zeros((3, 4, 4, 3), np.uint8), 2, 2), {}, "needs 4 tiles"),
+        ((np.zeros((4, 4, 4), np.uint8), 2, 2), {}, "must be uint8"),
+        ((np.zeros((4, 4, 4, 3), np.uint8), 2, 2), {"scale": 0}, "scale must be"),
+        ((np.zeros((4, 4, 4, 3), np.uint8), 2, 2), {"pad": -1}, "pad must be"),
+        ((np.zeros((4, 4, 4, 3), np.uint8), 2, 2), {"fill": 256}, "fill must be"),
+    ],
+)
 def test_tile_grid_rejects_bad_arguments(args, kwargs, message):
     with pytest.raises(GridError, match=message):
         tile_grid(*args, **kwargs)

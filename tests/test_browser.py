@@ -19,8 +19,16 @@ from camlib.samples import load_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 pytestmark = [
     pytest.mark.browser,
@@ -83,13 +91,19 @@ def test_cam_page_upload_shows_overlay(browser_page, tmp_path: Path) -> None:
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(photo))
     page.wait_for_function(
         "(before) => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith('Explaining class') "
-        "&& p.innerText !== before)", arg=first, timeout=120_000)
+        "&& p.innerText !== before)",
+        arg=first,
+        timeout=120_000,
+    )
     assert _explained(page) != first
     overlays = page.locator('[data-testid="stImage"] img')
     assert overlays.count() >= 2
     # the new overlay's <img> may still be loading when the text changes (this check raced 1 run in 3)
-    page.wait_for_function("() => { const img = document.querySelector('[data-testid=\"stImage\"] img');"
-                           " return img && img.complete && img.naturalWidth > 0; }", timeout=60_000)
+    page.wait_for_function(
+        "() => { const img = document.querySelector('[data-testid=\"stImage\"] img');"
+        " return img && img.complete && img.naturalWidth > 0; }",
+        timeout=60_000,
+    )
     assert overlays.first.evaluate("img => img.complete && img.naturalWidth") >= 224
     assert page.locator('[data-testid="stException"]').count() == 0
     assert dialogs == []
@@ -110,7 +124,8 @@ def _augmented_src(page) -> str | None:
     return page.evaluate(
         "() => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]"
         ".find(e => e.innerText.includes('Augmented')); const img = box && box.querySelector('img');"
-        " return img && img.complete && img.naturalWidth > 0 ? img.getAttribute('src') : null; }")
+        " return img && img.complete && img.naturalWidth > 0 ? img.getAttribute('src') : null; }"
+    )
 
 
 def test_augmentation_lab_slider_redraws_grid(browser_page) -> None:
@@ -120,8 +135,11 @@ def test_augmentation_lab_slider_redraws_grid(browser_page) -> None:
     images = page.locator('[data-testid="stImage"]')
     images.filter(has_text="Original").locator("img").wait_for(timeout=120_000)
     images.filter(has_text="Augmented").locator("img").wait_for(timeout=120_000)
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-                           ".filter(i => i.complete && i.naturalWidth >= 256).length >= 2", timeout=60_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+        ".filter(i => i.complete && i.naturalWidth >= 256).length >= 2",
+        timeout=60_000,
+    )
     before = _augmented_src(page)
     assert before
 
@@ -135,19 +153,24 @@ def test_augmentation_lab_slider_redraws_grid(browser_page) -> None:
         "(before) => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]"
         ".find(e => e.innerText.includes('Augmented')); const img = box && box.querySelector('img');"
         " return img && img.complete && img.naturalWidth > 0 && img.getAttribute('src') !== before; }",
-        arg=before, timeout=60_000)
+        arg=before,
+        timeout=60_000,
+    )
     assert _augmented_src(page) != before
     assert page.locator('.st-key-aug_s4__p [data-testid="stSliderThumbValue"]').inner_text().strip() == "0.75"
     assert page.locator('[data-testid="stException"]').count() == 0
     assert dialogs == []
 
 
-@pytest.mark.bad_input(5, 61, kind='HTTP')
+@pytest.mark.bad_input(5, 61, kind="HTTP")
 def test_upload_without_xsrf_token_is_refused(server: str) -> None:
     """XSRF protection is on: a raw PUT to the upload endpoint without the token is refused (bad-inputs #5, #61)."""
-    request = urllib.request.Request(f"{server}/_stcore/upload_file/some-session/some-file", method="PUT",
-                                     data=b"--x\r\n\r\nnot an image\r\n--x--\r\n",
-                                     headers={"Content-Type": "multipart/form-data; boundary=x"})
+    request = urllib.request.Request(
+        f"{server}/_stcore/upload_file/some-session/some-file",
+        method="PUT",
+        data=b"--x\r\n\r\nnot an image\r\n--x--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 403
@@ -178,8 +201,9 @@ _FOREIGN_ATTRIBUTES = """(origin) => {
 
 def _wait_for_text(page, text: str, timeout: int = 60_000) -> None:
     """Wait until the page shows ``text`` literally (ignoring the invisible word joiners that break autolinks)."""
-    page.wait_for_function("(text) => document.body.innerText.replaceAll('\\u2060', '').includes(text)", arg=text,
-                           timeout=timeout)
+    page.wait_for_function(
+        "(text) => document.body.innerText.replaceAll('\\u2060', '').includes(text)", arg=text, timeout=timeout
+    )
 
 
 def _assert_only_own_urls(page, server: str, requests: list[str], dialogs: list[str]) -> None:
@@ -221,14 +245,22 @@ def test_hostile_names_render_as_text_and_load_nothing(server: str, browser) -> 
         document = json.loads(pipeline_to_json(CIFAR10_TRAIN_PIPELINE))
         document["augmentation_lab"]["steps"][0]["transform"] = HTML_NAME
         hostile_json = HTML_NAME.removesuffix(".png") + ".json"
-        importer.set_input_files(files=[{"name": hostile_json, "mimeType": "application/json",
-                                         "buffer": json.dumps(document).encode()}])
+        importer.set_input_files(
+            files=[{"name": hostile_json, "mimeType": "application/json", "buffer": json.dumps(document).encode()}]
+        )
         _wait_for_text(page, f"Cannot import {hostile_json}:")
         _assert_only_own_urls(page, server, requests, dialogs)
 
         linked_json = LINK_NAME.removesuffix(".png") + ".json"
-        importer.set_input_files(files=[{"name": linked_json, "mimeType": "application/json",
-                                         "buffer": pipeline_to_json(CIFAR10_TRAIN_PIPELINE).encode()}])
+        importer.set_input_files(
+            files=[
+                {
+                    "name": linked_json,
+                    "mimeType": "application/json",
+                    "buffer": pipeline_to_json(CIFAR10_TRAIN_PIPELINE).encode(),
+                }
+            ]
+        )
         _wait_for_text(page, f"Imported {linked_json}.")
         _assert_only_own_urls(page, server, requests, dialogs)
         assert page.locator('[data-testid="stException"]').count() == 0

@@ -31,18 +31,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 UPLOADER = '[data-testid="stFileUploaderDropzoneInput"]'
-ORIGINAL_IMG = "() => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]" \
-               ".find(e => e.innerText.includes('On the original image')); return box && box.querySelector('img'); }"
+ORIGINAL_IMG = (
+    "() => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]"
+    ".find(e => e.innerText.includes('On the original image')); return box && box.querySelector('img'); }"
+)
 
 
 def _settle(page, timeout: float = 120_000) -> None:
     """Wait until no script run is in progress (Streamlit's running indicator is gone) and the images have loaded."""
     page.wait_for_timeout(400)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"],"
-                           " [data-testid=\"stStatusWidgetRunningManIcon\"], [data-stale=\"true\"]')",
-                           timeout=timeout)
-    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=timeout)
+    page.wait_for_function(
+        '() => !document.querySelector(\'[data-testid="stStatusWidgetRunningIcon"],'
+        ' [data-testid="stStatusWidgetRunningManIcon"], [data-stale="true"]\')',
+        timeout=timeout,
+    )
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=timeout,
+    )
 
 
 def _to_upload(page) -> None:
@@ -51,9 +58,11 @@ def _to_upload(page) -> None:
 
 
 def _original_aspect(page) -> float:
-    handle = page.wait_for_function(f"() => {{ const img = ({ORIGINAL_IMG})(); return img && img.complete "
-                                    "&& img.naturalWidth > 0 && img.naturalWidth / img.naturalHeight; }",
-                                    timeout=60_000)
+    handle = page.wait_for_function(
+        f"() => {{ const img = ({ORIGINAL_IMG})(); return img && img.complete "
+        "&& img.naturalWidth > 0 && img.naturalWidth / img.naturalHeight; }",
+        timeout=60_000,
+    )
     return float(handle.json_value())
 
 
@@ -67,10 +76,11 @@ def _wait_for_upload_shown(page, name: str, timeout: float = 120_000) -> None:
     frontend removes the old file, a rerun shows the sample, then the new file arrives and runs)."""
     page.locator('[data-testid="stFileChipName"]', has_text=name).first.wait_for(timeout=timeout)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidgetRunningIcon\"], "
-        "[data-testid=\"stStatusWidgetRunningManIcon\"], [data-stale=\"true\"]') "
+        '() => !document.querySelector(\'[data-testid="stStatusWidgetRunningIcon"], '
+        '[data-testid="stStatusWidgetRunningManIcon"], [data-stale="true"]\') '
         "&& !document.body.innerText.replace(/[\\u2060\\u200b]/g, '').includes('No upload yet')",
-        timeout=timeout)
+        timeout=timeout,
+    )
     _settle(page, timeout)
 
 
@@ -100,8 +110,11 @@ def test_disallowed_extension_gets_a_frontend_error_chip(browser_page, tmp_path:
     _to_upload(page)
     before = _cam_text(page)
     path = tmp_path / name
-    path.write_bytes(b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'/>" if name.endswith("svg")
-                     else b"MZ\x90\x00 not an image")
+    path.write_bytes(
+        b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'/>"
+        if name.endswith("svg")
+        else b"MZ\x90\x00 not an image"
+    )
     page.locator(UPLOADER).set_input_files(str(path))
     page.locator('[data-testid="stFileChipIconError"]').first.wait_for(timeout=30_000)
     assert page.get_by_text("not allowed", exact=False).count() >= 1
@@ -133,8 +146,11 @@ def test_file_over_the_upload_limit_gets_a_frontend_error_chip(browser_page, tmp
 
 @pytest.mark.bad_input(12)
 @pytest.mark.parametrize("orientation", [6, 8])
-def test_exif_rotated_photo_is_shown_upright_with_its_overlay(browser_page, tmp_path: Path,  # noqa: F811
-                                                              orientation: int) -> None:
+def test_exif_rotated_photo_is_shown_upright_with_its_overlay(
+    browser_page,  # noqa: F811
+    tmp_path: Path,
+    orientation: int,
+) -> None:
     """A 360x240 (landscape) JPEG whose EXIF says "rotate 90 degrees": the overlay on the original image is portrait
     (2:3), i.e. the rotation was applied once, and the overlay is drawn on the rotated image."""
     page, dialogs = browser_page
@@ -211,8 +227,11 @@ def test_rerun_storm_of_widget_changes_ends_in_the_final_values(browser_page) ->
         _choose(page, "cam_method", method)
     _settle(page)
     assert page.locator('.st-key-cam_method input[role="combobox"]').input_value() == "XGrad-CAM"
-    page.wait_for_function("() => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith("
-                           "'Explaining class') && p.innerText.includes('with XGrad-CAM '))", timeout=120_000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith("
+        "'Explaining class') && p.innerText.includes('with XGrad-CAM '))",
+        timeout=120_000,
+    )
     value = float(page.locator('.st-key-cam_alpha [data-testid="stSliderThumbValue"]').inner_text())
     assert value < start
     _no_exception(page, dialogs)

@@ -66,6 +66,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
+
 def _images(batch: int, size: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -89,9 +90,16 @@ def _as_produced(_module: nn.Module, _inputs: object, output: torch.Tensor) -> t
     return output.clone()
 
 
-def _reference_maps(model: nn.Module, x: torch.Tensor, layer: str, method: str,
-                    class_idx: int | list[int] | None, *, reshape_transform: Callable | None = None,
-                    as_produced: bool = True) -> np.ndarray:
+def _reference_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    method: str,
+    class_idx: int | list[int] | None,
+    *,
+    reshape_transform: Callable | None = None,
+    as_produced: bool = True,
+) -> np.ndarray:
     """pytorch-grad-cam's map for one target layer; its parameter gradients are dropped afterwards.
 
     pytorch-grad-cam reads its stored activations after the forward, so in-place ops that run later change them
@@ -137,6 +145,7 @@ def _assert_same_result(actual: CamResult, expected: CamResult) -> None:
 
 # --- the reference zoo ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class ZooEntry:
     build: Callable[[], nn.Module]
@@ -149,14 +158,14 @@ ZOO = {
     # layer4.1.bn2: its output is then changed in place by the residual `+=` and the inplace ReLU.
     "resnet18": ZooEntry(lambda: torchvision.models.resnet18(weights=None), ("layer4", "layer3", "layer4.1.bn2")),
     # features: followed by F.relu(..., inplace=True) in DenseNet.forward.
-    "densenet121": ZooEntry(lambda: torchvision.models.densenet121(weights=None),
-                            ("features", "features.denseblock3")),
+    "densenet121": ZooEntry(lambda: torchvision.models.densenet121(weights=None), ("features", "features.denseblock3")),
     "mobilenet_v3_small": ZooEntry(lambda: torchvision.models.mobilenet_v3_small(weights=None), ("features.12",)),
     # features.27: the last ReLU(inplace=True), whose output is its input tensor modified in place; features.26: that
     # batch norm, whose output the next module changes in place.
     "vgg11_bn": ZooEntry(lambda: torchvision.models.vgg11_bn(weights=None), ("features.27", "features.26")),
-    "efficientnet_lite0": ZooEntry(lambda: timm.create_model("efficientnet_lite0", pretrained=False),
-                                   ("bn2", "blocks.5")),
+    "efficientnet_lite0": ZooEntry(
+        lambda: timm.create_model("efficientnet_lite0", pretrained=False), ("bn2", "blocks.5")
+    ),
 }
 SCORECAM_SIZE = 64
 SCORECAM_LAYERS = {"resnet18": ("layer1", "layer2"), "efficientnet_lite0": ("blocks.1",)}  # 64, 128 and 24 channels
@@ -209,13 +218,19 @@ class Zoo:
         assert per_image[0] != per_image[1] and not top & set(per_image)
         return per_image
 
-    def ours(self, name: str, method: str, kind: str, size: int = 224,
-             layers: tuple[str, ...] | None = None) -> CamResult:
+    def ours(
+        self, name: str, method: str, kind: str, size: int = 224, layers: tuple[str, ...] | None = None
+    ) -> CamResult:
         layers = layers or ZOO[name].layers
         key = (name, method, kind, size, layers)
         if key not in self._results:
-            self._results[key] = compute_cams(self.model(name), self.images(size), list(layers), method=method,
-                                              class_idx=self.targets(name, kind, size))
+            self._results[key] = compute_cams(
+                self.model(name),
+                self.images(size),
+                list(layers),
+                method=method,
+                class_idx=self.targets(name, kind, size),
+            )
         return self._results[key]
 
     def activations(self, name: str) -> dict[str, np.ndarray]:
@@ -225,8 +240,12 @@ class Zoo:
             model = self.model(name)
             modules = dict(model.named_modules())
             store: dict[str, torch.Tensor] = {}
-            handles = [modules[layer].register_forward_hook(
-                lambda _m, _i, out, layer=layer: store.update({layer: out.clone()})) for layer in ZOO[name].layers]
+            handles = [
+                modules[layer].register_forward_hook(
+                    lambda _m, _i, out, layer=layer: store.update({layer: out.clone()})
+                )
+                for layer in ZOO[name].layers
+            ]
             try:
                 with torch.no_grad():
                     model(self.images())
@@ -277,8 +296,9 @@ def test_gradient_methods_match_pytorch_grad_cam(zoo, model_name, layer, method,
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_name,layer", [(name, layer) for name, layer_list in SCORECAM_LAYERS.items()
-                                              for layer in layer_list])
+@pytest.mark.parametrize(
+    "model_name,layer", [(name, layer) for name, layer_list in SCORECAM_LAYERS.items() for layer in layer_list]
+)
 @pytest.mark.parametrize("kind", ["argmax", "per_image"])
 def test_scorecam_matches_pytorch_grad_cam(zoo, model_name, layer, kind):
     """Score-CAM runs one forward per channel: compared at 64x64 on early layers, still at 1e-5."""
@@ -329,7 +349,7 @@ def test_eigencam_matches_pytorch_grad_cam_up_to_the_svd_sign(zoo, model_name, l
     # Our emulation of base_cam's pipeline is faithful: on the unflipped projection it gives EigenCAM's output.
     np.testing.assert_allclose(_reference_pipeline(projection, (224, 224)), reference, atol=1e-6, rtol=0)
     for b, sign in enumerate(signs):
-        expected = _reference_pipeline(sign * projection[b:b + 1], (224, 224))[0]
+        expected = _reference_pipeline(sign * projection[b : b + 1], (224, 224))[0]
         np.testing.assert_allclose(ours.maps[layer][b], expected, atol=ATOL, rtol=0)
         if sign > 0:
             np.testing.assert_allclose(ours.maps[layer][b], reference[b], atol=ATOL, rtol=0)
@@ -418,6 +438,7 @@ def test_one_multi_layer_call_equals_one_layer_calls(zoo):
 
 # --- in-place ops and parent/child layers (issue 8.2, bad-inputs row 65) -----------------------------------------
 
+
 def _inplace_flags(model: nn.Module) -> int:
     return sum(getattr(m, "inplace", False) is True for m in model.modules())
 
@@ -431,8 +452,13 @@ def test_maps_do_not_depend_on_inplace_flags(zoo, model_name, method):
     assert _inplace_flags(built) > 0 and _inplace_flags(zoo.model(model_name)) == 0
     class_idx = zoo.targets(model_name, "per_image")
     flagged = compute_cams(built, zoo.images(), list(ZOO[model_name].layers), method=method, class_idx=class_idx)
-    plain = zoo.ours(model_name, method, "per_image") if method != "eigencam" else compute_cams(
-        zoo.model(model_name), zoo.images(), list(ZOO[model_name].layers), method=method, class_idx=class_idx)
+    plain = (
+        zoo.ours(model_name, method, "per_image")
+        if method != "eigencam"
+        else compute_cams(
+            zoo.model(model_name), zoo.images(), list(ZOO[model_name].layers), method=method, class_idx=class_idx
+        )
+    )
     for layer in ZOO[model_name].layers:
         np.testing.assert_allclose(flagged.maps[layer], plain.maps[layer], atol=1e-6, rtol=0)
         scale = float(np.abs(plain.raw[layer]).max())
@@ -452,8 +478,9 @@ _RELATIVES = [
 @pytest.mark.bad_input(65)
 @pytest.mark.parametrize("method", ["gradcam", "hirescam", "eigencam"])
 @pytest.mark.parametrize("model_name,layer,relatives", _RELATIVES, ids=[f"{m}-{layer}" for m, layer, _ in _RELATIVES])
-def test_a_layer_requested_with_its_parent_or_child_gives_the_same_map_as_alone(zoo, model_name, layer, relatives,
-                                                                                method):
+def test_a_layer_requested_with_its_parent_or_child_gives_the_same_map_as_alone(
+    zoo, model_name, layer, relatives, method
+):
     """On the models as built (in-place ops on): requesting relatives changes nothing, so the map depends only on the
     layer's own output. (DenseNet's features.norm5 differed by up to 1.0 before, when `features` was requested.)"""
     model, x = zoo.model_inplace(model_name), zoo.images()
@@ -461,11 +488,12 @@ def test_a_layer_requested_with_its_parent_or_child_gives_the_same_map_as_alone(
     alone = compute_cams(model, x, [layer], method=method, class_idx=classes)
     together = compute_cams(model, x, [*relatives, layer], method=method, class_idx=classes)
     np.testing.assert_allclose(together.maps[layer], alone.maps[layer], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(together.raw[layer], alone.raw[layer], atol=1e-6 * float(np.abs(alone.raw[layer]).max()),
-                               rtol=0)
+    np.testing.assert_allclose(
+        together.raw[layer], alone.raw[layer], atol=1e-6 * float(np.abs(alone.raw[layer]).max()), rtol=0
+    )
+
 
 @pytest.mark.bad_input(65)
-
 def test_pytorch_grad_cam_reads_post_inplace_values_and_camlib_does_not(zoo):
     """The documented difference: on ResNet-18 as built, pytorch-grad-cam's layer4.1.bn2 map uses values after the
     residual `+=` and ReLU (with gradients from before them), and so differs from camlib's; given the as-produced
@@ -480,6 +508,7 @@ def test_pytorch_grad_cam_reads_post_inplace_values_and_camlib_does_not(zoo):
 
 # --- channels-last and token layers (issue 8.1, bad-inputs row 64) --------------------------------------------------
 
+
 def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
     """pytorch-grad-cam's reshape_transform for Swin/ConvNeXt internals (its tutorial's swin example)."""
     return tensor.permute(0, 3, 1, 2)
@@ -487,6 +516,7 @@ def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
 
 def _drop_tokens(prefix: int, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """pytorch-grad-cam's ViT reshape_transform (tutorials/vision_transformers.md), dropping ``prefix`` tokens."""
+
     def reshape(tensor: torch.Tensor) -> torch.Tensor:
         result = tensor[:, prefix:, :].reshape(tensor.size(0), height, width, tensor.size(2))
         return result.transpose(2, 3).transpose(1, 2)
@@ -512,22 +542,35 @@ class LayoutEntry:
 
 LAYOUT_ZOO = {
     "convnext_tiny": LayoutEntry(
-        lambda: torchvision.models.convnext_tiny(weights=None), 96,
+        lambda: torchvision.models.convnext_tiny(weights=None),
+        96,
         {"features.1.0.block.2": _channels_last, "features.5.8.block.3": _channels_last, "features.5": None},
-        "features.1.0.block.2"),
+        "features.1.0.block.2",
+    ),
     "swin_t": LayoutEntry(
-        lambda: torchvision.models.swin_t(weights=None), 96,
-        {"features.5": _channels_last, "features.7.1.norm2": _channels_last, "norm": _channels_last}, "features.1"),
+        lambda: torchvision.models.swin_t(weights=None),
+        96,
+        {"features.5": _channels_last, "features.7.1.norm2": _channels_last, "norm": _channels_last},
+        "features.1",
+    ),
     # ViT-B/16 at 112 px: 1 class token + 7x7 patches. Score-CAM (768 channels = 1,536 ViT-B forwards) is left to
     # DeiT-Tiny, which exercises the same token path with 192 channels.
     "vit_b_16": LayoutEntry(
-        _vit_b_16_112, 112,
-        {"encoder.layers.encoder_layer_11.ln_1": _drop_tokens(1, 7, 7),
-         "encoder.layers.encoder_layer_5": _drop_tokens(1, 7, 7)}, None),
+        _vit_b_16_112,
+        112,
+        {
+            "encoder.layers.encoder_layer_11.ln_1": _drop_tokens(1, 7, 7),
+            "encoder.layers.encoder_layer_5": _drop_tokens(1, 7, 7),
+        },
+        None,
+    ),
     # DeiT-Tiny distilled: a class token and a distillation token before the patches.
     "deit_tiny": LayoutEntry(
-        lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=112), 112,
-        {"blocks.11.norm1": _drop_tokens(2, 7, 7), "blocks.4": _drop_tokens(2, 7, 7)}, "blocks.11.norm1"),
+        lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=112),
+        112,
+        {"blocks.11.norm1": _drop_tokens(2, 7, 7), "blocks.4": _drop_tokens(2, 7, 7)},
+        "blocks.11.norm1",
+    ),
 }
 LAYOUT_SCORECAM_SIZE = {"convnext_tiny": 64, "swin_t": 64, "deit_tiny": 112}
 
@@ -545,12 +588,19 @@ class LayoutZoo:
     def images(self, name: str, size: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return _images(2, size or LAYOUT_ZOO[name].size, seed=11).to(dtype)
 
-    def ours(self, name: str, method: str, layers: tuple[str, ...], size: int | None = None,
-             dtype: torch.dtype = torch.float32) -> CamResult:
+    def ours(
+        self,
+        name: str,
+        method: str,
+        layers: tuple[str, ...],
+        size: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> CamResult:
         key = (name, method, layers, size, dtype)
         if key not in self._results:
-            self._results[key] = compute_cams(self.model(name, dtype), self.images(name, size, dtype), list(layers),
-                                              method=method, class_idx=[5, 9])
+            self._results[key] = compute_cams(
+                self.model(name, dtype), self.images(name, size, dtype), list(layers), method=method, class_idx=[5, 9]
+            )
         return self._results[key]
 
 
@@ -570,15 +620,15 @@ def _assert_equal_up_to_eigen_sign(ours: CamResult, layer: str, reference: np.nd
     """EigenCAM: per image, camlib's map equals pytorch-grad-cam's where the SVD signs agree, else the map of the
     negated projection (see test_eigencam_matches_pytorch_grad_cam_up_to_the_svd_sign)."""
     for b in range(len(reference)):
-        flipped = _reference_pipeline(-ours.raw[layer][b:b + 1], (size, size))[0]
-        assert (np.abs(ours.maps[layer][b] - reference[b]).max() <= ATOL
-                or np.abs(flipped - reference[b]).max() <= ATOL)
+        flipped = _reference_pipeline(-ours.raw[layer][b : b + 1], (size, size))[0]
+        assert np.abs(ours.maps[layer][b] - reference[b]).max() <= ATOL or np.abs(flipped - reference[b]).max() <= ATOL
 
 
 @pytest.mark.bad_input(64)
 @pytest.mark.parametrize("model_name,layer,method", _layout_cases())
-def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_transform(layout_zoo, model_name, layer,
-                                                                                        method):
+def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_transform(
+    layout_zoo, model_name, layer, method
+):
     """All layers of a model from one camlib call (inferred layouts); each equals pytorch-grad-cam run on that layer
     with the matching reshape_transform (none for an NCHW layer).
 
@@ -591,23 +641,35 @@ def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_tr
     ours = layout_zoo.ours(model_name, method, tuple(entry.layers), dtype=dtype)
     assert ours.maps[layer].shape == (2, entry.size, entry.size)
     assert not ours.degenerate[layer].any()
-    reference = _reference_maps(layout_zoo.model(model_name, dtype), layout_zoo.images(model_name, dtype=dtype), layer,
-                                method, None if method == "eigencam" else [5, 9],
-                                reshape_transform=entry.layers[layer])
+    reference = _reference_maps(
+        layout_zoo.model(model_name, dtype),
+        layout_zoo.images(model_name, dtype=dtype),
+        layer,
+        method,
+        None if method == "eigencam" else [5, 9],
+        reshape_transform=entry.layers[layer],
+    )
     if method == "eigencam":
         _assert_equal_up_to_eigen_sign(ours, layer, reference, entry.size)
     else:
         np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_name,layer", [("swin_t", "features.5"),
-                                              ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1"),
-                                              ("deit_tiny", "blocks.11.norm1")])
+@pytest.mark.parametrize(
+    "model_name,layer",
+    [("swin_t", "features.5"), ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1"), ("deit_tiny", "blocks.11.norm1")],
+)
 def test_token_and_channels_last_maps_match_in_float32(layout_zoo, model_name, layer):
     entry = LAYOUT_ZOO[model_name]
     ours = layout_zoo.ours(model_name, "gradcam", tuple(entry.layers))
-    reference = _reference_maps(layout_zoo.model(model_name), layout_zoo.images(model_name), layer, "gradcam", [5, 9],
-                                reshape_transform=entry.layers[layer])
+    reference = _reference_maps(
+        layout_zoo.model(model_name),
+        layout_zoo.images(model_name),
+        layer,
+        "gradcam",
+        [5, 9],
+        reshape_transform=entry.layers[layer],
+    )
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -619,22 +681,29 @@ def test_scorecam_on_channels_last_and_token_layers_matches_pytorch_grad_cam(lay
     transform = entry.layers.get(layer, _channels_last)
     if model_name == "deit_tiny":
         transform = _drop_tokens(2, size // 16, size // 16)
-    reference = _reference_maps(layout_zoo.model(model_name), layout_zoo.images(model_name, size), layer, "scorecam",
-                                [5, 9], reshape_transform=transform)
+    reference = _reference_maps(
+        layout_zoo.model(model_name),
+        layout_zoo.images(model_name, size),
+        layer,
+        "scorecam",
+        [5, 9],
+        reshape_transform=transform,
+    )
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
-@pytest.mark.bad_input(64)
 
+@pytest.mark.bad_input(64)
 def test_a_channels_last_map_differs_from_reading_it_as_channels_first(layout_zoo):
     """The fault this fixes: ConvNeXt's block LayerNorm output (B, 24, 24, 96) read as (B, C, H, W) gives a different
     map; camlib's equals the permuted reading."""
     ours = layout_zoo.ours("convnext_tiny", "gradcam", tuple(LAYOUT_ZOO["convnext_tiny"].layers))
-    wrong = _reference_maps(layout_zoo.model("convnext_tiny"), layout_zoo.images("convnext_tiny"),
-                            "features.1.0.block.2", "gradcam", [5, 9])
+    wrong = _reference_maps(
+        layout_zoo.model("convnext_tiny"), layout_zoo.images("convnext_tiny"), "features.1.0.block.2", "gradcam", [5, 9]
+    )
     assert np.abs(ours.maps["features.1.0.block.2"] - wrong).max() > 0.3
 
-@pytest.mark.bad_input(64)
 
+@pytest.mark.bad_input(64)
 def test_an_ambiguous_layout_is_refused_unless_given_explicitly():
     """(B, 8, 8, 8) on an 8x8 input reads as C x H x W and as H x W x C: camlib refuses to guess; with an explicit
     layout each reading equals the map of the permuted tensor read as NCHW."""
@@ -660,8 +729,8 @@ def test_an_ambiguous_layout_is_refused_unless_given_explicitly():
     with pytest.raises(LayerError, match="not requested"):
         compute_cams(model, x, ["body"], layouts={"conv": "nchw"})
 
-@pytest.mark.bad_input(64)
 
+@pytest.mark.bad_input(64)
 def test_token_layers_with_registers_and_explicit_prefix():
     """A toy ViT with a class token and 4 registers (5 leading tokens) at 64 px with 8 px patches: the grid 8x8 and the
     prefix 5 are inferred; ``layouts={'blocks': 'tokens:5'}`` gives the same result; a wrong prefix is refused. At
@@ -696,6 +765,7 @@ def test_token_layers_with_registers_and_explicit_prefix():
 
 
 # --- output contract -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_output_contract(zoo, method):
@@ -753,15 +823,18 @@ def test_class_idx_forms(small_resnet, x64):
 def test_images_of_a_batch_never_interact(small_resnet, x64):
     batch = compute_cams(small_resnet, x64, ["layer2", "layer3"], class_idx=[3, 4])
     for b in range(2):
-        alone = compute_cams(small_resnet, x64[b:b + 1], ["layer2", "layer3"], class_idx=[3, 4][b])
+        alone = compute_cams(small_resnet, x64[b : b + 1], ["layer2", "layer3"], class_idx=[3, 4][b])
         for layer in batch.layers:
             np.testing.assert_allclose(alone.maps[layer][0], batch.maps[layer][b], atol=ATOL, rtol=0)
 
 
 def test_the_callers_input_is_left_alone():
     """The first module is an in-place ReLU: it would clip the caller's tensor if camlib passed it as is."""
-    model = seeded(lambda: nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1),
-                                          nn.Flatten(), nn.Linear(4, 2)))
+    model = seeded(
+        lambda: nn.Sequential(
+            nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+        )
+    )
     x = _images(2, 8, seed=9).requires_grad_(True)
     before = x.detach().clone()
     compute_cams(model, x, ["1"])
@@ -774,7 +847,6 @@ def test_duplicate_layers_are_explained_once_in_the_requested_order(small_resnet
 
 
 # --- model state: hooks, grads, flags, statistics ------------------------------------------------------------------
-
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -814,6 +886,7 @@ class _Net(nn.Module):
 
 def _failing_calls():
     """(label, model factory, compute_cams kwargs, expected error)."""
+
     def resnet():
         return mixed_state(seeded_resnet18())
 
@@ -829,8 +902,12 @@ def _failing_calls():
         return net
 
     return [
-        ("class index >= num_classes (after the forward)", resnet, {"layers": ["layer2"], "class_idx": 1000},
-         ClassIndexError),
+        (
+            "class index >= num_classes (after the forward)",
+            resnet,
+            {"layers": ["layer2"], "class_idx": 1000},
+            ClassIndexError,
+        ),
         ("negative class index", resnet, {"layers": ["layer2"], "class_idx": [0, -1]}, ClassIndexError),
         ("2-D layer output (raised inside the hook)", resnet, {"layers": ["layer2", "fc"]}, LayerError),
         ("module run twice", resnet, {"layers": ["layer1.0.relu"]}, LayerError),
@@ -893,9 +970,18 @@ def test_train_mode_batch_of_one_uses_eval_and_keeps_statistics(snapshot):
 
 @pytest.mark.bad_input(38)
 def test_dropout_is_off_during_the_cam():
-    net = seeded(lambda: nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.5),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, 5)))
+    net = seeded(
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Dropout2d(0.5),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.5),
+            nn.Linear(8, 5),
+        )
+    )
     x = _images(1, 16, seed=2)
     with torch.no_grad():
         logits = net(x).numpy()
@@ -928,8 +1014,9 @@ def test_model_created_in_inference_mode_raises_a_typed_error():
         compute_cams(model, _images(1, 8, seed=0), ["features"])
 
 
-def _manual_hirescam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], *,
-                         as_produced: bool) -> np.ndarray:
+def _manual_hirescam_raw(
+    model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], *, as_produced: bool
+) -> np.ndarray:
     """HiResCAM's ``sum_c g_c * A_c`` by hand on a copy: the gradient of the layer's output (a tensor hook), and its
     values either as produced (copied in the hook) or at the end of the forward (the tensor kept, pytorch-grad-cam's
     reading)."""
@@ -969,16 +1056,24 @@ def test_memory_efficient_densenet_gives_the_same_maps(monkeypatch):
     """DenseNet's memory_efficient=True checkpoints each dense layer's bottleneck once its inputs need gradients
     (here: after denseblock2); the checkpointed part is recomputed during the backward, when camlib's hooks are gone.
     Maps of layers inside a checkpointed part (denselayer5.norm1, .conv1) and around it equal the plain model's."""
-    layers = ["features.denseblock2", "features.denseblock3.denselayer5.norm1",
-              "features.denseblock3.denselayer5.conv1", "features.denseblock3"]
+    layers = [
+        "features.denseblock2",
+        "features.denseblock3.denselayer5.norm1",
+        "features.denseblock3.denselayer5.conv1",
+        "features.denseblock3",
+    ]
     x = _images(1, 64, seed=6)
     plain = compute_cams(seeded(lambda: torchvision.models.densenet121(weights=None)), x, layers, class_idx=17)
     checkpoint = torchvision.models.densenet.cp.checkpoint
     calls = []
-    monkeypatch.setattr(torchvision.models.densenet.cp, "checkpoint",
-                        lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs))
-    efficient = compute_cams(seeded(lambda: torchvision.models.densenet121(weights=None, memory_efficient=True)), x,
-                             layers, class_idx=17)
+    monkeypatch.setattr(
+        torchvision.models.densenet.cp,
+        "checkpoint",
+        lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs),
+    )
+    efficient = compute_cams(
+        seeded(lambda: torchvision.models.densenet121(weights=None, memory_efficient=True)), x, layers, class_idx=17
+    )
     assert calls  # the checkpointed path did run
     for layer in layers:
         np.testing.assert_allclose(efficient.maps[layer], plain.maps[layer], atol=1e-6, rtol=0)
@@ -992,8 +1087,10 @@ def test_concurrent_calls_on_one_shared_model_equal_serial_results(snapshot):
     model = mixed_state(seeded_resnet18())
     before = snapshot(model)
     images = _images(6, 48, seed=5)
-    jobs = [(images[i:i + 1], GRADIENT_METHODS[i % len(GRADIENT_METHODS)], None if i % 2 else 10 * i)
-            for i in range(len(images))]
+    jobs = [
+        (images[i : i + 1], GRADIENT_METHODS[i % len(GRADIENT_METHODS)], None if i % 2 else 10 * i)
+        for i in range(len(images))
+    ]
 
     def run(job):
         x, method, class_idx = job
@@ -1020,13 +1117,14 @@ def test_concurrent_calls_on_one_shared_model_equal_serial_results(snapshot):
         with ThreadPoolExecutor(max_workers=len(jobs) + 2) as pool:
             futures = [pool.submit(concurrent, job) for job in jobs] + [pool.submit(failing), pool.submit(probing)]
             outcomes = [future.result(timeout=120) for future in futures]
-        for result, expected in zip(outcomes[:len(jobs)], serial, strict=True):
+        for result, expected in zip(outcomes[: len(jobs)], serial, strict=True):
             _assert_same_result(result, expected)
         assert outcomes[-1] == serial_layers
         before.assert_unchanged()
 
 
 # --- degenerate maps: never NaN ------------------------------------------------------------------------------------
+
 
 def _assert_degenerate(result: CamResult, layer: str, expected: list[bool]) -> None:
     np.testing.assert_array_equal(result.degenerate[layer], expected)
@@ -1075,8 +1173,7 @@ def _constant_activation_net() -> nn.Module:
 @pytest.mark.bad_input(32)
 def test_constant_map_is_degenerate_not_nan(method):
     """Every channel of `features` is spatially constant, so every method's raw map is constant (max == min)."""
-    result = compute_cams(_constant_activation_net(), _images(2, 10, seed=1), ["features"], method=method,
-                          class_idx=0)
+    result = compute_cams(_constant_activation_net(), _images(2, 10, seed=1), ["features"], method=method, class_idx=0)
     raw = result.raw["features"]
     np.testing.assert_allclose(raw, raw[:, :1, :1] * np.ones_like(raw), rtol=1e-6, atol=1e-7)
     _assert_degenerate(result, "features", [True, True])
@@ -1135,17 +1232,21 @@ def test_non_finite_activations_raise_non_finite_error(method):
 
 # --- validation errors ---------------------------------------------------------------------------------------------
 
+
 def test_every_camlib_error_is_a_value_error():
     for error in (ClassIndexError, LayerError, MethodError, NonFiniteError, GradientUnavailableError):
         assert issubclass(error, CamlibError) and issubclass(error, ValueError)
 
 
-@pytest.mark.parametrize("class_idx,message", [
-    (1000, r"1000.*999"),
-    (-1, r"-1"),
-    ([0, 1000], r"1000.*999"),
-    ([-1, 0], r"-1"),
-])
+@pytest.mark.parametrize(
+    "class_idx,message",
+    [
+        (1000, r"1000.*999"),
+        (-1, r"-1"),
+        ([0, 1000], r"1000.*999"),
+        ([-1, 0], r"-1"),
+    ],
+)
 @pytest.mark.bad_input(37)
 def test_class_index_out_of_range(small_resnet, x64, class_idx, message):
     with pytest.raises(ClassIndexError, match=message) as caught:
@@ -1185,15 +1286,18 @@ def test_unknown_method(small_resnet, x64, method):
         compute_cams(small_resnet, x64, ["layer3"], method=method)
 
 
-@pytest.mark.parametrize("layers,message", [
-    (["layer5"], "not a module"),
-    (["layer3", "layer4.9"], "not a module"),
-    ([""], "not a module"),
-    ([], "no target layer"),
-    (["fc"], "spatial feature map"),
-    (["avgpool.missing"], "not a module"),
-    (["layer1.0.relu"], "runs 2 times"),
-])
+@pytest.mark.parametrize(
+    "layers,message",
+    [
+        (["layer5"], "not a module"),
+        (["layer3", "layer4.9"], "not a module"),
+        ([""], "not a module"),
+        ([], "no target layer"),
+        (["fc"], "spatial feature map"),
+        (["avgpool.missing"], "not a module"),
+        (["layer1.0.relu"], "runs 2 times"),
+    ],
+)
 def test_bad_layers(small_resnet, x64, layers, message):
     with pytest.raises(LayerError, match=message):
         compute_cams(small_resnet, x64, layers)
@@ -1256,8 +1360,9 @@ def test_float64_input_is_converted_or_rejected_with_a_value_error(small_resnet,
         result = compute_cams(small_resnet, x64.double(), ["layer3"])
     except ValueError:
         return
-    np.testing.assert_allclose(result.maps["layer3"], compute_cams(small_resnet, x64, ["layer3"]).maps["layer3"],
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        result.maps["layer3"], compute_cams(small_resnet, x64, ["layer3"]).maps["layer3"], atol=ATOL
+    )
 
 
 @pytest.mark.parametrize("method", ["gradcam", "eigencam"])
@@ -1281,8 +1386,8 @@ def test_error_messages_say_what_to_do(small_resnet, x64):
     assert "layer1.0.relu" in str(twice.value) and "once" in str(twice.value)
 
 
-
 # --- helpers: resizing, normalisation, shared scale ----------------------------------------------------------------
+
 
 def test_upsample_maps_is_cv2_inter_linear():
     maps = torch.rand(3, 7, 5, generator=torch.Generator().manual_seed(0))
@@ -1327,14 +1432,21 @@ def test_shared_scale_maps_without_any_evidence_are_zeros():
 
 # --- progress and cancellation of long methods (issue 11, bad-inputs row 68) ---------------------------------------
 
+
 class _Cancelled(Exception):
     pass
 
 
 def test_scorecam_reports_progress_per_batch_and_gradient_methods_report_nothing(small_resnet, x64):
     calls: list[tuple[int, int]] = []
-    result = compute_cams(small_resnet, x64[:1], ["layer1", "layer2"], method="scorecam", scorecam_batch_size=16,
-                          progress=lambda done, total: calls.append((done, total)))
+    result = compute_cams(
+        small_resnet,
+        x64[:1],
+        ["layer1", "layer2"],
+        method="scorecam",
+        scorecam_batch_size=16,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     total = 64 // 16 + 128 // 16  # one image: ceil(C / batch) forwards per layer
     assert calls == [(k, total) for k in range(1, total + 1)]
     same = compute_cams(small_resnet, x64[:1], ["layer1", "layer2"], method="scorecam", scorecam_batch_size=16)

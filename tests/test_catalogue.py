@@ -57,14 +57,18 @@ def _file_kind(path: Path) -> str:
 
 
 def _bad_input_marks(decorators: list[ast.expr]) -> list[ast.Call]:
-    return [d for d in decorators if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
-            and d.func.attr == "bad_input"]
+    return [
+        d
+        for d in decorators
+        if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "bad_input"
+    ]
 
 
 def _is_given(decorator: ast.expr) -> bool:
     func = decorator.func if isinstance(decorator, ast.Call) else decorator
-    return (isinstance(func, ast.Name) and func.id == "given") or (isinstance(func, ast.Attribute)
-                                                                    and func.attr == "given")
+    return (isinstance(func, ast.Name) and func.id == "given") or (
+        isinstance(func, ast.Attribute) and func.attr == "given"
+    )
 
 
 def _literal_kinds(mark: ast.Call, default: str) -> set[str]:
@@ -85,8 +89,11 @@ def marked_tests(folder: Path = TESTS) -> dict[int, dict[str, list[str]]]:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 functions.append((node.name, node))
             elif isinstance(node, ast.ClassDef):
-                functions += [(f"{node.name}::{n.name}", n) for n in node.body
-                              if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+                functions += [
+                    (f"{node.name}::{n.name}", n)
+                    for n in node.body
+                    if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+                ]
         for name, function in functions:
             if not name.split("::")[-1].startswith("test"):
                 continue
@@ -120,9 +127,11 @@ def test_catalogue_parses_every_row_with_its_kinds(rows: dict[int, set[str]]) ->
 
 
 def test_parser_reads_kinds_not_notes() -> None:
-    text = ("| 1 | a | b | U (generate with `Image.new(\"1\", big)`) + SOAK | - |\n"
-            "| 2 | a | b | WS/HTTP script + AT  | - |\n| x | not a row | | PW | |\n"
-            "| 3 | a | b | U + AT [verified AppTest accepts reversed] | - |\n")
+    text = (
+        '| 1 | a | b | U (generate with `Image.new("1", big)`) + SOAK | - |\n'
+        "| 2 | a | b | WS/HTTP script + AT  | - |\n| x | not a row | | PW | |\n"
+        "| 3 | a | b | U + AT [verified AppTest accepts reversed] | - |\n"
+    )
     assert catalogue_rows(text) == {1: {"U", "SOAK"}, 2: {"WS", "HTTP", "AT"}, 3: {"U", "AT"}}
 
 
@@ -163,10 +172,11 @@ def test_static_reader_finds_marks_on_functions_and_methods_with_kinds(tmp_path:
         "import pytest\n@pytest.mark.bad_input(4, 6)\ndef test_a(): pass\n"
         "@pytest.mark.bad_input(6, kind='HTTP')\ndef test_b(): pass\n"
         "class TestC:\n    @pytest.mark.bad_input(22)\n    def test_d(self): pass\n"
-        "@pytest.mark.bad_input(9)\ndef helper(): pass\n")
+        "@pytest.mark.bad_input(9)\ndef helper(): pass\n"
+    )
     (tmp_path / "test_y.py").write_text(
-        "import pytest\nfrom hypothesis import given\n@given(x=None)\n@pytest.mark.bad_input(34)\n"
-        "def test_e(x): pass\n")
+        "import pytest\nfrom hypothesis import given\n@given(x=None)\n@pytest.mark.bad_input(34)\ndef test_e(x): pass\n"
+    )
     claims = marked_tests(tmp_path)
     assert {row: {k: sorted(v) for k, v in by_kind.items()} for row, by_kind in claims.items()} == {
         4: {"PW": ["test_browser_x.py::test_a"]},

@@ -104,18 +104,30 @@ class LightningLike(nn.Module):
 
 def _lightning_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, object]:
     """The layout of ``Trainer.save_checkpoint`` (Lightning 2.x) with plain-type entries beside ``state_dict``."""
-    return {"epoch": 7, "global_step": 2800, "pytorch-lightning_version": "2.5.0", "state_dict": state,
-            "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 7}}}},
-            "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_score": torch.tensor(0.31)}},
-            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]}],
-            "lr_schedulers": [], "hparams_name": "kwargs", "hyper_parameters": {"lr": 0.01}}
+    return {
+        "epoch": 7,
+        "global_step": 2800,
+        "pytorch-lightning_version": "2.5.0",
+        "state_dict": state,
+        "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 7}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_score": torch.tensor(0.31)}},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]}],
+        "lr_schedulers": [],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {"lr": 0.01},
+    }
 
 
 def _training_dict(weights_key: str, state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, object]:
     """A training script's checkpoint: the weights under ``weights_key`` beside a real optimizer state and more."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return {weights_key: state, "optimizer": optimizer.state_dict(), "epoch": 3, "best_acc1": 0.71,
-            "args": {"arch": "resnet", "lr": 0.1}}
+    return {
+        weights_key: state,
+        "optimizer": optimizer.state_dict(),
+        "epoch": 3,
+        "best_acc1": 0.71,
+        "args": {"arch": "resnet", "lr": 0.1},
+    }
 
 
 # --- every accepted form, on both architectures --------------------------------------------------------------------
@@ -123,31 +135,58 @@ def _training_dict(weights_key: str, state: dict[str, torch.Tensor], model: nn.M
 FORMS: dict[str, tuple[Callable[[nn.Module], object], str]] = {
     # name: (what is saved, given the original model; the note the loaded spec carries)
     "plain": (lambda m: m.state_dict(), "loaded from the file's top level, no prefix"),
-    "compile": (lambda m: torch.compile(m).state_dict(),
-                "loaded from the file's top level, prefix '_orig_mod.' removed"),
-    "dataparallel": (lambda m: nn.DataParallel(m).state_dict(),
-                     "loaded from the file's top level, prefix 'module.' removed"),
-    "dataparallel-of-compiled": (lambda m: nn.DataParallel(torch.compile(m)).state_dict(),
-                                 "loaded from the file's top level, prefix 'module._orig_mod.' removed"),
-    "compiled-dataparallel": (lambda m: torch.compile(nn.DataParallel(m)).state_dict(),
-                              "loaded from the file's top level, prefix '_orig_mod.module.' removed"),
-    **{f"training-dict-{key}": ((lambda m, key=key: _training_dict(key, m.state_dict(), m)),
-                                f"loaded from checkpoint[{key!r}], no prefix") for key in CONTAINER_KEYS},
-    "training-dict-ddp-compiled": (lambda m: _training_dict("model", nn.DataParallel(torch.compile(m)).state_dict(), m),
-                                   "loaded from checkpoint['model'], prefix 'module._orig_mod.' removed"),
-    "nested-container": (lambda m: {"model": {"state_dict": m.state_dict(), "epoch": 3}, "optimizer": {}},
-                         "loaded from checkpoint['model']['state_dict'], no prefix"),
-    "lightning": (lambda m: _lightning_checkpoint(LightningLike(m).state_dict()),
-                  "loaded from checkpoint['state_dict'], prefix 'model.' removed"),
-    "lightning-compiled": (lambda m: _lightning_checkpoint(LightningLike(torch.compile(m)).state_dict()),
-                           "loaded from checkpoint['state_dict'], prefix 'model._orig_mod.' removed"),
-    "timm-model-ema-v2": (lambda m: {"state_dict_ema": timm.utils.ModelEmaV2(m).state_dict(), "epoch": 1},
-                          "loaded from checkpoint['state_dict_ema'], prefix 'module.' removed"),
-    "timm-model-ema-v3": (lambda m: {"state_dict_ema": timm.utils.ModelEmaV3(m).state_dict(), "epoch": 1},
-                          "loaded from checkpoint['state_dict_ema'], prefix 'module.' removed"),
-    "swa-averaged-model": (lambda m: AveragedModel(m).state_dict(),
-                           "loaded from the file's top level, prefix 'module.' removed, n_averaged (AveragedModel's "
-                           "update counter) ignored"),
+    "compile": (
+        lambda m: torch.compile(m).state_dict(),
+        "loaded from the file's top level, prefix '_orig_mod.' removed",
+    ),
+    "dataparallel": (
+        lambda m: nn.DataParallel(m).state_dict(),
+        "loaded from the file's top level, prefix 'module.' removed",
+    ),
+    "dataparallel-of-compiled": (
+        lambda m: nn.DataParallel(torch.compile(m)).state_dict(),
+        "loaded from the file's top level, prefix 'module._orig_mod.' removed",
+    ),
+    "compiled-dataparallel": (
+        lambda m: torch.compile(nn.DataParallel(m)).state_dict(),
+        "loaded from the file's top level, prefix '_orig_mod.module.' removed",
+    ),
+    **{
+        f"training-dict-{key}": (
+            (lambda m, key=key: _training_dict(key, m.state_dict(), m)),
+            f"loaded from checkpoint[{key!r}], no prefix",
+        )
+        for key in CONTAINER_KEYS
+    },
+    "training-dict-ddp-compiled": (
+        lambda m: _training_dict("model", nn.DataParallel(torch.compile(m)).state_dict(), m),
+        "loaded from checkpoint['model'], prefix 'module._orig_mod.' removed",
+    ),
+    "nested-container": (
+        lambda m: {"model": {"state_dict": m.state_dict(), "epoch": 3}, "optimizer": {}},
+        "loaded from checkpoint['model']['state_dict'], no prefix",
+    ),
+    "lightning": (
+        lambda m: _lightning_checkpoint(LightningLike(m).state_dict()),
+        "loaded from checkpoint['state_dict'], prefix 'model.' removed",
+    ),
+    "lightning-compiled": (
+        lambda m: _lightning_checkpoint(LightningLike(torch.compile(m)).state_dict()),
+        "loaded from checkpoint['state_dict'], prefix 'model._orig_mod.' removed",
+    ),
+    "timm-model-ema-v2": (
+        lambda m: {"state_dict_ema": timm.utils.ModelEmaV2(m).state_dict(), "epoch": 1},
+        "loaded from checkpoint['state_dict_ema'], prefix 'module.' removed",
+    ),
+    "timm-model-ema-v3": (
+        lambda m: {"state_dict_ema": timm.utils.ModelEmaV3(m).state_dict(), "epoch": 1},
+        "loaded from checkpoint['state_dict_ema'], prefix 'module.' removed",
+    ),
+    "swa-averaged-model": (
+        lambda m: AveragedModel(m).state_dict(),
+        "loaded from the file's top level, prefix 'module.' removed, n_averaged (AveragedModel's "
+        "update counter) ignored",
+    ),
 }
 
 
@@ -159,11 +198,14 @@ def test_each_saved_form_loads_with_the_original_logits(form: str, original: Ori
 
 
 @pytest.mark.bad_input(66)
-@pytest.mark.parametrize(("prefix", "note"), [
-    ("_orig_mod.", "loaded from the file's top level, prefix '_orig_mod.' removed"),
-    ("module._orig_mod.", "loaded from the file's top level, prefix 'module._orig_mod.' removed"),
-    ("model.", "loaded from the file's top level, prefix 'model.' removed"),
-])
+@pytest.mark.parametrize(
+    ("prefix", "note"),
+    [
+        ("_orig_mod.", "loaded from the file's top level, prefix '_orig_mod.' removed"),
+        ("module._orig_mod.", "loaded from the file's top level, prefix 'module._orig_mod.' removed"),
+        ("model.", "loaded from the file's top level, prefix 'model.' removed"),
+    ],
+)
 def test_safetensors_with_a_prefix(prefix: str, note: str, original: Original) -> None:
     data = safetensors.torch.save({k: v.contiguous() for k, v in _prefixed(original.state(), prefix).items()})
     original.assert_loads(data, "weights.safetensors", note)
@@ -189,6 +231,7 @@ def test_train_init_reads_the_same_forms(resnet20: Original, tmp_path: Path) -> 
 
 
 # --- one reading, or a refusal --------------------------------------------------------------------------------------
+
 
 def test_identical_copies_are_one_reading(resnet20: Original) -> None:
     # timm saves state_dict and state_dict_ema; right after creation the EMA equals the model: not ambiguous.
@@ -242,8 +285,12 @@ def test_a_prefix_not_shared_by_every_key_is_not_removed(resnet20: Original) -> 
 
 def test_a_training_dict_without_weights_is_not_a_state_dict(resnet20: Original) -> None:
     model = build_cifar_model("resnet20")
-    checkpoint = {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(), "epoch": 3,
-                  "model": {"lr": 0.1}, "state_dict": {"fc.weight": [1.0]}}
+    checkpoint = {
+        "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
+        "epoch": 3,
+        "model": {"lr": 0.1},
+        "state_dict": {"fc.weight": [1.0]},
+    }
     with pytest.raises(CheckpointError) as info:
         read_checkpoint(_saved(checkpoint), "x.pt")
     assert str(info.value) == NOT_A_STATE_DICT
@@ -267,10 +314,12 @@ class _RunsShell:
 
 
 @pytest.mark.bad_input(23, 66)
-@pytest.mark.parametrize("where", ["beside-the-weights", "inside-the-optimizer", "inside-the-weights",
-                                   "inside-a-nested-container"])
-def test_code_needing_pickle_in_a_training_dict_is_refused_without_side_effect(where: str, resnet20: Original,
-                                                                               tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "where", ["beside-the-weights", "inside-the-optimizer", "inside-the-weights", "inside-a-nested-container"]
+)
+def test_code_needing_pickle_in_a_training_dict_is_refused_without_side_effect(
+    where: str, resnet20: Original, tmp_path: Path
+) -> None:
     marker = tmp_path / "pwned"
     state = resnet20.state()
     checkpoint = {
@@ -299,14 +348,18 @@ def test_non_finite_weights_are_refused_in_any_container_but_optimizer_state_is_
 
 # --- the readings themselves -------------------------------------------------------------------------------------
 
+
 def _readings(checkpoint: object) -> list[tuple[tuple[str, ...], str, tuple[str, ...], list[str]]]:
     return [(r.container, r.prefix, r.dropped, list(r.state)) for r in candidate_readings(checkpoint)]
 
 
 def test_candidate_readings_are_every_shared_dotted_prefix_of_every_container() -> None:
     t = torch.zeros(1)
-    assert _readings({"a.b.c": t, "a.b.d": t}) == [((), "", (), ["a.b.c", "a.b.d"]), ((), "a.", (), ["b.c", "b.d"]),
-                                                   ((), "a.b.", (), ["c", "d"])]
+    assert _readings({"a.b.c": t, "a.b.d": t}) == [
+        ((), "", (), ["a.b.c", "a.b.d"]),
+        ((), "a.", (), ["b.c", "b.d"]),
+        ((), "a.b.", (), ["c", "d"]),
+    ]
     assert _readings({"a.b": t, "a": t}) == [((), "", (), ["a.b", "a"])]  # a prefix never empties a key
     assert _readings({"a.b": t, "c.b": t}) == [((), "", (), ["a.b", "c.b"])]
     assert _readings({"m.w": t}) == [((), "", (), ["m.w"]), ((), "m.", (), ["w"])]
@@ -317,16 +370,30 @@ def test_candidate_readings_are_every_shared_dotted_prefix_of_every_container() 
 def test_averaged_model_counter_is_dropped_only_in_averaged_models_layout() -> None:
     t, counter = torch.zeros(1), torch.tensor(3)
     assert _readings({"n_averaged": counter, "module.w": t}) == [
-        ((), "", (), ["n_averaged", "module.w"]), ((), "module.", ("n_averaged",), ["w"])]
+        ((), "", (), ["n_averaged", "module.w"]),
+        ((), "module.", ("n_averaged",), ["w"]),
+    ]
     assert _readings({"n_averaged": counter, "model.w": t}) == [((), "", (), ["n_averaged", "model.w"])]
     assert _readings({"n_averaged": torch.tensor(3.0), "module.w": t}) == [((), "", (), ["n_averaged", "module.w"])]
 
 
-@pytest.mark.parametrize("checkpoint", [None, 3, [torch.zeros(1)], torch.zeros(2), {}, {"w": 1.0},
-                                        {1: torch.zeros(1)}, {"state_dict": {}}, {"model": [torch.zeros(1)]},
-                                        {"weights": {"w": torch.zeros(1)}},  # not a container name
-                                        {"model": {"model": {"model": {"w": torch.zeros(1)}}}}],  # too deep
-                         ids=repr)
+@pytest.mark.parametrize(
+    "checkpoint",
+    [
+        None,
+        3,
+        [torch.zeros(1)],
+        torch.zeros(2),
+        {},
+        {"w": 1.0},
+        {1: torch.zeros(1)},
+        {"state_dict": {}},
+        {"model": [torch.zeros(1)]},
+        {"weights": {"w": torch.zeros(1)}},  # not a container name
+        {"model": {"model": {"model": {"w": torch.zeros(1)}}}},
+    ],  # too deep
+    ids=repr,
+)
 def test_no_state_dict_anywhere(checkpoint: object) -> None:
     assert candidate_readings(checkpoint) == []
     with pytest.raises(CheckpointError, match="not a state dict"):
@@ -337,7 +404,10 @@ def test_state_differences_and_the_optional_batchnorm_counter() -> None:
     expected = {"w": torch.zeros(2, 3), "bn.num_batches_tracked": torch.tensor(0), "b": torch.zeros(2)}
     assert state_differences({"w": torch.zeros(2, 3), "b": torch.zeros(2)}, expected) == ([], [], [])
     assert state_differences({"w": torch.zeros(3, 2), "x": torch.zeros(1)}, expected) == (
-        ["b"], ["x"], ["w (3, 2) vs (2, 3)"])
+        ["b"],
+        ["x"],
+        ["w (3, 2) vs (2, 3)"],
+    )
 
 
 def test_describe_reads_like_python_indexing() -> None:
@@ -350,6 +420,7 @@ def test_describe_reads_like_python_indexing() -> None:
 
 
 # --- issue #9: the size cap fits every registry model ----------------------------------------------------------------
+
 
 def _state_bytes(key: str) -> int:
     with torch.device("meta"):  # shapes and dtypes only: no memory, no initialisation cost

@@ -61,8 +61,11 @@ def test_folder_test_split(test_split):
     assert test_split.labels.shape == (10_000,) and test_split.labels.dtype == np.int64
     assert np.array_equal(np.bincount(test_split.labels), [1000] * 10)
     assert (np.diff(test_split.labels) >= 0).all()  # class by class, in label order
-    assert test_split.class_names == CLASS_NAMES == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                                      "horse", "ship", "truck")
+    assert (
+        test_split.class_names
+        == CLASS_NAMES
+        == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    )
     assert (test_split.source, test_split.root, test_split.split) == ("folder", str(DATA), "test")
 
 
@@ -96,11 +99,14 @@ def test_balanced_subset():
     assert balanced_subset(labels, None).tolist() == balanced_subset(labels, 99).tolist() == list(range(6))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"split": "val"}, "split must be 'train' or 'test'"),
-    ({"limit": 0}, "limit must be a positive integer"),
-    ({"limit": 2.5}, "limit must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"split": "val"}, "split must be 'train' or 'test'"),
+        ({"limit": 0}, "limit must be a positive integer"),
+        ({"limit": 2.5}, "limit must be a positive integer"),
+    ],
+)
 def test_bad_requests(tmp_path, kwargs, message):
     with pytest.raises(DatasetError, match=message):
         load_cifar10(tmp_path, **kwargs)
@@ -173,8 +179,15 @@ def write_batch(path: Path, images: np.ndarray, labels: list[int]) -> None:
     # the release's layout: rows of 3072 bytes, channel-major (R plane, G plane, B plane)
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
     with path.open("wb") as f:
-        pickle.dump({"batch_label": path.name, "data": data, "labels": labels,
-                     "filenames": [f"{i}.png" for i in range(len(labels))]}, f)
+        pickle.dump(
+            {
+                "batch_label": path.name,
+                "data": data,
+                "labels": labels,
+                "filenames": [f"{i}.png" for i in range(len(labels))],
+            },
+            f,
+        )
 
 
 @pytest.fixture
@@ -196,8 +209,9 @@ def release(tmp_path, monkeypatch) -> tuple[Path, dict[str, tuple[np.ndarray, np
     expected["test_batch"] = test_images, np.array(test_labels)
     with (folder / "batches.meta").open("wb") as f:
         pickle.dump({"label_names": list(CLASS_NAMES), "num_cases_per_batch": 3, "num_vis": 3072}, f)
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{k}", md5(folder / f"data_batch_{k}")]
-                                                for k in range(1, 6)])
+    monkeypatch.setattr(
+        CIFAR10, "train_list", [[f"data_batch_{k}", md5(folder / f"data_batch_{k}")] for k in range(1, 6)]
+    )
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
     monkeypatch.setattr(CIFAR10, "meta", CIFAR10.meta | {"md5": md5(folder / "batches.meta")})
     return tmp_path, expected

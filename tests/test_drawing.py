@@ -59,7 +59,8 @@ def test_label_tiles_draws_in_the_bottom_left_corner_only_and_copies() -> None:
 
 def test_grid_png_is_the_upscaled_labelled_tile_grid() -> None:
     tiles = np.stack([_image(8, 8, seed) for seed in range(6)])
-    np.testing.assert_array_equal(_decode(grid_png(tiles, 2, 3, min_tile_px=16)),
-                                  tile_grid(upscale_tiles(tiles, 16), 2, 3))
+    np.testing.assert_array_equal(
+        _decode(grid_png(tiles, 2, 3, min_tile_px=16)), tile_grid(upscale_tiles(tiles, 16), 2, 3)
+    )
     labelled = _decode(grid_png(tiles, 2, 3, min_tile_px=16, labels=list("abcdef")))
     np.testing.assert_array_equal(labelled, tile_grid(label_tiles(upscale_tiles(tiles, 16), list("abcdef")), 2, 3))

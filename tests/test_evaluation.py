@@ -25,15 +25,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # --- confusion matrix and per-class accuracy -------------------------------------------------------------------------
 
+
 def test_confusion_matrix_hand_computed() -> None:
     labels = np.array([0, 0, 1, 2, 2, 2])
     predictions = np.array([0, 1, 1, 2, 0, 2])
     matrix = confusion_matrix(labels, predictions, 4)
     assert matrix.dtype == np.int64
-    assert matrix.tolist() == [[1, 1, 0, 0],
-                               [0, 1, 0, 0],
-                               [1, 0, 2, 0],
-                               [0, 0, 0, 0]]  # rows: true class; columns: predicted class; class 3 has no images
+    assert matrix.tolist() == [
+        [1, 1, 0, 0],
+        [0, 1, 0, 0],
+        [1, 0, 2, 0],
+        [0, 0, 0, 0],
+    ]  # rows: true class; columns: predicted class; class 3 has no images
     assert matrix.sum() == len(labels)
 
 
@@ -85,14 +88,8 @@ def test_confusion_matrix_rejects_different_lengths() -> None:
 
 # --- flip report -----------------------------------------------------------------------------------------------------
 
-ORIGINAL = np.array([[0.7, 0.2, 0.1],
-                     [0.1, 0.6, 0.3],
-                     [0.2, 0.3, 0.5],
-                     [0.5, 0.25, 0.25]], np.float32)
-AUGMENTED = np.array([[0.6, 0.3, 0.1],
-                      [0.5, 0.2, 0.3],
-                      [0.2, 0.3, 0.5],
-                      [0.1, 0.1, 0.8]], np.float32)
+ORIGINAL = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5], [0.5, 0.25, 0.25]], np.float32)
+AUGMENTED = np.array([[0.6, 0.3, 0.1], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5], [0.1, 0.1, 0.8]], np.float32)
 
 
 def test_flip_report_hand_computed() -> None:
@@ -134,6 +131,7 @@ def test_flip_report_is_frozen() -> None:
 
 # --- predictions -----------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     torch.manual_seed(0)
@@ -171,8 +169,9 @@ def test_larger_images_are_resized_like_prepare_batch(model: nn.Module) -> None:
 @pytest.mark.parametrize("batch_size", [1, 7, 23, 500])
 def test_batch_size_does_not_change_the_result(batch_size: int, model: nn.Module, images: np.ndarray) -> None:
     expected = predict_probabilities(model, images, CIFAR)
-    np.testing.assert_allclose(predict_probabilities(model, images, CIFAR, batch_size=batch_size), expected,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        predict_probabilities(model, images, CIFAR, batch_size=batch_size), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_prediction_leaves_the_model_as_it_was(model: nn.Module, images: np.ndarray, snapshot) -> None:
@@ -193,8 +192,9 @@ def test_prediction_leaves_the_model_as_it_was(model: nn.Module, images: np.ndar
 def test_read_only_input_is_accepted(model: nn.Module, images: np.ndarray) -> None:
     frozen = images.copy()
     frozen.setflags(write=False)
-    np.testing.assert_array_equal(predict_probabilities(model, frozen, CIFAR), predict_probabilities(model, images,
-                                                                                                      CIFAR))
+    np.testing.assert_array_equal(
+        predict_probabilities(model, frozen, CIFAR), predict_probabilities(model, images, CIFAR)
+    )
 
 
 def test_prediction_waits_for_the_model_lock(model: nn.Module, images: np.ndarray) -> None:

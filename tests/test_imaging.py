@@ -41,6 +41,7 @@ MP_MESSAGE = re.compile(r"\d+(\.\d+)? MP > \d+ MP")  # "image too large (30.0 MP
 
 # --- helpers -------------------------------------------------------------------------------------------------------
 
+
 def _encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **params)
@@ -68,8 +69,12 @@ def _bilevel_png(width: int, height: int) -> bytes:
         done += n
     parts.append(compressor.flush())
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"".join(parts))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _gif_declaring(width: int, height: int) -> bytes:
@@ -83,7 +88,7 @@ def _jpeg_declaring(width: int, height: int) -> bytes:
     """A small JPEG whose SOF0 frame header declares ``width`` x ``height``."""
     data = bytearray(_encode(Image.new("RGB", (16, 16), (10, 20, 30)), "JPEG"))
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
@@ -92,8 +97,17 @@ def _tiff_rgb16(array: np.ndarray) -> bytes:
     height, width, _ = array.shape
     pixels = array.astype("<u2").tobytes()
     bits = struct.pack("<3H", 16, 16, 16)
-    tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, 8), (259, 3, 1, 1), (262, 3, 1, 2),
-            (273, 4, 1, 0), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 1, len(pixels))]
+    tags = [
+        (256, 3, 1, width),
+        (257, 3, 1, height),
+        (258, 3, 3, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, 0),
+        (277, 3, 1, 3),
+        (278, 3, 1, height),
+        (279, 4, 1, len(pixels)),
+    ]
     ifd_size = 2 + 12 * len(tags) + 4
     data_offset = 8 + len(bits) + ifd_size
     entries = b""
@@ -133,6 +147,7 @@ def _assert_typed(error: BaseException) -> None:
 
 # --- helpers are valid files (so the rejections below are about size, not about broken bytes) -----------------------
 
+
 def test_crafted_files_are_valid_images() -> None:
     small = decode_image(_bilevel_png(37, 21), max_side=None)
     assert small.pixels.shape == (21, 37, 3) and (small.pixels == 0).all()
@@ -142,6 +157,7 @@ def test_crafted_files_are_valid_images() -> None:
 
 
 # --- rows 1-3: empty, not an image, real format wins ----------------------------------------------------------------
+
 
 @pytest.mark.bad_input(1)
 def test_zero_bytes_is_empty_file() -> None:
@@ -186,8 +202,14 @@ def test_real_format_is_reported_whatever_the_name() -> None:
     assert decoded.notes == ("the file is named .png but contains JPEG data; decoded as JPEG",)
 
 
-_EXTENSIONS = {"PNG": ["png", "PNG", "apng"], "JPEG": ["jpg", "JPEG", "jpe", "jfif"], "WEBP": ["webp"],
-               "BMP": ["bmp", "dib"], "TIFF": ["tif", "tiff"], "GIF": ["gif"]}
+_EXTENSIONS = {
+    "PNG": ["png", "PNG", "apng"],
+    "JPEG": ["jpg", "JPEG", "jpe", "jfif"],
+    "WEBP": ["webp"],
+    "BMP": ["bmp", "dib"],
+    "TIFF": ["tif", "tiff"],
+    "GIF": ["gif"],
+}
 
 
 @pytest.mark.bad_input(3)
@@ -217,6 +239,7 @@ def test_allowed_formats_decode(fmt: str) -> None:
 
 
 # --- size caps (rows 6-9) -------------------------------------------------------------------------------------------
+
 
 def test_no_decoding_fixture_detects_decoding(no_decoding: None) -> None:
     with pytest.raises(AssertionError, match="pixel data was decoded"):
@@ -254,8 +277,13 @@ def test_declared_pixel_count_is_rejected_without_decoding(width: int, height: i
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize(
     ("make", "width", "height"),
-    [(_gif_declaring, 6000, 5000), (_gif_declaring, 20000, 20000), (_jpeg_declaring, 20000, 20000),
-     (_jpeg_declaring, 16000, 12501), (_jpeg_declaring, 65535, 65535)],
+    [
+        (_gif_declaring, 6000, 5000),
+        (_gif_declaring, 20000, 20000),
+        (_jpeg_declaring, 20000, 20000),
+        (_jpeg_declaring, 16000, 12501),
+        (_jpeg_declaring, 65535, 65535),
+    ],
     ids=["gif-30MP", "gif-400MP", "jpeg-400MP", "jpeg-just-over-200MP", "jpeg-4295MP"],
 )
 @pytest.mark.bad_input(7)
@@ -346,17 +374,19 @@ def test_small_image_is_not_resized() -> None:
 
 # --- row 9: large phone photos (JPEG decoded at reduced scale) -------------------------------------------------------
 
+
 def _jpeg_with_sof(data: bytes, marker: bytes, width: int, height: int) -> bytes:
     """``data`` (a JPEG) with its frame header ``marker`` (SOF0 / SOF2) patched to declare ``width`` x ``height``."""
     data = bytearray(data)
     sof = data.index(marker)
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 
 @pytest.mark.bad_input(9)
-@pytest.mark.parametrize(("width", "height", "scale"), [(8000, 6000, 4), (12000, 9000, 8), (16000, 12500, 8)],
-                         ids=["48MP", "108MP", "200MP"])
+@pytest.mark.parametrize(
+    ("width", "height", "scale"), [(8000, 6000, 4), (12000, 9000, 8), (16000, 12500, 8)], ids=["48MP", "108MP", "200MP"]
+)
 def test_large_jpeg_headers_within_the_jpeg_cap_are_decoded_reduced(width: int, height: int, scale: int) -> None:
     # A 16x16 JPEG declaring a phone-photo size (libjpeg fills what the data does not cover): accepted by the caps
     # and decoded at 1/scale: the full-size canvas never exists.
@@ -389,8 +419,9 @@ def test_large_progressive_jpeg_is_refused_without_decoding(no_decoding: None) -
     data = _jpeg_with_sof(small, b"\xff\xc2", 8000, 6000)
     with pytest.raises(ImageTooLargeError) as info:
         decode_image(data)
-    assert str(info.value) == ("image too large (48.0 MP > 25 MP): 8000x6000 pixels; a progressive JPEG cannot be "
-                               "decoded at reduced size")
+    assert str(info.value) == (
+        "image too large (48.0 MP > 25 MP): 8000x6000 pixels; a progressive JPEG cannot be decoded at reduced size"
+    )
 
 
 def test_progressive_jpeg_within_the_cap_is_decoded_reduced() -> None:
@@ -401,8 +432,9 @@ def test_progressive_jpeg_within_the_cap_is_decoded_reduced() -> None:
 
 
 @pytest.mark.parametrize(("width", "height", "scale", "drafted"), [(5, 5000, 4, "2x1250"), (5000, 8, 8, "625x1")])
-def test_thin_jpeg_strips_are_decoded_reduced_with_the_right_scale(width: int, height: int, scale: int,
-                                                                   drafted: str) -> None:
+def test_thin_jpeg_strips_are_decoded_reduced_with_the_right_scale(
+    width: int, height: int, scale: int, drafted: str
+) -> None:
     # libjpeg's scale: the largest of 8, 4, 2, 1 <= min(5 // 1, 5000 // 512) = 5, or min(5000 // 512, 8 // 1) = 8.
     decoded = decode_image(_encode(Image.new("RGB", (width, height), (200, 40, 40)), "JPEG"), max_side=512)
     assert decoded.notes[0] == f"decoded at 1/{scale} size: {width}x{height} -> {drafted}"
@@ -414,8 +446,11 @@ def test_cmyk_jpeg_is_decoded_reduced() -> None:
     data = _encode(Image.new("CMYK", (4400, 2200), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
     decoded = decode_image(data, max_side=512)
     assert decoded.pixels.shape == (256, 512, 3)
-    assert decoded.notes == ("CMYK image converted to RGB", "decoded at 1/8 size: 4400x2200 -> 550x275",
-                             "downscaled from 4400x2200 to 512x256")
+    assert decoded.notes == (
+        "CMYK image converted to RGB",
+        "decoded at 1/8 size: 4400x2200 -> 550x275",
+        "downscaled from 4400x2200 to 512x256",
+    )
     assert np.abs(decoded.pixels.astype(int) - (255, 0, 0)).max() <= 8
 
 
@@ -452,9 +487,15 @@ def run_python(script: str, *args: object, timeout: float = 300) -> str:
     (by default it would reuse heap that the imports freed, hundreds of MB after ``import torch``, and hide them).
     """
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run([sys.executable, "-c", _TRAMPOLINE, sys.executable, "-c", script, *map(str, args)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=timeout,
-                          check=False, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", _TRAMPOLINE, sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -462,11 +503,14 @@ def run_python(script: str, *args: object, timeout: float = 300) -> str:
 def test_memory_measurement_sees_what_the_script_allocates() -> None:
     # The harness is not blind: with this process holding 300 MB, a child that allocates 200 MB reports ~200 MB.
     held = np.ones(300 * 2**20, np.uint8)
-    script = RSS_BASELINE + """
+    script = (
+        RSS_BASELINE
+        + """
 import numpy as np
 block = np.ones(200 * 2**20, np.uint8)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024)
 """
+    )
     assert 195 < float(run_python(script)) < 230
     assert held.all()
 
@@ -481,11 +525,14 @@ green = ramp.rotate(90).resize((width, height), Image.Resampling.NEAREST)
 Image.merge("RGB", (red, green, Image.new("L", (width, height), 90))).save(path, "JPEG", quality=80)
 """
 
-DECODE_SCRIPT = """
+DECODE_SCRIPT = (
+    """
 import json, sys, time
 from camlib.imaging import decode_image
 data = open(sys.argv[1], "rb").read()
-""" + RSS_BASELINE + """
+"""
+    + RSS_BASELINE
+    + """
 start = time.perf_counter()
 decoded = decode_image(data)
 seconds = time.perf_counter() - start
@@ -493,6 +540,7 @@ extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
 print(json.dumps({"shape": list(decoded.pixels.shape), "notes": decoded.notes, "extra_mb": extra, "s": seconds,
                   "mean": decoded.pixels.reshape(-1, 3).mean(axis=0).tolist()}))
 """
+)
 
 
 @pytest.fixture(scope="session")
@@ -507,13 +555,24 @@ def phone_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.slow
 @pytest.mark.bad_input(9)
-@pytest.mark.parametrize(("name", "notes", "shape"), [
-    ("48MP", ["decoded at 1/4 size: 8000x6000 -> 2000x1500", "downscaled from 8000x6000 to 1024x768"], [768, 1024, 3]),
-    ("108MP", ["decoded at 1/8 size: 12000x9000 -> 1500x1125", "downscaled from 12000x9000 to 1024x768"],
-     [768, 1024, 3]),
-])
-def test_phone_photos_decode_in_bounded_memory_and_time(phone_photos: dict[str, Path], name: str, notes: list[str],
-                                                        shape: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("name", "notes", "shape"),
+    [
+        (
+            "48MP",
+            ["decoded at 1/4 size: 8000x6000 -> 2000x1500", "downscaled from 8000x6000 to 1024x768"],
+            [768, 1024, 3],
+        ),
+        (
+            "108MP",
+            ["decoded at 1/8 size: 12000x9000 -> 1500x1125", "downscaled from 12000x9000 to 1024x768"],
+            [768, 1024, 3],
+        ),
+    ],
+)
+def test_phone_photos_decode_in_bounded_memory_and_time(
+    phone_photos: dict[str, Path], name: str, notes: list[str], shape: list[int]
+) -> None:
     path = phone_photos[name]
     assert path.stat().st_size < MAX_UPLOAD_BYTES
     result = json.loads(run_python(DECODE_SCRIPT, path).strip().splitlines()[-1])
@@ -531,8 +590,9 @@ def _diagonal(width: int, height: int) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "bound_mb"), [("L", 60), ("RGB", 150), ("RGB rotated", 150), ("RGBA", 250),
-                                                ("16-bit", 180)])
+@pytest.mark.parametrize(
+    ("kind", "bound_mb"), [("L", 60), ("RGB", 150), ("RGB rotated", 150), ("RGBA", 250), ("16-bit", 180)]
+)
 def test_25_mp_images_decode_without_full_size_copies(kind: str, bound_mb: float, tmp_path: Path) -> None:
     # Pillow holds 25 MP as 25 MB (L), 50 MB (16-bit) or 100 MB (RGB, RGBA). Before: 121, 622, 193, 193 and 479 MB
     # (an int64 and a float64 copy of 16-bit pixels, an RGB-to-RGB copy, a full-size rotation, a full-size composite).
@@ -570,12 +630,15 @@ def test_alpha_composited_after_the_downscale_matches_compositing_first() -> Non
     # Pillow resizes RGBA with premultiplied alpha, so both orders give the same image up to rounding (random alpha
     # is the worst case).
     rng = np.random.default_rng(3)
-    rgba = np.concatenate([_diagonal(1600, 1200)[..., None].repeat(3, axis=2),
-                           rng.integers(0, 256, (1200, 1600, 1), dtype=np.uint8)], axis=2)
+    rgba = np.concatenate(
+        [_diagonal(1600, 1200)[..., None].repeat(3, axis=2), rng.integers(0, 256, (1200, 1600, 1), dtype=np.uint8)],
+        axis=2,
+    )
     decoded = decode_image(_encode(Image.fromarray(rgba), "PNG"), max_side=400)
     white = Image.new("RGBA", (1600, 1200), (255, 255, 255, 255))
-    first = Image.alpha_composite(white, Image.fromarray(rgba)).convert("RGB").resize((400, 300),
-                                                                                      Image.Resampling.LANCZOS)
+    first = (
+        Image.alpha_composite(white, Image.fromarray(rgba)).convert("RGB").resize((400, 300), Image.Resampling.LANCZOS)
+    )
     difference = np.abs(decoded.pixels.astype(int) - np.asarray(first, dtype=int))
     assert difference.max() <= 6 and difference.mean() < 0.5  # 8-bit premultiplied values round low alphas
 
@@ -609,6 +672,7 @@ def test_sides_of_65535_pixels_are_accepted(width: int, height: int) -> None:
 
 # --- row 10: tiny images ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.bad_input(10)
 @pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 2), (1, 64), (64, 1), (7, 300)])
 def test_tiny_images_decode_with_a_note(width: int, height: int) -> None:
@@ -624,6 +688,7 @@ def test_eight_pixels_is_not_tiny() -> None:
 
 
 # --- row 11: truncated files -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.bad_input(11)
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
@@ -650,6 +715,7 @@ def test_truncated_header_is_invalid() -> None:
 
 
 # --- row 12: EXIF orientation ----------------------------------------------------------------------------------------
+
 
 def _asymmetric() -> np.ndarray:
     """Left half red, right half blue, a green top-left corner: every rotation and flip looks different."""
@@ -700,6 +766,7 @@ def test_exif_rotation_and_downscale_of_a_large_jpeg() -> None:
 
 
 # --- rows 13-18: modes -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.bad_input(13)
 def test_cmyk_jpeg_becomes_rgb() -> None:
@@ -832,8 +899,12 @@ def test_bilevel_is_replicated_to_three_channels() -> None:
 
 @pytest.mark.parametrize(
     ("fmt", "note"),
-    [("GIF", "animated image: using frame 1 (frames not counted)"), ("PNG", "animated image: using frame 1 of 3"),
-     ("TIFF", "multi-page image: using page 1 of 3"), ("WEBP", "animated image: using frame 1 of 3")],
+    [
+        ("GIF", "animated image: using frame 1 (frames not counted)"),
+        ("PNG", "animated image: using frame 1 of 3"),
+        ("TIFF", "multi-page image: using page 1 of 3"),
+        ("WEBP", "animated image: using frame 1 of 3"),
+    ],
     ids=["gif", "apng", "multipage-tiff", "webp"],
 )
 @pytest.mark.bad_input(17)
@@ -864,11 +935,21 @@ def _many_page_tiff(pages: int) -> bytes:
     for page in range(pages):
         pixel_offset = offset + ifd_size
         next_offset = 0 if page == pages - 1 else pixel_offset + 2  # pixel byte + pad to an even offset
-        tags = [(256, 3, 1, 1), (257, 3, 1, 1), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-                (273, 4, 1, pixel_offset), (278, 3, 1, 1), (279, 4, 1, 1)]
-        entries = b"".join(struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3
-                                                                     else struct.pack("<I", value))
-                           for tag, kind, count, value in tags)
+        tags = [
+            (256, 3, 1, 1),
+            (257, 3, 1, 1),
+            (258, 3, 1, 8),
+            (259, 3, 1, 1),
+            (262, 3, 1, 1),
+            (273, 4, 1, pixel_offset),
+            (278, 3, 1, 1),
+            (279, 4, 1, 1),
+        ]
+        entries = b"".join(
+            struct.pack("<HHI", tag, kind, count)
+            + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+            for tag, kind, count, value in tags
+        )
         parts.append(struct.pack("<H", entry_count) + entries + struct.pack("<I", next_offset))
         parts.append(bytes([200 if page == 0 else 50, 0]))
         offset = pixel_offset + 2
@@ -893,8 +974,13 @@ def _many_frame_apng(frames: int) -> bytes:
     def control(sequence: int) -> bytes:
         return _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, 1, 1, 0, 0, 1, 10, 0, 0))
 
-    parts = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)),
-             _png_chunk(b"acTL", struct.pack(">II", frames, 0)), control(0), _png_chunk(b"IDAT", red)]
+    parts = [
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)),
+        _png_chunk(b"acTL", struct.pack(">II", frames, 0)),
+        control(0),
+        _png_chunk(b"IDAT", red),
+    ]
     sequence = 1
     for _ in range(frames - 1):
         parts += [control(sequence), _png_chunk(b"fdAT", struct.pack(">I", sequence + 1) + blue)]
@@ -912,15 +998,28 @@ def test_many_frame_helpers_are_valid_files() -> None:
 
 
 @pytest.mark.bad_input(17)
-@pytest.mark.parametrize(("make", "plugin", "note", "pixel"), [
-    (_many_page_tiff, TiffImagePlugin.TiffImageFile, f"multi-page image: using page 1 (more than {FRAMES_COUNTED} "
-     "pages)", (200, 200, 200)),
-    (_many_frame_gif, GifImagePlugin.GifImageFile, "animated image: using frame 1 (frames not counted)", (255, 0, 0)),
-    (_many_frame_apng, PngImagePlugin.PngImageFile, "animated image: using frame 1 of 20000", (255, 0, 0)),
-], ids=["tiff", "gif", "apng"])
-def test_many_frame_files_use_frame_1_without_walking_the_frames(make, plugin: type, note: str,
-                                                                 pixel: tuple[int, int, int],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("make", "plugin", "note", "pixel"),
+    [
+        (
+            _many_page_tiff,
+            TiffImagePlugin.TiffImageFile,
+            f"multi-page image: using page 1 (more than {FRAMES_COUNTED} pages)",
+            (200, 200, 200),
+        ),
+        (
+            _many_frame_gif,
+            GifImagePlugin.GifImageFile,
+            "animated image: using frame 1 (frames not counted)",
+            (255, 0, 0),
+        ),
+        (_many_frame_apng, PngImagePlugin.PngImageFile, "animated image: using frame 1 of 20000", (255, 0, 0)),
+    ],
+    ids=["tiff", "gif", "apng"],
+)
+def test_many_frame_files_use_frame_1_without_walking_the_frames(
+    make, plugin: type, note: str, pixel: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # 60,000 TIFF pages took 19.2 s when the frames were counted; now at most FRAMES_COUNTED page headers are read.
     data = make(20_000)
     steps: list[int] = []
@@ -943,19 +1042,23 @@ def test_many_frame_files_use_frame_1_without_walking_the_frames(make, plugin: t
 def test_tiff_pages_are_counted_up_to_the_limit() -> None:
     for pages in (2, FRAMES_COUNTED, FRAMES_COUNTED + 1):
         notes = decode_image(_many_page_tiff(pages)).notes
-        expected = (f"multi-page image: using page 1 of {pages}" if pages <= FRAMES_COUNTED
-                    else f"multi-page image: using page 1 (more than {FRAMES_COUNTED} pages)")
+        expected = (
+            f"multi-page image: using page 1 of {pages}"
+            if pages <= FRAMES_COUNTED
+            else f"multi-page image: using page 1 (more than {FRAMES_COUNTED} pages)"
+        )
         assert notes[0] == expected
 
 
 # --- row 19: formats that are never opened ---------------------------------------------------------------------------
+
 
 def _other_format_samples() -> dict[str, bytes]:
     samples = {
         "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n",
         "psd-header": b"8BPS\x00\x01" + bytes(6) + struct.pack(">HIIHH", 3, 10, 10, 8, 3) + bytes(64),
         "svg": b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
-               b'<script>alert(1)</script><rect width="10" height="10"/></svg>',
+        b'<script>alert(1)</script><rect width="10" height="10"/></svg>',
         "fits": b"SIMPLE  =                    T" + b" " * 50 + b"BITPIX  =                    8" + b" " * 49,
     }
     image = Image.new("RGB", (8, 8), (1, 2, 3))
@@ -983,6 +1086,7 @@ def test_allow_list_excludes_risky_formats() -> None:
 
 
 # --- row 20: bytes only ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.bad_input(20)
 def test_decode_image_takes_bytes_only_and_never_opens_files(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1014,6 +1118,7 @@ def test_result_is_frozen() -> None:
 
 
 # --- ensure_rgb_uint8 ------------------------------------------------------------------------------------------------
+
 
 def test_ensure_rgb_uint8_passes_rgb_through() -> None:
     image = _rgb_noise(5, 7)
@@ -1056,19 +1161,38 @@ def test_ensure_rgb_batch_passes_batches_through() -> None:
     assert imaging.ensure_rgb_batch(images) is images
 
 
-@pytest.mark.parametrize("images", [None, [[0]], np.zeros((5, 7, 3), np.uint8), np.zeros((2, 5, 7, 3), np.float32),
-                                    np.zeros((2, 3, 5, 7), np.uint8), np.zeros((0, 5, 7, 3), np.uint8),
-                                    np.zeros((2, 5, 0, 3), np.uint8)],
-                         ids=["none", "list", "one-image", "float32", "nchw", "no-images", "no-columns"])
+@pytest.mark.parametrize(
+    "images",
+    [
+        None,
+        [[0]],
+        np.zeros((5, 7, 3), np.uint8),
+        np.zeros((2, 5, 7, 3), np.float32),
+        np.zeros((2, 3, 5, 7), np.uint8),
+        np.zeros((0, 5, 7, 3), np.uint8),
+        np.zeros((2, 5, 0, 3), np.uint8),
+    ],
+    ids=["none", "list", "one-image", "float32", "nchw", "no-images", "no-columns"],
+)
 def test_ensure_rgb_batch_rejects_other_contracts(images: object) -> None:
     with pytest.raises(InvalidImageError, match="images") as info:
         imaging.ensure_rgb_batch(images)  # type: ignore[arg-type]
     _assert_typed(info.value)
 
 
-@pytest.mark.parametrize(("keyword", "value"), [("max_bytes", 0), ("max_bytes", 1.5), ("max_bytes", True),
-                                                 ("max_pixels", -1), ("max_pixels", "25"), ("max_side", 0),
-                                                 ("filename", b"x.png"), ("filename", None)])
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("max_bytes", 0),
+        ("max_bytes", 1.5),
+        ("max_bytes", True),
+        ("max_pixels", -1),
+        ("max_pixels", "25"),
+        ("max_side", 0),
+        ("filename", b"x.png"),
+        ("filename", None),
+    ],
+)
 def test_decode_image_refuses_bad_options_by_name(keyword: str, value: object) -> None:
     data = _encode(Image.new("RGB", (4, 4)), "PNG")
     with pytest.raises(InputError, match=keyword) as info:
@@ -1080,4 +1204,3 @@ def test_decode_image_refuses_bad_options_by_name(keyword: str, value: object) -
 def test_decode_image_refuses_data_that_is_not_bytes(data: object) -> None:
     with pytest.raises(InputError, match="data must be the file's bytes"):
         decode_image(data)  # type: ignore[arg-type]
-

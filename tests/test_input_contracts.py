@@ -46,8 +46,9 @@ from camlib.errors import CamlibError
 
 def _tiny_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    )
 
 
 MODEL = _tiny_model()
@@ -70,6 +71,7 @@ def _result() -> cam.CamResult:
 
 
 # --- families of bad values -----------------------------------------------------------------------------------------
+
 
 def not_arrays() -> dict[str, object]:
     """Containers that are not numpy arrays."""
@@ -114,26 +116,50 @@ def bad_maps(ndim: int = 2) -> dict[str, object]:
     """Violations of the ``float (h, w)`` map in [0, 1] contract."""
     good = np.full((2,) * (ndim - 2) + (8, 8), 0.5, np.float32)
     return {
-        "None": None, "list": good.tolist(), "tensor": torch.from_numpy(good), "object": good.astype(object),
-        "bool": good > 0, "NaN": np.where(np.eye(8, dtype=bool), np.nan, good).astype(np.float32),
-        "Inf": np.full_like(good, np.inf), "above 1": good * 3, "negative": good - 1,
-        "extra dim": good[None], "missing dim": good[0], "empty": np.zeros((2,) * (ndim - 2) + (0, 8), np.float32),
+        "None": None,
+        "list": good.tolist(),
+        "tensor": torch.from_numpy(good),
+        "object": good.astype(object),
+        "bool": good > 0,
+        "NaN": np.where(np.eye(8, dtype=bool), np.nan, good).astype(np.float32),
+        "Inf": np.full_like(good, np.inf),
+        "above 1": good * 3,
+        "negative": good - 1,
+        "extra dim": good[None],
+        "missing dim": good[0],
+        "empty": np.zeros((2,) * (ndim - 2) + (0, 8), np.float32),
     }
 
 
 def bad_tensors(ndim: int) -> dict[str, object]:
     """Violations of a float ``ndim``-D tensor contract (the CPU-only stand-in for a wrong device is ``meta``)."""
-    good = torch.rand((2, 4, 8, 8)[4 - ndim:] if ndim <= 4 else (1,) * (ndim - 4) + (2, 4, 8, 8))
+    good = torch.rand((2, 4, 8, 8)[4 - ndim :] if ndim <= 4 else (1,) * (ndim - 4) + (2, 4, 8, 8))
     return {
-        "None": None, "numpy": good.numpy(), "list": good.tolist(), "int": good.long(), "bool": good > 0.5,
-        "missing dim": good[0], "extra dim": good[None], "empty": good[:0], "meta": good.to("meta"),
+        "None": None,
+        "numpy": good.numpy(),
+        "list": good.tolist(),
+        "int": good.long(),
+        "bool": good > 0.5,
+        "missing dim": good[0],
+        "extra dim": good[None],
+        "empty": good[:0],
+        "meta": good.to("meta"),
     }
 
 
 def bad_sizes() -> dict[str, object]:
     """Violations of a ``(H, W)`` pair of positive pixel counts."""
-    return {"None": None, "int": 8, "one": (8,), "three": (8, 8, 8), "zero": (0, 8), "negative": (8, -1),
-            "float": (8.5, 8), "str": "8x8", "bool": (True, 8)}
+    return {
+        "None": None,
+        "int": 8,
+        "one": (8,),
+        "three": (8, 8, 8),
+        "zero": (0, 8),
+        "negative": (8, -1),
+        "float": (8.5, 8),
+        "str": "8x8",
+        "bool": (True, 8),
+    }
 
 
 def bad_ints(low: int = 1) -> dict[str, object]:
@@ -159,16 +185,32 @@ def bad_specs() -> dict[str, object]:
 
 
 def bad_probabilities() -> dict[str, object]:
-    return {"None": None, "list": PROBS.tolist(), "1-D": PROBS[0], "3-D": PROBS[None], "no classes": PROBS[:, :0],
-            "NaN": np.full_like(PROBS, np.nan), "above 1": PROBS * 20, "negative": PROBS - 1, "str": "p"}
+    return {
+        "None": None,
+        "list": PROBS.tolist(),
+        "1-D": PROBS[0],
+        "3-D": PROBS[None],
+        "no classes": PROBS[:, :0],
+        "NaN": np.full_like(PROBS, np.nan),
+        "above 1": PROBS * 20,
+        "negative": PROBS - 1,
+        "str": "p",
+    }
 
 
 def bad_labels() -> dict[str, object]:
-    return {"None": None, "float": np.array([0.5, 1.5]), "2-D": np.zeros((2, 2), np.int64), "object":
-            np.array(["a", "b"], object), "str": "01", "bool": np.array([True, False])}
+    return {
+        "None": None,
+        "float": np.array([0.5, 1.5]),
+        "2-D": np.zeros((2, 2), np.int64),
+        "object": np.array(["a", "b"], object),
+        "str": "01",
+        "bool": np.array([True, False]),
+    }
 
 
 # --- the table ------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Case:
@@ -191,282 +233,689 @@ CASES: list[Case] = [
     Case(cam.upsample_maps, "maps", lambda v: cam.upsample_maps(v, (8, 8)), lambda: bad_tensors(3)),
     Case(cam.upsample_maps, "size", lambda v: cam.upsample_maps(torch.rand(1, 4, 4), v), bad_sizes),
     Case(cam.eigen_projection, "acts", cam.eigen_projection, lambda: bad_tensors(4)),
-    Case(cam.compute_cams, "x", lambda v: cam.compute_cams(MODEL, v, ["0"]), lambda: {
-        **bad_tensors(4), "channels last": torch.randn(1, 32, 32, 3), "zero side": torch.zeros(1, 3, 0, 8),
-        "float64 numpy": np.zeros((1, 3, 8, 8))}),
+    Case(
+        cam.compute_cams,
+        "x",
+        lambda v: cam.compute_cams(MODEL, v, ["0"]),
+        lambda: {
+            **bad_tensors(4),
+            "channels last": torch.randn(1, 32, 32, 3),
+            "zero side": torch.zeros(1, 3, 0, 8),
+            "float64 numpy": np.zeros((1, 3, 8, 8)),
+        },
+    ),
     Case(cam.compute_cams, "model", lambda v: cam.compute_cams(v, X, ["0"]), bad_models),
     Case(cam.compute_cams, "layer", lambda v: cam.compute_cams(MODEL, X, v), _layers_no_uint8_images),
-    Case(cam.compute_cams, "progress", lambda v: cam.compute_cams(MODEL, X, ["0"], progress=v),
-         lambda: {"int": 3, "str": "bar", "list": [print]}),
-    Case(cam.compute_cams, "class", lambda v: cam.compute_cams(MODEL, X, ["0"], class_idx=v),
-         lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "two for one image": [1, 2],
-                  "array": np.array([[1]])}),
-    Case(cam.register_method, "family", lambda v: cam.register_method("x", label="x", paper="x", family=v, cost="x"),
-         lambda: {"None": None, "unknown": "gradients", "list": ["gradient"]}),
-    Case(cam.shared_scale_maps, "result", cam.shared_scale_maps,
-         lambda: {"None": None, "dict": dict(_result().maps), "str": "result"}),
-    Case(cam.layer_magnitudes, "result", cam.layer_magnitudes,
-         lambda: {"None": None, "dict": dict(_result().raw), "str": "result"}),
+    Case(
+        cam.compute_cams,
+        "progress",
+        lambda v: cam.compute_cams(MODEL, X, ["0"], progress=v),
+        lambda: {"int": 3, "str": "bar", "list": [print]},
+    ),
+    Case(
+        cam.compute_cams,
+        "class",
+        lambda v: cam.compute_cams(MODEL, X, ["0"], class_idx=v),
+        lambda: {
+            "float": 1.5,
+            "str": "1",
+            "too large": 10,
+            "negative": -1,
+            "two for one image": [1, 2],
+            "array": np.array([[1]]),
+        },
+    ),
+    Case(
+        cam.register_method,
+        "family",
+        lambda v: cam.register_method("x", label="x", paper="x", family=v, cost="x"),
+        lambda: {"None": None, "unknown": "gradients", "list": ["gradient"]},
+    ),
+    Case(
+        cam.shared_scale_maps,
+        "result",
+        cam.shared_scale_maps,
+        lambda: {"None": None, "dict": dict(_result().maps), "str": "result"},
+    ),
+    Case(
+        cam.layer_magnitudes,
+        "result",
+        cam.layer_magnitudes,
+        lambda: {"None": None, "dict": dict(_result().raw), "str": "result"},
+    ),
     # layers
     Case(layers.list_candidate_layers, "model", lambda v: layers.list_candidate_layers(v, (8, 8)), bad_models),
     Case(layers.list_candidate_layers, "input_size", lambda v: layers.list_candidate_layers(MODEL, v), bad_sizes),
-    Case(layers.list_candidate_layers, "channels",
-         lambda v: layers.list_candidate_layers(MODEL, (8, 8), channels=v), bad_ints),
-    Case(layers.default_layer, "candidates", layers.default_layer,
-         lambda: {"None": None, "names": ["0"], "one LayerInfo": INFO, "str": "0"}),
-    Case(layers.default_layer, "preferred", lambda v: layers.default_layer([INFO], v),
-         lambda: {"None": None, "str": "0", "ints": (0,)}),
+    Case(
+        layers.list_candidate_layers,
+        "channels",
+        lambda v: layers.list_candidate_layers(MODEL, (8, 8), channels=v),
+        bad_ints,
+    ),
+    Case(
+        layers.default_layer,
+        "candidates",
+        layers.default_layer,
+        lambda: {"None": None, "names": ["0"], "one LayerInfo": INFO, "str": "0"},
+    ),
+    Case(
+        layers.default_layer,
+        "preferred",
+        lambda v: layers.default_layer([INFO], v),
+        lambda: {"None": None, "str": "0", "ints": (0,)},
+    ),
     # layouts
-    Case(layouts.grid_fits, "height", lambda v: layouts.grid_fits(v, 8, (32, 32)),
-         lambda: {"None": None, "float": 7.5, "str": "7", "bool": True}),
-    Case(layouts.grid_fits, "width", lambda v: layouts.grid_fits(8, v, (32, 32)),
-         lambda: {"None": None, "float": 7.5, "str": "7", "bool": True}),
+    Case(
+        layouts.grid_fits,
+        "height",
+        lambda v: layouts.grid_fits(v, 8, (32, 32)),
+        lambda: {"None": None, "float": 7.5, "str": "7", "bool": True},
+    ),
+    Case(
+        layouts.grid_fits,
+        "width",
+        lambda v: layouts.grid_fits(8, v, (32, 32)),
+        lambda: {"None": None, "float": 7.5, "str": "7", "bool": True},
+    ),
     Case(layouts.grid_fits, "input_size", lambda v: layouts.grid_fits(8, 8, v), bad_sizes),
-    Case(layouts.infer_layout, "shape", lambda v: layouts.infer_layout(v, (32, 32)),
-         lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)}),
+    Case(
+        layouts.infer_layout,
+        "shape",
+        lambda v: layouts.infer_layout(v, (32, 32)),
+        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
+    ),
     Case(layouts.infer_layout, "input_size", lambda v: layouts.infer_layout((1, 4, 8, 8), v), bad_sizes),
-    Case(layouts.layout_from_spec, "layout", lambda v: layouts.layout_from_spec(v, (1, 4, 8, 8), (32, 32)),
-         lambda: {"None": None, "int": 4, "unknown": "chw", "tokens without K": "tokens"}),
-    Case(layouts.layout_from_spec, "shape", lambda v: layouts.layout_from_spec("nchw", v, (32, 32)),
-         lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "3-D": (1, 4, 8)}),
-    Case(layouts.layout_from_spec, "input_size", lambda v: layouts.layout_from_spec("tokens:1", (1, 17, 8), v),
-         bad_sizes),
-    Case(layouts.to_feature_map, "tensor", lambda v: layouts.to_feature_map(v, LAYOUT),
-         lambda: {"None": None, "numpy": np.zeros((1, 4, 8, 8), np.float32), "3-D": torch.zeros(1, 4, 64),
-                  "other shape": torch.zeros(1, 5, 8, 8), "int": torch.zeros(1, 4, 8, 8, dtype=torch.long)}),
-    Case(layouts.to_feature_map, "layout", lambda v: layouts.to_feature_map(torch.zeros(1, 4, 8, 8), v),
-         lambda: {"None": None, "str": "nchw"}),
+    Case(
+        layouts.layout_from_spec,
+        "layout",
+        lambda v: layouts.layout_from_spec(v, (1, 4, 8, 8), (32, 32)),
+        lambda: {"None": None, "int": 4, "unknown": "chw", "tokens without K": "tokens"},
+    ),
+    Case(
+        layouts.layout_from_spec,
+        "shape",
+        lambda v: layouts.layout_from_spec("nchw", v, (32, 32)),
+        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "3-D": (1, 4, 8)},
+    ),
+    Case(
+        layouts.layout_from_spec, "input_size", lambda v: layouts.layout_from_spec("tokens:1", (1, 17, 8), v), bad_sizes
+    ),
+    Case(
+        layouts.to_feature_map,
+        "tensor",
+        lambda v: layouts.to_feature_map(v, LAYOUT),
+        lambda: {
+            "None": None,
+            "numpy": np.zeros((1, 4, 8, 8), np.float32),
+            "3-D": torch.zeros(1, 4, 64),
+            "other shape": torch.zeros(1, 5, 8, 8),
+            "int": torch.zeros(1, 4, 8, 8, dtype=torch.long),
+        },
+    ),
+    Case(
+        layouts.to_feature_map,
+        "layout",
+        lambda v: layouts.to_feature_map(torch.zeros(1, 4, 8, 8), v),
+        lambda: {"None": None, "str": "nchw"},
+    ),
     # models (registry, weights, checkpoints)
-    Case(models.get_spec, "model", models.get_spec, lambda: {"None": None, "int": 3, "list": ["resnet18"],
-                                                                "unknown": "resnet9000"}),
+    Case(
+        models.get_spec,
+        "model",
+        models.get_spec,
+        lambda: {"None": None, "int": 3, "list": ["resnet18"], "unknown": "resnet9000"},
+    ),
     Case(models.class_names_for, "spec", models.class_names_for, bad_specs),
     Case(models.build_architecture, "spec", models.build_architecture, bad_specs),
     Case(models.torchvision_cache_path, "spec", models.torchvision_cache_path, bad_specs),
-    Case(models.download_file, "url", lambda v: models.download_file(v, Path("/nonexistent/x.pth")),
-         lambda: {"None": None, "int": 3, "no scheme": "example.org/x.pth", "file scheme": "file:///etc/passwd"}),
-    Case(models.download_file, "destination", lambda v: models.download_file("https://example.org/x.pth", v),
-         lambda: {"None": None, "int": 3}),
-    Case(models.download_file, "timeout_s",
-         lambda v: models.download_file("https://example.org/x.pth", Path("/nonexistent/x.pth"), timeout_s=v),
-         lambda: {"None": None, "zero": 0, "negative": -1.0, "NaN": float("nan"), "str": "30"}),
+    Case(
+        models.download_file,
+        "url",
+        lambda v: models.download_file(v, Path("/nonexistent/x.pth")),
+        lambda: {"None": None, "int": 3, "no scheme": "example.org/x.pth", "file scheme": "file:///etc/passwd"},
+    ),
+    Case(
+        models.download_file,
+        "destination",
+        lambda v: models.download_file("https://example.org/x.pth", v),
+        lambda: {"None": None, "int": 3},
+    ),
+    Case(
+        models.download_file,
+        "timeout_s",
+        lambda v: models.download_file("https://example.org/x.pth", Path("/nonexistent/x.pth"), timeout_s=v),
+        lambda: {"None": None, "zero": 0, "negative": -1.0, "NaN": float("nan"), "str": "30"},
+    ),
     Case(models.load_model, "model", models.load_model, lambda: {"None": None, "int": 3, "list": ["resnet18"]}),
-    Case(models.load_model, "device", lambda v: models.load_model("cifar10_resnet20", device=v),
-         lambda: {"int": 3, "meta": torch.device("meta"), "str": "quantum"}),
-    Case(models.read_checkpoint, "checkpoint", models.read_checkpoint,
-         lambda: {"None": None, "str": "weights", "list": [1, 2], "array": np.zeros(4, np.uint8), "empty": b""}),
-    Case(models.read_checkpoint, "filename", lambda v: models.read_checkpoint(b"not a checkpoint", v),
-         lambda: {"None": None, "int": 3, "bytes": b"x.pt"}),
-    Case(models.load_state_strict, "model", lambda v: models.load_state_strict(v, MODEL.state_dict(), "tiny"),
-         lambda: {"None": None, "state dict": MODEL.state_dict(), "meta weights": META_MODEL}),
-    Case(models.load_state_strict, "checkpoint", lambda v: models.load_state_strict(_tiny_model(), v, "tiny"),
-         lambda: {"None": None, "list": list(MODEL.state_dict().values()), "str": "state", "empty": {}}),
-    Case(models.load_checkpoint, "model", lambda v: models.load_checkpoint(v, b"x"),
-         lambda: {"None": None, "int": 3, "unknown": "resnet9000"}),
-    Case(models.load_checkpoint, "checkpoint", lambda v: models.load_checkpoint("cifar10_resnet20", v),
-         lambda: {"None": None, "str": "weights", "empty": b""}),
+    Case(
+        models.load_model,
+        "device",
+        lambda v: models.load_model("cifar10_resnet20", device=v),
+        lambda: {"int": 3, "meta": torch.device("meta"), "str": "quantum"},
+    ),
+    Case(
+        models.read_checkpoint,
+        "checkpoint",
+        models.read_checkpoint,
+        lambda: {"None": None, "str": "weights", "list": [1, 2], "array": np.zeros(4, np.uint8), "empty": b""},
+    ),
+    Case(
+        models.read_checkpoint,
+        "filename",
+        lambda v: models.read_checkpoint(b"not a checkpoint", v),
+        lambda: {"None": None, "int": 3, "bytes": b"x.pt"},
+    ),
+    Case(
+        models.load_state_strict,
+        "model",
+        lambda v: models.load_state_strict(v, MODEL.state_dict(), "tiny"),
+        lambda: {"None": None, "state dict": MODEL.state_dict(), "meta weights": META_MODEL},
+    ),
+    Case(
+        models.load_state_strict,
+        "checkpoint",
+        lambda v: models.load_state_strict(_tiny_model(), v, "tiny"),
+        lambda: {"None": None, "list": list(MODEL.state_dict().values()), "str": "state", "empty": {}},
+    ),
+    Case(
+        models.load_checkpoint,
+        "model",
+        lambda v: models.load_checkpoint(v, b"x"),
+        lambda: {"None": None, "int": 3, "unknown": "resnet9000"},
+    ),
+    Case(
+        models.load_checkpoint,
+        "checkpoint",
+        lambda v: models.load_checkpoint("cifar10_resnet20", v),
+        lambda: {"None": None, "str": "weights", "empty": b""},
+    ),
     # models (preprocessing; rewritten by another helper, rows owned here)
     Case(models.prepare_input, "image", lambda v: models.prepare_input(v, PRE), bad_images),
-    Case(models.prepare_input, "preprocessing", lambda v: models.prepare_input(IMAGE, v),
-         lambda: {"None": None, "dict": {"resize": 8, "crop": 8}, "spec": SPEC}),
+    Case(
+        models.prepare_input,
+        "preprocessing",
+        lambda v: models.prepare_input(IMAGE, v),
+        lambda: {"None": None, "dict": {"resize": 8, "crop": 8}, "spec": SPEC},
+    ),
     Case(models.prepare_batch, "images", lambda v: models.prepare_batch(v, PRE), bad_batches),
-    Case(models.prepare_batch, "preprocessing", lambda v: models.prepare_batch(IMAGES, v),
-         lambda: {"None": None, "dict": {"resize": 8, "crop": 8}}),
+    Case(
+        models.prepare_batch,
+        "preprocessing",
+        lambda v: models.prepare_batch(IMAGES, v),
+        lambda: {"None": None, "dict": {"resize": 8, "crop": 8}},
+    ),
     # checkpoints
-    Case(checkpoints.state_differences, "state", lambda v: checkpoints.state_differences(v, MODEL.state_dict()),
-         lambda: {"None": None, "list": [1], "non-tensor values": {"0.weight": [1.0]}}),
-    Case(checkpoints.state_differences, "expected",
-         lambda v: checkpoints.state_differences(MODEL.state_dict(), v),
-         lambda: {"None": None, "list": [1], "non-tensor values": {"0.weight": "w"}}),
-    Case(checkpoints.find_reading, "checkpoint", lambda v: checkpoints.find_reading(v, MODEL.state_dict(), "tiny"),
-         lambda: {"None": None, "list": [1], "str": "weights"}),
-    Case(checkpoints.find_reading, "expected",
-         lambda v: checkpoints.find_reading(MODEL.state_dict(), v, "tiny"),
-         lambda: {"None": None, "list": [1], "module": MODEL}),
+    Case(
+        checkpoints.state_differences,
+        "state",
+        lambda v: checkpoints.state_differences(v, MODEL.state_dict()),
+        lambda: {"None": None, "list": [1], "non-tensor values": {"0.weight": [1.0]}},
+    ),
+    Case(
+        checkpoints.state_differences,
+        "expected",
+        lambda v: checkpoints.state_differences(MODEL.state_dict(), v),
+        lambda: {"None": None, "list": [1], "non-tensor values": {"0.weight": "w"}},
+    ),
+    Case(
+        checkpoints.find_reading,
+        "checkpoint",
+        lambda v: checkpoints.find_reading(v, MODEL.state_dict(), "tiny"),
+        lambda: {"None": None, "list": [1], "str": "weights"},
+    ),
+    Case(
+        checkpoints.find_reading,
+        "expected",
+        lambda v: checkpoints.find_reading(MODEL.state_dict(), v, "tiny"),
+        lambda: {"None": None, "list": [1], "module": MODEL},
+    ),
     # imaging (rewritten by another helper, rows owned here)
-    Case(imaging.decode_image, "data", imaging.decode_image,
-         lambda: {"None": None, "str": "image.png", "list": [137, 80], "array": np.zeros(8, np.uint8), "empty": b""}),
+    Case(
+        imaging.decode_image,
+        "data",
+        imaging.decode_image,
+        lambda: {"None": None, "str": "image.png", "list": [137, 80], "array": np.zeros(8, np.uint8), "empty": b""},
+    ),
     Case(imaging.decode_image, "max_bytes", lambda v: imaging.decode_image(b"x", max_bytes=v), bad_ints),
-    Case(imaging.ensure_rgb_uint8, "image", imaging.ensure_rgb_uint8,
-         lambda: {k: v for k, v in bad_images().items() if k not in ("batch",)}),
+    Case(
+        imaging.ensure_rgb_uint8,
+        "image",
+        imaging.ensure_rgb_uint8,
+        lambda: {k: v for k, v in bad_images().items() if k not in ("batch",)},
+    ),
     Case(imaging.ensure_rgb_batch, "images", imaging.ensure_rgb_batch, bad_batches),
     # drawing
     Case(drawing.png_bytes, "image", drawing.png_bytes, bad_images),
-    Case(drawing.npy_bytes, "array", drawing.npy_bytes,
-         lambda: {"None": None, "list": [1, 2], "object": np.array([None, 1]), "str": np.array(["a"])}),
+    Case(
+        drawing.npy_bytes,
+        "array",
+        drawing.npy_bytes,
+        lambda: {"None": None, "list": [1, 2], "object": np.array([None, 1]), "str": np.array(["a"])},
+    ),
     Case(drawing.fast_png, "image", drawing.fast_png, bad_images),
     Case(drawing.upscale_tiles, "tiles", lambda v: drawing.upscale_tiles(v, 16), bad_batches),
     Case(drawing.upscale_tiles, "min_side", lambda v: drawing.upscale_tiles(IMAGES, v), lambda: bad_ints(0)),
     Case(drawing.label_tiles, "tiles", lambda v: drawing.label_tiles(v, ["a", "b"]), bad_batches),
-    Case(drawing.label_tiles, "labels", lambda v: drawing.label_tiles(IMAGES, v),
-         lambda: {"None": None, "str": "ab", "too few": ["a"], "ints": [1, 2]}),
-    Case(drawing.label_tiles, "flagged", lambda v: drawing.label_tiles(IMAGES, ["a", "b"], flagged=v),
-         lambda: {"str": "ab", "too few": [True], "ints": [1, 0]}),
+    Case(
+        drawing.label_tiles,
+        "labels",
+        lambda v: drawing.label_tiles(IMAGES, v),
+        lambda: {"None": None, "str": "ab", "too few": ["a"], "ints": [1, 2]},
+    ),
+    Case(
+        drawing.label_tiles,
+        "flagged",
+        lambda v: drawing.label_tiles(IMAGES, ["a", "b"], flagged=v),
+        lambda: {"str": "ab", "too few": [True], "ints": [1, 0]},
+    ),
     Case(drawing.grid_png, "tiles", lambda v: drawing.grid_png(v, 1, 2, min_tile_px=8), bad_batches),
-    Case(drawing.grid_png, "min_tile_px", lambda v: drawing.grid_png(IMAGES, 1, 2, min_tile_px=v),
-         lambda: bad_ints(0)),
+    Case(drawing.grid_png, "min_tile_px", lambda v: drawing.grid_png(IMAGES, 1, 2, min_tile_px=v), lambda: bad_ints(0)),
     Case(drawing.grid_png, "rows", lambda v: drawing.grid_png(IMAGES, v, 2, min_tile_px=8), bad_ints),
     # overlay
     Case(overlay.colorize, "cam", overlay.colorize, bad_maps),
-    Case(overlay.colorize, "colormap", lambda v: overlay.colorize(CAM, v),
-         lambda: {"None": None, "unknown": "rainbow", "list": ["jet"], "int": 2}),
+    Case(
+        overlay.colorize,
+        "colormap",
+        lambda v: overlay.colorize(CAM, v),
+        lambda: {"None": None, "unknown": "rainbow", "list": ["jet"], "int": 2},
+    ),
     Case(overlay.resize_map, "cam", lambda v: overlay.resize_map(v, (4, 4)), bad_maps),
     Case(overlay.resize_map, "size", lambda v: overlay.resize_map(CAM, v), bad_sizes),
     Case(overlay.overlay_heatmap, "image", lambda v: overlay.overlay_heatmap(v, CAM), bad_images),
     Case(overlay.overlay_heatmap, "cam", lambda v: overlay.overlay_heatmap(IMAGE, v), bad_maps),
-    Case(overlay.overlay_heatmap, "alpha", lambda v: overlay.overlay_heatmap(IMAGE, CAM, alpha=v),
-         lambda: {"None": None, "NaN": float("nan"), "above 1": 1.5, "negative": -0.1, "str": "0.5"}),
-    Case(overlay.overlay_heatmap, "threshold", lambda v: overlay.overlay_heatmap(IMAGE, CAM, threshold=v),
-         lambda: {"NaN": float("nan"), "str": "0.5", "list": [0.5]}),
-    Case(overlay.overlay_heatmap, "mask", lambda v: overlay.overlay_heatmap(IMAGE, CAM, mask=v),
-         lambda: {"uint8": np.ones((8, 8), np.uint8), "other shape": np.ones((4, 4), bool), "list": [[True]]}),
-    Case(overlay.overlay_heatmap, "colormap", lambda v: overlay.overlay_heatmap(IMAGE, CAM, colormap=v),
-         lambda: {"None": None, "unknown": "rainbow"}),
-    Case(overlay.overlay_like_pytorch_grad_cam, "image", lambda v: overlay.overlay_like_pytorch_grad_cam(v, CAM),
-         bad_images),
-    Case(overlay.overlay_like_pytorch_grad_cam, "cam", lambda v: overlay.overlay_like_pytorch_grad_cam(IMAGE, v),
-         lambda: {**bad_maps(), "other size": np.full((4, 4), 0.5, np.float32)}),
-    Case(overlay.overlay_like_pytorch_grad_cam, "image_weight",
-         lambda v: overlay.overlay_like_pytorch_grad_cam(IMAGE, CAM, image_weight=v),
-         lambda: {"None": None, "NaN": float("nan"), "above 1": 1.5, "negative": -0.1}),
-    Case(overlay.upscale_nearest, "image", lambda v: overlay.upscale_nearest(v, 16),
-         lambda: {k: v for k, v in bad_images().items() if k not in ("float64", "float32 0-1", "int64", "batch")}),
+    Case(
+        overlay.overlay_heatmap,
+        "alpha",
+        lambda v: overlay.overlay_heatmap(IMAGE, CAM, alpha=v),
+        lambda: {"None": None, "NaN": float("nan"), "above 1": 1.5, "negative": -0.1, "str": "0.5"},
+    ),
+    Case(
+        overlay.overlay_heatmap,
+        "threshold",
+        lambda v: overlay.overlay_heatmap(IMAGE, CAM, threshold=v),
+        lambda: {"NaN": float("nan"), "str": "0.5", "list": [0.5]},
+    ),
+    Case(
+        overlay.overlay_heatmap,
+        "mask",
+        lambda v: overlay.overlay_heatmap(IMAGE, CAM, mask=v),
+        lambda: {"uint8": np.ones((8, 8), np.uint8), "other shape": np.ones((4, 4), bool), "list": [[True]]},
+    ),
+    Case(
+        overlay.overlay_heatmap,
+        "colormap",
+        lambda v: overlay.overlay_heatmap(IMAGE, CAM, colormap=v),
+        lambda: {"None": None, "unknown": "rainbow"},
+    ),
+    Case(
+        overlay.overlay_like_pytorch_grad_cam,
+        "image",
+        lambda v: overlay.overlay_like_pytorch_grad_cam(v, CAM),
+        bad_images,
+    ),
+    Case(
+        overlay.overlay_like_pytorch_grad_cam,
+        "cam",
+        lambda v: overlay.overlay_like_pytorch_grad_cam(IMAGE, v),
+        lambda: {**bad_maps(), "other size": np.full((4, 4), 0.5, np.float32)},
+    ),
+    Case(
+        overlay.overlay_like_pytorch_grad_cam,
+        "image_weight",
+        lambda v: overlay.overlay_like_pytorch_grad_cam(IMAGE, CAM, image_weight=v),
+        lambda: {"None": None, "NaN": float("nan"), "above 1": 1.5, "negative": -0.1},
+    ),
+    Case(
+        overlay.upscale_nearest,
+        "image",
+        lambda v: overlay.upscale_nearest(v, 16),
+        lambda: {k: v for k, v in bad_images().items() if k not in ("float64", "float32 0-1", "int64", "batch")},
+    ),
     Case(overlay.upscale_nearest, "min_side", lambda v: overlay.upscale_nearest(IMAGE, v), lambda: bad_ints(0)),
     Case(overlay.map_to_original, "cam", lambda v: overlay.map_to_original(v, (8, 8), (0, 0, 8, 8)), bad_maps),
-    Case(overlay.map_to_original, "original_shape", lambda v: overlay.map_to_original(CAM, v, (0, 0, 8, 8)),
-         bad_sizes),
-    Case(overlay.map_to_original, "crop_box", lambda v: overlay.map_to_original(CAM, (8, 8), v),
-         lambda: {"None": None, "three": (0, 0, 8), "NaN": (0, 0, float("nan"), 8), "str": "0,0,8,8",
-                  "reversed": (8, 8, 0, 0)}),
+    Case(overlay.map_to_original, "original_shape", lambda v: overlay.map_to_original(CAM, v, (0, 0, 8, 8)), bad_sizes),
+    Case(
+        overlay.map_to_original,
+        "crop_box",
+        lambda v: overlay.map_to_original(CAM, (8, 8), v),
+        lambda: {
+            "None": None,
+            "three": (0, 0, 8),
+            "NaN": (0, 0, float("nan"), 8),
+            "str": "0,0,8,8",
+            "reversed": (8, 8, 0, 0),
+        },
+    ),
     # samples
-    Case(samples.load_sample, "sample", samples.load_sample,
-         lambda: {"None": None, "int": 3, "list": ["astronaut"], "unknown": "dog"}),
+    Case(
+        samples.load_sample,
+        "sample",
+        samples.load_sample,
+        lambda: {"None": None, "int": 3, "list": ["astronaut"], "unknown": "dog"},
+    ),
     # augment
-    Case(augment.get_transform_spec, "transform", augment.get_transform_spec,
-         lambda: {"None": None, "list": ["HorizontalFlip"], "unknown": "Flip9000"}),
-    Case(augment.validate_step, "step", augment.validate_step,
-         lambda: {"None": None, "dict": {"transform": "HorizontalFlip"}, "str": "HorizontalFlip"}),
-    Case(augment.validate_step, "index", lambda v: augment.validate_step(augment.PipelineStep("HorizontalFlip"), v),
-         lambda: {"None": None, "str": "0", "negative": -1, "float": 0.5}),
+    Case(
+        augment.get_transform_spec,
+        "transform",
+        augment.get_transform_spec,
+        lambda: {"None": None, "list": ["HorizontalFlip"], "unknown": "Flip9000"},
+    ),
+    Case(
+        augment.validate_step,
+        "step",
+        augment.validate_step,
+        lambda: {"None": None, "dict": {"transform": "HorizontalFlip"}, "str": "HorizontalFlip"},
+    ),
+    Case(
+        augment.validate_step,
+        "index",
+        lambda v: augment.validate_step(augment.PipelineStep("HorizontalFlip"), v),
+        lambda: {"None": None, "str": "0", "negative": -1, "float": 0.5},
+    ),
     Case(augment.build_pipeline, "pipeline", augment.build_pipeline, bad_pipelines),
-    Case(augment.pick_images, "pool", lambda v: augment.pick_images(v, 2, 0),
-         lambda: {"None": None, "floats": [0.5, 1.5], "2-D": [[0, 1]], "negative": [-1, 2], "str": "01",
-                  "empty": []}),
+    Case(
+        augment.pick_images,
+        "pool",
+        lambda v: augment.pick_images(v, 2, 0),
+        lambda: {"None": None, "floats": [0.5, 1.5], "2-D": [[0, 1]], "negative": [-1, 2], "str": "01", "empty": []},
+    ),
     Case(augment.pick_images, "count", lambda v: augment.pick_images([0, 1, 2], v, 0), bad_ints),
-    Case(augment.pick_images, "seed", lambda v: augment.pick_images([0, 1, 2], 2, v),
-         lambda: {"None": None, "negative": -1, "float": 0.5, "str": "0"}),
-    Case(augment.augment_grid, "image", lambda v: augment.augment_grid(v, PIPELINE, rows=1, cols=2),
-         lambda: {**{k: v for k, v in bad_images().items() if k != "batch"}, "nchw": np.zeros((2, 3, 8, 8), np.uint8),
-                  "float batch": IMAGES.astype(float)}),
-    Case(augment.augment_grid, "pipeline", lambda v: augment.augment_grid(IMAGES, v, rows=1, cols=2),
-         bad_pipelines),
-    Case(augment.augment_grid, "index", lambda v: augment.augment_grid(IMAGES, PIPELINE, rows=1, cols=2,
-                                                                           indices=v),
-         lambda: {"out of range": [0, 2], "negative": [0, -1], "float": [0.5, 1], "str": "01"}),
-    Case(augment.augment_grid, "seed", lambda v: augment.augment_grid(IMAGES, PIPELINE, rows=1, cols=2, seed=v),
-         lambda: {"negative": -1, "float": 0.5, "str": "0"}),
-    Case(augment.tile_grid, "tiles", lambda v: augment.tile_grid(v, 1, 2),
-         lambda: {k: v for k, v in bad_batches().items() if k != "no images"}),
+    Case(
+        augment.pick_images,
+        "seed",
+        lambda v: augment.pick_images([0, 1, 2], 2, v),
+        lambda: {"None": None, "negative": -1, "float": 0.5, "str": "0"},
+    ),
+    Case(
+        augment.augment_grid,
+        "image",
+        lambda v: augment.augment_grid(v, PIPELINE, rows=1, cols=2),
+        lambda: {
+            **{k: v for k, v in bad_images().items() if k != "batch"},
+            "nchw": np.zeros((2, 3, 8, 8), np.uint8),
+            "float batch": IMAGES.astype(float),
+        },
+    ),
+    Case(augment.augment_grid, "pipeline", lambda v: augment.augment_grid(IMAGES, v, rows=1, cols=2), bad_pipelines),
+    Case(
+        augment.augment_grid,
+        "index",
+        lambda v: augment.augment_grid(IMAGES, PIPELINE, rows=1, cols=2, indices=v),
+        lambda: {"out of range": [0, 2], "negative": [0, -1], "float": [0.5, 1], "str": "01"},
+    ),
+    Case(
+        augment.augment_grid,
+        "seed",
+        lambda v: augment.augment_grid(IMAGES, PIPELINE, rows=1, cols=2, seed=v),
+        lambda: {"negative": -1, "float": 0.5, "str": "0"},
+    ),
+    Case(
+        augment.tile_grid,
+        "tiles",
+        lambda v: augment.tile_grid(v, 1, 2),
+        lambda: {k: v for k, v in bad_batches().items() if k != "no images"},
+    ),
     Case(augment.tile_grid, "rows", lambda v: augment.tile_grid(IMAGES, v, 2), bad_ints),
     Case(augment.tile_grid, "cols", lambda v: augment.tile_grid(IMAGES, 1, v), bad_ints),
-    *(Case(getattr(augment, name), "pipeline", getattr(augment, name), bad_pipelines)
-      for name in ("pipeline_to_dict", "pipeline_to_json", "pipeline_to_yaml", "pipeline_to_python")),
-    Case(augment.pipeline_from_dict, "export", augment.pipeline_from_dict,
-         lambda: {"None": None, "list": [], "str": "{}", "empty": {}}),
-    Case(augment.pipeline_from_json, "JSON", augment.pipeline_from_json,
-         lambda: {**bad_texts(), "not JSON": "{", "empty": ""}),
-    Case(augment.pipeline_from_yaml, "YAML", augment.pipeline_from_yaml,
-         lambda: {**bad_texts(), "not YAML": "["}),  # an empty YAML document is None: pipeline_from_dict's row
+    *(
+        Case(getattr(augment, name), "pipeline", getattr(augment, name), bad_pipelines)
+        for name in ("pipeline_to_dict", "pipeline_to_json", "pipeline_to_yaml", "pipeline_to_python")
+    ),
+    Case(
+        augment.pipeline_from_dict,
+        "export",
+        augment.pipeline_from_dict,
+        lambda: {"None": None, "list": [], "str": "{}", "empty": {}},
+    ),
+    Case(
+        augment.pipeline_from_json,
+        "JSON",
+        augment.pipeline_from_json,
+        lambda: {**bad_texts(), "not JSON": "{", "empty": ""},
+    ),
+    Case(
+        augment.pipeline_from_yaml, "YAML", augment.pipeline_from_yaml, lambda: {**bad_texts(), "not YAML": "["}
+    ),  # an empty YAML document is None: pipeline_from_dict's row
     # cifar
     Case(cifar.detect_source, "root", cifar.detect_source, lambda: {"None": None, "int": 3, "list": ["."]}),
     Case(cifar.balanced_subset, "labels", lambda v: cifar.balanced_subset(v, 1), bad_labels),
-    Case(cifar.balanced_subset, "limit", lambda v: cifar.balanced_subset(np.arange(4), v),
-         lambda: {"float": 1.5, "str": "2", "bool": True, "negative": -1}),
-    Case(cifar.load_cifar10, "split", lambda v: cifar.load_cifar10(split=v),
-         lambda: {"None": None, "unknown": "validation", "int": 0}),
-    Case(cifar.load_cifar10, "limit", lambda v: cifar.load_cifar10(split="test", limit=v),
-         lambda: {"float": 1.5, "str": "2", "bool": True, "negative": -1, "zero": 0}),
+    Case(
+        cifar.balanced_subset,
+        "limit",
+        lambda v: cifar.balanced_subset(np.arange(4), v),
+        lambda: {"float": 1.5, "str": "2", "bool": True, "negative": -1},
+    ),
+    Case(
+        cifar.load_cifar10,
+        "split",
+        lambda v: cifar.load_cifar10(split=v),
+        lambda: {"None": None, "unknown": "validation", "int": 0},
+    ),
+    Case(
+        cifar.load_cifar10,
+        "limit",
+        lambda v: cifar.load_cifar10(split="test", limit=v),
+        lambda: {"float": 1.5, "str": "2", "bool": True, "negative": -1, "zero": 0},
+    ),
     Case(cifar.load_cifar10, "root", lambda v: cifar.load_cifar10(v), lambda: {"int": 3, "list": ["."]}),
     Case(cifar.download_cifar10, "root", cifar.download_cifar10, lambda: {"None": None, "int": 3, "list": ["."]}),
-    Case(cifar.download_cifar10, "timeout", lambda v: cifar.download_cifar10("/nonexistent/cifar", timeout=v),
-         lambda: {"None": None, "zero": 0, "negative": -1.0, "NaN": float("nan"), "str": "30"}),
+    Case(
+        cifar.download_cifar10,
+        "timeout",
+        lambda v: cifar.download_cifar10("/nonexistent/cifar", timeout=v),
+        lambda: {"None": None, "zero": 0, "negative": -1.0, "NaN": float("nan"), "str": "30"},
+    ),
     # cifar_models
-    Case(cifar_models.build_cifar_model, "arch", cifar_models.build_cifar_model,
-         lambda: {"None": None, "list": ["resnet20"], "unknown": "resnet9000"}),
-    Case(cifar_models.build_cifar_model, "num_classes",
-         lambda v: cifar_models.build_cifar_model(next(iter(cifar_models.CIFAR_ARCHS)), v), bad_ints),
-    Case(cifar_models.normalize_batch, "images", cifar_models.normalize_batch, lambda: {
-        "None": None, "numpy": IMAGES, "float": torch.zeros(2, 8, 8, 3),
-        "nchw": torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
-        "3-D": torch.zeros(8, 8, 3, dtype=torch.uint8), "empty": torch.zeros(0, 8, 8, 3, dtype=torch.uint8),
-        "meta": torch.zeros(2, 8, 8, 3, dtype=torch.uint8, device="meta")}),
+    Case(
+        cifar_models.build_cifar_model,
+        "arch",
+        cifar_models.build_cifar_model,
+        lambda: {"None": None, "list": ["resnet20"], "unknown": "resnet9000"},
+    ),
+    Case(
+        cifar_models.build_cifar_model,
+        "num_classes",
+        lambda v: cifar_models.build_cifar_model(next(iter(cifar_models.CIFAR_ARCHS)), v),
+        bad_ints,
+    ),
+    Case(
+        cifar_models.normalize_batch,
+        "images",
+        cifar_models.normalize_batch,
+        lambda: {
+            "None": None,
+            "numpy": IMAGES,
+            "float": torch.zeros(2, 8, 8, 3),
+            "nchw": torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+            "3-D": torch.zeros(8, 8, 3, dtype=torch.uint8),
+            "empty": torch.zeros(0, 8, 8, 3, dtype=torch.uint8),
+            "meta": torch.zeros(2, 8, 8, 3, dtype=torch.uint8, device="meta"),
+        },
+    ),
     # evaluation
-    Case(evaluation.predict_probabilities, "images", lambda v: evaluation.predict_probabilities(MODEL, v, PRE),
-         lambda: {k: v for k, v in bad_batches().items() if k != "no images"}),
-    Case(evaluation.predict_probabilities, "model", lambda v: evaluation.predict_probabilities(v, IMAGES, PRE),
-         bad_models),
-    Case(evaluation.predict_probabilities, "preprocessing",
-         lambda v: evaluation.predict_probabilities(MODEL, IMAGES, v), lambda: {"None": None, "dict": {"crop": 8}}),
-    Case(evaluation.predict_probabilities, "batch_size",
-         lambda v: evaluation.predict_probabilities(MODEL, IMAGES, PRE, batch_size=v), bad_ints),
-    Case(evaluation.confusion_matrix, "labels", lambda v: evaluation.confusion_matrix(v, np.array([0, 1]), 10),
-         bad_labels),
-    Case(evaluation.confusion_matrix, "predictions", lambda v: evaluation.confusion_matrix(np.array([0, 1]), v, 10),
-         bad_labels),
-    Case(evaluation.confusion_matrix, "num_classes",
-         lambda v: evaluation.confusion_matrix(np.array([0, 1]), np.array([0, 1]), v), bad_ints),
-    Case(evaluation.per_class_accuracy, "matrix", evaluation.per_class_accuracy,
-         lambda: {"None": None, "list": [[1, 0], [0, 1]], "1-D": np.arange(3), "not square": np.zeros((2, 3), int),
-                  "negative": -np.eye(2, dtype=np.int64), "float": np.eye(2) / 2, "empty": np.zeros((0, 0), int)}),
-    Case(evaluation.flip_report, "original_probabilities", lambda v: evaluation.flip_report(v, PROBS),
-         bad_probabilities),
-    Case(evaluation.flip_report, "augmented_probabilities", lambda v: evaluation.flip_report(PROBS, v),
-         bad_probabilities),
+    Case(
+        evaluation.predict_probabilities,
+        "images",
+        lambda v: evaluation.predict_probabilities(MODEL, v, PRE),
+        lambda: {k: v for k, v in bad_batches().items() if k != "no images"},
+    ),
+    Case(
+        evaluation.predict_probabilities,
+        "model",
+        lambda v: evaluation.predict_probabilities(v, IMAGES, PRE),
+        bad_models,
+    ),
+    Case(
+        evaluation.predict_probabilities,
+        "preprocessing",
+        lambda v: evaluation.predict_probabilities(MODEL, IMAGES, v),
+        lambda: {"None": None, "dict": {"crop": 8}},
+    ),
+    Case(
+        evaluation.predict_probabilities,
+        "batch_size",
+        lambda v: evaluation.predict_probabilities(MODEL, IMAGES, PRE, batch_size=v),
+        bad_ints,
+    ),
+    Case(
+        evaluation.confusion_matrix,
+        "labels",
+        lambda v: evaluation.confusion_matrix(v, np.array([0, 1]), 10),
+        bad_labels,
+    ),
+    Case(
+        evaluation.confusion_matrix,
+        "predictions",
+        lambda v: evaluation.confusion_matrix(np.array([0, 1]), v, 10),
+        bad_labels,
+    ),
+    Case(
+        evaluation.confusion_matrix,
+        "num_classes",
+        lambda v: evaluation.confusion_matrix(np.array([0, 1]), np.array([0, 1]), v),
+        bad_ints,
+    ),
+    Case(
+        evaluation.per_class_accuracy,
+        "matrix",
+        evaluation.per_class_accuracy,
+        lambda: {
+            "None": None,
+            "list": [[1, 0], [0, 1]],
+            "1-D": np.arange(3),
+            "not square": np.zeros((2, 3), int),
+            "negative": -np.eye(2, dtype=np.int64),
+            "float": np.eye(2) / 2,
+            "empty": np.zeros((0, 0), int),
+        },
+    ),
+    Case(
+        evaluation.flip_report, "original_probabilities", lambda v: evaluation.flip_report(v, PROBS), bad_probabilities
+    ),
+    Case(
+        evaluation.flip_report, "augmented_probabilities", lambda v: evaluation.flip_report(PROBS, v), bad_probabilities
+    ),
     # train
-    Case(train.load_pipeline, "pipeline", train.load_pipeline, lambda: {"int": 3, "list": ["p.json"],
-                                                                     "missing": "/nonexistent/p.json"}),
-    Case(train.augment_epoch, "images", lambda v: train.augment_epoch(v, np.array([0, 1]), PIPELINE, 0),
-         lambda: {k: v for k, v in bad_batches().items() if k != "no images"}),
-    Case(train.augment_epoch, "order", lambda v: train.augment_epoch(IMAGES, v, PIPELINE, 0),
-         lambda: {**bad_labels(), "out of range": np.array([0, 2]), "negative": np.array([-1])}),
-    Case(train.augment_epoch, "pipeline", lambda v: train.augment_epoch(IMAGES, np.array([0]), v, 0),
-         bad_pipelines),
-    Case(train.augment_epoch, "seed", lambda v: train.augment_epoch(IMAGES, np.array([0]), PIPELINE, v),
-         lambda: {"None": None, "negative": -1, "float": 0.5, "str": "0"}),
-    Case(train.train_step, "images", lambda v: train.train_step(
-        _tiny_model(), torch.optim.SGD(MODEL.parameters(), 0.0), v, torch.zeros(2, dtype=torch.long), 0.1),
-        lambda: {"None": None, "numpy": IMAGES, "float": torch.zeros(2, 8, 8, 3),
-                 "nchw": torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
-                 "meta": torch.zeros(2, 8, 8, 3, dtype=torch.uint8, device="meta")}),
-    Case(train.train_step, "labels", lambda v: train.train_step(
-        _tiny_model(), torch.optim.SGD(MODEL.parameters(), 0.0), torch.zeros(2, 8, 8, 3, dtype=torch.uint8), v, 0.1),
-        lambda: {"None": None, "numpy": np.zeros(2, np.int64), "float": torch.zeros(2),
-                 "wrong length": torch.zeros(3, dtype=torch.long), "out of range": torch.tensor([0, 10]),
-                 "meta": torch.zeros(2, dtype=torch.long, device="meta")}),
-    Case(train.train_step, "label_smoothing", lambda v: train.train_step(
-        _tiny_model(), torch.optim.SGD(MODEL.parameters(), 0.0), torch.zeros(2, 8, 8, 3, dtype=torch.uint8),
-        torch.zeros(2, dtype=torch.long), v), lambda: {"None": None, "negative": -0.1, "above 1": 1.5,
-                                                       "NaN": float("nan")}),
-    Case(train.train_step, "model", lambda v: train.train_step(
-        v, torch.optim.SGD(MODEL.parameters(), 0.0), torch.zeros(2, 8, 8, 3, dtype=torch.uint8),
-        torch.zeros(2, dtype=torch.long), 0.1), bad_models),
-    Case(train.evaluate, "data", lambda v: train.evaluate(MODEL, v, torch.device("cpu")),
-         lambda: {"None": None, "array": IMAGES, "tuple": (IMAGES, np.zeros(2))}),
-    Case(train.evaluate, "device", lambda v: train.evaluate(MODEL, DATA, v),
-         lambda: {"None": None, "meta": torch.device("meta"), "int": 3}),
+    Case(
+        train.load_pipeline,
+        "pipeline",
+        train.load_pipeline,
+        lambda: {"int": 3, "list": ["p.json"], "missing": "/nonexistent/p.json"},
+    ),
+    Case(
+        train.augment_epoch,
+        "images",
+        lambda v: train.augment_epoch(v, np.array([0, 1]), PIPELINE, 0),
+        lambda: {k: v for k, v in bad_batches().items() if k != "no images"},
+    ),
+    Case(
+        train.augment_epoch,
+        "order",
+        lambda v: train.augment_epoch(IMAGES, v, PIPELINE, 0),
+        lambda: {**bad_labels(), "out of range": np.array([0, 2]), "negative": np.array([-1])},
+    ),
+    Case(train.augment_epoch, "pipeline", lambda v: train.augment_epoch(IMAGES, np.array([0]), v, 0), bad_pipelines),
+    Case(
+        train.augment_epoch,
+        "seed",
+        lambda v: train.augment_epoch(IMAGES, np.array([0]), PIPELINE, v),
+        lambda: {"None": None, "negative": -1, "float": 0.5, "str": "0"},
+    ),
+    Case(
+        train.train_step,
+        "images",
+        lambda v: train.train_step(
+            _tiny_model(), torch.optim.SGD(MODEL.parameters(), 0.0), v, torch.zeros(2, dtype=torch.long), 0.1
+        ),
+        lambda: {
+            "None": None,
+            "numpy": IMAGES,
+            "float": torch.zeros(2, 8, 8, 3),
+            "nchw": torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+            "meta": torch.zeros(2, 8, 8, 3, dtype=torch.uint8, device="meta"),
+        },
+    ),
+    Case(
+        train.train_step,
+        "labels",
+        lambda v: train.train_step(
+            _tiny_model(), torch.optim.SGD(MODEL.parameters(), 0.0), torch.zeros(2, 8, 8, 3, dtype=torch.uint8), v, 0.1
+        ),
+        lambda: {
+            "None": None,
+            "numpy": np.zeros(2, np.int64),
+            "float": torch.zeros(2),
+            "wrong length": torch.zeros(3, dtype=torch.long),
+            "out of range": torch.tensor([0, 10]),
+            "meta": torch.zeros(2, dtype=torch.long, device="meta"),
+        },
+    ),
+    Case(
+        train.train_step,
+        "label_smoothing",
+        lambda v: train.train_step(
+            _tiny_model(),
+            torch.optim.SGD(MODEL.parameters(), 0.0),
+            torch.zeros(2, 8, 8, 3, dtype=torch.uint8),
+            torch.zeros(2, dtype=torch.long),
+            v,
+        ),
+        lambda: {"None": None, "negative": -0.1, "above 1": 1.5, "NaN": float("nan")},
+    ),
+    Case(
+        train.train_step,
+        "model",
+        lambda v: train.train_step(
+            v,
+            torch.optim.SGD(MODEL.parameters(), 0.0),
+            torch.zeros(2, 8, 8, 3, dtype=torch.uint8),
+            torch.zeros(2, dtype=torch.long),
+            0.1,
+        ),
+        bad_models,
+    ),
+    Case(
+        train.evaluate,
+        "data",
+        lambda v: train.evaluate(MODEL, v, torch.device("cpu")),
+        lambda: {"None": None, "array": IMAGES, "tuple": (IMAGES, np.zeros(2))},
+    ),
+    Case(
+        train.evaluate,
+        "device",
+        lambda v: train.evaluate(MODEL, DATA, v),
+        lambda: {"None": None, "meta": torch.device("meta"), "int": 3},
+    ),
     Case(train.evaluate, "batch_size", lambda v: train.evaluate(MODEL, DATA, torch.device("cpu"), v), bad_ints),
     Case(train.evaluate, "model", lambda v: train.evaluate(v, DATA, torch.device("cpu")), bad_models),
     Case(train.train, "config", train.train, lambda: {"None": None, "dict": {"arch": "resnet20"}, "argv": ["x"]}),
     # guard
     Case(guard.model_lock, "model", guard.model_lock, lambda: {"None": None, "int": 3, "function": len}),
-    Case(guard.model_guard, "model", lambda v: guard.model_guard(v).__enter__(),
-         lambda: {"None": None, "int": 3, "function": len}),
+    Case(
+        guard.model_guard,
+        "model",
+        lambda v: guard.model_guard(v).__enter__(),
+        lambda: {"None": None, "int": 3, "function": len},
+    ),
     # contracts (the shared checks themselves)
-    Case(contracts.require_array, "image", lambda v: contracts.require_array(v, "image", dtypes=(np.uint8,),
-                                                                               ndim=3, channels=3), bad_images),
-    Case(contracts.require_tensor, "x", lambda v: contracts.require_tensor(v, "x", ndim=4, floating=True),
-         lambda: bad_tensors(4)),
-    Case(contracts.require_unit_range, "cam", lambda v: contracts.require_unit_range(v, "cam"),
-         lambda: {k: v for k, v in bad_maps().items() if k in ("NaN", "Inf", "above 1", "negative")}),
+    Case(
+        contracts.require_array,
+        "image",
+        lambda v: contracts.require_array(v, "image", dtypes=(np.uint8,), ndim=3, channels=3),
+        bad_images,
+    ),
+    Case(
+        contracts.require_tensor,
+        "x",
+        lambda v: contracts.require_tensor(v, "x", ndim=4, floating=True),
+        lambda: bad_tensors(4),
+    ),
+    Case(
+        contracts.require_unit_range,
+        "cam",
+        lambda v: contracts.require_unit_range(v, "cam"),
+        lambda: {k: v for k, v in bad_maps().items() if k in ("NaN", "Inf", "above 1", "negative")},
+    ),
     Case(contracts.require_int, "count", lambda v: contracts.require_int(v, "count", minimum=1), bad_ints),
     Case(contracts.require_size, "size", lambda v: contracts.require_size(v, "size"), bad_sizes),
     Case(contracts.require_model, "model", contracts.require_model, bad_models),
@@ -540,8 +989,14 @@ def test_every_public_class_is_accounted_for():
     found = set()
     for info in pkgutil.walk_packages(camlib.__path__, "camlib."):
         module = importlib.import_module(info.name)
-        found |= {value for name, value in vars(module).items() if not name.startswith("_") and inspect.isclass(value)
-                  and value.__module__ == module.__name__ and not issubclass(value, BaseException)}
+        found |= {
+            value
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and inspect.isclass(value)
+            and value.__module__ == module.__name__
+            and not issubclass(value, BaseException)
+        }
     assert not sorted(map(_name, found - set(EXEMPT_CLASSES))), "public classes without an entry in EXEMPT_CLASSES"
     assert not sorted(map(_name, set(EXEMPT_CLASSES) - found)), "EXEMPT_CLASSES names classes that are gone"
 
@@ -558,6 +1013,7 @@ def test_every_public_function_is_covered():
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """Tests never touch the network: any download that gets past validation fails as offline would."""
+
     def offline(*_args, **_kwargs):
         raise urllib.error.URLError("network disabled in tests")
 
@@ -566,8 +1022,7 @@ def _no_network(monkeypatch):
 
 # Rows that fail today in code this test's author may not edit, as strict xfails so that a fix shows up (XPASS fails:
 # then delete the entry). (function, argument) -> (the failing labels, or None for all; why).
-KNOWN_GAPS: dict[tuple[Callable, str], tuple[tuple[str, ...] | None, str]] = {
-}
+KNOWN_GAPS: dict[tuple[Callable, str], tuple[tuple[str, ...] | None, str]] = {}
 
 
 def _rows() -> list:
@@ -588,10 +1043,12 @@ def test_contract_violation_is_a_typed_error_naming_the_argument(case: Case, lab
     with pytest.raises(CamlibError) as caught:
         case.call(value)
     assert case.argument.lower() in str(caught.value).lower(), (
-        f"{_name(case.function)}: the message does not name {case.argument!r}: {caught.value}")
+        f"{_name(case.function)}: the message does not name {case.argument!r}: {caught.value}"
+    )
 
 
 # --- legitimate conversions stay conversions -----------------------------------------------------------------------
+
 
 @pytest.mark.bad_input(43)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -608,8 +1065,11 @@ def test_float_maps_of_any_width_give_the_float32_result(dtype):
 
 
 @pytest.mark.bad_input(43)
-@pytest.mark.parametrize("convert", [list, tuple, lambda a: a.astype(np.int32), lambda a: a.astype(np.uint8)],
-                         ids=["list", "tuple", "int32", "uint8"])
+@pytest.mark.parametrize(
+    "convert",
+    [list, tuple, lambda a: a.astype(np.int32), lambda a: a.astype(np.uint8)],
+    ids=["list", "tuple", "int32", "uint8"],
+)
 def test_confusion_matrix_converts_integer_sequences(convert):
     labels, predictions = np.array([0, 1, 2, 2, 1]), np.array([0, 2, 2, 2, 1])
     expected = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 2]], np.int64)
@@ -635,9 +1095,11 @@ def test_a_model_on_another_device_is_refused_before_any_forward():
     calls = []
     model = _tiny_model().to("meta")
     model.register_forward_pre_hook(lambda *_: calls.append(1))
-    for call in (lambda: evaluation.predict_probabilities(model, IMAGES, PRE),
-                 lambda: layers.list_candidate_layers(model, (8, 8)),
-                 lambda: train.evaluate(model, DATA, torch.device("cpu"))):
+    for call in (
+        lambda: evaluation.predict_probabilities(model, IMAGES, PRE),
+        lambda: layers.list_candidate_layers(model, (8, 8)),
+        lambda: train.evaluate(model, DATA, torch.device("cpu")),
+    ):
         with pytest.raises(CamlibError, match="meta"):
             call()
     assert calls == []

@@ -29,8 +29,11 @@ def _expected_resnet18(size: int) -> list[tuple[str, str, int, int, int]]:
     """torchvision ResNet-18's 4-D, run-once modules in the order their outputs are produced, for a square input
     whose side is a multiple of 32. BasicBlock's ``relu`` runs twice per block, so no ``layerX.Y.relu`` appears."""
     side = size // 2
-    rows = [("conv1", "Conv2d", 64, side, side), ("bn1", "BatchNorm2d", 64, side, side),
-            ("relu", "ReLU", 64, side, side)]
+    rows = [
+        ("conv1", "Conv2d", 64, side, side),
+        ("bn1", "BatchNorm2d", 64, side, side),
+        ("relu", "ReLU", 64, side, side),
+    ]
     side //= 2
     rows.append(("maxpool", "MaxPool2d", 64, side, side))
     for stage, channels in enumerate((64, 128, 256, 512), start=1):
@@ -38,14 +41,18 @@ def _expected_resnet18(size: int) -> list[tuple[str, str, int, int, int]]:
             if stage > 1 and block == 0:
                 side //= 2
             prefix = f"layer{stage}.{block}"
-            rows += [(f"{prefix}.conv1", "Conv2d", channels, side, side),
-                     (f"{prefix}.bn1", "BatchNorm2d", channels, side, side),
-                     (f"{prefix}.conv2", "Conv2d", channels, side, side),
-                     (f"{prefix}.bn2", "BatchNorm2d", channels, side, side)]
+            rows += [
+                (f"{prefix}.conv1", "Conv2d", channels, side, side),
+                (f"{prefix}.bn1", "BatchNorm2d", channels, side, side),
+                (f"{prefix}.conv2", "Conv2d", channels, side, side),
+                (f"{prefix}.bn2", "BatchNorm2d", channels, side, side),
+            ]
             if stage > 1 and block == 0:
-                rows += [(f"{prefix}.downsample.0", "Conv2d", channels, side, side),
-                         (f"{prefix}.downsample.1", "BatchNorm2d", channels, side, side),
-                         (f"{prefix}.downsample", "Sequential", channels, side, side)]
+                rows += [
+                    (f"{prefix}.downsample.0", "Conv2d", channels, side, side),
+                    (f"{prefix}.downsample.1", "BatchNorm2d", channels, side, side),
+                    (f"{prefix}.downsample", "Sequential", channels, side, side),
+                ]
             rows.append((prefix, "BasicBlock", channels, side, side))
         rows.append((f"layer{stage}", "Sequential", channels, side, side))
     rows.append(("avgpool", "AdaptiveAvgPool2d", 512, 1, 1))
@@ -61,6 +68,7 @@ def _by_name(candidates: list[LayerInfo]) -> dict[str, LayerInfo]:
 
 
 # --- candidates ----------------------------------------------------------------------------------------------------
+
 
 def test_resnet18_candidates_in_forward_order_with_shapes(resnet18):
     candidates = list_candidate_layers(resnet18, (224, 224))
@@ -89,13 +97,17 @@ def test_candidates_follow_the_input_size(resnet18):
 
 
 def test_input_channels_option():
-    model = seeded(lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                          nn.Linear(4, 2)))
+    model = seeded(
+        lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    )
     assert _rows(list_candidate_layers(model, (9, 9), channels=1)) == [
-        ("0", "Conv2d", 4, 9, 9), ("1", "AdaptiveAvgPool2d", 4, 1, 1)]
+        ("0", "Conv2d", 4, 9, 9),
+        ("1", "AdaptiveAvgPool2d", 4, 1, 1),
+    ]
 
 
 # --- default layer and warnings ------------------------------------------------------------------------------------
+
 
 def test_resnet18_default_is_layer4(resnet18):
     default = default_layer(list_candidate_layers(resnet18, (224, 224)))
@@ -138,10 +150,14 @@ def test_efficientnet_lite0_default_is_bn2():
     assert names.index("conv_head") < names.index("bn2") < names.index("global_pool.pool")
 
 
-@pytest.mark.parametrize("build,expected", [
-    (lambda: torchvision.models.densenet121(weights=None), "features"),  # 1024 x 7 x 7, before DenseNet's F.relu
-    (lambda: torchvision.models.mobilenet_v3_small(weights=None), "features"),  # 576 x 7 x 7
-], ids=["densenet121", "mobilenet_v3_small"])
+@pytest.mark.parametrize(
+    "build,expected",
+    [
+        (lambda: torchvision.models.densenet121(weights=None), "features"),  # 1024 x 7 x 7, before DenseNet's F.relu
+        (lambda: torchvision.models.mobilenet_v3_small(weights=None), "features"),  # 576 x 7 x 7
+    ],
+    ids=["densenet121", "mobilenet_v3_small"],
+)
 def test_torchvision_defaults(build, expected):
     default = default_layer(list_candidate_layers(seeded(build), (224, 224)))
     assert (default.name, default.height, default.width) == (expected, 7, 7)
@@ -162,7 +178,7 @@ def test_resnet18_at_32x32_default_is_the_last_map_of_at_least_7x7(resnet18):
     # layer4 is 1x1, layer3 2x2, layer2 4x4: the last candidate of at least 7x7 is layer1 (8x8).
     assert default.name == "layer1"
     assert (default.height, default.width) == (8, 8)
-    later = candidates[[c.name for c in candidates].index("layer1") + 1:]
+    later = candidates[[c.name for c in candidates].index("layer1") + 1 :]
     assert later and all(min(c.height, c.width) < MIN_USEFUL_SIZE for c in later)
 
 
@@ -183,8 +199,11 @@ class _SmallMaps(nn.Module):
 
 def test_without_a_7x7_map_the_default_is_the_largest_map():
     candidates = list_candidate_layers(seeded(_SmallMaps), (6, 6))
-    assert _rows(candidates) == [("conv", "Conv2d", 4, 6, 6), ("pool", "MaxPool2d", 4, 3, 3),
-                                 ("conv2", "Conv2d", 4, 3, 3)]
+    assert _rows(candidates) == [
+        ("conv", "Conv2d", 4, 6, 6),
+        ("pool", "MaxPool2d", 4, 3, 3),
+        ("conv2", "Conv2d", 4, 3, 3),
+    ]
     assert default_layer(candidates).name == "conv"
 
 
@@ -204,18 +223,23 @@ def test_no_candidates_raises_layer_error():
 
 # --- channels-last and token layers (issue 8.1, bad-inputs row 64) -------------------------------------------------
 
+
 def _channel_axis_by_probing(model: nn.Module, sizes: tuple[tuple[int, int], tuple[int, int]]) -> dict[str, int]:
     """The truth, found independently of camlib's inference: probe at two input sizes of different aspect ratio and
     see which output axis keeps its size (the channels). Only for 4-D outputs whose spatial axes all change."""
     shapes = []
     for size in sizes:
         store: dict[str, tuple[int, ...]] = {}
+
         def record(_module, _inputs, out, name: str, store=store) -> None:
             if isinstance(out, torch.Tensor):
                 store.setdefault(name, tuple(out.shape))
 
-        handles = [m.register_forward_hook(lambda _m, _i, out, name=name: record(_m, _i, out, name))
-                   for name, m in model.named_modules() if name]
+        handles = [
+            m.register_forward_hook(lambda _m, _i, out, name=name: record(_m, _i, out, name))
+            for name, m in model.named_modules()
+            if name
+        ]
         try:
             with torch.no_grad():
                 model(torch.zeros(1, 3, *size))
@@ -234,10 +258,14 @@ def _channel_axis_by_probing(model: nn.Module, sizes: tuple[tuple[int, int], tup
 
 
 @pytest.mark.bad_input(64)
-@pytest.mark.parametrize("build,size,expected_nhwc", [
-    (lambda: torchvision.models.convnext_tiny(weights=None), 96, 90),
-    (lambda: torchvision.models.swin_t(weights=None), 96, None),
-], ids=["convnext_tiny", "swin_t"])
+@pytest.mark.parametrize(
+    "build,size,expected_nhwc",
+    [
+        (lambda: torchvision.models.convnext_tiny(weights=None), 96, 90),
+        (lambda: torchvision.models.swin_t(weights=None), 96, None),
+    ],
+    ids=["convnext_tiny", "swin_t"],
+)
 def test_channels_last_layers_are_listed_with_their_true_shape(build, size, expected_nhwc):
     """Every 4-D candidate's inferred layout agrees with the axis that keeps its size when the input's aspect ratio
     changes; ConvNeXt-Tiny has 90 channels-last candidates (its block internals), Swin-T's stages are channels-last."""
@@ -258,19 +286,27 @@ def test_channels_last_layers_are_listed_with_their_true_shape(build, size, expe
         assert "channels-last" in block.layout.label
     else:
         stages = _by_name(candidates)
-        for stage, (channels, side) in {"features.1": (96, 24), "features.3": (192, 12), "features.5": (384, 6),
-                                        "features.7": (768, 3)}.items():
+        for stage, (channels, side) in {
+            "features.1": (96, 24),
+            "features.3": (192, 12),
+            "features.5": (384, 6),
+            "features.7": (768, 3),
+        }.items():
             assert stages[stage].layout.kind == "nhwc"
             assert (stages[stage].channels, stages[stage].height, stages[stage].width) == (channels, side, side)
     assert not [c for c in candidates if c.ambiguous]
 
 
 @pytest.mark.bad_input(64)
-@pytest.mark.parametrize("build,prefix", [
-    (lambda: torchvision.models.vit_b_16(weights=None, image_size=112), 1),
-    (lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=112), 2),
-    (lambda: timm.create_model("vit_small_patch16_224", pretrained=False, img_size=112, reg_tokens=4), 5),
-], ids=["vit_b_16", "deit_tiny_distilled", "vit_small_4_registers"])
+@pytest.mark.parametrize(
+    "build,prefix",
+    [
+        (lambda: torchvision.models.vit_b_16(weights=None, image_size=112), 1),
+        (lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=112), 2),
+        (lambda: timm.create_model("vit_small_patch16_224", pretrained=False, img_size=112, reg_tokens=4), 5),
+    ],
+    ids=["vit_b_16", "deit_tiny_distilled", "vit_small_4_registers"],
+)
 def test_token_layers_are_listed_with_grid_and_leading_tokens(build, prefix):
     """ViT blocks output (B, 1 + 49, C) at 112 px; DeiT adds a distillation token, a registers ViT 4 registers."""
     model = seeded(build)
@@ -285,12 +321,20 @@ def test_token_layers_are_listed_with_grid_and_leading_tokens(build, prefix):
     assert sum(c.layout.prefix_tokens == prefix for c in tokens) > 20
     assert not [c for c in candidates if c.ambiguous]
 
-@pytest.mark.bad_input(64)
 
+@pytest.mark.bad_input(64)
 def test_an_ambiguous_layout_is_listed_as_such_and_never_the_default():
     """(1, 8, 8, 8) on an 8x8 input: the inspector says the layout cannot be told, and suggests another layer."""
-    model = seeded(lambda: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Identity(), nn.Conv2d(8, 4, 3, padding=1),
-                                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    model = seeded(
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Identity(),
+            nn.Conv2d(8, 4, 3, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 2),
+        )
+    )
     candidates = _by_name(list_candidate_layers(model, (8, 8)))
     assert candidates["0"].ambiguous and candidates["1"].ambiguous
     assert "cannot be told" in candidates["0"].warning and "(layout ambiguous)" in candidates["0"].shape_label
@@ -306,7 +350,6 @@ def test_preferred_default_layers_win_when_they_are_candidates(resnet18):
 
 
 # --- the probe leaves the model as it was --------------------------------------------------------------------------
-
 
 
 def test_probe_leaves_hooks_modes_grads_and_stats_untouched(snapshot):

@@ -35,15 +35,26 @@ def test_cnn_feature_maps_read_channels_first_and_their_permutation_channels_las
 
 
 def test_ambiguity_is_rare_on_realistic_shapes():
-    readings = [infer_layout(shape, size) for size in INPUTS for stride in (1, 2, 4, 8, 16, 32)
-                for channels in (3, 24, 96, 768, 2048)
-                for h, w in [_conv_grid(size, stride)] for shape in ((1, channels, h, w), (1, h, w, channels))]
+    readings = [
+        infer_layout(shape, size)
+        for size in INPUTS
+        for stride in (1, 2, 4, 8, 16, 32)
+        for channels in (3, 24, 96, 768, 2048)
+        for h, w in [_conv_grid(size, stride)]
+        for shape in ((1, channels, h, w), (1, h, w, channels))
+    ]
     assert sum(r.kind == "ambiguous" for r in readings) <= 0.05 * len(readings)  # 14 of 360, 8 of them cubes
 
 
-@pytest.mark.parametrize("size,patch", [(size, patch) for size in [(224, 224), (224, 160), (112, 112), (518, 518),
-                                                                    (448, 448), (64, 96)]
-                                        for patch in (8, 14, 16, 32) if size[0] % patch == 0 == size[1] % patch])
+@pytest.mark.parametrize(
+    "size,patch",
+    [
+        (size, patch)
+        for size in [(224, 224), (224, 160), (112, 112), (518, 518), (448, 448), (64, 96)]
+        for patch in (8, 14, 16, 32)
+        if size[0] % patch == 0 == size[1] % patch
+    ],
+)
 @pytest.mark.parametrize("prefix", [0, 1, 2, 5, 17])
 def test_token_grids_and_leading_tokens_are_inferred(size, patch, prefix):
     """Every patch size that tiles the input (torchvision's and timm's ViTs refuse other sizes) and every number of
@@ -58,25 +69,33 @@ def test_token_grids_and_leading_tokens_are_inferred(size, patch, prefix):
 
 
 @pytest.mark.bad_input(64)
-@pytest.mark.parametrize("shape,size,expected", [
-    ((1, 197, 768), (224, 224), Layout("tokens", 768, 14, 14, 1)),  # ViT-B/16
-    ((1, 198, 192), (224, 224), Layout("tokens", 192, 14, 14, 2)),  # DeiT distilled
-    ((1, 261, 768), (224, 224), Layout("tokens", 768, 16, 16, 5)),  # DINOv2-reg ViT-B/14: class + 4 registers
-    ((1, 50, 768), (224, 224), Layout("tokens", 768, 7, 7, 1)),  # ViT-B/32
-    ((1, 24, 24, 96), (96, 96), Layout("nhwc", 96, 24, 24)),  # ConvNeXt block LayerNorm at 96 px
-    ((1, 7, 7, 768), (224, 224), Layout("nhwc", 768, 7, 7)),  # Swin-T last stage
-    ((1, 4, 3, 3), (6, 6), Layout("nchw", 4, 3, 3)),  # both read; on a square input the square grid wins
-    ((1, 512, 7, 5), (224, 160), Layout("nchw", 512, 7, 5)),
-])
+@pytest.mark.parametrize(
+    "shape,size,expected",
+    [
+        ((1, 197, 768), (224, 224), Layout("tokens", 768, 14, 14, 1)),  # ViT-B/16
+        ((1, 198, 192), (224, 224), Layout("tokens", 192, 14, 14, 2)),  # DeiT distilled
+        ((1, 261, 768), (224, 224), Layout("tokens", 768, 16, 16, 5)),  # DINOv2-reg ViT-B/14: class + 4 registers
+        ((1, 50, 768), (224, 224), Layout("tokens", 768, 7, 7, 1)),  # ViT-B/32
+        ((1, 24, 24, 96), (96, 96), Layout("nhwc", 96, 24, 24)),  # ConvNeXt block LayerNorm at 96 px
+        ((1, 7, 7, 768), (224, 224), Layout("nhwc", 768, 7, 7)),  # Swin-T last stage
+        ((1, 4, 3, 3), (6, 6), Layout("nchw", 4, 3, 3)),  # both read; on a square input the square grid wins
+        ((1, 512, 7, 5), (224, 160), Layout("nchw", 512, 7, 5)),
+    ],
+)
 def test_known_layouts(shape, size, expected):
     assert infer_layout(shape, size) == expected
 
 
 @pytest.mark.bad_input(64)
-@pytest.mark.parametrize("shape,size", [
-    ((1, 7, 7, 7), (224, 224)), ((1, 32, 32, 32), (32, 32)), ((1, 21, 16), (32, 32)),  # 5 + 4x4 or 17 + 2x2
-    ((1, 3, 4, 5), (97, 131)),  # 3 channels at stride 32, or 5 channels on a 3x4 grid
-])
+@pytest.mark.parametrize(
+    "shape,size",
+    [
+        ((1, 7, 7, 7), (224, 224)),
+        ((1, 32, 32, 32), (32, 32)),
+        ((1, 21, 16), (32, 32)),  # 5 + 4x4 or 17 + 2x2
+        ((1, 3, 4, 5), (97, 131)),  # 3 channels at stride 32, or 5 channels on a 3x4 grid
+    ],
+)
 def test_ambiguous_layouts_say_so(shape, size):
     layout = infer_layout(shape, size)
     assert layout.kind == "ambiguous" and layout.reason and "ambiguous" in layout.label
@@ -112,8 +131,13 @@ def test_explicit_layouts():
     assert layout_from_spec("NHWC", (1, 8, 8, 8), (8, 8)) == Layout("nhwc", 8, 8, 8)
     assert layout_from_spec("tokens:5", (1, 21, 16), (32, 32)) == Layout("tokens", 16, 4, 4, 5)
     assert layout_from_spec("tokens:1", (1, 141, 16), (224, 160)) == Layout("tokens", 16, 14, 10, 1)
-    for spec, shape in [("chw", (1, 8, 8, 8)), ("nchw", (1, 5, 8)), ("tokens:30", (1, 21, 16)),
-                        ("tokens:4", (1, 21, 16)), (3, (1, 8, 8, 8))]:
+    for spec, shape in [
+        ("chw", (1, 8, 8, 8)),
+        ("nchw", (1, 5, 8)),
+        ("tokens:30", (1, 21, 16)),
+        ("tokens:4", (1, 21, 16)),
+        (3, (1, 8, 8, 8)),
+    ]:
         with pytest.raises(LayerError):
             layout_from_spec(spec, shape, (32, 32))
 

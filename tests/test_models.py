@@ -68,6 +68,7 @@ TORCHVISION_WEIGHTS = {
 
 # --- offline guard ---------------------------------------------------------------------------------------------------
 
+
 def _offline_urlopen(*args: object, **kwargs: object) -> None:
     raise urllib.error.URLError("network disabled in tests")
 
@@ -88,6 +89,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
+
 
 def _saved(obj: object, **kwargs: object) -> bytes:
     buffer = io.BytesIO()
@@ -165,15 +167,28 @@ def _serve(monkeypatch: pytest.MonkeyPatch, response: FakeResponse) -> list[str]
 
 # --- registry --------------------------------------------------------------------------------------------------------
 
+
 def test_registry_lists_the_expected_models() -> None:
-    assert list(MODELS) == ["efficientnet_lite0", "resnet18", "resnet50", "mobilenet_v3_large", "vgg16_bn",
-                            "densenet121", "convnext_tiny", "vit_b_16", "swin_t", "cifar10_resnet20", "cifar10_resnet18"]
+    assert list(MODELS) == [
+        "efficientnet_lite0",
+        "resnet18",
+        "resnet50",
+        "mobilenet_v3_large",
+        "vgg16_bn",
+        "densenet121",
+        "convnext_tiny",
+        "vit_b_16",
+        "swin_t",
+        "cifar10_resnet20",
+        "cifar10_resnet18",
+    ]
     assert models.DEFAULT_MODEL == "efficientnet_lite0"
     assert models.DEFAULT_CIFAR_MODEL == "cifar10_resnet20"
     default = MODELS["efficientnet_lite0"]
     assert default.source == "bundled" and default.weights_url is None
-    assert default.preprocessing == Preprocessing(resize=256, crop=224, mean=models.TF_LITE_MEAN,
-                                                  std=models.TF_LITE_STD)
+    assert default.preprocessing == Preprocessing(
+        resize=256, crop=224, mean=models.TF_LITE_MEAN, std=models.TF_LITE_STD
+    )
     for key, spec in MODELS.items():
         cifar = spec.dataset == "cifar10"
         assert spec.key == key and spec.num_classes == (10 if cifar else 1000) and spec.label
@@ -223,6 +238,7 @@ def test_class_names() -> None:
 
 # --- the bundled model -----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def bundled() -> LoadedModel:
     return load_model("efficientnet_lite0", device=CPU)
@@ -250,6 +266,7 @@ def test_bundled_model_loads_the_packaged_weights(bundled: LoadedModel) -> None:
 
 
 # --- preprocessing ---------------------------------------------------------------------------------------------------
+
 
 def _torchvision_reference(image: np.ndarray, key: str = "resnet18") -> torch.Tensor:
     transforms = getattr(torchvision.models, TORCHVISION_WEIGHTS[key]).DEFAULT.transforms()
@@ -336,6 +353,7 @@ def test_prepare_input_accepts_read_only_images() -> None:
 
 # --- torchvision weights: cache, offline, download ------------------------------------------------------------------
 
+
 def test_load_model_reads_torchvision_cache(resnet18_state: OrderedDict[str, torch.Tensor], offline: Path) -> None:
     path = torchvision_cache_path(get_spec("resnet18"))
     assert path == offline / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
@@ -377,8 +395,9 @@ def test_corrupt_cache_file_is_reported_with_its_path(offline: Path) -> None:
     assert str(path) in str(info.value)
 
 
-def test_download_with_wrong_content_is_rejected_and_not_cached(monkeypatch: pytest.MonkeyPatch, offline: Path,
-                                                                resnet18_pt: bytes) -> None:
+def test_download_with_wrong_content_is_rejected_and_not_cached(
+    monkeypatch: pytest.MonkeyPatch, offline: Path, resnet18_pt: bytes
+) -> None:
     # A server (or proxy) that answers with other bytes: the hash prefix in resnet18-f37072fd.pth catches it.
     urls = _serve(monkeypatch, FakeResponse(resnet18_pt))
     progress: list[tuple[int, int]] = []
@@ -413,13 +432,17 @@ def test_download_file_streams_with_progress_and_hash(monkeypatch: pytest.Monkey
     assert all(a < b for (a, _), (b, _) in zip(seen, seen[1:], strict=False))
 
 
-def test_download_file_without_content_length_reports_zero_total(monkeypatch: pytest.MonkeyPatch,
-                                                                 tmp_path: Path) -> None:
+def test_download_file_without_content_length_reports_zero_total(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     payload = b"x" * 1000
     _serve(monkeypatch, FakeResponse(payload, length=-1))
     seen: list[tuple[int, int]] = []
-    destination = download_file("https://example.invalid/plain.bin", tmp_path / "plain.bin",
-                                progress=lambda done, total: seen.append((done, total)))
+    destination = download_file(
+        "https://example.invalid/plain.bin",
+        tmp_path / "plain.bin",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert destination.read_bytes() == payload
     assert seen == [(1000, 0)]
 
@@ -446,8 +469,11 @@ def test_download_file_failing_mid_stream_leaves_nothing(monkeypatch: pytest.Mon
     _serve(monkeypatch, FakeResponse(b"y" * (3 << 20), fail_after=1 << 20))
     seen: list[tuple[int, int]] = []
     with pytest.raises(WeightsUnavailableError, match="could not download"):
-        download_file("https://example.invalid/big.bin", tmp_path / "big.bin",
-                      progress=lambda done, total: seen.append((done, total)))
+        download_file(
+            "https://example.invalid/big.bin",
+            tmp_path / "big.bin",
+            progress=lambda done, total: seen.append((done, total)),
+        )
     assert seen == [(1 << 20, 3 << 20)]
     assert list(tmp_path.iterdir()) == []
 
@@ -501,6 +527,7 @@ def test_densenet_file_without_num_batches_tracked_loads(densenet_state: Ordered
 
 # --- user checkpoints: accepted --------------------------------------------------------------------------------------
 
+
 def test_safetensors_round_trip(resnet18_state: OrderedDict[str, torch.Tensor]) -> None:
     data = safetensors.torch.save(dict(resnet18_state))
     state = read_checkpoint(data, "my_model.safetensors")
@@ -514,10 +541,13 @@ def test_safetensors_round_trip(resnet18_state: OrderedDict[str, torch.Tensor]) 
     assert len(loaded.class_names) == 1000
 
 
-@pytest.mark.parametrize("wrapping", ["plain", "state_dict", "model_state_dict", "model", "module-prefix",
-                                      "wrapped-and-prefixed", "legacy-format"])
-def test_weights_only_state_dicts(wrapping: str, resnet18_state: OrderedDict[str, torch.Tensor],
-                                  resnet18_pt: bytes) -> None:
+@pytest.mark.parametrize(
+    "wrapping",
+    ["plain", "state_dict", "model_state_dict", "model", "module-prefix", "wrapped-and-prefixed", "legacy-format"],
+)
+def test_weights_only_state_dicts(
+    wrapping: str, resnet18_state: OrderedDict[str, torch.Tensor], resnet18_pt: bytes
+) -> None:
     prefixed = OrderedDict((f"module.{k}", v) for k, v in resnet18_state.items())
     data = {
         "plain": lambda: resnet18_pt,
@@ -545,6 +575,7 @@ def test_checkpoint_for_the_bundled_architecture(bundled: LoadedModel) -> None:
 
 # --- user checkpoints: refused (rows 23, 25, 26, 28) -----------------------------------------------------------------
 
+
 class _WritesMarker:
     def __init__(self, path: Path) -> None:
         self.path = str(path)
@@ -562,8 +593,16 @@ class _RunsShell:
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
-@pytest.mark.parametrize("payload", ["open-in-torch-save", "system-in-torch-save", "open-raw-pickle",
-                                     "system-raw-pickle-protocol-0", "nested-in-state-dict"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "open-in-torch-save",
+        "system-in-torch-save",
+        "open-raw-pickle",
+        "system-raw-pickle-protocol-0",
+        "nested-in-state-dict",
+    ],
+)
 @pytest.mark.bad_input(23)
 def test_malicious_pickle_is_refused_without_side_effects(payload: str, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
@@ -572,8 +611,9 @@ def test_malicious_pickle_is_refused_without_side_effects(payload: str, tmp_path
         "system-in-torch-save": lambda: _saved({"weight": torch.zeros(2), "x": _RunsShell(marker)}),
         "open-raw-pickle": lambda: pickle.dumps(_WritesMarker(marker)),
         "system-raw-pickle-protocol-0": lambda: pickle.dumps(_RunsShell(marker), protocol=0),
-        "nested-in-state-dict": lambda: _saved({"state_dict": {"fc.weight": torch.zeros(2)},
-                                                "hook": _WritesMarker(marker)}),
+        "nested-in-state-dict": lambda: _saved(
+            {"state_dict": {"fc.weight": torch.zeros(2)}, "hook": _WritesMarker(marker)}
+        ),
     }[payload]()
     for filename in ("evil.pt", "evil.pth", "evil.bin", ""):
         _assert_refused(data, filename)
@@ -710,6 +750,7 @@ def test_half_precision_non_finite_weights_are_refused(resnet18_state: OrderedDi
 
 # --- row 27: wrong architecture or class count -----------------------------------------------------------------------
 
+
 @pytest.mark.bad_input(27)
 def test_wrong_architecture_lists_missing_and_unexpected() -> None:
     torch.manual_seed(0)
@@ -759,6 +800,7 @@ def test_refusal_message_is_clean_and_gives_no_unsafe_advice(tmp_path: Path) -> 
 
 # --- row 24: static checks -------------------------------------------------------------------------------------------
 
+
 def _python_files(*roots: Path) -> list[Path]:
     skip = {"__pycache__", "node_modules", "site-packages", "venv", ".venv", "build", "dist"}
     files = []
@@ -785,7 +827,8 @@ def _is_torch_load(call: ast.Call, load_aliases: set[str]) -> bool:
     if isinstance(func, ast.Attribute) and func.attr == "load":
         value = func.value
         return (isinstance(value, ast.Name) and value.id == "torch") or (
-            isinstance(value, ast.Attribute) and value.attr == "serialization")
+            isinstance(value, ast.Attribute) and value.attr == "serialization"
+        )
     return isinstance(func, ast.Name) and func.id in load_aliases
 
 
@@ -798,8 +841,9 @@ def _torch_load_aliases(tree: ast.AST) -> set[str]:
 
 
 def _weights_only_true(call: ast.Call) -> bool:
-    return any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-               for k in call.keywords)
+    return any(
+        k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True for k in call.keywords
+    )
 
 
 @pytest.mark.bad_input(24)
@@ -817,8 +861,14 @@ def test_every_torch_load_in_the_app_is_weights_only() -> None:
                     offenders.append(f"{path.relative_to(REPO)}:{call.lineno}")
         # A regex cross-check, so an unusual spelling the AST walk misses still gets counted.
         textual = len(re.findall(r"\btorch\s*\.\s*load\s*\(", source))
-        parsed = sum(1 for call in _calls(tree) if isinstance(call.func, ast.Attribute) and call.func.attr == "load"
-                     and isinstance(call.func.value, ast.Name) and call.func.value.id == "torch")
+        parsed = sum(
+            1
+            for call in _calls(tree)
+            if isinstance(call.func, ast.Attribute)
+            and call.func.attr == "load"
+            and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == "torch"
+        )
         assert textual == parsed, f"{path}: torch.load spelled in a way the AST check does not see"
     assert found >= 1  # the walk really sees camlib.models' loads (bundled file, torchvision cache, uploads)
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
@@ -835,7 +885,8 @@ def test_no_weights_only_false_anywhere() -> None:
         for call in _calls(tree):
             for keyword in call.keywords:
                 if keyword.arg == "weights_only" and not (
-                        isinstance(keyword.value, ast.Constant) and keyword.value.value is True):
+                    isinstance(keyword.value, ast.Constant) and keyword.value.value is True
+                ):
                     offenders.append(f"{path.relative_to(REPO)}:{call.lineno}")
     assert not offenders, f"weights_only other than True: {offenders}"
 
@@ -850,8 +901,11 @@ def test_camlib_never_changes_pillow_globals() -> None:
         if re.search(r"MAX_IMAGE_PIXELS\s*=\s*None", source):
             offenders.append(f"{path.name}: MAX_IMAGE_PIXELS = None")
         for node in ast.walk(ast.parse(source)):
-            targets = node.targets if isinstance(node, ast.Assign) else (
-                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else ([node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            )
             for target in targets:
                 if isinstance(target, ast.Attribute) and target.attr in ("MAX_IMAGE_PIXELS", "LOAD_TRUNCATED_IMAGES"):
                     offenders.append(f"{path.name}:{node.lineno}: assigns {target.attr}")
@@ -868,10 +922,13 @@ def test_errors_are_value_errors() -> None:
 # below holds the registry's preprocessing against the ImageNet mean/std alternative (what the registry used before),
 # so it proves the choice rather than restating it. Measurements: benchmarks/efficientnet_lite0_preprocessing.py.
 
+
 def _lite_preprocessings() -> dict[str, Preprocessing]:
     chosen = MODELS["efficientnet_lite0"].preprocessing
-    return {"registry": chosen,
-            "imagenet": dataclasses.replace(chosen, mean=models.IMAGENET_MEAN, std=models.IMAGENET_STD)}
+    return {
+        "registry": chosen,
+        "imagenet": dataclasses.replace(chosen, mean=models.IMAGENET_MEAN, std=models.IMAGENET_STD),
+    }
 
 
 def _lite_sample_inputs(preprocessing: Preprocessing, names: tuple[str, ...]) -> torch.Tensor:
@@ -893,8 +950,9 @@ def test_the_bundled_lite0_is_timms_port_of_the_tensorflow_model(bundled: Loaded
 
 @pytest.mark.bad_input(67)
 @pytest.mark.parametrize("left_out", [None, *SAMPLES], ids=lambda name: f"without {name}" if name else "all")
-def test_stem_output_variance_agrees_with_bn1_only_for_the_registry_preprocessing(bundled: LoadedModel,
-                                                                                left_out: str | None) -> None:
+def test_stem_output_variance_agrees_with_bn1_only_for_the_registry_preprocessing(
+    bundled: LoadedModel, left_out: str | None
+) -> None:
     names = tuple(name for name in SAMPLES if name != left_out)
     running_var, eps = bundled.model.bn1.running_var.double(), bundled.model.bn1.eps
     ratios = {}
@@ -924,13 +982,14 @@ def test_batchnorm_log_ratios_of_a_rescaled_batch(scale: float) -> None:
     found = batchnorm_log_ratios(model, x * scale)
     assert list(found) == ["1"]
     log_ratio, offset = found["1"]
-    torch.testing.assert_close(log_ratio, torch.log((scale**2 * var + bn.eps) / (running_var + bn.eps)),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        log_ratio, torch.log((scale**2 * var + bn.eps) / (running_var + bn.eps)), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(offset, (scale - 1) * mean / torch.sqrt(running_var + bn.eps), atol=1e-5, rtol=0)
     assert not model[1]._forward_pre_hooks and not model.training
 
-@pytest.mark.bad_input(67)
 
+@pytest.mark.bad_input(67)
 def test_every_batchnorm_agrees_better_with_the_registry_preprocessing(bundled: LoadedModel) -> None:
     per_layer = {}
     for key, preprocessing in _lite_preprocessings().items():
@@ -980,8 +1039,9 @@ def test_bicubic_preprocessing_follows_torchvision_also_for_extreme_strips(shape
     image = np.random.default_rng(3).integers(0, 256, (*shape, 3), dtype=np.uint8)
     view = torch.from_numpy(prepare_input(image, pre).model_view).permute(2, 0, 1).int()
     batch = torch.from_numpy(image).permute(2, 0, 1)[None]
-    reference = TF.center_crop(TF.resize(batch, [pre.resize], interpolation=TF.InterpolationMode.BICUBIC,
-                                         antialias=True), [pre.crop, pre.crop])[0].int()
+    reference = TF.center_crop(
+        TF.resize(batch, [pre.resize], interpolation=TF.InterpolationMode.BICUBIC, antialias=True), [pre.crop, pre.crop]
+    )[0].int()
     difference = (view - reference).abs()
     assert int(difference.max()) <= 3 and float((difference > 1).float().mean()) < 0.01
     bilinear = TF.center_crop(TF.resize(batch, [pre.resize], antialias=True), [pre.crop, pre.crop])[0].int()

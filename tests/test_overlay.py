@@ -38,6 +38,7 @@ def _blend(image: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
 
 # --- pytorch-grad-cam reference --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("image_weight", [0.5, 0.3, 0.8])
 def test_overlay_like_pytorch_grad_cam_is_exact(seed: int, image_weight: float) -> None:
@@ -55,6 +56,7 @@ def test_overlay_like_pytorch_grad_cam_default_weight() -> None:
 
 
 # --- colorize --------------------------------------------------------------------------------------------------------
+
 
 def test_colorize_jet_equals_opencv() -> None:
     cam = _cam()
@@ -88,6 +90,7 @@ def test_unknown_colormap(name: str) -> None:
 
 # --- overlay_heatmap -------------------------------------------------------------------------------------------------
 
+
 def test_alpha_zero_is_the_image() -> None:
     image = _image()
     out = overlay_heatmap(image, _cam(), alpha=0.0)
@@ -98,8 +101,9 @@ def test_alpha_zero_is_the_image() -> None:
 def test_alpha_one_is_the_heatmap() -> None:
     cam = _cam()
     np.testing.assert_array_equal(overlay_heatmap(_image(), cam, alpha=1.0), colorize(cam))
-    np.testing.assert_array_equal(overlay_heatmap(_image(), cam, alpha=1.0, colormap="viridis"),
-                                  colorize(cam, "viridis"))
+    np.testing.assert_array_equal(
+        overlay_heatmap(_image(), cam, alpha=1.0, colormap="viridis"), colorize(cam, "viridis")
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.25, 0.7, 0.01])
@@ -154,8 +158,9 @@ def test_mask_false_pixels_get_no_heat_and_are_dimmed() -> None:
 
 def test_mask_all_true_changes_nothing() -> None:
     image, cam = _image(), _cam()
-    np.testing.assert_array_equal(overlay_heatmap(image, cam, mask=np.ones(cam.shape, dtype=bool)),
-                                  overlay_heatmap(image, cam))
+    np.testing.assert_array_equal(
+        overlay_heatmap(image, cam, mask=np.ones(cam.shape, dtype=bool)), overlay_heatmap(image, cam)
+    )
 
 
 def test_mask_and_threshold_combine() -> None:
@@ -243,14 +248,16 @@ def test_alpha_outside_unit_interval(alpha: float) -> None:
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("mask", [np.ones((20, 28), dtype=bool), np.ones((40, 56), dtype=np.uint8)],
-                         ids=["wrong-shape", "uint8-mask"])
+@pytest.mark.parametrize(
+    "mask", [np.ones((20, 28), dtype=bool), np.ones((40, 56), dtype=np.uint8)], ids=["wrong-shape", "uint8-mask"]
+)
 def test_bad_mask_raises_a_typed_error(mask: np.ndarray) -> None:
     with pytest.raises(CamlibError):
         overlay_heatmap(_image(), _cam(), mask=mask)
 
 
 # --- map_to_original -------------------------------------------------------------------------------------------------
+
 
 def test_map_to_original_places_the_crop() -> None:
     cam = _cam(10, 12)
@@ -278,8 +285,8 @@ def test_map_to_original_with_prepare_input_box() -> None:
     assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (19, 281, 94, 357)
     assert inside.sum() == (281 - 19) * (357 - 94)
     centre = (94 + 357) / 2
-    assert full[150, 94:int(centre) - 2].min() == 1.0
-    assert full[150, int(centre) + 3:357].max() == 0.0
+    assert full[150, 94 : int(centre) - 2].min() == 1.0
+    assert full[150, int(centre) + 3 : 357].max() == 0.0
 
 
 def test_map_to_original_whole_image_box() -> None:
@@ -307,8 +314,11 @@ def test_map_to_original_clipping_keeps_the_map_aligned() -> None:
     np.testing.assert_allclose(full[:, :90], unclipped[:, 10:], atol=1e-6)
 
 
-@pytest.mark.parametrize("box", [(200.0, 0.0, 300.0, 50.0), (-50.0, -50.0, -1.0, -1.0), (10.0, 10.0, 10.2, 40.0)],
-                         ids=["right-of-image", "above-left", "empty-after-rounding"])
+@pytest.mark.parametrize(
+    "box",
+    [(200.0, 0.0, 300.0, 50.0), (-50.0, -50.0, -1.0, -1.0), (10.0, 10.0, 10.2, 40.0)],
+    ids=["right-of-image", "above-left", "empty-after-rounding"],
+)
 def test_map_to_original_box_outside_gives_zeros(box: tuple[float, float, float, float]) -> None:
     full, inside = map_to_original(_cam(10, 10), (100, 100), box)
     assert not inside.any()
@@ -317,13 +327,14 @@ def test_map_to_original_box_outside_gives_zeros(box: tuple[float, float, float,
 
 # --- upscale_nearest -------------------------------------------------------------------------------------------------
 
+
 def test_upscale_nearest_blocks() -> None:
     image = _image(32, 32)
     out = upscale_nearest(image, 224)
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8  # factor ceil(224 / 32) = 7
     for i in (0, 5, 31):
         for j in (0, 17, 31):
-            assert (out[7 * i:7 * i + 7, 7 * j:7 * j + 7] == image[i, j]).all()
+            assert (out[7 * i : 7 * i + 7, 7 * j : 7 * j + 7] == image[i, j]).all()
     np.testing.assert_array_equal(out, np.kron(image, np.ones((7, 7, 1), dtype=np.uint8)))
 
 

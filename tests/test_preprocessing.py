@@ -22,11 +22,29 @@ from camlib import models
 from camlib.errors import InputError, InvalidImageError
 from camlib.models import MAX_RESIZED_PIXELS, Preprocessing, prepare_batch, prepare_input
 
-PREPROCESSINGS = [Preprocessing(resize=256, crop=224), Preprocessing(resize=32, crop=32),
-                  Preprocessing(resize=64, crop=56)]
+PREPROCESSINGS = [
+    Preprocessing(resize=256, crop=224),
+    Preprocessing(resize=32, crop=32),
+    Preprocessing(resize=64, crop=56),
+]
 # (height, width): square, 4:3, 3:4, 16:9, 9:16, 1:3, 3:1, odd, tiny, 1xN, Nx1 and thin strips.
-SHAPES = [(300, 300), (300, 400), (400, 300), (360, 640), (640, 360), (100, 300), (300, 100), (301, 451), (7, 9),
-          (1, 1), (2, 2), (1, 37), (37, 1), (17, 1000), (500, 3)]
+SHAPES = [
+    (300, 300),
+    (300, 400),
+    (400, 300),
+    (360, 640),
+    (640, 360),
+    (100, 300),
+    (300, 100),
+    (301, 451),
+    (7, 9),
+    (1, 1),
+    (2, 2),
+    (1, 37),
+    (37, 1),
+    (17, 1000),
+    (500, 3),
+]
 
 
 def _reference(images: np.ndarray, pre: Preprocessing) -> torch.Tensor:
@@ -52,6 +70,7 @@ def _assert_within_one_grey_level(view: torch.Tensor, reference: torch.Tensor) -
 
 # --- the same pixels as torchvision ----------------------------------------------------------------------------------
 
+
 @pytest.mark.bad_input(63)
 @pytest.mark.parametrize("pre", PREPROCESSINGS, ids=lambda p: f"{p.resize}-{p.crop}")
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -65,11 +84,13 @@ def test_prepare_input_matches_torchvision(shape: tuple[int, int], pre: Preproce
         _assert_within_one_grey_level(view, reference)
 
 
-@pytest.mark.parametrize("pre", [*PREPROCESSINGS, Preprocessing(resize=100, crop=120)],
-                         ids=lambda p: f"{p.resize}-{p.crop}")
+@pytest.mark.parametrize(
+    "pre", [*PREPROCESSINGS, Preprocessing(resize=100, crop=120)], ids=lambda p: f"{p.resize}-{p.crop}"
+)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_crop_window_path_matches_torchvision(shape: tuple[int, int], pre: Preprocessing,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crop_window_path_matches_torchvision(
+    shape: tuple[int, int], pre: Preprocessing, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Force the bounded path (only the crop window is computed) on every size; crop > resize pads with zeros.
     monkeypatch.setattr(models, "MAX_RESIZED_PIXELS", 0)
     image = _noise(*shape, seed=1)
@@ -105,6 +126,7 @@ def test_antialias_weights_are_normalised_and_local() -> None:
 
 # --- the crop box ----------------------------------------------------------------------------------------------------
 
+
 def test_crop_box_of_a_1_by_1024_strip() -> None:
     # Shorter side 1 -> 256, longer 1024 -> 262,144. Crop 224: top = 16, left = (262144 - 224) / 2 = 130,960.
     # Back to the original: both scales are 1 / 256.
@@ -126,14 +148,18 @@ def test_crop_box_maps_the_model_view_back_onto_the_image(shape: tuple[int, int]
     left, top, right, bottom = prepared.crop_box
     assert 0 <= left < right <= width and 0 <= top < bottom <= height
     assert (right - left) / width == pytest.approx(80 / (100 * width / min(shape)), rel=0.01)
-    first, last = (prepared.model_view[0, 0, 0], prepared.model_view[0, -1, 0]) if width >= height else (
-        prepared.model_view[0, 0, 0], prepared.model_view[-1, 0, 0])
+    first, last = (
+        (prepared.model_view[0, 0, 0], prepared.model_view[0, -1, 0])
+        if width >= height
+        else (prepared.model_view[0, 0, 0], prepared.model_view[-1, 0, 0])
+    )
     start, stop = (left, right) if width >= height else (top, bottom)
     assert abs(int(first) - int(ramp[int(start)])) <= 2
     assert abs(int(last) - int(ramp[min(length - 1, int(stop))])) <= 2
 
 
 # --- batches ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(32, 32), (40, 30), (1, 700), (3, 500)])
 def test_prepare_batch_equals_prepare_input_per_image(shape: tuple[int, int]) -> None:
@@ -151,13 +177,19 @@ def test_prepare_batch_in_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch
     whole = prepare_batch(images, pre)
     monkeypatch.setattr(models, "MAX_RESIZED_PIXELS", 2 * 32 * 40)  # two resized images per chunk: 3 chunks
     torch.testing.assert_close(prepare_batch(images, pre), whole, atol=0, rtol=0)
-    torch.testing.assert_close(whole, (_reference(images, pre).float() / 255 - torch.tensor(pre.mean)[:, None, None])
-                               / torch.tensor(pre.std)[:, None, None], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        whole,
+        (_reference(images, pre).float() / 255 - torch.tensor(pre.mean)[:, None, None])
+        / torch.tensor(pre.std)[:, None, None],
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 # --- bounded memory (row 63): a subprocess measures peak RSS ---------------------------------------------------------
 
-_MEASURE = """
+_MEASURE = (
+    """
 import io, json, sys
 import numpy as np
 from PIL import Image
@@ -176,7 +208,9 @@ datas = [open(path, "rb").read() for path in files]
 warm_up = io.BytesIO()
 Image.new("RGB", (64, 48), (90, 120, 150)).save(warm_up, "PNG")
 work(warm_up.getvalue())  # one-time initialisation (thread pools, lazy imports) is not an upload's cost
-""" + RSS_BASELINE + """
+"""
+    + RSS_BASELINE
+    + """
 report = {}
 for path, data in zip(files, datas):
     pixels = work(data)
@@ -184,6 +218,7 @@ for path, data in zip(files, datas):
     report[path] = {"shape": list(pixels.shape), "extra_mb": (peak - baseline) / 1024}
 print(json.dumps(report))
 """
+)
 
 
 def run_measurement(script: str, paths: list[Path]) -> dict[str, dict]:
@@ -226,8 +261,9 @@ def test_rgb_strip_at_the_pixel_cap_costs_no_more_than_a_square_photo(tmp_path: 
     strip, square = tmp_path / "strip.png", tmp_path / "square.png"
     strip.write_bytes(_png(65535, 381))
     square.write_bytes(_png(5000, 5000))
-    strip_mb, square_mb = (json.loads(run_python(DECODE_SCRIPT, path).strip().splitlines()[-1])["extra_mb"]
-                           for path in (strip, square))
+    strip_mb, square_mb = (
+        json.loads(run_python(DECODE_SCRIPT, path).strip().splitlines()[-1])["extra_mb"] for path in (strip, square)
+    )
     assert strip_mb <= square_mb + 10, (strip_mb, square_mb)  # measured: 91 MB and 120 MB
     assert square_mb < 4 * 25 + 40
 
@@ -235,8 +271,12 @@ def test_rgb_strip_at_the_pixel_cap_costs_no_more_than_a_square_photo(tmp_path: 
 def test_prepare_input_replicates_grayscale_and_refuses_other_contracts() -> None:
     gray = _noise(40, 50)[..., 0]
     pre = Preprocessing(resize=32, crop=28)
-    torch.testing.assert_close(prepare_input(gray, pre).tensor, prepare_input(np.repeat(gray[..., None], 3, axis=2),
-                                                                               pre).tensor, atol=0, rtol=0)
+    torch.testing.assert_close(
+        prepare_input(gray, pre).tensor,
+        prepare_input(np.repeat(gray[..., None], 3, axis=2), pre).tensor,
+        atol=0,
+        rtol=0,
+    )
     for bad in (gray.astype(np.float32), np.zeros((0, 5, 3), np.uint8), _noise(4, 4)[None]):
         with pytest.raises(InvalidImageError, match="image"):
             prepare_input(bad, pre)

@@ -16,16 +16,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_camlib_never_imports_streamlit() -> None:
     # rglob: camlib has subpackages (camlib.augment), whose modules are imported and read too
-    modules = sorted(".".join(p.relative_to(ROOT / "camlib").with_suffix("").parts)
-                     for p in (ROOT / "camlib").rglob("*.py") if p.stem != "__init__")
+    modules = sorted(
+        ".".join(p.relative_to(ROOT / "camlib").with_suffix("").parts)
+        for p in (ROOT / "camlib").rglob("*.py")
+        if p.stem != "__init__"
+    )
     code = (
         "import sys, importlib\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module('camlib.' + name)\n"
         "print(sorted(m for m in sys.modules if m == 'streamlit' or m.startswith('streamlit.')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"} | _python_env())
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"} | _python_env(),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"camlib imported streamlit: {out.stdout}"
     # And statically: no import statement names streamlit anywhere in camlib.
@@ -71,8 +80,9 @@ def test_requirements_pins() -> None:
     runtime = (ROOT / "requirements.txt").read_text().splitlines()
     for pin in ("torch==2.14.1", "torchvision==0.29.1", "albumentations==2.0.8"):
         assert pin in runtime
-    names = [line.split("==")[0].split(">=")[0].strip().lower()
-             for line in runtime if line and not line.startswith("#")]
+    names = [
+        line.split("==")[0].split(">=")[0].strip().lower() for line in runtime if line and not line.startswith("#")
+    ]
     assert "opencv-python-headless" in names and "opencv-python" not in names
 
 

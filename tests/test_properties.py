@@ -17,8 +17,9 @@ from camlib.cam import compute_cams
 from camlib.errors import CamlibError, NonFiniteError
 from camlib.overlay import overlay_heatmap
 
-PROFILE = settings(max_examples=40, deadline=None, derandomize=True,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROFILE = settings(
+    max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 
 
@@ -43,10 +44,14 @@ class _Poisoned(nn.Module):
 
 @pytest.mark.bad_input(34)
 @PROFILE
-@given(value=NON_FINITE, positions=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4)), min_size=1, max_size=4),
-       method=st.sampled_from(["gradcam", "gradcam++", "layercam", "eigencam"]))
-def test_any_non_finite_logit_raises_non_finite_error(value: float, positions: list[tuple[int, int]],
-                                                       method: str) -> None:
+@given(
+    value=NON_FINITE,
+    positions=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4)), min_size=1, max_size=4),
+    method=st.sampled_from(["gradcam", "gradcam++", "layercam", "eigencam"]),
+)
+def test_any_non_finite_logit_raises_non_finite_error(
+    value: float, positions: list[tuple[int, int]], method: str
+) -> None:
     model = _Poisoned(positions, value).eval()
     x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with pytest.raises(NonFiniteError, match="non-finite"):
@@ -65,14 +70,22 @@ def test_overlay_is_never_drawn_from_a_non_finite_map(value: float, row: int, co
 
 @pytest.mark.bad_input(43)
 @PROFILE
-@given(height=st.integers(1, 24), width=st.integers(1, 24),
-       dtype=st.sampled_from([np.float32, np.float64, np.uint16, np.int32, np.int64]),
-       layout=st.sampled_from(["hwc", "chw", "hw", "hwc4", "nhwc"]))
+@given(
+    height=st.integers(1, 24),
+    width=st.integers(1, 24),
+    dtype=st.sampled_from([np.float32, np.float64, np.uint16, np.int32, np.int64]),
+    layout=st.sampled_from(["hwc", "chw", "hw", "hwc4", "nhwc"]),
+)
 def test_overlay_accepts_only_uint8_rgb_hwc(height: int, width: int, dtype: type, layout: str) -> None:
     """Every dtype other than uint8 (floats in 0-1 or 0-255 alike) and every layout other than (H, W, 3) is a typed
     error; the one valid form gives a uint8 (H, W, 3) image."""
-    shapes = {"hwc": (height, width, 3), "chw": (3, height, width), "hw": (height, width),
-              "hwc4": (height, width, 4), "nhwc": (1, height, width, 3)}
+    shapes = {
+        "hwc": (height, width, 3),
+        "chw": (3, height, width),
+        "hw": (height, width),
+        "hwc4": (height, width, 4),
+        "nhwc": (1, height, width, 3),
+    }
     cam = np.full((height, width), 0.5, np.float32)
     image = np.full(shapes[layout], 200, dtype=dtype)
     with pytest.raises(CamlibError, match="uint8 RGB"):
@@ -83,16 +96,25 @@ def test_overlay_accepts_only_uint8_rgb_hwc(height: int, width: int, dtype: type
 
 
 def _numeric_params() -> list[tuple[str, str]]:
-    return [(name, param.name) for name, spec in TRANSFORMS.items() for param in spec.params
-            if param.kind in ("float", "int") and param.low is not None and param.high is not None]
+    return [
+        (name, param.name)
+        for name, spec in TRANSFORMS.items()
+        for param in spec.params
+        if param.kind in ("float", "int") and param.low is not None and param.high is not None
+    ]
 
 
 @pytest.mark.bad_input(54)
 @PROFILE
-@given(choice=st.sampled_from(_numeric_params()), where=st.sampled_from(["below", "above", "nan", "inf"]),
-       distance=st.floats(0.001, 1e6), probability=st.sampled_from([None, 1.5, -0.1, math.nan]))
-def test_out_of_domain_values_give_one_readable_line(choice: tuple[str, str], where: str, distance: float,
-                                                     probability: float | None) -> None:
+@given(
+    choice=st.sampled_from(_numeric_params()),
+    where=st.sampled_from(["below", "above", "nan", "inf"]),
+    distance=st.floats(0.001, 1e6),
+    probability=st.sampled_from([None, 1.5, -0.1, math.nan]),
+)
+def test_out_of_domain_values_give_one_readable_line(
+    choice: tuple[str, str], where: str, distance: float, probability: float | None
+) -> None:
     """A value below or above a parameter's bounds, NaN or infinity (and, in some draws, an invalid probability):
     always a PipelineError (a ValueError) with a one-line message that names the transform, never a pydantic dump
     and never a silently built pipeline."""

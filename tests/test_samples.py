@@ -26,8 +26,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry() -> None:
-    assert list(SAMPLES) == ["chelsea (cat)", "coffee (cup)", "astronaut", "rocket", "motorcycle",
-                             "camera (grayscale)"]
+    assert list(SAMPLES) == ["chelsea (cat)", "coffee (cup)", "astronaut", "rocket", "motorcycle", "camera (grayscale)"]
     assert DEFAULT_SAMPLE == "chelsea (cat)" and DEFAULT_SAMPLE in SAMPLES
 
 

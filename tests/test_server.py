@@ -27,8 +27,9 @@ THREADS = 1  # CAMLIB_TORCH_THREADS for this server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    with streamlit_server("--server.disconnectedSessionTTL", str(TTL_S),
-                          env={"CAMLIB_TORCH_THREADS": str(THREADS)}, log=log) as running:
+    with streamlit_server(
+        "--server.disconnectedSessionTTL", str(TTL_S), env={"CAMLIB_TORCH_THREADS": str(THREADS)}, log=log
+    ) as running:
         with Session(running) as warm_up:  # loads the default model once
             assert warm_up.rerun(timeout=180).ok
         yield running
@@ -73,8 +74,10 @@ def test_upload_put_needs_the_xsrf_token(server: Server) -> None:
 @pytest.mark.bad_input(61, kind="WS")
 @pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1.evil.example", "null"])
 def test_websocket_from_a_foreign_origin_is_rejected(server: Server, origin: str) -> None:
-    with (pytest.raises((InvalidStatus, ConnectionClosed)) as refused,
-          connect(server.ws_url, subprotocols=["streamlit"], origin=origin, open_timeout=30) as ws):
+    with (
+        pytest.raises((InvalidStatus, ConnectionClosed)) as refused,
+        connect(server.ws_url, subprotocols=["streamlit"], origin=origin, open_timeout=30) as ws,
+    ):
         ws.recv(timeout=10)  # a socket that was accepted would get no message before a rerun: TimeoutError
     if isinstance(refused.value, InvalidStatus):
         assert refused.value.response.status_code == 403
@@ -192,8 +195,10 @@ def test_concurrent_sessions_all_finish_with_their_own_cam(server: Server) -> No
     assert peak_rss < 4096
     assert server.healthy()
     # session threads end, and disconnected sessions are dropped after the TTL
-    assert wait_for(lambda: server.status("Threads") <= baseline_threads, TTL_S + 30), \
-        (server.status("Threads"), baseline_threads)
+    assert wait_for(lambda: server.status("Threads") <= baseline_threads, TTL_S + 30), (
+        server.status("Threads"),
+        baseline_threads,
+    )
 
 
 @pytest.mark.slow
@@ -239,8 +244,9 @@ def test_concurrent_sessions_each_get_the_cam_of_their_own_image(server: Server)
         image = np.asarray(Image.open(io.BytesIO(uploads[name])).convert("RGB"))
         probabilities = predict_probabilities(loaded.model, image[None], loaded.spec.preprocessing)[0]
         top = int(probabilities.argmax())
-        assert shown[name].startswith(f"Explaining class {top}: {loaded.class_names[top]} "
-                                      f"({probabilities[top]:.1%})"), (name, shown[name])
+        assert shown[name].startswith(
+            f"Explaining class {top}: {loaded.class_names[top]} ({probabilities[top]:.1%})"
+        ), (name, shown[name])
     assert len({text.split(" with ")[0] for text in shown.values()}) == len(shown)  # four different answers
 
 
@@ -261,8 +267,12 @@ def test_sockets_closed_mid_run_leave_the_server_and_the_cam_intact(server: Serv
     for index in range(10):
         session = Session(server)
         session.widget_ids = dict(reference.widget_ids)  # widget ids depend on the key and parameters only
-        session.send_rerun({"cam_method": ("string_value", methods[index % len(methods)]),
-                            "cam_alpha": ("double_array_value", [0.1 + 0.05 * index])})
+        session.send_rerun(
+            {
+                "cam_method": ("string_value", methods[index % len(methods)]),
+                "cam_alpha": ("double_array_value", [0.1 + 0.05 * index]),
+            }
+        )
         session.ws.recv(timeout=60)  # the run has started
         session.close()
     assert server.healthy()
@@ -347,8 +357,12 @@ def test_repeated_uploads_keep_server_memory_bounded(server: Server) -> None:
             data = images[upload % len(images)]
             file_id = f"upload-{upload}"
             assert server.put_file(session.session_id, file_id, f"photo{upload % 18}.png", data) == 204
-            run = session.rerun({"cam_source": ("string_value", "Upload"),
-                                 "cam_upload": ("file_uploader_state_value", [(file_id, "photo.png", len(data))])})
+            run = session.rerun(
+                {
+                    "cam_source": ("string_value", "Upload"),
+                    "cam_upload": ("file_uploader_state_value", [(file_id, "photo.png", len(data))]),
+                }
+            )
             assert run.ok and run.errors == [], (upload, run.exceptions, run.errors)
             assert run.text("Explaining class")
             if upload in (17, 26, 35):

@@ -59,7 +59,7 @@ def test_rerun_storm_interrupting_cams_leaves_no_hooks_threads_or_locks(snapshot
     for run in range(30):
         where = list(interrupts)[run % 3]
         if run % 3:
-            interrupts[where].raise_on = (RerunException(None) if run % 2 else StopException())
+            interrupts[where].raise_on = RerunException(None) if run % 2 else StopException()
             with pytest.raises((RerunException, StopException)):
                 compute_cams(model, x, [layers[run % 2]], method=("gradcam", "layercam", "gradcam++")[run % 3])
             interrupts[where].raise_on = None
@@ -113,9 +113,11 @@ def test_only_the_decoder_is_keyed_on_upload_bytes_and_it_returns_a_small_array(
     from camlib.imaging import MAX_SIDE
     from ui import cache
 
-    keyed_on_bytes = [name for name, function, _ in _cache_decorations()
-                      if any(isinstance(a.annotation, ast.Name) and a.annotation.id == "bytes"
-                             for a in function.args.args)]
+    keyed_on_bytes = [
+        name
+        for name, function, _ in _cache_decorations()
+        if any(isinstance(a.annotation, ast.Name) and a.annotation.id == "bytes" for a in function.args.args)
+    ]
     assert keyed_on_bytes == ["cache.py:decode_upload"]
     for width, height in [(3000, 2000), (1500, 4000), (1025, 1025)]:
         buffer = io.BytesIO()
@@ -133,20 +135,28 @@ def test_only_the_decoder_is_keyed_on_upload_bytes_and_it_returns_a_small_array(
 @pytest.mark.bad_input(60)
 def test_app_code_never_captures_warnings_with_catch_warnings() -> None:
     """``warnings.catch_warnings`` swaps the process-wide filter list: not thread-safe across sessions."""
-    offenders = [str(path.relative_to(ROOT)) for path in [*APP_FILES, *sorted((ROOT / "camlib").rglob("*.py"))]
-                 if "catch_warnings" in path.read_text()]
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in [*APP_FILES, *sorted((ROOT / "camlib").rglob("*.py"))]
+        if "catch_warnings" in path.read_text()
+    ]
     assert offenders == []
 
 
 @pytest.mark.bad_input(60)
 @pytest.mark.parametrize(
     ("params", "problem"),
-    [({"blur_limit": (4, 6)}, "4 is not one of 3, 5"), ({"blur_limit": (3, 8)}, "8 is not one of"),
-     ({"blur_limit": (3, 7)}, None), ({"blur_limit": (5, 5)}, None)],
+    [
+        ({"blur_limit": (4, 6)}, "4 is not one of 3, 5"),
+        ({"blur_limit": (3, 8)}, "8 is not one of"),
+        ({"blur_limit": (3, 7)}, None),
+        ({"blur_limit": (5, 5)}, None),
+    ],
     ids=["even-low", "even-high", "odd", "odd-single"],
 )
 def test_values_albumentations_would_adjust_with_a_warning_are_validated_beforehand_in_threads(
-        params: dict, problem: str | None) -> None:
+    params: dict, problem: str | None
+) -> None:
     """Albumentations turns an even MotionBlur kernel into the next odd one with only a UserWarning. camlib refuses
     it before building (or builds the valid ones) from 8 threads at once: each thread gets the same typed error or
     the same grid as a serial call, no warning is emitted, and the process's warning filters are untouched."""
@@ -189,9 +199,12 @@ def test_values_albumentations_would_adjust_with_a_warning_are_validated_beforeh
 
 
 @pytest.mark.bad_input(48)
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="gap (bad-inputs row 48): nothing bounds concurrent CAM jobs across models; only the "
-                          "per-model lock serialises jobs on one model")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="gap (bad-inputs row 48): nothing bounds concurrent CAM jobs across models; only the "
+    "per-model lock serialises jobs on one model",
+)
 def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Eight sessions ask for CAMs on four different models at once. Each job holds its model's lock (as camlib
     does); a process-wide bound should keep the number of jobs running at once at most the CPU-thread budget
@@ -232,9 +245,12 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        threads = [threading.Thread(target=session,
-                                    args=(f"model{i % 4}", np.full((4, 4, 3), i, np.uint8), ("l",), "gradcam", 0))
-                   for i in range(8)]
+        threads = [
+            threading.Thread(
+                target=session, args=(f"model{i % 4}", np.full((4, 4, 3), i, np.uint8), ("l",), "gradcam", 0)
+            )
+            for i in range(8)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:

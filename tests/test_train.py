@@ -43,15 +43,18 @@ BUNDLED_CARD = REPO / "models/cifar10_resnet20/model_card.json"
 CPU = torch.device("cpu")
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared CIFAR-10 image-folder copy is not at {DATA}")
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True:UserWarning"),
+]
 
 SMALL = ["--limit-train", "300", "--limit-test", "100", "--batch-size", "64", "--threads", "1"]
 TINY = ["--limit-train", "100", "--limit-test", "50", "--batch-size", "20", "--threads", "1"]
 
 
-def _args(out: Path, *, epochs: int = 1, arch: str = "resnet20", extra: list[str] = TINY,
-          augment: Path | None = PIPELINE_FILE) -> list[str]:
+def _args(
+    out: Path, *, epochs: int = 1, arch: str = "resnet20", extra: list[str] = TINY, augment: Path | None = PIPELINE_FILE
+) -> list[str]:
     args = ["--arch", arch, "--data", str(DATA), "--epochs", str(epochs), "--out", str(out), *extra]
     return args + (["--augment", str(augment)] if augment is not None else [])
 
@@ -78,6 +81,7 @@ def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --- a full (tiny) training run ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> tuple[Path, int, str]:
@@ -167,8 +171,9 @@ def test_card_augmentation_rebuilds_with_albumentations(card: dict) -> None:
 
 def test_weights_load_as_a_checkpoint_and_reproduce_the_card(trained: tuple[Path, int, str], card: dict) -> None:
     out, _, _ = trained
-    loaded = load_checkpoint("cifar10_resnet20", (out / "model.safetensors").read_bytes(), "model.safetensors",
-                             device=CPU)
+    loaded = load_checkpoint(
+        "cifar10_resnet20", (out / "model.safetensors").read_bytes(), "model.safetensors", device=CPU
+    )
     assert loaded.spec.arch == "resnet20" and loaded.class_names == CLASS_NAMES
     test = load_cifar10(DATA, "test", limit=100)
     predicted = predict_probabilities(loaded.model, test.images, loaded.spec.preprocessing).argmax(axis=1)
@@ -179,6 +184,7 @@ def test_weights_load_as_a_checkpoint_and_reproduce_the_card(trained: tuple[Path
 
 
 # --- interruption and resume ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> tuple[Path, int, str]:
@@ -249,8 +255,9 @@ def test_resume_finishes_from_epoch_2(interrupted: tuple[Path, int, str], tmp_pa
 
 
 @pytest.mark.parametrize("change", [["--epochs", "3"], ["--arch", "resnet18_cifar"]])
-def test_resume_state_of_another_run_is_refused(change: list[str], interrupted: tuple[Path, int, str],
-                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_state_of_another_run_is_refused(
+    change: list[str], interrupted: tuple[Path, int, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source, _, _ = interrupted
     out = tmp_path / "run"
     shutil.copytree(source, out)
@@ -267,8 +274,9 @@ def test_resume_state_of_another_run_is_refused(change: list[str], interrupted: 
 
 
 @needs_data
-def test_resume_with_another_batch_size_trains_or_is_refused(interrupted: tuple[Path, int, str],
-                                                             tmp_path: Path) -> None:
+def test_resume_with_another_batch_size_trains_or_is_refused(
+    interrupted: tuple[Path, int, str], tmp_path: Path
+) -> None:
     source, _, _ = interrupted
     out = tmp_path / "run"
     shutil.copytree(source, out)
@@ -289,6 +297,7 @@ def test_garbage_resume_state_gives_a_clear_error(tmp_path: Path, monkeypatch: p
 
 
 # --- bad arguments: one clear line, exit code 2, nothing trained or written -------------------------------------------
+
 
 def _reversed_range_file(path: Path) -> Path:
     document = pipeline_to_dict(CIFAR10_TRAIN_PIPELINE)
@@ -314,8 +323,10 @@ BAD_ARGUMENTS = {
     "garbage pipeline": (lambda tmp: {"augment": (tmp / "garbage.json", "{this is not json")}, "not valid JSON"),
     "not an export": (lambda tmp: {"augment": (tmp / "plain.json", '{"a": 1}')}, "not an Augmentation Lab export"),
     "reversed range": (lambda tmp: {"augment": _reversed_range_file(tmp / "reversed.json")}, "reversed range"),
-    "output not 32x32": (lambda tmp: {"augment": _pad_only_file(tmp / "pad.json")},
-                         "when PadIfNeeded fire(s) it gives uint8 (40, 40, 3)"),
+    "output not 32x32": (
+        lambda tmp: {"augment": _pad_only_file(tmp / "pad.json")},
+        "when PadIfNeeded fire(s) it gives uint8 (40, 40, 3)",
+    ),
 }
 
 
@@ -340,12 +351,16 @@ def test_bad_arguments_stop_before_training(case: str, tmp_path: Path, monkeypat
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--arch", "resnet999"], "invalid choice: 'resnet999'"),
-    (["--epochs", "two"], "invalid int value: 'two'"),
-])
-def test_argparse_errors_exit_2(argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--arch", "resnet999"], "invalid choice: 'resnet999'"),
+        (["--epochs", "two"], "invalid int value: 'two'"),
+    ],
+)
+def test_argparse_errors_exit_2(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     _no_training(monkeypatch)
     with pytest.raises(SystemExit) as info:
@@ -389,8 +404,9 @@ def test_out_that_is_a_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
 @needs_data
 def test_a_run_of_four_steps_trains(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code, err = _run(_args(out, extra=["--limit-train", "40", "--limit-test", "10", "--batch-size", "10",
-                                       "--threads", "1"]))
+    code, err = _run(
+        _args(out, extra=["--limit-train", "40", "--limit-test", "10", "--batch-size", "10", "--threads", "1"])
+    )
     assert code == 0, err[-500:]
 
 
@@ -401,6 +417,7 @@ def test_parse_args_defaults(tmp_path: Path) -> None:
 
 
 # --- augmentation per epoch -------------------------------------------------------------------------------------------
+
 
 @needs_data
 def test_augment_epoch_is_deterministic_and_leaves_global_rngs_alone() -> None:
@@ -439,7 +456,7 @@ def test_bundled_weights_are_a_small_safetensors_file() -> None:
     data = BUNDLED_WEIGHTS.read_bytes()
     assert len(data) <= 5 * 1024 * 1024
     header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + header_len])  # safetensors: a JSON header, then raw tensor bytes (no pickle)
+    header = json.loads(data[8 : 8 + header_len])  # safetensors: a JSON header, then raw tensor bytes (no pickle)
     assert set(header) - {"__metadata__"} == set(build_cifar_model("resnet20").state_dict())
     state = read_checkpoint(data, BUNDLED_WEIGHTS.name)
     assert state.keys() == build_cifar_model("resnet20").state_dict().keys()

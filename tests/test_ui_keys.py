@@ -41,16 +41,23 @@ def bare_keys(source: str) -> list[tuple[int, str]]:
                     found.extend((node.lineno, f"session_state.update({k.arg}=...)") for k in node.keywords if k.arg)
         elif isinstance(node, ast.Subscript) and _is_session_state(node.value) and _is_string(node.slice):
             found.append((node.lineno, f"session_state[{node.slice.value!r}]"))
-        elif (isinstance(node, ast.Compare) and _is_string(node.left)
-              and any(_is_session_state(c) for c in node.comparators)):
+        elif (
+            isinstance(node, ast.Compare)
+            and _is_string(node.left)
+            and any(_is_session_state(c) for c in node.comparators)
+        ):
             found.append((node.lineno, f"{node.left.value!r} in session_state"))
     return found
 
 
 def test_every_session_state_key_is_a_name_from_ui_keys() -> None:
     assert KEYS_MODULE in SOURCES and len(SOURCES) >= 8  # the scan sees the app, the pages and ui
-    found = [f"{path.relative_to(REPO)}:{line}: {what}" for path in SOURCES if path != KEYS_MODULE
-             for line, what in bare_keys(path.read_text())]
+    found = [
+        f"{path.relative_to(REPO)}:{line}: {what}"
+        for path in SOURCES
+        if path != KEYS_MODULE
+        for line, what in bare_keys(path.read_text())
+    ]
     assert found == [], "bare session-state keys (name them in ui/keys.py):\n" + "\n".join(found)
 
 

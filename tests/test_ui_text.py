@@ -62,26 +62,32 @@ def test_escape_exact_values() -> None:
 
 
 @pytest.mark.bad_input(20)
-@pytest.mark.parametrize(("text", "expected"), [
-    ("https://e.invalid", "https\\:\u2060\\/\\/e\\.invalid"),
-    ("HTTP://e.invalid", "HTTP\\:\u2060\\/\\/e\\.invalid"),
-    ("www.e.invalid", "www\u2060\\.e\\.invalid"),
-    ("WWW.e.invalid", "WWW\u2060\\.e\\.invalid"),
-    ("mailto:me@e.invalid", "mailto\\:me\\@\u2060e\\.invalid"),
-    ("a: b/c www", "a\\: b\\/c www"),  # no autolink shape: no joiner
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://e.invalid", "https\\:\u2060\\/\\/e\\.invalid"),
+        ("HTTP://e.invalid", "HTTP\\:\u2060\\/\\/e\\.invalid"),
+        ("www.e.invalid", "www\u2060\\.e\\.invalid"),
+        ("WWW.e.invalid", "WWW\u2060\\.e\\.invalid"),
+        ("mailto:me@e.invalid", "mailto\\:me\\@\u2060e\\.invalid"),
+        ("a: b/c www", "a\\: b\\/c www"),  # no autolink shape: no joiner
+    ],
+)
 def test_autolinks_are_broken_by_an_invisible_word_joiner(text: str, expected: str) -> None:
     # GFM finds autolinks in the text after escapes are resolved, so escaping alone would leave them live.
     assert escape(text) == expected
 
 
 @pytest.mark.bad_input(20)
-@pytest.mark.parametrize(("text", "expected"), [
-    ("photo\u202egnp.exe", "photo\ufffdgnp\\.exe"),  # RTL override: shown as a replacement character
-    ("a\u2066b\u2069c\u200fd", "a\ufffdb\ufffdc\ufffdd"),
-    ("one\ntwo\r\nthree\rfour\u2028five", "one two three four five"),  # no new Markdown block
-    ("nul\x00bell\x07", "nul\ufffdbell\ufffd"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("photo\u202egnp.exe", "photo\ufffdgnp\\.exe"),  # RTL override: shown as a replacement character
+        ("a\u2066b\u2069c\u200fd", "a\ufffdb\ufffdc\ufffdd"),
+        ("one\ntwo\r\nthree\rfour\u2028five", "one two three four five"),  # no new Markdown block
+        ("nul\x00bell\x07", "nul\ufffdbell\ufffd"),
+    ],
+)
 def test_controls_and_line_breaks_are_neutralised(text: str, expected: str) -> None:
     assert escape(text) == expected
 
@@ -109,15 +115,18 @@ def test_long_words_and_fields_are_shortened() -> None:
 
 def test_md_escapes_fields_not_the_template_nor_numbers() -> None:
     assert md("**{name}** {p:.1%} {n:,} {k}", name="_a_", p=np.float32(0.25), n=10000, k=7) == (
-        r"**\_a\_** 25.0% 10,000 7")
+        r"**\_a\_** 25.0% 10,000 7"
+    )
     assert md("{flag}", flag=True) == "True"
     assert md("Cannot import {file}: {error}", file="[x](y).json", error=ValueError("bad *value*")) == (
-        r"Cannot import \[x\]\(y\)\.json: bad \*value\*")
+        r"Cannot import \[x\]\(y\)\.json: bad \*value\*"
+    )
 
 
 def test_html_text_for_plotly() -> None:
     assert html_text('<a href="https://e.invalid">x</a> & co') == (
-        '&lt;a href="https://e.invalid"&gt;x&lt;/a&gt; &amp; co')
+        '&lt;a href="https://e.invalid"&gt;x&lt;/a&gt; &amp; co'
+    )
     assert html_text("cat") == "cat"
     assert html_text("x\u202ey") == "x\ufffdy"
 
@@ -126,9 +135,34 @@ def test_html_text_for_plotly() -> None:
 
 # Streamlit calls whose text (first argument, or these keywords) is rendered as Markdown.
 MARKDOWN_CALLS = {
-    "markdown", "caption", "info", "success", "warning", "error", "toast", "write", "title", "header", "subheader",
-    "expander", "image", "progress", "button", "download_button", "selectbox", "multiselect", "radio", "slider",
-    "number_input", "text_input", "toggle", "checkbox", "file_uploader", "color_picker", "popover", "metric",
+    "markdown",
+    "caption",
+    "info",
+    "success",
+    "warning",
+    "error",
+    "toast",
+    "write",
+    "title",
+    "header",
+    "subheader",
+    "expander",
+    "image",
+    "progress",
+    "button",
+    "download_button",
+    "selectbox",
+    "multiselect",
+    "radio",
+    "slider",
+    "number_input",
+    "text_input",
+    "toggle",
+    "checkbox",
+    "file_uploader",
+    "color_picker",
+    "popover",
+    "metric",
 }
 TEXT_KEYWORDS = {"label", "body", "caption", "text", "help"}
 SOURCES = sorted([REPO / "app.py", *REPO.glob("pages/*.py"), *REPO.glob("ui/*.py")])
@@ -143,7 +177,8 @@ def _unsafe_text(node: ast.expr) -> bool:
     if isinstance(node, ast.Call):
         func = node.func
         return (isinstance(func, ast.Attribute) and func.attr == "format") or (
-            isinstance(func, ast.Name) and func.id == "str")
+            isinstance(func, ast.Name) and func.id == "str"
+        )
     return False
 
 
@@ -151,8 +186,9 @@ def markdown_calls_built_by_hand(source: str) -> list[int]:
     """Line numbers of Markdown-rendering calls whose text is not a literal nor from ``md``/``escape``."""
     lines = []
     for node in ast.walk(ast.parse(source)):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in MARKDOWN_CALLS):
+        if not (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MARKDOWN_CALLS
+        ):
             continue
         texts = node.args[:1] + [k.value for k in node.keywords if k.arg in TEXT_KEYWORDS]
         if any(_unsafe_text(text) for text in texts):
@@ -174,7 +210,7 @@ def test_the_project_check_finds_hand_built_messages() -> None:
         'st.caption("a " + name)\n'
         'col.image(png, caption=f"{name}")\n'
         'st.info("{}".format(name))\n'
-        'st.error(str(error))\n'
+        "st.error(str(error))\n"
         'st.error(md("Cannot import {name}", name=name))\n'
         'st.caption("literal")\n'
         'st.warning(f"literal without fields")\n'

@@ -23,4 +23,3 @@ def data_root_input() -> str:
         persist_state="session",
         help="A folder with cifar-10-batches-py/ (official release) or train/, test/ image folders.",
     )
-

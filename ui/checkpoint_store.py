@@ -62,8 +62,10 @@ def register_checkpoint(arch: str, data: bytes, filename: str, *, upload_id: str
             loaded = load_checkpoint(arch, data, filename)
         size = _weight_bytes(loaded)
         with _STORE_LOCK:  # the store is shared by every session
-            while store and (len(store) >= CHECKPOINT_STORE_MODELS
-                             or size + sum(map(_weight_bytes, store.values())) > CHECKPOINT_STORE_BYTES):
+            while store and (
+                len(store) >= CHECKPOINT_STORE_MODELS
+                or size + sum(map(_weight_bytes, store.values())) > CHECKPOINT_STORE_BYTES
+            ):
                 store.pop(next(iter(store)))
             store[key] = loaded
     if upload_id:

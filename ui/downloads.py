@@ -24,8 +24,12 @@ def ensure_weights(key: str) -> None:
     def report(done: int, total: int) -> None:
         bar.progress(
             min(1.0, done / total) if total else 0.0,
-            text=md("Downloading {model} weights: {done:.1f} / {total:.1f} MB", model=spec.label, done=done / 1e6,
-                    total=total / 1e6),
+            text=md(
+                "Downloading {model} weights: {done:.1f} / {total:.1f} MB",
+                model=spec.label,
+                done=done / 1e6,
+                total=total / 1e6,
+            ),
         )
 
     try:
@@ -41,8 +45,10 @@ def cifar_download_button(root: str, *, key: str) -> None:
     bar = st.progress(0.0, text="Downloading CIFAR-10...")
 
     def report(done: int, total: int) -> None:
-        bar.progress(min(1.0, done / total) if total else 0.0,
-                     text=md("{done:.0f} / {total:.0f} MB", done=done / 1e6, total=total / 1e6))
+        bar.progress(
+            min(1.0, done / total) if total else 0.0,
+            text=md("{done:.0f} / {total:.0f} MB", done=done / 1e6, total=total / 1e6),
+        )
 
     try:
         download_cifar10(root, report)

@@ -79,9 +79,6 @@ def magnitude_figure(magnitudes: dict[str, float]) -> go.Figure:
     return fig
 
 
-
-
-
 def confusion_figure(matrix: np.ndarray, class_names: tuple[str, ...]) -> go.Figure:
     """Confusion matrix as square markers (a scatter, so a click selects a cell): rows true, columns predicted.
 

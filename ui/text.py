@@ -37,7 +37,7 @@ def shorten(text: str, limit: int = NAME_LIMIT) -> str:
     if len(text) <= limit:
         return text
     head = (limit - 1) * 2 // 3
-    return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head) :]}"
 
 
 def escape(value: Any, *, limit: int | None = None) -> str:

@@ -227,8 +227,13 @@ def layer_picker(candidates: list[LayerInfo], *, default: str, key: str) -> list
     with st.expander(md("Layer inspector ({count} candidate layers)", count=len(candidates))):
         st.dataframe(
             [
-                {"layer": c.name, "type": c.type_name, "feature map (C x H x W)": c.shape_label,
-                 "layout": c.layout.label, "note": c.warning or ""}
+                {
+                    "layer": c.name,
+                    "type": c.type_name,
+                    "feature map (C x H x W)": c.shape_label,
+                    "layout": c.layout.label,
+                    "note": c.warning or "",
+                }
                 for c in candidates
             ],
             hide_index=True,

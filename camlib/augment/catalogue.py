@@ -79,8 +79,9 @@ class TransformSpec:
             if spec.name == name:
                 return spec
         valid = ", ".join(p.name for p in self.params) or "none"
-        raise PipelineError(f"{self.name} has no parameter '{name}' (editable: {valid})", transform=self.name,
-                            param=name)
+        raise PipelineError(
+            f"{self.name} has no parameter '{name}' (editable: {valid})", transform=self.name, param=name
+        )
 
     def defaults(self) -> dict[str, Any]:
         """Every editable parameter at its default."""
@@ -113,50 +114,82 @@ GLOBAL_EXCLUDED: dict[str, str] = {
 
 # Per transform: parameters the lab leaves at the library default, and why.
 EXCLUDED: dict[str, dict[str, str]] = {
-    "PadIfNeeded": {"pad_height_divisor": "the lab pads to min_height",
-                    "pad_width_divisor": "the lab pads to min_width"},
+    "PadIfNeeded": {
+        "pad_height_divisor": "the lab pads to min_height",
+        "pad_width_divisor": "the lab pads to min_width",
+    },
     "Affine": {"translate_px": "the lab shifts by translate_percent, which works for every image size"},
     "ToGray": {"num_output_channels": "the lab's contract is 3-channel RGB"},
     "Equalize": {"mask": "takes an array or a callable", "mask_params": "only used with a callable mask"},
     "GaussianBlur": {"blur_limit": "0 derives the kernel size from sigma, the only setting valid at every sigma"},
-    "GridDropout": {"unit_size_range": "None lets holes_number_xy/ratio size the grid",
-                    "holes_number_xy": "None derives the hole count from the image size"},
+    "GridDropout": {
+        "unit_size_range": "None lets holes_number_xy/ratio size the grid",
+        "holes_number_xy": "None derives the hole count from the image size",
+    },
 }
 
 UI_OVERRIDES: dict[str, dict[str, UIOverride]] = {
     # crop/pad sizes are scaled for 32x32 CIFAR-10; larger images still work, the crops are just small
-    "PadIfNeeded": {"min_height": UIOverride(low=8, high=64, default=40),
-                    "min_width": UIOverride(low=8, high=64, default=40)},
-    "RandomCrop": {"height": UIOverride(low=8, high=64, default=32), "width": UIOverride(low=8, high=64, default=32),
-                   # padding keeps a 64-px crop valid on a 32-px image, so every slider position works on CIFAR
-                   "pad_if_needed": UIOverride(default=True)},
-    "RandomResizedCrop": {"size": UIOverride(kind="int_pair", low=8, high=64, default=(32, 32)),
-                          "scale": UIOverride(low=0.05), "ratio": UIOverride(low=0.25, high=4.0)},
-    "Affine": {"scale": UIOverride(low=0.5, high=2.0, default=(1.0, 1.0)),
-               "translate_percent": UIOverride(low=-0.5, high=0.5, default=(0.0, 0.0)),
-               "rotate": UIOverride(low=-180.0, high=180.0, step=1.0, default=(0.0, 0.0)),
-               "shear": UIOverride(low=-45.0, high=45.0, step=1.0, default=(0.0, 0.0))},
+    "PadIfNeeded": {
+        "min_height": UIOverride(low=8, high=64, default=40),
+        "min_width": UIOverride(low=8, high=64, default=40),
+    },
+    "RandomCrop": {
+        "height": UIOverride(low=8, high=64, default=32),
+        "width": UIOverride(low=8, high=64, default=32),
+        # padding keeps a 64-px crop valid on a 32-px image, so every slider position works on CIFAR
+        "pad_if_needed": UIOverride(default=True),
+    },
+    "RandomResizedCrop": {
+        "size": UIOverride(kind="int_pair", low=8, high=64, default=(32, 32)),
+        "scale": UIOverride(low=0.05),
+        "ratio": UIOverride(low=0.25, high=4.0),
+    },
+    "Affine": {
+        "scale": UIOverride(low=0.5, high=2.0, default=(1.0, 1.0)),
+        "translate_percent": UIOverride(low=-0.5, high=0.5, default=(0.0, 0.0)),
+        "rotate": UIOverride(low=-180.0, high=180.0, step=1.0, default=(0.0, 0.0)),
+        "shear": UIOverride(low=-45.0, high=45.0, step=1.0, default=(0.0, 0.0)),
+    },
     "Rotate": {"limit": UIOverride(low=-180.0, high=180.0, step=1.0)},
     # CoarseDropout reads both hole ranges as pixels once hole_height_range[1] >= 1: fractions stop below 1
-    "CoarseDropout": {"num_holes_range": UIOverride(high=16), "hole_height_range": UIOverride(low=0.01, high=0.99),
-                      "hole_width_range": UIOverride(low=0.01, high=0.99)},
+    "CoarseDropout": {
+        "num_holes_range": UIOverride(high=16),
+        "hole_height_range": UIOverride(low=0.01, high=0.99),
+        "hole_width_range": UIOverride(low=0.01, high=0.99),
+    },
     "GridDropout": {"ratio": UIOverride(low=0.05), "shift_xy": UIOverride(kind="int_pair", high=16)},
-    "RandomBrightnessContrast": {"brightness_limit": UIOverride(low=-1.0, high=1.0),
-                                 "contrast_limit": UIOverride(low=-1.0, high=1.0)},
-    "HueSaturationValue": {"hue_shift_limit": UIOverride(low=-180.0, high=180.0, step=1.0),
-                           "sat_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
-                           "val_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0)},
+    "RandomBrightnessContrast": {
+        "brightness_limit": UIOverride(low=-1.0, high=1.0),
+        "contrast_limit": UIOverride(low=-1.0, high=1.0),
+    },
+    "HueSaturationValue": {
+        "hue_shift_limit": UIOverride(low=-180.0, high=180.0, step=1.0),
+        "sat_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+        "val_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+    },
     # ColorJitter's bounds live in a field validator (not introspectable): hue in [-0.5, 0.5], the others >= 0.
-    "ColorJitter": {"brightness": UIOverride(low=0.0, high=2.0), "contrast": UIOverride(low=0.0, high=2.0),
-                    "saturation": UIOverride(low=0.0, high=2.0), "hue": UIOverride(low=-0.5, high=0.5)},
-    "RGBShift": {"r_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
-                 "g_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
-                 "b_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0)},
-    "CLAHE": {"clip_limit": UIOverride(high=16.0, step=0.1, default=(1.0, 4.0)),
-              "tile_grid_size": UIOverride(kind="int_pair", high=16)},
+    "ColorJitter": {
+        "brightness": UIOverride(low=0.0, high=2.0),
+        "contrast": UIOverride(low=0.0, high=2.0),
+        "saturation": UIOverride(low=0.0, high=2.0),
+        "hue": UIOverride(low=-0.5, high=0.5),
+    },
+    "RGBShift": {
+        "r_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+        "g_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+        "b_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+    },
+    "CLAHE": {
+        "clip_limit": UIOverride(high=16.0, step=0.1, default=(1.0, 4.0)),
+        "tile_grid_size": UIOverride(kind="int_pair", high=16),
+    },
     "Posterize": {"num_bits": UIOverride(low=1, high=7, default=(4, 4))},  # [1, 7] is checked in a field validator
-    "Sharpen": {"lightness": UIOverride(high=2.0), "kernel_size": UIOverride(high=15, step=2),
-                "sigma": UIOverride(low=0.1, high=5.0)},
+    "Sharpen": {
+        "lightness": UIOverride(high=2.0),
+        "kernel_size": UIOverride(high=15, step=2),
+        "sigma": UIOverride(low=0.1, high=5.0),
+    },
     "GaussNoise": {"mean_range": UIOverride(low=-1.0, high=1.0)},
     "GaussianBlur": {"sigma_limit": UIOverride(low=0.1, high=5.0, step=0.1)},
     "MotionBlur": {"blur_limit": UIOverride(low=3, high=15, step=2)},  # odd kernels only: step 2 from 3
@@ -201,11 +234,22 @@ CATALOGUE: dict[str, tuple[type[A.BasicTransform], str]] = {
 }
 
 _CV2_LABELS: dict[str, dict[int, str]] = {
-    "interpolation": {getattr(cv2, n): n for n in ("INTER_NEAREST", "INTER_NEAREST_EXACT", "INTER_LINEAR",
-                                                   "INTER_CUBIC", "INTER_AREA", "INTER_LANCZOS4",
-                                                   "INTER_LINEAR_EXACT")},
-    "border_mode": {getattr(cv2, n): n for n in ("BORDER_CONSTANT", "BORDER_REPLICATE", "BORDER_REFLECT",
-                                                 "BORDER_WRAP", "BORDER_REFLECT_101")},
+    "interpolation": {
+        getattr(cv2, n): n
+        for n in (
+            "INTER_NEAREST",
+            "INTER_NEAREST_EXACT",
+            "INTER_LINEAR",
+            "INTER_CUBIC",
+            "INTER_AREA",
+            "INTER_LANCZOS4",
+            "INTER_LINEAR_EXACT",
+        )
+    },
+    "border_mode": {
+        getattr(cv2, n): n
+        for n in ("BORDER_CONSTANT", "BORDER_REPLICATE", "BORDER_REFLECT", "BORDER_WRAP", "BORDER_REFLECT_101")
+    },
 }
 
 
@@ -375,7 +419,7 @@ def normalise_value(spec: ParamSpec, value: Any) -> Any:
         raise ValueError(f"{value!r} is not one of {', '.join(map(repr, spec.choices))}")
     if kind == "colour":
         if isinstance(value, str) and _HEX_COLOUR.fullmatch(value):
-            return tuple(int(value[i:i + 2], 16) for i in (1, 3, 5))
+            return tuple(int(value[i : i + 2], 16) for i in (1, 3, 5))
         if not isinstance(value, (list, tuple)) or len(value) != 3:
             raise ValueError(f"expected an RGB triple like (0, 0, 0) or '#000000', got {value!r}")
         return tuple(_check_number(spec, v, integer=True) for v in value)

@@ -32,8 +32,15 @@ def _plain(value: Any) -> Any:
 
 
 def _editor_state(pipeline: Pipeline) -> dict[str, Any]:
-    steps = [{"transform": step.transform, "enabled": bool(step.enabled), "p": float(step.p),
-              "params": validate_step(step, i)} for i, step in enumerate(pipeline.steps)]
+    steps = [
+        {
+            "transform": step.transform,
+            "enabled": bool(step.enabled),
+            "p": float(step.p),
+            "params": validate_step(step, i),
+        }
+        for i, step in enumerate(pipeline.steps)
+    ]
     return {"format": EXPORT_FORMAT, "seed": int(pipeline.seed), "steps": steps}
 
 
@@ -67,8 +74,14 @@ def pipeline_to_python(pipeline: Pipeline) -> str:
     """
     _require_pipeline(pipeline)
     _check_seed(pipeline.seed)
-    lines = [f'"""Augmentation pipeline exported from the CAM Explorer Augmentation Lab (albumentations '
-             f'{A.__version__})."""', "import albumentations as A", "", "transform = A.Compose(", "    ["]
+    lines = [
+        f'"""Augmentation pipeline exported from the CAM Explorer Augmentation Lab (albumentations '
+        f'{A.__version__})."""',
+        "import albumentations as A",
+        "",
+        "transform = A.Compose(",
+        "    [",
+    ]
     for i, step in enumerate(pipeline.steps):
         params = validate_step(step, i) | {"p": float(step.p)}
         call = f"A.{step.transform}({', '.join(f'{k}={v!r}' for k, v in params.items())}),"
@@ -87,8 +100,10 @@ def pipeline_from_dict(document: Any) -> Pipeline:
         PipelineError: not an export of the lab, an unknown transform or parameter, or an invalid value.
     """
     if not isinstance(document, dict) or not isinstance(document.get(EXPORT_KEY), dict):
-        raise PipelineError(f"this is not an Augmentation Lab export: the '{EXPORT_KEY}' section is missing "
-                            "(a plain Albumentations file loads with albumentations.load instead)")
+        raise PipelineError(
+            f"this is not an Augmentation Lab export: the '{EXPORT_KEY}' section is missing "
+            "(a plain Albumentations file loads with albumentations.load instead)"
+        )
     state = document[EXPORT_KEY]
     if state.get("format") != EXPORT_FORMAT:
         raise PipelineError(f"unsupported export format {state.get('format')!r}; expected {EXPORT_FORMAT}")
@@ -98,8 +113,9 @@ def pipeline_from_dict(document: Any) -> Pipeline:
     steps = []
     for i, item in enumerate(steps_data):
         if not isinstance(item, dict) or not isinstance(item.get("transform"), str):
-            raise PipelineError(f"step {i + 1} of the export is not a {{'transform': ..., 'params': ...}} object",
-                                step=i)
+            raise PipelineError(
+                f"step {i + 1} of the export is not a {{'transform': ..., 'params': ...}} object", step=i
+            )
         params = item.get("params", {})
         if not isinstance(params, dict):
             raise _step_error(i, item["transform"], None, "'params' must be an object")
@@ -108,13 +124,20 @@ def pipeline_from_dict(document: Any) -> Pipeline:
             raise _step_error(i, item["transform"], "enabled", "must be true or false")
     pipeline = Pipeline(tuple(steps), state.get("seed", 0))
     # normalise (lists -> tuples) through validation so that the restored pipeline equals the exported one
-    restored = Pipeline(tuple(PipelineStep(s.transform, validate_step(s, i), s.p, s.enabled)
-                              for i, s in enumerate(pipeline.steps)), pipeline.seed)
+    restored = Pipeline(
+        tuple(PipelineStep(s.transform, validate_step(s, i), s.p, s.enabled) for i, s in enumerate(pipeline.steps)),
+        pipeline.seed,
+    )
     rebuilt = pipeline_to_dict(restored)  # also validates the seed and builds every enabled step
-    if ("transform" in document and document.get("__version__") == A.__version__
-            and _plain(document["transform"]) != rebuilt["transform"]):
-        raise PipelineError("the file's Albumentations 'transform' section does not match its "
-                            f"'{EXPORT_KEY}' editor state (edited by hand?); edit the editor state or re-export")
+    if (
+        "transform" in document
+        and document.get("__version__") == A.__version__
+        and _plain(document["transform"]) != rebuilt["transform"]
+    ):
+        raise PipelineError(
+            "the file's Albumentations 'transform' section does not match its "
+            f"'{EXPORT_KEY}' editor state (edited by hand?); edit the editor state or re-export"
+        )
     return restored
 
 

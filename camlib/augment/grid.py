@@ -73,14 +73,18 @@ def _as_batch(images: np.ndarray) -> np.ndarray:
     return image[None]
 
 
-def _pick_indices(count: int, n_images: int, mode: GridMode, seed: int,
-                  indices: Sequence[int] | None) -> tuple[int, ...]:
+def _pick_indices(
+    count: int, n_images: int, mode: GridMode, seed: int, indices: Sequence[int] | None
+) -> tuple[int, ...]:
     wanted = count if mode == "many" else 1
     if indices is None:
         chosen = pick_images(np.arange(n_images), wanted, seed)
     else:
-        if (isinstance(indices, str | bytes) or not isinstance(indices, Sequence | np.ndarray)
-                or any(isinstance(i, bool | np.bool_) or not isinstance(i, int | np.integer) for i in indices)):
+        if (
+            isinstance(indices, str | bytes)
+            or not isinstance(indices, Sequence | np.ndarray)
+            or any(isinstance(i, bool | np.bool_) or not isinstance(i, int | np.integer) for i in indices)
+        ):
             raise GridError(f"indices must be a sequence of integers (one image index per tile), got {indices!r}")
         chosen = [int(i) for i in indices]
         if len(chosen) != wanted:
@@ -120,7 +124,7 @@ def _check_grid_int(name: str, value: Any, low: int, high: int) -> None:
 def _pad_to(tile: np.ndarray, height: int, width: int) -> np.ndarray:
     top, left = (height - tile.shape[0]) // 2, (width - tile.shape[1]) // 2
     canvas = np.zeros((height, width, 3), np.uint8)
-    canvas[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+    canvas[top : top + tile.shape[0], left : left + tile.shape[1]] = tile
     return canvas
 
 
@@ -163,8 +167,10 @@ def augment_grid(
     count = rows * cols
     height, width = batch.shape[1:3]
     if count * height * width > MAX_GRID_PIXELS:
-        raise GridError(f"a {rows}x{cols} grid of {width}x{height} images is too large; use fewer tiles or a "
-                        f"smaller image (at most {MAX_GRID_PIXELS:,} pixels in all)")
+        raise GridError(
+            f"a {rows}x{cols} grid of {width}x{height} images is too large; use fewer tiles or a "
+            f"smaller image (at most {MAX_GRID_PIXELS:,} pixels in all)"
+        )
     effective_seed = pipeline.seed if seed is None else seed
     _check_seed(effective_seed)
     compose = build_pipeline(Pipeline(pipeline.steps, effective_seed))
@@ -176,22 +182,26 @@ def augment_grid(
         try:
             result = compose(image=image)
         except Exception as exc:  # re-raised typed: any transform may fail on an unusual image (size, dtype)
-            raise PipelineError(f"the pipeline failed on a {image.shape[1]}x{image.shape[0]} image: "
-                                f"{' '.join(str(exc).split())}") from exc
+            raise PipelineError(
+                f"the pipeline failed on a {image.shape[1]}x{image.shape[0]} image: {' '.join(str(exc).split())}"
+            ) from exc
         tile = result["image"]
         if tile.dtype != np.uint8 or tile.ndim != 3 or tile.shape[2] != 3:
             raise PipelineError(f"the pipeline returned {tile.dtype} {tile.shape}, not a uint8 RGB image")
         tiles.append(tile)
-        applied.append(tuple({"transform": name, "params": _jsonable(params)}
-                             for name, params in result.get("applied_transforms", ())))
+        applied.append(
+            tuple(
+                {"transform": name, "params": _jsonable(params)}
+                for name, params in result.get("applied_transforms", ())
+            )
+        )
     shapes = tuple((int(t.shape[0]), int(t.shape[1])) for t in tiles)
     out_h, out_w = max(s[0] for s in shapes), max(s[1] for s in shapes)
     stacked = np.stack([t if t.shape[:2] == (out_h, out_w) else _pad_to(t, out_h, out_w) for t in tiles])
     return GridResult(stacked, chosen, tuple(applied), shapes, mode, rows, cols, int(effective_seed))
 
 
-def tile_grid(tiles: np.ndarray, rows: int, cols: int, *, scale: int = 1, pad: int = 2,
-              fill: int = 255) -> np.ndarray:
+def tile_grid(tiles: np.ndarray, rows: int, cols: int, *, scale: int = 1, pad: int = 2, fill: int = 255) -> np.ndarray:
     """One ``uint8`` image of ``rows x cols`` tiles, each upscaled ``scale`` times by pixel repetition.
 
     Nearest-neighbour keeps 32x32 tiles crisp (no interpolation blur); ``pad`` pixels of grey level ``fill``
@@ -202,10 +212,17 @@ def tile_grid(tiles: np.ndarray, rows: int, cols: int, *, scale: int = 1, pad: i
     """
     _check_grid_int("rows", rows, 1, MAX_GRID_SIDE)
     _check_grid_int("cols", cols, 1, MAX_GRID_SIDE)
-    if (not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[3] != 3
-            or 0 in tiles.shape[1:]):
-        raise GridError(f"tiles must be uint8 (N, H, W, 3), got {getattr(tiles, 'dtype', type(tiles))} "
-                        f"{getattr(tiles, 'shape', '')}")
+    if (
+        not isinstance(tiles, np.ndarray)
+        or tiles.dtype != np.uint8
+        or tiles.ndim != 4
+        or tiles.shape[3] != 3
+        or 0 in tiles.shape[1:]
+    ):
+        raise GridError(
+            f"tiles must be uint8 (N, H, W, 3), got {getattr(tiles, 'dtype', type(tiles))} "
+            f"{getattr(tiles, 'shape', '')}"
+        )
     if tiles.shape[0] != rows * cols:
         raise GridError(f"a {rows}x{cols} grid needs {rows * cols} tiles, got {tiles.shape[0]}")
     _check_grid_int("scale", scale, 1, 16)
@@ -219,5 +236,5 @@ def tile_grid(tiles: np.ndarray, rows: int, cols: int, *, scale: int = 1, pad: i
     big = tiles.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else tiles
     for k in range(rows * cols):
         top, left = pad + (k // cols) * (tile_h + pad), pad + (k % cols) * (tile_w + pad)
-        canvas[top:top + tile_h, left:left + tile_w] = big[k]
+        canvas[top : top + tile_h, left : left + tile_w] = big[k]
     return canvas

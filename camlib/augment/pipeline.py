@@ -71,8 +71,9 @@ def validate_step(step: PipelineStep, index: int = 0) -> dict[str, Any]:
     require_int(index, "the step index", minimum=0, error=PipelineError)
     spec = TRANSFORMS.get(step.transform)
     if spec is None:
-        raise _step_error(index, str(step.transform), None,
-                          f"unknown transform; choose one of: {', '.join(TRANSFORMS)}")
+        raise _step_error(
+            index, str(step.transform), None, f"unknown transform; choose one of: {', '.join(TRANSFORMS)}"
+        )
     p = _as_number(step.p, integer=False)
     if p is None or not 0.0 <= p <= 1.0:
         raise _step_error(index, spec.name, "p", f"the probability must be in [0, 1], got {step.p!r}")
@@ -130,8 +131,9 @@ def build_pipeline(pipeline: Pipeline) -> A.Compose:
 
 def _require_pipeline(pipeline: object) -> None:
     if not isinstance(pipeline, Pipeline) or not all(isinstance(step, PipelineStep) for step in pipeline.steps):
-        raise PipelineError(f"the pipeline must be a camlib.augment.Pipeline of PipelineSteps, got "
-                            f"{type(pipeline).__name__}")
+        raise PipelineError(
+            f"the pipeline must be a camlib.augment.Pipeline of PipelineSteps, got {type(pipeline).__name__}"
+        )
 
 
 def _check_seed(seed: Any) -> None:
@@ -144,12 +146,19 @@ CIFAR10_TRAIN_PIPELINE = Pipeline(
         PipelineStep("PadIfNeeded", {"min_height": 40, "min_width": 40}),
         PipelineStep("RandomCrop", {"height": 32, "width": 32}),
         PipelineStep("HorizontalFlip", p=0.5),
-        PipelineStep("Affine", {"translate_percent": (-0.0625, 0.0625), "scale": (0.9, 1.1), "rotate": (-15.0, 15.0)},
-                     p=0.5),
-        PipelineStep("ColorJitter", {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "saturation": (0.8, 1.2),
-                                     "hue": (-0.05, 0.05)}, p=0.8),
-        PipelineStep("CoarseDropout", {"num_holes_range": (1, 1), "hole_height_range": (0.25, 0.25),
-                                       "hole_width_range": (0.25, 0.25)}, p=0.5),
+        PipelineStep(
+            "Affine", {"translate_percent": (-0.0625, 0.0625), "scale": (0.9, 1.1), "rotate": (-15.0, 15.0)}, p=0.5
+        ),
+        PipelineStep(
+            "ColorJitter",
+            {"brightness": (0.8, 1.2), "contrast": (0.8, 1.2), "saturation": (0.8, 1.2), "hue": (-0.05, 0.05)},
+            p=0.8,
+        ),
+        PipelineStep(
+            "CoarseDropout",
+            {"num_holes_range": (1, 1), "hole_height_range": (0.25, 0.25), "hole_width_range": (0.25, 0.25)},
+            p=0.5,
+        ),
     ),
     seed=0,
 )
