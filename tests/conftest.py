@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +116,23 @@ def one_torch_thread():
             yield
     finally:
         torch.set_num_threads(threads)
+
+
+class WritesMarker:
+    """A pickle payload that would create ``path`` when unpickled (``open(path, "w")``); never run by safe loaders."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class RunsShell:
+    """A pickle payload that would run a shell command creating ``path`` when unpickled (``os.system``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))

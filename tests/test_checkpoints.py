@@ -8,7 +8,6 @@ model's logits must equal the original model's exactly (``torch.equal``).
 from __future__ import annotations
 
 import io
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import safetensors.torch
 import timm.utils
 import torch
 import torchvision
-from conftest import seeded
+from conftest import RunsShell, WritesMarker, seeded
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -297,22 +296,6 @@ def test_a_training_dict_without_weights_is_not_a_state_dict(resnet20: Original)
     assert "state_dict, model, model_state_dict, state_dict_ema, model_ema" in NOT_A_STATE_DICT
 
 
-class _WritesMarker:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-class _RunsShell:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.path}'",))
-
-
 @pytest.mark.bad_input(23, 66)
 @pytest.mark.parametrize(
     "where", ["beside-the-weights", "inside-the-optimizer", "inside-the-weights", "inside-a-nested-container"]
@@ -323,10 +306,10 @@ def test_code_needing_pickle_in_a_training_dict_is_refused_without_side_effect(
     marker = tmp_path / "pwned"
     state = resnet20.state()
     checkpoint = {
-        "beside-the-weights": lambda: {"state_dict": state, "scheduler": _WritesMarker(marker)},
-        "inside-the-optimizer": lambda: {"model": state, "optimizer": {"state": {0: _RunsShell(marker)}}},
-        "inside-the-weights": lambda: {"state_dict": state | {"extra": _RunsShell(marker)}},
-        "inside-a-nested-container": lambda: {"model": {"state_dict": state, "ema": _WritesMarker(marker)}},
+        "beside-the-weights": lambda: {"state_dict": state, "scheduler": WritesMarker(marker)},
+        "inside-the-optimizer": lambda: {"model": state, "optimizer": {"state": {0: RunsShell(marker)}}},
+        "inside-the-weights": lambda: {"state_dict": state | {"extra": RunsShell(marker)}},
+        "inside-a-nested-container": lambda: {"model": {"state_dict": state, "ema": WritesMarker(marker)}},
     }[where]()
     for filename in ("last.ckpt", "checkpoint.pth", ""):
         with pytest.raises(CheckpointError, match=REFUSED):

@@ -10,7 +10,6 @@ import ast
 import dataclasses
 import hashlib
 import io
-import os
 import pickle
 import re
 import socket
@@ -25,6 +24,7 @@ import safetensors.torch
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
+from conftest import RunsShell, WritesMarker
 from PIL import Image
 from torch import nn
 
@@ -576,22 +576,6 @@ def test_checkpoint_for_the_bundled_architecture(bundled: LoadedModel) -> None:
 # --- user checkpoints: refused (rows 23, 25, 26, 28) -----------------------------------------------------------------
 
 
-class _WritesMarker:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-class _RunsShell:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.path}'",))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 @pytest.mark.parametrize(
     "payload",
@@ -607,12 +591,12 @@ class _RunsShell:
 def test_malicious_pickle_is_refused_without_side_effects(payload: str, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     data = {
-        "open-in-torch-save": lambda: _saved(_WritesMarker(marker)),
-        "system-in-torch-save": lambda: _saved({"weight": torch.zeros(2), "x": _RunsShell(marker)}),
-        "open-raw-pickle": lambda: pickle.dumps(_WritesMarker(marker)),
-        "system-raw-pickle-protocol-0": lambda: pickle.dumps(_RunsShell(marker), protocol=0),
+        "open-in-torch-save": lambda: _saved(WritesMarker(marker)),
+        "system-in-torch-save": lambda: _saved({"weight": torch.zeros(2), "x": RunsShell(marker)}),
+        "open-raw-pickle": lambda: pickle.dumps(WritesMarker(marker)),
+        "system-raw-pickle-protocol-0": lambda: pickle.dumps(RunsShell(marker), protocol=0),
         "nested-in-state-dict": lambda: _saved(
-            {"state_dict": {"fc.weight": torch.zeros(2)}, "hook": _WritesMarker(marker)}
+            {"state_dict": {"fc.weight": torch.zeros(2)}, "hook": WritesMarker(marker)}
         ),
     }[payload]()
     for filename in ("evil.pt", "evil.pth", "evil.bin", ""):
@@ -792,7 +776,7 @@ def test_checkpoint_for_unknown_architecture(resnet18_pt: bytes) -> None:
 
 
 def test_refusal_message_is_clean_and_gives_no_unsafe_advice(tmp_path: Path) -> None:
-    for data in (_saved(_WritesMarker(tmp_path / "m")), pickle.dumps(_RunsShell(tmp_path / "m"))):
+    for data in (_saved(WritesMarker(tmp_path / "m")), pickle.dumps(RunsShell(tmp_path / "m"))):
         message = str(_assert_refused(data))
         assert message.isprintable(), repr(message)
         assert "weights_only` set to `False" not in message and "False" not in message, message
