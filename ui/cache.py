@@ -7,11 +7,13 @@ lock, no backward(), hooks removed, modes restored). CAM results are cached with
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
 import streamlit as st
+import torch
 
 from camlib.cam import CamResult, compute_cams
 from camlib.cifar import CifarData, detect_source, load_cifar10
@@ -20,6 +22,13 @@ from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
 from camlib.models import LoadedModel, PreparedInput, load_model, prepare_batch, prepare_input
 from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
+
+# Bad-inputs row 48: each CAM job uses torch's intra-op threads (set once in app.py), so jobs x threads beyond the
+# cores thrash. At most this many CAM computations run at once in the process, whatever the model (each model's own
+# lock only serialises jobs on that model); the others wait under the "Computing CAM" spinner. At least 2, so one
+# slow job (Score-CAM) never holds every slot.
+MAX_CAM_JOBS = max(2, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
+_CAM_JOBS = threading.BoundedSemaphore(MAX_CAM_JOBS)
 
 
 @dataclass(frozen=True)
@@ -81,14 +90,15 @@ def compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], met
     return view if _computed.fresh else replace(view, from_cache=True)
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing CAM...")
+@st.cache_data(max_entries=32, show_spinner="Computing CAM (or waiting for other sessions' CAMs to free the CPU)...")
 def _compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], method: str, class_idx: int) -> CamView:
     _computed.fresh = True
     loaded = resolve_model(model_key)
     prepared = prepare_input(image, loaded.spec.preprocessing)
-    result = compute_cams(
-        loaded.model, prepared.tensor.to(loaded.device), list(layers), method=method, class_idx=class_idx
-    )
+    with _CAM_JOBS:
+        result = compute_cams(
+            loaded.model, prepared.tensor.to(loaded.device), list(layers), method=method, class_idx=class_idx
+        )
     return CamView(result=result, prepared=prepared)
 
 
