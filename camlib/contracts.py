@@ -26,6 +26,16 @@ def describe(value: object) -> str:
     return "None" if value is None else type(value).__name__
 
 
+def _dims(ndim: int | Collection[int] | None) -> Collection[int] | None:
+    return (ndim,) if isinstance(ndim, int) else ndim
+
+
+def _wanted(kind: str, container: str, ndims: Collection[int] | None, extra: str) -> str:
+    """What an argument should be, for messages: e.g. ``"uint8 array with 3 dimensions and 3 channels last"``."""
+    dims = f"with {'/'.join(map(str, ndims))} dimensions" if ndims else ""
+    return " ".join(part for part in (kind, container, dims, extra) if part)
+
+
 def require_array(
     value: object,
     name: str,
@@ -52,18 +62,9 @@ def require_array(
     Raises:
         error: any violation; the message names ``name``.
     """
-    ndims = (ndim,) if isinstance(ndim, int) else ndim
-    wanted = expected or " ".join(
-        filter(
-            None,
-            (
-                "/".join(str(np.dtype(d)) for d in dtypes) if dtypes else "numeric",
-                "array",
-                f"with {'/'.join(map(str, ndims))} dimensions" if ndims else "",
-                f"and {channels} channels last" if channels else "",
-            ),
-        )
-    )
+    ndims = _dims(ndim)
+    kind = "/".join(str(np.dtype(d)) for d in dtypes) if dtypes else "numeric"
+    wanted = expected or _wanted(kind, "array", ndims, f"and {channels} channels last" if channels else "")
     if not isinstance(value, np.ndarray):
         raise error(f"{name} must be a {wanted}, got {describe(value)}")
     if dtypes is not None and value.dtype not in {np.dtype(d) for d in dtypes}:
@@ -107,13 +108,8 @@ def require_tensor(
     Raises:
         error: any violation; the message names ``name``.
     """
-    ndims = (ndim,) if isinstance(ndim, int) else ndim
-    wanted = expected or " ".join(
-        filter(
-            None,
-            ("float" if floating else "", "tensor", f"with {'/'.join(map(str, ndims))} dimensions" if ndims else ""),
-        )
-    )
+    ndims = _dims(ndim)
+    wanted = expected or _wanted("float" if floating else "", "tensor", ndims, "")
     if not isinstance(value, torch.Tensor):
         raise error(f"{name} must be a {wanted}, got {describe(value)}")
     if (ndims is not None and value.dim() not in ndims) or (floating and not value.is_floating_point()):
