@@ -8,7 +8,9 @@ paper=..., family=..., cost=...)`` that turns a layer's ``LayerEvidence`` (activ
 ``compute_cams(model, x, layers, method=..., class_idx=...)`` runs one forward pass with temporary forward hooks on
 the requested layers and, for gradient methods, one ``torch.autograd.grad`` call with respect to those layers'
 outputs. Parameters' ``.grad`` are never touched, ``backward()`` is never called, hooks are removed in ``finally``,
-module ``training`` flags are restored, and a per-model lock keeps concurrent sessions apart (see ``camlib.guard``).
+module ``training`` flags are restored, and the hooks act only for the calling thread, so sessions sharing a model
+run concurrently without seeing each other's hooks (``camlib.guard.eval_mode``; a model with modules in training mode
+is switched to eval under its lock instead, held for the whole call).
 
 Numerics follow pytorch-grad-cam 1.5.7 exactly (``docs/cam-reference.md`` in the shared docs): for each layer the
 map is ``minmax(resize(minmax(relu(raw))))`` with ``minmax(m) = (m - min) / (1e-7 + max(m - min))`` per image and
@@ -45,7 +47,7 @@ from camlib.errors import (
     MethodError,
     NonFiniteError,
 )
-from camlib.guard import model_guard
+from camlib.guard import eval_mode, owned_by_this_thread
 from camlib.layouts import Layout, infer_layout, layout_from_spec, to_feature_map
 
 NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
@@ -436,12 +438,15 @@ class _Capture:
 
     def __init__(self, *, start_graph: bool) -> None:
         self.start_graph = start_graph
+        self.mine = owned_by_this_thread()  # other sessions' forwards pass through these hooks untouched
         self.outputs: dict[str, torch.Tensor] = {}
         self.values: dict[str, torch.Tensor] = {}
         self.calls: dict[str, int] = {}
 
     def hook(self, name: str) -> Callable[[nn.Module, object, object], torch.Tensor | None]:
         def save(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
+            if not self.mine():
+                return None
             self.calls[name] = self.calls.get(name, 0) + 1
             if self.calls[name] > 1:
                 return None
@@ -550,7 +555,8 @@ def compute_cams(
     """Compute one CAM per requested layer from a single forward (and, for gradient methods, a single backward).
 
     Args:
-        model: a classifier returning ``(B, num_classes)`` logits. It may be shared: it is locked while hooked, its
+        model: a classifier returning ``(B, num_classes)`` logits. It may be shared: its hooks act only for this
+            thread (an eval-mode model is not locked; one with training-mode modules is locked for the call), its
             modules' ``training`` flags are restored, and its parameters' ``.grad`` and ``requires_grad`` untouched.
         x: float tensor ``(B, 3, H, W)``, already preprocessed for the model.
         layers: dotted module names (from ``model.named_modules()``), each run once per forward, whose output is a
@@ -588,7 +594,7 @@ def compute_cams(
             "load the model outside torch.inference_mode()"
         )
 
-    with model_guard(model):
+    with eval_mode(model):
         xin, logits, capture = _forward(model, x, names, start_graph=spec.uses_gradients)
         targets = _resolve_classes(class_idx, logits)
         feature_layouts = {

@@ -1,7 +1,8 @@
 """Predictions over many images, confusion matrices, and how an augmentation pipeline changes predictions.
 
-Every forward pass on a (possibly shared) model holds its lock (``camlib.guard.model_guard``): another session's
-CAM call may have hooks registered on the same model for a moment, and they must never see these forwards.
+Every forward pass on a (possibly shared) model runs under ``camlib.guard.eval_mode``: on a model already in eval
+mode (every cached model) it runs concurrently with other sessions (camlib's CAM hooks act only for the thread that
+registered them); a model with modules in training mode is switched to eval under its lock, held for the whole pass.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 
 from camlib.contracts import require_array, require_int, require_model, require_unit_range
 from camlib.errors import CamlibError, InputError
-from camlib.guard import model_guard
+from camlib.guard import eval_mode
 from camlib.models import Preprocessing, prepare_batch
 
 
@@ -44,7 +45,7 @@ def predict_probabilities(
         blank = np.zeros((1, preprocessing.crop, preprocessing.crop, 3), np.uint8)
         return predict_probabilities(model, blank, preprocessing)[:0]
     out = []
-    with model_guard(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = prepare_batch(images[start : start + batch_size], preprocessing).to(device)
             out.append(torch.softmax(model(x).float(), dim=1).cpu())

@@ -17,7 +17,7 @@ from torch import nn
 
 from camlib.contracts import require_int, require_model, require_size
 from camlib.errors import InputError, LayerError
-from camlib.guard import model_guard
+from camlib.guard import eval_mode, owned_by_this_thread
 from camlib.layouts import Layout, infer_layout
 
 MIN_USEFUL_SIZE = 7  # below 7x7 a CAM is coarse; 1x1 is always blank
@@ -99,9 +99,13 @@ def list_candidate_layers(model: nn.Module, input_size: tuple[int, int], *, chan
     calls: dict[str, int] = {}
     order = 0
 
+    mine = owned_by_this_thread()  # another session's forward passes through these hooks untouched
+
     def hook_for(name: str):
         def record(module: nn.Module, _inputs: object, output: object) -> None:
             nonlocal order
+            if not mine():
+                return
             calls[name] = calls.get(name, 0) + 1
             if name not in records and isinstance(output, torch.Tensor) and output.dim() in (3, 4):
                 records[name] = (order, type(module).__name__, tuple(output.shape))
@@ -109,7 +113,7 @@ def list_candidate_layers(model: nn.Module, input_size: tuple[int, int], *, chan
 
         return record
 
-    with model_guard(model):
+    with eval_mode(model):
         handles = [module.register_forward_hook(hook_for(name)) for name, module in model.named_modules() if name]
         try:
             with torch.no_grad():

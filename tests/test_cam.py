@@ -21,7 +21,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import mixed_state, seeded, seeded_resnet18
+from conftest import mixed_state, registered_hooks, seeded, seeded_resnet18
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -1492,3 +1492,81 @@ def test_a_raising_callback_cancels_scorecam_within_one_batch_and_leaves_the_mod
 def test_progress_must_be_callable(small_resnet, x64):
     with pytest.raises(CamlibError, match="progress"):
         compute_cams(small_resnet, x64, ["layer3"], progress=5)
+
+
+def test_a_slow_method_in_one_session_never_blocks_a_fast_one_in_another():
+    """Issue 11: session A's Score-CAM is held mid-way (its progress callback waits); session B's Grad-CAM on the same
+    shared eval-mode model starts after A and finishes while A is still waiting. Ordering and overlap are asserted,
+    not wall-clock times; both results equal serial ones and the model is left clean."""
+    model = seeded_resnet18()
+    x = _images(2, 64, seed=21)
+    serial_slow = compute_cams(model, x[:1], ["layer1"], method="scorecam", scorecam_batch_size=16)
+    serial_fast = compute_cams(model, x[1:], ["layer3", "layer4"], method="gradcam")
+    a_waiting, release_a = threading.Event(), threading.Event()
+    results: dict[str, CamResult] = {}
+    errors: list[BaseException] = []
+
+    def hold(done: int, _total: int) -> None:
+        if done == 2:
+            a_waiting.set()
+            if not release_a.wait(timeout=120):
+                raise TimeoutError("session A was never released")
+
+    def run(key: str, **kwargs) -> None:
+        try:
+            results[key] = compute_cams(model, **kwargs)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    a = threading.Thread(
+        target=run,
+        args=("slow",),
+        kwargs={"x": x[:1], "layers": ["layer1"], "method": "scorecam", "scorecam_batch_size": 16, "progress": hold},
+    )
+    a.start()
+    assert a_waiting.wait(timeout=120), errors
+    b = threading.Thread(
+        target=run, args=("fast",), kwargs={"x": x[1:], "layers": ["layer3", "layer4"], "method": "gradcam"}
+    )
+    b.start()
+    b.join(timeout=120)
+    finished_while_a_waits = not b.is_alive() and a.is_alive() and "fast" in results
+    release_a.set()
+    a.join(timeout=120)
+    assert not errors, errors
+    assert finished_while_a_waits, "the fast call waited for the slow one"
+    _assert_same_result(results["fast"], serial_fast)
+    _assert_same_result(results["slow"], serial_slow)
+    assert registered_hooks(model) == []
+
+
+def test_hooks_of_one_session_do_not_touch_another_sessions_forward():
+    """While session A's hooks are registered (A is paused inside its hooked forward), session B's plain forward on
+    the same model gives exactly the unhooked logits."""
+    model = seeded_resnet18()
+    x = _images(2, 64, seed=22)
+    with torch.no_grad():
+        expected = model(x[1:]).clone()
+    inside, release = threading.Event(), threading.Event()
+
+    class Pause(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            if threading.current_thread().name == "session-a":
+                inside.set()
+                release.wait(timeout=120)
+            return t
+
+    model.layer4.add_module("pause", Pause())  # runs after layer4's blocks, inside the hooked forward
+    results = {}
+    a = threading.Thread(
+        name="session-a",
+        target=lambda: results.update(a=compute_cams(model, x[:1], ["layer2", "layer3"], method="gradcam")),
+    )
+    a.start()
+    assert inside.wait(timeout=120)
+    with torch.no_grad():
+        during = model(x[1:])
+    release.set()
+    a.join(timeout=120)
+    torch.testing.assert_close(during, expected, rtol=0, atol=0)
+    assert "a" in results and registered_hooks(model) == []

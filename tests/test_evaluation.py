@@ -197,25 +197,69 @@ def test_read_only_input_is_accepted(model: nn.Module, images: np.ndarray) -> No
     )
 
 
-def test_prediction_waits_for_the_model_lock(model: nn.Module, images: np.ndarray) -> None:
+def _predict_in_thread(model: nn.Module, images: np.ndarray) -> tuple[threading.Thread, list, list]:
     results: list[np.ndarray] = []
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
-            results.append(predict_probabilities(model, images[:2], CIFAR))
-        except BaseException as error:  # reported below, not swallowed
+            results.append(predict_probabilities(model, images, CIFAR))
+        except BaseException as error:  # reported by the caller, not swallowed
             errors.append(error)
 
-    lock = model_lock(model)
-    with lock:  # another session is, say, computing a CAM with hooks on this model
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
-        worker.join(timeout=0.5)
-        assert worker.is_alive() and not results, "predict_probabilities ran while another thread held the lock"
-    worker.join(timeout=60)
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    return worker, results, errors
+
+
+def test_prediction_runs_while_another_session_computes_a_cam(model: nn.Module, images: np.ndarray) -> None:
+    """Issue 11: a Score-CAM held mid-way in another thread (its hooks were on this model a moment before) does not
+    delay a prediction on the same eval-mode model, and the prediction equals the serial one."""
+    from camlib.cam import compute_cams
+
+    serial = predict_probabilities(model, images[:2], CIFAR)
+    held, release = threading.Event(), threading.Event()
+
+    def hold(done: int, _total: int) -> None:
+        held.set()
+        release.wait(timeout=120)
+
+    x = prepare_batch(images[2:3], CIFAR)
+    cam = threading.Thread(
+        target=lambda: compute_cams(model, x, ["layer1"], method="scorecam", progress=hold), daemon=True
+    )
+    cam.start()
+    try:
+        assert held.wait(timeout=120)
+        worker, results, errors = _predict_in_thread(model, images[:2])
+        worker.join(timeout=120)
+        assert not worker.is_alive() and cam.is_alive(), "the prediction waited for the CAM"
+    finally:
+        release.set()
+        cam.join(timeout=120)
+    assert not errors, errors
+    np.testing.assert_allclose(results[0], serial, atol=1e-6, rtol=0)
+
+
+def test_prediction_on_a_model_with_training_mode_modules_waits_for_the_lock(
+    model: nn.Module, images: np.ndarray
+) -> None:
+    """Such a model must be switched to eval, which only happens under its lock: while another session holds it,
+    the prediction waits, then gives the eval-mode result and restores the module's training flag."""
+    serial = predict_probabilities(model, images[:2], CIFAR)
+    first = next(m for m in model.modules() if m is not model)
+    first.train(True)
+    try:
+        with model_lock(model):
+            worker, results, errors = _predict_in_thread(model, images[:2])
+            worker.join(timeout=0.5)
+            assert worker.is_alive() and not results, "predict_probabilities switched modes under another's lock"
+        worker.join(timeout=60)
+        assert first.training
+    finally:
+        first.train(False)
     assert not worker.is_alive() and not errors, errors
-    assert len(results) == 1 and results[0].shape == (2, 10)
+    np.testing.assert_allclose(results[0], serial, atol=1e-6, rtol=0)
 
 
 def test_concurrent_predictions_equal_serial_ones(model: nn.Module, images: np.ndarray) -> None:

@@ -892,6 +892,12 @@ CASES: list[Case] = [
     # guard
     Case(guard.model_lock, "model", guard.model_lock, lambda: {"None": None, "int": 3, "function": len}),
     Case(
+        guard.eval_mode,
+        "model",
+        lambda v: guard.eval_mode(v).__enter__(),
+        lambda: {"None": None, "int": 3, "function": len},
+    ),
+    Case(
         guard.model_guard,
         "model",
         lambda v: guard.model_guard(v).__enter__(),
@@ -925,6 +931,7 @@ CASES: list[Case] = [
 EXEMPT: dict[Callable, str] = {
     # No data argument.
     device.default_device: "no argument (reads $CAMLIB_DEVICE)",
+    guard.owned_by_this_thread: "no argument",
     models.bundled_weights_path: "no argument",
     cifar.default_root: "no argument (reads $CAMLIB_CIFAR10_ROOT)",
     # Command-line entry points: argparse validates and exits with a usage message.
