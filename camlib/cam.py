@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlib.contracts import require_model, require_size, require_tensor
+from camlib.contracts import require_int, require_model, require_size, require_tensor
 from camlib.errors import (
     ClassIndexError,
     GradientUnavailableError,
@@ -384,16 +384,11 @@ def _resolve_classes(class_idx: int | Sequence[int] | None, logits: torch.Tensor
 
 
 def _validate_input(x: torch.Tensor, scorecam_batch_size: int) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise InputError(f"x must be a float tensor (B, C, H, W); got a {type(x).__name__}")
-    if x.dim() != 4 or not x.is_floating_point():
-        raise InputError(f"x must be a float tensor (B, C, H, W); got {x.dtype} {tuple(x.shape)}")
-    if x.shape[0] == 0 or 0 in x.shape[2:]:
-        raise InputError(f"x is empty ({tuple(x.shape)}); pass at least one image of at least 1x1 px")
+    """A non-empty float ``(B, C, H, W)`` tensor with data (not ``meta``), not channels-last; a positive batch size."""
+    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
     if x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
         raise InputError(f"x looks channels-last {tuple(x.shape)}; pass (B, C, H, W), e.g. x.permute(0, 3, 1, 2)")
-    if isinstance(scorecam_batch_size, bool) or not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:
-        raise InputError(f"scorecam_batch_size must be a positive integer, got {scorecam_batch_size!r}")
+    require_int(scorecam_batch_size, "scorecam_batch_size", minimum=1)
 
 
 def _resolve_layouts(layouts: Mapping[str, str] | None, names: list[str]) -> dict[str, str]:
@@ -579,13 +574,11 @@ def compute_cams(
     """
     started = time.perf_counter()
     spec = _resolve_method(method)
-    model_device = require_model(model)
+    require_model(model)
     if progress is not None and not callable(progress):
         raise InputError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
     names = _resolve_layers(model, layers)
     _validate_input(x, scorecam_batch_size)
-    if x.device.type == "meta":
-        raise InputError(f"x is on the 'meta' device (no data); pass a tensor on {model_device}")
     explicit_layouts = _resolve_layouts(layouts, names)
     size = (int(x.shape[-2]), int(x.shape[-1]))
     if spec.uses_gradients and any(t.is_inference() for t in (*model.parameters(), *model.buffers())):

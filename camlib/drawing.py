@@ -14,6 +14,7 @@ from PIL import Image
 from camlib.augment.grid import tile_grid
 from camlib.contracts import require_array, require_int
 from camlib.errors import InputError
+from camlib.overlay import nearest_factor
 
 
 def _check_image(image: object, *, gray: bool = False) -> None:
@@ -70,8 +71,7 @@ def upscale_tiles(tiles: np.ndarray, min_side: int) -> np.ndarray:
 
     Raises ``InputError`` unless ``tiles`` is uint8 ``(N, h, w, 3)`` (``N >= 1``) and ``min_side >= 0``."""
     _check_tiles(tiles)
-    min_side = require_int(min_side, "min_side", minimum=0)
-    factor = max(1, -(-min_side // max(1, min(tiles.shape[1:3]))))
+    factor = nearest_factor(tiles.shape[1:3], min_side)
     return tiles.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else tiles
 
 

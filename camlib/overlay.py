@@ -137,6 +137,14 @@ def overlay_like_pytorch_grad_cam(image: np.ndarray, cam: np.ndarray, *, image_w
     return np.uint8(255 * out)
 
 
+def nearest_factor(size: tuple[int, ...], min_side: int) -> int:
+    """The integer factor (at least 1) that brings the shorter side of ``size = (H, W)`` px to at least ``min_side``.
+
+    Raises ``InputError`` unless ``min_side`` is an integer >= 0."""
+    min_side = require_int(min_side, "min_side", minimum=0)
+    return max(1, -(-min_side // max(1, min(size))))
+
+
 def upscale_nearest(image: np.ndarray, min_side: int) -> np.ndarray:
     """Nearest-neighbour upscale by an integer factor so the shorter side is at least ``min_side`` (tiny images).
 
@@ -145,8 +153,7 @@ def upscale_nearest(image: np.ndarray, min_side: int) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim != 2:
         _check_image(image)
     require_array(image, "image", expected="uint8 RGB image (H, W, 3) or numeric map (H, W)")
-    min_side = require_int(min_side, "min_side", minimum=0)
-    factor = max(1, -(-min_side // max(1, min(image.shape[:2]))))
+    factor = nearest_factor(image.shape[:2], min_side)
     if factor == 1:
         return image
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)

@@ -572,6 +572,7 @@ CASES: list[Case] = [
         lambda: {k: v for k, v in bad_images().items() if k not in ("float64", "float32 0-1", "int64", "batch")},
     ),
     Case(overlay.upscale_nearest, "min_side", lambda v: overlay.upscale_nearest(IMAGE, v), lambda: bad_ints(0)),
+    Case(overlay.nearest_factor, "min_side", lambda v: overlay.nearest_factor((8, 8), v), lambda: bad_ints(0)),
     Case(overlay.map_to_original, "cam", lambda v: overlay.map_to_original(v, (8, 8), (0, 0, 8, 8)), bad_maps),
     Case(overlay.map_to_original, "original_shape", lambda v: overlay.map_to_original(CAM, v, (0, 0, 8, 8)), bad_sizes),
     Case(
