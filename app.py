@@ -10,7 +10,6 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import camlib  # noqa: E402
-from camlib.device import default_device  # noqa: E402
 from ui.text import md  # noqa: E402
 
 # An emoji favicon is an inline data: URL; a :material/...: one would be fetched from fonts.gstatic.com (offline app).
@@ -32,14 +31,12 @@ pages = [
     st.Page("pages/misclassifications.py", title="Misclassifications", icon=":material/report:"),
 ]
 page = st.navigation(pages)
-with st.sidebar:
-    device = default_device()
+with st.sidebar:  # the app-wide inputs (data root, device) are drawn by each page through ui.app_inputs
     st.caption(
         md(
-            "camlib {camlib} · torch {torch} · device **{device}** · {threads} CPU threads",
+            "camlib {camlib} · torch {torch} · {threads} CPU threads",
             camlib=camlib.__version__,
             torch=torch.__version__,
-            device=device,
             threads=threads,
         )
     )

@@ -19,7 +19,7 @@ GRID_TILE_PX = 96  # each tile is shown at least this large (nearest-neighbour)
 st.title("Augmentation Lab")
 st.caption("Every change redraws at once. Same seed, same grid: export the pipeline and train with it.")
 
-root = app_inputs.data_root_input()  # app-wide: one sidebar field for every page
+root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wide: the sidebar of every page
 
 editor, view = st.columns([1, 2.6], gap="large")
 with editor:
@@ -68,7 +68,7 @@ with view:
     show_labels = data is not None and st.toggle(
         "Class labels on tiles", value=True, key=keys.AUG_SHOW_LABELS, persist_state="session"
     )
-    loop_model = model_loop.model_loop_controls()
+    loop_model = model_loop.model_loop_controls(device)
 
     started = time.perf_counter()
 

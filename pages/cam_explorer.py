@@ -19,18 +19,17 @@ from ui.text import md
 st.title("CAM Explorer")
 st.caption("What does the classifier look at? Pick an image, a model, one or more layers and a class.")
 
-root = app_inputs.data_root_input()  # app-wide: one sidebar field for every page
+root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wide: the sidebar of every page
 controls, results = st.columns([1, 3], gap="large")
 with controls:
-    model_key = widgets.model_input(keys.CAM)
+    model_key = widgets.model_input(keys.CAM, device)  # the last model that worked, after an error
     try:
-        loaded = cache.resolve_model(model_key)
-        candidates = cache.get_layers(model_key)
-        cifar = cache.cifar_test_set(root) if loaded.spec.dataset == "cifar10" else None
+        loaded = cache.resolve_model(model_key, device)
+        candidates = cache.get_layers(model_key, device)
     except CamlibError as error:
         st.error(md("{error}", error=error))
         st.stop()
-    image = widgets.image_input(keys.CAM, cifar=cifar)
+    image = widgets.image_input(keys.CAM, cifar=widgets.cifar_test_images(root, loaded.spec.dataset))
     method = st.selectbox(
         "Method",
         list(METHODS),
@@ -47,7 +46,7 @@ with controls:
     )
 
     try:
-        probabilities, failed = cache.predict(model_key, image.pixels), None
+        probabilities, failed = cache.predict(model_key, device, image.pixels), None
     except CamlibError as error:  # shown below, where the CAM would be; the last good result stays
         probabilities, failed = np.zeros(len(loaded.class_names), np.float32), error
     top1 = int(np.argmax(probabilities))
@@ -82,7 +81,9 @@ with results:
     def explain() -> tuple[cache.CamView, tuple[str, ...], widgets.ChosenImage]:
         if failed is not None:
             raise failed  # the prediction failed: shown here, where the CAM would be
-        view = cache.compute_view(model_key, image.pixels, tuple(layers), method, int(class_idx))
+        view = cache.compute_view(
+            model_key, device, image.pixels, tuple(layers), method=method, class_idx=int(class_idx)
+        )
         return view, loaded.class_names, image
 
     # The last result that worked keeps its own classes and image (the map is drawn on the image it explains).

@@ -11,6 +11,7 @@ from camlib.drawing import fast_png
 from camlib.errors import CamlibError
 from camlib.evaluation import confusion_matrix, per_class_accuracy
 from camlib.layers import default_layer
+from camlib.models import MODELS
 from camlib.overlay import overlay_heatmap, upscale_nearest
 from ui import app_inputs, cache, figures, keys, widgets
 from ui.last_good import keep_last_good
@@ -24,7 +25,7 @@ st.caption(
     "for the true class (right)."
 )
 
-root = app_inputs.data_root_input()  # app-wide: one sidebar field for every page
+root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wide: the sidebar of every page
 if not root or detect_source(root) is None:
     st.warning("No CIFAR-10 test set found: set the CIFAR-10 data root in the sidebar (or CAMLIB_CIFAR10_ROOT).")
     st.stop()
@@ -32,7 +33,7 @@ chosen = widgets.cifar_model_select("Model", keys.GAL_MODEL)
 
 
 def load_model() -> str:
-    cache.get_model(chosen)
+    cache.get_model(chosen, device)
     return chosen
 
 
@@ -40,11 +41,11 @@ model_key, failed = keep_last_good(keys.GAL_LAST_MODEL, load_model)  # keep the 
 if model_key is None:
     st.stop()
 if failed is not None:
-    st.caption(md("Still using: {model}", model=cache.get_model(model_key).spec.label))
+    st.caption(md("Still using: {model}", model=MODELS[model_key].label))
 try:
     data = cache.get_cifar(root, "test")
-    probabilities = cache.dataset_predictions(model_key, root)
-    candidates = cache.get_layers(model_key)
+    probabilities = cache.dataset_predictions(model_key, device, root)
+    candidates = cache.get_layers(model_key, device)
 except CamlibError as error:
     st.error(md("{error}", error=error))
     st.stop()
@@ -117,7 +118,7 @@ shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
 
 def draw_page() -> list[tuple[bytes, str]]:
     """One PNG per shown image (CAM of the predicted class, gap, CAM of the true class) with its caption."""
-    for_predicted, for_true = cache.gallery_cams(model_key, root, shown, layer)
+    for_predicted, for_true = cache.gallery_cams(model_key, device, root, shown, layer=layer)
     tiles = []
     for k, index in enumerate(shown):
         image = upscale_nearest(data.images[index], 128)

@@ -100,7 +100,7 @@ def test_small_layer_warns(app: AppTest) -> None:
 
 
 def test_overlay_changes_do_not_rerun_the_model(app: AppTest) -> None:
-    model = cache.get_model("efficientnet_lite0").model
+    model = cache.get_model("efficientnet_lite0", "cpu").model
     calls = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -124,7 +124,7 @@ def test_choose_a_class_by_name(app: AppTest) -> None:
 
 
 def test_shared_model_left_clean_after_page_runs(app: AppTest) -> None:
-    model = cache.get_model("efficientnet_lite0").model
+    model = cache.get_model("efficientnet_lite0", "cpu").model
     _layers(app).set_value(["bn2", "blocks.4"]).run()
     for module in model.modules():
         assert not module._forward_hooks and not module._backward_hooks and not module.training
@@ -235,25 +235,34 @@ def test_checkpoint_store_is_bounded_by_bytes_and_a_rerun_does_not_reload(monkey
     store = checkpoint_store._checkpoint_models()
     store.clear()
     try:
-        first = checkpoint_store.register_checkpoint("cifar10_resnet20", bundled, "a.safetensors", upload_id="upload-1")
-        assert list(store) == [first] and store[first].spec.notes == "loaded from the file's top level, no prefix"
-        size = sum(t.numel() * t.element_size() for t in store[first].model.state_dict().values())
+        first = checkpoint_store.register_checkpoint(
+            "cifar10_resnet20", bundled, "a.safetensors", device="cpu", upload_id="upload-1"
+        )
+        assert (
+            list(store) == [f"{first}@cpu"]
+            and store[f"{first}@cpu"].spec.notes == "loaded from the file's top level, no prefix"
+        )
+        size = sum(t.numel() * t.element_size() for t in store[f"{first}@cpu"].model.state_dict().values())
         with monkeypatch.context() as patch:  # the same upload again (a rerun): neither hashed nor loaded
             patch.setattr(checkpoint_store, "load_checkpoint", lambda *args: pytest.fail("loaded again"))
             assert (
                 checkpoint_store.register_checkpoint(
-                    "cifar10_resnet20", b"not read", "a.safetensors", upload_id="upload-1"
+                    "cifar10_resnet20", b"not read", "a.safetensors", device="cpu", upload_id="upload-1"
                 )
                 == first
             )
         # room for one ResNet-20, not two
         monkeypatch.setattr(checkpoint_store, "CHECKPOINT_STORE_BYTES", size * 3 // 2)
-        second = checkpoint_store.register_checkpoint("cifar10_resnet20", other, "b.pt", upload_id="upload-2")
-        assert second != first and list(store) == [second]  # the oldest went
+        second = checkpoint_store.register_checkpoint(
+            "cifar10_resnet20", other, "b.pt", device="cpu", upload_id="upload-2"
+        )
+        assert second != first and list(store) == [f"{second}@cpu"]  # the oldest went
         # A dropped model is loaded again when its upload comes back.
-        again = checkpoint_store.register_checkpoint("cifar10_resnet20", bundled, "a.safetensors", upload_id="upload-1")
+        again = checkpoint_store.register_checkpoint(
+            "cifar10_resnet20", bundled, "a.safetensors", device="cpu", upload_id="upload-1"
+        )
         assert again == first
-        assert list(store) == [first]
+        assert list(store) == [f"{first}@cpu"]
     finally:
         store.clear()
 

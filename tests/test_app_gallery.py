@@ -51,7 +51,7 @@ def test_set(root: str):
 @pytest.fixture(scope="module")
 def probabilities(root: str) -> np.ndarray:
     """What the page uses: the app's cached whole-test-set predictions (checked against the model below)."""
-    return cache.dataset_predictions("cifar10_resnet20", root)
+    return cache.dataset_predictions("cifar10_resnet20", "cpu", root)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_changing_the_layer_redraws_the_cams(layer: str, gallery: AppTest, root:
     assert _shown(gallery) == before  # the same mistakes...
     assert [url for image in gallery.image for url in image.value] != before_urls  # ...with other maps
     indices = tuple(s[0] for s in before)
-    for_predicted, for_true = cache.gallery_cams("cifar10_resnet20", root, indices, layer)
+    for_predicted, for_true = cache.gallery_cams("cifar10_resnet20", "cpu", root, indices, layer=layer)
     assert for_predicted.shape == for_true.shape == (12, 32, 32)
     assert np.isfinite(for_predicted).all() and for_predicted.min() >= 0 and for_predicted.max() <= 1
 

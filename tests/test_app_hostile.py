@@ -210,7 +210,7 @@ def test_checkpoint_file_name_and_key_names_are_escaped() -> None:
     assert_no_live_text(at)
     assert not at.error
     key = at.session_state["cam_last_model"]
-    label = cache.resolve_model(key).spec.label
+    label = cache.resolve_model(key, "cpu").spec.label
 
     at.file_uploader(key="cam_ckpt_file").set_value(None).run()  # the checkpoint's name is shown in "Still using"
     assert_no_live_text(at)

@@ -926,12 +926,20 @@ CASES: list[Case] = [
     Case(contracts.require_int, "count", lambda v: contracts.require_int(v, "count", minimum=1), bad_ints),
     Case(contracts.require_size, "size", lambda v: contracts.require_size(v, "size"), bad_sizes),
     Case(contracts.require_model, "model", contracts.require_model, bad_models),
+    # device
+    Case(
+        device.parse_device,
+        "device",
+        device.parse_device,
+        lambda: {"None": None, "gpu": "gpu", "bad index": "cuda:x", "empty": "", "float": 1.5, "cuda:99": "cuda:99"},
+    ),
 ]
 
 # Public functions without a row, and why.
 EXEMPT: dict[Callable, str] = {
     # No data argument.
     device.default_device: "no argument (reads $CAMLIB_DEVICE)",
+    device.available_devices: "no argument",
     guard.owned_by_this_thread: "no argument",
     models.bundled_weights_path: "no argument",
     cifar.default_root: "no argument (reads $CAMLIB_CIFAR10_ROOT)",

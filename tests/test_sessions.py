@@ -209,7 +209,7 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
     models = {f"model{i}": nn.Identity() for i in range(4)}
 
     class Loaded:
-        def __init__(self, key: str) -> None:
+        def __init__(self, key: str, device: str) -> None:
             self.model = models[key]
             self.device = "cpu"
             self.spec = type("Spec", (), {"preprocessing": None})()
@@ -235,16 +235,14 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
 
     def session(*args) -> None:
         try:
-            cache.compute_view(*args)
+            cache.compute_view(*args, method="gradcam", class_idx=0)
         except Exception as error:  # noqa: BLE001 - re-raised below, outside the expected failure
             errors.append(error)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         threads = [
-            threading.Thread(
-                target=session, args=(f"model{i % 4}", np.full((4, 4, 3), i, np.uint8), ("l",), "gradcam", 0)
-            )
+            threading.Thread(target=session, args=(f"model{i % 4}", "cpu", np.full((4, 4, 3), i, np.uint8), ("l",)))
             for i in range(8)
         ]
         for thread in threads:

@@ -1,7 +1,9 @@
 """The cache layer: ``st.cache_*`` wrappers over camlib (models, layer lists, CIFAR-10, predictions, CAM results).
 
-Models are cached with ``st.cache_resource`` and shared by every session: camlib treats them as read-only (per-model
-lock, no backward(), hooks removed, modes restored). CAM results are cached with ``st.cache_data`` so overlay changes
+Models are cached with ``st.cache_resource`` per (model key, device) and shared by every session: camlib treats them
+as read-only (per-model lock, no backward(), hooks removed, modes restored). Every function that runs a model takes
+the session's ``device`` (``ui.app_inputs.device_input``: "cpu", "cuda:0"...), so each device has its own copy and
+its own cached results. CAM results are cached with ``st.cache_data`` so overlay changes
 (opacity, colormap, threshold, scale) never re-run the model.
 """
 
@@ -17,6 +19,7 @@ import torch
 
 from camlib.cam import CamResult, compute_cams
 from camlib.cifar import CifarData, detect_source, load_cifar10
+from camlib.device import parse_device
 from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
@@ -42,12 +45,17 @@ class CamView:
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading model...")
-def get_model(key: str) -> LoadedModel:
-    """A registry model, loaded once per process and shared by all sessions (read-only)."""
-    return load_model(key, allow_download=False)
+def get_model(key: str, device: str) -> LoadedModel:
+    """A registry model on ``device``, loaded once per process and device and shared by all sessions (read-only).
+
+    Raises:
+        CamlibError: from ``camlib.models.load_model`` (unknown key, weights unavailable) or
+            ``camlib.device.parse_device`` (a device this machine does not have).
+    """
+    return load_model(key, allow_download=False, device=parse_device(device))
 
 
-def resolve_model(key: str) -> LoadedModel:
+def resolve_model(key: str, device: str) -> LoadedModel:
     """The model behind a registry key (``get_model``) or a checkpoint key (``ui.checkpoint_store``).
 
     Raises:
@@ -55,13 +63,14 @@ def resolve_model(key: str) -> LoadedModel:
         CamlibError: from ``get_model`` (unknown key, weights unavailable).
     """
     if is_checkpoint_key(key):
-        return get_checkpoint(key)
-    return get_model(key)
+        return get_checkpoint(key, device)
+    return get_model(key, device)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def get_layers(key: str) -> list[LayerInfo]:
-    loaded = resolve_model(key)
+def get_layers(key: str, device: str) -> list[LayerInfo]:
+    """The candidate target layers of a model, with their output shapes at the model's input size."""
+    loaded = resolve_model(key, device)
     crop = loaded.spec.preprocessing.crop
     return list_candidate_layers(loaded.model, (crop, crop))
 
@@ -74,26 +83,30 @@ def decode_upload(data: bytes, filename: str = "") -> DecodedImage:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def predict(model_key: str, image: np.ndarray) -> np.ndarray:
+def predict(model_key: str, device: str, image: np.ndarray) -> np.ndarray:
     """Class probabilities ``(num_classes,)`` for one image (no gradients)."""
-    loaded = resolve_model(model_key)
+    loaded = resolve_model(model_key, device)
     return predict_probabilities(loaded.model, image[None], loaded.spec.preprocessing)[0]
 
 
 _computed = threading.local()  # set by the cached function's body, which runs only on a cache miss (same thread)
 
 
-def compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], method: str, class_idx: int) -> CamView:
+def compute_view(
+    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+) -> CamView:
     """One CAM computation (all layers from one pass), cached on its inputs; ``from_cache`` says whether it was."""
     _computed.fresh = False
-    view = _compute_view(model_key, image, layers, method, class_idx)
+    view = _compute_view(model_key, device, image, layers, method=method, class_idx=class_idx)
     return view if _computed.fresh else replace(view, from_cache=True)
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing CAM (or waiting for other sessions' CAMs to free the CPU)...")
-def _compute_view(model_key: str, image: np.ndarray, layers: tuple[str, ...], method: str, class_idx: int) -> CamView:
+def _compute_view(
+    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+) -> CamView:
     _computed.fresh = True
-    loaded = resolve_model(model_key)
+    loaded = resolve_model(model_key, device)
     prepared = prepare_input(image, loaded.spec.preprocessing)
     with _CAM_JOBS:
         result = compute_cams(
@@ -119,9 +132,9 @@ def cifar_test_set(root: str) -> CifarData | None:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Predicting the 10,000 test images (once)...")
-def dataset_predictions(model_key: str, root: str, split: str = "test") -> np.ndarray:
+def dataset_predictions(model_key: str, device: str, root: str, split: str = "test") -> np.ndarray:
     """Class probabilities for a whole CIFAR-10 split, computed once per (model, data) and shared read-only."""
-    loaded = resolve_model(model_key)
+    loaded = resolve_model(model_key, device)
     data = get_cifar(root, split)
     probabilities = predict_probabilities(loaded.model, data.images, loaded.spec.preprocessing)
     probabilities.setflags(write=False)
@@ -130,14 +143,14 @@ def dataset_predictions(model_key: str, root: str, split: str = "test") -> np.nd
 
 @st.cache_data(max_entries=32, show_spinner="Computing CAMs for this page...")
 def gallery_cams(
-    model_key: str, root: str, indices: tuple[int, ...], layer: str, method: str = "gradcam"
+    model_key: str, device: str, root: str, indices: tuple[int, ...], *, layer: str, method: str = "gradcam"
 ) -> tuple[np.ndarray, np.ndarray]:
     """CAM maps ``(n, 32, 32)`` of the predicted and of the true class for CIFAR-10 test images ``indices``."""
-    loaded = resolve_model(model_key)
+    loaded = resolve_model(model_key, device)
     data = get_cifar(root, "test")
     images = data.images[list(indices)]
     x = prepare_batch(images, loaded.spec.preprocessing).to(loaded.device)
-    predicted = dataset_predictions(model_key, root)[list(indices)].argmax(axis=1).tolist()
+    predicted = dataset_predictions(model_key, device, root)[list(indices)].argmax(axis=1).tolist()
     true = data.labels[list(indices)].tolist()
     for_predicted = compute_cams(loaded.model, x, [layer], method=method, class_idx=predicted).maps[layer]
     for_true = compute_cams(loaded.model, x, [layer], method=method, class_idx=true).maps[layer]

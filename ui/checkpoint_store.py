@@ -1,7 +1,8 @@
 """The store of user checkpoints loaded in this process, shared by every session and bounded in models and bytes.
 
-A checkpoint is loaded once per (architecture, file content) and used under a model key ``checkpoint:{arch}:{hash}``;
-``ui.cache.resolve_model`` turns such a key (or a registry key) into the loaded model.
+A checkpoint is loaded once per (architecture, file content, device) and used under a model key
+``checkpoint:{arch}:{hash}``; ``ui.cache.resolve_model`` turns such a key and a device (or a registry key) into the
+loaded model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import threading
 
 import streamlit as st
+import torch
 
 from camlib.errors import UnknownModelError
 from camlib.models import MAX_CHECKPOINT_BYTES, LoadedModel, load_checkpoint
@@ -22,13 +24,14 @@ _STORE_LOCK = threading.Lock()
 
 @st.cache_resource(show_spinner=False)
 def _checkpoint_models() -> dict[str, LoadedModel]:
-    """The shared store of loaded user checkpoints, oldest first (bounded by ``register_checkpoint``)."""
+    """The shared store of loaded user checkpoints, ``"{key}@{device}"`` -> model, oldest first (bounded by
+    ``register_checkpoint``)."""
     return {}
 
 
 @st.cache_resource(show_spinner=False)
 def _upload_keys() -> dict[str, str]:
-    """``"{upload id}:{architecture}"`` -> store key: a rerun with the same upload does not hash the file again."""
+    """``"{upload id}:{architecture}"`` -> model key: a rerun with the same upload does not hash the file again."""
     return {}
 
 
@@ -41,25 +44,26 @@ def is_checkpoint_key(key: str) -> bool:
     return key.startswith(CHECKPOINT_PREFIX)
 
 
-def register_checkpoint(arch: str, data: bytes, filename: str, *, upload_id: str = "") -> str:
-    """Load a user checkpoint (safely) and return the model key under which the page can use it.
+def register_checkpoint(arch: str, data: bytes, filename: str, *, device: str, upload_id: str = "") -> str:
+    """Load a user checkpoint (safely) onto ``device`` and return the model key under which the page can use it.
 
     The key is the architecture and the file's SHA-256, so a file several sessions upload is loaded once. With
     ``upload_id`` (Streamlit's ``UploadedFile.file_id``, new for every upload) later reruns skip the hashing (1.0 s
     for a 528 MB VGG-16-BN checkpoint on this project's CPU machine). The store, shared by every session, keeps at most
-    ``CHECKPOINT_STORE_MODELS`` models and ``CHECKPOINT_STORE_BYTES`` of weights; the oldest are dropped first.
+    ``CHECKPOINT_STORE_MODELS`` models and ``CHECKPOINT_STORE_BYTES`` of weights; the oldest are dropped first. The
+    same file on another device is another entry (loaded again from ``data``, never copied from a shared model).
 
     Raises:
         CheckpointError, UnknownModelError: from ``camlib.models.load_checkpoint``.
     """
     store, by_upload = _checkpoint_models(), _upload_keys()
     remembered = by_upload.get(f"{upload_id}:{arch}") if upload_id else None
-    if remembered in store:
+    if remembered is not None and f"{remembered}@{device}" in store:
         return remembered
     key = f"{CHECKPOINT_PREFIX}{arch}:{hashlib.sha256(data).hexdigest()[:16]}"
-    if key not in store:
+    if f"{key}@{device}" not in store:
         with st.spinner("Loading checkpoint..."):
-            loaded = load_checkpoint(arch, data, filename)
+            loaded = load_checkpoint(arch, data, filename, device=torch.device(device))
         size = _weight_bytes(loaded)
         with _STORE_LOCK:  # the store is shared by every session
             while store and (
@@ -67,7 +71,7 @@ def register_checkpoint(arch: str, data: bytes, filename: str, *, upload_id: str
                 or size + sum(map(_weight_bytes, store.values())) > CHECKPOINT_STORE_BYTES
             ):
                 store.pop(next(iter(store)))
-            store[key] = loaded
+            store[f"{key}@{device}"] = loaded
     if upload_id:
         with _STORE_LOCK:
             by_upload[f"{upload_id}:{arch}"] = key
@@ -76,15 +80,15 @@ def register_checkpoint(arch: str, data: bytes, filename: str, *, upload_id: str
     return key
 
 
-def get_checkpoint(key: str) -> LoadedModel:
-    """The loaded checkpoint behind a key from ``register_checkpoint``.
+def get_checkpoint(key: str, device: str) -> LoadedModel:
+    """The loaded checkpoint behind a key from ``register_checkpoint``, on ``device``.
 
     Raises:
-        UnknownModelError: the key is no longer in the shared store (bounded: the oldest checkpoints go).
+        UnknownModelError: the key is not in the shared store on this device (bounded: the oldest checkpoints go).
     """
     store = _checkpoint_models()
-    if key not in store:
+    if f"{key}@{device}" not in store:
         raise UnknownModelError(
             "this checkpoint is no longer loaded (the app keeps only the latest ones): upload it again"
         )
-    return store[key]
+    return store[f"{key}@{device}"]

@@ -11,6 +11,7 @@ import re
 
 # --- app-wide inputs (the sidebar of every page, through ui.app_inputs) -----------------------------------------------
 DATA_ROOT = "app_data_root"  # ui.app_inputs: the CIFAR-10 data root text input, one for every page
+DEVICE = "app_device"  # ui.app_inputs: the device selectbox (cpu, cuda:N, mps), one for every page that runs a model
 
 # --- CAM Explorer (pages/cam_explorer.py) ----------------------------------------------------------------------------
 CAM = "cam"  # prefix of ui.widgets' groups on this page: cam_model, cam_last_model, cam_source, cam_alpha...

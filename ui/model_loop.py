@@ -12,8 +12,9 @@ from ui import cache, keys, widgets
 from ui.text import md
 
 
-def model_loop_controls() -> LoadedModel | None:
-    """The toggle (off by default) and the model choice; None when off or when the model cannot be loaded."""
+def model_loop_controls(device: str) -> LoadedModel | None:
+    """The toggle (off by default) and the model choice, on ``device``; None when off or when the model cannot be
+    loaded (then an ``st.error`` says why)."""
     if not st.toggle(
         "Model in the loop: predict every tile",
         value=False,
@@ -25,7 +26,7 @@ def model_loop_controls() -> LoadedModel | None:
         return None
     key = widgets.cifar_model_select("CIFAR-10 model", keys.AUG_LOOP_MODEL)
     try:
-        return cache.get_model(key)
+        return cache.get_model(key, device)
     except CamlibError as error:
         st.error(md("Model in the loop is off: {error}", error=error))
         return None

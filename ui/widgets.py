@@ -116,48 +116,49 @@ def _cifar_image(prefix: str, cifar: CifarData) -> ChosenImage:
     return ChosenImage(name=f"CIFAR-10 {cifar.split} #{index}", pixels=cifar.images[index], true_label=class_name)
 
 
-def model_input(prefix: str) -> str:
-    """Pick a registry model or upload a checkpoint; returns a model key usable with ``cache.resolve_model``."""
+def model_input(prefix: str, device: str) -> str:
+    """Pick a registry model or upload a checkpoint; returns a model key that ``cache.resolve_model`` resolves on
+    ``device`` (the model that worked last, or the bundled one, after an error: shown with ``st.error``)."""
     last_key = f"{prefix}_last_model"
     options = list(MODELS) + [CHECKPOINT_OPTION]
     labels = {key: spec.label for key, spec in MODELS.items()} | {CHECKPOINT_OPTION: "Your checkpoint..."}
     choice = st.selectbox("Model", options, format_func=labels.get, key=f"{prefix}_model", persist_state="session")
     try:
         if choice == CHECKPOINT_OPTION:
-            key = _checkpoint_input(prefix)
+            key = _checkpoint_input(prefix, device)
             if key is None:
-                key = _last_model(last_key)
-                st.info(md("Upload a checkpoint to use it. Still using: {model}", model=_label(key)))
+                key = _last_model(last_key, device)
+                st.info(md("Upload a checkpoint to use it. Still using: {model}", model=_label(key, device)))
         else:
             downloads.ensure_weights(choice)
-            cache.get_model(choice)
+            cache.get_model(choice, device)
             key = choice
     except CamlibError as error:
-        key = _last_model(last_key)
+        key = _last_model(last_key, device)
         hint = " Showing the bundled model instead." if isinstance(error, WeightsUnavailableError) else ""
         st.error(md("{error}{hint}", error=error, hint=hint))
         if key != DEFAULT_MODEL or choice == CHECKPOINT_OPTION:
-            st.caption(md("Still using: {model}", model=_label(key)))
+            st.caption(md("Still using: {model}", model=_label(key, device)))
     st.session_state[last_key] = key
     return key
 
 
-def _last_model(last_key: str) -> str:
+def _last_model(last_key: str, device: str) -> str:
     """The session's last good model key; the bundled model when that was a checkpoint the shared store dropped."""
     key = st.session_state.get(last_key, DEFAULT_MODEL)
     try:
-        cache.resolve_model(key)
+        cache.resolve_model(key, device)
     except CamlibError as error:
         st.error(md("{error}. Showing the bundled model instead.", error=error))
         key = DEFAULT_MODEL
     return key
 
 
-def _label(key: str) -> str:
-    return shorten(cache.resolve_model(key).spec.label)
+def _label(key: str, device: str) -> str:
+    return shorten(cache.resolve_model(key, device).spec.label)
 
 
-def _checkpoint_input(prefix: str) -> str | None:
+def _checkpoint_input(prefix: str, device: str) -> str | None:
     arch = st.selectbox(
         "Architecture",
         list(MODELS),
@@ -182,9 +183,25 @@ def _checkpoint_input(prefix: str) -> str | None:
     )
     if upload is None:
         return None
-    key = checkpoint_store.register_checkpoint(arch, upload.getvalue(), upload.name, upload_id=upload.file_id)
-    st.text(f"Your checkpoint: {cache.resolve_model(key).spec.notes}")  # plain text: its key names are user data
+    key = checkpoint_store.register_checkpoint(
+        arch, upload.getvalue(), upload.name, device=device, upload_id=upload.file_id
+    )
+    st.text(
+        f"Your checkpoint: {cache.resolve_model(key, device).spec.notes}"
+    )  # plain text: its key names are user data
     return key
+
+
+def cifar_test_images(root: str, dataset: str) -> CifarData | None:
+    """The CIFAR-10 test split under ``root`` for a CIFAR-10 model (``dataset == "cifar10"``), else None. A copy that
+    cannot be read is shown as a warning and the page goes on with sample photos and uploads."""
+    if dataset != "cifar10":
+        return None
+    try:
+        return cache.cifar_test_set(root)
+    except CamlibError as error:
+        st.warning(md("CIFAR-10 test images are unavailable: {error}", error=error))
+        return None
 
 
 def cifar_input(root: str, prefix: str) -> CifarData | None:
