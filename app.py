@@ -10,6 +10,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import camlib  # noqa: E402
+from ui.run_log import timed_run  # noqa: E402
 from ui.text import md  # noqa: E402
 
 # An emoji favicon is an inline data: URL; a :material/...: one would be fetched from fonts.gstatic.com (offline app).
@@ -40,4 +41,5 @@ with st.sidebar:  # the app-wide inputs (data root, device) are drawn by each pa
             threads=threads,
         )
     )
-page.run()
+with timed_run(page.title):  # a debug line per run: page, session, outcome, duration
+    page.run()
