@@ -32,10 +32,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import eigsh
 from torch import nn
 
 from camlib.contracts import require_int, require_model, require_size, require_tensor
@@ -70,6 +72,11 @@ class LayerEvidence:
         targets: the explained class of each image.
         batch_size: inputs per extra forward for "perturbation" methods.
         progress: call ``progress.step()`` after each extra forward batch (reports progress; may raise to cancel).
+        logits: ``(B, num_classes)`` the model's output for ``x`` (the explained scores are ``logits[b, targets[b]]``).
+        output: the layer's output as produced, in its own layout (``(B, C, h, w)``, ``(B, h, w, C)`` or tokens
+            ``(B, N, C)``); ``channel_dim`` is its channel axis.
+        forward_with_output: ``forward_with_output(inputs, output) -> logits`` runs the model on ``inputs`` with this
+            layer's output replaced by ``output`` (same layout; a hook acting for this thread only, removed after).
     """
 
     activations: torch.Tensor
@@ -79,6 +86,10 @@ class LayerEvidence:
     targets: list[int]
     batch_size: int
     progress: Progress = field(default_factory=lambda: Progress(None, 0))
+    logits: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+    channel_dim: int = 1
+    forward_with_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -293,12 +304,92 @@ def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
         flat = image_acts.flatten(1).T  # (h*w, C)
         centred = flat - flat.mean(dim=0)
         _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-        projection = centred @ vh[0]
-        mean_act = flat.mean(dim=1)
-        if torch.dot(projection - projection.mean(), mean_act - mean_act.mean()) < 0:
-            projection = -projection
-        out.append(projection.reshape(image_acts.shape[1:]))
+        out.append(_oriented(centred @ vh[0], flat).reshape(image_acts.shape[1:]))
     return torch.stack(out).float()
+
+
+def _oriented(projection: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``projection`` (h*w,) or its negative, whichever correlates non-negatively with the channel-mean activation of
+    ``flat`` (h*w, C): a principal component's sign is arbitrary; strongly activated regions should be positive."""
+    mean_act = flat.mean(dim=1)
+    return -projection if torch.dot(projection - projection.mean(), mean_act - mean_act.mean()) < 0 else projection
+
+
+KPCA_DENSE_MAX = 200  # positions; above this, one eigenpair by ARPACK instead of a full eigh (as sklearn's KernelPCA)
+
+
+@register_method(
+    "kpcacam",
+    label="KPCA-CAM",
+    paper="Karmani et al., 2024, arXiv:2410.00267",
+    family="activation",
+    cost="1 forward + a kernel eigenproblem per image, (h w) x (h w)",
+)
+def _kpcacam(e: LayerEvidence) -> torch.Tensor:
+    """KPCA-CAM: the activations projected on their first kernel principal component (Karmani et al. 2024), with
+    pytorch-grad-cam's default sigmoid kernel ``k(a, b) = tanh(a . b / C + 1)`` on the channel-centred activations
+    of each position (``_kernel_projection``)."""
+    return _kernel_projection(e.activations)
+
+
+def _kernel_projection(acts: torch.Tensor) -> torch.Tensor:
+    """First kernel principal component of each image's activations, ``(B, C, h, w) -> (B, h, w)``, in float64.
+
+    As sklearn's ``KernelPCA(n_components=1, kernel="sigmoid")`` that pytorch-grad-cam calls: the ``(hw, hw)`` kernel
+    of the channel-centred positions, centred in feature space, its top eigenpair ``(lambda, v)`` (largest algebraic
+    eigenvalue), the projection ``v * sqrt(lambda)``. Eigenvalues at rounding level (no variation) give zeros. The
+    sign is fixed as Eigen-CAM's (``_oriented``); sklearn makes the eigenvector's largest entry positive instead.
+    """
+    acts = torch.nan_to_num(acts.double(), nan=0.0)
+    out = []
+    for image_acts in acts:
+        flat = image_acts.flatten(1).T  # (h*w, C)
+        centred = flat - flat.mean(dim=0)
+        kernel = torch.tanh(centred @ centred.T / flat.shape[1] + 1.0)
+        noise = 100 * len(kernel) * torch.finfo(kernel.dtype).eps * float(kernel.abs().max())
+        kernel = kernel - kernel.mean(dim=0, keepdim=True) - kernel.mean(dim=1, keepdim=True) + kernel.mean()
+        value, vector = _top_eigenpair(kernel)
+        projection = vector * value.sqrt() if float(value) > noise else torch.zeros_like(vector)
+        out.append(_oriented(projection, flat).reshape(image_acts.shape[1:]))
+    return torch.stack(out).float()
+
+
+def _top_eigenpair(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest eigenvalue of a symmetric float64 matrix and a unit eigenvector: a full ``eigh`` up to
+    ``KPCA_DENSE_MAX`` rows, else ARPACK (Lanczos, ``tol=0``: to machine precision) from a fixed start vector."""
+    if len(matrix) <= KPCA_DENSE_MAX:
+        values, vectors = torch.linalg.eigh(matrix)
+        return values[-1], vectors[:, -1]
+    start = 2 * torch.rand(len(matrix), generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
+    values, vectors = eigsh(matrix.cpu().numpy(), k=1, which="LA", tol=0, v0=start.numpy())
+    return torch.from_numpy(values)[0].to(matrix.device), torch.from_numpy(vectors[:, 0]).to(matrix.device)
+
+
+@register_method(
+    "gradcam_elementwise",
+    label="Grad-CAM element-wise",
+    paper="Gildenblat et al., pytorch-grad-cam (2021), after Draelos & Carin, arXiv:2011.08891",
+    family="gradient",
+    cost="1 forward + 1 backward",
+)
+def _gradcam_elementwise(e: LayerEvidence) -> torch.Tensor:
+    """Grad-CAM element-wise: ``sum_c relu(g_c * A_c)``, HiResCAM with the ReLU on each channel's product before the
+    channel sum (pytorch-grad-cam's GradCAMElementWise), so negative products never cancel positive ones."""
+    return torch.relu(e.gradients * e.activations).sum(dim=1)
+
+
+@register_method(
+    "eigengradcam",
+    label="Eigen-Grad-CAM",
+    paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299 (on gradients x activations)",
+    family="gradient",
+    cost="1 forward + 1 backward + an SVD per image",
+)
+def _eigengradcam(e: LayerEvidence) -> torch.Tensor:
+    """Eigen-Grad-CAM: the first principal component of ``g * A`` (``eigen_projection``), i.e. Eigen-CAM (Muhammad &
+    Yeasin 2020) on the gradient-weighted activations, as pytorch-grad-cam's EigenGradCAM. The sign is fixed as for
+    Eigen-CAM: the map correlates positively with ``mean_c g_c * A_c`` (HiResCAM's map up to scale)."""
+    return eigen_projection(e.gradients * e.activations)
 
 
 @register_method(
@@ -330,6 +421,116 @@ def _scorecam(e: LayerEvidence) -> torch.Tensor:
     return torch.stack(raws)
 
 
+@register_method(
+    "ablationcam",
+    label="Ablation-CAM",
+    paper="Desai & Ramaswamy, WACV 2020, doi:10.1109/WACV45572.2020.9093360",
+    family="perturbation",
+    cost="1 forward + one forward per channel (slow)",
+)
+def _ablationcam(e: LayerEvidence) -> torch.Tensor:
+    """Ablation-CAM: ``sum_c w_c A_c`` with ``w_c = (y - y_c) / y``, ``y`` the explained score and ``y_c`` the score
+    with channel ``c`` of the layer's output set to zero (Desai & Ramaswamy 2020, eq. 3-4). ``batch_size`` ablated
+    copies of an image per forward, as pytorch-grad-cam (its default batch is 32, like ``compute_cams``).
+
+    pytorch-grad-cam 1.5.7 zeroes a channel only when the layer's minimum is exactly 0 (after a ReLU); otherwise it
+    sets it to ``min - 1e7``, and since it re-reads the minimum after each ablation in a batch, the k-th channel of a
+    batch to ``min - k * 1e7`` (a value that depends on the batch). camlib zeroes, as the paper; the two agree
+    wherever the layer's minimum is 0. A score of exactly 0 leaves the ratio undefined: then ``w_c = y - y_c``."""
+    out, dim = e.output, e.channel_dim
+    channels = out.shape[dim]
+    repeat = [1] * (out.dim() - 1)
+    weights = []
+    for b, target in enumerate(e.targets):
+        ablated = []
+        for start in range(0, channels, e.batch_size):
+            index = torch.arange(start, min(start + e.batch_size, channels), device=out.device)
+            batch = out[b : b + 1].repeat(len(index), *repeat)
+            batch.movedim(dim, 1)[torch.arange(len(index), device=out.device), index] = 0  # copy k drops channel k
+            inputs = e.x[b : b + 1].repeat(len(index), 1, 1, 1)
+            ablated.append(e.forward_with_output(inputs, batch)[:, target])
+            e.progress.step()
+        score = e.logits[b, target]
+        drop = score - torch.cat(ablated)
+        weights.append(drop / score if bool(score != 0) else drop)
+    return _weighted_sum(torch.stack(weights), e.activations)
+
+
+def _forward_with_output(
+    model: nn.Module, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor
+) -> torch.Tensor:
+    """``model(inputs)`` with ``module``'s output replaced by ``output``; the hook acts for this thread only."""
+    mine = owned_by_this_thread()
+    handle = module.register_forward_hook(lambda _m, _i, _o: output if mine() else None)
+    try:
+        return model(inputs)
+    finally:
+        handle.remove()
+
+
+RANDOM_CAM_SEED = 0  # Random-CAM's weights: the same draws for every image, layer and call (a reproducible baseline)
+
+
+@register_method(
+    "randomcam",
+    label="Random-CAM (baseline)",
+    paper="a sanity-check baseline (pytorch-grad-cam's RandomCAM); cf. Adebayo et al., NeurIPS 2018, arXiv:1810.03292",
+    family="activation",
+    cost="1 forward",
+)
+def _randomcam(e: LayerEvidence) -> torch.Tensor:
+    """Random-CAM: ``sum_c w_c A_c`` with ``w_c ~ U(-1, 1)``, weights that know nothing of the class or the model: a
+    map that looks as convincing as a method's says little about that method (Adebayo et al. 2018's sanity checks).
+
+    pytorch-grad-cam draws fresh weights per image from numpy's global generator; camlib draws them from a
+    ``torch.Generator`` seeded with ``RANDOM_CAM_SEED`` (library code never seeds or reads global generators), the same
+    ``C`` draws for every image, so a map depends only on its own image and layer."""
+    generator = torch.Generator().manual_seed(RANDOM_CAM_SEED)
+    acts = e.activations
+    weights = 2 * torch.rand(acts.shape[1], generator=generator, dtype=torch.float64) - 1
+    return _weighted_sum(weights.to(device=acts.device, dtype=acts.dtype).expand(len(acts), -1), acts)
+
+
+@register_method(
+    "cam",
+    label="CAM",
+    paper="Zhou et al., CVPR 2016, arXiv:1512.04150",
+    family="activation",
+    cost="1 forward",
+)
+def _cam(e: LayerEvidence) -> torch.Tensor:
+    """CAM: ``sum_c W_kc A_c`` with ``W_k`` the explained class's row of the classifier (Zhou et al. 2016, eq. 1-2).
+
+    Defined only where the logits are one ``nn.Linear`` applied to the global average of this layer's output
+    (ResNet's ``layer4``, EfficientNet's last conv, Swin's final norm). That is checked on the numbers: the Linear
+    layer used is the one that maps this layer's channel means to the model's logits (torch-cam instead takes the
+    first ``nn.Linear`` in ``named_modules()`` without a check). On such models Grad-CAM's weights are ``W_k / (h w)``
+    and the two maps are equal.
+
+    Raises ``MethodError`` when no Linear layer of the model does that (another layer, or a model that ends with an
+    MLP, a norm after the pooling, or a class token)."""
+    return _weighted_sum(_gap_classifier(e)[e.targets], e.activations)
+
+
+def _gap_classifier(e: LayerEvidence) -> torch.Tensor:
+    """The ``(num_classes, C)`` weight of the ``nn.Linear`` whose output on this layer's channel means is the logits."""
+    pooled = e.activations.mean(dim=(2, 3))
+    logits = e.logits.detach()
+    tolerance = torch.finfo(logits.dtype).eps ** 0.5 * max(float(logits.abs().max()), 1.0)
+    for module in e.model.modules():
+        if not isinstance(module, nn.Linear) or tuple(module.weight.shape) != (logits.shape[1], pooled.shape[1]):
+            continue
+        predicted = F.linear(pooled.to(module.weight.dtype), module.weight, module.bias)
+        if float((predicted - logits).abs().max()) <= tolerance:
+            return module.weight.detach().to(e.activations.dtype)
+    raise MethodError(
+        f"CAM needs a model whose logits are a Linear layer applied to the global average of the chosen layer "
+        f"({pooled.shape[1]} channels), and this model has none: pick the last feature layer before the global "
+        "pooling (e.g. ResNet's layer4), or use Grad-CAM, which equals CAM where CAM is defined"
+    )
+
+
+# --- validation ----------------------------------------------------------------------------------------------------
 # --- validation ----------------------------------------------------------------------------------------------------
 
 
@@ -558,12 +759,14 @@ def compute_cams(
             spatial feature map: ``(B, C, h, w)``, channels-last ``(B, h, w, C)`` or tokens ``(B, N, C)``.
         method: a key of ``METHODS``.
         class_idx: the class to explain: ``None`` for each image's argmax, one int for all, or one per image.
-        scorecam_batch_size: masked images per forward for Score-CAM (does not change the numbers).
+        scorecam_batch_size: perturbed images per forward for the "perturbation" methods (Score-CAM's masked
+            images, Ablation-CAM's ablated copies); it does not change the numbers.
         layouts: optional per-layer layout ("nchw", "nhwc" or "tokens:K"), needed only where the layout is ambiguous
             from the shapes (``camlib.layouts.infer_layout``); by default every layout is inferred.
         progress: optional ``callback(done, total)`` called after each extra forward batch of a "perturbation"
-            method (Score-CAM: ``total = B * ceil(C / scorecam_batch_size)`` summed over the layers). It may raise to
-            cancel: the exception propagates with hooks removed, modes restored and the model's lock released.
+            method (Score-CAM, Ablation-CAM: ``total = B * ceil(C / scorecam_batch_size)`` summed over the layers).
+            It may raise to cancel: the exception propagates with hooks removed, modes restored and the model's lock
+            released.
 
     Returns:
         A ``CamResult``; ``raw`` is at the feature map's ``(h, w)`` after any layout reshaping.
@@ -601,15 +804,27 @@ def compute_cams(
         batches = sum(len(targets) * -(-values[name].shape[1] // scorecam_batch_size) for name in names)
         counter = Progress(progress, batches if spec.family == "perturbation" else 0)
         # Perturbation methods run more forwards: they stay inside the guard (eval mode, no other session's hooks).
+        modules = dict(model.named_modules())
+        raws = {}
         with torch.inference_mode(False), torch.no_grad():
-            raws = {
-                name: spec.raw_map(
-                    LayerEvidence(
-                        values[name], grads.get(name), model, xin.detach(), targets, scorecam_batch_size, counter
-                    )
+            for name in names:
+                evidence = LayerEvidence(
+                    values[name],
+                    grads.get(name),
+                    model,
+                    xin.detach(),
+                    targets,
+                    scorecam_batch_size,
+                    counter,
+                    logits=logits.detach(),
+                    output=capture.values[name],
+                    channel_dim=1 if feature_layouts[name].kind == "nchw" else -1,
+                    forward_with_output=partial(_forward_with_output, model, modules[name]),
                 )
-                for name in names
-            }
+                try:
+                    raws[name] = spec.raw_map(evidence)
+                except MethodError as error:
+                    raise MethodError(f"{spec.label} cannot explain layer {name!r}: {error}") from error
 
     maps, raw_np, degenerate = {}, {}, {}
     with torch.no_grad():
