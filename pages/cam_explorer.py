@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import streamlit as st
 
-import camlib
-from camlib.cam import METHODS, layer_magnitudes, shared_scale_maps
+from camlib.cam import METHODS
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
-from camlib.overlay import map_to_original, overlay_heatmap, upscale_nearest
-from ui import app_inputs, cache, figures, keys, widgets
+from ui import app_inputs, cache, cam_view, figures, keys, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -68,8 +64,6 @@ with controls:
             persist_state="session",
         )
 
-    st.subheader("Overlay")
-    look = widgets.overlay_controls(keys.CAM)
 
 with results:
     if failed is None:
@@ -77,28 +71,31 @@ with results:
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
+    request, options = (model_key, device, image.pixels, tuple(layers)), {"method": method, "class_idx": int(class_idx)}
 
     def explain() -> tuple[cache.CamView, tuple[str, ...], widgets.ChosenImage]:
         if failed is not None:
             raise failed  # the prediction failed: shown here, where the CAM would be
-        view = cache.compute_view(
-            model_key, device, image.pixels, tuple(layers), method=method, class_idx=int(class_idx)
-        )
+        with cam_view.progress(method) as report:  # a rerun or a closed tab stops a long method at its next batch
+            view = cache.compute_view(*request, **options, progress=report)
         return view, loaded.class_names, image
 
-    # The last result that worked keeps its own classes and image (the map is drawn on the image it explains).
-    kept, failed = keep_last_good(
-        keys.CAM_LAST_VIEW,
-        explain,
-        failure="Cannot compute the CAM: {error}",
-        stale="Showing the last result that worked.",
-    )
+    start = failed is not None or cam_view.ready_to_start(request, options, [by_name[n].channels for n in layers])
+    if start:  # the last result that worked keeps its own classes and image (the map is drawn on its image)
+        kept, failed = keep_last_good(
+            keys.CAM_LAST_VIEW,
+            explain,
+            failure="Cannot compute the CAM: {error}",
+            stale="Showing the last result that worked.",
+        )
+    else:
+        kept = st.session_state.get(keys.CAM_LAST_VIEW)
+        if kept is not None:
+            st.caption("Showing the last result until you start this one.")
     if kept is None:
         st.stop()
     view, class_names, image = kept
-    result, prepared = view.result, view.prepared
-    shown_layers = list(result.layers)
-    maps = shared_scale_maps(result) if look.shared_scale else result.maps
+    result = view.result
     explained = result.class_idx[0]
     timing = "from the cache (first computed in {ms:.0f} ms)" if view.from_cache else "in {ms:.0f} ms"
     st.markdown(
@@ -124,57 +121,4 @@ with results:
                 verdict=verdict,
             )
         )
-
-    model_view = upscale_nearest(prepared.model_view, 224)
-    overlays = {}
-    for column, name in zip(st.columns(min(max(len(shown_layers), 3), 4)) * 4, shown_layers):
-        overlays[name] = overlay_heatmap(
-            model_view, maps[name][0], alpha=look.alpha, colormap=look.colormap, threshold=look.threshold
-        )
-        with column:
-            st.image(
-                overlays[name],
-                caption=md("{name} [{shape}]", name=name, shape=by_name[name].shape_label if name in by_name else ""),
-                width="stretch",
-            )
-            if result.degenerate[name][0]:
-                st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
-
-    if len(shown_layers) > 1:
-        magnitudes = {n: float(v[0]) for n, v in layer_magnitudes(result).items()}
-        st.plotly_chart(figures.magnitude_figure(magnitudes), key=keys.CAM_MAGNITUDES)
-
-    detail = st.selectbox(
-        "Layer for the detailed view and export", shown_layers, key=keys.CAM_DETAIL_LAYER, persist_state="session"
-    )
-    original_map, inside = map_to_original(maps[detail][0], image.pixels.shape[:2], prepared.crop_box)
-    on_original = overlay_heatmap(
-        np.ascontiguousarray(image.pixels),
-        original_map,
-        alpha=look.alpha,
-        colormap=look.colormap,
-        threshold=look.threshold,
-        mask=inside,
-    )
-    left, right = st.columns(2)
-    left.image(on_original, caption="On the original image (dimmed: outside the model's centre crop)", width="stretch")
-    right.plotly_chart(figures.heatmap_figure(maps[detail][0], colormap=look.colormap), key=keys.CAM_HEATMAP)
-
-    widgets.cam_downloads(
-        keys.CAM,
-        overlay=overlays[detail],
-        raw=result.raw[detail][0],
-        layer=detail,
-        settings={
-            "model": model_key,
-            "model_label": loaded.spec.label,
-            "method": result.method,
-            "layers": shown_layers,
-            "class_idx": explained,
-            "class_name": class_names[explained],
-            "image": image.name,
-            **asdict(look),
-            "preprocessing": asdict(loaded.spec.preprocessing),
-            "camlib": camlib.__version__,
-        },
-    )
+    cam_view.draw(cam_view.Shown(view, class_names, image, loaded, model_key, by_name))

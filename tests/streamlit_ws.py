@@ -52,6 +52,11 @@ class Server:
                 return int(line.split()[1])
         raise KeyError(field_name)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used, s (``/proc/<pid>/stat``)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         return self.status("VmRSS") / 1024
 
@@ -176,6 +181,8 @@ class Run:
     errors: list[str] = field(default_factory=list)
     images: int = 0
     seconds: float = 0.0
+    progress: list[str] = field(default_factory=list)  # the text of each progress-bar update, in order
+    superseded: Run | None = None  # the run a rerun request ended early (FINISHED_EARLY_FOR_RERUN), if any
 
     @property
     def ok(self) -> bool:
@@ -251,7 +258,7 @@ class Session:
                 self.page_hashes = {p.page_name: p.page_script_hash for p in message.new_session.app_pages}
             elif kind == "script_finished":
                 if message.script_finished == ForwardMsg.ScriptFinishedStatus.FINISHED_EARLY_FOR_RERUN:
-                    run = Run()  # superseded by a newer rerun: what counts is the run that follows
+                    run = Run(superseded=run)  # superseded by a newer rerun: what counts is the run that follows
                     continue
                 run.status = message.script_finished
             elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
@@ -259,6 +266,23 @@ class Session:
         run.seconds = time.monotonic() - start
         self.widget_ids |= {key: body.id for key, body in run.widgets.items()}
         return run
+
+    def wait_for_progress(self, timeout: float = 120) -> str:
+        """Read ForwardMsgs until a progress bar is drawn or updated; its text (the run goes on)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no progress within {timeout} s")
+            message = ForwardMsg()
+            message.ParseFromString(self.ws.recv(timeout=remaining))
+            kind = message.WhichOneof("type")
+            if kind == "script_finished":
+                raise AssertionError(f"the run finished ({message.script_finished}) without a progress bar")
+            if kind == "delta" and message.delta.WhichOneof("type") == "new_element":
+                element = message.delta.new_element
+                if element.WhichOneof("type") == "progress":
+                    return re.sub(r"\\(.)", r"\1", element.progress.text)  # markdown escapes undone
 
     def rerun(
         self, states: dict[str, tuple[str, object]] | None = None, *, page: str = "", timeout: float = 120
@@ -279,5 +303,9 @@ class Session:
             run.exceptions.append(f"{body.type}: {body.message}")
         elif kind == "alert" and body.format == body.ERROR:
             run.errors.append(body.body)
+        elif kind == "alert":  # info, warning, success: read like the page's text
+            run.texts.append(re.sub(r"\\(.)", r"\1", body.body.replace("**", "")))
+        elif kind == "progress":
+            run.progress.append(re.sub(r"\\(.)", r"\1", body.text))
         elif kind == "imgs":
             run.images += len(body.imgs)

@@ -74,7 +74,7 @@ def test_class_index_out_of_range_is_an_error_not_another_class(monkeypatch: pyt
         return compute_cams(model, x, layers, method=method, class_idx=class_idx + offset)
 
     monkeypatch.setattr(cache, "compute_cams", shifted)
-    getattr(cache, "_compute_view", cache.compute_view).clear()  # a cached CAM would not reach compute_cams
+    cache._cached_view.clear()  # a cached CAM would not reach compute_cams
     at.selectbox(key="cam_method").set_value("layercam").run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "Cannot compute the CAM" in at.error[0].value

@@ -267,7 +267,7 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
         raise NonFiniteError("the model produced NaN logits [x](https://example.invalid/)")
 
     monkeypatch.setattr(cache, "compute_cams", fail)
-    cache._compute_view.clear()  # a cached CAM would not reach compute_cams
+    cache._cached_view.clear()  # a cached CAM would not reach compute_cams
     at.selectbox(key="cam_method").set_value("xgradcam").run()
     assert_no_live_text(at)
     assert [e.value for e in at.error] == [
@@ -367,7 +367,7 @@ def test_gallery_error_keeps_last_page(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_cached_cam_says_so() -> None:
-    cache._compute_view.clear()
+    cache._cached_view.clear()
     at = _app()
     fresh = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
     match = re.search(r" in (\d+) ms on ", fresh)

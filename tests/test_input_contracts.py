@@ -29,6 +29,7 @@ from camlib import (
     cifar,
     cifar_models,
     contracts,
+    cost,
     device,
     drawing,
     evaluation,
@@ -926,6 +927,39 @@ CASES: list[Case] = [
     Case(contracts.require_int, "count", lambda v: contracts.require_int(v, "count", minimum=1), bad_ints),
     Case(contracts.require_size, "size", lambda v: contracts.require_size(v, "size"), bad_sizes),
     Case(contracts.require_model, "model", contracts.require_model, bad_models),
+    # cost
+    Case(
+        cost.estimate_cost,
+        "method",
+        lambda v: cost.estimate_cost(v, [8], seconds_per_image=0.1),
+        lambda: {"None": None, "unknown": "gradcam+++", "int": 3},
+    ),
+    Case(
+        cost.estimate_cost,
+        "channels",
+        lambda v: cost.estimate_cost("scorecam", v, seconds_per_image=0.1),
+        lambda: {"None": None, "empty": [], "int": 8, "zero": [0], "float": [8.0], "str": "8", "bool": [True]},
+    ),
+    Case(
+        cost.estimate_cost,
+        "seconds_per_image",
+        lambda v: cost.estimate_cost("scorecam", [8], seconds_per_image=v),
+        lambda: {"None": None, "negative": -0.1, "NaN": float("nan"), "Inf": float("inf"), "str": "1", "bool": True},
+    ),
+    Case(
+        cost.estimate_cost,
+        "batch_size",
+        lambda v: cost.estimate_cost("scorecam", [8], seconds_per_image=0.1, batch_size=v),
+        bad_ints,
+    ),
+    Case(cost.time_forward, "model", lambda v: cost.time_forward(v, 8), bad_models),
+    Case(
+        cost.time_forward,
+        "input_size",
+        lambda v: cost.time_forward(MODEL, v),
+        lambda: {k: v for k, v in bad_sizes().items() if k != "int"} | {"zero": 0, "bool": True},
+    ),
+    Case(cost.time_forward, "batch_size", lambda v: cost.time_forward(MODEL, 8, batch_size=v), bad_ints),
     # device
     Case(
         device.parse_device,
@@ -967,6 +1001,7 @@ EXEMPT_CLASSES: dict[type, str] = {
     augment.GridResult: _RESULT,
     cam.LayerEvidence: "built by compute_cams for its registered methods (x and layers checked by compute_cams)",
     cam.MethodSpec: "built by register_method (row above)",
+    cost.CostEstimate: _RESULT,
     cam.Progress: "built by compute_cams from its checked progress argument",
     cam.CamResult: _RESULT,
     checkpoints.CheckpointReading: _RESULT,

@@ -18,10 +18,13 @@ from streamlit_ws import ROOT, Server, Session, streamlit_server
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from camlib.cam import METHODS
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's /proc entries")
 
 TTL_S = 3  # server.disconnectedSessionTTL for this server (default 120 s)
 THREADS = 1  # CAMLIB_TORCH_THREADS for this server
+SLOW_LABELS = {spec.label for spec in METHODS.values() if spec.family == "perturbation"}  # one forward per channel
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +152,7 @@ def test_concurrent_sessions_all_finish_with_their_own_cam(server: Server) -> No
     (CAMLIB_TORCH_THREADS=1); the server's thread count returns to its baseline after disconnect + TTL."""
     with Session(server) as probe:
         methods = list(probe.rerun().widgets["cam_method"].options)
-    methods = [m for m in methods if m != "Score-CAM"]  # one forward per channel: far too slow for a load test
+    methods = [m for m in methods if m not in SLOW_LABELS]  # one forward per channel: far too slow for a load test
     assert len(methods) >= 5
     time.sleep(TTL_S + 1)
     baseline_threads = server.status("Threads")
@@ -261,7 +264,7 @@ def test_sockets_closed_mid_run_leave_the_server_and_the_cam_intact(server: Serv
     with Session(server) as reference:
         run = reference.rerun()
         expected = run.text("Explaining class")
-        methods = [m for m in run.widgets["cam_method"].options if m != "Score-CAM"]
+        methods = [m for m in run.widgets["cam_method"].options if m not in SLOW_LABELS]
     time.sleep(TTL_S + 1)
     baseline_threads = server.status("Threads")
     for index in range(10):
@@ -391,4 +394,55 @@ def test_connect_close_loop_returns_to_baseline_after_the_ttl(server: Server) ->
         time.sleep(0.5)
     assert server.status("Threads") <= baseline_threads
     assert server.rss_mb() - baseline_rss < 30
+    assert server.healthy()
+
+
+# --- row 68: a slow method blocks no one, and stops at its next batch when superseded or abandoned -----------------
+
+
+def _start_scorecam(session: Session) -> str:
+    """Ask for Score-CAM (the page shows the estimate and a start button), press it, and wait until its progress
+    bar moves; returns the bar's text."""
+    session.rerun()
+    run = session.rerun({"cam_method": ("string_value", "Score-CAM")})
+    assert run.ok and any("extra forward passes" in t for t in run.texts), run.texts
+    session.send_rerun({"cam_method": ("string_value", "Score-CAM"), "cam_start": ("trigger_value", True)})
+    return session.wait_for_progress(timeout=180)
+
+
+def _cpu_used(server: Server, seconds: float) -> float:
+    before = server.cpu_seconds()
+    time.sleep(seconds)
+    return server.cpu_seconds() - before
+
+
+@pytest.mark.bad_input(68)
+def test_a_slow_method_blocks_no_one_and_stops_at_its_next_batch_when_superseded(server: Server) -> None:
+    """Session A runs Score-CAM (40 batches on EfficientNet-Lite0's bn2). Meanwhile session B changes its method and
+    gets its CAM while A is still running (ordering, not timing). Then A changes its method: the Score-CAM run ends
+    within a batch (at most 2 more progress updates reach A), A gets its new CAM, and the server goes idle (a
+    Score-CAM still running would use about a CPU-second per second on this server's one torch thread)."""
+    with Session(server) as a:
+        assert _start_scorecam(a).startswith("Score-CAM: ")
+        with Session(server) as b:
+            b.rerun()
+            fast = b.rerun({"cam_method": ("string_value", "XGrad-CAM")})
+            assert fast.ok and " with XGrad-CAM " in fast.text("Explaining class")
+        assert "batch" in a.wait_for_progress(timeout=60)  # A is still running after B finished
+        a.send_rerun({"cam_method": ("string_value", "Grad-CAM")})
+        run = a.read_run(timeout=180)
+        assert run.ok and " with Grad-CAM " in run.text("Explaining class")
+        late = (run.superseded.progress if run.superseded else []) + run.progress  # Score-CAM batches after the ask
+        assert len(late) <= 2, late
+    time.sleep(3)  # the sessions' teardown (seen using ~60% of a core for ~2.5 s) ends
+    assert _cpu_used(server, 3) < 1.0  # the 40-batch Score-CAM is not running on
+
+
+@pytest.mark.bad_input(68)
+def test_a_slow_method_stops_at_its_next_batch_when_its_tab_closes(server: Server) -> None:
+    session = Session(server)
+    _start_scorecam(session)
+    session.close()
+    time.sleep(4)  # the batch in flight ends (at most ~2 s on this server) and the run stops
+    assert _cpu_used(server, 3) < 1.0
     assert server.healthy()

@@ -214,7 +214,7 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
             self.device = "cpu"
             self.spec = type("Spec", (), {"preprocessing": None})()
 
-    def fake_compute(model, x, layers, *, method, class_idx):
+    def fake_compute(model, x, layers, *, method, class_idx, progress=None):
         nonlocal running, peak
         with model_lock(model):
             with guard:

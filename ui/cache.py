@@ -17,19 +17,24 @@ import numpy as np
 import streamlit as st
 import torch
 
-from camlib.cam import CamResult, compute_cams
+from camlib.cam import CamResult, ProgressCallback, compute_cams
 from camlib.cifar import CifarData, detect_source, load_cifar10
+from camlib.cost import time_forward
 from camlib.device import parse_device
+from camlib.drawing import fast_png
 from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
 from camlib.models import LoadedModel, PreparedInput, load_model, prepare_batch, prepare_input
+from camlib.overlay import overlay_heatmap
 from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
 
 # Bad-inputs row 48: each CAM job uses torch's intra-op threads (set once in app.py), so jobs x threads beyond the
 # cores thrash. At most this many CAM computations run at once in the process, whatever the model (each model's own
 # lock only serialises jobs on that model); the others wait under the "Computing CAM" spinner. At least 2, so one
 # slow job (Score-CAM) never holds every slot.
+CACHE_TTL = "2h"  # results nobody asked for in this long are dropped, whatever max_entries allows
+
 MAX_CAM_JOBS = max(2, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
 _CAM_JOBS = threading.BoundedSemaphore(MAX_CAM_JOBS)
 
@@ -75,44 +80,120 @@ def get_layers(key: str, device: str) -> list[LayerInfo]:
     return list_candidate_layers(loaded.model, (crop, crop))
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_data(max_entries=16, ttl=CACHE_TTL, show_spinner=False)
 def decode_upload(data: bytes, filename: str = "") -> DecodedImage:
     """An upload decoded by ``camlib.imaging.decode_image``; ``filename`` only adds a note when its extension names
     another format than the bytes hold (e.g. JPEG bytes named .png are decoded as JPEG, and the note says so)."""
     return decode_image(data, filename=filename)
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@st.cache_data(max_entries=32, ttl=CACHE_TTL, show_spinner=False)
 def predict(model_key: str, device: str, image: np.ndarray) -> np.ndarray:
     """Class probabilities ``(num_classes,)`` for one image (no gradients)."""
     loaded = resolve_model(model_key, device)
     return predict_probabilities(loaded.model, image[None], loaded.spec.preprocessing)[0]
 
 
-_computed = threading.local()  # set by the cached function's body, which runs only on a cache miss (same thread)
+class _NotCached(Exception):  # noqa: N818 - a signal between cached_view and _cached_view, never shown
+    """Raised inside ``_cached_view`` when a probe finds nothing: exceptions are not cached, so nothing is stored."""
+
+
+_handoff = threading.local()  # probe: bool; view: a CamView computed outside the cached function, to store
+
+
+def cached_view(
+    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+) -> CamView | None:
+    """The cached CAM for these inputs (``from_cache=True``), or None; never computes anything."""
+    _handoff.probe = True
+    try:
+        return replace(
+            _cached_view(model_key, device, image, layers, method=method, class_idx=class_idx), from_cache=True
+        )
+    except _NotCached:
+        return None
+    finally:
+        _handoff.probe = False
 
 
 def compute_view(
-    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+    model_key: str,
+    device: str,
+    image: np.ndarray,
+    layers: tuple[str, ...],
+    *,
+    method: str,
+    class_idx: int,
+    progress: ProgressCallback | None = None,
 ) -> CamView:
-    """One CAM computation (all layers from one pass), cached on its inputs; ``from_cache`` says whether it was."""
-    _computed.fresh = False
-    view = _compute_view(model_key, device, image, layers, method=method, class_idx=class_idx)
-    return view if _computed.fresh else replace(view, from_cache=True)
+    """One CAM computation (all layers from one pass), cached on its inputs; ``from_cache`` says whether it was.
 
+    A miss is computed here, outside the cached function, so ``progress(done, batches)`` (called between the extra
+    forward batches of perturbation methods) may draw Streamlit elements; when it raises (Streamlit's rerun or stop
+    request, raised by the next element call of a superseded run or a closed tab), camlib stops at that batch, removes
+    its hooks and the exception propagates. Only a finished result is stored.
 
-@st.cache_data(max_entries=32, show_spinner="Computing CAM (or waiting for other sessions' CAMs to free the CPU)...")
-def _compute_view(
-    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
-) -> CamView:
-    _computed.fresh = True
+    Raises:
+        CamlibError: from ``resolve_model`` and ``camlib.cam.compute_cams``.
+    """
+    hit = cached_view(model_key, device, image, layers, method=method, class_idx=class_idx)
+    if hit is not None:
+        return hit
     loaded = resolve_model(model_key, device)
     prepared = prepare_input(image, loaded.spec.preprocessing)
     with _CAM_JOBS:
         result = compute_cams(
-            loaded.model, prepared.tensor.to(loaded.device), list(layers), method=method, class_idx=class_idx
+            loaded.model,
+            prepared.tensor.to(loaded.device),
+            list(layers),
+            method=method,
+            class_idx=class_idx,
+            progress=progress,
         )
-    return CamView(result=result, prepared=prepared)
+    view = CamView(result=result, prepared=prepared)
+    _handoff.view = view
+    try:
+        _cached_view(model_key, device, image, layers, method=method, class_idx=class_idx)  # stores ``view``
+    finally:
+        _handoff.view = None
+    return view
+
+
+@st.cache_data(max_entries=32, ttl=CACHE_TTL, show_spinner=False)
+def _cached_view(
+    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+) -> CamView:
+    """The store behind ``cached_view``/``compute_view``: a probe raises ``_NotCached``; a store returns the handed
+    over view (computed by ``compute_view``, outside this function, so its progress elements are never replayed)."""
+    if getattr(_handoff, "probe", False):
+        raise _NotCached
+    view = getattr(_handoff, "view", None)
+    if view is None:
+        raise _NotCached  # called directly: nothing to store
+    return view
+
+
+@st.cache_resource(max_entries=8, show_spinner="Timing the model once, to estimate slow methods...")
+def forward_seconds(model_key: str, device: str) -> float:
+    """One image's forward time of the model on ``device``, s (``camlib.cost.time_forward`` at the model's input size),
+    measured once per process; the basis of the slow-method estimate."""
+    loaded = resolve_model(model_key, device)
+    return time_forward(loaded.model, loaded.spec.preprocessing.crop)
+
+
+@st.cache_data(max_entries=128, ttl=CACHE_TTL, show_spinner=False)
+def overlay_png(
+    image: np.ndarray,
+    cam: np.ndarray,
+    *,
+    alpha: float,
+    colormap: str,
+    threshold: float | None,
+    mask: np.ndarray | None = None,
+) -> bytes:
+    """``camlib.overlay.overlay_heatmap`` encoded as PNG, cached: a rerun that changes nothing about an overlay
+    neither blends nor encodes it again."""
+    return fast_png(overlay_heatmap(image, cam, alpha=alpha, colormap=colormap, threshold=threshold, mask=mask))
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading CIFAR-10...")
@@ -141,7 +222,7 @@ def dataset_predictions(model_key: str, device: str, root: str, split: str = "te
     return probabilities
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing CAMs for this page...")
+@st.cache_data(max_entries=32, ttl=CACHE_TTL, show_spinner="Computing CAMs for this page...")
 def gallery_cams(
     model_key: str, device: str, root: str, indices: tuple[int, ...], *, layer: str, method: str = "gradcam"
 ) -> tuple[np.ndarray, np.ndarray]:

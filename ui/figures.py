@@ -43,15 +43,23 @@ PLOTLY_COLORSCALES = {
 }
 
 
-def heatmap_figure(cam: np.ndarray, *, colormap: str = "jet", title: str = "") -> go.Figure:
-    """Interactive heatmap of a CAM map with hover values (row 0 at the top, like the image)."""
+def heatmap_figure(
+    cam: np.ndarray, *, colormap: str = "jet", title: str = "", size: tuple[int, int] | None = None
+) -> go.Figure:
+    """Interactive heatmap of a CAM map with hover values (row 0 at the top, like the image).
+
+    ``size`` ``(H, W)``, px: the map's full size when ``cam`` is a reduced copy; x and y then read in those pixels
+    (each cell at its centre), so hover coordinates match the image whatever the reduction."""
+    height, width = size or cam.shape
     fig = go.Figure(
         go.Heatmap(
             z=cam,
+            x=(np.arange(cam.shape[1]) + 0.5) * width / cam.shape[1] - 0.5,
+            y=(np.arange(cam.shape[0]) + 0.5) * height / cam.shape[0] - 0.5,
             colorscale=PLOTLY_COLORSCALES.get(colormap, "Jet"),
             zmin=0,
             zmax=1,
-            hovertemplate="x=%{x}, y=%{y}<br>CAM=%{z:.3f}<extra></extra>",
+            hovertemplate="x=%{x:.0f}, y=%{y:.0f}<br>CAM=%{z:.3f}<extra></extra>",
         )
     )
     fig.update_layout(

@@ -21,6 +21,7 @@ CAM_TOP5 = "cam_top5"  # pages/cam_explorer.py: top-k chart
 CAM_MAGNITUDES = "cam_magnitudes"  # pages/cam_explorer.py: layer magnitude chart
 CAM_DETAIL_LAYER = "cam_detail_layer"  # pages/cam_explorer.py: layer of the detailed view and export
 CAM_HEATMAP = "cam_heatmap"  # pages/cam_explorer.py: interactive heatmap
+CAM_START = "cam_start"  # ui.cam_view: the button that starts a slow (perturbation) method
 CAM_LAST_VIEW = "cam_last_view"  # ui.last_good (from the CAM page): the last CAM that worked, with classes and image
 
 

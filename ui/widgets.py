@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from camlib.cifar import CifarData, detect_source
-from camlib.drawing import npy_bytes, png_bytes
+from camlib.drawing import npy_bytes
 from camlib.errors import CamlibError, WeightsUnavailableError
 from camlib.imaging import MAX_UPLOAD_BYTES, UPLOAD_TYPES
 from camlib.layers import LayerInfo
@@ -263,10 +263,12 @@ def layer_picker(candidates: list[LayerInfo], *, default: str, key: str) -> list
     return layers
 
 
-def overlay_controls(prefix: str) -> OverlaySettings:
-    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"{prefix}_alpha", persist_state="session")
-    colormap = st.selectbox("Colormap", list(COLORMAPS), key=f"{prefix}_colormap", persist_state="session")
-    threshold = st.slider(
+def overlay_controls(prefix: str, *, columns: int = 1) -> OverlaySettings:
+    """Opacity, colormap, threshold and shared scale, side by side in ``columns`` columns (1: stacked)."""
+    slots = st.columns(columns) * (4 // columns + 1)
+    alpha = slots[0].slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"{prefix}_alpha", persist_state="session")
+    colormap = slots[1].selectbox("Colormap", list(COLORMAPS), key=f"{prefix}_colormap", persist_state="session")
+    threshold = slots[2].slider(
         "Hide heat below",
         0.0,
         1.0,
@@ -276,7 +278,7 @@ def overlay_controls(prefix: str) -> OverlaySettings:
         persist_state="session",
         help="Pixels whose CAM value is below this show the plain image.",
     )
-    shared = st.toggle(
+    shared = slots[3].toggle(
         "Shared scale across layers",
         key=f"{prefix}_shared_scale",
         persist_state="session",
@@ -286,10 +288,10 @@ def overlay_controls(prefix: str) -> OverlaySettings:
     return OverlaySettings(alpha=alpha, colormap=colormap, threshold=threshold or None, shared_scale=shared)
 
 
-def cam_downloads(prefix: str, *, overlay: np.ndarray, raw: np.ndarray, layer: str, settings: dict) -> None:
-    """Download buttons: the overlay PNG, the raw signed CAM (.npy) and the settings (JSON)."""
+def cam_downloads(prefix: str, *, overlay_png: bytes, raw: np.ndarray, layer: str, settings: dict) -> None:
+    """Download buttons: the overlay (PNG bytes), the raw signed CAM (.npy) and the settings (JSON)."""
     a, b, c = st.columns(3)
-    a.download_button("Overlay PNG", png_bytes(overlay), f"cam_{layer}.png", "image/png", key=f"{prefix}_dl_png")
+    a.download_button("Overlay PNG", overlay_png, f"cam_{layer}.png", "image/png", key=f"{prefix}_dl_png")
     b.download_button(
         "Raw CAM (.npy)",
         npy_bytes(raw),

@@ -1,0 +1,185 @@
+"""The CAM Explorer's result area: cost check and progress before a computation, then the maps (an ``st.fragment``).
+
+- ``ready_to_start``: a perturbation method whose estimated cost (``camlib.cost``: one forward per channel, timed on
+  this model and device) exceeds ``SLOW_S`` waits for a button, with the estimate shown.
+- ``progress``: a progress bar for perturbation methods (a spinner otherwise). Its callback draws an element on each
+  batch; Streamlit raises its rerun/stop request there, so a superseded run or a closed tab stops at the next batch.
+- ``draw``: the overlay controls and everything they change (overlays, magnitudes, detailed view, downloads), as a
+  fragment: moving a slider reruns this part only, from cached overlay PNGs and a hover heatmap of at most
+  ``HOVER_PX`` per side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import streamlit as st
+
+import camlib
+from camlib.cam import METHODS, ProgressCallback, layer_magnitudes, shared_scale_maps
+from camlib.cost import estimate_cost
+from camlib.errors import CamlibError
+from camlib.layers import LayerInfo
+from camlib.models import LoadedModel
+from camlib.overlay import map_to_original, upscale_nearest
+from ui import cache, figures, keys, widgets
+from ui.text import md
+
+SLOW_S = 3.0  # estimated seconds above which a computation waits for the user's go
+HOVER_PX = 112  # the interactive heatmap's longer side, px: enough to read, light to send and hover
+TILE_PX = 224  # the overlays' shorter side, px (the model's view, upscaled when smaller)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What ``draw`` renders: a computed CAM and the context it was computed in."""
+
+    view: cache.CamView
+    class_names: tuple[str, ...]
+    image: widgets.ChosenImage
+    loaded: LoadedModel
+    model_key: str
+    layers: dict[str, LayerInfo]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def ready_to_start(request: tuple, options: dict, channels: list[int]) -> bool:
+    """Whether to compute now, for ``cache.compute_view(*request, **options)``: True when the result is cached or the
+    method is estimated at most ``SLOW_S``; otherwise the estimate is shown with a button, and this is True only on
+    the run the button was pressed in. When the cache or the estimate fails this is True: the computation then shows
+    the error.
+    """
+    model_key, device = request[:2]
+    spec = METHODS[options["method"]]
+    if spec.family != "perturbation":
+        return True
+    try:
+        if cache.cached_view(*request, **options) is not None:
+            return True
+        seconds = cache.forward_seconds(model_key, device)
+        estimate = estimate_cost(spec.name, channels, seconds_per_image=seconds)
+    except CamlibError:  # no estimate: start, and let the computation report what is wrong
+        return True
+    if estimate.seconds <= SLOW_S:
+        return True
+    st.info(
+        md(
+            "**{label}** runs {n:,} extra forward passes for these layers ({channels} channels): about {t} on "
+            "{device}. Other sessions are not slowed; changing any setting while it runs cancels it.",
+            label=spec.label,
+            n=estimate.extra_forwards,
+            channels=" + ".join(f"{c:,}" for c in channels),
+            t=_duration(estimate.seconds),
+            device=device,
+        )
+    )
+    return st.button(
+        md("Compute {label} (about {t})", label=spec.label, t=_duration(estimate.seconds)), key=keys.CAM_START
+    )
+
+
+@contextmanager
+def progress(method: str) -> Iterator[ProgressCallback | None]:
+    """A progress bar whose callback ``(done, total)`` is passed to ``compute_cams`` (perturbation methods), or a
+    spinner (one pass: nothing to count). The bar is removed when the computation ends, however it ends."""
+    spec = METHODS[method]
+    if spec.family != "perturbation":
+        with st.spinner("Computing CAM (or waiting for other sessions' CAMs to free the CPU)..."):
+            yield None
+        return
+    bar = st.progress(0.0, text=md("{label}: starting...", label=spec.label))
+
+    def report(done: int, total: int) -> None:
+        bar.progress(
+            min(done / max(total, 1), 1.0),
+            text=md("{label}: batch {done} of {total}", label=spec.label, done=done, total=total),
+        )
+
+    try:
+        yield report
+    finally:
+        bar.empty()
+
+
+def hover_map(cam: np.ndarray) -> np.ndarray:
+    """``cam`` ``(H, W)`` averaged down so its longer side is at most ``HOVER_PX`` (block means; unchanged when it is
+    already small), for the interactive heatmap."""
+    factor = max(1, int(np.ceil(max(cam.shape) / HOVER_PX)))
+    if factor == 1:
+        return cam
+    height, width = (cam.shape[0] // factor) * factor, (cam.shape[1] // factor) * factor
+    return cam[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
+
+
+@st.fragment
+def draw(shown: Shown) -> None:
+    """Overlay controls, the overlays of every layer, the layer magnitudes, the detailed view and the downloads; a
+    camlib error while drawing is shown with ``st.error`` (the result stays, the next overlay change redraws)."""
+    try:
+        _draw(shown)
+    except CamlibError as error:
+        st.error(md("Cannot draw the maps: {error}", error=error))
+
+
+def _draw(shown: Shown) -> None:
+    result, prepared, loaded = shown.view.result, shown.view.prepared, shown.loaded
+    with st.expander("Overlay", expanded=True):
+        look = widgets.overlay_controls(keys.CAM, columns=4)
+    names = list(result.layers)
+    maps = shared_scale_maps(result) if look.shared_scale else result.maps
+    explained = result.class_idx[0]
+    model_view = upscale_nearest(prepared.model_view, TILE_PX)
+    style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}
+    overlays = {name: cache.overlay_png(model_view, maps[name][0], **style) for name in names}
+    for column, name in zip(st.columns(min(max(len(names), 3), 4)) * 4, names):
+        with column:
+            info = shown.layers.get(name)
+            st.image(
+                overlays[name],
+                caption=md("{name} [{shape}]", name=name, shape=info.shape_label if info else ""),
+                width="stretch",
+            )
+            if result.degenerate[name][0]:
+                st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
+    if len(names) > 1:
+        magnitudes = {n: float(v[0]) for n, v in layer_magnitudes(result).items()}
+        st.plotly_chart(figures.magnitude_figure(magnitudes), key=keys.CAM_MAGNITUDES)
+
+    detail = st.selectbox(
+        "Layer for the detailed view and export", names, key=keys.CAM_DETAIL_LAYER, persist_state="session"
+    )
+    original_map, inside = map_to_original(maps[detail][0], shown.image.pixels.shape[:2], prepared.crop_box)
+    left, right = st.columns(2)
+    left.image(
+        cache.overlay_png(np.ascontiguousarray(shown.image.pixels), original_map, mask=inside, **style),
+        caption="On the original image (dimmed: outside the model's centre crop)",
+        width="stretch",
+    )
+    right.plotly_chart(
+        figures.heatmap_figure(hover_map(maps[detail][0]), colormap=look.colormap, size=maps[detail][0].shape),
+        key=keys.CAM_HEATMAP,
+    )
+    widgets.cam_downloads(
+        keys.CAM,
+        overlay_png=overlays[detail],
+        raw=result.raw[detail][0],
+        layer=detail,
+        settings={
+            "model": shown.model_key,
+            "model_label": loaded.spec.label,
+            "method": result.method,
+            "layers": names,
+            "class_idx": explained,
+            "class_name": shown.class_names[explained],
+            "image": shown.image.name,
+            **asdict(look),
+            "preprocessing": asdict(loaded.spec.preprocessing),
+            "camlib": camlib.__version__,
+        },
+    )
