@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from camlib.cam import ProgressCallback
 from camlib.contracts import require_array, require_int, require_model, require_unit_range
 from camlib.errors import CamlibError, InputError
 from camlib.guard import eval_mode
@@ -20,12 +21,19 @@ from camlib.models import Preprocessing, prepare_batch
 
 
 def predict_probabilities(
-    model: nn.Module, images: np.ndarray, preprocessing: Preprocessing, *, batch_size: int = 500
+    model: nn.Module,
+    images: np.ndarray,
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 500,
+    progress: ProgressCallback | None = None,
 ) -> np.ndarray:
     """Softmax probabilities ``(N, num_classes)`` float32 for uint8 RGB images ``(N, H, W, 3)`` of one size.
 
-    Raises ``InputError`` for images that are not that (``N = 0`` is fine), a ``model`` that is not a module with
-    weights, a ``preprocessing`` that is not a ``Preprocessing`` or a ``batch_size`` below 1."""
+    ``progress(done, total)``, in images, is called after each batch of ``batch_size``; it may raise to stop (the
+    exception propagates). Raises ``InputError`` for images that are not that (``N = 0`` is fine), a ``model`` that
+    is not a module with weights, a ``preprocessing`` that is not a ``Preprocessing``, a ``batch_size`` below 1 or a
+    ``progress`` that is not callable."""
     require_array(
         images,
         "images",
@@ -41,6 +49,8 @@ def predict_probabilities(
     if not isinstance(preprocessing, Preprocessing):
         raise InputError(f"preprocessing must be a camlib.models.Preprocessing, got {type(preprocessing).__name__}")
     batch_size = require_int(batch_size, "batch_size", minimum=1)
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
     if len(images) == 0:  # (0, num_classes): the class count comes from one forward of a blank image
         blank = np.zeros((1, preprocessing.crop, preprocessing.crop, 3), np.uint8)
         return predict_probabilities(model, blank, preprocessing)[:0]
@@ -49,6 +59,8 @@ def predict_probabilities(
         for start in range(0, len(images), batch_size):
             x = prepare_batch(images[start : start + batch_size], preprocessing).to(device)
             out.append(torch.softmax(model(x).float(), dim=1).cpu())
+            if progress is not None:
+                progress(min(start + batch_size, len(images)), len(images))
     return torch.cat(out).numpy()
 
 

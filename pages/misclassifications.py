@@ -42,13 +42,25 @@ if model_key is None:
     st.stop()
 if failed is not None:
     st.caption(md("Still using: {model}", model=MODELS[model_key].label))
+bar = st.empty()  # filled only while the predictions are computed (the first open for these weights and data)
+
+
+def show_progress(done: int, total: int) -> None:
+    bar.progress(
+        done / total,
+        text=md("Predicting the {total:,} test images (once for these weights): {done:,} done", total=total, done=done),
+    )
+
+
 try:
     data = cache.get_cifar(root, "test")
-    probabilities = cache.dataset_predictions(model_key, device, root)
+    probabilities = cache.dataset_predictions(model_key, device, root, progress=show_progress)
     candidates = cache.get_layers(model_key, device)
 except CamlibError as error:
     st.error(md("{error}", error=error))
     st.stop()
+finally:
+    bar.empty()
 predicted = probabilities.argmax(axis=1)
 matrix = confusion_matrix(data.labels, predicted, len(data.class_names))
 accuracy = float(np.trace(matrix) / matrix.sum())

@@ -97,6 +97,19 @@ def mixed_state(model: nn.Module, grad: float = 0.25) -> nn.Module:
     return model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prediction_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Every test (and every app or server a test starts, which inherits the environment) keeps its prediction cache
+    (``camlib.prediction_cache``) in a temporary directory, never in ``~/.cache``."""
+    before = os.environ.get("CAMLIB_CACHE_DIR")
+    os.environ["CAMLIB_CACHE_DIR"] = str(tmp_path_factory.mktemp("camlib-cache"))
+    yield
+    if before is None:
+        os.environ.pop("CAMLIB_CACHE_DIR", None)
+    else:
+        os.environ["CAMLIB_CACHE_DIR"] = before
+
+
 @pytest.fixture
 def snapshot():
     """``snapshot(model)`` records a model's state; ``.assert_unchanged()`` checks hooks, flags, grads, state dict."""

@@ -1,19 +1,24 @@
 """AppTest tests of the Misclassification gallery and of the Augmentation Lab's model-in-the-loop badges.
 
 Both pages use the real CIFAR-10 test split and the project's ResNet-20 weights; the whole-test-set predictions are
-cached by the app (``st.cache_resource``), so only the first test pays for them.
+cached by ``camlib.prediction_cache`` (in memory, and on disk in the session's temporary ``CAMLIB_CACHE_DIR``, see
+conftest.py), so only the first test pays for them.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
+from camlib import prediction_cache
 from camlib.cifar import CLASS_NAMES, default_root, load_cifar10
 from camlib.evaluation import confusion_matrix, flip_report, predict_probabilities
 from camlib.models import MODELS, load_model
@@ -225,6 +230,81 @@ def test_model_without_weights_shows_an_error_then_recovers(gallery: AppTest) ->
     gallery.selectbox(key="gal_model").set_value("cifar10_resnet20").run()
     assert not gallery.exception and not gallery.error
     assert len(gallery.image) == 12
+
+
+# --- the on-disk prediction cache (issue #11) ---------------------------------------------------------------------
+
+
+def _new_process() -> None:
+    """What a restart forgets: Streamlit's caches and camlib's in-memory predictions (the disk cache stays)."""
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    prediction_cache.clear_memory_cache()
+
+
+def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_for_new_weights(
+    test_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """First start: the predictions are computed (with the page's progress bar) and stored; a second start (caches
+    cleared) reads them without a forward; other weights give another file, computed once. 1,200 test images keep
+    the three builds short; the page and the cache code are the real ones."""
+    monkeypatch.setenv("CAMLIB_CACHE_DIR", str(tmp_path))
+    subset = replace(test_set, images=test_set.images[:1200].copy(), labels=test_set.labels[:1200].copy())
+    subset.images.setflags(write=False)
+    monkeypatch.setattr(cache, "get_cifar", lambda root, split: subset)
+    builds, reported = [], []
+    original_predict, original_cached = prediction_cache.predict_probabilities, cache.cached_predictions
+
+    def counting_predict(model, images, *args, **kwargs):
+        builds.append(len(images))
+        return original_predict(model, images, *args, **kwargs)
+
+    def spying_cached(*args, progress=None, **kwargs):
+        def spy(done: int, total: int) -> None:
+            reported.append((done, total))
+            progress(done, total)  # the page's bar
+
+        return original_cached(*args, progress=None if progress is None else spy, **kwargs)
+
+    monkeypatch.setattr(prediction_cache, "predict_probabilities", counting_predict)
+    monkeypatch.setattr(cache, "cached_predictions", spying_cached)
+    files = tmp_path / "predictions"
+
+    _new_process()
+    first = _page("pages/misclassifications.py")
+    assert builds == [1200] and reported == [(500, 1200), (1000, 1200), (1200, 1200)]
+    [stored] = sorted(files.glob("predictions-*.npy"))
+    line = next(m.value for m in first.markdown if m.value.startswith("**Test accuracy"))
+    assert " on 1,200 images " in line
+    shown = _shown(first)
+
+    builds.clear()
+    reported.clear()
+    _new_process()
+    second = _page("pages/misclassifications.py")
+    assert builds == [] and reported == []  # read from disk: no forward, no progress bar
+    assert next(m.value for m in second.markdown if m.value.startswith("**Test accuracy")) == line
+    assert _shown(second) == shown
+    assert sorted(files.glob("predictions-*.npy")) == [stored]
+
+    loaded = cache.get_model("cifar10_resnet20", "cpu")
+    changed = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        changed.fc.bias[3] += 2.0  # favour "cat": other predictions
+    monkeypatch.setattr(cache, "get_model", lambda key, device: replace(loaded, model=changed))
+    _new_process()
+    third = _page("pages/misclassifications.py")
+    assert builds == [1200] and len(reported) == 3
+    assert len(list(files.glob("predictions-*.npy"))) == 2
+    expected = predict_probabilities(changed, subset.images, loaded.spec.preprocessing)
+    wrong = _wrong(expected, subset.labels)
+    assert f"; {len(wrong):,} mistakes." in next(m.value for m in third.markdown if m.value.startswith("**Test"))
+    assert [s[0] for s in _shown(third)] == wrong[:12].tolist()
+
+    builds.clear()
+    _new_process()
+    _page("pages/misclassifications.py")
+    assert builds == []  # the changed weights' file is read too
 
 
 # --- Augmentation Lab: model in the loop ---------------------------------------------------------------------------

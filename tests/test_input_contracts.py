@@ -39,6 +39,7 @@ from camlib import (
     layouts,
     models,
     overlay,
+    prediction_cache,
     samples,
     train,
 )
@@ -760,6 +761,12 @@ CASES: list[Case] = [
         bad_ints,
     ),
     Case(
+        evaluation.predict_probabilities,
+        "progress",
+        lambda v: evaluation.predict_probabilities(MODEL, IMAGES, PRE, progress=v),
+        lambda: {"int": 3, "str": "bar", "list": [print]},
+    ),
+    Case(
         evaluation.confusion_matrix,
         "labels",
         lambda v: evaluation.confusion_matrix(v, np.array([0, 1]), 10),
@@ -797,6 +804,56 @@ CASES: list[Case] = [
     Case(
         evaluation.flip_report, "augmented_probabilities", lambda v: evaluation.flip_report(PROBS, v), bad_probabilities
     ),
+    # prediction_cache (the bad value is refused before any file is read or written)
+    Case(
+        prediction_cache.cached_predictions,
+        "images",
+        lambda v: prediction_cache.cached_predictions(MODEL, PRE, v, data_key="x", cache_dir="c"),
+        bad_batches,
+    ),
+    Case(
+        prediction_cache.cached_predictions,
+        "model",
+        lambda v: prediction_cache.cached_predictions(v, PRE, IMAGES, data_key="x", cache_dir="c"),
+        bad_models,
+    ),
+    Case(
+        prediction_cache.cached_predictions,
+        "preprocessing",
+        lambda v: prediction_cache.cached_predictions(MODEL, v, IMAGES, data_key="x", cache_dir="c"),
+        lambda: {"None": None, "dict": {"crop": 8}, "spec": SPEC},
+    ),
+    Case(
+        prediction_cache.cached_predictions,
+        "data_key",
+        lambda v: prediction_cache.cached_predictions(MODEL, PRE, IMAGES, data_key=v, cache_dir="c"),
+        lambda: {"None": None, "int": 3, "bytes": b"cifar10 test", "tuple": ("cifar10", "test")},
+    ),
+    Case(
+        prediction_cache.cached_predictions,
+        "cache_dir",
+        lambda v: prediction_cache.cached_predictions(MODEL, PRE, IMAGES, data_key="x", cache_dir=v),
+        lambda: {"int": 3, "bytes": b"c", "list": ["c"]},
+    ),
+    Case(
+        prediction_cache.cached_predictions,
+        "progress",
+        lambda v: prediction_cache.cached_predictions(MODEL, PRE, IMAGES, data_key="x", cache_dir="c", progress=v),
+        lambda: {"int": 3, "str": "bar", "list": [print]},
+    ),
+    Case(
+        prediction_cache.cached_predictions,
+        "batch_size",
+        lambda v: prediction_cache.cached_predictions(MODEL, PRE, IMAGES, data_key="x", cache_dir="c", batch_size=v),
+        bad_ints,
+    ),
+    Case(
+        prediction_cache.cached_predictions,
+        "max_files",
+        lambda v: prediction_cache.cached_predictions(MODEL, PRE, IMAGES, data_key="x", cache_dir="c", max_files=v),
+        bad_ints,
+    ),
+    Case(prediction_cache.weights_digest, "model", prediction_cache.weights_digest, bad_models),
     # train
     Case(
         train.load_pipeline,
@@ -977,6 +1034,8 @@ EXEMPT: dict[Callable, str] = {
     guard.owned_by_this_thread: "no argument",
     models.bundled_weights_path: "no argument",
     cifar.default_root: "no argument (reads $CAMLIB_CIFAR10_ROOT)",
+    prediction_cache.default_cache_dir: "no argument (reads $CAMLIB_CACHE_DIR)",
+    prediction_cache.clear_memory_cache: "no argument",
     # Command-line entry points: argparse validates and exits with a usage message.
     train.parse_args: "CLI entry point (argparse reports bad arguments)",
     train.main: "CLI entry point (argparse reports bad arguments)",

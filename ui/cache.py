@@ -27,6 +27,7 @@ from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
 from camlib.models import LoadedModel, PreparedInput, load_model, prepare_batch, prepare_input
 from camlib.overlay import overlay_heatmap
+from camlib.prediction_cache import cached_predictions
 from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
 
 # Bad-inputs row 48: each CAM job uses torch's intra-op threads (set once in app.py), so jobs x threads beyond the
@@ -212,14 +213,24 @@ def cifar_test_set(root: str) -> CifarData | None:
     return get_cifar(root, "test")
 
 
-@st.cache_resource(max_entries=4, show_spinner="Predicting the 10,000 test images (once)...")
-def dataset_predictions(model_key: str, device: str, root: str, split: str = "test") -> np.ndarray:
-    """Class probabilities for a whole CIFAR-10 split, computed once per (model, data) and shared read-only."""
+def dataset_predictions(
+    model_key: str, device: str, root: str, split: str = "test", *, progress: ProgressCallback | None = None
+) -> np.ndarray:
+    """Class probabilities ``(N, num_classes)`` float32 for a whole CIFAR-10 split, read-only and shared.
+
+    Computed once per (weights, data) and kept on disk by ``camlib.prediction_cache`` (``$CAMLIB_CACHE_DIR``, else
+    ``~/.cache/camlib``), so a new process reads them instead of predicting again; this process keeps them in memory.
+    Not an ``st.cache_*`` function: ``progress(done, total)`` (images) draws the page's bar during the first build,
+    and an element drawn inside a cached function would be replayed on every hit.
+
+    Raises:
+        CamlibError: from ``resolve_model``, ``get_cifar`` or ``camlib.prediction_cache.cached_predictions``.
+    """
     loaded = resolve_model(model_key, device)
     data = get_cifar(root, split)
-    probabilities = predict_probabilities(loaded.model, data.images, loaded.spec.preprocessing)
-    probabilities.setflags(write=False)
-    return probabilities
+    return cached_predictions(
+        loaded.model, loaded.spec.preprocessing, data.images, data_key=f"cifar10 {split}", progress=progress
+    )
 
 
 @st.cache_data(max_entries=32, ttl=CACHE_TTL, show_spinner="Computing CAMs for this page...")
