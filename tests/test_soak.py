@@ -4,6 +4,7 @@ for all of them."""
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import seeded_resnet18
+from PIL import Image
 from test_imaging import _bilevel_png, _gif_declaring
 
 from camlib.cam import compute_cams
@@ -68,3 +70,48 @@ def test_500_cam_runs_with_varied_images_do_not_grow_memory(one_torch_thread: No
         if run == 49 or run % 50 == 49:
             rss.append(own_status("VmRSS"))
     assert (max(rss[1:]) - rss[0]) < 30 * 1024, [r // 1024 for r in rss]
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_200_app_reruns_with_alternating_settings_and_uploads_do_not_grow_memory() -> None:
+    """Issue #11's soak, in AppTest: 200 reruns of the CAM Explorer that alternate the method (the gradient methods),
+    the target layers, the overlay and the uploaded image (12 different photos, so results are computed, cached and
+    evicted). RSS after the first 20 reruns grows by less than 50 MB over the remaining 180: every cache is bounded."""
+    import gc
+
+    from streamlit.testing.v1 import AppTest
+
+    from camlib.cam import METHODS
+    from ui import keys
+
+    methods = [name for name, spec in METHODS.items() if spec.family == "gradient"][:5]
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300).run()
+    at.radio(key=f"{keys.CAM}_source").set_value("Upload").run()
+    layers_key = keys.cam_layers(at.session_state[f"{keys.CAM}_last_model"])
+    options = at.multiselect(key=layers_key).options
+    layer_sets = [[options[-1]], [options[-2], options[-1]], [options[-3]]]
+    uploads = [_png(seed) for seed in range(12)]
+    rss: dict[int, int] = {}
+    for run in range(200):
+        step = run % 4
+        if step == 0:
+            at.file_uploader(key=f"{keys.CAM}_upload").set_value((f"p{run}.png", uploads[run // 4 % 12], "image/png"))
+        elif step == 1:
+            at.selectbox(key=keys.CAM_METHOD).set_value(methods[run // 4 % len(methods)])
+        elif step == 2:
+            at.multiselect(key=layers_key).set_value(layer_sets[run // 4 % len(layer_sets)])
+        else:
+            at.slider(key=f"{keys.CAM}_alpha").set_value(0.3 + 0.1 * (run // 4 % 5))
+        at.run()
+        assert not at.exception and not at.error, (run, [e.value for e in at.exception], [e.value for e in at.error])
+        if run in (19, 99, 199):
+            gc.collect()
+            rss[run] = own_status("VmRSS")
+    assert rss[199] - rss[19] < 50 * 1024, {run: kb // 1024 for run, kb in rss.items()}

@@ -160,7 +160,7 @@ def compute_view(
     return view
 
 
-@st.cache_data(max_entries=32, ttl=CACHE_TTL, show_spinner=False)
+@st.cache_data(max_entries=16, ttl=CACHE_TTL, show_spinner=False)
 def _cached_view(
     model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
 ) -> CamView:
@@ -182,7 +182,7 @@ def forward_seconds(model_key: str, device: str) -> float:
     return time_forward(loaded.model, loaded.spec.preprocessing.crop)
 
 
-@st.cache_data(max_entries=128, ttl=CACHE_TTL, show_spinner=False)
+@st.cache_data(max_entries=64, ttl=CACHE_TTL, show_spinner=False)
 def overlay_png(
     image: np.ndarray,
     cam: np.ndarray,

@@ -25,7 +25,7 @@ from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
 from camlib.models import LoadedModel
 from camlib.overlay import map_to_original, upscale_nearest
-from ui import cache, figures, keys, widgets
+from ui import cache, figures, keys, run_log, widgets
 from ui.text import md
 
 SLOW_S = 3.0  # estimated seconds above which a computation waits for the user's go
@@ -122,7 +122,8 @@ def draw(shown: Shown) -> None:
     """Overlay controls, the overlays of every layer, the layer magnitudes, the detailed view and the downloads; a
     camlib error while drawing is shown with ``st.error`` (the result stays, the next overlay change redraws)."""
     try:
-        _draw(shown)
+        with run_log.timed_fragment("CAM Explorer: maps"):  # a debug line per fragment rerun (not per full run)
+            _draw(shown)
     except CamlibError as error:
         st.error(md("Cannot draw the maps: {error}", error=error))
 
