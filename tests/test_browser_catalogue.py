@@ -258,3 +258,48 @@ def test_several_browser_tabs_load_the_app_and_their_cams_at_once(browser, serve
     finally:
         for page, _ in pages:
             page.close()
+
+
+def _explaining_with(page, method: str, timeout: float = 120_000) -> None:
+    page.wait_for_function(
+        "(m) => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith('Explaining class') "
+        "&& p.innerText.includes(' with ' + m + ' '))",
+        arg=method,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.bad_input(68)
+def test_a_slow_method_in_one_tab_blocks_no_other_and_stops_when_changed(browser, server: str) -> None:  # noqa: F811
+    """Tab A starts Score-CAM (the page shows its estimate and a start button, then a progress bar). Tab B changes
+    its method and gets its CAM while A's bar is still there (ordering, not timing). A then changes its method: the
+    bar goes, A shows its new CAM, and nothing shows an exception."""
+    tabs = []
+    try:
+        for _ in range(2):
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog, seen=dialogs: (seen.append(dialog.message), dialog.dismiss()))
+            page.goto(server)
+            _explained(page)
+            _settle(page)
+            tabs.append((page, dialogs))
+        (a, a_dialogs), (b, b_dialogs) = tabs
+        _choose(a, "cam_method", "Score-CAM")
+        a.get_by_text("extra forward passes", exact=False).first.wait_for(timeout=120_000)
+        a.locator(".st-key-cam_start button").click()
+        bar = a.locator('[data-testid="stProgress"]')
+        bar.first.wait_for(timeout=120_000)
+        _choose(b, "cam_method", "XGrad-CAM")
+        _explaining_with(b, "XGrad-CAM")
+        assert bar.count() == 1  # A's Score-CAM is still running: B did not wait for it
+        _choose(a, "cam_method", "Grad-CAM")
+        _explaining_with(a, "Grad-CAM")
+        _settle(a)
+        assert bar.count() == 0
+        _no_exception(a, a_dialogs)
+        _no_exception(b, b_dialogs)
+    finally:
+        for page, _ in tabs:
+            page.close()

@@ -25,9 +25,7 @@ EQUIVALENT = {
     "threads": ("U", "thread tests are plain pytest modules: `threading.Barrier` workers on one shared object"),
 }
 # Rows whose behaviour is scheduled for a later issue; nothing else may be listed here.
-PENDING = {
-    68: "slow methods in concurrent sessions (cancel at the next batch, progress) belong to a later issue",
-}
+PENDING: dict[int, str] = {}
 
 
 def catalogue_rows(text: str) -> dict[int, set[str]]:
