@@ -49,9 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: E402
-from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # noqa: E402
-from streamlit_ws import Run, Server, Session, streamlit_server  # noqa: E402
+from streamlit_ws import FINISHED_OK, Run, Server, Session, streamlit_server  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from camlib.cam import METHODS  # noqa: E402
@@ -63,65 +61,12 @@ STEPS = ("method", "overlay", "layer", "overlay")  # the scripted sequence, repe
 GOAL_CHANGE_P95_S = 1.5  # method/layer change with 8 sessions
 GOAL_OVERLAY_P95_S = 0.3  # overlay-only change
 GOAL_RSS_GROWTH_MB = 400.0  # from 1 to 8 sessions
-FINISHED_OK = (
-    ForwardMsg.ScriptFinishedStatus.FINISHED_SUCCESSFULLY,
-    ForwardMsg.ScriptFinishedStatus.FINISHED_FRAGMENT_RUN_SUCCESSFULLY,
-)
 LINE = re.compile(
     r"run page='(?P<page>[^']*)' kind=(?P<kind>full|fragment) session='(?P<session>[^']*)' "
     r"outcome=(?P<outcome>\S+) duration_ms=(?P<ms>[\d.]+)"
 )
 ALPHA, COLORMAP, SAMPLE = f"{keys.CAM}_alpha", f"{keys.CAM}_colormap", f"{keys.CAM}_sample"
 LAYERS_PREFIX = keys.cam_layers("")
-
-
-class LoadSession(Session):
-    """A ``Session`` that also learns which widgets are drawn inside a fragment and reruns only that fragment when
-    one of them changes (as the browser does); a fragment run that finishes is a success."""
-
-    def __init__(self, server: Server) -> None:
-        super().__init__(server)
-        self.fragment_of: dict[str, str] = {}  # widget key -> id of the fragment that draws it
-
-    def send(self, states: dict[str, tuple[str, object]], *, fragment_id: str = "") -> None:
-        message = BackMsg()
-        rerun = message.rerun_script
-        rerun.page_script_hash = self.page_hashes.get("", "")
-        rerun.fragment_id = fragment_id
-        for key, (kind, value) in states.items():
-            widget = rerun.widget_states.widgets.add()
-            widget.id = self.widget_id(key)
-            if kind.endswith("_array_value"):
-                getattr(widget, kind).data.extend(value)
-            else:
-                setattr(widget, kind, value)
-        self.ws.send(message.SerializeToString())
-
-    def read_run(self, timeout: float = 120) -> Run:
-        run, start = Run(), time.monotonic()
-        while run.status is None:
-            remaining = start + timeout - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no script_finished within {timeout} s")
-            message = ForwardMsg()
-            message.ParseFromString(self.ws.recv(timeout=remaining))
-            kind = message.WhichOneof("type")
-            if kind == "new_session":
-                self.session_id = message.new_session.initialize.session_id
-                self.page_hashes = {p.page_name: p.page_script_hash for p in message.new_session.app_pages}
-            elif kind == "script_finished":
-                if message.script_finished == ForwardMsg.ScriptFinishedStatus.FINISHED_EARLY_FOR_RERUN:
-                    run = Run()
-                    continue
-                run.status = message.script_finished
-            elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
-                before = set(run.widgets)
-                self._record(run, message.delta.new_element)
-                for key in set(run.widgets) - before:
-                    self.fragment_of[key] = message.delta.fragment_id
-        run.seconds = time.monotonic() - start
-        self.widget_ids |= {key: body.id for key, body in run.widgets.items()}
-        return run
 
 
 @dataclass
@@ -152,7 +97,7 @@ def drive(server: Server, index: int, reruns: int, barrier: threading.Barrier, p
     """One user: open the page on its own sample photo, wait for the others, then the scripted reruns."""
     result = SessionResult()
     try:
-        with LoadSession(server) as session:
+        with Session(server) as session:
             first = session.rerun(timeout=300)
             samples = list(first.widgets[SAMPLE].options)
             layers_key = next(k for k in first.widgets if k.startswith(LAYERS_PREFIX))
@@ -188,7 +133,7 @@ def drive(server: Server, index: int, reruns: int, barrier: threading.Barrier, p
                     state[COLORMAP] = ("string_value", colormaps[turn % len(colormaps)])
                     fragment = session.fragment_of.get(COLORMAP, "")
                 start = time.perf_counter()
-                session.send(state, fragment_id=fragment)
+                session.send_rerun(state, fragment_id=fragment)
                 run = session.read_run(timeout=300)
                 elapsed = time.perf_counter() - start
                 cached = any("from the cache" in t for t in run.texts if t.startswith("Explaining class"))
@@ -375,7 +320,7 @@ def main() -> int:
         except RuntimeError as error:
             print(f"error: the server did not start ({error})", file=sys.stderr)
             return 2
-        with LoadSession(server) as warm_up:
+        with Session(server) as warm_up:
             if problem := _failure(warm_up.rerun(timeout=300)):
                 print(f"error: the warm-up visit failed: {problem}", file=sys.stderr)
                 return 2

@@ -27,6 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parents[1]
 SUCCESS = ForwardMsg.ScriptFinishedStatus.FINISHED_SUCCESSFULLY
+FINISHED_OK = (SUCCESS, ForwardMsg.ScriptFinishedStatus.FINISHED_FRAGMENT_RUN_SUCCESSFULLY)
 
 
 def free_port() -> int:
@@ -186,10 +187,15 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        return self.status == SUCCESS and not self.exceptions
+        return self.status in FINISHED_OK and not self.exceptions
 
     def text(self, prefix: str) -> str:
         return next(t for t in self.texts if t.startswith(prefix))
+
+
+def _unescaped(text: str) -> str:
+    """Markdown escapes undone (``Score\\-CAM`` -> ``Score-CAM``)."""
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 class Session:
@@ -208,6 +214,7 @@ class Session:
         self.session_id: str | None = None
         self.page_hashes: dict[str, str] = {}
         self.widget_ids: dict[str, str] = {}  # key -> id, from every run so far
+        self.fragment_of: dict[str, str] = {}  # widget key -> id of the st.fragment that draws it
 
     def close(self) -> None:
         self.ws.close()
@@ -218,13 +225,17 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send_rerun(self, states: dict[str, tuple[str, object]] | None = None, *, page: str = "") -> None:
+    def send_rerun(
+        self, states: dict[str, tuple[str, object]] | None = None, *, page: str = "", fragment_id: str = ""
+    ) -> None:
         """Ask for a rerun. ``states`` maps a widget key (as given to ``key=``) to ``(value field, value)``, e.g.
-        ``{"cam_method": ("string_value", "Grad-CAM++")}``; ids come from the last run's widgets."""
+        ``{"cam_method": ("string_value", "Grad-CAM++")}``; ids come from the last run's widgets. With
+        ``fragment_id`` (from ``fragment_of``) only that fragment reruns, as when a browser changes a widget in it."""
         message = BackMsg()
         rerun = message.rerun_script
         rerun.query_string = ""
         rerun.page_script_hash = self.page_hashes.get(page, "")
+        rerun.fragment_id = fragment_id
         for key, (kind, value) in (states or {}).items():
             widget = rerun.widget_states.widgets.add()
             widget.id = self.widget_id(key)
@@ -242,16 +253,21 @@ class Session:
         assert key in self.widget_ids, f"no widget with key {key!r} was shown yet"
         return self.widget_ids[key]
 
+    def _messages(self, timeout: float, waiting_for: str) -> Iterator[ForwardMsg]:
+        """The ForwardMsgs as they come; ``TimeoutError`` naming ``waiting_for`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {waiting_for} within {timeout} s")
+            message = ForwardMsg()
+            message.ParseFromString(self.ws.recv(timeout=remaining))
+            yield message
+
     def read_run(self, timeout: float = 120) -> Run:
         """Read ForwardMsgs until ``script_finished`` (bounded by ``timeout`` seconds)."""
         run, start = Run(), time.monotonic()
-        deadline = start + timeout
-        while run.status is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no script_finished within {timeout} s")
-            message = ForwardMsg()
-            message.ParseFromString(self.ws.recv(timeout=remaining))
+        for message in self._messages(timeout, "script_finished"):
             kind = message.WhichOneof("type")
             if kind == "new_session":
                 self.session_id = message.new_session.initialize.session_id
@@ -261,28 +277,27 @@ class Session:
                     run = Run(superseded=run)  # superseded by a newer rerun: what counts is the run that follows
                     continue
                 run.status = message.script_finished
+                break
             elif kind == "delta" and message.delta.WhichOneof("type") == "new_element":
+                before = set(run.widgets)
                 self._record(run, message.delta.new_element)
+                for key in set(run.widgets) - before:
+                    self.fragment_of[key] = message.delta.fragment_id
         run.seconds = time.monotonic() - start
         self.widget_ids |= {key: body.id for key, body in run.widgets.items()}
         return run
 
     def wait_for_progress(self, timeout: float = 120) -> str:
         """Read ForwardMsgs until a progress bar is drawn or updated; its text (the run goes on)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no progress within {timeout} s")
-            message = ForwardMsg()
-            message.ParseFromString(self.ws.recv(timeout=remaining))
+        for message in self._messages(timeout, "progress"):
             kind = message.WhichOneof("type")
             if kind == "script_finished":
                 raise AssertionError(f"the run finished ({message.script_finished}) without a progress bar")
             if kind == "delta" and message.delta.WhichOneof("type") == "new_element":
                 element = message.delta.new_element
                 if element.WhichOneof("type") == "progress":
-                    return re.sub(r"\\(.)", r"\1", element.progress.text)  # markdown escapes undone
+                    return _unescaped(element.progress.text)
+        raise AssertionError("unreachable")  # _messages ends only by raising
 
     def rerun(
         self, states: dict[str, tuple[str, object]] | None = None, *, page: str = "", timeout: float = 120
@@ -298,14 +313,14 @@ class Session:
         if isinstance(widget_id, str) and widget_id.startswith("$$ID-"):
             run.widgets[widget_id.split("-", 2)[2]] = body
         if kind == "markdown":
-            run.texts.append(re.sub(r"\\(.)", r"\1", body.body.replace("**", "")))  # markdown escapes undone
+            run.texts.append(_unescaped(body.body.replace("**", "")))  # markdown escapes undone
         elif kind == "exception":
             run.exceptions.append(f"{body.type}: {body.message}")
         elif kind == "alert" and body.format == body.ERROR:
             run.errors.append(body.body)
         elif kind == "alert":  # info, warning, success: read like the page's text
-            run.texts.append(re.sub(r"\\(.)", r"\1", body.body.replace("**", "")))
+            run.texts.append(_unescaped(body.body.replace("**", "")))
         elif kind == "progress":
-            run.progress.append(re.sub(r"\\(.)", r"\1", body.text))
+            run.progress.append(_unescaped(body.text))
         elif kind == "imgs":
             run.images += len(body.imgs)
