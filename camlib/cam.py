@@ -112,6 +112,13 @@ class Progress:
 
 
 RawMap = Callable[[LayerEvidence], torch.Tensor]
+Score = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+def _class_scores(logits: torch.Tensor, targets: list[int]) -> torch.Tensor:
+    """The explained score of each image: its class's raw logit, ``logits[b, targets[b]]`` (pytorch-grad-cam's
+    ``ClassifierOutputTarget``). What "gradient" methods differentiate unless their spec says otherwise."""
+    return logits[torch.arange(len(targets)), torch.tensor(targets)]
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,7 @@ class MethodSpec:
     ``family`` says what ``compute_cams`` prepares: "gradient" methods get the gradients of the explained score (one
     backward for all layers), "activation" methods only the activations, "perturbation" methods also run forwards of
     perturbed inputs. ``raw_map(evidence) -> (B, h, w)`` is the signed map before ReLU and normalisation.
+    ``score(logits, targets) -> (B,)`` is what a "gradient" method differentiates (``_class_scores`` by default).
     """
 
     name: str
@@ -129,6 +137,7 @@ class MethodSpec:
     family: str
     cost: str
     raw_map: RawMap = field(compare=False, repr=False)
+    score: Score = field(default=_class_scores, compare=False, repr=False)
 
     @property
     def uses_gradients(self) -> bool:
@@ -138,15 +147,19 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, label: str, paper: str, family: str, cost: str) -> Callable[[RawMap], RawMap]:
-    """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared."""
+def register_method(
+    name: str, *, label: str, paper: str, family: str, cost: str, score: Score = _class_scores
+) -> Callable[[RawMap], RawMap]:
+    """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared.
+
+    ``score`` is what a "gradient" method differentiates (default: the explained class's logit)."""
     if not isinstance(family, str) or family not in FAMILIES:
         raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
 
     def add(raw_map: RawMap) -> RawMap:
         if name in METHODS:
             raise MethodError(f"CAM method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map)
+        METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map, score)
         return raw_map
 
     return add
@@ -274,6 +287,39 @@ def _hirescam(e: LayerEvidence) -> torch.Tensor:
 def _layercam(e: LayerEvidence) -> torch.Tensor:
     """LayerCAM: ``sum_c relu(g_c) * A_c`` element-wise (Jiang et al. 2021, eq. 5)."""
     return (torch.relu(e.gradients) * e.activations).sum(dim=1)
+
+
+FINER_COMPARISONS = 3  # pytorch-grad-cam's default comparison_categories (1, 2, 3): the three most similar classes
+FINER_ALPHA = 1.0  # pytorch-grad-cam's default comparison strength
+
+
+def _finer_scores(logits: torch.Tensor, targets: list[int]) -> torch.Tensor:
+    """Finer-CAM's score: ``sum_j p_j (y_k - alpha y_j) / (sum_j p_j + 1e-9)`` over the ``FINER_COMPARISONS`` classes
+    ``j`` whose logits are closest to the explained class ``k``'s, ``p = softmax(logits)`` (pytorch-grad-cam's
+    ``FinerWeightedTarget``; gradients flow through ``p`` too), ``alpha = FINER_ALPHA``."""
+    main = _class_scores(logits, targets)
+    rows, comparisons = torch.arange(len(targets)), min(FINER_COMPARISONS, logits.shape[1] - 1)
+    distance = (logits - main[:, None]).detach().abs()
+    distance[rows, torch.tensor(targets)] = -1.0  # the explained class comes first, then the most similar ones
+    similar = distance.argsort(dim=1, stable=True)[:, 1 : 1 + comparisons]
+    weights = torch.softmax(logits, dim=1).gather(1, similar)
+    contrast = main[:, None] - FINER_ALPHA * logits.gather(1, similar)
+    return (weights * contrast).sum(dim=1) / (weights.sum(dim=1) + 1e-9)
+
+
+@register_method(
+    "finercam",
+    label="Finer-CAM",
+    paper="Zhang et al., CVPR 2025, arXiv:2501.11309",
+    family="gradient",
+    cost="1 forward + 1 backward",
+    score=_finer_scores,
+)
+def _finercam(e: LayerEvidence) -> torch.Tensor:
+    """Finer-CAM: Grad-CAM of the explained class's logit against its most similar classes (``_finer_scores``), so
+    the map shows what tells class k apart from the classes it is most easily confused with (Zhang et al. 2025), as
+    pytorch-grad-cam's ``FinerCAM`` with its defaults (base method Grad-CAM, three comparisons, alpha 1)."""
+    return _gradcam(e)
 
 
 @register_method(
@@ -706,12 +752,19 @@ def _forward(
 
 
 def _gradients(
-    logits: torch.Tensor, targets: list[int], capture: _Capture, names: list[str], layouts: dict[str, Layout]
+    logits: torch.Tensor,
+    targets: list[int],
+    capture: _Capture,
+    names: list[str],
+    layouts: dict[str, Layout],
+    *,
+    scores: Score,
 ) -> dict[str, torch.Tensor]:
-    """One ``torch.autograd.grad`` of the summed explained scores with respect to every layer's output as produced,
-    each read as ``(B, C, h, w)``. Never ``backward()``: parameters' ``.grad`` stay untouched."""
+    """One ``torch.autograd.grad`` of the summed explained scores (``scores(logits, targets)``) with respect to every
+    layer's output as produced, each read as ``(B, C, h, w)``. Never ``backward()``: parameters' ``.grad`` stay
+    untouched."""
     with torch.inference_mode(False), torch.enable_grad():
-        score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
+        score = scores(logits, targets).sum()
         if not score.requires_grad:
             raise LayerError(f"the layers {', '.join(names)} were not used to compute the selected class")
         grads = torch.autograd.grad(score, [capture.outputs[n] for n in names], allow_unused=True)
@@ -800,7 +853,11 @@ def compute_cams(
         values = {name: to_feature_map(capture.values[name], feature_layouts[name]) for name in names}
         for name in names:
             _check_finite(f"the activations of layer {name!r}", values[name])
-        grads = _gradients(logits, targets, capture, names, feature_layouts) if spec.uses_gradients else {}
+        grads = (
+            _gradients(logits, targets, capture, names, feature_layouts, scores=spec.score)
+            if spec.uses_gradients
+            else {}
+        )
         batches = sum(len(targets) * -(-values[name].shape[1] // scorecam_batch_size) for name in names)
         counter = Progress(progress, batches if spec.family == "perturbation" else 0)
         # Perturbation methods run more forwards: they stay inside the guard (eval mode, no other session's hooks).

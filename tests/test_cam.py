@@ -30,6 +30,7 @@ from pytorch_grad_cam import (
     AblationLayerVit,
     EigenCAM,
     EigenGradCAM,
+    FinerCAM,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -80,12 +81,12 @@ REFERENCE_CAMS = {
     "kpcacam": KPCA_CAM,
     "randomcam": RandomCAM,  # with its numpy draws replaced by camlib's (see _injected_random_weights)
     "cam": GradCAM,  # pytorch-grad-cam has no CAM: where CAM is defined, Grad-CAM's weights are CAM's / (h w)
+    "finercam": FinerCAM,  # its own targets: called with target_idx (see _reference_maps)
 }
 # pytorch-grad-cam 1.5.7's CAM classes that camlib does not (yet) have, and why: the registry test keeps this honest.
 NOT_IN_CAMLIB = {
     "FullGrad": "ignores the target layer: a sum over every bias layer of the model, not a per-layer map",
     "ShapleyCAM": "needs a Hessian-vector product (a second backward through the layer's gradient)",
-    "FinerCAM": "explains a difference of class scores, not one class (a different target, not a method)",
     "FEM": "not yet added (issue #12)",
     "RefineCAM": "not yet added (issue #12)",
     "SegEigenCAM": "segmentation-only Eigen-CAM variant",
@@ -149,7 +150,12 @@ def _reference_maps(
     ) as cam:
         handle = module.register_forward_hook(_as_produced) if as_produced else None
         try:
-            maps = cam(input_tensor=x, targets=targets)
+            if method != "finercam":
+                maps = cam(input_tensor=x, targets=targets)
+            elif class_idx is None or isinstance(class_idx, int):  # FinerCAM builds its targets from target_idx
+                maps = cam(input_tensor=x, target_idx=class_idx)
+            else:
+                maps = np.concatenate([cam(input_tensor=x[b : b + 1], target_idx=k) for b, k in enumerate(class_idx)])
         finally:
             if handle is not None:
                 handle.remove()
@@ -655,6 +661,27 @@ def test_cam_refuses_a_layer_that_does_not_feed_global_pooling_and_one_linear(zo
 def test_cam_refuses_a_class_token_model(layout_zoo):
     with pytest.raises(MethodError, match="blocks.11.norm1"):
         layout_zoo.ours("deit_tiny", "cam", ("blocks.11.norm1",))
+
+
+def test_finercam_is_gradcam_of_the_contrast_with_the_most_similar_classes():
+    """Finer-CAM's raw map by hand (autograd on the score written out) on a 5-class net: the three classes whose
+    logits are closest to class k's, softmax-weighted contrast; on a 2-class net the one other class (pytorch-grad-cam
+    clamps its comparisons the same way)."""
+    for classes in (5, 2):
+        net, x = seeded(lambda classes=classes: _Net(classes)), _images(2, 10, seed=3)
+        result = compute_cams(net, x, ["features"], method="finercam", class_idx=[0, 1])
+        features = torch.relu(net.bn.eval()(net.conv(x))).detach().double().requires_grad_(True)
+        logits = torch.nn.functional.linear(features.mean(dim=(2, 3)), net.head.weight.double(), net.head.bias.double())
+        score = 0.0
+        for b, k in enumerate([0, 1]):
+            distance = (logits[b] - logits[b, k]).abs().detach().numpy()
+            others = [j for j in np.argsort(distance, kind="stable") if j != k][: min(3, classes - 1)]
+            p = torch.softmax(logits[b], dim=0)[others]
+            score = score + (p * (logits[b, k] - logits[b, others])).sum() / (p.sum() + 1e-9)
+        (grads,) = torch.autograd.grad(score, features)
+        expected = (grads.mean(dim=(2, 3), keepdim=True) * features).sum(dim=1).detach().numpy()
+        scale = float(np.abs(expected).max())
+        np.testing.assert_allclose(result.raw["features"], expected, atol=1e-5 * scale, rtol=0)
 
 
 def _manual_gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]) -> np.ndarray:
@@ -1414,7 +1441,7 @@ def _assert_degenerate(result: CamResult, layer: str, expected: list[bool]) -> N
             assert maps[b].max() == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.parametrize("method", [m for m in GRADIENT_METHODS if m != "finercam"])  # Finer-CAM: other classes too
 @pytest.mark.bad_input(31)
 def test_zero_classifier_row_gives_a_degenerate_all_zero_map_per_image(x64, method):
     model = seeded_resnet18()
@@ -1456,7 +1483,8 @@ def test_constant_map_is_degenerate_not_nan(method):
     _assert_degenerate(result, "features", [True, True])
 
 
-@pytest.mark.parametrize("method", [m for m in GRADIENT_METHODS if m not in SIGN_FREE])  # a centred PC has both signs
+# A centred principal component has both signs; Finer-CAM's score involves other classes' weights.
+@pytest.mark.parametrize("method", [m for m in GRADIENT_METHODS if m not in (*SIGN_FREE, "finercam")])
 @pytest.mark.bad_input(33)
 def test_all_negative_map_is_degenerate_not_nan(method):
     """Activations >= 0 (after ReLU) and a class whose weights are all negative: every weighted sum is <= 0."""
