@@ -2,6 +2,7 @@
 
 Modules:
     cam          -- Grad-CAM-family maps for several layers from one forward/backward pass; the method registry.
+    cost         -- what a CAM computation will cost before it starts (extra forwards, a timed forward).
     layouts      -- how a layer's output (NCHW, channels-last NHWC, ViT tokens) reads as a (B, C, h, w) feature map.
     layers       -- candidate target layers of a model, found by one dry forward pass, and the suggested one.
     models       -- the model registry, preprocessing, weight loading and user checkpoints.
@@ -19,8 +20,9 @@ Modules:
     cifar_models -- CIFAR-10 architectures (ResNet-20, CIFAR ResNet-18) and their normalisation.
     train        -- ``python -m camlib.train``: one-cycle training with an exported pipeline, resumable.
     evaluation   -- batched predictions, confusion matrices, per-class accuracy, prediction flips.
+    prediction_cache -- whole-dataset predictions computed once per (weights, data) and kept on disk (no pickle).
     guard        -- the per-model lock and mode restoration for shared (cached) models.
-    device       -- the default torch device ($CAMLIB_DEVICE, else CUDA when available, else CPU).
+    device       -- the devices models can run on, their names, and the default ($CAMLIB_DEVICE, else CUDA, else CPU).
     contracts    -- shared input-contract checks that raise typed errors naming the argument.
     errors       -- every typed error (all subclasses of ValueError) with actionable messages.
 """

@@ -228,7 +228,8 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
     assert cache.MAX_CAM_JOBS >= 2  # one slow job never holds every slot
     monkeypatch.setattr(cache, "_CAM_JOBS", threading.BoundedSemaphore(2))  # this 2-core machine's bound, anywhere
     monkeypatch.setattr(cache, "resolve_model", Loaded)
-    monkeypatch.setattr(cache, "prepare_input", lambda image, pre: type("P", (), {"tensor": torch.zeros(1)})())
+    prepared = type("P", (), {"tensor": torch.zeros(1), "model_view": None, "crop_box": None})
+    monkeypatch.setattr(cache, "prepare_input", lambda image, pre: prepared())
     monkeypatch.setattr(cache, "compute_cams", fake_compute)
     monkeypatch.setattr(cache, "CamView", lambda **kw: ("view", kw["result"]))  # picklable, as st.cache_data needs
     errors: list[BaseException] = []

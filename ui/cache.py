@@ -25,7 +25,7 @@ from camlib.drawing import fast_png
 from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
-from camlib.models import LoadedModel, PreparedInput, load_model, prepare_batch, prepare_input
+from camlib.models import LoadedModel, load_model, prepare_batch, prepare_input
 from camlib.overlay import overlay_heatmap
 from camlib.prediction_cache import cached_predictions
 from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
@@ -42,11 +42,14 @@ _CAM_JOBS = threading.BoundedSemaphore(MAX_CAM_JOBS)
 
 @dataclass(frozen=True)
 class CamView:
-    """What the page renders: the CAM result, the prepared input it was computed on, and whether this call found it in
-    the cache (then ``result.elapsed_s`` is the time of the first computation, not of this call)."""
+    """What the page renders: the CAM result; the model's view of the image (``PreparedInput.model_view``, uint8
+    ``(h, w, 3)``) and where that crop lies in the original (``crop_box``), not the 0.6 MB input tensor, so a cached
+    view stays small; and whether this call found it in the cache (then ``result.elapsed_s`` is the time of the first
+    computation, not of this call)."""
 
     result: CamResult
-    prepared: PreparedInput
+    model_view: np.ndarray
+    crop_box: tuple[float, float, float, float]
     from_cache: bool = False
 
 
@@ -151,7 +154,7 @@ def compute_view(
             class_idx=class_idx,
             progress=progress,
         )
-    view = CamView(result=result, prepared=prepared)
+    view = CamView(result=result, model_view=prepared.model_view, crop_box=prepared.crop_box)
     _handoff.view = view
     try:
         _cached_view(model_key, device, image, layers, method=method, class_idx=class_idx)  # stores ``view``

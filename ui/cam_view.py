@@ -129,13 +129,13 @@ def draw(shown: Shown) -> None:
 
 
 def _draw(shown: Shown) -> None:
-    result, prepared, loaded = shown.view.result, shown.view.prepared, shown.loaded
+    result, loaded = shown.view.result, shown.loaded
     with st.expander("Overlay", expanded=True):
         look = widgets.overlay_controls(keys.CAM, columns=4)
     names = list(result.layers)
     maps = shared_scale_maps(result) if look.shared_scale else result.maps
     explained = result.class_idx[0]
-    model_view = upscale_nearest(prepared.model_view, TILE_PX)
+    model_view = upscale_nearest(shown.view.model_view, TILE_PX)
     style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}
     overlays = {name: cache.overlay_png(model_view, maps[name][0], **style) for name in names}
     for column, name in zip(st.columns(min(max(len(names), 3), 4)) * 4, names):
@@ -155,7 +155,7 @@ def _draw(shown: Shown) -> None:
     detail = st.selectbox(
         "Layer for the detailed view and export", names, key=keys.CAM_DETAIL_LAYER, persist_state="session"
     )
-    original_map, inside = map_to_original(maps[detail][0], shown.image.pixels.shape[:2], prepared.crop_box)
+    original_map, inside = map_to_original(maps[detail][0], shown.image.pixels.shape[:2], shown.view.crop_box)
     left, right = st.columns(2)
     left.image(
         cache.overlay_png(np.ascontiguousarray(shown.image.pixels), original_map, mask=inside, **style),
