@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -335,3 +336,40 @@ def test_label_flips_match_a_direct_flip_report(root: str, test_set, model) -> N
     at.toggle(key="aug_model_loop").set_value(False).run()
     assert not at.exception
     assert not any(FLIPS.match(m.value) for m in at.markdown)
+
+
+class _Superseded(Exception):
+    """Stands for Streamlit's rerun request, raised by the page's progress bar in a superseded run."""
+
+
+def test_a_rerun_during_the_first_build_ends_the_wait_not_the_build(
+    test_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The predictions are built in the process's builder thread: a run that stops waiting (its progress bar raised
+    the rerun request) leaves the build going, and the next run gets its result; the model predicts the set once."""
+    monkeypatch.setenv("CAMLIB_CACHE_DIR", str(tmp_path))
+    subset = replace(test_set, images=test_set.images[:1500].copy(), labels=test_set.labels[:1500].copy())
+    monkeypatch.setattr(cache, "get_cifar", lambda root, split: subset)
+    monkeypatch.setattr(cache, "BUILD_POLL_S", 0.01)
+    builds, started = [], threading.Event()
+    original_predict = prediction_cache.predict_probabilities
+
+    def slow_predict(model, images, *args, **kwargs):
+        builds.append(len(images))
+        started.set()
+        return original_predict(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(prediction_cache, "predict_probabilities", slow_predict)
+    _new_process()
+
+    def superseded(done: int, total: int) -> None:
+        raise _Superseded
+
+    with pytest.raises(_Superseded):
+        cache.dataset_predictions("cifar10_resnet20", "cpu", "root", progress=superseded)
+    assert started.wait(30)
+    probabilities = cache.dataset_predictions("cifar10_resnet20", "cpu", "root")
+    assert builds == [1500] and probabilities.shape == (1500, 10)
+    model = cache.get_model("cifar10_resnet20", "cpu")
+    expected = original_predict(model.model, subset.images, model.spec.preprocessing)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)

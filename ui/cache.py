@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -223,17 +225,53 @@ def dataset_predictions(
 
     Computed once per (weights, data) and kept on disk by ``camlib.prediction_cache`` (``$CAMLIB_CACHE_DIR``, else
     ``~/.cache/camlib``), so a new process reads them instead of predicting again; this process keeps them in memory.
-    Not an ``st.cache_*`` function: ``progress(done, total)`` (images) draws the page's bar during the first build,
-    and an element drawn inside a cached function would be replayed on every hit.
+    The work runs in a process-wide builder thread, not in the session's script: this call waits for it and passes
+    its progress ``(done, total)`` (images) to ``progress`` every ``BUILD_POLL_S``. A rerun or a closed tab ends the
+    wait (Streamlit raises in ``progress``), never the build, so the next run finds it further on or done. Not an
+    ``st.cache_*`` function: an element drawn inside a cached function would be replayed on every hit.
 
     Raises:
         CamlibError: from ``resolve_model``, ``get_cifar`` or ``camlib.prediction_cache.cached_predictions``.
     """
     loaded = resolve_model(model_key, device)
     data = get_cifar(root, split)
-    return cached_predictions(
-        loaded.model, loaded.spec.preprocessing, data.images, data_key=f"cifar10 {split}", progress=progress
-    )
+    key = (model_key, device, root, split)
+    with _BUILDS_LOCK:
+        future = _BUILDS.get(key)
+        if future is None:
+
+            def report(done: int, total: int) -> None:
+                _BUILD_STATE[key] = (done, total)
+
+            future = _BUILDER.submit(
+                cached_predictions,
+                loaded.model,
+                loaded.spec.preprocessing,
+                data.images,
+                data_key=f"cifar10 {split}",
+                progress=report,
+            )
+            _BUILDS[key] = future
+            future.add_done_callback(lambda _done: _forget_build(key))
+    while True:
+        try:
+            return future.result(timeout=BUILD_POLL_S)
+        except FutureTimeout:
+            if progress is not None and (state := _BUILD_STATE.get(key)) is not None:
+                progress(*state)
+
+
+BUILD_POLL_S = 0.25  # how often a waiting page hears of the builder's progress, s
+_BUILDER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="camlib-predictions")  # a hit never waits on a build
+_BUILDS: dict[tuple[str, str, str, str], Future] = {}  # (model, device, root, split) -> the running lookup or build
+_BUILD_STATE: dict[tuple[str, str, str, str], tuple[int, int]] = {}
+_BUILDS_LOCK = threading.Lock()
+
+
+def _forget_build(key: tuple[str, str, str, str]) -> None:
+    with _BUILDS_LOCK:
+        _BUILDS.pop(key, None)
+        _BUILD_STATE.pop(key, None)
 
 
 @st.cache_data(max_entries=32, ttl=CACHE_TTL, show_spinner="Computing CAMs for this page...")
