@@ -70,8 +70,8 @@ def test_class_index_out_of_range_is_an_error_not_another_class(monkeypatch: pyt
     at = _app()
     before = _explained(at)
 
-    def shifted(model, x, layers, *, method, class_idx):
-        return compute_cams(model, x, layers, method=method, class_idx=class_idx + offset)
+    def shifted(model, x, layers, *, class_idx, **kwargs):
+        return compute_cams(model, x, layers, class_idx=class_idx + offset, **kwargs)
 
     monkeypatch.setattr(cache, "compute_cams", shifted)
     cache._cached_view.clear()  # a cached CAM would not reach compute_cams
