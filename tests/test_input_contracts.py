@@ -37,6 +37,7 @@ from camlib import (
     imaging,
     layers,
     layouts,
+    metrics,
     models,
     overlay,
     prediction_cache,
@@ -66,6 +67,8 @@ LAYOUT = layouts.Layout("nchw", channels=4, height=8, width=8)
 INFO = layers.LayerInfo("0", "Conv2d", LAYOUT, (4, 8, 8))
 PROBS = np.full((2, 10), 0.1, np.float32)
 DATA = cifar.CifarData(IMAGES, np.zeros(2, np.int64), tuple(cifar.CLASS_NAMES), "test", "", "test")
+X2 = torch.zeros(2, 3, 8, 8)  # two images, for the metrics
+MAPS2 = np.full((2, 8, 8), 0.5, np.float32)
 
 
 def _result() -> cam.CamResult:
@@ -1017,6 +1020,117 @@ CASES: list[Case] = [
         lambda: {k: v for k, v in bad_sizes().items() if k != "int"} | {"zero": 0, "bool": True},
     ),
     Case(cost.time_forward, "batch_size", lambda v: cost.time_forward(MODEL, 8, batch_size=v), bad_ints),
+    # metrics
+    *[
+        row
+        for name, metric in (
+            ("deletion_insertion", metrics.deletion_insertion),
+            ("road", metrics.road),
+            ("confidence_change", metrics.confidence_change),
+            ("average_drop_increase", metrics.average_drop_increase),
+        )
+        for row in (
+            Case(metric, "model", lambda v, f=metric: f(v, X2, MAPS2, 0), bad_models),
+            Case(
+                metric,
+                "x",
+                lambda v, f=metric: f(MODEL, v, MAPS2, 0),
+                lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {"3-D": torch.zeros(2, 8, 8)},
+            ),
+            Case(
+                metric,
+                "maps",
+                lambda v, f=metric: f(MODEL, X2, v, 0),
+                lambda: (
+                    {k: v for k, v in bad_maps(3).items() if k != "tensor"}
+                    | {
+                        "other size": np.full((2, 4, 4), 0.5, np.float32),
+                        "int tensor": torch.ones(2, 8, 8, dtype=torch.int64),
+                    }
+                ),
+            ),
+            Case(
+                metric,
+                "class",
+                lambda v, f=metric: f(MODEL, X2, MAPS2, v),
+                lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "one for two images": [1]},
+            ),
+        )
+    ],
+    Case(
+        metrics.deletion_insertion,
+        "steps",
+        lambda v: metrics.deletion_insertion(MODEL, X2, MAPS2, 0, steps=v),
+        bad_ints,
+    ),
+    Case(
+        metrics.deletion_insertion,
+        "batch_size",
+        lambda v: metrics.deletion_insertion(MODEL, X2, MAPS2, 0, batch_size=v),
+        bad_ints,
+    ),
+    Case(
+        metrics.deletion_insertion,
+        "baseline",
+        lambda v: metrics.deletion_insertion(MODEL, X2, MAPS2, 0, baseline=v),
+        lambda: {
+            "None": None,
+            "unknown": "black",
+            "other shape": torch.zeros(2, 3, 4, 4),
+            "int tensor": torch.zeros(2, 3, 8, 8, dtype=torch.long),
+            "numpy": np.zeros((2, 3, 8, 8), np.float32),
+        },
+    ),
+    Case(
+        metrics.road,
+        "percentiles",
+        lambda v: metrics.road(MODEL, X2, MAPS2, 0, percentiles=v),
+        lambda: {"None": None, "empty": (), "above 100": (50, 101), "negative": (-1,), "str": "10", "bool": (True,)},
+    ),
+    Case(
+        metrics.road,
+        "order",
+        lambda v: metrics.road(MODEL, X2, MAPS2, 0, order=v),
+        lambda: {"None": None, "unknown": "both", "upper": "MoRF", "list": ["morf"]},
+    ),
+    Case(
+        metrics.road,
+        "noise",
+        lambda v: metrics.road(MODEL, X2, MAPS2, 0, noise=v),
+        lambda: {"None": None, "negative": -0.1, "NaN": float("nan"), "Inf": float("inf"), "str": "0.1", "bool": True},
+    ),
+    Case(metrics.road, "seed", lambda v: metrics.road(MODEL, X2, MAPS2, 0, seed=v), lambda: bad_ints(0)),
+    Case(
+        metrics.confidence_change,
+        "batch_size",
+        lambda v: metrics.confidence_change(MODEL, X2, MAPS2, 0, batch_size=v),
+        bad_ints,
+    ),
+    Case(metrics.blurred, "x", metrics.blurred, lambda: bad_tensors(4)),
+    Case(
+        metrics.baseline_maps,
+        "x",
+        metrics.baseline_maps,
+        lambda: {
+            **{k: v for k, v in bad_tensors(4).items() if k not in ("list",)},
+            "2-D shape": (8, 8),
+            "zero side": (2, 0, 8),
+            "float shape": (2, 8.5, 8),
+        },
+    ),
+    Case(
+        metrics.baseline_maps,
+        "x",
+        lambda v: metrics.baseline_maps(v, "edges"),
+        lambda: {"shape": (2, 8, 8), "None": None, "numpy": np.zeros((2, 3, 8, 8), np.float32)},
+    ),
+    Case(
+        metrics.baseline_maps,
+        "kind",
+        lambda v: metrics.baseline_maps(X2, v),
+        lambda: {"None": None, "unknown": "sobel", "int": 0},
+    ),
+    Case(metrics.baseline_maps, "seed", lambda v: metrics.baseline_maps(X2, seed=v), lambda: bad_ints(0)),
     # device
     Case(
         device.parse_device,
@@ -1076,6 +1190,9 @@ EXEMPT_CLASSES: dict[type, str] = {
     models.ModelSpec: "registry record written in camlib; checked by the functions taking a spec (rows above)",
     models.LoadedModel: _RESULT,
     models.PreparedInput: _RESULT,
+    metrics.DeletionInsertion: _RESULT,
+    metrics.RoadResult: _RESULT,
+    metrics.ConfidenceDrop: _RESULT,
     train.TrainConfig: "built by parse_args (argparse) and checked by train (row above)",
 }
 

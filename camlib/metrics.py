@@ -1,0 +1,555 @@
+"""Faithfulness metrics of saliency maps (issue #13): does the model's confidence follow the map?
+
+Every metric takes ``model, x, maps, class_idx``:
+
+- ``model``: a ``torch.nn.Module`` returning ``(B, num_classes)`` logits; it may be a shared cached model. Only
+  ``torch.no_grad`` forwards run on it, under ``camlib.guard.eval_mode`` (modes restored); no hooks, no
+  ``backward()``, nothing modified.
+- ``x``: ``(B, C, H, W)`` float tensor, already preprocessed (model space); moved to the model's device and dtype.
+- ``maps``: ``(B, H, W)`` float numpy array or tensor in ``[0, 1]`` (``CamResult.maps[layer]``), one per image.
+- ``class_idx``: the explained class, an int for every image or one per image (``None``: the predicted class).
+
+The score of an input is the softmax probability of the explained class. Perturbed inputs are built on the model's
+device and run through the model in batches (``batch_size``). Maps are ranked in their own dtype; ROAD reads them as
+numpy arrays, as pytorch-grad-cam does.
+
+- ``deletion_insertion``: Petsiuk et al., "RISE", BMVC 2018 (arXiv:1806.07421), section 4.
+- ``road``: Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML 2022
+  (arXiv:2202.00449); numbers as pytorch-grad-cam 1.5.7's ``ROADMostRelevantFirstAverage``,
+  ``ROADLeastRelevantFirstAverage`` and ``ROADCombined`` (``pytorch_grad_cam/metrics/road.py``).
+- ``average_drop_increase``: Average Drop and Increase in Confidence, Chattopadhay et al., "Grad-CAM++", WACV 2018
+  (arXiv:1710.11063), section 5.2.
+- ``confidence_change``: pytorch-grad-cam 1.5.7's ``CamMultImageConfidenceChange`` with
+  ``ClassifierOutputSoftmaxTarget`` (``pytorch_grad_cam/metrics/cam_mult_image.py``).
+- ``baseline_maps``: maps that explain nothing (random, a centred Gaussian, image edges) to compare methods against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from scipy.sparse import coo_matrix
+from scipy.sparse.linalg import spsolve
+from skimage.filters import sobel
+from torch import nn
+
+from camlib.cam import _resolve_classes
+from camlib.contracts import describe, require_int, require_model, require_size, require_tensor, require_unit_range
+from camlib.errors import InputError, NonFiniteError
+from camlib.guard import eval_mode
+
+BLUR_KERNEL = 11  # RISE's evaluation code (eclique/RISE, evaluation.py): blur = gkern(klen=11, nsig=5)
+BLUR_SIGMA = 5.0
+BASELINES = ("blur", "zeros", "mean")
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # pytorch-grad-cam's ROAD*Average default
+ROAD_ORDERS = ("morf", "lerf", "combined")
+# ROAD's linear imputation (Rong et al. 2022, eq. 3; pytorch-grad-cam's neighbors_weights): an imputed pixel is the
+# weighted mean of its 8 neighbours, 1/6 for the 4 direct ones and 1/12 for the diagonals. (row, column) offsets, in
+# the reference's order.
+ROAD_NEIGHBOURS = (
+    ((1, 1), 1 / 12),
+    ((0, 1), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((1, -1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((-1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((-1, 0), 1 / 6),
+)
+ROAD_BATCH_SIZE = 64  # imputed inputs per forward
+BASELINE_KINDS = ("random", "gaussian", "edges")
+GAUSSIAN_SIGMA_SHARE = 0.25  # the "gaussian" baseline map's sigma, as a share of the image's shorter side
+
+
+# --- results -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeletionInsertion:
+    """Deletion and insertion curves (Petsiuk et al., BMVC 2018) of ``B`` maps.
+
+    Attributes:
+        fractions: ``(steps + 1,)`` float64, ``k / steps``: the share of pixels deleted (inserted) at step ``k``.
+        deletion: ``(B, steps + 1)`` float32, the explained class's probability with the map's top pixels replaced by
+            the baseline. Lower area is better.
+        insertion: ``(B, steps + 1)`` float32, the probability of the baseline with the map's top pixels restored.
+            Higher area is better.
+        deletion_auc: ``(B,)`` float64, the area under ``deletion`` over ``fractions`` (trapezoid rule), in [0, 1].
+        insertion_auc: ``(B,)`` float64, the area under ``insertion``.
+    """
+
+    fractions: np.ndarray
+    deletion: np.ndarray
+    insertion: np.ndarray
+    deletion_auc: np.ndarray
+    insertion_auc: np.ndarray
+
+
+@dataclass(frozen=True)
+class RoadResult:
+    """ROAD scores (Rong et al., ICML 2022) as pytorch-grad-cam 1.5.7 computes them.
+
+    Attributes:
+        percentiles: the thresholds ``p``: at ``p`` MoRF imputes the pixels whose map value is at or above the map's
+            ``p``-th percentile (it keeps the lowest ``p`` %), LeRF those whose ``1 - map`` is (it keeps the highest).
+        order: "morf", "lerf" or "combined".
+        morf: ``(B, len(percentiles))`` float32, probability after imputation minus before, for MoRF (None when
+            ``order`` is "lerf"). More negative is better.
+        lerf: the same for LeRF (None when ``order`` is "morf"). Closer to 0 is better.
+        scores: ``(B,)`` float32, the reference's number: the mean of ``morf`` (``ROADMostRelevantFirstAverage``) or
+            of ``lerf`` (``ROADLeastRelevantFirstAverage``) over the percentiles, or ``(lerf - morf) / 2`` of the two
+            means (``ROADCombined``, higher is better).
+    """
+
+    percentiles: tuple[float, ...]
+    order: str
+    morf: np.ndarray | None
+    lerf: np.ndarray | None
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class ConfidenceDrop:
+    """Average Drop and Increase in Confidence (Chattopadhay et al., WACV 2018, section 5.2).
+
+    The explanation map of image ``i`` is ``x_i * map_i`` (in model space, as pytorch-grad-cam's
+    ``multiply_tensor_with_cam``: for a mean/std-normalised input a map value of 0 gives the dataset's mean colour).
+
+    Attributes:
+        original: ``(B,)`` float32, ``Y_i``: the explained class's probability on ``x``.
+        explanation: ``(B,)`` float32, ``O_i``: its probability on the explanation map.
+        drop: ``(B,)`` float32, ``max(0, Y_i - O_i) / Y_i`` (0 where ``Y_i`` is 0).
+        increased: ``(B,)`` bool, ``Y_i < O_i``.
+        average_drop: ``100 * mean(drop)``, percent (lower is better).
+        increase_in_confidence: ``100 * mean(increased)``, percent (higher is better).
+    """
+
+    original: np.ndarray
+    explanation: np.ndarray
+    drop: np.ndarray
+    increased: np.ndarray
+    average_drop: float
+    increase_in_confidence: float
+
+
+# --- input contracts -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Checked metric inputs: ``x`` on the model's device and dtype, ``maps`` as a numpy float array."""
+
+    x: torch.Tensor
+    maps: np.ndarray
+    device: torch.device
+
+
+def _check_inputs(model: object, x: object, maps: object, batch_size: object = 1) -> _Inputs:
+    """Check the common arguments; raise ``InputError`` naming the first bad one."""
+    device = require_model(model)
+    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
+    require_int(batch_size, "batch_size", minimum=1)
+    if isinstance(maps, torch.Tensor):
+        require_tensor(maps, "maps", ndim=3, floating=True, expected="float (B, H, W) array or tensor in [0, 1]")
+        maps = maps.detach().cpu().numpy()
+    if not isinstance(maps, np.ndarray) or maps.dtype.kind != "f" or maps.ndim != 3:
+        raise InputError(f"maps must be a float (B, H, W) array or tensor in [0, 1], got {describe(maps)}")
+    if maps.shape != (x.shape[0], *x.shape[2:]):
+        raise InputError(
+            f"maps must have one (H, W) map per image of x, {(x.shape[0], *x.shape[2:])}, got {maps.shape}"
+        )
+    require_unit_range(maps, "maps")
+    maps = maps.astype(np.float32) if maps.dtype == np.float16 else maps
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None and first.is_floating_point() else x.dtype
+    return _Inputs(x.detach().to(device=device, dtype=dtype), maps, device)
+
+
+def _batches(total: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, total, batch_size):
+        yield slice(start, min(start + batch_size, total))
+
+
+def _logits(model: nn.Module, make: Callable[[slice], torch.Tensor], total: int, batch_size: int) -> torch.Tensor:
+    """The ``(total, num_classes)`` float32 logits (on the CPU) of inputs ``0..total-1``, built ``make(batch)`` at a
+    time. The caller holds ``eval_mode(model)``; every forward runs under ``torch.no_grad``.
+
+    Raises ``InputError`` when the model does not return ``(N, num_classes)`` and ``NonFiniteError`` when its
+    probabilities are not finite (a logit of -inf is fine: probability 0)."""
+    out = []
+    with torch.no_grad():
+        for batch in _batches(total, batch_size):
+            logits = model(make(batch))
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                raise InputError("model must return (B, num_classes) logits")
+            if not bool(torch.isfinite(torch.softmax(logits.float(), dim=1)).all()):
+                raise NonFiniteError("the model produced non-finite values (NaN or Inf); the metric is undefined")
+            out.append(logits.float().cpu())
+    return torch.cat(out)
+
+
+def _scores(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+    """The softmax probability of class ``targets[i]`` in row ``i`` of ``logits``, ``(N,)`` float32."""
+    return torch.softmax(logits, dim=1)[torch.arange(len(targets)), torch.tensor(targets)]
+
+
+def _classes_and_scores(model: nn.Module, x: torch.Tensor, class_idx: object) -> tuple[list[int], torch.Tensor]:
+    """The checked class of each image (``ClassIndexError`` when out of range) and its probability on ``x``."""
+    logits = _logits(model, lambda batch: x[batch], len(x), len(x))
+    targets = _resolve_classes(class_idx, logits)
+    return targets, _scores(logits, targets)
+
+
+# --- deletion and insertion ----------------------------------------------------------------------------------------
+
+
+def blurred(x: torch.Tensor) -> torch.Tensor:
+    """RISE's insertion baseline: ``x`` blurred by a Gaussian of sigma ``BLUR_SIGMA`` = 5 px in an
+    ``BLUR_KERNEL`` = 11 px square kernel (Petsiuk et al.'s ``gkern(11, 5)``), reflect-padded at the borders
+    (``torchvision.transforms.functional.gaussian_blur``). Images under 6 px get the largest kernel reflect padding
+    allows, ``2 min(H, W) - 1``.
+
+    Raises ``InputError`` unless ``x`` is a non-empty float ``(B, C, H, W)`` tensor with data."""
+    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
+    kernel = min(BLUR_KERNEL, 2 * min(x.shape[-2:]) - 1)
+    return TF.gaussian_blur(x, [kernel, kernel], [BLUR_SIGMA, BLUR_SIGMA])
+
+
+def _baseline(x: torch.Tensor, baseline: object) -> torch.Tensor:
+    if isinstance(baseline, torch.Tensor):
+        require_tensor(baseline, "baseline", ndim=4, floating=True, expected=f"float tensor {tuple(x.shape)}")
+        if baseline.shape != x.shape:
+            raise InputError(f"baseline must have x's shape {tuple(x.shape)}, got {tuple(baseline.shape)}")
+        return baseline.detach().to(device=x.device, dtype=x.dtype)
+    if not isinstance(baseline, str) or baseline not in BASELINES:
+        given = repr(baseline) if isinstance(baseline, str) else describe(baseline)
+        raise InputError(f"baseline must be one of {BASELINES} or a tensor of x's shape, got {given}")
+    if baseline == "blur":
+        return blurred(x)
+    if baseline == "zeros":
+        return torch.zeros_like(x)
+    return x.mean(dim=(2, 3), keepdim=True).expand_as(x)  # "mean"
+
+
+def deletion_insertion(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: np.ndarray | torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    *,
+    steps: int = 20,
+    baseline: str | torch.Tensor = "blur",
+    batch_size: int = 64,
+) -> DeletionInsertion:
+    """Deletion and insertion curves and their areas (Petsiuk et al., "RISE", BMVC 2018, section 4).
+
+    Pixels are ranked by map value, highest first, ties by flat index (a stable argsort of ``-map``). At step
+    ``k = 0..steps`` the top ``n_k = ceil(k H W / steps)`` pixels (all channels) are replaced by the baseline
+    (deletion) or restored onto the baseline (insertion); each curve is the explained class's softmax probability, its
+    area the trapezoid rule over ``k / steps``. All ``B (2 steps + 2)`` inputs go through the model in batches of
+    ``batch_size``.
+
+    Args:
+        model, x, maps, class_idx: see the module docstring.
+        steps: the number of steps (curve points minus one), at least 1.
+        baseline: what removed pixels become, in model space: "blur" (``blurred(x)``, the paper's insertion start),
+            "zeros", "mean" (each image's per-channel mean), or a tensor of ``x``'s shape.
+        batch_size: inputs per forward.
+
+    Returns:
+        ``DeletionInsertion``: curves ``(B, steps + 1)`` and areas ``(B,)``.
+
+    Raises:
+        InputError: a bad argument (the message names it). ClassIndexError: a class outside the model's classes.
+        NonFiniteError: the model produced NaN or Inf.
+    """
+    inputs = _check_inputs(model, x, maps, batch_size)
+    steps = require_int(steps, "steps", minimum=1)
+    x = inputs.x
+    images, _, height, width = x.shape
+    pixels = height * width
+    base = _baseline(x, baseline)
+    with eval_mode(model):
+        flat = torch.from_numpy(inputs.maps).reshape(images, pixels)
+        order = torch.argsort(-flat, dim=1, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(pixels).expand(images, pixels))
+        rank = rank.reshape(images, 1, height, width).to(inputs.device)
+        counts = torch.tensor([-(-k * pixels // steps) for k in range(steps + 1)], device=inputs.device)
+        # Input i is image i // (2 (steps + 1)); then deletion steps 0..steps, then insertion steps 0..steps.
+        per_image = 2 * (steps + 1)
+        index = torch.arange(images * per_image, device=inputs.device)
+        image_of, within = index // per_image, index % per_image
+        step_of, inserting = within % (steps + 1), within >= steps + 1
+
+        def make(batch: slice) -> torch.Tensor:
+            b = image_of[batch]
+            top = rank[b] < counts[step_of[batch]][:, None, None, None]
+            # deletion: the top pixels from the baseline; insertion: the top pixels from x, the rest from the baseline
+            take_x = top == inserting[batch][:, None, None, None]
+            return torch.where(take_x, x[b], base[b])
+
+        logits = _logits(model, make, images * per_image, batch_size)
+    # Deletion step 0 is x itself: its logits pick and check the classes (no separate forward of x).
+    targets = _resolve_classes(class_idx, logits[::per_image])
+    curves = _scores(logits, [k for k in targets for _ in range(per_image)]).reshape(images, 2, steps + 1).numpy()
+    fractions = np.arange(steps + 1) / steps
+    deletion, insertion = curves[:, 0], curves[:, 1]
+    return DeletionInsertion(
+        fractions=fractions,
+        deletion=deletion,
+        insertion=insertion,
+        deletion_auc=np.trapezoid(deletion.astype(np.float64), fractions, axis=1),
+        insertion_auc=np.trapezoid(insertion.astype(np.float64), fractions, axis=1),
+    )
+
+
+# --- ROAD ----------------------------------------------------------------------------------------------------------
+
+
+def _impute(image: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """ROAD's linear imputation (pytorch-grad-cam's ``NoisyLinearImputer`` without its noise): every pixel where
+    ``keep`` (H, W) is False becomes the ``ROAD_NEIGHBOURS``-weighted mean of its in-image neighbours, known or
+    imputed, by one sparse linear solve (``scipy.sparse.linalg.spsolve``, float64) for all channels of ``image``
+    (C, H, W) float32. Returns the solution ``(N_missing, C)`` as float32, in flat-index order. With no kept pixel
+    the system is singular (no value to spread); the reference's solver returns zeros there, and so do we."""
+    channels, height, width = image.shape
+    kept = keep.reshape(-1)
+    missing = np.flatnonzero(~kept)
+    count = len(missing)
+    if not kept.any():
+        return np.zeros((count, channels), np.float32)
+    variable = np.zeros(kept.size, dtype=np.int64)
+    variable[missing] = np.arange(count)
+    flat = image.reshape(channels, -1)
+    rows, columns = missing // width, missing % width
+    b = np.zeros((count, channels))
+    inside_weight = np.ones(count)
+    entries_i, entries_j, entries_w = [np.arange(count)], [np.arange(count)], []
+    for (dy, dx), weight in ROAD_NEIGHBOURS:
+        inside = (rows + dy >= 0) & (rows + dy < height) & (columns + dx >= 0) & (columns + dx < width)
+        inside_weight[~inside] -= weight
+        ids = np.flatnonzero(inside)
+        neighbour = missing[ids] + dy * width + dx
+        known = kept[neighbour]
+        b[ids[known]] -= weight * flat[:, neighbour[known]].T
+        entries_i.append(ids[~known])
+        entries_j.append(variable[neighbour[~known]])
+        entries_w.append(np.full(int((~known).sum()), weight))
+    values = np.concatenate([-inside_weight, *entries_w])
+    matrix = coo_matrix((values, (np.concatenate(entries_i), np.concatenate(entries_j))), shape=(count, count))
+    solution = spsolve(matrix.tocsc(), b)
+    return np.asarray(solution, dtype=np.float32).reshape(count, channels)
+
+
+def _road_inputs(
+    x: np.ndarray, maps: np.ndarray, percentiles: Sequence[float], *, least_relevant: bool, noise: float, generator
+) -> np.ndarray:
+    """``(P, B, C, H, W)`` float32: image ``b`` with the pixels at or above the ``p``-th percentile of its map (of
+    ``1 - map`` for LeRF) imputed, as pytorch-grad-cam's ``RemoveMostRelevantFirst``/``RemoveLeastRelevantFirst``.
+    Noise is drawn percentile by percentile, image by image, as the reference draws it from the global RNG."""
+    out = np.repeat(x[None], len(percentiles), axis=0)
+    for p_index, percentile in enumerate(percentiles):
+        for b, cam in enumerate(maps):
+            ranked = np.asarray(1, cam.dtype) - cam if least_relevant else cam
+            keep = ranked < np.percentile(ranked, percentile)
+            solution = _impute(x[b], keep)
+            filled = torch.from_numpy(solution.T.copy())
+            filled = filled + noise * torch.randn(filled.shape, generator=generator, dtype=filled.dtype)
+            out[p_index, b].reshape(x.shape[1], -1)[:, ~keep.reshape(-1)] = filled.numpy()
+    return out
+
+
+def _check_percentiles(percentiles: object) -> tuple[float, ...]:
+    if (
+        not isinstance(percentiles, Sequence)
+        or isinstance(percentiles, str)
+        or not percentiles
+        or any(isinstance(p, bool) or not isinstance(p, int | float | np.number) for p in percentiles)
+        or not all(0 <= float(p) <= 100 for p in percentiles)
+    ):
+        raise InputError(f"percentiles must be a non-empty sequence of numbers in [0, 100], got {percentiles!r}")
+    return tuple(percentiles)
+
+
+def road(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: np.ndarray | torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    *,
+    percentiles: Sequence[float] = ROAD_PERCENTILES,
+    order: str = "combined",
+    noise: float = 0.01,
+    seed: int = 0,
+) -> RoadResult:
+    """ROAD, RemOve And Debias (Rong et al., ICML 2022), as pytorch-grad-cam 1.5.7's ``ROAD*`` metrics.
+
+    For each percentile ``p`` and image, MoRF imputes the pixels whose map value is at or above the map's ``p``-th
+    percentile (``np.percentile``, linear), LeRF the pixels whose ``1 - map`` is. Imputed pixels are the
+    ``ROAD_NEIGHBOURS``-weighted mean of their neighbours (one sparse linear solve per image and percentile, on the
+    CPU with scipy, as the reference) plus Gaussian noise of standard deviation ``noise``. The score is the explained
+    class's softmax probability after imputation minus before (``ClassifierOutputSoftmaxTarget``). The imputed
+    inputs go through the model ``ROAD_BATCH_SIZE`` at a time.
+
+    With ``noise=0`` the scores equal the reference's (whose imputer hard-codes noise 0.01; its noise comes from the
+    global torch RNG: after ``torch.manual_seed(seed)`` it draws what this function draws with ``seed``, which never
+    touches the global RNG).
+
+    Args:
+        model, x, maps, class_idx: see the module docstring.
+        percentiles: thresholds in [0, 100].
+        order: "morf" (most relevant first), "lerf" (least relevant first) or "combined" (both, LeRF drawn first).
+        noise: standard deviation of the imputation noise, in model-space units; 0 for none.
+        seed: seed of the noise.
+
+    Returns:
+        ``RoadResult`` (per-percentile changes and the reference's score per image).
+
+    Raises:
+        InputError: a bad argument (the message names it). ClassIndexError: a class outside the model's classes.
+        NonFiniteError: the model produced NaN or Inf.
+    """
+    inputs = _check_inputs(model, x, maps)
+    percentiles = _check_percentiles(percentiles)
+    if not isinstance(order, str) or order not in ROAD_ORDERS:
+        raise InputError(f"order must be one of {ROAD_ORDERS}, got {order!r}")
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or not 0 <= noise < float("inf"):
+        raise InputError(f"noise must be a finite number >= 0 (a standard deviation in model space), got {noise!r}")
+    generator = torch.Generator().manual_seed(require_int(seed, "seed", minimum=0))
+    x_cpu = inputs.x.float().cpu().numpy()
+    changes: dict[str, np.ndarray] = {}
+    with eval_mode(model):
+        targets, before = _classes_and_scores(model, inputs.x, class_idx)
+        for name in ("lerf", "morf"):  # ROADCombined runs LeRF first, so the noise is drawn in the same order
+            if order not in (name, "combined"):
+                continue
+            perturbed = _road_inputs(
+                x_cpu, inputs.maps, percentiles, least_relevant=name == "lerf", noise=noise, generator=generator
+            )
+            flat = torch.from_numpy(perturbed.reshape(-1, *x_cpu.shape[1:]))
+            logits = _logits(
+                model,
+                lambda batch, flat=flat: flat[batch].to(device=inputs.device, dtype=inputs.x.dtype),
+                len(flat),
+                ROAD_BATCH_SIZE,
+            )
+            after = _scores(logits, targets * len(percentiles))
+            changes[name] = (after.reshape(len(percentiles), -1) - before).T.numpy()
+    means = {name: np.mean(change, axis=1, dtype=np.float32) for name, change in changes.items()}
+    scores = (means["lerf"] - means["morf"]) / 2 if order == "combined" else means[order]
+    return RoadResult(percentiles, order, changes.get("morf"), changes.get("lerf"), scores.astype(np.float32))
+
+
+# --- confidence with the map applied -------------------------------------------------------------------------------
+
+
+def _explanation_scores(
+    model: nn.Module, x: torch.Tensor, maps: np.ndarray | torch.Tensor, class_idx: object, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The explained class's probability on ``x`` and on ``x * map``, each ``(B,)`` float32 on the CPU."""
+    inputs = _check_inputs(model, x, maps, batch_size)
+    weights = torch.from_numpy(inputs.maps).to(device=inputs.device, dtype=inputs.x.dtype)[:, None]
+    images = len(inputs.x)
+    both = torch.cat([torch.ones_like(weights), weights])  # x itself, then x * map: one pass for both
+
+    def make(batch: slice) -> torch.Tensor:
+        return inputs.x[torch.arange(batch.start, batch.stop) % images] * both[batch]
+
+    with eval_mode(model):
+        logits = _logits(model, make, 2 * images, batch_size)
+    targets = _resolve_classes(class_idx, logits[:images])
+    scores = _scores(logits, targets * 2)
+    return scores[:images], scores[images:]
+
+
+def confidence_change(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: np.ndarray | torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    *,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """``p(x * map) - p(x)`` per image, ``(B,)`` float32: pytorch-grad-cam 1.5.7's ``CamMultImageConfidenceChange``
+    with ``ClassifierOutputSoftmaxTarget(class)`` (the input multiplied by the map in model space).
+
+    Raises ``InputError`` for a bad argument, ``ClassIndexError`` for a class outside the model's classes and
+    ``NonFiniteError`` when the model produces NaN or Inf."""
+    before, after = _explanation_scores(model, x, maps, class_idx, batch_size)
+    return (after - before).numpy()
+
+
+def average_drop_increase(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: np.ndarray | torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    *,
+    batch_size: int = 64,
+) -> ConfidenceDrop:
+    """Average Drop ``100 / N sum_i max(0, Y_i - O_i) / Y_i`` and Increase in Confidence ``100 / N sum_i [Y_i < O_i]``
+    (Chattopadhay et al., "Grad-CAM++", WACV 2018, section 5.2, eq. 22-23), with ``Y_i`` the explained class's
+    softmax probability on image ``x_i`` and ``O_i`` on its explanation map ``x_i * map_i`` (model space).
+
+    Raises ``InputError`` for a bad argument, ``ClassIndexError`` for a class outside the model's classes and
+    ``NonFiniteError`` when the model produces NaN or Inf."""
+    before, after = (t.numpy() for t in _explanation_scores(model, x, maps, class_idx, batch_size))
+    drop = np.where(before > 0, np.maximum(before - after, 0) / np.where(before > 0, before, 1), 0).astype(np.float32)
+    increased = before < after
+    return ConfidenceDrop(
+        original=before,
+        explanation=after,
+        drop=drop,
+        increased=increased,
+        average_drop=float(100 * drop.mean()),
+        increase_in_confidence=float(100 * increased.mean()),
+    )
+
+
+# --- baselines -----------------------------------------------------------------------------------------------------
+
+
+def baseline_maps(x: torch.Tensor | tuple[int, int, int], kind: str = "random", *, seed: int = 0) -> np.ndarray:
+    """Maps that explain nothing, ``(B, H, W)`` float32 in [0, 1], to compare a CAM method's scores against.
+
+    - "random": independent uniform values from ``numpy.random.default_rng(seed)`` (one draw for the batch).
+    - "gaussian": ``exp(-r^2 / (2 sigma^2))`` around the image centre ``((H - 1) / 2, (W - 1) / 2)``, ``sigma`` a
+      quarter of the shorter side (``GAUSSIAN_SIGMA_SHARE``): the centre bias of photos.
+    - "edges": the Sobel gradient magnitude (``skimage.filters.sobel``) of each image's channel mean, divided by its
+      maximum (zeros for a flat image).
+
+    Args:
+        x: the ``(B, C, H, W)`` float input (needed for "edges"), or a ``(B, H, W)`` shape.
+        kind: "random", "gaussian" or "edges".
+        seed: the seed of "random" (the others are deterministic).
+
+    Raises:
+        InputError: unknown ``kind``, a bad ``x`` or shape (or a shape for "edges"), a negative ``seed``.
+    """
+    if not isinstance(kind, str) or kind not in BASELINE_KINDS:
+        raise InputError(f"kind must be one of {BASELINE_KINDS}, got {kind!r}")
+    seed = require_int(seed, "seed", minimum=0)
+    if isinstance(x, torch.Tensor):
+        require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W) or a (B, H, W) shape")
+        images, height, width = x.shape[0], x.shape[2], x.shape[3]
+    elif isinstance(x, tuple | list) and len(x) == 3 and kind != "edges":
+        images = require_int(x[0], "x (the batch size of a (B, H, W) shape)", minimum=1)
+        height, width = require_size(tuple(x[1:]), "x (the (H, W) of a (B, H, W) shape)")
+    else:
+        needs = "a float tensor (B, C, H, W)" if kind == "edges" else "a float tensor (B, C, H, W) or a (B, H, W) shape"
+        raise InputError(f"x must be {needs} for {kind!r} maps, got {describe(x) if x is not None else 'None'}")
+    if kind == "random":
+        return np.random.default_rng(seed).random((images, height, width), dtype=np.float32)
+    if kind == "gaussian":
+        sigma = GAUSSIAN_SIGMA_SHARE * min(height, width)
+        rows = (np.arange(height) - (height - 1) / 2)[:, None]
+        columns = (np.arange(width) - (width - 1) / 2)[None, :]
+        gaussian = np.exp(-(rows**2 + columns**2) / (2 * sigma**2)).astype(np.float32)
+        return np.repeat(gaussian[None], images, axis=0)
+    edges = np.stack([sobel(image) for image in x.detach().float().mean(dim=1).cpu().numpy()])
+    peak = edges.reshape(images, -1).max(axis=1)[:, None, None]
+    return np.divide(edges, peak, out=np.zeros_like(edges), where=peak > 0).astype(np.float32)
