@@ -77,6 +77,8 @@ class LayerEvidence:
             ``(B, N, C)``); ``channel_dim`` is its channel axis.
         forward_with_output: ``forward_with_output(inputs, output) -> logits`` runs the model on ``inputs`` with this
             layer's output replaced by ``output`` (same layout; a hook acting for this thread only, removed after).
+        hessian_products: ``(B, C, h, w)`` ``H A``, the Hessian of the summed scores with respect to the activations
+            times the activations, for "gradient" methods registered with ``second_order=True``, else None.
     """
 
     activations: torch.Tensor
@@ -90,6 +92,7 @@ class LayerEvidence:
     output: torch.Tensor | None = None
     channel_dim: int = 1
     forward_with_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    hessian_products: torch.Tensor | None = None
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -128,7 +131,8 @@ class MethodSpec:
     ``family`` says what ``compute_cams`` prepares: "gradient" methods get the gradients of the explained score (one
     backward for all layers), "activation" methods only the activations, "perturbation" methods also run forwards of
     perturbed inputs. ``raw_map(evidence) -> (B, h, w)`` is the signed map before ReLU and normalisation.
-    ``score(logits, targets) -> (B,)`` is what a "gradient" method differentiates (``_class_scores`` by default).
+    ``score(logits, targets) -> (B,)`` is what a "gradient" method differentiates (``_class_scores`` by default);
+    ``second_order`` methods also get Hessian-vector products (one more backward per layer).
     """
 
     name: str
@@ -138,6 +142,7 @@ class MethodSpec:
     cost: str
     raw_map: RawMap = field(compare=False, repr=False)
     score: Score = field(default=_class_scores, compare=False, repr=False)
+    second_order: bool = False
 
     @property
     def uses_gradients(self) -> bool:
@@ -148,18 +153,26 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(
-    name: str, *, label: str, paper: str, family: str, cost: str, score: Score = _class_scores
+    name: str,
+    *,
+    label: str,
+    paper: str,
+    family: str,
+    cost: str,
+    score: Score = _class_scores,
+    second_order: bool = False,
 ) -> Callable[[RawMap], RawMap]:
     """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared.
 
-    ``score`` is what a "gradient" method differentiates (default: the explained class's logit)."""
+    ``score`` is what a "gradient" method differentiates (default: the explained class's logit); ``second_order``
+    gives it Hessian-vector products as well (``LayerEvidence.hessian_products``)."""
     if not isinstance(family, str) or family not in FAMILIES:
         raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
 
     def add(raw_map: RawMap) -> RawMap:
         if name in METHODS:
             raise MethodError(f"CAM method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map, score)
+        METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map, score, second_order)
         return raw_map
 
     return add
@@ -279,6 +292,22 @@ def _xgradcam(e: LayerEvidence) -> torch.Tensor:
 def _hirescam(e: LayerEvidence) -> torch.Tensor:
     """HiResCAM: ``sum_c g_c * A_c`` element-wise, no spatial averaging of the gradients (Draelos & Carin 2020)."""
     return (e.gradients * e.activations).sum(dim=1)
+
+
+@register_method(
+    "shapleycam",
+    label="ShapleyCAM",
+    paper="Cai, 2025, arXiv:2501.06261",
+    family="gradient",
+    cost="1 forward + 1 backward + 1 Hessian-vector product per layer",
+    second_order=True,
+)
+def _shapleycam(e: LayerEvidence) -> torch.Tensor:
+    """ShapleyCAM: ``sum_c w_c A_c`` with ``w_c = mean_ij (g - H A / 2)_cij``, ``H`` the Hessian of the score with
+    respect to the activations: a second-order estimate of each channel's Shapley value (Cai 2025), as
+    pytorch-grad-cam's ShapleyCAM. Where the network above the layer is piecewise linear (ReLU, max pooling, eval-mode
+    batch norm) ``H A = 0`` and it equals Grad-CAM."""
+    return _weighted_sum((e.gradients - 0.5 * e.hessian_products).mean(dim=(2, 3)), e.activations)
 
 
 @register_method(
@@ -759,22 +788,45 @@ def _gradients(
     layouts: dict[str, Layout],
     *,
     scores: Score,
-) -> dict[str, torch.Tensor]:
+    second_order: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One ``torch.autograd.grad`` of the summed explained scores (``scores(logits, targets)``) with respect to every
     layer's output as produced, each read as ``(B, C, h, w)``. Never ``backward()``: parameters' ``.grad`` stay
-    untouched."""
+    untouched. With ``second_order``, also each layer's Hessian-vector product ``H A`` (the gradient of ``g . A``
+    with ``A`` held fixed; zeros where the network above the layer is piecewise linear), else no products."""
+    outputs = [capture.outputs[n] for n in names]
+    products = {}
     with torch.inference_mode(False), torch.enable_grad():
         score = scores(logits, targets).sum()
         if not score.requires_grad:
             raise LayerError(f"the layers {', '.join(names)} were not used to compute the selected class")
-        grads = torch.autograd.grad(score, [capture.outputs[n] for n in names], allow_unused=True)
+        grads = torch.autograd.grad(score, outputs, allow_unused=True, create_graph=second_order)
+        for name, output, grad in zip(names, outputs, grads):
+            if not second_order:
+                break
+            product = None
+            if grad is not None and grad.requires_grad:
+                try:
+                    (product,) = torch.autograd.grad(
+                        grad, output, grad_outputs=capture.values[name], retain_graph=True, allow_unused=True
+                    )
+                except RuntimeError as error:
+                    if "not implemented" not in str(error):
+                        raise
+                    raise MethodError(
+                        f"this method needs second derivatives of the score with respect to layer {name!r}, and "
+                        f"PyTorch has none for an operation above it ({str(error).splitlines()[0]}); use Grad-CAM"
+                    ) from error
+            product = torch.zeros_like(output) if product is None else product.detach()
+            _check_finite(f"the Hessian-vector product of layer {name!r}", product)
+            products[name] = to_feature_map(product, layouts[name])
     out = {}
     for name, grad in zip(names, grads):
         if grad is None:
             raise LayerError(f"layer {name!r} was not used to compute the selected class")
         _check_finite(f"the gradients of layer {name!r}", grad)
-        out[name] = to_feature_map(grad, layouts[name])
-    return out
+        out[name] = to_feature_map(grad.detach(), layouts[name])
+    return out, products
 
 
 def _finish(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -853,10 +905,12 @@ def compute_cams(
         values = {name: to_feature_map(capture.values[name], feature_layouts[name]) for name in names}
         for name in names:
             _check_finite(f"the activations of layer {name!r}", values[name])
-        grads = (
-            _gradients(logits, targets, capture, names, feature_layouts, scores=spec.score)
+        grads, products = (
+            _gradients(
+                logits, targets, capture, names, feature_layouts, scores=spec.score, second_order=spec.second_order
+            )
             if spec.uses_gradients
-            else {}
+            else ({}, {})
         )
         batches = sum(len(targets) * -(-values[name].shape[1] // scorecam_batch_size) for name in names)
         counter = Progress(progress, batches if spec.family == "perturbation" else 0)
@@ -877,6 +931,7 @@ def compute_cams(
                     output=capture.values[name],
                     channel_dim=1 if feature_layouts[name].kind == "nchw" else -1,
                     forward_with_output=partial(_forward_with_output, model, modules[name]),
+                    hessian_products=products.get(name),
                 )
                 try:
                     raws[name] = spec.raw_map(evidence)

@@ -38,6 +38,7 @@ from pytorch_grad_cam import (
     LayerCAM,
     RandomCAM,
     ScoreCAM,
+    ShapleyCAM,
     XGradCAM,
 )
 from pytorch_grad_cam.utils.image import scale_cam_image
@@ -82,11 +83,11 @@ REFERENCE_CAMS = {
     "randomcam": RandomCAM,  # with its numpy draws replaced by camlib's (see _injected_random_weights)
     "cam": GradCAM,  # pytorch-grad-cam has no CAM: where CAM is defined, Grad-CAM's weights are CAM's / (h w)
     "finercam": FinerCAM,  # its own targets: called with target_idx (see _reference_maps)
+    "shapleycam": ShapleyCAM,
 }
 # pytorch-grad-cam 1.5.7's CAM classes that camlib does not (yet) have, and why: the registry test keeps this honest.
 NOT_IN_CAMLIB = {
     "FullGrad": "ignores the target layer: a sum over every bias layer of the model, not a per-layer map",
-    "ShapleyCAM": "needs a Hessian-vector product (a second backward through the layer's gradient)",
     "FEM": "not yet added (issue #12)",
     "RefineCAM": "not yet added (issue #12)",
     "SegEigenCAM": "segmentation-only Eigen-CAM variant",
@@ -684,6 +685,44 @@ def test_finercam_is_gradcam_of_the_contrast_with_the_most_similar_classes():
         np.testing.assert_allclose(result.raw["features"], expected, atol=1e-5 * scale, rtol=0)
 
 
+class _Smooth(nn.Module):
+    """A CNN that is smooth above ``features`` (GELU, SiLU): the score's Hessian there is far from zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU())
+        self.features = nn.Identity()
+        self.top = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 1), nn.GELU())
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.top(self.features(self.stem(x))).mean(dim=(2, 3)))
+
+
+def test_shapleycam_matches_pytorch_grad_cam_where_the_hessian_matters():
+    """On the zoo's CNNs the Hessian-vector product vanishes (ReLU, max pooling, eval-mode batch norm above the
+    layer), so there ShapleyCAM equals Grad-CAM; here it does not, and still equals pytorch-grad-cam's ShapleyCAM.
+    (pytorch-grad-cam 1.5.7's ShapleyCAM cannot run the channels-last and token layers of the layout zoo: with a
+    reshape_transform it multiplies reshaped weights with unreshaped activations, and it calls ``detach_`` on view
+    outputs; ``test_shapleycam_on_zoo_layers_without_second_derivatives_is_a_method_error`` covers attention.)"""
+    model, x = seeded(_Smooth), _images(2, 12, seed=5)
+    shapley = compute_cams(model, x, ["features"], method="shapleycam", class_idx=[1, 3])
+    gradcam = compute_cams(model, x, ["features"], method="gradcam", class_idx=[1, 3])
+    scale = float(np.abs(gradcam.raw["features"]).max())
+    assert np.abs(shapley.raw["features"] - gradcam.raw["features"]).max() > 0.01 * scale
+    reference = _reference_maps(model, x, "features", "shapleycam", [1, 3])
+    np.testing.assert_allclose(shapley.maps["features"], reference, atol=ATOL, rtol=0)
+    piecewise_linear = compute_cams(seeded_resnet18(), _images(2, 64, seed=7), ["layer3"], class_idx=[3, 7])
+    same = compute_cams(seeded_resnet18(), _images(2, 64, seed=7), ["layer3"], method="shapleycam", class_idx=[3, 7])
+    np.testing.assert_array_equal(same.raw["layer3"], piecewise_linear.raw["layer3"])
+
+
+def test_shapleycam_without_second_derivatives_is_a_method_error(layout_zoo):
+    """PyTorch has no double backward for CPU flash attention (DeiT's blocks): a typed error that names the layer."""
+    with pytest.raises(MethodError, match=r"second derivatives.*blocks\.4"):
+        layout_zoo.ours("deit_tiny", "shapleycam", ("blocks.4",))
+
+
 def _manual_gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]) -> np.ndarray:
     """Grad-CAM's signed map by hand on a copy of the model: a tensor hook for the gradient of the layer's output,
     its values as produced (copied in the hook), ``loss.backward()`` (the copy's ``.grad`` do not matter), float64
@@ -902,7 +941,8 @@ def layout_zoo() -> LayoutZoo:
 def _layout_cases():
     for name, entry in LAYOUT_ZOO.items():
         for layer in entry.layers:
-            for method in (*GRADIENT_METHODS, "eigencam", "kpcacam"):
+            # pytorch-grad-cam's ShapleyCAM fails on these layers (test_shapleycam_matches_pytorch_grad_cam_...).
+            for method in (*(m for m in GRADIENT_METHODS if m != "shapleycam"), "eigencam", "kpcacam"):
                 yield pytest.param(name, layer, method, id=f"{name}-{layer}-{method}")
 
 
