@@ -22,10 +22,14 @@ numpy arrays, as pytorch-grad-cam does.
 - ``confidence_change``: pytorch-grad-cam 1.5.7's ``CamMultImageConfidenceChange`` with
   ``ClassifierOutputSoftmaxTarget`` (``pytorch_grad_cam/metrics/cam_mult_image.py``).
 - ``baseline_maps``: maps that explain nothing (random, a centred Gaussian, image edges) to compare methods against.
+- ``cascading_randomization``: the model-parameter randomisation test of Adebayo et al., "Sanity Checks for Saliency
+  Maps", NeurIPS 2018 (arXiv:1810.03292), section 3.1, on a deep copy of the model.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,13 +38,15 @@ import torch
 import torchvision.transforms.functional as TF
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
+from scipy.stats import ConstantInputWarning, spearmanr
 from skimage.filters import sobel
+from skimage.metrics import structural_similarity
 from torch import nn
 
 from camlib.cam import _resolve_classes
 from camlib.contracts import describe, require_int, require_model, require_size, require_tensor, require_unit_range
 from camlib.errors import InputError, NonFiniteError
-from camlib.guard import eval_mode
+from camlib.guard import eval_mode, model_lock
 
 BLUR_KERNEL = 11  # RISE's evaluation code (eclique/RISE, evaluation.py): blur = gkern(klen=11, nsig=5)
 BLUR_SIGMA = 5.0
@@ -134,6 +140,23 @@ class ConfidenceDrop:
     increased: np.ndarray
     average_drop: float
     increase_in_confidence: float
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    """Cascading randomisation (Adebayo et al., NeurIPS 2018, section 3.1): similarity of each image's map on the
+    trained model to its map after re-initialising the model's layers one by one, from the logits down.
+
+    Attributes:
+        layers: the dotted names of the re-initialised modules, in order; step ``i`` has ``layers[: i + 1]`` random.
+        spearman: ``(B, len(layers))`` float64, Spearman's rank correlation of the flattened maps
+            (``scipy.stats.spearmanr``; NaN where either map is constant). A faithful method's falls towards 0.
+        ssim: ``(B, len(layers))`` float64, ``skimage.metrics.structural_similarity`` with ``data_range=1``.
+    """
+
+    layers: tuple[str, ...]
+    spearman: np.ndarray
+    ssim: np.ndarray
 
 
 # --- input contracts -----------------------------------------------------------------------------------------------
@@ -553,3 +576,92 @@ def baseline_maps(x: torch.Tensor | tuple[int, int, int], kind: str = "random", 
     edges = np.stack([sobel(image) for image in x.detach().float().mean(dim=1).cpu().numpy()])
     peak = edges.reshape(images, -1).max(axis=1)[:, None, None]
     return np.divide(edges, peak, out=np.zeros_like(edges), where=peak > 0).astype(np.float32)
+
+
+# --- sanity checks -------------------------------------------------------------------------------------------------
+
+
+Explain = Callable[[nn.Module, torch.Tensor, list[int]], np.ndarray]
+
+
+def _reinitialize(module: nn.Module, generator: torch.Generator, seed: int) -> None:
+    """Re-initialise ``module``'s own parameters as at construction (``reset_parameters`` under a forked, seeded
+    global RNG, so the caller's RNG is untouched), else draw them from ``N(0, std of the old values)``."""
+    if hasattr(module, "reset_parameters"):
+        devices = [p.device.index or 0 for p in module.parameters(recurse=False) if p.device.type == "cuda"][:1]
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(seed)
+            module.reset_parameters()
+        return
+    with torch.no_grad():
+        for parameter in module.parameters(recurse=False):
+            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            parameter.copy_(noise.to(parameter.device) * parameter.float().std().nan_to_num(1.0).to(parameter.dtype))
+
+
+def _similarities(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        rank = float(spearmanr(reference.ravel(), other.ravel()).statistic)
+    window = min(7, *(side - (side + 1) % 2 for side in reference.shape))  # odd and within the map
+    ssim = structural_similarity(reference, other, data_range=1.0, win_size=window) if window >= 3 else np.nan
+    return rank, float(ssim)
+
+
+def cascading_randomization(
+    model: nn.Module,
+    x: torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    explain: Explain,
+    *,
+    seed: int = 0,
+) -> SanityResult:
+    """The model-parameter randomisation test (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018,
+    section 3.1): re-initialise the layers of a deep copy of ``model`` one by one from the logits down (each module
+    with parameters of its own, in reverse ``named_modules`` order, cumulatively) and compare each image's map after
+    every step with its map on the trained model (Spearman rank correlation and SSIM, as the paper).
+
+    ``model`` itself is only deep-copied (under its lock): its weights, modes, hooks and gradients stay as they were.
+
+    Args:
+        model, x, class_idx: see the module docstring (the classes are checked on ``model``'s logits for ``x``).
+        explain: ``explain(model_copy, x, classes) -> (B, H', W')`` maps in [0, 1], e.g.
+            ``lambda m, x, k: compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]``; called ``L + 1`` times.
+        seed: seeds the re-initialisations (layer ``i`` uses ``seed + i``).
+
+    Raises:
+        InputError: a bad argument, a model without parameters, or ``explain`` not returning one map per image.
+        ClassIndexError: a class outside the model's classes.
+    """
+    device = require_model(model)
+    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
+    if not callable(explain):
+        raise InputError(f"explain must be a callable (model, x, classes) -> maps, got {describe(explain)}")
+    seed = require_int(seed, "seed", minimum=0)
+    x = x.detach().to(device)
+    with eval_mode(model):
+        targets, _ = _classes_and_scores(model, x, class_idx)
+    with model_lock(model):
+        randomized = copy.deepcopy(model)
+    randomized.eval()
+    layers = [name for name, m in randomized.named_modules() if next(m.parameters(recurse=False), None) is not None]
+    if not layers:
+        raise InputError("model has no parameters to randomise")
+    layers.reverse()
+
+    def maps_of(network: nn.Module) -> np.ndarray:
+        maps = explain(network, x, list(targets))
+        maps = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
+        if not isinstance(maps, np.ndarray) or maps.ndim != 3 or len(maps) != len(x) or maps.dtype.kind != "f":
+            raise InputError(f"explain must return (B, H, W) float maps, one per image, got {describe(maps)}")
+        return maps.astype(np.float64)
+
+    reference = maps_of(randomized)
+    generator = torch.Generator().manual_seed(seed)
+    modules = dict(randomized.named_modules())
+    spearman, ssim = np.zeros((len(x), len(layers))), np.zeros((len(x), len(layers)))
+    for step, name in enumerate(layers):
+        _reinitialize(modules[name], generator, seed + step)
+        for b, (before, after) in enumerate(zip(reference, maps_of(randomized))):
+            spearman[b, step], ssim[b, step] = _similarities(before, after)
+    return SanityResult(tuple(layers), spearman, ssim)

@@ -71,6 +71,10 @@ X2 = torch.zeros(2, 3, 8, 8)  # two images, for the metrics
 MAPS2 = np.full((2, 8, 8), 0.5, np.float32)
 
 
+def _explain_edges(_model: nn.Module, x: torch.Tensor, _classes: list[int]) -> np.ndarray:
+    return metrics.baseline_maps(x, "edges")
+
+
 def _result() -> cam.CamResult:
     return cam.compute_cams(MODEL, X, ["0"])
 
@@ -1131,6 +1135,42 @@ CASES: list[Case] = [
         lambda: {"None": None, "unknown": "sobel", "int": 0},
     ),
     Case(metrics.baseline_maps, "seed", lambda v: metrics.baseline_maps(X2, seed=v), lambda: bad_ints(0)),
+    Case(
+        metrics.cascading_randomization,
+        "model",
+        lambda v: metrics.cascading_randomization(v, X2, 0, _explain_edges),
+        bad_models,
+    ),
+    Case(
+        metrics.cascading_randomization,
+        "x",
+        lambda v: metrics.cascading_randomization(MODEL, v, 0, _explain_edges),
+        lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"},
+    ),
+    Case(
+        metrics.cascading_randomization,
+        "class",
+        lambda v: metrics.cascading_randomization(MODEL, X2, v, _explain_edges),
+        lambda: {"float": 1.5, "too large": 10, "negative": -1, "one for two images": [1]},
+    ),
+    Case(
+        metrics.cascading_randomization,
+        "explain",
+        lambda v: metrics.cascading_randomization(MODEL, X2, 0, v),
+        lambda: {
+            "None": None,
+            "str": "gradcam",
+            "one map": lambda m, x, k: MAPS2[:1],
+            "2-D": lambda m, x, k: MAPS2[0],
+            "int maps": lambda m, x, k: np.zeros((2, 8, 8), np.int64),
+        },
+    ),
+    Case(
+        metrics.cascading_randomization,
+        "seed",
+        lambda v: metrics.cascading_randomization(MODEL, X2, 0, _explain_edges, seed=v),
+        lambda: bad_ints(0),
+    ),
     # device
     Case(
         device.parse_device,
@@ -1193,6 +1233,7 @@ EXEMPT_CLASSES: dict[type, str] = {
     metrics.DeletionInsertion: _RESULT,
     metrics.RoadResult: _RESULT,
     metrics.ConfidenceDrop: _RESULT,
+    metrics.SanityResult: _RESULT,
     train.TrainConfig: "built by parse_args (argparse) and checked by train (row above)",
 }
 

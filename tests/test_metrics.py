@@ -25,6 +25,7 @@ from camlib.metrics import (
     average_drop_increase,
     baseline_maps,
     blurred,
+    cascading_randomization,
     confidence_change,
     deletion_insertion,
     road,
@@ -358,6 +359,36 @@ def test_baseline_maps_refuse_bad_arguments():
         baseline_maps((1, 8, 8), seed=-1)
 
 
+# --- sanity checks -------------------------------------------------------------------------------------------------
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
+    return compute_cams(model, x, ["4"], class_idx=classes).maps["4"]
+
+
+def test_maps_that_ignore_the_model_fail_the_randomisation_test(cifar_batch):
+    """Edge maps do not change when the weights do: rank correlation and SSIM stay exactly 1 at every step. Layers are
+    randomised from the logits down."""
+    model, x, _, targets = cifar_batch
+    result = cascading_randomization(model, x, targets, lambda m, x, k: baseline_maps(x, "edges"))
+    assert result.layers == ("8", "4", "2", "0")
+    np.testing.assert_allclose(result.spearman, 1.0)
+    np.testing.assert_allclose(result.ssim, 1.0)
+
+
+def test_grad_cam_maps_change_as_the_layers_are_randomised(cifar_batch):
+    model, x, _, targets = cifar_batch
+    state = torch.get_rng_state()
+    result = cascading_randomization(model, x, targets, grad_cam, seed=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert result.spearman.shape == result.ssim.shape == (3, 4)
+    assert np.nanmean(result.spearman[:, -1]) < 0.9 and np.nanmean(result.ssim[:, -1]) < 0.9
+    again = cascading_randomization(model, x, targets, grad_cam, seed=2)
+    np.testing.assert_array_equal(again.spearman, result.spearman)
+    with pytest.raises(InputError, match="explain"):
+        cascading_randomization(model, x, targets, lambda m, x, k: np.zeros((1, 4, 4), np.float32))
+
+
 # --- the shared model ----------------------------------------------------------------------------------------------
 
 
@@ -371,5 +402,10 @@ def test_metrics_leave_a_shared_model_as_they_found_it(snapshot, one_torch_threa
     road(model, x, maps, [1, 2], percentiles=(50,))
     confidence_change(model, x, maps, 1)
     average_drop_increase(model, x, maps, 1)
+    calls = []
+    cascading_randomization(
+        model, x, 1, lambda m, x, k: calls.append(m) or compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]
+    )
+    assert calls and all(m is not model for m in calls)
     before.assert_unchanged()
     assert torch.equal(torch.get_rng_state(), rng)
