@@ -20,6 +20,7 @@ Modules:
     cifar_models -- CIFAR-10 architectures (ResNet-20, CIFAR ResNet-18) and their normalisation.
     train        -- ``python -m camlib.train``: one-cycle training with an exported pipeline, resumable.
     evaluation   -- batched predictions, confusion matrices, per-class accuracy, prediction flips.
+    stability    -- how CAMs and predictions change under a Lab pipeline's augmentations (carried maps, flips).
     metrics      -- faithfulness of maps: deletion/insertion, ROAD, Average Drop/Increase, baselines, sanity checks.
     prediction_cache -- whole-dataset predictions computed once per (weights, data) and kept on disk (no pickle).
     guard        -- the per-model lock and mode restoration for shared (cached) models.

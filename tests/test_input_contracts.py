@@ -42,6 +42,7 @@ from camlib import (
     overlay,
     prediction_cache,
     samples,
+    stability,
     train,
 )
 from camlib.errors import CamlibError
@@ -216,6 +217,29 @@ def bad_labels() -> dict[str, object]:
         "str": "01",
         "bool": np.array([True, False]),
     }
+
+
+def _bad_stability_maps() -> dict[str, object]:
+    return {k: v for k, v in bad_maps().items() if k not in ("above 1", "negative")} | {"other shape": CAM[:4]}
+
+
+def _stability(**changes: object) -> object:
+    """``augmentation_stability`` with valid arguments except ``changes``."""
+    arguments = {"model": MODEL, "images": IMAGES, "pipeline": PIPELINE, "layer": "0", "preprocessing": PRE}
+    return stability.augmentation_stability(**(arguments | {"n_views": 1} | changes))
+
+
+def _stability_views(**changes: object) -> object:
+    """``stability_views`` with valid arguments except ``changes``."""
+    arguments = {"model": MODEL, "image": IMAGE, "pipeline": PIPELINE, "layer": "0", "preprocessing": PRE}
+    return stability.stability_views(**(arguments | {"n_views": 1} | changes))
+
+
+def _flip_curve(**changes: object) -> object:
+    """``flip_curve`` with valid arguments except ``changes`` (it varies a Rotate step's limit)."""
+    rotate = augment.Pipeline((augment.PipelineStep("Rotate"),), seed=0)
+    arguments = {"model": MODEL, "images": IMAGES, "pipeline": rotate, "layer": "0", "preprocessing": PRE}
+    return stability.flip_curve(**(arguments | {"sweep": stability.Sweep(0, "limit", (0.0,)), "n_views": 1} | changes))
 
 
 # --- the table ------------------------------------------------------------------------------------------------------
@@ -1171,6 +1195,85 @@ CASES: list[Case] = [
         lambda v: metrics.cascading_randomization(MODEL, X2, 0, _explain_edges, seed=v),
         lambda: bad_ints(0),
     ),
+    # stability
+    Case(
+        stability.map_correlation,
+        "a",
+        lambda v: stability.map_correlation(v, CAM, CAM > 0),
+        lambda: _bad_stability_maps(),
+    ),
+    Case(
+        stability.map_correlation,
+        "b",
+        lambda v: stability.map_correlation(CAM, v, CAM > 0),
+        lambda: _bad_stability_maps(),
+    ),
+    Case(
+        stability.top_fraction_iou,
+        "valid",
+        lambda v: stability.top_fraction_iou(CAM, CAM, v),
+        lambda: {"None": None, "float": CAM, "other shape": np.ones((4, 4), bool), "list": [[True]]},
+    ),
+    Case(
+        stability.top_fraction_iou,
+        "fraction",
+        lambda v: stability.top_fraction_iou(CAM, CAM, CAM > 0, fraction=v),
+        lambda: {"None": None, "zero": 0, "above 1": 1.5, "str": "0.2", "bool": True},
+    ),
+    *[
+        row
+        for function, call in (
+            (stability.augmentation_stability, _stability),
+            (stability.stability_views, _stability_views),
+            (stability.flip_curve, _flip_curve),
+        )
+        for row in (
+            Case(function, "model", lambda v, f=call: f(model=v), bad_models),
+            Case(function, "pipeline", lambda v, f=call: f(pipeline=v), bad_pipelines),
+            Case(
+                function,
+                "layer",
+                lambda v, f=call: f(layer=v),
+                lambda: {"None": None, "int": 0, "unknown": "layer4", "empty": "", "list": ["0"]},
+            ),
+            Case(
+                function,
+                "preprocessing",
+                lambda v, f=call: f(preprocessing=v),
+                lambda: {"None": None, "spec": SPEC, "dict": {"resize": 8}},
+            ),
+            Case(function, "method", lambda v, f=call: f(method=v), lambda: {"None": None, "unknown": "gradcam2"}),
+            Case(function, "n_views", lambda v, f=call: f(n_views=v), lambda: bad_ints(1) | {"too many": 10_000}),
+        )
+    ],
+    Case(stability.augmentation_stability, "images", lambda v: _stability(images=v), bad_batches),
+    Case(stability.flip_curve, "images", lambda v: _flip_curve(images=v), bad_batches),
+    Case(stability.stability_views, "image", lambda v: _stability_views(image=v), bad_images),
+    Case(
+        stability.augmentation_stability,
+        "class_idx",
+        lambda v: _stability(class_idx=v),
+        lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "one for two images": [1], "bool": True},
+    ),
+    Case(
+        stability.stability_views,
+        "class_idx",
+        lambda v: _stability_views(class_idx=v),
+        lambda: {"float": 1.5, "list": [1], "too large": 10, "negative": -1},
+    ),
+    Case(
+        stability.flip_curve,
+        "sweep",
+        lambda v: _flip_curve(sweep=v),
+        lambda: {
+            "None": None,
+            "dict": {"step_index": 0},
+            "step out of range": stability.Sweep(3, "p", (0.5,)),
+            "not numeric": stability.Sweep(0, "p", (0.5,)),
+            "no values": stability.Sweep(0, "limit", ()),
+            "bad value": stability.Sweep(0, "limit", (500.0,)),
+        },
+    ),
     # device
     Case(
         device.parse_device,
@@ -1235,6 +1338,12 @@ EXEMPT_CLASSES: dict[type, str] = {
     metrics.ConfidenceDrop: _RESULT,
     metrics.SanityResult: _RESULT,
     train.TrainConfig: "built by parse_args (argparse) and checked by train (row above)",
+    stability.StabilityScores: _RESULT,
+    stability.StepStability: _RESULT,
+    stability.ViewMaps: _RESULT,
+    stability.StabilityReport: _RESULT,
+    stability.FlipCurve: _RESULT,
+    stability.Sweep: "user data, checked by flip_curve (row above)",
 }
 
 
