@@ -880,8 +880,53 @@ def compute_cams(
         InputError, MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError (all
         ``ValueError``).
     """
+    _resolve_method(method)  # an unknown method is reported before any other argument
+    return compute_cam_grid(
+        model,
+        x,
+        layers,
+        [method],
+        class_idx=class_idx,
+        scorecam_batch_size=scorecam_batch_size,
+        layouts=layouts,
+        progress=progress,
+    )[method]
+
+
+def compute_cam_grid(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    methods: Sequence[str],
+    *,
+    class_idx: int | Sequence[int] | None = None,
+    scorecam_batch_size: int = 32,
+    layouts: Mapping[str, str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, CamResult]:
+    """Every method x layer map from shared passes: the methods x layers grid of issue #12.
+
+    All "gradient" methods that differentiate the same score (every method but Finer-CAM, whose score contrasts
+    classes) share one forward and one ``torch.autograd.grad`` call; "activation" and "perturbation" methods share
+    that forward; a method with its own score, or with second-order terms (ShapleyCAM), gets its own pass. Each cell
+    equals ``compute_cams(model, x, [layer], method=m)`` (tests/test_cam.py checks it on the reference models).
+
+    Args:
+        methods: keys of ``METHODS``, at least one; repeats are computed once.
+        model, x, layers, class_idx, scorecam_batch_size, layouts: as for ``compute_cams``.
+        progress: ``callback(done, total)`` after each extra forward batch of the perturbation methods, counted over
+            all of them; it may raise to cancel (hooks removed, modes restored, lock released).
+
+    Returns:
+        ``{method: CamResult}`` in the order of ``methods``; each result's ``elapsed_s`` is the wall time of the whole
+        call (the passes are shared).
+
+    Raises:
+        InputError, MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError (all
+        ``ValueError``).
+    """
     started = time.perf_counter()
-    spec = _resolve_method(method)
+    specs = _resolve_methods(methods)
     require_model(model)
     if progress is not None and not callable(progress):
         raise InputError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
@@ -889,55 +934,126 @@ def compute_cams(
     _validate_input(x, scorecam_batch_size)
     explicit_layouts = _resolve_layouts(layouts, names)
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    if spec.uses_gradients and any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+    if any(s.uses_gradients for s in specs) and any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
         raise GradientUnavailableError(
             "CAM needs gradients, and this model's weights were created in inference_mode; "
             "load the model outside torch.inference_mode()"
         )
 
+    raws: dict[str, dict[str, torch.Tensor]] = {}
+    counter: Progress | None = None
     with eval_mode(model):
-        xin, logits, capture = _forward(model, x, names, start_graph=spec.uses_gradients)
-        targets = _resolve_classes(class_idx, logits)
-        feature_layouts = {
-            name: _layer_layout(name, tuple(capture.values[name].shape), size, explicit_layouts.get(name))
-            for name in names
-        }
-        values = {name: to_feature_map(capture.values[name], feature_layouts[name]) for name in names}
-        for name in names:
-            _check_finite(f"the activations of layer {name!r}", values[name])
-        grads, products = (
-            _gradients(
-                logits, targets, capture, names, feature_layouts, scores=spec.score, second_order=spec.second_order
-            )
-            if spec.uses_gradients
-            else ({}, {})
-        )
-        batches = sum(len(targets) * -(-values[name].shape[1] // scorecam_batch_size) for name in names)
-        counter = Progress(progress, batches if spec.family == "perturbation" else 0)
-        # Perturbation methods run more forwards: they stay inside the guard (eval mode, no other session's hooks).
-        modules = dict(model.named_modules())
-        raws = {}
-        with torch.inference_mode(False), torch.no_grad():
+        for group in _pass_groups(specs):
+            gradient = next((s for s in group if s.uses_gradients), None)
+            xin, logits, capture = _forward(model, x, names, start_graph=gradient is not None)
+            targets = _resolve_classes(class_idx, logits)
+            feature_layouts = {
+                name: _layer_layout(name, tuple(capture.values[name].shape), size, explicit_layouts.get(name))
+                for name in names
+            }
+            values = {name: to_feature_map(capture.values[name], feature_layouts[name]) for name in names}
             for name in names:
-                evidence = LayerEvidence(
-                    values[name],
-                    grads.get(name),
-                    model,
-                    xin.detach(),
+                _check_finite(f"the activations of layer {name!r}", values[name])
+            grads, products = (
+                _gradients(
+                    logits,
                     targets,
-                    scorecam_batch_size,
-                    counter,
-                    logits=logits.detach(),
-                    output=capture.values[name],
-                    channel_dim=1 if feature_layouts[name].kind == "nchw" else -1,
-                    forward_with_output=partial(_forward_with_output, model, modules[name]),
-                    hessian_products=products.get(name),
+                    capture,
+                    names,
+                    feature_layouts,
+                    scores=gradient.score,
+                    second_order=gradient.second_order,
                 )
-                try:
-                    raws[name] = spec.raw_map(evidence)
-                except MethodError as error:
-                    raise MethodError(f"{spec.label} cannot explain layer {name!r}: {error}") from error
+                if gradient
+                else ({}, {})
+            )
+            if counter is None:
+                per_method = sum(len(targets) * -(-values[name].shape[1] // scorecam_batch_size) for name in names)
+                counter = Progress(progress, per_method * sum(s.family == "perturbation" for s in specs))
+            pass_ = _Pass(
+                model, xin.detach(), logits.detach(), targets, capture, feature_layouts, values, grads, products
+            )
+            for spec in group:
+                raws[spec.name] = _raw_maps(spec, pass_, names, scorecam_batch_size, counter)
 
+    elapsed = time.perf_counter() - started
+    return {spec.name: _result(spec, raws[spec.name], pass_, size, elapsed) for spec in specs}
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One forward (and gradient) pass shared by several methods."""
+
+    model: nn.Module
+    x: torch.Tensor
+    logits: torch.Tensor
+    targets: list[int]
+    capture: _Capture
+    layouts: dict[str, Layout]
+    values: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor]
+    products: dict[str, torch.Tensor]
+
+
+def _resolve_methods(methods: Sequence[str]) -> list[MethodSpec]:
+    if isinstance(methods, (str, bytes)) or not isinstance(methods, Sequence) or not methods:
+        raise MethodError(f"methods must be a non-empty sequence of method names, got {methods!r}")
+    try:
+        return [_resolve_method(m) for m in dict.fromkeys(methods)]
+    except (MethodError, TypeError) as error:
+        raise MethodError(f"methods: {error}") from error
+
+
+def _pass_groups(specs: list[MethodSpec]) -> list[list[MethodSpec]]:
+    """Methods grouped by the pass they need: one per distinct (gradient score, second order); the methods without
+    gradients join the first group (its forward serves them) or form their own."""
+    groups: dict[object, list[MethodSpec]] = {}
+    for spec in specs:
+        if spec.uses_gradients:
+            groups.setdefault((spec.score, spec.second_order), []).append(spec)
+    others = [s for s in specs if not s.uses_gradients]
+    if not groups:
+        return [others]
+    first = next(iter(groups.values()))
+    first.extend(others)
+    return list(groups.values())
+
+
+def _raw_maps(
+    spec: MethodSpec, pass_: _Pass, names: list[str], batch_size: int, counter: Progress
+) -> dict[str, torch.Tensor]:
+    """One method's signed raw map of every layer from a shared pass. Perturbation methods run more forwards: they
+    stay inside the caller's guard (eval mode, no other session's hooks)."""
+    modules = dict(pass_.model.named_modules())
+    raws = {}
+    with torch.inference_mode(False), torch.no_grad():
+        for name in names:
+            evidence = LayerEvidence(
+                pass_.values[name],
+                pass_.grads.get(name) if spec.uses_gradients else None,
+                pass_.model,
+                pass_.x,
+                pass_.targets,
+                batch_size,
+                counter,
+                logits=pass_.logits,
+                output=pass_.capture.values[name],
+                channel_dim=1 if pass_.layouts[name].kind == "nchw" else -1,
+                forward_with_output=partial(_forward_with_output, pass_.model, modules[name]),
+                hessian_products=pass_.products.get(name) if spec.second_order else None,
+            )
+            try:
+                raws[name] = spec.raw_map(evidence)
+            except MethodError as error:
+                raise MethodError(f"{spec.label} cannot explain layer {name!r}: {error}") from error
+    return raws
+
+
+def _result(
+    spec: MethodSpec, raws: dict[str, torch.Tensor], pass_: _Pass, size: tuple[int, int], elapsed: float
+) -> CamResult:
+    """A method's ``CamResult`` from its raw maps (in layer order): ReLU, normalise, resize, normalise."""
+    names = list(raws)
     maps, raw_np, degenerate = {}, {}, {}
     with torch.no_grad():
         for name in names:
@@ -949,12 +1065,12 @@ def compute_cams(
     return CamResult(
         method=spec.name,
         layers=tuple(names),
-        class_idx=targets,
-        logits=logits.detach().float().cpu().numpy(),
+        class_idx=pass_.targets,
+        logits=pass_.logits.float().cpu().numpy(),
         maps=maps,
         raw=raw_np,
         degenerate=degenerate,
-        elapsed_s=time.perf_counter() - started,
+        elapsed_s=elapsed,
     )
 
 

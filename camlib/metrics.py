@@ -29,7 +29,6 @@ numpy arrays, as pytorch-grad-cam does.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ import torch
 import torchvision.transforms.functional as TF
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
-from scipy.stats import ConstantInputWarning, spearmanr
+from scipy.stats import spearmanr
 from skimage.filters import sobel
 from skimage.metrics import structural_similarity
 from torch import nn
@@ -600,9 +599,10 @@ def _reinitialize(module: nn.Module, generator: torch.Generator, seed: int) -> N
 
 
 def _similarities(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConstantInputWarning)
-        rank = float(spearmanr(reference.ravel(), other.ravel()).statistic)
+    # A constant map has no ranking (Spearman undefined): NaN, without scipy's ConstantInputWarning (and without
+    # a process-wide swap of the warning filters, which is not thread-safe across sessions).
+    constant = np.ptp(reference) == 0 or np.ptp(other) == 0
+    rank = np.nan if constant else float(spearmanr(reference.ravel(), other.ravel()).statistic)
     window = min(7, *(side - (side + 1) % 2 for side in reference.shape))  # odd and within the map
     ssim = structural_similarity(reference, other, data_range=1.0, win_size=window) if window >= 3 else np.nan
     return rank, float(ssim)

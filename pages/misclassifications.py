@@ -46,8 +46,9 @@ bar = st.empty()  # filled only while the predictions are computed (the first op
 
 
 def show_progress(done: int, total: int) -> None:
+    fraction = done / total
     bar.progress(
-        done / total,
+        fraction,
         text=md("Predicting the {total:,} test images (once for these weights): {done:,} done", total=total, done=done),
     )
 

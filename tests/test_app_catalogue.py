@@ -10,7 +10,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_app_cam import APP, TIMEOUT, _explained
 
-from camlib.cam import compute_cams
+from camlib.cam import compute_cam_grid
 from camlib.imaging import MAX_SIDE
 from ui import cache
 
@@ -70,11 +70,11 @@ def test_class_index_out_of_range_is_an_error_not_another_class(monkeypatch: pyt
     at = _app()
     before = _explained(at)
 
-    def shifted(model, x, layers, *, class_idx, **kwargs):
-        return compute_cams(model, x, layers, class_idx=class_idx + offset, **kwargs)
+    def shifted(model, x, layers, methods, *, class_idx, **kwargs):
+        return compute_cam_grid(model, x, layers, methods, class_idx=class_idx + offset, **kwargs)
 
-    monkeypatch.setattr(cache, "compute_cams", shifted)
-    cache._cached_view.clear()  # a cached CAM would not reach compute_cams
+    monkeypatch.setattr(cache, "compute_cam_grid", shifted)
+    cache._cached_view.clear()  # a cached CAM would not reach compute_cam_grid
     at.selectbox(key="cam_method").set_value("layercam").run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "Cannot compute the CAM" in at.error[0].value

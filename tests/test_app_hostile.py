@@ -266,8 +266,8 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits [x](https://example.invalid/)")
 
-    monkeypatch.setattr(cache, "compute_cams", fail)
-    cache._cached_view.clear()  # a cached CAM would not reach compute_cams
+    monkeypatch.setattr(cache, "compute_cam_grid", fail)
+    cache._cached_view.clear()  # a cached CAM would not reach compute_cam_grid
     at.selectbox(key="cam_method").set_value("xgradcam").run()
     assert_no_live_text(at)
     assert [e.value for e in at.error] == [
@@ -306,7 +306,7 @@ def test_cam_error_keeps_the_last_cam_on_its_own_image(monkeypatch: pytest.Monke
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits")
 
-    monkeypatch.setattr(cache, "compute_cams", fail)
+    monkeypatch.setattr(cache, "compute_cam_grid", fail)
     tall = np.random.default_rng(12).integers(0, 256, (120, 40, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(tall).save(buffer, format="PNG")

@@ -50,6 +50,7 @@ from camlib.cam import (
     METHODS,
     RANDOM_CAM_SEED,
     CamResult,
+    compute_cam_grid,
     compute_cams,
     layer_magnitudes,
     minmax_normalize,
@@ -1916,3 +1917,100 @@ def test_hooks_of_one_session_do_not_touch_another_sessions_forward():
     a.join(timeout=120)
     torch.testing.assert_close(during, expected, rtol=0, atol=0)
     assert "a" in results and registered_hooks(model) == []
+
+
+# --- compute_cam_grid: the methods x layers grid from shared passes (issue #12) -----------------------------------
+
+# Every method that runs on any layer in one pass ("cam" needs a layer feeding the classifier's GAP + Linear).
+ONE_PASS_METHODS = [name for name, spec in METHODS.items() if spec.family != "perturbation" and name != "cam"]
+
+
+def _assert_same_result(got: CamResult, expected: CamResult) -> None:
+    assert got.method == expected.method and got.layers == expected.layers and got.class_idx == expected.class_idx
+    np.testing.assert_allclose(got.logits, expected.logits, atol=1e-6)
+    for layer in expected.layers:
+        np.testing.assert_allclose(got.raw[layer], expected.raw[layer], atol=1e-6, rtol=1e-5)
+        np.testing.assert_allclose(got.maps[layer], expected.maps[layer], atol=1e-5)
+        np.testing.assert_array_equal(got.degenerate[layer], expected.degenerate[layer])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", list(ZOO))
+def test_every_grid_cell_equals_its_own_compute_cams_call(zoo, model_name):
+    """One grid call over every one-pass method and the zoo's layers equals one compute_cams call per method (which
+    the reference tests above compare with pytorch-grad-cam): sharing the pass changes no number."""
+    model, x, layers = zoo.model(model_name), zoo.images(), list(ZOO[model_name].layers)
+    targets = zoo.targets(model_name, "per_image")
+    grid = compute_cam_grid(model, x, layers, ONE_PASS_METHODS, class_idx=targets)
+    assert list(grid) == ONE_PASS_METHODS
+    for method in ONE_PASS_METHODS:
+        _assert_same_result(grid[method], compute_cams(model, x, layers, method=method, class_idx=targets))
+
+
+@pytest.mark.parametrize("model_name", ["convnext_tiny", "deit_tiny"])
+def test_grid_cells_on_channels_last_and_token_layers_equal_compute_cams(layout_zoo, model_name):
+    model, x = layout_zoo.model(model_name), layout_zoo.images(model_name)
+    layers = [layer for layer in LAYOUT_ZOO[model_name].layers if LAYOUT_ZOO[model_name].layers[layer] is not None]
+    methods = [m for m in ONE_PASS_METHODS if m != "shapleycam"]  # no second derivative of CPU flash attention
+    grid = compute_cam_grid(model, x, layers, methods)
+    for method in methods:
+        _assert_same_result(grid[method], compute_cams(model, x, layers, method=method))
+
+
+def test_gradient_methods_share_one_forward_and_one_gradient(monkeypatch, small_resnet, x64):
+    """Every gradient method with the default score, and the activation methods, from ONE forward and ONE
+    torch.autograd.grad; Finer-CAM (its own score) and ShapleyCAM (second order) add one pass each."""
+    forwards, grads = [], []
+    handle = small_resnet.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    original_grad = torch.autograd.grad
+
+    def counting_grad(outputs, inputs, *args, **kwargs):
+        grads.append(len(inputs) if isinstance(inputs, (list, tuple)) else 1)
+        return original_grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    shared = [
+        name
+        for name, spec in METHODS.items()
+        if spec.family != "perturbation" and name not in ("cam", "finercam", "shapleycam")
+    ]
+    assert {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"} <= set(shared)
+    try:
+        compute_cam_grid(small_resnet, x64, ["layer3", "layer4"], shared)
+        assert (len(forwards), grads) == (1, [2])  # one gradient call for both layers
+        forwards.clear()
+        grads.clear()
+        compute_cam_grid(small_resnet, x64, ["layer4"], [*shared, "finercam"])
+        assert (len(forwards), len(grads)) == (2, 2)
+    finally:
+        handle.remove()
+
+
+def test_grid_progress_counts_every_perturbation_methods_batches():
+    model = seeded(_Net)
+    steps: list[tuple[int, int]] = []
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    grid = compute_cam_grid(
+        model,
+        x,
+        ["conv"],
+        ["gradcam", "scorecam", "ablationcam"],
+        scorecam_batch_size=2,
+        progress=lambda done, total: steps.append((done, total)),
+    )
+    channels = model.conv.out_channels
+    total = 2 * -(-channels // 2)
+    assert steps == [(k, total) for k in range(1, total + 1)]
+    for method in ("scorecam", "ablationcam"):
+        _assert_same_result(grid[method], compute_cams(model, x, ["conv"], method=method, scorecam_batch_size=2))
+
+
+@pytest.mark.parametrize("methods", [[], "gradcam", None, ["gradcam", "nope"]])
+def test_grid_methods_must_be_a_nonempty_list_of_known_methods(small_resnet, x64, methods):
+    with pytest.raises(MethodError):
+        compute_cam_grid(small_resnet, x64, ["layer4"], methods)
+
+
+def test_repeated_methods_are_computed_once(small_resnet, x64):
+    grid = compute_cam_grid(small_resnet, x64, ["layer4"], ["layercam", "gradcam", "layercam"])
+    assert list(grid) == ["layercam", "gradcam"]

@@ -263,6 +263,12 @@ def _layers_no_uint8_images() -> dict[str, object]:
 CASES: list[Case] = [
     # cam
     Case(cam.minmax_normalize, "maps", cam.minmax_normalize, lambda: bad_tensors(3)),
+    Case(
+        cam.compute_cam_grid,
+        "methods",
+        lambda v: cam.compute_cam_grid(MODEL, X, ["0"], v),
+        lambda: {"None": None, "empty": [], "str": "gradcam", "unknown": ["gradcam", "nope"], "int": 3},
+    ),
     Case(cam.upsample_maps, "maps", lambda v: cam.upsample_maps(v, (8, 8)), lambda: bad_tensors(3)),
     Case(cam.upsample_maps, "size", lambda v: cam.upsample_maps(torch.rand(1, 4, 4), v), bad_sizes),
     Case(cam.eigen_projection, "acts", cam.eigen_projection, lambda: bad_tensors(4)),

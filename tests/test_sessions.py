@@ -214,7 +214,7 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
             self.device = "cpu"
             self.spec = type("Spec", (), {"preprocessing": None})()
 
-    def fake_compute(model, x, layers, *, method, class_idx, progress=None):
+    def fake_compute(model, x, layers, methods, *, class_idx, progress=None):
         nonlocal running, peak
         with model_lock(model):
             with guard:
@@ -223,14 +223,14 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
             time.sleep(0.2)
             with guard:
                 running -= 1
-        return 0
+        return dict.fromkeys(methods, 0)
 
     assert cache.MAX_CAM_JOBS >= 2  # one slow job never holds every slot
     monkeypatch.setattr(cache, "_CAM_JOBS", threading.BoundedSemaphore(2))  # this 2-core machine's bound, anywhere
     monkeypatch.setattr(cache, "resolve_model", Loaded)
     prepared = type("P", (), {"tensor": torch.zeros(1), "model_view": None, "crop_box": None})
     monkeypatch.setattr(cache, "prepare_input", lambda image, pre: prepared())
-    monkeypatch.setattr(cache, "compute_cams", fake_compute)
+    monkeypatch.setattr(cache, "compute_cam_grid", fake_compute)
     monkeypatch.setattr(cache, "CamView", lambda **kw: ("view", kw["result"]))  # picklable, as st.cache_data needs
     errors: list[BaseException] = []
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from camlib.cam import compute_cams
+from camlib.cam import compute_cam_grid, compute_cams
 from camlib.errors import NonFiniteError
 from ui import cache, cam_view, figures, keys
 
@@ -54,7 +54,7 @@ def test_a_slow_method_shows_its_estimate_and_waits_for_the_button(monkeypatch: 
     def never(*args, **kwargs):
         raise AssertionError("a slow method started without the button")
 
-    monkeypatch.setattr(cache, "compute_cams", never)
+    monkeypatch.setattr(cache, "compute_cam_grid", never)
     at.selectbox(key=keys.CAM_METHOD).set_value("scorecam").run()
     assert not at.exception and not at.error
     [estimate] = at.info
@@ -74,12 +74,13 @@ def test_the_button_runs_the_method_with_a_progress_callback_and_the_page_shows_
     calls: list[tuple[int, int]] = []
     inputs: list[torch.Tensor] = []
 
-    def recording(model, x, layers, **kwargs):
+    def recording(model, x, layers, methods, **kwargs):
         inputs.append(x.clone())
         progress = kwargs.pop("progress")
-        return compute_cams(model, x, layers, progress=lambda d, t: (calls.append((d, t)), progress(d, t)), **kwargs)
+        report = None if progress is None else lambda d, t: (calls.append((d, t)), progress(d, t))
+        return compute_cam_grid(model, x, layers, methods, progress=report, **kwargs)
 
-    monkeypatch.setattr(cache, "compute_cams", recording)
+    monkeypatch.setattr(cache, "compute_cam_grid", recording)
     cache._cached_view.clear()
     at = _open()
     at.selectbox(key=f"{keys.CAM}_model").set_value("cifar10_resnet20").run()
@@ -112,7 +113,7 @@ def test_a_failed_slow_method_keeps_the_last_result(monkeypatch: pytest.MonkeyPa
 
     at = _open()
     before = [m.value for m in at.markdown if m.value.startswith("**Explaining class")]
-    monkeypatch.setattr(cache, "compute_cams", fail)
+    monkeypatch.setattr(cache, "compute_cam_grid", fail)
     cache._cached_view.clear()
     at.selectbox(key=keys.CAM_METHOD).set_value("scorecam").run()
     at.button(key=keys.CAM_START).click().run()

@@ -9,6 +9,7 @@ its own cached results. CAM results are cached with ``st.cache_data`` so overlay
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,11 +20,12 @@ import numpy as np
 import streamlit as st
 import torch
 
-from camlib.cam import CamResult, ProgressCallback, compute_cams
+from camlib.cam import METHODS, CamResult, ProgressCallback, compute_cam_grid, compute_cams
 from camlib.cifar import CifarData, detect_source, load_cifar10
 from camlib.cost import time_forward
 from camlib.device import parse_device
 from camlib.drawing import fast_png
+from camlib.errors import MethodError
 from camlib.evaluation import predict_probabilities
 from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
@@ -107,14 +109,43 @@ class _NotCached(Exception):  # noqa: N818 - a signal between cached_view and _c
 _handoff = threading.local()  # probe: bool; view: a CamView computed outside the cached function, to store
 
 
+def image_key(image: np.ndarray) -> str:
+    """A short key of an image's pixels (shape, dtype and a BLAKE2b digest), hashed once per call instead of once per
+    cache lookup: a 25 MP upload is 75 MB."""
+    return (
+        f"{image.shape}:{image.dtype}:{hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest()}"
+    )
+
+
+def grid_partners(method: str) -> list[str]:
+    """``method`` and the methods computed with it from the same pass (``camlib.cam.compute_cam_grid``): for a
+    gradient method, every gradient method with the same score and order (one forward, one gradient, a few cheap
+    maps more), so switching among them is a cache hit; activation and perturbation methods alone."""
+    spec = METHODS[method]
+    if not spec.uses_gradients:
+        return [method]
+    return [method] + [
+        name
+        for name, other in METHODS.items()
+        if name != method
+        and other.uses_gradients
+        and other.score is spec.score
+        and other.second_order == spec.second_order
+    ]
+
+
 def cached_view(
     model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
 ) -> CamView | None:
     """The cached CAM for these inputs (``from_cache=True``), or None; never computes anything."""
+    return _probe(model_key, device, image_key(image), layers, method=method, class_idx=class_idx)
+
+
+def _probe(model_key: str, device: str, key: str, layers: tuple[str, ...], *, method: str, class_idx: int):
     _handoff.probe = True
     try:
         return replace(
-            _cached_view(model_key, device, image, layers, method=method, class_idx=class_idx), from_cache=True
+            _cached_view(model_key, device, key, layers, method=method, class_idx=class_idx), from_cache=True
         )
     except _NotCached:
         return None
@@ -134,43 +165,49 @@ def compute_view(
 ) -> CamView:
     """One CAM computation (all layers from one pass), cached on its inputs; ``from_cache`` says whether it was.
 
-    A miss is computed here, outside the cached function, so ``progress(done, batches)`` (called between the extra
-    forward batches of perturbation methods) may draw Streamlit elements; when it raises (Streamlit's rerun or stop
-    request, raised by the next element call of a superseded run or a closed tab), camlib stops at that batch, removes
-    its hooks and the exception propagates. Only a finished result is stored.
+    A gradient method is computed with its ``grid_partners`` in one ``compute_cam_grid`` call and every partner's view
+    is stored, so a later change among them needs no model call. A miss is computed here, outside the cached
+    function, so ``progress(done, batches)`` (called between the extra forward batches of perturbation methods) may
+    draw Streamlit elements; when it raises (Streamlit's rerun or stop request, raised by the next element call of a
+    superseded run or a closed tab), camlib stops at that batch, removes its hooks and the exception propagates.
+    Only finished results are stored.
 
     Raises:
-        CamlibError: from ``resolve_model`` and ``camlib.cam.compute_cams``.
+        CamlibError: from ``resolve_model`` and ``camlib.cam.compute_cam_grid``.
     """
-    hit = cached_view(model_key, device, image, layers, method=method, class_idx=class_idx)
+    key = image_key(image)
+    hit = _probe(model_key, device, key, layers, method=method, class_idx=class_idx)
     if hit is not None:
         return hit
     loaded = resolve_model(model_key, device)
     prepared = prepare_input(image, loaded.spec.preprocessing)
+    x = prepared.tensor.to(loaded.device)
     with _CAM_JOBS:
-        result = compute_cams(
-            loaded.model,
-            prepared.tensor.to(loaded.device),
-            list(layers),
-            method=method,
-            class_idx=class_idx,
-            progress=progress,
-        )
-    view = CamView(result=result, model_view=prepared.model_view, crop_box=prepared.crop_box)
-    _handoff.view = view
-    try:
-        _cached_view(model_key, device, image, layers, method=method, class_idx=class_idx)  # stores ``view``
-    finally:
-        _handoff.view = None
-    return view
+        try:
+            results = compute_cam_grid(
+                loaded.model, x, list(layers), grid_partners(method), class_idx=class_idx, progress=progress
+            )
+        except MethodError:  # a partner that cannot explain these layers: the method alone says what is wrong
+            results = compute_cam_grid(loaded.model, x, list(layers), [method], class_idx=class_idx, progress=progress)
+    views = {
+        m: CamView(result=r, model_view=prepared.model_view, crop_box=prepared.crop_box) for m, r in results.items()
+    }
+    for name, view in views.items():
+        _handoff.view = view
+        try:
+            _cached_view(model_key, device, key, layers, method=name, class_idx=class_idx)  # stores ``view``
+        finally:
+            _handoff.view = None
+    return views[method]
 
 
-@st.cache_data(max_entries=16, ttl=CACHE_TTL, show_spinner=False)
+@st.cache_data(max_entries=48, ttl=CACHE_TTL, show_spinner=False)
 def _cached_view(
-    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+    model_key: str, device: str, key: str, layers: tuple[str, ...], *, method: str, class_idx: int
 ) -> CamView:
-    """The store behind ``cached_view``/``compute_view``: a probe raises ``_NotCached``; a store returns the handed
-    over view (computed by ``compute_view``, outside this function, so its progress elements are never replayed)."""
+    """The store behind ``cached_view``/``compute_view``, keyed by ``image_key``: a probe raises ``_NotCached``; a
+    store returns the handed over view (computed by ``compute_view``, outside this function, so its progress elements
+    are never replayed)."""
     if getattr(_handoff, "probe", False):
         raise _NotCached
     view = getattr(_handoff, "view", None)
