@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import eigsh
 from torch import nn
 
-from camlib.contracts import require_int, require_model, require_size, require_tensor
+from camlib.contracts import require_array, require_int, require_model, require_size, require_tensor
 from camlib.errors import (
     ClassIndexError,
     GradientUnavailableError,
@@ -840,6 +840,23 @@ def _finish(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tor
     maps = minmax_normalize(upsample_maps(minmax_normalize(positive), size))
     maps[degenerate] = 0.0
     return maps, degenerate
+
+
+def finish_maps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The maps ``compute_cams`` returns, rebuilt from its ``raw`` maps: ``(B, h, w)`` float32 signed raw maps ->
+    ``(B, H, W)`` float32 in [0, 1] at ``size`` ``(H, W)`` px, ``minmax(resize(minmax(relu(raw))))`` with degenerate
+    images as zeros (pytorch-grad-cam 1.5.7's ``scale_cam_image`` numerics, as in ``compute_cams``). Equal to
+    ``CamResult.maps[layer]`` for ``CamResult.raw[layer]``, so a cache can keep the small raw maps only.
+
+    Raises:
+        InputError: ``raw`` is not a finite float ``(B, h, w)`` array, or ``size`` not a pair of positive ints.
+    """
+    raw = require_array(raw, "raw", dtypes=(np.float16, np.float32, np.float64), ndim=3, expected="(B, h, w) float")
+    if not np.isfinite(raw).all():
+        raise InputError("raw must be finite (no NaN or Inf)")
+    height, width = require_size(size, "size")
+    maps, _ = _finish(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)), (height, width))
+    return maps.numpy().astype(np.float32)
 
 
 def compute_cams(

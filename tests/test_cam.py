@@ -52,6 +52,7 @@ from camlib.cam import (
     CamResult,
     compute_cam_grid,
     compute_cams,
+    finish_maps,
     layer_magnitudes,
     minmax_normalize,
     shared_scale_maps,
@@ -2014,3 +2015,14 @@ def test_grid_methods_must_be_a_nonempty_list_of_known_methods(small_resnet, x64
 def test_repeated_methods_are_computed_once(small_resnet, x64):
     grid = compute_cam_grid(small_resnet, x64, ["layer4"], ["layercam", "gradcam", "layercam"])
     assert list(grid) == ["layercam", "gradcam"]
+
+
+@pytest.mark.parametrize("method", ONE_PASS_METHODS)
+def test_finish_maps_rebuilds_compute_cams_maps_from_the_raw_maps(small_resnet, x64, method):
+    """The app keeps raw maps only and rebuilds the maps on a cache hit: exactly the maps compute_cams returned,
+    degenerate (blank) images included."""
+    result = compute_cams(small_resnet, x64, ["layer3", "layer4"], method=method)
+    for layer in result.layers:
+        np.testing.assert_array_equal(finish_maps(result.raw[layer], x64.shape[-2:]), result.maps[layer])
+    blank = np.full((1, 4, 4), -1.0, np.float32)  # no positive evidence: all zeros
+    assert not finish_maps(blank, (8, 8)).any()

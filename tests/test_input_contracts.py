@@ -264,6 +264,13 @@ CASES: list[Case] = [
     # cam
     Case(cam.minmax_normalize, "maps", cam.minmax_normalize, lambda: bad_tensors(3)),
     Case(
+        cam.finish_maps,
+        "raw",
+        lambda v: cam.finish_maps(v, (8, 8)),
+        lambda: {k: v for k, v in bad_maps(3).items() if k not in ("above 1", "negative")},
+    ),
+    Case(cam.finish_maps, "size", lambda v: cam.finish_maps(np.zeros((1, 4, 4), np.float32), v), bad_sizes),
+    Case(
         cam.compute_cam_grid,
         "methods",
         lambda v: cam.compute_cam_grid(MODEL, X, ["0"], v),

@@ -19,7 +19,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, Stop
 from torch import nn
 
 from camlib.augment import Pipeline, PipelineError, PipelineStep, augment_grid, build_pipeline
-from camlib.cam import compute_cams
+from camlib.cam import CamResult, compute_cams
 from camlib.guard import model_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +223,8 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
             time.sleep(0.2)
             with guard:
                 running -= 1
-        return dict.fromkeys(methods, 0)
+        empty = {"maps": {}, "raw": {}, "degenerate": {}, "logits": np.zeros((1, 1), np.float32)}
+        return {m: CamResult(method=m, layers=tuple(layers), class_idx=[0], **empty) for m in methods}
 
     assert cache.MAX_CAM_JOBS >= 2  # one slow job never holds every slot
     monkeypatch.setattr(cache, "_CAM_JOBS", threading.BoundedSemaphore(2))  # this 2-core machine's bound, anywhere

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from camlib.cam import METHODS, CamResult, ProgressCallback, compute_cam_grid, compute_cams
+from camlib.cam import METHODS, CamResult, ProgressCallback, compute_cam_grid, compute_cams, finish_maps
 from camlib.cifar import CifarData, detect_source, load_cifar10
 from camlib.cost import time_forward
 from camlib.device import parse_device
@@ -106,7 +107,7 @@ class _NotCached(Exception):  # noqa: N818 - a signal between cached_view and _c
     """Raised inside ``_cached_view`` when a probe finds nothing: exceptions are not cached, so nothing is stored."""
 
 
-_handoff = threading.local()  # probe: bool; view: a CamView computed outside the cached function, to store
+_handoff = threading.local()  # probe: bool; value: what a store call puts in its cache
 
 
 def image_key(image: np.ndarray) -> str:
@@ -138,19 +139,56 @@ def cached_view(
     model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
 ) -> CamView | None:
     """The cached CAM for these inputs (``from_cache=True``), or None; never computes anything."""
-    return _probe(model_key, device, image_key(image), layers, method=method, class_idx=class_idx)
+    return _cached(model_key, device, image_key(image), image, layers, method=method, class_idx=class_idx)
 
 
-def _probe(model_key: str, device: str, key: str, layers: tuple[str, ...], *, method: str, class_idx: int):
+def _cached(
+    model_key: str, device: str, key: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+) -> CamView | None:
+    """A hit rebuilt from the compact store: the maps from the raw maps (``camlib.cam.finish_maps``, about 1 ms per
+    layer) and the model's view of the image from its own small cache (prepared again if that was dropped)."""
+    stored = _probe(_cached_view, model_key, device, key, layers, method=method, class_idx=class_idx)
+    if stored is None:
+        return None
+    prepared = _probe(_cached_prepared, model_key, device, key)
+    if prepared is None:
+        view = prepare_input(image, resolve_model(model_key, device).spec.preprocessing)
+        prepared = (view.model_view, view.crop_box)
+        _store(_cached_prepared, prepared, model_key, device, key)
+    size = tuple(prepared[0].shape[:2])
+    maps = {name: finish_maps(stored.raw[name], size) for name in stored.layers}
+    return CamView(result=replace(stored, maps=maps), model_view=prepared[0], crop_box=prepared[1], from_cache=True)
+
+
+def _probe(function: Callable, *args: object, **kwargs: object) -> object | None:
+    """What ``function`` (an ``st.cache_data`` store of handed-over values) holds for these arguments, or None."""
     _handoff.probe = True
     try:
-        return replace(
-            _cached_view(model_key, device, key, layers, method=method, class_idx=class_idx), from_cache=True
-        )
+        return function(*args, **kwargs)
     except _NotCached:
         return None
     finally:
         _handoff.probe = False
+
+
+def _store(function: Callable, value: object, *args: object, **kwargs: object) -> None:
+    """Put ``value`` in ``function``'s cache under these arguments."""
+    _handoff.value = value
+    try:
+        function(*args, **kwargs)
+    finally:
+        _handoff.value = None
+
+
+def _handed() -> object:
+    """The body of every store: a probe finds nothing (``_NotCached``, which is not cached); a store returns the value
+    handed over (computed outside, so no element drawn while computing is ever replayed)."""
+    if getattr(_handoff, "probe", False):
+        raise _NotCached
+    value = getattr(_handoff, "value", None)
+    if value is None:
+        raise _NotCached  # called directly: nothing to store
+    return value
 
 
 def compute_view(
@@ -165,18 +203,19 @@ def compute_view(
 ) -> CamView:
     """One CAM computation (all layers from one pass), cached on its inputs; ``from_cache`` says whether it was.
 
-    A gradient method is computed with its ``grid_partners`` in one ``compute_cam_grid`` call and every partner's view
-    is stored, so a later change among them needs no model call. A miss is computed here, outside the cached
-    function, so ``progress(done, batches)`` (called between the extra forward batches of perturbation methods) may
-    draw Streamlit elements; when it raises (Streamlit's rerun or stop request, raised by the next element call of a
-    superseded run or a closed tab), camlib stops at that batch, removes its hooks and the exception propagates.
-    Only finished results are stored.
+    A gradient method is computed with its ``grid_partners`` in one ``compute_cam_grid`` call and every partner's
+    result is stored, so a later change among them needs no model call. The store is compact: results without their
+    full-size maps (rebuilt from the raw maps on a hit) and the model's view of the image once per image. A miss is
+    computed here, outside the cached functions, so ``progress(done, batches)`` (called between the extra forward
+    batches of perturbation methods) may draw Streamlit elements; when it raises (Streamlit's rerun or stop request,
+    raised by the next element call of a superseded run or a closed tab), camlib stops at that batch, removes its
+    hooks and the exception propagates. Only finished results are stored.
 
     Raises:
         CamlibError: from ``resolve_model`` and ``camlib.cam.compute_cam_grid``.
     """
     key = image_key(image)
-    hit = _probe(model_key, device, key, layers, method=method, class_idx=class_idx)
+    hit = _cached(model_key, device, key, image, layers, method=method, class_idx=class_idx)
     if hit is not None:
         return hit
     loaded = resolve_model(model_key, device)
@@ -189,31 +228,25 @@ def compute_view(
             )
         except MethodError:  # a partner that cannot explain these layers: the method alone says what is wrong
             results = compute_cam_grid(loaded.model, x, list(layers), [method], class_idx=class_idx, progress=progress)
-    views = {
-        m: CamView(result=r, model_view=prepared.model_view, crop_box=prepared.crop_box) for m, r in results.items()
-    }
-    for name, view in views.items():
-        _handoff.view = view
-        try:
-            _cached_view(model_key, device, key, layers, method=name, class_idx=class_idx)  # stores ``view``
-        finally:
-            _handoff.view = None
-    return views[method]
+    _store(_cached_prepared, (prepared.model_view, prepared.crop_box), model_key, device, key)
+    for name, result in results.items():
+        _store(_cached_view, replace(result, maps={}), model_key, device, key, layers, method=name, class_idx=class_idx)
+    return CamView(result=results[method], model_view=prepared.model_view, crop_box=prepared.crop_box)
 
 
-@st.cache_data(max_entries=48, ttl=CACHE_TTL, show_spinner=False)
+@st.cache_data(max_entries=256, ttl=CACHE_TTL, show_spinner=False)
 def _cached_view(
     model_key: str, device: str, key: str, layers: tuple[str, ...], *, method: str, class_idx: int
-) -> CamView:
-    """The store behind ``cached_view``/``compute_view``, keyed by ``image_key``: a probe raises ``_NotCached``; a
-    store returns the handed over view (computed by ``compute_view``, outside this function, so its progress elements
-    are never replayed)."""
-    if getattr(_handoff, "probe", False):
-        raise _NotCached
-    view = getattr(_handoff, "view", None)
-    if view is None:
-        raise _NotCached  # called directly: nothing to store
-    return view
+) -> CamResult:
+    """CAM results without their full-size maps (a few KB each), keyed by ``image_key``: the store behind
+    ``cached_view``/``compute_view``."""
+    return _handed()
+
+
+@st.cache_data(max_entries=32, ttl=CACHE_TTL, show_spinner=False)
+def _cached_prepared(model_key: str, device: str, key: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The model's view of an image (uint8 ``(h, w, 3)``) and its crop box, once per (model, device, image)."""
+    return _handed()
 
 
 @st.cache_resource(max_entries=8, show_spinner="Timing the model once, to estimate slow methods...")
