@@ -993,8 +993,9 @@ def compute_cam_grid(
             for spec in group:
                 raws[spec.name] = _raw_maps(spec, pass_, names, scorecam_batch_size, counter)
 
+    finished = _finish_all(raws, names, size)
     elapsed = time.perf_counter() - started
-    return {spec.name: _result(spec, raws[spec.name], pass_, size, elapsed) for spec in specs}
+    return {spec.name: _result(spec, raws[spec.name], finished[spec.name], pass_, elapsed) for spec in specs}
 
 
 @dataclass(frozen=True)
@@ -1066,27 +1067,40 @@ def _raw_maps(
     return raws
 
 
-def _result(
-    spec: MethodSpec, raws: dict[str, torch.Tensor], pass_: _Pass, size: tuple[int, int], elapsed: float
-) -> CamResult:
-    """A method's ``CamResult`` from its raw maps (in layer order): ReLU, normalise, resize, normalise."""
-    names = list(raws)
-    maps, raw_np, degenerate = {}, {}, {}
+def _finish_all(
+    raws: dict[str, dict[str, torch.Tensor]], names: list[str], size: tuple[int, int]
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Every method's maps and degenerate flags, each layer's methods finished in one batch (``_finish`` works per
+    image, so stacking the methods along the batch changes no number)."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {method: {} for method in raws}
     with torch.no_grad():
         for name in names:
-            raw = raws[name].detach().float()
-            layer_maps, layer_degenerate = _finish(raw, size)
-            maps[name] = layer_maps.cpu().numpy().astype(np.float32)
-            raw_np[name] = raw.cpu().numpy().astype(np.float32)
-            degenerate[name] = layer_degenerate.cpu().numpy()
+            stacked = torch.cat([raws[method][name].detach().float() for method in raws])
+            maps, degenerate = _finish(stacked, size)
+            maps, degenerate = maps.cpu().numpy().astype(np.float32), degenerate.cpu().numpy()
+            batch = len(maps) // len(raws)
+            for k, method in enumerate(raws):
+                out[method][name] = (maps[k * batch : (k + 1) * batch], degenerate[k * batch : (k + 1) * batch])
+    return out
+
+
+def _result(
+    spec: MethodSpec,
+    raws: dict[str, torch.Tensor],
+    finished: dict[str, tuple[np.ndarray, np.ndarray]],
+    pass_: _Pass,
+    elapsed: float,
+) -> CamResult:
+    """A method's ``CamResult`` from its raw maps (in layer order) and their finished maps."""
+    names = list(raws)
     return CamResult(
         method=spec.name,
         layers=tuple(names),
         class_idx=pass_.targets,
         logits=pass_.logits.float().cpu().numpy(),
-        maps=maps,
-        raw=raw_np,
-        degenerate=degenerate,
+        maps={name: finished[name][0] for name in names},
+        raw={name: raws[name].detach().float().cpu().numpy().astype(np.float32) for name in names},
+        degenerate={name: finished[name][1] for name in names},
         elapsed_s=elapsed,
     )
 
