@@ -11,38 +11,20 @@ timed in rotation; it prints the medians and their ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from bench_cam import interleaved_medians  # noqa: E402  (the shared rotation timer, ms)
 
 from camlib.device import default_device  # noqa: E402
 from camlib.metrics import baseline_maps, deletion_insertion  # noqa: E402
 
 STEPS = 20
 INPUTS = 2 * STEPS + 2  # deletion and insertion, steps 0..STEPS each
-
-
-def medians(fns: dict[str, object], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each function, one call of each per round after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -64,7 +46,7 @@ def main() -> None:
         with torch.no_grad():
             model(batch)
 
-    result = medians(
+    result = interleaved_medians(
         {
             "forward_42": floor,
             "deletion_insertion": lambda: deletion_insertion(model, x, maps, 0, steps=STEPS, batch_size=64),
@@ -74,8 +56,8 @@ def main() -> None:
     )
     ratio = result["deletion_insertion"] / result["forward_42"]
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats}")
-    print(f"42 batched forwards      {result['forward_42'] * 1000:9.1f} ms (median)")
-    print(f"deletion+insertion (20)  {result['deletion_insertion'] * 1000:9.1f} ms (median)")
+    print(f"42 batched forwards      {result['forward_42']:9.1f} ms (median)")
+    print(f"deletion+insertion (20)  {result['deletion_insertion']:9.1f} ms (median)")
     print(f"ratio                    {ratio:9.2f}x (target <= 1.5x)")
 
 
