@@ -182,18 +182,6 @@ def test_a_fragment_rerun_is_logged_as_such(records: list[logging.LogRecord], mo
     assert (line["kind"], line["session"]) == ("fragment", "s-1")
 
 
-@pytest.mark.parametrize("fragment_ids,lines", [(["f-1"], 1), ([], 0)], ids=["fragment rerun", "full run"])
-def test_timed_fragment_logs_fragment_reruns_only(
-    records: list[logging.LogRecord], monkeypatch: pytest.MonkeyPatch, fragment_ids: list[str], lines: int
-) -> None:
-    """The CAM page's maps fragment is timed on its own reruns; in a full run app.py's line already covers it."""
-    context = SimpleNamespace(session_id="s-2", fragment_ids_this_run=fragment_ids)
-    monkeypatch.setattr(run_log, "get_script_run_ctx", lambda suppress_warning: context)
-    with run_log.timed_fragment("CAM Explorer: maps"):
-        pass
-    assert [(p["page"], p["kind"]) for p in _parsed(records)] == [("CAM Explorer: maps", "fragment")] * lines
-
-
 @pytest.mark.slow
 def test_the_apps_first_run_is_logged_with_its_session(
     records: list[logging.LogRecord], monkeypatch: pytest.MonkeyPatch

@@ -1,12 +1,13 @@
-"""The CAM Explorer's result area: cost check and progress before a computation, then the maps (an ``st.fragment``).
+"""The CAM Explorer's result area: cost check and progress before a computation, then the maps.
 
 - ``ready_to_start``: a perturbation method whose estimated cost (``camlib.cost``: one forward per channel, timed on
   this model and device) exceeds ``SLOW_S`` waits for a button, with the estimate shown.
 - ``progress``: a progress bar for perturbation methods (a spinner otherwise). Its callback draws an element on each
   batch; Streamlit raises its rerun/stop request there, so a superseded run or a closed tab stops at the next batch.
-- ``draw``: the overlay controls and everything they change (overlays, magnitudes, detailed view, downloads), as a
-  fragment: moving a slider reruns this part only, from cached overlay PNGs and a hover heatmap of at most
-  ``HOVER_PX`` per side.
+- ``draw``: the overlay controls and everything they change (overlays, magnitudes, detailed view, downloads), from
+  cached overlay PNGs and a hover heatmap of at most ``HOVER_PX`` per side. It is not an ``st.fragment``: under a
+  storm of reruns (tests/test_browser_catalogue.py) Streamlit 1.67 dropped the media file of an image drawn in the
+  fragment while the page kept showing it, a broken image; a full rerun of this page costs about 75 ms (bench_load).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
 from camlib.models import LoadedModel
 from camlib.overlay import map_to_original, upscale_nearest
-from ui import cache, figures, keys, run_log, widgets
+from ui import cache, figures, keys, widgets
 from ui.text import md
 
 SLOW_S = 3.0  # estimated seconds above which a computation waits for the user's go
@@ -117,13 +118,11 @@ def hover_map(cam: np.ndarray) -> np.ndarray:
     return cam[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
 
 
-@st.fragment
 def draw(shown: Shown) -> None:
     """Overlay controls, the overlays of every layer, the layer magnitudes, the detailed view and the downloads; a
     camlib error while drawing is shown with ``st.error`` (the result stays, the next overlay change redraws)."""
     try:
-        with run_log.timed_fragment("CAM Explorer: maps"):  # a debug line per fragment rerun (not per full run)
-            _draw(shown)
+        _draw(shown)
     except CamlibError as error:
         st.error(md("Cannot draw the maps: {error}", error=error))
 

@@ -75,15 +75,3 @@ def timed_run(page: str) -> Iterator[None]:
         logger.debug(
             "run page=%r kind=%s session=%r outcome=%s duration_ms=%.1f", page, kind, session, outcome, elapsed_ms
         )
-
-
-@contextmanager
-def timed_fragment(name: str) -> Iterator[None]:
-    """``timed_run(name)`` when the enclosing run is a fragment rerun (``app.py`` does not run then, so nothing else
-    times it); nothing during a full run, which ``app.py`` times as a whole."""
-    ctx = get_script_run_ctx(suppress_warning=True)
-    if ctx is not None and ctx.fragment_ids_this_run:
-        with timed_run(name):
-            yield
-    else:
-        yield
