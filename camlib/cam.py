@@ -959,6 +959,7 @@ def compute_cam_grid(
 
     raws: dict[str, dict[str, torch.Tensor]] = {}
     counter: Progress | None = None
+    modules = dict(model.named_modules())
     with eval_mode(model):
         for group in _pass_groups(specs):
             gradient = next((s for s in group if s.uses_gradients), None)
@@ -988,7 +989,16 @@ def compute_cam_grid(
                 per_method = sum(len(targets) * -(-values[name].shape[1] // scorecam_batch_size) for name in names)
                 counter = Progress(progress, per_method * sum(s.family == "perturbation" for s in specs))
             pass_ = _Pass(
-                model, xin.detach(), logits.detach(), targets, capture, feature_layouts, values, grads, products
+                model,
+                xin.detach(),
+                logits.detach(),
+                targets,
+                capture,
+                feature_layouts,
+                values,
+                grads,
+                products,
+                modules,
             )
             for spec in group:
                 raws[spec.name] = _raw_maps(spec, pass_, names, scorecam_batch_size, counter)
@@ -1011,6 +1021,7 @@ class _Pass:
     values: dict[str, torch.Tensor]
     grads: dict[str, torch.Tensor]
     products: dict[str, torch.Tensor]
+    modules: dict[str, nn.Module]  # the model's modules by name, looked up once per call
 
 
 def _resolve_methods(methods: Sequence[str]) -> list[MethodSpec]:
@@ -1042,7 +1053,6 @@ def _raw_maps(
 ) -> dict[str, torch.Tensor]:
     """One method's signed raw map of every layer from a shared pass. Perturbation methods run more forwards: they
     stay inside the caller's guard (eval mode, no other session's hooks)."""
-    modules = dict(pass_.model.named_modules())
     raws = {}
     with torch.inference_mode(False), torch.no_grad():
         for name in names:
@@ -1057,7 +1067,7 @@ def _raw_maps(
                 logits=pass_.logits,
                 output=pass_.capture.values[name],
                 channel_dim=1 if pass_.layouts[name].kind == "nchw" else -1,
-                forward_with_output=partial(_forward_with_output, pass_.model, modules[name]),
+                forward_with_output=partial(_forward_with_output, pass_.model, pass_.modules[name]),
                 hessian_products=pass_.products.get(name) if spec.second_order else None,
             )
             try:

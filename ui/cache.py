@@ -103,8 +103,9 @@ def predict(model_key: str, device: str, image: np.ndarray) -> np.ndarray:
     return predict_probabilities(loaded.model, image[None], loaded.spec.preprocessing)[0]
 
 
-class _NotCached(Exception):  # noqa: N818 - a signal between cached_view and _cached_view, never shown
-    """Raised inside ``_cached_view`` when a probe finds nothing: exceptions are not cached, so nothing is stored."""
+class _NotCached(Exception):  # noqa: N818 - a signal between _probe and the stores, never shown
+    """Raised inside a store (``_handed``) when a probe finds nothing: exceptions are not cached, so nothing is
+    stored."""
 
 
 _handoff = threading.local()  # probe: bool; value: what a store call puts in its cache

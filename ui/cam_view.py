@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import streamlit as st
+from skimage.measure import block_reduce
 
 import camlib
 from camlib.cam import METHODS, ProgressCallback, layer_magnitudes, shared_scale_maps
@@ -114,8 +115,8 @@ def hover_map(cam: np.ndarray) -> np.ndarray:
     factor = max(1, int(np.ceil(max(cam.shape) / HOVER_PX)))
     if factor == 1:
         return cam
-    height, width = (cam.shape[0] // factor) * factor, (cam.shape[1] // factor) * factor
-    return cam[:height, :width].reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
+    height, width = (cam.shape[0] // factor) * factor, (cam.shape[1] // factor) * factor  # whole blocks only
+    return block_reduce(cam[:height, :width], (factor, factor), np.mean)
 
 
 def draw(shown: Shown) -> None:

@@ -39,6 +39,11 @@ def _weight_bytes(loaded: LoadedModel) -> int:
     return sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
 
 
+def _slot(key: str, device: str) -> str:
+    """Where a checkpoint loaded on ``device`` sits in the store: each device has its own copy."""
+    return f"{key}@{device}"
+
+
 def is_checkpoint_key(key: str) -> bool:
     """Whether a model key names a user checkpoint (from ``register_checkpoint``) rather than a registry model."""
     return key.startswith(CHECKPOINT_PREFIX)
@@ -58,10 +63,10 @@ def register_checkpoint(arch: str, data: bytes, filename: str, *, device: str, u
     """
     store, by_upload = _checkpoint_models(), _upload_keys()
     remembered = by_upload.get(f"{upload_id}:{arch}") if upload_id else None
-    if remembered is not None and f"{remembered}@{device}" in store:
+    if remembered is not None and _slot(remembered, device) in store:
         return remembered
     key = f"{CHECKPOINT_PREFIX}{arch}:{hashlib.sha256(data).hexdigest()[:16]}"
-    if f"{key}@{device}" not in store:
+    if _slot(key, device) not in store:
         with st.spinner("Loading checkpoint..."):
             loaded = load_checkpoint(arch, data, filename, device=torch.device(device))
         size = _weight_bytes(loaded)
@@ -71,7 +76,7 @@ def register_checkpoint(arch: str, data: bytes, filename: str, *, device: str, u
                 or size + sum(map(_weight_bytes, store.values())) > CHECKPOINT_STORE_BYTES
             ):
                 store.pop(next(iter(store)))
-            store[f"{key}@{device}"] = loaded
+            store[_slot(key, device)] = loaded
     if upload_id:
         with _STORE_LOCK:
             by_upload[f"{upload_id}:{arch}"] = key
@@ -87,8 +92,8 @@ def get_checkpoint(key: str, device: str) -> LoadedModel:
         UnknownModelError: the key is not in the shared store on this device (bounded: the oldest checkpoints go).
     """
     store = _checkpoint_models()
-    if f"{key}@{device}" not in store:
+    if _slot(key, device) not in store:
         raise UnknownModelError(
             "this checkpoint is no longer loaded (the app keeps only the latest ones): upload it again"
         )
-    return store[f"{key}@{device}"]
+    return store[_slot(key, device)]
