@@ -24,6 +24,9 @@ numpy arrays, as pytorch-grad-cam does.
 - ``baseline_maps``: maps that explain nothing (random, a centred Gaussian, image edges) to compare methods against.
 - ``cascading_randomization``: the model-parameter randomisation test of Adebayo et al., "Sanity Checks for Saliency
   Maps", NeurIPS 2018 (arXiv:1810.03292), section 3.1, on a deep copy of the model.
+- ``random_logit``: the random-logit test of Sixt et al., "When Explanations Lie", ICML 2020 (arXiv:1912.09818),
+  a sanity check in Adebayo et al.'s sense: the map of a random other class against the explained class's map, on a
+  deep copy of the model.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from skimage.filters import sobel
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from camlib.cam import _resolve_classes
+from camlib.cam import ProgressCallback, _resolve_classes
 from camlib.contracts import describe, require_int, require_model, require_size, require_tensor, require_unit_range
 from camlib.errors import InputError, NonFiniteError
 from camlib.guard import eval_mode, model_lock
@@ -154,6 +157,30 @@ class SanityResult:
     """
 
     layers: tuple[str, ...]
+    spearman: np.ndarray
+    ssim: np.ndarray
+
+
+@dataclass(frozen=True)
+class RandomLogitResult:
+    """The random-logit test (Sixt et al., ICML 2020; a sanity check as Adebayo et al., NeurIPS 2018): each image's map
+    for its explained class against its map for a random other class.
+
+    Attributes:
+        class_idx: the explained class of each image (``B`` ints).
+        other_class_idx: the random other class of each image, never equal to ``class_idx[i]``.
+        maps: ``(B, H, W)`` float32, the explained classes' maps as ``explain`` returned them.
+        other_maps: ``(B, H, W)`` float32, the other classes' maps.
+        spearman: ``(B,)`` float64, Spearman's rank correlation of the two flattened maps (NaN where either is
+            constant). Near 1: the map does not depend on the class.
+        ssim: ``(B,)`` float64, ``skimage.metrics.structural_similarity`` with ``data_range=1`` (NaN for maps under
+            3 px a side).
+    """
+
+    class_idx: tuple[int, ...]
+    other_class_idx: tuple[int, ...]
+    maps: np.ndarray
+    other_maps: np.ndarray
     spearman: np.ndarray
     ssim: np.ndarray
 
@@ -615,6 +642,7 @@ def cascading_randomization(
     explain: Explain,
     *,
     seed: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> SanityResult:
     """The model-parameter randomisation test (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018,
     section 3.1): re-initialise the layers of a deep copy of ``model`` one by one from the logits down (each module
@@ -628,40 +656,114 @@ def cascading_randomization(
         explain: ``explain(model_copy, x, classes) -> (B, H', W')`` maps in [0, 1], e.g.
             ``lambda m, x, k: compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]``; called ``L + 1`` times.
         seed: seeds the re-initialisations (layer ``i`` uses ``seed + i``).
+        progress: ``callback(done, total)`` after each ``explain`` call (``total = len(layers) + 1``); it may raise to
+            cancel (the copy is dropped, the shared model was never touched).
+
+    Returns:
+        ``SanityResult``: the re-initialised layers in order and each image's similarity after each step.
 
     Raises:
         InputError: a bad argument, a model without parameters, or ``explain`` not returning one map per image.
         ClassIndexError: a class outside the model's classes.
     """
-    device = require_model(model)
-    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
-    if not callable(explain):
-        raise InputError(f"explain must be a callable (model, x, classes) -> maps, got {describe(explain)}")
+    x, targets, _, randomized = _sanity_setup(model, x, class_idx, explain)
     seed = require_int(seed, "seed", minimum=0)
-    x = x.detach().to(device)
-    with eval_mode(model):
-        targets, _ = _classes_and_scores(model, x, class_idx)
-    with model_lock(model):
-        randomized = copy.deepcopy(model)
-    randomized.eval()
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be None or a callable (done, total), got {describe(progress)}")
     layers = [name for name, m in randomized.named_modules() if next(m.parameters(recurse=False), None) is not None]
     if not layers:
         raise InputError("model has no parameters to randomise")
     layers.reverse()
-
-    def maps_of(network: nn.Module) -> np.ndarray:
-        maps = explain(network, x, list(targets))
-        maps = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
-        if not isinstance(maps, np.ndarray) or maps.ndim != 3 or len(maps) != len(x) or maps.dtype.kind != "f":
-            raise InputError(f"explain must return (B, H, W) float maps, one per image, got {describe(maps)}")
-        return maps.astype(np.float64)
-
-    reference = maps_of(randomized)
+    reference = _explained(explain, randomized, x, targets)
+    if progress is not None:
+        progress(1, len(layers) + 1)
     generator = torch.Generator().manual_seed(seed)
     modules = dict(randomized.named_modules())
     spearman, ssim = np.zeros((len(x), len(layers))), np.zeros((len(x), len(layers)))
     for step, name in enumerate(layers):
         _reinitialize(modules[name], generator, seed + step)
-        for b, (before, after) in enumerate(zip(reference, maps_of(randomized))):
+        for b, (before, after) in enumerate(zip(reference, _explained(explain, randomized, x, targets))):
             spearman[b, step], ssim[b, step] = _similarities(before, after)
+        if progress is not None:
+            progress(step + 2, len(layers) + 1)
     return SanityResult(tuple(layers), spearman, ssim)
+
+
+def _sanity_setup(
+    model: nn.Module, x: torch.Tensor, class_idx: object, explain: object
+) -> tuple[torch.Tensor, list[int], int, nn.Module]:
+    """Check the sanity checks' common arguments; return ``x`` on the model's device, the checked classes, the number
+    of classes and a deep copy of ``model`` in eval mode (copied under the model's lock: the shared model is only
+    read)."""
+    device = require_model(model)
+    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
+    if not callable(explain):
+        raise InputError(f"explain must be a callable (model, x, classes) -> maps, got {describe(explain)}")
+    x = x.detach().to(device)
+    with eval_mode(model):
+        logits = _logits(model, lambda batch: x[batch], len(x), len(x))
+    targets = _resolve_classes(class_idx, logits)
+    with model_lock(model):
+        copied = copy.deepcopy(model)
+    return x, targets, logits.shape[1], copied.eval()
+
+
+def _explained(explain: Explain, network: nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
+    """``explain(network, x, classes)`` as ``(B, H, W)`` float64; ``InputError`` unless it is one float map per
+    image."""
+    maps = explain(network, x, list(classes))
+    maps = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
+    if not isinstance(maps, np.ndarray) or maps.ndim != 3 or len(maps) != len(x) or maps.dtype.kind != "f":
+        raise InputError(f"explain must return (B, H, W) float maps, one per image, got {describe(maps)}")
+    return maps.astype(np.float64)
+
+
+def random_logit(
+    model: nn.Module,
+    x: torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    explain: Explain,
+    *,
+    seed: int = 0,
+) -> RandomLogitResult:
+    """The random-logit test (Sixt, Granz and Landgraf, "When Explanations Lie: Why Many Modified BP Attributions
+    Fail", ICML 2020, arXiv:1912.09818; Quantus's ``RandomLogit``), a sanity check in the sense of Adebayo et al.,
+    NeurIPS 2018: compare each image's map for its explained class with its map for a random other class (Spearman and
+    SSIM, as ``cascading_randomization``). A method whose maps hardly depend on the class (similarity near 1) does not
+    explain the class.
+
+    The other class of image ``i`` is uniform over the model's classes except ``class_idx[i]``, drawn from
+    ``numpy.random.default_rng(seed)`` (the global RNGs are untouched). Both maps come from one ``explain`` call on a
+    deep copy of ``model`` (copied under its lock; the shared model's weights, modes, hooks and gradients stay as they
+    were), with the batch ``x`` twice: explained classes first, other classes second.
+
+    Args:
+        model, x, class_idx: see the module docstring (``None``: the predicted classes; checked on ``model``'s logits).
+        explain: ``explain(model_copy, x2, classes) -> (2B, H', W')`` float maps in [0, 1], one per image of ``x2``,
+            e.g. ``lambda m, x, k: compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]``; called once.
+        seed: seeds the choice of the other classes, ``>= 0``.
+
+    Returns:
+        ``RandomLogitResult``: the classes, both maps and their Spearman correlation and SSIM per image.
+
+    Raises:
+        InputError: a bad argument, a model with fewer than 2 classes, or ``explain`` not returning one map per image.
+        ClassIndexError: a class outside the model's classes. NonFiniteError: the model produced NaN or Inf.
+    """
+    x, targets, num_classes, copied = _sanity_setup(model, x, class_idx, explain)
+    seed = require_int(seed, "seed", minimum=0)
+    if num_classes < 2:
+        raise InputError(f"the random-logit test needs a model with at least 2 classes, this one has {num_classes}")
+    draws = np.random.default_rng(seed).integers(num_classes - 1, size=len(x))
+    others = [int(d) + int(d >= k) for d, k in zip(draws, targets)]  # uniform over the classes other than k
+    both = _explained(explain, copied, torch.cat([x, x]), targets + others)
+    explained, other = both[: len(x)], both[len(x) :]
+    similarity = np.array([_similarities(a, b) for a, b in zip(explained, other)]).reshape(len(x), 2)
+    return RandomLogitResult(
+        class_idx=tuple(targets),
+        other_class_idx=tuple(others),
+        maps=explained.astype(np.float32),
+        other_maps=other.astype(np.float32),
+        spearman=similarity[:, 0],
+        ssim=similarity[:, 1],
+    )

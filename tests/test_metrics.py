@@ -15,6 +15,7 @@ from conftest import mixed_state, seeded, seeded_resnet18
 from pytorch_grad_cam.metrics import road as reference_road
 from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+from skimage.metrics import structural_similarity as ssim_of
 from torch import nn
 
 from camlib.cam import compute_cams
@@ -28,6 +29,7 @@ from camlib.metrics import (
     cascading_randomization,
     confidence_change,
     deletion_insertion,
+    random_logit,
     road,
 )
 
@@ -389,6 +391,108 @@ def test_grad_cam_maps_change_as_the_layers_are_randomised(cifar_batch):
         cascading_randomization(model, x, targets, lambda m, x, k: np.zeros((1, 4, 4), np.float32))
 
 
+class TwoFeatureModel(nn.Module):
+    """Features ``relu(conv(x))`` with channel 0 ``= x_0`` and channel 1 ``= 1 - x_0``; logits ``head @ GAP(features)``.
+    Grad-CAM of class k at ``features`` is ``minmax(relu(head[k] . features))``: with ``head = I`` class 0's map is
+    ``x_0`` and class 1's ``1 - x_0`` (exact reverses); with rows ``(1, 0)`` and ``(2, 0)`` both maps are ``x_0``."""
+
+    def __init__(self, head: list[list[float]]) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
+        self.head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.features[0].weight.zero_()
+            self.features[0].weight[:, 0, 0, 0] = torch.tensor([1.0, -1.0])
+            self.features[0].bias.copy_(torch.tensor([0.0, 1.0]))
+            self.head.weight.copy_(torch.tensor(head))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def ramp_input() -> tuple[torch.Tensor, np.ndarray]:
+    """An 8x8 input whose channel 0 rises strictly from 0 to 1 in flat-index order, and that ramp as a map."""
+    ramp = np.arange(64, dtype=np.float32).reshape(8, 8) / 63
+    x = torch.zeros(1, 3, 8, 8)
+    x[0, 0] = torch.from_numpy(ramp)
+    return x, ramp
+
+
+def features_cam(model: nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
+    return compute_cams(model, x, ["features"], class_idx=classes).maps["features"]
+
+
+def test_random_logit_maps_that_reverse_with_the_class_correlate_minus_one():
+    """Two classes: the other class is always the one not explained. Its map ``1 - x_0`` ranks every pixel in reverse:
+    Spearman -1 exactly, and SSIM that of the two analytic maps (negative: anti-correlated structure)."""
+    x, ramp = ramp_input()
+    for explained in (0, 1):
+        result = random_logit(TwoFeatureModel([[1, 0], [0, 1]]), x, explained, features_cam, seed=5)
+        assert result.class_idx == (explained,) and result.other_class_idx == (1 - explained,)
+        np.testing.assert_allclose(result.maps[0], ramp if explained == 0 else 1 - ramp, atol=1e-5)
+        np.testing.assert_allclose(result.other_maps[0], 1 - ramp if explained == 0 else ramp, atol=1e-5)
+        np.testing.assert_allclose(result.spearman, [-1.0], atol=1e-12)
+        expected = ssim_of(ramp.astype(np.float64), 1 - ramp.astype(np.float64), data_range=1.0, win_size=7)
+        np.testing.assert_allclose(result.ssim, [expected], atol=1e-4)
+        assert result.ssim[0] < 0
+
+
+def test_random_logit_maps_that_ignore_the_class_are_identical():
+    """Class rows (1, 0) and (2, 0): both classes' Grad-CAMs are ``x_0``, so similarity is exactly 1."""
+    x, ramp = ramp_input()
+    result = random_logit(TwoFeatureModel([[1, 0], [2, 0]]), x, 1, features_cam)
+    assert result.other_class_idx == (0,)
+    np.testing.assert_allclose(result.maps, result.other_maps, atol=1e-6)
+    np.testing.assert_allclose(result.maps[0], ramp, atol=1e-5)
+    np.testing.assert_allclose(result.spearman, [1.0])
+    np.testing.assert_allclose(result.ssim, [1.0], atol=1e-6)
+
+
+def test_random_logit_is_seeded_and_each_map_is_the_methods_own(cifar_batch):
+    """Other classes are never the explained one, the same for the same seed, drawn without the global RNG; each map
+    equals Grad-CAM of its class on the model itself; a rank correlation of the same maps matches."""
+    model, x, _, targets = cifar_batch
+    state = torch.get_rng_state()
+    result = random_logit(model, x, targets, grad_cam, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert result.class_idx == tuple(targets)
+    assert all(o != k and 0 <= o < 10 for o, k in zip(result.other_class_idx, targets))
+    again = random_logit(model, x, targets, grad_cam, seed=7)
+    assert again.other_class_idx == result.other_class_idx
+    np.testing.assert_array_equal(again.spearman, result.spearman)
+    np.testing.assert_array_equal(again.ssim, result.ssim)
+    np.testing.assert_allclose(result.maps, grad_cam(model, x, targets), atol=1e-6)
+    np.testing.assert_allclose(result.other_maps, grad_cam(model, x, list(result.other_class_idx)), atol=1e-6)
+    draws = {random_logit(model, x, targets, grad_cam, seed=s).other_class_idx for s in range(4)}
+    assert len(draws) > 1  # the seed matters
+    assert result.spearman.shape == result.ssim.shape == (3,) and result.maps.dtype == np.float32
+    assert np.all(result.spearman <= 1) and np.all(result.ssim <= 1)
+
+
+def test_random_logit_refuses_bad_arguments(cifar_batch):
+    model, x, _, targets = cifar_batch
+    with pytest.raises(InputError, match="explain"):
+        random_logit(model, x, targets, lambda m, x, k: np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(InputError, match="explain"):
+        random_logit(model, x, targets, "grad_cam")
+    with pytest.raises(InputError, match="seed"):
+        random_logit(model, x, targets, grad_cam, seed=-1)
+    with pytest.raises(ClassIndexError):
+        random_logit(model, x, 10, grad_cam)
+    one_class = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 1)).eval()
+    with pytest.raises(InputError, match="at least 2 classes"):
+        random_logit(one_class, x, 0, lambda m, x, k: baseline_maps(x, "edges"))
+
+
+def test_cascading_randomization_reports_progress_per_step(cifar_batch):
+    model, x, _, targets = cifar_batch
+    calls = []
+    result = cascading_randomization(
+        model, x, targets, lambda m, x, k: baseline_maps(x, "edges"), progress=lambda d, t: calls.append((d, t))
+    )
+    assert calls == [(d, len(result.layers) + 1) for d in range(1, len(result.layers) + 2)]
+
+
 # --- the shared model ----------------------------------------------------------------------------------------------
 
 
@@ -404,6 +508,9 @@ def test_metrics_leave_a_shared_model_as_they_found_it(snapshot, one_torch_threa
     average_drop_increase(model, x, maps, 1)
     calls = []
     cascading_randomization(
+        model, x, 1, lambda m, x, k: calls.append(m) or compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]
+    )
+    random_logit(
         model, x, 1, lambda m, x, k: calls.append(m) or compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]
     )
     assert calls and all(m is not model for m in calls)
