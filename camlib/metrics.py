@@ -22,6 +22,8 @@ numpy arrays, as pytorch-grad-cam does.
 - ``confidence_change``: pytorch-grad-cam 1.5.7's ``CamMultImageConfidenceChange`` with
   ``ClassifierOutputSoftmaxTarget`` (``pytorch_grad_cam/metrics/cam_mult_image.py``).
 - ``baseline_maps``: maps that explain nothing (random, a centred Gaussian, image edges) to compare methods against.
+- ``faithfulness_scores``, ``baseline_scores``, ``compare_with_baselines``: deletion, insertion and ROAD of a method's
+  maps against those of the baselines; a method that does not beat them is flagged (issue #13).
 - ``cascading_randomization``: the model-parameter randomisation test of Adebayo et al., "Sanity Checks for Saliency
   Maps", NeurIPS 2018 (arXiv:1810.03292), section 3.1, on a deep copy of the model.
 - ``random_logit``: the random-logit test of Sixt et al., "When Explanations Lie", ICML 2020 (arXiv:1912.09818),
@@ -32,7 +34,7 @@ numpy arrays, as pytorch-grad-cam does.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +73,8 @@ ROAD_NEIGHBOURS = (
 ROAD_BATCH_SIZE = 64  # imputed inputs per forward
 BASELINE_KINDS = ("random", "gaussian", "edges")
 GAUSSIAN_SIGMA_SHARE = 0.25  # the "gaussian" baseline map's sigma, as a share of the image's shorter side
+# Which way is better for each score of the faithfulness grid (compare_with_baselines, the app, the benchmark).
+METRIC_DIRECTIONS = {"deletion_auc": "lower", "insertion_auc": "higher", "road": "higher"}
 
 
 # --- results -------------------------------------------------------------------------------------------------------
@@ -602,6 +606,158 @@ def baseline_maps(x: torch.Tensor | tuple[int, int, int], kind: str = "random", 
     edges = np.stack([sobel(image) for image in x.detach().float().mean(dim=1).cpu().numpy()])
     peak = edges.reshape(images, -1).max(axis=1)[:, None, None]
     return np.divide(edges, peak, out=np.zeros_like(edges), where=peak > 0).astype(np.float32)
+
+
+# --- against the baselines -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaithfulnessScores:
+    """Deletion, insertion and ROAD of ``B`` maps, as ``faithfulness_scores`` computes them.
+
+    Attributes:
+        curves: the ``DeletionInsertion`` curves and areas.
+        road: the ``RoadResult`` (``order="combined"``).
+    """
+
+    curves: DeletionInsertion
+    road: RoadResult
+
+    @property
+    def summary(self) -> dict[str, np.ndarray]:
+        """``{metric: (B,) float64}`` for every key of ``METRIC_DIRECTIONS``: deletion AUC, insertion AUC, ROAD."""
+        return {
+            "deletion_auc": self.curves.deletion_auc.astype(np.float64),
+            "insertion_auc": self.curves.insertion_auc.astype(np.float64),
+            "road": self.road.scores.astype(np.float64),
+        }
+
+
+def faithfulness_scores(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: np.ndarray | torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    *,
+    steps: int = 20,
+    baseline: str | torch.Tensor = "blur",
+    noise: float = 0.01,
+    seed: int = 0,
+) -> FaithfulnessScores:
+    """``deletion_insertion`` (``steps``, ``baseline``) and ``road`` (``order="combined"``, the default percentiles,
+    ``noise``, ``seed``) of the same maps: the three numbers of the app's faithfulness grid and of
+    ``benchmarks/bench_faithfulness.py``. Arguments, errors and sources as those two functions."""
+    curves = deletion_insertion(model, x, maps, class_idx, steps=steps, baseline=baseline)
+    scores = road(model, x, maps, class_idx, order="combined", noise=noise, seed=seed)
+    return FaithfulnessScores(curves, scores)
+
+
+def baseline_scores(
+    model: nn.Module,
+    x: torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    *,
+    kinds: Sequence[str] = BASELINE_KINDS,
+    seed: int = 0,
+    **options: object,
+) -> dict[str, FaithfulnessScores]:
+    """``faithfulness_scores`` of each ``baseline_maps(x, kind, seed=seed)``: what a map that explains nothing scores
+    on these images. ``options`` go to ``faithfulness_scores`` (``seed`` is also ROAD's noise seed).
+
+    Returns ``{kind: FaithfulnessScores}`` in the order of ``kinds``. Raises ``InputError`` for an unknown kind or a
+    bad argument, and what ``faithfulness_scores`` raises."""
+    if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
+        raise InputError(f"kinds must be a non-empty sequence of {BASELINE_KINDS}, got {kinds!r}")
+    return {
+        kind: faithfulness_scores(model, x, baseline_maps(x, kind, seed=seed), class_idx, seed=seed, **options)
+        for kind in kinds
+    }
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """Whether a method's mean scores beat those of maps that explain nothing (``compare_with_baselines``).
+
+    Attributes:
+        method: ``{metric: mean score}`` of the method over its images.
+        baselines: ``{kind: {metric: mean score}}`` of each baseline.
+        beats: ``{metric: {kind: bool}}``: the method's mean is better than the baseline's by more than the margin
+            (lower for "deletion_auc", higher for "insertion_auc" and "road": ``METRIC_DIRECTIONS``).
+        failures: the ``(metric, kind)`` pairs the method does not beat, in the order of ``beats``.
+        flagged: True when ``failures`` is not empty: on some metric the method is no better than a map that explains
+            nothing.
+    """
+
+    method: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    beats: dict[str, dict[str, bool]]
+    failures: tuple[tuple[str, str], ...]
+    flagged: bool
+
+
+def _mean_scores(scores: object, what: str) -> dict[str, float]:
+    """``{metric: mean}`` of a ``FaithfulnessScores`` or of a mapping from ``METRIC_DIRECTIONS`` keys to a number or
+    a non-empty array of finite numbers; ``InputError`` naming ``what`` otherwise."""
+    if isinstance(scores, FaithfulnessScores):
+        scores = scores.summary
+    if not isinstance(scores, Mapping) or not scores:
+        raise InputError(f"{what} must be a FaithfulnessScores or a non-empty {{metric: scores}} mapping")
+    means = {}
+    for metric, values in scores.items():
+        if metric not in METRIC_DIRECTIONS:
+            raise InputError(f"{what} has an unknown metric {metric!r}; known: {tuple(METRIC_DIRECTIONS)}")
+        array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+        if array.dtype.kind not in "fiu" or array.size == 0 or not np.isfinite(array).all():
+            raise InputError(f"{what}[{metric!r}] must be finite numbers, got {describe(values)}")
+        means[metric] = float(array.mean())
+    return means
+
+
+def compare_with_baselines(
+    method_scores: FaithfulnessScores | Mapping[str, object],
+    baselines: Mapping[str, FaithfulnessScores | Mapping[str, object]],
+    *,
+    margin: float = 0.0,
+) -> BaselineComparison:
+    """Does a method beat the maps that explain nothing? Issue #13's baseline check, after the sanity-check argument of
+    Adebayo et al. (NeurIPS 2018): a saliency method should be judged against model-independent maps (a seeded random
+    map, a centred Gaussian, Sobel edges: ``baseline_maps``/``baseline_scores``).
+
+    Each metric's mean over the images is compared with each baseline's: the method beats a baseline on a metric when
+    it is better by more than ``margin`` (deletion AUC lower, insertion AUC and ROAD higher). It is flagged when it
+    fails to beat some baseline on some metric.
+
+    Args:
+        method_scores: the method's ``FaithfulnessScores``, or ``{metric: (B,) scores or a number}`` with keys of
+            ``METRIC_DIRECTIONS``.
+        baselines: ``{kind: scores}`` in the same form (``baseline_scores``' result); each must have every metric of
+            ``method_scores``.
+        margin: how much better than a baseline counts as beating it, in the metric's units, ``>= 0``.
+
+    Returns:
+        ``BaselineComparison``.
+
+    Raises:
+        InputError: no baselines, an unknown or missing metric, scores that are not finite numbers, a bad margin.
+    """
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < float("inf"):
+        raise InputError(f"margin must be a finite number >= 0, got {margin!r}")
+    method = _mean_scores(method_scores, "method_scores")
+    if not isinstance(baselines, Mapping) or not baselines:
+        raise InputError("baselines must be a non-empty {kind: scores} mapping (see baseline_scores)")
+    means = {str(kind): _mean_scores(scores, f"baselines[{kind!r}]") for kind, scores in baselines.items()}
+    for kind, scores in means.items():
+        if missing := sorted(set(method) - set(scores)):
+            raise InputError(f"baselines[{kind!r}] lacks the metrics {missing} that method_scores has")
+    beats = {
+        metric: {
+            kind: (value - scores[metric] if METRIC_DIRECTIONS[metric] == "higher" else scores[metric] - value) > margin
+            for kind, scores in means.items()
+        }
+        for metric, value in method.items()
+    }
+    failures = tuple((metric, kind) for metric, row in beats.items() for kind, won in row.items() if not won)
+    return BaselineComparison(method, means, beats, failures, bool(failures))
 
 
 # --- sanity checks -------------------------------------------------------------------------------------------------

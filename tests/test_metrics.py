@@ -23,12 +23,17 @@ from camlib.cifar import load_cifar10
 from camlib.cifar_models import normalize_batch
 from camlib.errors import ClassIndexError, InputError
 from camlib.metrics import (
+    METRIC_DIRECTIONS,
+    FaithfulnessScores,
     average_drop_increase,
     baseline_maps,
+    baseline_scores,
     blurred,
     cascading_randomization,
+    compare_with_baselines,
     confidence_change,
     deletion_insertion,
+    faithfulness_scores,
     random_logit,
     road,
 )
@@ -361,6 +366,93 @@ def test_baseline_maps_refuse_bad_arguments():
         baseline_maps((1, 8, 8), seed=-1)
 
 
+# --- against the baselines -----------------------------------------------------------------------------------------
+
+
+def test_compare_with_baselines_follows_each_metrics_direction_and_the_margin():
+    """Means over images; deletion lower, insertion and ROAD higher is better; a tie does not beat; the margin."""
+    method = {"deletion_auc": [0.125, 0.375], "insertion_auc": np.array([0.75, 0.75]), "road": torch.tensor([0.25])}
+    baselines = {
+        "random": {"deletion_auc": 0.5, "insertion_auc": 0.5, "road": 0.0},
+        "gaussian": {"deletion_auc": 0.25, "insertion_auc": 0.875, "road": 0.25},
+    }
+    result = compare_with_baselines(method, baselines)
+    assert result.method == {"deletion_auc": 0.25, "insertion_auc": 0.75, "road": 0.25}
+    assert result.baselines["gaussian"]["insertion_auc"] == 0.875
+    assert result.beats == {
+        "deletion_auc": {"random": True, "gaussian": False},
+        "insertion_auc": {"random": True, "gaussian": False},
+        "road": {"random": True, "gaussian": False},
+    }
+    assert result.failures == (("deletion_auc", "gaussian"), ("insertion_auc", "gaussian"), ("road", "gaussian"))
+    assert result.flagged
+    assert not compare_with_baselines(method, {"random": baselines["random"]}).flagged
+    assert not compare_with_baselines(method, {"random": baselines["random"]}, margin=0.2).flagged
+    strict = compare_with_baselines(method, {"random": baselines["random"]}, margin=0.25)
+    assert len(strict.failures) == 3  # 0.25 better on each is not more than 0.25 better
+    assert set(result.method) == set(METRIC_DIRECTIONS)
+
+
+def test_the_ideal_map_beats_every_baseline_and_its_reverse_is_flagged():
+    """On the square model the square map is the best possible deletion and insertion ranking (analytic areas
+    ``r / (2N)`` and ``1 - r / (2N)``) and its reverse the worst: the first beats the random, Gaussian and edge maps,
+    the second is flagged on both metrics against all three."""
+    model, x = RegionModel(), square_input()
+    baselines = baseline_scores(model, x, 0, baseline="zeros", seed=3)
+    assert list(baselines) == ["random", "gaussian", "edges"]
+    areas = ("deletion_auc", "insertion_auc")
+
+    def areas_of(scores: FaithfulnessScores) -> dict[str, np.ndarray]:
+        return {k: v for k, v in scores.summary.items() if k in areas}
+
+    best = faithfulness_scores(model, x, square_map(), 0, baseline="zeros")
+    np.testing.assert_allclose(best.summary["deletion_auc"], [REGION / 2], atol=1e-6)
+    verdict = compare_with_baselines(areas_of(best), {k: areas_of(v) for k, v in baselines.items()})
+    assert not verdict.flagged and verdict.failures == ()
+    worst = faithfulness_scores(model, x, 1 - square_map(), 0, baseline="zeros")
+    verdict = compare_with_baselines(areas_of(worst), {k: areas_of(v) for k, v in baselines.items()})
+    assert verdict.flagged and set(verdict.failures) == {(m, k) for m in areas for k in baselines}
+
+
+def test_baseline_scores_are_seeded_scores_of_the_baseline_maps(cifar_batch):
+    model, x, _, targets = cifar_batch
+    scores = baseline_scores(model, x, targets, kinds=("random", "edges"), seed=4, steps=5)
+    assert list(scores) == ["random", "edges"]
+    again = baseline_scores(model, x, targets, kinds=("random",), seed=4, steps=5)
+    for metric, values in scores["random"].summary.items():
+        np.testing.assert_array_equal(again["random"].summary[metric], values)
+        assert values.shape == (3,) and values.dtype == np.float64
+    direct = faithfulness_scores(model, x, baseline_maps(x, "random", seed=4), targets, steps=5, seed=4)
+    np.testing.assert_array_equal(direct.curves.deletion, scores["random"].curves.deletion)
+    np.testing.assert_array_equal(direct.road.scores, scores["random"].road.scores)
+    other = baseline_scores(model, x, targets, kinds=("random",), seed=5, steps=5)
+    assert not np.array_equal(other["random"].curves.deletion, scores["random"].curves.deletion)
+    # the method compared is a FaithfulnessScores too
+    verdict = compare_with_baselines(scores["edges"], scores)
+    assert verdict.flagged and ("deletion_auc", "edges") in verdict.failures  # no map beats itself
+
+
+def test_baseline_comparison_refuses_bad_arguments(cifar_batch):
+    good = {"deletion_auc": [0.5]}
+    for args, kwargs, match in [
+        (({}, {"random": good}), {}, "method_scores"),
+        (({"auc": [0.5]}, {"random": good}), {}, "unknown metric"),
+        (({"deletion_auc": [np.nan]}, {"random": good}), {}, "finite"),
+        (({"deletion_auc": []}, {"random": good}), {}, "finite"),
+        (({"deletion_auc": ["a"]}, {"random": good}), {}, "finite"),
+        ((good, {}), {}, "baselines"),
+        ((good, {"random": {"road": [0.1]}}), {}, "lacks the metrics"),
+        ((good, {"random": good}), {"margin": -1}, "margin"),
+        ((good, {"random": good}), {"margin": True}, "margin"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            compare_with_baselines(*args, **kwargs)
+    model, x, _, targets = cifar_batch
+    for kinds in ("random", (), ("sobel",)):
+        with pytest.raises(InputError, match="kind"):
+            baseline_scores(model, x, targets, kinds=kinds)
+
+
 # --- sanity checks -------------------------------------------------------------------------------------------------
 
 
@@ -506,6 +598,9 @@ def test_metrics_leave_a_shared_model_as_they_found_it(snapshot, one_torch_threa
     road(model, x, maps, [1, 2], percentiles=(50,))
     confidence_change(model, x, maps, 1)
     average_drop_increase(model, x, maps, 1)
+    compare_with_baselines(
+        faithfulness_scores(model, x, maps, 1, steps=2), baseline_scores(model, x, 1, kinds=("edges",), steps=2)
+    )
     calls = []
     cascading_randomization(
         model, x, 1, lambda m, x, k: calls.append(m) or compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]
