@@ -8,7 +8,7 @@ import streamlit as st
 from camlib.cam import METHODS
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
-from ui import app_inputs, cache, cam_view, figures, keys, widgets
+from ui import app_inputs, cache, cam_grid, cam_view, figures, keys, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -26,15 +26,22 @@ with controls:
         st.error(md("{error}", error=error))
         st.stop()
     image = widgets.image_input(keys.CAM, cifar=widgets.cifar_test_images(root, loaded.spec.dataset))
-    method = st.selectbox(
-        "Method",
-        list(METHODS),
-        format_func=lambda m: METHODS[m].label,
-        key=keys.CAM_METHOD,
-        persist_state="session",
-        help="Score-CAM runs one forward pass per channel: slow on a CPU.",
+    compare = st.radio(
+        "View", ["One method", "Compare methods"], horizontal=True, key=keys.CAM_VIEW, persist_state="session"
     )
-    st.caption(md("{paper}. Cost: {cost}.", paper=METHODS[method].paper, cost=METHODS[method].cost))
+    compare = compare != "One method"
+    if compare:
+        methods = cam_grid.method_picker()
+    else:
+        method = st.selectbox(
+            "Method",
+            list(METHODS),
+            format_func=lambda m: METHODS[m].label,
+            key=keys.CAM_METHOD,
+            persist_state="session",
+            help="Score-CAM runs one forward pass per channel: slow on a CPU.",
+        )
+        st.caption(md("{paper}. Cost: {cost}.", paper=METHODS[method].paper, cost=METHODS[method].cost))
 
     by_name = {c.name: c for c in candidates}
     layers = widgets.layer_picker(
@@ -71,16 +78,21 @@ with results:
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
+    if compare:
+        grid_request, context = (model_key, device, image.pixels, tuple(layers)), (loaded.class_names, image, by_name)
+        cam_grid.show(grid_request, methods, int(class_idx), cam_grid.Context(*context), failed=failed)
+        st.stop()
     request, options = (model_key, device, image.pixels, tuple(layers)), {"method": method, "class_idx": int(class_idx)}
 
     def explain() -> tuple[cache.CamView, tuple[str, ...], widgets.ChosenImage]:
         if failed is not None:
             raise failed  # the prediction failed: shown here, where the CAM would be
-        with cam_view.progress(method) as report:  # a rerun or a closed tab stops a long method at its next batch
+        with cam_view.progress([method]) as report:  # a rerun or a closed tab stops a long method at its next batch
             view = cache.compute_view(*request, **options, progress=report)
         return view, loaded.class_names, image
 
-    start = failed is not None or cam_view.ready_to_start(request, options, [by_name[n].channels for n in layers])
+    channels = [by_name[n].channels for n in layers]
+    start = failed is not None or cam_view.ready_to_start(request, [method], int(class_idx), channels)
     if start:  # the last result that worked keeps its own classes and image (the map is drawn on its image)
         kept, failed = keep_last_good(
             keys.CAM_LAST_VIEW,

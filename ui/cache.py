@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import streamlit as st
@@ -219,20 +220,95 @@ def compute_view(
     hit = _cached(model_key, device, key, image, layers, method=method, class_idx=class_idx)
     if hit is not None:
         return hit
+    job = _Job(model_key, device, key, image, layers)
+    try:
+        views, _ = _compute(job, grid_partners(method), class_idx=class_idx, progress=progress, each=False)
+    except MethodError:  # a partner that cannot explain these layers: the method alone says what is wrong
+        views, _ = _compute(job, [method], class_idx=class_idx, progress=progress, each=False)
+    return views[method]
+
+
+@dataclass(frozen=True)
+class GridView:
+    """A method x layer grid (``compute_grid``): each method's view, in the order asked, and the methods that cannot
+    explain these layers with the reason (a ``MethodError``, e.g. CAM on a layer that does not feed the classifier)."""
+
+    views: dict[str, CamView]
+    errors: dict[str, MethodError]
+
+    @property
+    def from_cache(self) -> bool:
+        return all(view.from_cache for view in self.views.values())
+
+
+def compute_grid(
+    model_key: str,
+    device: str,
+    image: np.ndarray,
+    layers: tuple[str, ...],
+    *,
+    methods: tuple[str, ...],
+    class_idx: int,
+    progress: ProgressCallback | None = None,
+) -> GridView:
+    """The CAMs of several methods on the same layers: the cached ones from the cache, all the others from one
+    ``compute_cam_grid`` call (one forward, one gradient for every gradient method). A method that cannot explain
+    these layers is reported in ``errors`` and the others are still computed. Progress and cancellation as
+    ``compute_view``; every finished result is stored, so the single-method view finds it.
+
+    Raises:
+        CamlibError: from ``resolve_model`` and ``camlib.cam.compute_cam_grid`` (other than a method's
+            ``MethodError``).
+    """
+    key = image_key(image)
+    views = {m: _cached(model_key, device, key, image, layers, method=m, class_idx=class_idx) for m in methods}
+    missing = [m for m, view in views.items() if view is None]
+    errors: dict[str, MethodError] = {}
+    if missing:
+        job = _Job(model_key, device, key, image, layers)
+        computed, errors = _compute(job, missing, class_idx=class_idx, progress=progress, each=True)
+        views.update(computed)
+    return GridView(views={m: v for m, v in views.items() if v is not None}, errors=errors)
+
+
+class _Job(NamedTuple):
+    """What a CAM computation is asked about: the model, the device, the image (and its ``image_key``), the layers."""
+
+    model_key: str
+    device: str
+    key: str
+    image: np.ndarray
+    layers: tuple[str, ...]
+
+
+def _compute(
+    job: _Job, methods: list[str], *, class_idx: int, progress: ProgressCallback | None, each: bool
+) -> tuple[dict[str, CamView], dict[str, MethodError]]:
+    """A cache miss: ``methods`` from one ``compute_cam_grid`` call, every result stored. When a method cannot explain
+    these layers, ``each=True`` computes the methods one by one and returns the failures; ``each=False`` raises."""
+    model_key, device, key, image, layers = job
     loaded = resolve_model(model_key, device)
     prepared = prepare_input(image, loaded.spec.preprocessing)
     x = prepared.tensor.to(loaded.device)
+    results, errors = {}, {}
     with _CAM_JOBS:
         try:
-            results = compute_cam_grid(
-                loaded.model, x, list(layers), grid_partners(method), class_idx=class_idx, progress=progress
-            )
-        except MethodError:  # a partner that cannot explain these layers: the method alone says what is wrong
-            results = compute_cam_grid(loaded.model, x, list(layers), [method], class_idx=class_idx, progress=progress)
+            results = compute_cam_grid(loaded.model, x, list(layers), methods, class_idx=class_idx, progress=progress)
+        except MethodError:
+            if not each:
+                raise
+            for method in methods:
+                try:
+                    results |= compute_cam_grid(
+                        loaded.model, x, list(layers), [method], class_idx=class_idx, progress=progress
+                    )
+                except MethodError as error:
+                    errors[method] = error
     _store(_cached_prepared, (prepared.model_view, prepared.crop_box), model_key, device, key)
     for name, result in results.items():
         _store(_cached_view, replace(result, maps={}), model_key, device, key, layers, method=name, class_idx=class_idx)
-    return CamView(result=results[method], model_view=prepared.model_view, crop_box=prepared.crop_box)
+    views = {name: CamView(result, prepared.model_view, prepared.crop_box) for name, result in results.items()}
+    return views, errors
 
 
 @st.cache_data(max_entries=256, ttl=CACHE_TTL, show_spinner=False)

@@ -51,56 +51,60 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def ready_to_start(request: tuple, options: dict, channels: list[int]) -> bool:
-    """Whether to compute now, for ``cache.compute_view(*request, **options)``: True when the result is cached or the
-    method is estimated at most ``SLOW_S``; otherwise the estimate is shown with a button, and this is True only on
-    the run the button was pressed in. When the cache or the estimate fails this is True: the computation then shows
-    the error.
+def ready_to_start(
+    request: tuple, methods: list[str], class_idx: int, channels: list[int], *, button_key: str = keys.CAM_START
+) -> bool:
+    """Whether to compute ``methods`` now, for ``cache.compute_grid(*request, methods=..., class_idx=...)`` (or
+    ``compute_view`` for one method): True when every perturbation method among them is cached or they are estimated
+    at most ``SLOW_S`` together; otherwise the estimate is shown with a button (``button_key``), and this is True only
+    on the run the button was pressed in. When the cache or the estimate fails this is True: the computation then
+    shows the error.
     """
     model_key, device = request[:2]
-    spec = METHODS[options["method"]]
-    if spec.family != "perturbation":
-        return True
+    slow = [METHODS[m] for m in methods if METHODS[m].family == "perturbation"]
     try:
-        if cache.cached_view(*request, **options) is not None:
+        slow = [spec for spec in slow if cache.cached_view(*request, method=spec.name, class_idx=class_idx) is None]
+        if not slow:
             return True
         seconds = cache.forward_seconds(model_key, device)
-        estimate = estimate_cost(spec.name, channels, seconds_per_image=seconds)
+        estimates = [estimate_cost(spec.name, channels, seconds_per_image=seconds) for spec in slow]
     except CamlibError:  # no estimate: start, and let the computation report what is wrong
         return True
-    if estimate.seconds <= SLOW_S:
+    total = sum(e.seconds for e in estimates)
+    if total <= SLOW_S:
         return True
+    labels = " and ".join(spec.label for spec in slow)
     st.info(
         md(
             "**{label}** runs {n:,} extra forward passes for these layers ({channels} channels): about {t} on "
             "{device}. Other sessions are not slowed; changing any setting while it runs cancels it.",
-            label=spec.label,
-            n=estimate.extra_forwards,
+            label=labels,
+            n=sum(e.extra_forwards for e in estimates),
             channels=" + ".join(f"{c:,}" for c in channels),
-            t=_duration(estimate.seconds),
+            t=_duration(total),
             device=device,
         )
     )
-    return st.button(
-        md("Compute {label} (about {t})", label=spec.label, t=_duration(estimate.seconds)), key=keys.CAM_START
-    )
+    return st.button(md("Compute {label} (about {t})", label=labels, t=_duration(total)), key=button_key)
 
 
 @contextmanager
-def progress(method: str) -> Iterator[ProgressCallback | None]:
-    """A progress bar whose callback ``(done, total)`` is passed to ``compute_cams`` (perturbation methods), or a
-    spinner (one pass: nothing to count). The bar is removed when the computation ends, however it ends."""
-    spec = METHODS[method]
-    if spec.family != "perturbation":
+def progress(methods: list[str]) -> Iterator[ProgressCallback | None]:
+    """A progress bar whose callback ``(done, total)`` is passed to ``compute_cams`` (when a perturbation method is
+    among ``methods``), or a spinner (one pass: nothing to count). The bar is removed when the computation ends,
+    however it ends."""
+    slow = [METHODS[m].label for m in methods if METHODS[m].family == "perturbation"]
+    if not slow:
         with st.spinner("Computing CAM (or waiting for other sessions' CAMs to free the CPU)..."):
             yield None
         return
-    bar = st.progress(0.0, text=md("{label}: starting...", label=spec.label))
+    label = " and ".join(slow)
+    bar = st.progress(0.0, text=md("{label}: starting...", label=label))
 
     def report(done: int, total: int) -> None:
         bar.progress(
             min(done / max(total, 1), 1.0),
-            text=md("{label}: batch {done} of {total}", label=spec.label, done=done, total=total),
+            text=md("{label}: batch {done} of {total}", label=label, done=done, total=total),
         )
 
     try:

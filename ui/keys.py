@@ -23,6 +23,16 @@ CAM_DETAIL_LAYER = "cam_detail_layer"  # pages/cam_explorer.py: layer of the det
 CAM_HEATMAP = "cam_heatmap"  # pages/cam_explorer.py: interactive heatmap
 CAM_START = "cam_start"  # ui.cam_view: the button that starts a slow (perturbation) method
 CAM_LAST_VIEW = "cam_last_view"  # ui.last_good (from the CAM page): the last CAM that worked, with classes and image
+CAM_FAITH_START = "cam_faith_start"  # ui.faithfulness_view: button that computes the faithfulness grid
+CAM_FAITH_CELL = "cam_faith_cell"  # ui.faithfulness_view: the (method, layer) cell whose curves and sanity are shown
+CAM_FAITH_CURVES = "cam_faith_curves"  # ui.faithfulness_view: deletion/insertion curves chart
+CAM_SANITY_START = "cam_sanity_start"  # ui.faithfulness_view: button that runs the sanity checks
+CAM_SANITY_CURVE = "cam_sanity_curve"  # ui.faithfulness_view: cascading-randomisation chart
+CAM_VIEW = "cam_view"  # pages/cam_explorer.py: one method, or the method x layer grid
+CAM_GRID_METHODS = "cam_grid_methods"  # ui.cam_grid: the grid's methods (rows)
+CAM_GRID_START = "cam_grid_start"  # ui.cam_grid (through ui.cam_view.ready_to_start): starts slow methods of the grid
+CAM_LAST_GRID = "cam_last_grid"  # ui.last_good (from ui.cam_grid): the last grid that worked, with its context
+CAM_SIGNED = "cam_signed"  # ui.cam_view: the detailed view shows the signed raw map
 
 
 def cam_layers(model_key: str) -> str:

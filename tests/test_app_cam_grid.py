@@ -1,0 +1,129 @@
+"""AppTest of the CAM Explorer's "Compare methods" view (ui.cam_grid, issue #12): one overlay per method and layer,
+all from one ``compute_cam_grid`` call whose cells equal camlib's one-method calls; a method that cannot explain the
+layers is reported in its row while the others are drawn; slow methods show their cost and wait; an error keeps the
+last grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from camlib.cam import compute_cams
+from camlib.errors import NonFiniteError
+from camlib.models import DEFAULT_MODEL
+from ui import cache, cam_grid, cam_view, keys
+
+TIMEOUT = 300
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+LAYERS = ["blocks.5", "bn2"]  # blocks.5 does not feed the classifier directly: CAM refuses it
+
+
+class Spy:
+    """Wraps ``cache.compute_cam_grid``: records each call's layers, methods, input and results."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[str, ...], tuple[str, ...], object, dict]] = []
+        self.real = cache.compute_cam_grid
+
+    def __call__(self, model, x, layers, methods, **kwargs):
+        results = self.real(model, x, layers, methods, **kwargs)
+        self.calls.append((tuple(layers), tuple(methods), x.clone(), results))
+        return results
+
+
+def _open_grid(monkeypatch: pytest.MonkeyPatch) -> tuple[AppTest, Spy]:
+    cache._cached_view.clear()  # each test starts from computed-nothing (the store is process-wide)
+    spy = Spy()
+    monkeypatch.setattr(cache, "compute_cam_grid", spy)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.radio(key=keys.CAM_VIEW).set_value("Compare methods").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at, spy
+
+
+def _no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_the_grid_is_one_overlay_per_method_and_layer_from_one_call_equal_to_one_method_calls(monkeypatch):
+    at, spy = _open_grid(monkeypatch)
+    spy.calls.clear()
+    at.multiselect(key=keys.cam_layers(DEFAULT_MODEL)).set_value(list(LAYERS)).run()
+    _no_errors(at)
+    [(layers, methods, x, results)] = spy.calls  # every method and layer from one pass
+    assert layers == tuple(LAYERS) and methods == cam_grid.DEFAULT_METHODS
+    assert len(at.image) == len(methods) * len(layers)
+    labels = [m.value for m in at.markdown]
+    assert any("5 methods x 2 layers, computed together" in label for label in labels)
+    model = cache.resolve_model(DEFAULT_MODEL, "cpu").model
+    for method in methods:
+        for layer in layers:
+            alone = compute_cams(model, x, [layer], method=method, class_idx=results[method].class_idx)
+            np.testing.assert_allclose(results[method].maps[layer], alone.maps[layer], atol=1e-5)
+
+    at.radio(key=keys.CAM_VIEW).set_value("One method").run()  # the single view finds the grid's results
+    _no_errors(at)
+    assert len(spy.calls) == 1
+    assert any("from the cache" in m.value for m in at.markdown)
+
+
+def test_a_method_that_cannot_explain_a_layer_is_reported_and_the_others_are_drawn(monkeypatch):
+    at, _ = _open_grid(monkeypatch)
+    at.multiselect(key=keys.cam_layers(DEFAULT_MODEL)).set_value(list(LAYERS)).run()
+    at.multiselect(key=keys.CAM_GRID_METHODS).set_value(["gradcam", "cam", "eigencam"]).run()
+    _no_errors(at)
+    [warning] = [w.value for w in at.warning if "cannot explain" in w.value]
+    assert warning.startswith("CAM cannot explain these layers") and "global average" in warning
+    assert len(at.image) == 2 * len(LAYERS)  # Grad-CAM and Eigen-CAM rows
+
+
+def test_a_slow_method_in_the_grid_shows_its_cost_and_waits_for_the_button(monkeypatch):
+    at, spy = _open_grid(monkeypatch)
+    drawn = len(at.image)
+    monkeypatch.setattr(cache, "forward_seconds", lambda model_key, device: 0.05)
+    spy.calls.clear()
+    at.multiselect(key=keys.CAM_GRID_METHODS).select("scorecam").run()
+    _no_errors(at)
+    assert cam_grid.option_label("scorecam").startswith("Score-CAM (slow: ")
+    [estimate] = at.info
+    assert "1,280 extra forward passes" in estimate.value
+    assert at.button(key=keys.CAM_GRID_START).label.startswith(r"Compute Score\-CAM")
+    assert not spy.calls and len(at.image) == drawn  # nothing started; the last grid stays
+    assert "Showing the last grid until you start this one." in [c.value for c in at.caption]
+
+
+def test_the_button_computes_the_slow_method_with_a_progress_bar(monkeypatch):
+    """Score-CAM on the CIFAR-10 ResNet-20's last stage (64 channels) in the grid, after the button."""
+    at, spy = _open_grid(monkeypatch)
+    monkeypatch.setattr(cam_view, "SLOW_S", -1.0)
+    at.selectbox(key=f"{keys.CAM}_model").set_value("cifar10_resnet20").run()
+    at.multiselect(key=keys.CAM_GRID_METHODS).set_value(["gradcam", "scorecam"]).run()
+    _no_errors(at)
+    spy.calls.clear()
+    at.button(key=keys.CAM_GRID_START).click().run()
+    _no_errors(at)
+    [(_, methods, _, results)] = spy.calls
+    assert methods == ("scorecam",)  # Grad-CAM came from the cache
+    assert set(results) == {"scorecam"} and len(at.image) == 2
+
+
+def test_an_error_keeps_the_last_grid(monkeypatch):
+    at, _ = _open_grid(monkeypatch)
+
+    def fails(*args, **kwargs):
+        raise NonFiniteError("the model produced NaN")
+
+    monkeypatch.setattr(cache, "compute_cam_grid", fails)
+    at.multiselect(key=keys.CAM_GRID_METHODS).set_value(["gradcam", "layercam"]).run()  # both cached: no call
+    _no_errors(at)
+    drawn = len(at.image)
+    assert drawn == 2
+    at.multiselect(key=keys.cam_layers(DEFAULT_MODEL)).set_value(list(LAYERS)).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Cannot compute the grid: the model produced NaN"]
+    assert "Showing the last grid." in [c.value for c in at.caption]
+    assert len(at.image) == drawn

@@ -1,0 +1,132 @@
+"""The CAM Explorer's "Compare methods" view: a grid with one row per method and one column per target layer, every
+cell an overlay, all from one ``cache.compute_grid`` call (one forward and one gradient for every gradient method,
+``camlib.cam.compute_cam_grid``).
+
+Each method's cost comes from its registry entry, shown in the picker before a slow one is added; perturbation methods
+wait for a button when their estimate exceeds ``cam_view.SLOW_S`` (``cam_view.ready_to_start``), and show a progress
+bar that a rerun cancels. A method that cannot explain the chosen layers (e.g. CAM on a layer that does not feed the
+classifier) gets a warning in its row and the others are still drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from camlib.cam import METHODS, shared_scale_maps
+from camlib.layers import LayerInfo
+from camlib.overlay import upscale_nearest
+from ui import cache, cam_view, keys, widgets
+from ui.last_good import keep_last_good
+from ui.text import md
+
+DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")  # one pass between them
+
+
+def option_label(method: str) -> str:
+    """A method as the picker lists it: its label, and its cost when it runs extra forward passes."""
+    spec = METHODS[method]
+    return spec.label if spec.family != "perturbation" else f"{spec.label} (slow: {spec.cost})"
+
+
+def method_picker() -> list[str]:
+    """The rows of the grid: a multiselect of registry methods, each labelled with its cost when it is slow."""
+    chosen = st.multiselect(
+        "Methods (rows)",
+        list(METHODS),
+        default=[m for m in DEFAULT_METHODS if m in METHODS],
+        format_func=option_label,
+        key=keys.CAM_GRID_METHODS,
+        persist_state="session",
+        help="Gradient and activation methods share one forward pass (and one gradient); each slow method runs one "
+        "extra forward pass per channel of each layer.",
+    )
+    costs = sorted({METHODS[m].cost for m in chosen})
+    if costs:
+        st.caption(md("Cost: {costs}.", costs="; ".join(costs)))
+    return chosen
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the grid is drawn with besides the maps: the model's class names, the image, the layers' metadata."""
+
+    class_names: tuple[str, ...]
+    image: widgets.ChosenImage
+    layers: dict[str, LayerInfo]
+
+
+def show(
+    request: tuple, methods: list[str], class_idx: int, context: Context, *, failed: Exception | None = None
+) -> None:
+    """Compute (after the slow-method check) and draw the grid for ``request = (model_key, device, image, layers)``;
+    a camlib error (this one's, or ``failed``: the page's prediction of this image) is shown with ``st.error`` and
+    the last grid that worked stays."""
+    if not methods:
+        st.info("Pick at least one method.")
+        return
+    if failed is not None:
+        st.error(md("Cannot compute the grid: {error}", error=failed))
+        kept = st.session_state.get(keys.CAM_LAST_GRID)
+        if kept is not None:
+            st.caption("Showing the last grid.")
+            draw(*kept)
+        return
+    channels = [context.layers[n].channels for n in request[3]]
+
+    def compute() -> tuple[cache.GridView, Context]:
+        with cam_view.progress(methods) as report:
+            grid = cache.compute_grid(*request, methods=tuple(methods), class_idx=class_idx, progress=report)
+        return grid, context
+
+    if cam_view.ready_to_start(request, methods, class_idx, channels, button_key=keys.CAM_GRID_START):
+        kept, _ = keep_last_good(
+            keys.CAM_LAST_GRID, compute, failure="Cannot compute the grid: {error}", stale="Showing the last grid."
+        )
+    else:
+        kept = st.session_state.get(keys.CAM_LAST_GRID)
+        if kept is not None:
+            st.caption("Showing the last grid until you start this one.")
+    if kept is not None:
+        draw(*kept)
+
+
+def draw(grid: cache.GridView, context: Context) -> None:
+    """The overlay controls, then one row per method (label, time) and one column per layer."""
+    with st.expander("Overlay", expanded=True):
+        look = widgets.overlay_controls(keys.CAM, columns=4)
+    style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}
+    for method, error in grid.errors.items():
+        st.warning(md("{label} cannot explain these layers: {error}", label=METHODS[method].label, error=error))
+    if not grid.views:
+        return
+    first = next(iter(grid.views.values())).result
+    explained = first.class_idx[0]
+    st.markdown(
+        md(
+            "**Explaining class {k}: {name}** ({p:.1%}): {n} methods x {m} layers, "
+            + ("from the cache." if grid.from_cache else "computed together in {ms:.0f} ms."),
+            k=explained,
+            name=context.class_names[explained],
+            p=first.probabilities[0, explained],
+            n=len(grid.views),
+            m=len(first.layers),
+            ms=max(view.result.elapsed_s for view in grid.views.values()) * 1000,
+        )
+    )
+    widths = [1] + [2] * len(first.layers)
+    for column, name in zip(st.columns(widths)[1:], first.layers):
+        info = context.layers.get(name)
+        column.markdown(md("**{name}** {shape}", name=name, shape=f"[{info.shape_label}]" if info else ""))
+    for method, view in grid.views.items():
+        result = view.result
+        maps = shared_scale_maps(result) if look.shared_scale else result.maps
+        model_view = upscale_nearest(view.model_view, cam_view.TILE_PX)
+        row = st.columns(widths)
+        row[0].markdown(md("**{label}**", label=METHODS[method].label))
+        row[0].caption(md("{cost}", cost=METHODS[method].cost))
+        for column, name in zip(row[1:], result.layers):
+            column.image(cache.overlay_png(model_view, maps[name][0], **style), width="stretch")
+            if result.degenerate[name][0]:
+                column.caption("No positive evidence: blank.")
