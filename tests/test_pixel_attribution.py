@@ -147,10 +147,26 @@ MODELS = {
     ),
 }
 
+FULLGRAD_MODELS = {
+    "resnet18_norms": lambda: randomised_norms(seeded_resnet18()),
+    "small_cnn_norms": lambda: randomised_norms(seeded(SmallCNN)),  # conv biases as well as batch norms
+    # EfficientNet-like with plain nn.BatchNorm2d modules, SiLU, and conv biases in its squeeze-excitation blocks.
+    "efficientnet_b0_norms": lambda: randomised_norms(seeded(lambda: torchvision.models.efficientnet_b0(weights=None))),
+}
+
+
+class Zoo(dict):
+    """The models above, each built on first use and shared by the module's tests (never handed to
+    pytorch-grad-cam, which gets deep copies)."""
+
+    def __missing__(self, name: str) -> nn.Module:
+        self[name] = model = {**MODELS, **FULLGRAD_MODELS}[name]()
+        return model
+
 
 @pytest.fixture(scope="module")
-def models() -> dict[str, nn.Module]:
-    return {name: build() for name, build in MODELS.items()}
+def models() -> Zoo:
+    return Zoo()
 
 
 # --- guided backpropagation: reference ----------------------------------------------------------------------------
@@ -301,23 +317,11 @@ def test_attribution_images_equal_pytorch_grad_cams_deprocess_image(models):
 
 # --- FullGrad ------------------------------------------------------------------------------------------------------
 
-FULLGRAD_MODELS = {
-    "resnet18": lambda: randomised_norms(seeded_resnet18()),
-    "small_cnn": lambda: randomised_norms(seeded(SmallCNN)),  # conv biases as well as batch norms
-    # EfficientNet-like with plain nn.BatchNorm2d modules, SiLU, and conv biases in its squeeze-excitation blocks.
-    "efficientnet_b0": lambda: randomised_norms(seeded(lambda: torchvision.models.efficientnet_b0(weights=None))),
-}
-
-
-@pytest.fixture(scope="module")
-def fullgrad_models() -> dict[str, nn.Module]:
-    return {name: build() for name, build in FULLGRAD_MODELS.items()}
-
 
 @pytest.mark.parametrize("name", FULLGRAD_MODELS)
 @pytest.mark.parametrize("kind", ["argmax", "explicit"])
-def test_fullgrad_matches_pytorch_grad_cam(fullgrad_models, name, kind):
-    model, x = fullgrad_models[name], images()
+def test_fullgrad_matches_pytorch_grad_cam(models, name, kind):
+    model, x = models[name], images()
     result = compute_fullgrad(model, x)
     if kind == "explicit":
         result = compute_fullgrad(model, x, class_idx=other_class(result))
@@ -326,17 +330,17 @@ def test_fullgrad_matches_pytorch_grad_cam(fullgrad_models, name, kind):
     np.testing.assert_allclose(result.maps, reference_fullgrad(model, x, result.class_idx), atol=ATOL, rtol=0)
 
 
-def test_fullgrad_bias_terms_count(fullgrad_models):
+def test_fullgrad_bias_terms_count(models):
     """The bias terms are in the map: FullGrad's raw sum is well above its input term (at most 3, one per channel),
     and the layers are the model's batch norms in call order, the same ones pytorch-grad-cam selects."""
-    model = fullgrad_models["resnet18"]
+    model = models["resnet18_norms"]
     result = compute_fullgrad(model, images())
     reference = copy.deepcopy(model)  # FullGrad hooks its layers when built
     names = {id(module): name for name, module in reference.named_modules()}
     assert result.bias_layers == tuple(names[id(layer)] for layer in FullGrad(reference, []).target_layers)
     assert all(name.endswith(("bn1", "bn2", "downsample.1")) for name in result.bias_layers)
     assert result.raw.max() > 100
-    small = compute_fullgrad(fullgrad_models["small_cnn"], images(size=32))
+    small = compute_fullgrad(models["small_cnn_norms"], images(size=32))
     assert small.bias_layers == ("conv1", "bn1", "conv2", "bn2")
 
 
