@@ -81,6 +81,31 @@ def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
 
 
+def signed_map(raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The signed view of a raw CAM (``CamResult.raw``): positive is evidence for the explained class, negative is
+    evidence against it (the part every method's ReLU drops; pytorch-grad-cam issues #267 and #512).
+
+    Args:
+        raw: float ``(h, w)`` signed map at feature resolution.
+        shape: ``(H, W)`` px, the size to show it at.
+
+    Returns:
+        float32 ``(H, W)`` in [-1, 1]: ``raw`` resized bilinearly (half-pixel centres, as ``torch``'s
+        ``interpolate(align_corners=False)`` and camlib's maps) and divided by ``max |raw|``, so 0 stays 0 and the
+        strongest evidence either way is +-1; all zeros when ``raw`` is.
+
+    Raises:
+        InputError: ``raw`` is not a finite 2-D float array, or ``shape`` is not two positive ints.
+    """
+    raw = require_array(raw, "raw map", dtypes=(np.float16, np.float32, np.float64), ndim=2)
+    if not np.isfinite(raw).all():
+        raise InputError("raw map must be finite (it holds NaN or inf)")
+    height, width = require_size(shape, "shape")
+    scale = float(np.abs(raw).max())
+    resized = cv2.resize(raw.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(resized / scale, -1.0, 1.0) if scale > 0 else np.zeros((height, width), np.float32)
+
+
 def overlay_heatmap(
     image: np.ndarray,
     cam: np.ndarray,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ui import cache, checkpoint_store, keys
+from camlib.overlay import signed_map
+from ui import cache, cam_view, checkpoint_store, keys
 
 TIMEOUT = 180
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -53,6 +56,34 @@ def test_default_flow_shows_chelsea_gradcam(app: AppTest) -> None:
     assert not app.error
     assert len(app.image) >= 2  # the overlay on the model's view and on the original
     assert [b.label for b in app.get("download_button")] == ["Overlay PNG", "Raw CAM (.npy)", "Settings (JSON)"]
+
+
+def _heatmap_trace(at: AppTest) -> dict:
+    """The detailed view's interactive heatmap (the last chart of the page), as plotly JSON."""
+    return json.loads(at.get("plotly_chart")[-1].proto.spec)["data"][0]
+
+
+def _plotly_array(encoded: dict) -> np.ndarray:
+    """A numpy array plotly sent as a typed array (``dtype``, base64 ``bdata``, ``shape``)."""
+    shape = tuple(int(n) for n in encoded["shape"].split(","))
+    return np.frombuffer(base64.b64decode(encoded["bdata"]), dtype=encoded["dtype"]).reshape(shape)
+
+
+def test_the_signed_map_shows_evidence_against_the_class_on_a_diverging_scale(app: AppTest) -> None:
+    plain = _heatmap_trace(app)
+    assert (plain["zmin"], plain["zmax"]) == (0, 1) and "zmid" not in plain
+    app.radio(key=keys.CAM_CLASS_MODE).set_value("Choose a class").run()
+    app.selectbox(key=keys.cam_class("efficientnet_lite0")).set_value(0).run()  # tench: a cat is evidence against
+    app.toggle(key=keys.CAM_SIGNED).set_value(True).run()
+    assert not app.exception and not app.error
+    trace = _heatmap_trace(app)
+    assert (trace["zmin"], trace["zmid"], trace["zmax"]) == (-1, 0, 1)
+    view = app.session_state[keys.CAM_LAST_VIEW][0]
+    raw = view.result.raw["bn2"][0]
+    expected = cam_view.hover_map(signed_map(raw, view.result.maps["bn2"][0].shape))
+    shown = _plotly_array(trace["z"])
+    np.testing.assert_allclose(shown, expected, atol=1e-6)
+    assert (raw < 0).any() and shown.min() < 0  # what the ReLU drops is shown
 
 
 @pytest.mark.bad_input(1, 2)

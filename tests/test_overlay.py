@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from camlib.errors import CamlibError
@@ -15,6 +17,7 @@ from camlib.overlay import (
     overlay_heatmap,
     overlay_like_pytorch_grad_cam,
     resize_map,
+    signed_map,
     upscale_nearest,
 )
 
@@ -363,3 +366,34 @@ def test_upscale_nearest_single_pixel() -> None:
     out = upscale_nearest(pixel, 16)
     assert out.shape == (16, 16, 3)
     assert (out == (1, 2, 3)).all()
+
+
+@pytest.mark.parametrize(("raw_shape", "shape"), [((7, 7), (224, 224)), ((8, 6), (224, 300)), ((14, 14), (14, 14))])
+def test_signed_map_is_torchs_bilinear_resize_over_the_largest_absolute_value(raw_shape, shape):
+    raw = np.random.default_rng(3).normal(size=raw_shape).astype(np.float32)
+    expected = F.interpolate(torch.from_numpy(raw)[None, None], size=shape, mode="bilinear", align_corners=False)[0, 0]
+    signed = signed_map(raw, shape)
+    assert signed.shape == shape and signed.dtype == np.float32
+    np.testing.assert_allclose(signed, expected.numpy() / np.abs(raw).max(), atol=1e-5)
+    assert np.abs(signed).max() <= 1.0
+
+
+def test_signed_map_keeps_evidence_against_the_class_that_the_relu_drops():
+    raw = np.array([[2.0, -4.0], [0.0, 1.0]], np.float32)  # at native size: exactly raw / 4
+    np.testing.assert_array_equal(signed_map(raw, (2, 2)), [[0.5, -1.0], [0.0, 0.25]])
+    assert not signed_map(np.zeros((3, 3), np.float32), (6, 6)).any()
+
+
+@pytest.mark.parametrize(
+    ("raw", "shape"),
+    [
+        (np.full((2, 2), np.nan, np.float32), (4, 4)),
+        (np.zeros((2, 2), np.uint8), (4, 4)),
+        (np.zeros((2, 2, 2), np.float32), (4, 4)),
+        (np.zeros((2, 2), np.float32), (0, 4)),
+        ("map", (4, 4)),
+    ],
+)
+def test_signed_map_refuses_bad_input(raw, shape):
+    with pytest.raises(CamlibError):
+        signed_map(raw, shape)

@@ -26,7 +26,7 @@ from camlib.cost import estimate_cost
 from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
 from camlib.models import LoadedModel
-from camlib.overlay import map_to_original, upscale_nearest
+from camlib.overlay import map_to_original, signed_map, upscale_nearest
 from ui import cache, figures, keys, widgets
 from ui.text import md
 
@@ -166,8 +166,17 @@ def _draw(shown: Shown) -> None:
         caption="On the original image (dimmed: outside the model's centre crop)",
         width="stretch",
     )
+    size = maps[detail][0].shape
+    signed = right.toggle(
+        "Signed map (for and against)",
+        key=keys.CAM_SIGNED,
+        persist_state="session",
+        help="The raw map before the method's ReLU, scaled by its largest absolute value: red is evidence for the "
+        "class, blue is evidence against it.",
+    )
+    shown_map = signed_map(result.raw[detail][0], size) if signed else maps[detail][0]
     right.plotly_chart(
-        figures.heatmap_figure(hover_map(maps[detail][0]), colormap=look.colormap, size=maps[detail][0].shape),
+        figures.heatmap_figure(hover_map(shown_map), colormap=look.colormap, size=size, signed=signed),
         key=keys.CAM_HEATMAP,
     )
     widgets.cam_downloads(

@@ -44,22 +44,28 @@ PLOTLY_COLORSCALES = {
 
 
 def heatmap_figure(
-    cam: np.ndarray, *, colormap: str = "jet", title: str = "", size: tuple[int, int] | None = None
+    cam: np.ndarray,
+    *,
+    colormap: str = "jet",
+    title: str = "",
+    size: tuple[int, int] | None = None,
+    signed: bool = False,
 ) -> go.Figure:
     """Interactive heatmap of a CAM map with hover values (row 0 at the top, like the image).
 
     ``size`` ``(H, W)``, px: the map's full size when ``cam`` is a reduced copy; x and y then read in those pixels
-    (each cell at its centre), so hover coordinates match the image whatever the reduction."""
+    (each cell at its centre), so hover coordinates match the image whatever the reduction. ``signed``: ``cam`` is a
+    signed map in [-1, 1] (``camlib.overlay.signed_map``), drawn on a diverging scale centred on 0 (red: evidence
+    for the class, blue: against), whatever ``colormap``."""
     height, width = size or cam.shape
+    scale = {"colorscale": "RdBu_r", "zmin": -1, "zmid": 0, "zmax": 1} if signed else {"zmin": 0, "zmax": 1}
     fig = go.Figure(
         go.Heatmap(
             z=cam,
             x=(np.arange(cam.shape[1]) + 0.5) * width / cam.shape[1] - 0.5,
             y=(np.arange(cam.shape[0]) + 0.5) * height / cam.shape[0] - 0.5,
-            colorscale=PLOTLY_COLORSCALES.get(colormap, "Jet"),
-            zmin=0,
-            zmax=1,
-            hovertemplate="x=%{x:.0f}, y=%{y:.0f}<br>CAM=%{z:.3f}<extra></extra>",
+            **{"colorscale": PLOTLY_COLORSCALES.get(colormap, "Jet"), **scale},
+            hovertemplate="x=%{x:.0f}, y=%{y:.0f}<br>" + ("signed " if signed else "") + "CAM=%{z:.3f}<extra></extra>",
         )
     )
     fig.update_layout(
