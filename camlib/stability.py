@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from camlib.augment.catalogue import TRANSFORMS
-from camlib.augment.pipeline import Pipeline, _require_pipeline, build_pipeline
+from camlib.augment.grid import pick_references
+from camlib.augment.pipeline import Pipeline, _require_pipeline, augment_image, build_pipeline, reference_keys
 from camlib.cam import METHODS, compute_cams
 from camlib.contracts import describe, require_array, require_int, require_model
 from camlib.errors import ClassIndexError, InputError, LayerError, MethodError, PipelineError
@@ -306,9 +307,11 @@ def _image_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _augment(compose: Any, image: np.ndarray, coordinates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _augment(
+    compose: Any, image: np.ndarray, coordinates: np.ndarray, references: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     try:
-        result = compose(image=image, mask=coordinates)
+        result = augment_image(compose, image, references=references, mask=coordinates)
     except Exception as exc:  # re-raised typed: any transform may fail on an unusual image (size, dtype)
         raise PipelineError(
             f"the pipeline failed on a {image.shape[1]}x{image.shape[0]} image: {' '.join(str(exc).split())}"
@@ -358,7 +361,10 @@ def _measure(
     coordinates = _coordinates(height, width)
     for i, image in enumerate(setup.images):
         compose = build_pipeline(replace(pipeline, seed=_image_seed(setup.seed, i)))
-        augmented = [_augment(compose, image, coordinates) for _ in range(v)]
+        offered: Sequence[np.ndarray] = ()
+        if reference_keys(compose):  # FDA-like steps match each image to the other images of the call
+            offered = pick_references(setup.images, i, setup.seed)
+        augmented = [_augment(compose, image, coordinates, offered) for _ in range(v)]
         views = [view for view, _ in augmented]
         x = _model_input([image, *views], setup.preprocessing)
         result = compute_cams(
@@ -477,6 +483,8 @@ def augmentation_stability(
     over the pixels valid in both (see the module docstring); the explained class's probability change; whether the
     predicted label flipped. ``per_step`` repeats this with the pipeline cut to each enabled step (same seeds: the
     step's own draws, not those it gets inside the full pipeline; a single-step pipeline's row equals the full one).
+    Steps that match an image to a second one (FDA, HistogramMatching...) take it from the other images of the call
+    (``pick_references``; a lone image is matched to itself).
 
     Cost: one prediction pass over the originals, then ``N x (1 + enabled steps)`` ``compute_cams`` calls of
     ``1 + n_views`` images each.
@@ -503,7 +511,14 @@ def augmentation_stability(
             ``compute_cams`` raises (e.g. ``NonFiniteError``).
     """
     setup = _setup(
-        model, images, pipeline, layer, preprocessing=preprocessing, method=method, class_idx=class_idx, n_views=n_views
+        model,
+        images,
+        pipeline,
+        layer,
+        preprocessing=preprocessing,
+        method=method,
+        class_idx=class_idx,
+        n_views=n_views,
     )
     scores, original_label, original_probability, _ = _measure(setup, pipeline, keep_views=False)
     per_step = tuple(
@@ -671,7 +686,14 @@ def flip_curve(
     _require_pipeline(pipeline)
     pipelines = _swept_pipelines(pipeline, sweep)
     setup = _setup(
-        model, images, pipeline, layer, preprocessing=preprocessing, method=method, class_idx=None, n_views=n_views
+        model,
+        images,
+        pipeline,
+        layer,
+        preprocessing=preprocessing,
+        method=method,
+        class_idx=None,
+        n_views=n_views,
     )
     curves = [_measure(setup, varied, keep_views=False)[0] for varied in pipelines]
     return FlipCurve(

@@ -184,6 +184,16 @@ def test_a_pixel_only_transform_leaves_the_carried_map_alone(model, images):
         np.testing.assert_array_equal(carried, views.original_cam)
 
 
+@pytest.mark.parametrize("name", ["FDA", "HistogramMatching", "PixelDistributionAdaptation"])
+def test_second_image_steps_match_to_the_other_images_and_leave_the_map_in_place(model, images, name):
+    pipeline = Pipeline((PipelineStep(name, p=1.0),), seed=3)
+    report = augmentation_stability(model, images[:3], pipeline, "2", preprocessing=SAME, n_views=2)
+    assert report.scores.correlation.shape == (3, 2) and (report.scores.valid_fraction == 1).all()
+    views = stability_views(model, images[1], pipeline, "2", preprocessing=SAME, n_views=2)  # matched to itself
+    for carried in views.carried:
+        np.testing.assert_array_equal(carried, views.original_cam)
+
+
 @pytest.mark.parametrize(
     "step",
     [

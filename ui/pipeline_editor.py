@@ -167,7 +167,9 @@ def _step_editor(position: int, step: dict[str, Any], count: int) -> None:
     enabled = st.session_state.get(keys.step_widget(step["id"], "_enabled"), step["enabled"])
     title = "{number}. {transform}" if enabled else "{number}. {transform} (off)"
     with st.expander(md(title, number=position + 1, transform=step["transform"]), expanded=False):
-        st.caption(spec.summary)
+        st.caption(md("{summary} Targets: {targets}.", summary=spec.summary, targets=", ".join(spec.targets)))
+        if spec.reference_key:
+            st.caption("Matches each image to a second one: another image of the data source.")
         on, up, down, remove = st.columns([2, 1, 1, 1])
         _bound(keys.step_widget(step["id"], "_enabled"), step["enabled"])
         step["enabled"] = on.toggle("enabled", key=keys.step_widget(step["id"], "_enabled"))

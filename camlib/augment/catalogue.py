@@ -22,6 +22,7 @@ import albumentations as A
 import annotated_types
 import cv2
 import numpy as np
+from albumentations.augmentations.mixing.domain_adaptation import BaseDomainAdaptation
 
 from camlib.errors import PipelineError
 
@@ -61,9 +62,12 @@ class TransformSpec:
         name: the Albumentations class name (also the registry key and the ``__class_fullname__`` of exports).
         transform: the class itself.
         category: a UI group ("crop & pad", "geometric", "colour", "blur & noise", "dropout", "distortion").
-        summary: the first line of the class docstring.
+        summary: the first paragraph of the class docstring, on one line.
         default_p: the class's own default probability.
         params: editable parameters, in signature order.
+        targets: what the transform applies to, as Albumentations declares it ("Image", "Mask", "BBoxes"...).
+        reference_key: for a transform that matches the image to a second one (FDA, HistogramMatching...), the
+            data key that carries it (``augment_image`` passes the references there); None for the others.
     """
 
     name: str
@@ -72,6 +76,8 @@ class TransformSpec:
     summary: str
     default_p: float
     params: tuple[ParamSpec, ...]
+    targets: tuple[str, ...] = ()
+    reference_key: str | None = None
 
     def param(self, name: str) -> ParamSpec:
         """The parameter called ``name``; raises ``PipelineError`` listing the valid names."""
@@ -100,6 +106,7 @@ class UIOverride:
     high: float | None = None
     step: float | None = None
     default: Any = KEEP
+    choices: tuple[Any, ...] | None = None  # a subset of the schema's, where the others fail at run time
 
 
 # Not editable anywhere: the step's own probability, strictness we always set, and mask/keypoint-only settings.
@@ -125,6 +132,34 @@ EXCLUDED: dict[str, dict[str, str]] = {
     "GridDropout": {
         "unit_size_range": "None lets holes_number_xy/ratio size the grid",
         "holes_number_xy": "None derives the hole count from the image size",
+    },
+    "AdditiveNoise": {"noise_params": "a dict whose keys depend on noise_type: the library's default per type"},
+    "AutoContrast": {"ignore": "a pixel value to leave out of the histogram, meant for label masks; None"},
+    "CropAndPad": {"px": "the lab crops and pads by percent, which works for every image size"},
+    "Downscale": {"interpolation_pair": "a dict of two OpenCV flags: the library default (nearest both ways)"},
+    "LongestMaxSize": {"max_size_hw": "the lab sets max_size"},
+    "SmallestMaxSize": {"max_size_hw": "the lab sets max_size"},
+    "PixelDropout": {"mask_drop_value": "applies to masks only"},
+    "PlanckianJitter": {"temperature_limit": "None picks the mode's own valid range (3000-15000 K or 4000-15000 K)"},
+    "PlasmaShadow": {"plasma_size": "not in the transform's InitSchema in 2.0.8: always 256"},
+    "RandomGravel": {"gravel_roi": "a 4-number region (x_min, y_min, x_max, y_max): the library default"},
+    "RandomRain": {"drop_length": "None scales the drops to the image height"},
+    "RandomShadow": {"shadow_roi": "a 4-number region (x_min, y_min, x_max, y_max): the library default"},
+    "RandomSunFlare": {"flare_roi": "a 4-number region (x_min, y_min, x_max, y_max): the library default"},
+    "ShiftScaleRotate": {
+        "shift_limit_x": "None shifts both axes by shift_limit",
+        "shift_limit_y": "None shifts both axes by shift_limit",
+    },
+    "Spatter": {"color": "None picks the mode's colour (rain or mud)"},
+    "AdvancedBlur": {"beta_limit": "must contain 1.0, a rule one range slider cannot keep: the default (0.5, 8.0)"},
+    "HEStain": {"preset": "only for method='preset', which the lab leaves out: the other methods need none"},
+    **{
+        name: {
+            "reference_images": "deprecated: the lab passes the second image per call (metadata_key)",
+            "read_fn": "deprecated with reference_images",
+            "metadata_key": "the lab's own key, fixed",
+        }
+        for name in ("FDA", "HistogramMatching", "PixelDistributionAdaptation")
     },
 }
 
@@ -198,39 +233,253 @@ UI_OVERRIDES: dict[str, dict[str, UIOverride]] = {
     # GridDistortion checks distort_limit in [-1, 1] in a field validator; +-0.5 keeps the grid legible.
     "GridDistortion": {"num_steps": UIOverride(high=16), "distort_limit": UIOverride(low=-0.5, high=0.5)},
     "OpticalDistortion": {"distort_limit": UIOverride(low=-1.0, high=1.0)},
+    # sizes in pixels, scaled for 32x32 CIFAR-10 (crops pad when larger than the image)
+    "CenterCrop": {
+        "height": UIOverride(low=8, high=64, default=24),
+        "width": UIOverride(low=8, high=64, default=24),
+        "pad_if_needed": UIOverride(default=True),
+    },
+    # corners kept apart (min <= 16 < 17 <= max) so that every slider position is a valid box
+    "Crop": {
+        "x_min": UIOverride(high=16, default=4),
+        "y_min": UIOverride(high=16, default=4),
+        "x_max": UIOverride(low=17, high=64, default=28),
+        "y_max": UIOverride(low=17, high=64, default=28),
+        "pad_if_needed": UIOverride(default=True),
+    },
+    "CropAndPad": {"percent": UIOverride(kind="range", low=-0.5, high=0.5, default=(-0.1, 0.1))},
+    "Pad": {"padding": UIOverride(kind="int_pair", low=0, high=32, default=(4, 4))},
+    "RandomSizedCrop": {
+        "min_max_height": UIOverride(kind="int_range", low=4, high=32, default=(16, 32)),
+        "size": UIOverride(kind="int_pair", low=8, high=64, default=(32, 32)),
+        "w2h_ratio": UIOverride(low=0.5, high=1.0),
+    },
+    "Resize": {"height": UIOverride(low=8, high=128, default=32), "width": UIOverride(low=8, high=128, default=32)},
+    "LongestMaxSize": {"max_size": UIOverride(kind="int", low=8, high=128, default=32)},
+    "SmallestMaxSize": {"max_size": UIOverride(kind="int", low=8, high=128, default=32)},
+    "RandomScale": {"scale_limit": UIOverride(low=-0.5, high=1.0)},
+    "ShiftScaleRotate": {
+        "shift_limit": UIOverride(low=-0.5, high=0.5),
+        "scale_limit": UIOverride(low=-0.5, high=1.0),
+        "rotate_limit": UIOverride(low=-180.0, high=180.0, step=1.0),
+    },
+    "SafeRotate": {"limit": UIOverride(low=-180.0, high=180.0, step=1.0)},
+    "RandomGridShuffle": {"grid": UIOverride(kind="int_pair", low=1, high=8)},
+    "ChannelDropout": {"channel_drop_range": UIOverride(high=2), "fill": UIOverride(low=0.0, high=255.0, step=1.0)},
+    "RandomGamma": {"gamma_limit": UIOverride(high=300.0, step=1.0)},
+    "FancyPCA": {"alpha": UIOverride(high=1.0)},
+    "PlasmaBrightnessContrast": {"plasma_size": UIOverride(high=512), "roughness": UIOverride(high=5.0)},
+    "PlasmaShadow": {"roughness": UIOverride(high=5.0)},
+    "ChromaticAberration": {
+        # cv2.remap knows no INTER_AREA / INTER_LINEAR_EXACT / INTER_NEAREST_EXACT
+        "interpolation": UIOverride(choices=(0, 1, 2, 4)),
+        "primary_distortion_limit": UIOverride(low=-0.5, high=0.5),
+        "secondary_distortion_limit": UIOverride(low=-0.5, high=0.5),
+    },
+    # odd kernel sizes only (field validators): step 2 from an odd low
+    "RandomCropFromBorders": {  # left + right and top + bottom must not exceed 1
+        "crop_left": UIOverride(high=0.5),
+        "crop_right": UIOverride(high=0.5),
+        "crop_top": UIOverride(high=0.5),
+        "crop_bottom": UIOverride(high=0.5),
+    },
+    "HEStain": {
+        "method": UIOverride(choices=("random_preset", "vahadane", "macenko")),
+        "intensity_scale_range": UIOverride(high=2.0),
+    },
+    "Downscale": {"scale_range": UIOverride(low=0.05)},
+    "FDA": {"beta_limit": UIOverride(high=0.5)},
+    "UnsharpMask": {
+        "blur_limit": UIOverride(low=3, high=15, step=2),
+        "sigma_limit": UIOverride(low=0.0, high=5.0, default=(0.0, 0.0)),
+    },
+    "Emboss": {"strength": UIOverride(high=2.0)},
+    "RingingOvershoot": {"blur_limit": UIOverride(low=3, high=15, step=2), "cutoff": UIOverride(low=0.01)},
+    "MultiplicativeNoise": {"multiplier": UIOverride(high=2.0)},
+    "ISONoise": {"intensity": UIOverride(high=1.0)},
+    "ShotNoise": {"scale_range": UIOverride(low=0.01, high=1.0)},  # 0 divides by zero
+    "Blur": {"blur_limit": UIOverride(low=3, high=15, step=2)},
+    "MedianBlur": {"blur_limit": UIOverride(low=3, high=15, step=2)},
+    "AdvancedBlur": {
+        "blur_limit": UIOverride(low=3, high=15, step=2),
+        "sigma_x_limit": UIOverride(low=0.1, high=5.0),
+        "sigma_y_limit": UIOverride(low=0.1, high=5.0),
+        "rotate_limit": UIOverride(low=-180.0, high=180.0, step=1.0),
+        "noise_limit": UIOverride(low=0.1, high=2.0),
+    },
+    "GlassBlur": {
+        "sigma": UIOverride(low=0.1, high=3.0),
+        "max_delta": UIOverride(high=8),
+        "iterations": UIOverride(high=5),
+    },
+    "Defocus": {"radius": UIOverride(kind="int_range", high=10), "alias_blur": UIOverride(low=0.0, high=1.0)},
+    "ZoomBlur": {"max_factor": UIOverride(high=2.0), "step_factor": UIOverride(low=0.001, high=0.1, step=0.001)},
+    "Superpixels": {
+        "n_segments": UIOverride(kind="int_range", high=256),
+        "max_size": UIOverride(low=32, high=512),
+    },
+    "Morphological": {"scale": UIOverride(kind="int_range", low=1, high=7)},
+    # Erasing fails (Albumentations 2.0.8) when no hole fits: scale above min(ratio) or 1 / max(ratio) of the image
+    "Erasing": {"scale": UIOverride(low=0.01, high=0.3, default=(0.02, 0.25)), "ratio": UIOverride(low=0.1, high=10.0)},
+    "XYMasking": {
+        "num_masks_x": UIOverride(low=0, high=8, default=(1, 2)),
+        "num_masks_y": UIOverride(low=0, high=8, default=(1, 2)),
+        "mask_x_length": UIOverride(low=0, high=32, default=(2, 6)),
+        "mask_y_length": UIOverride(low=0, high=32, default=(2, 6)),
+    },
+    "FrequencyMasking": {"freq_mask_param": UIOverride(high=32, default=8)},
+    "TimeMasking": {"time_mask_param": UIOverride(high=32, default=8)},
+    "GridElasticDeform": {
+        "num_grid_xy": UIOverride(kind="int_pair", low=1, high=16, default=(4, 4)),
+        "magnitude": UIOverride(high=50, default=10),
+    },
+    "PiecewiseAffine": {
+        "scale": UIOverride(low=0.0, high=0.2),
+        "nb_rows": UIOverride(low=2, high=8),
+        "nb_cols": UIOverride(low=2, high=8),
+    },
+    "ThinPlateSpline": {"num_control_points": UIOverride(high=8)},
+    "RandomRain": {
+        "drop_width": UIOverride(high=5),
+        "drop_color": UIOverride(kind="colour"),
+        "blur_value": UIOverride(high=15),
+    },
+    "RandomSnow": {"brightness_coeff": UIOverride(high=5.0)},
+    "RandomSunFlare": {
+        "src_radius": UIOverride(high=64, default=16),
+        "num_flare_circles_range": UIOverride(high=20),
+    },
+    "RandomShadow": {"num_shadows_limit": UIOverride(high=5), "shadow_dimension": UIOverride(high=10)},
+    "RandomGravel": {"number_of_patches": UIOverride(high=10)},
+    "Spatter": {"gauss_sigma": UIOverride(low=0.0, high=5.0)},
 }
 
-# Registry: name -> (class, UI category). Explicit, so the UI lists exactly what the tests cover.
+# Registry: name -> (class, UI category). Explicit, so the UI lists exactly what the tests cover: every Albumentations
+# 2.0.8 transform that applies to one RGB image (``OMITTED`` lists the others, with the reason).
 CATALOGUE: dict[str, tuple[type[A.BasicTransform], str]] = {
     "PadIfNeeded": (A.PadIfNeeded, "crop & pad"),
     "RandomCrop": (A.RandomCrop, "crop & pad"),
     "RandomResizedCrop": (A.RandomResizedCrop, "crop & pad"),
+    "CenterCrop": (A.CenterCrop, "crop & pad"),
+    "Crop": (A.Crop, "crop & pad"),
+    "CropAndPad": (A.CropAndPad, "crop & pad"),
+    "Pad": (A.Pad, "crop & pad"),
+    "RandomCropFromBorders": (A.RandomCropFromBorders, "crop & pad"),
+    "RandomSizedCrop": (A.RandomSizedCrop, "crop & pad"),
+    "Resize": (A.Resize, "crop & pad"),
+    "LongestMaxSize": (A.LongestMaxSize, "crop & pad"),
+    "SmallestMaxSize": (A.SmallestMaxSize, "crop & pad"),
+    "RandomScale": (A.RandomScale, "crop & pad"),
     "HorizontalFlip": (A.HorizontalFlip, "geometric"),
     "VerticalFlip": (A.VerticalFlip, "geometric"),
+    "Transpose": (A.Transpose, "geometric"),
+    "RandomRotate90": (A.RandomRotate90, "geometric"),
+    "D4": (A.D4, "geometric"),
+    "SquareSymmetry": (A.SquareSymmetry, "geometric"),
     "Affine": (A.Affine, "geometric"),
+    "ShiftScaleRotate": (A.ShiftScaleRotate, "geometric"),
     "Rotate": (A.Rotate, "geometric"),
+    "SafeRotate": (A.SafeRotate, "geometric"),
     "Perspective": (A.Perspective, "geometric"),
+    "RandomGridShuffle": (A.RandomGridShuffle, "geometric"),
+    "TimeReverse": (A.TimeReverse, "geometric"),
+    "NoOp": (A.NoOp, "geometric"),
     "RandomBrightnessContrast": (A.RandomBrightnessContrast, "colour"),
     "HueSaturationValue": (A.HueSaturationValue, "colour"),
     "ColorJitter": (A.ColorJitter, "colour"),
     "RGBShift": (A.RGBShift, "colour"),
     "ToGray": (A.ToGray, "colour"),
+    "ToSepia": (A.ToSepia, "colour"),
     "CLAHE": (A.CLAHE, "colour"),
     "Equalize": (A.Equalize, "colour"),
+    "AutoContrast": (A.AutoContrast, "colour"),
     "Posterize": (A.Posterize, "colour"),
     "Solarize": (A.Solarize, "colour"),
     "InvertImg": (A.InvertImg, "colour"),
     "ChannelShuffle": (A.ChannelShuffle, "colour"),
+    "ChannelDropout": (A.ChannelDropout, "colour"),
+    "RandomGamma": (A.RandomGamma, "colour"),
+    "RandomToneCurve": (A.RandomToneCurve, "colour"),
+    "FancyPCA": (A.FancyPCA, "colour"),
+    "PlanckianJitter": (A.PlanckianJitter, "colour"),
+    "HEStain": (A.HEStain, "colour"),
+    "Illumination": (A.Illumination, "colour"),
+    "PlasmaBrightnessContrast": (A.PlasmaBrightnessContrast, "colour"),
+    "PlasmaShadow": (A.PlasmaShadow, "colour"),
+    "ChromaticAberration": (A.ChromaticAberration, "colour"),
     "Sharpen": (A.Sharpen, "blur & noise"),
+    "UnsharpMask": (A.UnsharpMask, "blur & noise"),
+    "Emboss": (A.Emboss, "blur & noise"),
+    "RingingOvershoot": (A.RingingOvershoot, "blur & noise"),
     "GaussNoise": (A.GaussNoise, "blur & noise"),
+    "AdditiveNoise": (A.AdditiveNoise, "blur & noise"),
+    "MultiplicativeNoise": (A.MultiplicativeNoise, "blur & noise"),
+    "ISONoise": (A.ISONoise, "blur & noise"),
+    "ShotNoise": (A.ShotNoise, "blur & noise"),
+    "SaltAndPepper": (A.SaltAndPepper, "blur & noise"),
     "GaussianBlur": (A.GaussianBlur, "blur & noise"),
+    "Blur": (A.Blur, "blur & noise"),
+    "MedianBlur": (A.MedianBlur, "blur & noise"),
     "MotionBlur": (A.MotionBlur, "blur & noise"),
+    "AdvancedBlur": (A.AdvancedBlur, "blur & noise"),
+    "GlassBlur": (A.GlassBlur, "blur & noise"),
+    "Defocus": (A.Defocus, "blur & noise"),
+    "ZoomBlur": (A.ZoomBlur, "blur & noise"),
+    "Downscale": (A.Downscale, "blur & noise"),
     "ImageCompression": (A.ImageCompression, "blur & noise"),
+    "Superpixels": (A.Superpixels, "blur & noise"),
+    "Morphological": (A.Morphological, "blur & noise"),
     "CoarseDropout": (A.CoarseDropout, "dropout"),
     "GridDropout": (A.GridDropout, "dropout"),
+    "Erasing": (A.Erasing, "dropout"),
+    "PixelDropout": (A.PixelDropout, "dropout"),
+    "XYMasking": (A.XYMasking, "dropout"),
+    "FrequencyMasking": (A.FrequencyMasking, "dropout"),
+    "TimeMasking": (A.TimeMasking, "dropout"),
     "ElasticTransform": (A.ElasticTransform, "distortion"),
     "GridDistortion": (A.GridDistortion, "distortion"),
     "OpticalDistortion": (A.OpticalDistortion, "distortion"),
+    "GridElasticDeform": (A.GridElasticDeform, "distortion"),
+    "PiecewiseAffine": (A.PiecewiseAffine, "distortion"),
+    "ThinPlateSpline": (A.ThinPlateSpline, "distortion"),
+    "RandomFog": (A.RandomFog, "weather & light"),
+    "RandomRain": (A.RandomRain, "weather & light"),
+    "RandomSnow": (A.RandomSnow, "weather & light"),
+    "RandomSunFlare": (A.RandomSunFlare, "weather & light"),
+    "RandomShadow": (A.RandomShadow, "weather & light"),
+    "RandomGravel": (A.RandomGravel, "weather & light"),
+    "Spatter": (A.Spatter, "weather & light"),
+    # these match the image to a second one, which the caller passes (``references``): another image of the data
+    "FDA": (A.FDA, "second image"),
+    "HistogramMatching": (A.HistogramMatching, "second image"),
+    "PixelDistributionAdaptation": (A.PixelDistributionAdaptation, "second image"),
+}
+
+# Albumentations 2.0.8 transforms the Lab leaves out, and why (the README lists them).
+OMITTED: dict[str, str] = {
+    "AtLeastOneBBoxRandomCrop": "needs bounding boxes",
+    "BBoxSafeRandomCrop": "needs bounding boxes",
+    "RandomCropNearBBox": "needs a bounding box (cropping_bbox)",
+    "RandomSizedBBoxSafeCrop": "needs bounding boxes",
+    "ConstrainedCoarseDropout": "drops holes inside mask or box regions: needs a mask or bounding boxes",
+    "CropNonEmptyMaskIfExists": "crops around a mask's objects: needs a mask",
+    "MaskDropout": "drops mask objects: needs a mask",
+    "Mosaic": "tiles several annotated images given in mosaic_metadata (image, mask, boxes per item)",
+    "OverlayElements": "pastes elements given per call in overlay_metadata (image, mask and box of each)",
+    "TextImage": "renders text boxes given in textimage_metadata with a font file",
+    "Lambda": "runs arbitrary code: it cannot be exported or re-imported",
+    "Normalize": "returns float32; the Lab's contract is uint8 RGB (the model's own preprocessing normalises)",
+    "ToFloat": "returns float32; the Lab's contract is uint8 RGB",
+    "FromFloat": "expects a float32 image",
+    "ToRGB": "expects a one-channel image; the Lab's images are already RGB",
+    "ToTensorV2": "returns a torch tensor, not an image",
+    "CenterCrop3D": "3-D volumes only",
+    "CoarseDropout3D": "3-D volumes only",
+    "CubicSymmetry": "3-D volumes only",
+    "Pad3D": "3-D volumes only",
+    "PadIfNeeded3D": "3-D volumes only",
+    "RandomCrop3D": "3-D volumes only",
+    "ToTensor3D": "3-D volumes only",
 }
 
 _CV2_LABELS: dict[str, dict[int, str]] = {
@@ -323,6 +572,7 @@ def _derive_param(name: str, field_info: Any, default: Any, ui: UIOverride) -> P
         return None
     if kind == "choice":
         choices = typing.get_args(_union_members(field_info.annotation)[0])
+        choices = choices if ui.choices is None else tuple(c for c in choices if c in ui.choices)
         names = _CV2_LABELS.get(name, {})
         labels = tuple(names.get(c, str(c)) if not isinstance(c, str) else c for c in choices)
         return ParamSpec(name, kind, default, choices=choices, choice_labels=labels)
@@ -361,9 +611,12 @@ def _derive_transform(name: str, cls: type[A.BasicTransform], category: str) -> 
         spec = _derive_param(pname, fields[pname], parameter.default, overrides.get(pname, UIOverride()))
         if spec is not None:  # an underivable one is missing from the catalogue: the drift tests name it
             params.append(spec)
-    doc = (cls.__doc__ or name).strip().splitlines()[0].strip()
+    doc = " ".join(inspect.cleandoc(cls.__doc__ or name).split("\n\n")[0].split())  # the first paragraph
     default_p = signature["p"].default if "p" in signature else 1.0
-    return TransformSpec(name, cls, category, doc, float(default_p), tuple(params))
+    declared = cls._targets if isinstance(cls._targets, tuple) else (cls._targets,)
+    targets = tuple(str(getattr(t, "value", t)) for t in declared)
+    key = signature["metadata_key"].default if issubclass(cls, BaseDomainAdaptation) else None
+    return TransformSpec(name, cls, category, doc, float(default_p), tuple(params), targets, key)
 
 
 TRANSFORMS: dict[str, TransformSpec] = {

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import albumentations as A
 import yaml
+from albumentations.core.serialization import serialize_enum
 
+from camlib.augment.catalogue import TRANSFORMS
 from camlib.augment.grid import _jsonable
 from camlib.augment.pipeline import (
     Pipeline,
@@ -44,15 +45,33 @@ def _editor_state(pipeline: Pipeline) -> dict[str, Any]:
     return {"format": EXPORT_FORMAT, "seed": int(pipeline.seed), "steps": steps}
 
 
+def _transform_dict(transform: A.BasicTransform) -> dict[str, Any]:
+    spec = TRANSFORMS.get(type(transform).__name__)
+    if spec is None or spec.reference_key is None:
+        return transform.to_dict_private()
+    # Albumentations refuses to serialise a transform that reads a second image per call; its settings are plain
+    # values, and A.from_dict rebuilds it from them (the second image still comes per call, via metadata_key)
+    args = transform.get_transform_init_args()
+    kept = {k: v for k, v in args.items() if k not in ("reference_images", "read_fn")}
+    return {"__class_fullname__": transform.get_class_fullname(), **kept}
+
+
+def compose_to_dict(compose: A.Compose) -> dict[str, Any]:
+    """``A.to_dict(compose)``, also for the steps that match an image to a second one (FDA, HistogramMatching,
+    PixelDistributionAdaptation), which ``A.to_dict`` refuses: they are written as their settings, which
+    ``A.from_dict`` reads back. Enums as Albumentations' own ``A.save`` writes them."""
+    document = A.to_dict(A.Compose([], p=compose.p, is_check_shapes=compose.is_check_shapes))
+    document["transform"]["transforms"] = [_transform_dict(t) for t in compose.transforms]
+    return serialize_enum(document)
+
+
 def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
     """``A.to_dict`` of the built Compose, plus our editor state (seed, disabled steps) under ``EXPORT_KEY``.
 
     ``A.from_dict`` / ``A.load`` read the result as is (they ignore ``EXPORT_KEY``; Albumentations does not
     serialise the seed, so pass it to ``set_random_seed``); ``pipeline_from_dict`` restores the editor.
     """
-    buffer = io.StringIO()
-    A.save(build_pipeline(pipeline), buffer, data_format="json")  # Albumentations' own serialisation (enums too)
-    document = json.loads(buffer.getvalue())
+    document = _plain(compose_to_dict(build_pipeline(pipeline)))  # Albumentations' own serialisation
     document[EXPORT_KEY] = _plain(_editor_state(pipeline))
     return document
 

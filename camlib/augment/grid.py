@@ -9,7 +9,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from camlib.augment.pipeline import Pipeline, _check_seed, _require_pipeline, build_pipeline
+from camlib.augment.pipeline import (
+    Pipeline,
+    _check_seed,
+    _require_pipeline,
+    augment_image,
+    build_pipeline,
+    reference_keys,
+)
 from camlib.contracts import require_int
 from camlib.errors import GridError, InvalidImageError, PipelineError
 from camlib.imaging import ensure_rgb_uint8
@@ -19,6 +26,7 @@ GridMode = Literal["many", "one"]
 MAX_GRID_SIDE = 16  # rows and cols of a grid
 MAX_GRID_PIXELS = 2**25  # input pixels over all tiles (~100 MB of uint8 RGB): bounds memory for large uploads
 MAX_LISTED_ELEMENTS = 64  # applied-param arrays above this size are summarised, not listed (e.g. 32x32 remap fields)
+MAX_REFERENCES = 8  # second images offered to a tile's FDA/HistogramMatching/PixelDistributionAdaptation step
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,15 @@ def _pick_indices(
     return tuple(chosen * count if mode == "one" else chosen)
 
 
+def pick_references(images: np.ndarray | Sequence[np.ndarray], own: int | None, seed: int) -> list[np.ndarray]:
+    """The second images offered to one tile's domain-adaptation steps: up to ``MAX_REFERENCES`` of ``images``
+    drawn with ``seed`` (the same for every tile), leaving out the tile's own image ``own`` unless it is the only
+    one. The step then draws one of them with the Compose's generator."""
+    chosen = pick_images(np.arange(len(images)), min(len(images), MAX_REFERENCES + 1), seed)
+    others = [images[j] for j in chosen if j != own][:MAX_REFERENCES]
+    return others or [images[own if own is not None else 0]]
+
+
 def pick_images(pool: Sequence[int] | np.ndarray, count: int, seed: int) -> list[int]:
     """``count`` image indices from ``pool``, drawn without replacement with a local generator seeded by ``seed``
     (cycled in order when the pool is smaller than ``count``). The global numpy RNG is never touched.
@@ -137,6 +154,7 @@ def augment_grid(
     cols: int = 4,
     seed: int | None = None,
     indices: Sequence[int] | None = None,
+    references: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> GridResult:
     """Augment a grid of tiles: "many" images with one draw each, or "one" image with ``rows*cols`` draws.
 
@@ -151,6 +169,9 @@ def augment_grid(
         seed: overrides ``pipeline.seed`` (a "reroll" without editing the pipeline).
         indices: source images; by default drawn without replacement with ``np.random.default_rng(seed)``
             (cycled in order when there are fewer images than tiles).
+        references: the second images that steps matching an image to another one (FDA, HistogramMatching,
+            PixelDistributionAdaptation) draw from (``pick_references``): uint8 RGB ``(M, H', W', 3)`` or a list
+            of images of any size; by default the other images of ``images``.
 
     Raises:
         GridError: bad mode, rows/cols or indices, or more than ``MAX_GRID_PIXELS`` input pixels.
@@ -176,11 +197,21 @@ def augment_grid(
     compose = build_pipeline(Pipeline(pipeline.steps, effective_seed))
     chosen = _pick_indices(count, len(batch), mode, effective_seed, indices)
 
+    needs_references = bool(reference_keys(compose))
+    if needs_references and references is not None:
+        references = [_as_batch(r)[0] for r in references] if not isinstance(references, np.ndarray) else references
+        if not len(references):
+            raise GridError("references is empty: give at least one second image, or None for the grid's own")
     tiles, applied = [], []
     for index in chosen:
         image = batch[index]
+        offered = ()
+        if needs_references:
+            offered = pick_references(
+                batch if references is None else references, index if references is None else None, effective_seed
+            )
         try:
-            result = compose(image=image)
+            result = augment_image(compose, image, references=offered)
         except Exception as exc:  # re-raised typed: any transform may fail on an unusual image (size, dtype)
             raise PipelineError(
                 f"the pipeline failed on a {image.shape[1]}x{image.shape[0]} image: {' '.join(str(exc).split())}"

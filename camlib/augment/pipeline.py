@@ -6,7 +6,7 @@ would mix the RNG state of concurrent sessions), and no global RNG (numpy, ``ran
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +107,9 @@ def _instantiate(index: int, step: PipelineStep) -> A.BasicTransform:
     spec = TRANSFORMS[step.transform]
     try:
         # strict=True: with strict=False Albumentations replaces invalid arguments by defaults with only a warning
-        return spec.transform(**params, p=float(step.p), strict=True)
+        # transforms without an InitSchema of their own (MedianBlur, ToSepia, RandomRotate90) take no strict=
+        strict = {"strict": True} if "InitSchema" in vars(spec.transform) else {}
+        return spec.transform(**params, p=float(step.p), **strict)
     except (ValueError, TypeError) as exc:  # pydantic errors reach us wrapped in ValueError
         param, message = _pydantic_problem(exc)
         raise _step_error(index, spec.name, param, message) from exc
@@ -127,6 +129,30 @@ def build_pipeline(pipeline: Pipeline) -> A.Compose:
         raise PipelineError(f"a pipeline has at most {MAX_STEPS} steps, got {len(pipeline.steps)}")
     transforms = [_instantiate(i, step) for i, step in enumerate(pipeline.steps) if step.enabled]
     return A.Compose(transforms, seed=pipeline.seed, strict=True, save_applied_params=True)
+
+
+def reference_keys(compose: A.Compose) -> tuple[str, ...]:
+    """The data keys through which the steps of ``compose`` that match an image to a second one (FDA,
+    HistogramMatching, PixelDistributionAdaptation) read it; empty when no step needs one."""
+    specs = (TRANSFORMS.get(type(t).__name__) for t in compose.transforms)
+    return tuple(dict.fromkeys(spec.reference_key for spec in specs if spec is not None and spec.reference_key))
+
+
+def augment_image(
+    compose: A.Compose, image: np.ndarray, *, references: Sequence[np.ndarray] = (), **targets: Any
+) -> dict[str, Any]:
+    """``compose(image=image, **targets)``, with ``references`` (uint8 RGB images of any size) handed to every step
+    that needs a second image; the step draws one of them with the Compose's seeded generator.
+
+    Raises:
+        PipelineError: a step needs a second image and ``references`` is empty.
+    """
+    keys = reference_keys(compose)
+    if keys and not len(references):
+        specs = [TRANSFORMS.get(type(t).__name__) for t in compose.transforms]
+        names = ", ".join(spec.name for spec in specs if spec is not None and spec.reference_key)
+        raise PipelineError(f"{names} needs a second image to match to, and none was given")
+    return compose(image=image, **targets, **{key: list(references) for key in keys})
 
 
 def _require_pipeline(pipeline: object) -> None:
