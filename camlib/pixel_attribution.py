@@ -39,7 +39,8 @@ with ``MethodError``: its "guided" gradient would be the plain gradient. Differe
 replaces ``nn.ReLU`` modules only: it leaves functional ReLUs (DenseNet's last ``F.relu``) and ReLU6 unguided, so on
 EfficientNet-Lite0 it returns the plain input gradient; camlib follows the paper at every rectifier. On models whose
 rectifiers are all ``nn.ReLU`` modules the two are equal. TorchScript modules (whose calls the mode cannot see) and
-``nn.DataParallel`` (which runs its replicas in other threads) are refused with ``MethodError``.
+``nn.DataParallel`` (which runs its replicas in other threads) are refused with ``MethodError``. Rectifiers written as
+``torch.clamp`` / ``torch.maximum`` are not recognised and keep their plain gradient.
 
 **FullGrad's layers** are seen the same way, as calls of ``F.conv2d`` (with a bias) and ``F.batch_norm`` with 4-D
 outputs, so subclasses such as timm's ``BatchNormAct2d`` (a batch norm followed by its activation, in one module) and

@@ -369,6 +369,25 @@ def test_fullgrad_sees_timm_batch_norms_that_pytorch_grad_cam_skips():
     assert np.abs(ours.maps - reference_fullgrad(model, x, ours.class_idx)).max() > 0.1
 
 
+def test_fullgrad_counts_the_implicit_bias_of_batch_norms_without_affine_parameters():
+    """``BatchNorm2d(affine=False)`` still adds ``-mu / sqrt(var + eps)``: camlib equals pytorch-grad-cam on a copy
+    whose norm has ``gamma = 1, beta = 0`` parameters (the same numbers); pytorch-grad-cam skips the norm itself (no
+    ``bias``), so the two differ there."""
+    model = randomised_norms(seeded(SmallCNN))
+    plain = nn.BatchNorm2d(8, affine=False).eval()
+    plain.running_mean.copy_(model.bn1.running_mean)
+    plain.running_var.copy_(model.bn1.running_var)
+    model.bn1 = plain
+    affine = copy.deepcopy(model)
+    affine.bn1 = nn.BatchNorm2d(8).eval()
+    affine.bn1.load_state_dict(plain.state_dict(), strict=False)
+    x = images(size=32)
+    ours = compute_fullgrad(model, x)
+    assert ours.bias_layers == ("conv1", "bn1", "conv2", "bn2")
+    np.testing.assert_allclose(ours.maps, reference_fullgrad(affine, x, ours.class_idx), atol=ATOL, rtol=0)
+    assert np.abs(ours.maps - reference_fullgrad(model, x, ours.class_idx)).max() > 0.01
+
+
 def test_fullgrad_refuses_models_without_bias_layers_and_batch_statistics(snapshot):
     no_bias = seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5)))
     no_bias(images(size=8))  # materialise the lazy layer
