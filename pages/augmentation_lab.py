@@ -10,7 +10,7 @@ import streamlit as st
 from camlib.augment.grid import GridResult, augment_grid, pick_images
 from camlib.drawing import fast_png, grid_png
 from camlib.overlay import upscale_nearest
-from ui import app_inputs, keys, model_loop, pipeline_editor, widgets
+from ui import app_inputs, keys, lab_steps, model_loop, pipeline_editor, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -103,10 +103,10 @@ with view:
     elapsed = (time.perf_counter() - started) * 1000
     st.caption(md("{rows}x{cols} grid augmented and drawn in {ms:.0f} ms.", rows=grid.rows, cols=grid.cols, ms=elapsed))
 
-    with st.expander("Parameters applied to each tile"):
+    with st.expander("One tile step by step (the grid's own draws)"):
         last_tile = len(grid.applied) - 1
         tile = st.number_input("Tile (row-major)", 0, last_tile, 0, key=keys.AUG_TILE, persist_state="session")
-        st.json(list(grid.applied[int(tile)]))
+        lab_steps.step_by_step(images, pipeline, grid, int(tile))
 
     st.subheader("Export")
     pipeline_editor.export_widgets(pipeline)

@@ -28,9 +28,11 @@ from camlib.augment import (
     augment_grid,
     pipeline_to_json,
     tile_grid,
+    trace_tile,
     validate_step,
 )
 from camlib.cifar import CLASS_NAMES, default_root, detect_source
+from camlib.overlay import upscale_nearest
 from camlib.samples import DEFAULT_SAMPLE, load_sample
 from ui import cache, keys
 from ui.text import escape
@@ -196,7 +198,8 @@ def test_default_flow_cifar_grid_matches_camlib(media) -> None:
 
     # both grids are shown, at the size of the grid, and the augmented one is this grid
     shown = _images_by_caption(at)
-    assert set(shown) == {"Original", "Augmented (seed 0)"}, shown
+    assert {"Original", "Augmented (seed 0)"} <= set(shown), shown
+    assert all(c in ("Original", "Augmented (seed 0)") or c.endswith("x32") or c.endswith("x40") for c in shown)
     labels = [CLASS_NAMES[data.labels[i]] for i in grid.indices]
     expected = _expected_augmented_image(grid, labels)
     augmented = _decode(media(shown["Augmented (seed 0)"]))
@@ -649,3 +652,26 @@ def test_disabled_step_label_updates_at_once() -> None:
 
 def test_catalogue_has_the_transforms_the_tests_use() -> None:
     assert {"Solarize", "Posterize", *DEFAULT_TRANSFORMS} <= set(TRANSFORMS)
+
+
+# --- step by step ----------------------------------------------------------------------------------------------------
+
+
+@needs_cifar
+def test_step_by_step_view_shows_each_step_of_the_chosen_tile(media) -> None:
+    at = _lab()
+    at.number_input(key="aug_tile").set_value(5).run()
+    _assert_clean(at)
+    grid, pipeline = _grid(at), _pipeline(at)
+    trace = trace_tile(_cifar().images, pipeline, grid, 5)
+    shown = _images_by_caption(at)
+    steps = [c for c in shown if c[0].isdigit()]
+    assert steps == [
+        f"{k + 1}. {name}{'' if applied else ' (not applied)'}, {image.shape[1]}x{image.shape[0]}"
+        for k, (name, image, applied) in enumerate(zip(trace.transforms, trace.images, trace.applied, strict=True))
+    ]
+    assert steps[0] == "1. PadIfNeeded, 40x40"
+    last = _decode(media(shown[steps[-1]]))
+    np.testing.assert_array_equal(last, upscale_nearest(grid.tiles[5], 96))  # the last step is the tile itself
+    original = _decode(media(shown["original, 32x32"]))
+    np.testing.assert_array_equal(original, upscale_nearest(_cifar().images[grid.indices[5]], 96))

@@ -717,3 +717,26 @@ def test_second_image_transforms_take_it_from_the_data(name, images):
     assert grey.tiles.tobytes() != grid.tiles.tobytes()
     with pytest.raises(PipelineError, match=f"{name} needs a second image"):
         augment_image(build_pipeline(pipeline), images[0])
+
+
+# ---------------------------------------------------------------------------------------------------- step by step
+
+
+@pytest.mark.parametrize("mode", ["many", "one"])
+def test_trace_tile_shows_each_step_with_the_grids_own_draws(images, mode):
+    pipeline = Pipeline(EDITED.steps + (PipelineStep("HistogramMatching", p=0.5),), seed=7)
+    grid = augment_grid(images, pipeline, mode=mode, rows=3, cols=3, indices=[4] if mode == "one" else None)
+    before = rng_state()
+    for tile in (0, 4, 8):
+        trace = augment.trace_tile(images, pipeline, grid, tile)
+        assert trace.index == grid.indices[tile] and np.array_equal(trace.original, images[trace.index])
+        assert trace.transforms == tuple(s.transform for s in pipeline.steps if s.enabled)
+        assert len(trace.images) == len(trace.applied) == len(trace.transforms)
+        assert np.array_equal(trace.images[-1], grid.tiles[tile])  # the last step's output is the tile
+        assert tuple(a for a in trace.applied if a is not None) == grid.applied[tile]
+        assert trace.images[0].shape == (40, 40, 3)  # after PadIfNeeded(40, 40)
+        for name, applied in zip(trace.transforms, trace.applied, strict=True):
+            assert applied is None or applied["transform"] == name
+    assert rng_state() == before
+    with pytest.raises(GridError, match="tile must be"):
+        augment.trace_tile(images, pipeline, grid, 9)

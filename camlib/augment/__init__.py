@@ -41,10 +41,12 @@ from camlib.augment.grid import (  # noqa: E402
     MAX_REFERENCES,
     GridMode,
     GridResult,
+    TileSteps,
     augment_grid,
     pick_images,
     pick_references,
     tile_grid,
+    trace_tile,
 )
 from camlib.augment.pipeline import (  # noqa: E402
     CIFAR10_TRAIN_PIPELINE,
@@ -77,6 +79,7 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "PipelineStep",
+    "TileSteps",
     "TransformSpec",
     "augment_grid",
     "augment_image",
@@ -94,5 +97,6 @@ __all__ = [
     "pipeline_to_yaml",
     "reference_keys",
     "tile_grid",
+    "trace_tile",
     "validate_step",
 ]

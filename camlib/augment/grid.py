@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import albumentations as A
 import numpy as np
 
 from camlib.augment.pipeline import (
@@ -145,6 +146,40 @@ def _pad_to(tile: np.ndarray, height: int, width: int) -> np.ndarray:
     return canvas
 
 
+def _augment_tiles(
+    batch: np.ndarray,
+    compose: A.Compose,
+    chosen: Sequence[int],
+    references: np.ndarray | Sequence[np.ndarray] | None,
+    seed: int,
+) -> list[tuple[np.ndarray, list[tuple[str, Any]]]]:
+    """Tile ``k`` is the ``k``-th call of ``compose`` on ``batch[chosen[k]]``: each tile with the parameters drawn."""
+    needs_references = bool(reference_keys(compose))
+    if needs_references and references is not None:
+        references = [_as_batch(r)[0] for r in references] if not isinstance(references, np.ndarray) else references
+        if not len(references):
+            raise GridError("references is empty: give at least one second image, or None for the grid's own")
+    outputs = []
+    for index in chosen:
+        image = batch[index]
+        offered = ()
+        if needs_references:
+            offered = pick_references(
+                batch if references is None else references, index if references is None else None, seed
+            )
+        try:
+            result = augment_image(compose, image, references=offered)
+        except Exception as exc:  # re-raised typed: any transform may fail on an unusual image (size, dtype)
+            raise PipelineError(
+                f"the pipeline failed on a {image.shape[1]}x{image.shape[0]} image: {' '.join(str(exc).split())}"
+            ) from exc
+        tile = result["image"]
+        if tile.dtype != np.uint8 or tile.ndim != 3 or tile.shape[2] != 3:
+            raise PipelineError(f"the pipeline returned {tile.dtype} {tile.shape}, not a uint8 RGB image")
+        outputs.append((tile, list(result.get("applied_transforms", ()))))
+    return outputs
+
+
 def augment_grid(
     images: np.ndarray,
     pipeline: Pipeline,
@@ -196,40 +231,84 @@ def augment_grid(
     _check_seed(effective_seed)
     compose = build_pipeline(Pipeline(pipeline.steps, effective_seed))
     chosen = _pick_indices(count, len(batch), mode, effective_seed, indices)
-
-    needs_references = bool(reference_keys(compose))
-    if needs_references and references is not None:
-        references = [_as_batch(r)[0] for r in references] if not isinstance(references, np.ndarray) else references
-        if not len(references):
-            raise GridError("references is empty: give at least one second image, or None for the grid's own")
-    tiles, applied = [], []
-    for index in chosen:
-        image = batch[index]
-        offered = ()
-        if needs_references:
-            offered = pick_references(
-                batch if references is None else references, index if references is None else None, effective_seed
-            )
-        try:
-            result = augment_image(compose, image, references=offered)
-        except Exception as exc:  # re-raised typed: any transform may fail on an unusual image (size, dtype)
-            raise PipelineError(
-                f"the pipeline failed on a {image.shape[1]}x{image.shape[0]} image: {' '.join(str(exc).split())}"
-            ) from exc
-        tile = result["image"]
-        if tile.dtype != np.uint8 or tile.ndim != 3 or tile.shape[2] != 3:
-            raise PipelineError(f"the pipeline returned {tile.dtype} {tile.shape}, not a uint8 RGB image")
-        tiles.append(tile)
-        applied.append(
-            tuple(
-                {"transform": name, "params": _jsonable(params)}
-                for name, params in result.get("applied_transforms", ())
-            )
-        )
+    outputs = _augment_tiles(batch, compose, chosen, references, effective_seed)
+    tiles = [tile for tile, _ in outputs]
+    applied = [
+        tuple({"transform": name, "params": _jsonable(params)} for name, params in drawn) for _, drawn in outputs
+    ]
     shapes = tuple((int(t.shape[0]), int(t.shape[1])) for t in tiles)
     out_h, out_w = max(s[0] for s in shapes), max(s[1] for s in shapes)
     stacked = np.stack([t if t.shape[:2] == (out_h, out_w) else _pad_to(t, out_h, out_w) for t in tiles])
     return GridResult(stacked, chosen, tuple(applied), shapes, mode, rows, cols, int(effective_seed))
+
+
+@dataclass(frozen=True)
+class TileSteps:
+    """One grid tile, step by step (``trace_tile``).
+
+    Attributes:
+        index: the tile's source image; ``original``: that image.
+        transforms: the enabled steps' transform names, in order.
+        images: uint8 RGB, the image after each enabled step (sizes may change along the way); the last is the tile.
+        applied: per enabled step, the parameters it drew (JSON-friendly), or None where it did not fire.
+    """
+
+    index: int
+    original: np.ndarray
+    transforms: tuple[str, ...]
+    images: tuple[np.ndarray, ...]
+    applied: tuple[dict[str, Any] | None, ...]
+
+
+def trace_tile(
+    images: np.ndarray,
+    pipeline: Pipeline,
+    grid: GridResult,
+    tile: int,
+    *,
+    references: np.ndarray | Sequence[np.ndarray] | None = None,
+) -> TileSteps:
+    """The output after each step of the pipeline for tile ``tile`` of ``grid`` (``augment_grid(images, pipeline,
+    ..., references=references)``): the same image and the same drawn parameters; its last image is the tile.
+
+    The grid's Compose (seed ``grid.seed``) is rebuilt with a recording step after each enabled step; a recording
+    step has ``p=1`` and draws nothing, so the random stream, and every parameter drawn, is the grid's own. Tiles
+    ``0..tile-1`` are augmented again to bring the stream to the tile.
+
+    Raises:
+        GridError: ``tile`` outside the grid; and whatever ``augment_grid`` raises.
+    """
+    _require_pipeline(pipeline)
+    if not isinstance(grid, GridResult):
+        raise GridError(f"grid must be the GridResult of augment_grid, got {type(grid).__name__}")
+    _check_grid_int("tile", tile, 0, len(grid.indices) - 1)
+    recorded: list[np.ndarray] = []
+
+    def record(image: np.ndarray, **_: Any) -> np.ndarray:
+        recorded.append(image.copy())
+        return image
+
+    built = build_pipeline(Pipeline(pipeline.steps, grid.seed))
+    steps = [t for transform in built.transforms for t in (transform, A.Lambda(image=record, p=1.0))]
+    compose = A.Compose(steps, seed=grid.seed, strict=True, save_applied_params=True)
+    batch = _as_batch(images)
+    if max(grid.indices) >= len(batch):
+        raise GridError(f"the grid shows image {max(grid.indices)}, but there are {len(batch)} images")
+    outputs = _augment_tiles(batch, compose, grid.indices[: tile + 1], references, grid.seed)
+    names = tuple(step.transform for step in pipeline.steps if step.enabled)
+    # applied_transforms lists the steps that fired, each followed by its recorder: a recorder right after another
+    # recorder (or first) closes a step that did not fire
+    applied: list[dict[str, Any] | None] = []
+    pending = None
+    for name, params in outputs[-1][1]:
+        if name == "Lambda":
+            applied.append(pending)
+            pending = None
+        else:
+            pending = {"transform": name, "params": _jsonable(params)}
+    index = grid.indices[tile]
+    after = tuple(recorded[len(recorded) - len(names) :]) if names else ()
+    return TileSteps(index, batch[index], names, after, tuple(applied))
 
 
 def tile_grid(tiles: np.ndarray, rows: int, cols: int, *, scale: int = 1, pad: int = 2, fill: int = 255) -> np.ndarray:

@@ -1,0 +1,38 @@
+"""The Augmentation Lab's step-by-step view: one tile of the grid after each step of the pipeline (same draws)."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from camlib.augment import GridResult, Pipeline, trace_tile
+from camlib.drawing import fast_png
+from camlib.errors import CamlibError
+from camlib.overlay import upscale_nearest
+from ui.text import md
+
+STEP_PX = 96  # each step's image is shown at least this large (nearest-neighbour)
+PER_ROW = 6
+
+
+def step_by_step(images: np.ndarray, pipeline: Pipeline, grid: GridResult, tile: int) -> None:
+    """Draw tile ``tile`` of ``grid``: its source image, then the output of each enabled step with the parameters it
+    drew ("not applied" where its probability skipped it), then the applied parameters as JSON."""
+    try:
+        trace = trace_tile(images, pipeline, grid, tile)
+    except CamlibError as error:
+        st.error(md("The step-by-step view failed: {error}", error=error))
+        return
+    panels = [("original", trace.original, None)] + [
+        (name, image, applied is not None)
+        for name, image, applied in zip(trace.transforms, trace.images, trace.applied, strict=True)
+    ]
+    for start in range(0, len(panels), PER_ROW):
+        columns = st.columns(PER_ROW)
+        for column, (position, (name, image, fired)) in zip(
+            columns, enumerate(panels[start : start + PER_ROW], start=start), strict=False
+        ):
+            label = name if fired is None else f"{position}. {name}" + ("" if fired else " (not applied)")
+            size = f"{image.shape[1]}x{image.shape[0]}"
+            column.image(fast_png(upscale_nearest(image, STEP_PX)), caption=f"{label}, {size}", output_format="PNG")
+    st.json([applied for applied in trace.applied if applied is not None], expanded=False)
