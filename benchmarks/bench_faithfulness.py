@@ -1,40 +1,80 @@
-"""Deletion + insertion cost against its floor, side by side in one run (issue #13 target: at most 1.5x).
+"""Faithfulness benchmarks (issue #13): the cost of deletion + insertion, and which method and layer to trust on
+CIFAR-10.
 
-For one 224x224 image on torchvision's ResNet-18 (seeded random weights, no download), on this machine's CPU (or
-CUDA when available), it times ``camlib.metrics.deletion_insertion`` with 20 steps (42 perturbed inputs, blur
+Speed: for one 224x224 image on torchvision's ResNet-18 (seeded random weights, no download), on this machine's CPU
+(or CUDA when available), it times ``camlib.metrics.deletion_insertion`` with 20 steps (42 perturbed inputs, blur
 baseline, one batch of 64) against the floor: 42 inputs through the same model in one no-grad batch. The two are
-timed in rotation; it prints the medians and their ratio.
+timed in rotation; it prints the medians and their ratio (target: at most 1.5x).
 
-    python benchmarks/bench_faithfulness.py [--repeats 3] [--threads N]
+Dataset: the grid of ``METHODS`` x ``LAYERS`` of the bundled CIFAR-10 ResNet-20 over the first ``--images`` test
+images of a class-balanced subset (``camlib.cifar.load_cifar10(limit=N)``), each explaining the model's predicted
+class. Per cell, ``camlib.metrics.faithfulness_scores`` (deletion and insertion AUC, 20 steps, blur baseline; ROAD
+combined, noise 0.01, seed 0): the mean and standard error over the images, the time per image of the CAM (that cell
+alone, ``compute_cams`` on the batch) and of the metrics, and whether the cell beats the seeded random, centred
+Gaussian and Sobel-edge maps (``compare_with_baselines``; the baselines get their own rows). Prints a Markdown table,
+best cell first (``rank_by_faithfulness``).
+
+    python benchmarks/bench_faithfulness.py [--section speed dataset] [--repeats 3] [--images 32] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from bench_cam import interleaved_medians  # noqa: E402  (the shared rotation timer, ms)
 
+from camlib.cam import METHODS as CAM_METHODS  # noqa: E402
+from camlib.cam import compute_cams  # noqa: E402
+from camlib.cifar import load_cifar10  # noqa: E402
 from camlib.device import default_device  # noqa: E402
-from camlib.metrics import baseline_maps, deletion_insertion  # noqa: E402
+from camlib.metrics import (  # noqa: E402
+    BASELINE_KINDS,
+    baseline_maps,
+    compare_with_baselines,
+    deletion_insertion,
+    faithfulness_scores,
+    rank_by_faithfulness,
+)
+from camlib.models import load_model, prepare_batch  # noqa: E402
 
 STEPS = 20
 INPUTS = 2 * STEPS + 2  # deletion and insertion, steps 0..STEPS each
+MODEL = "cifar10_resnet20"
+METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "scorecam", "randomcam")
+LAYERS = ("layer1", "layer2", "layer3")  # ResNet-20's stages: 32x32, 16x16 and 8x8
+SHORT = {"deletion_auc": "del", "insertion_auc": "ins", "road": "ROAD"}
+DATA = Path(os.environ.get("CAMLIB_CIFAR10_ROOT", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--section", nargs="+", choices=("speed", "dataset"), default=["speed", "dataset"])
+    parser.add_argument("--repeats", type=int, default=3, help="speed: timed rounds")
+    parser.add_argument("--images", type=int, default=32, help="dataset: CIFAR-10 test images")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = default_device()
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
+    if "speed" in args.section:
+        speed(device, args.repeats)
+    if "dataset" in args.section:
+        dataset(device, args.images)
+
+
+def speed(device: torch.device, repeats: int) -> None:
+    """Deletion + insertion (20 steps) against 42 batched forwards, ResNet-18 at 224x224."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = torchvision.models.resnet18(weights=None).to(device).eval()
@@ -51,14 +91,71 @@ def main() -> None:
             "forward_42": floor,
             "deletion_insertion": lambda: deletion_insertion(model, x, maps, 0, steps=STEPS, batch_size=64),
         },
-        args.repeats,
+        repeats,
         device,
     )
     ratio = result["deletion_insertion"] / result["forward_42"]
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats}")
+    print(f"## speed (ResNet-18, 224x224, repeats={repeats})")
     print(f"42 batched forwards      {result['forward_42']:9.1f} ms (median)")
     print(f"deletion+insertion (20)  {result['deletion_insertion']:9.1f} ms (median)")
     print(f"ratio                    {ratio:9.2f}x (target <= 1.5x)")
+
+
+def _mean_se(values: np.ndarray) -> str:
+    se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{values.mean():.3f} ± {se:.3f}"
+
+
+def dataset(device: torch.device, images: int) -> None:
+    """The methods x layers grid of ResNet-20 over ``images`` CIFAR-10 test images: a Markdown table."""
+    loaded = load_model(MODEL, allow_download=False, device=device)
+    data = load_cifar10(DATA, "test", limit=images)
+    x = prepare_batch(data.images, loaded.spec.preprocessing).to(device)
+    with torch.no_grad():
+        predicted = loaded.model(x).argmax(dim=1).tolist()
+    accuracy = float(np.mean(np.array(predicted) == data.labels))
+    rows: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    times: dict[tuple[str, str], tuple[float, float]] = {}
+    start = time.perf_counter()
+    for kind in BASELINE_KINDS:
+        begin = time.perf_counter()
+        scores = faithfulness_scores(loaded.model, x, baseline_maps(x, kind, seed=0), predicted)
+        rows[(f"baseline: {kind}", "-")] = scores.summary
+        times[(f"baseline: {kind}", "-")] = (0.0, time.perf_counter() - begin)
+    baselines = {kind: rows[(f"baseline: {kind}", "-")] for kind in BASELINE_KINDS}
+    for method in METHODS:
+        for layer in LAYERS:
+            begin = time.perf_counter()
+            maps = compute_cams(loaded.model, x, [layer], method=method, class_idx=predicted).maps[layer]
+            cam_s = time.perf_counter() - begin
+            scores = faithfulness_scores(loaded.model, x, maps, predicted)
+            rows[(method, layer)] = scores.summary
+            times[(method, layer)] = (cam_s, time.perf_counter() - begin - cam_s)
+    total = time.perf_counter() - start
+    order = rank_by_faithfulness({key: {m: float(v.mean()) for m, v in row.items()} for key, row in rows.items()})
+    print(
+        f"## dataset: {MODEL} on {images} CIFAR-10 test images ({DATA.name}, class-balanced, accuracy {accuracy:.1%}),"
+        f" predicted class; {total:.0f} s in all"
+    )
+    print(
+        "| rank | method | layer | deletion AUC ↓ | insertion AUC ↑ | ROAD ↑ | CAM ms/img | metrics ms/img "
+        "| beats baselines |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for rank, key in enumerate(order, 1):
+        method, layer = key
+        row = rows[key]
+        if method.startswith("baseline"):
+            verdict = "-"
+        else:
+            failures = compare_with_baselines(row, baselines).failures
+            verdict = "yes" if not failures else "no: " + ", ".join(f"{SHORT[m]} vs {k}" for m, k in failures)
+        label = CAM_METHODS[method].label if method in CAM_METHODS else method
+        cam_s, metrics_s = times[key]
+        print(
+            f"| {rank} | {label} | {layer} | {_mean_se(row['deletion_auc'])} | {_mean_se(row['insertion_auc'])} | "
+            f"{_mean_se(row['road'])} | {1000 * cam_s / images:.1f} | {1000 * metrics_s / images:.0f} | {verdict} |"
+        )
 
 
 if __name__ == "__main__":

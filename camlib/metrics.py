@@ -42,7 +42,7 @@ import torch
 import torchvision.transforms.functional as TF
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from skimage.filters import sobel
 from skimage.metrics import structural_similarity
 from torch import nn
@@ -758,6 +758,35 @@ def compare_with_baselines(
     }
     failures = tuple((metric, kind) for metric, row in beats.items() for kind, won in row.items() if not won)
     return BaselineComparison(method, means, beats, failures, bool(failures))
+
+
+def rank_by_faithfulness(means: Mapping[object, Mapping[str, float]]) -> list[object]:
+    """Order candidates (e.g. ``(method, layer)`` cells of the faithfulness grid) best first by their mean rank over
+    the metrics (``scipy.stats.rankdata``, ties averaged, each metric in its ``METRIC_DIRECTIONS``), ties kept in the
+    input's order. Ranks, not raw values: the three scores have different scales.
+
+    Args:
+        means: ``{candidate: {metric: mean score}}``; every candidate has the same metrics, keys of
+            ``METRIC_DIRECTIONS``, finite.
+
+    Returns:
+        The candidates, best first.
+
+    Raises:
+        InputError: an empty mapping, unknown or differing metrics, scores that are not finite numbers.
+    """
+    if not isinstance(means, Mapping) or not means:
+        raise InputError("means must be a non-empty {candidate: {metric: score}} mapping")
+    rows = {key: _mean_scores(scores, f"means[{key!r}]") for key, scores in means.items()}
+    metrics = set(next(iter(rows.values())))
+    if any(set(row) != metrics for row in rows.values()):
+        raise InputError(f"every candidate in means must have the same metrics, {sorted(metrics)}")
+    keys = list(rows)
+    total = np.zeros(len(keys))
+    for metric in metrics:
+        values = np.array([rows[key][metric] for key in keys])
+        total += rankdata(-values if METRIC_DIRECTIONS[metric] == "higher" else values)
+    return [keys[i] for i in np.argsort(total, kind="stable")]
 
 
 # --- sanity checks -------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from camlib.metrics import (
     deletion_insertion,
     faithfulness_scores,
     random_logit,
+    rank_by_faithfulness,
     road,
 )
 
@@ -430,6 +431,22 @@ def test_baseline_scores_are_seeded_scores_of_the_baseline_maps(cifar_batch):
     # the method compared is a FaithfulnessScores too
     verdict = compare_with_baselines(scores["edges"], scores)
     assert verdict.flagged and ("deletion_auc", "edges") in verdict.failures  # no map beats itself
+
+
+def test_rank_by_faithfulness_orders_by_mean_rank_in_each_direction():
+    """a: ranks 1, 2, 1 (mean 4/3); b: 2, 1, 2 (5/3); c: last everywhere; d ties a exactly and stays after it."""
+    means = {
+        "a": {"deletion_auc": 0.1, "insertion_auc": 0.7, "road": 0.3},
+        "b": {"deletion_auc": 0.2, "insertion_auc": 0.8, "road": 0.2},
+        "c": {"deletion_auc": 0.9, "insertion_auc": 0.1, "road": -0.5},
+    }
+    assert rank_by_faithfulness(means) == ["a", "b", "c"]
+    assert rank_by_faithfulness({("m", "l"): {"road": 0.0}}) == [("m", "l")]
+    assert rank_by_faithfulness({"x": {"deletion_auc": 0.5}, "y": {"deletion_auc": 0.5}}) == ["x", "y"]
+    with pytest.raises(InputError, match="same metrics"):
+        rank_by_faithfulness({"a": {"road": 0.1}, "b": {"deletion_auc": 0.1}})
+    with pytest.raises(InputError, match="means"):
+        rank_by_faithfulness({})
 
 
 def test_baseline_comparison_refuses_bad_arguments(cifar_batch):
