@@ -79,6 +79,13 @@ class LayerEvidence:
             layer's output replaced by ``output`` (same layout; a hook acting for this thread only, removed after).
         hessian_products: ``(B, C, h, w)`` ``H A``, the Hessian of the summed scores with respect to the activations
             times the activations, for "gradient" methods registered with ``second_order=True``, else None.
+        seed: the seed of a sampling method's ``torch.Generator`` (one generator per image and layer, seeded alike).
+        n_samples: how many noisy or integration samples a sampling method draws (its ``MethodSpec.samples`` unless
+            the caller chose another count).
+        gradients_at: ``gradients_at(inputs, targets) -> (activations, gradients)``, both ``(N, C, h, w)``: this
+            layer's activations on ``inputs`` ``(N, C_in, H, W)`` and the gradients of the explained logits
+            ``targets`` (one per input) with respect to them (one more forward and backward; hooks act for this
+            thread only and are removed after).
     """
 
     activations: torch.Tensor
@@ -93,6 +100,9 @@ class LayerEvidence:
     channel_dim: int = 1
     forward_with_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     hessian_products: torch.Tensor | None = None
+    seed: int = 0
+    n_samples: int = 1
+    gradients_at: Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -132,7 +142,9 @@ class MethodSpec:
     backward for all layers), "activation" methods only the activations, "perturbation" methods also run forwards of
     perturbed inputs. ``raw_map(evidence) -> (B, h, w)`` is the signed map before ReLU and normalisation.
     ``score(logits, targets) -> (B,)`` is what a "gradient" method differentiates (``_class_scores`` by default);
-    ``second_order`` methods also get Hessian-vector products (one more backward per layer).
+    ``second_order`` methods also get Hessian-vector products (one more backward per layer). ``samples`` is the
+    default number of noisy or integration samples of a sampling method (1 otherwise); a "perturbation" method runs
+    ``samples`` extra forwards per channel, or ``samples`` in all when ``per_channel`` is False (``extra_forwards``).
     """
 
     name: str
@@ -143,16 +155,34 @@ class MethodSpec:
     raw_map: RawMap = field(compare=False, repr=False)
     score: Score = field(default=_class_scores, compare=False, repr=False)
     second_order: bool = False
+    samples: int = 1
+    per_channel: bool = True
 
     @property
     def uses_gradients(self) -> bool:
         return self.family == "gradient"
 
+    def extra_forwards(self, channels: int, n_samples: int | None = None) -> int:
+        """Extra forwards for one image and one layer of ``channels`` channels (0 unless "perturbation")."""
+        if self.family != "perturbation":
+            return 0
+        return (channels if self.per_channel else 1) * (n_samples or self.samples)
+
+    def batches(self, channels: int, batch_size: int, n_samples: int | None = None) -> int:
+        """How many batched forwards (progress steps) those take: per sample, ``ceil(channels / batch_size)`` for
+        per-channel methods; ``ceil(samples / batch_size)`` otherwise."""
+        if self.family != "perturbation":
+            return 0
+        samples = n_samples or self.samples
+        if self.per_channel:
+            return samples * -(-channels // batch_size)
+        return -(-samples // batch_size)
+
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(
+def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
     name: str,
     *,
     label: str,
@@ -161,18 +191,21 @@ def register_method(
     cost: str,
     score: Score = _class_scores,
     second_order: bool = False,
+    samples: int = 1,
+    per_channel: bool = True,
 ) -> Callable[[RawMap], RawMap]:
     """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared.
 
     ``score`` is what a "gradient" method differentiates (default: the explained class's logit); ``second_order``
-    gives it Hessian-vector products as well (``LayerEvidence.hessian_products``)."""
+    gives it Hessian-vector products as well (``LayerEvidence.hessian_products``); ``samples`` and ``per_channel``
+    describe a sampling "perturbation" method's extra forwards (``MethodSpec.extra_forwards``)."""
     if not isinstance(family, str) or family not in FAMILIES:
         raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
 
     def add(raw_map: RawMap) -> RawMap:
         if name in METHODS:
             raise MethodError(f"CAM method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map, score, second_order)
+        METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map, score, second_order, samples, per_channel)
         return raw_map
 
     return add
@@ -531,6 +564,93 @@ def _ablationcam(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum(torch.stack(weights), e.activations)
 
 
+SSCAM_SAMPLES = 35  # torch-cam 0.5.0's SSCAM defaults: noisy copies of each mask
+SSCAM_STD = 2.0  # and the standard deviation of the Gaussian noise added to masks in [0, 1]
+ISCAM_SAMPLES = 10  # torch-cam 0.5.0's ISCAM default: integration steps
+
+
+def _score_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torch-cam's Score-CAM masks of one image: each channel of ``acts`` ``(C, h, w)`` min-max normalised at feature
+    resolution, ``(a - min) / (max(a - min) + 1e-8)``, then bilinearly upsampled to ``size`` (``align_corners=False``):
+    ``(C, H, W)``. (pytorch-grad-cam's Score-CAM upsamples first, with ``align_corners=True``.)"""
+    shifted = acts - acts.flatten(1).min(dim=1).values[:, None, None]
+    masks = shifted / (shifted.flatten(1).max(dim=1).values[:, None, None] + 1e-8)
+    return F.interpolate(masks[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _masked_score_gains(e: LayerEvidence, b: int, masks: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``score(scale * (x_b * mask_c)) - score(x_b)`` for every mask ``c`` of ``masks`` ``(C, H, W)``, ``batch_size``
+    masked copies per forward, ``progress.step()`` after each (it may raise to cancel)."""
+    target, x = e.targets[b], e.x[b]
+    gains = []
+    for start in range(0, len(masks), e.batch_size):
+        inputs = x[None] * masks[start : start + e.batch_size, None]
+        gains.append(e.model(inputs if scale == 1.0 else scale * inputs)[:, target] - e.logits[b, target])
+        e.progress.step()
+    return torch.cat(gains)
+
+
+@register_method(
+    "sscam",
+    label="SS-CAM",
+    paper="Wang et al., 2020, arXiv:2006.14255",
+    family="perturbation",
+    cost=f"1 forward + {SSCAM_SAMPLES} forwards per channel (very slow)",
+    samples=SSCAM_SAMPLES,
+)
+def _sscam(e: LayerEvidence) -> torch.Tensor:
+    """SS-CAM (Smoothed Score-CAM): ``sum_c w_c A_c`` with ``w = softmax_c(mean_i score(x * (M_c + d_i)) - score(x))``,
+    ``M_c`` channel ``c``'s Score-CAM mask (``_score_masks``) and ``d_i ~ N(0, SSCAM_STD^2)`` per pixel, ``n_samples``
+    noisy copies (Wang et al. 2020, smoothing the masks; torch-cam 0.5.0's ``SSCAM`` with its defaults, 35 samples,
+    std 2). The score is the explained class's logit; subtracting ``score(x)`` leaves the softmax unchanged.
+
+    Noise: for each image (and layer) a ``torch.Generator`` seeded with ``seed``; sample ``i`` is
+    ``SSCAM_STD * randn(C, H, W)`` from it, drawn in float32, so every image of a batch gets the same draws and the
+    batch size does not change them. Equal to torch-cam's ``SSCAM`` given those draws (tests/test_cam_methods.py).
+    Cost: ``n_samples * C`` extra forwards per image, in batches of ``batch_size``."""
+    acts, size = e.activations, (int(e.x.shape[-2]), int(e.x.shape[-1]))
+    raws = []
+    for b in range(len(e.targets)):
+        masks = _score_masks(acts[b], size)
+        generator = torch.Generator().manual_seed(e.seed)
+        total = torch.zeros(len(masks), dtype=e.logits.dtype, device=masks.device)
+        for _ in range(e.n_samples):
+            noise = SSCAM_STD * torch.randn(masks.shape, generator=generator, dtype=torch.float32)
+            total += _masked_score_gains(e, b, masks + noise.to(masks))
+        weights = torch.softmax(total / e.n_samples, dim=0)
+        raws.append((weights[:, None, None].to(acts.dtype) * acts[b]).sum(dim=0))
+    return torch.stack(raws)
+
+
+@register_method(
+    "iscam",
+    label="IS-CAM",
+    paper="Naidu et al., 2020, arXiv:2010.03023",
+    family="perturbation",
+    cost=f"1 forward + {ISCAM_SAMPLES} forwards per channel (very slow)",
+    samples=ISCAM_SAMPLES,
+)
+def _iscam(e: LayerEvidence) -> torch.Tensor:
+    """IS-CAM (Integrated Score-CAM): ``sum_c w_c A_c`` with
+    ``w = softmax_c(mean_i score(s_i * (x * M_c)) - score(x))``, ``s_i = sum_{j<=i} j / N`` for ``i = 1..N``
+    (``N = n_samples``) and ``M_c`` channel ``c``'s Score-CAM mask (``_score_masks``): Score-CAM's scores integrated
+    along a path of scaled masks (Naidu et al. 2020), as torch-cam 0.5.0's ``ISCAM`` (10 steps by default), whose
+    scale accumulates ``j / N`` and so exceeds 1 after the first steps. Deterministic: no random draws, ``seed`` is
+    not used. Cost: ``n_samples * C`` extra forwards per image, in batches of ``batch_size``."""
+    acts, size = e.activations, (int(e.x.shape[-2]), int(e.x.shape[-1]))
+    raws = []
+    for b in range(len(e.targets)):
+        masks = _score_masks(acts[b], size)
+        total = torch.zeros(len(masks), dtype=e.logits.dtype, device=masks.device)
+        scale = 0.0
+        for step in range(e.n_samples):
+            scale += (step + 1) / e.n_samples
+            total += _masked_score_gains(e, b, masks, scale)
+        weights = torch.softmax(total / e.n_samples, dim=0)
+        raws.append((weights[:, None, None].to(acts.dtype) * acts[b]).sum(dim=0))
+    return torch.stack(raws)
+
+
 def _forward_with_output(
     model: nn.Module, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor
 ) -> torch.Tensor:
@@ -829,6 +949,17 @@ def _gradients(
     return out, products
 
 
+def _gradients_at(
+    model: nn.Module, name: str, layout: Layout, inputs: torch.Tensor, targets: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``name``'s activations on ``inputs`` and the gradients of the ``targets`` logits with respect to them,
+    both read as ``(N, C, h, w)``: one more forward with this thread's hook and one ``torch.autograd.grad``."""
+    _, logits, capture = _forward(model, inputs, [name], start_graph=True)
+    _check_finite("the logits", logits)
+    grads, _ = _gradients(logits, targets, capture, [name], {name: layout}, scores=_class_scores)
+    return to_feature_map(capture.values[name], layout), grads[name]
+
+
 def _finish(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """ReLU, normalise, resize, normalise again; degenerate images become exact zeros."""
     positive = torch.relu(raw)
@@ -859,7 +990,7 @@ def finish_maps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return maps.numpy().astype(np.float32)
 
 
-def compute_cams(
+def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry point)
     model: nn.Module,
     x: torch.Tensor,
     layers: Sequence[str],
@@ -869,6 +1000,8 @@ def compute_cams(
     scorecam_batch_size: int = 32,
     layouts: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
+    seed: int = 0,
+    n_samples: int | None = None,
 ) -> CamResult:
     """Compute one CAM per requested layer from a single forward (and, for gradient methods, a single backward).
 
@@ -889,6 +1022,10 @@ def compute_cams(
             method (Score-CAM, Ablation-CAM: ``total = B * ceil(C / scorecam_batch_size)`` summed over the layers).
             It may raise to cancel: the exception propagates with hooks removed, modes restored and the model's lock
             released.
+        seed: seeds the ``torch.Generator`` of the sampling methods (SS-CAM's and Smooth Grad-CAM++'s noise): the
+            same seed gives the same maps; global generators are never used or seeded.
+        n_samples: noisy or integration samples of the sampling methods (SS-CAM, IS-CAM, Smooth Grad-CAM++), >= 1;
+            None for each method's default (``METHODS[m].samples``). Other methods ignore it.
 
     Returns:
         A ``CamResult``; ``raw`` is at the feature map's ``(h, w)`` after any layout reshaping.
@@ -907,10 +1044,12 @@ def compute_cams(
         scorecam_batch_size=scorecam_batch_size,
         layouts=layouts,
         progress=progress,
+        seed=seed,
+        n_samples=n_samples,
     )[method]
 
 
-def compute_cam_grid(
+def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry point)
     model: nn.Module,
     x: torch.Tensor,
     layers: Sequence[str],
@@ -920,6 +1059,8 @@ def compute_cam_grid(
     scorecam_batch_size: int = 32,
     layouts: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
+    seed: int = 0,
+    n_samples: int | None = None,
 ) -> dict[str, CamResult]:
     """Every method x layer map from shared passes: the methods x layers grid of issue #12.
 
@@ -930,7 +1071,7 @@ def compute_cam_grid(
 
     Args:
         methods: keys of ``METHODS``, at least one; repeats are computed once.
-        model, x, layers, class_idx, scorecam_batch_size, layouts: as for ``compute_cams``.
+        model, x, layers, class_idx, scorecam_batch_size, layouts, seed, n_samples: as for ``compute_cams``.
         progress: ``callback(done, total)`` after each extra forward batch of the perturbation methods, counted over
             all of them; it may raise to cancel (hooks removed, modes restored, lock released).
 
@@ -949,6 +1090,8 @@ def compute_cam_grid(
         raise InputError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
     names = _resolve_layers(model, layers)
     _validate_input(x, scorecam_batch_size)
+    seed = require_int(seed, "seed", minimum=0)
+    n_samples = None if n_samples is None else require_int(n_samples, "n_samples", minimum=1)
     explicit_layouts = _resolve_layouts(layouts, names)
     size = (int(x.shape[-2]), int(x.shape[-1]))
     if any(s.uses_gradients for s in specs) and any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
@@ -986,8 +1129,12 @@ def compute_cam_grid(
                 else ({}, {})
             )
             if counter is None:
-                per_method = sum(len(targets) * -(-values[name].shape[1] // scorecam_batch_size) for name in names)
-                counter = Progress(progress, per_method * sum(s.family == "perturbation" for s in specs))
+                total = sum(
+                    len(targets) * s.batches(values[name].shape[1], scorecam_batch_size, n_samples)
+                    for s in specs
+                    for name in names
+                )
+                counter = Progress(progress, total)
             pass_ = _Pass(
                 model,
                 xin.detach(),
@@ -1001,7 +1148,9 @@ def compute_cam_grid(
                 modules,
             )
             for spec in group:
-                raws[spec.name] = _raw_maps(spec, pass_, names, scorecam_batch_size, counter)
+                raws[spec.name] = _raw_maps(
+                    spec, pass_, names, scorecam_batch_size, counter, seed=seed, n_samples=n_samples
+                )
 
     finished = _finish_all(raws, names, size)
     elapsed = time.perf_counter() - started
@@ -1049,7 +1198,14 @@ def _pass_groups(specs: list[MethodSpec]) -> list[list[MethodSpec]]:
 
 
 def _raw_maps(
-    spec: MethodSpec, pass_: _Pass, names: list[str], batch_size: int, counter: Progress
+    spec: MethodSpec,
+    pass_: _Pass,
+    names: list[str],
+    batch_size: int,
+    counter: Progress,
+    *,
+    seed: int,
+    n_samples: int | None,
 ) -> dict[str, torch.Tensor]:
     """One method's signed raw map of every layer from a shared pass. Perturbation methods run more forwards: they
     stay inside the caller's guard (eval mode, no other session's hooks)."""
@@ -1069,6 +1225,9 @@ def _raw_maps(
                 channel_dim=1 if pass_.layouts[name].kind == "nchw" else -1,
                 forward_with_output=partial(_forward_with_output, pass_.model, pass_.modules[name]),
                 hessian_products=pass_.products.get(name) if spec.second_order else None,
+                seed=seed,
+                n_samples=n_samples or spec.samples,
+                gradients_at=partial(_gradients_at, pass_.model, name, pass_.layouts[name]),
             )
             try:
                 raws[name] = spec.raw_map(evidence)

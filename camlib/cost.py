@@ -63,10 +63,13 @@ def estimate_cost(
         raise InputError(f"seconds_per_image must be a number of seconds, got {seconds_per_image!r}")
     if not math.isfinite(seconds_per_image) or seconds_per_image < 0:
         raise InputError(f"seconds_per_image must be finite and >= 0, got {seconds_per_image!r}")
-    if METHODS[method].family != "perturbation":
+    spec = METHODS[method]
+    if spec.family != "perturbation":
         return CostEstimate(method, 0, 0, 0.0)
-    forwards = sum(counts)
-    batches = sum(math.ceil(c / batch_size) for c in counts)
+    # One forward per channel (Score-CAM, Ablation-CAM), times the samples of SS-CAM and IS-CAM; Smooth Grad-CAM++:
+    # one forward and backward per noisy sample. MethodSpec.extra_forwards / batches say which.
+    forwards = sum(spec.extra_forwards(c) for c in counts)
+    batches = sum(spec.batches(c, batch_size) for c in counts)
     return CostEstimate(method, forwards, batches, forwards * float(seconds_per_image))
 
 

@@ -1,0 +1,215 @@
+"""Tests of the CAM methods of issue #12 that tests/test_cam.py does not hold: the sampling methods (SS-CAM, IS-CAM,
+Smooth Grad-CAM++) against torch-cam 0.5.0 given the same random draws, and their seeds, batches and progress.
+
+torch-cam draws its noise from ``torch.distributions.Normal(0, std).sample`` (the global generator); the tests replace
+that sampler by one that returns camlib's seeded draws, so both libraries see the same noise. torch-cam's maps are
+unnormalised here (``normalized=False``: ReLU'd weighted sums at feature resolution) and sent through
+pytorch-grad-cam's finishing pipeline, which camlib's maps follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+from conftest import seeded_resnet18
+from test_cam import (
+    ATOL,
+    LAYOUT_ZOO,
+    SCORECAM_SIZE,
+    LayoutZoo,
+    Zoo,
+    _assert_same_result,
+    _channels_last,
+    _drop_tokens,
+    _images,
+    _reference_pipeline,
+)
+from torch import nn
+from torchcam.methods import ISCAM, SSCAM
+
+from camlib.cam import ISCAM_SAMPLES, METHODS, SSCAM_SAMPLES, SSCAM_STD, compute_cams
+from camlib.errors import InputError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class _Draws:
+    """Stands in for torch-cam's ``Normal(0, std)``: each ``sample(shape)`` returns the next of ``draws`` (one image's
+    noise, ``(C, H, W)`` or ``(3, H, W)``), expanded over the batch (camlib draws the same noise for every image)."""
+
+    def __init__(self, draws: list[torch.Tensor]) -> None:
+        self._draws: Iterator[torch.Tensor] = iter(draws)
+
+    def sample(self, shape: torch.Size) -> torch.Tensor:
+        return next(self._draws).expand(shape)
+
+
+def _camlib_draws(seed: int, n: int, shape: tuple[int, ...], std: float) -> list[torch.Tensor]:
+    """camlib's noise for one image: ``n`` draws of ``std * randn(shape)`` from a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return [std * torch.randn(shape, generator=generator, dtype=torch.float32) for _ in range(n)]
+
+
+def _torchcam_maps(
+    extractor: type,
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    class_idx: list[int],
+    *,
+    reshape_transform: Callable | None = None,
+    draws: list[torch.Tensor] | None = None,
+    **kwargs: object,
+) -> np.ndarray:
+    """torch-cam's CAM of one layer through pytorch-grad-cam's finishing pipeline, ``(B, H, W)``."""
+    with extractor(model, layer, input_shape=tuple(x.shape[1:]), reshape_transform=reshape_transform, **kwargs) as cam:
+        if draws is not None:
+            cam._distrib = _Draws(draws)
+        with torch.no_grad():
+            model(x)
+        raw = cam(class_idx=class_idx, normalized=False)[0]
+    return _reference_pipeline(raw.numpy(), tuple(x.shape[-2:]))
+
+
+# --- SS-CAM and IS-CAM ---------------------------------------------------------------------------------------------
+
+# (model, layer, input size, pytorch-grad-cam-style reshape_transform for torch-cam): an NCHW layer, a channels-last
+# ConvNeXt block and DeiT's tokens (a class and a distillation token before a 7x7 grid).
+SCORE_CASES = [
+    ("resnet18", "layer1", SCORECAM_SIZE, None),
+    ("convnext_tiny", "features.1.0.block.2", 64, _channels_last),
+    ("deit_tiny", "blocks.11.norm1", 112, _drop_tokens(2, 7, 7)),
+]
+SCORE_IDS = [case[0] for case in SCORE_CASES]
+
+
+@pytest.fixture(scope="module")
+def zoos() -> tuple[Zoo, LayoutZoo]:
+    """test_cam's seeded reference models (NCHW zoo, channels-last and token zoo), built lazily."""
+    return Zoo(), LayoutZoo()
+
+
+def _score_case(zoos: tuple[Zoo, LayoutZoo], name: str, size: int) -> tuple[nn.Module, torch.Tensor, list[int]]:
+    zoo, layout_zoo = zoos
+    if name in LAYOUT_ZOO:
+        return layout_zoo.model(name), layout_zoo.images(name, size), [5, 9]
+    return zoo.model(name), zoo.images(size), [3, 7]
+
+
+@pytest.mark.parametrize("name,layer,size,transform", SCORE_CASES, ids=SCORE_IDS)
+def test_sscam_matches_torchcam_given_the_same_noise(zoos, name, layer, size, transform):
+    model, x, classes = _score_case(zoos, name, size)
+    ours = compute_cams(model, x, [layer], method="sscam", class_idx=classes, n_samples=2, seed=3)
+    draws = _camlib_draws(3, 2, (_channel_count(model, x, layer, transform), size, size), SSCAM_STD)
+    reference = _torchcam_maps(
+        SSCAM, model, x, layer, classes, reshape_transform=transform, draws=draws, num_samples=2, std=SSCAM_STD
+    )
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+def _channel_count(model: nn.Module, x: torch.Tensor, layer: str, transform: Callable | None) -> int:
+    store: dict[str, torch.Tensor] = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.update(out=out))
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        handle.remove()
+    out = store["out"] if transform is None else transform(store["out"])
+    return int(out.shape[1])
+
+
+@pytest.mark.parametrize("name,layer,size,transform", SCORE_CASES, ids=SCORE_IDS)
+def test_iscam_matches_torchcam(zoos, name, layer, size, transform):
+    model, x, classes = _score_case(zoos, name, size)
+    ours = compute_cams(model, x, [layer], method="iscam", class_idx=classes, n_samples=3)
+    reference = _torchcam_maps(ISCAM, model, x, layer, classes, reshape_transform=transform, num_samples=3)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+def test_sampling_defaults_are_torchcams():
+    assert (METHODS["sscam"].samples, SSCAM_STD, METHODS["iscam"].samples) == (35, 2.0, 10)
+    assert (SSCAM_SAMPLES, ISCAM_SAMPLES) == (35, 10)
+    assert METHODS["sscam"].extra_forwards(64) == 35 * 64 and METHODS["iscam"].extra_forwards(64, 3) == 3 * 64
+
+
+@pytest.fixture(scope="module")
+def small_resnet() -> nn.Module:
+    return seeded_resnet18()
+
+
+@pytest.fixture(scope="module")
+def x64() -> torch.Tensor:
+    return _images(2, 64, seed=7)
+
+
+def test_sscam_is_reproducible_with_its_seed_and_changes_with_it(small_resnet, x64):
+    def run(seed: int, batch_size: int = 32):
+        return compute_cams(
+            small_resnet, x64, ["layer2"], method="sscam", n_samples=2, seed=seed, scorecam_batch_size=batch_size
+        )
+
+    first, again, other = run(1), run(1), run(2)
+    _assert_same_result(first, again)
+    assert np.abs(first.raw["layer2"] - other.raw["layer2"]).max() > 1e-6
+    # The draws do not depend on the batch size; only the batched forwards' rounding does.
+    np.testing.assert_allclose(run(1, batch_size=48).maps["layer2"], first.maps["layer2"], atol=1e-6, rtol=0)
+
+
+def test_sscam_draws_the_same_noise_for_every_image_of_a_batch(small_resnet, x64):
+    """Image 1 alone gives the map it gets in the batch: its draws do not depend on its place."""
+    batch = compute_cams(small_resnet, x64, ["layer2"], method="sscam", n_samples=2, class_idx=[4, 4])
+    alone = compute_cams(small_resnet, x64[1:], ["layer2"], method="sscam", n_samples=2, class_idx=4)
+    np.testing.assert_allclose(alone.maps["layer2"][0], batch.maps["layer2"][1], atol=1e-6, rtol=0)
+
+
+def test_iscam_with_one_step_is_the_softmax_of_the_masked_scores(small_resnet, x64):
+    """A known answer: with one step the scale is 1, so IS-CAM's weights are the softmax over channels of the scores
+    of the input masked by each normalised, upsampled channel (torch-cam's Score-CAM)."""
+    layer, classes = "layer3", [2, 8]
+    ours = compute_cams(small_resnet, x64, [layer], method="iscam", n_samples=1, class_idx=classes)
+    store: dict[str, torch.Tensor] = {}
+    handle = small_resnet.layer3.register_forward_hook(lambda _m, _i, out: store.update(out=out.clone()))
+    try:
+        with torch.no_grad():
+            small_resnet(x64)
+    finally:
+        handle.remove()
+    acts = store["out"].double()
+    expected = []
+    for b, k in enumerate(classes):
+        lo = acts[b].amin(dim=(1, 2), keepdim=True)
+        masks = (acts[b] - lo) / ((acts[b] - lo).amax(dim=(1, 2), keepdim=True) + 1e-8)
+        masks = torch.nn.functional.interpolate(masks[None], size=(64, 64), mode="bilinear")[0]
+        with torch.no_grad():
+            scores = small_resnet(x64[b][None] * masks[:, None].float())[:, k].double()
+        weights = torch.softmax(scores, dim=0)
+        expected.append((weights[:, None, None] * acts[b]).sum(dim=0).numpy())
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(ours.raw[layer], np.stack(expected), atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("method,n", [("sscam", 2), ("iscam", 3)])
+def test_sampling_methods_report_progress_per_batch(small_resnet, x64, method, n):
+    calls: list[tuple[int, int]] = []
+    compute_cams(
+        small_resnet,
+        x64[:1],
+        ["layer1"],
+        method=method,
+        n_samples=n,
+        scorecam_batch_size=16,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    total = n * 64 // 16
+    assert total == METHODS[method].batches(64, 16, n)
+    assert calls == [(k, total) for k in range(1, total + 1)]
+
+
+@pytest.mark.parametrize("kwargs", [{"seed": -1}, {"seed": 1.5}, {"n_samples": 0}, {"n_samples": True}])
+def test_seed_and_sample_count_are_validated(small_resnet, x64, kwargs):
+    with pytest.raises(InputError):
+        compute_cams(small_resnet, x64, ["layer3"], method="sscam", **kwargs)
