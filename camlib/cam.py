@@ -651,6 +651,58 @@ def _iscam(e: LayerEvidence) -> torch.Tensor:
     return torch.stack(raws)
 
 
+SMOOTH_GRADCAMPP_SAMPLES = 4  # torch-cam 0.5.0's SmoothGradCAMpp defaults: noisy copies of the input
+SMOOTH_GRADCAMPP_STD = 0.3  # and the standard deviation of the Gaussian noise added to the (preprocessed) input
+
+
+@register_method(
+    "smoothgradcam++",
+    label="Smooth Grad-CAM++",
+    paper="Omeiza et al., 2019, arXiv:1908.01224",
+    family="perturbation",
+    cost=f"1 forward + {SMOOTH_GRADCAMPP_SAMPLES} forwards and backwards of noisy inputs per layer",
+    samples=SMOOTH_GRADCAMPP_SAMPLES,
+    per_channel=False,
+)
+def _smooth_gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
+    """Smooth Grad-CAM++: Grad-CAM++ with its derivatives averaged over noisy copies of the input (SmoothGrad;
+    Omeiza et al. 2019): ``sum_c w_c A_c`` with ``w_c = sum_ij alpha_cij relu(G1_cij)``,
+    ``alpha = G2 / (2 G2 + sum_ij(A_c) G3)`` (1e-6 in the denominator, 0 where ``G2 = 0``) and
+    ``Gp = mean_i g(x + d_i)^p``, ``g`` the gradient of the explained logit with respect to the layer's output,
+    ``d_i ~ N(0, SMOOTH_GRADCAMPP_STD^2)`` per input value, ``n_samples`` copies; ``A`` are the activations of the
+    clean input. With one sample and no noise it is camlib's (pytorch-grad-cam's) Grad-CAM++.
+
+    torch-cam 0.5.0's ``SmoothGradCAMpp`` differs in three ways, so camlib does not equal it (tests/test_cam_methods.py
+    shows both): it takes ``relu`` of the last noisy copy's gradients instead of their mean, its map multiplies the
+    last noisy copy's activations instead of the clean input's, and its denominator is ``sum_ij(A G3)`` instead of
+    ``sum_ij(A) G3`` (Grad-CAM++'s eq. 19).
+
+    Noise: for each image (and layer) a ``torch.Generator`` seeded with ``seed``; sample ``i`` is
+    ``SMOOTH_GRADCAMPP_STD * randn(C_in, H, W)`` from it, in float32 (the same draws for every image).
+    Cost: ``n_samples`` forwards and backwards per image and layer, ``batch_size`` noisy copies per pass."""
+    acts = e.activations
+    raws = []
+    for b, target in enumerate(e.targets):
+        generator = torch.Generator().manual_seed(e.seed)
+        noise = [
+            SMOOTH_GRADCAMPP_STD * torch.randn(e.x.shape[1:], generator=generator, dtype=torch.float32)
+            for _ in range(e.n_samples)
+        ]
+        moments = torch.zeros((3, *acts.shape[1:]), dtype=acts.dtype, device=acts.device)
+        for start in range(0, e.n_samples, e.batch_size):
+            draws = torch.stack(noise[start : start + e.batch_size]).to(e.x)
+            _, grads = e.gradients_at(e.x[b] + draws, [target] * len(draws))
+            moments += torch.stack([grads.sum(dim=0), (grads**2).sum(dim=0), (grads**3).sum(dim=0)]).to(acts)
+            e.progress.step()
+        mean_grad, grads_2, grads_3 = moments / e.n_samples
+        sum_acts = acts[b].sum(dim=(1, 2), keepdim=True)
+        alpha = grads_2 / (2 * grads_2 + sum_acts * grads_3 + 1e-6)
+        alpha = torch.where(grads_2 != 0, alpha, torch.zeros_like(alpha))
+        weights = (alpha * torch.relu(mean_grad)).sum(dim=(1, 2))
+        raws.append((weights[:, None, None] * acts[b]).sum(dim=0))
+    return torch.stack(raws)
+
+
 def _forward_with_output(
     model: nn.Module, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor
 ) -> torch.Tensor:

@@ -96,7 +96,11 @@ NOT_IN_CAMLIB = {
     "SegEigenCAM": "segmentation-only Eigen-CAM variant",
 }
 # camlib methods that pytorch-grad-cam 1.5.7 lacks, compared with torch-cam 0.5.0 (tests/test_cam_methods.py).
-TORCHCAM_CAMS = {"sscam": torchcam.methods.SSCAM, "iscam": torchcam.methods.ISCAM}
+TORCHCAM_CAMS = {
+    "sscam": torchcam.methods.SSCAM,
+    "iscam": torchcam.methods.ISCAM,
+    "smoothgradcam++": torchcam.methods.SmoothGradCAMpp,  # differs where torch-cam errs (test_cam_methods.py)
+}
 # torch-cam 0.5.0's CAM classes that camlib has under a pytorch-grad-cam reference, or does not have (and why).
 TORCHCAM_ELSEWHERE = {
     "CAM": "cam",
@@ -106,7 +110,6 @@ TORCHCAM_ELSEWHERE = {
     "LayerCAM": "layercam",
     "ScoreCAM": "scorecam",
     "FinerCAM": "finercam",
-    "SmoothGradCAMpp": "not yet added (issue #12)",
     "LeGrad": "not yet added (issue #12)",
     "RefineCAM": "not yet added (issue #12)",
 }
@@ -371,12 +374,14 @@ def test_every_method_has_a_reference_and_the_registry_is_complete():
         "cam",
         "sscam",
         "iscam",
+        "smoothgradcam++",
     }
     assert {name for name, spec in METHODS.items() if spec.family == "perturbation"} == {
         "scorecam",
         "ablationcam",
         "sscam",
         "iscam",
+        "smoothgradcam++",
     }
     for name, spec in METHODS.items():
         assert spec.name == name and spec.label and spec.paper and spec.cost

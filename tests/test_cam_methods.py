@@ -28,9 +28,17 @@ from test_cam import (
     _reference_pipeline,
 )
 from torch import nn
-from torchcam.methods import ISCAM, SSCAM
+from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
 
-from camlib.cam import ISCAM_SAMPLES, METHODS, SSCAM_SAMPLES, SSCAM_STD, compute_cams
+import camlib.cam
+from camlib.cam import (
+    ISCAM_SAMPLES,
+    METHODS,
+    SMOOTH_GRADCAMPP_STD,
+    SSCAM_SAMPLES,
+    SSCAM_STD,
+    compute_cams,
+)
 from camlib.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -213,3 +221,117 @@ def test_sampling_methods_report_progress_per_batch(small_resnet, x64, method, n
 def test_seed_and_sample_count_are_validated(small_resnet, x64, kwargs):
     with pytest.raises(InputError):
         compute_cams(small_resnet, x64, ["layer3"], method="sscam", **kwargs)
+
+
+# --- Smooth Grad-CAM++ ---------------------------------------------------------------------------------------------
+
+
+def _noisy_evidence(
+    model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], transform: Callable | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """By hand, in float64 sums: the layer's activations on ``x`` and the gradients of the ``classes`` logits with
+    respect to them (a forward hook keeps the output as produced; ``torch.autograd.grad``, no ``.grad`` touched),
+    both read as ``(B, C, h, w)`` through ``transform``."""
+    store: dict[str, torch.Tensor] = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.update(out=out))
+    try:
+        with torch.enable_grad():
+            inputs = x.clone().requires_grad_(True)
+            logits = model(inputs)
+            (grad,) = torch.autograd.grad(logits[torch.arange(len(classes)), torch.tensor(classes)].sum(), store["out"])
+    finally:
+        handle.remove()
+    read = transform or (lambda t: t)
+    return read(store["out"].detach()).double(), read(grad).double()
+
+
+def _paper_smooth_gradcam_plus_plus(acts: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
+    """Grad-CAM++ with averaged derivative powers on the clean activations (camlib's reading of Omeiza et al.)."""
+    g1, g2, g3 = (torch.stack([g**p for g in grads]).mean(dim=0) for p in (1, 2, 3))
+    alpha = g2 / (2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3 + 1e-6)
+    alpha = torch.where(g2 != 0, alpha, torch.zeros_like(alpha))
+    return ((alpha * torch.relu(g1)).sum(dim=(2, 3))[:, :, None, None] * acts).sum(dim=1)
+
+
+def _torchcam_smooth_gradcam_plus_plus(
+    clean: torch.Tensor, grads: list[torch.Tensor], last_acts: torch.Tensor
+) -> torch.Tensor:
+    """torch-cam 0.5.0's SmoothGradCAMpp as written: ``relu`` of the last copy's gradients, ``sum(A G3)`` in the
+    denominator, the map on the last noisy copy's activations."""
+    g2, g3 = (torch.stack([g**p for g in grads]).mean(dim=0) for p in (2, 3))
+    alpha = g2 / (2 * g2 + (g3 * clean).flatten(2).sum(-1)[:, :, None, None] + 1e-8)
+    weights = (alpha * torch.relu(grads[-1])).flatten(2).sum(-1)
+    return torch.relu((weights[:, :, None, None] * last_acts).sum(dim=1))
+
+
+SMOOTH_CASES = [
+    ("resnet18", "layer3", SCORECAM_SIZE, None),
+    ("convnext_tiny", "features.5.8.block.3", 96, _channels_last),
+    ("deit_tiny", "blocks.4", 112, _drop_tokens(2, 7, 7)),
+]
+
+
+@pytest.mark.parametrize("name,layer,size,transform", SMOOTH_CASES, ids=[case[0] for case in SMOOTH_CASES])
+def test_smooth_gradcam_plus_plus_is_the_paper_formula_and_differs_from_torchcam_where_torchcam_errs(
+    zoos, name, layer, size, transform
+):
+    """camlib equals Grad-CAM++ with derivative powers averaged over the noisy copies (computed by hand from the same
+    draws); torch-cam, given the same draws, equals its own formula (last copy's gradients and activations, another
+    denominator), which gives another map."""
+    model, x, classes = _score_case(zoos, name, size)
+    n = 3
+    ours = compute_cams(model, x, [layer], method="smoothgradcam++", class_idx=classes, n_samples=n, seed=4)
+    draws = _camlib_draws(4, n, tuple(x.shape[1:]), SMOOTH_GRADCAMPP_STD)
+    clean, _ = _noisy_evidence(model, x, layer, classes, transform)
+    noisy = [_noisy_evidence(model, x + draw, layer, classes, transform) for draw in draws]
+    paper = _paper_smooth_gradcam_plus_plus(clean, [grad for _, grad in noisy]).numpy()
+    scale = float(np.abs(paper).max())
+    np.testing.assert_allclose(ours.raw[layer], paper, atol=1e-4 * scale, rtol=0)
+    np.testing.assert_allclose(ours.maps[layer], _reference_pipeline(paper, (size, size)), atol=ATOL, rtol=0)
+
+    reference = _torchcam_maps(
+        SmoothGradCAMpp,
+        model,
+        x,
+        layer,
+        classes,
+        reshape_transform=transform,
+        draws=draws,
+        num_samples=n,
+        std=SMOOTH_GRADCAMPP_STD,
+    )
+    as_written = _torchcam_smooth_gradcam_plus_plus(clean, [grad for _, grad in noisy], noisy[-1][0]).numpy()
+    np.testing.assert_allclose(reference, _reference_pipeline(as_written, (size, size)), atol=1e-4, rtol=0)
+    assert np.abs(reference - ours.maps[layer]).max() > 0.05
+
+
+def test_smooth_gradcam_plus_plus_with_one_noiseless_sample_is_gradcam_plus_plus(monkeypatch, small_resnet, x64):
+    monkeypatch.setattr(camlib.cam, "SMOOTH_GRADCAMPP_STD", 0.0)
+    layers, classes = ["layer2", "layer3"], [3, 7]
+    smooth = compute_cams(small_resnet, x64, layers, method="smoothgradcam++", class_idx=classes, n_samples=1)
+    plain = compute_cams(small_resnet, x64, layers, method="gradcam++", class_idx=classes)
+    for layer in layers:
+        np.testing.assert_allclose(smooth.maps[layer], plain.maps[layer], atol=ATOL, rtol=0)
+
+
+def test_smooth_gradcam_plus_plus_is_seeded_batched_and_reports_progress(small_resnet, x64):
+    steps: list[tuple[int, int]] = []
+
+    def run(seed: int, batch_size: int, progress=None):
+        return compute_cams(
+            small_resnet,
+            x64,
+            ["layer3"],
+            method="smoothgradcam++",
+            n_samples=5,
+            seed=seed,
+            scorecam_batch_size=batch_size,
+            progress=progress,
+        )
+
+    first = run(1, 2, progress=lambda done, total: steps.append((done, total)))
+    assert steps == [(k, 6) for k in range(1, 7)]  # 2 images x ceil(5 / 2) batches of noisy copies
+    assert METHODS["smoothgradcam++"].batches(256, 2, 5) == 3 and METHODS["smoothgradcam++"].extra_forwards(256) == 4
+    _assert_same_result(run(1, 2), first)
+    np.testing.assert_allclose(run(1, 5).maps["layer3"], first.maps["layer3"], atol=1e-5, rtol=0)
+    assert np.abs(run(2, 2).raw["layer3"] - first.raw["layer3"]).max() > 1e-6

@@ -16,7 +16,8 @@ from camlib.cost import CostEstimate, estimate_cost, time_forward
 from camlib.errors import MethodError
 
 ONE_PASS = [name for name, spec in METHODS.items() if spec.family != "perturbation"]
-PERTURBATION = [name for name, spec in METHODS.items() if spec.family == "perturbation"]
+PERTURBATION = [name for name, spec in METHODS.items() if spec.family == "perturbation" and spec.per_channel]
+PER_SAMPLE = [name for name, spec in METHODS.items() if spec.family == "perturbation" and not spec.per_channel]
 
 
 @pytest.mark.parametrize("method", ONE_PASS)
@@ -47,6 +48,16 @@ class _Counting(nn.Module):
     def forward(self, x):
         self.images += x.shape[0]
         return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("method", PER_SAMPLE)
+def test_per_sample_methods_cost_their_noisy_passes_whatever_the_channels(method):
+    """Smooth Grad-CAM++: one forward (and backward) per noisy copy of the input and layer, batched."""
+    samples = METHODS[method].samples
+    estimate = estimate_cost(method, [1280, 64], seconds_per_image=0.5, batch_size=3)
+    assert estimate.extra_forwards == 2 * samples
+    assert estimate.batches == 2 * math.ceil(samples / 3)
+    assert math.isclose(estimate.seconds, 0.5 * 2 * samples)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
