@@ -149,6 +149,7 @@ def _draw(shown: Shown) -> None:
                 overlays[name],
                 caption=md("{name} [{shape}]", name=name, shape=info.shape_label if info else ""),
                 width="stretch",
+                output_format="PNG",  # already PNG bytes: "auto" would decode them and encode a JPEG every rerun
             )
             if result.degenerate[name][0]:
                 st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
@@ -165,6 +166,7 @@ def _draw(shown: Shown) -> None:
         cache.overlay_png(np.ascontiguousarray(shown.image.pixels), original_map, mask=inside, **style),
         caption="On the original image (dimmed: outside the model's centre crop)",
         width="stretch",
+        output_format="PNG",
     )
     size = maps[detail][0].shape
     signed = right.toggle(

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import streamlit as st
 
 from camlib.cifar import CifarData, detect_source
@@ -225,6 +226,25 @@ def cifar_input(root: str, prefix: str) -> CifarData | None:
     return None
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _inspector_table(model: str, _candidates: tuple[LayerInfo, ...]) -> pa.Table:
+    """The layer inspector's rows as an Arrow table, built once per ``model`` (a key naming the model; the candidates
+    themselves are not hashed: hashing 262 dataclasses costs more than the table): ``st.dataframe`` sends an Arrow
+    table as it is, where a list of 262 dicts would be converted on every rerun (about 20 ms)."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "layer": c.name,
+                "type": c.type_name,
+                "feature map (C x H x W)": c.shape_label,
+                "layout": c.layout.label,
+                "note": c.warning or "",
+            }
+            for c in _candidates
+        ]
+    )
+
+
 def layer_picker(candidates: list[LayerInfo], *, default: str, key: str) -> list[str]:
     """Target layers (a multiselect starting at ``default``), a warning per chosen layer that has one, and the layer
     inspector (every candidate's type, output shape and note). ``key`` carries the model, so a new model gets its own
@@ -242,20 +262,7 @@ def layer_picker(candidates: list[LayerInfo], *, default: str, key: str) -> list
         if by_name[name].warning:
             st.warning(md("{name}: {warning}", name=name, warning=by_name[name].warning))
     with st.expander(md("Layer inspector ({count} candidate layers)", count=len(candidates))):
-        st.dataframe(
-            [
-                {
-                    "layer": c.name,
-                    "type": c.type_name,
-                    "feature map (C x H x W)": c.shape_label,
-                    "layout": c.layout.label,
-                    "note": c.warning or "",
-                }
-                for c in candidates
-            ],
-            hide_index=True,
-            height=300,
-        )
+        st.dataframe(_inspector_table(key, tuple(candidates)), hide_index=True, height=300)
         st.caption(
             "Modules with a 4-D output that run once per forward pass, in forward order. Suggested: the last "
             "layer whose map is at least 7x7."
