@@ -10,15 +10,19 @@ import streamlit as st
 from camlib.augment.grid import GridResult, augment_grid, pick_images
 from camlib.drawing import fast_png, grid_png
 from camlib.overlay import upscale_nearest
-from ui import app_inputs, keys, lab_steps, model_loop, pipeline_editor, widgets
+from ui import app_inputs, keys, lab_steps, lab_url, model_loop, pipeline_editor, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
 GRID_TILE_PX = 96  # each tile is shown at least this large (nearest-neighbour)
 
 st.title("Augmentation Lab")
-st.caption("Every change redraws at once. Same seed, same grid: export the pipeline and train with it.")
+st.caption(
+    "Every change redraws at once. Same seed, same grid: the address bar links to this grid; export the pipeline "
+    "and train with it."
+)
 
+lab_url.apply_link()  # a shared link's pipeline, seed and grid settings, before the widgets are drawn
 root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wide: the sidebar of every page
 
 editor, view = st.columns([1, 2.6], gap="large")
@@ -55,6 +59,7 @@ with view:
         )
         if classes:
             pool = np.flatnonzero(np.isin(data.labels, [data.class_names.index(c) for c in classes]))
+    position = None
     if mode == "one":
         position = st.number_input(
             md("Image (0..{last} of the chosen classes)", last=len(pool) - 1),
@@ -88,8 +93,9 @@ with view:
         augmented = grid_png(grid.tiles, rows, cols, min_tile_px=GRID_TILE_PX, labels=badges, flagged=flagged)
         return grid, original, augmented, summary
 
+    lab_url.write_link(pipeline, rows=rows, cols=cols, mode=mode, image=None if position is None else int(position))
     # Any camlib error keeps the last grid that worked, and its export.
-    drawn, _ = keep_last_good(keys.AUG_LAST_DRAWN, draw_grid, stale="Showing the last grid that worked.")
+    drawn, failed = keep_last_good(keys.AUG_LAST_DRAWN, draw_grid, stale="Showing the last grid that worked.")
     if drawn is None:
         st.stop()
     grid, original, augmented, summary = drawn
@@ -106,7 +112,10 @@ with view:
     with st.expander("One tile step by step (the grid's own draws)"):
         last_tile = len(grid.applied) - 1
         tile = st.number_input("Tile (row-major)", 0, last_tile, 0, key=keys.AUG_TILE, persist_state="session")
-        lab_steps.step_by_step(images, pipeline, grid, int(tile))
+        if failed is None:
+            lab_steps.step_by_step(images, pipeline, grid, int(tile))
+        else:
+            st.caption("The step-by-step view returns once the pipeline works again.")
 
     st.subheader("Export")
     pipeline_editor.export_widgets(pipeline)

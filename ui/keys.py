@@ -72,6 +72,8 @@ AUG_IMPORTED_ID = "aug_imported_id"  # ui.pipeline_editor: the upload already ap
 AUG_DL_JSON = "aug_dl_json"  # ui.pipeline_editor: export buttons
 AUG_DL_YAML = "aug_dl_yaml"
 AUG_DL_PY = "aug_dl_py"
+AUG_SPLIT = "aug_split"  # ui.widgets.cifar_input (on the Lab): the CIFAR-10 split radio (set by ui.lab_url from a link)
+AUG_LINK = "aug_link"  # ui.lab_url: the Lab settings last read from or written to the URL query
 STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
 
 

@@ -32,7 +32,9 @@ def step_by_step(images: np.ndarray, pipeline: Pipeline, grid: GridResult, tile:
         for column, (position, (name, image, fired)) in zip(
             columns, enumerate(panels[start : start + PER_ROW], start=start), strict=False
         ):
-            label = name if fired is None else f"{position}. {name}" + ("" if fired else " (not applied)")
-            size = f"{image.shape[1]}x{image.shape[0]}"
-            column.image(fast_png(upscale_nearest(image, STEP_PX)), caption=f"{label}, {size}", output_format="PNG")
+            template = "{name}, {w}x{h}" if fired is None else "{k}. {name}, {w}x{h}"
+            if fired is False:
+                template = "{k}. {name} (not applied), {w}x{h}"
+            caption = md(template, k=position, name=name, w=image.shape[1], h=image.shape[0])
+            column.image(fast_png(upscale_nearest(image, STEP_PX)), caption=caption, output_format="PNG")
     st.json([applied for applied in trace.applied if applied is not None], expanded=False)

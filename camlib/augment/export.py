@@ -12,6 +12,7 @@ from albumentations.core.serialization import serialize_enum
 from camlib.augment.catalogue import TRANSFORMS
 from camlib.augment.grid import _jsonable
 from camlib.augment.pipeline import (
+    MAX_STEPS,
     Pipeline,
     PipelineStep,
     _check_seed,
@@ -158,6 +159,43 @@ def pipeline_from_dict(document: Any) -> Pipeline:
             f"'{EXPORT_KEY}' editor state (edited by hand?); edit the editor state or re-export"
         )
     return restored
+
+
+def pipeline_to_query(pipeline: Pipeline) -> str:
+    """The steps of ``pipeline`` as compact JSON for a URL query: ``[[transform, {changed params}, p, enabled], ...]``,
+    each parameter only where it differs from its catalogue default (the seed travels separately).
+
+    Raises:
+        PipelineError: an invalid step (``validate_step``).
+    """
+    _require_pipeline(pipeline)
+    steps = []
+    for i, step in enumerate(pipeline.steps):
+        defaults = TRANSFORMS[step.transform].defaults() if step.transform in TRANSFORMS else {}
+        params = {k: v for k, v in validate_step(step, i).items() if defaults.get(k) != v}
+        steps.append([step.transform, params, float(step.p), bool(step.enabled)])
+    return json.dumps(_plain(steps), separators=(",", ":"))
+
+
+def pipeline_from_query(text: str, seed: int) -> Pipeline:
+    """The pipeline ``pipeline_to_query`` wrote, with ``seed``; every step validated, parameters canonical.
+
+    Raises:
+        PipelineError: not that JSON, or an invalid step or seed.
+    """
+    items = _parse(text, json.loads, "JSON")
+    if not isinstance(items, list) or len(items) > MAX_STEPS:
+        raise PipelineError(f"the pipeline in the link must be a list of at most {MAX_STEPS} steps")
+    steps = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, list) and len(item) == 4 and isinstance(item[0], str) and isinstance(item[1], dict)):
+            raise PipelineError(f"step {i + 1} of the link is not [transform, params, p, enabled]", step=i)
+        if not isinstance(item[3], bool):
+            raise _step_error(i, item[0], "enabled", "must be true or false")
+        step = PipelineStep(item[0], item[1], item[2], item[3])
+        steps.append(PipelineStep(step.transform, validate_step(step, i), step.p, step.enabled))
+    _check_seed(seed)
+    return Pipeline(tuple(steps), seed)
 
 
 def _parse(text: str, loader: Any, what: str) -> Any:

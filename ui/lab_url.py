@@ -1,0 +1,97 @@
+"""Shareable Augmentation Lab state: the pipeline, seed and grid settings live in the URL query (``st.query_params``),
+so a link reproduces the grid.
+
+``apply_link`` runs before the Lab's widgets are drawn and loads settings from the query when they differ from the
+ones last read or written (a link opened in a new tab, or pasted into this one); ``write_link`` puts the current
+settings back after the grid is drawn. The CAM Explorer keeps its own query keys.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from camlib.augment import Pipeline, pipeline_from_query, pipeline_to_query
+from camlib.cifar import CLASS_NAMES
+from camlib.errors import CamlibError, PipelineError
+from ui import keys, pipeline_editor
+from ui.text import md
+
+QUERY_KEYS = ("pipeline", "seed", "rows", "cols", "mode", "image", "classes", "split")
+MODES = ("many", "one")
+SPLITS = ("test", "train")
+
+
+def _int(text: str, name: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise PipelineError(f"{name} must be an integer from {low} to {high}, got {text!r}")
+    return value
+
+
+def _load_pipeline(wanted: dict[str, str]) -> None:
+    seed = _int(wanted.get("seed", "0"), "seed", 0, pipeline_editor.SEED_MAX)
+    if "pipeline" in wanted:
+        pipeline_editor.load_pipeline(pipeline_from_query(wanted["pipeline"], seed))
+    else:
+        st.session_state[keys.AUG_SEED] = st.session_state[keys.AUG_SEED_INPUT] = seed
+
+
+def _load_grid(wanted: dict[str, str]) -> None:
+    for name, key in (("rows", keys.AUG_ROWS), ("cols", keys.AUG_COLS)):
+        if name in wanted:
+            st.session_state[key] = _int(wanted[name], name, 1, 16)
+
+
+def _load_images(wanted: dict[str, str]) -> None:
+    if wanted.get("mode", "many") not in MODES or wanted.get("split", "test") not in SPLITS:
+        raise PipelineError(f"mode must be one of {MODES} and split one of {SPLITS}")
+    classes = [c for c in wanted.get("classes", "").split(",") if c]
+    if any(c not in CLASS_NAMES for c in classes):
+        raise PipelineError(f"classes must be CIFAR-10 class names ({', '.join(CLASS_NAMES)})")
+    st.session_state[keys.AUG_IMAGES] = "CIFAR-10"
+    st.session_state[keys.AUG_MODE] = wanted.get("mode", "many")
+    st.session_state[keys.AUG_SPLIT] = wanted.get("split", "test")
+    st.session_state[keys.AUG_CLASSES] = classes
+    if "image" in wanted:
+        st.session_state[keys.AUG_IMAGE_INDEX] = _int(wanted["image"], "image", 0, 59_999)
+
+
+def apply_link() -> None:
+    """Load the Lab's settings from the URL query when they are new to this session; a bad value is shown with
+    ``st.error`` and the rest of the link still applies."""
+    wanted = {k: st.query_params[k] for k in QUERY_KEYS if k in st.query_params}
+    if not wanted or wanted == st.session_state.get(keys.AUG_LINK):
+        return
+    st.session_state[keys.AUG_LINK] = wanted
+    problems = []
+    for load in (_load_pipeline, _load_grid, _load_images):
+        try:
+            load(wanted)
+        except CamlibError as error:
+            problems.append(str(error))
+    if problems:
+        st.error(md("Part of the link could not be applied: {problems}", problems="; ".join(problems)))
+
+
+def write_link(pipeline: Pipeline, *, rows: int, cols: int, mode: str, image: int | None) -> None:
+    """Put the current settings in the URL query (only the keys that changed); an invalid pipeline leaves it as is."""
+    try:
+        current = {"pipeline": pipeline_to_query(pipeline), "seed": str(int(pipeline.seed))}
+    except CamlibError:
+        return
+    current |= {"rows": str(rows), "cols": str(cols), "mode": mode}
+    if st.session_state.get(keys.AUG_IMAGES) == "CIFAR-10":
+        current["split"] = str(st.session_state.get(keys.AUG_SPLIT, "test"))
+        if st.session_state.get(keys.AUG_CLASSES):
+            current["classes"] = ",".join(st.session_state[keys.AUG_CLASSES])
+        if mode == "one" and image is not None:
+            current["image"] = str(image)
+    for key in QUERY_KEYS:
+        if key not in current and key in st.query_params:
+            del st.query_params[key]
+        elif key in current and st.query_params.get(key) != current[key]:
+            st.query_params[key] = current[key]
+    st.session_state[keys.AUG_LINK] = current
