@@ -473,6 +473,26 @@ def _top_eigenpair(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(values)[0].to(matrix.device), torch.from_numpy(vectors[:, 0]).to(matrix.device)
 
 
+FEM_K = 2.0  # pytorch-grad-cam 1.5.7's FEM default: a position is salient above mean + k std of its channel
+
+
+@register_method(
+    "fem",
+    label="FEM",
+    paper="Fuad et al., IPTA 2020, doi:10.1109/IPTA50016.2020.9286629",
+    family="activation",
+    cost="1 forward",
+)
+def _fem(e: LayerEvidence) -> torch.Tensor:
+    """FEM (Feature Explanation Method): ``sum_c w_c A_c`` with ``w_c`` the share of channel ``c``'s positions whose
+    activation exceeds ``mean_ij(A_c) + k std_ij(A_c)`` (population std, ``k = FEM_K``): channels with a few strongly
+    activated positions weigh most (Fuad et al. 2020's k-sigma rule), as pytorch-grad-cam's ``FEM``. No gradients, no
+    class: the map is the same for every class."""
+    acts = e.activations
+    threshold = acts.mean(dim=(2, 3), keepdim=True) + FEM_K * acts.std(dim=(2, 3), correction=0, keepdim=True)
+    return _weighted_sum((acts > threshold).to(acts.dtype).mean(dim=(2, 3)), acts)
+
+
 @register_method(
     "gradcam_elementwise",
     label="Grad-CAM element-wise",

@@ -25,6 +25,7 @@ import torchcam.methods
 import torchvision
 from conftest import mixed_state, registered_hooks, seeded, seeded_resnet18
 from pytorch_grad_cam import (
+    FEM,
     KPCA_CAM,
     AblationCAM,
     AblationLayer,
@@ -87,11 +88,11 @@ REFERENCE_CAMS = {
     "cam": GradCAM,  # pytorch-grad-cam has no CAM: where CAM is defined, Grad-CAM's weights are CAM's / (h w)
     "finercam": FinerCAM,  # its own targets: called with target_idx (see _reference_maps)
     "shapleycam": ShapleyCAM,
+    "fem": FEM,  # compared in tests/test_cam_methods.py
 }
 # pytorch-grad-cam 1.5.7's CAM classes that camlib does not (yet) have, and why: the registry test keeps this honest.
 NOT_IN_CAMLIB = {
     "FullGrad": "ignores the target layer: a sum over every bias layer of the model, not a per-layer map",
-    "FEM": "not yet added (issue #12)",
     "RefineCAM": "not yet added (issue #12)",
     "SegEigenCAM": "segmentation-only Eigen-CAM variant",
 }
@@ -372,6 +373,7 @@ def test_every_method_has_a_reference_and_the_registry_is_complete():
         "kpcacam",
         "randomcam",
         "cam",
+        "fem",
         "sscam",
         "iscam",
         "smoothgradcam++",

@@ -19,12 +19,14 @@ from test_cam import (
     ATOL,
     LAYOUT_ZOO,
     SCORECAM_SIZE,
+    ZOO,
     LayoutZoo,
     Zoo,
     _assert_same_result,
     _channels_last,
     _drop_tokens,
     _images,
+    _reference_maps,
     _reference_pipeline,
 )
 from torch import nn
@@ -335,3 +337,40 @@ def test_smooth_gradcam_plus_plus_is_seeded_batched_and_reports_progress(small_r
     _assert_same_result(run(1, 2), first)
     np.testing.assert_allclose(run(1, 5).maps["layer3"], first.maps["layer3"], atol=1e-5, rtol=0)
     assert np.abs(run(2, 2).raw["layer3"] - first.raw["layer3"]).max() > 1e-6
+
+
+# --- FEM -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_fem_matches_pytorch_grad_cam(zoos, name):
+    """Every zoo layer of a model from one camlib call, each equal to a one-layer pytorch-grad-cam FEM call."""
+    zoo, _ = zoos
+    ours = zoo.ours(name, "fem", "argmax")
+    for layer in ZOO[name].layers:
+        reference = _reference_maps(zoo.model(name), zoo.images(), layer, "fem", None)
+        np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(LAYOUT_ZOO))
+def test_fem_on_channels_last_and_token_layers_matches_pytorch_grad_cam(zoos, name):
+    _, layout_zoo = zoos
+    entry = LAYOUT_ZOO[name]
+    ours = layout_zoo.ours(name, "fem", tuple(entry.layers))
+    model, x = layout_zoo.model(name), layout_zoo.images(name)
+    for layer, transform in entry.layers.items():
+        reference = _reference_maps(model, x, layer, "fem", [5, 9], reshape_transform=transform)
+        np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+def test_fem_weighs_channels_by_their_share_of_outlying_positions():
+    """A known answer: a channel with one outlier among 25 positions gets weight 1/25 (5 > mean + 2 std = 2.16); a
+    constant one gets 0 (3 is not above 3 + 0)."""
+    acts = torch.zeros(1, 2, 5, 5)
+    acts[0, 0, 1, 2] = 5.0
+    acts[0, 1] = 3.0
+    net = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(50, 3))
+    result = compute_cams(net, acts, ["0"], method="fem", class_idx=0)
+    expected = np.zeros((5, 5), np.float32)
+    expected[1, 2] = 5.0 / 25
+    np.testing.assert_allclose(result.raw["0"][0], expected, atol=1e-7, rtol=0)
