@@ -8,7 +8,7 @@ import streamlit as st
 from camlib.cam import METHODS
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
-from ui import app_inputs, cache, cam_grid, cam_view, figures, keys, widgets
+from ui import app_inputs, cache, cam_grid, cam_view, faithfulness_view, figures, keys, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -82,13 +82,13 @@ with results:
         grid_request, context = (model_key, device, image.pixels, tuple(layers)), (loaded.class_names, image, by_name)
         cam_grid.show(grid_request, methods, int(class_idx), cam_grid.Context(*context), failed=failed)
         st.stop()
-    request, options = (model_key, device, image.pixels, tuple(layers)), {"method": method, "class_idx": int(class_idx)}
+    request, options = (model_key, device, image.pixels, tuple(layers)), {"class_idx": int(class_idx)}
 
     def explain() -> tuple[cache.CamView, tuple[str, ...], widgets.ChosenImage]:
         if failed is not None:
             raise failed  # the prediction failed: shown here, where the CAM would be
         with cam_view.progress([method]) as report:  # a rerun or a closed tab stops a long method at its next batch
-            view = cache.compute_view(*request, **options, progress=report)
+            view = cache.compute_view(*request, method=method, **options, progress=report)
         return view, loaded.class_names, image
 
     channels = [by_name[n].channels for n in layers]
@@ -134,3 +134,6 @@ with results:
             )
         )
     cam_view.draw(cam_view.Shown(view, class_names, image, loaded, model_key, by_name))
+    if start and failed is None:  # the maps shown are this request's: they can be scored
+        with st.expander("Which map to trust? Faithfulness and sanity checks"):
+            faithfulness_view.faithfulness_section(*request[:3], layers=request[3], methods=(method,), **options)

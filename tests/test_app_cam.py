@@ -56,6 +56,7 @@ def test_default_flow_shows_chelsea_gradcam(app: AppTest) -> None:
     assert not app.error
     assert len(app.image) >= 2  # the overlay on the model's view and on the original
     assert [b.label for b in app.get("download_button")] == ["Overlay PNG", "Raw CAM (.npy)", "Settings (JSON)"]
+    assert app.button(key=keys.CAM_FAITH_START).label == "Score faithfulness (1 cell)"  # issue #13, on request
 
 
 def _heatmap_trace(at: AppTest) -> dict:

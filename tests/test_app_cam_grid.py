@@ -127,3 +127,27 @@ def test_an_error_keeps_the_last_grid(monkeypatch):
     assert [e.value for e in at.error] == ["Cannot compute the grid: the model produced NaN"]
     assert "Showing the last grid." in [c.value for c in at.caption]
     assert len(at.image) == drawn
+
+
+def test_the_grid_scores_its_cells_on_request_and_runs_the_sanity_checks(monkeypatch):
+    """Issue #13 on the compare view (CIFAR-10 ResNet-20, 2 methods x 2 layers): nothing is scored until asked; then a
+    table of every cell with the most faithful layer, the curves of the best cell and, on request, its sanity checks."""
+    at, _ = _open_grid(monkeypatch)
+    at.selectbox(key=f"{keys.CAM}_model").set_value("cifar10_resnet20").run()
+    at.multiselect(key=keys.cam_layers("cifar10_resnet20")).set_value(["layer2", "layer3"]).run()
+    at.multiselect(key=keys.CAM_GRID_METHODS).set_value(["gradcam", "eigencam"]).run()
+    _no_errors(at)
+    assert at.button(key=keys.CAM_FAITH_START).label == "Score faithfulness (4 cells)"
+    tables = len(at.dataframe)  # the layer inspector: nothing scored before the button
+    at.button(key=keys.CAM_FAITH_START).click().run()
+    _no_errors(at)
+    assert len(at.dataframe) == tables + 1
+    assert len(at.dataframe[-1].value) == 2 and any("Most faithful layer on this image" in m.value for m in at.markdown)
+    assert at.selectbox(key=keys.CAM_FAITH_CELL).value  # the best cell first
+    at.button(key=keys.CAM_SANITY_START).click().run()
+    _no_errors(at)
+    assert "**Sanity check** (Adebayo et al., NeurIPS 2018)" in [m.value for m in at.markdown]
+    verdicts = [w.value for w in at.warning if "not explaining the model" in w.value]
+    verdicts += [s.value for s in at.success if "depends on the weights" in s.value]
+    assert len(verdicts) == 1
+    assert any("logit test (Sixt et al." in c.value for c in at.caption)

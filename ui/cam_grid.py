@@ -17,7 +17,7 @@ import streamlit as st
 from camlib.cam import METHODS, shared_scale_maps
 from camlib.layers import LayerInfo
 from camlib.overlay import upscale_nearest
-from ui import cache, cam_view, keys, widgets
+from ui import cache, cam_view, faithfulness_view, keys, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -80,16 +80,25 @@ def show(
             grid = cache.compute_grid(*request, methods=tuple(methods), class_idx=class_idx, progress=report)
         return grid, context
 
-    if cam_view.ready_to_start(request, methods, class_idx, channels, button_key=keys.CAM_GRID_START):
-        kept, _ = keep_last_good(
+    current = cam_view.ready_to_start(request, methods, class_idx, channels, button_key=keys.CAM_GRID_START)
+    if current:
+        kept, error = keep_last_good(
             keys.CAM_LAST_GRID, compute, failure="Cannot compute the grid: {error}", stale="Showing the last grid."
         )
+        current = error is None
     else:
         kept = st.session_state.get(keys.CAM_LAST_GRID)
         if kept is not None:
             st.caption("Showing the last grid until you start this one.")
-    if kept is not None:
-        draw(*kept)
+    if kept is None:
+        return
+    draw(*kept)
+    if current and kept[0].views:  # this request's grid: its cells can be scored
+        with st.expander("Which map to trust? Faithfulness of every cell, curves and sanity checks"):
+            methods = tuple(kept[0].views)
+            faithfulness_view.faithfulness_section(
+                *request[:3], layers=request[3], methods=methods, class_idx=class_idx
+            )
 
 
 def draw(grid: cache.GridView, context: Context) -> None:

@@ -404,8 +404,8 @@ def sanity_panel(view: SanityView) -> None:
     random-logit similarity, and the flag "not explaining the model" for a map that survives randomising every layer."""
     st.markdown("**Sanity check** (Adebayo et al., NeurIPS 2018)")
     method, layer = view.cell
-    if view.survives:
-        st.error(
+    if view.survives:  # a finding about the method, not an error of the app
+        st.warning(
             md(
                 "⚠ {method} at {layer} is **not explaining the model**: with every layer re-initialised its map still "
                 "ranks pixels like the trained model's (Spearman {r:.2f} >= {t}).",
@@ -428,7 +428,11 @@ def sanity_panel(view: SanityView) -> None:
     st.plotly_chart(sanity_figure(view), key=keys.CAM_SANITY_CURVE)
     columns = st.columns(len(view.strip))
     for column, (caption, cam) in zip(columns, view.strip):
-        column.image(fast_png(overlay_heatmap(np.zeros((*cam.shape, 3), np.uint8), cam, alpha=1.0)), width="stretch")
+        column.image(
+            fast_png(overlay_heatmap(np.zeros((*cam.shape, 3), np.uint8), cam, alpha=1.0)),
+            width="stretch",
+            output_format="PNG",
+        )
         column.caption(md("{c}", c=caption))
     logit = view.random_logit
     st.caption(
@@ -467,7 +471,11 @@ def faithfulness_section(
     grid = cached_grid_scores(model_key, device, image, layers=layers, methods=methods, class_idx=class_idx)
     if grid is None:
         if not st.button(
-            md("Score faithfulness ({n} cells)", n=len(methods) * len(layers)),
+            md(
+                "Score faithfulness ({n} cell{s})",
+                n=len(methods) * len(layers),
+                s="" if len(methods) * len(layers) == 1 else "s",
+            ),
             key=keys.CAM_FAITH_START,
             help="Deletion, insertion and ROAD of every method x layer map, against baseline maps.",
         ):
