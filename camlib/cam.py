@@ -145,6 +145,7 @@ class MethodSpec:
     ``second_order`` methods also get Hessian-vector products (one more backward per layer). ``samples`` is the
     default number of noisy or integration samples of a sampling method (1 otherwise); a "perturbation" method runs
     ``samples`` extra forwards per channel, or ``samples`` in all when ``per_channel`` is False (``extra_forwards``).
+    A ``fuses_layers`` method's map is ``CamResult.refined``, the fusion of its per-layer maps (RefineCAM).
     """
 
     name: str
@@ -157,6 +158,7 @@ class MethodSpec:
     second_order: bool = False
     samples: int = 1
     per_channel: bool = True
+    fuses_layers: bool = False
 
     @property
     def uses_gradients(self) -> bool:
@@ -193,19 +195,23 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
     second_order: bool = False,
     samples: int = 1,
     per_channel: bool = True,
+    fuses_layers: bool = False,
 ) -> Callable[[RawMap], RawMap]:
     """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared.
 
     ``score`` is what a "gradient" method differentiates (default: the explained class's logit); ``second_order``
     gives it Hessian-vector products as well (``LayerEvidence.hessian_products``); ``samples`` and ``per_channel``
-    describe a sampling "perturbation" method's extra forwards (``MethodSpec.extra_forwards``)."""
+    describe a sampling "perturbation" method's extra forwards (``MethodSpec.extra_forwards``); ``fuses_layers``
+    says that the method's map is ``CamResult.refined`` (its per-layer maps fused)."""
     if not isinstance(family, str) or family not in FAMILIES:
         raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
 
     def add(raw_map: RawMap) -> RawMap:
         if name in METHODS:
             raise MethodError(f"CAM method {name!r} is registered twice")
-        METHODS[name] = MethodSpec(name, label, paper, family, cost, raw_map, score, second_order, samples, per_channel)
+        METHODS[name] = MethodSpec(
+            name, label, paper, family, cost, raw_map, score, second_order, samples, per_channel, fuses_layers
+        )
         return raw_map
 
     return add
@@ -239,6 +245,16 @@ class CamResult:
     def probabilities(self) -> np.ndarray:
         """Softmax of the logits, ``(B, num_classes)`` float32."""
         return torch.softmax(torch.from_numpy(self.logits), dim=-1).numpy()
+
+    @property
+    def refined(self) -> np.ndarray:
+        """RefineCAM's fusion of the layers' maps: ``minmax(prod_layer maps[layer])`` per image, ``(B, H, W)`` float32
+        in [0, 1] (pytorch-grad-cam 1.5.7's ``RefineCAM`` with this result's method as ``base_method``: each layer's
+        normalised map at the input size, multiplied, normalised again). Where any layer's map is zero the product is
+        zero, so deep layers' coarse maps mask the noise of early layers' fine ones. The map of the ``refinecam``
+        method; one layer gives that layer's map (up to rounding)."""
+        product = np.prod(np.stack([self.maps[layer] for layer in self.layers]), axis=0)
+        return minmax_normalize(torch.from_numpy(product)).numpy().astype(np.float32)
 
 
 def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
@@ -299,6 +315,23 @@ def _gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
     alpha = grads_2 / (2 * grads_2 + sum_acts * grads_3 + 1e-6)
     alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
     return _weighted_sum((torch.relu(grads) * alpha).sum(dim=(2, 3)), acts)
+
+
+@register_method(
+    "refinecam",
+    label="RefineCAM (Grad-CAM++ over the layers)",
+    paper="How to Evaluate and Refine your CAM, arXiv:2605.14641",
+    family="gradient",
+    cost="1 forward + 1 backward (as Grad-CAM++); pick 2+ layers",
+    fuses_layers=True,
+)
+def _refinecam(e: LayerEvidence) -> torch.Tensor:
+    """RefineCAM: the element-wise product of the normalised Grad-CAM++ maps of every requested layer, normalised
+    (``CamResult.refined``), as pytorch-grad-cam's ``RefineCAM`` with its default base method: deep layers' coarse
+    maps denoise early layers' detailed ones. Each layer's own map and raw map are Grad-CAM++'s
+    (``_gradcam_plus_plus``); the fusion needs the layers of one call, so it is ``CamResult.refined``. (torch-cam
+    0.5.0's ``RefineCAM`` fuses at the largest feature resolution instead of the input size.)"""
+    return _gradcam_plus_plus(e)
 
 
 @register_method(

@@ -39,6 +39,7 @@ from pytorch_grad_cam import (
     HiResCAM,
     LayerCAM,
     RandomCAM,
+    RefineCAM,
     ScoreCAM,
     ShapleyCAM,
     XGradCAM,
@@ -89,11 +90,11 @@ REFERENCE_CAMS = {
     "finercam": FinerCAM,  # its own targets: called with target_idx (see _reference_maps)
     "shapleycam": ShapleyCAM,
     "fem": FEM,  # compared in tests/test_cam_methods.py
+    "refinecam": RefineCAM,  # CamResult.refined, compared in tests/test_cam_methods.py
 }
 # pytorch-grad-cam 1.5.7's CAM classes that camlib does not (yet) have, and why: the registry test keeps this honest.
 NOT_IN_CAMLIB = {
     "FullGrad": "ignores the target layer: a sum over every bias layer of the model, not a per-layer map",
-    "RefineCAM": "not yet added (issue #12)",
     "SegEigenCAM": "segmentation-only Eigen-CAM variant",
 }
 # camlib methods that pytorch-grad-cam 1.5.7 lacks, compared with torch-cam 0.5.0 (tests/test_cam_methods.py).
@@ -112,9 +113,12 @@ TORCHCAM_ELSEWHERE = {
     "ScoreCAM": "scorecam",
     "FinerCAM": "finercam",
     "LeGrad": "not yet added (issue #12)",
-    "RefineCAM": "not yet added (issue #12)",
+    "RefineCAM": "refinecam",
 }
 GRADIENT_METHODS = tuple(name for name, spec in METHODS.items() if spec.uses_gradients)
+# Compared layer by layer with their pytorch-grad-cam class; RefineCAM fuses the layers of a call (CamResult.refined,
+# tests/test_cam_methods.py) and its per-layer maps are Grad-CAM++'s.
+PER_LAYER_GRADIENT_METHODS = tuple(name for name in GRADIENT_METHODS if not METHODS[name].fuses_layers)
 SIGN_FREE = ("eigencam", "eigengradcam", "kpcacam")  # a principal component: pytorch-grad-cam's sign is arbitrary
 FEW_SAMPLES = 2  # noisy or integration samples of the sampling methods in the invariant tests (others ignore it)
 TARGET_KINDS = ("argmax", "same", "per_image")  # None / one non-argmax class for all / one non-argmax class each
@@ -342,7 +346,7 @@ def _gradient_cases():
         for layer in entry.layers:
             # VGG-11 costs ~10 ResNet-18s on CPU: every method with per-image classes, every target kind with
             # Grad-CAM only; its second layer with Grad-CAM only.
-            methods = ("gradcam",) if (name, layer) == ("vgg11_bn", "features.26") else GRADIENT_METHODS
+            methods = ("gradcam",) if (name, layer) == ("vgg11_bn", "features.26") else PER_LAYER_GRADIENT_METHODS
             for method in methods:
                 kinds = TARGET_KINDS if name != "vgg11_bn" or method == "gradcam" else ("per_image",)
                 for kind in kinds:
@@ -989,7 +993,7 @@ def _layout_cases():
     for name, entry in LAYOUT_ZOO.items():
         for layer in entry.layers:
             # pytorch-grad-cam's ShapleyCAM fails on these layers (test_shapleycam_matches_pytorch_grad_cam_...).
-            for method in (*(m for m in GRADIENT_METHODS if m != "shapleycam"), "eigencam", "kpcacam"):
+            for method in (*(m for m in PER_LAYER_GRADIENT_METHODS if m != "shapleycam"), "eigencam", "kpcacam"):
                 yield pytest.param(name, layer, method, id=f"{name}-{layer}-{method}")
 
 

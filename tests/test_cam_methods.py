@@ -9,12 +9,15 @@ pytorch-grad-cam's finishing pipeline, which camlib's maps follow.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 import torch
 from conftest import seeded_resnet18
+from pytorch_grad_cam import RefineCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from test_cam import (
     ATOL,
     LAYOUT_ZOO,
@@ -22,6 +25,7 @@ from test_cam import (
     ZOO,
     LayoutZoo,
     Zoo,
+    _as_produced,
     _assert_same_result,
     _channels_last,
     _drop_tokens,
@@ -374,3 +378,62 @@ def test_fem_weighs_channels_by_their_share_of_outlying_positions():
     expected = np.zeros((5, 5), np.float32)
     expected[1, 2] = 5.0 / 25
     np.testing.assert_allclose(result.raw["0"][0], expected, atol=1e-7, rtol=0)
+
+
+# --- RefineCAM -----------------------------------------------------------------------------------------------------
+
+
+def _pytorch_grad_cam_refinecam(
+    model: nn.Module, x: torch.Tensor, layers: tuple[str, ...], classes: list[int], transform: Callable | None = None
+) -> np.ndarray:
+    """pytorch-grad-cam's RefineCAM (base Grad-CAM++) on ``layers``, each layer's output kept as produced."""
+    modules = dict(model.named_modules())
+    cam = RefineCAM(model, [modules[layer] for layer in layers], reshape_transform=transform)
+    handles = [modules[layer].register_forward_hook(_as_produced) for layer in layers]
+    try:
+        return cam(x, [ClassifierOutputTarget(k) for k in classes])
+    finally:
+        for handle in handles:
+            handle.remove()
+        for base in cam.base_cam_per_layer:
+            base.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "densenet121"])
+def test_refinecam_matches_pytorch_grad_cam(zoos, name):
+    zoo, _ = zoos
+    layers, classes = ZOO[name].layers, [3, 7]
+    ours = compute_cams(zoo.model(name), zoo.images(), list(layers), method="refinecam", class_idx=classes)
+    reference = _pytorch_grad_cam_refinecam(zoo.model(name), zoo.images(), layers, classes)
+    np.testing.assert_allclose(ours.refined, reference, atol=ATOL, rtol=0)
+    plus_plus = compute_cams(zoo.model(name), zoo.images(), list(layers), method="gradcam++", class_idx=classes)
+    for layer in layers:  # each layer's own map is Grad-CAM++'s
+        np.testing.assert_array_equal(ours.raw[layer], plus_plus.raw[layer])
+
+
+@pytest.mark.parametrize("name", ["deit_tiny", "convnext_tiny"])
+def test_refinecam_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name):
+    """In float64 (see test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_transform); the
+    layers of one model share a reshape_transform (ConvNeXt: its two channels-last block internals)."""
+    _, layout_zoo = zoos
+    entry = LAYOUT_ZOO[name]
+    layers = tuple(layer for layer, transform in entry.layers.items() if transform is not None)[:2]
+    model, x = layout_zoo.model(name, torch.float64), layout_zoo.images(name, dtype=torch.float64)
+    ours = compute_cams(model, x, list(layers), method="refinecam", class_idx=[5, 9])
+    reference = _pytorch_grad_cam_refinecam(model, x, layers, [5, 9], entry.layers[layers[0]])
+    np.testing.assert_allclose(ours.refined, reference, atol=ATOL, rtol=0)
+
+
+def test_refined_is_the_normalised_product_of_the_layer_maps(small_resnet, x64):
+    """A known answer on hand-made maps, and one layer gives back its own map."""
+    result = compute_cams(small_resnet, x64, ["layer2", "layer3"], method="refinecam")
+    maps = {
+        "a": np.array([[[0.0, 0.5], [1.0, 1.0]]], np.float32),
+        "b": np.array([[[1.0, 1.0], [0.5, 0.0]]], np.float32),
+    }
+    made = dataclasses.replace(result, layers=("a", "b"), maps=maps, class_idx=[0])
+    np.testing.assert_allclose(made.refined, [[[0.0, 1.0], [1.0, 0.0]]], atol=1e-6)
+    assert made.refined.dtype == np.float32
+    alone = compute_cams(small_resnet, x64, ["layer3"], method="refinecam")
+    np.testing.assert_allclose(alone.refined, alone.maps["layer3"], atol=1e-6)
