@@ -31,7 +31,9 @@ on 32x32 images the two frames coincide and nothing is resampled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,13 +48,13 @@ from camlib.augment.pipeline import Pipeline, _require_pipeline, augment_image, 
 from camlib.cam import METHODS, compute_cams
 from camlib.contracts import describe, require_array, require_int, require_model
 from camlib.errors import ClassIndexError, InputError, LayerError, MethodError, PipelineError
-from camlib.evaluation import predict_probabilities
 from camlib.models import Preprocessing, _resize_geometry, prepare_batch
 
 TOP_FRACTION = 0.2  # the share of pixels that counts as "the salient region" in the IoU
 MAX_VIEWS = 256  # views per image
 MAX_IMAGES = 1024  # images per call
 MAX_CURVE_VALUES = 64  # parameter values in one flip curve
+VIEW_BATCH = 256  # images per compute_cams call: views of several images go together
 PRESENT = 0.999  # the carried ones channel above this: the pixel came from the image (not a fill)
 
 
@@ -86,6 +88,11 @@ def map_correlation(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
         InputError: wrong types, dtypes or shapes, or non-finite values on valid pixels.
     """
     x, y, _ = _require_maps(a, b, valid)
+    return _pearson(x, y)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """``map_correlation`` of two float64 vectors (the valid pixels, already checked)."""
     if x.size < 2:
         return float("nan")
     x, y = x - x.mean(), y - y.mean()
@@ -119,7 +126,11 @@ def top_fraction_iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray, *, fractio
         InputError: wrong types, dtypes or shapes, non-finite values on valid pixels, or ``fraction`` out of range.
     """
     x, y, _ = _require_maps(a, b, valid)
-    fraction = _require_fraction(fraction)
+    return _iou(x, y, _require_fraction(fraction))
+
+
+def _iou(x: np.ndarray, y: np.ndarray, fraction: float) -> float:
+    """``top_fraction_iou`` of two float64 vectors (the valid pixels, already checked)."""
     if x.size == 0:
         return float("nan")
     top_a, top_b = _top_set(x, fraction), _top_set(y, fraction)
@@ -335,6 +346,9 @@ def _model_input(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> 
 
 @dataclass(frozen=True)
 class _Setup:
+    """Validated inputs and what does not depend on the pipeline: each original's explained class, predicted label,
+    probability of the class and CAM (image frame, with the pixels inside the model's crop)."""
+
     model: nn.Module
     images: np.ndarray
     layer: str
@@ -343,66 +357,121 @@ class _Setup:
     targets: np.ndarray
     n_views: int
     seed: int
+    original_label: np.ndarray
+    original_probability: np.ndarray
+    original_cams: np.ndarray
+    original_valid: np.ndarray
+    original_degenerate: np.ndarray
+
+
+_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("camlib_stability_progress", default=None)
+
+
+@contextmanager
+def reporting_progress(callback: Callable[[int, int], None]) -> Iterator[None]:
+    """Within the block, ``augmentation_stability``, ``stability_views`` and ``flip_curve`` call ``callback(done,
+    total)`` after each batch of views (``total`` batches in the call). The callback may raise to cancel the
+    computation (the model is left clean: ``compute_cams`` removes its hooks). Per thread and per context, so
+    concurrent sessions each see their own callback."""
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _batches(count: int) -> list[slice]:
+    return [slice(start, min(start + VIEW_BATCH, count)) for start in range(0, count, VIEW_BATCH)]
+
+
+def _cams(setup: _Setup, images: Sequence[np.ndarray], targets: Sequence[int], tick: Callable[[], None]) -> Any:
+    """``compute_cams`` over ``images`` (any sizes) in batches of ``VIEW_BATCH``: maps, degenerate flags and softmax
+    probabilities, concatenated."""
+    maps, flags, probabilities = [], [], []
+    for part in _batches(len(images)):
+        x = _model_input(images[part], setup.preprocessing)
+        result = compute_cams(setup.model, x, [setup.layer], method=setup.method, class_idx=list(targets[part]))
+        maps.append(result.maps[setup.layer])
+        flags.append(result.degenerate[setup.layer])
+        probabilities.append(result.probabilities)
+        tick()
+    return np.concatenate(maps), np.concatenate(flags), np.concatenate(probabilities)
 
 
 def _measure(
-    setup: _Setup, pipeline: Pipeline, *, keep_views: bool
-) -> tuple[StabilityScores, np.ndarray, np.ndarray, tuple[ViewMaps, ...] | None]:
-    """The scores of ``pipeline`` (its own steps; seeds from ``setup``), the originals' labels and probabilities of
-    the explained class, and the maps if kept. One ``compute_cams`` call per image: the original and its views."""
+    setup: _Setup, pipeline: Pipeline, *, keep_views: bool, tick: Callable[[], None]
+) -> tuple[StabilityScores, tuple[ViewMaps, ...] | None]:
+    """The scores of ``pipeline`` (its own steps; seeds from ``setup``) and the maps if kept. The views of every image
+    go through ``compute_cams`` together, in batches of ``VIEW_BATCH`` (the originals' CAMs come from ``setup``)."""
     n, v = len(setup.images), setup.n_views
-    shape = (n, v)
-    correlation, iou = np.full(shape, np.nan), np.full(shape, np.nan)
-    change, valid_fraction = np.zeros(shape), np.zeros(shape)
-    labels, degenerate = np.zeros(shape, np.int64), np.zeros(shape, bool)
-    original_label, original_probability = np.zeros(n, np.int64), np.zeros(n)
-    kept = []
     height, width = setup.images.shape[1:3]
     coordinates = _coordinates(height, width)
+    augmented = []
+    compose = build_pipeline(pipeline)  # built once (validation is most of a build), reseeded per image below
     for i, image in enumerate(setup.images):
-        compose = build_pipeline(replace(pipeline, seed=_image_seed(setup.seed, i)))
+        compose.set_random_seed(_image_seed(setup.seed, i))  # the same draws as a Compose built with this seed
         offered: Sequence[np.ndarray] = ()
         if reference_keys(compose):  # FDA-like steps match each image to the other images of the call
             offered = pick_references(setup.images, i, setup.seed)
-        augmented = [_augment(compose, image, coordinates, offered) for _ in range(v)]
-        views = [view for view, _ in augmented]
-        x = _model_input([image, *views], setup.preprocessing)
-        result = compute_cams(
-            setup.model, x, [setup.layer], method=setup.method, class_idx=[int(setup.targets[i])] * (v + 1)
-        )
-        probabilities = result.probabilities
-        target = int(setup.targets[i])
-        original_label[i] = int(probabilities[0].argmax())
-        original_probability[i] = float(probabilities[0, target])
-        labels[i] = probabilities[1:].argmax(axis=1)
-        change[i] = probabilities[1:, target].astype(np.float64) - probabilities[0, target]
-        maps, flags = result.maps[setup.layer], result.degenerate[setup.layer]
-        degenerate[i] = flags[1:] | flags[0]
-        original_cam, original_valid = _to_image_frame(maps[:1], height, width, setup.preprocessing)
+        augmented += [_augment(compose, image, coordinates, offered) for _ in range(v)]
+    views = [view for view, _ in augmented]
+    targets = np.repeat(setup.targets, v)
+    maps, flags, probabilities = _cams(setup, views, targets, tick)
+    labels = probabilities.argmax(axis=1).reshape(n, v)
+    picked = probabilities[np.arange(n * v), targets].astype(np.float64).reshape(n, v)
+    change = picked - setup.original_probability[:, None]
+    correlation, iou, valid_fraction = np.full((n, v), np.nan), np.full((n, v), np.nan), np.zeros((n, v))
+    kept = []
+    for i in range(n):
         cams, carried_maps, valids = [], [], []
-        for k, (view, carried) in enumerate(augmented):
-            cam, cam_valid = _to_image_frame(maps[k + 1 : k + 2], view.shape[0], view.shape[1], setup.preprocessing)
-            moved, moved_valid = _read_carried(original_cam[0], original_valid, carried)
+        for k in range(v):
+            view, carried = augmented[i * v + k]
+            cam, cam_valid = _to_image_frame(
+                maps[i * v + k : i * v + k + 1], view.shape[0], view.shape[1], setup.preprocessing
+            )
+            moved, moved_valid = _read_carried(setup.original_cams[i], setup.original_valid, carried)
             valid = cam_valid & moved_valid
-            correlation[i, k] = map_correlation(cam[0], moved, valid)
-            iou[i, k] = top_fraction_iou(cam[0], moved, valid)
+            x, y = cam[0][valid].astype(np.float64), moved[valid].astype(np.float64)  # finite: CAMs and their copies
+            correlation[i, k] = _pearson(x, y)
+            iou[i, k] = _iou(x, y, TOP_FRACTION)
             valid_fraction[i, k] = float(valid.mean())
-            cams.append(cam[0])
-            carried_maps.append(moved)
-            valids.append(valid)
+            if keep_views:
+                cams.append(cam[0])
+                carried_maps.append(moved)
+                valids.append(valid)
         if keep_views:
-            kept.append((original_cam[0], tuple(views), tuple(cams), tuple(carried_maps), tuple(valids)))
+            kept.append(
+                (
+                    setup.original_cams[i],
+                    tuple(views[i * v : (i + 1) * v]),
+                    tuple(cams),
+                    tuple(carried_maps),
+                    tuple(valids),
+                )
+            )
     scores = StabilityScores(
         correlation=correlation,
         iou=iou,
         probability_change=change,
-        flipped=labels != original_label[:, None],
-        augmented_label=labels,
+        flipped=labels != setup.original_label[:, None],
+        augmented_label=labels.astype(np.int64),
         valid_fraction=valid_fraction,
-        degenerate=degenerate,
+        degenerate=flags.reshape(n, v) | setup.original_degenerate[:, None],
     )
-    views = tuple(ViewMaps(*maps, scores=scores) for maps in kept) if keep_views else None
-    return scores, original_label, original_probability, views
+    return scores, (tuple(ViewMaps(*maps, scores=scores) for maps in kept) if keep_views else None)
+
+
+def _ticker(total: int) -> Callable[[], None]:
+    """Counts batches and reports them to the callback of ``reporting_progress``, if any."""
+    callback = _PROGRESS.get()
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if callback is not None:
+            callback(done[0], total)
+
+    return tick
 
 
 # --- validation ------------------------------------------------------------------------------------------------------
@@ -433,16 +502,34 @@ def _setup(
     n_views = require_int(n_views, "n_views", minimum=1, maximum=MAX_VIEWS)
     requested = _requested_classes(class_idx, len(images))
     build_pipeline(pipeline)  # every step and the seed valid before any forward pass
-    probabilities = predict_probabilities(model, images, preprocessing)
-    num_classes = probabilities.shape[1]
-    if requested is None:
-        targets = probabilities.argmax(axis=1).astype(np.int64)
-    else:
-        bad = [k for k in requested if not 0 <= k < num_classes]
-        if bad:
-            raise ClassIndexError(f"class_idx {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
-        targets = np.array(requested, np.int64)
-    return _Setup(model, images, layer, preprocessing, method, targets, n_views, int(pipeline.seed))
+    maps, flags, probabilities = [], [], []
+    for part in _batches(len(images)):  # the originals' CAMs, once for every pipeline measured with this setup
+        targets = None if requested is None else requested[part]
+        result = compute_cams(
+            model, prepare_batch(images[part], preprocessing), [layer], method=method, class_idx=targets
+        )
+        maps.append(result.maps[layer])
+        flags.append(result.degenerate[layer])
+        probabilities.append(result.probabilities)
+    probabilities = np.concatenate(probabilities)
+    targets = probabilities.argmax(axis=1) if requested is None else np.array(requested)
+    targets = targets.astype(np.int64)
+    original_cams, original_valid = _to_image_frame(np.concatenate(maps), *images.shape[1:3], preprocessing)
+    return _Setup(
+        model=model,
+        images=images,
+        layer=layer,
+        preprocessing=preprocessing,
+        method=method,
+        targets=targets,
+        n_views=n_views,
+        seed=int(pipeline.seed),
+        original_label=probabilities.argmax(axis=1).astype(np.int64),
+        original_probability=probabilities[np.arange(len(images)), targets].astype(np.float64),
+        original_cams=original_cams,
+        original_valid=original_valid,
+        original_degenerate=np.concatenate(flags),
+    )
 
 
 def _requested_classes(class_idx: object, count: int) -> list[int] | None:
@@ -520,20 +607,24 @@ def augmentation_stability(
         class_idx=class_idx,
         n_views=n_views,
     )
-    scores, original_label, original_probability, _ = _measure(setup, pipeline, keep_views=False)
+    enabled = [(index, step) for index, step in enumerate(pipeline.steps) if step.enabled]
+    cut = [] if len(enabled) == 1 else enabled  # one step: its row is the full pipeline's (same seeds, same draws)
+    tick = _ticker(len(_batches(len(images) * setup.n_views)) * (1 + len(cut)))
+    scores, _ = _measure(setup, pipeline, keep_views=False, tick=tick)
     per_step = tuple(
-        StepStability(index, step.transform, _measure(setup, Pipeline((step,), pipeline.seed), keep_views=False)[0])
-        for index, step in enumerate(pipeline.steps)
-        if step.enabled
-    )
+        StepStability(
+            index, step.transform, _measure(setup, Pipeline((step,), pipeline.seed), keep_views=False, tick=tick)[0]
+        )
+        for index, step in cut
+    ) or tuple(StepStability(index, step.transform, scores) for index, step in enabled)
     return StabilityReport(
         method=method,
         layer=layer,
         seed=setup.seed,
         n_views=setup.n_views,
         class_idx=setup.targets,
-        original_label=original_label,
-        original_probability=original_probability,
+        original_label=setup.original_label,
+        original_probability=setup.original_probability,
         scores=scores,
         per_step=per_step,
     )
@@ -575,7 +666,7 @@ def stability_views(
         class_idx=class_idx,
         n_views=n_views,
     )
-    (views,) = _measure(setup, pipeline, keep_views=True)[3]
+    (views,) = _measure(setup, pipeline, keep_views=True, tick=_ticker(len(_batches(setup.n_views))))[1]
     return views
 
 
@@ -695,7 +786,8 @@ def flip_curve(
         class_idx=None,
         n_views=n_views,
     )
-    curves = [_measure(setup, varied, keep_views=False)[0] for varied in pipelines]
+    tick = _ticker(len(_batches(len(images) * setup.n_views)) * len(pipelines))
+    curves = [_measure(setup, varied, keep_views=False, tick=tick)[0] for varied in pipelines]
     return FlipCurve(
         sweep=sweep,
         transform=pipeline.steps[sweep.step_index].transform,

@@ -143,9 +143,10 @@ def test_an_identity_pipeline_gives_correlation_and_iou_one(model, images, snaps
     assert isinstance(report, StabilityReport)
     scores = report.scores
     assert scores.correlation.shape == (3, 3) and scores.correlation.dtype == np.float64
-    np.testing.assert_array_equal(scores.correlation, 1.0)
+    # originals and views go through compute_cams in different batches: equal up to float rounding
+    np.testing.assert_allclose(scores.correlation, 1.0, atol=1e-9)
     np.testing.assert_array_equal(scores.iou, 1.0)
-    np.testing.assert_array_equal(scores.probability_change, 0.0)
+    np.testing.assert_allclose(scores.probability_change, 0.0, atol=1e-6)
     assert not scores.flipped.any() and not scores.degenerate.any()
     # RESIZED: 32 -> 40 px, crop 36 at offset 2, i.e. image pixels 1.6 .. 30.4: centres of columns 2..29 are inside
     np.testing.assert_allclose(scores.valid_fraction, 1.0 if preprocessing is SAME else (28 / 32) ** 2)
@@ -236,7 +237,7 @@ def test_per_step_rows_follow_the_enabled_steps(model, images):
         (2, "RandomCrop"),
     ]
     # RandomCrop of a 32x32 image to 32x32 changes nothing
-    np.testing.assert_array_equal(report.per_step[2].scores.correlation, 1.0)
+    np.testing.assert_allclose(report.per_step[2].scores.correlation, 1.0, atol=1e-9)
 
 
 def test_the_same_seed_gives_the_same_report_and_another_seed_another(model, images):
@@ -256,19 +257,17 @@ def test_an_image_views_do_not_depend_on_the_other_images(model, images):
     """Image ``i``'s views are seeded by ``(seed, i)``: the images after it (or their number) change nothing."""
     together = augmentation_stability(model, images, FLIP_CROP, "2", preprocessing=SAME, n_views=3)
     alone = augmentation_stability(model, images[:1], FLIP_CROP, "2", preprocessing=SAME, n_views=3)
-    _scores_equal(
-        dataclasses.replace(
-            together.scores,
-            **{f.name: getattr(together.scores, f.name)[:1] for f in dataclasses.fields(together.scores)},
-        ),
-        alone.scores,
+    first = dataclasses.replace(
+        together.scores, **{f.name: getattr(together.scores, f.name)[:1] for f in dataclasses.fields(together.scores)}
     )
+    for field in dataclasses.fields(first):  # the same views; batched with other images' views: float rounding
+        np.testing.assert_allclose(getattr(first, field.name), getattr(alone.scores, field.name), atol=1e-6)
 
 
 def test_an_explicit_class_is_explained_in_every_view(model, images):
     report = augmentation_stability(model, images, FLIP, "2", preprocessing=SAME, class_idx=[1, 2, 3], n_views=2)
     np.testing.assert_array_equal(report.class_idx, [1, 2, 3])
-    with pytest.raises(ClassIndexError, match="class_idx 10 is out of range"):
+    with pytest.raises(ClassIndexError, match="class index 10 is out of range"):
         augmentation_stability(model, images, FLIP, "2", preprocessing=SAME, class_idx=10, n_views=2)
     with pytest.raises(ClassIndexError, match="one integer per image"):
         augmentation_stability(model, images, FLIP, "2", preprocessing=SAME, class_idx=[1], n_views=2)
@@ -308,8 +307,8 @@ def test_flip_curve_brightness_zero_changes_nothing(model, images, snapshot):
     )
     before.assert_unchanged()
     assert curve.transform == "RandomBrightnessContrast" and curve.sweep.values == (0.0, (-0.6, 0.6))
-    assert curve.flip_rate[0] == 0.0 and curve.mean_correlation[0] == 1.0 and curve.mean_iou[0] == 1.0
-    assert curve.mean_probability_change[0] == 0.0
+    assert curve.flip_rate[0] == 0.0 and curve.mean_correlation[0] == pytest.approx(1.0) and curve.mean_iou[0] == 1.0
+    assert curve.mean_probability_change[0] == pytest.approx(0.0, abs=1e-6)
     assert curve.mean_correlation[1] < 1.0 and curve.mean_probability_change[1] != 0.0
 
 
@@ -355,4 +354,4 @@ def test_bundled_resnet20_on_cifar10_gives_finite_scores_in_range(cifar_images, 
     # flips and crops of CIFAR-10 images move the trained model's maps with them, but not perfectly
     assert 0.5 < report.scores.mean_correlation < 1.0
     assert 0.0 <= report.scores.flip_rate < 0.5
-    np.testing.assert_array_equal(report.per_step[2].scores.correlation, 1.0)  # a 32x32 crop of 32x32 images
+    np.testing.assert_allclose(report.per_step[2].scores.correlation, 1.0, atol=1e-9)  # a 32x32 crop of 32x32 images
