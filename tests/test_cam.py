@@ -102,6 +102,7 @@ TORCHCAM_CAMS = {
     "sscam": torchcam.methods.SSCAM,
     "iscam": torchcam.methods.ISCAM,
     "smoothgradcam++": torchcam.methods.SmoothGradCAMpp,  # differs where torch-cam errs (test_cam_methods.py)
+    "legrad": torchcam.methods.LeGrad,
 }
 # torch-cam 0.5.0's CAM classes that camlib has under a pytorch-grad-cam reference, or does not have (and why).
 TORCHCAM_ELSEWHERE = {
@@ -112,7 +113,6 @@ TORCHCAM_ELSEWHERE = {
     "LayerCAM": "layercam",
     "ScoreCAM": "scorecam",
     "FinerCAM": "finercam",
-    "LeGrad": "not yet added (issue #12)",
     "RefineCAM": "refinecam",
 }
 GRADIENT_METHODS = tuple(name for name, spec in METHODS.items() if spec.uses_gradients)
@@ -120,6 +120,9 @@ GRADIENT_METHODS = tuple(name for name, spec in METHODS.items() if spec.uses_gra
 # tests/test_cam_methods.py) and its per-layer maps are Grad-CAM++'s.
 PER_LAYER_GRADIENT_METHODS = tuple(name for name in GRADIENT_METHODS if not METHODS[name].fuses_layers)
 SIGN_FREE = ("eigencam", "eigengradcam", "kpcacam")  # a principal component: pytorch-grad-cam's sign is arbitrary
+# Methods that explain CNN feature maps (the invariant tests' models); LeGrad explains ViT blocks only and has its
+# own invariant tests in tests/test_cam_methods.py.
+CNN_METHODS = [name for name in METHODS if name != "legrad"]
 FEW_SAMPLES = 2  # noisy or integration samples of the sampling methods in the invariant tests (others ignore it)
 TARGET_KINDS = ("argmax", "same", "per_image")  # None / one non-argmax class for all / one non-argmax class each
 
@@ -378,6 +381,7 @@ def test_every_method_has_a_reference_and_the_registry_is_complete():
         "randomcam",
         "cam",
         "fem",
+        "legrad",
         "sscam",
         "iscam",
         "smoothgradcam++",
@@ -1159,7 +1163,7 @@ def test_token_layers_with_registers_and_explicit_prefix():
 # --- output contract -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_output_contract(zoo, method):
     model, x = zoo.model("resnet18"), zoo.images(SCORECAM_SIZE)
     # 16x16 and 8x8 at 64x64; CAM is defined only on the layer before the global pooling (2x2 here)
@@ -1243,7 +1247,7 @@ def test_duplicate_layers_are_explained_once_in_the_requested_order(small_resnet
 # --- model state: hooks, grads, flags, statistics ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", CNN_METHODS)
 @pytest.mark.bad_input(39)
 def test_a_call_leaves_the_model_exactly_as_it_was(snapshot, x64, method):
     model = mixed_state(seeded_resnet18())
@@ -1564,7 +1568,7 @@ def _constant_activation_net() -> nn.Module:
     return net
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", CNN_METHODS)
 @pytest.mark.bad_input(32)
 def test_constant_map_is_degenerate_not_nan(method):
     """Every channel of `features` is spatially constant, so every method's raw map is constant (max == min)."""
@@ -1972,7 +1976,9 @@ def test_hooks_of_one_session_do_not_touch_another_sessions_forward():
 # --- compute_cam_grid: the methods x layers grid from shared passes (issue #12) -----------------------------------
 
 # Every method that runs on any layer in one pass ("cam" needs a layer feeding the classifier's GAP + Linear).
-ONE_PASS_METHODS = [name for name, spec in METHODS.items() if spec.family != "perturbation" and name != "cam"]
+ONE_PASS_METHODS = [
+    name for name, spec in METHODS.items() if spec.family != "perturbation" and name != "cam" and name in CNN_METHODS
+]
 
 
 def _assert_same_result(got: CamResult, expected: CamResult) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 import torch
-from conftest import seeded_resnet18
+from conftest import seeded, seeded_resnet18
 from pytorch_grad_cam import RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from test_cam import (
@@ -34,7 +34,8 @@ from test_cam import (
     _reference_pipeline,
 )
 from torch import nn
-from torchcam.methods import ISCAM, SSCAM, SmoothGradCAMpp
+from torchcam.methods import ISCAM, SSCAM, LeGrad, SmoothGradCAMpp
+from torchvision.models import VisionTransformer
 
 import camlib.cam
 from camlib.cam import (
@@ -45,7 +46,7 @@ from camlib.cam import (
     SSCAM_STD,
     compute_cams,
 )
-from camlib.errors import InputError
+from camlib.errors import InputError, MethodError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -437,3 +438,63 @@ def test_refined_is_the_normalised_product_of_the_layer_maps(small_resnet, x64):
     assert made.refined.dtype == np.float32
     alone = compute_cams(small_resnet, x64, ["layer3"], method="refinecam")
     np.testing.assert_allclose(alone.refined, alone.maps["layer3"], atol=1e-6)
+
+
+# --- LeGrad --------------------------------------------------------------------------------------------------------
+
+VIT_BLOCKS = ["encoder.layers.encoder_layer_5", "encoder.layers.encoder_layer_11"]
+
+
+def test_legrad_matches_torchcam_per_block(zoos):
+    """Two blocks of torchvision's ViT-B/16 (112 px, a class token and 7x7 patches) from one camlib call, each equal
+    to torch-cam's LeGrad on that block alone (torch-cam averages the blocks of one call)."""
+    _, layout_zoo = zoos
+    model, x = layout_zoo.model("vit_b_16"), layout_zoo.images("vit_b_16")
+    ours = compute_cams(model, x, VIT_BLOCKS, method="legrad", class_idx=[5, 9])
+    for layer in VIT_BLOCKS:
+        assert ours.raw[layer].shape == (2, 7, 7) and ours.raw[layer].min() >= 0
+        with LeGrad(model, layer) as cam:
+            model(x)
+            relevance = cam(class_idx=[5, 9], normalized=False)[0]
+        reference = _reference_pipeline(relevance.detach().numpy(), (112, 112))
+        np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+        model.zero_grad(set_to_none=True)
+
+
+def _tiny_vit() -> nn.Module:
+    """torchvision's VisionTransformer, 2 blocks on a 4x4 grid, with a random head (torchvision's is zeros)."""
+    model = VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
+    nn.init.normal_(model.heads.head.weight, std=0.1)
+    return model
+
+
+def test_legrad_leaves_a_shared_vit_as_it_was(snapshot):
+    """Train mode, one frozen weight and a pre-set gradient: LeGrad's own hooked pass leaves all of it (and no hook)."""
+    model = seeded(_tiny_vit)
+    model.train()
+    model.conv_proj.weight.requires_grad_(False)
+    model.heads.head.weight.grad = torch.full_like(model.heads.head.weight, 0.25)
+    before = snapshot(model)
+    layer = "encoder.layers.encoder_layer_1"  # 17 tokens: 1 + 4x4 is told explicitly (8 + 3x3 would fit too)
+    result = compute_cams(model, _images(2, 32, seed=3), [layer], method="legrad", layouts={layer: "tokens:1"})
+    assert result.raw[layer].shape == (2, 4, 4) and not result.degenerate[layer].any()
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize(
+    "model_name,layer,message",
+    [
+        ("resnet18", "layer4", "vision-transformer blocks.*channels-first"),
+        ("deit_tiny", "blocks.4", "nn.MultiheadAttention"),  # timm's fused attention: not supported
+        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", "nn.MultiheadAttention"),  # tokens, but not a block
+    ],
+)
+def test_legrad_refuses_layers_it_cannot_explain(zoos, model_name, layer, message):
+    zoo, layout_zoo = zoos
+    model, x = (
+        (layout_zoo.model(model_name), layout_zoo.images(model_name))
+        if model_name in LAYOUT_ZOO
+        else (zoo.model(model_name), zoo.images(SCORECAM_SIZE))
+    )
+    with pytest.raises(MethodError, match=message):
+        compute_cams(model, x, [layer], method="legrad")
