@@ -29,6 +29,7 @@ unless given explicitly), as pytorch-grad-cam does with a matching ``reshape_tra
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class LayerEvidence:
             layer's activations on ``inputs`` ``(N, C_in, H, W)`` and the gradients of the explained logits
             ``targets`` (one per input) with respect to them (one more forward and backward; hooks act for this
             thread only and are removed after).
+        eigen_smooth: project the method's per-channel terms on their first principal component instead of summing
+            them (``_channel_sum``; pytorch-grad-cam's ``eigen_smooth``).
         module: the layer's module (methods that hook inside it, LeGrad). layout: how its output was read.
     """
 
@@ -104,6 +107,7 @@ class LayerEvidence:
     seed: int = 0
     n_samples: int = 1
     gradients_at: Callable[[torch.Tensor, list[int]], tuple[torch.Tensor, torch.Tensor]] | None = None
+    eigen_smooth: bool = False
     module: nn.Module | None = None
     layout: Layout | None = None
 
@@ -284,8 +288,18 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 # positions (i, j). Constants follow pytorch-grad-cam 1.5.7 (shared docs: cam-reference.md) so the numbers match.
 
 
-def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    return (weights[:, :, None, None] * acts).sum(dim=1)
+def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor, e: LayerEvidence | None = None) -> torch.Tensor:
+    """``sum_c w_c A_c`` for ``(B, C)`` weights; with ``e.eigen_smooth`` the first principal component instead."""
+    return _channel_sum(weights[:, :, None, None] * acts, e)
+
+
+def _channel_sum(terms: torch.Tensor, e: LayerEvidence | None = None) -> torch.Tensor:
+    """A method's per-channel terms ``(B, C, h, w)`` summed over channels, or, with ``e.eigen_smooth``, projected on
+    their first principal component (pytorch-grad-cam's ``eigen_smooth``: ``get_2d_projection`` of the terms; camlib
+    fixes the component's sign so it correlates positively with the channel sum, as ``eigen_projection``)."""
+    if e is not None and e.eigen_smooth:
+        return eigen_projection(terms).to(terms.dtype)
+    return terms.sum(dim=1)
 
 
 @register_method(
@@ -297,7 +311,7 @@ def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
 )
 def _gradcam(e: LayerEvidence) -> torch.Tensor:
     """Grad-CAM: ``sum_c w_c A_c`` with ``w_c = mean_ij g_cij`` (Selvaraju et al. 2017, eq. 1-2, before the ReLU)."""
-    return _weighted_sum(e.gradients.mean(dim=(2, 3)), e.activations)
+    return _weighted_sum(e.gradients.mean(dim=(2, 3)), e.activations, e)
 
 
 @register_method(
@@ -317,7 +331,7 @@ def _gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
     sum_acts = acts.sum(dim=(2, 3), keepdim=True)
     alpha = grads_2 / (2 * grads_2 + sum_acts * grads_3 + 1e-6)
     alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
-    return _weighted_sum((torch.relu(grads) * alpha).sum(dim=(2, 3)), acts)
+    return _weighted_sum((torch.relu(grads) * alpha).sum(dim=(2, 3)), acts, e)
 
 
 @register_method(
@@ -348,7 +362,7 @@ def _xgradcam(e: LayerEvidence) -> torch.Tensor:
     """XGrad-CAM: ``w_c = sum_ij (A_cij / (sum_ij A_cij + 1e-7)) g_cij`` (Fu et al. 2020, eq. 12)."""
     acts = e.activations
     sum_acts = acts.sum(dim=(2, 3), keepdim=True)
-    return _weighted_sum((e.gradients * acts / (sum_acts + 1e-7)).sum(dim=(2, 3)), acts)
+    return _weighted_sum((e.gradients * acts / (sum_acts + 1e-7)).sum(dim=(2, 3)), acts, e)
 
 
 @register_method(
@@ -360,7 +374,7 @@ def _xgradcam(e: LayerEvidence) -> torch.Tensor:
 )
 def _hirescam(e: LayerEvidence) -> torch.Tensor:
     """HiResCAM: ``sum_c g_c * A_c`` element-wise, no spatial averaging of the gradients (Draelos & Carin 2020)."""
-    return (e.gradients * e.activations).sum(dim=1)
+    return _channel_sum(e.gradients * e.activations, e)
 
 
 @register_method(
@@ -376,7 +390,7 @@ def _shapleycam(e: LayerEvidence) -> torch.Tensor:
     respect to the activations: a second-order estimate of each channel's Shapley value (Cai 2025), as
     pytorch-grad-cam's ShapleyCAM. Where the network above the layer is piecewise linear (ReLU, max pooling, eval-mode
     batch norm) ``H A = 0`` and it equals Grad-CAM."""
-    return _weighted_sum((e.gradients - 0.5 * e.hessian_products).mean(dim=(2, 3)), e.activations)
+    return _weighted_sum((e.gradients - 0.5 * e.hessian_products).mean(dim=(2, 3)), e.activations, e)
 
 
 @register_method(
@@ -384,7 +398,7 @@ def _shapleycam(e: LayerEvidence) -> torch.Tensor:
 )
 def _layercam(e: LayerEvidence) -> torch.Tensor:
     """LayerCAM: ``sum_c relu(g_c) * A_c`` element-wise (Jiang et al. 2021, eq. 5)."""
-    return (torch.relu(e.gradients) * e.activations).sum(dim=1)
+    return _channel_sum(torch.relu(e.gradients) * e.activations, e)
 
 
 FINER_COMPARISONS = 3  # pytorch-grad-cam's default comparison_categories (1, 2, 3): the three most similar classes
@@ -523,7 +537,7 @@ def _fem(e: LayerEvidence) -> torch.Tensor:
     """FEM (Feature Explanation Method): ``sum_c w_c A_c`` with ``w_c`` the share of channel ``c``'s positions whose
     activation exceeds ``mean_ij(A_c) + k std_ij(A_c)`` (population std, ``k = FEM_K``): channels with a few strongly
     activated positions weigh most (Fuad et al. 2020's k-sigma rule), as pytorch-grad-cam's ``FEM``. No gradients, no
-    class: the map is the same for every class."""
+    class: the map is the same for every class. Like pytorch-grad-cam's, it ignores ``eigen_smooth``."""
     acts = e.activations
     threshold = acts.mean(dim=(2, 3), keepdim=True) + FEM_K * acts.std(dim=(2, 3), correction=0, keepdim=True)
     return _weighted_sum((acts > threshold).to(acts.dtype).mean(dim=(2, 3)), acts)
@@ -539,7 +553,7 @@ def _fem(e: LayerEvidence) -> torch.Tensor:
 def _gradcam_elementwise(e: LayerEvidence) -> torch.Tensor:
     """Grad-CAM element-wise: ``sum_c relu(g_c * A_c)``, HiResCAM with the ReLU on each channel's product before the
     channel sum (pytorch-grad-cam's GradCAMElementWise), so negative products never cancel positive ones."""
-    return torch.relu(e.gradients * e.activations).sum(dim=1)
+    return _channel_sum(torch.relu(e.gradients * e.activations), e)
 
 
 @register_method(
@@ -580,9 +594,8 @@ def _scorecam(e: LayerEvidence) -> torch.Tensor:
             masks = (up - mins) / (maxs - mins + 1e-8)
             scores.append(e.model(x[b][None] * masks[:, None])[:, target])
             e.progress.step()
-        weights = torch.softmax(torch.cat(scores), dim=-1)
-        raws.append((weights[:, None, None] * acts[b]).sum(dim=0))
-    return torch.stack(raws)
+        raws.append(torch.softmax(torch.cat(scores), dim=-1))
+    return _weighted_sum(torch.stack(raws), acts, e)
 
 
 @register_method(
@@ -617,7 +630,7 @@ def _ablationcam(e: LayerEvidence) -> torch.Tensor:
         score = e.logits[b, target]
         drop = score - torch.cat(ablated)
         weights.append(drop / score if bool(score != 0) else drop)
-    return _weighted_sum(torch.stack(weights), e.activations)
+    return _weighted_sum(torch.stack(weights), e.activations, e)
 
 
 SSCAM_SAMPLES = 35  # torch-cam 0.5.0's SSCAM defaults: noisy copies of each mask
@@ -673,9 +686,8 @@ def _sscam(e: LayerEvidence) -> torch.Tensor:
         for _ in range(e.n_samples):
             noise = SSCAM_STD * torch.randn(masks.shape, generator=generator, dtype=torch.float32)
             total += _masked_score_gains(e, b, masks + noise.to(masks))
-        weights = torch.softmax(total / e.n_samples, dim=0)
-        raws.append((weights[:, None, None].to(acts.dtype) * acts[b]).sum(dim=0))
-    return torch.stack(raws)
+        raws.append(torch.softmax(total / e.n_samples, dim=0).to(acts.dtype))
+    return _weighted_sum(torch.stack(raws), acts, e)
 
 
 @register_method(
@@ -702,9 +714,8 @@ def _iscam(e: LayerEvidence) -> torch.Tensor:
         for step in range(e.n_samples):
             scale += (step + 1) / e.n_samples
             total += _masked_score_gains(e, b, masks, scale)
-        weights = torch.softmax(total / e.n_samples, dim=0)
-        raws.append((weights[:, None, None].to(acts.dtype) * acts[b]).sum(dim=0))
-    return torch.stack(raws)
+        raws.append(torch.softmax(total / e.n_samples, dim=0).to(acts.dtype))
+    return _weighted_sum(torch.stack(raws), acts, e)
 
 
 SMOOTH_GRADCAMPP_SAMPLES = 4  # torch-cam 0.5.0's SmoothGradCAMpp defaults: noisy copies of the input
@@ -754,9 +765,8 @@ def _smooth_gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
         sum_acts = acts[b].sum(dim=(1, 2), keepdim=True)
         alpha = grads_2 / (2 * grads_2 + sum_acts * grads_3 + 1e-6)
         alpha = torch.where(grads_2 != 0, alpha, torch.zeros_like(alpha))
-        weights = (alpha * torch.relu(mean_grad)).sum(dim=(1, 2))
-        raws.append((weights[:, None, None] * acts[b]).sum(dim=0))
-    return torch.stack(raws)
+        raws.append((alpha * torch.relu(mean_grad)).sum(dim=(1, 2)))
+    return _weighted_sum(torch.stack(raws), acts, e)
 
 
 def _forward_with_output(
@@ -791,7 +801,7 @@ def _randomcam(e: LayerEvidence) -> torch.Tensor:
     generator = torch.Generator().manual_seed(RANDOM_CAM_SEED)
     acts = e.activations
     weights = 2 * torch.rand(acts.shape[1], generator=generator, dtype=torch.float64) - 1
-    return _weighted_sum(weights.to(device=acts.device, dtype=acts.dtype).expand(len(acts), -1), acts)
+    return _weighted_sum(weights.to(device=acts.device, dtype=acts.dtype).expand(len(acts), -1), acts, e)
 
 
 @register_method(
@@ -910,7 +920,7 @@ def _cam(e: LayerEvidence) -> torch.Tensor:
 
     Raises ``MethodError`` when no Linear layer of the model does that (another layer, or a model that ends with an
     MLP, a norm after the pooling, or a class token)."""
-    return _weighted_sum(_gap_classifier(e)[e.targets], e.activations)
+    return _weighted_sum(_gap_classifier(e)[e.targets], e.activations, e)
 
 
 def _gap_classifier(e: LayerEvidence) -> torch.Tensor:
@@ -1208,6 +1218,8 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
     progress: ProgressCallback | None = None,
     seed: int = 0,
     n_samples: int | None = None,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
 ) -> CamResult:
     """Compute one CAM per requested layer from a single forward (and, for gradient methods, a single backward).
 
@@ -1232,6 +1244,15 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
             same seed gives the same maps; global generators are never used or seeded.
         n_samples: noisy or integration samples of the sampling methods (SS-CAM, IS-CAM, Smooth Grad-CAM++), >= 1;
             None for each method's default (``METHODS[m].samples``). Other methods ignore it.
+        aug_smooth: pytorch-grad-cam's test-time augmentation: the maps of the image and of its mirror image, each
+            times 0.9, 1 and 1.1, mirrored back and averaged (``AUG_SMOOTH_VIEWS``; 6x the work). The class is the
+            original image's unless given (pytorch-grad-cam re-picks each view's argmax). ``.maps`` is then that mean
+            (in [0, 1], not re-normalised), ``.raw`` the mean of the views' raw maps mirrored back, ``.degenerate``
+            True where every view's map is; ``finish_maps(raw)`` no longer gives ``.maps``.
+        eigen_smooth: pytorch-grad-cam's ``eigen_smooth``: each method's per-channel terms (``w_c A_c``, or the
+            element-wise products of HiResCAM, LayerCAM, Grad-CAM element-wise) are projected on their first
+            principal component instead of summed, sign fixed as Eigen-CAM's. FEM, KPCA-CAM, LeGrad and the
+            principal-component methods ignore it, as in pytorch-grad-cam.
 
     Returns:
         A ``CamResult``; ``raw`` is at the feature map's ``(h, w)`` after any layout reshaping.
@@ -1252,6 +1273,8 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
         progress=progress,
         seed=seed,
         n_samples=n_samples,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
     )[method]
 
 
@@ -1267,6 +1290,8 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
     progress: ProgressCallback | None = None,
     seed: int = 0,
     n_samples: int | None = None,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
 ) -> dict[str, CamResult]:
     """Every method x layer map from shared passes: the methods x layers grid of issue #12.
 
@@ -1277,7 +1302,8 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
 
     Args:
         methods: keys of ``METHODS``, at least one; repeats are computed once.
-        model, x, layers, class_idx, scorecam_batch_size, layouts, seed, n_samples: as for ``compute_cams``.
+        model, x, layers, class_idx, scorecam_batch_size, layouts, seed, n_samples, aug_smooth, eigen_smooth: as for
+            ``compute_cams``.
         progress: ``callback(done, total)`` after each extra forward batch of the perturbation methods, counted over
             all of them; it may raise to cancel (hooks removed, modes restored, lock released).
 
@@ -1290,6 +1316,21 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
         ``ValueError``).
     """
     started = time.perf_counter()
+    if not isinstance(aug_smooth, bool) or not isinstance(eigen_smooth, bool):
+        raise InputError(f"aug_smooth and eigen_smooth must be True or False, got {aug_smooth!r}, {eigen_smooth!r}")
+    if aug_smooth:
+        run = partial(
+            compute_cam_grid,
+            model,
+            layers=layers,
+            methods=methods,
+            scorecam_batch_size=scorecam_batch_size,
+            layouts=layouts,
+            seed=seed,
+            n_samples=n_samples,
+            eigen_smooth=eigen_smooth,
+        )
+        return _augmentation_smoothed(run, x, class_idx, progress, started)
     specs = _resolve_methods(methods)
     require_model(model)
     if progress is not None and not callable(progress):
@@ -1355,12 +1396,68 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
             )
             for spec in group:
                 raws[spec.name] = _raw_maps(
-                    spec, pass_, names, scorecam_batch_size, counter, seed=seed, n_samples=n_samples
+                    spec,
+                    pass_,
+                    names,
+                    scorecam_batch_size,
+                    counter,
+                    seed=seed,
+                    n_samples=n_samples,
+                    eigen_smooth=eigen_smooth,
                 )
 
     finished = _finish_all(raws, names, size)
     elapsed = time.perf_counter() - started
     return {spec.name: _result(spec, raws[spec.name], finished[spec.name], pass_, elapsed) for spec in specs}
+
+
+# pytorch-grad-cam's aug_smooth views, in ttach's order: Compose([HorizontalFlip(), Multiply([0.9, 1, 1.1])]).
+AUG_SMOOTH_VIEWS = tuple((mirror, factor) for mirror in (False, True) for factor in (0.9, 1.0, 1.1))
+
+
+def _augmentation_smoothed(
+    run: Callable[..., dict[str, CamResult]],
+    x: torch.Tensor,
+    class_idx: int | Sequence[int] | None,
+    progress: ProgressCallback | None,
+    started: float,
+) -> dict[str, CamResult]:
+    """``run`` (``compute_cam_grid`` without aug_smooth) on every view of ``AUG_SMOOTH_VIEWS``, the original first
+    (it fixes the classes), each view's maps mirrored back; per method the mean of the views' maps and raw maps, in
+    ttach's order (pytorch-grad-cam's ``forward_augmentation_smoothing``). Progress counts the views' batches."""
+    _validate_input(x, 1)
+    order = [(False, 1.0), *(view for view in AUG_SMOOTH_VIEWS if view != (False, 1.0))]
+    views: dict[tuple[bool, float], dict[str, CamResult]] = {}
+    for k, (mirror, factor) in enumerate(order):
+        image = x.flip(3) if mirror else x
+        report = None
+        if progress is not None:
+
+            def report(done: int, total: int, k: int = k) -> None:
+                progress(k * total + done, len(order) * total)
+
+        views[mirror, factor] = run(image * factor if factor != 1.0 else image, class_idx=class_idx, progress=report)
+        class_idx = next(iter(views[False, 1.0].values())).class_idx
+
+    def back(array: np.ndarray, mirror: bool) -> np.ndarray:
+        return np.ascontiguousarray(array[..., ::-1]) if mirror else array
+
+    out = {}
+    elapsed = time.perf_counter() - started
+    for method, original in views[False, 1.0].items():
+        results = [(views[view][method], view[0]) for view in AUG_SMOOTH_VIEWS]
+        out[method] = dataclasses.replace(
+            original,
+            maps={
+                n: np.mean([back(r.maps[n], m) for r, m in results], axis=0, dtype=np.float32) for n in original.layers
+            },
+            raw={
+                n: np.mean([back(r.raw[n], m) for r, m in results], axis=0, dtype=np.float32) for n in original.layers
+            },
+            degenerate={n: np.all([r.degenerate[n] for r, _ in results], axis=0) for n in original.layers},
+            elapsed_s=elapsed,
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -1412,6 +1509,7 @@ def _raw_maps(
     *,
     seed: int,
     n_samples: int | None,
+    eigen_smooth: bool,
 ) -> dict[str, torch.Tensor]:
     """One method's signed raw map of every layer from a shared pass. Perturbation methods run more forwards: they
     stay inside the caller's guard (eval mode, no other session's hooks)."""
@@ -1433,6 +1531,7 @@ def _raw_maps(
                 hessian_products=pass_.products.get(name) if spec.second_order else None,
                 seed=seed,
                 n_samples=n_samples or spec.samples,
+                eigen_smooth=eigen_smooth,
                 gradients_at=partial(_gradients_at, pass_.model, name, pass_.layouts[name]),
                 module=pass_.modules[name],
                 layout=pass_.layouts[name],

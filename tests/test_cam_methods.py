@@ -21,11 +21,13 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from test_cam import (
     ATOL,
     LAYOUT_ZOO,
+    REFERENCE_CAMS,
     SCORECAM_SIZE,
     ZOO,
     LayoutZoo,
     Zoo,
     _as_produced,
+    _assert_equal_up_to_eigen_sign,
     _assert_same_result,
     _channels_last,
     _drop_tokens,
@@ -498,3 +500,106 @@ def test_legrad_refuses_layers_it_cannot_explain(zoos, model_name, layer, messag
     )
     with pytest.raises(MethodError, match=message):
         compute_cams(model, x, [layer], method="legrad")
+
+
+# --- aug_smooth and eigen_smooth (pytorch-grad-cam's options) --------------------------------------------------------
+
+SMOOTHING_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "gradcam_elementwise", "scorecam"]
+
+
+def _pytorch_grad_cam_call(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    method: str,
+    classes: list[int],
+    *,
+    transform: Callable | None = None,
+    **call: bool,
+) -> np.ndarray:
+    """pytorch-grad-cam's map of one layer, called with ``call`` (aug_smooth, eigen_smooth); output as produced."""
+    module = dict(model.named_modules())[layer]
+    with REFERENCE_CAMS[method](model=model, target_layers=[module], reshape_transform=transform) as cam:
+        handle = module.register_forward_hook(_as_produced)
+        try:
+            return cam(input_tensor=x, targets=[ClassifierOutputTarget(k) for k in classes], **call)
+        finally:
+            handle.remove()
+            model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("method", [m for m in SMOOTHING_METHODS if m != "scorecam"])  # 6 views: slow on CPU
+def test_aug_smooth_matches_pytorch_grad_cam(zoos, method):
+    zoo, _ = zoos
+    model, x, classes = zoo.model("resnet18"), zoo.images(SCORECAM_SIZE), [3, 7]
+    ours = compute_cams(model, x, ["layer2", "layer3"], method=method, class_idx=classes, aug_smooth=True)
+    for layer in ours.layers:
+        reference = _pytorch_grad_cam_call(model, x, layer, method, classes, aug_smooth=True)
+        np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+    plain = compute_cams(model, x, ["layer3"], method=method, class_idx=classes)
+    assert np.abs(plain.maps["layer3"] - ours.maps["layer3"]).max() > 1e-3  # the views change the map
+
+
+@pytest.mark.parametrize("name", ["deit_tiny", "convnext_tiny"])
+def test_aug_smooth_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name):
+    _, layout_zoo = zoos
+    entry = LAYOUT_ZOO[name]
+    layer, transform = next((layer, t) for layer, t in entry.layers.items() if t is not None)
+    model, x = layout_zoo.model(name, torch.float64), layout_zoo.images(name, dtype=torch.float64)
+    ours = compute_cams(model, x, [layer], class_idx=[5, 9], aug_smooth=True)
+    reference = _pytorch_grad_cam_call(model, x, layer, "gradcam", [5, 9], transform=transform, aug_smooth=True)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", SMOOTHING_METHODS)
+def test_eigen_smooth_matches_pytorch_grad_cam_up_to_the_sign(zoos, method):
+    """pytorch-grad-cam keeps LAPACK's sign of the principal component; camlib orients it like the channel sum."""
+    zoo, _ = zoos
+    model, x, classes = zoo.model("resnet18"), zoo.images(SCORECAM_SIZE), [3, 7]
+    ours = compute_cams(model, x, ["layer2", "layer3"], method=method, class_idx=classes, eigen_smooth=True)
+    plain = compute_cams(model, x, ["layer2", "layer3"], method=method, class_idx=classes)
+    for layer in ours.layers:
+        reference = _pytorch_grad_cam_call(model, x, layer, method, classes, eigen_smooth=True)
+        _assert_equal_up_to_eigen_sign(ours, layer, reference, SCORECAM_SIZE)
+        for smooth, summed in zip(ours.raw[layer], plain.raw[layer], strict=True):
+            assert np.corrcoef(smooth.ravel(), summed.ravel())[0, 1] > 0
+
+
+@pytest.mark.parametrize("name", ["deit_tiny", "convnext_tiny"])
+def test_eigen_smooth_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name):
+    _, layout_zoo = zoos
+    entry = LAYOUT_ZOO[name]
+    layer, transform = next((layer, t) for layer, t in entry.layers.items() if t is not None)
+    model, x = layout_zoo.model(name, torch.float64), layout_zoo.images(name, dtype=torch.float64)
+    ours = compute_cams(model, x, [layer], method="layercam", class_idx=[5, 9], eigen_smooth=True)
+    reference = _pytorch_grad_cam_call(model, x, layer, "layercam", [5, 9], transform=transform, eigen_smooth=True)
+    _assert_equal_up_to_eigen_sign(ours, layer, reference, entry.size)
+
+
+def test_fem_ignores_eigen_smooth_as_pytorch_grad_cam(small_resnet, x64):
+    smooth = compute_cams(small_resnet, x64, ["layer3"], method="fem", eigen_smooth=True)
+    _assert_same_result(smooth, compute_cams(small_resnet, x64, ["layer3"], method="fem"))
+
+
+def test_aug_smooth_explains_the_original_images_class_and_counts_every_views_batches(small_resnet, x64):
+    steps: list[tuple[int, int]] = []
+    result = compute_cams(
+        small_resnet,
+        x64[:1],
+        ["layer1"],
+        method="scorecam",
+        scorecam_batch_size=32,
+        aug_smooth=True,
+        progress=lambda done, total: steps.append((done, total)),
+    )
+    assert steps == [(k, 12) for k in range(1, 13)]  # 6 views x 64 / 32 batches
+    with torch.no_grad():
+        assert result.class_idx == small_resnet(x64[:1]).argmax(dim=1).tolist()
+    np.testing.assert_allclose(result.logits, compute_cams(small_resnet, x64[:1], ["layer1"]).logits, atol=1e-6)
+    assert result.maps["layer1"].dtype == np.float32 and result.raw["layer1"].shape == (1, 16, 16)
+
+
+@pytest.mark.parametrize("kwargs", [{"aug_smooth": 1}, {"eigen_smooth": "yes"}])
+def test_smoothing_flags_must_be_booleans(small_resnet, x64, kwargs):
+    with pytest.raises(InputError, match="aug_smooth and eigen_smooth"):
+        compute_cams(small_resnet, x64, ["layer3"], **kwargs)
