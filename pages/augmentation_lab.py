@@ -10,7 +10,7 @@ import streamlit as st
 from camlib.augment.grid import GridResult, augment_grid, pick_images
 from camlib.drawing import fast_png, grid_png
 from camlib.overlay import upscale_nearest
-from ui import app_inputs, keys, lab_steps, lab_url, model_loop, pipeline_editor, widgets
+from ui import app_inputs, keys, lab_stability, lab_steps, lab_url, model_loop, pipeline_editor, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -119,3 +119,5 @@ with view:
 
     st.subheader("Export")
     pipeline_editor.export_widgets(pipeline)
+
+    lab_stability.stability_panel(data, pool, pipeline, device)

@@ -23,6 +23,7 @@ from camlib.stability import (
     augmentation_stability,
     flip_curve,
     map_correlation,
+    reporting_progress,
     stability_views,
     top_fraction_iou,
 )
@@ -355,3 +356,21 @@ def test_bundled_resnet20_on_cifar10_gives_finite_scores_in_range(cifar_images, 
     assert 0.5 < report.scores.mean_correlation < 1.0
     assert 0.0 <= report.scores.flip_rate < 0.5
     np.testing.assert_allclose(report.per_step[2].scores.correlation, 1.0, atol=1e-9)  # a 32x32 crop of 32x32 images
+
+
+def test_progress_is_reported_per_batch_and_a_raising_callback_cancels(model, images, snapshot):
+    seen = []
+    with reporting_progress(lambda done, total: seen.append((done, total))):
+        augmentation_stability(model, images, FLIP_CROP, "2", preprocessing=SAME, n_views=2)
+        sweep = Sweep(1, "min_height", (40, 48))
+        flip_curve(model, images, FLIP_CROP, "2", preprocessing=SAME, sweep=sweep, n_views=2)
+    assert seen == [(k, 4) for k in range(1, 5)] + [(k, 2) for k in range(1, 3)]  # full + 3 steps; 2 values
+    before = snapshot(model)
+
+    def cancel(done: int, total: int) -> None:
+        raise KeyboardInterrupt  # what a stopped Streamlit run raises from its next element call
+
+    with pytest.raises(KeyboardInterrupt), reporting_progress(cancel):
+        augmentation_stability(model, images, FLIP_CROP, "2", preprocessing=SAME, n_views=2)
+    before.assert_unchanged()
+    augmentation_stability(model, images[:1], FLIP, "2", preprocessing=SAME, n_views=1)  # no callback outside

@@ -32,6 +32,8 @@ CAM_VIEW = "cam_view"  # pages/cam_explorer.py: one method, or the method x laye
 CAM_GRID_METHODS = "cam_grid_methods"  # ui.cam_grid: the grid's methods (rows)
 CAM_GRID_START = "cam_grid_start"  # ui.cam_grid (through ui.cam_view.ready_to_start): starts slow methods of the grid
 CAM_LAST_GRID = "cam_last_grid"  # ui.last_good (from ui.cam_grid): the last grid that worked, with its context
+CAM_PIXEL_METHOD = "cam_pixel_method"  # ui.pixel_view: the pixel-attribution method
+CAM_LAST_PIXEL = "cam_last_pixel"  # ui.last_good (from ui.pixel_view): the last attribution that worked
 CAM_SIGNED = "cam_signed"  # ui.cam_view: the detailed view shows the signed raw map
 
 
@@ -74,6 +76,21 @@ AUG_DL_YAML = "aug_dl_yaml"
 AUG_DL_PY = "aug_dl_py"
 AUG_SPLIT = "aug_split"  # ui.widgets.cifar_input (on the Lab): the CIFAR-10 split radio (set by ui.lab_url from a link)
 AUG_LINK = "aug_link"  # ui.lab_url: the Lab settings last read from or written to the URL query
+AUG_STAB_MODEL = "aug_stab_model"  # ui.lab_stability: the stability panel's CIFAR-10 model
+AUG_STAB_LAYER = "aug_stab_layer"  # ui.lab_stability: its target layer
+AUG_STAB_METHOD = "aug_stab_method"  # ui.lab_stability: its CAM method
+AUG_STAB_VIEWS = "aug_stab_views"  # ui.lab_stability: views per image
+AUG_STAB_IMAGE = "aug_stab_image"  # ui.lab_stability: the image of the one-image strip
+AUG_STAB_K = "aug_stab_k"  # ui.lab_stability: K images of the summary and the flip curves
+AUG_STAB_PARAM = "aug_stab_param"  # ui.lab_stability: the swept (step, parameter)
+AUG_STAB_POINTS = "aug_stab_points"  # ui.lab_stability: points of a flip curve
+AUG_STAB_SHARE = "aug_stab_share"  # ui.lab_stability: the flip share marked on the curve
+AUG_STAB_RUN_ONE = "aug_stab_run_one"  # ui.lab_stability: buttons
+AUG_STAB_RUN_SUMMARY = "aug_stab_run_summary"
+AUG_STAB_RUN_CURVE = "aug_stab_run_curve"
+AUG_STAB_LAST_ONE = "aug_stab_last_one"  # ui.lab_stability: the last good result of each part, with its key
+AUG_STAB_LAST_SUMMARY = "aug_stab_last_summary"
+AUG_STAB_LAST_CURVE = "aug_stab_last_curve"
 STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
 
 
