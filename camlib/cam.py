@@ -132,6 +132,7 @@ class Progress:
 
 
 RawMap = Callable[[LayerEvidence], torch.Tensor]
+Refusal = Callable[[nn.Module, nn.Module, "Layout | None"], "str | None"]
 Score = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 
@@ -166,10 +167,24 @@ class MethodSpec:
     samples: int = 1
     per_channel: bool = True
     fuses_layers: bool = False
+    refuse: Refusal | None = field(default=None, compare=False, repr=False)
 
     @property
     def uses_gradients(self) -> bool:
         return self.family == "gradient"
+
+    def refusal(self, model: nn.Module, layer: str, layout: Layout | None = None) -> str | None:
+        """Why this method cannot explain ``layer`` of ``model``, from the model's structure alone (no forward), or
+        None where it may: the reason a picker shows next to a greyed-out method. ``layout`` (the layer inspector's
+        ``LayerInfo.layout``) makes the check sharper. None is not a promise: ``compute_cams`` still checks on the
+        numbers and raises ``MethodError`` (e.g. CAM on a layer whose output is changed after the layer that feeds
+        the pooling).
+
+        Raises ``LayerError`` when ``layer`` is not a module of ``model``."""
+        module = dict(model.named_modules()).get(layer) if isinstance(layer, str) and layer else None
+        if module is None:
+            raise LayerError(f"layer {layer!r} is not a module of this model")
+        return None if self.refuse is None else self.refuse(model, module, layout)
 
     def extra_forwards(self, channels: int, n_samples: int | None = None) -> int:
         """Extra forwards for one image and one layer of ``channels`` channels (0 unless "perturbation")."""
@@ -203,13 +218,15 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
     samples: int = 1,
     per_channel: bool = True,
     fuses_layers: bool = False,
+    refuse: Refusal | None = None,
 ) -> Callable[[RawMap], RawMap]:
     """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared.
 
     ``score`` is what a "gradient" method differentiates (default: the explained class's logit); ``second_order``
     gives it Hessian-vector products as well (``LayerEvidence.hessian_products``); ``samples`` and ``per_channel``
     describe a sampling "perturbation" method's extra forwards (``MethodSpec.extra_forwards``); ``fuses_layers``
-    says that the method's map is ``CamResult.refined`` (its per-layer maps fused)."""
+    says that the method's map is ``CamResult.refined`` (its per-layer maps fused); ``refuse(model, module, layout)``
+    says statically why the method does not apply to a layer (``MethodSpec.refusal``)."""
     if not isinstance(family, str) or family not in FAMILIES:
         raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
 
@@ -217,7 +234,18 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
         if name in METHODS:
             raise MethodError(f"CAM method {name!r} is registered twice")
         METHODS[name] = MethodSpec(
-            name, label, paper, family, cost, raw_map, score, second_order, samples, per_channel, fuses_layers
+            name,
+            label,
+            paper,
+            family,
+            cost,
+            raw_map,
+            score,
+            second_order,
+            samples,
+            per_channel,
+            fuses_layers,
+            refuse,
         )
         return raw_map
 
@@ -810,6 +838,7 @@ def _randomcam(e: LayerEvidence) -> torch.Tensor:
     paper="Bousselham et al., 2024, arXiv:2404.03214",
     family="activation",
     cost="1 forward + 1 forward and backward per layer (its own pass, with attention hooks)",
+    refuse=lambda model, module, layout: _legrad_refusal(model, module, layout),
 )
 def _legrad(e: LayerEvidence) -> torch.Tensor:
     """LeGrad: ``mean_{heads, queries} relu(d s_k / d P)`` over the patch keys, ``P`` the block's post-softmax
@@ -902,12 +931,31 @@ def _legrad_refusal(model: nn.Module, module: nn.Module | None, layout: Layout |
     return None
 
 
+def _cam_refusal(model: nn.Module, _module: nn.Module, layout: Layout | None) -> str | None:
+    """Why CAM cannot explain a layer, from the structure: no ``nn.Linear`` taking the layer's channels, or tokens
+    with a class token (such models classify from that token, not from the average of the patches)."""
+    use = "use Grad-CAM, which equals CAM where CAM is defined"
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return f"CAM needs a classifier that is one Linear layer on the global average of a feature map; {use}"
+    if layout is not None and layout.kind == "tokens" and layout.prefix_tokens > 0:
+        return f"CAM needs the global average of the layer; this model classifies from its class token: {use}"
+    if layout is not None and layout.channels and all(m.in_features != layout.channels for m in linears):
+        return (
+            f"CAM needs the layer whose global average feeds the classifier; this layer has {layout.channels} "
+            "channels and no Linear layer of the model takes that many: pick the last feature layer before the "
+            f"global pooling, or {use}"
+        )
+    return None
+
+
 @register_method(
     "cam",
     label="CAM",
     paper="Zhou et al., CVPR 2016, arXiv:1512.04150",
     family="activation",
     cost="1 forward",
+    refuse=_cam_refusal,
 )
 def _cam(e: LayerEvidence) -> torch.Tensor:
     """CAM: ``sum_c W_kc A_c`` with ``W_k`` the explained class's row of the classifier (Zhou et al. 2016, eq. 1-2).

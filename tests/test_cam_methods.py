@@ -48,7 +48,9 @@ from camlib.cam import (
     SSCAM_STD,
     compute_cams,
 )
-from camlib.errors import InputError, MethodError
+from camlib.errors import InputError, LayerError, MethodError
+from camlib.layers import list_candidate_layers
+from camlib.layouts import Layout
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -603,3 +605,66 @@ def test_aug_smooth_explains_the_original_images_class_and_counts_every_views_ba
 def test_smoothing_flags_must_be_booleans(small_resnet, x64, kwargs):
     with pytest.raises(InputError, match="aug_smooth and eigen_smooth"):
         compute_cams(small_resnet, x64, ["layer3"], **kwargs)
+
+
+# --- applicability: MethodSpec.refusal ------------------------------------------------------------------------------
+
+
+def _inspected(model: nn.Module, size: int) -> dict[str, Layout]:
+    return {info.name: info.layout for info in list_candidate_layers(model, (size, size))}
+
+
+def _applicability_cases():
+    for name, entry in ZOO.items():
+        if name in ("resnet18", "efficientnet_lite0"):
+            for layer in entry.layers:
+                yield pytest.param(name, layer, id=f"{name}-{layer}")
+    for name, entry in LAYOUT_ZOO.items():
+        for layer in entry.layers:
+            yield pytest.param(name, layer, id=f"{name}-{layer}")
+    yield pytest.param("vit_b_16", "encoder.layers.encoder_layer_11", id="vit_b_16-block")
+
+
+@pytest.mark.parametrize("name,layer", _applicability_cases())
+def test_a_refused_method_is_refused_at_compute_time_too(zoos, name, layer):
+    """For CAM and LeGrad on the zoo layers: where ``refusal`` gives a reason, ``compute_cams`` raises MethodError;
+    LeGrad's reasons are exact (it computes wherever it is not refused). Every other method never refuses."""
+    zoo, layout_zoo = zoos
+    model, size = (layout_zoo.model(name), LAYOUT_ZOO[name].size) if name in LAYOUT_ZOO else (zoo.model(name), 64)
+    layout = _inspected(model, size)[layer]
+    x = _images(1, size, seed=2)
+    for method in ("cam", "legrad"):
+        reason = METHODS[method].refusal(model, layer, layout)
+        assert reason is None or (isinstance(reason, str) and reason)
+        if reason is not None:
+            with pytest.raises(MethodError):
+                compute_cams(model, x, [layer], method=method)
+        elif method == "legrad":
+            compute_cams(model, x, [layer], method=method)
+    assert all(METHODS[m].refusal(model, layer, layout) is None for m in METHODS if m not in ("cam", "legrad"))
+
+
+@pytest.mark.parametrize(
+    "name,layer,cam,legrad",
+    [
+        ("resnet18", "layer4", None, "vision-transformer"),
+        ("resnet18", "layer3", "256 channels", "vision-transformer"),
+        ("efficientnet_lite0", "bn2", None, "vision-transformer"),
+        ("deit_tiny", "blocks.4", "class token", "nn.MultiheadAttention"),
+        ("vit_b_16", "encoder.layers.encoder_layer_11", "class token", None),
+    ],
+)
+def test_refusal_reasons_for_cam_and_legrad(zoos, name, layer, cam, legrad):
+    """The UI greys a method out with this reason: CAM needs GAP + Linear, LeGrad needs a ViT block."""
+    zoo, layout_zoo = zoos
+    model, size = (layout_zoo.model(name), LAYOUT_ZOO[name].size) if name in LAYOUT_ZOO else (zoo.model(name), 64)
+    layout = _inspected(model, size)[layer]
+    for method, expected in (("cam", cam), ("legrad", legrad)):
+        reason = METHODS[method].refusal(model, layer, layout)
+        assert reason is None if expected is None else expected in reason
+    assert (METHODS["legrad"].refusal(model, layer) is None) == (legrad is None)  # also without the layout
+
+
+def test_refusal_of_an_unknown_layer_is_a_layer_error(small_resnet):
+    with pytest.raises(LayerError, match="not a module"):
+        METHODS["cam"].refusal(small_resnet, "layer9")
