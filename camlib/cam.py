@@ -502,6 +502,23 @@ def _oriented(projection: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
 
 
 KPCA_DENSE_MAX = 200  # positions; above this, one eigenpair by ARPACK instead of a full eigh (as sklearn's KernelPCA)
+# KPCA-CAM's (h w) x (h w) float64 kernel may take at most this many bytes (the computation holds about three such
+# matrices at once): 512 MiB allows 8,192 positions (e.g. 90 x 90); a 112 x 112 layer (12,544 positions, 1.26 GB per
+# matrix) is refused before any kernel is built.
+KPCA_MAX_KERNEL_BYTES = 512 * 2**20
+
+
+def _kpca_refusal(positions: int) -> str | None:
+    """Why KPCA-CAM refuses a layer of ``positions = h * w`` positions (its kernel over the memory cap), or None."""
+    size = 8 * positions**2
+    if size <= KPCA_MAX_KERNEL_BYTES:
+        return None
+    cap = int((KPCA_MAX_KERNEL_BYTES / 8) ** 0.5)
+    return (
+        f"KPCA-CAM builds a {positions:,} x {positions:,} kernel matrix for this layer ({size / 2**30:.1f} GiB in "
+        f"float64, about three times that while it works), over its {KPCA_MAX_KERNEL_BYTES // 2**20} MiB cap "
+        f"(camlib.cam.KPCA_MAX_KERNEL_BYTES): pick a deeper layer with at most {cap:,} positions, or use Eigen-CAM"
+    )
 
 
 @register_method(
@@ -510,11 +527,20 @@ KPCA_DENSE_MAX = 200  # positions; above this, one eigenpair by ARPACK instead o
     paper="Karmani et al., 2024, arXiv:2410.00267",
     family="activation",
     cost="1 forward + a kernel eigenproblem per image, (h w) x (h w)",
+    refuse=lambda _model, _module, layout: (
+        None if layout is None or not layout.height else _kpca_refusal(layout.height * layout.width)
+    ),
 )
 def _kpcacam(e: LayerEvidence) -> torch.Tensor:
     """KPCA-CAM: the activations projected on their first kernel principal component (Karmani et al. 2024), with
     pytorch-grad-cam's default sigmoid kernel ``k(a, b) = tanh(a . b / C + 1)`` on the channel-centred activations
-    of each position (``_kernel_projection``)."""
+    of each position (``_kernel_projection``).
+
+    Raises ``MethodError`` before building the kernel when its ``(h w)^2`` float64 entries exceed
+    ``KPCA_MAX_KERNEL_BYTES`` (``MethodSpec.refusal`` says so from the layer's layout, before any forward)."""
+    reason = _kpca_refusal(e.activations.shape[2] * e.activations.shape[3])
+    if reason is not None:
+        raise MethodError(reason)
     return _kernel_projection(e.activations)
 
 

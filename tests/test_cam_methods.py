@@ -627,13 +627,13 @@ def _applicability_cases():
 
 @pytest.mark.parametrize("name,layer", _applicability_cases())
 def test_a_refused_method_is_refused_at_compute_time_too(zoos, name, layer):
-    """For CAM and LeGrad on the zoo layers: where ``refusal`` gives a reason, ``compute_cams`` raises MethodError;
-    LeGrad's reasons are exact (it computes wherever it is not refused). Every other method never refuses."""
+    """For CAM, LeGrad and KPCA-CAM on the zoo layers: where ``refusal`` gives a reason, ``compute_cams`` raises
+    MethodError; LeGrad's reasons are exact (it computes wherever it is not refused). No other method refuses."""
     zoo, layout_zoo = zoos
     model, size = (layout_zoo.model(name), LAYOUT_ZOO[name].size) if name in LAYOUT_ZOO else (zoo.model(name), 64)
     layout = _inspected(model, size)[layer]
     x = _images(1, size, seed=2)
-    for method in ("cam", "legrad"):
+    for method in ("cam", "legrad", "kpcacam"):
         reason = METHODS[method].refusal(model, layer, layout)
         assert reason is None or (isinstance(reason, str) and reason)
         if reason is not None:
@@ -641,7 +641,9 @@ def test_a_refused_method_is_refused_at_compute_time_too(zoos, name, layer):
                 compute_cams(model, x, [layer], method=method)
         elif method == "legrad":
             compute_cams(model, x, [layer], method=method)
-    assert all(METHODS[m].refusal(model, layer, layout) is None for m in METHODS if m not in ("cam", "legrad"))
+    assert all(
+        METHODS[m].refusal(model, layer, layout) is None for m in METHODS if m not in ("cam", "legrad", "kpcacam")
+    )
 
 
 @pytest.mark.parametrize(
@@ -668,3 +670,36 @@ def test_refusal_reasons_for_cam_and_legrad(zoos, name, layer, cam, legrad):
 def test_refusal_of_an_unknown_layer_is_a_layer_error(small_resnet):
     with pytest.raises(LayerError, match="not a module"):
         METHODS["cam"].refusal(small_resnet, "layer9")
+
+
+# --- KPCA-CAM's memory cap -----------------------------------------------------------------------------------------
+
+
+def test_kpcacam_refuses_a_kernel_over_its_memory_cap_before_building_it(monkeypatch):
+    """A 112 x 112 layer: a 12,544 x 12,544 float64 kernel (1.2 GiB) is over the 512 MiB cap; the kernel is never
+    built (the projection is replaced by a tripwire), and the static refusal says the same from the layout."""
+    assert camlib.cam.KPCA_MAX_KERNEL_BYTES == 512 * 2**20
+
+    def tripwire(_acts):
+        raise AssertionError("the kernel was built")
+
+    monkeypatch.setattr(camlib.cam, "_kernel_projection", tripwire)
+    net = seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 112 * 112, 3)))
+    with pytest.raises(MethodError, match=r"12,544 x 12,544 kernel.*1\.2 GiB.*512 MiB.*8,192 positions"):
+        compute_cams(net, _images(1, 112, seed=0), ["0"], method="kpcacam")
+    layout = _inspected(net, 112)["0"]
+    assert "12,544 x 12,544" in METHODS["kpcacam"].refusal(net, "0", layout)
+
+
+def test_kpcacam_cap_separates_layers_by_their_positions(monkeypatch, small_resnet, x64):
+    """With the cap set to 63^2 entries, ResNet-18's 8 x 8 layer2 (64 positions) is refused and its 4 x 4 layer3
+    computed; at the default cap both are."""
+    layouts = _inspected(small_resnet, 64)
+    assert METHODS["kpcacam"].refusal(small_resnet, "layer2", layouts["layer2"]) is None
+    compute_cams(small_resnet, x64, ["layer2", "layer3"], method="kpcacam")
+    monkeypatch.setattr(camlib.cam, "KPCA_MAX_KERNEL_BYTES", 8 * 63**2)
+    assert "64 x 64 kernel" in METHODS["kpcacam"].refusal(small_resnet, "layer2", layouts["layer2"])
+    assert METHODS["kpcacam"].refusal(small_resnet, "layer3", layouts["layer3"]) is None
+    with pytest.raises(MethodError, match="KPCA-CAM cannot explain layer 'layer2'.*64 x 64 kernel"):
+        compute_cams(small_resnet, x64, ["layer2", "layer3"], method="kpcacam")
+    assert not compute_cams(small_resnet, x64, ["layer3"], method="kpcacam").degenerate["layer3"].any()
