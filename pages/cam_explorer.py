@@ -8,7 +8,7 @@ import streamlit as st
 from camlib.cam import METHODS
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
-from ui import app_inputs, cache, cam_grid, cam_view, faithfulness_view, figures, keys, widgets
+from ui import app_inputs, cache, cam_grid, cam_view, faithfulness_view, figures, keys, pixel_view, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -26,12 +26,13 @@ with controls:
         st.error(md("{error}", error=error))
         st.stop()
     image = widgets.image_input(keys.CAM, cifar=widgets.cifar_test_images(root, loaded.spec.dataset))
-    compare = st.radio(
-        "View", ["One method", "Compare methods"], horizontal=True, key=keys.CAM_VIEW, persist_state="session"
-    )
-    compare = compare != "One method"
+    views = ["One method", "Compare methods", "Pixel attribution"]
+    mode = st.radio("View", views, horizontal=True, key=keys.CAM_VIEW, persist_state="session")
+    compare = mode == "Compare methods"
     if compare:
         methods = cam_grid.method_picker()
+    elif mode == "Pixel attribution":
+        method = pixel_view.method_picker()
     else:
         method = st.selectbox(
             "Method",
@@ -78,11 +79,14 @@ with results:
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
-    if compare:
-        grid_request, context = (model_key, device, image.pixels, tuple(layers)), (loaded.class_names, image, by_name)
-        cam_grid.show(grid_request, methods, int(class_idx), cam_grid.Context(*context), failed=failed)
-        st.stop()
     request, options = (model_key, device, image.pixels, tuple(layers)), {"class_idx": int(class_idx)}
+    if mode == "Pixel attribution":
+        pixel_view.show(request, method, int(class_idx), loaded.class_names, failed=failed)
+        st.stop()
+    if compare:
+        context = cam_grid.Context(loaded.class_names, image, by_name)
+        cam_grid.show(request, methods, int(class_idx), context, failed=failed)
+        st.stop()
 
     def explain() -> tuple[cache.CamView, tuple[str, ...], widgets.ChosenImage]:
         if failed is not None:

@@ -5,6 +5,7 @@ last grid."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from camlib.cam import compute_cams
-from camlib.errors import NonFiniteError
-from camlib.models import DEFAULT_MODEL
+from camlib.errors import MethodError, NonFiniteError
+from camlib.models import DEFAULT_MODEL, prepare_input
+from camlib.pixel_attribution import PIXEL_METHODS, attribution_images
 from ui import cache, cam_grid, cam_view, keys
 
 TIMEOUT = 300
@@ -151,3 +153,48 @@ def test_the_grid_scores_its_cells_on_request_and_runs_the_sanity_checks(monkeyp
     verdicts += [s.value for s in at.success if "depends on the weights" in s.value]
     assert len(verdicts) == 1
     assert any("logit test (Sixt et al." in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("method", list(PIXEL_METHODS))
+def test_the_pixel_attribution_view_shows_camlibs_attribution(method):
+    """Guided Backpropagation, Guided Grad-CAM and FullGrad on the default model (EfficientNet-Lite0: ReLU6, which
+    camlib guides): the page shows what camlib.pixel_attribution computes for the same input."""
+    cache.compute_pixel_view.clear()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.radio(key=keys.CAM_VIEW).set_value("Pixel attribution").run()
+    at.selectbox(key=keys.CAM_PIXEL_METHOD).set_value(method).run()
+    _no_errors(at)
+    spec = PIXEL_METHODS[method]
+    view, _ = at.session_state[keys.CAM_LAST_PIXEL]
+    assert view.method == method and len(at.image) == 2  # the model's view and one attribution (one layer: bn2)
+    loaded = cache.resolve_model(DEFAULT_MODEL, "cpu")
+    x = prepare_input(at.session_state[f"{keys.CAM}_last_image"].pixels, loaded.spec.preprocessing).tensor
+    layers = (["bn2"],) if spec.needs_layers else ()
+    expected = spec.compute(loaded.model, x, *layers, class_idx=view.class_idx)
+    if spec.output == "map":
+        np.testing.assert_allclose(view.shown[""], expected.maps[0], atol=1e-6)
+    else:
+        attributions = expected.attributions["bn2"] if spec.needs_layers else expected.attributions
+        np.testing.assert_array_equal(
+            view.shown["bn2" if spec.needs_layers else ""], attribution_images(attributions)[0]
+        )
+
+
+def test_a_pixel_method_that_does_not_apply_is_refused_and_the_last_result_stays(monkeypatch):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.radio(key=keys.CAM_VIEW).set_value("Pixel attribution").run()
+    _no_errors(at)
+
+    def refuse(*args, **kwargs):
+        raise MethodError("guided backpropagation needs a model with ReLUs")
+
+    monkeypatch.setitem(PIXEL_METHODS, "guided_backprop", replace(PIXEL_METHODS["guided_backprop"], compute=refuse))
+    cache.compute_pixel_view.clear()
+    at.radio(key=keys.CAM_CLASS_MODE).set_value("Choose a class").run()
+    at.selectbox(key=keys.cam_class(DEFAULT_MODEL)).set_value(1).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Cannot compute the attribution: guided backpropagation needs a model with ReLUs"
+    ]
+    assert "Showing the last attribution that worked." in [c.value for c in at.caption]
+    assert len(at.image) == 2

@@ -39,13 +39,15 @@ def _public_functions(module: ModuleType) -> list[str]:
     return [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
 
 
-def _open(page: str, *, model_loop: bool = False) -> AppTest:
+def _open(page: str, *, model_loop: bool = False, view: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     if page != CAM:
         at.switch_page(page)
     at.run()
     if model_loop:
         at.toggle(key=keys.AUG_MODEL_LOOP).set_value(True).run()
+    if view is not None:  # the CAM Explorer's other views
+        at.radio(key=keys.CAM_VIEW).set_value(view).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -88,7 +90,11 @@ def _inject_each(page: str, monkeypatch: pytest.MonkeyPatch, **open_kwargs) -> l
     with monkeypatch.context() as patch:
         _clear_caches()
         _wrap(patch, reached)
-        _open(page, **open_kwargs)
+        at = _open(page, **open_kwargs)
+        if open_kwargs.get("view"):  # what the view itself reaches, not the default view it was switched from
+            reached.clear()
+            _clear_caches()
+            at.run()
     assert reached, "the page reached no cache function: the harness is broken"
     failures = []
     for name in dict.fromkeys(reached):
@@ -111,6 +117,14 @@ def _inject_each(page: str, monkeypatch: pytest.MonkeyPatch, **open_kwargs) -> l
 def test_cam_page_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     tried = _inject_each(CAM, monkeypatch)
     assert {"resolve_model", "get_layers", "predict", "compute_view", "get_model"} <= set(tried)
+
+
+@pytest.mark.parametrize(
+    ("view", "entry"), [("Compare methods", "compute_grid"), ("Pixel attribution", "compute_pixel_view")]
+)
+def test_cam_pages_other_views_show_every_cache_failure(monkeypatch: pytest.MonkeyPatch, view: str, entry: str):
+    tried = _inject_each(CAM, monkeypatch, view=view)
+    assert {"resolve_model", "get_layers", "predict", entry} <= set(tried)
 
 
 def test_lab_page_with_the_model_in_the_loop_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch) -> None:

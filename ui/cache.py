@@ -33,6 +33,7 @@ from camlib.imaging import DecodedImage, decode_image
 from camlib.layers import LayerInfo, list_candidate_layers
 from camlib.models import LoadedModel, load_model, prepare_batch, prepare_input
 from camlib.overlay import overlay_heatmap
+from camlib.pixel_attribution import PIXEL_METHODS, attribution_images
 from camlib.prediction_cache import cached_predictions
 from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
 
@@ -324,6 +325,49 @@ def _cached_view(
 def _cached_prepared(model_key: str, device: str, key: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """The model's view of an image (uint8 ``(h, w, 3)``) and its crop box, once per (model, device, image)."""
     return _handed()
+
+
+@dataclass(frozen=True)
+class PixelView:
+    """A pixel attribution (``camlib.pixel_attribution``) for the page: per layer (one entry, ``""``, for methods
+    without layers) a uint8 ``(h, w, 3)`` image (``attribution_images`` of signed attributions) or a float ``(h, w)``
+    map in [0, 1] (FullGrad), the explained class, its probability and the time, with the model's view of the image."""
+
+    method: str
+    shown: dict[str, np.ndarray]
+    class_idx: int
+    probability: float
+    elapsed_s: float
+    model_view: np.ndarray
+
+
+@st.cache_data(max_entries=16, ttl=CACHE_TTL, show_spinner="Computing the pixel attribution...")
+def compute_pixel_view(
+    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+) -> PixelView:
+    """One pixel attribution of ``image`` (``PIXEL_METHODS[method]``; ``layers`` only for Guided Grad-CAM), cached.
+
+    Raises:
+        CamlibError: from ``resolve_model`` and the method (``MethodError`` where it does not apply to the model).
+    """
+    spec = PIXEL_METHODS[method]
+    loaded = resolve_model(model_key, device)
+    prepared = prepare_input(image, loaded.spec.preprocessing)
+    x = prepared.tensor.to(loaded.device)
+    with _CAM_JOBS:
+        if spec.needs_layers:
+            result = spec.compute(loaded.model, x, list(layers), class_idx=class_idx)
+        else:
+            result = spec.compute(loaded.model, x, class_idx=class_idx)
+    if spec.output == "map":
+        shown, logits, explained = {"": result.maps[0]}, result.logits, result.class_idx[0]
+    elif spec.needs_layers:
+        shown = {name: attribution_images(a)[0] for name, a in result.attributions.items()}
+        logits, explained = result.guided.logits, result.guided.class_idx[0]
+    else:
+        shown, logits, explained = {"": attribution_images(result.attributions)[0]}, result.logits, result.class_idx[0]
+    probability = float(torch.softmax(torch.from_numpy(logits[0]), dim=-1)[explained])
+    return PixelView(method, shown, explained, probability, result.elapsed_s, prepared.model_view)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Timing the model once, to estimate slow methods...")

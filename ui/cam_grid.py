@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from camlib.cam import METHODS, shared_scale_maps
+from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
 from camlib.overlay import upscale_nearest
 from ui import cache, cam_view, faithfulness_view, keys, widgets
@@ -102,7 +103,15 @@ def show(
 
 
 def draw(grid: cache.GridView, context: Context) -> None:
-    """The overlay controls, then one row per method (label, time) and one column per layer."""
+    """The overlay controls, then one row per method (label, cost) and one column per layer; a camlib error while
+    drawing is shown with ``st.error`` (the grid stays, the next overlay change redraws)."""
+    try:
+        _draw(grid, context)
+    except CamlibError as error:
+        st.error(md("Cannot draw the grid: {error}", error=error))
+
+
+def _draw(grid: cache.GridView, context: Context) -> None:
     with st.expander("Overlay", expanded=True):
         look = widgets.overlay_controls(keys.CAM, columns=4)
     style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}

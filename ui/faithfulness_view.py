@@ -467,7 +467,15 @@ def faithfulness_section(
     """The whole faithfulness view for the CAM Explorer: a button computes the grid (progress bar; a stored grid is
     shown at once), then the table, a cell picker (best cell first), that cell's curves with the baselines', and a
     button for its sanity checks. Errors are shown with ``st.error``."""
-    layers, methods = tuple(layers), tuple(methods)
+    try:
+        _section(model_key, device, image, layers=tuple(layers), methods=tuple(methods), class_idx=class_idx)
+    except CamlibError as error:  # a failure outside the computations (looking up or drawing a stored result)
+        st.error(md("Cannot show the faithfulness scores: {error}", error=error))
+
+
+def _section(
+    model_key: str, device: str, image: np.ndarray, *, layers: tuple[str, ...], methods: tuple[str, ...], class_idx: int
+) -> None:
     grid = cached_grid_scores(model_key, device, image, layers=layers, methods=methods, class_idx=class_idx)
     if grid is None:
         if not st.button(

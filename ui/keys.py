@@ -75,6 +75,7 @@ AUG_DL_JSON = "aug_dl_json"  # ui.pipeline_editor: export buttons
 AUG_DL_YAML = "aug_dl_yaml"
 AUG_DL_PY = "aug_dl_py"
 AUG_SPLIT = "aug_split"  # ui.widgets.cifar_input (on the Lab): the CIFAR-10 split radio (set by ui.lab_url from a link)
+AUG_LAST_STEPS = "aug_last_steps"  # ui.lab_steps: the last step-by-step view that worked (shown after an error)
 AUG_LINK = "aug_link"  # ui.lab_url: the Lab settings last read from or written to the URL query
 AUG_STAB_MODEL = "aug_stab_model"  # ui.lab_stability: the stability panel's CIFAR-10 model
 AUG_STAB_LAYER = "aug_stab_layer"  # ui.lab_stability: its target layer
