@@ -112,10 +112,7 @@ with view:
     with st.expander("One tile step by step (the grid's own draws)"):
         last_tile = len(grid.applied) - 1
         tile = st.number_input("Tile (row-major)", 0, last_tile, 0, key=keys.AUG_TILE, persist_state="session")
-        if failed is None:
-            lab_steps.step_by_step(images, pipeline, grid, int(tile))
-        else:
-            st.caption("The step-by-step view returns once the pipeline works again.")
+        lab_steps.step_by_step(images, pipeline, grid, int(tile), stale=failed is not None)
 
     st.subheader("Export")
     pipeline_editor.export_widgets(pipeline)

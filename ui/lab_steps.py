@@ -9,20 +9,28 @@ from camlib.augment import GridResult, Pipeline, trace_tile
 from camlib.drawing import fast_png
 from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
+from ui import keys
 from ui.text import md
 
 STEP_PX = 96  # each step's image is shown at least this large (nearest-neighbour)
 PER_ROW = 6
 
 
-def step_by_step(images: np.ndarray, pipeline: Pipeline, grid: GridResult, tile: int) -> None:
+def step_by_step(images: np.ndarray, pipeline: Pipeline, grid: GridResult, tile: int, *, stale: bool) -> None:
     """Draw tile ``tile`` of ``grid``: its source image, then the output of each enabled step with the parameters it
-    drew ("not applied" where its probability skipped it), then the applied parameters as JSON."""
-    try:
-        trace = trace_tile(images, pipeline, grid, tile)
-    except CamlibError as error:
-        st.error(md("The step-by-step view failed: {error}", error=error))
-        return
+    drew ("not applied" where its probability skipped it), then the applied parameters as JSON. When ``stale`` (the
+    page shows its last good grid after an error), the last good view is drawn again instead."""
+    if stale:
+        trace = st.session_state.get(keys.AUG_LAST_STEPS)
+        if trace is None:
+            return
+    else:
+        try:
+            trace = trace_tile(images, pipeline, grid, tile)
+        except CamlibError as error:
+            st.error(md("The step-by-step view failed: {error}", error=error))
+            return
+        st.session_state[keys.AUG_LAST_STEPS] = trace
     panels = [("original", trace.original, None)] + [
         (name, image, applied is not None)
         for name, image, applied in zip(trace.transforms, trace.images, trace.applied, strict=True)
