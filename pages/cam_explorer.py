@@ -26,28 +26,33 @@ with controls:
         st.error(md("{error}", error=error))
         st.stop()
     image = widgets.image_input(keys.CAM, cifar=widgets.cifar_test_images(root, loaded.spec.dataset))
+    by_name = {c.name: c for c in candidates}
+    layers = widgets.layer_picker(
+        candidates, default=default_layer(candidates, loaded.spec.default_layers).name, key=keys.cam_layers(model_key)
+    )
+    try:  # methods that cannot explain these layers: marked in the pickers, with the reason
+        refused = cache.method_refusals(model_key, device, tuple(layers))
+    except CamlibError:  # none marked; the computation reports what is wrong
+        refused = {}
     views = ["One method", "Compare methods", "Pixel attribution"]
     mode = st.radio("View", views, horizontal=True, key=keys.CAM_VIEW, persist_state="session")
     compare = mode == "Compare methods"
     if compare:
-        methods = cam_grid.method_picker()
+        methods = cam_grid.method_picker(refused)
     elif mode == "Pixel attribution":
         method = pixel_view.method_picker()
     else:
         method = st.selectbox(
             "Method",
             list(METHODS),
-            format_func=lambda m: METHODS[m].label,
+            format_func=lambda m: cam_grid.option_label(m, refused),
             key=keys.CAM_METHOD,
             persist_state="session",
             help="Score-CAM runs one forward pass per channel: slow on a CPU.",
         )
         st.caption(md("{paper}. Cost: {cost}.", paper=METHODS[method].paper, cost=METHODS[method].cost))
-
-    by_name = {c.name: c for c in candidates}
-    layers = widgets.layer_picker(
-        candidates, default=default_layer(candidates, loaded.spec.default_layers).name, key=keys.cam_layers(model_key)
-    )
+        if method in refused:
+            st.warning(md("{label} cannot explain {reason}", label=METHODS[method].label, reason=refused[method]))
 
     try:
         probabilities, failed = cache.predict(model_key, device, image.pixels), None

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from camlib.cam import compute_cams
+from camlib.cam import METHODS, compute_cams
 from camlib.errors import MethodError, NonFiniteError
 from camlib.models import DEFAULT_MODEL, prepare_input
 from camlib.pixel_attribution import PIXEL_METHODS, attribution_images
@@ -198,3 +198,24 @@ def test_a_pixel_method_that_does_not_apply_is_refused_and_the_last_result_stays
     ]
     assert "Showing the last attribution that worked." in [c.value for c in at.caption]
     assert len(at.image) == 2
+
+
+def test_methods_that_cannot_explain_the_layers_are_marked_in_the_pickers_with_the_reason():
+    """The original CAM needs the layer that feeds global pooling + Linear: on EfficientNet-Lite0's blocks.6 (320
+    channels; the Linear takes 1,280) it is marked in both pickers and its reason (camlib's MethodSpec.refusal) is
+    shown when it is picked."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    picker = at.selectbox(key=keys.CAM_METHOD)
+    assert "CAM" in picker.options  # bn2 feeds the classifier: CAM is not marked
+    at.multiselect(key=keys.cam_layers(DEFAULT_MODEL)).set_value(["blocks.6"]).run()
+    _no_errors(at)
+    picker = at.selectbox(key=keys.CAM_METHOD)
+    assert "CAM (not for these layers)" in picker.options and "Grad-CAM" in picker.options
+    model = cache.resolve_model(DEFAULT_MODEL, "cpu").model
+    [info] = [c for c in cache.get_layers(DEFAULT_MODEL, "cpu") if c.name == "blocks.6"]
+    assert "320 channels" in METHODS["cam"].refusal(model, "blocks.6", info.layout)
+    at.selectbox(key=keys.CAM_METHOD).set_value("cam").run()
+    assert not at.exception
+    assert any(w.value.startswith("CAM cannot explain blocks") and "320 channels" in w.value for w in at.warning)
+    at.radio(key=keys.CAM_VIEW).set_value("Compare methods").run()
+    assert "CAM (not for these layers)" in at.multiselect(key=keys.CAM_GRID_METHODS).options

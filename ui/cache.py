@@ -91,6 +91,26 @@ def get_layers(key: str, device: str) -> list[LayerInfo]:
     return list_candidate_layers(loaded.model, (crop, crop))
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def method_refusals(key: str, device: str, layers: tuple[str, ...]) -> dict[str, str]:
+    """``{method: "layer: reason"}`` for the registry methods that cannot explain one of ``layers`` of the model, from
+    its structure (``MethodSpec.refusal`` with the layer inspector's layouts); the pickers grey those out.
+
+    Raises:
+        CamlibError: from ``resolve_model`` and ``get_layers`` (``LayerError`` for a layer the model does not have).
+    """
+    loaded, infos = resolve_model(key, device), {c.name: c for c in get_layers(key, device)}
+    refused = {}
+    for name, spec in METHODS.items():
+        for layer in layers:
+            info = infos.get(layer)
+            reason = spec.refusal(loaded.model, layer, info.layout if info else None)
+            if reason:
+                refused[name] = f"{layer}: {reason}"
+                break
+    return refused
+
+
 @st.cache_data(max_entries=16, ttl=CACHE_TTL, show_spinner=False)
 def decode_upload(data: bytes, filename: str = "") -> DecodedImage:
     """An upload decoded by ``camlib.imaging.decode_image``; ``filename`` only adds a note when its extension names

@@ -25,24 +25,32 @@ from ui.text import md
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")  # one pass between them
 
 
-def option_label(method: str) -> str:
-    """A method as the picker lists it: its label, and its cost when it runs extra forward passes."""
+def option_label(method: str, refused: dict[str, str] | None = None) -> str:
+    """A method as the pickers list it: its label; "not for these layers" when ``refused`` (``cache.method_refusals``)
+    names it (a select box cannot grey out an option: the label says it, and the page shows the reason); its cost when
+    it runs extra forward passes."""
     spec = METHODS[method]
+    if refused and method in refused:
+        return f"{spec.label} (not for these layers)"
     return spec.label if spec.family != "perturbation" else f"{spec.label} (slow: {spec.cost})"
 
 
-def method_picker() -> list[str]:
-    """The rows of the grid: a multiselect of registry methods, each labelled with its cost when it is slow."""
+def method_picker(refused: dict[str, str] | None = None) -> list[str]:
+    """The rows of the grid: a multiselect of registry methods, each labelled with its cost when it is slow and
+    marked when it cannot explain the chosen layers (the reason is shown when it is picked)."""
     chosen = st.multiselect(
         "Methods (rows)",
         list(METHODS),
         default=[m for m in DEFAULT_METHODS if m in METHODS],
-        format_func=option_label,
+        format_func=lambda m: option_label(m, refused),
         key=keys.CAM_GRID_METHODS,
         persist_state="session",
         help="Gradient and activation methods share one forward pass (and one gradient); each slow method runs one "
         "extra forward pass per channel of each layer.",
     )
+    for method in chosen:
+        if refused and method in refused:
+            st.warning(md("{label} cannot explain {reason}", label=METHODS[method].label, reason=refused[method]))
     costs = sorted({METHODS[m].cost for m in chosen})
     if costs:
         st.caption(md("Cost: {costs}.", costs="; ".join(costs)))
