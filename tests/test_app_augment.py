@@ -142,7 +142,7 @@ def _images_by_caption(at: AppTest, *, steps: bool = False) -> dict[str, str]:
     shown = {}
     for element in at.image:
         for image in element.proto.imgs:
-            if steps or not (image.caption[:1].isdigit() or image.caption.startswith("original,")):
+            if steps or not (image.caption[:1].isdigit() or image.caption.startswith("source image,")):
                 shown[image.caption] = image.url
     return shown
 
@@ -673,7 +673,7 @@ def test_step_by_step_view_shows_each_step_of_the_chosen_tile(media) -> None:
     assert steps[0] == "1. PadIfNeeded, 40x40"
     last = _decode(media(shown[steps[-1]]))
     np.testing.assert_array_equal(last, upscale_nearest(grid.tiles[5], 96))  # the last step is the tile itself
-    original = _decode(media(shown["original, 32x32"]))
+    original = _decode(media(shown["source image, 32x32"]))
     np.testing.assert_array_equal(original, upscale_nearest(_cifar().images[grid.indices[5]], 96))
 
 

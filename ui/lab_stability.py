@@ -114,7 +114,7 @@ def _strip(views: ViewMaps, original: np.ndarray, class_names: tuple[str, ...]) 
     scores = views.scores
     st.image(
         fast_png(upscale_nearest(np.concatenate([original, overlay_heatmap(original, views.original_cam)]), VIEW_PX)),
-        caption="original, its CAM",
+        caption="the source image and its CAM",
         output_format="PNG",
     )
     for start in range(0, len(views.images), PER_ROW):

@@ -31,7 +31,7 @@ def step_by_step(images: np.ndarray, pipeline: Pipeline, grid: GridResult, tile:
             st.error(md("The step-by-step view failed: {error}", error=error))
             return
         st.session_state[keys.AUG_LAST_STEPS] = trace
-    panels = [("original", trace.original, None)] + [
+    panels = [("source image", trace.original, None)] + [
         (name, image, applied is not None)
         for name, image, applied in zip(trace.transforms, trace.images, trace.applied, strict=True)
     ]
