@@ -19,9 +19,9 @@ gets exactly the parameters the image drew. Albumentations 2.0.8 moves masks wit
 the Lab does not expose, so coordinates arrive as exact integers), leaves them alone in pixel-only transforms
 (colour, blur, noise, compression, dropout: ``fill_mask`` is ``None``), and fills pixels with no source with 0
 (``fill_mask``, also not exposed): the ones channel is then 0 there. The carried CAM is the original CAM read at the
-carried coordinates, which is the CAM itself passed as ``mask=`` (tested), but lets the original and all views of an
-image share one ``compute_cams`` batch. With a reflecting or replicating ``border_mode`` the filled pixels carry
-reflected coordinates and count as present, as their image content does.
+carried coordinates, which is the CAM itself passed as ``mask=`` (tested), but lets the original's CAM be computed
+once and the views of every image share ``compute_cams`` batches. With a reflecting or replicating ``border_mode``
+the filled pixels carry reflected coordinates and count as present, as their image content does.
 
 Frames. A CAM lives in the model's input (``crop x crop`` after ``prepare_batch``'s resize and centre crop); both
 maps are compared in the augmented image's pixel frame: a model-input map is read back at each image pixel's centre
@@ -561,20 +561,22 @@ def augmentation_stability(
 ) -> StabilityReport:
     """How much a CAM and a prediction change when each image is augmented by ``pipeline``, view by view.
 
-    For image ``i`` a fresh ``A.Compose`` of the enabled steps is seeded with ``SeedSequence([pipeline.seed, i])``
+    For image ``i`` an ``A.Compose`` of the enabled steps is seeded with ``SeedSequence([pipeline.seed, i])``
     and called ``n_views`` times: the same pipeline (seed included) gives an identical report, and an image's views
     depend on its position ``i``, never on the other images (reroll with ``dataclasses.replace(pipeline, seed=k)``).
-    The original and its views are preprocessed (``prepare_batch``, after augmentation) and go through one
-    ``compute_cams`` call, every one explaining the same class. Per view: ``map_correlation`` and
-    ``top_fraction_iou`` (top 20%) of the view's CAM and the original's CAM carried through the view's transform,
-    over the pixels valid in both (see the module docstring); the explained class's probability change; whether the
-    predicted label flipped. ``per_step`` repeats this with the pipeline cut to each enabled step (same seeds: the
-    step's own draws, not those it gets inside the full pipeline; a single-step pipeline's row equals the full one).
+    The originals and the views are preprocessed (``prepare_batch``, after augmentation) and go through
+    ``compute_cams``, each view explaining its original's class (batches mix images: equal up to float rounding).
+    Per view: ``map_correlation`` and ``top_fraction_iou`` (top 20%) of the view's CAM and the original's CAM
+    carried through the view's transform, over the pixels valid in both (see the module docstring); the explained
+    class's probability change; whether the predicted label flipped. ``per_step`` repeats this with the pipeline cut
+    to each enabled step (same seeds: the step's own draws, not those it gets inside the full pipeline; a single-step
+    pipeline's row equals the full one).
     Steps that match an image to a second one (FDA, HistogramMatching...) take it from the other images of the call
     (``pick_references``; a lone image is matched to itself).
 
-    Cost: one prediction pass over the originals, then ``N x (1 + enabled steps)`` ``compute_cams`` calls of
-    ``1 + n_views`` images each.
+    Cost: ``compute_cams`` over the N originals once, then over ``N x n_views`` views (in batches of ``VIEW_BATCH``)
+    for the full pipeline and for each enabled step (only once for a one-step pipeline). ``reporting_progress``
+    reports each batch.
 
     Args:
         model: a classifier returning ``(N, num_classes)`` logits; may be shared (``compute_cams`` leaves it as it
