@@ -32,8 +32,9 @@ with controls:
     )
     try:  # methods that cannot explain these layers: marked in the pickers, with the reason
         refused = cache.method_refusals(model_key, device, tuple(layers))
-    except CamlibError:  # none marked; the computation reports what is wrong
+    except CamlibError as error:  # none marked; the computation reports what is wrong with the method
         refused = {}
+        st.warning(md("Cannot check which methods apply to these layers: {error}", error=error))
     views = ["One method", "Compare methods", "Pixel attribution"]
     mode = st.radio("View", views, horizontal=True, key=keys.CAM_VIEW, persist_state="session")
     compare = mode == "Compare methods"

@@ -79,8 +79,21 @@ def test_a_method_that_cannot_explain_a_layer_is_reported_and_the_others_are_dra
     at.multiselect(key=keys.CAM_GRID_METHODS).set_value(["gradcam", "cam", "eigencam"]).run()
     _no_errors(at)
     [warning] = [w.value for w in at.warning if "cannot explain" in w.value]
-    assert warning.startswith("CAM cannot explain these layers") and "global average" in warning
+    assert warning.startswith("CAM cannot explain blocks") and "global average" in warning  # marked in the picker
     assert len(at.image) == 2 * len(LAYERS)  # Grad-CAM and Eigen-CAM rows
+
+
+def test_a_method_camlib_refuses_only_at_compute_time_is_reported_in_its_row(monkeypatch):
+    """A refusal the structure does not predict (MethodSpec.refusal says None) comes from compute_cam_grid as a
+    MethodError: that row is a warning and the other methods are still drawn."""
+    at, _ = _open_grid(monkeypatch)
+    monkeypatch.setattr(cache, "method_refusals", lambda *args: {})
+    at.multiselect(key=keys.cam_layers(DEFAULT_MODEL)).set_value(list(LAYERS)).run()
+    at.multiselect(key=keys.CAM_GRID_METHODS).set_value(["gradcam", "cam", "eigencam"]).run()
+    _no_errors(at)
+    [warning] = [w.value for w in at.warning if "cannot explain" in w.value]
+    assert warning.startswith("CAM cannot explain these layers") and "global average" in warning
+    assert len(at.image) == 2 * len(LAYERS)
 
 
 def test_a_slow_method_in_the_grid_shows_its_cost_and_waits_for_the_button(monkeypatch):

@@ -37,7 +37,8 @@ def option_label(method: str, refused: dict[str, str] | None = None) -> str:
 
 def method_picker(refused: dict[str, str] | None = None) -> list[str]:
     """The rows of the grid: a multiselect of registry methods, each labelled with its cost when it is slow and
-    marked when it cannot explain the chosen layers (the reason is shown when it is picked)."""
+    marked when it cannot explain the chosen layers (the reason is shown when it is picked, and it is left out of
+    the methods returned)."""
     chosen = st.multiselect(
         "Methods (rows)",
         list(METHODS),
@@ -51,6 +52,7 @@ def method_picker(refused: dict[str, str] | None = None) -> list[str]:
     for method in chosen:
         if refused and method in refused:
             st.warning(md("{label} cannot explain {reason}", label=METHODS[method].label, reason=refused[method]))
+    chosen = [m for m in chosen if not refused or m not in refused]  # the grid computes the others in one pass
     costs = sorted({METHODS[m].cost for m in chosen})
     if costs:
         st.caption(md("Cost: {costs}.", costs="; ".join(costs)))
