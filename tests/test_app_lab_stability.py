@@ -126,6 +126,11 @@ def test_flip_curve_marks_where_flips_pass_and_equals_flip_curve(lab, resnet20) 
     )
     np.testing.assert_allclose(curve.flip_rate, direct.flip_rate)
     passing = lab_stability.first_passing(direct, 0.2)
+    layers = lab_stability.curve_chart(direct, 0.2).to_dict()["layer"]
+    assert len(layers) == (3 if passing is not None else 2)  # lines, the share's rule, the value where flips pass
+    if passing is not None:
+        assert lab_stability.sweep_axis(passing) in [lab_stability.sweep_axis(v) for v in values]
+        assert passing == values[int(np.flatnonzero(direct.flip_rate >= 0.2)[0])]
     texts = [m.value for m in lab.markdown] + [c.value for c in lab.caption]
     assert any(("Flips pass 20%" if passing is not None else "Flips stay below 20%") in t for t in texts), texts
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -172,6 +173,41 @@ def first_passing(curve: FlipCurve, share: float) -> Any:
     return curve.sweep.values[int(passing[0])] if passing.size else None
 
 
+def sweep_axis(value: Any) -> float:
+    """A swept value as one number on the chart's x axis: a pair by its larger magnitude (``(-v, v)`` is ``v``)."""
+    return float(max(value, key=abs)) if isinstance(value, tuple) else float(value)
+
+
+def curve_chart(curve: FlipCurve, share: float) -> alt.LayerChart:
+    """Label flips, mean correlation and mean IoU against the swept value; a dashed rule at ``share`` and, where the
+    flips pass it, a vertical rule at that value."""
+    x = [sweep_axis(v) for v in curve.sweep.values]
+    long = pd.DataFrame(
+        [
+            {"value": xv, "measure": measure, "y": float(y)}
+            for measure, ys in (
+                ("label flips", curve.flip_rate),
+                ("mean correlation", curve.mean_correlation),
+                ("mean IoU", curve.mean_iou),
+            )
+            for xv, y in zip(x, ys, strict=True)
+        ]
+    )
+    title = f"{curve.transform}.{curve.sweep.param}"
+    lines = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(x=alt.X("value:Q", title=title), y=alt.Y("y:Q", title=None), color="measure:N")
+    )
+    layers = [lines, alt.Chart(pd.DataFrame({"y": [share]})).mark_rule(strokeDash=[4, 4]).encode(y="y:Q")]
+    passing = first_passing(curve, share)
+    if passing is not None:
+        layers.append(
+            alt.Chart(pd.DataFrame({"value": [sweep_axis(passing)]})).mark_rule(color="red").encode(x="value:Q")
+        )
+    return alt.layer(*layers)
+
+
 # --- the panel -------------------------------------------------------------------------------------------------------
 
 
@@ -295,9 +331,9 @@ def _curve_tab(
         {"label flips": result.flip_rate, "mean correlation": result.mean_correlation, "mean IoU": result.mean_iou},
         index=pd.Index(range(len(labels)), name="point"),
     )
-    st.line_chart(frame)
     passing = first_passing(result, share)
     name = f"{result.transform}.{result.sweep.param}"
+    st.altair_chart(curve_chart(result, share), width="stretch")
     if passing is None:
         st.caption(md("Flips stay below {share:.0%} over the whole range of {name}.", share=share, name=name))
     else:
