@@ -35,11 +35,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.sparse.linalg import eigsh
 from torch import nn
+from torchvision.transforms.functional import resize
 
 from camlib.contracts import require_array, require_int, require_model, require_size, require_tensor
 from camlib.errors import (
@@ -152,7 +154,9 @@ class MethodSpec:
     ``score(logits, targets) -> (B,)`` is what a "gradient" method differentiates (``_class_scores`` by default);
     ``second_order`` methods also get Hessian-vector products (one more backward per layer). ``samples`` is the
     default number of noisy or integration samples of a sampling method (1 otherwise); a "perturbation" method runs
-    ``samples`` extra forwards per channel, or ``samples`` in all when ``per_channel`` is False (``extra_forwards``).
+    ``samples`` extra forwards per channel, or ``samples * forwards_per_sample`` in all when ``per_channel`` is False
+    (``extra_forwards``); those run in batches of ``batch_size`` samples, or one progress step per sample when not
+    ``batched`` (``batches``).
     A ``fuses_layers`` method's map is ``CamResult.refined``, the fusion of its per-layer maps (RefineCAM).
     """
 
@@ -168,6 +172,8 @@ class MethodSpec:
     per_channel: bool = True
     fuses_layers: bool = False
     refuse: Refusal | None = field(default=None, compare=False, repr=False)
+    forwards_per_sample: int = 1
+    batched: bool = True
 
     @property
     def uses_gradients(self) -> bool:
@@ -190,7 +196,7 @@ class MethodSpec:
         """Extra forwards for one image and one layer of ``channels`` channels (0 unless "perturbation")."""
         if self.family != "perturbation":
             return 0
-        return (channels if self.per_channel else 1) * (n_samples or self.samples)
+        return (channels if self.per_channel else self.forwards_per_sample) * (n_samples or self.samples)
 
     def batches(self, channels: int, batch_size: int, n_samples: int | None = None) -> int:
         """How many batched forwards (progress steps) those take: per sample, ``ceil(channels / batch_size)`` for
@@ -200,7 +206,7 @@ class MethodSpec:
         samples = n_samples or self.samples
         if self.per_channel:
             return samples * -(-channels // batch_size)
-        return -(-samples // batch_size)
+        return -(-samples // batch_size) if self.batched else samples
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -219,6 +225,8 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
     per_channel: bool = True,
     fuses_layers: bool = False,
     refuse: Refusal | None = None,
+    forwards_per_sample: int = 1,
+    batched: bool = True,
 ) -> Callable[[RawMap], RawMap]:
     """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared.
 
@@ -226,7 +234,8 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
     gives it Hessian-vector products as well (``LayerEvidence.hessian_products``); ``samples`` and ``per_channel``
     describe a sampling "perturbation" method's extra forwards (``MethodSpec.extra_forwards``); ``fuses_layers``
     says that the method's map is ``CamResult.refined`` (its per-layer maps fused); ``refuse(model, module, layout)``
-    says statically why the method does not apply to a layer (``MethodSpec.refusal``)."""
+    says statically why the method does not apply to a layer (``MethodSpec.refusal``); ``forwards_per_sample`` and
+    ``batched`` refine the cost of a method that is not per channel (``MethodSpec.extra_forwards``, ``batches``)."""
     if not isinstance(family, str) or family not in FAMILIES:
         raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
 
@@ -246,6 +255,8 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
             per_channel,
             fuses_layers,
             refuse,
+            forwards_per_sample,
+            batched,
         )
         return raw_map
 
@@ -823,6 +834,111 @@ def _smooth_gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum(torch.stack(raws), acts, e)
 
 
+SESS_SCALES = 12  # pytorch-grad-cam 1.5.7's SESS defaults: 12 scales, from the window size up in steps of
+SESS_SCALE_STEP = 2 / 7  # 2/7 of the window (224, 288, ..., 928 px for a 224 px input)
+SESS_BLUR_SIZE, SESS_BLUR_SIGMA = 11, 5.0  # and its final Gaussian blur (cv2.GaussianBlur((11, 11), 5))
+
+
+@register_method(
+    "sess",
+    label="SESS (Grad-CAM, multi-scale)",
+    paper="Tursun et al., ECCV 2022, arXiv:2207.01769",
+    family="perturbation",
+    cost=f"1 forward + {SESS_SCALES} scales x their patches x (1 forward + 1 forward and backward): ~122 patches "
+    "at 224 px (very slow)",
+    samples=SESS_SCALES,
+    per_channel=False,
+    forwards_per_sample=20,
+    batched=False,
+)
+def _sess(e: LayerEvidence) -> torch.Tensor:
+    """SESS (Saliency Enhancing with Scaling and Sliding): the image resized so its shorter side is each of
+    ``n_samples`` scales (``window * (1 + i * SESS_SCALE_STEP)``, ``window = min(H, W)``), cut into ``window``-sized
+    patches by a sliding window (stride ``window``, border windows shifted back inside), each patch's Grad-CAM map
+    (camlib's, at the patch size) weighted by the patch's softmax score of the class over the best patch's, pasted back
+    at its place and resized to the input, the positive values averaged per pixel over the patches that cover them,
+    then a Gaussian blur (11 px, sigma 5) (Tursun et al. 2022), as pytorch-grad-cam 1.5.7's ``SESS`` with its
+    defaults (base Grad-CAM, no pre-filtering, theta 0, mean fusion). Returns ``(B, H, W)``: the raw map is at the
+    input size.
+
+    Progress steps once per scale and image. Raises ``MethodError`` for token layers on a non-square input (the
+    square patches change the patch grid's shape)."""
+    height, width = int(e.x.shape[-2]), int(e.x.shape[-1])
+    if e.layout is not None and e.layout.kind == "tokens" and height != width:
+        raise MethodError("SESS cuts square patches; on a token layer it needs a square input")
+    window = min(height, width)
+    step = int(round(window * SESS_SCALE_STEP))
+    scales = [window + step * i for i in range(e.n_samples)]
+    raws = []
+    for b, target in enumerate(e.targets):
+        patches: list[list[tuple[torch.Tensor, tuple[int, int, int, int]]]] = []
+        for scale in scales:
+            scaled = resize(e.x[b : b + 1], scale)
+            sh, sw = int(scaled.shape[-2]), int(scaled.shape[-1])
+            patches.append(
+                [
+                    (scaled[0, :, y : y + window, x : x + window], (x, y, sw, sh))
+                    for y in _window_starts(sh, window)
+                    for x in _window_starts(sw, window)
+                ]
+            )
+        every = torch.stack([patch for scale in patches for patch, _ in scale])
+        scores = torch.cat(
+            [
+                torch.softmax(e.model(every[start : start + e.batch_size]), dim=-1)[:, target]
+                for start in range(0, len(every), e.batch_size)
+            ]
+        ).clamp(min=0)
+        best = scores.max()
+        weights = scores / best if bool(best > 0) else torch.ones_like(scores)
+        total = torch.zeros((height, width), dtype=torch.float32, device=e.x.device)
+        counts = torch.zeros_like(total)
+        first = 0
+        for scale in patches:
+            for start in range(0, len(scale), e.batch_size):
+                chunk = scale[start : start + e.batch_size]
+                acts, grads = e.gradients_at(torch.stack([patch for patch, _ in chunk]), [target] * len(chunk))
+                maps, _ = _finish(_weighted_sum(grads.mean(dim=(2, 3)), acts, e).float(), (window, window))
+                for k, (cam, (x, y, sw, sh)) in enumerate(zip(maps, (c for _, c in chunk), strict=True)):
+                    canvas = torch.zeros((sh, sw), dtype=torch.float32, device=cam.device)
+                    canvas[y : y + window, x : x + window] = cam * weights[first + start + k].float()
+                    # cv2's resize, as pytorch-grad-cam: the fusion averages each pixel over the patches whose
+                    # resized map is > 0 there, so the resize's rounding next to exact zeros decides the counts
+                    # (torch's bilinear differs from cv2's by ~1e-5 there, which changed 19% of a DeiT map).
+                    pasted = torch.from_numpy(cv2.resize(canvas.cpu().numpy(), (width, height))).to(total.device)
+                    positive = pasted > 0
+                    total += torch.where(positive, pasted, 0.0)
+                    counts += positive
+            first += len(scale)
+            e.progress.step()
+        fused = torch.where(counts > 0, total / counts.clamp(min=1), 0.0)
+        raws.append(_gaussian_blur(fused, SESS_BLUR_SIZE, SESS_BLUR_SIGMA))
+    return torch.stack(raws)
+
+
+def _window_starts(length: int, window: int) -> list[int]:
+    """The starts of ``window``-sized windows with stride ``window`` along ``length``, the last shifted back inside
+    (pytorch-grad-cam's ``window_starts``)."""
+    starts = []
+    for start in range(0, length, window):
+        if start + window >= length:
+            starts.append(max(length - window, 0))
+            break
+        starts.append(start)
+    return starts
+
+
+def _gaussian_blur(image: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """``cv2.GaussianBlur(image, (size, size), sigma)`` of an ``(H, W)`` map: a separable, normalised Gaussian kernel
+    and reflected borders without repeating the edge (``BORDER_REFLECT_101``, torch's "reflect")."""
+    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).to(image)
+    padded = F.pad(image[None, None], (size // 2,) * 4, mode="reflect")
+    rows = F.conv2d(padded, kernel.view(1, 1, 1, size))
+    return F.conv2d(rows, kernel.view(1, 1, size, 1))[0, 0]
+
+
 def _forward_with_output(
     model: nn.Module, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor
 ) -> torch.Tensor:
@@ -1243,9 +1359,19 @@ def _gradients_at(
     model: nn.Module, name: str, layout: Layout, inputs: torch.Tensor, targets: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer ``name``'s activations on ``inputs`` and the gradients of the ``targets`` logits with respect to them,
-    both read as ``(N, C, h, w)``: one more forward with this thread's hook and one ``torch.autograd.grad``."""
+    both read as ``(N, C, h, w)``: one more forward with this thread's hook and one ``torch.autograd.grad``. Inputs of
+    another size than the call's (SESS's patches) are read in the same layout kind (and number of leading tokens)."""
     _, logits, capture = _forward(model, inputs, [name], start_graph=True)
     _check_finite("the logits", logits)
+    shape = tuple(capture.values[name].shape)
+    expected = {
+        "nchw": (layout.channels, layout.height, layout.width),
+        "nhwc": (layout.height, layout.width, layout.channels),
+        "tokens": (layout.prefix_tokens + layout.height * layout.width, layout.channels),
+    }[layout.kind]
+    if shape[1:] != expected:
+        spec = f"tokens:{layout.prefix_tokens}" if layout.kind == "tokens" else layout.kind
+        layout = layout_from_spec(spec, shape, (int(inputs.shape[-2]), int(inputs.shape[-1])))
     grads, _ = _gradients(logits, targets, capture, [name], {name: layout}, scores=_class_scores)
     return to_feature_map(capture.values[name], layout), grads[name]
 

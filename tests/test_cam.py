@@ -27,6 +27,7 @@ from conftest import mixed_state, registered_hooks, seeded, seeded_resnet18
 from pytorch_grad_cam import (
     FEM,
     KPCA_CAM,
+    SESS,
     AblationCAM,
     AblationLayer,
     AblationLayerVit,
@@ -91,6 +92,7 @@ REFERENCE_CAMS = {
     "shapleycam": ShapleyCAM,
     "fem": FEM,  # compared in tests/test_cam_methods.py
     "refinecam": RefineCAM,  # CamResult.refined, compared in tests/test_cam_methods.py
+    "sess": SESS,  # compared in tests/test_cam_methods.py
 }
 # pytorch-grad-cam 1.5.7's CAM classes that camlib does not (yet) have, and why: the registry test keeps this honest.
 NOT_IN_CAMLIB = {
@@ -382,6 +384,7 @@ def test_every_method_has_a_reference_and_the_registry_is_complete():
         "cam",
         "fem",
         "legrad",
+        "sess",
         "sscam",
         "iscam",
         "smoothgradcam++",
@@ -392,6 +395,7 @@ def test_every_method_has_a_reference_and_the_registry_is_complete():
         "sscam",
         "iscam",
         "smoothgradcam++",
+        "sess",
     }
     for name, spec in METHODS.items():
         assert spec.name == name and spec.label and spec.paper and spec.cost
@@ -399,7 +403,9 @@ def test_every_method_has_a_reference_and_the_registry_is_complete():
     peers = {
         name
         for name, obj in vars(pytorch_grad_cam).items()
-        if isinstance(obj, type) and (issubclass(obj, pytorch_grad_cam.base_cam.BaseCAM) or name.endswith("CAM"))
+        # SESS: a meta-method, neither a BaseCAM nor named *CAM
+        if isinstance(obj, type)
+        and (issubclass(obj, pytorch_grad_cam.base_cam.BaseCAM) or name.endswith("CAM") or name == "SESS")
     }
     covered = {cls.__name__ for cls in REFERENCE_CAMS.values()}
     assert covered <= peers and not covered & set(NOT_IN_CAMLIB)
@@ -1169,6 +1175,8 @@ def test_output_contract(zoo, method):
     # 16x16 and 8x8 at 64x64; CAM is defined only on the layer before the global pooling (2x2 here)
     layers = ("layer4",) if method == "cam" else SCORECAM_LAYERS["resnet18"]
     sides = (2,) if method == "cam" else (16, 8)
+    if method == "sess":  # SESS fuses patch maps at the input size: its raw map is at the input size
+        sides = (SCORECAM_SIZE, SCORECAM_SIZE)
     result = zoo.ours("resnet18", method, "argmax", SCORECAM_SIZE, layers)
     with torch.no_grad():
         logits = model(x).numpy()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import seeded, seeded_resnet18
-from pytorch_grad_cam import RefineCAM
+from pytorch_grad_cam import SESS, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from test_cam import (
     ATOL,
@@ -703,3 +703,79 @@ def test_kpcacam_cap_separates_layers_by_their_positions(monkeypatch, small_resn
     with pytest.raises(MethodError, match="KPCA-CAM cannot explain layer 'layer2'.*64 x 64 kernel"):
         compute_cams(small_resnet, x64, ["layer2", "layer3"], method="kpcacam")
     assert not compute_cams(small_resnet, x64, ["layer3"], method="kpcacam").degenerate["layer3"].any()
+
+
+# --- SESS ----------------------------------------------------------------------------------------------------------
+
+SESS_SCALES_IN_TESTS = 3  # pytorch-grad-cam's default is 12 (SESS_SCALES); 3 keep the CPU time small
+
+
+def _pytorch_grad_cam_sess(
+    model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], transform: Callable | None = None
+) -> np.ndarray:
+    module = dict(model.named_modules())[layer]
+    with SESS(model, [module], transform, num_scales=SESS_SCALES_IN_TESTS) as cam:
+        handle = module.register_forward_hook(_as_produced)
+        try:
+            return cam(x, [ClassifierOutputTarget(k) for k in classes])
+        finally:
+            handle.remove()
+            model.zero_grad(set_to_none=True)
+
+
+def test_sess_matches_pytorch_grad_cam(zoos):
+    """Two layers of ResNet-18 from one call (64 px: scales 64, 82, 100 and their 64 px patches), and a non-square
+    input (64 x 96: the windows slide along the long side)."""
+    zoo, _ = zoos
+    model, classes = zoo.model("resnet18"), [3, 7]
+    for x in (zoo.images(SCORECAM_SIZE), _images(2, 96, seed=8)[:, :, :64]):
+        ours = compute_cams(model, x, ["layer2", "layer3"], method="sess", class_idx=classes, n_samples=3)
+        for layer in ours.layers:
+            assert ours.raw[layer].shape == (2, *x.shape[-2:])
+            reference = _pytorch_grad_cam_sess(model, x, layer, classes)
+            np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny", "convnext_tiny"])
+def test_sess_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name):
+    _, layout_zoo = zoos
+    entry = LAYOUT_ZOO[name]
+    layer, transform = next((layer, t) for layer, t in entry.layers.items() if t is not None)
+    model, x = layout_zoo.model(name, torch.float64), layout_zoo.images(name, dtype=torch.float64)
+    ours = compute_cams(model, x, [layer], method="sess", class_idx=[5, 9], n_samples=2)
+    module = dict(model.named_modules())[layer]
+    with SESS(model, [module], transform, num_scales=2) as cam:
+        reference = cam(x, [ClassifierOutputTarget(5), ClassifierOutputTarget(9)])
+    model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+class _Tokens(nn.Module):
+    """8 px patches of any input size and a class token: ``block`` outputs ``(B, 1 + h w, 8)`` tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches, self.block, self.head = nn.Conv2d(3, 8, 8, stride=8), nn.Identity(), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        return self.head(self.block(tokens).mean(dim=1))
+
+
+def test_sess_steps_once_per_scale_and_refuses_tokens_on_a_non_square_input(small_resnet, x64):
+    steps: list[tuple[int, int]] = []
+    compute_cams(
+        small_resnet,
+        x64,
+        ["layer3"],
+        method="sess",
+        n_samples=2,
+        progress=lambda done, total: steps.append((done, total)),
+    )
+    assert steps == [(k, 4) for k in range(1, 5)]  # 2 images x 2 scales
+    assert METHODS["sess"].extra_forwards(256) == 20 * 12 and METHODS["sess"].batches(256, 32) == 12
+    with pytest.raises(MethodError, match="square input"):
+        compute_cams(
+            seeded(_Tokens), _images(1, 64, seed=1)[:, :, :32], ["block"], method="sess", layouts={"block": "tokens:1"}
+        )

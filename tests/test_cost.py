@@ -52,12 +52,14 @@ class _Counting(nn.Module):
 
 @pytest.mark.parametrize("method", PER_SAMPLE)
 def test_per_sample_methods_cost_their_noisy_passes_whatever_the_channels(method):
-    """Smooth Grad-CAM++: one forward (and backward) per noisy copy of the input and layer, batched."""
-    samples = METHODS[method].samples
+    """Smooth Grad-CAM++: one forward (and backward) per noisy copy of the input and layer, batched; SESS: about
+    ``forwards_per_sample`` forwards per scale, one progress step per scale."""
+    spec = METHODS[method]
+    forwards = spec.samples * spec.forwards_per_sample
     estimate = estimate_cost(method, [1280, 64], seconds_per_image=0.5, batch_size=3)
-    assert estimate.extra_forwards == 2 * samples
-    assert estimate.batches == 2 * math.ceil(samples / 3)
-    assert math.isclose(estimate.seconds, 0.5 * 2 * samples)
+    assert estimate.extra_forwards == 2 * forwards
+    assert estimate.batches == 2 * (math.ceil(spec.samples / 3) if spec.batched else spec.samples)
+    assert math.isclose(estimate.seconds, 0.5 * 2 * forwards)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
