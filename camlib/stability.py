@@ -384,17 +384,28 @@ def _batches(count: int) -> list[slice]:
     return [slice(start, min(start + VIEW_BATCH, count)) for start in range(0, count, VIEW_BATCH)]
 
 
-def _cams(setup: _Setup, images: Sequence[np.ndarray], targets: Sequence[int], tick: Callable[[], None]) -> Any:
-    """``compute_cams`` over ``images`` (any sizes) in batches of ``VIEW_BATCH``: maps, degenerate flags and softmax
-    probabilities, concatenated."""
+def _cams(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    targets: Sequence[int] | None,
+    *,
+    layer: str,
+    method: str,
+    preprocessing: Preprocessing,
+    tick: Callable[[], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``compute_cams`` over ``images`` (any sizes) in batches of ``VIEW_BATCH``, explaining ``targets`` (None: each
+    image's prediction): maps, degenerate flags and softmax probabilities, concatenated; ``tick`` after each batch."""
     maps, flags, probabilities = [], [], []
     for part in _batches(len(images)):
-        x = _model_input(images[part], setup.preprocessing)
-        result = compute_cams(setup.model, x, [setup.layer], method=setup.method, class_idx=list(targets[part]))
-        maps.append(result.maps[setup.layer])
-        flags.append(result.degenerate[setup.layer])
+        x = _model_input(images[part], preprocessing)
+        classes = None if targets is None else list(targets[part])
+        result = compute_cams(model, x, [layer], method=method, class_idx=classes)
+        maps.append(result.maps[layer])
+        flags.append(result.degenerate[layer])
         probabilities.append(result.probabilities)
-        tick()
+        if tick is not None:
+            tick()
     return np.concatenate(maps), np.concatenate(flags), np.concatenate(probabilities)
 
 
@@ -416,7 +427,15 @@ def _measure(
         augmented += [_augment(compose, image, coordinates, offered) for _ in range(v)]
     views = [view for view, _ in augmented]
     targets = np.repeat(setup.targets, v)
-    maps, flags, probabilities = _cams(setup, views, targets, tick)
+    maps, flags, probabilities = _cams(
+        setup.model,
+        views,
+        targets,
+        layer=setup.layer,
+        method=setup.method,
+        preprocessing=setup.preprocessing,
+        tick=tick,
+    )
     labels = probabilities.argmax(axis=1).reshape(n, v)
     picked = probabilities[np.arange(n * v), targets].astype(np.float64).reshape(n, v)
     change = picked - setup.original_probability[:, None]
@@ -502,19 +521,13 @@ def _setup(
     n_views = require_int(n_views, "n_views", minimum=1, maximum=MAX_VIEWS)
     requested = _requested_classes(class_idx, len(images))
     build_pipeline(pipeline)  # every step and the seed valid before any forward pass
-    maps, flags, probabilities = [], [], []
-    for part in _batches(len(images)):  # the originals' CAMs, once for every pipeline measured with this setup
-        targets = None if requested is None else requested[part]
-        result = compute_cams(
-            model, prepare_batch(images[part], preprocessing), [layer], method=method, class_idx=targets
-        )
-        maps.append(result.maps[layer])
-        flags.append(result.degenerate[layer])
-        probabilities.append(result.probabilities)
-    probabilities = np.concatenate(probabilities)
+    # the originals' CAMs, once for every pipeline measured with this setup
+    maps, flags, probabilities = _cams(
+        model, images, requested, layer=layer, method=method, preprocessing=preprocessing
+    )
     targets = probabilities.argmax(axis=1) if requested is None else np.array(requested)
     targets = targets.astype(np.int64)
-    original_cams, original_valid = _to_image_frame(np.concatenate(maps), *images.shape[1:3], preprocessing)
+    original_cams, original_valid = _to_image_frame(maps, *images.shape[1:3], preprocessing)
     return _Setup(
         model=model,
         images=images,
@@ -528,7 +541,7 @@ def _setup(
         original_probability=probabilities[np.arange(len(images)), targets].astype(np.float64),
         original_cams=original_cams,
         original_valid=original_valid,
-        original_degenerate=np.concatenate(flags),
+        original_degenerate=flags,
     )
 
 
