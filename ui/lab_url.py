@@ -51,10 +51,11 @@ def _load_images(wanted: dict[str, str]) -> None:
     classes = [c for c in wanted.get("classes", "").split(",") if c]
     if any(c not in CLASS_NAMES for c in classes):
         raise PipelineError(f"classes must be CIFAR-10 class names ({', '.join(CLASS_NAMES)})")
-    st.session_state[keys.AUG_IMAGES] = "CIFAR-10"
     st.session_state[keys.AUG_MODE] = wanted.get("mode", "many")
-    st.session_state[keys.AUG_SPLIT] = wanted.get("split", "test")
-    st.session_state[keys.AUG_CLASSES] = classes
+    if "split" in wanted:  # a link made on CIFAR-10 (one made on a photo names no split)
+        st.session_state[keys.AUG_IMAGES] = "CIFAR-10"
+        st.session_state[keys.AUG_SPLIT] = wanted["split"]
+        st.session_state[keys.AUG_CLASSES] = classes
     if "image" in wanted:
         st.session_state[keys.AUG_IMAGE_INDEX] = _int(wanted["image"], "image", 0, 59_999)
 
