@@ -120,6 +120,50 @@ def test_bad_upload_shows_error_not_traceback(browser_page, tmp_path: Path) -> N
     assert page.locator('[data-testid="stImage"] img').count() >= 2  # the last good overlay stays
 
 
+def _choose(page, key: str, option: str) -> None:
+    """Open a selectbox and click one option, without waiting for the rerun it starts (retried if the box was being
+    re-rendered by a rerun at the moment of the click)."""
+    for attempt in range(3):
+        page.locator(f".st-key-{key}").click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            return
+        except Exception:  # noqa: BLE001 - the dropdown closed under a rerun: open it again
+            if attempt == 2:
+                raise
+
+
+def _wait_text(page, text: str, timeout: int = 180_000) -> None:
+    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout)
+
+
+def test_compare_methods_grid_scores_faithfulness_and_runs_the_sanity_checks(server: str, browser) -> None:
+    """Issues #12 and #13 in the browser, on the CIFAR-10 ResNet-20 (fast): the method x layer grid draws one loaded
+    overlay per method, then its cells are scored on request (table, most faithful layer, curves) and the best cell's
+    sanity checks run."""
+    page, dialogs, _ = _open_page(browser, server)
+    _explained(page)
+    _choose(page, "cam_model", "ResNet-20 (CIFAR-10, trained by this project)")
+    page.locator(".st-key-cam_view").get_by_text("Compare methods", exact=True).click()
+    _wait_text(page, "5 methods x 1 layers")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+        ".filter(i => i.complete && i.naturalWidth >= 224).length >= 5",
+        timeout=120_000,
+    )
+    page.locator('[data-testid="stExpander"] summary', has_text="Which map to trust?").click()
+    page.get_by_role("button", name="Score faithfulness (5 cells)").click()
+    _wait_text(page, "Most faithful layer on this image")
+    page.locator(".st-key-cam_faith_curves .js-plotly-plot").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Run the sanity checks").click()
+    page.locator(".st-key-cam_sanity_curve .js-plotly-plot").wait_for(timeout=180_000)
+    verdicts = page.get_by_text("not explaining the model").count() + page.get_by_text("depends on the weights").count()
+    assert verdicts == 1
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert dialogs == []
+    page.close()
+
+
 def _augmented_src(page) -> str | None:
     return page.evaluate(
         "() => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit_ws import streamlit_server
-from test_browser import CHROMIUM, _explained, browser, browser_page  # noqa: F401 - fixtures used by name
+from test_browser import CHROMIUM, _choose, _explained, browser, browser_page  # noqa: F401 - fixtures used by name
 from test_imaging import _with_orientation
 
 from camlib.samples import load_sample
@@ -82,19 +82,6 @@ def _wait_for_upload_shown(page, name: str, timeout: float = 120_000) -> None:
         timeout=timeout,
     )
     _settle(page, timeout)
-
-
-def _choose(page, key: str, option: str) -> None:
-    """Open a selectbox and click one option, without waiting for the rerun it starts (retried if the box was being
-    re-rendered by a rerun at the moment of the click)."""
-    for attempt in range(3):
-        page.locator(f".st-key-{key}").click()
-        try:
-            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
-            return
-        except Exception:  # noqa: BLE001 - the dropdown closed under a rerun: open it again
-            if attempt == 2:
-                raise
 
 
 def _no_exception(page, dialogs: list[str]) -> None:
