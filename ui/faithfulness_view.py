@@ -329,10 +329,10 @@ def faithfulness_table(grid: GridScores) -> Cell:
         )
     )
     baselines = "; ".join(
-        md("{kind}: {text}", kind=kind, text=_cell_text({m: float(v.mean()) for m, v in s.summary.items()}))
+        f"{kind}: {_cell_text({m: float(v.mean()) for m, v in s.summary.items()})}"  # escaped once, by md below
         for kind, s in grid.baselines.items()
     )
-    st.caption(md("Baseline maps that explain nothing: {b}.", b=baselines) + f" Computed in {grid.elapsed_s:.1f} s.")
+    st.caption(md("Baseline maps that explain nothing: {b}. Computed in {s:.1f} s.", b=baselines, s=grid.elapsed_s))
     return best
 
 

@@ -29,8 +29,8 @@ def method_picker() -> str:
         persist_state="session",
     )
     spec = PIXEL_METHODS[method]
-    uses = " Uses the target layers." if spec.needs_layers else " Ignores the target layers."
-    st.caption(md("{paper}. Cost: {cost}.", paper=spec.paper, cost=spec.cost) + uses)
+    uses = "Uses the target layers." if spec.needs_layers else "Ignores the target layers."
+    st.caption(md("{paper}. Cost: {cost}. {uses}", paper=spec.paper, cost=spec.cost, uses=uses))
     return method
 
 
