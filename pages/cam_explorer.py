@@ -8,7 +8,7 @@ import streamlit as st
 from camlib.cam import METHODS
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
-from ui import app_inputs, cache, cam_grid, cam_view, faithfulness_view, figures, keys, pixel_view, widgets
+from ui import app_inputs, cache, cam_grid, cam_url, cam_view, faithfulness_view, figures, keys, pixel_view, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -16,6 +16,7 @@ st.title("CAM Explorer")
 st.caption("What does the classifier look at? Pick an image, a model, one or more layers and a class.")
 
 root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wide: the sidebar of every page
+cam_url.apply_link(device)  # a shared link's model, view, methods, layers, class and image, before the widgets
 controls, results = st.columns([1, 3], gap="large")
 with controls:
     model_key = widgets.model_input(keys.CAM, device)  # the last model that worked, after an error
@@ -77,7 +78,8 @@ with controls:
             key=keys.cam_class(model_key),  # a new model starts at its top-1 class
             persist_state="session",
         )
-
+    chosen = int(class_idx) if class_mode == "Choose a class" else None
+    cam_url.write_link(model_key, layers, class_idx=chosen, image_name=image.name, uploaded=image.uploaded)
 
 with results:
     if failed is None:
@@ -117,33 +119,9 @@ with results:
     if kept is None:
         st.stop()
     view, class_names, image = kept
-    result = view.result
-    explained = result.class_idx[0]
-    timing = "from the cache (first computed in {ms:.0f} ms)" if view.from_cache else "in {ms:.0f} ms"
-    st.markdown(
-        md(
-            "**Explaining class {k}: {name}** ({p:.1%}) with {method} " + timing + " on {device}.",
-            k=explained,
-            name=class_names[explained],
-            p=result.probabilities[0, explained],
-            method=METHODS[result.method].label,
-            ms=result.elapsed_s * 1000,
-            device=loaded.device,
-        )
-    )
-    if image.true_label is not None and failed is None:
-        predicted = loaded.class_names[top1]
-        verdict = "correct" if predicted == image.true_label else "wrong"
-        st.markdown(
-            md(
-                "True label: **{truth}** · predicted: **{predicted}** ({p:.1%}, {verdict})",
-                truth=image.true_label,
-                predicted=predicted,
-                p=probabilities[top1],
-                verdict=verdict,
-            )
-        )
-    cam_view.draw(cam_view.Shown(view, class_names, image, loaded, model_key, by_name))
+    shown = cam_view.Shown(view, class_names, image, loaded, model_key, by_name)
+    cam_view.headline(shown, prediction=None if failed is not None else (top1, float(probabilities[top1])))
+    cam_view.draw(shown)
     if start and failed is None:  # the maps shown are this request's: they can be scored
         with st.expander("Which map to trust? Faithfulness and sanity checks"):
             faithfulness_view.faithfulness_section(*request[:3], layers=request[3], methods=(method,), **options)

@@ -113,6 +113,36 @@ def progress(methods: list[str]) -> Iterator[ProgressCallback | None]:
         bar.empty()
 
 
+def headline(shown: Shown, *, prediction: tuple[int, float] | None) -> None:
+    """What is explained, with which method, how fast and where; for an image with a true label (CIFAR-10), the
+    model's ``prediction`` ``(class, probability)`` of it and whether that is correct (None: the prediction failed)."""
+    result, loaded = shown.view.result, shown.loaded
+    explained = result.class_idx[0]
+    timing = "from the cache (first computed in {ms:.0f} ms)" if shown.view.from_cache else "in {ms:.0f} ms"
+    st.markdown(
+        md(
+            "**Explaining class {k}: {name}** ({p:.1%}) with {method} " + timing + " on {device}.",
+            k=explained,
+            name=shown.class_names[explained],
+            p=result.probabilities[0, explained],
+            method=METHODS[result.method].label,
+            ms=result.elapsed_s * 1000,
+            device=loaded.device,
+        )
+    )
+    if shown.image.true_label is not None and prediction is not None:
+        predicted, probability = loaded.class_names[prediction[0]], prediction[1]
+        st.markdown(
+            md(
+                "True label: **{truth}** · predicted: **{predicted}** ({p:.1%}, {verdict})",
+                truth=shown.image.true_label,
+                predicted=predicted,
+                p=probability,
+                verdict="correct" if predicted == shown.image.true_label else "wrong",
+            )
+        )
+
+
 def hover_map(cam: np.ndarray) -> np.ndarray:
     """``cam`` ``(H, W)`` averaged down so its longer side is at most ``HOVER_PX`` (block means; unchanged when it is
     already small), for the interactive heatmap."""

@@ -34,6 +34,7 @@ CAM_GRID_START = "cam_grid_start"  # ui.cam_grid (through ui.cam_view.ready_to_s
 CAM_LAST_GRID = "cam_last_grid"  # ui.last_good (from ui.cam_grid): the last grid that worked, with its context
 CAM_PIXEL_METHOD = "cam_pixel_method"  # ui.pixel_view: the pixel-attribution method
 CAM_LAST_PIXEL = "cam_last_pixel"  # ui.last_good (from ui.pixel_view): the last attribution that worked
+CAM_LINK = "cam_link"  # ui.cam_url: the CAM Explorer settings last read from or written to the URL query
 CAM_SIGNED = "cam_signed"  # ui.cam_view: the detailed view shows the signed raw map
 
 
