@@ -24,6 +24,7 @@ from torch import nn
 import camlib
 from camlib import (
     augment,
+    batch,
     cam,
     checkpoints,
     cifar,
@@ -45,6 +46,7 @@ from camlib import (
     stability,
     train,
 )
+from camlib.batch import ray_engine
 from camlib.errors import CamlibError
 
 
@@ -1008,6 +1010,10 @@ CASES: list[Case] = [
     Case(train.evaluate, "batch_size", lambda v: train.evaluate(MODEL, DATA, torch.device("cpu"), v), bad_ints),
     Case(train.evaluate, "model", lambda v: train.evaluate(v, DATA, torch.device("cpu")), bad_models),
     Case(train.train, "config", train.train, lambda: {"None": None, "dict": {"arch": "resnet20"}, "argv": ["x"]}),
+    # batch
+    Case(batch.run_batch, "config", batch.run_batch, lambda: {"None": None, "dict": {"out": "x"}, "argv": ["x"]}),
+    Case(batch.read_batch_table, "out", batch.read_batch_table, lambda: {"None": None, "int": 3, "empty": "nothing"}),
+    Case(ray_engine.run_ray, "prepared", lambda v: ray_engine.run_ray(v, None), lambda: {"None": None, "dict": {}}),
     # guard
     Case(guard.model_lock, "model", guard.model_lock, lambda: {"None": None, "int": 3, "function": len}),
     Case(
@@ -1325,6 +1331,8 @@ EXEMPT: dict[Callable, str] = {
     # Command-line entry points: argparse validates and exits with a usage message.
     train.parse_args: "CLI entry point (argparse reports bad arguments)",
     train.main: "CLI entry point (argparse reports bad arguments)",
+    batch.parse_args: "CLI entry point (argparse reports bad arguments; run_batch checks the values)",
+    batch.main: "CLI entry point (argparse reports bad arguments)",
     # Accept any object by contract (what torch.load returned): a non-state-dict has nothing to read.
     checkpoints.candidate_readings: "takes any loaded object; a non-state-dict has no readings ([])",
     checkpoints.weight_tensors: "takes any loaded object; a non-state-dict has no tensors (empty iterator)",
@@ -1367,6 +1375,8 @@ EXEMPT_CLASSES: dict[type, str] = {
     metrics.ConfidenceDrop: _RESULT,
     metrics.SanityResult: _RESULT,
     train.TrainConfig: "built by parse_args (argparse) and checked by train (row above)",
+    batch.BatchConfig: "built by parse_args (argparse) and checked by run_batch (row above)",
+    batch.BatchSummary: _RESULT,
     stability.StabilityScores: _RESULT,
     stability.StepStability: _RESULT,
     stability.ViewMaps: _RESULT,

@@ -1,0 +1,260 @@
+"""Tests of camlib.batch (``python -m camlib.batch``, issue #15): the table's numbers against compute_cams and
+camlib.metrics, run.json, resuming after a kill, bad images and bad arguments, checkpoints, and the Ray engine against
+the local one (a local Ray with 2 CPUs started here).
+
+Runs use a few dozen real CIFAR-10 test images, the bundled ResNet-20 and one torch thread; everything is written
+under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
+from conftest import WritesMarker
+from PIL import Image
+
+import camlib.batch.job as job_module
+from camlib.batch import BATCH_METRICS, TABLE_SCHEMA, main, parse_args, read_batch_table, run_batch
+from camlib.cam import compute_cam_grid, layer_magnitudes
+from camlib.cifar import CLASS_NAMES, load_cifar10
+from camlib.errors import InputError
+from camlib.metrics import confidence_change, deletion_insertion
+from camlib.models import load_model, prepare_batch
+from camlib.prediction_cache import weights_digest
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10"
+BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "models/cifar10_resnet20/model.safetensors"
+IMAGES = 24
+METHODS = ("gradcam", "gradcam++")
+LAYERS = ("layer2", "layer3")
+BASE = [
+    "--cifar10", "test", "--data", str(DATA), "--limit", str(IMAGES), "--shard-size", "10", "--batch-size", "8",
+    "--methods", ",".join(METHODS), "--layers", ",".join(LAYERS), "--threads", "1", "--workers", "0",
+]  # fmt: skip
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared CIFAR-10 image-folder copy is not at {DATA}")
+pytestmark = [needs_data, pytest.mark.usefixtures("one_torch_thread")]
+
+
+def _run(out: Path, *extra: str, args: list[str] = BASE):
+    return run_batch(parse_args([*args, "--out", str(out), *extra]), progress=False)
+
+
+def _maps(out: Path, table: pa.Table) -> np.ndarray:
+    """Every row's map, ``float16 (rows, 32, 32)``, from the shard files the table names."""
+    files = {path: np.load(out / path, allow_pickle=False) for path in set(table["map_path"].to_pylist())}
+    return np.stack([files[p][i] for p, i in zip(table["map_path"].to_pylist(), table["map_index"].to_pylist())])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted local run over 24 images (3 shards), 2 methods x 2 layers: the table the others must equal."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = _run(out)
+    assert (summary.images, summary.rows, summary.shards, summary.skipped) == (IMAGES, IMAGES * 4, 3, 0)
+    return out
+
+
+def test_rows_and_maps_equal_compute_cams_on_the_same_images(reference):
+    table = read_batch_table(reference)
+    assert table.schema == TABLE_SCHEMA  # no metric requested: no metric column
+    data = load_cifar10(DATA, "test", limit=IMAGES)
+    loaded = load_model("cifar10_resnet20", device=torch.device("cpu"))
+    x = prepare_batch(data.images, loaded.spec.preprocessing)
+    grid = compute_cam_grid(loaded.model, x, LAYERS, METHODS)
+    rows = table.to_pylist()
+    assert [(r["position"], r["method"], r["layer"]) for r in rows] == [
+        (k, m, layer) for k in range(IMAGES) for m in METHODS for layer in LAYERS
+    ]
+    maps = _maps(reference, table)
+    assert maps.dtype == np.float16 and maps.shape == (IMAGES * 4, 32, 32)
+    probabilities = grid["gradcam"].probabilities
+    for row, stored in zip(rows, maps):
+        k, result = row["position"], grid[row["method"]]
+        expected = result.maps[row["layer"]][k]
+        np.testing.assert_allclose(stored.astype(np.float32), expected, atol=1e-3, rtol=0)  # float16 rounding
+        assert row["error"] is None and row["image_id"] == f"test/{k:05d}"
+        assert row["label"] == data.labels[k] and row["label_name"] == CLASS_NAMES[data.labels[k]]
+        assert row["predicted"] == probabilities[k].argmax() == row["class_idx"] == result.class_idx[k]
+        assert row["probability"] == pytest.approx(probabilities[k].max(), abs=1e-5)
+        assert row["class_probability"] == pytest.approx(row["probability"], abs=1e-6)
+        assert row["peak"] == pytest.approx(layer_magnitudes(result)[row["layer"]][k], rel=1e-4)
+        assert row["degenerate"] == result.degenerate[row["layer"]][k]
+        assert expected[row["peak_y"], row["peak_x"]] == pytest.approx(expected.max(), abs=1e-5)  # the map's peak
+        assert row["png_path"] is None  # no --png
+
+
+def test_run_json_records_settings_versions_and_the_model_sha256(reference):
+    record = json.loads((reference / "run.json").read_text())
+    loaded = load_model("cifar10_resnet20", device=torch.device("cpu"))
+    assert record["model"]["sha256"] == weights_digest(loaded.model)
+    assert record["model"]["key"] == "cifar10_resnet20" and record["model"]["classes"] == list(CLASS_NAMES)
+    settings = record["settings"]
+    assert settings["methods"] == list(METHODS) and settings["layers"] == list(LAYERS)
+    assert (settings["cifar10"], settings["limit"], settings["shard_size"], settings["target"]) == (
+        "test",
+        IMAGES,
+        10,
+        "predicted",
+    )
+    assert {"python", "torch", "torchvision", "numpy", "pyarrow"} <= record["versions"].keys()
+    assert record["versions"]["torch"] == torch.__version__
+    assert record["inputs"]["images"] == IMAGES and record["inputs"]["shards"] == 3
+    assert record["status"] == "finished" and record["rows"] == IMAGES * 4 and record["error_images"] == 0
+    assert record["runs"][-1]["engine"] == "local" and record["runs"][-1]["images"] == IMAGES
+
+
+def test_resume_after_a_kill_loses_no_shard_and_duplicates_no_row(reference, tmp_path, monkeypatch):
+    real_write = job_module.pq.write_table
+    calls = []
+
+    def killed_on_the_third_table(table, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:  # shard 2's maps are written, its table is not: the kill lands mid-shard
+            raise KeyboardInterrupt
+        real_write(table, path, **kwargs)
+
+    monkeypatch.setattr(job_module.pq, "write_table", killed_on_the_third_table)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path)
+    monkeypatch.setattr(job_module.pq, "write_table", real_write)
+    assert sorted(p.name for p in (tmp_path / "table").glob("part-*.parquet")) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
+    finished = {name: (tmp_path / "table" / name).read_bytes() for name in ("part-00000.parquet", "part-00001.parquet")}
+    summary = _run(tmp_path)
+    assert (summary.skipped, summary.shards, summary.rows) == (2, 3, IMAGES * 4)
+    for name, content in finished.items():  # finished shards are not redone
+        assert (tmp_path / "table" / name).read_bytes() == content
+    table = read_batch_table(tmp_path)
+    keys = list(zip(*(table[c].to_pylist() for c in ("image_id", "method", "layer"))))
+    assert len(keys) == len(set(keys)) == IMAGES * 4
+    assert table.equals(read_batch_table(reference))
+    np.testing.assert_array_equal(_maps(tmp_path, table), _maps(reference, read_batch_table(reference)))
+    assert json.loads((tmp_path / "run.json").read_text())["runs"][-1]["shards_pending"] == 1
+
+    # A rerun with another setting is refused before any work, as camlib.train refuses one.
+    with pytest.raises(InputError, match="--methods"):
+        _run(tmp_path, "--methods", "layercam")
+
+
+def _write_folder(root: Path) -> None:
+    images = load_cifar10(DATA, "test", limit=10).images  # one per class, in class order
+    for label in (3, 5):  # cat, dog
+        folder = root / CLASS_NAMES[label]
+        folder.mkdir(parents=True)
+        Image.fromarray(images[label]).save(folder / "a.png")
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+
+
+def test_a_bad_image_becomes_an_error_row_and_the_job_carries_on(tmp_path):
+    _write_folder(tmp_path / "images")
+    out = tmp_path / "out"
+    args = ["--images", str(tmp_path / "images"), "--class", "true", "--methods", "gradcam", "--threads", "1"]
+    summary = _run(out, "--png", "--workers", "1", args=args)
+    assert (summary.images, summary.rows, summary.errors) == (3, 3, 1)
+    rows = {row["image_id"]: row for row in read_batch_table(out).to_pylist()}
+    assert list(rows) == ["cat/a.png", "cat/broken.jpg", "dog/a.png"]
+    broken = rows["cat/broken.jpg"]
+    assert broken["error"].startswith("InvalidImageError") and broken["label"] == 3
+    assert broken["map_path"] is None and broken["predicted"] is None and broken["png_path"] is None
+    for name, label in (("cat/a.png", 3), ("dog/a.png", 5)):
+        row = rows[name]
+        assert row["error"] is None and row["label"] == label and row["class_idx"] == label  # --class true
+        png = Image.open(out / row["png_path"])
+        assert png.size == (32, 32) and png.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "gradcam,nosuchcam"], "--methods: unknown nosuchcam"),
+        (["--metrics", "accuracy"], "--metrics: unknown accuracy"),
+        (["--class", "10"], "--class 10 is not a class"),
+        (["--class", "best"], "--class must be"),
+        (["--layers", "layer9"], "layer9"),
+        (["--shard-size", "0"], "--shard-size must be at least 1"),
+        (["--engine", "ray", "--workers", "0"], "--engine ray needs --workers"),
+    ],
+)
+def test_bad_arguments_stop_with_one_error_line_before_any_work(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main([*BASE, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not out.exists()
+
+
+def test_class_true_needs_labels(tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(flat / "x.png")
+    assert main(["--images", str(flat), "--class", "true", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: --class true needs a label for every image")
+
+
+def test_a_checkpoint_gives_the_registry_models_table_and_a_pickle_is_refused(reference, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    state = load_file(BUNDLED_WEIGHTS)
+    checkpoint = tmp_path / "trained.pt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3}, checkpoint)
+    _run(tmp_path / "out", "--checkpoint", str(checkpoint))
+    assert read_batch_table(tmp_path / "out").equals(read_batch_table(reference))
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["model"]["sha256"] == json.loads((reference / "run.json").read_text())["model"]["sha256"]
+    assert record["settings"]["checkpoint"] == str(checkpoint.resolve())
+
+    marker = tmp_path / "unpickled"
+    torch.save({"state_dict": state, "extra": WritesMarker(marker)}, tmp_path / "evil.pt")
+    assert main([*BASE, "--out", str(tmp_path / "evil"), "--checkpoint", str(tmp_path / "evil.pt")]) == 2
+    assert capsys.readouterr().err.startswith("error: Only safetensors / weights-only checkpoints are accepted")
+    assert not marker.exists() and not (tmp_path / "evil").exists()
+
+
+def test_metric_columns_equal_camlib_metrics(tmp_path):
+    args = [*BASE[: BASE.index("--limit")], "--limit", "4", "--methods", "gradcam", "--layers", "layer3"]
+    _run(tmp_path, "--metrics", "deletion_auc,insertion_auc,confidence_change", "--threads", "1", args=args)
+    table = read_batch_table(tmp_path)
+    assert table.column_names[-4:] == ["deletion_auc", "insertion_auc", "confidence_change", "error"]
+    loaded = load_model("cifar10_resnet20", device=torch.device("cpu"))
+    x = prepare_batch(load_cifar10(DATA, "test", limit=4).images, loaded.spec.preprocessing)
+    result = compute_cam_grid(loaded.model, x, ["layer3"], ["gradcam"])["gradcam"]
+    maps, classes = result.maps["layer3"], result.class_idx
+    curves = deletion_insertion(loaded.model, x, maps, classes)
+    np.testing.assert_allclose(table["deletion_auc"].to_numpy(), curves.deletion_auc, atol=1e-6)
+    np.testing.assert_allclose(table["insertion_auc"].to_numpy(), curves.insertion_auc, atol=1e-6)
+    change = confidence_change(loaded.model, x, maps, classes)
+    np.testing.assert_allclose(table["confidence_change"].to_numpy(), change, atol=1e-6)
+    assert set(BATCH_METRICS) >= {"deletion_auc", "road", "confidence_drop"}
+
+
+@pytest.fixture
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings, read by Ray
+def test_the_ray_engine_writes_the_local_engines_table(reference, tmp_path, local_ray):
+    summary = _run(tmp_path, "--engine", "ray", "--workers", "2")
+    assert (summary.rows, summary.skipped, summary.errors) == (IMAGES * 4, 0, 0)
+    assert local_ray.is_initialized()  # the test's Ray was used, not shut down by the job
+    table, expected = read_batch_table(tmp_path), read_batch_table(reference)
+    assert table.equals(expected)
+    np.testing.assert_array_equal(_maps(tmp_path, table), _maps(reference, expected))
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["runs"][-1]["engine"] == "ray" and record["versions"]["ray"] == local_ray.__version__
+    assert pc.all(pc.is_null(table["error"])).as_py()
