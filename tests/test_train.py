@@ -142,6 +142,7 @@ def test_card_data_training_and_versions(card: dict) -> None:
     assert "JPEG" in data["note"]
     training = card["training"]
     assert training["batch_size"] == 64 and training["threads"] == 1 and training["seed"] == 0
+    assert training["world_size"] == 1 and training["distributed"] is None  # no torchrun: one process
     assert training["time_s"] > 0
     assert training["train_images_per_s"] > 0 and training["test_images_per_s"] > 0
     assert card["history"][0]["train_images_per_s"] > 0
@@ -218,7 +219,7 @@ def test_interrupt_exits_130_and_keeps_epoch_1(interrupted: tuple[Path, int, str
     assert "interrupted: run the same command again to resume" in err
     assert sorted(p.name for p in out.iterdir()) == ["last.pt"]  # no half-finished weights or card
     state = _state(out)
-    assert state["epoch"] == 1
+    assert state["epoch"] == 1 and state["world_size"] == 1
     assert state["config"]["arch"] == "resnet20" and state["config"]["epochs"] == 2
     history = json.loads(state["history"])
     assert [h["epoch"] for h in history] == [1]
@@ -318,6 +319,7 @@ BAD_ARGUMENTS = {
     "negative epochs": (lambda tmp: {"epochs": -3}, "--epochs must be at least 1"),
     "batch size 0": (lambda tmp: {"extra": ["--batch-size", "0"]}, "--batch-size must be at least 1"),
     "tiny limit": (lambda tmp: {"extra": ["--limit-train", "5"]}, "--limit-train must be at least 10"),
+    "negative seed": (lambda tmp: {"extra": ["--seed", "-1"]}, "--seed must be >= 0"),
     "missing data root": (lambda tmp: {"data": tmp / "nowhere"}, "no CIFAR-10 under"),
     "missing pipeline": (lambda tmp: {"augment": tmp / "missing.json"}, "pipeline file not found"),
     "garbage pipeline": (lambda tmp: {"augment": (tmp / "garbage.json", "{this is not json")}, "not valid JSON"),
