@@ -29,6 +29,7 @@ from skimage.transform import resize
 from camlib.cam import METHODS, ProgressCallback, compute_cams
 from camlib.drawing import fast_png
 from camlib.errors import CamlibError, MethodError
+from camlib.layers import default_layer
 from camlib.metrics import (
     BASELINE_KINDS,
     BaselineComparison,
@@ -304,9 +305,10 @@ def faithfulness_frame(grid: GridScores) -> tuple[pd.DataFrame, Cell]:
     return table, grid.best()
 
 
-def faithfulness_table(grid: GridScores) -> Cell:
+def faithfulness_table(grid: GridScores, *, suggested: str | None = None) -> Cell:
     """Draw the method x layer table (deletion AUC ↓, insertion AUC ↑, ROAD ↑ per cell) with the best cell
-    highlighted, the baselines' scores, and the "most faithful layer on this image" answer. Returns the best cell."""
+    highlighted, the baselines' scores, and the "most faithful layer on this image" answer next to the layer the 7x7
+    rule suggests (``suggested``, ``camlib.layers.default_layer``). Returns the best cell."""
     table, best = faithfulness_frame(grid)
     row, column = _label(best[0]), best[1]
 
@@ -322,10 +324,12 @@ def faithfulness_table(grid: GridScores) -> Cell:
     )
     st.markdown(
         md(
-            "**Most faithful layer on this image: {layer}** (with {method}; {text}).",
+            "**Most faithful layer on this image: {layer}** (with {method}; {text})."
+            + (" The 7x7 rule suggests {rule}." if suggested else ""),
             layer=best[1],
             method=_label(best[0]),
             text=_cell_text(grid.means()[best]),
+            rule=suggested,
         )
     )
     baselines = "; ".join(
@@ -496,7 +500,9 @@ def _section(
         )
         if grid is None:
             return
-    best = faithfulness_table(grid)
+    loaded = cache.resolve_model(model_key, device)
+    suggested = default_layer(cache.get_layers(model_key, device), loaded.spec.default_layers).name
+    best = faithfulness_table(grid, suggested=suggested)
     cells = {f"{_label(c[0])} · {c[1]}": c for c in sorted(grid.cells, key=lambda cell: cell != best)}  # best first
     cell = cells[st.selectbox("Cell (curves and sanity check)", list(cells), key=keys.CAM_FAITH_CELL)]
     st.plotly_chart(curves_figure(grid, cell), key=keys.CAM_FAITH_CURVES)
