@@ -25,6 +25,11 @@ without later in-place ops the two agree exactly.
 Layers whose output is channels-last ``(B, H, W, C)`` or tokens ``(B, N, C)`` are read as ``(B, C, h, w)`` feature
 maps (``camlib.layouts``: the layout is inferred from the shapes and the input size; ambiguous layouts are refused
 unless given explicitly), as pytorch-grad-cam does with a matching ``reshape_transform``.
+
+Methods that pytorch-grad-cam lacks follow torch-cam 0.5.0 (SS-CAM, IS-CAM, LeGrad; Smooth Grad-CAM++ follows the
+paper where torch-cam departs from it, see its docstring). Sampling methods draw from a ``torch.Generator`` seeded
+with ``compute_cams(seed=...)``, never from a global generator. ``MethodSpec.refusal`` says from a model's structure
+why a method cannot explain a layer (CAM, LeGrad, KPCA-CAM's memory cap), before any computation.
 """
 
 from __future__ import annotations
@@ -199,8 +204,9 @@ class MethodSpec:
         return (channels if self.per_channel else self.forwards_per_sample) * (n_samples or self.samples)
 
     def batches(self, channels: int, batch_size: int, n_samples: int | None = None) -> int:
-        """How many batched forwards (progress steps) those take: per sample, ``ceil(channels / batch_size)`` for
-        per-channel methods; ``ceil(samples / batch_size)`` otherwise."""
+        """How many progress steps (batched forwards) those take for one image and layer: per sample,
+        ``ceil(channels / batch_size)`` for per-channel methods; else ``ceil(samples / batch_size)`` when ``batched``,
+        one per sample when not (SESS: one per scale)."""
         if self.family != "perturbation":
             return 0
         samples = n_samples or self.samples
