@@ -957,7 +957,7 @@ def _forward_with_output(
         handle.remove()
 
 
-RANDOM_CAM_SEED = 0  # Random-CAM's weights: the same draws for every image, layer and call (a reproducible baseline)
+RANDOM_CAM_SEED = 0  # compute_cams' default seed: Random-CAM's weights are the same for every image, layer and call
 
 
 @register_method(
@@ -972,9 +972,10 @@ def _randomcam(e: LayerEvidence) -> torch.Tensor:
     map that looks as convincing as a method's says little about that method (Adebayo et al. 2018's sanity checks).
 
     pytorch-grad-cam draws fresh weights per image from numpy's global generator; camlib draws them from a
-    ``torch.Generator`` seeded with ``RANDOM_CAM_SEED`` (library code never seeds or reads global generators), the same
-    ``C`` draws for every image, so a map depends only on its own image and layer."""
-    generator = torch.Generator().manual_seed(RANDOM_CAM_SEED)
+    ``torch.Generator`` seeded with ``compute_cams(seed=...)`` (default ``RANDOM_CAM_SEED``; library code never seeds or
+    reads global generators), the same ``C`` draws for every image, so a map depends only on its own image, layer and
+    seed."""
+    generator = torch.Generator().manual_seed(e.seed)
     acts = e.activations
     weights = 2 * torch.rand(acts.shape[1], generator=generator, dtype=torch.float64) - 1
     return _weighted_sum(weights.to(device=acts.device, dtype=acts.dtype).expand(len(acts), -1), acts, e)
@@ -1422,7 +1423,7 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
     scorecam_batch_size: int = 32,
     layouts: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
-    seed: int = 0,
+    seed: int = RANDOM_CAM_SEED,
     n_samples: int | None = None,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
@@ -1446,8 +1447,9 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
             method (Score-CAM, Ablation-CAM: ``total = B * ceil(C / scorecam_batch_size)`` summed over the layers).
             It may raise to cancel: the exception propagates with hooks removed, modes restored and the model's lock
             released.
-        seed: seeds the ``torch.Generator`` of the sampling methods (SS-CAM's and Smooth Grad-CAM++'s noise): the
-            same seed gives the same maps; global generators are never used or seeded.
+        seed: seeds the ``torch.Generator`` of the methods that draw random numbers (SS-CAM's and Smooth
+            Grad-CAM++'s noise, Random-CAM's weights): the same seed gives the same maps; global generators are never
+            used or seeded.
         n_samples: noisy or integration samples of the sampling methods (SS-CAM, IS-CAM, Smooth Grad-CAM++), >= 1;
             None for each method's default (``METHODS[m].samples``). Other methods ignore it.
         aug_smooth: pytorch-grad-cam's test-time augmentation: the maps of the image and of its mirror image, each
@@ -1494,7 +1496,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
     scorecam_batch_size: int = 32,
     layouts: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
-    seed: int = 0,
+    seed: int = RANDOM_CAM_SEED,
     n_samples: int | None = None,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,

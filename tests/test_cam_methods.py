@@ -43,6 +43,7 @@ import camlib.cam
 from camlib.cam import (
     ISCAM_SAMPLES,
     METHODS,
+    RANDOM_CAM_SEED,
     SMOOTH_GRADCAMPP_STD,
     SSCAM_SAMPLES,
     SSCAM_STD,
@@ -780,3 +781,12 @@ def test_sess_steps_once_per_scale_and_refuses_tokens_on_a_non_square_input(smal
         compute_cams(
             seeded(_Tokens), _images(1, 64, seed=1)[:, :, :32], ["block"], method="sess", layouts={"block": "tokens:1"}
         )
+
+
+def test_randomcam_draws_its_weights_from_the_seed(small_resnet, x64):
+    """The seed of compute_cams (default RANDOM_CAM_SEED) picks Random-CAM's weights: reproducible, and another seed
+    gives another map (the same for every image and class)."""
+    default = compute_cams(small_resnet, x64, ["layer3"], method="randomcam")
+    _assert_same_result(compute_cams(small_resnet, x64, ["layer3"], method="randomcam", seed=RANDOM_CAM_SEED), default)
+    other = compute_cams(small_resnet, x64, ["layer3"], method="randomcam", seed=RANDOM_CAM_SEED + 1)
+    assert np.abs(other.raw["layer3"] - default.raw["layer3"]).max() > 1e-3 * np.abs(default.raw["layer3"]).max()
