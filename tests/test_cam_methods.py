@@ -239,14 +239,25 @@ def test_seed_and_sample_count_are_validated(small_resnet, x64, kwargs):
 # --- Smooth Grad-CAM++ ---------------------------------------------------------------------------------------------
 
 
+def _keep_as_produced(store: dict[str, torch.Tensor]) -> Callable:
+    """A forward hook keeping the layer's output in ``store`` and passing a copy on, so later in-place ops (DenseNet's
+    functional ReLU) change neither the kept values nor the tensor the gradient is taken for."""
+
+    def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        store["out"] = output
+        return output.clone()
+
+    return keep
+
+
 def _noisy_evidence(
     model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], transform: Callable | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """By hand, in float64 sums: the layer's activations on ``x`` and the gradients of the ``classes`` logits with
-    respect to them (a forward hook keeps the output as produced; ``torch.autograd.grad``, no ``.grad`` touched),
+    respect to them (``_keep_as_produced``; ``torch.autograd.grad``, no ``.grad`` touched),
     both read as ``(B, C, h, w)`` through ``transform``."""
     store: dict[str, torch.Tensor] = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.update(out=out))
+    handle = dict(model.named_modules())[layer].register_forward_hook(_keep_as_produced(store))
     try:
         with torch.enable_grad():
             inputs = x.clone().requires_grad_(True)
@@ -316,6 +327,22 @@ def test_smooth_gradcam_plus_plus_is_the_paper_formula_and_differs_from_torchcam
     as_written = _torchcam_smooth_gradcam_plus_plus(clean, [grad for _, grad in noisy], noisy[-1][0]).numpy()
     np.testing.assert_allclose(reference, _reference_pipeline(as_written, (size, size)), atol=1e-4, rtol=0)
     assert np.abs(reference - ours.maps[layer]).max() > 0.05
+
+
+@pytest.mark.parametrize("name", [name for name in ZOO if name != "resnet18"])
+def test_smooth_gradcam_plus_plus_is_the_paper_formula_on_the_rest_of_the_cnn_zoo(zoos, name):
+    """The other zoo CNNs at 64 px, each zoo layer from one call, against the hand-built formula (same draws)."""
+    zoo, _ = zoos
+    model, x, classes, n = zoo.model(name), zoo.images(SCORECAM_SIZE), [3, 7], 2
+    layers = list(ZOO[name].layers)
+    ours = compute_cams(model, x, layers, method="smoothgradcam++", class_idx=classes, n_samples=n, seed=4)
+    draws = _camlib_draws(4, n, tuple(x.shape[1:]), SMOOTH_GRADCAMPP_STD)
+    for layer in layers:
+        clean, _ = _noisy_evidence(model, x, layer, classes, None)
+        grads = [_noisy_evidence(model, x + draw, layer, classes, None)[1] for draw in draws]
+        paper = _paper_smooth_gradcam_plus_plus(clean, grads).numpy()
+        scale = float(np.abs(paper).max())
+        np.testing.assert_allclose(ours.raw[layer], paper, atol=1e-4 * scale, rtol=0)
 
 
 def test_smooth_gradcam_plus_plus_with_one_noiseless_sample_is_gradcam_plus_plus(monkeypatch, small_resnet, x64):
