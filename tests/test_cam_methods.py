@@ -100,6 +100,7 @@ def _torchcam_maps(
 # ConvNeXt block and DeiT's tokens (a class and a distillation token before a 7x7 grid).
 SCORE_CASES = [
     ("resnet18", "layer1", SCORECAM_SIZE, None),
+    ("efficientnet_lite0", "blocks.1", SCORECAM_SIZE, None),  # 24 channels
     ("convnext_tiny", "features.1.0.block.2", 64, _channels_last),
     ("deit_tiny", "blocks.11.norm1", 112, _drop_tokens(2, 7, 7)),
 ]
@@ -750,6 +751,15 @@ def _pytorch_grad_cam_sess(
         finally:
             handle.remove()
             model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v3_small", "densenet121"])
+def test_sess_on_the_rest_of_the_cnn_zoo_matches_pytorch_grad_cam(zoos, name):
+    zoo, _ = zoos
+    model, x, classes = zoo.model(name), zoo.images(SCORECAM_SIZE), [3, 7]
+    layer = ZOO[name].layers[0]
+    ours = compute_cams(model, x, [layer], method="sess", class_idx=classes, n_samples=SESS_SCALES_IN_TESTS)
+    np.testing.assert_allclose(ours.maps[layer], _pytorch_grad_cam_sess(model, x, layer, classes), atol=ATOL, rtol=0)
 
 
 def test_sess_matches_pytorch_grad_cam(zoos):
