@@ -666,8 +666,15 @@ def baseline_scores(
 
     Returns ``{kind: FaithfulnessScores}`` in the order of ``kinds``. Raises ``InputError`` for an unknown kind or a
     bad argument, and what ``faithfulness_scores`` raises."""
-    if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
+    if (
+        isinstance(kinds, str)
+        or not isinstance(kinds, Sequence)
+        or not kinds
+        or any(not isinstance(kind, str) or kind not in BASELINE_KINDS for kind in kinds)
+    ):
         raise InputError(f"kinds must be a non-empty sequence of {BASELINE_KINDS}, got {kinds!r}")
+    if unknown := sorted(set(options) - {"steps", "baseline", "noise"}):
+        raise InputError(f"unknown options {unknown} for faithfulness_scores; the options are steps, baseline, noise")
     return {
         kind: faithfulness_scores(model, x, baseline_maps(x, kind, seed=seed), class_idx, seed=seed, **options)
         for kind in kinds
@@ -706,7 +713,10 @@ def _mean_scores(scores: object, what: str) -> dict[str, float]:
     for metric, values in scores.items():
         if metric not in METRIC_DIRECTIONS:
             raise InputError(f"{what} has an unknown metric {metric!r}; known: {tuple(METRIC_DIRECTIONS)}")
-        array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+        try:
+            array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+        except ValueError as exc:  # ragged nested lists
+            raise InputError(f"{what}[{metric!r}] must be finite numbers, got {describe(values)}") from exc
         if array.dtype.kind not in "fiu" or array.size == 0 or not np.isfinite(array).all():
             raise InputError(f"{what}[{metric!r}] must be finite numbers, got {describe(values)}")
         means[metric] = float(array.mean())

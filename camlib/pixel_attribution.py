@@ -74,7 +74,7 @@ from camlib.cam import (
     minmax_normalize,
     upsample_maps,
 )
-from camlib.contracts import require_model
+from camlib.contracts import require_array, require_model
 from camlib.errors import GradientUnavailableError, InputError, MethodError
 from camlib.guard import eval_mode
 
@@ -337,11 +337,12 @@ def attribution_images(attributions: np.ndarray) -> np.ndarray:
     equal to it on ``attributions[b].transpose(1, 2, 0)``).
 
     Raises:
-        InputError: ``attributions`` is not a finite float ``(B, C, H, W)`` array.
+        InputError: ``attributions`` is not a finite, non-empty float ``(B, C, H, W)`` array.
     """
     if not isinstance(attributions, np.ndarray) or attributions.ndim != 4 or attributions.dtype.kind != "f":
         shape = getattr(attributions, "shape", type(attributions).__name__)
         raise InputError(f"attributions must be a float (B, C, H, W) array, got {shape}")
+    require_array(attributions, "attributions", ndim=4)  # no side of 0 (np.stack of no images, mean of no pixels)
     if not np.isfinite(attributions).all():
         raise InputError("attributions must be finite (no NaN or Inf)")
     images = []

@@ -372,7 +372,11 @@ def reporting_progress(callback: Callable[[int, int], None]) -> Iterator[None]:
     """Within the block, ``augmentation_stability``, ``stability_views`` and ``flip_curve`` call ``callback(done,
     total)`` after each batch of views (``total`` batches in the call). The callback may raise to cancel the
     computation (the model is left clean: ``compute_cams`` removes its hooks). Per thread and per context, so
-    concurrent sessions each see their own callback."""
+    concurrent sessions each see their own callback.
+
+    Raises ``InputError`` (on entering) unless ``callback`` is callable."""
+    if not callable(callback):
+        raise InputError(f"callback must be a callable (done, total), got {describe(callback)}")
     token = _PROGRESS.set(callback)
     try:
         yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import pkgutil
 import urllib.request
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from camlib import (
     metrics,
     models,
     overlay,
+    pixel_attribution,
     prediction_cache,
     samples,
     stability,
@@ -72,6 +74,32 @@ PROBS = np.full((2, 10), 0.1, np.float32)
 DATA = cifar.CifarData(IMAGES, np.zeros(2, np.int64), tuple(cifar.CLASS_NAMES), "test", "", "test")
 X2 = torch.zeros(2, 3, 8, 8)  # two images, for the metrics
 MAPS2 = np.full((2, 8, 8), 0.5, np.float32)
+MATCHING = augment.Pipeline((augment.PipelineStep("HistogramMatching", {"blend_ratio": (1.0, 1.0)}),), seed=0)
+SCORES = {"deletion_auc": 0.2, "insertion_auc": 0.6, "road": 0.1}  # mean faithfulness scores of one method
+
+
+def _grid(pipeline: augment.Pipeline = PIPELINE) -> augment.GridResult:
+    return augment.augment_grid(IMAGES, pipeline, rows=1, cols=2)
+
+
+def _silu_model() -> nn.Module:
+    """No rectifier anywhere: guided backpropagation would be the plain gradient."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    )
+
+
+def _biasless_model() -> nn.Module:
+    """No convolution with a bias and no batch norm: FullGrad has no bias term."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    )
+
+
+def _one_class_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1)
+    )
 
 
 def _explain_edges(_model: nn.Module, x: torch.Tensor, _classes: list[int]) -> np.ndarray:
@@ -223,6 +251,28 @@ def bad_labels() -> dict[str, object]:
 
 def _bad_stability_maps() -> dict[str, object]:
     return {k: v for k, v in bad_maps().items() if k not in ("above 1", "negative")} | {"other shape": CAM[:4]}
+
+
+def _faithfulness(keyword: str, value: object) -> dict[str, object]:
+    """``faithfulness_scores``' arguments, valid except ``keyword``."""
+    return {"model": MODEL, "x": X2, "maps": MAPS2, "class_idx": 0, "steps": 2} | {keyword: value}
+
+
+def _bad_scores() -> dict[str, object]:
+    """Violations of ``{metric: mean score or (B,) scores}`` with the keys of ``metrics.METRIC_DIRECTIONS``."""
+    return {
+        "None": None,
+        "empty": {},
+        "list": [0.5],
+        "unknown metric": {"auc": 0.5},
+        "NaN": {"road": float("nan")},
+        "Inf": {"road": np.array([0.1, np.inf])},
+        "str": {"road": "0.5"},
+        "bool": {"road": True},
+        "no scores": {"road": []},
+        "ragged": {"road": [[0.1], [0.2, 0.3]]},
+        "None score": {"road": None},
+    }
 
 
 def _stability(**changes: object) -> object:
@@ -741,6 +791,132 @@ CASES: list[Case] = [
     Case(
         augment.pipeline_from_yaml, "YAML", augment.pipeline_from_yaml, lambda: {**bad_texts(), "not YAML": "["}
     ),  # an empty YAML document is None: pipeline_from_dict's row
+    Case(
+        augment.compose_to_dict,
+        "compose",
+        augment.compose_to_dict,
+        lambda: {
+            "None": None,
+            "pipeline": PIPELINE,
+            "list": [augment.build_pipeline(PIPELINE)],
+            "one transform": augment.build_pipeline(PIPELINE).transforms[0],
+        },
+    ),
+    Case(augment.reference_keys, "compose", augment.reference_keys, lambda: {"None": None, "pipeline": PIPELINE}),
+    Case(augment.pipeline_to_query, "pipeline", augment.pipeline_to_query, bad_pipelines),
+    Case(
+        augment.pipeline_from_query,
+        "JSON",
+        lambda v: augment.pipeline_from_query(v, 0),
+        lambda: {**bad_texts(), "not JSON": "[", "empty": "", "too long": " " * (augment.MAX_IMPORT_CHARS + 1)},
+    ),
+    Case(
+        augment.pipeline_from_query,
+        "link",
+        lambda v: augment.pipeline_from_query(v, 0),
+        lambda: {
+            "object": "{}",
+            "number": "3",
+            "too many steps": json.dumps([["HorizontalFlip", {}, 1.0, True]] * (augment.MAX_STEPS + 1)),
+            "step not a list": "[1]",
+            "three fields": '[["HorizontalFlip", {}, 1.0]]',
+            "params not an object": '[["HorizontalFlip", [], 1.0, true]]',
+        },
+    ),
+    Case(
+        augment.pipeline_from_query,
+        "seed",
+        lambda v: augment.pipeline_from_query("[]", v),
+        lambda: {"None": None, "negative": -1, "float": 0.5, "str": "0", "bool": True, "too large": 2**32},
+    ),
+    Case(
+        augment.augment_image,
+        "compose",
+        lambda v: augment.augment_image(v, IMAGE),
+        lambda: {"None": None, "pipeline": PIPELINE, "function": lambda image: {"image": image}},
+    ),
+    Case(
+        augment.augment_image,
+        "image",
+        lambda v: augment.augment_image(augment.build_pipeline(PIPELINE), v),
+        bad_images,
+    ),
+    Case(
+        augment.augment_image,
+        "references",
+        lambda v: augment.augment_image(augment.build_pipeline(MATCHING), IMAGE, references=v),
+        lambda: {
+            "None": None,
+            "one image": IMAGE,
+            "str": "a.png",
+            "float images": [IMAGE.astype(np.float32)],
+            "gray list": [IMAGE[..., 0]],
+            "float batch": IMAGES.astype(np.float64),
+            "int": 3,
+        },
+    ),
+    Case(
+        augment.pick_references,
+        "images",
+        lambda v: augment.pick_references(v, 0, 0),
+        lambda: {**bad_batches(), "empty list": [], "float list": [IMAGE.astype(float)], "names": ["a.png", "b.png"]},
+    ),
+    Case(
+        augment.pick_references,
+        "own",
+        lambda v: augment.pick_references(IMAGES, v, 0),
+        lambda: {"float": 0.5, "str": "0", "bool": True, "negative": -1, "out of range": 2},
+    ),
+    Case(
+        augment.pick_references,
+        "seed",
+        lambda v: augment.pick_references(IMAGES, 0, v),
+        lambda: {"None": None, "negative": -1, "float": 0.5, "str": "0"},
+    ),
+    *(
+        Case(
+            function,
+            "references",
+            lambda v, f=call: f(v),
+            lambda: {
+                "empty list": [],
+                "no images": np.zeros((0, 8, 8, 3), np.uint8),
+                "one image array": IMAGE,
+                "float batch": IMAGES.astype(np.float64),
+                "float list": [IMAGE.astype(np.float64)],
+                "str": "a.png",
+                "int": 3,
+            },
+        )
+        for function, call in (
+            (augment.augment_grid, lambda v: augment.augment_grid(IMAGES, MATCHING, rows=1, cols=2, references=v)),
+            (augment.trace_tile, lambda v: augment.trace_tile(IMAGES, MATCHING, _grid(MATCHING), 0, references=v)),
+        )
+    ),
+    Case(
+        augment.trace_tile,
+        "image",
+        lambda v: augment.trace_tile(v, PIPELINE, _grid(), 0),
+        lambda: {
+            **{k: v for k, v in bad_images().items() if k != "batch"},
+            "nchw": np.zeros((2, 3, 8, 8), np.uint8),
+            "float batch": IMAGES.astype(float),
+            "fewer than the grid": IMAGES[:1],
+        },
+    ),
+    Case(augment.trace_tile, "pipeline", lambda v: augment.trace_tile(IMAGES, v, _grid(), 0), bad_pipelines),
+    Case(
+        augment.trace_tile,
+        "grid",
+        lambda v: augment.trace_tile(IMAGES, PIPELINE, v, 0),
+        lambda: {"None": None, "dict": {"indices": (0, 1), "seed": 0}, "tiles": _grid().tiles},
+    ),
+    Case(
+        augment.trace_tile,
+        "tile",
+        lambda v: augment.trace_tile(IMAGES, PIPELINE, _grid(), v),
+        lambda: {"None": None, "float": 0.5, "str": "0", "bool": True, "negative": -1, "out of range": 2},
+    ),
     # cifar
     Case(cifar.detect_source, "root", cifar.detect_source, lambda: {"None": None, "int": 3, "list": ["."]}),
     Case(cifar.balanced_subset, "labels", lambda v: cifar.balanced_subset(v, 1), bad_labels),
@@ -1230,7 +1406,226 @@ CASES: list[Case] = [
         lambda v: metrics.cascading_randomization(MODEL, X2, 0, _explain_edges, seed=v),
         lambda: bad_ints(0),
     ),
+    *(
+        Case(
+            metrics.faithfulness_scores,
+            argument,
+            lambda v, k=keyword: metrics.faithfulness_scores(**_faithfulness(k, v)),
+            bad,
+        )
+        for argument, keyword, bad in (
+            ("model", "model", bad_models),
+            ("x", "x", lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {"3-D": X2[:, 0]}),
+            (
+                "maps",
+                "maps",
+                lambda: {k: v for k, v in bad_maps(3).items() if k != "tensor"} | {"other size": MAPS2[:, :4, :4]},
+            ),
+            (
+                "class",
+                "class_idx",
+                lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "one for two images": [1]},
+            ),
+            ("steps", "steps", bad_ints),
+            (
+                "baseline",
+                "baseline",
+                lambda: {"None": None, "unknown": "black", "other shape": torch.zeros(2, 3, 4, 4)},
+            ),
+            (
+                "noise",
+                "noise",
+                lambda: {"None": None, "negative": -0.1, "NaN": float("nan"), "str": "0.1", "bool": True},
+            ),
+            ("seed", "seed", lambda: bad_ints(0)),
+        )
+    ),
+    Case(metrics.baseline_scores, "model", lambda v: metrics.baseline_scores(v, X2, 0, kinds=("random",)), bad_models),
+    Case(
+        metrics.baseline_scores,
+        "x",
+        lambda v: metrics.baseline_scores(MODEL, v, 0, kinds=("random",)),
+        lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {"shape": (2, 8, 8)},
+    ),
+    Case(
+        metrics.baseline_scores,
+        "class",
+        lambda v: metrics.baseline_scores(MODEL, X2, v, kinds=("random",)),
+        lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "one for two images": [1]},
+    ),
+    Case(
+        metrics.baseline_scores,
+        "kinds",
+        lambda v: metrics.baseline_scores(MODEL, X2, 0, kinds=v),
+        lambda: {"None": None, "str": "random", "empty": (), "unknown": ("random", "sobel"), "ints": (0,)},
+    ),
+    Case(
+        metrics.baseline_scores,
+        "seed",
+        lambda v: metrics.baseline_scores(MODEL, X2, 0, kinds=("random",), seed=v),
+        lambda: bad_ints(0),
+    ),
+    Case(
+        metrics.baseline_scores,
+        "option",
+        lambda v: metrics.baseline_scores(MODEL, X2, 0, kinds=("random",), **v),
+        lambda: {"unknown": {"stpes": 5}, "maps": {"maps": MAPS2}, "progress": {"progress": print}},
+    ),
+    Case(
+        metrics.compare_with_baselines,
+        "method_scores",
+        lambda v: metrics.compare_with_baselines(v, {"random": SCORES}),
+        lambda: _bad_scores(),
+    ),
+    Case(
+        metrics.compare_with_baselines,
+        "baselines",
+        lambda v: metrics.compare_with_baselines(SCORES, v),
+        lambda: {
+            "None": None,
+            "empty": {},
+            "list": [SCORES],
+            "scores not by kind": SCORES,
+            "missing metric": {"random": {"road": 0.0}},
+            **{f"kind with {k}": {"random": v} for k, v in _bad_scores().items()},
+        },
+    ),
+    Case(
+        metrics.compare_with_baselines,
+        "margin",
+        lambda v: metrics.compare_with_baselines(SCORES, {"random": SCORES}, margin=v),
+        lambda: {"None": None, "negative": -0.1, "NaN": float("nan"), "Inf": float("inf"), "str": "0", "bool": True},
+    ),
+    Case(
+        metrics.rank_by_faithfulness,
+        "means",
+        metrics.rank_by_faithfulness,
+        lambda: {
+            "None": None,
+            "empty": {},
+            "list": [SCORES],
+            "differing metrics": {"a": SCORES, "b": {"road": 0.5}},
+            **{f"candidate with {k}": {"a": v} for k, v in _bad_scores().items()},
+        },
+    ),
+    Case(
+        metrics.random_logit,
+        "model",
+        lambda v: metrics.random_logit(v, X2, 0, _explain_edges),
+        lambda: {**bad_models(), "one class": _one_class_model()},
+    ),
+    Case(
+        metrics.random_logit,
+        "x",
+        lambda v: metrics.random_logit(MODEL, v, 0, _explain_edges),
+        lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {"3-D": X2[:, 0]},
+    ),
+    Case(
+        metrics.random_logit,
+        "class",
+        lambda v: metrics.random_logit(MODEL, X2, v, _explain_edges),
+        lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "one for two images": [1]},
+    ),
+    Case(
+        metrics.random_logit,
+        "explain",
+        lambda v: metrics.random_logit(MODEL, X2, 0, v),
+        lambda: {
+            "None": None,
+            "str": "gradcam",
+            "one map per image of x": lambda m, x, k: MAPS2,
+            "2-D": lambda m, x, k: MAPS2[0],
+            "int maps": lambda m, x, k: np.zeros((4, 8, 8), np.int64),
+            "list": lambda m, x, k: np.full((4, 8, 8), 0.5).tolist(),
+        },
+    ),
+    Case(
+        metrics.random_logit,
+        "seed",
+        lambda v: metrics.random_logit(MODEL, X2, 0, _explain_edges, seed=v),
+        lambda: bad_ints(0),
+    ),
+    # pixel_attribution
+    *(
+        row
+        for function, model_faults in (
+            (pixel_attribution.compute_guided_backprop, {"no rectifier": _silu_model()}),
+            (pixel_attribution.compute_fullgrad, {"no bias layer": _biasless_model()}),
+        )
+        for row in (
+            Case(function, "model", lambda v, f=function: f(v, X), lambda m=model_faults: {**bad_models(), **m}),
+            Case(
+                function,
+                "x",
+                lambda v, f=function: f(MODEL, v),
+                lambda: {
+                    **bad_tensors(4),
+                    "channels last": torch.randn(1, 32, 32, 3),
+                    "zero side": torch.zeros(1, 3, 0, 8),
+                },
+            ),
+            Case(
+                function,
+                "class",
+                lambda v, f=function: f(MODEL, X, class_idx=v),
+                lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "two for one image": [1, 2]},
+            ),
+        )
+    ),
+    Case(
+        pixel_attribution.compute_guided_gradcam,
+        "model",
+        lambda v: pixel_attribution.compute_guided_gradcam(v, X, ["0"]),
+        bad_models,
+    ),
+    Case(
+        pixel_attribution.compute_guided_gradcam,
+        "x",
+        lambda v: pixel_attribution.compute_guided_gradcam(MODEL, v, ["0"]),
+        lambda: {**bad_tensors(4), "channels last": torch.randn(1, 32, 32, 3)},
+    ),
+    Case(
+        pixel_attribution.compute_guided_gradcam,
+        "layer",
+        lambda v: pixel_attribution.compute_guided_gradcam(MODEL, X, v),
+        lambda: {**_layers_no_uint8_images(), "unknown": ["layer9"]},
+    ),
+    Case(
+        pixel_attribution.compute_guided_gradcam,
+        "class",
+        lambda v: pixel_attribution.compute_guided_gradcam(MODEL, X, ["0"], class_idx=v),
+        lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "two for one image": [1, 2]},
+    ),
+    Case(
+        pixel_attribution.compute_guided_gradcam,
+        "layouts",
+        lambda v: pixel_attribution.compute_guided_gradcam(MODEL, X, ["0"], layouts=v),
+        lambda: {"str": "nchw", "list": ["nchw"], "other layer": {"2": "nchw"}},
+    ),
+    Case(
+        pixel_attribution.attribution_images,
+        "attributions",
+        pixel_attribution.attribution_images,
+        lambda: {
+            "None": None,
+            "list": np.zeros((1, 3, 2, 2)).tolist(),
+            "tensor": torch.zeros(1, 3, 8, 8),
+            "3-D": np.zeros((3, 8, 8), np.float32),
+            "int": np.zeros((1, 3, 8, 8), np.int32),
+            "bool": np.zeros((1, 3, 8, 8), bool),
+            "NaN": np.full((1, 3, 8, 8), np.nan, np.float32),
+            "Inf": np.full((1, 3, 8, 8), np.inf, np.float32),
+            "empty": np.zeros((0, 3, 8, 8), np.float32),
+            "zero side": np.zeros((1, 3, 0, 8), np.float32),
+        },
+    ),
     # stability
+    Case(
+        stability.reporting_progress,
+        "callback",
+        lambda v: stability.reporting_progress(v).__enter__(),
+        lambda: {"None": None, "int": 3, "str": "bar", "list": [print]},
+    ),
     Case(
         stability.map_correlation,
         "a",
@@ -1286,13 +1681,13 @@ CASES: list[Case] = [
     Case(stability.stability_views, "image", lambda v: _stability_views(image=v), bad_images),
     Case(
         stability.augmentation_stability,
-        "class_idx",
+        "class",  # "class index 10 is out of range" (compute_cams checks the range on the logits)
         lambda v: _stability(class_idx=v),
         lambda: {"float": 1.5, "str": "1", "too large": 10, "negative": -1, "one for two images": [1], "bool": True},
     ),
     Case(
         stability.stability_views,
-        "class_idx",
+        "class",  # "class index 10 is out of range" (compute_cams checks the range on the logits)
         lambda v: _stability_views(class_idx=v),
         lambda: {"float": 1.5, "list": [1], "too large": 10, "negative": -1},
     ),
@@ -1352,6 +1747,7 @@ EXEMPT_CLASSES: dict[type, str] = {
     augment.PipelineStep: "user data, checked by validate_step/build_pipeline (rows above)",
     augment.Pipeline: "user data, checked by build_pipeline and every function taking one (rows above)",
     augment.GridResult: _RESULT,
+    augment.TileSteps: _RESULT,
     cam.LayerEvidence: "built by compute_cams for its registered methods (x and layers checked by compute_cams)",
     cam.MethodSpec: "built by register_method (row above)",
     cost.CostEstimate: _RESULT,
@@ -1374,6 +1770,13 @@ EXEMPT_CLASSES: dict[type, str] = {
     metrics.RoadResult: _RESULT,
     metrics.ConfidenceDrop: _RESULT,
     metrics.SanityResult: _RESULT,
+    metrics.RandomLogitResult: _RESULT,
+    metrics.FaithfulnessScores: _RESULT,
+    metrics.BaselineComparison: _RESULT,
+    pixel_attribution.GuidedBackpropResult: _RESULT,
+    pixel_attribution.GuidedGradCamResult: _RESULT,
+    pixel_attribution.FullGradResult: _RESULT,
+    pixel_attribution.PixelMethodSpec: "registry record written in camlib (PIXEL_METHODS)",
     train.TrainConfig: "built by parse_args (argparse) and checked by train (row above)",
     batch.BatchConfig: "built by parse_args (argparse) and checked by run_batch (row above)",
     batch.BatchSummary: _RESULT,

@@ -21,6 +21,7 @@ from camlib.augment.pipeline import (
     build_pipeline,
     validate_step,
 )
+from camlib.contracts import describe
 from camlib.errors import PipelineError
 
 MAX_IMPORT_CHARS = 1_000_000  # an exported pipeline is a few kB
@@ -60,7 +61,11 @@ def _transform_dict(transform: A.BasicTransform) -> dict[str, Any]:
 def compose_to_dict(compose: A.Compose) -> dict[str, Any]:
     """``A.to_dict(compose)``, also for the steps that match an image to a second one (FDA, HistogramMatching,
     PixelDistributionAdaptation), which ``A.to_dict`` refuses: they are written as their settings, which
-    ``A.from_dict`` reads back. Enums as Albumentations' own ``A.save`` writes them."""
+    ``A.from_dict`` reads back. Enums as Albumentations' own ``A.save`` writes them.
+
+    Raises ``PipelineError`` unless ``compose`` is an ``A.Compose`` (``build_pipeline``'s result)."""
+    if not isinstance(compose, A.Compose):
+        raise PipelineError(f"compose must be an albumentations Compose (see build_pipeline), got {describe(compose)}")
     document = A.to_dict(A.Compose([], p=compose.p, is_check_shapes=compose.is_check_shapes))
     document["transform"]["transforms"] = [_transform_dict(t) for t in compose.transforms]
     return serialize_enum(document)

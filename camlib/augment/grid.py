@@ -18,7 +18,7 @@ from camlib.augment.pipeline import (
     build_pipeline,
     reference_keys,
 )
-from camlib.contracts import require_int
+from camlib.contracts import describe, require_array, require_int
 from camlib.errors import GridError, InvalidImageError, PipelineError
 from camlib.imaging import ensure_rgb_uint8
 
@@ -107,7 +107,22 @@ def _pick_indices(
 def pick_references(images: np.ndarray | Sequence[np.ndarray], own: int | None, seed: int) -> list[np.ndarray]:
     """The second images offered to one tile's domain-adaptation steps: up to ``MAX_REFERENCES`` of ``images``
     drawn with ``seed`` (the same for every tile), leaving out the tile's own image ``own`` unless it is the only
-    one. The step then draws one of them with the Compose's generator."""
+    one. The step then draws one of them with the Compose's generator.
+
+    Raises:
+        InvalidImageError: ``images`` is not uint8 RGB ``(N, H, W, 3)`` or a non-empty list of ``(H, W, 3)`` images.
+        GridError: ``own`` is not None or an index of ``images``; a bad ``seed`` (``pick_images``)."""
+    if isinstance(images, np.ndarray):
+        require_array(images, "images", dtypes=(np.uint8,), ndim=4, channels=3, error=InvalidImageError)
+    elif isinstance(images, Sequence) and not isinstance(images, str | bytes) and len(images):
+        for j, image in enumerate(images):
+            require_array(image, f"images[{j}]", dtypes=(np.uint8,), ndim=3, channels=3, error=InvalidImageError)
+    else:
+        raise InvalidImageError(
+            f"images must be uint8 RGB (N, H, W, 3) or a non-empty list of (H, W, 3) images, got {describe(images)}"
+        )
+    if own is not None:
+        require_int(own, "own (the tile's image index)", minimum=0, maximum=len(images) - 1, error=GridError)
     chosen = pick_images(np.arange(len(images)), min(len(images), MAX_REFERENCES + 1), seed)
     others = [images[j] for j in chosen if j != own][:MAX_REFERENCES]
     return others or [images[own if own is not None else 0]]
@@ -156,7 +171,17 @@ def _augment_tiles(
     """Tile ``k`` is the ``k``-th call of ``compose`` on ``batch[chosen[k]]``: each tile with the parameters drawn."""
     needs_references = bool(reference_keys(compose))
     if needs_references and references is not None:
-        references = [_as_batch(r)[0] for r in references] if not isinstance(references, np.ndarray) else references
+        if isinstance(references, np.ndarray):
+            require_array(references, "references", dtypes=(np.uint8,), ndim=4, channels=3, error=InvalidImageError)
+        elif isinstance(references, str | bytes) or not isinstance(references, Sequence):
+            raise GridError(
+                f"references must be uint8 RGB images or None for the grid's own, got {describe(references)}"
+            )
+        else:
+            try:
+                references = [_as_batch(r)[0] for r in references]
+            except InvalidImageError as exc:  # name the argument: the message of _as_batch speaks of "the image"
+                raise InvalidImageError(f"references: {exc}") from exc
         if not len(references):
             raise GridError("references is empty: give at least one second image, or None for the grid's own")
     outputs = []

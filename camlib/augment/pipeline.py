@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from camlib.augment.catalogue import TRANSFORMS, _as_number, normalise_value
-from camlib.contracts import require_int
-from camlib.errors import PipelineError
+from camlib.contracts import describe, require_array, require_int
+from camlib.errors import InvalidImageError, PipelineError
 
 MAX_STEPS = 32  # steps in one pipeline
 
@@ -133,7 +133,11 @@ def build_pipeline(pipeline: Pipeline) -> A.Compose:
 
 def reference_keys(compose: A.Compose) -> tuple[str, ...]:
     """The data keys through which the steps of ``compose`` that match an image to a second one (FDA,
-    HistogramMatching, PixelDistributionAdaptation) read it; empty when no step needs one."""
+    HistogramMatching, PixelDistributionAdaptation) read it; empty when no step needs one.
+
+    Raises ``PipelineError`` unless ``compose`` is an ``A.Compose`` (``build_pipeline``'s result)."""
+    if not isinstance(compose, A.Compose):
+        raise PipelineError(f"compose must be an albumentations Compose (see build_pipeline), got {describe(compose)}")
     specs = (TRANSFORMS.get(type(t).__name__) for t in compose.transforms)
     return tuple(dict.fromkeys(spec.reference_key for spec in specs if spec is not None and spec.reference_key))
 
@@ -145,9 +149,21 @@ def augment_image(
     that needs a second image; the step draws one of them with the Compose's seeded generator.
 
     Raises:
-        PipelineError: a step needs a second image and ``references`` is empty.
+        PipelineError: ``compose`` is not an ``A.Compose``; a step needs a second image and ``references`` is empty.
+        InvalidImageError: ``image`` or one of ``references`` is not a uint8 RGB ``(H, W, 3)`` image.
     """
     keys = reference_keys(compose)
+    require_array(image, "image", dtypes=(np.uint8,), ndim=3, channels=3, error=InvalidImageError)
+    if isinstance(references, str | bytes) or not isinstance(references, Sequence | np.ndarray):
+        raise InvalidImageError(
+            f"references must be a sequence of uint8 RGB (H, W, 3) images, got {describe(references)}"
+        )
+    if isinstance(references, np.ndarray):
+        require_array(
+            references, "references", dtypes=(np.uint8,), ndim=4, channels=3, nonempty=False, error=InvalidImageError
+        )
+    for j, reference in enumerate(references):
+        require_array(reference, f"references[{j}]", dtypes=(np.uint8,), ndim=3, channels=3, error=InvalidImageError)
     if keys and not len(references):
         specs = [TRANSFORMS.get(type(t).__name__) for t in compose.transforms]
         names = ", ".join(spec.name for spec in specs if spec is not None and spec.reference_key)
