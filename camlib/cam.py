@@ -282,6 +282,7 @@ class CamResult:
         raw: per layer, ``(B, h, w)`` float32 signed map before ReLU and normalisation, at feature resolution.
         degenerate: per layer, ``(B,)`` bool; True where the map carries no positive evidence (then it is all zeros).
         elapsed_s: wall time of the call.
+        counterfactual: True when the maps explain ``-score`` (``compute_cams(counterfactual=True)``).
     """
 
     method: str
@@ -292,6 +293,7 @@ class CamResult:
     raw: dict[str, np.ndarray]
     degenerate: dict[str, np.ndarray]
     elapsed_s: float = field(default=0.0, compare=False)
+    counterfactual: bool = False
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -1427,6 +1429,7 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
     n_samples: int | None = None,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
+    counterfactual: bool = False,
 ) -> CamResult:
     """Compute one CAM per requested layer from a single forward (and, for gradient methods, a single backward).
 
@@ -1461,6 +1464,10 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
             element-wise products of HiResCAM, LayerCAM, Grad-CAM element-wise) are projected on their first
             principal component instead of summed, sign fixed as Eigen-CAM's. FEM, KPCA-CAM, LeGrad and the
             principal-component methods ignore it, as in pytorch-grad-cam.
+        counterfactual: the counterfactual explanation of Selvaraju et al. 2017 (sec. 5, "Counterfactual
+            Explanations"): the gradients are negated, i.e. the method explains ``-score``, so the map shows the
+            regions whose evidence would make the model *less* sure of the class. "gradient" methods only
+            (``MethodError`` otherwise); equal to pytorch-grad-cam given a target ``lambda out: -out[k]``.
 
     Returns:
         A ``CamResult``; ``raw`` is at the feature map's ``(h, w)`` after any layout reshaping.
@@ -1483,6 +1490,7 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
         n_samples=n_samples,
         aug_smooth=aug_smooth,
         eigen_smooth=eigen_smooth,
+        counterfactual=counterfactual,
     )[method]
 
 
@@ -1500,6 +1508,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
     n_samples: int | None = None,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
+    counterfactual: bool = False,
 ) -> dict[str, CamResult]:
     """Every method x layer map from shared passes: the methods x layers grid of issue #12.
 
@@ -1510,8 +1519,8 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
 
     Args:
         methods: keys of ``METHODS``, at least one; repeats are computed once.
-        model, x, layers, class_idx, scorecam_batch_size, layouts, seed, n_samples, aug_smooth, eigen_smooth: as for
-            ``compute_cams``.
+        model, x, layers, class_idx, scorecam_batch_size, layouts, seed, n_samples, aug_smooth, eigen_smooth,
+            counterfactual: as for ``compute_cams``.
         progress: ``callback(done, total)`` after each extra forward batch of the perturbation methods, counted over
             all of them; it may raise to cancel (hooks removed, modes restored, lock released).
 
@@ -1524,8 +1533,11 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
         ``ValueError``).
     """
     started = time.perf_counter()
-    if not isinstance(aug_smooth, bool) or not isinstance(eigen_smooth, bool):
-        raise InputError(f"aug_smooth and eigen_smooth must be True or False, got {aug_smooth!r}, {eigen_smooth!r}")
+    if not all(isinstance(flag, bool) for flag in (aug_smooth, eigen_smooth, counterfactual)):
+        raise InputError(
+            "aug_smooth, eigen_smooth and counterfactual must be True or False, got "
+            f"{aug_smooth!r}, {eigen_smooth!r}, {counterfactual!r}"
+        )
     if aug_smooth:
         run = partial(
             compute_cam_grid,
@@ -1537,9 +1549,15 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
             seed=seed,
             n_samples=n_samples,
             eigen_smooth=eigen_smooth,
+            counterfactual=counterfactual,
         )
         return _augmentation_smoothed(run, x, class_idx, progress, started)
     specs = _resolve_methods(methods)
+    if counterfactual and (other := next((s for s in specs if not s.uses_gradients), None)):
+        raise MethodError(
+            f"a counterfactual map negates the gradients of the score, and {other.label} uses none: "
+            "pick a gradient method (Grad-CAM, Grad-CAM++, ...)"
+        )
     require_model(model)
     if progress is not None and not callable(progress):
         raise InputError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
@@ -1577,7 +1595,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
                     capture,
                     names,
                     feature_layouts,
-                    scores=gradient.score,
+                    scores=_negated(gradient.score) if counterfactual else gradient.score,
                     second_order=gradient.second_order,
                 )
                 if gradient
@@ -1616,7 +1634,13 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
 
     finished = _finish_all(raws, names, size)
     elapsed = time.perf_counter() - started
-    return {spec.name: _result(spec, raws[spec.name], finished[spec.name], pass_, elapsed) for spec in specs}
+    results = {spec.name: _result(spec, raws[spec.name], finished[spec.name], pass_, elapsed) for spec in specs}
+    return {n: dataclasses.replace(r, counterfactual=True) for n, r in results.items()} if counterfactual else results
+
+
+def _negated(score: Score) -> Score:
+    """``-score``: what a counterfactual map differentiates (Selvaraju et al. 2017's negated gradients)."""
+    return lambda logits, targets: -score(logits, targets)
 
 
 # pytorch-grad-cam's aug_smooth views, in ttach's order: Compose([HorizontalFlip(), Multiply([0.9, 1, 1.1])]).

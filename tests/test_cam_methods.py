@@ -827,3 +827,80 @@ def test_randomcam_draws_its_weights_from_the_seed(small_resnet, x64):
     _assert_same_result(compute_cams(small_resnet, x64, ["layer3"], method="randomcam", seed=RANDOM_CAM_SEED), default)
     other = compute_cams(small_resnet, x64, ["layer3"], method="randomcam", seed=RANDOM_CAM_SEED + 1)
     assert np.abs(other.raw["layer3"] - default.raw["layer3"]).max() > 1e-3 * np.abs(default.raw["layer3"]).max()
+
+
+# --- counterfactual maps (Selvaraju et al. 2017, negated gradients) ---------------------------------------------------
+
+COUNTERFACTUAL_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "gradcam_elementwise")
+
+
+class _NegatedTarget:
+    """pytorch-grad-cam target for the counterfactual map: minus the class's logit (its gradients negated)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return -output[..., self.k]
+
+
+@pytest.fixture(scope="module")
+def counterfactual_model() -> nn.Module:
+    model = seeded_resnet18(3)
+    for module in model.modules():  # pytorch-grad-cam reads post-in-place values otherwise (test_cam.py)
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    return model
+
+
+@pytest.mark.parametrize("method", COUNTERFACTUAL_METHODS)
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+def test_counterfactual_maps_equal_pytorch_grad_cam_with_a_negated_target(counterfactual_model, method, layer):
+    model, x, classes = counterfactual_model, _images(2, 64, 5), [7, 281]
+    ours = compute_cams(model, x, [layer], method=method, class_idx=classes, counterfactual=True)
+    assert ours.counterfactual and ours.class_idx == classes
+    module = dict(model.named_modules())[layer]
+    with REFERENCE_CAMS[method](model=model, target_layers=[module]) as cam:
+        handle = module.register_forward_hook(_as_produced)
+        try:
+            theirs = cam(input_tensor=x, targets=[_NegatedTarget(k) for k in classes])
+        finally:
+            handle.remove()
+    model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(ours.maps[layer], theirs, atol=ATOL)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_a_counterfactual_map_is_the_negated_raw_map_for_methods_linear_in_the_gradients(counterfactual_model, method):
+    """Grad-CAM's and HiResCAM's raw maps are linear in the gradients, so negating the gradients negates the raw map:
+    the counterfactual map is exactly the evidence against the class that the plain map's ReLU drops."""
+    x = _images(2, 64, 6)
+    plain = compute_cams(counterfactual_model, x, ["layer4"], method=method, class_idx=3)
+    against = compute_cams(counterfactual_model, x, ["layer4"], method=method, class_idx=3, counterfactual=True)
+    np.testing.assert_allclose(against.raw["layer4"], -plain.raw["layer4"], rtol=1e-5, atol=1e-7)
+    assert not plain.counterfactual
+    positive, negative = plain.raw["layer4"] > 0, against.raw["layer4"] > 0
+    assert positive.any() and negative.any() and not (positive & negative).any()
+
+
+def test_a_counterfactual_grid_shares_one_pass_and_equals_its_cells(counterfactual_model):
+    x = _images(1, 64, 7)
+    grid = camlib.cam.compute_cam_grid(
+        counterfactual_model, x, ["layer3", "layer4"], ["gradcam", "layercam"], counterfactual=True
+    )
+    for method, result in grid.items():
+        alone = compute_cams(counterfactual_model, x, ["layer4"], method=method, counterfactual=True)
+        np.testing.assert_allclose(result.maps["layer4"], alone.maps["layer4"], atol=1e-6)
+        assert result.counterfactual
+
+
+@pytest.mark.parametrize("method", ["eigencam", "scorecam", "cam", "fem"])
+def test_counterfactual_is_refused_for_methods_without_gradients(counterfactual_model, method):
+    with pytest.raises(MethodError, match="negates the gradients"):
+        compute_cams(counterfactual_model, _images(1, 32, 0), ["layer4"], method=method, counterfactual=True)
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_counterfactual_must_be_a_bool(counterfactual_model, bad):
+    with pytest.raises(InputError, match="counterfactual"):
+        compute_cams(counterfactual_model, _images(1, 32, 0), ["layer4"], counterfactual=bad)
