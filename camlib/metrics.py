@@ -47,7 +47,7 @@ from skimage.filters import sobel
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from camlib.cam import ProgressCallback, _resolve_classes
+from camlib.cam import ProgressCallback, _resolve_classes, _validate_input
 from camlib.contracts import describe, require_int, require_model, require_size, require_tensor, require_unit_range
 from camlib.errors import InputError, NonFiniteError
 from camlib.guard import eval_mode, model_lock
@@ -204,7 +204,7 @@ class _Inputs:
 def _check_inputs(model: object, x: object, maps: object, batch_size: object = 1) -> _Inputs:
     """Check the common arguments; raise ``InputError`` naming the first bad one."""
     device = require_model(model)
-    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
+    _validate_input(x, 1)  # a float (B, C, H, W) tensor with data, not channels-last (as compute_cams checks x)
     require_int(batch_size, "batch_size", minimum=1)
     if isinstance(maps, torch.Tensor):
         require_tensor(maps, "maps", ndim=3, floating=True, expected="float (B, H, W) array or tensor in [0, 1]")
@@ -858,7 +858,8 @@ def cascading_randomization(
         ``SanityResult``: the re-initialised layers in order and each image's similarity after each step.
 
     Raises:
-        InputError: a bad argument, a model without parameters, or ``explain`` not returning one map per image.
+        InputError: a bad argument, a model without parameters, or ``explain`` not returning one map in [0, 1] per
+            image.
         ClassIndexError: a class outside the model's classes.
     """
     x, targets, _, randomized = _sanity_setup(model, x, class_idx, explain)
@@ -891,7 +892,7 @@ def _sanity_setup(
     of classes and a deep copy of ``model`` in eval mode (copied under the model's lock: the shared model is only
     read)."""
     device = require_model(model)
-    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
+    _validate_input(x, 1)  # a float (B, C, H, W) tensor with data, not channels-last (as compute_cams checks x)
     if not callable(explain):
         raise InputError(f"explain must be a callable (model, x, classes) -> maps, got {describe(explain)}")
     x = x.detach().to(device)
@@ -904,12 +905,13 @@ def _sanity_setup(
 
 
 def _explained(explain: Explain, network: nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
-    """``explain(network, x, classes)`` as ``(B, H, W)`` float64; ``InputError`` unless it is one float map per
-    image."""
+    """``explain(network, x, classes)`` as ``(B, H, W)`` float64; ``InputError`` unless it is one float map in
+    [0, 1] per image."""
     maps = explain(network, x, list(classes))
     maps = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
     if not isinstance(maps, np.ndarray) or maps.ndim != 3 or len(maps) != len(x) or maps.dtype.kind != "f":
         raise InputError(f"explain must return (B, H, W) float maps, one per image, got {describe(maps)}")
+    require_unit_range(maps, "explain's maps")  # NaN or unscaled maps would give NaN or meaningless similarities
     return maps.astype(np.float64)
 
 
@@ -942,7 +944,8 @@ def random_logit(
         ``RandomLogitResult``: the classes, both maps and their Spearman correlation and SSIM per image.
 
     Raises:
-        InputError: a bad argument, a model with fewer than 2 classes, or ``explain`` not returning one map per image.
+        InputError: a bad argument, a model with fewer than 2 classes, or ``explain`` not returning one map in
+            [0, 1] per image.
         ClassIndexError: a class outside the model's classes. NonFiniteError: the model produced NaN or Inf.
     """
     x, targets, num_classes, copied = _sanity_setup(model, x, class_idx, explain)

@@ -253,6 +253,14 @@ def _bad_stability_maps() -> dict[str, object]:
     return {k: v for k, v in bad_maps().items() if k not in ("above 1", "negative")} | {"other shape": CAM[:4]}
 
 
+def _bad_metric_x() -> dict[str, object]:
+    """Violations of the metrics' float ``(B, C, H, W)`` input (the maps are ``MAPS2``, ``(2, 8, 8)``)."""
+    return {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {
+        "3-D": X2[:, 0],
+        "channels last": torch.rand(2, 8, 8, 3),
+    }
+
+
 def _faithfulness(keyword: str, value: object) -> dict[str, object]:
     """``faithfulness_scores``' arguments, valid except ``keyword``."""
     return {"model": MODEL, "x": X2, "maps": MAPS2, "class_idx": 0, "steps": 2} | {keyword: value}
@@ -1274,7 +1282,7 @@ CASES: list[Case] = [
                 metric,
                 "x",
                 lambda v, f=metric: f(MODEL, v, MAPS2, 0),
-                lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {"3-D": torch.zeros(2, 8, 8)},
+                lambda: _bad_metric_x(),
             ),
             Case(
                 metric,
@@ -1380,7 +1388,7 @@ CASES: list[Case] = [
         metrics.cascading_randomization,
         "x",
         lambda v: metrics.cascading_randomization(MODEL, v, 0, _explain_edges),
-        lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"},
+        lambda: _bad_metric_x(),
     ),
     Case(
         metrics.cascading_randomization,
@@ -1398,6 +1406,8 @@ CASES: list[Case] = [
             "one map": lambda m, x, k: MAPS2[:1],
             "2-D": lambda m, x, k: MAPS2[0],
             "int maps": lambda m, x, k: np.zeros((2, 8, 8), np.int64),
+            "NaN maps": lambda m, x, k: np.full((2, 8, 8), np.nan, np.float32),
+            "unscaled maps": lambda m, x, k: MAPS2 * 40,
         },
     ),
     Case(
@@ -1415,7 +1425,7 @@ CASES: list[Case] = [
         )
         for argument, keyword, bad in (
             ("model", "model", bad_models),
-            ("x", "x", lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {"3-D": X2[:, 0]}),
+            ("x", "x", _bad_metric_x),
             (
                 "maps",
                 "maps",
@@ -1445,7 +1455,7 @@ CASES: list[Case] = [
         metrics.baseline_scores,
         "x",
         lambda v: metrics.baseline_scores(MODEL, v, 0, kinds=("random",)),
-        lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {"shape": (2, 8, 8)},
+        lambda: _bad_metric_x() | {"shape": (2, 8, 8)},
     ),
     Case(
         metrics.baseline_scores,
@@ -1518,7 +1528,7 @@ CASES: list[Case] = [
         metrics.random_logit,
         "x",
         lambda v: metrics.random_logit(MODEL, v, 0, _explain_edges),
-        lambda: {k: v for k, v in bad_tensors(4).items() if k != "missing dim"} | {"3-D": X2[:, 0]},
+        lambda: _bad_metric_x(),
     ),
     Case(
         metrics.random_logit,
@@ -1536,6 +1546,8 @@ CASES: list[Case] = [
             "one map per image of x": lambda m, x, k: MAPS2,
             "2-D": lambda m, x, k: MAPS2[0],
             "int maps": lambda m, x, k: np.zeros((4, 8, 8), np.int64),
+            "NaN maps": lambda m, x, k: np.full((4, 8, 8), np.nan, np.float32),
+            "unscaled maps": lambda m, x, k: np.full((4, 8, 8), 20.0, np.float32),
             "list": lambda m, x, k: np.full((4, 8, 8), 0.5).tolist(),
         },
     ),
