@@ -27,6 +27,7 @@ from camlib.errors import InputError
 from camlib.metrics import confidence_change, deletion_insertion
 from camlib.models import load_model, prepare_batch
 from camlib.prediction_cache import weights_digest
+from ui.text import escape
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10"
 BUNDLED_WEIGHTS = Path(__file__).resolve().parents[1] / "models/cifar10_resnet20/model.safetensors"
@@ -258,3 +259,29 @@ def test_the_ray_engine_writes_the_local_engines_table(reference, tmp_path, loca
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["runs"][-1]["engine"] == "ray" and record["versions"]["ray"] == local_ray.__version__
     assert pc.all(pc.is_null(table["error"])).as_py()
+
+
+def test_the_misclassification_page_opens_a_batch_table(reference, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
+    at.switch_page("pages/misclassifications.py").run()
+    at.radio[0].set_value("A batch table").run()
+    batch_out = next(t for t in at.text_input if t.label.startswith("Batch output directory"))
+    batch_out.input(str(reference)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error
+    table = read_batch_table(reference).to_pandas()
+    cells = table[(table["method"] == METHODS[0]) & (table["layer"] == LAYERS[0])]
+    accuracy = (cells["label"] == cells["predicted"]).mean()
+    assert any(f"**Accuracy {accuracy:.2%}** on {IMAGES} labelled images." == m.value for m in at.markdown)
+    wrong = cells[cells["label"] != cells["predicted"]]
+    captions = [caption for image in at.image for caption in image.captions]
+    assert captions == [
+        f"{escape(r.image_id)}: {CLASS_NAMES[r.label]} → {r.predicted_name} ({r.probability:.0%})"
+        for r in wrong.head(12).itertuples()
+    ]
+    assert len(at.get("plotly_chart")) == 2  # confusion matrix and per-class accuracy
+
+    at.text_input(key=batch_out.key).input(str(tmp_path)).run()  # not a batch job's output: an error, no exception
+    assert not at.exception and escape("no readable run.json") in at.error[0].value

@@ -1197,6 +1197,7 @@ CASES: list[Case] = [
     # batch
     Case(batch.run_batch, "config", batch.run_batch, lambda: {"None": None, "dict": {"out": "x"}, "argv": ["x"]}),
     Case(batch.read_batch_table, "out", batch.read_batch_table, lambda: {"None": None, "int": 3, "empty": "nothing"}),
+    Case(batch.read_run_record, "out", batch.read_run_record, lambda: {"None": None, "int": 3, "empty": "nothing"}),
     Case(ray_engine.run_ray, "prepared", lambda v: ray_engine.run_ray(v, None), lambda: {"None": None, "dict": {}}),
     # guard
     Case(guard.model_lock, "model", guard.model_lock, lambda: {"None": None, "int": 3, "function": len}),

@@ -29,6 +29,7 @@ from camlib.batch.job import (
     main,
     parse_args,
     read_batch_table,
+    read_run_record,
     run_batch,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "main",
     "parse_args",
     "read_batch_table",
+    "read_run_record",
     "run_batch",
 ]

@@ -32,11 +32,9 @@ from tqdm import tqdm
 
 from camlib.cam import METHODS, compute_cam_grid, layer_magnitudes
 from camlib.cifar import IMAGE_SUFFIXES, default_root, load_cifar10
-from camlib.drawing import fast_png
 from camlib.errors import CamlibError, InputError
 from camlib.imaging import decode_image
 from camlib.layers import default_layer, list_candidate_layers
-from camlib.metrics import average_drop_increase, confidence_change, deletion_insertion, road
 from camlib.models import (
     DEFAULT_CIFAR_MODEL,
     MODELS,
@@ -47,7 +45,6 @@ from camlib.models import (
     prepare_batch,
     prepare_input,
 )
-from camlib.overlay import overlay_heatmap
 from camlib.prediction_cache import weights_digest
 
 RUN_FILE = "run.json"
@@ -149,7 +146,10 @@ class BatchSummary:
         images: images in the job; ``rows``: table rows in all (images x methods x layers).
         shards: shards in the job; ``skipped``: those already finished by an earlier run.
         errors: images with an error row (in all finished shards).
-        elapsed_s: wall time of this call's shard work (s); ``images_per_s``: images computed by it per second.
+        elapsed_s: wall time of this call's shard work (s): local, the engine's loop (reading, CAMs, files); Ray, from
+            the first shard's start in an actor to the last one's end (the actors' start, their model loading, is
+            left out as the local engine's model loading is). ``images_per_s``: images computed per second of it.
+        call_s: wall time of the engine call (s); for Ray it includes connecting and starting the actors.
     """
 
     out: str
@@ -160,6 +160,7 @@ class BatchSummary:
     errors: int
     elapsed_s: float
     images_per_s: float
+    call_s: float
 
 
 @dataclass(frozen=True)
@@ -380,6 +381,9 @@ def _metric_columns(
     model: torch.nn.Module, x: torch.Tensor, maps: np.ndarray, classes: list[int], job: _Job
 ) -> dict[str, np.ndarray]:
     """The requested ``BATCH_METRICS`` of ``maps`` ``(B, H, W)``: ``{name: (B,) float64}``."""
+    # Imported here: scipy and scikit-image cost every Ray actor seconds at start, and most jobs ask for no metric.
+    from camlib.metrics import average_drop_increase, confidence_change, deletion_insertion, road
+
     wanted = set(job.config.metrics)
     out: dict[str, np.ndarray] = {}
     if wanted & {"deletion_auc", "insertion_auc"}:
@@ -505,6 +509,9 @@ def _shard_table(
                 cam = cell.pop("map")
                 png_path = None
                 if job.config.png:
+                    from camlib.drawing import fast_png  # OpenCV is imported only when overlays are asked for
+                    from camlib.overlay import overlay_heatmap
+
                     png_path = f"{PNG_DIR}/shard-{shard:05d}/{position:07d}_{method}_{layer}.png"
                     pngs[png_path] = fast_png(overlay_heatmap(views[k], cam))
                 rows.append(
@@ -764,7 +771,6 @@ def run_batch(config: BatchConfig, *, progress: bool = True) -> BatchSummary:
             work); ``UnknownModelError``, ``CheckpointError``, ``WeightsUnavailableError``, ``DatasetError``,
             ``LayerError``, ``MethodError`` and ``ClassIndexError`` as loading and the dry run find them.
     """
-    _check_config(config)
     prepared = _prepare(config)
     job, out = prepared.job, Path(config.out)
     started = time.perf_counter()
@@ -783,13 +789,19 @@ def run_batch(config: BatchConfig, *, progress: bool = True) -> BatchSummary:
         if config.engine == "ray":
             from camlib.batch.ray_engine import run_ray
 
-            run_ray(prepared, bar)
+            work_s = run_ray(prepared, bar)
         else:
             _run_local(prepared, bar)
-    elapsed = time.perf_counter() - started
+    call_s = time.perf_counter() - started
+    elapsed = work_s if config.engine == "ray" else call_s
     table = read_batch_table(out)
     errors = len(set(table.filter(pc.is_valid(table["error"]))["position"].to_pylist()))
-    run.update(elapsed_s=round(elapsed, 3), images=todo, images_per_s=round(todo / elapsed, 2) if elapsed else 0.0)
+    run.update(
+        elapsed_s=round(elapsed, 3),
+        call_s=round(call_s, 3),
+        images=todo,
+        images_per_s=round(todo / elapsed, 2) if elapsed else 0.0,
+    )
     _write_run(out, {**record, "status": "finished", "rows": table.num_rows, "error_images": errors})
     return BatchSummary(
         out=str(out),
@@ -800,6 +812,7 @@ def run_batch(config: BatchConfig, *, progress: bool = True) -> BatchSummary:
         errors=errors,
         elapsed_s=elapsed,
         images_per_s=todo / elapsed if elapsed else 0.0,
+        call_s=call_s,
     )
 
 
@@ -818,6 +831,27 @@ def read_batch_table(out: str | os.PathLike[str]) -> pa.Table:
     if any(t.schema != tables[0].schema for t in tables):
         raise InputError(f"out {out}: its table files have different columns; not one job's output")
     return pa.concat_tables(tables)
+
+
+def read_run_record(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``run.json`` a batch job wrote into ``out``: ``settings``, ``model`` (key, sha256, preprocessing, classes),
+    ``inputs``, ``columns``, ``versions``, ``runs`` and ``status``.
+
+    Raises:
+        InputError: ``out`` is not a path to a directory holding a batch job's ``run.json``.
+    """
+    if not isinstance(out, str | os.PathLike):
+        raise InputError(f"out must be a batch job's output directory (str or Path), got {type(out).__name__}")
+    run_file = Path(out) / RUN_FILE
+    try:
+        record = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(
+            f"out {out}: no readable {RUN_FILE} ({type(error).__name__}); not a batch job's output"
+        ) from error
+    if not isinstance(record, dict) or not {"settings", "model", "inputs"} <= record.keys():
+        raise InputError(f"out {out}: {RUN_FILE} is not a batch job's record")
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ runs.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +49,18 @@ class _ShardWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from camlib.batch.job import _explain_shard, _write_shard
 
+        started = time.time()  # wall clock: comparable between the actors' processes on one machine
         shard = int(batch["shard"][0])
         views = np.asarray(batch["views"][0], dtype=np.uint8)
         errors = json.loads(str(batch["errors"][0]))
         table, maps, pngs = _explain_shard(self.loaded, self.job, shard, views, errors)
         _write_shard(Path(self.job.config.out), shard, table, maps, pngs)
-        return {"shard": np.array([shard]), "images": np.array([len(errors)])}
+        return {
+            "shard": np.array([shard]),
+            "images": np.array([len(errors)]),
+            "started": np.array([started]),
+            "finished": np.array([time.time()]),
+        }
 
 
 def _gpus_per_actor(workers: int) -> float:
@@ -63,12 +70,17 @@ def _gpus_per_actor(workers: int) -> float:
     return 0.0 if gpus == 0 else min(1.0, gpus / workers)
 
 
-def run_ray(prepared: _Prepared, bar: tqdm) -> None:
+def run_ray(prepared: _Prepared, bar: tqdm) -> float:
     """Explain ``prepared.pending`` shards on Ray: ``--address``, else ``$RAY_ADDRESS``, else a local cluster started
     (and shut down) here; an already initialised Ray (e.g. a test's ``ray.init``) is used as it is.
 
-    Raises ``InputError`` when ``prepared`` is not what ``run_batch`` prepares or Ray is not installed; an actor's
-    exception propagates (wrapped by Ray)."""
+    Returns the seconds of shard work: from the first shard's start in an actor to the last shard's end (0 when no
+    shard was pending).
+
+    Raises:
+        InputError: ``prepared`` is not what ``run_batch`` prepares, or Ray is not installed. An actor's exception
+            propagates (wrapped by Ray).
+    """
     from camlib.batch.job import _Prepared
 
     if not isinstance(prepared, _Prepared):
@@ -102,8 +114,11 @@ def run_ray(prepared: _Prepared, bar: tqdm) -> None:
             num_cpus=1,
             num_gpus=_gpus_per_actor(job.config.workers),
         )
+        window = [float("inf"), float("-inf")]
         for done in dataset.iter_rows():
             bar.update(int(done["images"]))
+            window = [min(window[0], float(done["started"])), max(window[1], float(done["finished"]))]
+        return max(0.0, window[1] - window[0]) if prepared.pending else 0.0
     finally:
         if started_here:
             ray.shutdown()
