@@ -285,3 +285,18 @@ def test_the_misclassification_page_opens_a_batch_table(reference, tmp_path):
 
     at.text_input(key=batch_out.key).input(str(tmp_path)).run()  # not a batch job's output: an error, no exception
     assert not at.exception and escape("no readable run.json") in at.error[0].value
+
+
+def test_a_list_file_with_labels_and_a_missing_image(tmp_path):
+    _write_folder(tmp_path / "images")
+    listing = tmp_path / "images.txt"
+    listing.write_text("# relative to this file\nimages/dog/a.png\tdog\nimages/gone.png\nimages/cat/a.png\t3\n")
+    summary = _run(tmp_path / "out", args=["--list", str(listing), "--methods", "gradcam", "--threads", "1"])
+    assert (summary.images, summary.errors) == (3, 1)
+    rows = read_batch_table(tmp_path / "out").to_pylist()
+    assert [(r["image_id"], r["label"]) for r in rows] == [
+        ("images/dog/a.png", 5),
+        ("images/gone.png", None),
+        ("images/cat/a.png", 3),
+    ]
+    assert rows[1]["error"].startswith("FileNotFoundError") and rows[0]["error"] is None
