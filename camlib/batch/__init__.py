@@ -20,10 +20,7 @@ with one model per actor; ``camlib.batch.ray_engine``, Ray is optional).
 """
 
 from camlib.batch.job import (
-    BATCH_METRICS,
     RUN_FILE,
-    TABLE_DIR,
-    TABLE_SCHEMA,
     BatchConfig,
     BatchSummary,
     main,
@@ -32,6 +29,7 @@ from camlib.batch.job import (
     read_run_record,
     run_batch,
 )
+from camlib.batch.shard import BATCH_METRICS, TABLE_DIR, TABLE_SCHEMA
 
 __all__ = [
     "BATCH_METRICS",

@@ -22,12 +22,13 @@ from tqdm import tqdm
 from camlib.errors import InputError
 
 if TYPE_CHECKING:
-    from camlib.batch.job import _Job, _Prepared
+    from camlib.batch.job import _Prepared
+    from camlib.batch.shard import _Job
 
 
 def _read_shard_row(row: dict[str, Any], job: _Job) -> dict[str, Any]:
     """The read stage: ``{"shard"[, "pixels"]}`` -> the shard's views (uint8 ``(n, crop, crop, 3)``) and errors."""
-    from camlib.batch.job import _read_shard
+    from camlib.batch.shard import _read_shard
 
     shard = int(row["shard"])
     views, errors = _read_shard(job, shard, row.get("pixels"))
@@ -38,7 +39,7 @@ class _ShardWorker:
     """One actor of the pool: loads the model once, then explains and writes one shard per call."""
 
     def __init__(self, job: _Job, checkpoint: bytes | None) -> None:
-        from camlib.batch.job import _load_model
+        from camlib.batch.shard import _load_model
         from camlib.prediction_cache import weights_digest
 
         self.job = job
@@ -47,7 +48,7 @@ class _ShardWorker:
             raise InputError(f"the model {job.config.model} on this Ray worker has other weights than the driver's")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from camlib.batch.job import _explain_shard, _write_shard
+        from camlib.batch.shard import _explain_shard, _write_shard
 
         started = time.time()  # wall clock: comparable between the actors' processes on one machine
         shard = int(batch["shard"][0])
