@@ -193,6 +193,14 @@ def test_bad_arguments_stop_with_one_error_line_before_any_work(tmp_path, capsys
     assert not out.exists()
 
 
+def test_the_ray_engine_without_ray_is_an_error_line_before_any_work(tmp_path, capsys, monkeypatch):
+    real_find_spec = job_module.importlib.util.find_spec
+    monkeypatch.setattr(job_module.importlib.util, "find_spec", lambda n: None if n == "ray" else real_find_spec(n))
+    assert main([*BASE, "--out", str(tmp_path / "out"), "--engine", "ray", "--workers", "2"]) == 2
+    assert capsys.readouterr().err == "error: --engine ray needs Ray: pip install -r requirements-ray.txt\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_class_true_needs_labels(tmp_path, capsys):
     flat = tmp_path / "flat"
     flat.mkdir()

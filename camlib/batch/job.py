@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -223,6 +224,8 @@ def _check_config(config: BatchConfig) -> None:
         raise InputError(f"--checkpoint {config.checkpoint} is not a file")
     if Path(config.out).exists() and not Path(config.out).is_dir():
         raise InputError(f"--out {config.out} is a file; give a directory")
+    if config.engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise InputError("--engine ray needs Ray: pip install -r requirements-ray.txt")
 
 
 # --- the job -------------------------------------------------------------------------------------------------------
