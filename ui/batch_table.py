@@ -43,9 +43,20 @@ class BatchTable:
     class_names: tuple[str, ...]
 
 
+def _stamp(out: str) -> int:
+    """The newest modification time (ns) of ``out``'s run.json and table files: a job still running, or resumed,
+    changes it, so the cached table is read again."""
+    try:
+        files = [Path(out) / "run.json", *(Path(out) / "table").glob("part-*.parquet")]
+        return max((f.stat().st_mtime_ns for f in files if f.is_file()), default=0)
+    except OSError:  # unreadable: open_batch_table says why
+        return 0
+
+
 @st.cache_data(max_entries=4, ttl=CACHE_TTL, show_spinner="Reading the batch table...")
-def open_batch_table(out: str) -> BatchTable:
-    """The table and run.json of ``out``. Raises ``InputError`` (camlib) when ``out`` is not a batch job's output."""
+def open_batch_table(out: str, stamp: int = 0) -> BatchTable:
+    """The table and run.json of ``out`` (``stamp``: ``_stamp(out)``, part of the cache key only). Raises
+    ``InputError`` (camlib) when ``out`` is not a batch job's output."""
     record = read_run_record(out)
     rows = read_batch_table(out).to_pandas()
     return BatchTable(out, rows, record, tuple(record["model"]["classes"]))
@@ -86,7 +97,7 @@ def _tile(table: BatchTable, row: pd.Series) -> bytes:
 def render(out: str) -> None:
     """Draw the batch-table view of ``out``; a camlib error (not a batch output) is shown with ``st.error``."""
     try:
-        table = open_batch_table(out)
+        table = open_batch_table(out, _stamp(out))
     except CamlibError as error:
         st.error(md("{error}", error=error))
         return
