@@ -179,6 +179,7 @@ class MethodSpec:
     refuse: Refusal | None = field(default=None, compare=False, repr=False)
     forwards_per_sample: int = 1
     batched: bool = True
+    stochastic: bool = False
 
     @property
     def uses_gradients(self) -> bool:
@@ -233,6 +234,7 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
     refuse: Refusal | None = None,
     forwards_per_sample: int = 1,
     batched: bool = True,
+    stochastic: bool = False,
 ) -> Callable[[RawMap], RawMap]:
     """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared.
 
@@ -241,7 +243,8 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
     describe a sampling "perturbation" method's extra forwards (``MethodSpec.extra_forwards``); ``fuses_layers``
     says that the method's map is ``CamResult.refined`` (its per-layer maps fused); ``refuse(model, module, layout)``
     says statically why the method does not apply to a layer (``MethodSpec.refusal``); ``forwards_per_sample`` and
-    ``batched`` refine the cost of a method that is not per channel (``MethodSpec.extra_forwards``, ``batches``)."""
+    ``batched`` refine the cost of a method that is not per channel (``MethodSpec.extra_forwards``, ``batches``);
+    ``stochastic`` says that its maps depend on ``compute_cams(seed=...)`` (a picker offers the seed)."""
     if not isinstance(family, str) or family not in FAMILIES:
         raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
 
@@ -263,6 +266,7 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
             refuse,
             forwards_per_sample,
             batched,
+            stochastic,
         )
         return raw_map
 
@@ -739,6 +743,7 @@ def _masked_score_gains(e: LayerEvidence, b: int, masks: torch.Tensor, scale: fl
     family="perturbation",
     cost=f"1 forward + {SSCAM_SAMPLES} forwards per channel (very slow)",
     samples=SSCAM_SAMPLES,
+    stochastic=True,
 )
 def _sscam(e: LayerEvidence) -> torch.Tensor:
     """SS-CAM (Smoothed Score-CAM): ``sum_c w_c A_c`` with ``w = softmax_c(mean_i score(x * (M_c + d_i)) - score(x))``,
@@ -803,6 +808,7 @@ SMOOTH_GRADCAMPP_STD = 0.3  # and the standard deviation of the Gaussian noise a
     cost=f"1 forward + {SMOOTH_GRADCAMPP_SAMPLES} forwards and backwards of noisy inputs per layer",
     samples=SMOOTH_GRADCAMPP_SAMPLES,
     per_channel=False,
+    stochastic=True,
 )
 def _smooth_gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
     """Smooth Grad-CAM++: Grad-CAM++ with its derivatives averaged over noisy copies of the input (SmoothGrad;
@@ -968,6 +974,7 @@ RANDOM_CAM_SEED = 0  # compute_cams' default seed: Random-CAM's weights are the 
     paper="a sanity-check baseline (pytorch-grad-cam's RandomCAM); cf. Adebayo et al., NeurIPS 2018, arXiv:1810.03292",
     family="activation",
     cost="1 forward",
+    stochastic=True,
 )
 def _randomcam(e: LayerEvidence) -> torch.Tensor:
     """Random-CAM: ``sum_c w_c A_c`` with ``w_c ~ U(-1, 1)``, weights that know nothing of the class or the model: a

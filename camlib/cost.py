@@ -40,7 +40,12 @@ class CostEstimate:
 
 
 def estimate_cost(
-    method: str, channels: Sequence[int], *, seconds_per_image: float, batch_size: int = 32
+    method: str,
+    channels: Sequence[int],
+    *,
+    seconds_per_image: float,
+    batch_size: int = 32,
+    n_samples: int | None = None,
 ) -> CostEstimate:
     """The cost of ``method`` on target layers with ``channels`` channels each, for one image.
 
@@ -49,6 +54,7 @@ def estimate_cost(
         channels: the channel count of each target layer (``LayerInfo.channels``), each >= 1.
         seconds_per_image: one image's forward time on the model's device, s (``time_forward``), finite and >= 0.
         batch_size: perturbed inputs per forward (``compute_cams``' ``scorecam_batch_size``), >= 1.
+        n_samples: ``compute_cams``' ``n_samples`` for the sampling methods (None: the method's default), >= 1.
 
     Raises:
         MethodError: an unknown method. InputError: bad ``channels``, ``seconds_per_image`` or ``batch_size``.
@@ -59,6 +65,7 @@ def estimate_cost(
         raise InputError(f"channels must be a non-empty sequence of channel counts, got {channels!r}")
     counts = [require_int(c, "channels", minimum=1) for c in channels]
     batch_size = require_int(batch_size, "batch_size", minimum=1)
+    n_samples = None if n_samples is None else require_int(n_samples, "n_samples", minimum=1)
     if isinstance(seconds_per_image, bool) or not isinstance(seconds_per_image, (int, float)):
         raise InputError(f"seconds_per_image must be a number of seconds, got {seconds_per_image!r}")
     if not math.isfinite(seconds_per_image) or seconds_per_image < 0:
@@ -68,8 +75,8 @@ def estimate_cost(
         return CostEstimate(method, 0, 0, 0.0)
     # One forward per channel (Score-CAM, Ablation-CAM), times the samples of SS-CAM and IS-CAM; Smooth Grad-CAM++:
     # one forward and backward per noisy sample. MethodSpec.extra_forwards / batches say which.
-    forwards = sum(spec.extra_forwards(c) for c in counts)
-    batches = sum(spec.batches(c, batch_size) for c in counts)
+    forwards = sum(spec.extra_forwards(c, n_samples) for c in counts)
+    batches = sum(spec.batches(c, batch_size, n_samples) for c in counts)
     return CostEstimate(method, forwards, batches, forwards * float(seconds_per_image))
 
 

@@ -55,6 +55,7 @@ with controls:
         st.caption(md("{paper}. Cost: {cost}.", paper=METHODS[method].paper, cost=METHODS[method].cost))
         if method in refused:
             st.warning(md("{label} cannot explain {reason}", label=METHODS[method].label, reason=refused[method]))
+        cam_options = cam_view.method_options(method)
 
     try:
         probabilities, failed = cache.predict(model_key, device, image.pixels), None
@@ -87,7 +88,7 @@ with results:
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
-    request, options = (model_key, device, image.pixels, tuple(layers)), {"class_idx": int(class_idx)}
+    request, class_idx = (model_key, device, image.pixels, tuple(layers)), int(class_idx)
     if mode == "Pixel attribution":
         pixel_view.show(request, method, int(class_idx), loaded.class_names, failed=failed)
         st.stop()
@@ -100,11 +101,15 @@ with results:
         if failed is not None:
             raise failed  # the prediction failed: shown here, where the CAM would be
         with cam_view.progress([method]) as report:  # a rerun or a closed tab stops a long method at its next batch
-            view = cache.compute_view(*request, method=method, **options, progress=report)
+            view = cache.compute_view(
+                *request, method=method, class_idx=class_idx, options=cam_options, progress=report
+            )
         return view, loaded.class_names, image
 
     channels = [by_name[n].channels for n in layers]
-    start = failed is not None or cam_view.ready_to_start(request, [method], int(class_idx), channels)
+    start = failed is not None or cam_view.ready_to_start(
+        request, [method], int(class_idx), channels, options=cam_options
+    )
     if start:  # the last result that worked keeps its own classes and image (the map is drawn on its image)
         kept, failed = keep_last_good(
             keys.CAM_LAST_VIEW,
@@ -124,4 +129,6 @@ with results:
     cam_view.draw(shown)
     if start and failed is None:  # the maps shown are this request's: they can be scored
         with st.expander("Which map to trust? Faithfulness and sanity checks"):
-            faithfulness_view.faithfulness_section(*request[:3], layers=request[3], methods=(method,), **options)
+            faithfulness_view.faithfulness_section(
+                *request[:3], layers=request[3], methods=(method,), class_idx=class_idx
+            )

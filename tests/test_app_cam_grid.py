@@ -234,3 +234,49 @@ def test_methods_that_cannot_explain_the_layers_are_marked_in_the_pickers_with_t
     assert any(w.value.startswith("CAM cannot explain blocks") and "320 channels" in w.value for w in at.warning)
     at.radio(key=keys.CAM_VIEW).set_value("Compare methods").run()
     assert "CAM (not for these layers)" in at.multiselect(key=keys.CAM_GRID_METHODS).options
+
+
+def test_the_counterfactual_toggle_shows_camlibs_counterfactual_map():
+    """Issue #12: Grad-CAM's counterfactual map on the page is camlib's (its raw map is minus the plain one)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    plain = at.session_state[keys.CAM_LAST_VIEW][0].result
+    at.toggle(key=keys.CAM_COUNTERFACTUAL).set_value(True).run()
+    _no_errors(at)
+    against = at.session_state[keys.CAM_LAST_VIEW][0].result
+    assert against.counterfactual and not plain.counterfactual
+    np.testing.assert_allclose(against.raw["bn2"], -plain.raw["bn2"], rtol=1e-4, atol=1e-6)
+    assert any("counterfactual: what speaks against the class" in m.value for m in at.markdown)
+    at.selectbox(key=keys.CAM_METHOD).set_value("eigencam").run()  # no gradients: the toggle is not offered
+    _no_errors(at)
+    assert keys.CAM_COUNTERFACTUAL not in [t.key for t in at.toggle]
+
+
+def test_aug_smooth_maps_survive_the_compact_cache():
+    """aug_smooth's maps are the mean of 6 views' maps, not finish(raw): a cache hit must return them as computed."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.toggle(key=keys.CAM_AUG_SMOOTH).set_value(True).run()
+    _no_errors(at)
+    first = at.session_state[keys.CAM_LAST_VIEW][0]
+    at.toggle(key=keys.CAM_AUG_SMOOTH).set_value(False).run()
+    at.toggle(key=keys.CAM_AUG_SMOOTH).set_value(True).run()
+    hit = at.session_state[keys.CAM_LAST_VIEW][0]
+    assert hit.from_cache and not first.from_cache
+    np.testing.assert_array_equal(hit.result.maps["bn2"], first.result.maps["bn2"])
+    loaded = cache.resolve_model(DEFAULT_MODEL, "cpu")
+    x = prepare_input(at.session_state[f"{keys.CAM}_last_image"].pixels, loaded.spec.preprocessing).tensor
+    expected = compute_cams(loaded.model, x, ["bn2"], class_idx=hit.result.class_idx, aug_smooth=True)
+    np.testing.assert_allclose(hit.result.maps["bn2"], expected.maps["bn2"], atol=1e-5)
+
+
+def test_a_stochastic_method_offers_its_seed_and_refinecam_shows_the_fused_map():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.selectbox(key=keys.CAM_METHOD).set_value("randomcam").run()
+    first = at.session_state[keys.CAM_LAST_VIEW][0].result.raw["bn2"]
+    at.number_input(key=keys.CAM_SEED).set_value(7).run()
+    _no_errors(at)
+    assert not np.array_equal(at.session_state[keys.CAM_LAST_VIEW][0].result.raw["bn2"], first)
+    at.selectbox(key=keys.CAM_METHOD).set_value("refinecam").run()
+    assert len(at.image) == 3  # bn2's map, the fused map, the map on the original image
+    at.multiselect(key=keys.cam_layers(DEFAULT_MODEL)).set_value(["blocks.5", "bn2"]).run()
+    _no_errors(at)
+    assert len(at.image) == 4

@@ -13,7 +13,7 @@ from torch import nn
 
 from camlib.cam import METHODS, compute_cams
 from camlib.cost import CostEstimate, estimate_cost, time_forward
-from camlib.errors import MethodError
+from camlib.errors import InputError, MethodError
 
 ONE_PASS = [name for name, spec in METHODS.items() if spec.family != "perturbation"]
 PERTURBATION = [name for name, spec in METHODS.items() if spec.family == "perturbation" and spec.per_channel]
@@ -110,3 +110,12 @@ def test_time_forward_leaves_the_model_as_it_was(snapshot):
 def test_an_unknown_method_is_a_method_error():
     with pytest.raises(MethodError, match="unknown CAM method"):
         estimate_cost("gradcam+++", [3], seconds_per_image=0.1)
+
+
+@pytest.mark.parametrize("method", ["sscam", "iscam"])
+def test_n_samples_scales_the_sampling_methods_cost(method):
+    default = estimate_cost(method, [64], seconds_per_image=0.01)
+    two = estimate_cost(method, [64], seconds_per_image=0.01, n_samples=2)
+    assert two.extra_forwards == 64 * 2 and default.extra_forwards == 64 * METHODS[method].samples
+    with pytest.raises(InputError, match="n_samples"):
+        estimate_cost(method, [64], seconds_per_image=0.01, n_samples=0)

@@ -15,14 +15,22 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
 import streamlit as st
 import torch
 
-from camlib.cam import METHODS, CamResult, ProgressCallback, compute_cam_grid, compute_cams, finish_maps
+from camlib.cam import (
+    METHODS,
+    RANDOM_CAM_SEED,
+    CamResult,
+    ProgressCallback,
+    compute_cam_grid,
+    compute_cams,
+    finish_maps,
+)
 from camlib.cifar import CifarData, detect_source, load_cifar10
 from camlib.cost import time_forward
 from camlib.device import parse_device
@@ -58,6 +66,20 @@ class CamView:
     model_view: np.ndarray
     crop_box: tuple[float, float, float, float]
     from_cache: bool = False
+
+
+@dataclass(frozen=True)
+class CamOptions:
+    """``compute_cams``' options besides the method and the class (hashable: part of every CAM cache key)."""
+
+    counterfactual: bool = False
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+    seed: int = RANDOM_CAM_SEED
+    n_samples: int | None = None
+
+
+DEFAULT_OPTIONS = CamOptions()
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading model...")
@@ -159,18 +181,35 @@ def grid_partners(method: str) -> list[str]:
 
 
 def cached_view(
-    model_key: str, device: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+    model_key: str,
+    device: str,
+    image: np.ndarray,
+    layers: tuple[str, ...],
+    *,
+    method: str,
+    class_idx: int,
+    options: CamOptions = DEFAULT_OPTIONS,
 ) -> CamView | None:
     """The cached CAM for these inputs (``from_cache=True``), or None; never computes anything."""
-    return _cached(model_key, device, image_key(image), image, layers, method=method, class_idx=class_idx)
+    return _cached(
+        model_key, device, image_key(image), image, layers, method=method, class_idx=class_idx, options=options
+    )
 
 
-def _cached(
-    model_key: str, device: str, key: str, image: np.ndarray, layers: tuple[str, ...], *, method: str, class_idx: int
+def _cached(  # noqa: PLR0913 (the cache key's parts)
+    model_key: str,
+    device: str,
+    key: str,
+    image: np.ndarray,
+    layers: tuple[str, ...],
+    *,
+    method: str,
+    class_idx: int,
+    options: CamOptions = DEFAULT_OPTIONS,
 ) -> CamView | None:
     """A hit rebuilt from the compact store: the maps from the raw maps (``camlib.cam.finish_maps``, about 1 ms per
     layer) and the model's view of the image from its own small cache (prepared again if that was dropped)."""
-    stored = _probe(_cached_view, model_key, device, key, layers, method=method, class_idx=class_idx)
+    stored = _probe(_cached_view, model_key, device, key, layers, method=method, class_idx=class_idx, options=options)
     if stored is None:
         return None
     prepared = _probe(_cached_prepared, model_key, device, key)
@@ -179,7 +218,7 @@ def _cached(
         prepared = (view.model_view, view.crop_box)
         _store(_cached_prepared, prepared, model_key, device, key)
     size = tuple(prepared[0].shape[:2])
-    maps = {name: finish_maps(stored.raw[name], size) for name in stored.layers}
+    maps = stored.maps or {name: finish_maps(stored.raw[name], size) for name in stored.layers}  # aug_smooth: kept
     return CamView(result=replace(stored, maps=maps), model_view=prepared[0], crop_box=prepared[1], from_cache=True)
 
 
@@ -222,6 +261,7 @@ def compute_view(
     *,
     method: str,
     class_idx: int,
+    options: CamOptions = DEFAULT_OPTIONS,
     progress: ProgressCallback | None = None,
 ) -> CamView:
     """One CAM computation (all layers from one pass), cached on its inputs; ``from_cache`` says whether it was.
@@ -238,14 +278,16 @@ def compute_view(
         CamlibError: from ``resolve_model`` and ``camlib.cam.compute_cam_grid``.
     """
     key = image_key(image)
-    hit = _cached(model_key, device, key, image, layers, method=method, class_idx=class_idx)
+    hit = _cached(model_key, device, key, image, layers, method=method, class_idx=class_idx, options=options)
     if hit is not None:
         return hit
     job = _Job(model_key, device, key, image, layers)
     try:
-        views, _ = _compute(job, grid_partners(method), class_idx=class_idx, progress=progress, each=False)
+        views, _ = _compute(
+            job, grid_partners(method), class_idx=class_idx, options=options, progress=progress, each=False
+        )
     except MethodError:  # a partner that cannot explain these layers: the method alone says what is wrong
-        views, _ = _compute(job, [method], class_idx=class_idx, progress=progress, each=False)
+        views, _ = _compute(job, [method], class_idx=class_idx, options=options, progress=progress, each=False)
     return views[method]
 
 
@@ -287,7 +329,9 @@ def compute_grid(
     errors: dict[str, MethodError] = {}
     if missing:
         job = _Job(model_key, device, key, image, layers)
-        computed, errors = _compute(job, missing, class_idx=class_idx, progress=progress, each=True)
+        computed, errors = _compute(
+            job, missing, class_idx=class_idx, options=DEFAULT_OPTIONS, progress=progress, each=True
+        )
         views.update(computed)
     return GridView(views={m: v for m, v in views.items() if v is not None}, errors=errors)
 
@@ -303,7 +347,13 @@ class _Job(NamedTuple):
 
 
 def _compute(
-    job: _Job, methods: list[str], *, class_idx: int, progress: ProgressCallback | None, each: bool
+    job: _Job,
+    methods: list[str],
+    *,
+    class_idx: int,
+    options: CamOptions,
+    progress: ProgressCallback | None,
+    each: bool,
 ) -> tuple[dict[str, CamView], dict[str, MethodError]]:
     """A cache miss: ``methods`` from one ``compute_cam_grid`` call, every result stored. When a method cannot explain
     these layers, ``each=True`` computes the methods one by one and returns the failures; ``each=False`` raises."""
@@ -314,27 +364,43 @@ def _compute(
     results, errors = {}, {}
     with _CAM_JOBS:
         try:
-            results = compute_cam_grid(loaded.model, x, list(layers), methods, class_idx=class_idx, progress=progress)
+            results = compute_cam_grid(
+                loaded.model, x, list(layers), methods, class_idx=class_idx, progress=progress, **asdict(options)
+            )
         except MethodError:
             if not each:
                 raise
             for method in methods:
                 try:
                     results |= compute_cam_grid(
-                        loaded.model, x, list(layers), [method], class_idx=class_idx, progress=progress
+                        loaded.model,
+                        x,
+                        list(layers),
+                        [method],
+                        class_idx=class_idx,
+                        progress=progress,
+                        **asdict(options),
                     )
                 except MethodError as error:
                     errors[method] = error
     _store(_cached_prepared, (prepared.model_view, prepared.crop_box), model_key, device, key)
     for name, result in results.items():
-        _store(_cached_view, replace(result, maps={}), model_key, device, key, layers, method=name, class_idx=class_idx)
+        compact = result if options.aug_smooth else replace(result, maps={})  # aug_smooth's maps are not finish(raw)
+        _store(_cached_view, compact, model_key, device, key, layers, method=name, class_idx=class_idx, options=options)
     views = {name: CamView(result, prepared.model_view, prepared.crop_box) for name, result in results.items()}
     return views, errors
 
 
 @st.cache_data(max_entries=256, ttl=CACHE_TTL, show_spinner=False)
 def _cached_view(
-    model_key: str, device: str, key: str, layers: tuple[str, ...], *, method: str, class_idx: int
+    model_key: str,
+    device: str,
+    key: str,
+    layers: tuple[str, ...],
+    *,
+    method: str,
+    class_idx: int,
+    options: CamOptions = DEFAULT_OPTIONS,
 ) -> CamResult:
     """CAM results without their full-size maps (a few KB each), keyed by ``image_key``: the store behind
     ``cached_view``/``compute_view``."""

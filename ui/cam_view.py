@@ -21,7 +21,14 @@ import streamlit as st
 from skimage.measure import block_reduce
 
 import camlib
-from camlib.cam import METHODS, ProgressCallback, layer_magnitudes, shared_scale_maps
+from camlib.cam import (
+    AUG_SMOOTH_VIEWS,
+    METHODS,
+    RANDOM_CAM_SEED,
+    ProgressCallback,
+    layer_magnitudes,
+    shared_scale_maps,
+)
 from camlib.cost import estimate_cost
 from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
@@ -51,8 +58,45 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
+def method_options(method: str) -> cache.CamOptions:
+    """pytorch-grad-cam's options for ``method`` in an expander: the counterfactual map (gradient methods), aug_smooth,
+    eigen_smooth, and the seed and sample count of the methods that sample."""
+    spec = METHODS[method]
+    with st.expander("Method options"):
+        counterfactual = spec.uses_gradients and st.toggle(
+            "Counterfactual (what would make the model less sure)",
+            key=keys.CAM_COUNTERFACTUAL,
+            persist_state="session",
+            help="Selvaraju et al. 2017: the gradients are negated, so the map shows the regions whose evidence "
+            "speaks against the class.",
+        )
+        aug_smooth = st.toggle(
+            "aug_smooth (mirror x 0.9/1/1.1, 6x the work)", key=keys.CAM_AUG_SMOOTH, persist_state="session"
+        )
+        eigen_smooth = st.toggle(
+            "eigen_smooth (first principal component)", key=keys.CAM_EIGEN_SMOOTH, persist_state="session"
+        )
+        seed = RANDOM_CAM_SEED
+        if spec.stochastic:
+            seed = int(
+                st.number_input("Seed", 0, 2**31 - 1, RANDOM_CAM_SEED, key=keys.CAM_SEED, persist_state="session")
+            )
+        samples = None
+        if spec.samples > 1:
+            samples = int(
+                st.number_input("Samples", 1, 100, spec.samples, key=keys.CAM_SAMPLES, persist_state="session")
+            )
+    return cache.CamOptions(bool(counterfactual), aug_smooth, eigen_smooth, seed, samples)
+
+
 def ready_to_start(
-    request: tuple, methods: list[str], class_idx: int, channels: list[int], *, button_key: str = keys.CAM_START
+    request: tuple,
+    methods: list[str],
+    class_idx: int,
+    channels: list[int],
+    *,
+    options: cache.CamOptions = cache.DEFAULT_OPTIONS,
+    button_key: str = keys.CAM_START,
 ) -> bool:
     """Whether to compute ``methods`` now, for ``cache.compute_grid(*request, methods=..., class_idx=...)`` (or
     ``compute_view`` for one method): True when every perturbation method among them is cached or they are estimated
@@ -63,11 +107,17 @@ def ready_to_start(
     model_key, device = request[:2]
     slow = [METHODS[m] for m in methods if METHODS[m].family == "perturbation"]
     try:
-        slow = [spec for spec in slow if cache.cached_view(*request, method=spec.name, class_idx=class_idx) is None]
+        slow = [
+            spec
+            for spec in slow
+            if cache.cached_view(*request, method=spec.name, class_idx=class_idx, options=options) is None
+        ]
         if not slow:
             return True
-        seconds = cache.forward_seconds(model_key, device)
-        estimates = [estimate_cost(spec.name, channels, seconds_per_image=seconds) for spec in slow]
+        seconds = cache.forward_seconds(model_key, device) * (len(AUG_SMOOTH_VIEWS) if options.aug_smooth else 1)
+        estimates = [
+            estimate_cost(spec.name, channels, seconds_per_image=seconds, n_samples=options.n_samples) for spec in slow
+        ]
     except CamlibError:  # no estimate: start, and let the computation report what is wrong
         return True
     total = sum(e.seconds for e in estimates)
@@ -121,7 +171,11 @@ def headline(shown: Shown, *, prediction: tuple[int, float] | None) -> None:
     timing = "from the cache (first computed in {ms:.0f} ms)" if shown.view.from_cache else "in {ms:.0f} ms"
     st.markdown(
         md(
-            "**Explaining class {k}: {name}** ({p:.1%}) with {method} " + timing + " on {device}.",
+            "**Explaining class {k}: {name}** ({p:.1%}) with {method}"
+            + (" (counterfactual: what speaks against the class)" if result.counterfactual else "")
+            + " "
+            + timing
+            + " on {device}.",
             k=explained,
             name=shown.class_names[explained],
             p=result.probabilities[0, explained],
@@ -183,6 +237,12 @@ def _draw(shown: Shown) -> None:
             )
             if result.degenerate[name][0]:
                 st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
+    if METHODS[result.method].fuses_layers:  # RefineCAM: its map is the layers' maps fused
+        st.image(
+            cache.overlay_png(model_view, upscale_nearest(result.refined[0], TILE_PX), **style),
+            caption=md("{label}: the {n} layers' maps multiplied", label=METHODS[result.method].label, n=len(names)),
+            output_format="PNG",
+        )
     if len(names) > 1:
         magnitudes = {n: float(v[0]) for n, v in layer_magnitudes(result).items()}
         st.plotly_chart(figures.magnitude_figure(magnitudes), key=keys.CAM_MAGNITUDES)

@@ -35,6 +35,11 @@ CAM_LAST_GRID = "cam_last_grid"  # ui.last_good (from ui.cam_grid): the last gri
 CAM_PIXEL_METHOD = "cam_pixel_method"  # ui.pixel_view: the pixel-attribution method
 CAM_LAST_PIXEL = "cam_last_pixel"  # ui.last_good (from ui.pixel_view): the last attribution that worked
 CAM_LINK = "cam_link"  # ui.cam_url: the CAM Explorer settings last read from or written to the URL query
+CAM_COUNTERFACTUAL = "cam_counterfactual"  # ui.cam_view.method_options: explain -score (negated gradients)
+CAM_AUG_SMOOTH = "cam_aug_smooth"  # ui.cam_view.method_options
+CAM_EIGEN_SMOOTH = "cam_eigen_smooth"  # ui.cam_view.method_options
+CAM_SEED = "cam_seed"  # ui.cam_view.method_options: seed of the stochastic methods
+CAM_SAMPLES = "cam_samples"  # ui.cam_view.method_options: samples of the sampling methods
 CAM_SIGNED = "cam_signed"  # ui.cam_view: the detailed view shows the signed raw map
 
 
