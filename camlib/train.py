@@ -49,9 +49,12 @@ from camlib.augment import (  # noqa: E402
     Pipeline,
     PipelineError,
     PipelineStep,
+    augment_image,
     build_pipeline,
+    pick_references,
     pipeline_from_json,
     pipeline_to_dict,
+    reference_keys,
 )
 from camlib.cifar import CifarData, load_cifar10  # noqa: E402
 from camlib.cifar_models import CIFAR_ARCHS, build_cifar_model, normalize_batch  # noqa: E402
@@ -188,7 +191,7 @@ def _check_pipeline_output(pipeline: Pipeline, sample: np.ndarray) -> None:
     for mask in range(min(combinations, MAX_CHECKED_COMBINATIONS)):
         off = {optional[bit] for bit in range(len(optional)) if not mask >> bit & 1}
         steps = tuple(PipelineStep(s.transform, s.params, 1.0, i not in off) for i, s in enumerate(enabled))
-        out = build_pipeline(Pipeline(steps, pipeline.seed))(image=sample)["image"]
+        out = augment_image(build_pipeline(Pipeline(steps, pipeline.seed)), sample, references=[sample])["image"]
         if out.shape != sample.shape or out.dtype != np.uint8:
             fired = ", ".join(s.transform for i, s in enumerate(enabled) if i not in off) or "no step"
             raise TrainingError(
@@ -200,8 +203,10 @@ def _check_pipeline_output(pipeline: Pipeline, sample: np.ndarray) -> None:
 def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, seed: int) -> np.ndarray:
     """Augment ``images[order]`` with a Compose seeded for this epoch (deterministic for (pipeline, seed)).
 
-    ``images`` is uint8 ``(N, H, W, 3)``, ``order`` 1-D integer indices into it. Raises ``InputError`` for those,
-    ``PipelineError`` for a bad ``pipeline`` or ``seed``."""
+    ``images`` is uint8 ``(N, H, W, 3)``, ``order`` 1-D integer indices into it. Steps that match an image to a
+    second one (FDA, HistogramMatching, PixelDistributionAdaptation) draw it from ``images`` as the Lab's grid does
+    (``camlib.augment.pick_references`` with this epoch's seed, the image itself left out). Raises ``InputError``
+    for those, ``PipelineError`` for a bad ``pipeline`` or ``seed``."""
     require_array(images, "images", dtypes=(np.uint8,), ndim=4, channels=3, expected="uint8 images (N, H, W, 3)")
     require_array(order, "order", ndim=1, nonempty=False, expected="1-D integer index array")
     if order.dtype.kind not in "iu" or (order.size and (order.min() < 0 or order.max() >= len(images))):
@@ -209,9 +214,14 @@ def augment_epoch(images: np.ndarray, order: np.ndarray, pipeline: Pipeline, see
     if not isinstance(pipeline, Pipeline):
         raise PipelineError(f"the pipeline must be a camlib.augment.Pipeline, got {type(pipeline).__name__}")
     compose = build_pipeline(Pipeline(pipeline.steps, seed))
+    second_image = bool(reference_keys(compose))
     out = np.empty((len(order), *images.shape[1:]), np.uint8)
     for i, index in enumerate(order):
-        out[i] = compose(image=images[index])["image"]
+        if second_image:
+            references = pick_references(images, int(index), seed)
+            out[i] = augment_image(compose, images[index], references=references)["image"]
+        else:
+            out[i] = compose(image=images[index])["image"]
     return out
 
 

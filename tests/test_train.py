@@ -25,7 +25,9 @@ from camlib.augment import (
     CIFAR10_TRAIN_PIPELINE,
     Pipeline,
     PipelineStep,
+    augment_image,
     build_pipeline,
+    pick_references,
     pipeline_to_dict,
     pipeline_to_json,
 )
@@ -419,6 +421,27 @@ def test_parse_args_defaults(tmp_path: Path) -> None:
 
 
 # --- augmentation per epoch -------------------------------------------------------------------------------------------
+
+
+@needs_data
+@pytest.mark.parametrize("transform", ["HistogramMatching", "FDA", "PixelDistributionAdaptation"])
+def test_steps_that_need_a_second_image_train_on_other_training_images(transform: str) -> None:
+    """The Lab exposes FDA, HistogramMatching and PixelDistributionAdaptation with a second image from the data
+    source; an exported pipeline with one of them trains the same way: the second image is another training image,
+    drawn as the Lab's grid draws it (camlib.augment.pick_references with the epoch's seed)."""
+    images = load_cifar10(DATA, "train", limit=24).images
+    order = np.arange(len(images))
+    pipeline = Pipeline((PipelineStep(transform, {}, 1.0),), seed=0)
+    first = train_module.augment_epoch(images, order, pipeline, seed=3)
+    assert np.array_equal(first, train_module.augment_epoch(images, order, pipeline, seed=3))
+    assert first.shape == images.shape and not np.array_equal(first, images)
+    compose = build_pipeline(Pipeline(pipeline.steps, 3))  # the epoch's Compose, drawn image after image
+    expected = [
+        augment_image(compose, image, references=pick_references(images, k, 3))["image"]
+        for k, image in enumerate(images)
+    ]
+    assert np.array_equal(first, np.stack(expected))
+    train_module._check_pipeline_output(pipeline, images[0])  # the 32x32x3 check runs these steps too
 
 
 @needs_data
