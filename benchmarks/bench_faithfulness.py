@@ -14,7 +14,12 @@ alone, ``compute_cams`` on the batch) and of the metrics, and whether the cell b
 Gaussian and Sobel-edge maps (``compare_with_baselines``; the baselines get their own rows). Prints a Markdown table,
 best cell first (``rank_by_faithfulness``).
 
+Dataset from a batch table (issue #15): ``--table OUT`` reads the metric columns of a ``python -m camlib.batch ...
+--metrics deletion_auc insertion_auc road`` job's output instead of recomputing them, and prints the same table per
+method and layer (no baseline rows: a batch job scores the methods' maps only; rows with an error are left out).
+
     python benchmarks/bench_faithfulness.py [--section speed dataset] [--repeats 3] [--images 32] [--threads N]
+    python benchmarks/bench_faithfulness.py --table runs/batch_out
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from bench_cam import interleaved_medians  # noqa: E402  (the shared rotation timer, ms)
 
+from camlib.batch import read_batch_table  # noqa: E402
 from camlib.cam import METHODS as CAM_METHODS  # noqa: E402
 from camlib.cam import compute_cams  # noqa: E402
 from camlib.cifar import load_cifar10  # noqa: E402
@@ -62,7 +68,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="speed: timed rounds")
     parser.add_argument("--images", type=int, default=32, help="dataset: CIFAR-10 test images")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--table", default=None, help="a camlib.batch output directory: its metrics, not recomputed")
     args = parser.parse_args()
+    if args.table:
+        from_batch_table(args.table)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = default_device()
@@ -132,11 +142,36 @@ def dataset(device: torch.device, images: int) -> None:
             rows[(method, layer)] = scores.summary
             times[(method, layer)] = (cam_s, time.perf_counter() - begin - cam_s)
     total = time.perf_counter() - start
-    order = rank_by_faithfulness({key: {m: float(v.mean()) for m, v in row.items()} for key, row in rows.items()})
     print(
         f"## dataset: {MODEL} on {images} CIFAR-10 test images ({DATA.name}, class-balanced, accuracy {accuracy:.1%}),"
         f" predicted class; {total:.0f} s in all"
     )
+    print_table(rows, baselines, {key: (1000 * c / images, 1000 * m / images) for key, (c, m) in times.items()})
+
+
+def from_batch_table(out: str) -> None:
+    """The dataset table from a batch job's metric columns (``camlib.batch.read_batch_table``), not recomputed."""
+    frame = read_batch_table(out).to_pandas()
+    frame = frame[frame["error"].isna()] if "error" in frame else frame
+    missing = [m for m in SHORT if m not in frame or frame[m].isna().all()]
+    if missing:
+        raise SystemExit(f"error: {out}: the batch job computed no {', '.join(missing)} (run it with --metrics)")
+    rows = {
+        (method, layer): {m: group[m].to_numpy(np.float64) for m in SHORT}
+        for (method, layer), group in frame.groupby(["method", "layer"], sort=False)
+    }
+    print(f"## dataset from the batch table {out}: {frame['image_id'].nunique()} images, {len(rows)} cells")
+    print_table(rows, None, None)
+
+
+def print_table(
+    rows: dict[tuple[str, str], dict[str, np.ndarray]],
+    baselines: dict[str, dict[str, np.ndarray]] | None,
+    times_ms: dict[tuple[str, str], tuple[float, float]] | None,
+) -> None:
+    """The Markdown table, best cell first (``rank_by_faithfulness``): mean ± standard error per metric, the CAM and
+    metrics time per image (when known) and whether the cell beats the baselines (when they were scored)."""
+    order = rank_by_faithfulness({key: {m: float(v.mean()) for m, v in row.items()} for key, row in rows.items()})
     print(
         "| rank | method | layer | deletion AUC ↓ | insertion AUC ↑ | ROAD ↑ | CAM ms/img | metrics ms/img "
         "| beats baselines |"
@@ -145,16 +180,16 @@ def dataset(device: torch.device, images: int) -> None:
     for rank, key in enumerate(order, 1):
         method, layer = key
         row = rows[key]
-        if method.startswith("baseline"):
+        if method.startswith("baseline") or baselines is None:
             verdict = "-"
         else:
             failures = compare_with_baselines(row, baselines).failures
             verdict = "yes" if not failures else "no: " + ", ".join(f"{SHORT[m]} vs {k}" for m, k in failures)
         label = CAM_METHODS[method].label if method in CAM_METHODS else method
-        cam_s, metrics_s = times[key]
+        cam_ms, metrics_ms = times_ms[key] if times_ms else (float("nan"), float("nan"))
         print(
             f"| {rank} | {label} | {layer} | {_mean_se(row['deletion_auc'])} | {_mean_se(row['insertion_auc'])} | "
-            f"{_mean_se(row['road'])} | {1000 * cam_s / images:.1f} | {1000 * metrics_s / images:.0f} | {verdict} |"
+            f"{_mean_se(row['road'])} | {cam_ms:.1f} | {metrics_ms:.0f} | {verdict} |"
         )
 
 

@@ -308,3 +308,28 @@ def test_a_list_file_with_labels_and_a_missing_image(tmp_path):
         ("images/cat/a.png", 3),
     ]
     assert rows[1]["error"].startswith("FileNotFoundError") and rows[0]["error"] is None
+
+
+def test_the_dataset_faithfulness_table_reads_a_batch_tables_metrics(tmp_path, capsys, monkeypatch):
+    """Issue #15: benchmarks/bench_faithfulness.py --table prints the per-cell means from the job's metric columns
+    instead of recomputing them."""
+    args = [*BASE[: BASE.index("--limit")], "--limit", "4", "--methods", "gradcam", "--layers", "layer2,layer3"]
+    _run(tmp_path, "--metrics", "deletion_auc,insertion_auc,road", "--threads", "1", args=args)
+    frame = read_batch_table(tmp_path).to_pandas()
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_faithfulness
+
+    capsys.readouterr()
+    bench_faithfulness.from_batch_table(str(tmp_path))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith(": 4 images, 2 cells")
+    rows = [line for line in printed if line.startswith("| ") and line.split("|")[3].strip() in LAYERS]
+    assert len(rows) == 2
+    for line in rows:
+        layer, deletion = line.split("|")[3].strip(), line.split("|")[4].strip()
+        expected = frame[frame["layer"] == layer]["deletion_auc"].mean()
+        assert deletion.startswith(f"{expected:.3f} ± ")
+    with pytest.raises(SystemExit, match="computed no"):
+        other = tmp_path / "no_metrics"
+        _run(other, args=args)
+        bench_faithfulness.from_batch_table(str(other))
