@@ -47,7 +47,7 @@ with controls:
         method = st.selectbox(
             "Method",
             list(METHODS),
-            format_func=lambda m: cam_grid.option_label(m, refused),
+            format_func=lambda m: cam_grid.option_label(m, refused, cost=False),
             key=keys.CAM_METHOD,
             persist_state="session",
             help="Score-CAM runs one forward pass per channel: slow on a CPU.",

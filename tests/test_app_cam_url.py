@@ -90,3 +90,17 @@ def test_a_bad_part_of_a_link_is_named_and_the_rest_applies():
     at = _open({"model": "nope"})
     assert any("model must be one of" in e.value for e in at.error)
     assert not at.exception
+
+
+def test_a_stale_query_sent_with_a_later_rerun_never_puts_old_settings_back():
+    """A browser sends its URL's query with every rerun; one sent before the page's own update reached it must not be
+    applied again (it replaced a new upload by an earlier URL's sample photo in the browser test)."""
+    at = _open({"model": "efficientnet_lite0", "method": "layercam", "sample": "coffee (cup)"})
+    at.selectbox(key=keys.CAM_METHOD).set_value("gradcam").run()
+    at.selectbox(key=f"{keys.CAM}_sample").set_value("rocket").run()
+    at.query_params["method"], at.query_params["sample"] = "layercam", "coffee (cup)"  # the stale URL
+    at.run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key=keys.CAM_METHOD).value == "gradcam"
+    assert at.selectbox(key=f"{keys.CAM}_sample").value == "rocket"
+    assert _query(at)["sample"] == "rocket"

@@ -25,14 +25,14 @@ from ui.text import md
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")  # one pass between them
 
 
-def option_label(method: str, refused: dict[str, str] | None = None) -> str:
+def option_label(method: str, refused: dict[str, str] | None = None, *, cost: bool = True) -> str:
     """A method as the pickers list it: its label; "not for these layers" when ``refused`` (``cache.method_refusals``)
-    names it (a select box cannot grey out an option: the label says it, and the page shows the reason); its cost when
-    it runs extra forward passes."""
+    names it (a select box cannot grey out an option: the label says it, and the page shows the reason); with
+    ``cost``, its cost when it runs extra forward passes (the one-method view shows the cost under the picker)."""
     spec = METHODS[method]
     if refused and method in refused:
         return f"{spec.label} (not for these layers)"
-    return spec.label if spec.family != "perturbation" else f"{spec.label} (slow: {spec.cost})"
+    return spec.label if spec.family != "perturbation" or not cost else f"{spec.label} (slow: {spec.cost})"
 
 
 def method_picker(refused: dict[str, str] | None = None) -> list[str]:

@@ -1,10 +1,13 @@
 """Shareable CAM Explorer state: the model, view, method (or the grid's methods), target layers, class and image
 live in the URL query (``st.query_params``), so a link reproduces the maps (issue #14; the Lab has ``ui.lab_url``).
 
-``apply_link`` runs before the page's widgets are drawn and loads the settings from the query when they differ from
-the ones last read or written (a link opened in a new tab, or pasted into this one); a bad part is named in an
-``st.error`` and the rest still applies. ``write_link`` puts the current settings back after the page is drawn. Only
-registry models and images anyone can open are shared: a checkpoint or an uploaded image leaves its key out.
+``apply_link`` runs before the page's widgets are drawn and loads the settings from the query on the session's first
+run only (a link opened in a tab, or pasted into one: both load the page, a new session). Later reruns never read it
+back: a browser sends its URL's query with each rerun, and one sent before the page's own last update reached it
+would otherwise put old settings back (an upload replaced by the sample photo of an earlier URL). A bad part is named
+in an ``st.error`` and the rest still applies. ``write_link`` puts the current settings back after the page is
+drawn. Only registry models and images anyone can open are shared: a checkpoint or an uploaded image leaves its key
+out.
 """
 
 from __future__ import annotations
@@ -77,8 +80,10 @@ def _load_image(wanted: dict[str, str]) -> None:
 
 def apply_link(device: str) -> None:
     """Load the page's settings from the URL query when they are new to this session (before its widgets)."""
+    if keys.CAM_LINK in st.session_state:  # once per session: see the module docstring
+        return
     wanted = {k: st.query_params[k] for k in QUERY_KEYS if k in st.query_params}
-    if not wanted or wanted == st.session_state.get(keys.CAM_LINK):
+    if not wanted:
         return
     st.session_state[keys.CAM_LINK] = wanted
     problems = []

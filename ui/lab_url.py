@@ -1,8 +1,9 @@
 """Shareable Augmentation Lab state: the pipeline, seed and grid settings live in the URL query (``st.query_params``),
 so a link reproduces the grid.
 
-``apply_link`` runs before the Lab's widgets are drawn and loads settings from the query when they differ from the
-ones last read or written (a link opened in a new tab, or pasted into this one); ``write_link`` puts the current
+``apply_link`` runs before the Lab's widgets are drawn and loads settings from the query on the session's first run
+only (a link opened in a tab or pasted into one loads the page: a new session; a rerun's query may be stale, see
+``ui.cam_url``); ``write_link`` puts the current
 settings back after the grid is drawn. The CAM Explorer keeps its own query keys.
 """
 
@@ -63,8 +64,10 @@ def _load_images(wanted: dict[str, str]) -> None:
 def apply_link() -> None:
     """Load the Lab's settings from the URL query when they are new to this session; a bad value is shown with
     ``st.error`` and the rest of the link still applies."""
+    if keys.AUG_LINK in st.session_state:  # once per session, as ui.cam_url: a rerun's stale query never comes back
+        return
     wanted = {k: st.query_params[k] for k in QUERY_KEYS if k in st.query_params}
-    if not wanted or wanted == st.session_state.get(keys.AUG_LINK):
+    if not wanted:
         return
     st.session_state[keys.AUG_LINK] = wanted
     problems = []
