@@ -633,7 +633,7 @@ def test_aug_smooth_explains_the_original_images_class_and_counts_every_views_ba
 
 @pytest.mark.parametrize("kwargs", [{"aug_smooth": 1}, {"eigen_smooth": "yes"}])
 def test_smoothing_flags_must_be_booleans(small_resnet, x64, kwargs):
-    with pytest.raises(InputError, match="aug_smooth and eigen_smooth"):
+    with pytest.raises(InputError, match="aug_smooth, eigen_smooth and counterfactual must be True or False"):
         compute_cams(small_resnet, x64, ["layer3"], **kwargs)
 
 
