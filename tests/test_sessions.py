@@ -214,7 +214,7 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
             self.device = "cpu"
             self.spec = type("Spec", (), {"preprocessing": None})()
 
-    def fake_compute(model, x, layers, methods, *, class_idx, progress=None):
+    def fake_compute(model, x, layers, methods, *, class_idx, progress=None, **options):  # options: CamOptions
         nonlocal running, peak
         with model_lock(model):
             with guard:

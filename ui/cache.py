@@ -387,7 +387,10 @@ def _compute(
     for name, result in results.items():
         compact = result if options.aug_smooth else replace(result, maps={})  # aug_smooth's maps are not finish(raw)
         _store(_cached_view, compact, model_key, device, key, layers, method=name, class_idx=class_idx, options=options)
-    views = {name: CamView(result, prepared.model_view, prepared.crop_box) for name, result in results.items()}
+    views = {
+        name: CamView(result=result, model_view=prepared.model_view, crop_box=prepared.crop_box)
+        for name, result in results.items()
+    }
     return views, errors
 
 
