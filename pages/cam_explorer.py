@@ -127,7 +127,8 @@ with results:
     shown = cam_view.Shown(view, class_names, image, loaded, model_key, by_name)
     cam_view.headline(shown, prediction=None if failed is not None else (top1, float(probabilities[top1])))
     cam_view.draw(shown)
-    if start and failed is None:  # the maps shown are this request's: they can be scored
+    # the maps shown are this request's, computed as the faithfulness view computes them (no method options)
+    if start and failed is None and cam_options == cache.DEFAULT_OPTIONS:
         with st.expander("Which map to trust? Faithfulness and sanity checks"):
             faithfulness_view.faithfulness_section(
                 *request[:3], layers=request[3], methods=(method,), class_idx=class_idx
