@@ -181,6 +181,7 @@ class Run:
     exceptions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     images: int = 0
+    image_urls: list[str] = field(default_factory=list)  # each image's src: a media URL or an inline data: URL
     seconds: float = 0.0
     progress: list[str] = field(default_factory=list)  # the text of each progress-bar update, in order
     superseded: Run | None = None  # the run a rerun request ended early (FINISHED_EARLY_FOR_RERUN), if any
@@ -324,3 +325,4 @@ class Session:
             run.progress.append(_unescaped(body.text))
         elif kind == "imgs":
             run.images += len(body.imgs)
+            run.image_urls += [image.url for image in body.imgs]

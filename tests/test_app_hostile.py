@@ -9,6 +9,7 @@ The browser side (no ``href``/``src`` the app did not create, no request to ``ex
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -21,9 +22,7 @@ import torch
 from google.protobuf.message import Message
 from PIL import Image
 from safetensors.torch import save as save_safetensors
-from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
-from streamlit.testing.v1 import app_test as app_test_module
 
 from camlib.augment import CIFAR10_TRAIN_PIPELINE, pipeline_to_json
 from camlib.cifar import default_root, detect_source
@@ -277,26 +276,16 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "Showing the last result that worked." in [c.value for c in at.caption]
 
 
-class _RecordingStorage(MemoryMediaFileStorage):
-    """AppTest's media storage, remembered so a test can read the images the page sent."""
-
-    latest: MemoryMediaFileStorage | None = None
-
-    def __init__(self, media_endpoint: str) -> None:
-        super().__init__(media_endpoint)
-        _RecordingStorage.latest = self
-
-
 def _original_overlay_size(at: AppTest) -> tuple[int, int]:
     """(height, width) of the "On the original image" overlay the page sent."""
     [url] = [i.url for element in at.image for i in element.proto.imgs if i.caption.startswith("On the original")]
-    content = _RecordingStorage.latest.get_file(url.rsplit("/", 1)[-1]).content
+    assert url.startswith("data:image/png;base64,")  # sent inline by the overlay fragment (ui/cam_view.py)
+    content = base64.b64decode(url.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(content))).shape[:2]
 
 
 @pytest.mark.bad_input(59)
 def test_cam_error_keeps_the_last_cam_on_its_own_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", _RecordingStorage)
     at = _app()
     at.radio(key="cam_source").set_value("Upload").run()
     at.file_uploader(key="cam_upload").set_value(("wide.png", _png(seed=11), "image/png")).run()  # 48x64

@@ -61,6 +61,31 @@ def wait_for(condition, timeout: float, step: float = 0.5) -> bool:
 # --- rows 5 and 61: XSRF on uploads, Origin on the WebSocket --------------------------------------------------------
 
 
+def test_an_overlay_change_reruns_only_the_overlay_fragment_and_sends_its_images_inline(server: Server) -> None:
+    """Issue #11: the overlay controls and what they change are an ``st.fragment`` (ui/cam_view.py). An opacity change
+    sent as the browser sends it (naming that fragment) reruns the fragment alone: its widgets and overlays come
+    back, the headline and the method picker do not. The overlays are inline ``data:`` URLs, so no superseded full run
+    can collect a media file the page still shows."""
+    with Session(server) as session:
+        first = session.rerun(timeout=180)
+        assert first.ok, (first.status, first.exceptions)
+        fragment = session.fragment_of["cam_alpha"]
+        assert fragment and session.fragment_of["cam_method"] == ""  # the picker is drawn by the page itself
+        assert session.fragment_of["cam_colormap"] == fragment
+        inline = [url for url in first.image_urls if url.startswith("data:image/png;base64,")]
+        assert len(inline) >= 2  # the layer's overlay and the one on the original image
+
+        session.send_rerun({"cam_alpha": ("double_array_value", [0.3])}, fragment_id=fragment)
+        run = session.read_run(timeout=120)
+        assert run.ok and not run.errors, (run.status, run.exceptions, run.errors)
+        assert "cam_alpha" in run.widgets and "cam_method" not in run.widgets
+        assert not any(text.startswith("Explaining class") for text in run.texts)
+        assert len(run.image_urls) == len(inline) and all(
+            u.startswith("data:image/png;base64,") for u in run.image_urls
+        )
+        assert set(run.image_urls).isdisjoint(inline)  # redrawn at the new opacity
+
+
 @pytest.mark.bad_input(5, 61, kind="HTTP")
 def test_upload_put_needs_the_xsrf_token(server: Server) -> None:
     """Without the token: 403 and nothing stored; the same request with the token (cookie + header) is accepted, so

@@ -5,13 +5,16 @@
 - ``progress``: a progress bar for perturbation methods (a spinner otherwise). Its callback draws an element on each
   batch; Streamlit raises its rerun/stop request there, so a superseded run or a closed tab stops at the next batch.
 - ``draw``: the overlay controls and everything they change (overlays, magnitudes, detailed view, downloads), from
-  cached overlay PNGs and a hover heatmap of at most ``HOVER_PX`` per side. It is not an ``st.fragment``: under a
-  storm of reruns (tests/test_browser_catalogue.py) Streamlit 1.67 dropped the media file of an image drawn in the
-  fragment while the page kept showing it, a broken image; a full rerun of this page costs about 75 ms (bench_load).
+  cached overlay PNGs and a hover heatmap of at most ``HOVER_PX`` per side. It is an ``st.fragment`` (issue #11): an
+  overlay-only change reruns ``draw`` alone, not the page. Its images are sent inline as ``data:`` URLs, not as
+  Streamlit media files: a full run that is superseded before it reaches the fragment collects the media files the
+  fragment registered while the page still shows them, and under a storm of reruns (tests/test_browser_catalogue.py)
+  Streamlit 1.67 left a broken image that way.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -35,6 +38,7 @@ from camlib.layers import LayerInfo
 from camlib.models import LoadedModel
 from camlib.overlay import map_to_original, signed_map, upscale_nearest
 from ui import cache, figures, keys, widgets
+from ui.run_log import timed_run
 from ui.text import md
 
 SLOW_S = 3.0  # estimated seconds above which a computation waits for the user's go
@@ -207,9 +211,19 @@ def hover_map(cam: np.ndarray) -> np.ndarray:
     return block_reduce(cam[:height, :width], (factor, factor), np.mean)
 
 
+def png_data_url(png: bytes) -> str:
+    """PNG bytes as a ``data:image/png;base64,...`` URL: ``st.image`` sends it inline, with no media file to expire
+    (RFC 2397)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+@st.fragment
+@timed_run("CAM Explorer: overlay")
 def draw(shown: Shown) -> None:
     """Overlay controls, the overlays of every layer, the layer magnitudes, the detailed view and the downloads; a
-    camlib error while drawing is shown with ``st.error`` (the result stays, the next overlay change redraws)."""
+    camlib error while drawing is shown with ``st.error`` (the result stays, the next overlay change redraws).
+
+    A fragment: a change of its own widgets reruns this function alone (logged by ``timed_run`` as a fragment run)."""
     try:
         _draw(shown)
     except CamlibError as error:
@@ -230,18 +244,16 @@ def _draw(shown: Shown) -> None:
         with column:
             info = shown.layers.get(name)
             st.image(
-                overlays[name],
+                png_data_url(overlays[name]),
                 caption=md("{name} [{shape}]", name=name, shape=info.shape_label if info else ""),
                 width="stretch",
-                output_format="PNG",  # already PNG bytes: "auto" would decode them and encode a JPEG every rerun
             )
             if result.degenerate[name][0]:
                 st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
     if METHODS[result.method].fuses_layers:  # RefineCAM: its map is the layers' maps fused
         st.image(
-            cache.overlay_png(model_view, upscale_nearest(result.refined[0], TILE_PX), **style),
+            png_data_url(cache.overlay_png(model_view, upscale_nearest(result.refined[0], TILE_PX), **style)),
             caption=md("{label}: the {n} layers' maps multiplied", label=METHODS[result.method].label, n=len(names)),
-            output_format="PNG",
         )
     if len(names) > 1:
         magnitudes = {n: float(v[0]) for n, v in layer_magnitudes(result).items()}
@@ -253,10 +265,9 @@ def _draw(shown: Shown) -> None:
     original_map, inside = map_to_original(maps[detail][0], shown.image.pixels.shape[:2], shown.view.crop_box)
     left, right = st.columns(2)
     left.image(
-        cache.overlay_png(np.ascontiguousarray(shown.image.pixels), original_map, mask=inside, **style),
+        png_data_url(cache.overlay_png(np.ascontiguousarray(shown.image.pixels), original_map, mask=inside, **style)),
         caption="On the original image (dimmed: outside the model's centre crop)",
         width="stretch",
-        output_format="PNG",
     )
     size = maps[detail][0].shape
     signed = right.toggle(
