@@ -14,6 +14,13 @@ round, in rotation so that machine noise hits all alike:
   an actor to the last one's end: the actors' start, importing torch and loading one model each, is left out as the
   local engine's model loading is, and printed apart as the whole call). Target: at least 0.7x local.
 
+Then the whole calls, start-up included, from the same rounds: each engine's call split into start-up (the call less
+its shard work: loading the model and the data, the dry run, the table read back; for Ray also planning the Dataset
+and starting the actors, each importing torch and camlib and loading its model) and shard work; Ray's whole call as a
+ratio of the local engine's whole call; and the job size at which Ray's whole call would break even with local's on
+this machine, ``(Ray's start-up - local's) / (local's cost per image - Ray's)`` from the measured medians (none when
+Ray's shard work costs more per image than local's: then a larger job only widens the gap).
+
 The loop and the local engine run on ``--threads`` torch threads (default 1: on this 2-core machine, shared with
 other jobs, one thread ran ResNet-20's CAMs 2-3x faster than two), each Ray actor on one (Ray's ``num_cpus=1``).
 Also prints the per-image cost of each, from which README's per-GPU scaling is estimated.
@@ -94,6 +101,7 @@ def main() -> None:
 
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     times: dict[str, list[float]] = {"loop": [], "local": [], "local_call": [], "ray": [], "ray_call": []}
+    startup: dict[str, list[float]] = {"local": [], "ray": []}  # each round's call less its shard work
     with tempfile.TemporaryDirectory() as scratch:
         loop_seconds(loaded.model, images[:BATCH], loaded.spec.preprocessing, device)  # warm-up
         for _ in range(args.repeats):
@@ -101,10 +109,12 @@ def main() -> None:
             work, call = job_seconds(args.images, "local", Path(scratch), args.threads)
             times["local"].append(work)
             times["local_call"].append(call)
+            startup["local"].append(call - work)
             if ray is not None:
                 work, call = job_seconds(args.images, "ray", Path(scratch), args.threads)
                 times["ray"].append(work)
                 times["ray_call"].append(call)
+                startup["ray"].append(call - work)
     if ray is not None:
         ray.shutdown()
     median = {name: statistics.median(values) for name, values in times.items() if values}
@@ -125,7 +135,45 @@ def main() -> None:
             f"{median['ray']:.2f} | {rate['ray']:.0f} | {1e3 / rate['ray']:.2f} | **{ray_ratio:.2f}x** local | "
             f">= {RAY_TARGET}x |"
         )
-        print(f"\nwhole calls: Ray {median['local_call'] / median['ray_call']:.2f}x local's speed")
+        whole_calls(args.images, median, {name: statistics.median(v) for name, v in startup.items()})
+
+
+def break_even_images(start: dict[str, float], per_image: dict[str, float]) -> float | None:
+    """The job size (images) at which Ray's whole call takes as long as local's: start-ups plus per-image costs;
+    None when Ray's per-image cost is not below local's (no job size makes up its longer start)."""
+    saved = per_image["local"] - per_image["ray"]
+    if saved <= 0:
+        return None
+    return max(0.0, (start["ray"] - start["local"]) / saved)
+
+
+def whole_calls(images: int, median: dict[str, float], start: dict[str, float]) -> None:
+    """The whole run_batch calls: start-up and shard work, Ray's ratio to local, and the break-even job size."""
+    per_image = {"local": median["local"] / images, "ray": median["ray"] / images}
+    print("\nwhole run_batch calls (medians): start-up = the call less its shard work")
+    print("| engine | whole call s | start-up s | shard work s | ms per image (shard work) |")
+    print("|---|---|---|---|---|")
+    for name, label in (("local", "local engine"), ("ray", "Ray engine, 2 actors")):
+        print(
+            f"| {label} | {median[f'{name}_call']:.2f} | {start[name]:.2f} | {median[name]:.2f} | "
+            f"{1e3 * per_image[name]:.2f} |"
+        )
+    print(
+        f"\nwhole calls: Ray **{median['local_call'] / median['ray_call']:.2f}x** local's speed on {images} images "
+        f"(Ray's start-up {start['ray']:.2f} s, {start['ray'] - start['local']:+.2f} s over local's)"
+    )
+    even = break_even_images(start, per_image)
+    if even is None:
+        print(
+            f"break-even: none on this machine (Ray's shard work costs {1e3 * per_image['ray']:.2f} ms per image, "
+            f"local's {1e3 * per_image['local']:.2f}: a larger job only widens the gap)"
+        )
+    else:
+        print(
+            f"break-even: Ray's whole call would match local's at about {even:,.0f} images on this machine "
+            f"({start['ray'] - start['local']:.2f} s more start-up / "
+            f"{1e3 * (per_image['local'] - per_image['ray']):.2f} ms saved per image)"
+        )
 
 
 if __name__ == "__main__":

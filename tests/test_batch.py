@@ -9,6 +9,9 @@ under ``tmp_path``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +246,42 @@ def test_metric_columns_equal_camlib_metrics(tmp_path):
     change = confidence_change(loaded.model, x, maps, classes)
     np.testing.assert_allclose(table["confidence_change"].to_numpy(), change, atol=1e-6)
     assert set(BATCH_METRICS) >= {"deletion_auc", "road", "confidence_drop"}
+
+
+ACTOR_PROBE = """
+import sys, tempfile
+from camlib.batch import parse_args
+from camlib.batch.job import _prepare
+from camlib.batch.ray_engine import _read_shard_row, _ShardWorker
+
+argv = sys.argv[1:] + ["--out", tempfile.mkdtemp(), "--engine", "ray", "--workers", "1"]
+prepared = _prepare(parse_args(argv))  # the driver's checks and dry run
+row = {"shard": 0, "pixels": prepared.pixels[prepared.job.positions(0).start : prepared.job.positions(0).stop]}
+read = _read_shard_row(row, prepared.job)  # what the read stage hands an actor
+worker = _ShardWorker(prepared.job, prepared.checkpoint)  # an actor's start and one shard, without Ray
+done = worker({key: [value] for key, value in read.items()})
+assert int(done["images"][0]) == 10, done
+print(" ".join(sorted(name for name in sys.modules if name.split(".")[0] in {"albumentations", "streamlit", "skimage"}
+                      or name in {"camlib.metrics", "camlib.augment", "scipy.stats", "ui"})))
+"""
+
+
+def test_an_actor_imports_no_metric_augmentation_or_app_module_a_job_does_not_use():
+    """A Ray actor's start is mostly imports: a job without --metrics must not pay for camlib.metrics (scipy.stats,
+    scikit-image: seconds per actor), nor the Lab's Albumentations or the app's Streamlit (a fresh process: sys.modules
+    after the driver's dry run, one shard's read stage, an actor's __init__ and its first shard)."""
+    argv = ["--cifar10", "test", "--data", str(DATA), "--limit", "10", "--shard-size", "10", "--threads", "1"]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", ACTOR_PROBE, *argv],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [], f"imported without need: {done.stdout}"
 
 
 @pytest.fixture

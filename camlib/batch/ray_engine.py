@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from camlib.errors import InputError
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from camlib.batch.job import _Prepared
     from camlib.batch.shard import _Job
 
@@ -111,7 +112,9 @@ def run_ray(prepared: _Prepared, bar: tqdm) -> float:
             fn_constructor_kwargs={"job": job, "checkpoint": prepared.checkpoint},
             batch_size=1,
             batch_format="numpy",
-            concurrency=job.config.workers,
+            # One shard in flight per actor: the pool starts work as soon as its first actor is ready, and no shard
+            # waits queued behind an actor that is still starting (importing torch) while another one is idle.
+            compute=ray.data.ActorPoolStrategy(size=job.config.workers, max_tasks_in_flight_per_actor=1),
             num_cpus=1,
             num_gpus=_gpus_per_actor(job.config.workers),
         )

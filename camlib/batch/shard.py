@@ -202,7 +202,9 @@ def _metric_columns(
     model: torch.nn.Module, x: torch.Tensor, maps: np.ndarray, classes: list[int], job: _Job
 ) -> dict[str, np.ndarray]:
     """The requested ``BATCH_METRICS`` of ``maps`` ``(B, H, W)``: ``{name: (B,) float64}``."""
-    # Imported here: scipy and scikit-image cost every Ray actor seconds at start, and most jobs ask for no metric.
+    if not job.config.metrics:  # most jobs ask for none: then camlib.metrics (scipy.stats, ~2 s) is never imported
+        return {}
+    # Imported here: scipy.stats and scikit-image cost every Ray actor seconds at start (and the driver's dry run).
     from camlib.metrics import average_drop_increase, confidence_change, deletion_insertion, road
 
     wanted = set(job.config.metrics)
