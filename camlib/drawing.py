@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from camlib.augment.grid import tile_grid
 from camlib.contracts import require_array, require_int
 from camlib.errors import InputError
 from camlib.overlay import nearest_factor
@@ -112,6 +111,8 @@ def grid_png(
 ) -> bytes:
     """PNG (``fast_png``) of ``rows x cols`` ``uint8`` tiles ``(rows * cols, h, w, 3)``, upscaled nearest-neighbour so
     each tile is at least ``min_tile_px``, with labels (``label_tiles``) when given."""
+    from camlib.augment.grid import tile_grid  # here: importing camlib.augment imports Albumentations (about 1 s)
+
     require_int(min_tile_px, "min_tile_px", minimum=0)
     big = upscale_tiles(tiles, min_tile_px)
     if labels:

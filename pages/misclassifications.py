@@ -13,7 +13,7 @@ from camlib.evaluation import confusion_matrix, per_class_accuracy
 from camlib.layers import default_layer
 from camlib.models import MODELS
 from camlib.overlay import overlay_heatmap, upscale_nearest
-from ui import app_inputs, batch_table, cache, figures, keys, widgets
+from ui import app_inputs, cache, figures, keys, widgets
 from ui.last_good import keep_last_good
 from ui.text import html_text, md
 
@@ -27,6 +27,8 @@ st.caption(
 
 root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wide: the sidebar of every page
 if st.radio("Source", ["This model on the test set", "A batch table"], horizontal=True) == "A batch table":
+    from ui import batch_table  # here: it imports pandas and pyarrow's Parquet reader, a second on a fresh server
+
     batch_out = st.text_input("Batch output directory (the --out of python -m camlib.batch)")
     if batch_out:
         batch_table.render(batch_out)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,3 +66,16 @@ def test_grid_png_is_the_upscaled_labelled_tile_grid() -> None:
     )
     labelled = _decode(grid_png(tiles, 2, 3, min_tile_px=16, labels=list("abcdef")))
     np.testing.assert_array_equal(labelled, tile_grid(label_tiles(upscale_tiles(tiles, 16), list("abcdef")), 2, 3))
+
+
+def test_drawing_and_the_gallery_modules_do_not_import_albumentations() -> None:
+    """The Misclassification page draws with ``camlib.drawing``; importing it in a fresh process (a new server's first
+    page) must not import the Lab's Albumentations, about a second on this machine: ``grid_png`` imports it itself."""
+    code = (
+        "import sys\n"
+        "import camlib.cifar, camlib.drawing, camlib.evaluation, camlib.models, camlib.overlay\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'albumentations', 'camlib'} and 'augment' in m"
+        " or m.startswith('albumentations')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert result.stdout.strip() == "[]", result.stdout
