@@ -1,12 +1,13 @@
 """Many users on one server (issue #11): N concurrent sessions drive the CAM Explorer of one ``streamlit run app.py``.
 
-Run from the repository root:  python benchmarks/bench_load.py [--sessions 1 4 8] [--reruns K] [--quick]
+Run from the repository root:  python benchmarks/bench_load.py [--sessions 1 4 8] [--reruns K] [--quick] [--think-s S]
 
 One headless server on a free 127.0.0.1 port (``tests/streamlit_ws.py``) with ``CAMLIB_LOG_LEVEL=debug``, so that
 ``ui.run_log`` writes one line per script run with its session id and duration. After a warm-up visit (the model
 loads once), for each N in ``--sessions``: N threads, each with its own protocol-level WebSocket session (as a browser
 speaks to the server), open the CAM Explorer on their own sample photo, wait for each other, then send ``--reruns``
-reruns one after another, each waiting for ``script_finished``:
+reruns one after another, each waiting for ``script_finished`` (closed loop; with ``--think-s S`` each session first
+pauses S times a uniform draw in [0.5, 1.5], as a user reads the page before the next change):
 
     method change, overlay change, layer change, overlay change, ...
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import re
 import sys
 import tempfile
@@ -93,9 +95,12 @@ def _failure(run: Run) -> str | None:
     return None
 
 
-def drive(server: Server, index: int, reruns: int, barrier: threading.Barrier, progress: tqdm) -> SessionResult:
-    """One user: open the page on its own sample photo, wait for the others, then the scripted reruns."""
-    result = SessionResult()
+def drive(
+    server: Server, index: int, reruns: int, barrier: threading.Barrier, progress: tqdm, *, think_s: float = 0.0
+) -> SessionResult:
+    """One user: open the page on its own sample photo, wait for the others, then the scripted reruns, each after a
+    pause of ``think_s`` times a uniform draw in [0.5, 1.5] (seeded by ``index``; none when ``think_s`` is 0)."""
+    result, pauses = SessionResult(), random.Random(index)
     try:
         with Session(server) as session:
             first = session.rerun(timeout=300)
@@ -120,6 +125,8 @@ def drive(server: Server, index: int, reruns: int, barrier: threading.Barrier, p
             result.session_id = session.session_id
             barrier.wait(timeout=600)
             for step in range(reruns):
+                if think_s > 0:
+                    time.sleep(think_s * pauses.uniform(0.5, 1.5))  # a user reading the page before the next change
                 what, turn = STEPS[step % len(STEPS)], index + step // len(STEPS) + 1
                 fragment = ""
                 if what == "method":
@@ -198,14 +205,14 @@ class Figures:
     layers: list[str]
 
 
-def measure(server: Server, sessions: int, reruns: int) -> Figures:
+def measure(server: Server, sessions: int, reruns: int, think_s: float = 0.0) -> Figures:
     barrier = threading.Barrier(sessions)
     results: list[SessionResult] = [SessionResult() for _ in range(sessions)]
     start = time.monotonic()
     with tqdm(total=sessions * reruns, desc=f"{sessions} sessions", unit="rerun", leave=False) as progress:
 
         def run(index: int) -> None:
-            results[index] = drive(server, index, reruns, barrier, progress)
+            results[index] = drive(server, index, reruns, barrier, progress, think_s=think_s)
 
         threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(sessions)]
         for thread in threads:
@@ -302,6 +309,13 @@ def main() -> int:
     parser.add_argument("--reruns", type=int, default=24, help="reruns per session after opening the page")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 reruns per session")
     parser.add_argument("--torch-threads", type=int, help="CAMLIB_TORCH_THREADS for the server (default: its own)")
+    parser.add_argument(
+        "--think-s",
+        type=float,
+        default=0.0,
+        help="mean pause in s before each rerun, as a user reads the page (default 0: closed loop, each session "
+        "sends its next rerun as soon as the last one finished)",
+    )
     parser.add_argument("--log", type=Path, help="keep the server's log here (default: a temporary file)")
     args = parser.parse_args()
     reruns = 4 if args.quick else args.reruns
@@ -325,7 +339,7 @@ def main() -> int:
                 print(f"error: the warm-up visit failed: {problem}", file=sys.stderr)
                 return 2
         baseline = server.rss_mb()
-        figures = [measure(server, n, reruns) for n in args.sessions]
+        figures = [measure(server, n, reruns, args.think_s) for n in args.sessions]
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
         report(figures, baseline)
     return 1 if any(f.errors for f in figures) else 0  # missed timing goals are reported, not an exit status
