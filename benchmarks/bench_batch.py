@@ -101,7 +101,6 @@ def main() -> None:
 
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     times: dict[str, list[float]] = {"loop": [], "local": [], "local_call": [], "ray": [], "ray_call": []}
-    startup: dict[str, list[float]] = {"local": [], "ray": []}  # each round's call less its shard work
     with tempfile.TemporaryDirectory() as scratch:
         loop_seconds(loaded.model, images[:BATCH], loaded.spec.preprocessing, device)  # warm-up
         for _ in range(args.repeats):
@@ -109,12 +108,10 @@ def main() -> None:
             work, call = job_seconds(args.images, "local", Path(scratch), args.threads)
             times["local"].append(work)
             times["local_call"].append(call)
-            startup["local"].append(call - work)
             if ray is not None:
                 work, call = job_seconds(args.images, "ray", Path(scratch), args.threads)
                 times["ray"].append(work)
                 times["ray_call"].append(call)
-                startup["ray"].append(call - work)
     if ray is not None:
         ray.shutdown()
     median = {name: statistics.median(values) for name, values in times.items() if values}
@@ -135,7 +132,7 @@ def main() -> None:
             f"{median['ray']:.2f} | {rate['ray']:.0f} | {1e3 / rate['ray']:.2f} | **{ray_ratio:.2f}x** local | "
             f">= {RAY_TARGET}x |"
         )
-        whole_calls(args.images, median, {name: statistics.median(v) for name, v in startup.items()})
+        whole_calls(args.images, median)
 
 
 def break_even_images(start: dict[str, float], per_image: dict[str, float]) -> float | None:
@@ -147,10 +144,11 @@ def break_even_images(start: dict[str, float], per_image: dict[str, float]) -> f
     return max(0.0, (start["ray"] - start["local"]) / saved)
 
 
-def whole_calls(images: int, median: dict[str, float], start: dict[str, float]) -> None:
+def whole_calls(images: int, median: dict[str, float]) -> None:
     """The whole run_batch calls: start-up and shard work, Ray's ratio to local, and the break-even job size."""
+    start = {name: median[f"{name}_call"] - median[name] for name in ("local", "ray")}  # the median call less its work
     per_image = {"local": median["local"] / images, "ray": median["ray"] / images}
-    print("\nwhole run_batch calls (medians): start-up = the call less its shard work")
+    print("\nwhole run_batch calls (medians): start-up = the whole call less the shard work")
     print("| engine | whole call s | start-up s | shard work s | ms per image (shard work) |")
     print("|---|---|---|---|---|")
     for name, label in (("local", "local engine"), ("ray", "Ray engine, 2 actors")):
