@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 import torch
+import torchvision
 from conftest import seeded, seeded_resnet18
 from pytorch_grad_cam import SESS, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from test_cam import (
     ATOL,
+    LAYOUT_SCORECAM_SIZE,
     LAYOUT_ZOO,
     REFERENCE_CAMS,
     SCORECAM_SIZE,
@@ -107,14 +109,76 @@ SCORE_CASES = [
 SCORE_IDS = [case[0] for case in SCORE_CASES]
 
 
+def _narrow_swin_t() -> nn.Module:
+    """torchvision's Swin-T architecture (4 px patches, 7 x 7 windows, four stages, channels-last features) at 24
+    channels and 1 block a stage. SS-CAM and IS-CAM take ``n_samples * C`` forwards of the whole model per image:
+    on the zoo's Swin-T (~64 ms a forward at 64 px on one thread) that is ~50 s per image and library with two
+    samples for the 384 channels of its zoo layer features.5, ~12 s for the 96 of its narrowest, features.1."""
+    return torchvision.models.SwinTransformer([4, 4], 24, [1, 1, 1, 1], [1, 1, 2, 2], [7, 7], num_classes=10)
+
+
+def _narrow_vit_b_16() -> nn.Module:
+    """torchvision's ViT-B/16 architecture at the zoo's 112 px (a class token and 7 x 7 patches of 16 px) at 32
+    channels and 2 blocks, with a random head (torchvision's is zeros). The zoo's ViT-B/16 has 768 channels in every
+    token layer and takes ~120 ms a forward on one thread: SS-CAM's and IS-CAM's 2 x 768 forwards per image would
+    take ~3 min per image and library."""
+    model = VisionTransformer(112, 16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10)
+    nn.init.normal_(model.heads.head.weight, std=0.1)
+    return model
+
+
+NARROW_ZOO = {"narrow_swin_t": _narrow_swin_t, "narrow_vit_b_16": _narrow_vit_b_16}
+
+
+class _Amplified(nn.Module):
+    """``model``'s logits times ``gain``. The seeded MobileNetV3-Small's logits are ~1e-10 and move by ~1e-10 with
+    the input, so the softmax over channels of SS-CAM's and IS-CAM's score gains is uniform to 1e-7 and its maps equal
+    the channel mean's whatever the scores: amplified, the scores decide the weights (and are compared)."""
+
+    def __init__(self, model: nn.Module, gain: float) -> None:
+        super().__init__()
+        self.model, self.gain = model, gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * self.model(x)
+
+
+# The rest of the zoo, one layer each, where SS-CAM and IS-CAM stay cheap (their cost is n_samples * C forwards per
+# image): (model, layer, input size, reshape_transform, images). Early, narrow layers of the CNNs (one image where a
+# forward is dear); the transformers as narrow copies of the zoo's architectures (NARROW_ZOO) at their zoo layers'
+# layouts. "name*gain" is the zoo model with amplified logits (_Amplified).
+SCORE_REST_CASES = [
+    ("densenet121", "features.transition1", 32, None, 1),  # 128 channels, 4 x 4: after the first dense block
+    ("mobilenet_v3_small*1e10", "model.features.8", SCORECAM_SIZE, None, 2),  # 48 channels, 4 x 4 (an SE block)
+    ("vgg11_bn", "features.2", 32, None, 1),  # 64 channels, 32 x 32: VGG's narrowest layers
+    ("narrow_swin_t", "features.5", SCORECAM_SIZE, _channels_last, 2),  # as swin_t's: (B, 4, 4, 96) here
+    ("narrow_vit_b_16", "encoder.layers.encoder_layer_1.ln_1", 112, _drop_tokens(1, 7, 7), 2),  # as vit_b_16's
+]
+
+
 @pytest.fixture(scope="module")
 def zoos() -> tuple[Zoo, LayoutZoo]:
     """test_cam's seeded reference models (NCHW zoo, channels-last and token zoo), built lazily."""
     return Zoo(), LayoutZoo()
 
 
-def _score_case(zoos: tuple[Zoo, LayoutZoo], name: str, size: int) -> tuple[nn.Module, torch.Tensor, list[int]]:
+@pytest.fixture(scope="module")
+def narrow_zoo() -> dict[str, nn.Module]:
+    return {}
+
+
+def _score_case(
+    zoos: tuple[Zoo, LayoutZoo], name: str, size: int, narrow: dict[str, nn.Module] | None = None
+) -> tuple[nn.Module, torch.Tensor, list[int]]:
     zoo, layout_zoo = zoos
+    if name in NARROW_ZOO:
+        assert narrow is not None
+        if name not in narrow:
+            narrow[name] = seeded(NARROW_ZOO[name])
+        return narrow[name], _images(2, size, seed=11), [5, 9]
+    if "*" in name:  # "zoo model*gain": _Amplified
+        model, gain = name.split("*")
+        return _Amplified(zoo.model(model), float(gain)), zoo.images(size), [3, 7]
     if name in LAYOUT_ZOO:
         return layout_zoo.model(name), layout_zoo.images(name, size), [5, 9]
     return zoo.model(name), zoo.images(size), [3, 7]
@@ -131,16 +195,20 @@ def test_sscam_matches_torchcam_given_the_same_noise(zoos, name, layer, size, tr
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
-def _channel_count(model: nn.Module, x: torch.Tensor, layer: str, transform: Callable | None) -> int:
+def _layer_output(model: nn.Module, x: torch.Tensor, layer: str, transform: Callable | None) -> torch.Tensor:
+    """The layer's output on ``x`` read as ``(B, C, h, w)`` through ``transform``."""
     store: dict[str, torch.Tensor] = {}
     handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.update(out=out))
     try:
         with torch.no_grad():
-            model(x[:1])
+            model(x)
     finally:
         handle.remove()
-    out = store["out"] if transform is None else transform(store["out"])
-    return int(out.shape[1])
+    return store["out"] if transform is None else transform(store["out"])
+
+
+def _channel_count(model: nn.Module, x: torch.Tensor, layer: str, transform: Callable | None) -> int:
+    return int(_layer_output(model, x[:1], layer, transform).shape[1])
 
 
 @pytest.mark.parametrize("name,layer,size,transform", SCORE_CASES, ids=SCORE_IDS)
@@ -149,6 +217,28 @@ def test_iscam_matches_torchcam(zoos, name, layer, size, transform):
     # Two steps: scales 1/2 and 1/2 + 2/2 (torch-cam's accumulated scale goes above 1 from the second step).
     ours = compute_cams(model, x, [layer], method="iscam", class_idx=classes, n_samples=2)
     reference = _torchcam_maps(ISCAM, model, x, layer, classes, reshape_transform=transform, num_samples=2)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["sscam", "iscam"])
+@pytest.mark.parametrize("case", SCORE_REST_CASES, ids=[case[0] for case in SCORE_REST_CASES])
+def test_sscam_and_iscam_on_the_rest_of_the_zoo_match_torchcam(zoos, narrow_zoo, method, case):
+    """With SCORE_CASES, every architecture and layout of the zoo: two samples (SS-CAM, the same noise) or steps
+    (IS-CAM), as above. The scores decide the maps: they differ from the channel mean's (uniform weights, the map of
+    a flat softmax) by far more than the tolerance."""
+    name, layer, size, transform, images = case
+    model, x, classes = _score_case(zoos, name, size, narrow_zoo)
+    x, classes = x[:images], classes[:images]
+    ours = compute_cams(model, x, [layer], method=method, class_idx=classes, n_samples=2, seed=3)
+    assert not ours.degenerate[layer].any()
+    flat = _reference_pipeline(_layer_output(model, x, layer, transform).mean(dim=1).numpy(), (size, size))
+    assert np.abs(ours.maps[layer] - flat).max() > 100 * ATOL
+    if method == "sscam":
+        draws = _camlib_draws(3, 2, (_channel_count(model, x, layer, transform), size, size), SSCAM_STD)
+        kwargs = {"draws": draws, "num_samples": 2, "std": SSCAM_STD}
+        reference = _torchcam_maps(SSCAM, model, x, layer, classes, reshape_transform=transform, **kwargs)
+    else:
+        reference = _torchcam_maps(ISCAM, model, x, layer, classes, reshape_transform=transform, num_samples=2)
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -344,6 +434,28 @@ def test_smooth_gradcam_plus_plus_is_the_paper_formula_on_the_rest_of_the_cnn_zo
         paper = _paper_smooth_gradcam_plus_plus(clean, grads).numpy()
         scale = float(np.abs(paper).max())
         np.testing.assert_allclose(ours.raw[layer], paper, atol=1e-4 * scale, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "name,layer,size",
+    [
+        ("swin_t", "features.5", LAYOUT_SCORECAM_SIZE["swin_t"]),
+        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", 112),
+    ],
+)
+def test_smooth_gradcam_plus_plus_is_the_paper_formula_on_swin_and_vit(zoos, name, layer, size):
+    """With SMOOTH_CASES and the CNN zoo, every model of the zoo: Swin-T's channels-last stage output (4 x 4 at 64 px)
+    and ViT-B/16's tokens (a class token and 7 x 7 patches), against the hand-built formula (same draws)."""
+    model, x, classes = _score_case(zoos, name, size)
+    transform, n = LAYOUT_ZOO[name].layers[layer], 2
+    ours = compute_cams(model, x, [layer], method="smoothgradcam++", class_idx=classes, n_samples=n, seed=4)
+    draws = _camlib_draws(4, n, tuple(x.shape[1:]), SMOOTH_GRADCAMPP_STD)
+    clean, _ = _noisy_evidence(model, x, layer, classes, transform)
+    grads = [_noisy_evidence(model, x + draw, layer, classes, transform)[1] for draw in draws]
+    paper = _paper_smooth_gradcam_plus_plus(clean, grads).numpy()
+    scale = float(np.abs(paper).max())
+    np.testing.assert_allclose(ours.raw[layer], paper, atol=1e-4 * scale, rtol=0)
+    np.testing.assert_allclose(ours.maps[layer], _reference_pipeline(paper, (size, size)), atol=ATOL, rtol=0)
 
 
 def test_smooth_gradcam_plus_plus_with_one_noiseless_sample_is_gradcam_plus_plus(monkeypatch, small_resnet, x64):
@@ -741,10 +853,16 @@ SESS_SCALES_IN_TESTS = 3  # pytorch-grad-cam's default is 12 (SESS_SCALES); 3 ke
 
 
 def _pytorch_grad_cam_sess(
-    model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], transform: Callable | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    classes: list[int],
+    transform: Callable | None = None,
+    *,
+    scales: int = SESS_SCALES_IN_TESTS,
 ) -> np.ndarray:
     module = dict(model.named_modules())[layer]
-    with SESS(model, [module], transform, num_scales=SESS_SCALES_IN_TESTS) as cam:
+    with SESS(model, [module], transform, num_scales=scales) as cam:
         handle = module.register_forward_hook(_as_produced)
         try:
             return cam(x, [ClassifierOutputTarget(k) for k in classes])
@@ -753,7 +871,7 @@ def _pytorch_grad_cam_sess(
             model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v3_small", "densenet121"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v3_small", "densenet121", "vgg11_bn"])
 def test_sess_on_the_rest_of_the_cnn_zoo_matches_pytorch_grad_cam(zoos, name):
     zoo, _ = zoos
     model, x, classes = zoo.model(name), zoo.images(SCORECAM_SIZE), [3, 7]
@@ -786,6 +904,24 @@ def test_sess_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, n
     with SESS(model, [module], transform, num_scales=2) as cam:
         reference = cam(x, [ClassifierOutputTarget(5), ClassifierOutputTarget(9)])
     model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "name,layer,size",
+    [
+        ("swin_t", "features.5", LAYOUT_SCORECAM_SIZE["swin_t"]),
+        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", 112),
+    ],
+)
+def test_sess_on_swin_and_vit_matches_pytorch_grad_cam(zoos, name, layer, size):
+    """Swin-T's channels-last stage output at 64 px (4 x 4) and ViT-B/16's tokens at 112 px (its only size: a class
+    token and 7 x 7 patches), two scales each, in float32 (DeiT's and ConvNeXt's SESS test above is in float64)."""
+    _, layout_zoo = zoos
+    model, x = layout_zoo.model(name), layout_zoo.images(name, size)
+    transform = LAYOUT_ZOO[name].layers[layer]
+    ours = compute_cams(model, x, [layer], method="sess", class_idx=[5, 9], n_samples=2)
+    reference = _pytorch_grad_cam_sess(model, x, layer, [5, 9], transform, scales=2)
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
