@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from camlib.overlay import signed_map
@@ -57,6 +58,36 @@ def test_default_flow_shows_chelsea_gradcam(app: AppTest) -> None:
     assert len(app.image) >= 2  # the overlay on the model's view and on the original
     assert [b.label for b in app.get("download_button")] == ["Overlay PNG", "Raw CAM (.npy)", "Settings (JSON)"]
     assert app.button(key=keys.CAM_FAITH_START).label == "Score faithfulness (1 cell)"  # issue #13, on request
+
+
+def test_overlays_are_inline_jpegs_and_the_download_a_lossless_png_made_when_clicked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The overlay fragment sends JPEG data: URLs (quick to encode on every overlay change); the "Overlay PNG"
+    download is a deferred callable that encodes the same overlay losslessly when clicked."""
+    deferred = []
+    add_deferred = MediaFileManager.add_deferred
+
+    def spy(self, generate, *args, **kwargs):
+        deferred.append(generate)
+        return add_deferred(self, generate, *args, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    cache.overlay_jpeg.clear()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    images = {i.caption: i.url for element in at.image for i in element.proto.imgs}
+    [layer_url] = [url for caption, url in images.items() if caption.startswith("bn2")]
+    assert all(url.startswith("data:image/jpeg;base64,") for url in images.values()), list(images)
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(layer_url.split(",", 1)[1]))).convert("RGB"))
+
+    [make_png] = deferred  # the overlay download; the .npy and the JSON are small and sent as they are
+    png = make_png()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    exported = np.asarray(Image.open(io.BytesIO(png)))
+    assert exported.shape == shown.shape == (cam_view.TILE_PX, cam_view.TILE_PX, 3)
+    error = np.abs(exported.astype(np.int16) - shown.astype(np.int16))
+    assert error.mean() < 3 and 0 < error.max() < 128  # the same overlay, JPEG's loss aside
 
 
 def _heatmap_trace(at: AppTest) -> dict:

@@ -279,7 +279,7 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
 def _original_overlay_size(at: AppTest) -> tuple[int, int]:
     """(height, width) of the "On the original image" overlay the page sent."""
     [url] = [i.url for element in at.image for i in element.proto.imgs if i.caption.startswith("On the original")]
-    assert url.startswith("data:image/png;base64,")  # sent inline by the overlay fragment (ui/cam_view.py)
+    assert url.startswith("data:image/jpeg;base64,")  # sent inline by the overlay fragment (ui/cam_view.py)
     content = base64.b64decode(url.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(content))).shape[:2]
 

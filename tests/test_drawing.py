@@ -8,10 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
 
 from camlib.augment.grid import tile_grid
-from camlib.drawing import fast_png, grid_png, label_tiles, npy_bytes, png_bytes, upscale_tiles
+from camlib.drawing import JPEG_QUALITY, fast_jpeg, fast_png, grid_png, label_tiles, npy_bytes, png_bytes, upscale_tiles
 from camlib.errors import InputError
 
 
@@ -34,6 +35,23 @@ def test_png_round_trip_equals_the_input(encode) -> None:
 def test_fast_png_refuses_what_it_cannot_encode() -> None:
     with pytest.raises(InputError):
         fast_png(np.zeros((0, 4, 3), np.uint8))
+
+
+@pytest.mark.parametrize("name", ["chelsea", "astronaut", "coffee"])
+def test_fast_jpeg_keeps_a_photo_within_its_quality_and_the_channel_order(name: str) -> None:
+    """A real photo (scikit-image's) through ``fast_jpeg`` decodes (Pillow) to the same picture: PSNR above 35 dB at
+    the default quality, higher at 100, each channel in its place (OpenCV encodes BGR), and fewer bytes than PNG."""
+    photo = np.ascontiguousarray(getattr(skimage.data, name)()[:256, :256])
+    psnr = {}
+    for quality in (JPEG_QUALITY, 100):
+        jpeg = fast_jpeg(photo, quality=quality)
+        assert jpeg.startswith(b"\xff\xd8\xff")  # a JPEG SOI marker
+        decoded = _decode(jpeg).astype(np.float64)
+        psnr[quality] = 10 * np.log10(255**2 / np.mean((decoded - photo) ** 2))
+        channel_means = decoded.reshape(-1, 3).mean(axis=0)
+        np.testing.assert_allclose(channel_means, photo.reshape(-1, 3).mean(axis=0), atol=2.0)
+    assert 35 < psnr[JPEG_QUALITY] < psnr[100]
+    assert len(fast_jpeg(photo)) < len(fast_png(photo)) / 2
 
 
 @pytest.mark.parametrize("array", [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([-1, 2], np.int64)])

@@ -599,6 +599,8 @@ CASES: list[Case] = [
         lambda: {"None": None, "list": [1, 2], "object": np.array([None, 1]), "str": np.array(["a"])},
     ),
     Case(drawing.fast_png, "image", drawing.fast_png, bad_images),
+    Case(drawing.fast_jpeg, "image", drawing.fast_jpeg, bad_images),
+    Case(drawing.fast_jpeg, "quality", lambda v: drawing.fast_jpeg(IMAGES[0], quality=v), lambda: bad_ints(1)),
     Case(drawing.upscale_tiles, "tiles", lambda v: drawing.upscale_tiles(v, 16), bad_batches),
     Case(drawing.upscale_tiles, "min_side", lambda v: drawing.upscale_tiles(IMAGES, v), lambda: bad_ints(0)),
     Case(drawing.label_tiles, "tiles", lambda v: drawing.label_tiles(v, ["a", "b"]), bad_batches),

@@ -72,7 +72,7 @@ def test_an_overlay_change_reruns_only_the_overlay_fragment_and_sends_its_images
         fragment = session.fragment_of["cam_alpha"]
         assert fragment and session.fragment_of["cam_method"] == ""  # the picker is drawn by the page itself
         assert session.fragment_of["cam_colormap"] == fragment
-        inline = [url for url in first.image_urls if url.startswith("data:image/png;base64,")]
+        inline = [url for url in first.image_urls if url.startswith("data:image/jpeg;base64,")]
         assert len(inline) >= 2  # the layer's overlay and the one on the original image
 
         session.send_rerun({"cam_alpha": ("double_array_value", [0.3])}, fragment_id=fragment)
@@ -81,7 +81,7 @@ def test_an_overlay_change_reruns_only_the_overlay_fragment_and_sends_its_images
         assert "cam_alpha" in run.widgets and "cam_method" not in run.widgets
         assert not any(text.startswith("Explaining class") for text in run.texts)
         assert len(run.image_urls) == len(inline) and all(
-            u.startswith("data:image/png;base64,") for u in run.image_urls
+            u.startswith("data:image/jpeg;base64,") for u in run.image_urls
         )
         assert set(run.image_urls).isdisjoint(inline)  # redrawn at the new opacity
 

@@ -5,11 +5,12 @@
 - ``progress``: a progress bar for perturbation methods (a spinner otherwise). Its callback draws an element on each
   batch; Streamlit raises its rerun/stop request there, so a superseded run or a closed tab stops at the next batch.
 - ``draw``: the overlay controls and everything they change (overlays, magnitudes, detailed view, downloads), from
-  cached overlay PNGs and a hover heatmap of at most ``HOVER_PX`` per side. It is an ``st.fragment`` (issue #11): an
-  overlay-only change reruns ``draw`` alone, not the page. Its images are sent inline as ``data:`` URLs, not as
-  Streamlit media files: a full run that is superseded before it reaches the fragment collects the media files the
-  fragment registered while the page still shows them, and under a storm of reruns (tests/test_browser_catalogue.py)
-  Streamlit 1.67 left a broken image that way.
+  cached overlay JPEGs and a hover heatmap of at most ``HOVER_PX`` per side. It is an ``st.fragment`` (issue #11): an
+  overlay-only change reruns ``draw`` alone, not the page. Its images are JPEGs (a PNG takes 3-15x the time to
+  encode; the PNG download is encoded on click) sent inline as ``data:`` URLs, not as Streamlit media files: a full
+  run that is superseded before it reaches the fragment collects the media files the fragment registered while the
+  page still shows them, and under a storm of reruns (tests/test_browser_catalogue.py) Streamlit 1.67 left a broken
+  image that way.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import streamlit as st
@@ -33,10 +35,11 @@ from camlib.cam import (
     shared_scale_maps,
 )
 from camlib.cost import estimate_cost
+from camlib.drawing import fast_png
 from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
 from camlib.models import LoadedModel
-from camlib.overlay import map_to_original, signed_map, upscale_nearest
+from camlib.overlay import map_to_original, overlay_heatmap, signed_map, upscale_nearest
 from ui import cache, figures, keys, widgets
 from ui.run_log import timed_run
 from ui.text import md
@@ -211,10 +214,16 @@ def hover_map(cam: np.ndarray) -> np.ndarray:
     return block_reduce(cam[:height, :width], (factor, factor), np.mean)
 
 
-def png_data_url(png: bytes) -> str:
-    """PNG bytes as a ``data:image/png;base64,...`` URL: ``st.image`` sends it inline, with no media file to expire
-    (RFC 2397)."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def overlay_png(image: np.ndarray, cam: np.ndarray, **style: object) -> bytes:
+    """The lossless overlay download, ``camlib.overlay.overlay_heatmap`` as PNG: called by Streamlit when the button
+    is clicked (a deferred download), outside any script run, so it uses no Streamlit cache."""
+    return fast_png(overlay_heatmap(image, cam, **style))
+
+
+def jpeg_data_url(jpeg: bytes) -> str:
+    """JPEG bytes as a ``data:image/jpeg;base64,...`` URL: ``st.image`` sends it inline, with no media file to
+    expire (RFC 2397)."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 @st.fragment
@@ -239,12 +248,12 @@ def _draw(shown: Shown) -> None:
     explained = result.class_idx[0]
     model_view = upscale_nearest(shown.view.model_view, TILE_PX)
     style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}
-    overlays = {name: cache.overlay_png(model_view, maps[name][0], **style) for name in names}
+    overlays = {name: cache.overlay_jpeg(model_view, maps[name][0], **style) for name in names}
     for column, name in zip(st.columns(min(max(len(names), 3), 4)) * 4, names):
         with column:
             info = shown.layers.get(name)
             st.image(
-                png_data_url(overlays[name]),
+                jpeg_data_url(overlays[name]),
                 caption=md("{name} [{shape}]", name=name, shape=info.shape_label if info else ""),
                 width="stretch",
             )
@@ -252,7 +261,7 @@ def _draw(shown: Shown) -> None:
                 st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
     if METHODS[result.method].fuses_layers:  # RefineCAM: its map is the layers' maps fused
         st.image(
-            png_data_url(cache.overlay_png(model_view, upscale_nearest(result.refined[0], TILE_PX), **style)),
+            jpeg_data_url(cache.overlay_jpeg(model_view, upscale_nearest(result.refined[0], TILE_PX), **style)),
             caption=md("{label}: the {n} layers' maps multiplied", label=METHODS[result.method].label, n=len(names)),
         )
     if len(names) > 1:
@@ -265,7 +274,7 @@ def _draw(shown: Shown) -> None:
     original_map, inside = map_to_original(maps[detail][0], shown.image.pixels.shape[:2], shown.view.crop_box)
     left, right = st.columns(2)
     left.image(
-        png_data_url(cache.overlay_png(np.ascontiguousarray(shown.image.pixels), original_map, mask=inside, **style)),
+        jpeg_data_url(cache.overlay_jpeg(np.ascontiguousarray(shown.image.pixels), original_map, mask=inside, **style)),
         caption="On the original image (dimmed: outside the model's centre crop)",
         width="stretch",
     )
@@ -284,7 +293,7 @@ def _draw(shown: Shown) -> None:
     )
     widgets.cam_downloads(
         keys.CAM,
-        overlay_png=overlays[detail],
+        overlay_png=partial(overlay_png, model_view, maps[detail][0], **style),  # encoded when clicked: lossless
         raw=result.raw[detail][0],
         layer=detail,
         settings={

@@ -4,6 +4,7 @@ good value in ``st.session_state`` so a bad input shows an ``st.error`` and the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,8 +303,11 @@ def overlay_controls(prefix: str, *, columns: int = 1) -> OverlaySettings:
     return OverlaySettings(alpha=alpha, colormap=colormap, threshold=threshold or None, shared_scale=shared)
 
 
-def cam_downloads(prefix: str, *, overlay_png: bytes, raw: np.ndarray, layer: str, settings: dict) -> None:
-    """Download buttons: the overlay (PNG bytes), the raw signed CAM (.npy) and the settings (JSON)."""
+def cam_downloads(
+    prefix: str, *, overlay_png: bytes | Callable[[], bytes], raw: np.ndarray, layer: str, settings: dict
+) -> None:
+    """Download buttons: the overlay (PNG bytes, or a callable that returns them when the button is clicked), the raw
+    signed CAM (.npy) and the settings (JSON)."""
     a, b, c = st.columns(3)
     a.download_button("Overlay PNG", overlay_png, f"cam_{layer}.png", "image/png", key=f"{prefix}_dl_png")
     b.download_button(
