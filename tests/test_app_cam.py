@@ -73,7 +73,7 @@ def test_overlays_are_inline_jpegs_and_the_download_a_lossless_png_made_when_cli
         return add_deferred(self, generate, *args, **kwargs)
 
     monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
-    cache.overlay_jpeg.clear()
+    cache._overlay_jpeg.clear()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     images = {i.caption: i.url for element in at.image for i in element.proto.imgs}
@@ -88,6 +88,27 @@ def test_overlays_are_inline_jpegs_and_the_download_a_lossless_png_made_when_cli
     assert exported.shape == shown.shape == (cam_view.TILE_PX, cam_view.TILE_PX, 3)
     error = np.abs(exported.astype(np.int16) - shown.astype(np.int16))
     assert error.mean() < 3 and 0 < error.max() < 128  # the same overlay, JPEG's loss aside
+
+
+@pytest.mark.parametrize(("height", "width", "drawn"), [(1200, 1600, (768, 1024)), (1100, 700, (1024, 652))])
+def test_a_large_upload_is_drawn_at_most_original_px_on_its_longer_side(height: int, width: int, drawn) -> None:
+    """The detailed overlay "On the original image" is redrawn on every overlay change: a large upload is drawn
+    area-averaged to ``ORIGINAL_PX`` on its longer side (its aspect kept), with the heat placed by the scaled crop
+    box, so the cropped-away margins are still dimmed."""
+    photo = np.full((height, width, 3), 128, np.uint8)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.radio(key="cam_source").set_value("Upload").run()
+    at.file_uploader(key="cam_upload").set_value(("large.png", _png(photo), "image/png")).run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    [url] = [i.url for element in at.image for i in element.proto.imgs if i.caption.startswith("On the original")]
+    drawn_image = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    assert drawn_image.shape[:2] == drawn and max(drawn) == cam_view.ORIGINAL_PX
+    # EfficientNet-Lite0 centre-crops the shorter side: the long side's margins are outside the crop, dimmed to 45%
+    # with no heat; inside, half grey plus half heat is at least 64
+    long_axis = int(np.argmax(drawn))
+    middle = drawn_image.take(range(drawn[long_axis] // 2 - 5, drawn[long_axis] // 2 + 5), axis=long_axis)
+    edge = drawn_image.take(range(0, 3), axis=long_axis)
+    assert abs(edge.mean() - 0.45 * 128) < 3 and middle.mean() > 62
 
 
 def _heatmap_trace(at: AppTest) -> dict:

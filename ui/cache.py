@@ -482,7 +482,6 @@ def overlay_png(
     return fast_png(overlay_heatmap(image, cam, alpha=alpha, colormap=colormap, threshold=threshold, mask=mask))
 
 
-@st.cache_data(max_entries=64, ttl=CACHE_TTL, show_spinner=False)
 def overlay_jpeg(
     image: np.ndarray,
     cam: np.ndarray,
@@ -493,8 +492,27 @@ def overlay_jpeg(
     mask: np.ndarray | None = None,
 ) -> bytes:
     """``camlib.overlay.overlay_heatmap`` encoded as JPEG (``camlib.drawing.fast_jpeg``), cached: what the CAM
-    Explorer's overlay fragment shows, redrawn on every overlay change (a PNG costs 3-15x the time to encode)."""
-    return fast_jpeg(overlay_heatmap(image, cam, alpha=alpha, colormap=colormap, threshold=threshold, mask=mask))
+    Explorer's overlay fragment shows, redrawn on every overlay change (a PNG costs 3-15x the time to encode). The
+    cache key holds ``image_key`` digests of the arrays (BLAKE2b, in C), not Streamlit's hash of them, which took
+    about a sixth of a fragment run."""
+    arrays = (image, cam) if mask is None else (image, cam, mask)
+    key = "|".join(image_key(array) for array in arrays)
+    return _overlay_jpeg(image, cam, mask, key=key, alpha=alpha, colormap=colormap, threshold=threshold)
+
+
+@st.cache_data(max_entries=64, ttl=CACHE_TTL, show_spinner=False)
+def _overlay_jpeg(  # noqa: PLR0913 (the overlay's inputs and its key)
+    _image: np.ndarray,
+    _cam: np.ndarray,
+    _mask: np.ndarray | None,
+    *,
+    key: str,
+    alpha: float,
+    colormap: str,
+    threshold: float | None,
+) -> bytes:
+    """``overlay_jpeg``'s cache: the arrays are not hashed (leading underscores), ``key`` stands for them."""
+    return fast_jpeg(overlay_heatmap(_image, _cam, alpha=alpha, colormap=colormap, threshold=threshold, mask=_mask))
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading CIFAR-10...")

@@ -19,8 +19,9 @@ import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cached_property, partial
 
+import cv2
 import numpy as np
 import streamlit as st
 from skimage.measure import block_reduce
@@ -47,6 +48,7 @@ from ui.text import md
 SLOW_S = 3.0  # estimated seconds above which a computation waits for the user's go
 HOVER_PX = 112  # the interactive heatmap's longer side, px: enough to read, light to send and hover
 TILE_PX = 224  # the overlays' shorter side, px (the model's view, upscaled when smaller)
+ORIGINAL_PX = 1024  # the "On the original image" overlay's longer side at most, px (a 25 MP upload is drawn smaller)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,20 @@ class Shown:
     loaded: LoadedModel
     model_key: str
     layers: dict[str, LayerInfo]
+
+    @cached_property
+    def original(self) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """The image to draw the detailed overlay on, at most ``ORIGINAL_PX`` on its longer side (area-averaged down,
+        never up), and the model's crop box in its pixels. Made once per full run: fragment reruns reuse it."""
+        pixels, box = np.ascontiguousarray(self.image.pixels), self.view.crop_box
+        height, width = pixels.shape[:2]
+        scale = ORIGINAL_PX / max(height, width)
+        if scale >= 1:
+            return pixels, box
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        x, y = size[0] / width, size[1] / height
+        shrunk = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        return shrunk, (box[0] * x, box[1] * y, box[2] * x, box[3] * y)
 
 
 def _duration(seconds: float) -> str:
@@ -271,10 +287,11 @@ def _draw(shown: Shown) -> None:
     detail = st.selectbox(
         "Layer for the detailed view and export", names, key=keys.CAM_DETAIL_LAYER, persist_state="session"
     )
-    original_map, inside = map_to_original(maps[detail][0], shown.image.pixels.shape[:2], shown.view.crop_box)
+    original, box = shown.original
+    original_map, inside = map_to_original(maps[detail][0], original.shape[:2], box)
     left, right = st.columns(2)
     left.image(
-        jpeg_data_url(cache.overlay_jpeg(np.ascontiguousarray(shown.image.pixels), original_map, mask=inside, **style)),
+        jpeg_data_url(cache.overlay_jpeg(original, original_map, mask=inside, **style)),
         caption="On the original image (dimmed: outside the model's centre crop)",
         width="stretch",
     )
