@@ -254,3 +254,42 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
     if errors or running:
         raise RuntimeError(f"the harness failed, not the bound: {errors}")
     assert 1 <= peak <= 2, f"{peak} CAM jobs ran at once"
+
+
+def test_cam_jobs_running_together_divide_torch_threads_between_them() -> None:
+    """A CAM job that starts while another runs gets half of torch's intra-op threads (``ui.cache._share_cores``), so
+    jobs x threads stay nearer the budget set at startup; a job alone gets all of them, and each job puts the budget
+    back when it ends (torch keeps the count per thread)."""
+    from ui import cache
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        seen: dict[str, int] = {}
+        first_inside, second_done = threading.Event(), threading.Event()
+
+        def first() -> None:
+            with cache._share_cores():
+                seen["first"] = torch.get_num_threads()
+                first_inside.set()
+                second_done.wait(timeout=10)
+            seen["first after"] = torch.get_num_threads()
+
+        def second() -> None:
+            first_inside.wait(timeout=10)
+            with cache._share_cores():
+                seen["second"] = torch.get_num_threads()
+            seen["second after"] = torch.get_num_threads()
+            second_done.set()
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert seen == {"first": 4, "second": 2, "second after": 4, "first after": 4}
+        with cache._share_cores():
+            alone = torch.get_num_threads()
+        assert alone == 4 and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
