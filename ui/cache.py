@@ -66,12 +66,12 @@ class _CoreShare:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active = 0
-        self._budget = 0  # the count set (app.py) when the first of the running jobs started
+        self._budget = 0  # torch's intra-op threads at the process's first job (app.py sets them once at startup)
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
         with self._lock:
-            if self._active == 0:
+            if not self._budget:  # the process's first job: the count app.py set (later reads may be a share)
                 self._budget = torch.get_num_threads()
             self._active += 1
             budget, share = self._budget, max(1, self._budget // self._active)
