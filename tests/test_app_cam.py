@@ -73,7 +73,7 @@ def test_overlays_are_inline_jpegs_and_the_download_a_lossless_png_made_when_cli
         return add_deferred(self, generate, *args, **kwargs)
 
     monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
-    cache._overlay_jpeg.clear()
+    cache._overlay_image.clear()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     images = {i.caption: i.url for element in at.image for i in element.proto.imgs}

@@ -499,8 +499,7 @@ def forward_seconds(model_key: str, device: str) -> float:
     return time_forward(loaded.model, loaded.spec.preprocessing.crop)
 
 
-@st.cache_data(max_entries=64, ttl=CACHE_TTL, show_spinner=False)
-def overlay_png(
+def overlay_image(  # noqa: PLR0913 (the overlay's inputs and its encoding)
     image: np.ndarray,
     cam: np.ndarray,
     *,
@@ -508,43 +507,34 @@ def overlay_png(
     colormap: str,
     threshold: float | None,
     mask: np.ndarray | None = None,
+    encoding: str = "png",
 ) -> bytes:
-    """``camlib.overlay.overlay_heatmap`` encoded as PNG, cached: a rerun that changes nothing about an overlay
-    neither blends nor encodes it again."""
-    return fast_png(overlay_heatmap(image, cam, alpha=alpha, colormap=colormap, threshold=threshold, mask=mask))
-
-
-def overlay_jpeg(
-    image: np.ndarray,
-    cam: np.ndarray,
-    *,
-    alpha: float,
-    colormap: str,
-    threshold: float | None,
-    mask: np.ndarray | None = None,
-) -> bytes:
-    """``camlib.overlay.overlay_heatmap`` encoded as JPEG (``camlib.drawing.fast_jpeg``), cached: what the CAM
-    Explorer's overlay fragment shows, redrawn on every overlay change (a PNG costs 3-15x the time to encode). The
-    cache key holds ``image_key`` digests of the arrays (BLAKE2b, in C), not Streamlit's hash of them, which took
-    about a sixth of a fragment run."""
+    """``camlib.overlay.overlay_heatmap`` encoded as PNG (``camlib.drawing.fast_png``, lossless) or, with
+    ``encoding="jpeg"``, as JPEG (``fast_jpeg``: what the CAM Explorer's overlay fragment shows, redrawn on every
+    overlay change; a PNG costs 3-15x the time to encode). Cached, so a rerun that changes nothing about an overlay
+    neither blends nor encodes it again. The cache key holds ``image_key`` digests of the arrays (BLAKE2b, in C), not
+    Streamlit's hash of them, which took about a sixth of a fragment run."""
     arrays = (image, cam) if mask is None else (image, cam, mask)
     key = "|".join(image_key(array) for array in arrays)
-    return _overlay_jpeg(image, cam, mask, key=key, alpha=alpha, colormap=colormap, threshold=threshold)
+    style = {"alpha": alpha, "colormap": colormap, "threshold": threshold}
+    return _overlay_image(image, cam, mask, key=key, encoding=encoding, **style)
 
 
 @st.cache_data(max_entries=64, ttl=CACHE_TTL, show_spinner=False)
-def _overlay_jpeg(  # noqa: PLR0913 (the overlay's inputs and its key)
+def _overlay_image(  # noqa: PLR0913 (the overlay's inputs, its key and its encoding)
     _image: np.ndarray,
     _cam: np.ndarray,
     _mask: np.ndarray | None,
     *,
     key: str,
+    encoding: str,
     alpha: float,
     colormap: str,
     threshold: float | None,
 ) -> bytes:
-    """``overlay_jpeg``'s cache: the arrays are not hashed (leading underscores), ``key`` stands for them."""
-    return fast_jpeg(overlay_heatmap(_image, _cam, alpha=alpha, colormap=colormap, threshold=threshold, mask=_mask))
+    """``overlay_image``'s cache: the arrays are not hashed (leading underscores), ``key`` stands for them."""
+    encode = {"png": fast_png, "jpeg": fast_jpeg}[encoding]
+    return encode(overlay_heatmap(_image, _cam, alpha=alpha, colormap=colormap, threshold=threshold, mask=_mask))
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading CIFAR-10...")

@@ -155,6 +155,6 @@ def _draw(grid: cache.GridView, context: Context) -> None:
         row[0].markdown(md("**{label}**", label=METHODS[method].label))
         row[0].caption(md("{cost}", cost=METHODS[method].cost))
         for column, name in zip(row[1:], result.layers):
-            column.image(cache.overlay_png(model_view, maps[name][0], **style), width="stretch", output_format="PNG")
+            column.image(cache.overlay_image(model_view, maps[name][0], **style), width="stretch", output_format="PNG")
             if result.degenerate[name][0]:
                 column.caption("No positive evidence: blank.")

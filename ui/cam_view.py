@@ -264,7 +264,7 @@ def _draw(shown: Shown) -> None:
     explained = result.class_idx[0]
     model_view = upscale_nearest(shown.view.model_view, TILE_PX)
     style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}
-    overlays = {name: cache.overlay_jpeg(model_view, maps[name][0], **style) for name in names}
+    overlays = {name: cache.overlay_image(model_view, maps[name][0], encoding="jpeg", **style) for name in names}
     for column, name in zip(st.columns(min(max(len(names), 3), 4)) * 4, names):
         with column:
             info = shown.layers.get(name)
@@ -277,7 +277,9 @@ def _draw(shown: Shown) -> None:
                 st.warning(md("No positive evidence for class {k} at this layer: the map is blank.", k=explained))
     if METHODS[result.method].fuses_layers:  # RefineCAM: its map is the layers' maps fused
         st.image(
-            jpeg_data_url(cache.overlay_jpeg(model_view, upscale_nearest(result.refined[0], TILE_PX), **style)),
+            jpeg_data_url(
+                cache.overlay_image(model_view, upscale_nearest(result.refined[0], TILE_PX), encoding="jpeg", **style)
+            ),
             caption=md("{label}: the {n} layers' maps multiplied", label=METHODS[result.method].label, n=len(names)),
         )
     if len(names) > 1:
@@ -291,7 +293,7 @@ def _draw(shown: Shown) -> None:
     original_map, inside = map_to_original(maps[detail][0], original.shape[:2], box)
     left, right = st.columns(2)
     left.image(
-        jpeg_data_url(cache.overlay_jpeg(original, original_map, mask=inside, **style)),
+        jpeg_data_url(cache.overlay_image(original, original_map, mask=inside, encoding="jpeg", **style)),
         caption="On the original image (dimmed: outside the model's centre crop)",
         width="stretch",
     )

@@ -89,7 +89,7 @@ def _draw(view: cache.PixelView, class_names: tuple[str, ...]) -> None:
     for column, (layer, shown) in zip(columns[1:], view.shown.items()):
         caption = md("{label} at {layer}", label=spec.label, layer=layer) if layer else spec.label
         if spec.output == "map":
-            shown = cache.overlay_png(model_view, upscale_nearest(shown, cam_view.TILE_PX), **style)
+            shown = cache.overlay_image(model_view, upscale_nearest(shown, cam_view.TILE_PX), **style)
         column.image(shown, caption=caption, width="stretch", output_format="PNG")
     if spec.output == "attributions":
         st.caption("Signed attributions normalised per image: grey is 0, brighter or darker is stronger evidence.")
