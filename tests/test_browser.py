@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -11,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from streamlit_ws import streamlit_server
@@ -108,6 +110,27 @@ def test_cam_page_upload_shows_overlay(browser_page, tmp_path: Path) -> None:
         timeout=60_000,
     )
     assert overlays.first.evaluate("img => img.complete && img.naturalWidth") >= 224
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert dialogs == []
+
+
+def test_overlay_png_download_is_made_when_clicked_and_lossless(browser_page) -> None:
+    """The "Overlay PNG" button is a deferred download (ui/cam_view.py): the browser asks the server for the file on
+    click and gets the lossless PNG of the overlay shown above it as a JPEG (224 px, the model's view)."""
+    page, dialogs = browser_page
+    page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
+    shown = page.locator('[data-testid="stImage"] img').first
+    assert shown.get_attribute("src").startswith("data:image/jpeg;base64,")
+    with page.expect_download(timeout=60_000) as started:
+        page.locator(".st-key-cam_dl_png button").click()
+    saved = started.value.path()
+    with Image.open(saved) as image:
+        assert image.format == "PNG" and image.size == (224, 224)
+        exported = np.asarray(image.convert("RGB"), dtype=np.int16)
+    jpeg = base64.b64decode(shown.get_attribute("src").split(",", 1)[1])
+    with Image.open(io.BytesIO(jpeg)) as image:
+        displayed = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert np.abs(exported - displayed).mean() < 3  # the same overlay, JPEG's loss aside
     assert page.locator('[data-testid="stException"]').count() == 0
     assert dialogs == []
 
