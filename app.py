@@ -10,6 +10,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import camlib  # noqa: E402
+from ui.cache import TORCH_THREADS  # noqa: E402
 from ui.run_log import timed_run  # noqa: E402
 from ui.text import md  # noqa: E402
 
@@ -19,10 +20,10 @@ st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
 
 @st.cache_resource
 def _configure_torch() -> int:
-    """Once per process: bound torch's intra-op threads so concurrent sessions do not oversubscribe the CPU."""
-    threads = max(1, min(torch.get_num_threads(), int(os.environ.get("CAMLIB_TORCH_THREADS", os.cpu_count() or 1))))
-    torch.set_num_threads(threads)
-    return threads
+    """Once per process: bound torch's intra-op threads so concurrent sessions do not oversubscribe the CPU (the
+    count is ``ui.cache.TORCH_THREADS``, which the CAM jobs share)."""
+    torch.set_num_threads(TORCH_THREADS)
+    return TORCH_THREADS
 
 
 threads = _configure_torch()

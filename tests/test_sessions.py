@@ -264,7 +264,7 @@ def test_cam_jobs_running_together_divide_torch_threads_between_them() -> None:
 
     before = torch.get_num_threads()
     torch.set_num_threads(4)
-    share_cores = cache._CoreShare()  # a fresh one: its budget is read at its first job, 4 here
+    share_cores = cache._CoreShare(4)
     try:
         seen: dict[str, int] = {}
         first_inside, second_done = threading.Event(), threading.Event()

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -52,39 +53,40 @@ from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
 # slow job (Score-CAM) never holds every slot.
 CACHE_TTL = "2h"  # results nobody asked for in this long are dropped, whatever max_entries allows
 
-MAX_CAM_JOBS = max(2, (os.cpu_count() or 1) // max(1, torch.get_num_threads()))
+# torch's intra-op threads for this process (app.py sets them once): torch's own default, or fewer with
+# $CAMLIB_TORCH_THREADS. Read here, at import, before any CAM job has set a share of it.
+TORCH_THREADS = max(1, min(torch.get_num_threads(), int(os.environ.get("CAMLIB_TORCH_THREADS", os.cpu_count() or 1))))
+MAX_CAM_JOBS = max(2, (os.cpu_count() or 1) // TORCH_THREADS)
 _CAM_JOBS = threading.BoundedSemaphore(MAX_CAM_JOBS)
 
 
 class _CoreShare:
-    """Torch's intra-op threads divided among the CAM jobs running at once: a job that starts alone uses all of them
-    (as set in app.py), one that starts while k others run uses 1/(k+1) of them. Torch keeps the count per thread
+    """Torch's intra-op threads (``budget``) divided among the CAM jobs running at once: a job that starts alone uses
+    all of them, one that starts while k others run uses 1/(k+1) of them. Torch keeps the count per thread
     (each thread's OpenMP setting, first taken from the last ``set_num_threads``), so a job sets its own thread's
     count when it starts and puts the budget back when it ends; a running job keeps its count. With 8 sessions asking
     for new CAMs at once (bench_load --sessions 8), the p95 of a method/layer change went from 2.2 s to 1.7 s."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int) -> None:
         self._lock = threading.Lock()
         self._active = 0
-        self._budget = 0  # torch's intra-op threads at the process's first job (app.py sets them once at startup)
+        self._budget = budget
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
         with self._lock:
-            if not self._budget:  # the process's first job: the count app.py set (later reads may be a share)
-                self._budget = torch.get_num_threads()
             self._active += 1
-            budget, share = self._budget, max(1, self._budget // self._active)
+            share = max(1, self._budget // self._active)
         torch.set_num_threads(share)
         try:
             yield
         finally:
-            torch.set_num_threads(budget)
+            torch.set_num_threads(self._budget)
             with self._lock:
                 self._active -= 1
 
 
-_share_cores = _CoreShare()
+_share_cores = _CoreShare(TORCH_THREADS)
 
 
 @dataclass(frozen=True)
@@ -394,25 +396,16 @@ def _compute(
     prepared = prepare_input(image, loaded.spec.preprocessing)
     x = prepared.tensor.to(loaded.device)
     results, errors = {}, {}
+    grid = partial(compute_cam_grid, loaded.model, x, list(layers), class_idx=class_idx, progress=progress)
     with _CAM_JOBS, _share_cores():
         try:
-            results = compute_cam_grid(
-                loaded.model, x, list(layers), methods, class_idx=class_idx, progress=progress, **asdict(options)
-            )
+            results = grid(methods, **asdict(options))
         except MethodError:
             if not each:
                 raise
             for method in methods:
                 try:
-                    results |= compute_cam_grid(
-                        loaded.model,
-                        x,
-                        list(layers),
-                        [method],
-                        class_idx=class_idx,
-                        progress=progress,
-                        **asdict(options),
-                    )
+                    results |= grid([method], **asdict(options))
                 except MethodError as error:
                     errors[method] = error
     _store(_cached_prepared, (prepared.model_view, prepared.crop_box), model_key, device, key)
