@@ -84,20 +84,32 @@ def _image(table: BatchTable, image_id: str) -> np.ndarray | None:
     return prepare_input(image, preprocessing).model_view
 
 
-def _tile(table: BatchTable, row: pd.Series) -> bytes:
-    out = Path(table.out)
-    if isinstance(row["png_path"], str) and (out / row["png_path"]).is_file():
-        return (out / row["png_path"]).read_bytes()
-    cam = np.load(out / row["map_path"], mmap_mode="r", allow_pickle=False)[int(row["map_index"])].astype(np.float32)
-    image = _image(table, row["image_id"])
+def _tile(table: BatchTable, stamp: int, row: pd.Series) -> bytes:
+    png_path = row["png_path"] if isinstance(row["png_path"], str) else None
+    where = {"map_path": row["map_path"], "map_index": int(row["map_index"]), "image_id": row["image_id"]}
+    return _cached_tile(table, out=table.out, stamp=stamp, png_path=png_path, **where)
+
+
+@st.cache_data(max_entries=64, ttl=CACHE_TTL, show_spinner=False)
+def _cached_tile(  # noqa: PLR0913 (where the tile's map and image come from: its cache key)
+    _table: BatchTable, *, out: str, stamp: int, map_path: str, map_index: int, png_path: str | None, image_id: str
+) -> bytes:
+    """One gallery tile as PNG, cached on where its map and image come from (``stamp``: the table's, so a resumed
+    job's tiles are drawn again): a page change or a filter reruns the page, not 12 reads, blends and encodes."""
+    directory = Path(out)
+    if png_path is not None and (directory / png_path).is_file():
+        return (directory / png_path).read_bytes()
+    cam = np.load(directory / map_path, mmap_mode="r", allow_pickle=False)[map_index].astype(np.float32)
+    image = _image(_table, image_id)
     tile = colorize(cam) if image is None else overlay_heatmap(image, cam)
     return fast_png(upscale_nearest(tile, TILE_SIDE))
 
 
 def render(out: str) -> None:
     """Draw the batch-table view of ``out``; a camlib error (not a batch output) is shown with ``st.error``."""
+    stamp = _stamp(out)
     try:
-        table = open_batch_table(out, _stamp(out))
+        table = open_batch_table(out, stamp)
     except CamlibError as error:
         st.error(md("{error}", error=error))
         return
@@ -151,4 +163,4 @@ def render(out: str) -> None:
             guess=row["predicted_name"],
             p=row["probability"],
         )
-        columns[k % 4].image(_tile(table, row), width="stretch", output_format="PNG", caption=caption)
+        columns[k % 4].image(_tile(table, stamp, row), width="stretch", output_format="PNG", caption=caption)
