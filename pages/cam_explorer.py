@@ -90,11 +90,11 @@ with results:
         st.stop()
     request, class_idx = (model_key, device, image.pixels, tuple(layers)), int(class_idx)
     if mode == "Pixel attribution":
-        pixel_view.show(request, method, int(class_idx), loaded.class_names, failed=failed)
+        pixel_view.show(request, method, class_idx, loaded.class_names, failed=failed)
         st.stop()
     if compare:
         context = cam_grid.Context(loaded.class_names, image, by_name)
-        cam_grid.show(request, methods, int(class_idx), context, failed=failed)
+        cam_grid.show(request, methods, class_idx, context, failed=failed)
         st.stop()
 
     def explain() -> tuple[cache.CamView, tuple[str, ...], widgets.ChosenImage]:
@@ -107,9 +107,7 @@ with results:
         return view, loaded.class_names, image
 
     channels = [by_name[n].channels for n in layers]
-    start = failed is not None or cam_view.ready_to_start(
-        request, [method], int(class_idx), channels, options=cam_options
-    )
+    start = failed is not None or cam_view.ready_to_start(request, [method], class_idx, channels, options=cam_options)
     if start:  # the last result that worked keeps its own classes and image (the map is drawn on its image)
         kept, failed = keep_last_good(
             keys.CAM_LAST_VIEW,
