@@ -44,9 +44,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.sparse.linalg import eigsh
 from torch import nn
-from torchvision.transforms.functional import resize
 
 from camlib.contracts import require_array, require_int, require_model, require_size, require_tensor
 from camlib.errors import (
@@ -596,6 +594,8 @@ def _top_eigenpair(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         values, vectors = torch.linalg.eigh(matrix)
         return values[-1], vectors[:, -1]
     start = 2 * torch.rand(len(matrix), generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1
+    from scipy.sparse.linalg import eigsh  # imported here: 0.25 s, and only KPCA-CAM's large kernels need it
+
     values, vectors = eigsh(matrix.cpu().numpy(), k=1, which="LA", tol=0, v0=start.numpy())
     return torch.from_numpy(values)[0].to(matrix.device), torch.from_numpy(vectors[:, 0]).to(matrix.device)
 
@@ -880,6 +880,8 @@ def _sess(e: LayerEvidence) -> torch.Tensor:
     height, width = int(e.x.shape[-2]), int(e.x.shape[-1])
     if e.layout is not None and e.layout.kind == "tokens" and height != width:
         raise MethodError("SESS cuts square patches; on a token layer it needs a square input")
+    from torchvision.transforms.functional import resize  # imported here: torchvision's import costs 1.3 s
+
     window = min(height, width)
     step = int(round(window * SESS_SCALE_STEP))
     scales = [window + step * i for i in range(e.n_samples)]

@@ -26,7 +26,6 @@ from typing import Literal
 
 import cv2
 import numpy as np
-import torchvision
 
 from camlib.contracts import describe
 from camlib.errors import DatasetError, DatasetIntegrityError, DatasetUnavailableError
@@ -49,6 +48,9 @@ CLASS_NAMES: tuple[str, ...] = (
 )  # the official order: label k is CLASS_NAMES[k]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SHAPE = (32, 32, 3)
+# The official release's folder: torchvision.datasets.CIFAR10.base_folder, written out so that finding the data does
+# not import torchvision (1.3 s); tests/test_cifar.py checks it against torchvision's.
+BASE_FOLDER = "cifar-10-batches-py"
 DOWNLOAD_CHUNK = 1 << 20  # 1 MiB: progress is reported about 160 times for the 163 MB archive
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _SHARED_COPY = _REPO_ROOT.parent / "shared" / "data" / "cifar10"
@@ -98,7 +100,7 @@ def detect_source(root: str | os.PathLike[str]) -> Source | None:
 
     Raises ``DatasetError`` when ``root`` is not a path."""
     path = _root_path(root)
-    if (path / torchvision.datasets.CIFAR10.base_folder).is_dir():
+    if (path / BASE_FOLDER).is_dir():
         return "torchvision"
     if any((path / split / name).is_dir() for split in ("train", "test") for name in CLASS_NAMES):
         return "folder"
@@ -172,13 +174,17 @@ def _load_folder(root: Path, split: Split, limit: int | None) -> tuple[np.ndarra
 
 def _release_files() -> list[tuple[str, str]]:
     """``(file name, md5)`` of every file of the release, read from torchvision's class at call time."""
+    import torchvision  # imported here: its import costs 1.3 s (torch._dynamo), and only the release needs it
+
     cls = torchvision.datasets.CIFAR10
     return [(name, md5) for name, md5 in [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]]
 
 
 def _integrity_problem(root: Path) -> DatasetError:
     """Why torchvision refused ``root``: which files are missing or fail their md5 (only on the error path)."""
-    folder = root / torchvision.datasets.CIFAR10.base_folder
+    import torchvision  # imported here: its import costs 1.3 s (torch._dynamo), and only the release needs it
+
+    folder = root / BASE_FOLDER
     expected = _release_files()
     missing = [name for name, _ in expected if not (folder / name).is_file()]
     if missing:
@@ -193,6 +199,8 @@ def _integrity_problem(root: Path) -> DatasetError:
 
 
 def _load_torchvision(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    import torchvision  # imported here: its import costs 1.3 s (torch._dynamo), and only the release needs it
+
     try:
         # torchvision md5-checks every batch file (and then the meta file) before it unpickles it
         dataset = torchvision.datasets.CIFAR10(str(root), train=split == "train", download=False)
@@ -231,7 +239,7 @@ def load_cifar10(
     source = detect_source(path)
     if source is None:
         raise DatasetUnavailableError(
-            f"no CIFAR-10 under {path}: looked for {path / torchvision.datasets.CIFAR10.base_folder} (official "
+            f"no CIFAR-10 under {path}: looked for {path / BASE_FOLDER} (official "
             f"release) and {path / split}/<class>/*.jpg (image folders); {_how_to_get_it(path)}"
         )
     if source == "torchvision":
@@ -244,7 +252,9 @@ def load_cifar10(
 
 
 def _verified_release(root: Path) -> bool:
-    folder = root / torchvision.datasets.CIFAR10.base_folder
+    import torchvision  # imported here: its import costs 1.3 s (torch._dynamo), and only the release needs it
+
+    folder = root / BASE_FOLDER
     return all(torchvision.datasets.utils.check_integrity(str(folder / name), md5) for name, md5 in _release_files())
 
 
@@ -274,6 +284,8 @@ def download_cifar10(
     path = _root_path(root)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
         raise DatasetError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    import torchvision  # imported here: its import costs 1.3 s (torch._dynamo), and only the release needs it
+
     cls = torchvision.datasets.CIFAR10
     if _verified_release(path):
         return path

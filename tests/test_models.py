@@ -10,9 +10,12 @@ import ast
 import dataclasses
 import hashlib
 import io
+import os
 import pickle
 import re
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections import OrderedDict
@@ -35,7 +38,7 @@ from benchmarks.efficientnet_lite0_preprocessing import (
 )
 from camlib import models
 from camlib.checkpoints import find_reading
-from camlib.errors import CamlibError, CheckpointError, UnknownModelError, WeightsUnavailableError
+from camlib.errors import CamlibError, CheckpointError, InputError, UnknownModelError, WeightsUnavailableError
 from camlib.models import (
     MODELS,
     LoadedModel,
@@ -212,6 +215,45 @@ def test_torchvision_specs_match_torchvision_transforms(key: str) -> None:
     assert transforms.antialias is True
     assert spec.weights_url == weights.url
     assert spec.num_classes == len(weights.meta["categories"])
+    top1 = weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    assert spec.notes == f"torchvision {TORCHVISION_WEIGHTS[key]}.{weights.name}, ImageNet top-1 {top1}%"
+
+
+def test_importing_camlib_for_cifar_work_does_not_import_torchvision() -> None:
+    """torchvision's import costs 1.3 s (it imports torch._dynamo): the gallery's path (model registry, CIFAR-10
+    folder copy, preprocessing at the model's size, a CAM) must not need it (issue #11's 5 s gallery start)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from camlib import cam, cifar, models\n"
+        "loaded = models.load_model('cifar10_resnet20', device=models.torch.device('cpu'))\n"
+        "x = models.prepare_batch(np.zeros((2, 32, 32, 3), np.uint8), loaded.spec.preprocessing)\n"
+        "cam.compute_cams(loaded.model, x, ['layer3'], method='gradcam')\n"
+        "assert cifar.detect_source(sys.argv[1]) == 'folder'\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torchvision', 'torch._dynamo'))))\n"
+    )
+    root = os.environ.get("CAMLIB_CIFAR10_ROOT", str(Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
+    done = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("key", ["cifar10_resnet20", "resnet18", "efficientnet_lite0"])
+def test_prepare_batch_equals_torchvision_normalize(key: str) -> None:
+    """Our normalisation is ``TF.normalize``'s arithmetic, bit for bit, and an input already at the model's size
+    passes the resize and crop unchanged, as torchvision's do."""
+    pre = MODELS[key].preprocessing
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(3, pre.crop, pre.crop, 3), dtype=np.uint8)
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2)
+    resized = TF.resize(batch, [pre.resize], interpolation=TF.InterpolationMode(pre.interpolation), antialias=True)
+    reference = TF.normalize(TF.center_crop(resized, [pre.crop, pre.crop]).float() / 255.0, pre.mean, pre.std)
+    assert torch.equal(models.prepare_batch(images, pre), reference)
+
+
+def test_normalize_refuses_a_zero_std() -> None:
+    pre = Preprocessing(resize=32, crop=32, std=(0.2, 0.0, 0.2))
+    with pytest.raises(InputError, match="std has a zero"):
+        models.prepare_batch(np.zeros((1, 32, 32, 3), np.uint8), pre)
 
 
 @pytest.mark.parametrize("key", ["nope", "", "ResNet18", "resnet18 ", "efficientnet_lite0:checkpoint"])

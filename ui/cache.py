@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 from functools import partial
 from typing import NamedTuple
 
@@ -51,7 +52,9 @@ from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
 # cores thrash. At most this many CAM computations run at once in the process, whatever the model (each model's own
 # lock only serialises jobs on that model); the others wait under the "Computing CAM" spinner. At least 2, so one
 # slow job (Score-CAM) never holds every slot.
-CACHE_TTL = "2h"  # results nobody asked for in this long are dropped, whatever max_entries allows
+# Results nobody asked for in this long are dropped, whatever max_entries allows. A timedelta, not "2h": Streamlit
+# parses a TTL string with pandas, whose import costs 0.4 s on a page (the gallery) that needs nothing else of it.
+CACHE_TTL = timedelta(hours=2)
 
 # torch's intra-op threads for this process (app.py sets them once): torch's own default, or fewer with
 # $CAMLIB_TORCH_THREADS. Read here, at import, before any CAM job has set a share of it.
