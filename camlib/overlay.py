@@ -138,15 +138,17 @@ def overlay_heatmap(
     weight: np.ndarray | np.float32 = np.float32(
         alpha
     )  # one weight for every pixel unless a threshold or a mask says otherwise
+    if mask is not None and (not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.shape != cam.shape):
+        raise CamlibError(f"mask must be a bool array of shape {cam.shape}")
+    # Per-pixel factors as full (H, W, 3) arrays (cv2.merge copies a plane into 3 channels): the same float32
+    # products as boolean indexing or (H, W, 1) broadcasting, at a third of their time.
     if threshold is not None or mask is not None:
-        weight = np.full((*cam.shape, 1), alpha, dtype=np.float32)
-    if threshold is not None:
-        weight[cam < threshold] = 0.0
-    if mask is not None:
-        if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.shape != cam.shape:
-            raise CamlibError(f"mask must be a bool array of shape {cam.shape}")
-        weight[~mask] = 0.0
-        base[~mask] *= 0.45
+        heated = mask if threshold is None else cam >= threshold if mask is None else mask & (cam >= threshold)
+        plane = np.where(heated, np.float32(alpha), np.float32(0.0))
+        weight = cv2.merge([plane, plane, plane])
+    if mask is not None:  # dimmed outside the mask: x 0.45 in float32 (x 1 inside is exact)
+        plane = np.where(mask, np.float32(1.0), np.float32(0.45))
+        base *= cv2.merge([plane, plane, plane])
     # (1 - w) * base + w * heat in float32, in place (the same products and sum, about 3x faster on 451x300 px)
     base *= 1.0 - weight
     heat *= weight

@@ -10,9 +10,11 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from camlib.cam import compute_cam_grid, compute_cams
+from camlib.cam import compute_cam_grid, compute_cams, shared_scale_maps
 from camlib.errors import NonFiniteError
+from camlib.overlay import map_to_original, upscale_nearest
 from ui import cache, cam_view, figures, keys
+from ui.widgets import ChosenImage
 
 TIMEOUT = 300
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -121,3 +123,42 @@ def test_a_failed_slow_method_keeps_the_last_result(monkeypatch: pytest.MonkeyPa
     assert [e.value for e in at.error] == ["Cannot compute the CAM: the model produced NaN scores"]
     assert [m.value for m in at.markdown if m.value.startswith("**Explaining class")] == before
     assert not at.get("progress")  # the bar went with the failed run
+
+
+def _shown(image: np.ndarray) -> cam_view.Shown:
+    """A ``Shown`` around a real Grad-CAM of a small convolutional model on ``image``'s centre crop."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()
+    crop = image[10:74, 20:84]
+    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
+    result = compute_cam_grid(model, x, ["0", "1"], ["gradcam"], class_idx=1)["gradcam"]
+    view = cache.CamView(result=result, model_view=crop.copy(), crop_box=(20.0, 10.0, 84.0, 74.0))
+    return cam_view.Shown(view, ("a", "b", "c", "d"), ChosenImage("random", image), None, "test", {})
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shown_derives_the_overlay_inputs_once_and_exactly(monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:
+    """Issue #11: an overlay change reruns the fragment with the same ``Shown``; the maps it draws, their placement on
+    the original image and the overlay cache keys are derived on the first run only, and equal a fresh derivation."""
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    shown = _shown(image)
+    result = shown.view.result
+    expected_maps = shared_scale_maps(result) if shared else result.maps
+    for layer in result.layers:
+        np.testing.assert_array_equal(shown.maps(shared)[layer], expected_maps[layer])
+        tile = upscale_nearest(shown.view.model_view, cam_view.TILE_PX)
+        np.testing.assert_array_equal(shown.tile, tile)
+        assert shown.tile_key(shared, layer) == f"{cache.image_key(tile)}|{cache.image_key(expected_maps[layer][0])}"
+        cam, inside, key = shown.on_original(shared, layer)
+        ref_cam, ref_inside = map_to_original(expected_maps[layer][0], image.shape[:2], shown.view.crop_box)
+        np.testing.assert_array_equal(cam, ref_cam)
+        np.testing.assert_array_equal(inside, ref_inside)
+        assert key == "|".join(cache.image_key(a) for a in (image, ref_cam, ref_inside))
+    calls = []
+    monkeypatch.setattr(cache, "image_key", lambda array: calls.append(array) or "changed")
+    for layer in result.layers:  # the fragment's next run: nothing hashed or placed again
+        assert shown.tile_key(shared, layer) != "changed|changed"
+        assert shown.on_original(shared, layer)[2] != "changed|changed|changed"
+    assert calls == []

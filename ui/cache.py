@@ -504,14 +504,17 @@ def overlay_image(  # noqa: PLR0913 (the overlay's inputs and its encoding)
     threshold: float | None,
     mask: np.ndarray | None = None,
     encoding: str = "png",
+    key: str | None = None,
 ) -> bytes:
     """``camlib.overlay.overlay_heatmap`` encoded as PNG (``camlib.drawing.fast_png``, lossless) or, with
     ``encoding="jpeg"``, as JPEG (``fast_jpeg``: what the CAM Explorer's overlay fragment shows, redrawn on every
     overlay change; a PNG costs 3-15x the time to encode). Cached, so a rerun that changes nothing about an overlay
     neither blends nor encodes it again. The cache key holds ``image_key`` digests of the arrays (BLAKE2b, in C), not
-    Streamlit's hash of them, which took about a sixth of a fragment run."""
-    arrays = (image, cam) if mask is None else (image, cam, mask)
-    key = "|".join(image_key(array) for array in arrays)
+    Streamlit's hash of them, which took about a sixth of a fragment run. A caller that already holds those digests
+    (``"|".join(image_key(a) for a in (image, cam[, mask]))``) passes them as ``key`` and nothing is hashed."""
+    if key is None:
+        arrays = (image, cam) if mask is None else (image, cam, mask)
+        key = "|".join(image_key(array) for array in arrays)
     style = {"alpha": alpha, "colormap": colormap, "threshold": threshold}
     return _overlay_image(image, cam, mask, key=key, encoding=encoding, **style)
 

@@ -16,10 +16,11 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property, partial
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -45,6 +46,7 @@ from ui import cache, figures, keys, widgets
 from ui.run_log import timed_run
 from ui.text import md
 
+T = TypeVar("T")
 SLOW_S = 3.0  # estimated seconds above which a computation waits for the user's go
 HOVER_PX = 112  # the interactive heatmap's longer side, px: enough to read, light to send and hover
 TILE_PX = 224  # the overlays' shorter side, px (the model's view, upscaled when smaller)
@@ -61,6 +63,42 @@ class Shown:
     loaded: LoadedModel
     model_key: str
     layers: dict[str, LayerInfo]
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)  # ``once``'s values
+
+    def once(self, key: tuple, make: Callable[[], T]) -> T:
+        """``make()`` the first time ``key`` is asked for, the same value after: what the overlay fragment derives
+        from this result (maps on the shared scale, maps on the original image, the arrays' ``image_key`` digests)
+        is made once per full run, not on every overlay change."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    @cached_property
+    def tile(self) -> np.ndarray:
+        """The model's view, upscaled (nearest) to ``TILE_PX``: what the layers' overlays are drawn on."""
+        return upscale_nearest(self.view.model_view, TILE_PX)
+
+    def maps(self, shared_scale: bool) -> dict[str, np.ndarray]:
+        """The maps shown: ``shared_scale_maps`` of the result (one scale across layers) or its own."""
+        result = self.view.result
+        return self.once(("maps", shared_scale), lambda: shared_scale_maps(result) if shared_scale else result.maps)
+
+    def tile_key(self, shared_scale: bool, layer: str) -> str:
+        """``cache.overlay_image``'s key of ``layer``'s overlay on ``tile``."""
+        return self.once(
+            ("tile key", shared_scale, layer),
+            lambda: f"{cache.image_key(self.tile)}|{cache.image_key(self.maps(shared_scale)[layer][0])}",
+        )
+
+    def on_original(self, shared_scale: bool, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
+        """``layer``'s map placed on ``original`` (``map_to_original``), its crop mask, and their overlay's key."""
+
+        def make() -> tuple[np.ndarray, np.ndarray, str]:
+            image, box = self.original
+            cam, inside = map_to_original(self.maps(shared_scale)[layer][0], image.shape[:2], box)
+            return cam, inside, "|".join(cache.image_key(array) for array in (image, cam, inside))
+
+        return self.once(("original", shared_scale, layer), make)
 
     @cached_property
     def original(self) -> tuple[np.ndarray, tuple[float, float, float, float]]:
@@ -259,12 +297,15 @@ def _draw(shown: Shown) -> None:
     result, loaded = shown.view.result, shown.loaded
     with st.expander("Overlay", expanded=True):
         look = widgets.overlay_controls(keys.CAM, columns=4)
-    names = list(result.layers)
-    maps = shared_scale_maps(result) if look.shared_scale else result.maps
+    names, shared = list(result.layers), look.shared_scale
+    maps = shown.maps(shared)
     explained = result.class_idx[0]
-    model_view = upscale_nearest(shown.view.model_view, TILE_PX)
+    model_view = shown.tile
     style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}
-    overlays = {name: cache.overlay_image(model_view, maps[name][0], encoding="jpeg", **style) for name in names}
+    overlays = {
+        name: cache.overlay_image(model_view, maps[name][0], encoding="jpeg", key=shown.tile_key(shared, name), **style)
+        for name in names
+    }
     for column, name in zip(st.columns(min(max(len(names), 3), 4)) * 4, names):
         with column:
             info = shown.layers.get(name)
@@ -289,11 +330,14 @@ def _draw(shown: Shown) -> None:
     detail = st.selectbox(
         "Layer for the detailed view and export", names, key=keys.CAM_DETAIL_LAYER, persist_state="session"
     )
-    original, box = shown.original
-    original_map, inside = map_to_original(maps[detail][0], original.shape[:2], box)
+    original_map, inside, original_key = shown.on_original(shared, detail)
     left, right = st.columns(2)
     left.image(
-        jpeg_data_url(cache.overlay_image(original, original_map, mask=inside, encoding="jpeg", **style)),
+        jpeg_data_url(
+            cache.overlay_image(
+                shown.original[0], original_map, mask=inside, encoding="jpeg", key=original_key, **style
+            )
+        ),
         caption="On the original image (dimmed: outside the model's centre crop)",
         width="stretch",
     )
