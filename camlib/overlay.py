@@ -63,6 +63,11 @@ def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
     ``cam`` is float16/32/64 ``(h, w)``; returns uint8 ``(h, w, 3)``. Raises ``InputError`` for another array or
     values outside [0, 1] (NaN included), ``CamlibError`` for an unknown colormap."""
     _check_map(cam)
+    return _colorize(cam, colormap)
+
+
+def _colorize(cam: np.ndarray, colormap: str) -> np.ndarray:
+    """``colorize`` of a map already checked."""
     if cam.dtype == np.float16:  # 255 * cam in float16 rounds differently; the same values as float32 instead
         cam = cam.astype(np.float32)
     if not isinstance(colormap, str) or colormap not in COLORMAPS:
@@ -75,7 +80,11 @@ def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a float ``(h, w)`` map in [0, 1] to ``size = (width, height)`` px, clipped back into [0, 1];
     float32 out (the map itself when the size already matches). Raises ``InputError`` for a bad map or size."""
     _check_map(cam)
-    size = require_size(size, "size")
+    return _resize_map(cam, require_size(size, "size"))
+
+
+def _resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``resize_map`` of a map and a size already checked."""
     if cam.shape[::-1] == tuple(size):
         return cam
     return np.clip(cv2.resize(cam.astype(np.float32), size, interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
@@ -132,8 +141,8 @@ def overlay_heatmap(
     _check_weight(alpha, "alpha")
     if threshold is not None:
         _check_weight(threshold, "threshold")
-    cam = resize_map(cam, (image.shape[1], image.shape[0]))
-    heat = colorize(cam, colormap).astype(np.float32)
+    cam = _resize_map(cam, (image.shape[1], image.shape[0]))  # checked once, above: a resized map stays in [0, 1]
+    heat = _colorize(cam, colormap).astype(np.float32)
     base = image.astype(np.float32)
     weight: np.ndarray | np.float32 = np.float32(
         alpha
