@@ -5,6 +5,7 @@ arrays, library warnings from concurrent pipeline builds, and the number of conc
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import threading
 import time
@@ -226,7 +227,7 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
         empty = {"maps": {}, "raw": {}, "degenerate": {}, "logits": np.zeros((1, 1), np.float32)}
         return {m: CamResult(method=m, layers=tuple(layers), class_idx=[0], **empty) for m in methods}
 
-    assert cache.MAX_CAM_JOBS >= 2  # one slow job never holds every slot
+    assert cache.MAX_CAM_JOBS >= 2
     monkeypatch.setattr(cache, "_CAM_JOBS", threading.BoundedSemaphore(2))  # this 2-core machine's bound, anywhere
     monkeypatch.setattr(cache, "resolve_model", Loaded)
     prepared = type("P", (), {"tensor": torch.zeros(1), "model_view": None, "crop_box": None})
@@ -254,6 +255,71 @@ def test_concurrent_cam_jobs_on_different_models_are_bounded(monkeypatch: pytest
     if errors or running:
         raise RuntimeError(f"the harness failed, not the bound: {errors}")
     assert 1 <= peak <= 2, f"{peak} CAM jobs ran at once"
+
+
+@pytest.mark.bad_input(48)
+def test_heavy_cam_jobs_have_their_own_bound_and_never_block_one_pass_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three sessions start Score-CAM (a heavy job) and a fourth asks for Grad-CAM while they run: at most
+    ``_HEAVY_JOBS`` heavy jobs run at once, and the Grad-CAM finishes while the heavy ones are still running (it
+    neither waits for them nor queues behind the third). Ordering, not timing: the heavy jobs run until released."""
+    from ui import cache
+
+    assert 1 <= cache.MAX_HEAVY_JOBS < cache.MAX_CAM_JOBS
+    assert cache.is_heavy(["scorecam"], cache.DEFAULT_OPTIONS) and cache.is_heavy(["sscam"], cache.DEFAULT_OPTIONS)
+    assert cache.is_heavy(["smoothgradcam++"], cache.DEFAULT_OPTIONS)
+    assert not cache.is_heavy(cache.grid_partners("gradcam"), cache.DEFAULT_OPTIONS)
+    assert cache.is_heavy(["gradcam"], dataclasses.replace(cache.DEFAULT_OPTIONS, aug_smooth=True))
+    release, events, guard = threading.Event(), [], threading.Lock()
+    heavy_running, heavy_peak = 0, 0
+
+    class Loaded:
+        def __init__(self, key: str, device: str) -> None:
+            self.model, self.device = nn.Identity(), "cpu"
+            self.spec = type("Spec", (), {"preprocessing": None})()
+
+    def fake_compute(model, x, layers, methods, *, class_idx, progress=None, **options):
+        nonlocal heavy_running, heavy_peak
+        if "scorecam" in methods:
+            with guard:
+                heavy_running += 1
+                heavy_peak = max(heavy_peak, heavy_running)
+            release.wait(timeout=30)
+            with guard:
+                heavy_running -= 1
+                events.append("heavy done")
+        else:
+            events.append("one-pass done")
+        empty = {"maps": {}, "raw": {}, "degenerate": {}, "logits": np.zeros((1, 1), np.float32)}
+        return {m: CamResult(method=m, layers=tuple(layers), class_idx=[0], **empty) for m in methods}
+
+    monkeypatch.setattr(cache, "_CAM_JOBS", threading.BoundedSemaphore(8))  # this 2-core machine's bounds
+    monkeypatch.setattr(cache, "_HEAVY_JOBS", threading.BoundedSemaphore(2))
+    monkeypatch.setattr(cache, "resolve_model", Loaded)
+    prepared = type("P", (), {"tensor": torch.zeros(1), "model_view": None, "crop_box": None})
+    monkeypatch.setattr(cache, "prepare_input", lambda image, pre: prepared())
+    monkeypatch.setattr(cache, "compute_cam_grid", fake_compute)
+    monkeypatch.setattr(cache, "CamView", lambda **kw: ("view", kw["result"]))
+
+    def session(index: int, method: str) -> None:
+        cache.compute_view("m", "cpu", np.full((4, 4, 3), index, np.uint8), ("l",), method=method, class_idx=0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heavy = [threading.Thread(target=session, args=(i, "scorecam")) for i in range(3)]
+        for thread in heavy:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while heavy_running < 2 and time.monotonic() < deadline:  # two heavy jobs inside, the third waiting
+            time.sleep(0.01)
+        light = threading.Thread(target=session, args=(9, "gradcam"))
+        light.start()
+        light.join(timeout=30)
+        running_when_light_finished = heavy_running
+        release.set()
+        for thread in heavy:
+            thread.join(timeout=30)
+    assert events[0] == "one-pass done" and running_when_light_finished == 2
+    assert events.count("heavy done") == 3 and heavy_peak == 2
 
 
 def test_cam_jobs_running_together_divide_torch_threads_between_them() -> None:

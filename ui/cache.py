@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from functools import partial
@@ -48,10 +48,6 @@ from camlib.pixel_attribution import PIXEL_METHODS, attribution_images
 from camlib.prediction_cache import cached_predictions
 from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
 
-# Bad-inputs row 48: each CAM job uses torch's intra-op threads (set once in app.py), so jobs x threads beyond the
-# cores thrash. At most this many CAM computations run at once in the process, whatever the model (each model's own
-# lock only serialises jobs on that model); the others wait under the "Computing CAM" spinner. At least 2, so one
-# slow job (Score-CAM) never holds every slot.
 # Results nobody asked for in this long are dropped, whatever max_entries allows. A timedelta, not "2h": Streamlit
 # parses a TTL string with pandas, whose import costs 0.4 s on a page (the gallery) that needs nothing else of it.
 CACHE_TTL = timedelta(hours=2)
@@ -59,8 +55,40 @@ CACHE_TTL = timedelta(hours=2)
 # torch's intra-op threads for this process (app.py sets them once): torch's own default, or fewer with
 # $CAMLIB_TORCH_THREADS. Read here, at import, before any CAM job has set a share of it.
 TORCH_THREADS = max(1, min(torch.get_num_threads(), int(os.environ.get("CAMLIB_TORCH_THREADS", os.cpu_count() or 1))))
-MAX_CAM_JOBS = max(2, (os.cpu_count() or 1) // TORCH_THREADS)
+
+# Bad-inputs row 48: CAM jobs share the cores, so two semaphores bound how many run at once in the process, whatever
+# the model (each model's own lock only serialises jobs on that model); the others wait under the spinner.
+# - Every job (MAX_CAM_JOBS): a one-pass job on one image spends much of its time in Python, holding the GIL (per-op
+#   dispatch, hooks), so more jobs than cores overlap one job's kernels with the others' Python, and _share_cores
+#   gives each 1/k of torch's threads. Four per core, at most 16. Measured with bench_load --sessions 8 on a fresh
+#   server (8 users changing layers at once) on 2 cores: method/layer p95 1.42-1.73 s with 2 jobs, 1.13-1.33 s with 4,
+#   0.81-1.04 s with 8. Such a job holds one image's activations and gradients (a few MB).
+# - Heavy jobs (MAX_HEAVY_JOBS: perturbation and sampling methods, aug_smooth): batches of up to scorecam_batch_size
+#   images per forward, kernel-bound and hundreds of MB each, so at most one per core's worth of torch threads, at
+#   least 2, and fewer than MAX_CAM_JOBS. They also take a slot of the first bound, so they never hold all of them: a
+#   slow job (Score-CAM) leaves the one-pass methods free to run.
+# $CAMLIB_MAX_CAM_JOBS and $CAMLIB_MAX_HEAVY_JOBS override both.
+MAX_CAM_JOBS = int(os.environ.get("CAMLIB_MAX_CAM_JOBS", min(16, 4 * (os.cpu_count() or 1))))
+MAX_HEAVY_JOBS = int(
+    os.environ.get(
+        "CAMLIB_MAX_HEAVY_JOBS", max(1, min(max(2, (os.cpu_count() or 1) // TORCH_THREADS), MAX_CAM_JOBS - 1))
+    )
+)
 _CAM_JOBS = threading.BoundedSemaphore(MAX_CAM_JOBS)
+_HEAVY_JOBS = threading.BoundedSemaphore(MAX_HEAVY_JOBS)
+
+
+@contextmanager
+def _job_slots(heavy: bool) -> Iterator[None]:
+    """A slot of ``_HEAVY_JOBS`` (heavy jobs only, taken first), then one of ``_CAM_JOBS``; both released on exit."""
+    with _HEAVY_JOBS if heavy else nullcontext(), _CAM_JOBS:
+        yield
+
+
+def is_heavy(methods: list[str], options: CamOptions) -> bool:
+    """Whether a CAM job runs more than one pass: a perturbation method (one forward per channel batch), a sampling
+    method (``MethodSpec.samples`` > 1: SS-CAM, IS-CAM, Smooth Grad-CAM++, SESS) or aug_smooth (6 views)."""
+    return options.aug_smooth or any(METHODS[m].family == "perturbation" or METHODS[m].samples > 1 for m in methods)
 
 
 class _CoreShare:
@@ -400,7 +428,7 @@ def _compute(
     x = prepared.tensor.to(loaded.device)
     results, errors = {}, {}
     grid = partial(compute_cam_grid, loaded.model, x, list(layers), class_idx=class_idx, progress=progress)
-    with _CAM_JOBS, _share_cores():
+    with _job_slots(is_heavy(methods, options)), _share_cores():
         try:
             results = grid(methods, **asdict(options))
         except MethodError:
@@ -471,7 +499,7 @@ def compute_pixel_view(
     loaded = resolve_model(model_key, device)
     prepared = prepare_input(image, loaded.spec.preprocessing)
     x = prepared.tensor.to(loaded.device)
-    with _CAM_JOBS, _share_cores():
+    with _job_slots(heavy=True), _share_cores():  # a backward to the input, and batches of steps or samples for most
         if spec.needs_layers:
             result = spec.compute(loaded.model, x, list(layers), class_idx=class_idx)
         else:
