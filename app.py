@@ -10,6 +10,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import camlib  # noqa: E402
+from ui import net  # noqa: E402
 from ui.cache import TORCH_THREADS  # noqa: E402
 from ui.run_log import timed_run  # noqa: E402
 from ui.text import md  # noqa: E402
@@ -26,7 +27,15 @@ def _configure_torch() -> int:
     return TORCH_THREADS
 
 
+@st.cache_resource
+def _configure_server() -> int:
+    """Once per process: TCP_NODELAY on the server's connections (``ui.net``: Streamlit leaves Nagle's algorithm on,
+    which delays the end of most reruns by the browser's delayed ACK, about 40 ms)."""
+    return net.enable_tcp_nodelay()
+
+
 threads = _configure_torch()
+_configure_server()
 pages = [
     st.Page("pages/cam_explorer.py", title="CAM Explorer", icon=":material/local_fire_department:", default=True),
     st.Page("pages/augmentation_lab.py", title="Augmentation Lab", icon=":material/auto_awesome_mosaic:"),
