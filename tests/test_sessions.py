@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import gc
 import io
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +363,45 @@ def test_cam_jobs_running_together_divide_torch_threads_between_them() -> None:
         assert alone == 4 and torch.get_num_threads() == 4  # ... still gets the whole budget when alone
     finally:
         torch.set_num_threads(before)
+
+
+# --- long-lived objects out of the full collections ----------------------------------------------------------------
+
+
+class _Node:
+    """A gc-tracked object that can sit in a reference cycle."""
+
+    link: object = None
+
+
+def test_freeze_long_lived_collects_garbage_first_then_freezes_what_lives() -> None:
+    """``ui.cache.freeze_long_lived``: cyclic garbage made before it is collected (not frozen for ever), and what is
+    alive leaves the generations the full collections traverse (``gc.get_objects`` lists none of it)."""
+    from ui import cache
+
+    garbage = _Node()
+    garbage.link = garbage
+    gone = weakref.ref(garbage)
+    del garbage
+    alive = _Node()
+    try:
+        cache.freeze_long_lived()
+        assert gone() is None
+        assert gc.get_freeze_count() > 0 and not any(obj is alive for obj in gc.get_objects())
+        later = _Node()
+        assert any(obj is later for obj in gc.get_objects())  # made after: collected as usual
+    finally:
+        gc.unfreeze()  # the rest of this test process collects as before
+
+
+def test_a_model_load_freezes_the_long_lived_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ui import cache
+
+    frozen: list[int] = []
+    monkeypatch.setattr(cache, "freeze_long_lived", lambda: frozen.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no Streamlit runtime here
+        cache.get_model.clear("cifar10_resnet20", "cpu")
+        loaded = cache.get_model("cifar10_resnet20", "cpu")
+        again = cache.get_model("cifar10_resnet20", "cpu")
+    assert again is loaded and frozen == [1]  # after the load, not on a cache hit
