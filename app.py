@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks for updates at import otherwise
@@ -12,7 +11,7 @@ import torch  # noqa: E402
 
 import camlib  # noqa: E402
 from ui import net  # noqa: E402
-from ui.cache import TORCH_THREADS, freeze_long_lived  # noqa: E402
+from ui.cache import TORCH_THREADS, freeze_at_run_start  # noqa: E402
 from ui.run_log import timed_run  # noqa: E402
 from ui.text import md  # noqa: E402
 
@@ -35,17 +34,9 @@ def _configure_server() -> int:
     return net.enable_tcp_nodelay()
 
 
-@st.cache_resource
-def _freeze_imports() -> int:
-    """Once per process, after the imports: the objects alive now leave the collector's full collections
-    (``ui.cache.freeze_long_lived``). Returns how many were frozen."""
-    freeze_long_lived()
-    return gc.get_freeze_count()
-
-
 threads = _configure_torch()
 _configure_server()
-_freeze_imports()
+freeze_at_run_start()  # the long-lived objects leave the full collections: after the imports, after the first model
 pages = [
     st.Page("pages/cam_explorer.py", title="CAM Explorer", icon=":material/local_fire_department:", default=True),
     st.Page("pages/augmentation_lab.py", title="Augmentation Lab", icon=":material/auto_awesome_mosaic:"),

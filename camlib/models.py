@@ -695,10 +695,10 @@ def _normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tenso
     ops, in its order (tests/test_models.py checks bit-equality), without importing torchvision.
 
     Raises ``InputError`` when a std is 0 (as ``TF.normalize`` refuses it)."""
-    if 0 in preprocessing.std:
-        raise InputError(f"preprocessing std has a zero: {preprocessing.std}; every channel's std must be nonzero")
     mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(preprocessing.std, dtype=torch.float32).view(-1, 1, 1)
+    if bool((std == 0).any()):  # in float32, as TF.normalize checks it: 1e-46 is 0 there
+        raise InputError(f"preprocessing std has a zero: {preprocessing.std}; every channel's std must be nonzero")
     return (batch.float() / 255.0).sub_(mean).div_(std)
 
 

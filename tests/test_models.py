@@ -10,7 +10,6 @@ import ast
 import dataclasses
 import hashlib
 import io
-import os
 import pickle
 import re
 import socket
@@ -219,9 +218,11 @@ def test_torchvision_specs_match_torchvision_transforms(key: str) -> None:
     assert spec.notes == f"torchvision {TORCHVISION_WEIGHTS[key]}.{weights.name}, ImageNet top-1 {top1}%"
 
 
-def test_importing_camlib_for_cifar_work_does_not_import_torchvision() -> None:
+def test_importing_camlib_for_cifar_work_does_not_import_torchvision(tmp_path: Path) -> None:
     """torchvision's import costs 1.3 s (it imports torch._dynamo): the gallery's path (model registry, CIFAR-10
     folder copy, preprocessing at the model's size, a CAM) must not need it (issue #11's 5 s gallery start)."""
+    root = tmp_path / "cifar"
+    (root / "test" / "cat").mkdir(parents=True)  # an image-folder copy's layout: no data needed to detect it
     code = (
         "import sys, numpy as np\n"
         "from camlib import cam, cifar, models\n"
@@ -231,8 +232,9 @@ def test_importing_camlib_for_cifar_work_does_not_import_torchvision() -> None:
         "assert cifar.detect_source(sys.argv[1]) == 'folder'\n"
         "print(sorted(m for m in sys.modules if m.startswith(('torchvision', 'torch._dynamo'))))\n"
     )
-    root = os.environ.get("CAMLIB_CIFAR10_ROOT", str(Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
-    done = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, check=False, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=False, cwd=REPO
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -250,8 +252,11 @@ def test_prepare_batch_equals_torchvision_normalize(key: str) -> None:
     assert torch.equal(models.prepare_batch(images, pre), reference)
 
 
-def test_normalize_refuses_a_zero_std() -> None:
-    pre = Preprocessing(resize=32, crop=32, std=(0.2, 0.0, 0.2))
+@pytest.mark.parametrize("std", [(0.2, 0.0, 0.2), (1e-46, 0.2, 0.2)])  # 1e-46 is 0 in float32, as TF.normalize sees it
+def test_normalize_refuses_a_zero_std(std: tuple[float, float, float]) -> None:
+    pre = Preprocessing(resize=32, crop=32, std=std)
+    with pytest.raises(ValueError, match="std evaluated to zero"):  # torchvision's refusal of the same input
+        TF.normalize(torch.zeros(3, 32, 32), list(pre.mean), list(pre.std))
     with pytest.raises(InputError, match="std has a zero"):
         models.prepare_batch(np.zeros((1, 32, 32, 3), np.uint8), pre)
 

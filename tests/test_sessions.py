@@ -8,6 +8,9 @@ import ast
 import dataclasses
 import gc
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -394,14 +397,47 @@ def test_freeze_long_lived_collects_garbage_first_then_freezes_what_lives() -> N
         gc.unfreeze()  # the rest of this test process collects as before
 
 
-def test_a_model_load_freezes_the_long_lived_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_freezes_happen_after_the_imports_and_after_the_first_model_load_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``freeze_at_run_start`` (app.py, every run) freezes on the first run and on the first run after a model load,
+    never again: each freeze keeps the script runs then in flight, so it must stay bounded."""
     from ui import cache
 
     frozen: list[int] = []
     monkeypatch.setattr(cache, "freeze_long_lived", lambda: frozen.append(1))
+    monkeypatch.setattr(cache, "_freezes", 0)
+    monkeypatch.setattr(cache, "_model_loaded", False)
+    assert cache.freeze_at_run_start() and not cache.freeze_at_run_start() and frozen == [1]  # the imports
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no Streamlit runtime here
         cache.get_model.clear("cifar10_resnet20", "cpu")
-        loaded = cache.get_model("cifar10_resnet20", "cpu")
-        again = cache.get_model("cifar10_resnet20", "cpu")
-    assert again is loaded and frozen == [1]  # after the load, not on a cache hit
+        cache.get_model("cifar10_resnet20", "cpu")
+    assert cache.freeze_at_run_start() and frozen == [1, 1]  # the first run after the model load
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cache.get_model.clear("cifar10_resnet20", "cpu")
+        cache.get_model("cifar10_resnet20", "cpu")
+    assert not cache.freeze_at_run_start() and frozen == [1, 1]  # a later load: no more freezes
+
+
+@pytest.mark.parametrize(
+    ("jobs", "heavy", "expected"),
+    [("0", "9", "2 1"), ("1", "", "2 1"), ("8", "0", "8 1"), ("8", "20", "8 7"), ("6", "3", "6 3")],
+)
+def test_cam_job_bounds_from_the_environment_are_clamped(jobs: str, heavy: str, expected: str) -> None:
+    """``CAMLIB_MAX_CAM_JOBS`` is at least 2 (0 would make every job wait for ever) and ``CAMLIB_MAX_HEAVY_JOBS``
+    1 to ``MAX_CAM_JOBS - 1`` (a heavy job never holds every slot)."""
+    env = {**os.environ, "CAMLIB_MAX_CAM_JOBS": jobs, "CAMLIB_MAX_HEAVY_JOBS": heavy}
+    if not heavy:
+        env.pop("CAMLIB_MAX_HEAVY_JOBS")
+    code = "from ui import cache; print(cache.MAX_CAM_JOBS, cache.MAX_HEAVY_JOBS)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == expected
+
+
+def test_an_unknown_method_is_not_heavy_so_camlib_refuses_it() -> None:
+    from ui import cache
+
+    assert not cache.is_heavy(["no such method"], cache.DEFAULT_OPTIONS)

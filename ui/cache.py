@@ -68,12 +68,12 @@ TORCH_THREADS = max(1, min(torch.get_num_threads(), int(os.environ.get("CAMLIB_T
 #   images per forward, kernel-bound and hundreds of MB each, so at most one per core's worth of torch threads, at
 #   least 2, and fewer than MAX_CAM_JOBS. They also take a slot of the first bound, so they never hold all of them: a
 #   slow job (Score-CAM) leaves the one-pass methods free to run.
-# $CAMLIB_MAX_CAM_JOBS and $CAMLIB_MAX_HEAVY_JOBS override both.
-MAX_CAM_JOBS = int(os.environ.get("CAMLIB_MAX_CAM_JOBS", min(16, 4 * (os.cpu_count() or 1))))
-MAX_HEAVY_JOBS = int(
-    os.environ.get(
-        "CAMLIB_MAX_HEAVY_JOBS", max(1, min(max(2, (os.cpu_count() or 1) // TORCH_THREADS), MAX_CAM_JOBS - 1))
-    )
+# $CAMLIB_MAX_CAM_JOBS and $CAMLIB_MAX_HEAVY_JOBS override both, within those limits (at least 2; 1 to
+# MAX_CAM_JOBS - 1).
+MAX_CAM_JOBS = max(2, int(os.environ.get("CAMLIB_MAX_CAM_JOBS", min(16, 4 * (os.cpu_count() or 1)))))
+MAX_HEAVY_JOBS = min(
+    MAX_CAM_JOBS - 1,
+    max(1, int(os.environ.get("CAMLIB_MAX_HEAVY_JOBS", max(2, (os.cpu_count() or 1) // TORCH_THREADS)))),
 )
 _CAM_JOBS = threading.BoundedSemaphore(MAX_CAM_JOBS)
 _HEAVY_JOBS = threading.BoundedSemaphore(MAX_HEAVY_JOBS)
@@ -89,7 +89,8 @@ def _job_slots(heavy: bool) -> Iterator[None]:
 def is_heavy(methods: list[str], options: CamOptions) -> bool:
     """Whether a CAM job runs more than one pass: a perturbation method (one forward per channel batch), a sampling
     method (``MethodSpec.samples`` > 1: SS-CAM, IS-CAM, Smooth Grad-CAM++, SESS) or aug_smooth (6 views)."""
-    return options.aug_smooth or any(METHODS[m].family == "perturbation" or METHODS[m].samples > 1 for m in methods)
+    specs = [METHODS.get(m) for m in methods]  # an unknown name is camlib's to refuse (MethodError), not heavy
+    return options.aug_smooth or any(s is not None and (s.family == "perturbation" or s.samples > 1) for s in specs)
 
 
 class _CoreShare:
@@ -156,18 +157,40 @@ def get_model(key: str, device: str) -> LoadedModel:
         CamlibError: from ``camlib.models.load_model`` (unknown key, weights unavailable) or
             ``camlib.device.parse_device`` (a device this machine does not have).
     """
+    global _model_loaded
     loaded = load_model(key, allow_download=False, device=parse_device(device))
-    freeze_long_lived()  # the model's modules and the libraries its load imported (timm) live as long as the process
+    _model_loaded = True  # the next app run freezes it (freeze_at_run_start)
     return loaded
+
+
+_freeze_lock = threading.Lock()
+_model_loaded = False  # a model was loaded in this process
+_freezes = 0  # 1: frozen after the imports; 2: and after the first model load
+
+
+def freeze_at_run_start() -> bool:
+    """Called by app.py at the start of every run: ``freeze_long_lived`` on the first run (after the imports) and on the
+    first run after the first model load (the model, and the libraries its load imported, such as timm); True when it
+    froze. Those two moments only: an object that is later garbage in a reference cycle is never collected once frozen,
+    and the script runs in flight then (this one's namespace, at its start, holds little; other sessions' may hold
+    more) are such cycles. Bounded: twice per process."""
+    global _freezes
+    with _freeze_lock:
+        wanted = 2 if _model_loaded else 1
+        if _freezes >= wanted:
+            return False
+        _freezes = wanted
+    freeze_long_lived()
+    return True
 
 
 def freeze_long_lived() -> None:
     """A full collection, then ``gc.freeze()``: every object alive now moves to the collector's permanent generation,
-    which its full (generation 2) collections no longer traverse. Called once per process (app.py, after the imports)
-    and after each model load. Those collections hold the GIL, so every session waits: with torch, Streamlit and a
-    model in the process they took 170-400 ms each, six times per bench_load run; with the long-lived objects frozen,
-    24-46 ms. The collection first means no garbage is frozen; objects frozen are still freed when their reference
-    count drops to zero (CPython's ``gc.freeze``)."""
+    which its full (generation 2) collections no longer traverse. Those collections hold the GIL, so every session
+    waits: with torch, Streamlit and a model in the process they took 170-400 ms each, six times per bench_load run;
+    with the long-lived objects frozen, 24-46 ms. The collection first means no garbage is frozen. A frozen object is
+    still freed when its reference count drops to zero, but one in a reference cycle is never collected: see
+    ``freeze_at_run_start`` for when this runs (CPython's ``gc.freeze``)."""
     gc.collect()
     gc.freeze()
 

@@ -49,7 +49,6 @@ def enable_tcp_nodelay() -> int:
     with _lock:
         if _enabled:
             return 0
-        _enabled = True
         if hasattr(base_events, "_set_nodelay"):  # looked up at call time by asyncio.selector_events
             base_events._set_nodelay = set_nodelay
         count = 0
@@ -57,6 +56,7 @@ def enable_tcp_nodelay() -> int:
             try:
                 if isinstance(obj, asyncio.Transport):
                     count += set_nodelay(obj.get_extra_info("socket"))
-            except ReferenceError:  # a weak proxy whose object is gone
+            except Exception:  # noqa: BLE001, S112 - a weak proxy whose object is gone, an object whose class lookup fails
                 continue
+        _enabled = True
         return count
