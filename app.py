@@ -10,8 +10,8 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import camlib  # noqa: E402
-from ui import net  # noqa: E402
-from ui.cache import TORCH_THREADS, freeze_at_run_start  # noqa: E402
+from ui import memory, net  # noqa: E402
+from ui.cache import TORCH_THREADS  # noqa: E402
 from ui.run_log import timed_run  # noqa: E402
 from ui.text import md  # noqa: E402
 
@@ -36,7 +36,7 @@ def _configure_server() -> int:
 
 threads = _configure_torch()
 _configure_server()
-freeze_at_run_start()  # the long-lived objects leave the full collections: after the imports, after the first model
+memory.freeze_at_run_start()  # long-lived objects leave the full collections: after the imports, the first model
 pages = [
     st.Page("pages/cam_explorer.py", title="CAM Explorer", icon=":material/local_fire_department:", default=True),
     st.Page("pages/augmentation_lab.py", title="Augmentation Lab", icon=":material/auto_awesome_mosaic:"),

@@ -378,9 +378,9 @@ class _Node:
 
 
 def test_freeze_long_lived_collects_garbage_first_then_freezes_what_lives() -> None:
-    """``ui.cache.freeze_long_lived``: cyclic garbage made before it is collected (not frozen for ever), and what is
+    """``ui.memory.freeze_long_lived``: cyclic garbage made before it is collected (not frozen for ever), and what is
     alive leaves the generations the full collections traverse (``gc.get_objects`` lists none of it)."""
-    from ui import cache
+    from ui import memory
 
     garbage = _Node()
     garbage.link = garbage
@@ -388,7 +388,7 @@ def test_freeze_long_lived_collects_garbage_first_then_freezes_what_lives() -> N
     del garbage
     alive = _Node()
     try:
-        cache.freeze_long_lived()
+        memory.freeze_long_lived()
         assert gone() is None
         assert gc.get_freeze_count() > 0 and not any(obj is alive for obj in gc.get_objects())
         later = _Node()
@@ -400,23 +400,23 @@ def test_freeze_long_lived_collects_garbage_first_then_freezes_what_lives() -> N
 def test_freezes_happen_after_the_imports_and_after_the_first_model_load_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """``freeze_at_run_start`` (app.py, every run) freezes on the first run and on the first run after a model load,
     never again: each freeze keeps the script runs then in flight, so it must stay bounded."""
-    from ui import cache
+    from ui import cache, memory
 
     frozen: list[int] = []
-    monkeypatch.setattr(cache, "freeze_long_lived", lambda: frozen.append(1))
-    monkeypatch.setattr(cache, "_freezes", 0)
-    monkeypatch.setattr(cache, "_model_loaded", False)
-    assert cache.freeze_at_run_start() and not cache.freeze_at_run_start() and frozen == [1]  # the imports
+    monkeypatch.setattr(memory, "freeze_long_lived", lambda: frozen.append(1))
+    monkeypatch.setattr(memory, "_freezes", 0)
+    monkeypatch.setattr(memory, "_model_loaded", False)
+    assert memory.freeze_at_run_start() and not memory.freeze_at_run_start() and frozen == [1]  # the imports
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no Streamlit runtime here
         cache.get_model.clear("cifar10_resnet20", "cpu")
         cache.get_model("cifar10_resnet20", "cpu")
-    assert cache.freeze_at_run_start() and frozen == [1, 1]  # the first run after the model load
+    assert memory.freeze_at_run_start() and frozen == [1, 1]  # the first run after the model load
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cache.get_model.clear("cifar10_resnet20", "cpu")
         cache.get_model("cifar10_resnet20", "cpu")
-    assert not cache.freeze_at_run_start() and frozen == [1, 1]  # a later load: no more freezes
+    assert not memory.freeze_at_run_start() and frozen == [1, 1]  # a later load: no more freezes
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ its own cached results. CAM results are cached with ``st.cache_data`` so overlay
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 import threading
@@ -47,6 +46,7 @@ from camlib.models import LoadedModel, load_model, prepare_batch, prepare_input
 from camlib.overlay import overlay_heatmap
 from camlib.pixel_attribution import PIXEL_METHODS, attribution_images
 from camlib.prediction_cache import cached_predictions
+from ui import memory
 from ui.checkpoint_store import get_checkpoint, is_checkpoint_key
 
 # Results nobody asked for in this long are dropped, whatever max_entries allows. A timedelta, not "2h": Streamlit
@@ -157,42 +157,9 @@ def get_model(key: str, device: str) -> LoadedModel:
         CamlibError: from ``camlib.models.load_model`` (unknown key, weights unavailable) or
             ``camlib.device.parse_device`` (a device this machine does not have).
     """
-    global _model_loaded
     loaded = load_model(key, allow_download=False, device=parse_device(device))
-    _model_loaded = True  # the next app run freezes it (freeze_at_run_start)
+    memory.note_model_load()  # the next app run freezes it (ui.memory.freeze_at_run_start)
     return loaded
-
-
-_freeze_lock = threading.Lock()
-_model_loaded = False  # a model was loaded in this process
-_freezes = 0  # 1: frozen after the imports; 2: and after the first model load
-
-
-def freeze_at_run_start() -> bool:
-    """Called by app.py at the start of every run: ``freeze_long_lived`` on the first run (after the imports) and on the
-    first run after the first model load (the model, and the libraries its load imported, such as timm); True when it
-    froze. Those two moments only: an object that is later garbage in a reference cycle is never collected once frozen,
-    and the script runs in flight then (this one's namespace, at its start, holds little; other sessions' may hold
-    more) are such cycles. Bounded: twice per process."""
-    global _freezes
-    with _freeze_lock:
-        wanted = 2 if _model_loaded else 1
-        if _freezes >= wanted:
-            return False
-        _freezes = wanted
-    freeze_long_lived()
-    return True
-
-
-def freeze_long_lived() -> None:
-    """A full collection, then ``gc.freeze()``: every object alive now moves to the collector's permanent generation,
-    which its full (generation 2) collections no longer traverse. Those collections hold the GIL, so every session
-    waits: with torch, Streamlit and a model in the process they took 170-400 ms each, six times per bench_load run;
-    with the long-lived objects frozen, 24-46 ms. The collection first means no garbage is frozen. A frozen object is
-    still freed when its reference count drops to zero, but one in a reference cycle is never collected: see
-    ``freeze_at_run_start`` for when this runs (CPython's ``gc.freeze``)."""
-    gc.collect()
-    gc.freeze()
 
 
 def resolve_model(key: str, device: str) -> LoadedModel:
