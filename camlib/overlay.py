@@ -144,15 +144,16 @@ def overlay_heatmap(
     cam = _resize_map(cam, (image.shape[1], image.shape[0]))  # checked once, above: a resized map stays in [0, 1]
     heat = _colorize(cam, colormap).astype(np.float32)
     base = image.astype(np.float32)
-    weight: np.ndarray | np.float32 = np.float32(
-        alpha
-    )  # one weight for every pixel unless a threshold or a mask says otherwise
     if mask is not None and (not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.shape != cam.shape):
         raise CamlibError(f"mask must be a bool array of shape {cam.shape}")
-    # Per-pixel factors as full (H, W, 3) arrays (cv2.merge copies a plane into 3 channels): the same float32
-    # products as boolean indexing or (H, W, 1) broadcasting, at a third of their time.
+    # One weight for every pixel unless a threshold or a mask says otherwise. Per-pixel factors are full (H, W, 3)
+    # arrays (cv2.merge copies a plane into 3 channels): the same float32 products as boolean indexing or (H, W, 1)
+    # broadcasting, at a third of their time.
+    weight: np.ndarray | np.float32 = np.float32(alpha)
     if threshold is not None or mask is not None:
-        heated = mask if threshold is None else cam >= threshold if mask is None else mask & (cam >= threshold)
+        heated = np.ones(cam.shape, dtype=bool) if mask is None else mask
+        if threshold is not None:
+            heated = heated & (cam >= threshold)
         plane = np.where(heated, np.float32(alpha), np.float32(0.0))
         weight = cv2.merge([plane, plane, plane])
     if mask is not None:  # dimmed outside the mask: x 0.45 in float32 (x 1 inside is exact)

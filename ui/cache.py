@@ -431,16 +431,18 @@ def _compute(
     prepared = prepare_input(image, loaded.spec.preprocessing)
     x = prepared.tensor.to(loaded.device)
     results, errors = {}, {}
-    grid = partial(compute_cam_grid, loaded.model, x, list(layers), class_idx=class_idx, progress=progress)
+    grid = partial(
+        compute_cam_grid, loaded.model, x, list(layers), class_idx=class_idx, progress=progress, **asdict(options)
+    )
     with _job_slots(is_heavy(methods, options)), _share_cores():
         try:
-            results = grid(methods, **asdict(options))
+            results = grid(methods)
         except MethodError:
             if not each:
                 raise
             for method in methods:
                 try:
-                    results |= grid([method], **asdict(options))
+                    results |= grid([method])
                 except MethodError as error:
                     errors[method] = error
     _store(_cached_prepared, (prepared.model_view, prepared.crop_box), model_key, device, key)
@@ -542,13 +544,18 @@ def overlay_image(  # noqa: PLR0913 (the overlay's inputs and its encoding)
     ``encoding="jpeg"``, as JPEG (``fast_jpeg``: what the CAM Explorer's overlay fragment shows, redrawn on every
     overlay change; a PNG costs 3-15x the time to encode). Cached, so a rerun that changes nothing about an overlay
     neither blends nor encodes it again. The cache key holds ``image_key`` digests of the arrays (BLAKE2b, in C), not
-    Streamlit's hash of them, which took about a sixth of a fragment run. A caller that already holds those digests
-    (``"|".join(image_key(a) for a in (image, cam[, mask]))``) passes them as ``key`` and nothing is hashed."""
+    Streamlit's hash of them, which took about a sixth of a fragment run. A caller that already holds
+    ``overlay_key(image, cam, mask)`` passes it as ``key`` and nothing is hashed."""
     if key is None:
-        arrays = (image, cam) if mask is None else (image, cam, mask)
-        key = "|".join(image_key(array) for array in arrays)
+        key = overlay_key(image, cam, mask)
     style = {"alpha": alpha, "colormap": colormap, "threshold": threshold}
     return _overlay_image(image, cam, mask, key=key, encoding=encoding, **style)
+
+
+def overlay_key(image: np.ndarray, cam: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """``overlay_image``'s cache key for these arrays: their ``image_key`` digests joined."""
+    arrays = (image, cam) if mask is None else (image, cam, mask)
+    return "|".join(image_key(array) for array in arrays)
 
 
 @st.cache_data(max_entries=64, ttl=CACHE_TTL, show_spinner=False)

@@ -86,9 +86,14 @@ class Shown:
     def tile_key(self, shared_scale: bool, layer: str) -> str:
         """``cache.overlay_image``'s key of ``layer``'s overlay on ``tile``."""
         return self.once(
-            ("tile key", shared_scale, layer),
-            lambda: f"{cache.image_key(self.tile)}|{cache.image_key(self.maps(shared_scale)[layer][0])}",
+            ("tile key", shared_scale, layer), lambda: cache.overlay_key(self.tile, self.maps(shared_scale)[layer][0])
         )
+
+    @cached_property
+    def refined_tile(self) -> tuple[np.ndarray, str]:
+        """RefineCAM's fused map (``CamResult.refined``) upscaled to ``TILE_PX``, and its overlay's key on ``tile``."""
+        refined = upscale_nearest(self.view.result.refined[0], TILE_PX)
+        return refined, cache.overlay_key(self.tile, refined)
 
     def on_original(self, shared_scale: bool, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
         """``layer``'s map placed on ``original`` (``map_to_original``), its crop mask, and their overlay's key."""
@@ -96,7 +101,7 @@ class Shown:
         def make() -> tuple[np.ndarray, np.ndarray, str]:
             image, box = self.original
             cam, inside = map_to_original(self.maps(shared_scale)[layer][0], image.shape[:2], box)
-            return cam, inside, "|".join(cache.image_key(array) for array in (image, cam, inside))
+            return cam, inside, cache.overlay_key(image, cam, inside)
 
         return self.once(("original", shared_scale, layer), make)
 
@@ -319,7 +324,9 @@ def _draw(shown: Shown) -> None:
     if METHODS[result.method].fuses_layers:  # RefineCAM: its map is the layers' maps fused
         st.image(
             jpeg_data_url(
-                cache.overlay_image(model_view, upscale_nearest(result.refined[0], TILE_PX), encoding="jpeg", **style)
+                cache.overlay_image(
+                    model_view, shown.refined_tile[0], encoding="jpeg", key=shown.refined_tile[1], **style
+                )
             ),
             caption=md("{label}: the {n} layers' maps multiplied", label=METHODS[result.method].label, n=len(names)),
         )
