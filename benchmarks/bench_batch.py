@@ -23,7 +23,7 @@ Ray's shard work costs more per image than local's: then a larger job only widen
 
 The loop and the local engine run on ``--threads`` torch threads (default 1: on this 2-core machine, shared with
 other jobs, one thread ran ResNet-20's CAMs 2-3x faster than two), each Ray actor on one (Ray's ``num_cpus=1``).
-Also prints the per-image cost of each, from which README's per-GPU scaling is estimated.
+Also prints the per-image cost of each, from which docs/batch.md's per-GPU scaling is estimated.
 
     python benchmarks/bench_batch.py [--repeats 3] [--images 1000] [--no-ray] [--threads 1]
 """

@@ -103,7 +103,7 @@ def bench(name: str, repeats: int, device: torch.device) -> dict[str, float]:
         for layer, ref in zip(layers, theirs_grid[m])
     )
     # up to ~3e-4 on EfficientNet-Lite0: timm's in-place activations change what pytorch-grad-cam reads after the
-    # forward (README, "Activations as produced"); tests/test_cam.py compares at 1e-5 with in-place flags off
+    # forward (docs/camlib.md, "Activations as produced"); tests/test_cam.py compares at 1e-5 with in-place flags off
     assert grid_worst < 1e-3, f"{name}: grid maps differ from pytorch-grad-cam by {grid_worst}"
     model.zero_grad(set_to_none=True)  # pytorch-grad-cam's backward() filled .grad
 

