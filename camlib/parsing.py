@@ -60,3 +60,12 @@ def parse_int(
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise error(f"{name} must be in {bounds}, got {value}")
     return value
+
+
+def int_or_none(text: object, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    """``parse_int(text, ...)``, or None where it raises: for text that may name an integer or something else (a
+    folder that is a class index or a class name, ``--class 3`` or ``--class predicted``)."""
+    try:
+        return parse_int(text, "value", minimum=minimum, maximum=maximum)
+    except InputError:
+        return None

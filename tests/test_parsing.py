@@ -11,8 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from camlib.batch import job as batch_job
+from camlib.batch import shard as batch_shard
+from camlib.cifar import CLASS_NAMES
 from camlib.errors import CamlibError, InputError, PipelineError
-from camlib.parsing import MAX_INT_DIGITS, parse_int
+from camlib.parsing import MAX_INT_DIGITS, int_or_none, parse_int
 
 # Every code point Python calls a digit or a number, other than ASCII 0-9: superscripts (the issue's "²"), circled
 # and parenthesised digits, other scripts' decimal digits (Arabic-Indic, Devanagari, Thai, full-width...), the
@@ -147,3 +150,34 @@ def test_bounds_agree_with_int_on_the_grammar(text, low, high):
         assert digits > MAX_INT_DIGITS or not low <= int(text) <= high
     else:
         assert digits <= MAX_INT_DIGITS and low <= value == int(text) <= high
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("3", 3), ("0", 0), ("9", 9), ("10", None), ("²", None), ("٣", None), ("cat", None), (" 3", None),
+     ("9" * 5000, None), ("-1", None)],
+)  # fmt: skip
+def test_int_or_none_is_parse_int_without_the_error(text, expected):
+    assert int_or_none(text, minimum=0, maximum=9) == expected
+
+
+@pytest.mark.bad_input(73)
+@pytest.mark.parametrize("target", ["²", "٣", "３", "+3", "3_0", "3.0", "9" * 5_000])
+def test_the_batch_command_line_refuses_a_class_isdigit_or_int_would_take(tmp_path, target):
+    """``--class`` is checked with ``parse_int``'s grammar before any work: ``"²"`` used to pass ``isdigit()`` and
+    stop the run with an untyped ``ValueError`` in ``int()``; ``"٣"`` became class 3."""
+    config = batch_job.parse_args(["--images", str(tmp_path), "--out", str(tmp_path / "out"), "--class", target])
+    with pytest.raises(InputError, match="--class must be predicted, true or an index"):
+        batch_job._check_config(config)
+    config = batch_job.parse_args(["--images", str(tmp_path), "--out", str(tmp_path / "out"), "--class", "3"])
+    batch_job._check_config(config)  # the ASCII index still passes
+
+
+@pytest.mark.bad_input(73)
+@pytest.mark.parametrize(
+    ("folder", "label"),
+    [("3", 3), ("cat", 3), ("CAT", 3), ("9", 9), ("10", None), ("²", None), ("٣", None), ("३", None),
+     ("03", 3), ("9" * 5_000, None)],
+)  # fmt: skip
+def test_a_batch_folder_name_is_a_class_name_or_a_strict_index(folder, label):
+    assert batch_shard._label_of(folder, CLASS_NAMES) == label

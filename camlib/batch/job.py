@@ -52,6 +52,7 @@ from camlib.models import (
     MODELS,
     LoadedModel,
 )
+from camlib.parsing import int_or_none
 from camlib.prediction_cache import weights_digest
 
 RUN_FILE = "run.json"
@@ -201,7 +202,7 @@ def _check_config(config: BatchConfig) -> None:
             f"--metrics: unknown {', '.join(unknown_metrics)}; choose from {', '.join(BATCH_METRICS)}",
         ),
         (
-            config.target in CLASS_CHOICES or config.target.isdigit(),
+            config.target in CLASS_CHOICES or int_or_none(config.target, minimum=0) is not None,
             f"--class must be predicted, true or an index, got {config.target!r}",
         ),
         (config.limit is None or config.limit >= 1, f"--limit must be at least 1, got {config.limit}"),

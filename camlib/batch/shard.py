@@ -33,6 +33,7 @@ from camlib.models import (
     prepare_batch,
     prepare_input,
 )
+from camlib.parsing import int_or_none
 
 if TYPE_CHECKING:
     from camlib.batch.job import BatchConfig
@@ -118,7 +119,7 @@ def _label_of(name: str, class_names: tuple[str, ...]) -> int | None:
     lowered = [c.lower() for c in class_names]
     if name.lower() in lowered:
         return lowered.index(name.lower())
-    return int(name) if name.isdigit() and int(name) < len(class_names) else None
+    return int_or_none(name, minimum=0, maximum=len(class_names) - 1)
 
 
 def _folder_items(root: Path, class_names: tuple[str, ...]) -> list[_Item]:
