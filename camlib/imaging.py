@@ -6,7 +6,8 @@ of 48-200 MP) because libjpeg decodes it at 1/2, 1/4 or 1/8 scale (``draft()``):
 and the decoded size must itself be within ``MAX_PIXELS``. Only raster formats we need are opened
 (``Image.open(formats=...)``: no EPS, which needs Ghostscript, no SVG, no PSD). Only the first frame of a multi-frame
 file is read, and the frames are not walked to count them where the count is not in the header. EXIF orientation is
-applied once; grayscale, palette, alpha, CMYK, 16-bit and multi-frame images are converted by documented rules.
+applied once; grayscale, palette, alpha, colour keys (PNG ``tRNS``), CMYK, 16-bit and multi-frame images are
+converted by documented rules.
 Nothing here changes Pillow's process-wide settings.
 """
 
@@ -170,11 +171,73 @@ def _name_note(filename: str, file_format: str) -> str | None:
     return f"the file is named .{extension} but contains {file_format} data; decoded as {file_format}"
 
 
-def _to_8bit(image: Image.Image, notes: list[str]) -> Image.Image:
-    """Convert any supported mode to "L", "RGB" or "RGBA" by explicit rules (16-bit scaled, palette expanded).
+# PNG's grey sample depths below 8 bits, by Pillow's raw mode: Pillow scales the pixels to 0..255 but leaves the
+# tRNS key in sample units, so the key is scaled here (x 255 / (2^depth - 1), as the pixels are).
+_LOW_DEPTH_GREY = {"L;2": 85, "L;4": 17}
+
+
+def _raw_mode(image: Image.Image) -> str | None:
+    """The raw mode of a PNG's pixel data (e.g. "RGB;16B", "L;2"), read before ``load()`` clears the tile list."""
+    if image.format != "PNG" or not image.tile or not isinstance(image.tile[0].args, str):
+        return None
+    return image.tile[0].args
+
+
+def _low_bytes(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """The low bytes of a 16-bit RGB PNG's samples, uint8 ``(H, W, 3)``: the same file decoded again with Pillow's
+    "RGB;16L" unpacker, which takes the second byte of each big-endian sample (Pillow's own RGB keeps the first)."""
+    image = Image.open(io.BytesIO(data), formats=["PNG"])
+    image.tile = [tile._replace(args="RGB;16L") for tile in image.tile]
+    return np.asarray(image)
+
+
+def _colour_key_mask(
+    image: Image.Image, raw_mode: str | None, data: bytes | bytearray | memoryview
+) -> np.ndarray | None:
+    """Where a colour key marks pixels transparent (bool ``(H, W)``), or None when the image declares none.
+
+    A colour key is one grey level or one RGB colour declared transparent: a PNG ``tRNS`` chunk in a grey or RGB
+    image (PNG specification, 11.3.2.1: pixels whose samples equal the key, compared at the image's bit depth), or a
+    grey GIF's transparency index. Palette keys (``P`` with ``tRNS`` or a GIF index) are Pillow's RGBA conversion.
+
+    The key is compared with the samples as stored: 16-bit grey as 16-bit, 16-bit RGB from its high and low bytes
+    (Pillow keeps only the high bytes, and never matched its 16-bit key), 1-, 2- and 4-bit grey scaled as Pillow
+    scales the pixels. Pillow's own conversion keeps 16-bit and 2- or 4-bit keyed images opaque.
+    """
+    key = image.info.get("transparency")
+    if image.mode in ("1", "L") and isinstance(key, int):
+        grey = np.asarray(image.convert("L") if image.mode == "1" else image)
+        return grey == key * _LOW_DEPTH_GREY.get(raw_mode or "", 1)
+    if image.mode.startswith("I;16") and isinstance(key, int):
+        return np.asarray(image) == key
+    if image.mode != "RGB" or not (isinstance(key, tuple) and len(key) == 3):
+        return None
+    if raw_mode == "RGB;16B":
+        high, low = np.asarray(image), _low_bytes(data)
+        return np.all(high == np.array([k >> 8 for k in key]), axis=2) & np.all(
+            low == np.array([k & 0xFF for k in key]), axis=2
+        )
+    return np.all(np.asarray(image) == np.array(key), axis=2)
+
+
+def _with_alpha(image: Image.Image, transparent: np.ndarray, notes: list[str]) -> Image.Image:
+    """ "L" or "RGB" ``image`` as "RGBA", alpha 0 where ``transparent`` (bool ``(H, W)``) and 255 elsewhere."""
+    if not transparent.any():
+        return image
+    rgba = image.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.where(transparent, np.uint8(0), np.uint8(255))))
+    notes.append("transparent pixels shown on a white background")
+    return rgba
+
+
+def _to_8bit(image: Image.Image, notes: list[str], transparent: np.ndarray | None = None) -> Image.Image:
+    """Convert any supported mode to "L", "RGB" or "RGBA" by explicit rules (16-bit scaled, palette expanded, a
+    colour key's ``transparent`` pixels (``_colour_key_mask``) given alpha 0).
 
     The full-size image is copied only where the mode requires it; ``_to_rgb`` finishes on the downscaled image.
     """
+    if transparent is not None:
+        return _with_alpha(_to_8bit(image, notes), transparent, notes)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         values = np.asarray(image)  # uint16 or int32: never a wider copy of a 25 MP image
@@ -196,7 +259,8 @@ def _to_8bit(image: Image.Image, notes: list[str]) -> Image.Image:
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image if mode == "RGBA" else image.convert("RGBA")
+        # Pillow converts premultiplied grey ("La", a TIFF's associated alpha) only to "LA".
+        rgba = image if mode == "RGBA" else (image.convert("LA") if mode == "La" else image).convert("RGBA")
         if rgba.getextrema()[3][0] < 255:
             notes.append("transparent pixels shown on a white background")
         return rgba
@@ -262,16 +326,17 @@ def _check_decoded_size(
 
 
 def _load_downscaled(
-    image: Image.Image, max_pixels: int, max_side: int | None, notes: list[str]
+    image: Image.Image, data: bytes | bytearray | memoryview, max_pixels: int, max_side: int | None, notes: list[str]
 ) -> tuple[Image.Image, int, tuple[int, int]]:
     """Decode the (first) frame, convert to 8 bits, downscale once (LANCZOS) so the longest side is at most
     ``max_side``, then apply the EXIF orientation. Returns the image, the orientation and the downscaled size
     before rotation."""
     try:
+        raw_mode = _raw_mode(image)
         image.load()
         # Read EXIF after load(): for PNG, getexif() decodes the pixels itself, so it must sit inside this guard.
         orientation = image.getexif().get(0x0112, 1)
-        image = _to_8bit(image, notes)
+        image = _to_8bit(image, notes, _colour_key_mask(image, raw_mode, data))
         new_size = _downscaled_size(image.size, max_side)
         if new_size != image.size:
             image = image.resize(new_size, Image.Resampling.LANCZOS)
@@ -328,7 +393,7 @@ def decode_image(
     width, height = image.size
     _check_decoded_size(stored_size, (width, height), max_pixels, progressive=progressive, scale=scale)
     frames_note = _frames_note(image)
-    image, orientation, new_size = _load_downscaled(image, max_pixels, max_side, notes)
+    image, orientation, new_size = _load_downscaled(image, data, max_pixels, max_side, notes)
     swap = orientation in (5, 6, 7, 8)  # orientations that swap width and height
 
     def shown(size: tuple[int, int]) -> str:

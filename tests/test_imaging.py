@@ -19,6 +19,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import GifImagePlugin, Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
@@ -506,6 +507,7 @@ def test_memory_measurement_sees_what_the_script_allocates() -> None:
     script = (
         RSS_BASELINE
         + """
+import cv2
 import numpy as np
 block = np.ones(200 * 2**20, np.uint8)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024)
@@ -1204,3 +1206,182 @@ def test_decode_image_refuses_bad_options_by_name(keyword: str, value: object) -
 def test_decode_image_refuses_data_that_is_not_bytes(data: object) -> None:
     with pytest.raises(InputError, match="data must be the file's bytes"):
         decode_image(data)  # type: ignore[arg-type]
+
+
+# --- transparency in every form the accepted formats declare it (row 78) -----------------------------------------
+
+KEYED_SIZE = (20, 24)  # the issue's example: 480 pixels, every third one black and declared transparent
+
+
+def _keyed_grey(levels: int) -> np.ndarray:
+    """``(24, 20)`` sample values cycling 0, 1, 2 (times ``levels``): 160 of the 480 pixels hold 0, the key."""
+    return (np.arange(480).reshape(24, 20) % 3 * levels).astype(np.uint16)
+
+
+def _png(samples: np.ndarray, colour_type: int, depth: int, trns: bytes | None) -> bytes:
+    """A PNG written from its specification (Pillow writes no 16-bit RGB, no 2- or 4-bit grey, no 16-bit key):
+    ``samples`` ``(H, W)`` or ``(H, W, 3)``, unfiltered rows, an optional ``tRNS`` payload."""
+    height, width = samples.shape[:2]
+    if depth < 8:
+        bits = np.unpackbits(samples.astype(np.uint8)[..., None], axis=-1)[..., 8 - depth :]
+        rows = [np.packbits(bits[y].ravel()).tobytes() for y in range(height)]
+    else:
+        rows = [samples[y].astype(">u2" if depth == 16 else "u1").tobytes() for y in range(height)]
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + (_png_chunk(b"tRNS", trns) if trns is not None else b"")
+        + _png_chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row for row in rows)))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _pillow_on_white(data: bytes) -> np.ndarray:
+    """The reference: Pillow's own RGBA conversion of the file, composited on white with Pillow's alpha_composite."""
+    rgba = Image.open(io.BytesIO(data)).convert("RGBA")
+    return np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB"))
+
+
+def _bmp_with_alpha(rgba: np.ndarray) -> bytes:
+    """A 32-bit BMP with a BITMAPV4HEADER whose bit fields include an alpha mask (Pillow writes BMP without one)."""
+    height, width, _ = rgba.shape
+    pixels = rgba[::-1][..., [2, 1, 0, 3]].tobytes()  # bottom-up rows, BGRA
+    header = struct.pack("<IiiHHIIiiII", 108, width, height, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
+    header += struct.pack("<4I", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000) + b"BGRs" + bytes(48)
+    offset = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + pixels
+
+
+def _tiff_with_alpha(samples: np.ndarray, photometric: str, extra: str) -> bytes:
+    tifffile = pytest.importorskip("tifffile")
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, samples, photometric=photometric, extrasamples=[extra])
+    return buffer.getvalue()
+
+
+def _alpha_ramp() -> np.ndarray:
+    """``(24, 20, 4)`` uint8: seeded colours, alpha 0 on a third of the pixels, 255 on a third, partial elsewhere."""
+    rgba = np.random.default_rng(78).integers(0, 256, (24, 20, 4), dtype=np.uint8)
+    cycle = np.arange(480).reshape(24, 20) % 3
+    rgba[..., 3] = np.where(cycle == 0, 0, np.where(cycle == 1, 255, rgba[..., 3]))
+    return rgba
+
+
+def _palette_with_partial_alpha() -> bytes:
+    image = Image.fromarray((np.arange(480).reshape(24, 20) % 4).astype(np.uint8), "L").convert("P")
+    image.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10, 10, 10, 200] + [0] * 756)
+    return _encode(image, "PNG", transparency=bytes([0, 255, 128, 40]))  # one alpha per palette entry
+
+
+def _gif(mode: str) -> bytes:
+    cycle = (np.arange(480).reshape(24, 20) % 3).astype(np.uint8)
+    image = Image.fromarray(cycle * 100, "L")
+    if mode == "P":
+        image = Image.fromarray(cycle, "L").convert("P")
+        image.putpalette([0, 0, 0, 250, 0, 0, 0, 0, 250] + [0] * 759)
+    return _encode(image, "GIF", transparency=0)
+
+
+# Every way an accepted format declares transparency that Pillow's RGBA conversion reads right.
+PILLOW_TRANSPARENCY_CASES = {
+    "png-L-tRNS": lambda: _encode(Image.fromarray((_keyed_grey(100)).astype(np.uint8), "L"), "PNG", transparency=0),
+    "png-RGB-tRNS": lambda: _encode(
+        Image.fromarray(np.dstack([_keyed_grey(100), _keyed_grey(50), _keyed_grey(20)]).astype(np.uint8), "RGB"),
+        "PNG",
+        transparency=(0, 0, 0),
+    ),
+    "png-1-tRNS": lambda: _png(_keyed_grey(1) % 2, 0, 1, struct.pack(">H", 0)),
+    "png-P-tRNS-index": lambda: _encode(
+        Image.fromarray(_keyed_grey(1).astype(np.uint8), "L").convert("P"), "PNG", transparency=0
+    ),
+    "png-P-tRNS-partial-alpha": _palette_with_partial_alpha,
+    "png-LA": lambda: _encode(Image.fromarray(_alpha_ramp()[..., [0, 3]], "LA"), "PNG"),
+    "png-RGBA": lambda: _encode(Image.fromarray(_alpha_ramp(), "RGBA"), "PNG"),
+    "gif-P-index": lambda: _gif("P"),
+    "gif-L-index": lambda: _gif("L"),
+    "webp-RGBA": lambda: _encode(Image.fromarray(_alpha_ramp(), "RGBA"), "WEBP", lossless=True),
+    "tiff-RGBA-unassociated": lambda: _tiff_with_alpha(_alpha_ramp(), "rgb", "unassalpha"),
+    "tiff-RGBA-associated": lambda: _tiff_with_alpha(_alpha_ramp(), "rgb", "assocalpha"),
+    "bmp-v4-alpha-mask": lambda: _bmp_with_alpha(_alpha_ramp()),
+    "jpeg-none": lambda: _encode(Image.fromarray(_alpha_ramp()[..., :3], "RGB"), "JPEG", quality=95),
+}
+
+
+@pytest.mark.bad_input(78)
+@pytest.mark.bad_input(15)
+@pytest.mark.parametrize("case", list(PILLOW_TRANSPARENCY_CASES))
+def test_transparency_equals_pillows_rgba_conversion_on_white(case: str) -> None:
+    data = PILLOW_TRANSPARENCY_CASES[case]()
+    expected = _pillow_on_white(data)
+    decoded = decode_image(data)
+    np.testing.assert_array_equal(decoded.pixels, expected)
+    declares = case != "jpeg-none"
+    assert declares == any("white background" in note for note in decoded.notes)
+    if declares:  # the reference itself has transparent pixels: the case is not vacuous
+        assert (Image.open(io.BytesIO(data)).convert("RGBA").getextrema()[3][0]) == 0
+
+
+def test_a_format_camlib_does_not_accept_stays_refused() -> None:
+    data = _encode(Image.fromarray(_alpha_ramp(), "RGBA").resize((32, 32)), "ICO")
+    with pytest.raises(InvalidImageError, match="not a valid image"):
+        decode_image(data)
+
+
+@pytest.mark.bad_input(78)
+@pytest.mark.parametrize("depth", [1, 2, 4, 8, 16])
+def test_a_grey_colour_key_at_every_png_depth_follows_the_specification(depth: int) -> None:
+    """PNG 11.3.2.1: a grey image's pixels whose sample equals the tRNS key are transparent, at any bit depth. Pillow
+    keeps 2-, 4- and 16-bit keyed images opaque, so the reference is the definition: white where the stored sample is
+    the key, the same file without its tRNS chunk everywhere else."""
+    top = 1 if depth == 1 else (2**depth - 1) // 2
+    samples = _keyed_grey(top) if depth > 1 else _keyed_grey(1) % 2
+    key = struct.pack(">H", 0)
+    keyed, opaque = decode_image(_png(samples, 0, depth, key)), decode_image(_png(samples, 0, depth, None))
+    transparent = samples == 0
+    assert transparent.sum() == (160 if depth > 1 else 320)
+    np.testing.assert_array_equal(keyed.pixels[transparent], 255)
+    np.testing.assert_array_equal(keyed.pixels[~transparent], opaque.pixels[~transparent])
+    assert (opaque.pixels[transparent] == 0).all()  # black before: 160 pixels off by 255 levels
+    assert any("white background" in note for note in keyed.notes)
+
+
+@pytest.mark.bad_input(78)
+@pytest.mark.parametrize("key_kind", ["black", "shares-high-bytes"])
+def test_a_16_bit_rgb_colour_key_matches_libpng(key_kind: str) -> None:
+    """16-bit RGB with a tRNS colour: libpng's tRNS expansion (OpenCV's IMREAD_UNCHANGED decodes it as alpha) is the
+    reference of which pixels are transparent. The key compares all 16 bits: a pixel with the key's high bytes but
+    other low bytes stays opaque."""
+    cycle = np.arange(480).reshape(24, 20) % 3
+    samples = np.stack([cycle * 20000, cycle * 9000 + 1, cycle * 300 + 2], axis=2).astype(np.uint16)
+    key = (0, 1, 2) if key_kind == "black" else (20000, 9001, 302)
+    if key_kind == "shares-high-bytes":  # same high bytes as the key, other low bytes: must stay opaque
+        samples[0, :4] = (20000 + 1, 9001, 302)
+    data = _png(samples, 2, 16, struct.pack(">HHH", *key))
+    reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert reference.shape == (24, 20, 4) and reference.dtype == np.uint16
+    transparent = reference[..., 3] == 0
+    np.testing.assert_array_equal(transparent, (samples == np.array(key, np.uint16)).all(axis=2))  # PNG 11.3.2.1
+    assert transparent.sum() == (160 if key_kind == "black" else 159)
+    decoded, opaque = decode_image(data), decode_image(_png(samples, 2, 16, None))
+    np.testing.assert_array_equal(decoded.pixels[transparent], 255)
+    np.testing.assert_array_equal(decoded.pixels[~transparent], opaque.pixels[~transparent])
+    if key_kind == "shares-high-bytes":
+        assert not transparent[0, :4].any() and (decoded.pixels[0, :4] == opaque.pixels[0, :4]).all()
+
+
+@pytest.mark.bad_input(78)
+@pytest.mark.parametrize("channels", [[0, 3], [0, 1, 2, 3]], ids=["La", "RGBa"])
+def test_associated_alpha_tiff_is_its_premultiplied_colour_on_white(channels: list[int]) -> None:
+    """TIFF 6.0 ExtraSamples = 1 stores colour premultiplied by alpha, so on white it is ``c + 255 - alpha`` (the
+    definition, up to one level of rounding). Pillow cannot convert grey "La" to RGBA itself: a mode no reference
+    conversion covers, which was reported as a corrupted file."""
+    samples = _alpha_ramp()[..., channels]
+    alpha = samples[..., -1:].astype(np.int32)
+    samples[..., :-1] = np.minimum(samples[..., :-1], samples[..., -1:])  # premultiplied: colour <= alpha
+    photometric = "minisblack" if len(channels) == 2 else "rgb"
+    decoded = decode_image(_tiff_with_alpha(samples, photometric, "assocalpha"))
+    expected = samples[..., :-1].astype(np.int32) + 255 - alpha
+    expected = np.repeat(expected, 3, axis=2) if len(channels) == 2 else expected
+    assert np.abs(decoded.pixels.astype(np.int32) - expected).max() <= 1
+    np.testing.assert_array_equal(decoded.pixels[alpha[..., 0] == 0], 255)
