@@ -5,7 +5,9 @@ Three sources of weights:
        (works offline; the default), and the CIFAR-10 ResNet-20 trained by this project (``models/``, safetensors);
     2. torchvision's ImageNet weights, read from torchvision's cache (``$TORCH_HOME/hub/checkpoints``) or downloaded
        there with a progress callback and a hash check; offline and not cached gives ``WeightsUnavailableError``,
-       never a silently random model;
+       never a silently random model. The operator turns downloads off with ``CAMLIB_DOWNLOADS=off`` and caps the
+       disk they use with ``CAMLIB_DOWNLOAD_MAX_MB`` (``downloads_enabled``, ``download_allowance``). Messages say
+       "the torch cache", never its path (a visitor reads them); the path goes to this module's logger;
     3. a user checkpoint for a registered architecture: ``.safetensors`` or a weights-only ``torch.load`` state dict.
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import os
 import re
 import urllib.error
 import urllib.request
@@ -29,10 +33,11 @@ from torch import nn
 from camlib.checkpoints import NOT_A_STATE_DICT, CheckpointReading, candidate_readings, find_reading, weight_tensors
 from camlib.cifar import CLASS_NAMES as CIFAR10_CLASSES
 from camlib.cifar_models import CIFAR10_MEAN, CIFAR10_STD, CIFAR_ARCHS, build_cifar_model
-from camlib.contracts import require_model
+from camlib.contracts import require_int, require_model
 from camlib.device import default_device
 from camlib.errors import CheckpointError, InputError, UnknownModelError, WeightsUnavailableError
 from camlib.imaging import ensure_rgb_batch, ensure_rgb_uint8
+from camlib.parsing import parse_int
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total; 0 if unknown)
 
@@ -320,15 +325,59 @@ def torchvision_cache_path(spec: ModelSpec) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.weights_url).name
 
 
+DOWNLOADS_ENV = "CAMLIB_DOWNLOADS"  # "off" (or 0, false, no): nothing is downloaded
+DOWNLOAD_MAX_MB_ENV = "CAMLIB_DOWNLOAD_MAX_MB"  # MB (10**6 bytes) downloads may use on disk
+DEFAULT_DOWNLOAD_MAX_MB = 2_000  # every torchvision model of the registry together is about 1,300 MB
+_OFF = ("0", "off", "false", "no")
+logger = logging.getLogger(__name__)
+
+
+def downloads_enabled() -> bool:
+    """Whether the operator allows downloads: ``$CAMLIB_DOWNLOADS`` is not ``0``, ``off``, ``false`` or ``no``
+    (case-insensitive; unset: allowed)."""
+    return os.environ.get(DOWNLOADS_ENV, "").strip().lower() not in _OFF
+
+
+def download_allowance(folder: Path) -> int:
+    """Bytes a download into ``folder`` may still write: ``$CAMLIB_DOWNLOAD_MAX_MB`` (default
+    ``DEFAULT_DOWNLOAD_MAX_MB``) in bytes, less the files already in ``folder`` (not recursive; 0 when they exceed
+    it; a missing folder holds nothing).
+
+    Raises:
+        InputError: ``folder`` not a ``Path``, or ``$CAMLIB_DOWNLOAD_MAX_MB`` not a whole number of MB (the message
+            names the variable; an operator's setting, parsed as strictly as a visitor's link).
+    """
+    if not isinstance(folder, Path):
+        raise InputError(f"folder must be a pathlib.Path, got {type(folder).__name__}")
+    text = os.environ.get(DOWNLOAD_MAX_MB_ENV, str(DEFAULT_DOWNLOAD_MAX_MB)).strip()
+    cap = parse_int(text, f"${DOWNLOAD_MAX_MB_ENV} (MB)", minimum=0) * 10**6
+    used = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+    return max(0, cap - used)
+
+
 def download_file(
-    url: str, destination: Path, *, progress: ProgressCallback | None = None, timeout_s: float = 30.0
+    url: str,
+    destination: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    timeout_s: float = 30.0,
+    max_bytes: int | None = None,
 ) -> Path:
     """Stream ``url`` to ``destination`` (atomically), reporting progress; verify torchvision's hash prefix.
 
+    The size the server declares (``Content-Length``) is checked against ``max_bytes`` before the body is read, and
+    the stream is stopped as soon as it exceeds the declared size or ``max_bytes``: the disk used is bounded by
+    ``max_bytes`` whatever the server sends.
+
+    Args:
+        max_bytes: the most bytes to write (``download_allowance``); None: no cap.
+
     Raises:
-        WeightsUnavailableError: no network, HTTP error, or a hash mismatch.
-        InputError: ``url`` not an http(s) URL, ``destination`` not a ``Path`` or ``timeout_s`` not a positive
-            number of seconds (checked before any network access).
+        WeightsUnavailableError: no network, HTTP error, a hash mismatch, a body other than its declared size, or a
+            download larger than ``max_bytes``. Its message names the URL but no local path ("the torch cache"); the
+            path is logged.
+        InputError: ``url`` not an http(s) URL, ``destination`` not a ``Path``, ``timeout_s`` not a positive
+            number of seconds or ``max_bytes`` not a non-negative int (checked before any network access).
     """
     if not isinstance(url, str) or not url.startswith(("https://", "http://")):
         raise InputError(f"url must be an http(s) URL, got {url!r}")
@@ -336,33 +385,74 @@ def download_file(
         raise InputError(f"destination must be a pathlib.Path, got {type(destination).__name__}")
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < float("inf"):
         raise InputError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    if max_bytes is not None:
+        require_int(max_bytes, "max_bytes", minimum=0)
     partial = destination.with_suffix(destination.suffix + ".partial")
     digest = hashlib.sha256()
     try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
+            total = _declared_length(response.headers.get("Content-Length"))
+            if max_bytes is not None and total > max_bytes:
+                raise _TooLarge(f"it is {total / 1e6:,.0f} MB and downloads may use {max_bytes / 1e6:,.0f} MB more")
+            done = _copy(response, out, digest, total, limit=total or max_bytes, progress=progress)
         if total and done != total:
             raise OSError(f"incomplete download: {done} of {total} bytes")
+    except _TooLarge as error:
+        _discard(partial)
+        raise WeightsUnavailableError(f"refused to download {url}: {error}") from None
     except (urllib.error.URLError, OSError, TimeoutError) as error:
-        partial.unlink(missing_ok=True)
+        _discard(partial)
+        logger.warning("download of %s to %s failed: %s", url, destination, error)
+        # a local file error's str() holds its path: say what went wrong, not where
+        reason = getattr(error, "reason", None) or (error.strerror if getattr(error, "filename", None) else error)
         raise WeightsUnavailableError(
-            f"could not download {url} ({getattr(error, 'reason', error)}). If you are offline, download it "
-            f"elsewhere and place it at {destination}, or use the bundled EfficientNet-Lite0 model."
+            f"could not download {url} ({reason}). If you are offline, download it elsewhere and place it in the "
+            "torch cache (the server's log names the folder), or use the bundled EfficientNet-Lite0 model."
         ) from error
     expected = re.search(r"-([a-f0-9]{6,})\.", destination.name)
     if expected and not digest.hexdigest().startswith(expected.group(1)):
-        partial.unlink(missing_ok=True)
+        _discard(partial)
         raise WeightsUnavailableError(f"the download of {url} is corrupted (hash mismatch); try again")
     partial.replace(destination)
     return destination
+
+
+def _copy(response, out, digest, total: int, *, limit: int | None, progress: ProgressCallback | None) -> int:
+    """Copy ``response`` to ``out`` in 1 MiB reads, hashing and reporting; stop past ``limit`` bytes (``_TooLarge``).
+    Returns the bytes copied."""
+    done = 0
+    while chunk := response.read(1 << 20):
+        done += len(chunk)
+        if limit is not None and done > limit:
+            raise _TooLarge(f"the server sent more than {limit / 1e6:,.1f} MB")
+        out.write(chunk)
+        digest.update(chunk)
+        if progress is not None:
+            progress(done, total)
+    return done
+
+
+def _discard(partial: Path) -> None:
+    """Remove a partial download; one that cannot be there (its folder is a file) or removed is left to the log."""
+    try:
+        partial.unlink(missing_ok=True)
+    except OSError as error:
+        logger.warning("cannot remove %s: %s", partial, error)
+
+
+class _TooLarge(Exception):
+    """A download refused for its size (declared, or as streamed)."""
+
+
+def _declared_length(header: str | None) -> int:
+    """``Content-Length`` as an int, 0 when absent; a value that is not a whole number of bytes is refused."""
+    if header is None or header == "":
+        return 0
+    try:
+        return parse_int(header.strip(), "Content-Length", minimum=0)
+    except InputError as error:
+        raise _TooLarge(f"the server declared no valid size ({error})") from None
 
 
 _DENSENET_KEY = re.compile(
@@ -375,16 +465,18 @@ def _torchvision_state_dict(
 ) -> dict[str, torch.Tensor]:
     path = torchvision_cache_path(spec)
     if not path.exists():
-        if not allow_download:
-            raise WeightsUnavailableError(
-                f"pretrained weights for {spec.label} are not cached at {path} and downloading is disabled"
-            )
-        download_file(spec.weights_url, path, progress=progress)
+        if not allow_download or not downloads_enabled():
+            logger.info("weights of %s are not cached at %s", spec.key, path)
+            why = "" if downloads_enabled() else f" and downloads are turned off on this server (${DOWNLOADS_ENV})"
+            raise WeightsUnavailableError(f"pretrained weights for {spec.label} are not cached in the torch cache{why}")
+        download_file(spec.weights_url, path, progress=progress, max_bytes=download_allowance(path.parent))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt cache file: say where it is so the user can delete it
+    except Exception as error:  # a corrupt cache file: the log says where it is, so the operator can delete it
+        logger.warning("the cached weights of %s at %s cannot be read: %s", spec.key, path, error)
         raise WeightsUnavailableError(
-            f"the cached weights at {path} cannot be read ({error}); delete the file"
+            f"the cached weights for {spec.label} in the torch cache cannot be read ({type(error).__name__}); "
+            "delete the file (the server's log names it)"
         ) from error
     if spec.arch.startswith("densenet"):  # torchvision's DenseNet files use old key names (densenet._load_state_dict)
         state = {(_DENSENET_KEY.sub(r"\1\2", k)): v for k, v in state.items()}

@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import hashlib
 import io
+import logging
 import pickle
 import re
 import socket
@@ -39,10 +40,15 @@ from camlib import models
 from camlib.checkpoints import find_reading
 from camlib.errors import CamlibError, CheckpointError, InputError, UnknownModelError, WeightsUnavailableError
 from camlib.models import (
+    DEFAULT_DOWNLOAD_MAX_MB,
+    DOWNLOAD_MAX_MB_ENV,
+    DOWNLOADS_ENV,
     MODELS,
     LoadedModel,
     Preprocessing,
+    download_allowance,
     download_file,
+    downloads_enabled,
     get_spec,
     load_checkpoint,
     load_model,
@@ -413,11 +419,16 @@ def test_load_model_reads_torchvision_cache(resnet18_state: OrderedDict[str, tor
     _assert_same_weights(loaded.model, resnet18_state)
 
 
-def test_not_cached_and_download_disabled(offline: Path) -> None:
+@pytest.mark.bad_input(74)
+def test_not_cached_and_download_disabled(offline: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The message says "the torch cache" (a visitor reads it); the server's log names the path."""
+    caplog.set_level(logging.INFO, logger="camlib.models")
+    path = torchvision_cache_path(get_spec("resnet18"))
     with pytest.raises(WeightsUnavailableError) as info:
         load_model("resnet18", allow_download=False, device=CPU)
-    assert "not cached" in str(info.value)
-    assert str(torchvision_cache_path(get_spec("resnet18"))) in str(info.value)
+    assert "not cached in the torch cache" in str(info.value)
+    assert str(offline) not in str(info.value) and path.name not in str(info.value)
+    assert str(path) in caplog.text
 
 
 @pytest.mark.bad_input(29)
@@ -427,19 +438,24 @@ def test_not_cached_and_offline(offline: Path) -> None:
         load_model("resnet18", allow_download=True, device=CPU)
     message = str(info.value)
     assert isinstance(info.value, ValueError)
-    assert f"place it at {path}" in message
+    assert "place it in the torch cache" in message and str(offline) not in message
     assert "bundled" in message  # the way out that works offline
     assert not path.exists()
     assert not list(path.parent.glob("*.partial"))
 
 
-def test_corrupt_cache_file_is_reported_with_its_path(offline: Path) -> None:
+@pytest.mark.bad_input(74)
+def test_corrupt_cache_file_is_reported_with_its_path_in_the_log_only(
+    offline: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="camlib.models")
     path = torchvision_cache_path(get_spec("resnet18"))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsUnavailableError, match="delete the file") as info:
         load_model("resnet18", allow_download=False, device=CPU)
-    assert str(path) in str(info.value)
+    assert "in the torch cache" in str(info.value) and str(offline) not in str(info.value)
+    assert str(path) in caplog.text
 
 
 def test_download_with_wrong_content_is_rejected_and_not_cached(
@@ -507,7 +523,7 @@ def test_download_file_offline_leaves_nothing(tmp_path: Path) -> None:
     destination = tmp_path / "sub" / "resnet18-f37072fd.pth"
     with pytest.raises(WeightsUnavailableError) as info:
         download_file("https://example.invalid/resnet18-f37072fd.pth", destination)
-    assert f"place it at {destination}" in str(info.value)
+    assert "place it in the torch cache" in str(info.value) and str(tmp_path) not in str(info.value)
     assert "network disabled in tests" in str(info.value)
     assert list(destination.parent.iterdir()) == []
 
@@ -530,6 +546,166 @@ def test_download_file_rejects_a_short_body(monkeypatch: pytest.MonkeyPatch, tmp
     with pytest.raises(WeightsUnavailableError):
         download_file("https://example.invalid/plain.bin", tmp_path / "plain.bin")
     assert list(tmp_path.iterdir()) == []
+
+
+class _Counting(FakeResponse):
+    """A response that says how many body bytes were read."""
+
+    @property
+    def read_so_far(self) -> int:
+        return self._buffer.tell()
+
+
+@pytest.mark.bad_input(74)
+def test_a_download_declared_larger_than_its_allowance_is_refused_before_reading(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    response = _Counting(b"w" * (3 << 20))
+    _serve(monkeypatch, response)
+    with pytest.raises(WeightsUnavailableError, match=r"refused to download .*: it is 3 MB and downloads may use 2 MB"):
+        download_file("https://example.invalid/big.pth", tmp_path / "big.pth", max_bytes=2_000_000)
+    assert response.read_so_far == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.bad_input(74)
+@pytest.mark.parametrize(
+    ("declared", "max_bytes", "limit"),
+    [
+        (1 << 20, None, 1 << 20),
+        (None, 2 << 20, 2 << 20),
+        (1 << 20, 4 << 20, 1 << 20),
+        ((1 << 20) + 1, None, (1 << 20) + 1),
+    ],
+)
+def test_a_stream_longer_than_declared_or_allowed_is_stopped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, declared: int | None, max_bytes: int | None, limit: int
+) -> None:
+    """A server that sends more than its ``Content-Length`` (or, declaring none, more than the allowance) is cut off
+    within one 1 MiB read of the limit: the disk used is bounded whatever it sends."""
+    response = _Counting(b"v" * (6 << 20), length=-1 if declared is None else declared)
+    _serve(monkeypatch, response)
+    with pytest.raises(WeightsUnavailableError, match="the server sent more than"):
+        download_file("https://example.invalid/long.bin", tmp_path / "long.bin", max_bytes=max_bytes)
+    assert limit < response.read_so_far <= limit + (1 << 20)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.bad_input(74)
+@pytest.mark.parametrize("header", ["²", "-1", "1e9", "12x", "0x10", "9" * 5_000])
+def test_a_content_length_that_is_not_a_byte_count_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, header: str
+) -> None:
+    response = _Counting(b"u" * 100)
+    response.headers = {"Content-Length": header}
+    _serve(monkeypatch, response)
+    with pytest.raises(WeightsUnavailableError, match="declared no valid size") as info:
+        download_file("https://example.invalid/x.bin", tmp_path / "x.bin")
+    assert response.read_so_far == 0 and len(str(info.value)) < 400
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [(None, True), ("", True), ("1", True), ("on", True), ("off", False), ("OFF", False), ("0", False),
+     ("false", False), ("no", False), (" off ", False)],
+)  # fmt: skip
+def test_downloads_enabled_reads_the_operators_switch(monkeypatch: pytest.MonkeyPatch, value, enabled) -> None:
+    if value is None:
+        monkeypatch.delenv(DOWNLOADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(DOWNLOADS_ENV, value)
+    assert downloads_enabled() is enabled
+
+
+def test_download_allowance_is_the_cap_less_the_files_already_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(DOWNLOAD_MAX_MB_ENV, raising=False)
+    assert download_allowance(tmp_path / "missing") == DEFAULT_DOWNLOAD_MAX_MB * 10**6
+    (tmp_path / "a.pth").write_bytes(b"a" * 300_000)
+    (tmp_path / "b.pth").write_bytes(b"b" * 200_000)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.pth").write_bytes(b"c" * 10**6)  # not in the folder itself
+    monkeypatch.setenv(DOWNLOAD_MAX_MB_ENV, "2")
+    assert download_allowance(tmp_path) == 2_000_000 - 500_000
+    monkeypatch.setenv(DOWNLOAD_MAX_MB_ENV, "0")
+    assert download_allowance(tmp_path) == 0
+
+
+@pytest.mark.parametrize("value", ["²", "-5", "1.5", "2 GB", "9" * 5_000, "٣"])
+def test_a_bad_download_cap_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str) -> None:
+    monkeypatch.setenv(DOWNLOAD_MAX_MB_ENV, value)
+    with pytest.raises(InputError, match=DOWNLOAD_MAX_MB_ENV):
+        download_allowance(tmp_path)
+
+
+@pytest.mark.bad_input(74)
+def test_downloads_turned_off_never_open_a_connection(monkeypatch: pytest.MonkeyPatch, offline: Path) -> None:
+    urls = _serve(monkeypatch, FakeResponse(b"never read"))
+    monkeypatch.setenv(DOWNLOADS_ENV, "off")
+    with pytest.raises(WeightsUnavailableError, match=r"turned off on this server \(\$CAMLIB_DOWNLOADS\)"):
+        load_model("vgg16_bn", allow_download=True, device=CPU)
+    assert urls == []
+    assert not torchvision_cache_path(get_spec("vgg16_bn")).parent.exists()
+
+
+@pytest.mark.bad_input(74)
+def test_load_model_caps_the_torch_cache_at_the_operators_limit(monkeypatch: pytest.MonkeyPatch, offline: Path) -> None:
+    """The cache already holds 600 kB; with a 1 MB cap a 500 kB download is refused before its body is read."""
+    folder = torchvision_cache_path(get_spec("resnet18")).parent
+    folder.mkdir(parents=True)
+    (folder / "other-0123abcd.pth").write_bytes(b"o" * 600_000)
+    response = _Counting(b"r" * 500_000)
+    _serve(monkeypatch, response)
+    monkeypatch.setenv(DOWNLOAD_MAX_MB_ENV, "1")
+    with pytest.raises(WeightsUnavailableError, match="downloads may use 0 MB more"):
+        load_model("resnet18", device=CPU)
+    assert response.read_so_far == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["other-0123abcd.pth"]
+
+
+def _fails(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kind == "mid-stream":
+        _serve(monkeypatch, FakeResponse(b"y" * (3 << 20), fail_after=1 << 20))
+    elif kind == "short body":
+        _serve(monkeypatch, FakeResponse(b"z" * 500, length=1000))
+    elif kind == "hash mismatch":
+        _serve(monkeypatch, FakeResponse(b"tampered"))
+    elif kind == "too large":
+        _serve(monkeypatch, FakeResponse(b"x" * 3_000_000))
+    elif kind == "bad length":
+        response = FakeResponse(b"x")
+        response.headers = {"Content-Length": "²"}
+        _serve(monkeypatch, response)
+    elif kind == "http error":
+
+        def forbidden(url: str, timeout: float | None = None) -> None:
+            raise urllib.error.HTTPError(url, 403, "Forbidden", {}, None)
+
+        monkeypatch.setattr(urllib.request, "urlopen", forbidden)
+
+
+@pytest.mark.bad_input(74)
+@pytest.mark.parametrize(
+    "kind", ["offline", "mid-stream", "short body", "hash mismatch", "too large", "bad length", "http error", "folder"]
+)
+def test_no_download_failure_names_a_server_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """Each way a download fails gives a ``WeightsUnavailableError`` whose message names the URL and "the torch
+    cache", never the folder (a visitor reads it), and leaves nothing behind."""
+    secret = tmp_path / "srv-secret-folder"
+    destination = secret / "resnet18-deadbeef.pth"
+    _fails(kind, monkeypatch)
+    if kind == "folder":  # the cache folder cannot be made: a file stands in its place
+        secret.write_bytes(b"")
+    with pytest.raises(WeightsUnavailableError) as info:
+        download_file("https://example.invalid/resnet18-deadbeef.pth", destination, max_bytes=2_000_000)
+    message = str(info.value)
+    assert "srv-secret-folder" not in message and str(tmp_path) not in message, message
+    assert "https://example.invalid/resnet18-deadbeef.pth" in message
+    assert not destination.exists() and not destination.with_name(destination.name + ".partial").exists()
 
 
 def _old_densenet_keys(state: dict[str, torch.Tensor], *, keep_num_batches_tracked: bool) -> dict[str, torch.Tensor]:
