@@ -17,12 +17,19 @@ them, a Lightning attribute name). Only a reading whose keys and shapes are exac
 only when exactly one distinct reading fits: a timm checkpoint holding both ``state_dict`` and a different
 ``state_dict_ema`` is ambiguous and refused with the two readings named, never guessed.
 
-Nothing here reads files or unpickles anything: ``camlib.models.read_checkpoint`` does that safely (safetensors or
-``torch.load`` with ``weights_only=True``) and passes the result here.
+``read_checkpoint`` reads a checkpoint's bytes (safetensors, or ``torch.load`` with ``weights_only=True``) after
+checking everything the file declares (record sizes, counts, storage sizes, tensor extents, dtypes) against caps and
+against the bytes behind it, so a small file cannot make large work; ``camlib.models`` calls it.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import math
+import pickle
+import struct
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -42,6 +49,8 @@ NOT_A_STATE_DICT = (
     "the checkpoint is not a state dict (a mapping of names to tensors), nor a training checkpoint "
     f"holding one under {', '.join(CONTAINER_KEYS)}"
 )
+REFUSED = "Only safetensors / weights-only checkpoints are accepted"
+_NOT_TORCH = f"{REFUSED}: this file is neither a torch.save file nor safetensors, and was refused without running it"
 _SHOWN = 5  # names listed in an error message before "(+N more)"
 
 
@@ -134,13 +143,14 @@ def find_reading(checkpoint: object, expected: Mapping[str, torch.Tensor], label
 
     Args:
         checkpoint: what ``safetensors.torch.load`` or ``torch.load`` with ``weights_only=True`` returned.
-        expected: the target model's ``state_dict()`` (only names and shapes are used).
+        expected: the target model's ``state_dict()`` (only names, shapes and dtypes are used).
         label: the model's name for messages.
 
     Raises:
         CheckpointError: nothing in ``checkpoint`` is a state dict; no reading fits ("Checkpoint does not match model
             ..." with the missing, unexpected and mismatched tensors of the reading that comes closest, and which
-            reading that was); or several readings with different tensors fit (the message names them).
+            reading that was); several readings with different tensors fit (the message names them); or the one that
+            fits holds an integer or bool tensor where the model holds floats, or the reverse.
         InputError: ``expected`` is not a mapping of names to tensors.
     """
     _require_state(expected, "expected")
@@ -153,6 +163,7 @@ def find_reading(checkpoint: object, expected: Mapping[str, torch.Tensor], label
         if not any(_same_tensors(reading.state, other.state) for other in distinct):
             distinct.append(reading)
     if len(distinct) == 1:
+        _require_dtype_families(distinct[0], expected, label)
         return distinct[0]
     if distinct:
         raise CheckpointError(
@@ -167,6 +178,24 @@ def find_reading(checkpoint: object, expected: Mapping[str, torch.Tensor], label
         f"Checkpoint does not match model {label} (missing: {_few(missing)}; unexpected: {_few(unexpected)}; "
         f"shape mismatch: {_few(mismatched)}{read_as})"
     )
+
+
+def _dtype_family(tensor: torch.Tensor) -> str:
+    return "float" if tensor.is_floating_point() else "bool" if tensor.dtype == torch.bool else "integer"
+
+
+def _require_dtype_families(reading: CheckpointReading, expected: Mapping[str, torch.Tensor], label: str) -> None:
+    """A float weight saved as integers or booleans (or a counter saved as floats) would load converted without a
+    word (``load_state_dict`` copies across dtypes): refused. Float precisions may differ (a float16 file loads)."""
+    wrong = [
+        f"{k} {str(v.dtype).removeprefix('torch.')} vs {str(expected[k].dtype).removeprefix('torch.')}"
+        for k, v in reading.state.items()
+        if _dtype_family(v) != _dtype_family(expected[k])
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"Checkpoint tensors of the wrong kind for model {label} (saved vs model dtype): {_few(wrong)}"
+        )
 
 
 def _require_state(state: object, name: str) -> None:
@@ -225,3 +254,490 @@ def _few(items: list[str]) -> str:
         return "none"
     more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
     return ", ".join(items[:_SHOWN]) + more
+
+
+# --- reading a checkpoint's bytes ----------------------------------------------------------------------------------
+#
+# Every cost of reading is bounded by what the file declares, checked before torch or safetensors touch element data:
+# the zip's central directory and each record's size, the pickle's length and the number of objects it builds, each
+# storage's element count against the bytes behind it, each tensor's extent against its storage, and a safetensors
+# header's entries, dtypes, shapes and offsets. Anything ``torch.save`` and ``safetensors`` never write is refused.
+
+MAX_CHECKPOINT_BYTES = 600 * 1024 * 1024
+MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
+# The registry's largest state dict has 727 tensors (DenseNet-121); a DenseNet-121 training checkpoint with an EMA copy
+# and SGD momentum has 1,818 tensors in 1,091 storage records and a 272 KB pickle. The caps leave 5x and 15x room.
+MAX_CHECKPOINT_TENSORS = 10_000
+MAX_CHECKPOINT_PICKLE_BYTES = 4 * 1024 * 1024
+# Objects a pickle may build while it is checked: a torch.save'd tensor takes 2 calls and a storage reference.
+_MAX_PICKLE_CALLS = 8 * MAX_CHECKPOINT_TENSORS
+_TORCH_RECORDS = 16  # data.pkl, version, byteorder and the other small records torch.save writes beside the storages
+_ZIP_MAGIC = b"PK\x03\x04"  # how torch.load tells a zip checkpoint from a legacy one (torch.serialization._is_zipfile)
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of a legacy file
+_LEGACY_HEAD_BYTES = 4096  # each of a legacy file's first three pickles (a number, a number, a small dict)
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # APPNOTE 4.3.7: signature, ..., file name length, extra field length
+
+# Dense tensors of these dtypes are what a registry architecture holds (float weights, integer counters): everything
+# else (complex, float8, float4, unsigned 16-64 bit, quantised, bits) is refused by name.
+READABLE_DTYPES = frozenset(
+    {torch.float64, torch.float32, torch.float16, torch.bfloat16}
+    | {torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool}
+)
+# safetensors' dtype names (the format's spec, huggingface/safetensors README) of those dtypes, and the itemsize.
+_SAFETENSORS_DTYPES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+}  # fmt: skip
+_SAFETENSORS_REFUSED = {
+    "F8_E4M3": "float8", "F8_E5M2": "float8", "F8_E8M0": "float8", "F6_E2M3": "float6", "F6_E3M2": "float6",
+    "F4": "float4", "C64": "complex", "U16": "unsigned 16-bit", "U32": "unsigned 32-bit", "U64": "unsigned 64-bit",
+}  # fmt: skip
+
+
+def read_checkpoint(data: bytes, filename: str = "", *, max_bytes: int = MAX_CHECKPOINT_BYTES) -> Mapping[str, object]:
+    """Read a checkpoint from user bytes without ever running pickled code, bounded by what the file declares.
+
+    Accepts ``.safetensors`` and what ``torch.save`` writes (zip, or the legacy format) that ``torch.load`` with
+    ``weights_only=True`` loads: a state dict, or a training checkpoint holding one (the containers and prefixes of
+    ``find_reading``). Before torch or safetensors read any element: the zip's records (stored, inside the file, not
+    overlapping, at most ``MAX_CHECKPOINT_TENSORS + 16``), the pickle (at most ``MAX_CHECKPOINT_PICKLE_BYTES``, at
+    most ``MAX_CHECKPOINT_TENSORS`` tensors), every storage's declared bytes against its record, every tensor's
+    extent against its storage, and a safetensors header (entries, dtypes, shapes, offsets) are checked. After
+    loading, every tensor a reading could load must be dense, hold data, and have a dtype of ``READABLE_DTYPES``, and
+    its floating values must be finite.
+
+    Args:
+        data: the file's bytes.
+        filename: the file's name; ``.safetensors`` (any case) is read as safetensors, as is any file that starts
+            like one.
+        max_bytes: the file size cap (bytes).
+
+    Returns:
+        The file's content as loaded (a mapping).
+
+    Raises:
+        CheckpointError: empty or over ``max_bytes`` (checked before parsing), any declared size, count or extent
+            above the caps or past the bytes behind it, compressed or duplicated zip records, TorchScript, a pickle
+            needing code or objects, corrupt or truncated, no state dict anywhere, a tensor kind no architecture holds
+            (meta, sparse, nested, quantised, complex, float8...), or NaN/Inf in any tensor a reading could load.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CheckpointError(f"a checkpoint is the file's bytes, got {type(data).__name__}")
+    if not isinstance(filename, str):
+        raise CheckpointError(f"the checkpoint's filename must be a string, got {type(filename).__name__}")
+    data = bytes(data) if not isinstance(data, bytes) else data
+    if not data:
+        raise CheckpointError("empty checkpoint file")
+    if len(data) > max_bytes:
+        raise CheckpointError(f"checkpoint too large ({len(data) / 1e6:.0f} MB > {max_bytes / 1e6:.0f} MB)")
+    if filename.lower().endswith(".safetensors") or looks_like_safetensors(data):
+        checkpoint: object = _read_safetensors(data)
+    else:
+        if data.startswith(_ZIP_MAGIC):
+            _check_torch_zip(data)
+        else:
+            _check_legacy_torch(data)
+        checkpoint = _torch_load(data)
+    if not isinstance(checkpoint, Mapping) or not candidate_readings(checkpoint):
+        raise CheckpointError(NOT_A_STATE_DICT)
+    _refuse_unreadable_tensors(checkpoint)
+    bad = [
+        name
+        for name, tensor in weight_tensors(checkpoint)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise CheckpointError(f"the checkpoint has NaN or Inf values in {', '.join(bad[:5])}")
+    return checkpoint
+
+
+def looks_like_safetensors(data: bytes) -> bool:
+    """safetensors files start with an 8-byte little-endian header length and a JSON header."""
+    return len(data) > 9 and data[8:9] == b"{" and 0 < int.from_bytes(data[:8], "little") < len(data)
+
+
+def tensor_kind(tensor: torch.Tensor) -> str | None:
+    """``None`` for a tensor an architecture can hold (dense, with data, a dtype of ``READABLE_DTYPES``), else what it
+    is, e.g. ``"sparse (sparse_coo)"``, ``"quantised (qint8)"``, ``"float8 (float8_e4m3fn)"``."""
+    if tensor.is_nested:
+        return f"nested ({str(tensor.layout).removeprefix('torch.')})"
+    if tensor.layout != torch.strided:
+        return f"sparse ({str(tensor.layout).removeprefix('torch.')})"
+    if tensor.is_meta:
+        return "meta (no data)"
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if tensor.is_quantized:
+        return f"quantised ({dtype})"
+    if tensor.dtype in READABLE_DTYPES:
+        return None
+    family = next((f for f in ("complex", "float8", "float4", "uint", "bits") if dtype.startswith(f)), "unsupported")
+    return f"{family} ({dtype})"
+
+
+def _refuse_unreadable_tensors(checkpoint: object) -> None:
+    found = [f"{name} is {kind}" for name, t in weight_tensors(checkpoint) if (kind := tensor_kind(t)) is not None]
+    if found:
+        raise CheckpointError(
+            f"the checkpoint holds tensors no architecture here can hold: {_few(found)}. Save dense tensors of a "
+            "float or integer dtype (e.g. tensor.to_dense(), tensor.dequantize(), tensor.float())"
+        )
+
+
+# --- safetensors -----------------------------------------------------------------------------------------------------
+
+
+def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
+    """Check the header (it declares every size) against the caps and the file, then let safetensors read it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if header_len <= 0 or header_len > MAX_SAFETENSORS_HEADER or header_len + 8 > len(data):
+        raise CheckpointError("not a valid safetensors file (bad header)")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(
+            f"not a valid safetensors file (its header is not JSON: {type(error).__name__})"
+        ) from error
+    if not isinstance(header, dict):
+        raise CheckpointError("not a valid safetensors file (its header is not a JSON object)")
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if len(entries) > MAX_CHECKPOINT_TENSORS:
+        raise CheckpointError(
+            f"the safetensors file declares {len(entries):,} tensors; at most {MAX_CHECKPOINT_TENSORS:,} are read"
+        )
+    buffer = len(data) - 8 - header_len
+    spans = sorted(_safetensors_span(name, entry, buffer) for name, entry in entries.items())
+    end = 0
+    for begin, stop, name in spans:
+        if begin != end:
+            raise CheckpointError(
+                f"not a valid safetensors file (tensor {name!r} starts at byte {begin:,}, not {end:,}: tensors overlap "
+                "or leave gaps)"
+            )
+        end = stop
+    if end != buffer:
+        raise CheckpointError(f"not a valid safetensors file (its tensors cover {end:,} of {buffer:,} data bytes)")
+    try:
+        return load(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"not a valid safetensors file ({error})") from error
+
+
+def _safetensors_span(name: str, entry: object, buffer: int) -> tuple[int, int, str]:
+    """``(begin, end, name)`` of one header entry, after checking its dtype, shape and offsets against ``buffer``."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(f"not a valid safetensors file (entry {name!r} lacks dtype, shape or data_offsets)")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype in _SAFETENSORS_REFUSED:
+        raise CheckpointError(
+            f"tensor {name!r} is {_SAFETENSORS_REFUSED[dtype]} ({dtype}): no architecture here holds it; save float "
+            "or integer tensors"
+        )
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(f"tensor {name!r} has an unknown safetensors dtype {str(dtype)[:20]!r}")
+    if not _ints(shape, 0) or not _ints(offsets, 0) or len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise CheckpointError(f"not a valid safetensors file (entry {name!r} has a bad shape or data_offsets)")
+    declared = math.prod(shape) * _SAFETENSORS_DTYPES[dtype]  # Python ints: a huge shape cannot overflow
+    if offsets[1] > buffer or offsets[1] - offsets[0] != declared:
+        raise CheckpointError(
+            f"not a valid safetensors file (tensor {name!r} declares {declared:,} bytes at offsets {offsets[0]:,}.."
+            f"{offsets[1]:,} of a {buffer:,}-byte data buffer)"
+        )
+    return offsets[0], offsets[1], name
+
+
+def _ints(values: object, minimum: int) -> bool:
+    return isinstance(values, list) and all(type(v) is int and v >= minimum for v in values)
+
+
+# --- torch.save's zip format ---------------------------------------------------------------------------------------
+
+
+def _check_torch_zip(data: bytes) -> None:
+    """Check a zip checkpoint's records and pickle against the caps and the file, as ``torch.save`` writes them:
+    uncompressed records, each inside the file and apart from the others, one ``<archive>/data.pkl``, and every
+    storage the pickle declares the size of its record."""
+    records = _zip_records(data)
+    spans = sorted((_record_span(data, record), record.filename) for record in records)
+    for (before, _), ((start, _), name) in zip(spans, spans[1:]):
+        if start < before[1]:
+            raise CheckpointError(
+                f"the checkpoint's zip record {name!r} overlaps another; torch.save never writes that"
+            )
+    prefix = records[0].filename.split("/", 1)[0] if records else ""
+    sizes = {r.filename: r.file_size for r in records}
+    pickled = f"{prefix}/data.pkl"
+    if pickled not in sizes:
+        raise CheckpointError("the zip file is not a torch checkpoint (it has no data.pkl)")
+    if sizes[pickled] > MAX_CHECKPOINT_PICKLE_BYTES:
+        raise CheckpointError(
+            f"the checkpoint's pickle (data.pkl) is {sizes[pickled] / 1e6:.1f} MB; at most "
+            f"{MAX_CHECKPOINT_PICKLE_BYTES / 1e6:.1f} MB are read"
+        )
+    start = next(span[0] for span, name in spans if name == pickled)
+    storages, _ = _DryRun.scan(data, start, stop=start + sizes[pickled], pid_length=5)
+    for key, nbytes in storages.items():
+        record = sizes.get(f"{prefix}/data/{key}")
+        if record is None:
+            raise CheckpointError(f"the checkpoint's pickle names storage {key[:20]!r}, which has no record")
+        if record != nbytes:
+            raise CheckpointError(
+                f"storage {key[:20]!r} declares {nbytes:,} bytes but its record holds {record:,}; torch.save writes "
+                "them equal"
+            )
+
+
+def _zip_records(data: bytes) -> list[zipfile.ZipInfo]:
+    """The zip's records, once the end record's entry count is within the cap (``zipfile`` builds an object per
+    entry); refuses duplicate names (readers disagree on which one counts) and TorchScript."""
+    try:
+        end = zipfile._EndRecData(io.BytesIO(data))  # CPython's reader of the end record, zip64 included
+    except OSError as error:
+        raise CheckpointError("the checkpoint is a corrupted zip file") from error
+    if end is None:
+        raise CheckpointError("the checkpoint is a corrupted or truncated zip file (no end of central directory)")
+    if end[zipfile._ECD_ENTRIES_TOTAL] > MAX_CHECKPOINT_TENSORS + _TORCH_RECORDS:
+        raise CheckpointError(
+            f"the checkpoint's zip declares {end[zipfile._ECD_ENTRIES_TOTAL]:,} records; at most "
+            f"{MAX_CHECKPOINT_TENSORS + _TORCH_RECORDS:,} are read"
+        )
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as error:
+        raise CheckpointError(f"the checkpoint is a corrupted zip file ({error})") from error
+    names = [r.filename for r in records]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise CheckpointError(f"the checkpoint's zip has two records named {twice!r}; torch.save never writes that")
+    if any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in names):
+        raise CheckpointError("TorchScript archives are never loaded; save a state dict (.safetensors or .pt)")
+    return records
+
+
+def _record_span(data: bytes, record: zipfile.ZipInfo) -> tuple[int, int]:
+    """Where a record's bytes are in ``data`` (its local header's fields are read: they may differ from the central
+    directory's); refuses records ``torch.save`` never writes: compressed, encrypted, or reaching past the file."""
+    if record.compress_type != zipfile.ZIP_STORED:
+        raise CheckpointError(
+            f"the checkpoint's zip record {record.filename!r} is compressed ({record.compress_size:,} bytes declaring "
+            f"{record.file_size:,}); torch.save writes records uncompressed: save the file again with torch.save"
+        )
+    if record.flag_bits & 1 or record.compress_size != record.file_size:
+        raise CheckpointError(f"the checkpoint's zip record {record.filename!r} is encrypted or declares two sizes")
+    offset = record.header_offset
+    if offset < 0 or offset + _LOCAL_HEADER.size > len(data):
+        raise CheckpointError(f"the checkpoint's zip record {record.filename!r} starts past the end of the file")
+    signature, name_length, extra_length = _LOCAL_HEADER.unpack_from(data, offset)
+    start = offset + _LOCAL_HEADER.size + name_length + extra_length
+    if signature != _ZIP_MAGIC or start + record.file_size > len(data):
+        raise CheckpointError(
+            f"the checkpoint's zip record {record.filename!r} declares {record.file_size:,} bytes past the end of the "
+            "file (truncated or corrupted)"
+        )
+    return start, start + record.file_size
+
+
+# --- the legacy (non-zip) torch.save format ------------------------------------------------------------------------
+
+
+def _check_legacy_torch(data: bytes) -> None:
+    """Check a legacy ``torch.save`` file (``_use_new_zipfile_serialization=False``): five pickles (magic number,
+    protocol, system info, the object, the storage keys) then each storage as an 8-byte element count and its bytes
+    (torch.serialization ``_legacy_save``). torch allocates each storage at its declared size before reading it, so the
+    declared bytes must fit in what follows the pickles."""
+    magic, end = _DryRun.scan(data, 0, limit=_LEGACY_HEAD_BYTES)
+    if magic != _LEGACY_MAGIC:
+        raise CheckpointError(_NOT_TORCH)
+    _, end = _DryRun.scan(data, end, limit=_LEGACY_HEAD_BYTES)
+    info, end = _DryRun.scan(data, end, limit=_LEGACY_HEAD_BYTES)
+    if not isinstance(info, dict):
+        raise CheckpointError(_NOT_TORCH)
+    storages, end = _DryRun.scan(data, end, pid_length=6)
+    keys, end = _DryRun.scan(data, end)
+    if not isinstance(keys, list) or len(keys) > MAX_CHECKPOINT_TENSORS:
+        raise CheckpointError("the checkpoint's list of storages is corrupted or too long")
+    declared = sum(8 + nbytes for nbytes in storages.values())
+    if declared > len(data) - end:
+        raise CheckpointError(
+            f"the checkpoint's storages declare {declared:,} bytes but only {len(data) - end:,} follow "
+            "(truncated or corrupted)"
+        )
+
+
+def _torch_load(data: bytes) -> object:
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except EOFError as error:  # its message is empty: say what happened
+        raise CheckpointError("the checkpoint is truncated (unexpected end of file)") from error
+    except Exception as error:  # UnpicklingError, RuntimeError, zip errors...: all mean "refused"
+        # torch's own message is not shown: it has terminal escape codes and suggests switching the safe loader off.
+        raise CheckpointError(
+            f"{REFUSED}: this file holds pickled code or objects, or is corrupted, and was refused without running it "
+            f"({type(error).__name__})"
+        ) from error
+
+
+class _Global:
+    """A global a pickle names (``torch._utils._rebuild_tensor_v2``), standing in for it: calling it builds nothing."""
+
+    __slots__ = ("name", "scan")
+
+    def __init__(self, name: str, scan: _DryRun) -> None:
+        self.name, self.scan = name, scan
+
+    def __call__(self, *args: object) -> _Built:
+        return self.scan.called(self, args)
+
+
+class _Built:
+    """What a call in the pickle would have returned. What the pickle then puts in it (``BUILD``'s state,
+    ``SETITEMS``' items into an ``OrderedDict``, ``APPENDS``) is dropped: only the declarations are checked."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, value: object) -> None:
+        pass
+
+    def extend(self, values: object) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """A storage as a pickle declares it: its key and its size in elements of ``itemsize`` bytes."""
+
+    key: str
+    numel: int
+    itemsize: int
+
+
+class _DryRun(pickle.Unpickler):
+    """Reads a checkpoint's pickle with every global replaced by a ``_Global`` that builds nothing, to check what it
+    declares before torch builds it: the number of calls and tensors, each storage's size, each tensor's extent in its
+    storage. Nothing the pickle names is imported or run; the counts stop the scan as soon as they pass the caps."""
+
+    _REBUILDS = ("torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_qtensor")
+
+    def __init__(self, stream: io.BytesIO, pid_length: int) -> None:
+        super().__init__(stream, encoding="utf-8")
+        self.pid_length = pid_length
+        self.calls = 0
+        self.tensors = 0
+        self.storages: dict[str, int] = {}
+
+    @classmethod
+    def scan(
+        cls,
+        data: bytes,
+        start: int,
+        *,
+        stop: int | None = None,
+        limit: int = MAX_CHECKPOINT_PICKLE_BYTES,
+        pid_length: int = 0,
+    ) -> tuple[object, int]:
+        """Read the pickle at ``data[start:stop]`` (at most ``limit`` bytes of it).
+
+        Returns:
+            ``(result, end)``: with ``pid_length`` (5 for the zip format's storage references, 6 for the legacy
+            format's) the storages declared, key -> bytes; without, the pickle's plain value (references refused).
+            ``end`` is the offset just after the pickle.
+
+        Raises:
+            CheckpointError: a cap passed, a storage declared twice with two sizes, an extent past its storage, a
+                pickle over the size cap, truncated or corrupt.
+        """
+        stop = len(data) if stop is None else stop
+        window = io.BytesIO(data[start : min(stop, start + limit)])
+        scan = cls(window, pid_length)
+        try:
+            value = scan.load()
+        except CheckpointError:
+            raise
+        except EOFError as error:
+            if start + limit < stop:
+                raise CheckpointError(f"the checkpoint's pickle is over {limit / 1e6:.1f} MB, the most read") from error
+            raise CheckpointError("the checkpoint is truncated (unexpected end of file)") from error
+        except Exception as error:  # any failure of a hostile pickle is a refusal
+            raise CheckpointError(
+                f"{REFUSED}: this file's pickle is corrupted or not what torch.save writes, and was refused without "
+                f"running it ({type(error).__name__})"
+            ) from error
+        return (scan.storages if pid_length else value), start + window.tell()
+
+    def find_class(self, module: str, name: str) -> _Global:
+        self._count()
+        return _Global(f"{module}.{name}", self)
+
+    def persistent_load(self, pid: object) -> _Storage:
+        self._count()
+        if not isinstance(pid, tuple) or len(pid) != self.pid_length or pid[0] != "storage":
+            raise CheckpointError("the checkpoint's pickle references data in a form torch.save never writes")
+        storage_type, key, numel = pid[1], pid[2], pid[4]
+        if not isinstance(storage_type, _Global) or not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise CheckpointError("the checkpoint's pickle declares a storage in a form torch.save never writes")
+        itemsize = _storage_itemsize(storage_type.name)
+        nbytes = numel * itemsize
+        if self.storages.setdefault(key, nbytes) != nbytes:
+            raise CheckpointError(f"the checkpoint's pickle declares storage {key[:20]!r} with two sizes")
+        return _Storage(key, numel, itemsize)
+
+    def called(self, function: _Global, args: tuple) -> _Built:
+        self._count()
+        if function.name in self._REBUILDS or function.name.startswith("torch._utils._rebuild"):
+            self.tensors += 1
+            if self.tensors > MAX_CHECKPOINT_TENSORS:
+                raise CheckpointError(
+                    f"the checkpoint declares more than {MAX_CHECKPOINT_TENSORS:,} tensors; at most that many are read"
+                )
+        if function.name in self._REBUILDS and args and isinstance(args[0], _Storage):
+            _check_extent(args)
+        return _Built(function.name)
+
+    def _count(self) -> None:
+        self.calls += 1
+        if self.calls > _MAX_PICKLE_CALLS:
+            raise CheckpointError(
+                f"the checkpoint's pickle builds more than {_MAX_PICKLE_CALLS:,} objects; a checkpoint of "
+                f"{MAX_CHECKPOINT_TENSORS:,} tensors needs fewer"
+            )
+
+
+def _storage_itemsize(name: str) -> int:
+    """Bytes per element of a storage type a pickle names (``torch.FloatStorage``, ``torch.cuda.HalfStorage``,
+    ``torch.storage.UntypedStorage``), from torch's own table."""
+    module, _, short = name.rpartition(".")
+    if name == "torch.storage.UntypedStorage":
+        return 1
+    dtype = torch.storage._storage_type_to_dtype_map().get(short) if module in ("torch", "torch.cuda") else None
+    if dtype is None:
+        raise CheckpointError(f"the checkpoint declares a storage of unknown type {name[:40]!r}")
+    return torch._utils._element_size(dtype)
+
+
+def _check_extent(args: tuple) -> None:
+    """A tensor's declared ``(storage, offset, size, stride)`` must lie inside the storage: the last element it
+    reaches, ``offset + sum((size_i - 1) * stride_i)``, is below the storage's element count (torch's own rule,
+    ``computeStorageNbytes`` in ATen; in Python integers, so huge declared sizes cannot overflow)."""
+    storage, offset, size, stride = (*args[:4], None, None, None)[:4]
+    shape_ok = isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)
+    if not shape_ok or not all(type(v) is int and v >= 0 for v in (offset, *size, *stride)):
+        raise CheckpointError(f"a tensor in storage {storage.key[:20]!r} declares a bad size, stride or offset")
+    if 0 in size:
+        return
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if last >= storage.numel:
+        raise CheckpointError(
+            f"a tensor of shape {size if len(size) <= 8 else '(...)'} declares elements up to {last + 1:,} in storage "
+            f"{storage.key[:20]!r} of {storage.numel:,}: its extent reaches past the bytes behind it"
+        )

@@ -14,13 +14,11 @@ Three sources of weights:
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from camlib.checkpoints import NOT_A_STATE_DICT, CheckpointReading, candidate_readings, find_reading, weight_tensors
+from camlib import checkpoints
+from camlib.checkpoints import MAX_CHECKPOINT_BYTES, CheckpointReading, find_reading
+from camlib.checkpoints import MAX_SAFETENSORS_HEADER as MAX_SAFETENSORS_HEADER  # re-exported
 from camlib.cifar import CLASS_NAMES as CIFAR10_CLASSES
 from camlib.cifar_models import CIFAR10_MEAN, CIFAR10_STD, CIFAR_ARCHS, build_cifar_model
 from camlib.contracts import require_int, require_model
@@ -41,8 +41,6 @@ from camlib.parsing import parse_int
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total; 0 if unknown)
 
-MAX_CHECKPOINT_BYTES = 600 * 1024 * 1024
-MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Google's EfficientNet-Lite training input, (x - 127) / 128 on 0..255 pixels: MEAN_RGB = [127.0] * 3 and
@@ -520,80 +518,10 @@ def _project_state_dict(spec: ModelSpec) -> Mapping[str, object]:
 # --- user checkpoints ----------------------------------------------------------------------------------------------
 
 
-def _is_torchscript(data: bytes) -> bool:
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        return False
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        return any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in archive.namelist())
-
-
-def _looks_like_safetensors(data: bytes) -> bool:
-    """safetensors files start with an 8-byte little-endian header length and a JSON header."""
-    return len(data) > 9 and data[8:9] == b"{" and 0 < int.from_bytes(data[:8], "little") < len(data)
-
-
-def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-    if header_len <= 0 or header_len > MAX_SAFETENSORS_HEADER or header_len + 8 > len(data):
-        raise CheckpointError("not a valid safetensors file (bad header)")
-    try:
-        return load(data)
-    except (SafetensorError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"not a valid safetensors file ({error})") from error
-
-
-def _read_weights_only(data: bytes) -> object:
-    if _is_torchscript(data):
-        raise CheckpointError("TorchScript archives are never loaded; save a state dict (.safetensors or .pt)")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except EOFError as error:  # its message is empty: say what happened
-        raise CheckpointError("the checkpoint is truncated (unexpected end of file)") from error
-    except Exception as error:  # UnpicklingError, RuntimeError, zip errors...: all mean "refused"
-        # torch's own message is not shown: it has terminal escape codes and suggests switching the safe loader off.
-        raise CheckpointError(
-            "Only safetensors / weights-only checkpoints are accepted: this file holds pickled code or objects, "
-            f"or is corrupted, and was refused without running it ({type(error).__name__})"
-        ) from error
-
-
 def read_checkpoint(data: bytes, filename: str = "") -> Mapping[str, object]:
-    """Read a checkpoint from user bytes without ever running pickled code.
-
-    Accepts ``.safetensors`` and anything ``torch.load`` with ``weights_only=True`` loads: a state dict, or a training
-    checkpoint holding one (see ``camlib.checkpoints`` for the containers and prefixes understood). The result is the
-    file's content as loaded; ``load_state_strict`` picks the reading that fits a model.
-
-    Raises:
-        CheckpointError: empty, over ``MAX_CHECKPOINT_BYTES`` (checked before parsing), a bad safetensors header,
-            TorchScript, a pickle needing code or objects, corrupt or truncated, no state dict anywhere, or NaN/Inf
-            in any tensor a reading could load.
-    """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise CheckpointError(f"a checkpoint is the file's bytes, got {type(data).__name__}")
-    if not isinstance(filename, str):
-        raise CheckpointError(f"the checkpoint's filename must be a string, got {type(filename).__name__}")
-    if not data:
-        raise CheckpointError("empty checkpoint file")
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"checkpoint too large ({len(data) / 1e6:.0f} MB > {MAX_CHECKPOINT_BYTES / 1e6:.0f} MB)")
-    if filename.lower().endswith(".safetensors") or _looks_like_safetensors(data):
-        checkpoint: object = _read_safetensors(data)
-    else:
-        checkpoint = _read_weights_only(data)
-    if not isinstance(checkpoint, Mapping) or not candidate_readings(checkpoint):
-        raise CheckpointError(NOT_A_STATE_DICT)
-    bad = [
-        name
-        for name, tensor in weight_tensors(checkpoint)
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
-    ]
-    if bad:
-        raise CheckpointError(f"the checkpoint has NaN or Inf values in {', '.join(bad[:5])}")
-    return checkpoint
+    """Read a checkpoint from user bytes without ever running pickled code: ``camlib.checkpoints.read_checkpoint``
+    with this module's ``MAX_CHECKPOINT_BYTES`` (see there for what is accepted and the ``CheckpointError`` raised)."""
+    return checkpoints.read_checkpoint(data, filename, max_bytes=MAX_CHECKPOINT_BYTES)
 
 
 def load_state_strict(model: nn.Module, checkpoint: Mapping[str, object], label: str) -> CheckpointReading:
