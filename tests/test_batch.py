@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import WritesMarker
@@ -24,9 +28,11 @@ from PIL import Image
 
 import camlib.batch.job as job_module
 from camlib.batch import BATCH_METRICS, TABLE_SCHEMA, main, parse_args, read_batch_table, run_batch
+from camlib.batch.files import confined, read_capped, write_durably
+from camlib.batch.job import read_batch_map
 from camlib.cam import compute_cam_grid, layer_magnitudes
 from camlib.cifar import CLASS_NAMES, load_cifar10
-from camlib.errors import InputError
+from camlib.errors import ImageTooLargeError, InputError
 from camlib.metrics import confidence_change, deletion_insertion
 from camlib.models import load_model, prepare_batch
 from camlib.prediction_cache import weights_digest
@@ -372,3 +378,218 @@ def test_the_dataset_faithfulness_table_reads_a_batch_tables_metrics(tmp_path, c
         other = tmp_path / "no_metrics"
         _run(other, args=args)
         bench_faithfulness.from_batch_table(str(other))
+
+
+# --- files: sizes before bytes, durable writes, torn parts, confined paths (rows 79 and 80) ----------------------
+
+
+def _sparse(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes that takes no disk space (a hole): a multi-GB input at the cost of a stat."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:
+        file.truncate(size)
+    return path
+
+
+_IMPORTS = """
+import sys
+from camlib.batch.shard import _Item, _load_view
+from camlib.models import MODELS
+"""
+_VIEW_OF_A_SPARSE_FILE = """
+view, error = _load_view(_Item("big.png", sys.argv[1], None, None), None, MODELS["cifar10_resnet20"].preprocessing)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024)
+print(error)
+"""
+
+
+@pytest.mark.bad_input(79)
+def test_a_multi_gb_input_image_is_refused_from_its_size_in_flat_memory(tmp_path):
+    """A 3 GB file among the input images is an error row from its stat: the peak memory of reading it, measured in
+    a fresh interpreter (ru_maxrss after the imports), stays far below its size (the whole file was read before)."""
+    from test_imaging import RSS_BASELINE, run_python
+
+    big = _sparse(tmp_path / "big.png", 3 * 2**30)
+    peak_mb, error = run_python(_IMPORTS + RSS_BASELINE + _VIEW_OF_A_SPARSE_FILE, big).strip().splitlines()
+    assert error == "ImageTooLargeError: the file is too large (3.2 GB > 21.0 MB)"
+    assert float(peak_mb) < 20  # MB above the baseline; reading the file would be 3,072 MB
+
+
+@pytest.mark.bad_input(79)
+def test_oversized_inputs_of_every_kind_stop_or_become_error_rows_before_being_read(tmp_path, capsys):
+    """The family: an image in the folder (an error row, the job carries on), a --checkpoint over the checkpoint cap,
+    a --list file over its cap, an earlier run.json over its cap: each is refused from its size."""
+    _write_folder(tmp_path / "images")
+    _sparse(tmp_path / "images" / "cat" / "huge.png", 3 * 2**30)
+    args = ["--images", str(tmp_path / "images"), "--methods", "gradcam", "--threads", "1", "--workers", "0"]
+    summary = _run(tmp_path / "out", args=args)
+    rows = {row["image_id"]: row["error"] for row in read_batch_table(tmp_path / "out").to_pylist()}
+    assert (summary.images, summary.errors) == (4, 2)
+    assert rows["cat/huge.png"] == "ImageTooLargeError: the file is too large (3.2 GB > 21.0 MB)"
+    assert rows["cat/a.png"] is None and rows["dog/a.png"] is None
+
+    checkpoint = _sparse(tmp_path / "big.safetensors", 3 * 2**30)
+    assert main([*args, "--out", str(tmp_path / "c"), "--checkpoint", str(checkpoint)]) == 2
+    assert "is too large (3.2 GB > 629.1 MB)" in capsys.readouterr().err
+    listing = _sparse(tmp_path / "list.txt", 2**30)
+    listed = ["--list", str(listing), "--methods", "gradcam", "--threads", "1", "--out", str(tmp_path / "l")]
+    assert main(listed) == 2
+    assert "--list" in (err := capsys.readouterr().err) and "is too large (1.1 GB > 67.1 MB)" in err
+    _sparse(tmp_path / "out" / "run.json", 2**30)
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert "run.json is too large (1.1 GB > 16.8 MB)" in capsys.readouterr().err
+
+
+@pytest.mark.bad_input(79)
+def test_a_fifo_or_a_directory_is_refused_without_blocking(tmp_path):
+    """A FIFO (named .png in a --list, or standing for run.json) would block a plain open() until a writer came."""
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    outcome: list[object] = []
+    reader = threading.Thread(target=lambda: outcome.append(_read_refused(tmp_path / "pipe.png")), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert outcome == ["the file is not a regular file"]
+    with pytest.raises(IsADirectoryError):
+        read_capped(tmp_path / "folder.png", 10, "the file")
+
+
+def _read_refused(path: Path) -> str:
+    with pytest.raises(ImageTooLargeError) as info:
+        read_capped(path, 10, "the file", ImageTooLargeError)
+    return str(info.value)
+
+
+def _tear(kind: str, out: Path) -> None:
+    """Damage shard 1 of a finished job as a crash, a power loss or a stray file can."""
+    part = out / "table" / "part-00001.parquet"
+    data = part.read_bytes()
+    if kind == "zero-bytes":
+        part.write_bytes(b"")
+    elif kind == "cut-short":
+        part.write_bytes(data[: len(data) // 2])
+    elif kind == "footer-garbage":
+        part.write_bytes(data[:-12] + b"\xff" * 8 + data[-4:])  # the footer length and the end magic kept
+    elif kind == "other-columns":
+        pq.write_table(pa.table({"image_id": ["x"], "position": [10]}), part)
+    elif kind == "fewer-rows":
+        table = pq.read_table(part)
+        pq.write_table(table.slice(0, table.num_rows - 4), part)
+    elif kind == "maps-cut-short":
+        maps = out / "maps" / "shard-00001.npy"
+        maps.write_bytes(maps.read_bytes()[:200])
+
+
+TEARS = ["zero-bytes", "cut-short", "footer-garbage", "other-columns", "fewer-rows", "maps-cut-short"]
+
+
+@pytest.mark.bad_input(79)
+@pytest.mark.parametrize("kind", TEARS)
+def test_a_torn_shard_is_a_typed_error_to_readers_and_is_redone_on_rerun(reference, tmp_path, kind):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    _tear(kind, out)
+    if kind == "maps-cut-short":
+        row = read_batch_table(out).filter(pc.equal(read_batch_table(out)["shard"], 1)).to_pylist()[0]
+        with pytest.raises(InputError, match="cannot be read"):
+            read_batch_map(out, row["map_path"], row["map_index"])
+    elif kind == "fewer-rows":  # a whole Parquet file: only the job knows how many rows its shard has
+        assert read_batch_table(out).num_rows == IMAGES * 4 - 4
+    else:
+        with pytest.raises(InputError, match="part-00001.parquet|table files have different columns"):
+            read_batch_table(out)
+    summary = _run(out)
+    assert (summary.skipped, summary.redone, summary.rows) == (2, 1, IMAGES * 4)
+    table, expected = read_batch_table(out), read_batch_table(reference)
+    assert table.equals(expected)
+    np.testing.assert_array_equal(_maps(out, table), _maps(reference, expected))
+    redone = json.loads((out / "run.json").read_text())["runs"][-1]["shards_redone"]
+    assert [entry["shard"] for entry in redone] == [1]
+    assert not list((out / "table").glob(".*.tmp"))
+
+
+def test_a_rerun_trusts_whole_parts(reference, tmp_path):
+    """The checks cannot fail on a good job: a rerun of a finished job redoes nothing."""
+    shutil.copytree(reference, tmp_path / "out")
+    summary = _run(tmp_path / "out")
+    assert (summary.skipped, summary.redone) == (3, 0)
+
+
+@pytest.mark.bad_input(79)
+def test_writes_are_fsynced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        calls.append(("fsync", "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+        real_fsync(fd)
+
+    def replace(source, target):
+        calls.append(("replace", Path(target).name))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "part-00000.parquet"
+    target.write_bytes(b"old")
+    write_durably(target, lambda file: file.write(b"new"))
+    assert calls == [("fsync", "file"), ("replace", "part-00000.parquet"), ("fsync", "dir")]
+    assert target.read_bytes() == b"new"
+
+    def fail(file):
+        file.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_durably(target, fail)
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+@pytest.mark.bad_input(80)
+@pytest.mark.parametrize(
+    "stored",
+    ["/etc/passwd", "../secret.png", "maps/../../secret.png", "..\\secret.png", "C:/secret.png", "a\x00b", "", 7],
+)
+def test_a_stored_path_that_leaves_its_folder_is_refused(tmp_path, stored):
+    with pytest.raises(InputError, match="stored path"):
+        confined(tmp_path, stored)
+
+
+@pytest.mark.bad_input(80)
+def test_a_symlink_is_followed_only_while_it_stays_in_the_folder(tmp_path):
+    folder, outside = tmp_path / "job", tmp_path / "secret"
+    (folder / "maps").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "key.npy").write_bytes(b"x")
+    (folder / "maps" / "real.npy").write_bytes(b"x")
+    (folder / "maps" / "out.npy").symlink_to(outside / "key.npy")
+    (folder / "maps" / "in.npy").symlink_to(folder / "maps" / "real.npy")
+    (folder / "escape").symlink_to(outside, target_is_directory=True)
+    assert confined(folder, "maps/real.npy") == (folder / "maps" / "real.npy").resolve()
+    assert confined(folder, "maps/in.npy") == (folder / "maps" / "real.npy").resolve()
+    for stored in ("maps/out.npy", "escape/key.npy"):
+        with pytest.raises(InputError, match="leads outside its folder"):
+            confined(folder, stored)
+
+
+@pytest.mark.bad_input(80)
+def test_a_stored_map_is_read_only_from_a_whole_float16_file_in_the_folder(reference, tmp_path):
+    row = read_batch_table(reference).to_pylist()[5]
+    expected = np.load(reference / row["map_path"])[row["map_index"]].astype(np.float32)
+    np.testing.assert_array_equal(read_batch_map(reference, row["map_path"], row["map_index"]), expected)
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "wide.npy", np.zeros((2, 4, 4), np.float32))
+    np.save(tmp_path / "nan.npy", np.full((1, 4, 4), np.nan, np.float16))
+    cases = [
+        ("/etc/passwd", 0, "not relative"),
+        ("../reference/maps/shard-00000.npy", 0, "not relative"),
+        ("pickled.npy", 0, "cannot be read"),
+        ("wide.npy", 0, "not float16"),
+        ("nan.npy", 0, "outside \\[0, 1\\]"),
+        (row["map_path"], 10**6, "has no row"),
+        (row["map_path"], True, "must be an integer"),
+    ]
+    shutil.copytree(reference / "maps", tmp_path / "maps")
+    for map_path, index, message in cases:
+        with pytest.raises(InputError, match=message):
+            read_batch_map(tmp_path, map_path, index)

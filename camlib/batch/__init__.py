@@ -13,10 +13,13 @@ several CAM methods at one or several layers, and writes into ``--out``:
 - ``png/shard-NNNNN/*.png``: overlays, only with ``--png``;
 - ``run.json``: the settings, the versions, the model's sha256 and the progress.
 
-A shard is done when its table file exists (written last, atomically): a rerun skips finished shards and refuses
-changed settings, as ``camlib.train`` does. Two engines compute the same shards with the same function: ``local``
-(in-process, batched, DataLoader workers decoding, the GPU when there is one) and ``ray`` (Ray Data, an actor pool
-with one model per actor; ``camlib.batch.ray_engine``, Ray is optional).
+A shard is done when its table file exists (written last, durably: fsynced before its rename, the directory after)
+and passes the checks of ``camlib.batch.files.part_problem``: a rerun skips finished shards, redoes a shard whose table
+file is torn (0 bytes, cut short, other columns, a footer that does not parse, maps missing), and refuses changed
+settings, as ``camlib.train`` does. Input files are checked by size before they are read, and every path stored in the
+output is confined to ``--out`` when it is read back. Two engines compute the same shards with the same function:
+``local`` (in-process, batched, DataLoader workers decoding, the GPU when there is one) and ``ray`` (Ray Data, an actor
+pool with one model per actor; ``camlib.batch.ray_engine``, Ray is optional).
 """
 
 from camlib.batch.job import (
@@ -25,6 +28,7 @@ from camlib.batch.job import (
     BatchSummary,
     main,
     parse_args,
+    read_batch_map,
     read_batch_table,
     read_run_record,
     run_batch,
@@ -40,6 +44,7 @@ __all__ = [
     "BatchSummary",
     "main",
     "parse_args",
+    "read_batch_map",
     "read_batch_table",
     "read_run_record",
     "run_batch",

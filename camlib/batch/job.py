@@ -28,9 +28,21 @@ import torch
 import torchvision
 from tqdm import tqdm
 
+from camlib.batch.files import (
+    MAX_PART_BYTES,
+    MAX_RUN_BYTES,
+    MAX_TABLE_BYTES,
+    MAX_TABLE_ROWS,
+    READ_ERRORS,
+    confined,
+    part_problem,
+    read_capped,
+    write_durably,
+)
 from camlib.batch.shard import (
     BATCH_METRICS,
     TABLE_DIR,
+    TABLE_SCHEMA,
     _collate,
     _explain_chunk,
     _explain_shard,
@@ -40,15 +52,15 @@ from camlib.batch.shard import (
     _load_model,
     _load_view,
     _part_path,
-    _replace_atomically,
     _schema,
     _write_shard,
 )
 from camlib.cam import METHODS
-from camlib.errors import CamlibError, InputError
+from camlib.errors import CamlibError, CheckpointError, InputError
 from camlib.layers import default_layer, list_candidate_layers
 from camlib.models import (
     DEFAULT_CIFAR_MODEL,
+    MAX_CHECKPOINT_BYTES,
     MODELS,
     LoadedModel,
 )
@@ -111,7 +123,9 @@ class BatchSummary:
     Attributes:
         out: the output directory.
         images: images in the job; ``rows``: table rows in all (images x methods x layers).
-        shards: shards in the job; ``skipped``: those already finished by an earlier run.
+        shards: shards in the job; ``skipped``: those already finished by an earlier run; ``redone``: those whose
+            table file an earlier run left that could not be trusted (0 bytes, cut short, other columns...), done
+            again.
         errors: images with an error row (in all finished shards).
         elapsed_s: wall time of this call's shard work (s): local, the engine's loop (reading, CAMs, files); Ray, from
             the first shard's start in an actor to the last one's end (the actors' start, their model loading, is
@@ -128,6 +142,7 @@ class BatchSummary:
     elapsed_s: float
     images_per_s: float
     call_s: float
+    redone: int = 0
 
 
 # --- arguments -----------------------------------------------------------------------------------------------------
@@ -271,12 +286,11 @@ def _check_resume(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
             raise InputError(f"--out {out} holds a table but no {RUN_FILE}: not a batch job's output; use another")
         return None
     try:
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        previous = json.loads(read_capped(run_file, MAX_RUN_BYTES, RUN_FILE))
         saved = previous["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(
-            f"{run_file} is not a batch job's {RUN_FILE} ({type(error).__name__}); use another --out"
-        ) from error
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
+        reason = str(error) if isinstance(error, InputError) else type(error).__name__
+        raise InputError(f"{run_file} is not a batch job's {RUN_FILE} ({reason}); use another --out") from error
     changed = [
         f"--{key.replace('_', '-')} {saved.get(key)} -> {record['settings'][key]}"
         for key in RESUME_KEYS
@@ -296,8 +310,8 @@ def _check_resume(out: Path, record: dict[str, Any]) -> dict[str, Any] | None:
 
 def _write_run(out: Path, record: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2)
-    _replace_atomically(out / RUN_FILE, lambda p: p.write_text(text, encoding="utf-8"))
+    text = json.dumps(record, indent=2).encode("utf-8")
+    write_durably(out / RUN_FILE, lambda file: file.write(text))
 
 
 @dataclass(frozen=True)
@@ -308,6 +322,7 @@ class _Prepared:
     checkpoint: bytes | None
     record: dict[str, Any]
     pending: list[int]
+    redone: tuple[tuple[int, str], ...] = ()
 
 
 def _prepare(config: BatchConfig) -> _Prepared:
@@ -315,7 +330,11 @@ def _prepare(config: BatchConfig) -> _Prepared:
     _check_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    checkpoint = Path(config.checkpoint).read_bytes() if config.checkpoint else None
+    checkpoint = (
+        read_capped(config.checkpoint, MAX_CHECKPOINT_BYTES, f"--checkpoint {config.checkpoint}", CheckpointError)
+        if config.checkpoint
+        else None
+    )
     loaded = _load_model(config, checkpoint)
     pre = loaded.spec.preprocessing
     class_names = loaded.class_names
@@ -355,8 +374,28 @@ def _prepare(config: BatchConfig) -> _Prepared:
     }
     previous = _check_resume(out, record)
     record["runs"] = previous.get("runs", []) if previous else []
-    pending = [k for k in range(job.shards) if not _part_path(out, k).exists()]
-    return _Prepared(job, loaded, pixels, checkpoint, record, pending)
+    pending, redone = _pending_shards(out, job)
+    return _Prepared(job, loaded, pixels, checkpoint, record, pending, redone)
+
+
+def _pending_shards(out: Path, job: _Job) -> tuple[list[int], tuple[tuple[int, str], ...]]:
+    """The shards to compute: those without a table file, and those whose table file cannot be trusted
+    (``part_problem``: a crash can leave one 0 bytes or cut short), which are removed so that no reader sees them.
+    Returns the pending shards and, for the removed files, the shard and why."""
+    pending, redone = [], []
+    schema = _schema(job.config.metrics)
+    cells = len(job.config.methods) * len(job.layers)
+    for shard in range(job.shards):
+        part = _part_path(out, shard)
+        if not part.exists():
+            pending.append(shard)
+            continue
+        problem = part_problem(out, part, schema, job.positions(shard), cells)
+        if problem is not None:
+            part.unlink()
+            pending.append(shard)
+            redone.append((shard, problem))
+    return pending, tuple(redone)
 
 
 class _Views(torch.utils.data.Dataset):
@@ -411,6 +450,7 @@ def run_batch(config: BatchConfig, *, progress: bool = True) -> BatchSummary:
         "device": str(prepared.loaded.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "shards_pending": len(prepared.pending),
+        "shards_redone": [{"shard": shard, "why": why} for shard, why in prepared.redone],
     }
     record = {**prepared.record, "status": "running", "runs": [*prepared.record["runs"], run]}
     _write_run(out, record)
@@ -443,24 +483,88 @@ def run_batch(config: BatchConfig, *, progress: bool = True) -> BatchSummary:
         elapsed_s=elapsed,
         images_per_s=todo / elapsed if elapsed else 0.0,
         call_s=call_s,
+        redone=len(prepared.redone),
     )
 
 
 def read_batch_table(out: str | os.PathLike[str]) -> pa.Table:
     """The table a batch job wrote into ``out``: every finished shard's rows, in input order (image, method, layer).
 
+    Every file is checked before its rows are read: its size (``MAX_PART_BYTES``), its footer, the rows and the
+    uncompressed bytes it declares (at most ``MAX_TABLE_ROWS`` and ``MAX_TABLE_BYTES`` for the whole table) and its
+    columns (``TABLE_SCHEMA``'s, plus metric columns).
+
     Raises:
-        InputError: ``out`` is not a path to a directory holding ``table/part-*.parquet`` files (all of one schema).
+        InputError: ``out`` is not a path to a directory holding ``table/part-*.parquet`` files of one schema, or a
+            file is torn (0 bytes, cut short, a footer that does not parse), too large, or of other columns: the
+            message names the file and says to rerun the job, which redoes that shard. Never a pyarrow error.
     """
     if not isinstance(out, str | os.PathLike):
         raise InputError(f"out must be a batch job's output directory (str or Path), got {type(out).__name__}")
     parts = sorted((Path(out) / TABLE_DIR).glob("part-*.parquet"))
     if not parts:
         raise InputError(f"out {out}: no batch table (table/part-*.parquet) in it")
-    tables = [pq.read_table(part) for part in parts]
+    rows = declared = 0
+    for part in parts:
+        rerun, size = f"out {out}: its table file {part.name}", -1
+        try:
+            size = part.stat().st_size
+            if size > MAX_PART_BYTES:
+                raise InputError(f"{rerun} is too large ({size / 1e6:.0f} MB > {MAX_PART_BYTES / 1e6:.0f} MB)")
+            metadata = pq.read_metadata(part)
+            schema = metadata.schema.to_arrow_schema()
+        except READ_ERRORS as error:
+            if isinstance(error, InputError):
+                raise
+            raise InputError(
+                f"{rerun} is torn or not Parquet ({'0 bytes' if size == 0 else type(error).__name__}); rerun the "
+                "job with the same settings to redo its shard"
+            ) from error
+        rows += metadata.num_rows
+        declared += sum(metadata.row_group(k).total_byte_size for k in range(metadata.num_row_groups))
+        wrong = [f.name for f in TABLE_SCHEMA if f.name not in schema.names or schema.field(f.name).type != f.type]
+        if wrong:
+            raise InputError(f"{rerun} lacks the batch table's columns {', '.join(wrong[:5])}")
+        if rows > MAX_TABLE_ROWS or declared > MAX_TABLE_BYTES:
+            raise InputError(
+                f"out {out}: its table declares more than {MAX_TABLE_ROWS:,} rows or "
+                f"{MAX_TABLE_BYTES / 1e9:.0f} GB; not read"
+            )
+    try:
+        tables = [pq.read_table(part) for part in parts]
+    except READ_ERRORS as error:
+        raise InputError(
+            f"out {out}: a table file cannot be read ({type(error).__name__}); rerun the job to redo its shard"
+        ) from error
     if any(t.schema != tables[0].schema for t in tables):
         raise InputError(f"out {out}: its table files have different columns; not one job's output")
     return pa.concat_tables(tables)
+
+
+def read_batch_map(out: str | os.PathLike[str], map_path: object, map_index: object) -> np.ndarray:
+    """One stored map: row ``map_index`` of the maps file ``map_path`` (a table row's columns) of ``out``, float32
+    ``(H, W)`` in [0, 1]. Only that row is read (a memory map).
+
+    Raises:
+        InputError: ``map_path`` is not confined to ``out`` (absolute, ``..``, a symlink leading out:
+            ``camlib.batch.files.confined``), the file is not a float16 ``(rows, H, W)`` ``.npy`` (torn, pickled,
+            other), ``map_index`` is not one of its rows, or the map holds values outside [0, 1] (NaN included).
+    """
+    path = confined(out, map_path)
+    if isinstance(map_index, bool) or not isinstance(map_index, int | np.integer):
+        raise InputError(f"a map index must be an integer, got {type(map_index).__name__}")
+    try:
+        maps = np.load(path, mmap_mode="r", allow_pickle=False)
+    except READ_ERRORS as error:
+        raise InputError(f"the maps file {map_path} cannot be read ({type(error).__name__})") from error
+    if maps.dtype != np.float16 or maps.ndim != 3:
+        raise InputError(f"the maps file {map_path} holds {maps.dtype} {maps.shape}, not float16 (rows, H, W)")
+    if not 0 <= map_index < maps.shape[0]:
+        raise InputError(f"the maps file {map_path} has no row {map_index} (it has {maps.shape[0]})")
+    cam = np.asarray(maps[map_index], dtype=np.float32)
+    if not (cam.min() >= 0 and cam.max() <= 1):  # False for NaN as well
+        raise InputError(f"the map at row {map_index} of {map_path} holds values outside [0, 1]")
+    return cam
 
 
 def read_run_record(out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -474,12 +578,21 @@ def read_run_record(out: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"out must be a batch job's output directory (str or Path), got {type(out).__name__}")
     run_file = Path(out) / RUN_FILE
     try:
-        record = json.loads(run_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(
-            f"out {out}: no readable {RUN_FILE} ({type(error).__name__}); not a batch job's output"
-        ) from error
-    if not isinstance(record, dict) or not {"settings", "model", "inputs"} <= record.keys():
+        record = json.loads(read_capped(run_file, MAX_RUN_BYTES, RUN_FILE))
+    except (OSError, ValueError, RecursionError) as error:
+        reason = str(error) if isinstance(error, InputError) else type(error).__name__
+        raise InputError(f"out {out}: no readable {RUN_FILE} ({reason}); not a batch job's output") from error
+    model = record.get("model") if isinstance(record, dict) else None
+    if (
+        not isinstance(record, dict)
+        or not {"settings", "model", "inputs"} <= record.keys()
+        or not isinstance(record["settings"], dict)
+        or not isinstance(model, dict)
+        or not isinstance(model.get("label"), str)
+        or not isinstance(model.get("preprocessing"), dict)
+        or not isinstance(model.get("classes"), list)
+        or not all(isinstance(name, str) for name in model["classes"])
+    ):
         raise InputError(f"out {out}: {RUN_FILE} is not a batch job's record")
     return record
 
@@ -496,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(
         f"{summary.images} images, {summary.rows} rows ({summary.errors} images with errors), "
-        f"{summary.skipped} of {summary.shards} shards were already done; wrote {Path(summary.out) / TABLE_DIR}"
+        f"{summary.skipped} of {summary.shards} shards were already done"
+        + (f" ({summary.redone} more had a torn table file and were redone)" if summary.redone else "")
+        + f"; wrote {Path(summary.out) / TABLE_DIR}"
     )
     return 0

@@ -2,15 +2,15 @@
 
 A job is cut into shards of ``--shard-size`` consecutive images (in input order). ``_read_shard`` reads a shard's
 images as the model sees them (an unreadable one becomes an error), ``_explain_shard`` turns them into the shard's
-table rows and maps, and ``_write_shard`` writes them: maps and overlays first, the table file last and atomically,
-so a table file means a finished shard. The local engine (``camlib.batch.job``) and the Ray actors
+table rows and maps, and ``_write_shard`` writes them: maps and overlays first, the table file last, each one durably
+(``camlib.batch.files.write_durably``), so a table file means a finished shard; a rerun still checks it before trusting
+it (``camlib.batch.files.part_problem``). The local engine (``camlib.batch.job``) and the Ray actors
 (``camlib.batch.ray_engine``) call the same three functions, so both write the same table.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from camlib.batch.files import MAX_LIST_BYTES, read_capped, write_durably
 from camlib.cam import compute_cam_grid, layer_magnitudes
 from camlib.cifar import IMAGE_SUFFIXES, default_root, load_cifar10
-from camlib.errors import CamlibError, InputError
-from camlib.imaging import decode_image
+from camlib.errors import CamlibError, ImageTooLargeError, InputError
+from camlib.imaging import MAX_UPLOAD_BYTES, decode_image
 from camlib.models import (
     LoadedModel,
     Preprocessing,
@@ -141,8 +142,12 @@ def _folder_items(root: Path, class_names: tuple[str, ...]) -> list[_Item]:
 
 def _list_items(file: Path, class_names: tuple[str, ...]) -> list[_Item]:
     """One image a line (relative paths from the list file's folder), optionally ``<TAB>label`` (name or index)."""
+    try:
+        text = read_capped(file, MAX_LIST_BYTES, f"--list {file}").decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"--list {file} is not UTF-8 text (byte {error.start})") from error
     items = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         path_text, _, label_text = line.rstrip("\n").partition("\t")
@@ -180,7 +185,8 @@ def _load_view(item: _Item, pixels: np.ndarray | None, preprocessing: Preprocess
         image = pixels
     else:
         try:
-            data = Path(item.path).read_bytes()
+            # The size is checked before any byte is read: a multi-GB file in the folder costs a stat, not its bytes.
+            data = read_capped(item.path, MAX_UPLOAD_BYTES, "the file", ImageTooLargeError)
             image = decode_image(data, filename=Path(item.path).name).pixels
         except (OSError, CamlibError) as error:
             return None, f"{type(error).__name__}: {error}"
@@ -364,33 +370,21 @@ def _schema(metrics: Sequence[str]) -> pa.Schema:
     return pa.schema([*fields[:-1], *(pa.field(name, pa.float64()) for name in metrics), fields[-1]])
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")  # a leading dot: Parquet readers skip it
-    write(temporary)
-    temporary.replace(path)
-
-
 def _part_path(out: Path, shard: int) -> Path:
     return out / TABLE_DIR / f"part-{shard:05d}.parquet"
 
 
 def _write_shard(out: Path, shard: int, table: pa.Table, maps: np.ndarray, pngs: dict[str, bytes]) -> None:
-    """Maps and overlays first, the table file last: its existence marks the shard finished."""
+    """Maps and overlays first, the table file last, each durably: the table file marks the shard finished."""
     maps_file = out / MAPS_DIR / f"shard-{shard:05d}.npy"
     maps_file.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(maps_file, lambda p: p.write_bytes(_npy_bytes(maps)))
+    write_durably(maps_file, lambda file: np.save(file, maps, allow_pickle=False))
     for relative, png in pngs.items():
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
-        (out / relative).write_bytes(png)
+        write_durably(out / relative, lambda file, png=png: file.write(png))
     part = _part_path(out, shard)
     part.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(part, lambda p: pq.write_table(table, p))
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+    write_durably(part, lambda file: pq.write_table(table, file))
 
 
 def _load_model(config: BatchConfig, checkpoint: bytes | None) -> LoadedModel:

@@ -1,0 +1,176 @@
+"""The files of a batch job: written durably, read with sizes checked before any byte is read, trusted only once
+checked, and every path stored in them confined to the job's folder.
+
+A crash or a power loss must never leave a file that looks finished: each file is written to a temporary name,
+flushed and fsynced, renamed over its final name, and the directory is fsynced so the rename itself survives (without
+the fsyncs a rename can reach the disk before the data, leaving a 0-byte or short file under the final name). A table
+file found on a rerun is still checked before its shard counts as finished (``part_problem``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path, PurePath
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from camlib.errors import CamlibError, InputError
+
+MAX_LIST_BYTES = 64 * 1024 * 1024  # a --list file: about 500,000 lines of 128 characters
+MAX_RUN_BYTES = 16 * 1024 * 1024  # run.json: settings, versions and one entry of ~300 bytes per run
+MAX_PART_BYTES = 256 * 1024 * 1024  # one shard's table file (a shard of 256 images x 20 cells is about 1 MB)
+MAX_MAPS_BYTES = 2 * 1024 * 1024 * 1024  # one shard's maps file, read through a memory map (only the rows shown)
+MAX_TABLE_ROWS = 20_000_000  # rows a table may declare in all (its footers' counts), before any row is read
+MAX_TABLE_BYTES = 4 * 1024 * 1024 * 1024  # uncompressed bytes a table may declare in all (its row groups' sizes)
+# What reading a Parquet or .npy file raises on a torn or crafted file: pyarrow's errors (ArrowInvalid is a ValueError,
+# ArrowIOError an OSError), numpy's header errors (ValueError), and EOF.
+READ_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def read_capped(path: str | os.PathLike[str], limit: int, what: str, error: type[CamlibError] = InputError) -> bytes:
+    """The bytes of ``path``, read only after its size (``stat``) is within ``limit``; memory at most ``limit``.
+
+    Args:
+        path: a regular file (a FIFO or a device is refused: reading one could block or never end).
+        limit: the largest accepted size, bytes.
+        what: how messages name the file (e.g. "--checkpoint model.pt").
+        error: the ``CamlibError`` class raised (e.g. ``ImageTooLargeError`` for an image).
+
+    Raises:
+        ``error``: not a regular file, or larger than ``limit`` (also when the file grew after the ``stat``: at most
+            ``limit + 1`` bytes are read). ``OSError`` when it cannot be opened or read.
+    """
+    # Opened without blocking (a FIFO would wait for a writer), then the open file is measured: the file read is the
+    # file whose size was checked.
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} is not a regular file")
+        if info.st_size > limit:
+            raise error(f"{what} is too large ({_megabytes(info.st_size)} > {_megabytes(limit)})")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{what} is too large (it grew past {_megabytes(limit)} while being read)")
+    return data
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX: fsync the directory). Windows has no directory handles to
+    fsync, and some filesystems refuse it (EINVAL): there the rename is as durable as the system makes it."""
+    if os.name != "posix":
+        return
+    handle = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` so that after a crash or power loss it is either the old file or the whole new one.
+
+    ``write`` fills a temporary file in the same directory (a leading dot: Parquet readers skip it), which is flushed
+    and fsynced, renamed over ``path`` (``os.replace``, atomic), and the directory is fsynced. The temporary file is
+    removed if anything fails.
+    """
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(path.parent)
+
+
+def within(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path | None:
+    """``path`` (relative to ``root``, or absolute) resolved, symlinks followed, if it lies inside ``root`` (itself
+    resolved); None if it leaves it."""
+    base = Path(root).resolve()
+    resolved = (base / path).resolve()
+    return resolved if resolved.is_relative_to(base) else None
+
+
+def confined(folder: str | os.PathLike[str], stored: object) -> Path:
+    """A path stored in a job's files (a map, an overlay, an image id), resolved inside ``folder``.
+
+    Returns:
+        The resolved path, inside ``folder`` after every symlink is followed.
+
+    Raises:
+        InputError: ``stored`` is not a non-empty string, is absolute (also a Windows drive or UNC path), has a ``..``
+            part, holds a NUL, or resolves (through a symlink) outside ``folder``. The message names the stored path
+            only, never ``folder``.
+    """
+    if not isinstance(stored, str) or not stored or "\x00" in stored:
+        raise InputError(f"a stored path must be a non-empty string, got {stored!r:.80}")
+    parts = PurePath(stored.replace("\\", "/")).parts
+    if Path(stored).is_absolute() or stored.startswith(("/", "\\")) or ":" in stored or ".." in parts:
+        raise InputError(f"the stored path {stored!r:.200} is not relative to its folder; refused")
+    resolved = within(folder, stored)
+    if resolved is None:
+        raise InputError(f"the stored path {stored!r:.200} leads outside its folder (a symlink); refused")
+    return resolved
+
+
+def _maps_rows(path: Path) -> tuple[int, ...]:
+    """The shape of a maps file (``.npy``), from its header only: a memory map reads no data."""
+    size = path.stat().st_size
+    if size > MAX_MAPS_BYTES:
+        raise InputError(f"{path.name} is too large ({_megabytes(size)} > {_megabytes(MAX_MAPS_BYTES)})")
+    maps = np.load(path, mmap_mode="r", allow_pickle=False)
+    return tuple(maps.shape) if maps.dtype == np.float16 and maps.ndim == 3 else ()
+
+
+def part_problem(  # noqa: PLR0911 (one return per reason a part is not trusted)
+    out: Path, part: Path, schema: pa.Schema, positions: range, cells: int
+) -> str | None:
+    """Why the table file ``part`` of a shard cannot be trusted as finished, or None when it can.
+
+    A trusted part: non-empty and within ``MAX_PART_BYTES``; its footer parses; its columns are ``schema``; it holds
+    ``len(positions) * cells`` rows whose positions are ``positions``; every map it names is a row of a whole maps file
+    inside ``out``, and every overlay it names is a file inside ``out``.
+    """
+    try:
+        size = part.stat().st_size
+        if size == 0:
+            return "0 bytes"
+        if size > MAX_PART_BYTES:
+            return f"{_megabytes(size)}, more than a shard can hold"
+        metadata = pq.read_metadata(part)
+        if not metadata.schema.to_arrow_schema().equals(schema):
+            return "other columns than this job's"
+        if metadata.num_rows != len(positions) * cells:
+            return f"{metadata.num_rows} rows where the shard has {len(positions) * cells}"
+        table = pq.read_table(part).to_pydict()
+    except READ_ERRORS as error:
+        return f"unreadable ({type(error).__name__})"
+    if sorted(set(table["position"])) != list(positions):
+        return "rows of other images than the shard's"
+    try:
+        shapes = {path: _maps_rows(confined(out, path)) for path in set(table["map_path"]) if path is not None}
+        for path, index in zip(table["map_path"], table["map_index"]):
+            if path is not None and (not shapes[path] or index is None or not 0 <= index < shapes[path][0]):
+                return f"a map row ({path} row {index}) that its maps file does not hold"
+        for path in table["png_path"]:
+            if path is not None and not confined(out, path).is_file():
+                return f"an overlay ({path}) that is missing"
+    except (InputError, *READ_ERRORS) as error:
+        return f"maps or overlays that cannot be read ({type(error).__name__})"
+    return None
