@@ -56,7 +56,8 @@ from camlib.errors import (
     NonFiniteError,
 )
 from camlib.guard import eval_mode, owned_by_this_thread
-from camlib.layouts import Layout, infer_layout, layout_from_spec, to_feature_map
+from camlib.layers import layer_layout
+from camlib.layouts import Layout, layout_from_spec, to_feature_map
 
 NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
 DEGENERATE_RATIO = 1e-6  # a ReLU'd map whose max-min is below this share of max|raw| carries no usable evidence
@@ -1222,23 +1223,6 @@ def _resolve_layouts(layouts: Mapping[str, str] | None, names: list[str]) -> dic
     return dict(layouts)
 
 
-def _layer_layout(name: str, shape: tuple[int, ...], input_size: tuple[int, int], explicit: str | None) -> Layout:
-    if explicit is not None:
-        return layout_from_spec(explicit, shape, input_size)
-    layout = infer_layout(shape, input_size)
-    if layout is None:
-        raise LayerError(
-            f"layer {name!r} outputs {shape}, which is not a spatial feature map ((B, C, H, W), (B, H, W, C) or "
-            "(B, N, C) tokens on a patch grid); pick another layer (the layer list shows only those)"
-        )
-    if layout.kind == "ambiguous":
-        raise LayerError(
-            f"the layout of layer {name!r} cannot be told from its output shape ({layout.reason}); "
-            f"pass layouts={{{name!r}: 'nchw' | 'nhwc' | 'tokens:K'}}"
-        )
-    return layout
-
-
 class _Capture:
     """Forward hooks that keep each layer's output as produced (values and graph node) and pass a copy on.
 
@@ -1591,7 +1575,15 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
             xin, logits, capture = _forward(model, x, names, start_graph=gradient is not None)
             targets = _resolve_classes(class_idx, logits)
             feature_layouts = {
-                name: _layer_layout(name, tuple(capture.values[name].shape), size, explicit_layouts.get(name))
+                name: layer_layout(
+                    model,
+                    name,
+                    tuple(capture.values[name].shape),
+                    size,
+                    explicit_layouts.get(name),
+                    batch=int(x.shape[0]),
+                    channels=int(x.shape[1]),
+                )
                 for name in names
             }
             values = {name: to_feature_map(capture.values[name], feature_layouts[name]) for name in names}

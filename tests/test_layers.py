@@ -5,13 +5,19 @@ Models are built offline (``weights=None`` / ``pretrained=False``) and seeded in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pytest
 import timm
 import torch
 import torchvision
 from conftest import mixed_state, seeded, seeded_resnet18
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from camlib.cam import compute_cams
 from camlib.errors import LayerError
 from camlib.layers import MIN_USEFUL_SIZE, LayerInfo, default_layer, list_candidate_layers
 from camlib.layouts import Layout
@@ -322,10 +328,9 @@ def test_token_layers_are_listed_with_grid_and_leading_tokens(build, prefix):
     assert not [c for c in candidates if c.ambiguous]
 
 
-@pytest.mark.bad_input(64)
-def test_an_ambiguous_layout_is_listed_as_such_and_never_the_default():
-    """(1, 8, 8, 8) on an 8x8 input: the inspector says the layout cannot be told, and suggests another layer."""
-    model = seeded(
+def _cube_model() -> nn.Module:
+    """(1, 8, 8, 8) at an 8x8 input: conv "0" and identity "1" read both as C x H x W and as H x W x C by shape."""
+    return seeded(
         lambda: nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
             nn.Identity(),
@@ -335,12 +340,47 @@ def test_an_ambiguous_layout_is_listed_as_such_and_never_the_default():
             nn.Linear(4, 2),
         )
     )
+
+
+class _FixedSize(nn.Module):
+    """``model`` that refuses every input size but ``size``, as ViTs with a fixed position embedding do."""
+
+    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.size:
+            raise AssertionError(f"input size {tuple(x.shape[-2:])} != {self.size}")
+        return self.model(x)
+
+
+@pytest.mark.bad_input(64, 77)
+def test_an_ambiguous_shape_is_resolved_by_a_second_probe():
+    """(1, 8, 8, 8) at 8 px is (1, 8, 40, 40) at 40 px: only channels-first reads both (Conv2d's own layout)."""
+    candidates = _by_name(list_candidate_layers(_cube_model(), (8, 8)))
+    assert candidates["0"].layout == candidates["1"].layout == Layout("nchw", 8, 8, 8)
+    assert candidates["2"].layout == Layout("nchw", 4, 8, 8)
+
+
+@pytest.mark.bad_input(64, 77)
+def test_an_ambiguous_layout_is_listed_as_such_and_never_the_default():
+    """When the model refuses the second probe's size, the inspector says the layout cannot be told, why, and names
+    ``layouts=``; it suggests another layer, and compute_cams refuses the layer until told how to read it."""
+    model = _FixedSize(_cube_model(), (8, 8))
     candidates = _by_name(list_candidate_layers(model, (8, 8)))
-    assert candidates["0"].ambiguous and candidates["1"].ambiguous
-    assert "cannot be told" in candidates["0"].warning and "(layout ambiguous)" in candidates["0"].shape_label
-    assert not candidates["2"].ambiguous  # 4 x 8 x 8 reads only as C x H x W
-    assert default_layer(list(candidates.values())).name == "2"
-    assert default_layer(list(candidates.values()), preferred=("0", "2")).name == "2"
+    cube = candidates["model.0"]
+    assert cube.ambiguous and candidates["model.1"].ambiguous
+    assert "cannot be told" in cube.warning and "(layout ambiguous)" in cube.shape_label
+    assert "refuses a 40x40 input" in cube.layout.reason and "layouts={'model.0'" in cube.warning
+    assert not candidates["model.2"].ambiguous  # 4 x 8 x 8 reads only as C x H x W
+    assert default_layer(list(candidates.values())).name == "model.2"
+    assert default_layer(list(candidates.values()), preferred=("model.0", "model.2")).name == "model.2"
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(LayerError, match=r"does not guess it: pass layouts=\{'model.0'"):
+        compute_cams(model, x, ["model.0"], class_idx=[0, 1])
+    told = compute_cams(model, x, ["model.0"], class_idx=[0, 1], layouts={"model.0": "nchw"})
+    np.testing.assert_allclose(told.maps["model.0"], _pgc_maps(model, x, "model.0", [0, 1], None), atol=ATOL)
 
 
 def test_preferred_default_layers_win_when_they_are_candidates(resnet18):
@@ -383,3 +423,272 @@ def test_probe_cleans_up_when_the_forward_raises(snapshot):
         list_candidate_layers(model, (8, 8))
     before.assert_unchanged()
     assert model.training and model.bn.training
+
+
+# --- window-folded outputs, token grids told apart by a second probe, overlapping patch embeddings (row 77) --------
+
+ATOL = 1e-5  # on maps in [0, 1]
+
+
+def _pgc_maps(
+    model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], reshape: Callable | None
+) -> np.ndarray:
+    """pytorch-grad-cam's Grad-CAM of one layer with its ``reshape_transform``; parameter gradients dropped after.
+
+    A hook registered after pytorch-grad-cam's lets the network continue on a copy, so the activations it stored stay
+    the layer's output as produced, as camlib reads them, also under later in-place ops (as tests/test_cam.py does).
+    """
+    module = dict(model.named_modules())[layer]
+    with GradCAM(model=model, target_layers=[module], reshape_transform=reshape) as cam:
+        handle = module.register_forward_hook(lambda _m, _i, out: out.clone())
+        try:
+            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(k) for k in classes])
+        finally:
+            handle.remove()
+    model.zero_grad(set_to_none=True)
+    return maps
+
+
+def _tokens_to_grid(prefix: int, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """pytorch-grad-cam's ViT reshape_transform (tutorials/vision_transformers.md), dropping ``prefix`` tokens."""
+
+    def reshape(tensor: torch.Tensor) -> torch.Tensor:
+        grid = tensor[:, prefix:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+        return grid.transpose(2, 3).transpose(1, 2)
+
+    return reshape
+
+
+def _folded_outputs(model: nn.Module, size: tuple[int, int]) -> set[str]:
+    """The truth, found without camlib: modules whose 3-D/4-D output batch is not 1 for one image."""
+    folded: set[str] = set()
+    handles = [
+        m.register_forward_hook(
+            lambda _m, _i, out, name=name: (
+                folded.add(name)
+                if isinstance(out, torch.Tensor) and out.dim() in (3, 4) and out.shape[0] != 1
+                else None
+            )
+        )
+        for name, m in model.named_modules()
+        if name
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return folded
+
+
+FOLDING = {
+    "swin": (
+        lambda: timm.create_model(
+            "swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1), num_classes=10
+        ),
+        (224, 224),
+        "layers.0.blocks.0.attn",  # (64 windows, 49, 24)
+    ),
+    "maxvit": (
+        lambda: timm.create_model("test_maxvit", num_classes=10),
+        (160, 160),
+        "stages.0.blocks.0.attn_block.attn",
+    ),
+    "mobilevit": (lambda: timm.create_model("mobilevit_xxs", num_classes=10), (96, 96), "stages.2.1.transformer.0"),
+    "davit": (
+        lambda: timm.create_model(
+            "davit_tiny", depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 1, 1, 1), num_classes=10
+        ),
+        (96, 96),
+        "stages.0.blocks.0.0.attn",
+    ),
+}
+
+
+@pytest.mark.bad_input(77)
+@pytest.mark.parametrize("name", list(FOLDING))
+def test_layers_that_fold_windows_into_the_batch_are_not_candidates_and_are_refused(name):
+    """Swin's window attention, MaxViT's window and grid attention, MobileViT's transformer blocks (patches folded
+    into the batch) and DaViT's window attention: none is listed, and compute_cams refuses each with a LayerError that
+    says why, also when told a layout, instead of returning a map per window."""
+    build, size, layer = FOLDING[name]
+    model = seeded(build)
+    folded = _folded_outputs(model, size)
+    assert layer in folded and len(folded) >= 6
+    names = {c.name for c in list_candidate_layers(model, size)}
+    assert names and not names & folded
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))
+    for layouts in (None, {layer: "tokens:0" if "attn" in layer or "transformer" in layer else "nhwc"}):
+        with pytest.raises(LayerError, match=r"outputs a batch of \d+ for 2 input images: it folds windows"):
+            compute_cams(model, x, [layer], class_idx=[1, 2], layouts=layouts)
+
+
+def _pvt_grid(side: int) -> int:
+    """PVT-v2's last grid from PyTorch's Conv2d output size: a 7/4/3 overlapping embedding, then three 3/2/1."""
+    side = (side + 2 * 3 - 7) // 4 + 1
+    for _ in range(3):
+        side = (side + 2 * 1 - 3) // 2 + 1
+    return side
+
+
+def _overlapping_vit(size: tuple[int, int]) -> nn.Module:
+    """A ViT (class token, 2 blocks, 32 channels) whose patch embedding overlaps: kernel 16, stride 8, no padding,
+    so 224 px gives 27 x 27 patches, which no integer patch size gives."""
+    model = timm.create_model("vit_tiny_patch16_224", img_size=size, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+    grid = ((size[0] - 16) // 8 + 1, (size[1] - 16) // 8 + 1)
+    model.patch_embed.proj = nn.Conv2d(3, 32, 16, stride=8)
+    model.patch_embed.grid_size, model.patch_embed.num_patches = grid, grid[0] * grid[1]
+    model.pos_embed = nn.Parameter(0.02 * torch.randn(1, 1 + grid[0] * grid[1], 32))
+    return model
+
+
+# (id, builder, input size, layer, (leading tokens, h, w)): token layers whose shape alone fits several readings, or
+# none that an integer patch size gives, at sizes that are and are not multiples of 32.
+TOKEN_CASES = [
+    *[
+        (
+            f"pvt_v2_b0_{side}",
+            lambda: timm.create_model("pvt_v2_b0", num_classes=10),
+            (side, side),
+            "stages.3.blocks.0",
+            (0, _pvt_grid(side), _pvt_grid(side)),
+        )
+        for side in (80, 100, 144)  # 3x3: 0 + 3x3 or 5 + 2x2; 4x4; 5x5: 0 + 5x5, 9 + 4x4 or 16 + 3x3
+    ],
+    *[
+        (
+            f"twins_svt_{side}",
+            lambda: timm.create_model(
+                "twins_svt_small",
+                depths=(1, 1, 1, 1),
+                embed_dims=(16, 32, 64, 128),
+                num_heads=(1, 2, 4, 8),
+                num_classes=10,
+            ),
+            (side, side),
+            "blocks.3.0",
+            (0, side // 4 // 8, side // 4 // 8),  # a 4 px patch embedding, then three of 2 px
+        )
+        for side in (96, 112)  # 3x3 both: 0 + 3x3 or 5 + 2x2
+    ],
+    *[
+        (
+            f"overlapping_vit_{h}x{w}",
+            lambda h=h, w=w: _overlapping_vit((h, w)),
+            (h, w),
+            "blocks.0",
+            (1, (h - 16) // 8 + 1, (w - 16) // 8 + 1),
+        )
+        for h, w in ((224, 224), (200, 200), (224, 160))  # 27x27 (the issue's), 24x24, 27x19
+    ],
+    (
+        "vit_registers_112x160",  # 1 class token + 4 registers + 7 x 10: four readings; the patch embedding's grid
+        lambda: timm.create_model(
+            "vit_tiny_patch16_224",
+            img_size=(112, 160),
+            reg_tokens=4,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            num_classes=10,
+        ),
+        (112, 160),
+        "blocks.0",
+        (5, 7, 10),
+    ),
+    (
+        "deit_distilled_80",  # 2 + 5 x 5, or 11 + 4 x 4, or 18 + ...: the model refuses 112 px; its patch embedding
+        lambda: timm.create_model(
+            "deit_tiny_distilled_patch16_224", img_size=80, embed_dim=32, depth=2, num_heads=2, num_classes=10
+        ),
+        (80, 80),
+        "blocks.0",
+        (2, 5, 5),
+    ),
+]
+
+
+@pytest.mark.bad_input(77)
+@pytest.mark.parametrize("case", TOKEN_CASES, ids=[case[0] for case in TOKEN_CASES])
+def test_token_grids_are_read_as_pytorch_grad_cam_reads_them_with_the_right_reshape(case):
+    """The issue's 3x3 grid at 80 px (PVT-v2, Twins), overlapping patch embeddings (27 x 27 from 224 px and more),
+    registers on a non-square input, DeiT's distillation token: the layer list and compute_cams read each as the
+    architecture lays it out, and the maps equal pytorch-grad-cam's with that reshape_transform."""
+    _, build, size, layer, (prefix, h, w) = case
+    model = seeded(build)
+    info = _by_name(list_candidate_layers(model, size))[layer]
+    assert info.layout == Layout("tokens", info.channels, h, w, prefix)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(5))
+    ours = compute_cams(model, x, [layer], class_idx=[1, 7])
+    reference = _pgc_maps(model, x, layer, [1, 7], _tokens_to_grid(prefix, h, w))
+    assert ours.raw[layer].shape == (2, h, w) and ours.maps[layer].max() == pytest.approx(1.0)
+    np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
+
+
+class _Amplified(nn.Module):
+    """``model``'s logits times ``gain``: a seeded LeViT's logits barely move with the input (raw maps ~1e-7)."""
+
+    def __init__(self, model: nn.Module, gain: float) -> None:
+        super().__init__()
+        self.model, self.gain = model, gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * self.model(x)
+
+
+# (id, builder, input size, layer, explicit layout, (leading tokens, h, w)): the shape fits several readings, the
+# model refuses any other input size and no convolution made the grid: refused until told.
+REFUSED_CASES = [
+    # 49 tokens: 0 + 7 x 7 or 13 + 6 x 6; LeViT's attention biases are sized for 224 px only
+    (
+        "levit_128s",
+        lambda: _Amplified(timm.create_model("levit_128s", num_classes=10), 1e6),
+        (224, 224),
+        "model.stages.1",
+        (0, 7, 7),
+    ),
+    (
+        "swin_last_stage",
+        lambda: timm.create_model(
+            "swin_tiny_patch4_window7_224", depths=(1, 1, 1, 1), embed_dim=24, num_heads=(1, 1, 1, 1), num_classes=10
+        ),
+        (224, 224),
+        "layers.3.blocks.0.norm2",  # (1, 49, 192): 0 + 7 x 7 or 13 + 6 x 6
+        (0, 7, 7),
+    ),
+]
+
+
+@pytest.mark.bad_input(77)
+@pytest.mark.parametrize("case", REFUSED_CASES, ids=[case[0] for case in REFUSED_CASES])
+def test_token_grids_that_stay_ambiguous_are_refused_naming_layouts_and_read_when_told(case):
+    _, build, size, layer, (prefix, h, w) = case
+    model = seeded(build)
+    info = _by_name(list_candidate_layers(model, size))[layer]
+    assert info.ambiguous and f"{prefix} leading + {h}x{w}" in info.layout.reason and "refuses" in info.layout.reason
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(6))
+    with pytest.raises(LayerError, match=r"does not guess it: pass layouts="):
+        compute_cams(model, x, [layer], class_idx=[2, 4])
+    told = compute_cams(model, x, [layer], class_idx=[2, 4], layouts={layer: f"tokens:{prefix}"})
+    reference = _gradcam_raw(model, x, layer, [2, 4], _tokens_to_grid(prefix, h, w))
+    assert np.abs(reference).max() > 1e-3  # not degenerate: the comparison has something to compare
+    np.testing.assert_allclose(told.raw[layer], reference, atol=1e-6 * np.abs(reference).max(), rtol=0)
+
+
+def _gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], reshape: Callable) -> np.ndarray:
+    """Grad-CAM's signed map by its definition (Selvaraju et al., ICCV 2017, eq. 1-2: channel weights are the
+    spatial means of the class score's gradients), in float64 from torch's autograd on the layer's output read through
+    ``reshape``. pytorch-grad-cam's LeViT maps differ from this definition by up to 1.3e-3 after its float32 finish,
+    so the definition is the reference for these layers."""
+    store: dict[str, torch.Tensor] = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda _m, _i, out: store.setdefault("out", out))
+    try:
+        logits = model.eval()(x)
+    finally:
+        handle.remove()
+    score = sum(logits[i, k] for i, k in enumerate(classes))
+    (grad,) = torch.autograd.grad(score, store["out"])
+    acts, grads = reshape(store["out"].detach()).double(), reshape(grad).double()
+    return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1).numpy()
