@@ -29,7 +29,11 @@ root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wi
 if st.radio("Source", ["This model on the test set", "A batch table"], horizontal=True) == "A batch table":
     from ui import batch_table  # here: it imports pandas and pyarrow's Parquet reader, a second on a fresh server
 
-    batch_out = st.text_input("Batch output directory (the --out of python -m camlib.batch)")
+    batch_out = st.text_input(
+        "Batch output directory (the --out of python -m camlib.batch)",
+        help="A folder inside one of the folders this server shares for batch tables (by default the project's "
+        "runs/ folder; the operator sets them with CAMLIB_BATCH_ROOTS): a name such as cams for runs/cams.",
+    )
     if batch_out:
         batch_table.render(batch_out)
     st.stop()

@@ -8,6 +8,7 @@ conftest.py), so only the first test pays for them.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import threading
 from dataclasses import replace
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from camlib import prediction_cache
@@ -373,3 +375,168 @@ def test_a_rerun_during_the_first_build_ends_the_wait_not_the_build(
     model = cache.get_model("cifar10_resnet20", "cpu")
     expected = original_predict(model.model, subset.images, model.spec.preprocessing)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+
+
+# --- the batch-table view: folders and stored paths confined (rows 79 and 80) --------------------------------------
+
+
+def _batch_output(out: Path, *, images: str, map_paths: list[str], png_paths: list[str | None]) -> None:
+    """A batch job's output written by hand, as a crafted or copied one could be: run.json, one table file whose
+    rows are misclassified images (label 3 predicted as 5) with the stored paths given, one maps file."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from camlib.batch import TABLE_SCHEMA
+
+    spec = MODELS["cifar10_resnet20"]
+    record = {
+        "settings": {"images": images, "cifar10": None, "data": None, "limit": None},
+        "model": {"label": spec.label, "preprocessing": vars(spec.preprocessing), "classes": list(CLASS_NAMES)},
+        "inputs": {"images": len(map_paths)},
+    }
+    (out / "table").mkdir(parents=True)
+    (out / "maps").mkdir()
+    (out / "run.json").write_text(json.dumps(record))
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float16).reshape(1, 32, 32)
+    np.save(out / "maps" / "shard-00000.npy", np.repeat(ramp, len(map_paths), axis=0))
+    rows = [
+        {
+            "image_id": f"photo{k}.png",
+            "position": k,
+            "shard": 0,
+            "label": 3,
+            "label_name": "cat",
+            "predicted": 5,
+            "predicted_name": "dog",
+            "probability": 0.9,
+            "method": "gradcam",
+            "layer": "layer3",
+            "class_idx": 5,
+            "class_name": "dog",
+            "class_probability": 0.9,
+            "peak": 1.0,
+            "peak_y": 0,
+            "peak_x": 0,
+            "degenerate": False,
+            "map_path": map_path,
+            "map_index": k,
+            "png_path": png_path,
+            "error": None,
+        }
+        for k, (map_path, png_path) in enumerate(zip(map_paths, png_paths))
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, schema=TABLE_SCHEMA), out / "table" / "part-00000.parquet")
+
+
+def _open_batch_view(monkeypatch, roots: list[Path] | None, typed: str) -> AppTest:
+    if roots is None:
+        monkeypatch.delenv("CAMLIB_BATCH_ROOTS", raising=False)
+    else:
+        monkeypatch.setenv("CAMLIB_BATCH_ROOTS", os.pathsep.join(map(str, roots)))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.switch_page("pages/misclassifications.py").run()
+    at.radio[0].set_value("A batch table").run()
+    next(t for t in at.text_input if t.label.startswith("Batch output directory")).input(typed).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _shown_text(at: AppTest) -> str:
+    return "\n".join(
+        [e.value for e in at.error] + [m.value for m in at.markdown] + [c for image in at.image for c in image.captions]
+    )
+
+
+def _secret_files(secret: Path) -> None:
+    """Files outside every shared folder: an image and a map a crafted table points at."""
+    secret.mkdir()
+    Image.fromarray(np.full((32, 32, 3), (255, 0, 255), np.uint8)).save(secret / "photo0.png")
+    Image.fromarray(np.full((32, 32, 3), (255, 0, 255), np.uint8)).save(secret / "overlay.png")
+    np.save(secret / "secret.npy", np.ones((2, 32, 32), np.float16))
+
+
+@pytest.mark.bad_input(80, kind="AT")
+def test_a_batch_table_inside_a_shared_folder_is_shown(tmp_path, monkeypatch) -> None:
+    """The control: stored paths inside the table's folder, opened by its name in the shared folder."""
+    runs = tmp_path / "runs"
+    _batch_output(runs / "cams", images="images", map_paths=["maps/shard-00000.npy"] * 2, png_paths=[None, None])
+    at = _open_batch_view(monkeypatch, [runs], "cams")
+    assert not at.error and len(at.image) == 2
+    assert any(m.value.startswith("**2 images** in cams (") for m in at.markdown)
+    assert str(tmp_path) not in _shown_text(at)
+
+
+@pytest.mark.bad_input(80, kind="AT")
+@pytest.mark.parametrize("leak", ["absolute", "dot-dot", "symlink"])
+def test_stored_paths_leading_out_of_the_table_folder_are_refused(tmp_path, monkeypatch, leak) -> None:
+    """A crafted table whose map and overlay paths point outside its folder (absolute, ``..``, a symlink in the
+    folder): each tile says it is refused, nothing outside is shown, and no message names a server path."""
+    runs, secret = tmp_path / "runs", tmp_path / "secret"
+    _secret_files(secret)
+    if leak == "absolute":
+        maps, pngs = [str(secret / "secret.npy")] * 2, [str(secret / "overlay.png")] * 2
+    elif leak == "dot-dot":
+        maps, pngs = ["../../secret/secret.npy", "maps/../../../secret/secret.npy"], ["../../secret/overlay.png"] * 2
+    else:
+        maps, pngs = ["link/secret.npy"] * 2, ["link/overlay.png"] * 2
+    _batch_output(runs / "evil", images=str(secret), map_paths=maps, png_paths=pngs)
+    if leak == "symlink":
+        (runs / "evil" / "link").symlink_to(secret, target_is_directory=True)
+    at = _open_batch_view(monkeypatch, [runs], "evil")
+    assert len(at.image) == 0  # no tile drawn from a file outside the table's folder
+    tiles = [e.value for e in at.error]
+    assert len(tiles) == 2 and all("refused" in tile for tile in tiles)
+    assert str(tmp_path) not in _shown_text(at)
+
+
+@pytest.mark.bad_input(80, kind="AT")
+def test_an_image_folder_outside_the_shared_folders_is_not_read(tmp_path, monkeypatch) -> None:
+    """Maps inside the table's folder but images recorded in a folder that is not shared: the tiles are the maps
+    alone (the same tile as a table with no image source), never the outside image."""
+    from ui import batch_table
+
+    runs, secret = tmp_path / "runs", tmp_path / "secret"
+    _secret_files(secret)
+    _batch_output(runs / "evil", images=str(secret), map_paths=["maps/shard-00000.npy"] * 2, png_paths=[None, None])
+    monkeypatch.setenv("CAMLIB_BATCH_ROOTS", str(runs))
+    table = batch_table.open_batch_table(str((runs / "evil").resolve()), 0)
+    assert batch_table._image(table, "photo0.png") is None
+    for escape_id in ("../secret/photo0.png", str(secret / "photo0.png")):
+        assert batch_table._image(table, escape_id) is None
+    shared = replace(table, record={**table.record, "settings": {**table.record["settings"], "images": "../secret"}})
+    assert batch_table._image(shared, "photo0.png") is None  # relative, but it leaves the table's folder
+    monkeypatch.setenv("CAMLIB_BATCH_ROOTS", os.pathsep.join([str(runs), str(secret)]))  # the operator shares it
+    assert batch_table._image(table, "photo0.png") is not None
+
+
+@pytest.mark.bad_input(80, kind="AT")
+@pytest.mark.parametrize("how", ["absolute-outside", "dot-dot", "symlink-out", "default-root"])
+def test_only_folders_the_operator_shares_can_be_opened(tmp_path, monkeypatch, how) -> None:
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    runs.mkdir()
+    _batch_output(elsewhere / "job", images="images", map_paths=["maps/shard-00000.npy"], png_paths=[None])
+    (runs / "link").symlink_to(elsewhere / "job", target_is_directory=True)
+    typed = {
+        "absolute-outside": str(elsewhere / "job"),
+        "dot-dot": "../elsewhere/job",
+        "symlink-out": "link",
+        "default-root": str(elsewhere / "job"),
+    }[how]
+    at = _open_batch_view(monkeypatch, None if how == "default-root" else [runs], typed)
+    assert len(at.error) == 1 and "among the folders this server shares" in at.error[0].value
+    assert "CAMLIB\\_BATCH\\_ROOTS" in at.error[0].value and not at.image
+    assert str(runs) not in _shown_text(at) and str(REPO) not in _shown_text(at)
+
+
+@pytest.mark.bad_input(79, kind="AT")
+@pytest.mark.parametrize("tear", ["zero-bytes", "cut-short"])
+def test_a_torn_table_file_is_an_error_in_the_page(tmp_path, monkeypatch, tear) -> None:
+    runs = tmp_path / "runs"
+    _batch_output(runs / "cams", images="images", map_paths=["maps/shard-00000.npy"] * 2, png_paths=[None, None])
+    part = runs / "cams" / "table" / "part-00000.parquet"
+    part.write_bytes(b"" if tear == "zero-bytes" else part.read_bytes()[:100])
+    at = _open_batch_view(monkeypatch, [runs], "cams")
+    assert len(at.error) == 1 and escape("part-00000.parquet is torn or not Parquet") in at.error[0].value
+    assert "rerun the job" in at.error[0].value and str(tmp_path) not in at.error[0].value

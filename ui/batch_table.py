@@ -5,10 +5,17 @@ directory instead of computed.
 The table has one row per image x method x layer; the view uses the rows of one method and layer (the prediction is
 the same in each). A tile is the stored overlay PNG when the job wrote them (``--png``), else the stored map (float16
 shard) over the image read again from its source (a CIFAR-10 split, or the file), else the map alone.
+
+A visitor names the folder, so everything is confined: the folder must lie inside one the operator shares
+(``$CAMLIB_BATCH_ROOTS``, paths separated by ``os.pathsep``; by default the project's ``runs/``), every map and overlay
+path stored in the table must stay inside that folder (``camlib.batch.files.confined``: no absolute path, no ``..``, no
+symlink leading out), and images are read again only from an image folder or CIFAR-10 copy inside a shared folder (or
+the operator's CIFAR-10 root). Messages name the folder as the visitor typed it, never a server path.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +23,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from camlib.batch import read_batch_table, read_run_record
-from camlib.cifar import load_cifar10
+from camlib.batch import read_batch_map, read_batch_table, read_run_record
+from camlib.batch.files import confined, read_capped, within
+from camlib.cifar import default_root, load_cifar10
 from camlib.drawing import fast_png
-from camlib.errors import CamlibError
+from camlib.errors import CamlibError, ImageTooLargeError, InputError
 from camlib.evaluation import confusion_matrix, per_class_accuracy
-from camlib.imaging import decode_image
+from camlib.imaging import MAX_UPLOAD_BYTES, decode_image
 from camlib.models import Preprocessing, prepare_input
 from camlib.overlay import colorize, overlay_heatmap, upscale_nearest
 from ui import figures
@@ -30,6 +38,8 @@ from ui.text import md
 
 PAGE_SIZE = 12
 TILE_SIDE = 128
+BATCH_ROOTS_ENV = "CAMLIB_BATCH_ROOTS"
+DEFAULT_BATCH_ROOT = Path(__file__).resolve().parents[1] / "runs"  # where the README's examples write --out
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,38 @@ class BatchTable:
     rows: pd.DataFrame
     record: dict
     class_names: tuple[str, ...]
+
+
+def batch_roots() -> tuple[Path, ...]:
+    """The folders visitors may open batch tables from: ``$CAMLIB_BATCH_ROOTS`` (paths separated by ``os.pathsep``),
+    else ``DEFAULT_BATCH_ROOT``. Read at each call, so the operator's setting applies without a restart of the page."""
+    configured = os.environ.get(BATCH_ROOTS_ENV, "")
+    roots = tuple(Path(part.strip()).expanduser() for part in configured.split(os.pathsep) if part.strip())
+    return roots or (DEFAULT_BATCH_ROOT,)
+
+
+def resolve_batch_folder(typed: str) -> Path | None:
+    """The folder a visitor typed, resolved (symlinks followed), when it is a directory inside one of
+    ``batch_roots()``: a relative name is looked up in each shared folder in turn, an absolute path must lie inside
+    one. None otherwise (also for text no path can be made of, e.g. with a NUL)."""
+    for root in batch_roots():
+        try:
+            folder = within(root, typed.strip())
+            if folder is not None and folder.is_dir():
+                return folder
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _shared(path: object, *, also: tuple[Path, ...] = ()) -> Path | None:
+    """``path`` (a folder recorded in run.json) resolved when it lies inside a shared folder or one of ``also``."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        return next((p for root in (*also, *batch_roots()) if (p := within(root, path)) is not None), None)
+    except (OSError, ValueError):
+        return None
 
 
 def _stamp(out: str) -> int:
@@ -59,7 +101,12 @@ def open_batch_table(out: str, stamp: int = 0) -> BatchTable:
     ``InputError`` (camlib) when ``out`` is not a batch job's output."""
     record = read_run_record(out)
     rows = read_batch_table(out).to_pandas()
-    return BatchTable(out, rows, record, tuple(record["model"]["classes"]))
+    names = tuple(record["model"]["classes"])
+    for column in ("label", "predicted"):  # pages index the class names with them
+        values = rows[column].dropna()
+        if not values.empty and (values.min() < 0 or values.max() >= len(names)):
+            raise InputError(f"the table's {column} column holds indices outside its model's {len(names)} classes")
+    return BatchTable(out, rows, record, names)
 
 
 @st.cache_data(max_entries=2, ttl=CACHE_TTL, show_spinner="Reading the CIFAR-10 images...")
@@ -68,25 +115,36 @@ def _cifar_images(root: str | None, split: str, limit: int | None) -> np.ndarray
 
 
 def _image(table: BatchTable, image_id: str) -> np.ndarray | None:
-    """What the model saw of ``image_id`` (uint8 ``(crop, crop, 3)``), or None when its source is not readable here."""
+    """What the model saw of ``image_id`` (uint8 ``(crop, crop, 3)``), or None when its source is not readable here
+    or not shared: an image folder or CIFAR-10 root recorded in run.json is used only inside the table's folder or a
+    shared one (a CIFAR-10 root also when it is the operator's, ``camlib.cifar.default_root``), and the image's id must
+    stay inside its folder."""
     settings = table.record["settings"]
-    preprocessing = Preprocessing(**{**table.record["model"]["preprocessing"]})
     try:
-        if settings.get("cifar10"):
-            images = _cifar_images(settings.get("data"), settings["cifar10"], settings.get("limit"))
+        preprocessing = Preprocessing(**{**table.record["model"]["preprocessing"]})
+        if settings.get("cifar10") in ("train", "test"):
+            operator = default_root()
+            recorded = settings.get("data") or (str(operator) if operator else None)
+            root = _shared(recorded, also=(Path(table.out), *((operator,) if operator else ())))
+            if root is None or not isinstance(settings.get("limit"), int | None):
+                return None
+            images = _cifar_images(str(root), settings["cifar10"], settings.get("limit"))
             image = images[int(image_id.rsplit("/", 1)[1])]
-        elif settings.get("images"):
-            image = decode_image((Path(settings["images"]) / image_id).read_bytes()).pixels
+        elif (folder := _shared(settings.get("images"), also=(Path(table.out),))) is not None:
+            data = read_capped(confined(folder, image_id), MAX_UPLOAD_BYTES, "the image", ImageTooLargeError)
+            image = decode_image(data).pixels
         else:
             return None
-    except (OSError, ValueError, IndexError, CamlibError):
+        return prepare_input(image, preprocessing).model_view
+    except (OSError, ValueError, TypeError, IndexError, CamlibError):
         return None
-    return prepare_input(image, preprocessing).model_view
 
 
 def _tile(table: BatchTable, stamp: int, row: pd.Series) -> bytes:
     png_path = row["png_path"] if isinstance(row["png_path"], str) else None
-    where = {"map_path": row["map_path"], "map_index": int(row["map_index"]), "image_id": row["image_id"]}
+    index = row["map_index"]  # pandas gives a float when the column has nulls
+    map_index = int(index) if isinstance(index, int | float | np.number) and np.isfinite(index) else -1
+    where = {"map_path": row["map_path"], "map_index": map_index, "image_id": row["image_id"]}
     return _cached_tile(table, out=table.out, stamp=stamp, png_path=png_path, **where)
 
 
@@ -95,23 +153,44 @@ def _cached_tile(  # noqa: PLR0913 (where the tile's map and image come from: it
     _table: BatchTable, *, out: str, stamp: int, map_path: str, map_index: int, png_path: str | None, image_id: str
 ) -> bytes:
     """One gallery tile as PNG, cached on where its map and image come from (``stamp``: the table's, so a resumed
-    job's tiles are drawn again): a page change or a filter reruns the page, not 12 reads, blends and encodes."""
+    job's tiles are drawn again): a page change or a filter reruns the page, not 12 reads, blends and encodes.
+
+    A stored overlay is decoded like an upload (caps, typed errors) and drawn again, never sent as the file's bytes.
+    Raises ``InputError`` when the stored map cannot be used (outside the folder, torn, not a map)."""
     directory = Path(out)
-    if png_path is not None and (directory / png_path).is_file():
-        return (directory / png_path).read_bytes()
-    cam = np.load(directory / map_path, mmap_mode="r", allow_pickle=False)[map_index].astype(np.float32)
+    if png_path is not None:
+        try:
+            data = read_capped(confined(directory, png_path), MAX_UPLOAD_BYTES, "an overlay", ImageTooLargeError)
+            return fast_png(upscale_nearest(decode_image(data).pixels, TILE_SIDE))
+        except (OSError, CamlibError):
+            pass  # missing, refused or unreadable: drawn from the map instead
+    cam = read_batch_map(directory, map_path, map_index)
     image = _image(_table, image_id)
     tile = colorize(cam) if image is None else overlay_heatmap(image, cam)
     return fast_png(upscale_nearest(tile, TILE_SIDE))
 
 
-def render(out: str) -> None:
-    """Draw the batch-table view of ``out``; a camlib error (not a batch output) is shown with ``st.error``."""
+def render(typed: str) -> None:
+    """Draw the batch-table view of the folder a visitor ``typed``: refused with ``st.error`` unless it lies inside a
+    shared folder (``resolve_batch_folder``); a camlib error (not a batch output, a torn or crafted table) is shown
+    with ``st.error``, naming the folder as typed, never its server path."""
+    folder = resolve_batch_folder(typed)
+    if folder is None:
+        st.error(
+            md(
+                "No batch output folder {name} among the folders this server shares (the operator lists them in "
+                "{env}).",
+                name=typed.strip(),
+                env=BATCH_ROOTS_ENV,
+            )
+        )
+        return
+    out, shown = str(folder), typed.strip()
     stamp = _stamp(out)
     try:
         table = open_batch_table(out, stamp)
     except CamlibError as error:
-        st.error(md("{error}", error=error))
+        st.error(md("{error}", error=str(error).replace(out, shown)))
         return
     rows, names = table.rows, table.class_names
     pick = st.columns(2)
@@ -124,7 +203,7 @@ def render(out: str) -> None:
         md(
             "**{n:,} images** in {out} ({model}); {errors:,} could not be read.",
             n=len(cells),
-            out=out,
+            out=shown,
             model=table.record["model"]["label"],
             errors=errors,
         )
@@ -163,4 +242,9 @@ def render(out: str) -> None:
             guess=row["predicted_name"],
             p=row["probability"],
         )
-        columns[k % 4].image(_tile(table, stamp, row), width="stretch", output_format="PNG", caption=caption)
+        try:
+            tile = _tile(table, stamp, row)
+        except CamlibError as error:  # a torn, crafted or missing map: this tile says why, the others are drawn
+            columns[k % 4].error(caption + ": " + md("{error}", error=str(error).replace(out, shown)))
+            continue
+        columns[k % 4].image(tile, width="stretch", output_format="PNG", caption=caption)
