@@ -314,8 +314,10 @@ def test_the_ray_engine_writes_the_local_engines_table(reference, tmp_path, loca
     assert pc.all(pc.is_null(table["error"])).as_py()
 
 
-def test_the_misclassification_page_opens_a_batch_table(reference, tmp_path):
+def test_the_misclassification_page_opens_a_batch_table(reference, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CAMLIB_BATCH_ROOTS", str(reference.parent))  # the folders visitors may open
 
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
     at.switch_page("pages/misclassifications.py").run()
