@@ -32,6 +32,7 @@ import struct
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -266,11 +267,13 @@ def _few(items: list[str]) -> str:
 MAX_CHECKPOINT_BYTES = 600 * 1024 * 1024
 MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
 # The registry's largest state dict has 727 tensors (DenseNet-121); a DenseNet-121 training checkpoint with an EMA copy
-# and SGD momentum has 1,818 tensors in 1,091 storage records and a 272 KB pickle. The caps leave 5x and 15x room.
+# and SGD momentum has 1,818 tensors in as many storage records and a 213 KB pickle. The caps leave 5x and 19x room.
 MAX_CHECKPOINT_TENSORS = 10_000
 MAX_CHECKPOINT_PICKLE_BYTES = 4 * 1024 * 1024
 # Objects a pickle may build while it is checked: a torch.save'd tensor takes 2 calls and a storage reference.
 _MAX_PICKLE_CALLS = 8 * MAX_CHECKPOINT_TENSORS
+# Distinct globals a pickle may name: torch's weights-only allowlist has about 100.
+_MAX_PICKLE_GLOBALS = 256
 _TORCH_RECORDS = 16  # data.pkl, version, byteorder and the other small records torch.save writes beside the storages
 _ZIP_MAGIC = b"PK\x03\x04"  # how torch.load tells a zip checkpoint from a legacy one (torch.serialization._is_zipfile)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of a legacy file
@@ -288,8 +291,9 @@ _SAFETENSORS_DTYPES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
 }  # fmt: skip
 _SAFETENSORS_REFUSED = {
-    "F8_E4M3": "float8", "F8_E5M2": "float8", "F8_E8M0": "float8", "F6_E2M3": "float6", "F6_E3M2": "float6",
-    "F4": "float4", "C64": "complex", "U16": "unsigned 16-bit", "U32": "unsigned 32-bit", "U64": "unsigned 64-bit",
+    "F8_E4M3": "float8", "F8_E5M2": "float8", "F8_E4M3FNUZ": "float8", "F8_E5M2FNUZ": "float8", "F8_E8M0": "float8",
+    "F6_E2M3": "float6", "F6_E3M2": "float6",
+    "F4": "float4", "C64": "complex", "U16": "unsigned", "U32": "unsigned", "U64": "unsigned",
 }  # fmt: skip
 
 
@@ -369,7 +373,8 @@ def tensor_kind(tensor: torch.Tensor) -> str | None:
         return f"quantised ({dtype})"
     if tensor.dtype in READABLE_DTYPES:
         return None
-    family = next((f for f in ("complex", "float8", "float4", "uint", "bits") if dtype.startswith(f)), "unsupported")
+    families = {"complex": "complex", "float8": "float8", "float4": "float4", "uint": "unsigned", "bits": "bits"}
+    family = next((name for prefix, name in families.items() if dtype.startswith(prefix)), "unsupported")
     return f"{family} ({dtype})"
 
 
@@ -579,16 +584,22 @@ def _torch_load(data: bytes) -> object:
         ) from error
 
 
-class _Global:
-    """A global a pickle names (``torch._utils._rebuild_tensor_v2``), standing in for it: calling it builds nothing."""
+class _GlobalType(type):
+    """Calling a ``_Global`` (``REDUCE``) reports the call to its scan instead of building anything."""
 
-    __slots__ = ("name", "scan")
+    def __call__(cls, *args: object) -> _Built:
+        return cls.scan.called(cls, args)
 
-    def __init__(self, name: str, scan: _DryRun) -> None:
-        self.name, self.scan = name, scan
 
-    def __call__(self, *args: object) -> _Built:
-        return self.scan.called(self, args)
+class _Global(metaclass=_GlobalType):
+    """A global a pickle names (``torch._utils._rebuild_tensor_v2``), standing in for it: a class, since ``NEWOBJ``
+    takes one (torch pickles jagged nested tensors so), whose construction builds nothing either."""
+
+    name = ""
+    scan: _DryRun
+
+    def __new__(cls, *args: object, **kwargs: object) -> _Built:
+        return cls.scan.called(cls, args)
 
 
 class _Built:
@@ -635,6 +646,7 @@ class _DryRun(pickle.Unpickler):
         self.calls = 0
         self.tensors = 0
         self.storages: dict[str, int] = {}
+        self.globals: dict[str, type[_Global]] = {}
 
     @classmethod
     def scan(
@@ -675,16 +687,28 @@ class _DryRun(pickle.Unpickler):
             ) from error
         return (scan.storages if pid_length else value), start + window.tell()
 
-    def find_class(self, module: str, name: str) -> _Global:
+    def find_class(self, module: str, name: str) -> type[_Global]:
         self._count()
-        return _Global(f"{module}.{name}", self)
+        dotted = f"{module}.{name}"
+        if dotted not in self.globals:
+            if len(self.globals) >= _MAX_PICKLE_GLOBALS:
+                raise CheckpointError(f"{REFUSED}: this file's pickle names more than {_MAX_PICKLE_GLOBALS} globals")
+            self.globals[dotted] = _GlobalType(name, (_Global,), {"name": dotted, "scan": self, "__slots__": ()})
+        return self.globals[dotted]
 
     def persistent_load(self, pid: object) -> _Storage:
         self._count()
+        if not self.pid_length:
+            raise CheckpointError(_NOT_TORCH)
         if not isinstance(pid, tuple) or len(pid) != self.pid_length or pid[0] != "storage":
             raise CheckpointError("the checkpoint's pickle references data in a form torch.save never writes")
         storage_type, key, numel = pid[1], pid[2], pid[4]
-        if not isinstance(storage_type, _Global) or not isinstance(key, str) or type(numel) is not int or numel < 0:
+        if (
+            not (isinstance(storage_type, type) and issubclass(storage_type, _Global))
+            or not isinstance(key, str)
+            or type(numel) is not int
+            or numel < 0
+        ):
             raise CheckpointError("the checkpoint's pickle declares a storage in a form torch.save never writes")
         itemsize = _storage_itemsize(storage_type.name)
         nbytes = numel * itemsize
@@ -692,7 +716,7 @@ class _DryRun(pickle.Unpickler):
             raise CheckpointError(f"the checkpoint's pickle declares storage {key[:20]!r} with two sizes")
         return _Storage(key, numel, itemsize)
 
-    def called(self, function: _Global, args: tuple) -> _Built:
+    def called(self, function: type[_Global], args: tuple) -> _Built:
         self._count()
         if function.name in self._REBUILDS or function.name.startswith("torch._utils._rebuild"):
             self.tensors += 1
@@ -713,6 +737,7 @@ class _DryRun(pickle.Unpickler):
             )
 
 
+@lru_cache(maxsize=64)
 def _storage_itemsize(name: str) -> int:
     """Bytes per element of a storage type a pickle names (``torch.FloatStorage``, ``torch.cuda.HalfStorage``,
     ``torch.storage.UntypedStorage``), from torch's own table."""

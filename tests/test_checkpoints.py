@@ -1,5 +1,7 @@
 """Tests of camlib.checkpoints: the usual ways a state dict is saved load into the registry architectures, only when
-exactly one reading fits (catalogue row 66, issue #8 part 5), and the checkpoint size cap fits the registry (issue #9).
+exactly one reading fits (catalogue row 66, issue #8 part 5), and the checkpoint size cap fits the registry (issue #9);
+what a file declares (record sizes, counts, storage sizes, extents) is checked before any element is read (row 69), and
+only tensor kinds an architecture holds are read (row 70).
 
 Every accepted form is checked end to end: the file's bytes go through ``camlib.models.load_checkpoint`` and the loaded
 model's logits must equal the original model's exactly (``torch.equal``).
@@ -8,6 +10,12 @@ model's logits must equal the original model's exactly (``torch.equal``).
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +26,26 @@ import timm.utils
 import torch
 import torchvision
 from conftest import RunsShell, WritesMarker, seeded
+from helpers.checkpoint_files import (
+    ONE_GIB,
+    Record,
+    Storage,
+    Tensor,
+    legacy_file,
+    saved,
+    torch_pickle,
+    torch_zip,
+    zip_bomb,
+    zip_bytes,
+)
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from camlib import models
+from camlib import checkpoints, models
 from camlib.checkpoints import (
     CONTAINER_KEYS,
+    MAX_CHECKPOINT_PICKLE_BYTES,
+    MAX_CHECKPOINT_TENSORS,
     NOT_A_STATE_DICT,
     CheckpointReading,
     candidate_readings,
@@ -429,3 +451,492 @@ def test_a_saved_file_is_its_tensor_bytes_plus_little(key: str) -> None:
     tensor_bytes = _state_bytes(key)
     for data in (_saved(model.state_dict()), safetensors.torch.save(model.state_dict())):
         assert tensor_bytes < len(data) <= 1.01 * tensor_bytes + 64 * 1024
+
+
+# --- what a file declares is checked before any element is read (row 69) ---------------------------------------------
+
+FOUR_FLOATS = Storage("0", 4)
+ONE_TENSOR = {"0": bytes(16)}
+
+
+def _deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
+def _tensors_on_one_storage(count: int) -> dict[str, Tensor]:
+    return {f"w{i}": Tensor(FOUR_FLOATS, 0, (4,), (1,)) for i in range(count)}
+
+
+def _records(count: int) -> bytes:
+    """A zip checkpoint of ``count`` records (four of torch's own plus empty ones)."""
+    extra = [Record(f"archive/data/x{i}", b"") for i in range(count - 4)]
+    return torch_zip({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))}, ONE_TENSOR, extra=extra)
+
+
+# name: (the file, what the refusal says). Each is something torch.save never writes; the first is the issue's example.
+ZIP_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
+    "deflate-bomb-1GiB": (
+        zip_bomb,
+        r"record 'archive/data/0' is compressed \(1,06\d,\d{3} bytes declaring 1,073,741,824",
+    ),
+    "deflated-small-record": (
+        lambda: torch_zip(
+            {"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))},
+            {},
+            extra=[Record("archive/data/0", _deflated(bytes(16)), method=8, size=16, crc=zlib.crc32(bytes(16)))],
+        ),
+        "is compressed",
+    ),
+    "stored-record-declaring-two-sizes": (
+        lambda: torch_zip(
+            {"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))}, {}, extra=[Record("archive/data/0", bytes(16), size=ONE_GIB)]
+        ),  # fmt: skip
+        "declares two sizes",
+    ),
+    "record-past-the-end": (
+        lambda: _cut_record(torch_zip({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))}, ONE_TENSOR)),
+        "past the end of the file",
+    ),
+    "duplicate-names": (
+        lambda: torch_zip(
+            {"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))}, ONE_TENSOR, extra=[Record("archive/data/0", bytes(64))]
+        ),  # fmt: skip
+        "two records named 'archive/data/0'",
+    ),
+    "overlapping-records": (
+        lambda: torch_zip(
+            {"w": Tensor(FOUR_FLOATS, 0, (4,), (1,)), "v": Tensor(Storage("1", 4), 0, (4,), (1,))},
+            ONE_TENSOR,
+            extra=[Record("archive/data/1", bytes(16), offset_of="archive/data/0")],
+        ),
+        "overlaps another",
+    ),
+    "many-records": (lambda: _records(MAX_CHECKPOINT_TENSORS + 17), r"declares 10,017 records; at most 10,016"),
+    "huge-data.pkl": (
+        lambda: torch_zip(
+            {"w": Tensor(FOUR_FLOATS, 0, (4,), (1,)), "pad": "x" * MAX_CHECKPOINT_PICKLE_BYTES}, ONE_TENSOR
+        ),
+        r"pickle \(data.pkl\) is 4.2 MB; at most 4.2 MB",
+    ),
+}
+
+
+def _cut_record(data: bytes) -> bytes:
+    """The storage record's central entry declares 2**31 bytes (stored), more than the file holds."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    info = archive.getinfo("archive/data/0")
+    central = data.find(b"archive/data/0", data.index(b"PK\x01\x02")) - 46
+    assert data[central : central + 4] == b"PK\x01\x02" and info.file_size == 16
+    sizes = (2**31).to_bytes(4, "little") * 2
+    return data[: central + 20] + sizes + data[central + 28 :]
+
+
+def _pickled_zip(obj: object, storages: dict[str, bytes] = ONE_TENSOR) -> Callable[[], bytes]:
+    return lambda: torch_zip(obj, storages)
+
+
+PICKLE_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
+    "storage-declares-more-than-its-record": (
+        _pickled_zip({"w": Tensor(Storage("0", 2**34), 0, (4,), (1,))}),
+        "storage '0' declares 68,719,476,736 bytes but its record holds 16",
+    ),
+    "storage-declares-less-than-its-record": (
+        _pickled_zip({"w": Tensor(Storage("0", 2), 0, (2,), (1,))}),
+        "storage '0' declares 8 bytes but its record holds 16",
+    ),
+    "storage-declared-with-two-sizes": (
+        _pickled_zip({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,)), "v": Tensor(Storage("0", 8), 0, (4,), (1,))}),
+        "declares storage '0' with two sizes",
+    ),
+    "storage-without-a-record": (_pickled_zip({"w": Tensor(Storage("7", 4), 0, (4,), (1,))}), "which has no record"),
+    "extent-size": (_pickled_zip({"w": Tensor(FOUR_FLOATS, 0, (2**20,), (1,))}), "up to 1,048,576 in storage '0' of 4"),
+    "extent-stride": (_pickled_zip({"w": Tensor(FOUR_FLOATS, 0, (4, 2), (1, 100))}), "up to 104 in storage '0' of 4"),
+    "extent-offset": (_pickled_zip({"w": Tensor(FOUR_FLOATS, 4, (1,), (1,))}), "up to 5 in storage '0' of 4"),
+    "extent-overflowing-int64": (
+        _pickled_zip({"w": Tensor(FOUR_FLOATS, 0, (2**62, 2**62), (1, 1))}),
+        "up to 9,223,372,036,854,775,807 in storage '0' of 4",
+    ),
+    "extent-of-a-half-storage": (
+        _pickled_zip({"w": Tensor(Storage("0", 8, "HalfStorage"), 0, (9,), (1,))}),
+        "up to 9 in storage '0' of 8",
+    ),
+    "negative-stride": (_pickled_zip({"w": Tensor(FOUR_FLOATS, 3, (4,), (-1,))}), "bad size, stride or offset"),
+    "many-tensors": (_pickled_zip(_tensors_on_one_storage(MAX_CHECKPOINT_TENSORS + 1)), "more than 10,000 tensors"),
+    "many-globals": (
+        lambda: zip_bytes(
+            [Record("archive/data.pkl", b"\x80\x02" + b"".join(b"cm\nn%d\n0" % i for i in range(257)) + b"}.")]
+        ),  # fmt: skip
+        "names more than 256 globals",
+    ),
+    "many-objects": (
+        _pickled_zip({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,)), "x": [OrderedDict() for _ in range(80_001)]}),
+        "builds more than 80,000 objects",
+    ),
+}
+
+LEGACY_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
+    "legacy-storage-declares-more-than-follows": (
+        lambda: legacy_file({"w": Tensor(Storage("0", 2**34), 0, (4,), (1,))}, {"0": (2**34, bytes(16))}),
+        "storages declare 68,719,476,744 bytes but only 24 follow",
+    ),
+    "legacy-extent": (
+        lambda: legacy_file({"w": Tensor(FOUR_FLOATS, 0, (2**20,), (1,))}, {"0": (4, bytes(16))}),
+        "up to 1,048,576 in storage '0' of 4",
+    ),
+    "legacy-many-tensors": (
+        lambda: legacy_file(_tensors_on_one_storage(MAX_CHECKPOINT_TENSORS + 1), {"0": (4, bytes(16))}),
+        "more than 10,000 tensors",
+    ),
+    "a-pickle-that-is-not-torch.save's": (
+        lambda: torch_pickle({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))}),
+        "neither a torch.save file nor safetensors",
+    ),
+}
+
+
+def _safetensors(header: object, data: bytes = b"") -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def _safetensors_raw(header: bytes) -> bytes:
+    return len(header).to_bytes(8, "little") + header
+
+
+SAFETENSORS_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
+    "offsets-past-the-file": (
+        lambda: _safetensors({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)),
+        "declares 16 bytes at offsets 0..16 of a 8-byte data buffer",
+    ),
+    "offsets-not-the-shape's": (
+        lambda: _safetensors({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, bytes(8)),
+        "declares 16 bytes at offsets 0..8",
+    ),
+    "overlapping-offsets": (
+        lambda: _safetensors(
+            {
+                "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+            },
+            bytes(24),
+        ),  # fmt: skip
+        "starts at byte 8, not 16: tensors overlap or leave gaps",
+    ),
+    "a-gap": (
+        lambda: _safetensors({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, bytes(16)),
+        "starts at byte 8, not 0",
+    ),
+    "shape-product-past-int64": (
+        lambda: _safetensors({"w": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 16]}}, bytes(16)),
+        "declares 4,835,703,278,458,516,698,824,704 bytes",
+    ),
+    "negative-shape": (
+        lambda: _safetensors({"w": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, bytes(16)),
+        "bad shape or data_offsets",
+    ),
+    "many-entries": (
+        lambda: safetensors.torch.save({f"w{i}": torch.zeros(0) for i in range(10_001)}),
+        "10,001 tensors",
+    ),
+    "header-nested-100000-deep": (
+        lambda: _safetensors_raw(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        "its header is not JSON",
+    ),
+    "header-a-list": (lambda: _safetensors([1, 2]), "not a JSON object"),
+}
+
+
+@pytest.mark.bad_input(69)
+@pytest.mark.parametrize("family", ["zip", "pickle", "legacy", "safetensors"])
+def test_what_a_file_declares_is_refused_before_any_element_is_read(
+    family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases = {"zip": ZIP_FAMILY, "pickle": PICKLE_FAMILY, "legacy": LEGACY_FAMILY, "safetensors": SAFETENSORS_FAMILY}
+    built = {name: make() for name, (make, _) in cases[family].items()}
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.load or safetensors was reached")
+
+    monkeypatch.setattr(torch, "load", never)
+    monkeypatch.setattr(safetensors.torch, "load", never)
+    for name, (_, message) in cases[family].items():
+        filename = "x.safetensors" if family == "safetensors" else "x.pt"
+        with pytest.raises(CheckpointError, match=message) as info:
+            read_checkpoint(built[name], filename)
+        assert str(info.value).isprintable(), name
+
+
+@pytest.mark.bad_input(69)
+def test_the_record_count_is_read_before_zipfile_parses_the_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _records(MAX_CHECKPOINT_TENSORS + 17)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("zipfile built an object per record")
+
+    monkeypatch.setattr(zipfile, "ZipFile", never)
+    with pytest.raises(CheckpointError, match="declares 10,017 records"):
+        read_checkpoint(data, "x.pt")
+
+
+def test_the_helpers_files_are_what_torch_reads() -> None:
+    # The hand-written files above are torch's layouts: in bounds, torch.load reads them, and so does read_checkpoint.
+    tensor = {"w": Tensor(FOUR_FLOATS, 0, (2, 2), (2, 1))}
+    for data in (torch_zip(tensor, {"0": bytes(16)}), legacy_file(tensor, {"0": (4, bytes(16))})):
+        assert torch.equal(torch.load(io.BytesIO(data), weights_only=True)["w"], torch.zeros(2, 2))
+        assert torch.equal(read_checkpoint(data, "x.pt")["w"], torch.zeros(2, 2))
+    inflated = zipfile.ZipFile(io.BytesIO(zip_bomb(8 << 20))).read("archive/data/0")  # zipfile checks the CRC
+    assert inflated == bytes(8 << 20)
+
+
+@pytest.mark.bad_input(69)
+def test_torch_saved_files_pass_the_checks_in_both_formats_and_zip64(resnet20: Original) -> None:
+    state = resnet20.state()
+    zipped = _saved(state)
+    assert b"PK\x06\x06" in zipped  # torch.save writes a zip64 end record: it is read
+    resnet20.assert_loads(zipped, "x.pt", "loaded from the file's top level, no prefix")
+    legacy = saved(state, _use_new_zipfile_serialization=False)
+    resnet20.assert_loads(legacy, "x.pt", "loaded from the file's top level, no prefix")
+    views = {"whole": torch.arange(12.0).view(3, 4)}
+    views |= {"row": views["whole"][1], "column": views["whole"][:, 2], "transposed": views["whole"].t()}
+    loaded = read_checkpoint(_saved(views), "views.pt")
+    assert all(torch.equal(loaded[k], v) for k, v in views.items())
+
+
+def test_a_training_checkpoint_of_the_largest_state_dict_is_within_the_caps() -> None:
+    # The caps' documented basis: DenseNet-121 (727 tensors, the registry's most), with an EMA copy and SGD momentum.
+    model = build_architecture(MODELS["densenet121"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    state = model.state_dict()
+    ema = {k: v.clone() for k, v in state.items()}
+    data = _saved({"state_dict": state, "state_dict_ema": ema, "optimizer": optimizer.state_dict(), "epoch": 1})
+    records = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    pickled = next(r.file_size for r in records if r.filename.endswith("data.pkl"))
+    assert len(state) == 727 and len(records) == 2 * 727 + 364 + 6 < MAX_CHECKPOINT_TENSORS / 5  # 364 momenta
+    assert pickled < MAX_CHECKPOINT_PICKLE_BYTES / 10
+    assert read_checkpoint(data, "densenet.pth.tar").keys() == {"state_dict", "state_dict_ema", "optimizer", "epoch"}
+
+
+_MEASURE = """
+import resource, sys, time
+from camlib.checkpoints import read_checkpoint
+from camlib.errors import CheckpointError
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    try:
+        read_checkpoint(data, path)
+        outcome = "loaded"
+    except CheckpointError as error:
+        outcome = "refused"
+    seconds = time.perf_counter() - start
+    print(path, outcome, seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, flush=True)
+"""
+
+
+def _measured(files: dict[str, bytes], tmp_path: Path) -> dict[str, tuple[str, float, int]]:
+    """Each file read by read_checkpoint in a fresh subprocess: outcome, seconds, peak RSS growth in bytes (ru_maxrss,
+    KiB on Linux). One process reads them all, smallest growth first, so each peak is measured above the last."""
+    paths = []
+    for name, data in files.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, paths)], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=300, check=True).stdout  # fmt: skip
+    rows = [line.rsplit(" ", 3) for line in out.splitlines()]
+    return {Path(path).name: (outcome, float(seconds), int(grown)) for path, outcome, seconds, grown in rows}
+
+
+@pytest.mark.bad_input(69, kind="U")
+def test_refusals_take_milliseconds_and_flat_memory(tmp_path: Path) -> None:
+    files = {
+        "bomb.pt": zip_bomb(),
+        "storage.pt": PICKLE_FAMILY["storage-declares-more-than-its-record"][0](),
+        "extent.pt": PICKLE_FAMILY["extent-overflowing-int64"][0](),
+        "tensors.pt": PICKLE_FAMILY["many-tensors"][0](),
+        "records.pt": _records(MAX_CHECKPOINT_TENSORS + 17),
+        "legacy.pt": LEGACY_FAMILY["legacy-storage-declares-more-than-follows"][0](),
+        "huge.safetensors": SAFETENSORS_FAMILY["shape-product-past-int64"][0](),
+    }
+    measured = _measured(files, tmp_path)
+    assert measured.keys() == files.keys()
+    for name, (outcome, seconds, grown) in measured.items():
+        assert outcome == "refused", name
+        # about 1 ms each; 10,000 tensors are checked one by one before the 10,001st is refused (about 0.3 s). The
+        # margins are for a busy shared machine.
+        assert seconds < (3.0 if name == "tensors.pt" else 0.2), (name, seconds)
+        assert grown < 16 * 2**20, (name, grown)  # the 1 GiB bomb included
+
+
+@pytest.mark.slow
+@pytest.mark.bad_input(69, kind="U")
+def test_torch_load_alone_would_inflate_the_bomb(tmp_path: Path) -> None:
+    # The reference that the bomb is real: torch.load inflates its 1 MB into a 1 GiB tensor (peak RSS > 1 GiB).
+    script = (
+        "import io, resource, sys, torch; data = open(sys.argv[1], 'rb').read(); "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "t = torch.load(io.BytesIO(data), weights_only=True)['fc.weight']; "
+        "print(t.numel(), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)"
+    )
+    (tmp_path / "bomb.pt").write_bytes(zip_bomb())
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "bomb.pt")], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()  # fmt: skip
+    assert int(out[0]) == ONE_GIB // 4 and int(out[1]) > ONE_GIB
+
+
+# --- only tensor kinds an architecture holds are read (row 70) -------------------------------------------------------
+
+
+def _quantised(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.quantize_per_tensor(w, 0.01, 0, dtype)
+
+
+def _with_nan(w: torch.Tensor) -> torch.Tensor:
+    w = w.to(torch.complex64)
+    w[0, 0] = complex(float("nan"), 0.0)
+    return w
+
+
+# kind name: (fc.weight (10, 64) made into that kind, how the refusal names it)
+KINDS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str]] = {
+    "meta": (lambda w: torch.empty_like(w, device="meta"), "meta (no data)"),
+    "sparse-coo": (lambda w: w.to_sparse(), "sparse (sparse_coo)"),
+    "sparse-csr": (lambda w: w.to_sparse_csr(), "sparse (sparse_csr)"),
+    "sparse-csc": (lambda w: w.to_sparse_csc(), "sparse (sparse_csc)"),
+    "sparse-bsr": (lambda w: w.to_sparse_bsr((2, 2)), "sparse (sparse_bsr)"),
+    "sparse-bsc": (lambda w: w.to_sparse_bsc((2, 2)), "sparse (sparse_bsc)"),
+    "nested": (lambda w: torch.nested.nested_tensor(list(w)), "nested (strided)"),
+    "nested-jagged": (lambda w: torch.nested.nested_tensor(list(w), layout=torch.jagged), "nested (jagged)"),
+    "quantised-qint8": (lambda w: _quantised(w, torch.qint8), "quantised (qint8)"),
+    "quantised-quint8": (lambda w: _quantised(w, torch.quint8), "quantised (quint8)"),
+    "quantised-qint32": (lambda w: _quantised(w, torch.qint32), "quantised (qint32)"),
+    "quantised-per-channel": (
+        lambda w: torch.quantize_per_channel(
+            w, torch.full((10,), 0.01), torch.zeros(10, dtype=torch.long), 0, torch.qint8
+        ),  # fmt: skip
+        "quantised (qint8)",
+    ),
+    **{
+        f"float8-{name}": ((lambda w, d=getattr(torch, name): w.to(d)), f"float8 ({name})")
+        for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu")
+    },
+    "float4": (lambda w: torch.zeros(10, 32, dtype=torch.float4_e2m1fn_x2), "float4 (float4_e2m1fn_x2)"),
+    "complex64": (lambda w: w.to(torch.complex64), "complex (complex64)"),
+    "complex128": (lambda w: w.to(torch.complex128), "complex (complex128)"),
+    "complex-with-nan": (_with_nan, "complex (complex64)"),
+    **{f"{n}": ((lambda w, d=getattr(torch, n): w.to(d)), f"unsigned ({n})") for n in ("uint16", "uint32", "uint64")},
+}
+# suppress the beta warnings torch gives for sparse, nested and quantised tensors
+pytestmark_kinds = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytestmark_kinds
+@pytest.mark.bad_input(70)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_tensor_kind_no_architecture_holds_is_refused_by_name(kind: str, resnet20: Original) -> None:
+    make, named = KINDS[kind]
+    state = resnet20.state()
+    odd = make(state["fc.weight"])
+    for checkpoint, where in ((state | {"fc.weight": odd}, "fc.weight"),
+                              ({"model": state | {"fc.weight": odd}, "epoch": 3}, "model/fc.weight")):  # fmt: skip
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint("cifar10_resnet20", _saved(checkpoint), "odd.pt", device=CPU)
+        assert f"{where} is {named}" in str(info.value), str(info.value)
+        assert str(info.value).startswith("the checkpoint holds tensors no architecture here can hold")
+
+
+@pytest.mark.bad_input(70)
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+        "float4_e2m1fn_x2",
+        "complex64",
+        "uint16",
+        "uint32",
+        "uint64",
+    ],  # fmt: skip
+)
+def test_each_safetensors_dtype_no_architecture_holds_is_refused_by_name(dtype: str, resnet20: Original) -> None:
+    # Written by safetensors itself: its dtype names are the format's, F8_E4M3, C64, U16...
+    state = {k: v.contiguous() for k, v in resnet20.state().items()}
+    shape = (10, 32) if dtype.startswith("float4") else (10, 64)
+    state["fc.weight"] = torch.zeros(shape).to(getattr(torch, dtype)) if dtype != "float4_e2m1fn_x2" else (
+        torch.zeros(shape, dtype=torch.float4_e2m1fn_x2))  # fmt: skip
+    data = safetensors.torch.save(state)
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    name = header["fc.weight"]["dtype"]
+    family = {"C": "complex", "U": "unsigned"}.get(name[0], name.split("_")[0].lower().replace("f", "float"))
+    with pytest.raises(CheckpointError, match=rf"tensor 'fc.weight' is {family} \({name}\): no architecture"):
+        load_checkpoint("cifar10_resnet20", data, "odd.safetensors", device=CPU)
+
+
+@pytest.mark.bad_input(70)
+def test_complex_nan_never_loads_and_a_real_nan_is_still_named(resnet20: Original) -> None:
+    state = resnet20.state()
+    with pytest.raises(CheckpointError, match=r"fc\.weight is complex \(complex64\)"):
+        read_checkpoint(_saved(state | {"fc.weight": _with_nan(state["fc.weight"])}), "x.pt")
+    broken = state["fc.weight"].clone()
+    broken[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"NaN or Inf values in fc\.weight"):
+        read_checkpoint(_saved(state | {"fc.weight": broken}), "x.pt")
+
+
+@pytest.mark.bad_input(70)
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+@pytest.mark.parametrize(
+    ("name", "dtype", "shown"),
+    [
+        ("fc.weight", torch.int64, "fc.weight int64 vs float32"),
+        ("fc.weight", torch.int8, "fc.weight int8 vs float32"),
+        ("fc.weight", torch.uint8, "fc.weight uint8 vs float32"),
+        ("fc.weight", torch.bool, "fc.weight bool vs float32"),
+        ("stem.1.running_var", torch.int32, "stem.1.running_var int32 vs float32"),
+        ("stem.1.num_batches_tracked", torch.float32, "stem.1.num_batches_tracked float32 vs int64"),
+        ("stem.1.num_batches_tracked", torch.bool, "stem.1.num_batches_tracked bool vs int64"),
+    ],
+)
+def test_integer_or_bool_tensors_where_the_model_holds_floats_are_refused(
+    name: str, dtype: torch.dtype, shown: str, fmt: str, resnet20: Original
+) -> None:
+    state = {k: v.contiguous() for k, v in resnet20.state().items()}
+    state[name] = state[name].to(dtype)
+    data = safetensors.torch.save(state) if fmt == "safetensors" else _saved(state)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint("cifar10_resnet20", data, f"x.{fmt}", device=CPU)
+    assert str(info.value) == (
+        "Checkpoint tensors of the wrong kind for model ResNet-20 (CIFAR-10, trained by this project) (saved vs model "
+        f"dtype): {shown}"
+    )
+
+
+@pytest.mark.bad_input(70)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_other_float_precisions_load_as_their_values_in_float32(
+    dtype: torch.dtype, fmt: str, resnet20: Original
+) -> None:
+    # What the architectures hold: any float precision, converted by load_state_dict; the reference is the original
+    # model with its weights rounded through the same dtype.
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in resnet20.state().items()}
+    data = safetensors.torch.save(state) if fmt == "safetensors" else _saved(state)
+    loaded = load_checkpoint("cifar10_resnet20", data, f"x.{fmt}", device=CPU)
+    rounded = build_cifar_model("resnet20")
+    rounded.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    assert torch.equal(resnet20.logits_of(loaded.model), resnet20.logits_of(rounded))
+    if dtype == torch.float64:  # float32 -> float64 -> float32 is exact
+        assert torch.equal(resnet20.logits_of(loaded.model), resnet20.logits)
+
+
+def test_tensor_kind_of_every_readable_dtype_is_none() -> None:
+    assert all(checkpoints.tensor_kind(torch.zeros(2, dtype=d)) is None for d in checkpoints.READABLE_DTYPES)
