@@ -1275,12 +1275,14 @@ def _palette_with_partial_alpha() -> bytes:
 
 
 def _gif(mode: str) -> bytes:
+    """A GIF whose transparency index is 0, on every third pixel: "P" with a colour palette, or "L", which Pillow
+    opens when the palette is the 256 grey levels in order."""
     cycle = (np.arange(480).reshape(24, 20) % 3).astype(np.uint8)
-    image = Image.fromarray(cycle * 100, "L")
+    image = Image.fromarray(np.where(cycle == 0, 0, np.arange(480).reshape(24, 20) % 256).astype(np.uint8), "L")
     if mode == "P":
         image = Image.fromarray(cycle, "L").convert("P")
         image.putpalette([0, 0, 0, 250, 0, 0, 0, 0, 250] + [0] * 759)
-    return _encode(image, "GIF", transparency=0)
+    return _encode(image, "GIF", transparency=0, optimize=False)  # optimize would drop unused grey levels
 
 
 # Every way an accepted format declares transparency that Pillow's RGBA conversion reads right.
@@ -1313,6 +1315,8 @@ PILLOW_TRANSPARENCY_CASES = {
 @pytest.mark.parametrize("case", list(PILLOW_TRANSPARENCY_CASES))
 def test_transparency_equals_pillows_rgba_conversion_on_white(case: str) -> None:
     data = PILLOW_TRANSPARENCY_CASES[case]()
+    if case.startswith("gif-"):  # both GIF modes are exercised
+        assert Image.open(io.BytesIO(data)).mode == case.split("-")[1]
     expected = _pillow_on_white(data)
     decoded = decode_image(data)
     np.testing.assert_array_equal(decoded.pixels, expected)
