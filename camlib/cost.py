@@ -1,9 +1,16 @@
-"""What a CAM computation will cost before it starts: extra forward passes from the method's family and the target
-layers' channel counts, and seconds from a measured forward of the model on its device.
+"""What a CAM computation will cost before it starts: the passes each method runs beyond the shared one, from its
+family and the target layers' channel counts, and seconds from passes of the model timed on its device.
 
-Gradient and activation methods cost one forward (plus one backward for gradients) whatever the layer; perturbation
-methods (Score-CAM, Wang et al., CVPRW 2020; Ablation-CAM, Desai & Ramaswamy, WACV 2020) run one extra forward per
-channel of each target layer, in batches. The page shows the estimate and asks before starting a slow one.
+Most gradient and activation methods cost one forward (plus one backward for gradients) whatever the layers; every
+family has members that cost more per layer, and each is counted:
+
+- perturbation methods (Score-CAM, Wang et al., CVPRW 2020; Ablation-CAM, Desai & Ramaswamy, WACV 2020; SS-CAM,
+  IS-CAM, Smooth Grad-CAM++, SESS) run extra forwards per channel or per sample of each target layer, in batches;
+- second-order gradient methods (ShapleyCAM, Cai et al. 2024) run one Hessian-vector product per layer: a second
+  backward through the graph the first one kept (Pearlmutter, Neural Computation 1994);
+- LeGrad (Bousselham et al. 2024), an activation method, runs its own forward and backward per layer.
+
+The pages show the estimate and ask before starting a slow computation, whichever family it comes from.
 """
 
 from __future__ import annotations
@@ -30,13 +37,39 @@ class CostEstimate:
         method: the registry key.
         extra_forwards: model forwards beyond the shared pass (0 for gradient and activation methods).
         batches: how many batched forwards those take (``ceil(channels / batch_size)`` summed over layers).
-        seconds: estimated wall time of the extra forwards, s (0 when there are none).
+        seconds: estimated wall time of all the extra passes, s (0 when there are none).
+        extra_backwards: forwards with a backward beyond the shared pass (LeGrad: one per layer).
+        hessian_products: Hessian-vector products (second-order methods: one per layer).
     """
 
     method: str
     extra_forwards: int
     batches: int
     seconds: float
+    extra_backwards: int = 0
+    hessian_products: int = 0
+
+
+@dataclass(frozen=True)
+class PassTimes:
+    """One image's time of each kind of pass on one model and device, s (``time_passes``).
+
+    Attributes:
+        forward: a no-grad forward.
+        backward: a forward and the backward of one class score to the input.
+        hessian: a forward, a backward that keeps its graph, and a second backward through it (a Hessian-vector
+            product with respect to the input: an upper bound of one with respect to any layer's output, whose
+            second backward stops at that layer).
+    """
+
+    forward: float
+    backward: float
+    hessian: float
+
+
+# Methods outside the perturbation family whose cost grows with the layers, and what they run per layer:
+# ("backward", n): n forward-and-backward passes; second-order methods (MethodSpec.second_order) one Hessian product.
+PER_LAYER_PASSES: dict[str, tuple[str, int]] = {"legrad": ("backward", 1)}
 
 
 def estimate_cost(
@@ -46,6 +79,7 @@ def estimate_cost(
     seconds_per_image: float,
     batch_size: int = 32,
     n_samples: int | None = None,
+    passes: PassTimes | None = None,
 ) -> CostEstimate:
     """The cost of ``method`` on target layers with ``channels`` channels each, for one image.
 
@@ -55,9 +89,17 @@ def estimate_cost(
         seconds_per_image: one image's forward time on the model's device, s (``time_forward``), finite and >= 0.
         batch_size: perturbed inputs per forward (``compute_cams``' ``scorecam_batch_size``), >= 1.
         n_samples: ``compute_cams``' ``n_samples`` for the sampling methods (None: the method's default), >= 1.
+        passes: the model's timed passes (``time_passes``); needed by the methods that run a backward or a Hessian
+            product per layer (``PER_LAYER_PASSES``, ``MethodSpec.second_order``), unused by the others.
+
+    Returns:
+        Perturbation methods: ``extra_forwards`` times ``seconds_per_image``. Second-order methods: one Hessian
+        product per layer, ``len(channels) * passes.hessian``. ``PER_LAYER_PASSES`` methods: their backwards,
+        ``n * len(channels) * passes.backward``. Every other method: 0 (it shares the one pass).
 
     Raises:
-        MethodError: an unknown method. InputError: bad ``channels``, ``seconds_per_image`` or ``batch_size``.
+        MethodError: an unknown method. InputError: bad ``channels``, ``seconds_per_image``, ``batch_size`` or
+        ``passes``, or no ``passes`` for a method that needs them.
     """
     if method not in METHODS:
         raise MethodError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
@@ -71,6 +113,14 @@ def estimate_cost(
     if not math.isfinite(seconds_per_image) or seconds_per_image < 0:
         raise InputError(f"seconds_per_image must be finite and >= 0, got {seconds_per_image!r}")
     spec = METHODS[method]
+    if spec.second_order or method in PER_LAYER_PASSES:
+        kind, per_layer = ("hessian", 1) if spec.second_order else PER_LAYER_PASSES[method]
+        if not isinstance(passes, PassTimes):
+            raise InputError(f"passes (time_passes) are needed to estimate {method}'s per-layer passes, got {passes!r}")
+        count = per_layer * len(counts)
+        if kind == "hessian":
+            return CostEstimate(method, 0, 0, count * passes.hessian, hessian_products=count)
+        return CostEstimate(method, 0, 0, count * passes.backward, extra_backwards=count)
     if spec.family != "perturbation":
         return CostEstimate(method, 0, 0, 0.0)
     # One forward per channel (Score-CAM, Ablation-CAM), times the samples of SS-CAM and IS-CAM; Smooth Grad-CAM++:
@@ -103,3 +153,42 @@ def time_forward(model: nn.Module, input_size: int | tuple[int, int], *, batch_s
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
     return sorted(times[1:])[1] / batch_size
+
+
+def time_passes(model: nn.Module, input_size: int | tuple[int, int], *, batch_size: int = 1) -> PassTimes:
+    """One image's time of a forward (``time_forward``), of a forward and backward, and of a forward, backward and
+    Hessian-vector product on the model's device, s, from batches of zeros of ``(batch_size, 3, H, W)`` divided by
+    ``batch_size``: each after a warm-up, the backward the median of three, the Hessian product (the slowest, up to
+    ten times a forward) one. The score differentiated is the sum of the first logit; the products are taken with
+    respect to the input (``torch.autograd.grad``, never ``backward()``: the parameters' ``.grad`` stay untouched).
+    The model is left as it was (eval under ``camlib.guard.eval_mode``).
+
+    Raises:
+        InputError: a non-module model, a bad ``input_size`` or ``batch_size``, or a model PyTorch cannot take
+            second derivatives of (the ``RuntimeError`` from autograd, named).
+    """
+    device = require_model(model)
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        input_size = (input_size, input_size)
+    height, width = require_size(input_size, "input_size")
+    batch_size = require_int(batch_size, "batch_size", minimum=1)
+    forward = time_forward(model, (height, width), batch_size=batch_size)
+
+    def timed(second: bool) -> float:
+        start = time.perf_counter()
+        x = torch.zeros(batch_size, 3, height, width, device=device, requires_grad=True)
+        score = model(x).reshape(batch_size, -1)[:, 0].sum()
+        try:
+            (grad,) = torch.autograd.grad(score, x, create_graph=second)
+            if second and grad.requires_grad:  # else the network is piecewise linear in x: no second backward
+                torch.autograd.grad(grad, x, grad_outputs=torch.ones_like(grad), allow_unused=True)
+        except RuntimeError as error:
+            raise InputError(f"model: cannot time its backward passes ({str(error).splitlines()[0]})") from error
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / batch_size
+
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+        backward = sorted([timed(False) for _ in range(4)][1:])[1]
+        hessian = [timed(True) for _ in range(2)][1]
+    return PassTimes(forward, backward, hessian)

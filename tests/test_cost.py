@@ -12,10 +12,12 @@ from conftest import mixed_state, seeded, seeded_resnet18
 from torch import nn
 
 from camlib.cam import METHODS, compute_cams
-from camlib.cost import CostEstimate, estimate_cost, time_forward
+from camlib.cost import PER_LAYER_PASSES, CostEstimate, PassTimes, estimate_cost, time_forward, time_passes
 from camlib.errors import InputError, MethodError
 
-ONE_PASS = [name for name, spec in METHODS.items() if spec.family != "perturbation"]
+PER_LAYER = [name for name, spec in METHODS.items() if spec.second_order or name in PER_LAYER_PASSES]
+ONE_PASS = [name for name, spec in METHODS.items() if spec.family != "perturbation" and name not in PER_LAYER]
+PASSES = PassTimes(forward=0.01, backward=0.03, hessian=0.2)
 PERTURBATION = [name for name, spec in METHODS.items() if spec.family == "perturbation" and spec.per_channel]
 PER_SAMPLE = [name for name, spec in METHODS.items() if spec.family == "perturbation" and not spec.per_channel]
 
@@ -23,6 +25,58 @@ PER_SAMPLE = [name for name, spec in METHODS.items() if spec.family == "perturba
 @pytest.mark.parametrize("method", ONE_PASS)
 def test_one_pass_methods_cost_no_extra_forward(method):
     assert estimate_cost(method, [1280, 64], seconds_per_image=0.5) == CostEstimate(method, 0, 0, 0.0)
+    assert estimate_cost(method, [1280, 64], seconds_per_image=0.5, passes=PASSES) == CostEstimate(method, 0, 0, 0.0)
+
+
+def test_every_family_has_a_member_whose_cost_grows_with_the_layers():
+    """The families the estimate must cover: gradient (ShapleyCAM), activation (LeGrad), perturbation (all)."""
+    assert {METHODS[m].family for m in PER_LAYER} == {"gradient", "activation"}
+    assert {"shapleycam", "legrad"} <= set(PER_LAYER)
+
+
+@pytest.mark.bad_input(72)
+@pytest.mark.parametrize("method", PER_LAYER)
+@pytest.mark.parametrize("channels", [[64], [64, 128, 3], [1] * 8])
+def test_per_layer_methods_cost_their_passes_per_layer_whatever_the_channels(method, channels):
+    """ShapleyCAM: one Hessian-vector product per layer (a second backward); LeGrad: its own forward and backward
+    per layer. The estimate is that count times the model's timed pass, and needs the timings."""
+    estimate = estimate_cost(method, channels, seconds_per_image=0.5, passes=PASSES)
+    assert estimate.extra_forwards == 0 and estimate.batches == 0
+    if METHODS[method].second_order:
+        assert estimate.hessian_products == len(channels) and estimate.extra_backwards == 0
+        assert math.isclose(estimate.seconds, len(channels) * PASSES.hessian)
+    else:
+        assert estimate.extra_backwards == len(channels) and estimate.hessian_products == 0
+        assert math.isclose(estimate.seconds, len(channels) * PASSES.backward)
+    for passes in (None, 0.2, (0.01, 0.03, 0.2)):
+        with pytest.raises(InputError, match="passes"):
+            estimate_cost(method, channels, seconds_per_image=0.5, passes=passes)
+
+
+def test_the_estimated_hessian_products_are_what_shapleycam_runs(monkeypatch):
+    """One ``torch.autograd.grad`` for the gradients of every layer, then one per layer: the Hessian products."""
+    calls = []
+    real = torch.autograd.grad
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("create_graph", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    model = seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Conv2d(4, 5, 3), nn.Tanh(), _Head(5)))
+    layers = ["0", "2", "3"]
+    compute_cams(model, torch.rand(1, 3, 12, 12), layers, method="shapleycam")
+    estimate = estimate_cost("shapleycam", [4, 5, 5], seconds_per_image=0.1, passes=PASSES)
+    assert calls[0] is True and len(calls) - 1 == estimate.hessian_products == len(layers)
+
+
+class _Head(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(channels, 3)
+
+    def forward(self, x):
+        return self.linear(x.mean(dim=(2, 3)))
 
 
 @pytest.mark.parametrize("method", PERTURBATION)
@@ -119,3 +173,52 @@ def test_n_samples_scales_the_sampling_methods_cost(method):
     assert two.extra_forwards == 64 * 2 and default.extra_forwards == 64 * METHODS[method].samples
     with pytest.raises(InputError, match="n_samples"):
         estimate_cost(method, [64], seconds_per_image=0.01, n_samples=0)
+
+
+class _SlowGrad(torch.autograd.Function):
+    """The identity, whose backward sleeps ``DELAY`` and is itself this function (so a second backward sleeps too)."""
+
+    DELAY = 0.06
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(_SlowGrad.DELAY)
+        return _SlowGrad.apply(grad)
+
+
+class _SlowBackward(nn.Module):
+    """A forward that sleeps ``delay`` and whose score is not linear in the input (a Hessian product runs)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay, self.linear = delay, nn.Linear(3, 2)
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return self.linear((_SlowGrad.apply(x) ** 2).mean(dim=(2, 3)))
+
+
+def test_time_passes_times_each_kind_of_pass():
+    """Forward 40 ms; each backward through ``_SlowGrad`` 60 ms: a forward and backward takes at least 100 ms, and
+    with a Hessian product (a second backward through the first) at least 160 ms (lower bounds hold on a busy
+    machine; the upper ones are loose)."""
+    passes = time_passes(_SlowBackward(0.04), (4, 4))
+    assert 0.04 <= passes.forward < 0.2
+    assert 0.10 <= passes.backward < 0.4
+    assert 0.16 <= passes.hessian < 0.6
+
+
+def test_time_passes_of_a_piecewise_linear_model_has_no_second_backward_to_run():
+    passes = time_passes(seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), _Head(4))), 16)
+    assert passes.forward > 0 and passes.backward > 0 and passes.hessian > 0
+
+
+def test_time_passes_leaves_the_model_as_it_was(snapshot):
+    model = mixed_state(seeded_resnet18())  # train mode, one eval sub-tree, a frozen weight, a pre-set gradient
+    before = snapshot(model)
+    assert time_passes(model, 32).hessian > 0
+    before.assert_unchanged()

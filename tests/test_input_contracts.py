@@ -42,6 +42,7 @@ from camlib import (
     metrics,
     models,
     overlay,
+    parsing,
     pixel_attribution,
     prediction_cache,
     samples,
@@ -491,6 +492,18 @@ CASES: list[Case] = [
         "timeout_s",
         lambda v: models.download_file("https://example.org/x.pth", Path("/nonexistent/x.pth"), timeout_s=v),
         lambda: {"None": None, "zero": 0, "negative": -1.0, "NaN": float("nan"), "str": "30"},
+    ),
+    Case(
+        models.download_file,
+        "max_bytes",
+        lambda v: models.download_file("https://example.org/x.pth", Path("/nonexistent/x.pth"), max_bytes=v),
+        lambda: {k: v for k, v in bad_ints(0).items() if k != "None"},
+    ),
+    Case(
+        models.download_allowance,
+        "folder",
+        models.download_allowance,
+        lambda: {"None": None, "str": "/tmp", "int": 3},
     ),
     Case(models.load_model, "model", models.load_model, lambda: {"None": None, "int": 3, "list": ["resnet18"]}),
     Case(
@@ -1270,6 +1283,27 @@ CASES: list[Case] = [
         lambda: {k: v for k, v in bad_sizes().items() if k != "int"} | {"zero": 0, "bool": True},
     ),
     Case(cost.time_forward, "batch_size", lambda v: cost.time_forward(MODEL, 8, batch_size=v), bad_ints),
+    Case(
+        cost.estimate_cost,
+        "passes",
+        lambda v: cost.estimate_cost("shapleycam", [8], seconds_per_image=0.1, passes=v),
+        lambda: {"None": None, "float": 0.2, "tuple": (0.01, 0.03, 0.2)},
+    ),
+    Case(cost.time_passes, "model", lambda v: cost.time_passes(v, 8), bad_models),
+    Case(
+        cost.time_passes,
+        "input_size",
+        lambda v: cost.time_passes(MODEL, v),
+        lambda: {k: v for k, v in bad_sizes().items() if k != "int"} | {"zero": 0, "bool": True},
+    ),
+    Case(cost.time_passes, "batch_size", lambda v: cost.time_passes(MODEL, 8, batch_size=v), bad_ints),
+    # parsing
+    Case(
+        parsing.parse_int,
+        "text",
+        lambda v: parsing.parse_int(v, "text"),
+        lambda: bad_texts() | {"superscript": "²", "huge": "9" * 5_000, "space": " 3", "empty": ""},
+    ),
     # metrics
     *[
         row
@@ -1738,6 +1772,8 @@ EXEMPT: dict[Callable, str] = {
     cifar.default_root: "no argument (reads $CAMLIB_CIFAR10_ROOT)",
     prediction_cache.default_cache_dir: "no argument (reads $CAMLIB_CACHE_DIR)",
     prediction_cache.clear_memory_cache: "no argument",
+    models.downloads_enabled: "no argument (reads the operator's $CAMLIB_DOWNLOADS)",
+    parsing.int_or_none: "returns None for every value parse_int refuses: no error is its contract",
     # Command-line entry points: argparse validates and exits with a usage message.
     train.parse_args: "CLI entry point (argparse reports bad arguments)",
     train.main: "CLI entry point (argparse reports bad arguments)",
@@ -1766,6 +1802,7 @@ EXEMPT_CLASSES: dict[type, str] = {
     cam.LayerEvidence: "built by compute_cams for its registered methods (x and layers checked by compute_cams)",
     cam.MethodSpec: "built by register_method (row above)",
     cost.CostEstimate: _RESULT,
+    cost.PassTimes: _RESULT,
     cam.Progress: "built by compute_cams from its checked progress argument",
     cam.CamResult: _RESULT,
     checkpoints.CheckpointReading: _RESULT,
