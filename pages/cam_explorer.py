@@ -16,7 +16,7 @@ st.title("CAM Explorer")
 st.caption("What does the classifier look at? Pick an image, a model, one or more layers and a class.")
 
 root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wide: the sidebar of every page
-cam_url.apply_link(device)  # a shared link's model, view, methods, layers, class and image, before the widgets
+cam_url.apply_link(device, root)  # a shared link's model, view, methods, layers, class and image, before the widgets
 controls, results = st.columns([1, 3], gap="large")
 with controls:
     model_key = widgets.model_input(keys.CAM, device)  # the last model that worked, after an error

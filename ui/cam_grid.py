@@ -23,6 +23,7 @@ from ui.last_good import keep_last_good
 from ui.text import md
 
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")  # one pass between them
+MAX_METHODS = 8  # rows of the grid at once, in the picker and in a link (times widgets.MAX_LAYERS: 64 maps at most)
 
 
 def option_label(method: str, refused: dict[str, str] | None = None, *, cost: bool = True) -> str:
@@ -36,9 +37,9 @@ def option_label(method: str, refused: dict[str, str] | None = None, *, cost: bo
 
 
 def method_picker(refused: dict[str, str] | None = None) -> list[str]:
-    """The rows of the grid: a multiselect of registry methods, each labelled with its cost when it is slow and
-    marked when it cannot explain the chosen layers (the reason is shown when it is picked, and it is left out of
-    the methods returned)."""
+    """The rows of the grid: a multiselect of registry methods (at most ``MAX_METHODS``), each labelled with its cost
+    when it is slow and marked when it cannot explain the chosen layers (the reason is shown when it is picked, and
+    it is left out of the methods returned)."""
     chosen = st.multiselect(
         "Methods (rows)",
         list(METHODS),
@@ -46,6 +47,7 @@ def method_picker(refused: dict[str, str] | None = None) -> list[str]:
         format_func=lambda m: option_label(m, refused),
         key=keys.CAM_GRID_METHODS,
         persist_state="session",
+        max_selections=MAX_METHODS,
         help="Gradient and activation methods share one forward pass (and one gradient); each slow method runs one "
         "extra forward pass per channel of each layer.",
     )

@@ -1,7 +1,8 @@
 """The CAM Explorer's result area: cost check and progress before a computation, then the maps.
 
-- ``ready_to_start``: a perturbation method whose estimated cost (``camlib.cost``: one forward per channel, timed on
-  this model and device) exceeds ``SLOW_S`` waits for a button, with the estimate shown.
+- ``ready_to_start``: methods whose estimated cost (``camlib.cost``: perturbation methods' forwards per channel or
+  sample, second-order methods' Hessian products and LeGrad's backwards per layer, timed on this model and device)
+  exceeds ``SLOW_S`` wait for a button, with the estimate shown; the pickers and a link go through the same check.
 - ``progress``: a progress bar for perturbation methods (a spinner otherwise). Its callback draws an element on each
   batch; Streamlit raises its rerun/stop request there, so a superseded run or a closed tab stops at the next batch.
 - ``draw``: the overlay controls and everything they change (overlays, magnitudes, detailed view, downloads), from
@@ -36,7 +37,7 @@ from camlib.cam import (
     layer_magnitudes,
     shared_scale_maps,
 )
-from camlib.cost import estimate_cost
+from camlib.cost import PER_LAYER_PASSES, CostEstimate, PassTimes, estimate_cost, time_passes
 from camlib.drawing import fast_png
 from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
@@ -155,6 +156,31 @@ def method_options(method: str) -> cache.CamOptions:
     return cache.CamOptions(bool(counterfactual), aug_smooth, eigen_smooth, seed, samples)
 
 
+def costly(method: str) -> bool:
+    """Whether ``method`` runs passes beyond the shared one, in a number that grows with the layers or channels
+    (``camlib.cost``: perturbation methods, second-order gradient methods, ``PER_LAYER_PASSES``): the methods
+    ``ready_to_start`` estimates."""
+    spec = METHODS[method]
+    return spec.family == "perturbation" or spec.second_order or method in PER_LAYER_PASSES
+
+
+@st.cache_resource(max_entries=8, show_spinner="Timing the model's backward passes once, to estimate this method...")
+def pass_seconds(model_key: str, device: str) -> PassTimes:
+    """The model's timed passes on ``device`` (``camlib.cost.time_passes`` at its input size), measured once per
+    process: the basis of the estimate of the methods that run a backward or a Hessian product per layer."""
+    loaded = cache.resolve_model(model_key, device)
+    return time_passes(loaded.model, loaded.spec.preprocessing.crop)
+
+
+def _passes_text(estimates: list[CostEstimate]) -> str:
+    parts = [
+        (sum(e.extra_forwards for e in estimates), "extra forward passes"),
+        (sum(e.extra_backwards for e in estimates), "extra forward and backward passes"),
+        (sum(e.hessian_products for e in estimates), "Hessian-vector products (a second backward each)"),
+    ]
+    return " and ".join(f"{n:,} {what}" for n, what in parts if n)
+
+
 def ready_to_start(
     request: tuple,
     methods: list[str],
@@ -165,13 +191,15 @@ def ready_to_start(
     button_key: str = keys.CAM_START,
 ) -> bool:
     """Whether to compute ``methods`` now, for ``cache.compute_grid(*request, methods=..., class_idx=...)`` (or
-    ``compute_view`` for one method): True when every perturbation method among them is cached or they are estimated
-    at most ``SLOW_S`` together; otherwise the estimate is shown with a button (``button_key``), and this is True only
-    on the run the button was pressed in. When the cache or the estimate fails this is True: the computation then
-    shows the error.
+    ``compute_view`` for one method): True when every ``costly`` method among them is cached or they are estimated
+    at most ``SLOW_S`` together (``camlib.cost.estimate_cost``, from the model's timed forward, and for second-order
+    and per-layer-pass methods its timed backward and Hessian product, times ``AUG_SMOOTH_VIEWS`` with aug_smooth);
+    otherwise the estimate is shown with a button (``button_key``), and this is True only on the run the button was
+    pressed in. Whatever set the methods and layers (the pickers or a link), the same check applies. When the cache
+    or the estimate fails this is True: the computation then shows the error.
     """
     model_key, device = request[:2]
-    slow = [METHODS[m] for m in methods if METHODS[m].family == "perturbation"]
+    slow = [METHODS[m] for m in methods if costly(m)]
     try:
         slow = [
             spec
@@ -180,9 +208,15 @@ def ready_to_start(
         ]
         if not slow:
             return True
-        seconds = cache.forward_seconds(model_key, device) * (len(AUG_SMOOTH_VIEWS) if options.aug_smooth else 1)
+        views = len(AUG_SMOOTH_VIEWS) if options.aug_smooth else 1
+        seconds = cache.forward_seconds(model_key, device) * views
+        passes = None
+        if any(spec.family != "perturbation" for spec in slow):
+            timed = pass_seconds(model_key, device)
+            passes = PassTimes(timed.forward * views, timed.backward * views, timed.hessian * views)
         estimates = [
-            estimate_cost(spec.name, channels, seconds_per_image=seconds, n_samples=options.n_samples) for spec in slow
+            estimate_cost(spec.name, channels, seconds_per_image=seconds, n_samples=options.n_samples, passes=passes)
+            for spec in slow
         ]
     except CamlibError:  # no estimate: start, and let the computation report what is wrong
         return True
@@ -192,10 +226,10 @@ def ready_to_start(
     labels = " and ".join(spec.label for spec in slow)
     st.info(
         md(
-            "**{label}** runs {n:,} extra forward passes for these layers ({channels} channels): about {t} on "
+            "**{label}** runs {passes} for these layers ({channels} channels): about {t} on "
             "{device}. Other sessions are not slowed; changing any setting while it runs cancels it.",
             label=labels,
-            n=sum(e.extra_forwards for e in estimates),
+            passes=_passes_text(estimates),
             channels=" + ".join(f"{c:,}" for c in channels),
             t=_duration(total),
             device=device,

@@ -1,4 +1,10 @@
-"""Downloads the pages start, with a progress bar: torchvision weights into torch's cache, CIFAR-10 into a data root."""
+"""Downloads the pages start, with a progress bar: torchvision weights into torch's cache, CIFAR-10 into a data root.
+
+Nothing is downloaded without a click on a button of the page: a link or a query naming a model whose weights are
+not cached selects nothing new until the visitor presses "Download". The operator turns downloads off with
+``CAMLIB_DOWNLOADS=off`` (the buttons are then replaced by a note) and caps the disk they use with
+``CAMLIB_DOWNLOAD_MAX_MB`` (``camlib.models.download_allowance``). Messages name no server path: "the torch cache".
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,45 @@ import streamlit as st
 
 from camlib.cifar import download_cifar10
 from camlib.errors import CamlibError
-from camlib.models import download_file, get_spec, torchvision_cache_path
+from camlib.models import (
+    DOWNLOADS_ENV,
+    download_allowance,
+    download_file,
+    downloads_enabled,
+    get_spec,
+    torchvision_cache_path,
+)
 from ui.text import md
 
 
-def ensure_weights(key: str) -> None:
-    """Download torchvision weights into torchvision's cache with a progress bar, once.
+def weights_missing(key: str) -> bool:
+    """Whether registry model ``key`` needs a download first: torchvision weights not in the torch cache.
 
     Raises:
-        CamlibError: from ``camlib.models`` (unknown key, download failed or offline).
+        CamlibError: an unknown key (``camlib.models.get_spec``).
     """
     spec = get_spec(key)
-    if spec.source != "torchvision" or torchvision_cache_path(spec).exists():
+    return spec.source == "torchvision" and not torchvision_cache_path(spec).exists()
+
+
+def offer_weights(key: str, *, button_key: str) -> None:
+    """For a model whose weights are missing (``weights_missing``): say so and, where the operator allows downloads,
+    show a button that downloads them into the torch cache with a progress bar and reruns the page. Downloads only
+    on the click; a failure is shown with ``st.error``.
+    """
+    spec = get_spec(key)
+    if not downloads_enabled():
+        st.warning(
+            md(
+                "{model}'s pretrained weights are not on this server, and downloads are turned off here "
+                "({env}). Ask the operator to place them in the torch cache, or pick another model.",
+                model=spec.label,
+                env=f"${DOWNLOADS_ENV}",
+            )
+        )
+        return
+    st.info(md("{model}'s pretrained weights are not on this server yet.", model=spec.label))
+    if not st.button(md("Download {model} weights", model=spec.label), key=button_key):
         return
     bar = st.progress(0.0, text=md("Downloading {model} weights...", model=spec.label))
 
@@ -32,14 +65,23 @@ def ensure_weights(key: str) -> None:
             ),
         )
 
+    path = torchvision_cache_path(spec)
     try:
-        download_file(spec.weights_url, torchvision_cache_path(spec), progress=report)
+        download_file(spec.weights_url, path, progress=report, max_bytes=download_allowance(path.parent))
+    except CamlibError as error:
+        st.error(md("{error}", error=error))
+        return
     finally:
         bar.empty()
+    st.rerun()
 
 
 def cifar_download_button(root: str, *, key: str) -> None:
-    """A button that downloads the official CIFAR-10 release into ``root`` and reruns; an error is shown."""
+    """A button that downloads the official CIFAR-10 release into ``root`` and reruns; an error is shown. Where the
+    operator turned downloads off, a note instead of the button."""
+    if not downloads_enabled():
+        st.caption(md("Downloads are turned off on this server ({env}).", env=f"${DOWNLOADS_ENV}"))
+        return
     if not st.button("Download CIFAR-10 into the data root", key=key):
         return
     bar = st.progress(0.0, text="Downloading CIFAR-10...")
@@ -55,4 +97,6 @@ def cifar_download_button(root: str, *, key: str) -> None:
     except CamlibError as error:
         st.error(md("{error}", error=error))
         return
+    finally:
+        bar.empty()
     st.rerun()

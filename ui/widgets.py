@@ -28,6 +28,7 @@ from ui import cache, checkpoint_store, downloads
 from ui.text import md, shorten
 
 CHECKPOINT_OPTION = "checkpoint"
+MAX_LAYERS = 8  # target layers at once, in the picker and in a link: each adds a map per method (and passes)
 CHECKPOINT_TYPES = ("safetensors", "pt", "pth", "bin", "ckpt", "tar")  # .ckpt: Lightning; .pth.tar: timm
 
 
@@ -120,7 +121,8 @@ def _cifar_image(prefix: str, cifar: CifarData) -> ChosenImage:
 
 def model_input(prefix: str, device: str) -> str:
     """Pick a registry model or upload a checkpoint; returns a model key that ``cache.resolve_model`` resolves on
-    ``device`` (the model that worked last, or the bundled one, after an error: shown with ``st.error``)."""
+    ``device`` (the model that worked last, or the bundled one, after an error: shown with ``st.error``). A model whose
+    weights are not cached gets a download button (``downloads.offer_weights``) and the last model stays meanwhile."""
     last_key = f"{prefix}_last_model"
     options = list(MODELS) + [CHECKPOINT_OPTION]
     labels = {key: spec.label for key, spec in MODELS.items()} | {CHECKPOINT_OPTION: "Your checkpoint..."}
@@ -131,8 +133,11 @@ def model_input(prefix: str, device: str) -> str:
             if key is None:
                 key = _last_model(last_key, device)
                 st.info(md("Upload a checkpoint to use it. Still using: {model}", model=_label(key, device)))
+        elif downloads.weights_missing(choice):  # downloaded on the button's click only, never as a link names it
+            downloads.offer_weights(choice, button_key=f"{prefix}_download_weights")
+            key = _last_model(last_key, device)
+            st.caption(md("Still using: {model}", model=_label(key, device)))
         else:
-            downloads.ensure_weights(choice)
             cache.get_model(choice, device)
             key = choice
     except CamlibError as error:
@@ -254,9 +259,9 @@ def _layer_labels(model: str, _candidates: tuple[LayerInfo, ...]) -> dict[str, s
 
 
 def layer_picker(candidates: list[LayerInfo], *, default: str, key: str) -> list[str]:
-    """Target layers (a multiselect starting at ``default``), a warning per chosen layer that has one, and the layer
-    inspector (every candidate's type, output shape and note). ``key`` carries the model, so a new model gets its own
-    widget and its own suggested layer."""
+    """Target layers (a multiselect starting at ``default``, at most ``MAX_LAYERS``), a warning per chosen layer that
+    has one, and the layer inspector (every candidate's type, output shape and note). ``key`` carries the model, so a
+    new model gets its own widget and its own suggested layer."""
     by_name, labels = {c.name: c for c in candidates}, _layer_labels(key, tuple(candidates))
     layers = st.multiselect(
         "Target layers (one pass for all)",
@@ -265,6 +270,7 @@ def layer_picker(candidates: list[LayerInfo], *, default: str, key: str) -> list
         format_func=labels.__getitem__,
         key=key,
         persist_state="session",
+        max_selections=MAX_LAYERS,
     )
     for name in layers:
         if by_name[name].warning:
