@@ -15,6 +15,10 @@ is switched to eval under its lock instead, held for the whole call).
 Numerics follow pytorch-grad-cam 1.5.7 exactly (``docs/cam-reference.md`` in the shared docs): for each layer the
 map is ``minmax(resize(minmax(relu(raw))))`` with ``minmax(m) = (m - min) / (1e-7 + max(m - min))`` per image and
 bilinear resizing with ``align_corners=False``. Unlike pytorch-grad-cam, each layer keeps its own map (no averaging).
+Whatever the model's dtype, a method's arithmetic runs on activations, gradients and scores upcast to at least float32
+(``working_dtype``; the shared model is never cast), and the finish above runs in float64, so float16, bfloat16 and
+float64 models give finite maps equal to the float32 model's within their own precision. A raw map that still holds
+NaN or Inf raises ``NonFiniteError``: a map is never NaN.
 
 The activations are each layer's output **as the layer produced it**, and the gradient is taken with respect to that
 same output (torch-cam's semantics): a map never depends on in-place operations that run later (``ReLU(inplace=True)``,
@@ -60,7 +64,9 @@ from camlib.layers import layer_layout
 from camlib.layouts import Layout, layout_from_spec, to_feature_map
 
 NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
-DEGENERATE_RATIO = 1e-6  # a ReLU'd map whose max-min is below this share of max|raw| carries no usable evidence
+# A ReLU'd map whose max-min is below this share of max|raw| carries no usable evidence: for a float32 raw map,
+# 8.4 units of its rounding; a raw map of another precision is held to as many units of its own (``_finish``).
+DEGENERATE_RATIO = 1e-6
 
 
 FAMILIES = ("gradient", "activation", "perturbation")
@@ -71,15 +77,18 @@ class LayerEvidence:
     """Everything a method may use to build one layer's raw map.
 
     Attributes:
-        activations: ``(B, C, h, w)`` the layer's output as produced (after any layout reshaping), model dtype.
+        activations: ``(B, C, h, w)`` the layer's output as produced (after any layout reshaping), upcast to
+            ``working_dtype`` (float32 for a float16 or bfloat16 model): a method computes in that dtype.
         gradients: ``(B, C, h, w)`` d(score of each image's explained class) / d(activations) for "gradient" methods,
-            else None.
+            else None; upcast as the activations.
         model: the model, locked and in eval mode; "perturbation" methods run further forwards with it (no hooks).
-        x: ``(B, C_in, H, W)`` the model input as the model saw it.
+        x: ``(B, C_in, H, W)`` the model input as the model saw it (the model's dtype: cast what you feed it to
+            ``x.dtype``, and upcast what it returns).
         targets: the explained class of each image.
         batch_size: inputs per extra forward for "perturbation" methods.
         progress: call ``progress.step()`` after each extra forward batch (reports progress; may raise to cancel).
-        logits: ``(B, num_classes)`` the model's output for ``x`` (the explained scores are ``logits[b, targets[b]]``).
+        logits: ``(B, num_classes)`` the model's output for ``x``, upcast as the activations (the explained scores
+            are ``logits[b, targets[b]]``).
         output: the layer's output as produced, in its own layout (``(B, C, h, w)``, ``(B, h, w, C)`` or tokens
             ``(B, N, C)``); ``channel_dim`` is its channel axis.
         forward_with_output: ``forward_with_output(inputs, output) -> logits`` runs the model on ``inputs`` with this
@@ -90,9 +99,9 @@ class LayerEvidence:
         n_samples: how many noisy or integration samples a sampling method draws (its ``MethodSpec.samples`` unless
             the caller chose another count).
         gradients_at: ``gradients_at(inputs, targets) -> (activations, gradients)``, both ``(N, C, h, w)``: this
-            layer's activations on ``inputs`` ``(N, C_in, H, W)`` and the gradients of the explained logits
-            ``targets`` (one per input) with respect to them (one more forward and backward; hooks act for this
-            thread only and are removed after).
+            layer's activations on ``inputs`` ``(N, C_in, H, W)`` (model dtype) and the gradients of the explained
+            logits ``targets`` (one per input) with respect to them, both upcast (one more forward and backward;
+            hooks act for this thread only and are removed after).
         eigen_smooth: project the method's per-channel terms on their first principal component instead of summing
             them (``_channel_sum``; pytorch-grad-cam's ``eigen_smooth``).
         module: the layer's module (methods that hook inside it, LeGrad). layout: how its output was read.
@@ -281,8 +290,9 @@ class CamResult:
         layers: the layer names, in the order requested.
         class_idx: the explained class of each image.
         logits: ``(B, num_classes)`` float32 raw model outputs.
-        maps: per layer, ``(B, H, W)`` float32 in [0, 1] at the input's size.
-        raw: per layer, ``(B, h, w)`` float32 signed map before ReLU and normalisation, at feature resolution.
+        maps: per layer, ``(B, H, W)`` float32 in [0, 1] at the input's size (finished in float64 from ``raw``).
+        raw: per layer, ``(B, h, w)`` signed map before ReLU and normalisation, at feature resolution (SESS: at the
+            input's), in the method's working precision: float32, or float64 for a float64 model (``working_dtype``).
         degenerate: per layer, ``(B,)`` bool; True where the map carries no positive evidence (then it is all zeros).
         elapsed_s: wall time of the call.
         counterfactual: True when the maps explain ``-score`` (``compute_cams(counterfactual=True)``).
@@ -331,6 +341,22 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     require_tensor(maps, "maps", ndim=3, floating=True)
     size = require_size(size, "size")
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a method's arithmetic runs in for a model that computes in ``dtype``: float32 for float16, bfloat16
+    and float32 models, float64 for float64 ones (``torch.promote_types(dtype, float32)``).
+
+    Half precision cannot hold the methods' intermediates: Grad-CAM++'s ``g^3`` underflows to 0 for ``|g| < 4e-3``
+    while a channel's spatial sum overflows float16's 65,504 on a 56 x 56 layer, and ``inf * 0`` is NaN; Score-CAM's
+    softmax and the principal components round away. The model itself is never cast (it may be shared): its forward
+    and backward run in its own dtype, and what they produce (activations, gradients, logits) is upcast."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in ``working_dtype`` of its dtype (the same tensor when it already is)."""
+    return tensor.to(working_dtype(tensor.dtype))
 
 
 # --- methods -------------------------------------------------------------------------------------------------------
@@ -506,6 +532,7 @@ def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
     Raises ``InputError`` unless ``acts`` is a non-empty float ``(B, C, h, w)`` tensor with data (not ``meta``).
     """
     require_tensor(acts, "acts", ndim=4, floating=True)
+    dtype = working_dtype(acts.dtype)
     acts = torch.nan_to_num(acts.double(), nan=0.0)
     out = []
     for image_acts in acts:
@@ -513,7 +540,7 @@ def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
         centred = flat - flat.mean(dim=0)
         _, _, vh = torch.linalg.svd(centred, full_matrices=False)
         out.append(_oriented(centred @ vh[0], flat).reshape(image_acts.shape[1:]))
-    return torch.stack(out).float()
+    return torch.stack(out).to(dtype)
 
 
 def _oriented(projection: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -574,6 +601,7 @@ def _kernel_projection(acts: torch.Tensor) -> torch.Tensor:
     eigenvalue), the projection ``v * sqrt(lambda)``. Eigenvalues at rounding level (no variation) give zeros. The
     sign is fixed as Eigen-CAM's (``_oriented``); sklearn makes the eigenvector's largest entry positive instead.
     """
+    dtype = working_dtype(acts.dtype)
     acts = torch.nan_to_num(acts.double(), nan=0.0)
     out = []
     for image_acts in acts:
@@ -585,7 +613,7 @@ def _kernel_projection(acts: torch.Tensor) -> torch.Tensor:
         value, vector = _top_eigenpair(kernel)
         projection = vector * value.sqrt() if float(value) > noise else torch.zeros_like(vector)
         out.append(_oriented(projection, flat).reshape(image_acts.shape[1:]))
-    return torch.stack(out).float()
+    return torch.stack(out).to(dtype)
 
 
 def _top_eigenpair(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -670,9 +698,9 @@ def _scorecam(e: LayerEvidence) -> torch.Tensor:
             mins = flat.min(dim=1).values[:, None, None]
             maxs = flat.max(dim=1).values[:, None, None]
             masks = (up - mins) / (maxs - mins + 1e-8)
-            scores.append(e.model(x[b][None] * masks[:, None])[:, target])
+            scores.append(e.model((x[b][None] * masks[:, None]).to(x.dtype))[:, target])
             e.progress.step()
-        raws.append(torch.softmax(torch.cat(scores), dim=-1))
+        raws.append(torch.softmax(torch.cat(scores).to(acts.dtype), dim=-1))
     return _weighted_sum(torch.stack(raws), acts, e)
 
 
@@ -703,7 +731,7 @@ def _ablationcam(e: LayerEvidence) -> torch.Tensor:
             batch = out[b : b + 1].repeat(len(index), *repeat)
             batch.movedim(dim, 1)[torch.arange(len(index), device=out.device), index] = 0  # copy k drops channel k
             inputs = e.x[b : b + 1].repeat(len(index), 1, 1, 1)
-            ablated.append(e.forward_with_output(inputs, batch)[:, target])
+            ablated.append(e.forward_with_output(inputs, batch)[:, target].to(e.activations.dtype))
             e.progress.step()
         score = e.logits[b, target]
         drop = score - torch.cat(ablated)
@@ -732,7 +760,8 @@ def _masked_score_gains(e: LayerEvidence, b: int, masks: torch.Tensor, scale: fl
     gains = []
     for start in range(0, len(masks), e.batch_size):
         inputs = x[None] * masks[start : start + e.batch_size, None]
-        gains.append(e.model(inputs if scale == 1.0 else scale * inputs)[:, target] - e.logits[b, target])
+        inputs = (inputs if scale == 1.0 else scale * inputs).to(x.dtype)  # the model's dtype; masks are upcast
+        gains.append(e.model(inputs)[:, target].to(masks.dtype) - e.logits[b, target])
         e.progress.step()
     return torch.cat(gains)
 
@@ -890,7 +919,7 @@ def _sess(e: LayerEvidence) -> torch.Tensor:
     for b, target in enumerate(e.targets):
         patches: list[list[tuple[torch.Tensor, tuple[int, int, int, int]]]] = []
         for scale in scales:
-            scaled = resize(e.x[b : b + 1], scale)
+            scaled = resize(_upcast(e.x[b : b + 1]), scale).to(e.x.dtype)
             sh, sw = int(scaled.shape[-2]), int(scaled.shape[-1])
             patches.append(
                 [
@@ -902,7 +931,7 @@ def _sess(e: LayerEvidence) -> torch.Tensor:
         every = torch.stack([patch for scale in patches for patch, _ in scale])
         scores = torch.cat(
             [
-                torch.softmax(e.model(every[start : start + e.batch_size]), dim=-1)[:, target]
+                torch.softmax(_upcast(e.model(every[start : start + e.batch_size])), dim=-1)[:, target]
                 for start in range(0, len(every), e.batch_size)
             ]
         ).clamp(min=0)
@@ -1053,7 +1082,7 @@ def _legrad(e: LayerEvidence) -> torch.Tensor:
     finally:
         for handle in handles:
             handle.remove()
-    relevance = torch.relu(grad).mean(dim=(1, 2))[:, e.layout.prefix_tokens :]
+    relevance = torch.relu(_upcast(grad)).mean(dim=(1, 2))[:, e.layout.prefix_tokens :]
     return relevance.reshape(len(relevance), e.layout.height, e.layout.width).detach()
 
 
@@ -1136,11 +1165,14 @@ def _gap_classifier(e: LayerEvidence) -> torch.Tensor:
     """The ``(num_classes, C)`` weight of the ``nn.Linear`` whose output on this layer's channel means is the logits."""
     pooled = e.activations.mean(dim=(2, 3))
     logits = e.logits.detach()
-    tolerance = torch.finfo(logits.dtype).eps ** 0.5 * max(float(logits.abs().max()), 1.0)
+    # The model's own rounding (its dtype's, not the upcast logits') bounds how far its logits may be from ours.
+    precision = e.output.dtype if e.output is not None else logits.dtype
+    tolerance = torch.finfo(precision).eps ** 0.5 * max(float(logits.abs().max()), 1.0)
     for module in e.model.modules():
         if not isinstance(module, nn.Linear) or tuple(module.weight.shape) != (logits.shape[1], pooled.shape[1]):
             continue
-        predicted = F.linear(pooled.to(module.weight.dtype), module.weight, module.bias)
+        bias = None if module.bias is None else module.bias.to(pooled.dtype)
+        predicted = F.linear(pooled, module.weight.to(pooled.dtype), bias)
         if float((predicted - logits).abs().max()) <= tolerance:
             return module.weight.detach().to(e.activations.dtype)
     raise MethodError(
@@ -1325,7 +1357,7 @@ def _gradients(
     outputs = [capture.outputs[n] for n in names]
     products = {}
     with torch.inference_mode(False), torch.enable_grad():
-        score = scores(logits, targets).sum()
+        score = scores(_upcast(logits), targets).sum()  # Finer-CAM's softmax, in float32 for a half-precision model
         if not score.requires_grad:
             raise LayerError(f"the layers {', '.join(names)} were not used to compute the selected class")
         grads = torch.autograd.grad(score, outputs, allow_unused=True, create_graph=second_order)
@@ -1347,13 +1379,13 @@ def _gradients(
                     ) from error
             product = torch.zeros_like(output) if product is None else product.detach()
             _check_finite(f"the Hessian-vector product of layer {name!r}", product)
-            products[name] = to_feature_map(product, layouts[name])
+            products[name] = _upcast(to_feature_map(product, layouts[name]))
     out = {}
     for name, grad in zip(names, grads):
         if grad is None:
             raise LayerError(f"layer {name!r} was not used to compute the selected class")
         _check_finite(f"the gradients of layer {name!r}", grad)
-        out[name] = to_feature_map(grad.detach(), layouts[name])
+        out[name] = _upcast(to_feature_map(grad.detach(), layouts[name]))
     return out, products
 
 
@@ -1375,16 +1407,24 @@ def _gradients_at(
         spec = f"tokens:{layout.prefix_tokens}" if layout.kind == "tokens" else layout.kind
         layout = layout_from_spec(spec, shape, (int(inputs.shape[-2]), int(inputs.shape[-1])))
     grads, _ = _gradients(logits, targets, capture, [name], {name: layout}, scores=_class_scores)
-    return to_feature_map(capture.values[name], layout), grads[name]
+    return _upcast(to_feature_map(capture.values[name], layout)), grads[name]
 
 
-def _finish(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """ReLU, normalise, resize, normalise again; degenerate images become exact zeros."""
+def _finish(
+    raw: torch.Tensor, size: tuple[int, int], precision: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU, normalise, resize, normalise again, in ``raw``'s dtype; degenerate images become exact zeros.
+
+    ``compute_cams`` and ``finish_maps`` pass float64: a near-flat map (its span a small share of its values) loses
+    the span's digits when rounded to float32 before its minimum is subtracted. ``precision`` is the dtype the raw map
+    was computed in (default: ``raw``'s): a span within its rounding (``DEGENERATE_RATIO`` scaled by its machine
+    epsilon over float32's) is no evidence."""
+    ratio = DEGENERATE_RATIO * torch.finfo(precision or raw.dtype).eps / torch.finfo(torch.float32).eps
     positive = torch.relu(raw)
     span = positive.flatten(1).max(dim=1).values - positive.flatten(1).min(dim=1).values
     # Relative test: random-init or badly scaled models can have legitimately tiny maps (1e-11) that still carry a
     # pattern; all-negative and constant maps have span 0 (up to rounding).
-    degenerate = span <= DEGENERATE_RATIO * raw.abs().flatten(1).max(dim=1).values
+    degenerate = span <= ratio * raw.abs().flatten(1).max(dim=1).values
     degenerate |= span == 0
     maps = minmax_normalize(upsample_maps(minmax_normalize(positive), size))
     maps[degenerate] = 0.0
@@ -1392,10 +1432,11 @@ def _finish(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tor
 
 
 def finish_maps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The maps ``compute_cams`` returns, rebuilt from its ``raw`` maps: ``(B, h, w)`` float32 signed raw maps ->
+    """The maps ``compute_cams`` returns, rebuilt from its ``raw`` maps: ``(B, h, w)`` float signed raw maps ->
     ``(B, H, W)`` float32 in [0, 1] at ``size`` ``(H, W)`` px, ``minmax(resize(minmax(relu(raw))))`` with degenerate
-    images as zeros (pytorch-grad-cam 1.5.7's ``scale_cam_image`` numerics, as in ``compute_cams``). Equal to
-    ``CamResult.maps[layer]`` for ``CamResult.raw[layer]``, so a cache can keep the small raw maps only.
+    images as zeros (pytorch-grad-cam 1.5.7's ``scale_cam_image`` numerics, as in ``compute_cams``), computed in
+    float64. Equal to ``CamResult.maps[layer]`` for ``CamResult.raw[layer]``, so a cache can keep the small raw maps
+    only.
 
     Raises:
         InputError: ``raw`` is not a finite float ``(B, h, w)`` array, or ``size`` not a pair of positive ints.
@@ -1404,7 +1445,8 @@ def finish_maps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if not np.isfinite(raw).all():
         raise InputError("raw must be finite (no NaN or Inf)")
     height, width = require_size(size, "size")
-    maps, _ = _finish(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)), (height, width))
+    precision = torch.from_numpy(raw[:0]).dtype
+    maps, _ = _finish(torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float64)), (height, width), precision)
     return maps.numpy().astype(np.float32)
 
 
@@ -1586,7 +1628,8 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
                 )
                 for name in names
             }
-            values = {name: to_feature_map(capture.values[name], feature_layouts[name]) for name in names}
+            # The methods' arithmetic runs on upcast copies (working_dtype); the model keeps its own dtype.
+            values = {name: _upcast(to_feature_map(capture.values[name], feature_layouts[name])) for name in names}
             for name in names:
                 _check_finite(f"the activations of layer {name!r}", values[name])
             grads, products = (
@@ -1612,7 +1655,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
             pass_ = _Pass(
                 model,
                 xin.detach(),
-                logits.detach(),
+                _upcast(logits.detach()),
                 targets,
                 capture,
                 feature_layouts,
@@ -1633,7 +1676,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
                     eigen_smooth=eigen_smooth,
                 )
 
-    finished = _finish_all(raws, names, size)
+    finished = _finish_all(raws, names, size, working_dtype(pass_.x.dtype))
     elapsed = time.perf_counter() - started
     results = {spec.name: _result(spec, raws[spec.name], finished[spec.name], pass_, elapsed) for spec in specs}
     return {n: dataclasses.replace(r, counterfactual=True) for n, r in results.items()} if counterfactual else results
@@ -1685,7 +1728,8 @@ def _augmentation_smoothed(
                 n: np.mean([back(r.maps[n], m) for r, m in results], axis=0, dtype=np.float32) for n in original.layers
             },
             raw={
-                n: np.mean([back(r.raw[n], m) for r, m in results], axis=0, dtype=np.float32) for n in original.layers
+                n: np.mean([back(r.raw[n], m) for r, m in results], axis=0, dtype=original.raw[n].dtype)
+                for n in original.layers
             },
             degenerate={n: np.all([r.degenerate[n] for r, _ in results], axis=0) for n in original.layers},
             elapsed_s=elapsed,
@@ -1773,24 +1817,41 @@ def _raw_maps(
                 raws[name] = spec.raw_map(evidence)
             except MethodError as error:
                 raise MethodError(f"{spec.label} cannot explain layer {name!r}: {error}") from error
+            if not bool(torch.isfinite(raws[name]).all()):  # a NaN map would pass for a map (NaN > x is False)
+                raise NonFiniteError(
+                    f"{spec.label}'s map of layer {name!r} holds NaN or Inf (the model's scores of the method's "
+                    "extra inputs, or its arithmetic, overflowed); the CAM cannot be drawn: try another method"
+                )
     return raws
 
 
 def _finish_all(
-    raws: dict[str, dict[str, torch.Tensor]], names: list[str], size: tuple[int, int]
+    raws: dict[str, dict[str, torch.Tensor]], names: list[str], size: tuple[int, int], precision: torch.dtype
 ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Every method's maps and degenerate flags, each layer's methods finished in one batch (``_finish`` works per
-    image, so stacking the methods along the batch changes no number)."""
+    """Every method's maps and degenerate flags, finished in float64 (``_finish``; ``precision``: the dtype the raw
+    maps were computed in, ``working_dtype`` of the model's). A layer's methods whose raw maps have one resolution
+    are finished in one batch (``_finish`` works per image, so stacking them along the batch changes no number);
+    SESS's raw map is at the input size, the others' at the layer's, so they are batched apart."""
     out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {method: {} for method in raws}
     with torch.no_grad():
         for name in names:
-            stacked = torch.cat([raws[method][name].detach().float() for method in raws])
-            maps, degenerate = _finish(stacked, size)
-            maps, degenerate = maps.cpu().numpy().astype(np.float32), degenerate.cpu().numpy()
-            batch = len(maps) // len(raws)
-            for k, method in enumerate(raws):
-                out[method][name] = (maps[k * batch : (k + 1) * batch], degenerate[k * batch : (k + 1) * batch])
+            by_shape: dict[tuple[int, ...], list[str]] = {}
+            for method in raws:
+                by_shape.setdefault(tuple(raws[method][name].shape), []).append(method)
+            for methods in by_shape.values():
+                stacked = torch.cat([_finishing_copy(raws[method][name]) for method in methods])
+                maps, degenerate = _finish(stacked, size, precision)
+                maps, degenerate = maps.cpu().numpy().astype(np.float32), degenerate.cpu().numpy()
+                batch = len(maps) // len(methods)
+                for k, method in enumerate(methods):
+                    out[method][name] = (maps[k * batch : (k + 1) * batch], degenerate[k * batch : (k + 1) * batch])
     return out
+
+
+def _finishing_copy(raw: torch.Tensor) -> torch.Tensor:
+    """``raw`` in float64, where ``_finish`` runs: on its device, or the CPU for Apple's MPS (it has no float64)."""
+    raw = raw.detach()
+    return (raw.cpu() if raw.device.type == "mps" else raw).double()
 
 
 def _result(
@@ -1808,7 +1869,7 @@ def _result(
         class_idx=pass_.targets,
         logits=pass_.logits.float().cpu().numpy(),
         maps={name: finished[name][0] for name in names},
-        raw={name: raws[name].detach().float().cpu().numpy().astype(np.float32) for name in names},
+        raw={name: raws[name].detach().to(working_dtype(pass_.x.dtype)).cpu().numpy() for name in names},
         degenerate={name: finished[name][1] for name in names},
         elapsed_s=elapsed,
     )

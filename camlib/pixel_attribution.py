@@ -29,6 +29,11 @@ backward); FullGrad registers gradient hooks on the call's own conv / batch-norm
 Gradients come from one ``torch.autograd.grad`` with respect to a copy of the input: parameters' ``.grad`` stay
 untouched, ``backward()`` is never called, ``training`` flags are restored (``camlib.guard.eval_mode``).
 
+**Any model dtype.** The forward and backward run in the model's dtype (float16, bfloat16, float32 or float64); the
+scores, the products ``x g`` and ``b g`` and FullGrad's sums run in at least float32 (``camlib.cam.working_dtype``:
+in half precision they underflow) and FullGrad's normalisation in float64, so the results are finite and equal the
+float32 model's within the dtype's precision.
+
 **Which activations are guided.** Every rectifier call in the forward, whether a module or functional: ``nn.ReLU`` and
 ``F.relu`` / ``torch.relu`` / ``Tensor.relu`` (in place or not), ``nn.ReLU6`` / ``F.relu6`` and ``F.hardtanh`` with a
 lower bound of 0 (EfficientNet-Lite, MobileNetV2), whose guided backward is ``relu(dL/dx_out) * [0 < x_in < max]``.
@@ -69,6 +74,7 @@ from camlib.cam import (
     CamResult,
     _check_finite,
     _resolve_classes,
+    _upcast,
     _validate_input,
     compute_cams,
     minmax_normalize,
@@ -457,16 +463,18 @@ def compute_fullgrad(
         targets = _resolve_classes(class_idx, logits)
         (grad,) = _input_gradient(logits, targets, [leaf])
     size = (int(leaf.shape[-2]), int(leaf.shape[-1]))
-    raw = _channel_sum(leaf.detach() * grad, size)
+    # Products in at least float32 (camlib.cam.working_dtype): in half precision |x g| and |b g| underflow to 0.
+    raw = _channel_sum(_upcast(leaf.detach()) * _upcast(grad), size)
     for term in mode.terms:
         if term.grad is not None:  # None: the layer does not lie between the input and the score
             _check_finite(f"the gradients of {term.layer}", term.grad)
-            raw = raw + _channel_sum(term.bias.to(term.grad.dtype)[None, :, None, None] * term.grad, size)
-    raw = raw.float()
-    flat = raw.flatten(1)
+            grad_z = _upcast(term.grad)
+            raw = raw + _channel_sum(term.bias.to(grad_z.dtype)[None, :, None, None] * grad_z, size)
+    flat = raw.flatten(1)  # float64 (_channel_sum): normalised before any rounding to float32
     degenerate = flat.max(dim=1).values == flat.min(dim=1).values
-    maps = minmax_normalize(raw)
+    maps = minmax_normalize(raw).float()
     maps[degenerate] = 0.0
+    raw = raw.float()
     return FullGradResult(
         class_idx=targets,
         logits=logits.detach().float().cpu().numpy(),
@@ -532,7 +540,7 @@ def _input_gradient(logits: torch.Tensor, targets: list[int], inputs: list[torch
     """``torch.autograd.grad`` of the summed class logits with respect to ``inputs``: never ``backward()``, so
     parameters' ``.grad`` stay untouched."""
     with torch.inference_mode(False), torch.enable_grad():
-        score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
+        score = _upcast(logits)[torch.arange(len(targets)), torch.tensor(targets)].sum()
         if not score.requires_grad:
             raise MethodError("the model's output does not depend on its input through autograd, so it has no gradient")
         grads = torch.autograd.grad(score, inputs, allow_unused=True)

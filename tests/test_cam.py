@@ -21,6 +21,7 @@ import pytest
 import pytorch_grad_cam
 import timm
 import torch
+import torch.nn.functional as F
 import torchcam.methods
 import torchvision
 from conftest import mixed_state, registered_hooks, seeded, seeded_resnet18
@@ -2089,3 +2090,82 @@ def test_finish_maps_rebuilds_compute_cams_maps_from_the_raw_maps(small_resnet, 
         np.testing.assert_array_equal(finish_maps(result.raw[layer], x64.shape[-2:]), result.maps[layer])
     blank = np.full((1, 4, 4), -1.0, np.float32)  # no positive evidence: all zeros
     assert not finish_maps(blank, (8, 8)).any()
+
+
+# --- a near-flat raw map is finished in float64 ------------------------------------------------------------------
+
+FLAT_OFFSET = 1e4  # added to every activation: the raw maps' span is ~1e-5 of their values
+
+
+class _Offset(nn.Module):
+    """conv (3 -> 6, its bias plus ``offset``) -> ``features`` -> spatial mean -> ``head``: linear above the conv, so
+    every gradient method's raw map is its offset-free map plus a constant, and the map is the offset-free one."""
+
+    def __init__(self, offset: float = FLAT_OFFSET) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.features = nn.Identity()
+        self.head = nn.Linear(6, 4)
+        with torch.no_grad():
+            self.conv.bias.add_(offset)
+            self.head.weight[1].abs_()  # class 1: positive weights, so the offset raises every raw map above 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.bad_input(76)
+def test_a_near_flat_gradcam_map_of_a_float64_model_equals_its_exact_map():
+    """Grad-CAM of ``_Offset`` in float64, known exactly: ``w_c = W_1c / (h w)``, ``raw = sum_c w_c (P_c + offset)``
+    with ``P`` the offset-free conv; ReLU leaves it (it is positive) and min-max removes the constant, so the map is
+    ``minmax(resize(minmax(sum_c w_c P_c)))``, computed here without the offset by pytorch-grad-cam's
+    ``scale_cam_image``. Rounded to float32 before its minimum was subtracted, the map was off by ~1e-3."""
+    model = seeded(_Offset).double()
+    x = _images(2, 12, seed=5).double()
+    result = compute_cams(model, x, ["features"], class_idx=1)
+    raw = result.raw["features"]
+    assert raw.dtype == np.float64 and raw.min() > 0 and np.ptp(raw, axis=(1, 2)).max() < 1e-3 * raw.min()
+    with torch.no_grad():
+        plain = F.conv2d(x, model.conv.weight, model.conv.bias - FLAT_OFFSET, padding=1)
+        exact = torch.einsum("c,bchw->bhw", model.head.weight[1] / (12 * 12), plain).numpy()
+    expected = scale_cam_image(scale_cam_image(exact, (12, 12)))
+    np.testing.assert_allclose(result.maps["features"], expected, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(finish_maps(raw, (12, 12)), result.maps["features"])
+
+
+@pytest.mark.bad_input(76)
+# Finer-CAM's weights contrast classes, so the offset need not raise its map above 0.
+@pytest.mark.parametrize("method", [m for m in PER_LAYER_GRADIENT_METHODS if m not in (*SIGN_FREE, "finercam")])
+def test_near_flat_maps_of_a_float64_model_equal_pytorch_grad_cam_in_float64(method):
+    """Every gradient method on ``_Offset`` in float64 against pytorch-grad-cam on the same float64 model, which
+    normalises in float64 (its ``scale_cam_image`` rounds to float32 after subtracting the minimum)."""
+    model = seeded(_Offset).double()
+    x = _images(2, 12, seed=5).double()
+    result = compute_cams(model, x, ["features"], method=method, class_idx=1)
+    expected = _reference_maps(model, x, "features", method, 1)
+    assert np.ptp(expected, axis=(1, 2)).min() > 0.5  # a map with a pattern, not a blank
+    np.testing.assert_allclose(result.maps["features"], expected, atol=1e-6, rtol=0)
+
+
+def test_finish_maps_subtracts_the_minimum_in_float64():
+    """``finish_maps`` of a float64 map that is flat up to 1e-6 of its value equals pytorch-grad-cam's pipeline on
+    the same float64 map (its first ``scale_cam_image`` runs in the map's dtype)."""
+    pattern = np.random.default_rng(4).random((2, 5, 7))
+    raw = 1e3 + 1e-3 * pattern
+    np.testing.assert_allclose(finish_maps(raw, (10, 14)), _reference_pipeline(raw, (10, 14)), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(finish_maps(raw, (10, 14)), _reference_pipeline(pattern, (10, 14)), atol=1e-6, rtol=0)
+
+
+@pytest.mark.bad_input(75)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_method_map_that_is_not_finite_raises_non_finite_error_never_a_nan_map(monkeypatch, value):
+    """The last guard of "never NaN": a raw map that holds NaN or Inf from finite activations and gradients (a
+    method's arithmetic overflowing) is refused by name, alone or next to a finite method in one grid call."""
+    overflowing = dataclasses.replace(
+        METHODS["gradcam"], name="overflowing", label="Overflowing", raw_map=lambda e: e.activations.sum(dim=1) * value
+    )
+    monkeypatch.setitem(METHODS, "overflowing", overflowing)
+    model, x = seeded(_Net), _images(2, 8, seed=0)
+    for methods in (["overflowing"], ["gradcam", "overflowing"]):
+        with pytest.raises(NonFiniteError, match="Overflowing's map of layer 'features' holds NaN or Inf"):
+            compute_cam_grid(model, x, ["features"], methods)

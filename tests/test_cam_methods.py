@@ -1,5 +1,6 @@
 """Tests of the CAM methods of issue #12 that tests/test_cam.py does not hold: the sampling methods (SS-CAM, IS-CAM,
-Smooth Grad-CAM++) against torch-cam 0.5.0 given the same random draws, and their seeds, batches and progress.
+Smooth Grad-CAM++) against torch-cam 0.5.0 given the same random draws, and their seeds, batches and progress; every
+method on float16, bfloat16 and float64 models against the float32 model; every pair of methods in one grid call.
 
 torch-cam draws its noise from ``torch.distributions.Normal(0, std).sample`` (the global generator); the tests replace
 that sampler by one that returns camlib's seeded draws, so both libraries see the same noise. torch-cam's maps are
@@ -10,13 +11,17 @@ pytorch-grad-cam's finishing pipeline, which camlib's maps follow.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 from conftest import seeded, seeded_resnet18
+from helpers.dtype_models import DTYPE_MODELS, DTYPES, KPCA_ULPS, HotNet, dtype_tolerance, tiny_vit
 from pytorch_grad_cam import SESS, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from test_cam import (
@@ -49,7 +54,10 @@ from camlib.cam import (
     SMOOTH_GRADCAMPP_STD,
     SSCAM_SAMPLES,
     SSCAM_STD,
+    CamResult,
+    compute_cam_grid,
     compute_cams,
+    finish_maps,
 )
 from camlib.errors import InputError, LayerError, MethodError
 from camlib.layers import list_candidate_layers
@@ -607,16 +615,9 @@ def test_legrad_matches_torchcam_per_block(zoos):
         model.zero_grad(set_to_none=True)
 
 
-def _tiny_vit() -> nn.Module:
-    """torchvision's VisionTransformer, 2 blocks on a 4x4 grid, with a random head (torchvision's is zeros)."""
-    model = VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
-    nn.init.normal_(model.heads.head.weight, std=0.1)
-    return model
-
-
 def test_legrad_leaves_a_shared_vit_as_it_was(snapshot):
     """Train mode, one frozen weight and a pre-set gradient: LeGrad's own hooked pass leaves all of it (and no hook)."""
-    model = seeded(_tiny_vit)
+    model = seeded(tiny_vit)
     model.train()
     model.conv_proj.weight.requires_grad_(False)
     model.heads.head.weight.grad = torch.full_like(model.heads.head.weight, 0.25)
@@ -1040,3 +1041,124 @@ def test_counterfactual_is_refused_for_methods_without_gradients(counterfactual_
 def test_counterfactual_must_be_a_bool(counterfactual_model, bad):
     with pytest.raises(InputError, match="counterfactual"):
         compute_cams(counterfactual_model, _images(1, 32, 0), ["layer4"], counterfactual=bad)
+
+
+# --- model dtypes: every method on float16, bfloat16 and float64 models ------------------------------------------
+
+
+def _dtype_cases():
+    for model_name in DTYPE_MODELS:
+        for method in METHODS:
+            if (method == "legrad") == (model_name == "vit"):
+                yield model_name, method
+
+
+@functools.cache
+def _float32_result(model_name: str, method: str) -> CamResult:
+    build, size, layer, layouts = DTYPE_MODELS[model_name]
+    x = _images(3, size, seed=21)
+    return compute_cams(seeded(build), x, [layer], method=method, layouts=layouts, n_samples=2)
+
+
+@pytest.mark.bad_input(75)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("model_name,method", list(_dtype_cases()))
+def test_every_method_on_a_half_or_double_precision_model_equals_the_float32_models_maps(model_name, method, dtype):
+    """The model runs in its own dtype and is never cast (its parameters keep their dtype and values); the maps are
+    finite, flagged as the float32 model's, and equal to them within the dtype's precision; the raw maps are in the
+    method's working precision (float64 for a float64 model, else float32) and rebuild the maps (finish_maps)."""
+    build, size, layer, layouts = DTYPE_MODELS[model_name]
+    expected = _float32_result(model_name, method)
+    model = seeded(build).to(dtype)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    x = _images(3, size, seed=21)
+    result = compute_cams(model, x, [layer], method=method, layouts=layouts, n_samples=2, class_idx=expected.class_idx)
+    assert all(t.dtype == dtype and torch.equal(t, before[n]) for n, t in model.state_dict().items())
+    maps = result.maps[layer]
+    assert maps.dtype == np.float32 and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    np.testing.assert_array_equal(result.degenerate[layer], expected.degenerate[layer])
+    assert not expected.degenerate[layer].all()  # a blank reference would prove nothing
+    saturated = method == "kpcacam" and model_name == "cnn" and dtype == torch.float64
+    largest, mean = dtype_tolerance(dtype, KPCA_ULPS if saturated else 32)
+    difference = np.abs(maps - expected.maps[layer])
+    assert difference.max() <= largest and difference.mean() <= mean, (difference.max(), difference.mean())
+    assert result.raw[layer].dtype == (np.float64 if dtype == torch.float64 else np.float32)
+    np.testing.assert_array_equal(finish_maps(result.raw[layer], (size, size)), maps)
+
+
+@pytest.mark.bad_input(75)
+@pytest.mark.parametrize("method", ["gradcam++", "smoothgradcam++", "refinecam"])
+def test_gradcam_plus_plus_on_float16_is_finite_where_its_sums_overflow_float16(method):
+    """The case of the issue, made sure of: on the float16 model, ``deep``'s channel sums overflow float16 and the
+    cubes of its gradients underflow, yet the maps are finite, not degenerate, and the float32 model's."""
+    model = seeded(HotNet).half()
+    x = _images(3, 16, seed=21)
+    captured = {}
+    handle = model.deep.register_forward_hook(lambda _m, _i, output: captured.update(acts=output.detach()))
+    with torch.no_grad():
+        model(x.half())
+    handle.remove()
+    assert torch.isinf(captured["acts"].sum(dim=(2, 3))).any()  # the premise: float16 cannot hold the sums
+    result = compute_cams(model, x, ["deep"], method=method, n_samples=2)
+    expected = _float32_result("cnn", method)
+    assert np.isfinite(result.maps["deep"]).all() and not result.degenerate["deep"].any()
+    np.testing.assert_allclose(result.maps["deep"], expected.maps["deep"], atol=dtype_tolerance(torch.float16)[0])
+
+
+# --- methods combined in one grid call ---------------------------------------------------------------------------
+
+
+class _StridedNet(nn.Module):
+    """conv (stride 2) -> BN -> ReLU -> ``features`` -> spatial mean -> ``head``: a 12 px input gives a 6 x 6 map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.features = nn.Identity()
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(torch.relu(self.bn(self.conv(x)))).mean(dim=(2, 3)))
+
+
+# (model, input size, layer, layouts): every method but LeGrad on a small CNN's 6 x 6 feature map (it feeds the
+# global pooling and one Linear, so CAM applies), LeGrad with every method that applies to a ViT block's 4 x 4 grid.
+# SESS's raw map is at the input size, every other method's at the layer's.
+PAIR_MODELS = {
+    "cnn": (partial(seeded, _StridedNet), 12, "features", None),
+    "vit": (
+        partial(seeded, tiny_vit),
+        32,
+        "encoder.layers.encoder_layer_0",
+        {"encoder.layers.encoder_layer_0": "tokens:1"},
+    ),
+}
+
+
+def _pairs():
+    cnn = [m for m in METHODS if m != "legrad"]
+    yield from (("cnn", pair) for pair in itertools.combinations(cnn, 2))
+    # CAM refuses a class-token model; ShapleyCAM needs second derivatives, which CPU flash attention lacks.
+    yield from (("vit", ("legrad", m)) for m in METHODS if m not in ("legrad", "cam", "shapleycam"))
+
+
+@functools.cache
+def _alone(model_name: str, method: str) -> CamResult:
+    build, size, layer, layouts = PAIR_MODELS[model_name]
+    x = _images(2, size, seed=8)
+    return compute_cams(build(), x, [layer], method=method, layouts=layouts, n_samples=2, scorecam_batch_size=4)
+
+
+@pytest.mark.bad_input(76)
+@pytest.mark.parametrize("model_name,pair", list(_pairs()), ids=lambda v: "+".join(v) if isinstance(v, tuple) else v)
+def test_every_pair_of_methods_in_one_grid_call_equals_each_method_alone(model_name, pair):
+    """Each cell of a two-method grid call equals its method's own compute_cams call, whatever the raw maps'
+    resolutions (SESS's is the input's), in both orders."""
+    build, size, layer, layouts = PAIR_MODELS[model_name]
+    x = _images(2, size, seed=8)
+    for methods in (pair, pair[::-1]):
+        grid = compute_cam_grid(build(), x, [layer], list(methods), layouts=layouts, n_samples=2, scorecam_batch_size=4)
+        assert list(grid) == list(methods)
+        for method in methods:
+            _assert_same_result(grid[method], _alone(model_name, method))
