@@ -595,3 +595,23 @@ def test_a_stored_map_is_read_only_from_a_whole_float16_file_in_the_folder(refer
     for map_path, index, message in cases:
         with pytest.raises(InputError, match=message):
             read_batch_map(tmp_path, map_path, index)
+
+
+@pytest.mark.bad_input(76)
+def test_methods_whose_raw_maps_differ_in_resolution_in_one_run_equal_each_method_alone(tmp_path):
+    """``--methods gradcam,sess``: SESS's raw map is at the input size, Grad-CAM's at the layer's; one run writes
+    both, each equal to its own compute_cams call (within the table's float16 storage)."""
+    methods, layer, images = ("gradcam", "sess"), "layer3", 2
+    args = ["--cifar10", "test", "--data", str(DATA), "--limit", str(images), "--threads", "1", "--workers", "0"]
+    out = tmp_path / "out"
+    assert main([*args, "--methods", ",".join(methods), "--layers", layer, "--out", str(out)]) == 0
+    table = read_batch_table(out)
+    assert sorted(set(table["method"].to_pylist())) == sorted(methods) and table.num_rows == images * 2
+    data = load_cifar10(DATA, "test", limit=images)
+    loaded = load_model("cifar10_resnet20", device=torch.device("cpu"))
+    x = prepare_batch(data.images, loaded.spec.preprocessing)
+    alone = {method: compute_cam_grid(loaded.model, x, [layer], [method])[method] for method in methods}
+    for row, cell in zip(table.to_pylist(), _maps(out, table)):
+        result = alone[row["method"]]
+        assert row["error"] is None and row["class_idx"] == result.class_idx[row["position"]]
+        np.testing.assert_allclose(cell.astype(np.float32), result.maps[layer][row["position"]], atol=1e-3, rtol=0)
