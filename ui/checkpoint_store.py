@@ -13,7 +13,7 @@ import threading
 import streamlit as st
 import torch
 
-from camlib.errors import UnknownModelError
+from camlib.errors import CheckpointError, UnknownModelError
 from camlib.models import MAX_CHECKPOINT_BYTES, LoadedModel, load_checkpoint
 
 CHECKPOINT_PREFIX = "checkpoint:"
@@ -33,6 +33,21 @@ def _checkpoint_models() -> dict[str, LoadedModel]:
 def _upload_keys() -> dict[str, str]:
     """``"{upload id}:{architecture}"`` -> model key: a rerun with the same upload does not hash the file again."""
     return {}
+
+
+@st.cache_resource(show_spinner=False)
+def _refusals() -> dict[str, str]:
+    """``"{upload id}:{architecture}"`` -> why the upload was refused: a rerun with the same refused upload (every
+    widget change reruns the page) shows the reason again without reading the file again."""
+    return {}
+
+
+def _remember(table: dict[str, str], upload: str, value: str) -> None:
+    """``table[upload] = value`` in a table shared by every session; the newest ``8 * CHECKPOINT_STORE_MODELS`` stay."""
+    with _STORE_LOCK:
+        table[upload] = value
+        while len(table) > 8 * CHECKPOINT_STORE_MODELS:
+            table.pop(next(iter(table)))
 
 
 def _weight_bytes(loaded: LoadedModel) -> int:
@@ -56,19 +71,28 @@ def register_checkpoint(arch: str, data: bytes, filename: str, *, device: str, u
     ``upload_id`` (Streamlit's ``UploadedFile.file_id``, new for every upload) later reruns skip the hashing (1.0 s
     for a 528 MB VGG-16-BN checkpoint on this project's CPU machine). The store, shared by every session, keeps at most
     ``CHECKPOINT_STORE_MODELS`` models and ``CHECKPOINT_STORE_BYTES`` of weights; the oldest are dropped first. The
-    same file on another device is another entry (loaded again from ``data``, never copied from a shared model).
+    same file on another device is another entry (loaded again from ``data``, never copied from a shared model). A
+    refused upload is remembered by ``upload_id`` too: its reruns raise the same ``CheckpointError`` without reading it.
 
     Raises:
         CheckpointError, UnknownModelError: from ``camlib.models.load_checkpoint``.
     """
-    store, by_upload = _checkpoint_models(), _upload_keys()
-    remembered = by_upload.get(f"{upload_id}:{arch}") if upload_id else None
+    store, by_upload, refused = _checkpoint_models(), _upload_keys(), _refusals()
+    upload = f"{upload_id}:{arch}"
+    if upload_id and upload in refused:
+        raise CheckpointError(refused[upload])
+    remembered = by_upload.get(upload) if upload_id else None
     if remembered is not None and _slot(remembered, device) in store:
         return remembered
     key = f"{CHECKPOINT_PREFIX}{arch}:{hashlib.sha256(data).hexdigest()[:16]}"
     if _slot(key, device) not in store:
-        with st.spinner("Loading checkpoint..."):
-            loaded = load_checkpoint(arch, data, filename, device=torch.device(device))
+        try:
+            with st.spinner("Loading checkpoint..."):
+                loaded = load_checkpoint(arch, data, filename, device=torch.device(device))
+        except CheckpointError as error:
+            if upload_id:
+                _remember(refused, upload, str(error))
+            raise
         size = _weight_bytes(loaded)
         with _STORE_LOCK:  # the store is shared by every session
             while store and (
@@ -78,10 +102,7 @@ def register_checkpoint(arch: str, data: bytes, filename: str, *, device: str, u
                 store.pop(next(iter(store)))
             store[_slot(key, device)] = loaded
     if upload_id:
-        with _STORE_LOCK:
-            by_upload[f"{upload_id}:{arch}"] = key
-            while len(by_upload) > 8 * CHECKPOINT_STORE_MODELS:
-                by_upload.pop(next(iter(by_upload)))
+        _remember(by_upload, upload, key)
     return key
 
 
