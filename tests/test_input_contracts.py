@@ -49,6 +49,7 @@ from camlib import (
     stability,
     train,
 )
+from camlib.batch import files as batch_files
 from camlib.batch import ray_engine
 from camlib.errors import CamlibError
 
@@ -1213,6 +1214,45 @@ CASES: list[Case] = [
     Case(batch.run_batch, "config", batch.run_batch, lambda: {"None": None, "dict": {"out": "x"}, "argv": ["x"]}),
     Case(batch.read_batch_table, "out", batch.read_batch_table, lambda: {"None": None, "int": 3, "empty": "nothing"}),
     Case(batch.read_run_record, "out", batch.read_run_record, lambda: {"None": None, "int": 3, "empty": "nothing"}),
+    Case(
+        batch.read_batch_map,
+        "out",
+        lambda v: batch.read_batch_map(v, "maps/m.npy", 0),
+        lambda: {"None": None, "int": 3},
+    ),
+    Case(
+        batch.read_batch_map,
+        "map_path",
+        lambda v: batch.read_batch_map(".", v, 0),
+        lambda: {"None": None, "int": 3, "absolute": "/etc/passwd", "dot-dot": "../m.npy", "empty": ""},
+    ),
+    Case(
+        batch.read_batch_map,
+        "map_index",
+        lambda v: batch.read_batch_map(".", "maps/m.npy", v),
+        lambda: {"None": None, "bool": True, "str": "0", "float": 1.0},
+    ),
+    Case(
+        batch_files.read_capped, "path", lambda v: batch_files.read_capped(v, 8, "x"), lambda: {"None": None, "int": 3}
+    ),
+    Case(batch_files.read_capped, "limit", lambda v: batch_files.read_capped("x", v, "x"), bad_ints),
+    Case(batch_files.write_durably, "path", lambda v: batch_files.write_durably(v, bytes), lambda: {"None": None}),
+    Case(batch_files.write_durably, "write", lambda v: batch_files.write_durably("x", v), lambda: {"None": None}),
+    Case(batch_files.within, "root", lambda v: batch_files.within(v, "x"), lambda: {"None": None, "NUL": "a\x00"}),
+    Case(batch_files.within, "path", lambda v: batch_files.within(".", v), lambda: {"None": None, "int": 3}),
+    Case(batch_files.confined, "folder", lambda v: batch_files.confined(v, "x"), lambda: {"None": None, "int": 3}),
+    Case(
+        batch_files.confined,
+        "stored",
+        lambda v: batch_files.confined(".", v),
+        lambda: {"None": None, "absolute": "/etc/passwd", "dot-dot": "a/../../x", "drive": "C:/x", "empty": ""},
+    ),
+    Case(
+        batch_files.part_problem,
+        "cells",
+        lambda v: batch_files.part_problem(".", "p.parquet", batch.TABLE_SCHEMA, range(1), v),
+        bad_ints,
+    ),
     Case(ray_engine.run_ray, "prepared", lambda v: ray_engine.run_ray(v, None), lambda: {"None": None, "dict": {}}),
     # guard
     Case(guard.model_lock, "model", guard.model_lock, lambda: {"None": None, "int": 3, "function": len}),

@@ -34,6 +34,13 @@ MAX_TABLE_BYTES = 4 * 1024 * 1024 * 1024  # uncompressed bytes a table may decla
 READ_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError)
 
 
+def _path_argument(value: object, name: str) -> Path:
+    """``value`` as a ``Path``; ``InputError`` naming ``name`` unless it is a ``str`` or ``os.PathLike`` without NUL."""
+    if not isinstance(value, str | os.PathLike) or "\x00" in str(os.fspath(value)):
+        raise InputError(f"{name} must be a path (str or Path, no NUL), got {type(value).__name__}")
+    return Path(value)
+
+
 def _megabytes(size: int) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
@@ -49,8 +56,14 @@ def read_capped(path: str | os.PathLike[str], limit: int, what: str, error: type
 
     Raises:
         ``error``: not a regular file, or larger than ``limit`` (also when the file grew after the ``stat``: at most
-            ``limit + 1`` bytes are read). ``OSError`` when it cannot be opened or read.
+            ``limit + 1`` bytes are read). ``OSError`` when it cannot be opened or read. ``InputError``: an argument
+            of another type (``limit`` not a positive integer).
     """
+    path = _path_argument(path, "path")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InputError(f"limit must be a positive integer (bytes), got {limit!r}")
+    if not isinstance(what, str) or not (isinstance(error, type) and issubclass(error, CamlibError)):
+        raise InputError("what must be a string and error a CamlibError class")
     # Opened without blocking (a FIFO would wait for a writer), then the open file is measured: the file read is the
     # file whose size was checked.
     with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as file:
@@ -84,7 +97,13 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
     ``write`` fills a temporary file in the same directory (a leading dot: Parquet readers skip it), which is flushed
     and fsynced, renamed over ``path`` (``os.replace``, atomic), and the directory is fsynced. The temporary file is
     removed if anything fails.
+
+    Raises:
+        InputError: ``path`` is not a path or ``write`` not callable. What ``write`` or the filesystem raise.
     """
+    path = _path_argument(path, "path")
+    if not callable(write):
+        raise InputError(f"write must be a callable that fills the file, got {type(write).__name__}")
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
@@ -101,9 +120,13 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def within(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path | None:
     """``path`` (relative to ``root``, or absolute) resolved, symlinks followed, if it lies inside ``root`` (itself
-    resolved); None if it leaves it."""
-    base = Path(root).resolve()
-    resolved = (base / path).resolve()
+    resolved); None if it leaves it.
+
+    Raises:
+        InputError: ``root`` or ``path`` is not a path (str or Path without NUL).
+    """
+    base = _path_argument(root, "root").resolve()
+    resolved = (base / _path_argument(path, "path")).resolve()
     return resolved if resolved.is_relative_to(base) else None
 
 
@@ -114,10 +137,11 @@ def confined(folder: str | os.PathLike[str], stored: object) -> Path:
         The resolved path, inside ``folder`` after every symlink is followed.
 
     Raises:
-        InputError: ``stored`` is not a non-empty string, is absolute (also a Windows drive or UNC path), has a ``..``
-            part, holds a NUL, or resolves (through a symlink) outside ``folder``. The message names the stored path
-            only, never ``folder``.
+        InputError: ``folder`` is not a path; ``stored`` is not a non-empty string, is absolute (also a Windows
+            drive or UNC path), has a ``..`` part, holds a NUL, or resolves (through a symlink) outside ``folder``.
+            The message names the stored path only, never ``folder``.
     """
+    _path_argument(folder, "folder")
     if not isinstance(stored, str) or not stored or "\x00" in stored:
         raise InputError(f"a stored path must be a non-empty string, got {stored!r:.80}")
     parts = PurePath(stored.replace("\\", "/")).parts
@@ -138,15 +162,28 @@ def _maps_rows(path: Path) -> tuple[int, ...]:
     return tuple(maps.shape) if maps.dtype == np.float16 and maps.ndim == 3 else ()
 
 
-def part_problem(  # noqa: PLR0911 (one return per reason a part is not trusted)
-    out: Path, part: Path, schema: pa.Schema, positions: range, cells: int
-) -> str | None:
+def part_problem(out: Path, part: Path, schema: pa.Schema, positions: range, cells: int) -> str | None:
     """Why the table file ``part`` of a shard cannot be trusted as finished, or None when it can.
 
     A trusted part: non-empty and within ``MAX_PART_BYTES``; its footer parses; its columns are ``schema``; it holds
     ``len(positions) * cells`` rows whose positions are ``positions``; every map it names is a row of a whole maps file
     inside ``out``, and every overlay it names is a file inside ``out``.
+
+    Raises:
+        InputError: an argument of another type (``schema`` a ``pyarrow.Schema``, ``positions`` a ``range``, ``cells``
+            a positive integer).
     """
+    out, part = _path_argument(out, "out"), _path_argument(part, "part")
+    if not isinstance(schema, pa.Schema) or not isinstance(positions, range):
+        raise InputError("schema must be a pyarrow.Schema and positions a range of image positions")
+    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
+        raise InputError(f"cells must be a positive integer (methods x layers), got {cells!r}")
+    return _table_problem(part, schema, positions, cells) or _stored_files_problem(out, part)
+
+
+def _table_problem(  # noqa: PLR0911 (one return per reason a part is not trusted)
+    part: Path, schema: pa.Schema, positions: range, cells: int
+) -> str | None:
     try:
         size = part.stat().st_size
         if size == 0:
@@ -163,7 +200,13 @@ def part_problem(  # noqa: PLR0911 (one return per reason a part is not trusted)
         return f"unreadable ({type(error).__name__})"
     if sorted(set(table["position"])) != list(positions):
         return "rows of other images than the shard's"
+    return None
+
+
+def _stored_files_problem(out: Path, part: Path) -> str | None:
+    """Why the maps or overlays a (whole) table file names cannot be used, or None."""
     try:
+        table = pq.read_table(part, columns=["map_path", "map_index", "png_path"]).to_pydict()
         shapes = {path: _maps_rows(confined(out, path)) for path in set(table["map_path"]) if path is not None}
         for path, index in zip(table["map_path"], table["map_index"]):
             if path is not None and (not shapes[path] or index is None or not 0 <= index < shapes[path][0]):

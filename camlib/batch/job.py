@@ -546,13 +546,19 @@ def read_batch_map(out: str | os.PathLike[str], map_path: object, map_index: obj
     ``(H, W)`` in [0, 1]. Only that row is read (a memory map).
 
     Raises:
-        InputError: ``map_path`` is not confined to ``out`` (absolute, ``..``, a symlink leading out:
-            ``camlib.batch.files.confined``), the file is not a float16 ``(rows, H, W)`` ``.npy`` (torn, pickled,
-            other), ``map_index`` is not one of its rows, or the map holds values outside [0, 1] (NaN included).
+        InputError: ``out`` is not a path, ``map_path`` is not confined to ``out`` (absolute, ``..``, a symlink
+            leading out: ``camlib.batch.files.confined``), the file is not a float16 ``(rows, H, W)`` ``.npy``
+            (torn, pickled, other), ``map_index`` is not one of its rows, or the map holds values outside [0, 1] (NaN
+            included).
     """
-    path = confined(out, map_path)
+    if not isinstance(out, str | os.PathLike):
+        raise InputError(f"out must be a batch job's output directory (str or Path), got {type(out).__name__}")
+    try:
+        path = confined(out, map_path)
+    except InputError as error:
+        raise InputError(f"map_path: {error}") from error
     if isinstance(map_index, bool) or not isinstance(map_index, int | np.integer):
-        raise InputError(f"a map index must be an integer, got {type(map_index).__name__}")
+        raise InputError(f"map_index must be an integer, got {type(map_index).__name__}")
     try:
         maps = np.load(path, mmap_mode="r", allow_pickle=False)
     except READ_ERRORS as error:
