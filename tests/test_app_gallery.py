@@ -491,7 +491,7 @@ def test_stored_paths_leading_out_of_the_table_folder_are_refused(tmp_path, monk
     assert str(tmp_path) not in _shown_text(at)
 
 
-@pytest.mark.bad_input(80, kind="AT")
+@pytest.mark.bad_input(80, kind="U")  # ui.batch_table's own functions, without an AppTest
 def test_an_image_folder_outside_the_shared_folders_is_not_read(tmp_path, monkeypatch) -> None:
     """Maps inside the table's folder but images recorded in a folder that is not shared: the tiles are the maps
     alone (the same tile as a table with no image source), never the outside image."""
