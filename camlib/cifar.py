@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from camlib.contracts import describe
-from camlib.errors import DatasetError, DatasetIntegrityError, DatasetUnavailableError
+from camlib.errors import DatasetError, DatasetIntegrityError, DatasetUnavailableError, InputError
 
 Split = Literal["train", "test"]
 Source = Literal["torchvision", "folder"]
@@ -264,7 +264,10 @@ def download_cifar10(
     """Download and extract the official CIFAR-10 release into ``root`` (a no-op when it is already there).
 
     The archive is streamed in ``DOWNLOAD_CHUNK`` pieces, md5-checked against torchvision's ``tgz_md5`` and
-    extracted with ``tarfile``'s "data" filter (no absolute paths, links out of ``root`` or device files).
+    extracted with ``tarfile``'s "data" filter (no absolute paths, links out of ``root`` or device files). The
+    operator's switch and disk cap apply (``camlib.models.downloads_enabled``, ``download_allowance`` of ``root``):
+    the declared ``Content-Length`` is checked before the body is read, and a stream longer than it (or than the
+    allowance) is cut. Messages say "the data root", never a path (a visitor reads them; the log has it).
 
     Args:
         root: the data root; ``cifar-10-batches-py/`` is created in it.
@@ -276,7 +279,8 @@ def download_cifar10(
         ``root`` as a ``Path``, ready for ``load_cifar10``.
 
     Raises:
-        DatasetUnavailableError: the server cannot be reached (offline) or the transfer breaks.
+        DatasetUnavailableError: the server cannot be reached (offline), the transfer breaks, downloads are turned
+            off, or the archive is larger than the allowance (or than it declared).
         DatasetIntegrityError: the archive's md5 is wrong, it cannot be extracted safely, or its files fail md5.
         DatasetError: ``root`` is not a path or ``timeout`` not a positive number of seconds (checked before any
             network access).
@@ -286,38 +290,28 @@ def download_cifar10(
         raise DatasetError(f"timeout must be a positive number of seconds, got {timeout!r}")
     import torchvision  # imported here: its import costs 1.3 s (torch._dynamo), and only the release needs it
 
+    from camlib import models  # here: camlib.models imports this module
+
     cls = torchvision.datasets.CIFAR10
     if _verified_release(path):
         return path
+    allowance = _allowance(path)
     try:
         response = urllib.request.urlopen(cls.url, timeout=timeout)  # looked up at call time: tests patch it
     except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
+        models.logger.warning("CIFAR-10 download into %s failed: %s", path, exc)
         raise DatasetUnavailableError(
-            f"cannot download CIFAR-10 from {cls.url} ({getattr(exc, 'reason', exc)}): this machine looks offline; "
-            f"copy cifar-10-python.tar.gz's contents into {path / cls.base_folder} or point ${ROOT_ENV} at an "
-            "image-folder copy"
+            f"cannot download CIFAR-10 from {cls.url} ({models.error_reason(exc)}): this "
+            f"machine looks offline; copy cifar-10-python.tar.gz's contents into {cls.base_folder}/ in the data root "
+            f"or point ${ROOT_ENV} at an image-folder copy"
         ) from exc
-    path.mkdir(parents=True, exist_ok=True)
     archive = path / cls.filename
     partial = archive.with_name(archive.name + ".part")
-    digest = hashlib.md5(usedforsecurity=False)  # integrity against the published md5, not security
-    try:
-        with response, partial.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(DOWNLOAD_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise DatasetUnavailableError(f"the CIFAR-10 download from {cls.url} broke off ({exc}); try again") from exc
-    if digest.hexdigest() != cls.tgz_md5:
-        partial.unlink(missing_ok=True)
+    digest = _fetch(response, partial, cls.url, allowance, progress)
+    if digest != cls.tgz_md5:
+        _discard(partial)
         raise DatasetIntegrityError(
-            f"the downloaded {cls.filename} has md5 {digest.hexdigest()}, expected "
+            f"the downloaded {cls.filename} has md5 {digest}, expected "
             f"{cls.tgz_md5}: the download is corrupted or was altered; try again"
         )
     partial.replace(archive)
@@ -325,7 +319,87 @@ def download_cifar10(
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(path, filter="data")
     except (tarfile.TarError, OSError) as exc:
-        raise DatasetIntegrityError(f"cannot extract {archive} safely ({exc}); delete it and try again") from exc
+        from camlib.models import logger
+
+        logger.warning("cannot extract %s: %s", archive, exc)
+        raise DatasetIntegrityError(
+            f"cannot extract {archive.name} in the data root safely ({type(exc).__name__}); delete it and try again"
+        ) from exc
     if not _verified_release(path):
         raise _integrity_problem(path)
     return path
+
+
+class _Refused(Exception):
+    """A download refused for its size (declared, or as streamed)."""
+
+
+def _declared_size(header: str | None, allowance: int) -> int:
+    """``Content-Length`` in bytes (0: not declared), refused when it is not a byte count or exceeds ``allowance``."""
+    from camlib.parsing import parse_int
+
+    if header is None or header == "":
+        return 0
+    try:
+        total = parse_int(header.strip(), "Content-Length", minimum=0)
+    except InputError as error:
+        raise _Refused(f"the server declared no valid size ({error})") from None
+    if total > allowance:
+        raise _Refused(f"it is {total / 1e6:,.0f} MB and downloads may use {allowance / 1e6:,.0f} MB more")
+    return total
+
+
+def _discard(partial: Path) -> None:
+    """Remove a partial download; one that cannot be removed is left to the log."""
+    try:
+        partial.unlink(missing_ok=True)
+    except OSError as error:
+        from camlib.models import logger
+
+        logger.warning("cannot remove %s: %s", partial, error)
+
+
+def _allowance(path: Path) -> int:
+    """The bytes a download into ``path`` may write, after the operator's switch; typed errors."""
+    from camlib import models
+
+    if not models.downloads_enabled():
+        raise DatasetUnavailableError(
+            f"downloads are turned off on this server (${models.DOWNLOADS_ENV}); ask the operator to place "
+            f"CIFAR-10 in the data root, or point ${ROOT_ENV} at a copy"
+        )
+    try:
+        return models.download_allowance(path)
+    except InputError as error:
+        raise DatasetError(str(error)) from None
+
+
+def _fetch(response, partial: Path, url: str, allowance: int, progress: Callable[[int, int], None] | None) -> str:
+    """Stream ``response`` into ``partial`` (its folder made first) in ``DOWNLOAD_CHUNK`` reads, at most its declared
+    size and ``allowance`` bytes; the md5 hex digest of what was written. ``partial`` is removed on any failure."""
+    from camlib.models import error_reason, logger
+
+    digest = hashlib.md5(usedforsecurity=False)  # integrity against the published md5, not security
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with response, partial.open("wb") as out:
+            total = _declared_size(response.headers.get("Content-Length"), allowance)
+            limit, done = total or allowance, 0
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                done += len(chunk)
+                if done > limit:
+                    raise _Refused(f"the server sent more than {limit / 1e6:,.1f} MB")
+                out.write(chunk)
+                digest.update(chunk)
+                if progress is not None:
+                    progress(done, total)
+    except _Refused as exc:
+        _discard(partial)
+        raise DatasetUnavailableError(f"refused the CIFAR-10 download from {url}: {exc}") from None
+    except OSError as exc:
+        _discard(partial)
+        logger.warning("CIFAR-10 download into %s broke off: %s", partial, exc)
+        raise DatasetUnavailableError(
+            f"the CIFAR-10 download from {url} broke off ({error_reason(exc)}); try again"
+        ) from exc
+    return digest.hexdigest()

@@ -402,11 +402,10 @@ def download_file(
     except (urllib.error.URLError, OSError, TimeoutError) as error:
         _discard(partial)
         logger.warning("download of %s to %s failed: %s", url, destination, error)
-        # a local file error's str() holds its path: say what went wrong, not where
-        reason = getattr(error, "reason", None) or (error.strerror if getattr(error, "filename", None) else error)
         raise WeightsUnavailableError(
-            f"could not download {url} ({reason}). If you are offline, download it elsewhere and place it in the "
-            "torch cache (the server's log names the folder), or use the bundled EfficientNet-Lite0 model."
+            f"could not download {url} ({error_reason(error)}). If you are offline, download it elsewhere and "
+            "place it in the torch cache (the server's log names the folder), or use the bundled EfficientNet-Lite0 "
+            "model."
         ) from error
     expected = re.search(r"-([a-f0-9]{6,})\.", destination.name)
     if expected and not digest.hexdigest().startswith(expected.group(1)):
@@ -429,6 +428,19 @@ def _copy(response, out, digest, total: int, *, limit: int | None, progress: Pro
         if progress is not None:
             progress(done, total)
     return done
+
+
+def error_reason(error: BaseException) -> str:
+    """What went wrong in a download, for a visitor: a ``URLError``'s reason, an ``OSError``'s description without
+    its file name (``str()`` of a file error holds the path), else ``str(error)``."""
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, BaseException):
+        return error_reason(reason)
+    if reason:
+        return str(reason)
+    if isinstance(error, OSError) and (error.filename or error.filename2):
+        return error.strerror or type(error).__name__
+    return str(error) or type(error).__name__
 
 
 def _discard(partial: Path) -> None:

@@ -359,3 +359,109 @@ def test_download_refuses_an_archive_that_escapes_the_root(release, tmp_path, mo
     with pytest.raises(DatasetIntegrityError, match="cannot extract"):
         download_cifar10(tmp_path / "inner")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+# ------------------------------------------------------------------------- download: operator's switch, cap, paths
+
+
+class _Counted(_Response):
+    """A response that says how many body bytes were read (also once closed)."""
+
+    read_so_far = 0
+
+    def read(self, n=-1):
+        chunk = super().read(n)
+        self.read_so_far += len(chunk)
+        return chunk
+
+
+def _serve_response(monkeypatch, response) -> list[str]:
+    urls: list[str] = []
+
+    def urlopen(url, timeout):
+        urls.append(url)
+        return response
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return urls
+
+
+@pytest.mark.bad_input(74)
+def test_download_turned_off_opens_no_connection(tmp_path, monkeypatch):
+    urls = serve(monkeypatch, b"never read")
+    monkeypatch.setenv("CAMLIB_DOWNLOADS", "off")
+    with pytest.raises(DatasetUnavailableError, match=r"turned off on this server \(\$CAMLIB_DOWNLOADS\)"):
+        download_cifar10(tmp_path / "cifar")
+    assert urls == [] and not (tmp_path / "cifar").exists()
+
+
+@pytest.mark.bad_input(74)
+def test_download_larger_than_the_allowance_is_refused_before_reading(tmp_path, monkeypatch):
+    (tmp_path / "already-here.bin").write_bytes(b"a" * 700_000)
+    monkeypatch.setenv("CAMLIB_DOWNLOAD_MAX_MB", "1")
+    response = _Counted(b"b" * 400_000)
+    _serve_response(monkeypatch, response)
+    with pytest.raises(DatasetUnavailableError, match="it is 0 MB and downloads may use 0 MB more"):
+        download_cifar10(tmp_path)
+    assert response.read_so_far == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["already-here.bin"]
+
+
+@pytest.mark.bad_input(74)
+@pytest.mark.parametrize(("declared", "cap_mb", "limit"), [(1_000, None, 1_000), (None, "1", 1_000_000)])
+def test_download_longer_than_declared_or_allowed_is_cut(tmp_path, monkeypatch, declared, cap_mb, limit):
+    monkeypatch.setattr(cifar, "DOWNLOAD_CHUNK", 1000)
+    if cap_mb is not None:
+        monkeypatch.setenv("CAMLIB_DOWNLOAD_MAX_MB", cap_mb)
+    response = _Counted(b"c" * 3_000_000)
+    response.headers = {} if declared is None else {"Content-Length": str(declared)}
+    _serve_response(monkeypatch, response)
+    with pytest.raises(DatasetUnavailableError, match="the server sent more than"):
+        download_cifar10(tmp_path / "root")
+    assert limit < response.read_so_far <= limit + 1000
+    assert list((tmp_path / "root").iterdir()) == []
+
+
+@pytest.mark.parametrize("header", ["²", "-5", "1e9", "0x10", "9" * 5_000])
+def test_download_with_a_content_length_that_is_not_a_byte_count_is_refused(tmp_path, monkeypatch, header):
+    response = _Counted(b"d" * 100)
+    response.headers = {"Content-Length": header}
+    _serve_response(monkeypatch, response)
+    with pytest.raises(DatasetUnavailableError, match="declared no valid size"):
+        download_cifar10(tmp_path)
+    assert response.read_so_far == 0
+
+
+@pytest.mark.bad_input(74)
+@pytest.mark.parametrize("kind", ["offline", "mid-stream", "root is a file", "md5", "extraction"])
+def test_no_cifar_download_failure_names_a_server_path(release, tmp_path, monkeypatch, kind):
+    """Each failure is typed and names "the data root", never the folder on the server."""
+    secret = tmp_path / "srv-secret-root"
+    if kind == "offline":
+
+        def offline(*args, **kwargs):
+            raise urllib.error.URLError(OSError(2, "No such file or directory", str(secret)))
+
+        monkeypatch.setattr(urllib.request, "urlopen", offline)
+    elif kind == "mid-stream":
+
+        class Broken(_Response):
+            def read(self, n=-1):
+                raise ConnectionResetError("connection reset by peer")
+
+        _serve_response(monkeypatch, Broken(b"x" * 10))
+    elif kind == "root is a file":
+        secret.write_bytes(b"")
+        serve(monkeypatch, b"x" * 10)
+    elif kind == "md5":
+        serve(monkeypatch, b"not the archive")
+    else:
+        root, _ = release
+        escape = tarfile.TarInfo("../escaped.txt")
+        escape.size = 3
+        payload = archive_of(root / "cifar-10-batches-py", escape)
+        monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(payload, usedforsecurity=False).hexdigest())
+        serve(monkeypatch, payload)
+    with pytest.raises(CamlibError) as info:
+        download_cifar10(secret / "inner" if kind == "root is a file" else secret)
+    assert "srv-secret-root" not in str(info.value) and str(tmp_path) not in str(info.value), str(info.value)

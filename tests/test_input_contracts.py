@@ -1813,6 +1813,7 @@ EXEMPT: dict[Callable, str] = {
     prediction_cache.default_cache_dir: "no argument (reads $CAMLIB_CACHE_DIR)",
     prediction_cache.clear_memory_cache: "no argument",
     models.downloads_enabled: "no argument (reads the operator's $CAMLIB_DOWNLOADS)",
+    models.error_reason: "describes any exception for a message (tests/test_models.py)",
     parsing.int_or_none: "returns None for every value parse_int refuses: no error is its contract",
     # Command-line entry points: argparse validates and exits with a usage message.
     train.parse_args: "CLI entry point (argparse reports bad arguments)",

@@ -49,6 +49,7 @@ from camlib.models import (
     download_allowance,
     download_file,
     downloads_enabled,
+    error_reason,
     get_spec,
     load_checkpoint,
     load_model,
@@ -663,6 +664,23 @@ def test_load_model_caps_the_torch_cache_at_the_operators_limit(monkeypatch: pyt
         load_model("resnet18", device=CPU)
     assert response.read_so_far == 0
     assert sorted(p.name for p in folder.iterdir()) == ["other-0123abcd.pth"]
+
+
+@pytest.mark.bad_input(74)
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (urllib.error.URLError("[Errno -3] Temporary failure in name resolution"), "Temporary failure"),
+        (urllib.error.URLError(FileNotFoundError(2, "No such file or directory", "/srv/secret/x")), "No such file"),
+        (PermissionError(13, "Permission denied", "/srv/secret/x.partial"), "Permission denied"),
+        (OSError(18, "Invalid cross-device link", "/srv/secret/a", "/srv/secret/b"), "Invalid cross-device link"),
+        (ConnectionResetError("connection reset by peer"), "connection reset by peer"),
+        (TimeoutError(), "TimeoutError"),
+    ],
+)
+def test_error_reason_says_what_went_wrong_never_where(error: BaseException, expected: str) -> None:
+    reason = error_reason(error)
+    assert expected in reason and "/srv/secret" not in reason
 
 
 def _fails(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
