@@ -522,8 +522,9 @@ def load_model(
 
 def _project_state_dict(spec: ModelSpec) -> Mapping[str, object]:
     path = PROJECT_ROOT / (spec.weights_file or "")
-    if not path.is_file():
-        raise WeightsUnavailableError(f"{spec.label}: no weights at {path}; {spec.notes}")
+    if not path.is_file():  # the message names the file within the project; the log has the full path
+        logger.warning("weights of %s are missing at %s", spec.key, path)
+        raise WeightsUnavailableError(f"{spec.label}: no weights file {spec.weights_file} in the project; {spec.notes}")
     return read_checkpoint(path.read_bytes(), path.name)
 
 

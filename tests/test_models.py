@@ -683,6 +683,21 @@ def test_error_reason_says_what_went_wrong_never_where(error: BaseException, exp
     assert expected in reason and "/srv/secret" not in reason
 
 
+@pytest.mark.bad_input(74)
+def test_missing_project_weights_are_named_within_the_project_not_by_server_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="camlib.models")
+    spec = dataclasses.replace(MODELS["cifar10_resnet20"], weights_file="models/missing.safetensors")
+    monkeypatch.setitem(MODELS, "cifar10_resnet20", spec)
+    with pytest.raises(
+        WeightsUnavailableError, match="no weights file models/missing.safetensors in the project"
+    ) as info:
+        load_model("cifar10_resnet20", device=CPU)
+    assert str(REPO) not in str(info.value)
+    assert str(REPO / "models" / "missing.safetensors") in caplog.text
+
+
 def _fails(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if kind == "mid-stream":
         _serve(monkeypatch, FakeResponse(b"y" * (3 << 20), fail_after=1 << 20))
