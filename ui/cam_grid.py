@@ -5,8 +5,9 @@ cell an overlay, all from one ``cache.compute_grid`` call (one forward and one g
 Each method's cost comes from its registry entry, shown in the picker before a slow one is added; costly methods
 (``cam_view.costly``: perturbation, second-order and per-layer-pass methods) wait for a button when their estimate
 exceeds ``cam_view.SLOW_S`` (``cam_view.ready_to_start``), whether the pickers or a link chose them; perturbation
-methods show a progress bar that a rerun cancels. At most ``MAX_METHODS`` rows and ``widgets.MAX_LAYERS`` columns. A method that cannot explain the chosen layers (e.g. CAM on a layer that does not feed the
-classifier) gets a warning in its row and the others are still drawn.
+methods show a progress bar that a rerun cancels. At most ``MAX_METHODS`` rows and ``widgets.MAX_LAYERS`` columns.
+A method that cannot explain the chosen layers (e.g. CAM on a layer that does not feed the classifier) gets a warning
+in its row and the others are still drawn.
 """
 
 from __future__ import annotations
