@@ -91,11 +91,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(handle)
 
 
-def write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_durably(path: Path, write: Callable[[BinaryIO], None], *, sync_directory: bool = True) -> None:
     """Write ``path`` so that after a crash or power loss it is either the old file or the whole new one.
 
     ``write`` fills a temporary file in the same directory (a leading dot: Parquet readers skip it), which is flushed
-    and fsynced, renamed over ``path`` (``os.replace``, atomic), and the directory is fsynced. The temporary file is
+    and fsynced, renamed over ``path`` (``os.replace``, atomic), and the directory is fsynced (``sync_directory=False``
+    leaves that to the caller, which fsyncs a directory once after writing many files into it). The temporary file is
     removed if anything fails.
 
     Raises:
@@ -115,7 +116,8 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _fsync_directory(path.parent)
+    if sync_directory:
+        _fsync_directory(path.parent)
 
 
 def within(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path | None:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from camlib.batch.files import MAX_LIST_BYTES, read_capped, write_durably
+from camlib.batch.files import MAX_LIST_BYTES, _fsync_directory, read_capped, write_durably
 from camlib.cam import compute_cam_grid, layer_magnitudes
 from camlib.cifar import IMAGE_SUFFIXES, default_root, load_cifar10
 from camlib.errors import CamlibError, ImageTooLargeError, InputError
@@ -381,7 +381,9 @@ def _write_shard(out: Path, shard: int, table: pa.Table, maps: np.ndarray, pngs:
     write_durably(maps_file, lambda file: np.save(file, maps, allow_pickle=False))
     for relative, png in pngs.items():
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
-        write_durably(out / relative, lambda file, png=png: file.write(png))
+        write_durably(out / relative, lambda file, png=png: file.write(png), sync_directory=False)
+    for folder in {(out / relative).parent for relative in pngs}:  # one directory fsync for a shard's overlays
+        _fsync_directory(folder)
     part = _part_path(out, shard)
     part.parent.mkdir(parents=True, exist_ok=True)
     write_durably(part, lambda file: pq.write_table(table, file))
