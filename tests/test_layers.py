@@ -597,6 +597,38 @@ TOKEN_CASES = [
         "blocks.0",
         (5, 7, 10),
     ),
+    # models that refuse any other input size, at 50 or 49 tokens (1 + 7 x 7 or 14 + 6 x 6; 0 + 7 x 7 or 13 + 6 x 6):
+    # the patch embedding's or downsampling convolution's grid tells them apart
+    (
+        "coat_lite_mini_112",
+        lambda: timm.create_model("coat_lite_mini", img_size=112, num_classes=10),
+        (112, 112),
+        "serial_blocks3.0",
+        (1, 7, 7),
+    ),
+    (
+        "cait_112_class_attention",
+        lambda: timm.create_model("cait_xxs24_224", depth=2, img_size=112, num_classes=10),
+        (112, 112),
+        "blocks_token_only.0.norm1",  # the class token joins the patches only in the class-attention blocks
+        (1, 7, 7),
+    ),
+    (
+        "beit_112",
+        lambda: timm.create_model(
+            "beit_base_patch16_224", depth=2, embed_dim=64, num_heads=2, img_size=112, num_classes=10
+        ),
+        (112, 112),
+        "blocks.0",
+        (1, 7, 7),
+    ),
+    (
+        "efficientformer_l1_224",
+        lambda: timm.create_model("efficientformer_l1", num_classes=10),
+        (224, 224),
+        "stages.3",  # its last stage flattens the 7 x 7 map into tokens
+        (0, 7, 7),
+    ),
     (
         "deit_distilled_80",  # 2 + 5 x 5, or 11 + 4 x 4, or 18 + ...: the model refuses 112 px; its patch embedding
         lambda: timm.create_model(
@@ -613,8 +645,9 @@ TOKEN_CASES = [
 @pytest.mark.parametrize("case", TOKEN_CASES, ids=[case[0] for case in TOKEN_CASES])
 def test_token_grids_are_read_as_pytorch_grad_cam_reads_them_with_the_right_reshape(case):
     """The issue's 3x3 grid at 80 px (PVT-v2, Twins), overlapping patch embeddings (27 x 27 from 224 px and more),
-    registers on a non-square input, DeiT's distillation token: the layer list and compute_cams read each as the
-    architecture lays it out, and the maps equal pytorch-grad-cam's with that reshape_transform."""
+    registers on a non-square input, DeiT's distillation token, CoaT, CaiT, BEiT and EfficientFormer at sizes where
+    the token count fits several grids: the layer list and compute_cams read each as the architecture lays it out,
+    and the maps equal pytorch-grad-cam's with that reshape_transform."""
     _, build, size, layer, (prefix, h, w) = case
     model = seeded(build)
     info = _by_name(list_candidate_layers(model, size))[layer]
