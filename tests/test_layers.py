@@ -725,3 +725,34 @@ def _gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[in
     (grad,) = torch.autograd.grad(score, store["out"])
     acts, grads = reshape(store["out"].detach()).double(), reshape(grad).double()
     return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1).numpy()
+
+
+class _ManyLeadingTokens(nn.Module):
+    """An 8 px patch embedding (10 x 10 patches at 80 px) after 18 learned leading tokens, one more than camlib infers:
+    118 tokens, and no count of 0 to 17 leading tokens leaves a square number."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 8, stride=8)
+        self.lead = nn.Parameter(torch.randn(1, 18, 8))
+        self.tokens = nn.Identity()
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = self.tokens(torch.cat([self.lead.expand(len(x), -1, -1), patches], dim=1))
+        return self.head(torch.tanh(self.mix(tokens)).mean(dim=1))
+
+
+@pytest.mark.bad_input(77)
+def test_a_layer_read_as_no_feature_map_is_refused_naming_layouts_and_read_when_told():
+    model = seeded(_ManyLeadingTokens)
+    assert "tokens" not in {c.name for c in list_candidate_layers(model, (80, 80))}
+    x = torch.randn(2, 3, 80, 80, generator=torch.Generator().manual_seed(8))
+    with pytest.raises(LayerError, match=r"reads as no spatial feature map.*pass layouts=\{'tokens'"):
+        compute_cams(model, x, ["tokens"], class_idx=[1, 3])
+    told = compute_cams(model, x, ["tokens"], class_idx=[1, 3], layouts={"tokens": "tokens:18"})
+    assert told.maps["tokens"].max() == pytest.approx(1.0)
+    reference = _pgc_maps(model, x, "tokens", [1, 3], _tokens_to_grid(18, 10, 10))
+    np.testing.assert_allclose(told.maps["tokens"], reference, atol=ATOL, rtol=0)
