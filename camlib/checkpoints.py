@@ -265,7 +265,9 @@ def _few(items: list[str]) -> str:
 # header's entries, dtypes, shapes and offsets. Anything ``torch.save`` and ``safetensors`` never write is refused.
 
 MAX_CHECKPOINT_BYTES = 600 * 1024 * 1024
-MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
+# A header entry is about 120 bytes ("layer.weight": dtype, shape, offsets); parsed, JSON text takes up to 15x its size
+# (a 4-byte string becomes a 58-byte object), so 2 MiB holds MAX_CHECKPOINT_TENSORS entries and parses within 32 MB.
+MAX_SAFETENSORS_HEADER = 2 * 1024 * 1024
 # The registry's largest state dict has 727 tensors (DenseNet-121); a DenseNet-121 training checkpoint with an EMA copy
 # and SGD momentum has 1,818 tensors in as many storage records and a 213 KB pickle. The caps leave 5x and 19x room.
 MAX_CHECKPOINT_TENSORS = 10_000
