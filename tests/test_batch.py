@@ -510,6 +510,21 @@ def test_a_torn_shard_is_a_typed_error_to_readers_and_is_redone_on_rerun(referen
     assert not list((out / "table").glob(".*.tmp"))
 
 
+@pytest.mark.bad_input(79)
+def test_a_table_is_refused_from_what_its_footers_declare(reference, tmp_path, monkeypatch):
+    """The rows and uncompressed bytes the footers declare are checked before any row is read; a table of other
+    columns than a batch table's is refused by name."""
+    monkeypatch.setattr(job_module, "MAX_TABLE_ROWS", IMAGES * 4 - 1)
+    with pytest.raises(InputError, match="declares more than"):
+        read_batch_table(reference)
+    monkeypatch.undo()
+    other = tmp_path / "other"
+    (other / "table").mkdir(parents=True)
+    pq.write_table(pa.table({"image_id": ["a"], "method": [3]}), other / "table" / "part-00000.parquet")
+    with pytest.raises(InputError, match="lacks the batch table's columns position, shard"):
+        read_batch_table(other)
+
+
 def test_a_rerun_trusts_whole_parts(reference, tmp_path):
     """The checks cannot fail on a good job: a rerun of a finished job redoes nothing."""
     shutil.copytree(reference, tmp_path / "out")
