@@ -496,8 +496,12 @@ ZIP_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
         "declares two sizes",
     ),
     "record-past-the-end": (
-        lambda: _cut_record(torch_zip({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))}, ONE_TENSOR)),
-        "past the end of the file",
+        lambda: _one_record(Record("archive/data/0", bytes(16), size=2**31, compressed_size=2**31)),
+        "declares 2,147,483,648 bytes past the end of the file",
+    ),
+    "zip64-record-declaring-1TiB": (
+        lambda: _one_record(Record("archive/data/0", bytes(16), size=2**40, compressed_size=2**40, zip64=True)),
+        "declares 1,099,511,627,776 bytes past the end of the file",
     ),
     "duplicate-names": (
         lambda: torch_zip(
@@ -523,14 +527,9 @@ ZIP_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
 }
 
 
-def _cut_record(data: bytes) -> bytes:
-    """The storage record's central entry declares 2**31 bytes (stored), more than the file holds."""
-    archive = zipfile.ZipFile(io.BytesIO(data))
-    info = archive.getinfo("archive/data/0")
-    central = data.find(b"archive/data/0", data.index(b"PK\x01\x02")) - 46
-    assert data[central : central + 4] == b"PK\x01\x02" and info.file_size == 16
-    sizes = (2**31).to_bytes(4, "little") * 2
-    return data[: central + 20] + sizes + data[central + 28 :]
+def _one_record(record: Record) -> bytes:
+    """A checkpoint of one four-float tensor whose storage is ``record``."""
+    return torch_zip({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))}, {}, extra=[record])
 
 
 def _pickled_zip(obj: object, storages: dict[str, bytes] = ONE_TENSOR) -> Callable[[], bytes]:
@@ -683,7 +682,8 @@ def test_the_record_count_is_read_before_zipfile_parses_the_directory(monkeypatc
 def test_the_helpers_files_are_what_torch_reads() -> None:
     # The hand-written files above are torch's layouts: in bounds, torch.load reads them, and so does read_checkpoint.
     tensor = {"w": Tensor(FOUR_FLOATS, 0, (2, 2), (2, 1))}
-    for data in (torch_zip(tensor, {"0": bytes(16)}), legacy_file(tensor, {"0": (4, bytes(16))})):
+    zip64 = torch_zip(tensor, {}, extra=[Record("archive/data/0", bytes(16), zip64=True)])
+    for data in (torch_zip(tensor, {"0": bytes(16)}), zip64, legacy_file(tensor, {"0": (4, bytes(16))})):
         assert torch.equal(torch.load(io.BytesIO(data), weights_only=True)["w"], torch.zeros(2, 2))
         assert torch.equal(read_checkpoint(data, "x.pt")["w"], torch.zeros(2, 2))
     inflated = zipfile.ZipFile(io.BytesIO(zip_bomb(8 << 20))).read("archive/data/0")  # zipfile checks the CRC

@@ -32,6 +32,8 @@ class Record:
     size: int | None = None
     crc: int | None = None
     offset_of: str | None = None
+    zip64: bool = False  # the central directory declares the sizes in a zip64 extra field (APPNOTE 4.5.3)
+    compressed_size: int | None = None  # what the central directory declares (default: the length of ``data``)
 
 
 def zip_bytes(records: list[Record]) -> bytes:
@@ -39,6 +41,7 @@ def zip_bytes(records: list[Record]) -> bytes:
     out = io.BytesIO()
     offsets: dict[str, int] = {}
     central = []
+    local_header, central_header = struct.Struct("<4s5H3I2H"), struct.Struct("<4s6H3I5H2I")
     for record in records:
         name = record.name.encode()
         size = len(record.data) if record.size is None else record.size
@@ -46,31 +49,18 @@ def zip_bytes(records: list[Record]) -> bytes:
         offsets.setdefault(record.name, out.tell())
         offset = offsets[record.offset_of] if record.offset_of else out.tell()
         if not record.offset_of:
-            out.write(struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, record.method, 0, 0x21, crc, len(record.data),
-                                  size, len(name), 0))  # fmt: skip
+            out.write(local_header.pack(b"PK\x03\x04", 20, 0, record.method, 0, 0x21, crc, len(record.data),
+                                        min(size, 0xFFFFFFFF), len(name), 0))  # fmt: skip
             out.write(name + record.data)
+        sizes = (len(record.data) if record.compressed_size is None else record.compressed_size, size)
+        extra = struct.pack("<2H2Q", 1, 16, sizes[1], sizes[0]) if record.zip64 else b""
+        sizes = (0xFFFFFFFF, 0xFFFFFFFF) if record.zip64 else sizes
         central.append(
-            struct.pack(
-                "<4s6H3I5H2I",
-                b"PK\x01\x02",
-                20,
-                20,
-                0,
-                record.method,
-                0,
-                0x21,
-                crc,
-                len(record.data),
-                size,
-                len(name),
-                0,
-                0,
-                0,
-                0,
-                0,
-                offset,
+            central_header.pack(
+                b"PK\x01\x02", 45, 45, 0, record.method, 0, 0x21, crc, *sizes, len(name), len(extra), 0, 0, 0, 0, offset
             )
-            + name  # fmt: skip
+            + name
+            + extra  # fmt: skip
         )
     start = out.tell()
     out.write(b"".join(central))
