@@ -11,6 +11,8 @@ listed as ambiguous, with the reason, and never guessed.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -204,6 +206,37 @@ def probe_layouts(
     return {name: (probe.outputs[name][1], probe.outputs[name][2], layouts[name]) for name in wanted}
 
 
+# A second probe costs about one forward; its answer depends only on the model's structure, the layer and the sizes,
+# so it is kept per model (weakly: a model that is dropped takes its entries with it) for every later call.
+_PROBED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Layout | None]] = weakref.WeakKeyDictionary()
+_PROBED_LOCK = threading.Lock()
+_PROBED_PER_MODEL = 256
+
+
+def _probed_layout(  # noqa: PLR0913 (the layer and the sizes that key its probe)
+    model: nn.Module,
+    name: str,
+    shape: tuple[int, ...],
+    input_size: tuple[int, int],
+    channels: int,
+    *,
+    ambiguous: Layout,
+) -> Layout | None:
+    """``probe_layouts``'s answer for an ambiguous ``shape`` of layer ``name``, probed once per model and sizes."""
+    key = (name, id(model.get_submodule(name)), shape[1:], tuple(input_size), channels)
+    with _PROBED_LOCK:
+        known = _PROBED.get(model, {})
+        if key in known:
+            return known[key]
+    layout = probe_layouts(model, input_size, [name], channels=channels).get(name, ("", shape, ambiguous))[2]
+    with _PROBED_LOCK:
+        entries = _PROBED.setdefault(model, {})
+        if len(entries) >= _PROBED_PER_MODEL:
+            entries.clear()
+        entries[key] = layout
+    return layout
+
+
 def layer_layout(  # noqa: PLR0913 (the layer, its output, the call's input and an explicit layout)
     model: nn.Module,
     name: str,
@@ -230,7 +263,7 @@ def layer_layout(  # noqa: PLR0913 (the layer, its output, the call's input and 
         return layout_from_spec(explicit, shape, input_size)
     layout = infer_layout(shape, input_size)
     if layout is not None and layout.kind == "ambiguous":
-        layout = probe_layouts(model, input_size, [name], channels=channels).get(name, ("", shape, layout))[2]
+        layout = _probed_layout(model, name, tuple(shape), input_size, channels, ambiguous=layout)
     option = f"layouts={{{name!r}: 'nchw' | 'nhwc' | 'tokens:K'}}"
     if layout is None:
         raise LayerError(

@@ -363,6 +363,31 @@ def test_an_ambiguous_shape_is_resolved_by_a_second_probe():
     assert candidates["2"].layout == Layout("nchw", 4, 8, 8)
 
 
+def test_a_layers_second_probe_runs_once_per_model_and_size():
+    """compute_cams probes an ambiguous layer again at a larger size once per model; later calls reuse the answer.
+    Forwards are counted by the input sizes the model sees."""
+    model = _cube_model()
+    sizes: list[tuple[int, ...]] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+        first = compute_cams(model, x, ["0"], class_idx=[1])
+        probes = [s for s in sizes if s != (8, 8)]
+        assert probes == [(40, 40)]
+        again = compute_cams(model, x, ["0"], class_idx=[1])
+        assert [s for s in sizes if s != (8, 8)] == probes
+        np.testing.assert_array_equal(again.maps["0"], first.maps["0"])
+    finally:
+        handle.remove()
+    other = _cube_model()  # another model with the same structure is probed for itself
+    handle = other.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        compute_cams(other, x, ["0"], class_idx=[1])
+        assert [s for s in sizes if s != (8, 8)] == [(40, 40), (40, 40)]
+    finally:
+        handle.remove()
+
+
 @pytest.mark.bad_input(64, 77)
 def test_an_ambiguous_layout_is_listed_as_such_and_never_the_default():
     """When the model refuses the second probe's size, the inspector says the layout cannot be told, why, and names
