@@ -728,6 +728,12 @@ class _DryRun(pickle.Unpickler):
                 )
         if function.name in self._REBUILDS and args and isinstance(args[0], _Storage):
             _check_extent(args)
+        elif function.name == "torch._utils._rebuild_tensor_v3" and len(args) > 6 and isinstance(args[0], _Storage):
+            # torch.save's form for dtypes without a typed storage (float8, unsigned...): an untyped storage in bytes
+            # and the dtype as the seventh argument; the extent counts elements of that dtype.
+            itemsize = _dtype_itemsize(args[6])
+            storage = args[0]
+            _check_extent((_Storage(storage.key, storage.numel * storage.itemsize // itemsize, itemsize), *args[1:4]))
         return _Built(function.name)
 
     def _count(self) -> None:
@@ -750,6 +756,15 @@ def _storage_itemsize(name: str) -> int:
     if dtype is None:
         raise CheckpointError(f"the checkpoint declares a storage of unknown type {name[:40]!r}")
     return torch._utils._element_size(dtype)
+
+
+def _dtype_itemsize(dtype: object) -> int:
+    """Bytes per element of a dtype a pickle names (``torch.float8_e4m3fn``); refuses anything else."""
+    module, _, name = getattr(dtype, "name", "").rpartition(".")
+    found = getattr(torch, name, None) if module == "torch" else None
+    if not isinstance(found, torch.dtype):
+        raise CheckpointError(f"the checkpoint declares a tensor of an unknown dtype {str(name)[:40]!r}")
+    return found.itemsize
 
 
 def _check_extent(args: tuple) -> None:

@@ -31,6 +31,7 @@ from helpers.checkpoint_files import (
     Record,
     Storage,
     Tensor,
+    TensorV3,
     legacy_file,
     saved,
     torch_pickle,
@@ -457,6 +458,7 @@ def test_a_saved_file_is_its_tensor_bytes_plus_little(key: str) -> None:
 # --- what a file declares is checked before any element is read (row 69) ---------------------------------------------
 
 FOUR_FLOATS = Storage("0", 4)
+BYTES_16 = Storage("0", 16, "UntypedStorage")  # as torch.save declares float8 and unsigned tensors' storages
 ONE_TENSOR = {"0": bytes(16)}
 
 
@@ -560,6 +562,14 @@ PICKLE_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
     "extent-of-a-half-storage": (
         _pickled_zip({"w": Tensor(Storage("0", 8, "HalfStorage"), 0, (9,), (1,))}),
         "up to 9 in storage '0' of 8",
+    ),
+    "extent-of-a-float8-tensor": (
+        _pickled_zip({"w": TensorV3(BYTES_16, 0, (4, 5), (5, 1), torch.float8_e4m3fn)}),
+        "up to 20 in storage '0' of 16",
+    ),
+    "extent-of-an-untyped-storage": (
+        _pickled_zip({"w": TensorV3(BYTES_16, 0, (5,), (1,), torch.float32)}),
+        "up to 5 in storage '0' of 4",
     ),
     "negative-stride": (_pickled_zip({"w": Tensor(FOUR_FLOATS, 3, (4,), (-1,))}), "bad size, stride or offset"),
     "many-tensors": (_pickled_zip(_tensors_on_one_storage(MAX_CHECKPOINT_TENSORS + 1)), "more than 10,000 tensors"),
@@ -683,7 +693,8 @@ def test_the_helpers_files_are_what_torch_reads() -> None:
     # The hand-written files above are torch's layouts: in bounds, torch.load reads them, and so does read_checkpoint.
     tensor = {"w": Tensor(FOUR_FLOATS, 0, (2, 2), (2, 1))}
     zip64 = torch_zip(tensor, {}, extra=[Record("archive/data/0", bytes(16), zip64=True)])
-    for data in (torch_zip(tensor, {"0": bytes(16)}), zip64, legacy_file(tensor, {"0": (4, bytes(16))})):
+    v3 = torch_zip({"w": TensorV3(BYTES_16, 0, (2, 2), (2, 1), torch.float32)}, {"0": bytes(16)})
+    for data in (torch_zip(tensor, {"0": bytes(16)}), zip64, v3, legacy_file(tensor, {"0": (4, bytes(16))})):
         assert torch.equal(torch.load(io.BytesIO(data), weights_only=True)["w"], torch.zeros(2, 2))
         assert torch.equal(read_checkpoint(data, "x.pt")["w"], torch.zeros(2, 2))
     inflated = zipfile.ZipFile(io.BytesIO(zip_bomb(8 << 20))).read("archive/data/0")  # zipfile checks the CRC

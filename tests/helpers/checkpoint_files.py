@@ -105,6 +105,22 @@ class Tensor:
         return (torch._utils._rebuild_tensor_v2, args)
 
 
+@dataclass(frozen=True)
+class TensorV3:
+    """A tensor as torch.save pickles dtypes without a typed storage (float8, unsigned 16-64 bit...):
+    ``_rebuild_tensor_v3(untyped storage, offset, size, stride, False, OrderedDict(), dtype)``."""
+
+    storage: Storage  # of type_name "UntypedStorage": numel counts bytes
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    def __reduce__(self) -> tuple:
+        args = (self.storage, self.offset, self.size, self.stride, False, OrderedDict(), self.dtype)
+        return (torch._utils._rebuild_tensor_v3, args)
+
+
 class _Pickler(pickle.Pickler):
     legacy = False
 
