@@ -26,8 +26,6 @@ EQUIVALENT = {
 }
 # Rows whose behaviour is scheduled for a later issue; nothing else may be listed here.
 PENDING: dict[int, str] = {
-    69: "#21",
-    70: "#21",
     71: "#21",
     72: "#21",
     73: "#21",
