@@ -1137,7 +1137,8 @@ def test_an_ambiguous_layout_is_refused_unless_given_explicitly():
 def test_token_layers_with_registers_and_explicit_prefix():
     """A toy ViT with a class token and 4 registers (5 leading tokens) at 64 px with 8 px patches: the grid 8x8 and the
     prefix 5 are inferred; ``layouts={'blocks': 'tokens:5'}`` gives the same result; a wrong prefix is refused. At
-    32 px (21 tokens) the reading is ambiguous (5 + 4x4 with 8 px patches, 17 + 2x2 with 16 px) and is refused."""
+    32 px (21 tokens) two readings fit (5 + 4x4 with 8 px patches, 17 + 2x2 with 16 px); a second probe at another
+    input size tells them apart (``camlib.layers.layer_layout``) and gives the explicit reading."""
 
     class ToyViT(nn.Module):
         def __init__(self) -> None:
@@ -1161,10 +1162,10 @@ def test_token_layers_with_registers_and_explicit_prefix():
     np.testing.assert_allclose(inferred.maps["blocks"], reference, atol=ATOL, rtol=0)
     with pytest.raises(LayerError, match="grid"):
         compute_cams(model, x, ["blocks"], class_idx=2, layouts={"blocks": "tokens:4"})
-    with pytest.raises(LayerError, match="cannot be told"):
-        compute_cams(model, x[:, :, :32, :32], ["blocks"], class_idx=2)
     small = compute_cams(model, x[:, :, :32, :32], ["blocks"], class_idx=2, layouts={"blocks": "tokens:5"})
     assert small.raw["blocks"].shape == (2, 4, 4)
+    probed = compute_cams(model, x[:, :, :32, :32], ["blocks"], class_idx=2)
+    np.testing.assert_array_equal(probed.maps["blocks"], small.maps["blocks"])
 
 
 # --- output contract -----------------------------------------------------------------------------------------------
