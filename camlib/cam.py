@@ -27,8 +27,10 @@ output tensor after the forward pass, so later in-place ops change its activatio
 without later in-place ops the two agree exactly.
 
 Layers whose output is channels-last ``(B, H, W, C)`` or tokens ``(B, N, C)`` are read as ``(B, C, h, w)`` feature
-maps (``camlib.layouts``: the layout is inferred from the shapes and the input size; ambiguous layouts are refused
-unless given explicitly), as pytorch-grad-cam does with a matching ``reshape_transform``.
+maps (``camlib.layers.layer_layout``: the layout is read from the shapes and the input size; a shape that fits
+several readings is probed again at a larger input, and what stays ambiguous is refused unless given explicitly), as
+pytorch-grad-cam does with a matching ``reshape_transform``. A layer whose output batch is not the input's (windows
+folded into the batch) is refused.
 
 Methods that pytorch-grad-cam lacks follow torch-cam 0.5.0 (SS-CAM, IS-CAM, LeGrad; Smooth Grad-CAM++ follows the
 paper where torch-cam departs from it, see its docstring). Sampling methods draw from a ``torch.Generator`` seeded
@@ -1480,7 +1482,7 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
         scorecam_batch_size: perturbed images per forward for the "perturbation" methods (Score-CAM's masked
             images, Ablation-CAM's ablated copies); it does not change the numbers.
         layouts: optional per-layer layout ("nchw", "nhwc" or "tokens:K"), needed only where the layout is ambiguous
-            from the shapes (``camlib.layouts.infer_layout``); by default every layout is inferred.
+            from the shapes and a second probe (``camlib.layers.layer_layout``); by default every layout is inferred.
         progress: optional ``callback(done, total)`` called after each extra forward batch of a "perturbation"
             method (Score-CAM, Ablation-CAM: ``total = B * ceil(C / scorecam_batch_size)`` summed over the layers).
             It may raise to cancel: the exception propagates with hooks removed, modes restored and the model's lock
