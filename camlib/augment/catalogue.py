@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -126,6 +127,10 @@ EXCLUDED: dict[str, dict[str, str]] = {
         "pad_width_divisor": "the lab pads to min_width",
     },
     "Affine": {"translate_px": "the lab shifts by translate_percent, which works for every image size"},
+    "Perspective": {
+        "fit_output": "expands to the warped image's bounding box, which a near-degenerate quadrilateral makes "
+        "unbounded (a 32x48 image became 2176x3596 at scale 0.5): the library default, off"
+    },
     "ToGray": {"num_output_channels": "the lab's contract is 3-channel RGB"},
     "Equalize": {"mask": "takes an array or a callable", "mask_params": "only used with a callable mask"},
     "GaussianBlur": {"blur_limit": "0 derives the kernel size from sigma, the only setting valid at every sigma"},
@@ -635,10 +640,34 @@ def get_transform_spec(name: str) -> TransformSpec:
 _HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
 
 
+class _ShortRepr(reprlib.Repr):
+    """``reprlib``'s short repr, and a huge integer by its length: ``repr`` of one past 4,300 digits raises, and a
+    400-digit one is no use in a message."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 64:  # str() of one of up to 4,300 digits is cheap; above it raises
+            digits = len(str(abs(x))) if x.bit_length() < 14_000 else int(x.bit_length() * math.log10(2)) + 1
+            return f"<an integer of about {digits:,} digits>"
+        return repr(x)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 3, 40, 40, 6, 6
+
+
+def shown(value: Any) -> str:
+    """``value`` for a message, cut short: nested containers to 3 levels, strings to 40 characters, a huge integer by
+    its number of digits (an untrusted file or link can hold any of them)."""
+    return _SHORT.repr(value)
+
+
 def _as_number(value: Any, integer: bool) -> float | int | None:
-    """``value`` as a finite int/float, or None when it is not one (bools are not numbers here)."""
+    """``value`` as a finite int/float, or None when it is not one (bools are not numbers here). A Python int is
+    kept as it is, however large (``float()`` of a 400-digit one raises ``OverflowError``): bounds are checked first."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
     if not math.isfinite(value):
         return None
     if integer:
@@ -650,12 +679,12 @@ def _check_number(spec: ParamSpec, value: Any, integer: bool) -> float | int:
     """One bounded number, or a ValueError whose text completes "<transform>.<param>: ..."."""
     number = _as_number(value, integer)
     if number is None:
-        raise ValueError(f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        raise ValueError(f"expected {'an integer' if integer else 'a number'}, got {shown(value)}")
     if not spec.low <= number <= spec.high:
-        raise ValueError(f"{number!r} is outside the allowed range [{spec.low}, {spec.high}]")
+        raise ValueError(f"{shown(number)} is outside the allowed range [{spec.low}, {spec.high}]")
     if integer and spec.step and spec.step > 1 and (number - spec.low) % spec.step:
         raise ValueError(f"{number!r} is not one of {spec.low}, {spec.low + spec.step}, ... (step {spec.step})")
-    return number
+    return number if integer else float(number)
 
 
 def normalise_value(spec: ParamSpec, value: Any) -> Any:
@@ -663,23 +692,23 @@ def normalise_value(spec: ParamSpec, value: Any) -> Any:
     kind = spec.kind
     if kind == "bool":
         if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, got {shown(value)}")
         return bool(value)
     if kind == "choice":
         for choice in spec.choices:
             if value == choice and isinstance(value, bool) == isinstance(choice, bool):
                 return choice
-        raise ValueError(f"{value!r} is not one of {', '.join(map(repr, spec.choices))}")
+        raise ValueError(f"{shown(value)} is not one of {', '.join(map(repr, spec.choices))}")
     if kind == "colour":
         if isinstance(value, str) and _HEX_COLOUR.fullmatch(value):
             return tuple(int(value[i : i + 2], 16) for i in (1, 3, 5))
         if not isinstance(value, (list, tuple)) or len(value) != 3:
-            raise ValueError(f"expected an RGB triple like (0, 0, 0) or '#000000', got {value!r}")
+            raise ValueError(f"expected an RGB triple like (0, 0, 0) or '#000000', got {shown(value)}")
         return tuple(_check_number(spec, v, integer=True) for v in value)
     if kind in ("float", "int"):
         return _check_number(spec, value, integer=kind == "int")
     if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"expected a pair (low, high), got {value!r}")
+        raise ValueError(f"expected a pair (low, high), got {shown(value)}")
     pair = tuple(_check_number(spec, v, integer=kind != "range") for v in value)
     if kind != "int_pair" and pair[0] > pair[1]:
         raise ValueError(f"reversed range {pair!r}: the first value must not exceed the second")

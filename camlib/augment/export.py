@@ -9,7 +9,7 @@ import albumentations as A
 import yaml
 from albumentations.core.serialization import serialize_enum
 
-from camlib.augment.catalogue import TRANSFORMS
+from camlib.augment.catalogue import TRANSFORMS, shown
 from camlib.augment.grid import _jsonable
 from camlib.augment.pipeline import (
     MAX_STEPS,
@@ -24,7 +24,10 @@ from camlib.augment.pipeline import (
 from camlib.contracts import describe
 from camlib.errors import PipelineError
 
-MAX_IMPORT_CHARS = 1_000_000  # an exported pipeline is a few kB
+MAX_IMPORT_CHARS = 256_000  # the largest export (32 Affine steps) is 53 kB of JSON, 32 kB of YAML
+MAX_IMPORT_DEPTH = 16  # nesting of lists and objects; an export nests 6 deep
+MAX_SCALAR_CHARS = 256  # one YAML value; the longest an export writes is a class path of 60 characters
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a 0.9 MB file in 0.2 s, not 10-30 s
 EXPORT_KEY = "augmentation_lab"  # our editor state inside an Albumentations export; A.load ignores it
 EXPORT_FORMAT = 1
 
@@ -130,11 +133,11 @@ def pipeline_from_dict(document: Any) -> Pipeline:
             "(a plain Albumentations file loads with albumentations.load instead)"
         )
     state = document[EXPORT_KEY]
-    if state.get("format") != EXPORT_FORMAT:
-        raise PipelineError(f"unsupported export format {state.get('format')!r}; expected {EXPORT_FORMAT}")
+    if state.get("format") != EXPORT_FORMAT or isinstance(state.get("format"), bool):
+        raise PipelineError(f"unsupported export format {shown(state.get('format'))}; expected {EXPORT_FORMAT}")
     steps_data = state.get("steps")
-    if not isinstance(steps_data, list):
-        raise PipelineError("the export's 'steps' must be a list")
+    if not isinstance(steps_data, list) or len(steps_data) > MAX_STEPS:
+        raise PipelineError(f"the export's 'steps' must be a list of at most {MAX_STEPS} steps")
     steps = []
     for i, item in enumerate(steps_data):
         if not isinstance(item, dict) or not isinstance(item.get("transform"), str):
@@ -203,15 +206,61 @@ def pipeline_from_query(text: str, seed: int) -> Pipeline:
     return Pipeline(tuple(steps), seed)
 
 
+def _check_depth(document: Any, what: str) -> None:
+    """Refuse lists and objects nested deeper than ``MAX_IMPORT_DEPTH`` (walked with a stack, not recursion)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_IMPORT_DEPTH:
+                raise PipelineError(f"the {what} nests lists or objects more than {MAX_IMPORT_DEPTH} deep")
+            stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+
+
+def _check_yaml_events(text: str) -> None:
+    """Refuse, from libyaml's event stream and before anything is built, what no export holds: anchors and aliases
+    (an alias bomb grows exponentially when expanded), nesting deeper than ``MAX_IMPORT_DEPTH`` (the constructor
+    recurses), and a value longer than ``MAX_SCALAR_CHARS`` (YAML 1.1 reads ``1:2:3...`` and ``0x...`` as integers
+    of any size, at a cost quadratic in their length)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise PipelineError("the YAML uses anchors or aliases (&, *), which an exported pipeline never does")
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_IMPORT_DEPTH:
+                raise PipelineError(f"the YAML nests lists or mappings more than {MAX_IMPORT_DEPTH} deep")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+        elif isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR_CHARS:
+            raise PipelineError(f"a YAML value is {len(event.value):,} characters long (at most {MAX_SCALAR_CHARS})")
+
+
+def _load_yaml(text: str) -> Any:
+    _check_yaml_events(text)
+    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506  (a safe loader: CSafeLoader or SafeLoader)
+
+
 def _parse(text: str, loader: Any, what: str) -> Any:
+    """``loader(text)`` of untrusted text: its length capped first, every failure a ``PipelineError``, and the
+    result nested at most ``MAX_IMPORT_DEPTH`` deep."""
     if not isinstance(text, str):
         raise PipelineError(f"expected {what} text, got {type(text).__name__}")
     if len(text) > MAX_IMPORT_CHARS:
-        raise PipelineError(f"the {what} is {len(text):,} characters; an exported pipeline is far smaller")
+        raise PipelineError(
+            f"the {what} is {len(text):,} characters; an exported pipeline is far smaller "
+            f"(at most {MAX_IMPORT_CHARS:,})"
+        )
     try:
-        return loader(text)
-    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
-        raise PipelineError(f"not valid {what}: {' '.join(str(exc).split())}") from exc
+        document = loader(text)
+    except PipelineError:
+        raise
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError; so is int()'s digit limit
+        raise PipelineError(f"not valid {what}: {' '.join(str(exc).split())[:200]}") from exc
+    except RecursionError as exc:  # json's C decoder stops at the interpreter's recursion limit
+        raise PipelineError(f"the {what} nests lists or objects more than {MAX_IMPORT_DEPTH} deep") from exc
+    _check_depth(document, what)
+    return document
 
 
 def pipeline_from_json(text: str) -> Pipeline:
@@ -221,4 +270,4 @@ def pipeline_from_json(text: str) -> Pipeline:
 
 def pipeline_from_yaml(text: str) -> Pipeline:
     """Import ``pipeline_to_yaml`` output (safe YAML only). Raises ``PipelineError`` like ``pipeline_from_json``."""
-    return pipeline_from_dict(_parse(text, yaml.safe_load, "YAML"))
+    return pipeline_from_dict(_parse(text, _load_yaml, "YAML"))

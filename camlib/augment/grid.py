@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,11 +18,13 @@ from camlib.augment.pipeline import (
     build_pipeline,
     reference_keys,
 )
+from camlib.augment.sizes import check_output_sizes
 from camlib.contracts import describe, require_array, require_int
 from camlib.errors import GridError, InvalidImageError, PipelineError
 from camlib.imaging import ensure_rgb_uint8
 
 GridMode = Literal["many", "one"]
+ProgressCallback = Callable[[int, int], None]  # (tiles done, tiles in all), as camlib.cam's
 
 MAX_GRID_SIDE = 16  # rows and cols of a grid
 MAX_GRID_PIXELS = 2**25  # input pixels over all tiles (~100 MB of uint8 RGB): bounds memory for large uploads
@@ -167,8 +169,11 @@ def _augment_tiles(
     chosen: Sequence[int],
     references: np.ndarray | Sequence[np.ndarray] | None,
     seed: int,
+    *,
+    progress: ProgressCallback | None = None,
 ) -> list[tuple[np.ndarray, list[tuple[str, Any]]]]:
-    """Tile ``k`` is the ``k``-th call of ``compose`` on ``batch[chosen[k]]``: each tile with the parameters drawn."""
+    """Tile ``k`` is the ``k``-th call of ``compose`` on ``batch[chosen[k]]``: each tile with the parameters drawn.
+    ``progress(done, total)`` is called after each tile; whatever it raises stops the grid there."""
     needs_references = bool(reference_keys(compose))
     if needs_references and references is not None:
         if isinstance(references, np.ndarray):
@@ -202,10 +207,12 @@ def _augment_tiles(
         if tile.dtype != np.uint8 or tile.ndim != 3 or tile.shape[2] != 3:
             raise PipelineError(f"the pipeline returned {tile.dtype} {tile.shape}, not a uint8 RGB image")
         outputs.append((tile, list(result.get("applied_transforms", ()))))
+        if progress is not None:
+            progress(len(outputs), len(chosen))
     return outputs
 
 
-def augment_grid(
+def augment_grid(  # noqa: PLR0913 (keyword-only options of the public entry point)
     images: np.ndarray,
     pipeline: Pipeline,
     *,
@@ -215,6 +222,7 @@ def augment_grid(
     seed: int | None = None,
     indices: Sequence[int] | None = None,
     references: np.ndarray | Sequence[np.ndarray] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> GridResult:
     """Augment a grid of tiles: "many" images with one draw each, or "one" image with ``rows*cols`` draws.
 
@@ -232,11 +240,17 @@ def augment_grid(
         references: the second images that steps matching an image to another one (FDA, HistogramMatching,
             PixelDistributionAdaptation) draw from (``pick_references``): uint8 RGB ``(M, H', W', 3)`` or a list
             of images of any size; by default the other images of ``images``.
+        progress: called as ``progress(done, total)`` after each tile, between tiles: a page's progress bar, through
+            which Streamlit stops a superseded run or a closed tab's (whatever it raises propagates).
+
+    Every step's output is bounded before any tile is made, from what the steps declare
+    (``camlib.augment.sizes.check_output_sizes``: at most ``MAX_STEP_PIXELS`` per step), and so is the grid's.
 
     Raises:
-        GridError: bad mode, rows/cols or indices, or more than ``MAX_GRID_PIXELS`` input pixels.
-        PipelineError: an invalid pipeline, or a transform that fails on these images (e.g. a crop larger
-            than the image).
+        GridError: bad mode, rows/cols or indices, or more than ``MAX_GRID_PIXELS`` input pixels, or tiles that can
+            add up to more than ``MAX_GRID_PIXELS`` pixels.
+        PipelineError: an invalid pipeline, a step that can make an image above ``MAX_STEP_PIXELS``, or a
+            transform that fails on these images (e.g. a crop larger than the image).
         InvalidImageError: ``images`` is not uint8 RGB.
     """
     if mode not in ("many", "one"):
@@ -255,8 +269,16 @@ def augment_grid(
     effective_seed = pipeline.seed if seed is None else seed
     _check_seed(effective_seed)
     compose = build_pipeline(Pipeline(pipeline.steps, effective_seed))
+    boxes = check_output_sizes(compose, height, width)
+    out = boxes[-1] if boxes else None
+    if out is not None and count * out.max_pixels > MAX_GRID_PIXELS:
+        raise GridError(
+            f"this pipeline can make {out.w_hi:,}x{out.h_hi:,} tiles from these {width}x{height} images: a "
+            f"{rows}x{cols} grid of them is too large (at most {MAX_GRID_PIXELS:,} pixels in all); use fewer tiles "
+            "or smaller sizes"
+        )
     chosen = _pick_indices(count, len(batch), mode, effective_seed, indices)
-    outputs = _augment_tiles(batch, compose, chosen, references, effective_seed)
+    outputs = _augment_tiles(batch, compose, chosen, references, effective_seed, progress=progress)
     tiles = [tile for tile, _ in outputs]
     applied = [
         tuple({"transform": name, "params": _jsonable(params)} for name, params in drawn) for _, drawn in outputs

@@ -14,7 +14,8 @@ import albumentations as A
 import numpy as np
 from pydantic import ValidationError
 
-from camlib.augment.catalogue import TRANSFORMS, _as_number, normalise_value
+from camlib.augment.catalogue import TRANSFORMS, _as_number, normalise_value, shown
+from camlib.augment.sizes import check_output_sizes
 from camlib.contracts import describe, require_array, require_int
 from camlib.errors import InvalidImageError, PipelineError
 
@@ -76,11 +77,12 @@ def validate_step(step: PipelineStep, index: int = 0) -> dict[str, Any]:
         )
     p = _as_number(step.p, integer=False)
     if p is None or not 0.0 <= p <= 1.0:
-        raise _step_error(index, spec.name, "p", f"the probability must be in [0, 1], got {step.p!r}")
+        raise _step_error(index, spec.name, "p", f"the probability must be in [0, 1], got {shown(step.p)}")
     names = {param.name for param in spec.params}
-    for unknown in sorted(set(step.params) - names, key=str):
+    for unknown in sorted(set(step.params) - names, key=shown):
         valid = ", ".join(sorted(names)) or "none"
-        raise _step_error(index, spec.name, str(unknown), f"unknown parameter (editable: {valid})")
+        named = unknown if isinstance(unknown, str) and len(unknown) <= 40 else shown(unknown)
+        raise _step_error(index, spec.name, named, f"unknown parameter (editable: {valid})")
     values = spec.defaults() | dict(step.params)
     checked = {}
     for param in spec.params:
@@ -148,8 +150,12 @@ def augment_image(
     """``compose(image=image, **targets)``, with ``references`` (uint8 RGB images of any size) handed to every step
     that needs a second image; the step draws one of them with the Compose's seeded generator.
 
+    Every step's output size is checked from its declared parameters before the first step runs
+    (``camlib.augment.sizes.check_output_sizes``).
+
     Raises:
-        PipelineError: ``compose`` is not an ``A.Compose``; a step needs a second image and ``references`` is empty.
+        PipelineError: ``compose`` is not an ``A.Compose``; a step needs a second image and ``references`` is empty;
+            a step could make an image above ``MAX_STEP_PIXELS`` pixels.
         InvalidImageError: ``image`` or one of ``references`` is not a uint8 RGB ``(H, W, 3)`` image.
     """
     keys = reference_keys(compose)
@@ -164,6 +170,7 @@ def augment_image(
         )
     for j, reference in enumerate(references):
         require_array(reference, f"references[{j}]", dtypes=(np.uint8,), ndim=3, channels=3, error=InvalidImageError)
+    check_output_sizes(compose, *image.shape[:2])  # every step's output bounded before the first one runs
     if keys and not len(references):
         specs = [TRANSFORMS.get(type(t).__name__) for t in compose.transforms]
         names = ", ".join(spec.name for spec in specs if spec is not None and spec.reference_key)
@@ -180,7 +187,7 @@ def _require_pipeline(pipeline: object) -> None:
 
 def _check_seed(seed: Any) -> None:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise PipelineError(f"the seed must be an integer in [0, 2**32), got {seed!r}")
+        raise PipelineError(f"the seed must be an integer in [0, 2**32), got {shown(seed)}")
 
 
 CIFAR10_TRAIN_PIPELINE = Pipeline(
