@@ -278,6 +278,8 @@ _MAX_PICKLE_CALLS = 8 * MAX_CHECKPOINT_TENSORS
 _MAX_PICKLE_GLOBALS = 256
 _TORCH_RECORDS = 16  # data.pkl, version, byteorder and the other small records torch.save writes beside the storages
 _ZIP_MAGIC = b"PK\x03\x04"  # how torch.load tells a zip checkpoint from a legacy one (torch.serialization._is_zipfile)
+_CENTRAL_MAGIC = b"PK\x01\x02"  # APPNOTE 4.3.12: every central directory header starts with it
+_ZIP64_END_RECORDS = 56 + 20  # APPNOTE 4.3.14-15: the zip64 end record and its locator, before the end record
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of a legacy file
 _LEGACY_HEAD_BYTES = 4096  # each of a legacy file's first three pickles (a number, a number, a small dict)
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # APPNOTE 4.3.7: signature, ..., file name length, extra field length
@@ -504,10 +506,15 @@ def _zip_records(data: bytes) -> list[zipfile.ZipInfo]:
         raise CheckpointError("the checkpoint is a corrupted zip file") from error
     if end is None:
         raise CheckpointError("the checkpoint is a corrupted or truncated zip file (no end of central directory)")
-    if end[zipfile._ECD_ENTRIES_TOTAL] > MAX_CHECKPOINT_TENSORS + _TORCH_RECORDS:
+    # zipfile reads as many headers as fit in the directory's declared byte size, whatever the entry count says: the
+    # headers' signatures in the bytes it would read (the zip64 end records included) bound the objects it builds.
+    location = end[zipfile._ECD_LOCATION]
+    headers = data.count(_CENTRAL_MAGIC, max(0, location - end[zipfile._ECD_SIZE] - _ZIP64_END_RECORDS), location)
+    declared = max(end[zipfile._ECD_ENTRIES_TOTAL], headers)
+    if declared > MAX_CHECKPOINT_TENSORS + _TORCH_RECORDS:
         raise CheckpointError(
-            f"the checkpoint's zip declares {end[zipfile._ECD_ENTRIES_TOTAL]:,} records; at most "
-            f"{MAX_CHECKPOINT_TENSORS + _TORCH_RECORDS:,} are read"
+            f"the checkpoint's zip declares {declared:,} records; at most {MAX_CHECKPOINT_TENSORS + _TORCH_RECORDS:,} "
+            "are read"
         )
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import zipfile
@@ -477,6 +478,13 @@ def _records(count: int) -> bytes:
     return torch_zip({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,))}, ONE_TENSOR, extra=extra)
 
 
+def _records_behind_a_small_count(count: int) -> bytes:
+    """``_records(count)`` whose end record declares 7 entries: zipfile reads headers to the directory's byte size."""
+    data = bytearray(_records(count))
+    struct.pack_into("<2H", data, len(data) - 22 + 8, 7, 7)  # APPNOTE 4.3.16: entries on this disk, entries in total
+    return bytes(data)
+
+
 # name: (the file, what the refusal says). Each is something torch.save never writes; the first is the issue's example.
 ZIP_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
     "deflate-bomb-1GiB": (
@@ -520,6 +528,10 @@ ZIP_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
         "overlaps another",
     ),
     "many-records": (lambda: _records(MAX_CHECKPOINT_TENSORS + 17), r"declares 10,017 records; at most 10,016"),
+    "many-records-behind-a-count-of-7": (
+        lambda: _records_behind_a_small_count(MAX_CHECKPOINT_TENSORS + 17),
+        r"declares 10,017 records; at most 10,016",
+    ),
     "huge-data.pkl": (
         lambda: torch_zip(
             {"w": Tensor(FOUR_FLOATS, 0, (4,), (1,)), "pad": "x" * MAX_CHECKPOINT_PICKLE_BYTES}, ONE_TENSOR
@@ -678,8 +690,11 @@ def test_what_a_file_declares_is_refused_before_any_element_is_read(
 
 
 @pytest.mark.bad_input(69)
-def test_the_record_count_is_read_before_zipfile_parses_the_directory(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _records(MAX_CHECKPOINT_TENSORS + 17)
+@pytest.mark.parametrize("make", [_records, _records_behind_a_small_count])
+def test_the_record_count_is_read_before_zipfile_parses_the_directory(
+    make: Callable[[int], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make(MAX_CHECKPOINT_TENSORS + 17)
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("zipfile built an object per record")
