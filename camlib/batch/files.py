@@ -122,13 +122,17 @@ def write_durably(path: Path, write: Callable[[BinaryIO], None], *, sync_directo
 
 def within(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path | None:
     """``path`` (relative to ``root``, or absolute) resolved, symlinks followed, if it lies inside ``root`` (itself
-    resolved); None if it leaves it.
+    resolved); None if it leaves it, or if its symlinks loop.
 
     Raises:
         InputError: ``root`` or ``path`` is not a path (str or Path without NUL).
     """
-    base = _path_argument(root, "root").resolve()
-    resolved = (base / _path_argument(path, "path")).resolve()
+    root, path = _path_argument(root, "root"), _path_argument(path, "path")
+    try:
+        base = root.resolve()
+        resolved = (base / path).resolve()
+    except RuntimeError:  # a symlink loop, before Python 3.13: where it leads cannot be known
+        return None
     return resolved if resolved.is_relative_to(base) else None
 
 
