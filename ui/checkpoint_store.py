@@ -79,8 +79,9 @@ def register_checkpoint(arch: str, data: bytes, filename: str, *, device: str, u
     """
     store, by_upload, refused = _checkpoint_models(), _upload_keys(), _refusals()
     upload = f"{upload_id}:{arch}"
-    if upload_id and upload in refused:
-        raise CheckpointError(refused[upload])
+    reason = refused.get(upload) if upload_id else None  # one lookup: another session may drop the entry meanwhile
+    if reason is not None:
+        raise CheckpointError(reason)
     remembered = by_upload.get(upload) if upload_id else None
     if remembered is not None and _slot(remembered, device) in store:
         return remembered
