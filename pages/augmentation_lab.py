@@ -9,8 +9,9 @@ import streamlit as st
 
 from camlib.augment.grid import GridResult, augment_grid, pick_images
 from camlib.drawing import fast_png, grid_png
+from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
-from ui import app_inputs, keys, lab_stability, lab_steps, lab_url, model_loop, pipeline_editor, widgets
+from ui import app_inputs, keys, lab_grid, lab_stability, lab_steps, lab_url, model_loop, pipeline_editor, widgets
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -61,6 +62,7 @@ with view:
             pool = np.flatnonzero(np.isin(data.labels, [data.class_names.index(c) for c in classes]))
     position = None
     if mode == "one":
+        lab_url.check_image_index(len(pool))  # a link's index beyond the chosen images is refused, not clamped
         position = st.number_input(
             md("Image (0..{last} of the chosen classes)", last=len(pool) - 1),
             0,
@@ -76,11 +78,19 @@ with view:
     loop_model = model_loop.model_loop_controls(device)
 
     started = time.perf_counter()
+    seconds = lab_grid.estimate(pipeline, images, rows * cols)
+    try:
+        chosen = pick_images(pool, rows * cols, seed) if mode == "many" else indices
+        loop = None if loop_model is None else (st.session_state.get(keys.AUG_LOOP_MODEL), device)
+        request = lab_grid.request_key(pipeline, images, chosen, rows, cols, mode, show_labels, loop)
+    except CamlibError:  # draw_grid shows it
+        chosen, request = None, None
 
     def draw_grid() -> tuple[GridResult, bytes, bytes, str | None]:
         """Augment, predict (model in the loop) and draw: the grid, the original and augmented PNGs, the summary."""
-        chosen = pick_images(pool, rows * cols, seed) if mode == "many" else indices
-        grid = augment_grid(images, pipeline, mode=mode, rows=rows, cols=cols, indices=chosen)
+        picked = pick_images(pool, rows * cols, seed) if mode == "many" else indices
+        with lab_grid.progress(seconds) as tick:
+            grid = augment_grid(images, pipeline, mode=mode, rows=rows, cols=cols, indices=picked, progress=tick)
         labels = [data.class_names[data.labels[i]] for i in grid.indices] if show_labels else None
         badges, flagged, summary = labels, None, None
         if loop_model is not None:
@@ -94,8 +104,15 @@ with view:
         return grid, original, augmented, summary
 
     lab_url.write_link(pipeline, rows=rows, cols=cols, mode=mode, image=None if position is None else int(position))
-    # Any camlib error keeps the last grid that worked, and its export.
-    drawn, failed = keep_last_good(keys.AUG_LAST_DRAWN, draw_grid, stale="Showing the last grid that worked.")
+    # Any camlib error keeps the last grid that worked, and its export; so does a slow grid waiting for its button.
+    drawn, stale = lab_grid.drawn_for(request), False
+    if drawn is None and lab_grid.ready_to_draw(request, seconds, rows * cols):
+        drawn, failed = keep_last_good(keys.AUG_LAST_DRAWN, draw_grid, stale="Showing the last grid that worked.")
+        stale = failed is not None
+        if not stale:
+            lab_grid.remember(request, drawn)
+    elif drawn is None:
+        drawn, stale = st.session_state.get(keys.AUG_LAST_DRAWN), True
     if drawn is None:
         st.stop()
     grid, original, augmented, summary = drawn
@@ -112,7 +129,7 @@ with view:
     with st.expander("One tile step by step (the grid's own draws)"):
         last_tile = len(grid.applied) - 1
         tile = st.number_input("Tile (row-major)", 0, last_tile, 0, key=keys.AUG_TILE, persist_state="session")
-        lab_steps.step_by_step(images, pipeline, grid, int(tile), stale=failed is not None)
+        lab_steps.step_by_step(images, pipeline, grid, int(tile), stale=stale)
 
     st.subheader("Export")
     pipeline_editor.export_widgets(pipeline)

@@ -27,6 +27,7 @@ from camlib.augment import (
     PipelineStep,
     augment_grid,
     pipeline_to_json,
+    pipeline_to_query,
     tile_grid,
     trace_tile,
     validate_step,
@@ -719,3 +720,64 @@ def test_a_bad_link_says_what_is_wrong_and_applies_the_rest() -> None:
         e.value for e in at.error
     ]
     assert _grid(at).rows == 2
+
+
+# --- strict link values, and the cost check before a slow grid (catalogue rows 73 and 71) ----------------------------
+
+
+@needs_cifar
+@pytest.mark.bad_input(73, kind="AT")
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ({"seed": "²", "rows": "9" * 5000}, ("seed", "rows")),  # isdigit() says yes, int() says no; past 4,300 digits
+        ({"rows": "٣", "seed": " 7 "}, ("rows", "seed")),  # int() accepts both; a link never writes them
+        ({"pipeline": '[["Sharpen",{"alpha":[' + "9" * 400 + ",0.5]},1.0,true]]"}, ("Sharpen.alpha", "400 digits")),
+        ({"pipeline": "[" * 3000 + "]" * 3000}, ("nests",)),
+    ],
+)
+def test_link_values_int_refuses_are_named_and_the_rest_applies(query: dict, named: tuple) -> None:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in {**query, "cols": "3"}.items():
+        at.query_params[key] = value
+    at.switch_page(LAB).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = " ".join(e.value for e in at.error)
+    assert all(escape(name) in errors for name in named), errors
+    assert len(errors) < 2000  # a 5,000-digit value is not echoed whole
+    assert _grid(at).cols == 3  # the rest of the link applied
+
+
+@needs_cifar
+@pytest.mark.bad_input(73, kind="AT")
+def test_an_out_of_range_image_index_in_a_link_is_refused_not_silently_image_0() -> None:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in {"mode": "one", "split": "test", "classes": "cat", "image": "59999", "rows": "2"}.items():
+        at.query_params[key] = value
+    at.switch_page(LAB).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("59999" in e.value and "out of range" in e.value for e in at.error), [e.value for e in at.error]
+    grid = _grid(at)
+    cats = np.flatnonzero(np.asarray(_cifar().labels) == CLASS_NAMES.index("cat"))
+    assert grid.rows == 2 and set(grid.indices) == {int(cats[0])}  # image 0 of the cats, said so in the error
+
+
+@needs_cifar
+@pytest.mark.bad_input(71, kind="AT")
+def test_a_link_over_the_budget_shows_the_estimate_and_waits_for_the_button() -> None:
+    slow = Pipeline(
+        tuple(PipelineStep("Superpixels", {"p_replace": (1.0, 1.0), "n_segments": (256, 256)}) for _ in range(8)), 0
+    )
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in {"pipeline": pipeline_to_query(slow), "rows": "16", "cols": "16"}.items():
+        at.query_params[key] = value
+    at.switch_page(LAB).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("256 tiles" in i.value for i in at.info), [i.value for i in at.info]
+    assert [b.label for b in at.button if b.key == "aug_start"][0].startswith("Draw the grid (about")
+    assert "aug_last_grid" not in at.session_state  # nothing was augmented
+    # a cheap pipeline needs no button
+    at.query_params.clear()
+    cheap = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    cheap.switch_page(LAB).run()
+    assert not [b for b in cheap.button if b.key == "aug_start"]

@@ -98,6 +98,8 @@ AUG_STAB_RUN_CURVE = "aug_stab_run_curve"
 AUG_STAB_LAST_ONE = "aug_stab_last_one"  # ui.lab_stability: the last good result of each part, with its key
 AUG_STAB_LAST_SUMMARY = "aug_stab_last_summary"
 AUG_STAB_LAST_CURVE = "aug_stab_last_curve"
+AUG_START = "aug_start"  # ui.lab_grid: the button that draws a grid estimated above the budget
+AUG_APPROVED = "aug_approved"  # ui.lab_grid: the grid request the button approved, and the grid drawn for it
 STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
 
 

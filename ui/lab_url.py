@@ -14,6 +14,7 @@ import streamlit as st
 from camlib.augment import Pipeline, pipeline_from_query, pipeline_to_query
 from camlib.cifar import CLASS_NAMES
 from camlib.errors import CamlibError, PipelineError
+from camlib.parsing import parse_int
 from ui import keys, pipeline_editor
 from ui.text import md
 
@@ -23,42 +24,71 @@ SPLITS = ("test", "train")
 
 
 def _int(text: str, name: str, low: int, high: int) -> int:
+    return parse_int(text, name, minimum=low, maximum=high, error=PipelineError)
+
+
+def _load_pipeline(wanted: dict[str, str]) -> list[str]:
+    problems = []
     try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise PipelineError(f"{name} must be an integer from {low} to {high}, got {text!r}")
-    return value
+        seed = _int(wanted.get("seed", "0"), "seed", 0, pipeline_editor.SEED_MAX)
+    except CamlibError as error:  # the pipeline still applies, with the seed it has now
+        problems.append(str(error))
+        seed = int(st.session_state.get(keys.AUG_SEED, 0))
+    try:
+        if "pipeline" in wanted:
+            pipeline_editor.load_pipeline(pipeline_from_query(wanted["pipeline"], seed))
+        else:
+            st.session_state[keys.AUG_SEED] = st.session_state[keys.AUG_SEED_INPUT] = seed
+    except CamlibError as error:
+        problems.append(str(error))
+    return problems
 
 
-def _load_pipeline(wanted: dict[str, str]) -> None:
-    seed = _int(wanted.get("seed", "0"), "seed", 0, pipeline_editor.SEED_MAX)
-    if "pipeline" in wanted:
-        pipeline_editor.load_pipeline(pipeline_from_query(wanted["pipeline"], seed))
-    else:
-        st.session_state[keys.AUG_SEED] = st.session_state[keys.AUG_SEED_INPUT] = seed
-
-
-def _load_grid(wanted: dict[str, str]) -> None:
+def _load_grid(wanted: dict[str, str]) -> list[str]:
+    problems = []
     for name, key in (("rows", keys.AUG_ROWS), ("cols", keys.AUG_COLS)):
-        if name in wanted:
-            st.session_state[key] = _int(wanted[name], name, 1, 16)
+        try:
+            if name in wanted:
+                st.session_state[key] = _int(wanted[name], name, 1, 16)
+        except CamlibError as error:  # each value on its own: a bad rows leaves a good cols applied
+            problems.append(str(error))
+    return problems
 
 
-def _load_images(wanted: dict[str, str]) -> None:
+def _load_images(wanted: dict[str, str]) -> list[str]:
     if wanted.get("mode", "many") not in MODES or wanted.get("split", "test") not in SPLITS:
-        raise PipelineError(f"mode must be one of {MODES} and split one of {SPLITS}")
+        return [f"mode must be one of {MODES} and split one of {SPLITS}"]
     classes = [c for c in wanted.get("classes", "").split(",") if c]
     if any(c not in CLASS_NAMES for c in classes):
-        raise PipelineError(f"classes must be CIFAR-10 class names ({', '.join(CLASS_NAMES)})")
+        return [f"classes must be CIFAR-10 class names ({', '.join(CLASS_NAMES)})"]
     st.session_state[keys.AUG_MODE] = wanted.get("mode", "many")
     if "split" in wanted:  # a link made on CIFAR-10 (one made on a photo names no split)
         st.session_state[keys.AUG_IMAGES] = "CIFAR-10"
         st.session_state[keys.AUG_SPLIT] = wanted["split"]
         st.session_state[keys.AUG_CLASSES] = classes
     if "image" in wanted:
-        st.session_state[keys.AUG_IMAGE_INDEX] = _int(wanted["image"], "image", 0, 59_999)
+        try:
+            st.session_state[keys.AUG_IMAGE_INDEX] = _int(wanted["image"], "image", 0, 59_999)
+        except CamlibError as error:
+            return [str(error)]
+    return []
+
+
+def check_image_index(count: int) -> None:
+    """Refuse, with ``st.error``, an image index (from a link) beyond the ``count`` images of the chosen classes; the
+    page then shows image 0, and says so, rather than silently."""
+    index = st.session_state.get(keys.AUG_IMAGE_INDEX)
+    if isinstance(index, int) and not 0 <= index < count:
+        st.error(
+            md(
+                "Image {index} of the link is out of range: the chosen classes have {count} images (0..{last}). "
+                "Showing image 0.",
+                index=index,
+                count=count,
+                last=count - 1,
+            )
+        )
+        st.session_state[keys.AUG_IMAGE_INDEX] = 0
 
 
 def apply_link() -> None:
@@ -70,12 +100,7 @@ def apply_link() -> None:
     if not wanted:
         return
     st.session_state[keys.AUG_LINK] = wanted
-    problems = []
-    for load in (_load_pipeline, _load_grid, _load_images):
-        try:
-            load(wanted)
-        except CamlibError as error:
-            problems.append(str(error))
+    problems = [problem for load in (_load_pipeline, _load_grid, _load_images) for problem in load(wanted)]
     if problems:
         st.error(md("Part of the link could not be applied: {problems}", problems="; ".join(problems)))
 

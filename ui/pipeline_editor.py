@@ -13,16 +13,18 @@ import streamlit as st
 
 from camlib.augment import (
     CIFAR10_TRAIN_PIPELINE,
+    MAX_IMPORT_CHARS,
     TRANSFORMS,
     ParamSpec,
     Pipeline,
     PipelineStep,
     pipeline_from_json,
+    pipeline_from_yaml,
     pipeline_to_json,
     pipeline_to_python,
     pipeline_to_yaml,
 )
-from camlib.errors import CamlibError
+from camlib.errors import CamlibError, PipelineError
 from ui import keys
 from ui.text import md, shorten
 
@@ -221,12 +223,16 @@ def pipeline_editor() -> Pipeline:
 
 
 def import_widget() -> None:
-    """Upload an exported pipeline (JSON) to restore the editor; each upload is applied once."""
-    imported = st.file_uploader("Import a pipeline (JSON)", type=["json"], key=keys.AUG_IMPORT)
+    """Upload an exported pipeline (JSON or YAML) to restore the editor; each upload is applied once. Its size is
+    checked before it is decoded (``MAX_IMPORT_CHARS``; a UTF-8 character is at least one byte)."""
+    imported = st.file_uploader("Import a pipeline (JSON or YAML)", type=["json", "yaml", "yml"], key=keys.AUG_IMPORT)
     if imported is None or st.session_state.get(keys.AUG_IMPORTED_ID) == imported.file_id:
         return
+    parse = pipeline_from_json if imported.name.lower().endswith(".json") else pipeline_from_yaml
     try:
-        load_pipeline(pipeline_from_json(imported.getvalue().decode("utf-8", "replace")))
+        if imported.size > MAX_IMPORT_CHARS * 4:
+            raise PipelineError(f"the file is {imported.size:,} bytes; an exported pipeline is far smaller")
+        load_pipeline(parse(imported.getvalue().decode("utf-8", "replace")))
         st.session_state[keys.AUG_IMPORTED_ID] = imported.file_id
         st.success(md("Imported {file}.", file=shorten(imported.name)))
     except CamlibError as error:
