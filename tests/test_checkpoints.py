@@ -550,6 +550,11 @@ def _pickled_zip(obj: object, storages: dict[str, bytes] = ONE_TENSOR) -> Callab
     return lambda: torch_zip(obj, storages)
 
 
+def _pickle_record(pickled: bytes) -> bytes:
+    """A zip checkpoint whose data.pkl is ``pickled``, written by hand."""
+    return zip_bytes([Record("archive/data.pkl", pickled), Record("archive/version", b"3\n")])
+
+
 PICKLE_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
     "storage-declares-more-than-its-record": (
         _pickled_zip({"w": Tensor(Storage("0", 2**34), 0, (4,), (1,))}),
@@ -594,6 +599,16 @@ PICKLE_FAMILY: dict[str, tuple[Callable[[], bytes], str]] = {
     "many-objects": (
         _pickled_zip({"w": Tensor(FOUR_FLOATS, 0, (4,), (1,)), "x": [OrderedDict() for _ in range(80_001)]}),
         "builds more than 80,000 objects",
+    ),
+    # CPython's unpickler sizes its memo array to twice the largest index: here 2**31 slots, 16 GiB, from 9 bytes.
+    "memo-index-2**30": (
+        lambda: _pickle_record(b"\x80\x02]r" + struct.pack("<I", 2**30) + b"."),
+        "memo index 1073741824",
+    ),
+    # Two opcodes an empty set (216 bytes built): 4 MiB of them built 480 MB.
+    "many-opcodes": (
+        lambda: _pickle_record(b"\x80\x04]" + b"\x8fa" * (MAX_CHECKPOINT_PICKLE_BYTES // 2 - 8) + b"."),
+        "more than 480,000 opcodes",
     ),
 }
 
@@ -795,6 +810,8 @@ def test_refusals_take_milliseconds_and_flat_memory(tmp_path: Path) -> None:
         "storage.pt": PICKLE_FAMILY["storage-declares-more-than-its-record"][0](),
         "extent.pt": PICKLE_FAMILY["extent-overflowing-int64"][0](),
         "tensors.pt": PICKLE_FAMILY["many-tensors"][0](),
+        "memo.pt": PICKLE_FAMILY["memo-index-2**30"][0](),
+        "opcodes.pt": PICKLE_FAMILY["many-opcodes"][0](),
         "records.pt": _records(MAX_CHECKPOINT_TENSORS + 17),
         "legacy.pt": LEGACY_FAMILY["legacy-storage-declares-more-than-follows"][0](),
         "huge.safetensors": SAFETENSORS_FAMILY["shape-product-past-int64"][0](),
@@ -807,9 +824,9 @@ def test_refusals_take_milliseconds_and_flat_memory(tmp_path: Path) -> None:
     assert outcome == "loaded" and grown > 64 * 2**20
     for name, (outcome, seconds, grown) in measured.items():
         assert outcome == "refused", name
-        # about 1 ms each; 10,000 tensors are checked one by one before the 10,001st is refused (about 0.3 s). The
-        # margins are for a busy shared machine.
-        assert seconds < (3.0 if name == "tensors.pt" else 0.2), (name, seconds)
+        # about 1 ms each; 10,000 tensors are checked one by one before the 10,001st is refused (about 0.3 s), and
+        # 480,000 opcodes walked before the next is refused (about 0.15 s). The margins are for a busy shared machine.
+        assert seconds < (3.0 if name in ("tensors.pt", "opcodes.pt") else 0.2), (name, seconds)
         assert grown < (32 if name == "strings.safetensors" else 16) * 2**20, (name, grown)  # the 1 GiB bomb included
 
 
