@@ -540,3 +540,24 @@ def test_a_torn_table_file_is_an_error_in_the_page(tmp_path, monkeypatch, tear) 
     at = _open_batch_view(monkeypatch, [runs], "cams")
     assert len(at.error) == 1 and escape("part-00000.parquet is torn or not Parquet") in at.error[0].value
     assert "rerun the job" in at.error[0].value and str(tmp_path) not in at.error[0].value
+
+
+def test_a_cifar_image_id_is_its_position_in_the_split_strictly_read(tmp_path, monkeypatch) -> None:
+    """A stored CIFAR-10 id names the image's position in the split ("test/00002"): a negative or non-digit position
+    draws no image (``int()`` would read "test/-1" as the split's last image, shown under another image's map)."""
+    from camlib.models import prepare_input
+    from ui import batch_table
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    monkeypatch.setattr(batch_table, "_cifar_images", lambda root, split, limit: images)
+    monkeypatch.setenv("CAMLIB_BATCH_ROOTS", str(tmp_path))
+    spec = MODELS["cifar10_resnet20"]
+    record = {
+        "settings": {"cifar10": "test", "data": str(tmp_path), "limit": None},
+        "model": {"preprocessing": vars(spec.preprocessing)},
+    }
+    table = batch_table.BatchTable(str(tmp_path), None, record, tuple(CLASS_NAMES))
+    expected = prepare_input(images[2], spec.preprocessing).model_view
+    np.testing.assert_array_equal(batch_table._image(table, "test/00002"), expected)
+    for image_id in ("test/-1", "test/-3", "test/3", "test/²", "test/+1"):
+        assert batch_table._image(table, image_id) is None, image_id

@@ -32,6 +32,7 @@ from camlib.evaluation import confusion_matrix, per_class_accuracy
 from camlib.imaging import MAX_UPLOAD_BYTES, decode_image
 from camlib.models import Preprocessing, prepare_input
 from camlib.overlay import colorize, overlay_heatmap, upscale_nearest
+from camlib.parsing import parse_int
 from ui import figures
 from ui.cache import CACHE_TTL
 from ui.text import md
@@ -129,7 +130,8 @@ def _image(table: BatchTable, image_id: str) -> np.ndarray | None:
             if root is None or not isinstance(settings.get("limit"), int | None):
                 return None
             images = _cifar_images(str(root), settings["cifar10"], settings.get("limit"))
-            image = images[int(image_id.rsplit("/", 1)[1])]
+            # "test/00042": its position in the split, strictly parsed (int() would take "-1", the last image).
+            image = images[parse_int(image_id.rpartition("/")[2], "the image id", minimum=0, maximum=len(images) - 1)]
         elif (folder := _shared(settings.get("images"), also=(Path(table.out),))) is not None:
             data = read_capped(confined(folder, image_id), MAX_UPLOAD_BYTES, "the image", ImageTooLargeError)
             image = decode_image(data).pixels
