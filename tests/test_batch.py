@@ -29,7 +29,7 @@ from PIL import Image
 import camlib.batch.job as job_module
 from camlib.batch import BATCH_METRICS, TABLE_SCHEMA, main, parse_args, read_batch_table, run_batch
 from camlib.batch.files import confined, read_capped, write_durably
-from camlib.batch.job import read_batch_map
+from camlib.batch.job import read_batch_map, read_run_record
 from camlib.cam import compute_cam_grid, layer_magnitudes
 from camlib.cifar import CLASS_NAMES, load_cifar10
 from camlib.errors import ImageTooLargeError, InputError
@@ -587,6 +587,23 @@ def test_a_symlink_is_followed_only_while_it_stays_in_the_folder(tmp_path):
     for stored in ("maps/out.npy", "escape/key.npy"):
         with pytest.raises(InputError, match="leads outside its folder"):
             confined(folder, stored)
+
+
+@pytest.mark.bad_input(80)
+def test_a_table_file_or_run_record_that_leads_outside_its_folder_is_refused(reference, tmp_path):
+    """A folder whose table file or run.json is a symlink to another job's, outside it: that job's rows and record
+    are not read through it (the control: the same files copied in are read)."""
+    for name in ("table/part-00000.parquet", "run.json"):
+        crafted = tmp_path / name.replace("/", "-")
+        shutil.copytree(reference, crafted)
+        (crafted / name).unlink()
+        (crafted / name).symlink_to(reference / name)
+        with pytest.raises(InputError, match="leads outside its folder"):
+            read_batch_table(crafted) if name.startswith("table") else read_run_record(crafted)
+        (crafted / name).unlink()
+        shutil.copy(reference / name, crafted / name)
+        assert read_batch_table(crafted).equals(read_batch_table(reference))
+        assert read_run_record(crafted) == read_run_record(reference)
 
 
 @pytest.mark.bad_input(80)

@@ -37,6 +37,7 @@ from camlib.batch.files import (
     confined,
     part_problem,
     read_capped,
+    within,
     write_durably,
 )
 from camlib.batch.shard import (
@@ -490,14 +491,15 @@ def run_batch(config: BatchConfig, *, progress: bool = True) -> BatchSummary:
 def read_batch_table(out: str | os.PathLike[str]) -> pa.Table:
     """The table a batch job wrote into ``out``: every finished shard's rows, in input order (image, method, layer).
 
-    Every file is checked before its rows are read: its size (``MAX_PART_BYTES``), its footer, the rows and the
-    uncompressed bytes it declares (at most ``MAX_TABLE_ROWS`` and ``MAX_TABLE_BYTES`` for the whole table) and its
-    columns (``TABLE_SCHEMA``'s, plus metric columns).
+    Every file is checked before its rows are read: that it lies inside ``out`` (symlinks followed), its size
+    (``MAX_PART_BYTES``), its footer, the rows and the uncompressed bytes it declares (at most ``MAX_TABLE_ROWS``
+    and ``MAX_TABLE_BYTES`` for the whole table) and its columns (``TABLE_SCHEMA``'s, plus metric columns).
 
     Raises:
         InputError: ``out`` is not a path to a directory holding ``table/part-*.parquet`` files of one schema, or a
             file is torn (0 bytes, cut short, a footer that does not parse), too large, or of other columns: the
-            message names the file and says to rerun the job, which redoes that shard. Never a pyarrow error.
+            message names the file and says to rerun the job, which redoes that shard. Never a pyarrow error. A
+            file that leads outside ``out`` (a symlink) is refused.
     """
     if not isinstance(out, str | os.PathLike):
         raise InputError(f"out must be a batch job's output directory (str or Path), got {type(out).__name__}")
@@ -507,6 +509,8 @@ def read_batch_table(out: str | os.PathLike[str]) -> pa.Table:
     rows = declared = 0
     for part in parts:
         rerun, size = f"out {out}: its table file {part.name}", -1
+        if within(out, Path(TABLE_DIR, part.name)) is None:
+            raise InputError(f"{rerun} leads outside its folder (a symlink); refused")
         try:
             size = part.stat().st_size
             if size > MAX_PART_BYTES:
@@ -578,11 +582,14 @@ def read_run_record(out: str | os.PathLike[str]) -> dict[str, Any]:
     ``inputs``, ``columns``, ``versions``, ``runs`` and ``status``.
 
     Raises:
-        InputError: ``out`` is not a path to a directory holding a batch job's ``run.json``.
+        InputError: ``out`` is not a path to a directory holding a batch job's ``run.json``, or its ``run.json``
+            leads outside it (a symlink).
     """
     if not isinstance(out, str | os.PathLike):
         raise InputError(f"out must be a batch job's output directory (str or Path), got {type(out).__name__}")
     run_file = Path(out) / RUN_FILE
+    if within(out, RUN_FILE) is None:
+        raise InputError(f"out {out}: its {RUN_FILE} leads outside its folder (a symlink); refused")
     try:
         record = json.loads(read_capped(run_file, MAX_RUN_BYTES, RUN_FILE))
     except (OSError, ValueError, RecursionError) as error:
