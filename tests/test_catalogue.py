@@ -27,9 +27,7 @@ EQUIVALENT = {
 # Rows whose behaviour is scheduled for a later issue; nothing else may be listed here.
 PENDING: dict[int, str] = {
     71: "#21",
-    72: "#21",
     73: "#21",
-    74: "#21",
 }
 
 
