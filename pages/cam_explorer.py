@@ -106,8 +106,8 @@ with results:
             )
         return view, loaded.class_names, image
 
-    channels = [by_name[n].channels for n in layers]
-    start = failed is not None or cam_view.ready_to_start(request, [method], class_idx, channels, options=cam_options)
+    chosen = [by_name[n] for n in layers]
+    start = failed is not None or cam_view.ready_to_start(request, [method], class_idx, chosen, options=cam_options)
     if start:  # the last result that worked keeps its own classes and image (the map is drawn on its image)
         kept, failed = keep_last_good(
             keys.CAM_LAST_VIEW,

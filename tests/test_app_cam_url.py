@@ -202,13 +202,14 @@ SLOW_LAYERS = ["layer1", "layer2", "layer3", "stem"]
 
 
 @pytest.mark.bad_input(72)
-@pytest.mark.parametrize("slow", ["shapleycam", "sscam"])
+@pytest.mark.parametrize("slow", ["shapleycam", "sscam", "kpcacam"])
 @pytest.mark.parametrize("by", ["link", "pickers"])
 def test_a_slow_method_waits_for_the_same_button_from_a_link_as_from_the_pickers(monkeypatch, slow, by):
-    """ShapleyCAM (a Hessian-vector product per layer: a gradient method) and SS-CAM (35 forwards per channel: a
-    perturbation method) above ``SLOW_S`` show the estimate and a button, whoever set them; the button starts it. The
-    model's backward timings are fixed (1 s per Hessian product) so the estimate does not depend on this machine."""
-    monkeypatch.setattr(cam_view, "pass_seconds", lambda model_key, device: PassTimes(0.005, 0.015, 1.0))
+    """ShapleyCAM (a Hessian-vector product per layer: a gradient method), SS-CAM (35 forwards per channel: a
+    perturbation method) and KPCA-CAM (a kernel eigenproblem per layer) above ``SLOW_S`` show the estimate and a
+    button, whoever set them; the button starts it. The timings are fixed (1 s per Hessian product, 5 s per probe
+    kernel eigenproblem) so the estimate does not depend on this machine."""
+    monkeypatch.setattr(cam_view, "pass_seconds", lambda model_key, device: PassTimes(0.005, 0.015, 1.0, 5.0, 1.0))
     link = {"model": MODEL, "view": "compare", "methods": f"gradcam,{slow}", "layers": ",".join(SLOW_LAYERS)}
     if by == "link":
         at = _open(link)
@@ -221,7 +222,9 @@ def test_a_slow_method_waits_for_the_same_button_from_a_link_as_from_the_pickers
     assert not at.exception and not at.error, [e.value for e in at.error]
     start = at.button(key=keys.CAM_GRID_START)
     assert _unescaped(start.label).startswith(f"Compute {METHODS[slow].label} (about")
-    passes = "Hessian\\-vector products" if slow == "shapleycam" else "extra forward passes"
+    passes = {"shapleycam": "Hessian\\-vector products", "sscam": "extra forward passes", "kpcacam": "eigenproblems"}[
+        slow
+    ]
     assert any(passes in info.value for info in at.info), [i.value for i in at.info]
     kept = at.session_state[keys.CAM_LAST_GRID] if keys.CAM_LAST_GRID in at.session_state else None  # noqa: SIM401 (no .get)
     assert kept is None or slow not in kept[0].views  # nothing slow ran before the click

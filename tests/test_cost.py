@@ -11,12 +11,27 @@ import torch
 from conftest import mixed_state, seeded, seeded_resnet18
 from torch import nn
 
+import camlib.cost
 from camlib.cam import METHODS, compute_cams
-from camlib.cost import PER_LAYER_PASSES, CostEstimate, PassTimes, estimate_cost, time_forward, time_passes
+from camlib.cost import (
+    KERNEL_PROBE,
+    PER_LAYER_EIGEN,
+    PER_LAYER_PASSES,
+    SVD_PROBE,
+    CostEstimate,
+    PassTimes,
+    estimate_cost,
+    time_forward,
+    time_passes,
+)
 from camlib.errors import InputError, MethodError
 
 PER_LAYER = [name for name, spec in METHODS.items() if spec.second_order or name in PER_LAYER_PASSES]
-ONE_PASS = [name for name, spec in METHODS.items() if spec.family != "perturbation" and name not in PER_LAYER]
+ONE_PASS = [
+    name
+    for name, spec in METHODS.items()
+    if spec.family != "perturbation" and name not in PER_LAYER and name not in PER_LAYER_EIGEN
+]
 PASSES = PassTimes(forward=0.01, backward=0.03, hessian=0.2)
 PERTURBATION = [name for name, spec in METHODS.items() if spec.family == "perturbation" and spec.per_channel]
 PER_SAMPLE = [name for name, spec in METHODS.items() if spec.family == "perturbation" and not spec.per_channel]
@@ -222,3 +237,62 @@ def test_time_passes_leaves_the_model_as_it_was(snapshot):
     before = snapshot(model)
     assert time_passes(model, 32).hessian > 0
     before.assert_unchanged()
+
+
+EIGEN_PASSES = PassTimes(forward=0.01, backward=0.03, hessian=0.2, kernel=2.0, svd=0.5)
+
+
+@pytest.mark.bad_input(72)
+@pytest.mark.parametrize(
+    "positions,expected",
+    [([2500], 2.0), ([5000], 8.0), ([1250], 1.0), ([49, 2500], 2.0 * 49 / 2500 + 2.0), ([8100] * 2, 2 * 2.0 * 3.24**2)],
+)
+def test_kpca_cam_costs_its_probe_kernel_scaled_to_each_layer(positions, expected):
+    """The (hw, hw) kernel's build and Lanczos products grow as positions squared above the timed probe; below it the
+    estimate stays linear (fixed costs dominate small kernels)."""
+    estimate = estimate_cost(
+        "kpcacam", [32] * len(positions), seconds_per_image=0.5, passes=EIGEN_PASSES, positions=positions
+    )
+    assert estimate == CostEstimate("kpcacam", 0, 0, pytest.approx(expected), eigenproblems=len(positions))
+
+
+@pytest.mark.parametrize("method", ["eigencam", "eigengradcam"])
+@pytest.mark.parametrize(
+    "positions,channels,expected",
+    [
+        ([2500], [256], 0.5),
+        ([2500], [512], 2.0),
+        ([10000], [256], 2.0),
+        ([49], [64], 0.5 * 49 * 64 * 49 / 2500 / 256**2),
+    ],
+)
+def test_eigen_cam_costs_its_probe_svd_scaled_to_each_layer(method, positions, channels, expected):
+    """An SVD of (hw, C) costs hw x C x min(hw, C) (Golub & Van Loan, Matrix Computations, 5.4)."""
+    estimate = estimate_cost(method, channels, seconds_per_image=0.5, passes=EIGEN_PASSES, positions=positions)
+    assert estimate.seconds == pytest.approx(expected) and estimate.eigenproblems == 1
+
+
+@pytest.mark.parametrize("method", sorted(PER_LAYER_EIGEN))
+def test_eigen_estimates_need_the_timings_and_every_layers_positions(method):
+    for passes in (None, 0.2):
+        with pytest.raises(InputError, match="passes"):
+            estimate_cost(method, [64], seconds_per_image=0.5, passes=passes, positions=[49])
+    for positions in (None, [49, 49], "49", [0], [True]):
+        with pytest.raises(InputError, match="positions"):
+            estimate_cost(method, [64], seconds_per_image=0.5, passes=EIGEN_PASSES, positions=positions)
+
+
+def test_time_passes_times_the_eigen_methods_own_solvers_at_the_probe_sizes(monkeypatch):
+    """The timed eigenproblems are camlib's KPCA-CAM kernel and Eigen-CAM SVD, on activations of the probe sizes."""
+    seen = []
+    for name in ("_kernel_projection", "eigen_projection"):
+        real = getattr(camlib.cost, name)
+
+        def record(acts, real=real):
+            seen.append(tuple(acts.shape))
+            return real(acts)
+
+        monkeypatch.setattr(camlib.cost, name, record)
+    kernel, svd = camlib.cost.time_eigenproblems()
+    assert kernel > 0 and svd > 0
+    assert seen == [(1, KERNEL_PROBE[1], 50, 50), (1, SVD_PROBE[1], 50, 50)]

@@ -88,14 +88,14 @@ def show(
             st.caption("Showing the last grid.")
             draw(*kept)
         return
-    channels = [context.layers[n].channels for n in request[3]]
+    chosen = [context.layers[n] for n in request[3]]
 
     def compute() -> tuple[cache.GridView, Context]:
         with cam_view.progress(methods) as report:
             grid = cache.compute_grid(*request, methods=tuple(methods), class_idx=class_idx, progress=report)
         return grid, context
 
-    current = cam_view.ready_to_start(request, methods, class_idx, channels, button_key=keys.CAM_GRID_START)
+    current = cam_view.ready_to_start(request, methods, class_idx, chosen, button_key=keys.CAM_GRID_START)
     if current:
         kept, error = keep_last_good(
             keys.CAM_LAST_GRID, compute, failure="Cannot compute the grid: {error}", stale="Showing the last grid."

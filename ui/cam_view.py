@@ -37,7 +37,7 @@ from camlib.cam import (
     layer_magnitudes,
     shared_scale_maps,
 )
-from camlib.cost import PER_LAYER_PASSES, CostEstimate, PassTimes, estimate_cost, time_passes
+from camlib.cost import PER_LAYER_EIGEN, PER_LAYER_PASSES, CostEstimate, PassTimes, estimate_cost, time_passes
 from camlib.drawing import fast_png
 from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
@@ -158,16 +158,17 @@ def method_options(method: str) -> cache.CamOptions:
 
 def costly(method: str) -> bool:
     """Whether ``method`` runs passes beyond the shared one, in a number that grows with the layers or channels
-    (``camlib.cost``: perturbation methods, second-order gradient methods, ``PER_LAYER_PASSES``): the methods
-    ``ready_to_start`` estimates."""
+    or the layers' size (``camlib.cost``: perturbation methods, second-order gradient methods, ``PER_LAYER_PASSES``,
+    ``PER_LAYER_EIGEN``): the methods ``ready_to_start`` estimates."""
     spec = METHODS[method]
-    return spec.family == "perturbation" or spec.second_order or method in PER_LAYER_PASSES
+    return spec.family == "perturbation" or spec.second_order or method in PER_LAYER_PASSES or method in PER_LAYER_EIGEN
 
 
 @st.cache_resource(max_entries=8, show_spinner="Timing the model's backward passes once, to estimate this method...")
 def pass_seconds(model_key: str, device: str) -> PassTimes:
     """The model's timed passes on ``device`` (``camlib.cost.time_passes`` at its input size), measured once per
-    process: the basis of the estimate of the methods that run a backward or a Hessian product per layer."""
+    process: the basis of the estimate of the methods that run a backward, a Hessian product or an eigenproblem per
+    layer."""
     loaded = cache.resolve_model(model_key, device)
     return time_passes(loaded.model, loaded.spec.preprocessing.crop)
 
@@ -177,6 +178,7 @@ def _passes_text(estimates: list[CostEstimate]) -> str:
         (sum(e.extra_forwards for e in estimates), "extra forward passes"),
         (sum(e.extra_backwards for e in estimates), "extra forward and backward passes"),
         (sum(e.hessian_products for e in estimates), "Hessian-vector products (a second backward each)"),
+        (sum(e.eigenproblems for e in estimates), "eigenproblems (one per layer and image)"),
     ]
     return " and ".join(f"{n:,} {what}" for n, what in parts if n)
 
@@ -185,20 +187,23 @@ def ready_to_start(
     request: tuple,
     methods: list[str],
     class_idx: int,
-    channels: list[int],
+    layers: list[LayerInfo],
     *,
     options: cache.CamOptions = cache.DEFAULT_OPTIONS,
     button_key: str = keys.CAM_START,
 ) -> bool:
     """Whether to compute ``methods`` now, for ``cache.compute_grid(*request, methods=..., class_idx=...)`` (or
     ``compute_view`` for one method): True when every ``costly`` method among them is cached or they are estimated
-    at most ``SLOW_S`` together (``camlib.cost.estimate_cost``, from the model's timed forward, and for second-order
-    and per-layer-pass methods its timed backward and Hessian product, times ``AUG_SMOOTH_VIEWS`` with aug_smooth);
+    at most ``SLOW_S`` together on ``layers`` (``camlib.cost.estimate_cost``, from the model's timed forward, and for
+    second-order, per-layer-pass and eigenproblem methods its timed backward, Hessian product and the timed
+    eigenproblems, times ``AUG_SMOOTH_VIEWS`` with aug_smooth);
     otherwise the estimate is shown with a button (``button_key``), and this is True only on the run the button was
     pressed in. Whatever set the methods and layers (the pickers or a link), the same check applies. When the cache
     or the estimate fails this is True: the computation then shows the error.
     """
     model_key, device = request[:2]
+    channels = [layer.channels for layer in layers]
+    positions = [layer.height * layer.width for layer in layers]
     slow = [METHODS[m] for m in methods if costly(m)]
     try:
         slow = [
@@ -212,10 +217,16 @@ def ready_to_start(
         seconds = cache.forward_seconds(model_key, device) * views
         passes = None
         if any(spec.family != "perturbation" for spec in slow):
-            timed = pass_seconds(model_key, device)
-            passes = PassTimes(timed.forward * views, timed.backward * views, timed.hessian * views)
+            passes = pass_seconds(model_key, device).scaled(views)
         estimates = [
-            estimate_cost(spec.name, channels, seconds_per_image=seconds, n_samples=options.n_samples, passes=passes)
+            estimate_cost(
+                spec.name,
+                channels,
+                seconds_per_image=seconds,
+                n_samples=options.n_samples,
+                passes=passes,
+                positions=positions,
+            )
             for spec in slow
         ]
     except CamlibError:  # no estimate: start, and let the computation report what is wrong
