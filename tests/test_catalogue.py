@@ -25,10 +25,7 @@ EQUIVALENT = {
     "threads": ("U", "thread tests are plain pytest modules: `threading.Barrier` workers on one shared object"),
 }
 # Rows whose behaviour is scheduled for a later issue; nothing else may be listed here.
-PENDING: dict[int, str] = {
-    71: "#21",
-    73: "#21",
-}
+PENDING: dict[int, str] = {}
 
 
 def catalogue_rows(text: str) -> dict[int, set[str]]:
@@ -163,7 +160,7 @@ def test_every_kind_the_test_column_names_is_covered(rows: dict[int, set[str]]) 
 
 
 def test_pending_rows_are_only_the_declared_later_issue_and_still_untested() -> None:
-    assert set(PENDING) <= set(range(69, 81)) and set(PENDING.values()) <= {"#21"}
+    assert PENDING == {}, "every row has its tests; a row may be pending only on an open issue that covers it"
     claims = marked_tests()
     assert [row for row in PENDING if row in claims] == [], "a pending row has tests now: drop it from PENDING"
 

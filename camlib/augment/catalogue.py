@@ -460,7 +460,7 @@ CATALOGUE: dict[str, tuple[type[A.BasicTransform], str]] = {
     "PixelDistributionAdaptation": (A.PixelDistributionAdaptation, "second image"),
 }
 
-# Albumentations 2.0.8 transforms the Lab leaves out, and why (the README lists them).
+# Albumentations 2.0.8 transforms the Lab leaves out, and why (docs/augmentation-lab.md lists them).
 OMITTED: dict[str, str] = {
     "AtLeastOneBBoxRandomCrop": "needs bounding boxes",
     "BBoxSafeRandomCrop": "needs bounding boxes",
