@@ -525,6 +525,27 @@ def test_a_table_is_refused_from_what_its_footers_declare(reference, tmp_path, m
         read_batch_table(other)
 
 
+@pytest.mark.bad_input(79)
+def test_a_table_is_refused_from_the_bytes_its_rows_take_once_read(reference, tmp_path, monkeypatch):
+    """Footers declare the encoded pages' sizes: rows that all reference one long dictionary string declare little
+    and read as rows x its length. Their length is summed before the rows are read; the reference table is read."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(reference, crafted)
+    part = crafted / "table" / "part-00000.parquet"
+    table = pq.read_table(part)
+    long_id = pa.array(["x" * 100_000] * table.num_rows)
+    pq.write_table(table.set_column(table.schema.get_field_index("image_id"), "image_id", long_id), part)
+    monkeypatch.setattr(job_module, "MAX_TABLE_BYTES", 2**20)
+    footers = sum(pq.read_metadata(p).row_group(0).total_byte_size for p in (crafted / "table").glob("*.parquet"))
+    assert footers < 2**20 < table.num_rows * 100_000  # the premise: the footers alone would let it through
+    with pytest.raises(InputError, match=r"holds \d\.\d MB once read, more than 1\.0 MB"):
+        read_batch_table(crafted)
+    assert read_batch_table(reference).num_rows == IMAGES * 4
+    pq.write_table(table.append_column("notes", pa.array(["x"] * table.num_rows)), part)
+    with pytest.raises(InputError, match="has columns no batch table holds: notes"):
+        read_batch_table(crafted)
+
+
 def test_a_rerun_trusts_whole_parts(reference, tmp_path):
     """The checks cannot fail on a good job: a rerun of a finished job redoes nothing."""
     shutil.copytree(reference, tmp_path / "out")

@@ -526,14 +526,14 @@ def read_batch_table(out: str | os.PathLike[str]) -> pa.Table:
             ) from error
         rows += metadata.num_rows
         declared += sum(metadata.row_group(k).total_byte_size for k in range(metadata.num_row_groups))
-        wrong = [f.name for f in TABLE_SCHEMA if f.name not in schema.names or schema.field(f.name).type != f.type]
-        if wrong:
-            raise InputError(f"{rerun} lacks the batch table's columns {', '.join(wrong[:5])}")
+        if (problem := _columns_problem(schema)) is not None:
+            raise InputError(f"{rerun} {problem}")
         if rows > MAX_TABLE_ROWS or declared > MAX_TABLE_BYTES:
             raise InputError(
                 f"out {out}: its table declares more than {MAX_TABLE_ROWS:,} rows or "
                 f"{MAX_TABLE_BYTES / 1e9:.0f} GB; not read"
             )
+    _check_decoded_size(out, parts)
     try:
         tables = [pq.read_table(part) for part in parts]
     except READ_ERRORS as error:
@@ -543,6 +543,52 @@ def read_batch_table(out: str | os.PathLike[str]) -> pa.Table:
     if any(t.schema != tables[0].schema for t in tables):
         raise InputError(f"out {out}: its table files have different columns; not one job's output")
     return pa.concat_tables(tables)
+
+
+def _columns_problem(schema: pa.Schema) -> str | None:
+    """Why a table file's columns are not a batch table's, or None: each of ``TABLE_SCHEMA``'s, of its type, and
+    only float64 metric columns besides (what ``--metrics`` adds)."""
+    wrong = [f.name for f in TABLE_SCHEMA if f.name not in schema.names or schema.field(f.name).type != f.type]
+    if wrong:
+        return f"lacks the batch table's columns {', '.join(wrong[:5])}"
+    extra = [f.name for f in schema if f.name not in TABLE_SCHEMA.names and f.type != pa.float64()]
+    return f"has columns no batch table holds: {', '.join(extra[:5])}" if extra else None
+
+
+def _check_decoded_size(out: str | os.PathLike[str], parts: list[Path]) -> None:
+    """Refuse table files whose rows take more than ``MAX_TABLE_BYTES`` once read: fixed-width columns at their width,
+    and each string column's value lengths summed over its rows.
+
+    A footer's sizes are those of the encoded pages: a dictionary page of one long string that every row references
+    holds little and reads as rows x its length (a 2.3 MB file of 1,000,000 rows of nine such 1,000-character strings
+    reads as 9 GB). So each string column is first read dictionary-encoded, which takes its indices and distinct
+    values only (5 MB and 0.1 s for that file).
+
+    Raises:
+        InputError: more than ``MAX_TABLE_BYTES`` once read, or a file cannot be read (pyarrow's errors), naming
+            ``out``.
+    """
+    size = 0
+    try:
+        for part in parts:
+            schema = pq.read_schema(part)
+            widths = sum(
+                f.type.bit_width // 8 for f in schema if pa.types.is_primitive(f.type) and f.type.bit_width > 1
+            )
+            size += pq.read_metadata(part).num_rows * widths
+            for name in (f.name for f in schema if pa.types.is_string(f.type)):
+                column = pq.read_table(part, columns=[name], read_dictionary=[name]).column(name)
+                for chunk in column.chunks:
+                    size += pc.sum(pc.take(pc.binary_length(chunk.dictionary), chunk.indices)).as_py() or 0
+    except READ_ERRORS as error:
+        raise InputError(
+            f"out {out}: a table file cannot be read ({type(error).__name__}); rerun the job to redo its shard"
+        ) from error
+    if size > MAX_TABLE_BYTES:
+        raise InputError(
+            f"out {out}: its table holds {size / 1e6:,.1f} MB once read, more than {MAX_TABLE_BYTES / 1e6:,.1f} MB; "
+            "not read"
+        )
 
 
 def read_batch_map(out: str | os.PathLike[str], map_path: object, map_index: object) -> np.ndarray:
