@@ -37,6 +37,7 @@ from functools import lru_cache
 
 import torch
 
+from camlib.contracts import require_int
 from camlib.errors import CheckpointError, InputError
 
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema")
@@ -333,9 +334,10 @@ def read_checkpoint(data: bytes, filename: str = "", *, max_bytes: int = MAX_CHE
             (meta, sparse, nested, quantised, complex, float8...), or NaN/Inf in any tensor a reading could load.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise CheckpointError(f"a checkpoint is the file's bytes, got {type(data).__name__}")
+        raise CheckpointError(f"data: a checkpoint is the file's bytes, got {type(data).__name__}")
     if not isinstance(filename, str):
         raise CheckpointError(f"the checkpoint's filename must be a string, got {type(filename).__name__}")
+    max_bytes = require_int(max_bytes, "max_bytes", minimum=1, error=CheckpointError)
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
         raise CheckpointError("empty checkpoint file")
@@ -733,7 +735,7 @@ class _DryRun(pickle.Unpickler):
 
     def called(self, function: type[_Global], args: tuple) -> _Built:
         self._count()
-        if function.name in self._REBUILDS or function.name.startswith("torch._utils._rebuild"):
+        if function.name.startswith("torch._utils._rebuild"):  # every tensor form, parameters included
             self.tensors += 1
             if self.tensors > MAX_CHECKPOINT_TENSORS:
                 raise CheckpointError(
