@@ -184,6 +184,8 @@ def probe_layouts(
     require_model(model)
     input_size = require_size(input_size, "input_size")
     channels = require_int(channels, "channels", minimum=1)
+    if names is not None and (not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names)):
+        raise InputError(f"names must be None or a list of layer names (str), got {names!r}")
     with eval_mode(model):
         probe = _probe(model, input_size, channels)
         wanted = [n for n in sorted(probe.outputs, key=lambda n: probe.outputs[n][0]) if names is None or n in names]
@@ -258,6 +260,12 @@ def layer_layout(  # noqa: PLR0913 (the layer, its output, the call's input and 
             names ``layouts=`` where an explicit layout can help.
         InputError: malformed arguments.
     """
+    require_model(model)
+    if not isinstance(name, str):
+        raise InputError(f"name must be a layer's dotted name (str), got {type(name).__name__}")
+    input_size = require_size(input_size, "input_size")
+    batch = require_int(batch, "batch", minimum=1)
+    channels = require_int(channels, "channels", minimum=1)
     require_batch(name, shape, batch)
     if explicit is not None:
         return layout_from_spec(explicit, shape, input_size)

@@ -286,9 +286,11 @@ def require_batch(name: str, shape: tuple[int, ...], batch: int) -> None:
     would give ``B * windows`` maps for ``B`` images.
 
     Raises:
-        LayerError: ``shape[0] != batch``, naming the layer and saying why.
+        LayerError: ``shape[0] != batch``, naming the layer and saying why. InputError: ``shape`` is not a sequence
+            of non-negative integers.
     """
-    if len(shape) and int(shape[0]) != batch:
+    shape = _require_shape(shape)
+    if int(shape[0]) != batch:
         raise LayerError(
             f"layer {name!r} outputs a batch of {int(shape[0])} for {batch} input image{'s' if batch != 1 else ''}: "
             "it folds windows or patches into the batch dimension (window attention, MobileViT's unfolded patches), "

@@ -434,6 +434,61 @@ CASES: list[Case] = [
     ),
     Case(layouts.infer_layout, "input_size", lambda v: layouts.infer_layout((1, 4, 8, 8), v), bad_sizes),
     Case(
+        layouts.layout_readings,
+        "shape",
+        lambda v: layouts.layout_readings(v, (32, 32)),
+        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
+    ),
+    Case(layouts.layout_readings, "input_size", lambda v: layouts.layout_readings((1, 4, 8, 8), v), bad_sizes),
+    Case(
+        layouts.confirm_layout,
+        "shape",
+        lambda v: layouts.confirm_layout(v, (32, 32)),
+        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
+    ),
+    Case(layouts.confirm_layout, "input_size", lambda v: layouts.confirm_layout((1, 4, 8, 8), v), bad_sizes),
+    Case(
+        layouts.require_batch,
+        "shape",
+        lambda v: layouts.require_batch("0", v, 1),
+        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
+    ),
+    Case(layers.layer_layout, "model", lambda v: layers.layer_layout(v, "0", (1, 4, 8, 8), (8, 8)), bad_models),
+    Case(
+        layers.layer_layout,
+        "name",
+        lambda v: layers.layer_layout(MODEL, v, (1, 4, 8, 8), (8, 8)),
+        lambda: {"None": None, "int": 0, "list": ["0"]},
+    ),
+    Case(
+        layers.layer_layout,
+        "shape",
+        lambda v: layers.layer_layout(MODEL, "0", v, (8, 8)),
+        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
+    ),
+    Case(layers.layer_layout, "input_size", lambda v: layers.layer_layout(MODEL, "0", (1, 4, 8, 8), v), bad_sizes),
+    Case(layers.probe_layouts, "model", lambda v: layers.probe_layouts(v, (8, 8)), bad_models),
+    Case(layers.probe_layouts, "input_size", lambda v: layers.probe_layouts(MODEL, v), bad_sizes),
+    Case(layers.probe_layouts, "channels", lambda v: layers.probe_layouts(MODEL, (8, 8), channels=v), bad_ints),
+    Case(
+        layers.probe_layouts,
+        "names",
+        lambda v: layers.probe_layouts(MODEL, (8, 8), names=v),
+        lambda: {"str": "0", "int": 0, "list of ints": [0]},
+    ),
+    Case(
+        checkpoints.read_checkpoint,
+        "data",
+        checkpoints.read_checkpoint,
+        lambda: {"None": None, "str": "weights", "int": 5, "list": [1, 2], "tensor": torch.zeros(2)},
+    ),
+    Case(
+        checkpoints.read_checkpoint,
+        "max_bytes",
+        lambda v: checkpoints.read_checkpoint(b"x" * 32, max_bytes=v),
+        bad_ints,
+    ),
+    Case(
         layouts.layout_from_spec,
         "layout",
         lambda v: layouts.layout_from_spec(v, (1, 4, 8, 8), (32, 32)),
@@ -1359,6 +1414,14 @@ CASES: list[Case] = [
         lambda: {k: v for k, v in bad_sizes().items() if k != "int"} | {"zero": 0, "bool": True},
     ),
     Case(cost.time_passes, "batch_size", lambda v: cost.time_passes(MODEL, 8, batch_size=v), bad_ints),
+    Case(
+        cost.estimate_cost,
+        "positions",
+        lambda v: cost.estimate_cost(
+            "kpcacam", [8], seconds_per_image=0.1, passes=cost.PassTimes(0, 0, 0, 1, 1), positions=v
+        ),
+        lambda: {"None": None, "str": "49", "too many": [49, 49], "zero": [0], "bool": [True], "float": [4.5]},
+    ),
     # parsing
     Case(
         parsing.parse_int,
@@ -1835,6 +1898,13 @@ EXEMPT: dict[Callable, str] = {
     prediction_cache.default_cache_dir: "no argument (reads $CAMLIB_CACHE_DIR)",
     prediction_cache.clear_memory_cache: "no argument",
     models.downloads_enabled: "no argument (reads the operator's $CAMLIB_DOWNLOADS)",
+    cost.time_eigenproblems: "no argument (times fixed probe sizes)",
+    # Predicates and descriptions whose every answer is their contract.
+    checkpoints.looks_like_safetensors: "a predicate on any bytes: False is its answer for anything else",
+    checkpoints.tensor_kind: "describes a tensor torch just loaded, for the refusal message",
+    cam.working_dtype: "maps a tensor's own torch.dtype (never user data) to the dtype methods compute in",
+    layouts.conv_grid_fits: "arithmetic on (grid side, input side) pairs that layout_readings and confirm_layout "
+    "built from checked shapes and sizes",
     models.error_reason: "describes any exception for a message (tests/test_models.py)",
     parsing.int_or_none: "returns None for every value parse_int refuses: no error is its contract",
     augment.catalogue.shown: "formats any value for a message: no error is its contract",
