@@ -234,6 +234,19 @@ def test_a_slow_method_waits_for_the_same_button_from_a_link_as_from_the_pickers
         assert set(at.session_state[keys.CAM_LAST_GRID][0].views) == {"gradcam", "shapleycam"}
 
 
+@pytest.mark.bad_input(72)
+def test_a_method_refused_for_the_layers_offers_no_estimate_or_button(monkeypatch):
+    """KPCA-CAM cannot explain EfficientNet-Lite0's 112x112 stem (its kernel would exceed the memory cap): the page
+    says so and the computation refuses at once, so there is nothing to estimate and no Compute button to press."""
+    monkeypatch.setattr(cam_view, "pass_seconds", lambda model_key, device: PassTimes(0.005, 0.015, 1.0, 5.0, 1.0))
+    at = _open({"model": "efficientnet_lite0", "view": "one", "method": "kpcacam", "layers": "conv_stem"})
+    assert not at.exception
+    assert not [b for b in at.button if b.key == keys.CAM_START]
+    assert not any("eigenproblem" in info.value for info in at.info), [i.value for i in at.info]
+    shown = [m.value for m in (*at.error, *at.warning)]
+    assert any("KPCA" in text and "conv\\_stem" in text for text in shown), shown
+
+
 @pytest.fixture
 def empty_torch_cache(monkeypatch, tmp_path) -> tuple[Path, list[str]]:
     """An empty torch cache and a recorded network: every URL ``urlopen`` is asked for, answered with bytes whose hash

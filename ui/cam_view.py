@@ -175,12 +175,12 @@ def pass_seconds(model_key: str, device: str) -> PassTimes:
 
 def _passes_text(estimates: list[CostEstimate]) -> str:
     parts = [
-        (sum(e.extra_forwards for e in estimates), "extra forward passes"),
-        (sum(e.extra_backwards for e in estimates), "extra forward and backward passes"),
-        (sum(e.hessian_products for e in estimates), "Hessian-vector products (a second backward each)"),
-        (sum(e.eigenproblems for e in estimates), "eigenproblems (one per layer and image)"),
+        (sum(e.extra_forwards for e in estimates), "extra forward pass", "es"),
+        (sum(e.extra_backwards for e in estimates), "extra forward and backward pass", "es"),
+        (sum(e.hessian_products for e in estimates), "Hessian-vector product", "s (a second backward each)"),
+        (sum(e.eigenproblems for e in estimates), "eigenproblem", "s (one per layer and image)"),
     ]
-    return " and ".join(f"{n:,} {what}" for n, what in parts if n)
+    return " and ".join(f"{n:,} {what}{plural if n != 1 else ''}" for n, what, plural in parts if n)
 
 
 def ready_to_start(
@@ -206,10 +206,13 @@ def ready_to_start(
     positions = [layer.height * layer.width for layer in layers]
     slow = [METHODS[m] for m in methods if costly(m)]
     try:
+        # A method that cannot explain these layers is refused by the computation at once: nothing to estimate.
+        refused = cache.method_refusals(model_key, device, tuple(layer.name for layer in layers)) if slow else {}
         slow = [
             spec
             for spec in slow
-            if cache.cached_view(*request, method=spec.name, class_idx=class_idx, options=options) is None
+            if spec.name not in refused
+            and cache.cached_view(*request, method=spec.name, class_idx=class_idx, options=options) is None
         ]
         if not slow:
             return True
