@@ -431,3 +431,32 @@ def test_fuzz_link_and_import_values(items: list, seed: int) -> None:
     except (yaml.YAMLError, ValueError):
         return
     _outcome(pipeline_from_yaml, text)
+
+
+@pytest.mark.bad_input(71)
+@pytest.mark.parametrize(
+    "steps,side,rows",
+    [
+        ([PipelineStep("RandomScale", {"scale_limit": (0.9, 0.9)})] * 7, 32, 16),  # tiles up to 2,883 px a side
+        ([PipelineStep("RandomScale", {"scale_limit": (0.9, 0.9)})] * 5, 32, 8),
+        ([PipelineStep("HorizontalFlip")], 400, 16),  # the inputs alone: 256 tiles of 400x400
+    ],
+)
+def test_a_grid_too_large_to_draw_is_refused_by_its_estimate_before_any_step_is_timed(monkeypatch, steps, side, rows):
+    """A browser session was offered "Draw the grid (about 7 s)" for a 16x16 grid that augment_grid then refused
+    after the click: the estimate and the grid share one size check, so the estimate refuses first, with the same
+    reason."""
+    import camlib.augment.cost
+
+    def timed(*_args, **_kwargs):
+        raise AssertionError("a step was timed for a grid that cannot be drawn")
+
+    monkeypatch.setattr(camlib.augment.cost, "step_seconds", timed)
+    pipeline = Pipeline(tuple(steps), seed=0)
+    with pytest.raises(GridError, match="too large") as estimated:
+        estimate_grid(pipeline, side, side, rows * rows, budget=3.0)
+    with pytest.raises(GridError, match="too large") as drawn:
+        augment_grid(np.zeros((2, side, side, 3), np.uint8), pipeline, rows=rows, cols=rows)
+    assert str(estimated.value).replace(f"grid of {rows * rows} tiles", "grid") == str(drawn.value).replace(
+        f"{rows}x{rows} grid", "grid"
+    )

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from camlib.augment.grid import check_grid_pixels
 from camlib.augment.pipeline import (
     Pipeline,
     PipelineStep,
@@ -111,7 +112,7 @@ def estimate_grid(
 
     Raises:
         PipelineError: an invalid pipeline, a step with unbounded output (``check_output_sizes``); bad sizes, tiles
-            or budget.
+            or budget. GridError: a grid ``augment_grid`` would refuse as too large (``check_grid_pixels``).
     """
     _require_pipeline(pipeline)
     require_int(tiles, "tiles", minimum=1, error=PipelineError)
@@ -119,6 +120,7 @@ def estimate_grid(
         raise PipelineError(f"budget must be a number of seconds >= 0 or None, got {budget!r}")
     compose = build_pipeline(pipeline)
     boxes = check_output_sizes(compose, height, width)
+    check_grid_pixels(f"grid of {tiles} tiles", int(tiles), int(height), int(width), boxes)
     inputs = (SizeBox.exact(int(height), int(width)),) + boxes[:-1] if boxes else ()
     enabled = [(i, step) for i, step in enumerate(pipeline.steps) if step.enabled]
     total, per_step = 0.0, []

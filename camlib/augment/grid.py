@@ -18,7 +18,7 @@ from camlib.augment.pipeline import (
     build_pipeline,
     reference_keys,
 )
-from camlib.augment.sizes import check_output_sizes
+from camlib.augment.sizes import SizeBox, check_output_sizes
 from camlib.contracts import describe, require_array, require_int
 from camlib.errors import GridError, InvalidImageError, PipelineError
 from camlib.imaging import ensure_rgb_uint8
@@ -212,6 +212,29 @@ def _augment_tiles(
     return outputs
 
 
+def check_grid_pixels(grid: str, tiles: int, height: int, width: int, boxes: tuple[SizeBox, ...] = ()) -> None:
+    """Refuse a grid of ``tiles`` tiles of ``height x width`` inputs whose inputs, or the largest outputs the
+    pipeline's steps can make (``boxes``, from ``check_output_sizes``), add up to more than ``MAX_GRID_PIXELS``;
+    ``grid`` names it in the message (e.g. ``"8x8 grid"``). ``augment_grid`` and ``estimate_grid`` both check it, so
+    that a grid that cannot be drawn is refused before it is estimated or offered.
+
+    Raises:
+        GridError: over ``MAX_GRID_PIXELS``, saying which size and what to change.
+    """
+    if tiles * height * width > MAX_GRID_PIXELS:
+        raise GridError(
+            f"A {grid} of {width}x{height} images is too large; use fewer tiles or a "
+            f"smaller image (at most {MAX_GRID_PIXELS:,} pixels in all)"
+        )
+    out = boxes[-1] if boxes else None
+    if out is not None and tiles * out.max_pixels > MAX_GRID_PIXELS:
+        raise GridError(
+            f"This pipeline can make {out.w_hi:,}x{out.h_hi:,} tiles from these {width}x{height} images: a "
+            f"{grid} of them is too large (at most {MAX_GRID_PIXELS:,} pixels in all); use fewer tiles "
+            "or smaller sizes"
+        )
+
+
 def augment_grid(  # noqa: PLR0913 (keyword-only options of the public entry point)
     images: np.ndarray,
     pipeline: Pipeline,
@@ -261,22 +284,11 @@ def augment_grid(  # noqa: PLR0913 (keyword-only options of the public entry poi
     batch = _as_batch(images)
     count = rows * cols
     height, width = batch.shape[1:3]
-    if count * height * width > MAX_GRID_PIXELS:
-        raise GridError(
-            f"a {rows}x{cols} grid of {width}x{height} images is too large; use fewer tiles or a "
-            f"smaller image (at most {MAX_GRID_PIXELS:,} pixels in all)"
-        )
+    check_grid_pixels(f"{rows}x{cols} grid", count, height, width)
     effective_seed = pipeline.seed if seed is None else seed
     _check_seed(effective_seed)
     compose = build_pipeline(Pipeline(pipeline.steps, effective_seed))
-    boxes = check_output_sizes(compose, height, width)
-    out = boxes[-1] if boxes else None
-    if out is not None and count * out.max_pixels > MAX_GRID_PIXELS:
-        raise GridError(
-            f"this pipeline can make {out.w_hi:,}x{out.h_hi:,} tiles from these {width}x{height} images: a "
-            f"{rows}x{cols} grid of them is too large (at most {MAX_GRID_PIXELS:,} pixels in all); use fewer tiles "
-            "or smaller sizes"
-        )
+    check_grid_pixels(f"{rows}x{cols} grid", count, height, width, check_output_sizes(compose, height, width))
     chosen = _pick_indices(count, len(batch), mode, effective_seed, indices)
     outputs = _augment_tiles(batch, compose, chosen, references, effective_seed, progress=progress)
     tiles = [tile for tile, _ in outputs]
