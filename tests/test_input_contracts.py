@@ -1899,6 +1899,7 @@ EXEMPT: dict[Callable, str] = {
     prediction_cache.clear_memory_cache: "no argument",
     models.downloads_enabled: "no argument (reads the operator's $CAMLIB_DOWNLOADS)",
     cost.time_eigenproblems: "no argument (times fixed probe sizes)",
+    augment.grid.check_grid_pixels: "a check itself, on the counts and sizes augment_grid and estimate_grid validated",
     # Predicates and descriptions whose every answer is their contract.
     checkpoints.looks_like_safetensors: "a predicate on any bytes: False is its answer for anything else",
     checkpoints.tensor_kind: "describes a tensor torch just loaded, for the refusal message",
