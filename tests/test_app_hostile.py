@@ -246,7 +246,8 @@ def test_lab_grid_too_large_keeps_last_grid_and_export() -> None:
     at.slider(key="aug_s3_scale").set_value((2.0, 2.0)).run()
     assert not at.exception, [e.value for e in at.exception]
     [error] = [e.value for e in at.error]
-    assert re.fullmatch(r"the grid image would be \d+x\d+; lower the scale or the number of tiles", error), error
+    # Refused from the sizes the pipeline declares, before any tile is made (bad-inputs row 71).
+    assert re.match(r"This pipeline can make [\d,]+x[\d,]+ tiles .* grid of them is too large", error), error
     assert at.session_state["aug_last_grid"] is last
     assert [(i.caption, i.url) for element in at.image for i in element.proto.imgs] == images  # the same PNGs
     assert "Showing the last grid that worked." in [c.value for c in at.caption]

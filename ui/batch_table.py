@@ -247,6 +247,12 @@ def render(typed: str) -> None:
         try:
             tile = _tile(table, stamp, row)
         except CamlibError as error:  # a torn, crafted or missing map: this tile says why, the others are drawn
-            columns[k % 4].error(caption + ": " + md("{error}", error=str(error).replace(out, shown)))
+            columns[k % 4].error(
+                md(
+                    "{image}: {error}",
+                    image=row["image_id"],
+                    error=str(error).replace(out, shown),
+                )
+            )
             continue
         columns[k % 4].image(tile, width="stretch", output_format="PNG", caption=caption)
