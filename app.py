@@ -38,9 +38,9 @@ threads = _configure_torch()
 _configure_server()
 memory.freeze_at_run_start()  # long-lived objects leave the full collections: after the imports, the first model
 pages = [
-    st.Page("pages/cam_explorer.py", title="CAM Explorer", icon=":material/local_fire_department:", default=True),
-    st.Page("pages/augmentation_lab.py", title="Augmentation Lab", icon=":material/auto_awesome_mosaic:"),
-    st.Page("pages/misclassifications.py", title="Misclassifications", icon=":material/report:"),
+    st.Page("app_pages/cam_explorer.py", title="CAM Explorer", icon=":material/local_fire_department:", default=True),
+    st.Page("app_pages/augmentation_lab.py", title="Augmentation Lab", icon=":material/auto_awesome_mosaic:"),
+    st.Page("app_pages/misclassifications.py", title="Misclassifications", icon=":material/report:"),
 ]
 page = st.navigation(pages)
 with st.sidebar:  # the app-wide inputs (data root, device) are drawn by each page through ui.app_inputs

@@ -44,7 +44,7 @@ from camlib.augment import CIFAR10_TRAIN_PIPELINE, augment_grid, build_pipeline,
 from camlib.cifar import load_cifar10  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-LAB_PAGE = "pages/augmentation_lab.py"
+LAB_PAGE = "app_pages/augmentation_lab.py"
 PAGE_RERUN_TARGET_MS = 150.0  # a slider change should redraw an 8x8 grid "at once"
 
 

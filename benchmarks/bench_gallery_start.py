@@ -36,7 +36,7 @@ from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: E402
 from streamlit_ws import Session, streamlit_server  # noqa: E402
 
 GOAL_S = 5.0
-PAGE_NAME = "misclassifications"  # the page's URL path (app.py: pages/misclassifications.py)
+PAGE_NAME = "misclassifications"  # the page's URL path (app.py: app_pages/misclassifications.py)
 
 
 def open_page(session: Session) -> float:

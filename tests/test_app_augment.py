@@ -1,4 +1,4 @@
-"""AppTest tests of the Augmentation Lab page (pages/augmentation_lab.py with ui/pipeline_editor.py).
+"""AppTest tests of the Augmentation Lab page (app_pages/augmentation_lab.py with ui/pipeline_editor.py).
 
 The page runs in this process (streamlit.testing.v1). Grids are compared byte for byte with ``camlib.augment`` called
 directly; the images the page sends are read back from AppTest's in-memory media storage (see the ``media`` fixture).
@@ -40,12 +40,12 @@ from ui.text import escape
 
 TIMEOUT = 180
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-LAB = "pages/augmentation_lab.py"
-CAM = "pages/cam_explorer.py"
+LAB = "app_pages/augmentation_lab.py"
+CAM = "app_pages/cam_explorer.py"
 ROOT = default_root()
 HAS_CIFAR = ROOT is not None and detect_source(ROOT) is not None
 DEFAULT_TRANSFORMS = ["PadIfNeeded", "RandomCrop", "HorizontalFlip", "Affine", "ColorJitter", "CoarseDropout"]
-GRID_TILE_PX = 96  # pages/augmentation_lab.py: tiles are shown at least this large
+GRID_TILE_PX = 96  # app_pages/augmentation_lab.py: tiles are shown at least this large
 
 needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason="CIFAR-10 not found (set $CAMLIB_CIFAR10_ROOT)")
 

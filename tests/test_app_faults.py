@@ -26,7 +26,7 @@ from ui.text import escape
 
 TIMEOUT = 300
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-CAM, LAB, GALLERY = "pages/cam_explorer.py", "pages/augmentation_lab.py", "pages/misclassifications.py"
+CAM, LAB, GALLERY = "app_pages/cam_explorer.py", "app_pages/augmentation_lab.py", "app_pages/misclassifications.py"
 HAS_CIFAR = default_root() is not None and detect_source(default_root()) is not None
 ENTRY_MODULES = (cache, checkpoint_store)
 # Kept across the faulty rerun (clearing them costs 10,000 predictions); a page reaches them directly when it uses them.

@@ -76,7 +76,7 @@ def _page(path: str) -> AppTest:
 
 @pytest.fixture()
 def gallery() -> AppTest:
-    return _page("pages/misclassifications.py")
+    return _page("app_pages/misclassifications.py")
 
 
 def _shown(at: AppTest) -> list[tuple[int, str, str, int]]:
@@ -274,7 +274,7 @@ def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_fo
     files = tmp_path / "predictions"
 
     _new_process()
-    first = _page("pages/misclassifications.py")
+    first = _page("app_pages/misclassifications.py")
     assert builds == [1200] and reported == [(500, 1200), (1000, 1200), (1200, 1200)]
     [stored] = sorted(files.glob("predictions-*.npy"))
     line = next(m.value for m in first.markdown if m.value.startswith("**Test accuracy"))
@@ -284,7 +284,7 @@ def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_fo
     builds.clear()
     reported.clear()
     _new_process()
-    second = _page("pages/misclassifications.py")
+    second = _page("app_pages/misclassifications.py")
     assert builds == [] and reported == []  # read from disk: no forward, no progress bar
     assert next(m.value for m in second.markdown if m.value.startswith("**Test accuracy")) == line
     assert _shown(second) == shown
@@ -296,7 +296,7 @@ def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_fo
         changed.fc.bias[3] += 2.0  # favour "cat": other predictions
     monkeypatch.setattr(cache, "get_model", lambda key, device: replace(loaded, model=changed))
     _new_process()
-    third = _page("pages/misclassifications.py")
+    third = _page("app_pages/misclassifications.py")
     assert builds == [1200] and len(reported) == 3
     assert len(list(files.glob("predictions-*.npy"))) == 2
     expected = predict_probabilities(changed, subset.images, loaded.spec.preprocessing)
@@ -306,7 +306,7 @@ def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_fo
 
     builds.clear()
     _new_process()
-    _page("pages/misclassifications.py")
+    _page("app_pages/misclassifications.py")
     assert builds == []  # the changed weights' file is read too
 
 
@@ -316,7 +316,7 @@ FLIPS = re.compile(r"^\*\*Label flips: (\d+)/(\d+) \((\d+)%\)\*\*")
 
 
 def test_label_flips_match_a_direct_flip_report(root: str, test_set, model) -> None:
-    at = _page("pages/augmentation_lab.py")
+    at = _page("app_pages/augmentation_lab.py")
     assert not at.error
     assert at.toggle(key="aug_model_loop").value is False  # off by default: no predictions, no flip line
     assert not any(FLIPS.match(m.value) for m in at.markdown)
@@ -436,7 +436,7 @@ def _open_batch_view(monkeypatch, roots: list[Path] | None, typed: str) -> AppTe
     else:
         monkeypatch.setenv("CAMLIB_BATCH_ROOTS", os.pathsep.join(map(str, roots)))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.switch_page("pages/misclassifications.py").run()
+    at.switch_page("app_pages/misclassifications.py").run()
     at.radio[0].set_value("A batch table").run()
     next(t for t in at.text_input if t.label.startswith("Batch output directory")).input(typed).run()
     assert not at.exception, [e.value for e in at.exception]

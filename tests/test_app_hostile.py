@@ -35,7 +35,7 @@ from ui.text import escape, md, shorten
 TIMEOUT = 300
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
-CAM, LAB, GALLERY = "pages/cam_explorer.py", "pages/augmentation_lab.py", "pages/misclassifications.py"
+CAM, LAB, GALLERY = "app_pages/cam_explorer.py", "app_pages/augmentation_lab.py", "app_pages/misclassifications.py"
 WEIGHTS = REPO / "models/cifar10_resnet20/model.safetensors"
 ROOT = default_root()
 HAS_CIFAR = ROOT is not None and detect_source(ROOT) is not None

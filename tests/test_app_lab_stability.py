@@ -21,7 +21,7 @@ from ui import cache, lab_stability
 
 TIMEOUT = 300
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-LAB = "pages/augmentation_lab.py"
+LAB = "app_pages/augmentation_lab.py"
 ROOT = default_root()
 HAS_CIFAR = ROOT is not None and detect_source(ROOT) is not None
 

@@ -320,7 +320,7 @@ def test_the_misclassification_page_opens_a_batch_table(reference, tmp_path, mon
     monkeypatch.setenv("CAMLIB_BATCH_ROOTS", str(reference.parent))  # the folders visitors may open
 
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
-    at.switch_page("pages/misclassifications.py").run()
+    at.switch_page("app_pages/misclassifications.py").run()
     at.radio[0].set_value("A batch table").run()
     batch_out = next(t for t in at.text_input if t.label.startswith("Batch output directory"))
     batch_out.input(str(reference)).run()

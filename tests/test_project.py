@@ -88,5 +88,22 @@ def test_requirements_pins() -> None:
 
 @pytest.mark.bad_input(20)
 def test_no_unsafe_html_in_ui() -> None:
-    for path in [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "ui").glob("*.py")]:
+    for path in [ROOT / "app.py", *(ROOT / "app_pages").glob("*.py"), *(ROOT / "ui").glob("*.py")]:
         assert "unsafe_allow_html=True" not in path.read_text(), path
+
+
+def test_no_pages_folder_beside_the_entry_point() -> None:
+    """Streamlit runs an app with a ``pages/`` folder beside its entry point as a v1 multipage app until app.py has
+    run once (``PagesManager.uses_pages_directory``): a first visit to a sub-page link on a fresh server got the
+    auto-generated navigation and lost app.py's frame. The pages live in ``app_pages/``, named by ``st.Page``."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    assert not (ROOT / "pages").exists()
+    PagesManager.uses_pages_directory = None
+    try:
+        PagesManager(str(ROOT / "app.py"))
+        assert PagesManager.uses_pages_directory is False
+    finally:
+        PagesManager.uses_pages_directory = None
+    source = (ROOT / "app.py").read_text(encoding="utf-8")
+    assert all(f'st.Page("app_pages/{p.name}"' in source for p in (ROOT / "app_pages").glob("*.py"))

@@ -29,7 +29,7 @@ from camlib.cam import CamResult, compute_cams
 from camlib.guard import model_lock
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_FILES = [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py"))]
+APP_FILES = [ROOT / "app.py", *sorted((ROOT / "app_pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py"))]
 
 
 # --- row 49: a rerun storm interrupts CAM runs --------------------------------------------------------------------

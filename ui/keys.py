@@ -13,14 +13,14 @@ import re
 DATA_ROOT = "app_data_root"  # ui.app_inputs: the CIFAR-10 data root text input, one for every page
 DEVICE = "app_device"  # ui.app_inputs: the device selectbox (cpu, cuda:N, mps), one for every page that runs a model
 
-# --- CAM Explorer (pages/cam_explorer.py) ----------------------------------------------------------------------------
+# --- CAM Explorer (app_pages/cam_explorer.py) ------------------------------------------------------------------------
 CAM = "cam"  # prefix of ui.widgets' groups on this page: cam_model, cam_last_model, cam_source, cam_alpha...
-CAM_METHOD = "cam_method"  # pages/cam_explorer.py: method selectbox
-CAM_CLASS_MODE = "cam_class_mode"  # pages/cam_explorer.py: top-1 or a chosen class
-CAM_TOP5 = "cam_top5"  # pages/cam_explorer.py: top-k chart
-CAM_MAGNITUDES = "cam_magnitudes"  # pages/cam_explorer.py: layer magnitude chart
-CAM_DETAIL_LAYER = "cam_detail_layer"  # pages/cam_explorer.py: layer of the detailed view and export
-CAM_HEATMAP = "cam_heatmap"  # pages/cam_explorer.py: interactive heatmap
+CAM_METHOD = "cam_method"  # app_pages/cam_explorer.py: method selectbox
+CAM_CLASS_MODE = "cam_class_mode"  # app_pages/cam_explorer.py: top-1 or a chosen class
+CAM_TOP5 = "cam_top5"  # app_pages/cam_explorer.py: top-k chart
+CAM_MAGNITUDES = "cam_magnitudes"  # app_pages/cam_explorer.py: layer magnitude chart
+CAM_DETAIL_LAYER = "cam_detail_layer"  # app_pages/cam_explorer.py: layer of the detailed view and export
+CAM_HEATMAP = "cam_heatmap"  # app_pages/cam_explorer.py: interactive heatmap
 CAM_START = "cam_start"  # ui.cam_view: the button that starts a slow (perturbation) method
 CAM_LAST_VIEW = "cam_last_view"  # ui.last_good (from the CAM page): the last CAM that worked, with classes and image
 CAM_FAITH_START = "cam_faith_start"  # ui.faithfulness_view: button that computes the faithfulness grid
@@ -28,7 +28,7 @@ CAM_FAITH_CELL = "cam_faith_cell"  # ui.faithfulness_view: the (method, layer) c
 CAM_FAITH_CURVES = "cam_faith_curves"  # ui.faithfulness_view: deletion/insertion curves chart
 CAM_SANITY_START = "cam_sanity_start"  # ui.faithfulness_view: button that runs the sanity checks
 CAM_SANITY_CURVE = "cam_sanity_curve"  # ui.faithfulness_view: cascading-randomisation chart
-CAM_VIEW = "cam_view"  # pages/cam_explorer.py: one method, or the method x layer grid
+CAM_VIEW = "cam_view"  # app_pages/cam_explorer.py: one method, or the method x layer grid
 CAM_GRID_METHODS = "cam_grid_methods"  # ui.cam_grid: the grid's methods (rows)
 CAM_GRID_START = "cam_grid_start"  # ui.cam_grid (through ui.cam_view.ready_to_start): starts slow methods of the grid
 CAM_LAST_GRID = "cam_last_grid"  # ui.last_good (from ui.cam_grid): the last grid that worked, with its context
@@ -50,22 +50,22 @@ def cam_layers(model_key: str) -> str:
 
 
 def cam_class(model_key: str) -> str:
-    """pages/cam_explorer.py: the chosen class of one model (a new model starts at its own top-1 class)."""
+    """app_pages/cam_explorer.py: the chosen class of one model (a new model starts at its own top-1 class)."""
     return f"cam_class:{model_key}"
 
 
-# --- Augmentation Lab (pages/augmentation_lab.py, ui.pipeline_editor, ui.model_loop) ----------------------------------
+# --- Augmentation Lab (app_pages/augmentation_lab.py, ui.pipeline_editor, ui.model_loop) ------------------------------
 AUG = "aug"  # prefix of ui.widgets' groups on this page: aug_source, aug_sample, aug_upload, aug_split, aug_download...
-AUG_IMAGES = "aug_images"  # pages/augmentation_lab.py: CIFAR-10 or a photo
-AUG_ROWS = "aug_rows"  # pages/augmentation_lab.py
-AUG_COLS = "aug_cols"  # pages/augmentation_lab.py
-AUG_MODE = "aug_mode"  # pages/augmentation_lab.py: many images or one
-AUG_CLASSES = "aug_classes"  # pages/augmentation_lab.py: class filter
-AUG_IMAGE_INDEX = "aug_image_index"  # pages/augmentation_lab.py: the image in "one" mode
-AUG_SHOW_LABELS = "aug_show_labels"  # pages/augmentation_lab.py
-AUG_TILE = "aug_tile"  # pages/augmentation_lab.py: tile whose applied parameters are shown
+AUG_IMAGES = "aug_images"  # app_pages/augmentation_lab.py: CIFAR-10 or a photo
+AUG_ROWS = "aug_rows"  # app_pages/augmentation_lab.py
+AUG_COLS = "aug_cols"  # app_pages/augmentation_lab.py
+AUG_MODE = "aug_mode"  # app_pages/augmentation_lab.py: many images or one
+AUG_CLASSES = "aug_classes"  # app_pages/augmentation_lab.py: class filter
+AUG_IMAGE_INDEX = "aug_image_index"  # app_pages/augmentation_lab.py: the image in "one" mode
+AUG_SHOW_LABELS = "aug_show_labels"  # app_pages/augmentation_lab.py
+AUG_TILE = "aug_tile"  # app_pages/augmentation_lab.py: tile whose applied parameters are shown
 AUG_LAST_DRAWN = "aug_last_drawn"  # ui.last_good (from the Lab): the last grid that worked, drawn (PNGs, summary)
-AUG_LAST_GRID = "aug_last_grid"  # pages/augmentation_lab.py: the grid shown (the last good one after an error)
+AUG_LAST_GRID = "aug_last_grid"  # app_pages/augmentation_lab.py: the grid shown (the last good one after an error)
 AUG_MODEL_LOOP = "aug_model_loop"  # ui.model_loop: model-in-the-loop toggle
 AUG_LOOP_MODEL = "aug_loop_model"  # ui.model_loop: its CIFAR-10 model
 AUG_STEPS = "aug_steps"  # ui.pipeline_editor: the canonical pipeline steps
@@ -108,14 +108,14 @@ def step_widget(step_id: int, name: str) -> str:
     return f"aug_s{step_id}_{name}"
 
 
-# --- Misclassifications (pages/misclassifications.py) ----------------------------------------------------------------
-GAL_MODEL = "gal_model"  # pages/misclassifications.py: model selectbox
+# --- Misclassifications (app_pages/misclassifications.py) ------------------------------------------------------------
+GAL_MODEL = "gal_model"  # app_pages/misclassifications.py: model selectbox
 GAL_LAST_MODEL = "gal_last_model"  # ui.last_good (from the gallery): the last model that loaded
-GAL_CONFUSION = "gal_confusion"  # pages/misclassifications.py: clickable confusion matrix
-GAL_CLICKED = "gal_clicked"  # pages/misclassifications.py: the click already applied to the filters
-GAL_PER_CLASS = "gal_per_class"  # pages/misclassifications.py: per-class chart
-GAL_TRUE = "gal_true"  # pages/misclassifications.py: true-class filter (also set by a click)
-GAL_PRED = "gal_pred"  # pages/misclassifications.py: predicted-class filter (also set by a click)
-GAL_LAYER = "gal_layer"  # pages/misclassifications.py
-GAL_PAGE = "gal_page"  # pages/misclassifications.py
+GAL_CONFUSION = "gal_confusion"  # app_pages/misclassifications.py: clickable confusion matrix
+GAL_CLICKED = "gal_clicked"  # app_pages/misclassifications.py: the click already applied to the filters
+GAL_PER_CLASS = "gal_per_class"  # app_pages/misclassifications.py: per-class chart
+GAL_TRUE = "gal_true"  # app_pages/misclassifications.py: true-class filter (also set by a click)
+GAL_PRED = "gal_pred"  # app_pages/misclassifications.py: predicted-class filter (also set by a click)
+GAL_LAYER = "gal_layer"  # app_pages/misclassifications.py
+GAL_PAGE = "gal_page"  # app_pages/misclassifications.py
 GAL_LAST_TILES = "gal_last_tiles"  # ui.last_good (from the gallery): the last page of CAM tiles that worked
