@@ -78,11 +78,10 @@ matrix = confusion_matrix(data.labels, predicted, len(data.class_names))
 accuracy = float(np.trace(matrix) / matrix.sum())
 st.markdown(
     md(
-        "**Test accuracy {accuracy:.2%}** on {n:,} images ({source} copy at {root}); {mistakes:,} mistakes.",
+        "**Test accuracy {accuracy:.2%}** on {n:,} images ({source} copy in the data root); {mistakes:,} mistakes.",
         accuracy=accuracy,
         n=len(data.labels),
         source=data.source,
-        root=root,
         mistakes=int((predicted != data.labels).sum()),
     )
 )
