@@ -8,7 +8,9 @@ numpy or OpenCV.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -164,3 +166,14 @@ def require_model(value: object, name: str = "model", *, error: type[CamlibError
     if device.type == "meta":
         raise error(f"{name} has its parameters on the 'meta' device (no weights); load its weights first")
     return device
+
+
+def require_path(value: object, name: str, *, error: type[CamlibError] = InputError) -> Path:
+    """``value`` as a ``Path``: a ``str`` or ``os.PathLike`` without NUL (which no filesystem call accepts).
+
+    Raises:
+        ``error`` (``InputError``): anything else, naming ``name``.
+    """
+    if not isinstance(value, str | os.PathLike) or "\x00" in str(os.fspath(value)):
+        raise error(f"{name} must be a path (str or Path, no NUL), got {type(value).__name__}")
+    return Path(value)

@@ -20,13 +20,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ from camlib.contracts import require_array, require_int, require_model
 from camlib.errors import InputError, NonFiniteError
 from camlib.evaluation import predict_probabilities
 from camlib.models import Preprocessing
+from camlib.storage import write_durably
 
 # Bump when the numbers ``predict_probabilities`` returns for the same model, preprocessing and images change
 # (e.g. a new resize), so that files written by older code are recomputed, not read.
@@ -306,8 +305,8 @@ def _write(directory: Path, key: str, probabilities: np.ndarray, fields: dict, *
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _replace_atomically(array_path, lambda file: np.save(file, probabilities, allow_pickle=False))
-        _replace_atomically(sidecar_path, lambda file: file.write(json.dumps(sidecar, indent=1).encode()))
+        write_durably(array_path, lambda file: np.save(file, probabilities, allow_pickle=False))
+        write_durably(sidecar_path, lambda file: file.write(json.dumps(sidecar, indent=1).encode()))
         _prune(directory, max_files)
     except OSError as error:
         warnings.warn(
@@ -316,22 +315,6 @@ def _write(directory: Path, key: str, probabilities: np.ndarray, fields: dict, *
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-def _replace_atomically(path: Path, write: Callable) -> None:
-    """Write ``path`` through a temporary file in the same directory and ``os.replace``: readers see the old file
-    or the whole new one, never a part."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def _prune(directory: Path, max_files: int) -> None:

@@ -28,7 +28,7 @@ from PIL import Image
 
 import camlib.batch.job as job_module
 from camlib.batch import BATCH_METRICS, TABLE_SCHEMA, main, parse_args, read_batch_table, run_batch
-from camlib.batch.files import confined, read_capped, write_durably
+from camlib.batch.files import confined, read_capped
 from camlib.batch.job import read_batch_map, read_run_record
 from camlib.cam import compute_cam_grid, layer_magnitudes
 from camlib.cifar import CLASS_NAMES, load_cifar10
@@ -36,6 +36,7 @@ from camlib.errors import ImageTooLargeError, InputError
 from camlib.metrics import confidence_change, deletion_insertion
 from camlib.models import load_model, prepare_batch
 from camlib.prediction_cache import weights_digest
+from camlib.storage import write_durably
 from ui.text import escape
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10"

@@ -47,6 +47,7 @@ from camlib import (
     prediction_cache,
     samples,
     stability,
+    storage,
     train,
 )
 from camlib.batch import files as batch_files
@@ -1313,8 +1314,22 @@ CASES: list[Case] = [
         batch_files.read_capped, "path", lambda v: batch_files.read_capped(v, 8, "x"), lambda: {"None": None, "int": 3}
     ),
     Case(batch_files.read_capped, "limit", lambda v: batch_files.read_capped("x", v, "x"), bad_ints),
-    Case(batch_files.write_durably, "path", lambda v: batch_files.write_durably(v, bytes), lambda: {"None": None}),
-    Case(batch_files.write_durably, "write", lambda v: batch_files.write_durably("x", v), lambda: {"None": None}),
+    Case(
+        storage.write_durably,
+        "path",
+        lambda v: storage.write_durably(v, bytes),
+        lambda: {"None": None, "NUL": "a\x00b"},
+    ),
+    Case(storage.write_durably, "write", lambda v: storage.write_durably("x", v), lambda: {"None": None}),
+    Case(
+        storage.fsync_directory, "directory", storage.fsync_directory, lambda: {"None": None, "int": 3, "NUL": "a\x00"}
+    ),
+    Case(
+        contracts.require_path,
+        "path",
+        lambda v: contracts.require_path(v, "path"),
+        lambda: {"None": None, "bytes": b"x"},
+    ),
     Case(batch_files.within, "root", lambda v: batch_files.within(v, "x"), lambda: {"None": None, "NUL": "a\x00"}),
     Case(batch_files.within, "path", lambda v: batch_files.within(".", v), lambda: {"None": None, "int": 3}),
     Case(batch_files.confined, "folder", lambda v: batch_files.confined(v, "x"), lambda: {"None": None, "int": 3}),

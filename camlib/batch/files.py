@@ -9,18 +9,15 @@ file found on a rerun is still checked before its shard counts as finished (``pa
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import tempfile
-from collections.abc import Callable
 from pathlib import Path, PurePath
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from camlib.contracts import require_path
 from camlib.errors import CamlibError, InputError
 
 MAX_LIST_BYTES = 64 * 1024 * 1024  # a --list file: about 500,000 lines of 128 characters
@@ -32,13 +29,6 @@ MAX_TABLE_BYTES = 4 * 1024 * 1024 * 1024  # uncompressed bytes a table may decla
 # What reading a Parquet or .npy file raises on a torn or crafted file: pyarrow's errors (ArrowInvalid is a ValueError,
 # ArrowIOError an OSError), numpy's header errors (ValueError), and EOF.
 READ_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError)
-
-
-def _path_argument(value: object, name: str) -> Path:
-    """``value`` as a ``Path``; ``InputError`` naming ``name`` unless it is a ``str`` or ``os.PathLike`` without NUL."""
-    if not isinstance(value, str | os.PathLike) or "\x00" in str(os.fspath(value)):
-        raise InputError(f"{name} must be a path (str or Path, no NUL), got {type(value).__name__}")
-    return Path(value)
 
 
 def _megabytes(size: int) -> str:
@@ -59,7 +49,7 @@ def read_capped(path: str | os.PathLike[str], limit: int, what: str, error: type
             ``limit + 1`` bytes are read). ``OSError`` when it cannot be opened or read. ``InputError``: an argument
             of another type (``limit`` not a positive integer).
     """
-    path = _path_argument(path, "path")
+    path = require_path(path, "path")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InputError(f"limit must be a positive integer (bytes), got {limit!r}")
     if not isinstance(what, str) or not (isinstance(error, type) and issubclass(error, CamlibError)):
@@ -78,48 +68,6 @@ def read_capped(path: str | os.PathLike[str], limit: int, what: str, error: type
     return data
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX: fsync the directory). Windows has no directory handles to
-    fsync, and some filesystems refuse it (EINVAL): there the rename is as durable as the system makes it."""
-    if os.name != "posix":
-        return
-    handle = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def write_durably(path: Path, write: Callable[[BinaryIO], None], *, sync_directory: bool = True) -> None:
-    """Write ``path`` so that after a crash or power loss it is either the old file or the whole new one.
-
-    ``write`` fills a temporary file in the same directory (a leading dot: Parquet readers skip it), which is flushed
-    and fsynced, renamed over ``path`` (``os.replace``, atomic), and the directory is fsynced (``sync_directory=False``
-    leaves that to the caller, which fsyncs a directory once after writing many files into it). The temporary file is
-    removed if anything fails.
-
-    Raises:
-        InputError: ``path`` is not a path or ``write`` not callable. What ``write`` or the filesystem raise.
-    """
-    path = _path_argument(path, "path")
-    if not callable(write):
-        raise InputError(f"write must be a callable that fills the file, got {type(write).__name__}")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    if sync_directory:
-        _fsync_directory(path.parent)
-
-
 def within(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path | None:
     """``path`` (relative to ``root``, or absolute) resolved, symlinks followed, if it lies inside ``root`` (itself
     resolved); None if it leaves it, or if its symlinks loop.
@@ -127,7 +75,7 @@ def within(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path |
     Raises:
         InputError: ``root`` or ``path`` is not a path (str or Path without NUL).
     """
-    root, path = _path_argument(root, "root"), _path_argument(path, "path")
+    root, path = require_path(root, "root"), require_path(path, "path")
     try:
         base = root.resolve()
         resolved = (base / path).resolve()
@@ -147,7 +95,7 @@ def confined(folder: str | os.PathLike[str], stored: object) -> Path:
             drive or UNC path), has a ``..`` part, holds a NUL, or resolves (through a symlink) outside ``folder``.
             The message names the stored path only, never ``folder``.
     """
-    _path_argument(folder, "folder")
+    require_path(folder, "folder")
     if not isinstance(stored, str) or not stored or "\x00" in stored:
         raise InputError(f"a stored path must be a non-empty string, got {stored!r:.80}")
     parts = PurePath(stored.replace("\\", "/")).parts
@@ -179,7 +127,7 @@ def part_problem(out: Path, part: Path, schema: pa.Schema, positions: range, cel
         InputError: an argument of another type (``schema`` a ``pyarrow.Schema``, ``positions`` a ``range``, ``cells``
             a positive integer).
     """
-    out, part = _path_argument(out, "out"), _path_argument(part, "part")
+    out, part = require_path(out, "out"), require_path(part, "part")
     if not isinstance(schema, pa.Schema) or not isinstance(positions, range):
         raise InputError("schema must be a pyarrow.Schema and positions a range of image positions")
     if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:

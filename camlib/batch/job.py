@@ -38,7 +38,6 @@ from camlib.batch.files import (
     part_problem,
     read_capped,
     within,
-    write_durably,
 )
 from camlib.batch.shard import (
     BATCH_METRICS,
@@ -67,6 +66,7 @@ from camlib.models import (
 )
 from camlib.parsing import int_or_none
 from camlib.prediction_cache import weights_digest
+from camlib.storage import write_durably
 
 RUN_FILE = "run.json"
 RUN_FORMAT = 1

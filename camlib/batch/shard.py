@@ -3,7 +3,7 @@
 A job is cut into shards of ``--shard-size`` consecutive images (in input order). ``_read_shard`` reads a shard's
 images as the model sees them (an unreadable one becomes an error), ``_explain_shard`` turns them into the shard's
 table rows and maps, and ``_write_shard`` writes them: maps and overlays first, the table file last, each one durably
-(``camlib.batch.files.write_durably``), so a table file means a finished shard; a rerun still checks it before trusting
+(``camlib.storage.write_durably``), so a table file means a finished shard; a rerun still checks it before trusting
 it (``camlib.batch.files.part_problem``). The local engine (``camlib.batch.job``) and the Ray actors
 (``camlib.batch.ray_engine``) call the same three functions, so both write the same table.
 """
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from camlib.batch.files import MAX_LIST_BYTES, _fsync_directory, read_capped, write_durably
+from camlib.batch.files import MAX_LIST_BYTES, read_capped
 from camlib.cam import compute_cam_grid, layer_magnitudes
 from camlib.cifar import IMAGE_SUFFIXES, default_root, load_cifar10
 from camlib.errors import CamlibError, ImageTooLargeError, InputError
@@ -35,6 +35,7 @@ from camlib.models import (
     prepare_input,
 )
 from camlib.parsing import int_or_none
+from camlib.storage import fsync_directory, write_durably
 
 if TYPE_CHECKING:
     from camlib.batch.job import BatchConfig
@@ -383,7 +384,7 @@ def _write_shard(out: Path, shard: int, table: pa.Table, maps: np.ndarray, pngs:
         (out / relative).parent.mkdir(parents=True, exist_ok=True)
         write_durably(out / relative, lambda file, png=png: file.write(png), sync_directory=False)
     for folder in {(out / relative).parent for relative in pngs}:  # one directory fsync for a shard's overlays
-        _fsync_directory(folder)
+        fsync_directory(folder)
     part = _part_path(out, shard)
     part.parent.mkdir(parents=True, exist_ok=True)
     write_durably(part, lambda file: pq.write_table(table, file))
