@@ -57,10 +57,17 @@ def _to_upload(page) -> None:
     page.locator(UPLOADER).wait_for(state="attached", timeout=60_000)
 
 
-def _original_aspect(page) -> float:
+def _original_src(page) -> str | None:
+    return page.evaluate(f"() => {{ const img = ({ORIGINAL_IMG})(); return img ? img.src : null; }}")
+
+
+def _original_aspect(page, replacing: str | None = None) -> float:
+    """The width / height of the overlay on the original image, once it is loaded and, with ``replacing``, once it
+    is no longer the image whose ``src`` that was (the upload's run may start after its file chip is shown)."""
     handle = page.wait_for_function(
-        f"() => {{ const img = ({ORIGINAL_IMG})(); return img && img.complete "
+        f"(old) => {{ const img = ({ORIGINAL_IMG})(); return img && img.complete && img.src !== old "
         "&& img.naturalWidth > 0 && img.naturalWidth / img.naturalHeight; }",
+        arg=replacing,
         timeout=60_000,
     )
     return float(handle.json_value())
@@ -146,9 +153,10 @@ def test_exif_rotated_photo_is_shown_upright_with_its_overlay(
     pixels = np.asarray(Image.fromarray(load_sample("coffee (cup)")).resize((360, 240)))
     path = tmp_path / f"portrait{orientation}.jpg"
     path.write_bytes(_with_orientation(pixels, orientation, "JPEG"))
+    before = _original_src(page)
     page.locator(UPLOADER).set_input_files(str(path))
     _wait_for_upload_shown(page, path.name)
-    assert _original_aspect(page) == pytest.approx(240 / 360, abs=0.01)
+    assert _original_aspect(page, replacing=before) == pytest.approx(240 / 360, abs=0.01)
     _no_exception(page, dialogs)
 
 
