@@ -1547,7 +1547,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
     eigen_smooth: bool = False,
     counterfactual: bool = False,
 ) -> dict[str, CamResult]:
-    """Every method x layer map from shared passes: the methods x layers grid of issue #12.
+    """Every method x layer map from shared passes: the methods x layers grid the Compare view shows.
 
     All "gradient" methods that differentiate the same score (every method but Finer-CAM, whose score contrasts
     classes) share one forward and one ``torch.autograd.grad`` call; "activation" and "perturbation" methods share

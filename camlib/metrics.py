@@ -1,4 +1,4 @@
-"""Faithfulness metrics of saliency maps (issue #13): does the model's confidence follow the map?
+"""Faithfulness metrics of saliency maps: does the model's confidence follow the map?
 
 Every metric takes ``model, x, maps, class_idx``:
 
@@ -23,7 +23,7 @@ numpy arrays, as pytorch-grad-cam does.
   ``ClassifierOutputSoftmaxTarget`` (``pytorch_grad_cam/metrics/cam_mult_image.py``).
 - ``baseline_maps``: maps that explain nothing (random, a centred Gaussian, image edges) to compare methods against.
 - ``faithfulness_scores``, ``baseline_scores``, ``compare_with_baselines``: deletion, insertion and ROAD of a method's
-  maps against those of the baselines; a method that does not beat them is flagged (issue #13).
+  maps against those of the baselines; a method that does not beat them is flagged.
 - ``cascading_randomization``: the model-parameter randomisation test of Adebayo et al., "Sanity Checks for Saliency
   Maps", NeurIPS 2018 (arXiv:1810.03292), section 3.1, on a deep copy of the model.
 - ``random_logit``: the random-logit test of Sixt et al., "When Explanations Lie", ICML 2020 (arXiv:1912.09818),

@@ -1,4 +1,4 @@
-"""Whole-dataset predictions computed once and kept on disk, keyed by the weights and the data (issue #11).
+"""Whole-dataset predictions computed once and kept on disk, keyed by the weights and the data.
 
 Predictions that are the same for everyone (the Misclassification gallery's 10,000 test-set probabilities) cost a
 full pass over the data. ``cached_predictions`` computes them once and stores them in a cache directory

@@ -1,4 +1,4 @@
-"""Explanations under augmentation (issue #14): does a CAM move with the image when the image is augmented?
+"""Explanations under augmentation: does a CAM move with the image when the image is augmented?
 
 ``augmentation_stability`` augments each image ``n_views`` times with a Lab pipeline (seeded), computes the CAM of
 every view, and compares it with the original image's CAM carried through the same spatial transform. A model whose

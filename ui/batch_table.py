@@ -1,4 +1,4 @@
-"""The Misclassification page's batch-table view (issue #15): accuracy, a confusion matrix, per-class accuracy and a
+"""The Misclassification page's batch-table view: accuracy, a confusion matrix, per-class accuracy and a
 gallery of the misclassified images with their stored CAMs, all read from a ``python -m camlib.batch`` output
 directory instead of computed.
 

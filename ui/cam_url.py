@@ -1,5 +1,5 @@
 """Shareable CAM Explorer state: the model, view, method (or the grid's methods), target layers, class and image
-live in the URL query (``st.query_params``), so a link reproduces the maps (issue #14; the Lab has ``ui.lab_url``).
+live in the URL query (``st.query_params``), so a link reproduces the maps (the Lab has ``ui.lab_url``).
 
 ``apply_link`` runs before the page's widgets are drawn and loads the settings from the query on the session's first
 run only (a link opened in a tab, or pasted into one: both load the page, a new session). Later reruns never read it

@@ -1,4 +1,4 @@
-"""Which map to trust (issue #13), as components the CAM Explorer mounts: the faithfulness grid, the deletion and
+"""Which map to trust, as components the CAM Explorer mounts: the faithfulness grid, the deletion and
 insertion curves of one cell next to the baselines', and the sanity-check panel.
 
 Compute side (``compute_grid_scores``, ``compute_sanity``): the CAMs come from ``ui.cache.compute_view`` (the page's own

@@ -1,4 +1,4 @@
-"""The Augmentation Lab's "Does the explanation survive this pipeline?" panel (issue #14).
+"""The Augmentation Lab's "Does the explanation survive this pipeline?" panel.
 
 For the chosen CIFAR-10 model: one image's views with their CAM and the original CAM carried through each view's
 transform (``camlib.stability.stability_views``); a summary over K images with the per-transform table and a bar

@@ -1,4 +1,4 @@
-"""Dataset-wide CAM and faithfulness jobs (issue #15): ``python -m camlib.batch``.
+"""Dataset-wide CAM and faithfulness jobs: ``python -m camlib.batch``.
 
     python -m camlib.batch --cifar10 test --model cifar10_resnet20 --methods gradcam,gradcam++ \
         --layers layer2,layer3 --metrics deletion_auc,insertion_auc --out runs/cams
