@@ -100,26 +100,25 @@ def _crop_from_borders(t: Any, box: SizeBox) -> SizeBox:
     return _box(box.h_lo * height_kept - 1, box.h_hi, box.w_lo * width_kept - 1, box.w_hi)
 
 
-def _longest_max_size(t: Any, box: SizeBox) -> SizeBox:
-    # side * M / longest side: largest for the largest own side and the smallest other side
-    m = t.max_size
-    return _box(
-        box.h_lo * m / max(box.h_lo, box.w_hi),
-        box.h_hi * m / max(box.h_hi, box.w_lo),
-        box.w_lo * m / max(box.w_lo, box.h_hi),
-        box.w_hi * m / max(box.w_hi, box.h_lo),
-    )
+def _scaled_to(pick: Callable[[float, float], float]) -> Callable[[Any, SizeBox], SizeBox]:
+    """The rule of a resize that scales ``pick(h, w)`` to ``max_size``: each side times ``M / pick(h, w)``, extreme
+    for its own extreme and the other side's opposite one (LongestMaxSize: ``max``; SmallestMaxSize: ``min``, where a
+    1-px-wide strip grows M times in length)."""
+
+    def rule(t: Any, box: SizeBox) -> SizeBox:
+        m = t.max_size
+        return _box(
+            box.h_lo * m / pick(box.h_lo, box.w_hi),
+            box.h_hi * m / pick(box.h_hi, box.w_lo),
+            box.w_lo * m / pick(box.w_lo, box.h_hi),
+            box.w_hi * m / pick(box.w_hi, box.h_lo),
+        )
+
+    return rule
 
 
-def _smallest_max_size(t: Any, box: SizeBox) -> SizeBox:
-    # side * M / shortest side: a 1-px-wide strip grows M times in length
-    m = t.max_size
-    return _box(
-        box.h_lo * m / min(box.h_lo, box.w_hi),
-        box.h_hi * m / min(box.h_hi, box.w_lo),
-        box.w_lo * m / min(box.w_lo, box.h_hi),
-        box.w_hi * m / min(box.w_hi, box.h_lo),
-    )
+_longest_max_size = _scaled_to(max)
+_smallest_max_size = _scaled_to(min)
 
 
 def _random_scale(t: Any, box: SizeBox) -> SizeBox:
