@@ -6,7 +6,7 @@
 - ``progress``: a progress bar for perturbation methods (a spinner otherwise). Its callback draws an element on each
   batch; Streamlit raises its rerun/stop request there, so a superseded run or a closed tab stops at the next batch.
 - ``draw``: the overlay controls and everything they change (overlays, magnitudes, detailed view, downloads), from
-  cached overlay JPEGs and a hover heatmap of at most ``HOVER_PX`` per side. It is an ``st.fragment`` (issue #11): an
+  cached overlay JPEGs and a hover heatmap of at most ``HOVER_PX`` per side. It is an ``st.fragment``: an
   overlay-only change reruns ``draw`` alone, not the page. Its images are JPEGs (a PNG takes 3-15x the time to
   encode; the PNG download is encoded on click) sent inline as ``data:`` URLs, not as Streamlit media files: a full
   run that is superseded before it reaches the fragment collects the media files the fragment registered while the

@@ -1,4 +1,4 @@
-"""The app process's long-lived objects out of Python's full garbage collections (issue #11: reruns under load).
+"""The app process's long-lived objects out of Python's full garbage collections: reruns under load are not held up.
 
 A generation-2 collection traverses every tracked object and holds the GIL, so every session's script waits for it:
 with torch, Streamlit and a model in the server process they took 170-400 ms each, six times per

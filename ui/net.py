@@ -1,10 +1,10 @@
-"""TCP_NODELAY on the app server's connections (issue #11: reruns under load).
+"""TCP_NODELAY on the app server's connections, so that reruns under load are not delayed.
 
 Streamlit 1.67 serves with uvicorn on a listening socket it binds itself, created with ``socket.socket(family)``, so
 its ``proto`` is 0. Accepted connections inherit that, and asyncio enables TCP_NODELAY only on sockets whose ``proto``
 is ``IPPROTO_TCP`` (``asyncio.base_events._set_nodelay``), so Nagle's algorithm stays on: after a large message (an
 overlay image, a figure) the next small one (a download button, ``script_finished``) waits for the browser's delayed
-ACK, about 40 ms on Linux, on most reruns. The same cause as uvicorn issue #3149 (pre-bound sockets lose TCP_NODELAY).
+ACK, about 40 ms on Linux, on most reruns. The same cause as uvicorn #3149 (pre-bound sockets lose TCP_NODELAY).
 Measured with one session (benchmarks/bench_load.py's protocol client): an overlay change took 60-72 ms from request to
 ``script_finished`` for a 16-20 ms script; with TCP_NODELAY 18-27 ms.
 
