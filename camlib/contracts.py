@@ -9,14 +9,14 @@ numpy or OpenCV.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from camlib.errors import CamlibError, InputError
+from camlib.errors import CamlibError, ClassIndexError, InputError
 
 
 def describe(value: object) -> str:
@@ -177,3 +177,33 @@ def require_path(value: object, name: str, *, error: type[CamlibError] = InputEr
     if not isinstance(value, str | os.PathLike) or "\x00" in str(os.fspath(value)):
         raise error(f"{name} must be a path (str or Path, no NUL), got {type(value).__name__}")
     return Path(value)
+
+
+def resolve_classes(class_idx: int | Sequence[int] | None, logits: torch.Tensor) -> list[int]:
+    """The explained class of each image from ``class_idx`` and the ``(B, num_classes)`` logits: each image's argmax
+    for None, one int for every image, or one int per image.
+
+    Raises:
+        ClassIndexError: not an int or a list of ints, a wrong count, or a class outside ``0..num_classes-1``.
+    """
+    batch, num_classes = logits.shape
+    if class_idx is None:
+        return [int(k) for k in logits.argmax(dim=1).tolist()]
+    if isinstance(class_idx, (torch.Tensor, np.ndarray)):
+        class_idx = class_idx.tolist()
+    if isinstance(class_idx, (int, np.integer)):
+        requested = [class_idx] * batch
+    elif isinstance(class_idx, Sequence) and not isinstance(class_idx, str):
+        requested = list(class_idx)
+    else:
+        raise ClassIndexError(f"class index must be an integer or a list of integers, got {class_idx!r}")
+    if len(requested) != batch:
+        raise ClassIndexError(f"got {len(requested)} class indices for a batch of {batch} images")
+    out = []
+    for k in requested:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ClassIndexError(f"class index must be an integer, got {k!r}")
+        if not 0 <= int(k) < num_classes:
+            raise ClassIndexError(f"class index {int(k)} is out of range: this model has classes 0..{num_classes - 1}")
+        out.append(int(k))
+    return out

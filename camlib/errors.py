@@ -90,3 +90,8 @@ class GridError(CamlibError):
 
 class TrainingError(CamlibError):
     """A training run cannot start or resume (bad arguments, data, pipeline or checkpoint)."""
+
+
+class TargetError(InputError):
+    """A target (what a map explains) does not fit the model's output: a wrong count, or a target that fails on the
+    output or returns something other than one float score."""
