@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from camlib.contracts import require_int
 from camlib.errors import CamlibError, InputError
 
 MAX_INT_DIGITS = 30  # digits accepted at most: above any index or seed camlib reads (2**64 has 20)
@@ -56,10 +57,7 @@ def parse_int(
         raise error(f"{name} must be a whole number in {bounds}, got {digits:,} characters (at most {MAX_INT_DIGITS})")
     if not _INTEGER.fullmatch(text):
         raise error(f"{name} must be a whole number in {bounds} written in the digits 0-9, got {_quote(text)}")
-    value = int(text)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise error(f"{name} must be in {bounds}, got {value}")
-    return value
+    return require_int(int(text), name, minimum=minimum, maximum=maximum, error=error)
 
 
 def int_or_none(text: object, *, minimum: int | None = None, maximum: int | None = None) -> int | None:

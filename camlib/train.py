@@ -58,9 +58,10 @@ from camlib.augment import (  # noqa: E402
 )
 from camlib.cifar import CifarData, load_cifar10  # noqa: E402
 from camlib.cifar_models import CIFAR_ARCHS, build_cifar_model, normalize_batch  # noqa: E402
+from camlib.cli import run_command  # noqa: E402
 from camlib.contracts import require_array, require_int, require_model, require_tensor  # noqa: E402
 from camlib.device import default_device  # noqa: E402
-from camlib.errors import CamlibError, CheckpointError, InputError, TrainingError  # noqa: E402
+from camlib.errors import CheckpointError, InputError, TrainingError  # noqa: E402
 from camlib.models import load_state_strict, read_checkpoint  # noqa: E402
 
 STATE_FILE = "last.pt"
@@ -751,17 +752,20 @@ def _run_training(
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-        card = train(config)
-    except CamlibError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume from the last finished epoch", file=sys.stderr)
-        return 130
+    status, done = run_command(
+        lambda: (config := parse_args(argv), train(config)),
+        resume="run the same command again to resume from the last finished epoch",
+    )
+    if done is None:
+        return status
+    config, card = done
     if card["training"]["distributed"] is not None and os.environ["RANK"].strip() != "0":
         return 0
+    print(
+        f"final test accuracy {card['final_test_accuracy']:.4f} (best {card['best_test_accuracy']:.4f}); "
+        f"wrote {Path(config.out) / WEIGHTS_FILE} and {Path(config.out) / CARD_FILE}"
+    )
+    return 0
     print(
         f"final test accuracy {card['final_test_accuracy']:.4f} (best {card['best_test_accuracy']:.4f}); "
         f"wrote {Path(config.out) / WEIGHTS_FILE} and {Path(config.out) / CARD_FILE}"

@@ -56,7 +56,8 @@ from camlib.batch.shard import (
     _write_shard,
 )
 from camlib.cam import METHODS
-from camlib.errors import CamlibError, CheckpointError, InputError
+from camlib.cli import run_command
+from camlib.errors import CheckpointError, InputError
 from camlib.layers import default_layer, list_candidate_layers
 from camlib.models import (
     DEFAULT_CIFAR_MODEL,
@@ -657,15 +658,11 @@ def read_run_record(out: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_args(argv)
-        summary = run_batch(config)
-    except CamlibError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume from the finished shards", file=sys.stderr)
-        return 130
+    status, summary = run_command(
+        lambda: run_batch(parse_args(argv)), resume="run the same command again to resume from the finished shards"
+    )
+    if summary is None:
+        return status
     print(
         f"{summary.images} images, {summary.rows} rows ({summary.errors} images with errors), "
         f"{summary.skipped} of {summary.shards} shards were already done"
