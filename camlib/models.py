@@ -115,6 +115,23 @@ _TORCH_MODELS = "https://download.pytorch.org/models/"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _CIFAR_PREPROCESSING = Preprocessing(resize=32, crop=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
+
+def _project_cifar_spec(key: str, label: str, arch: str, *, notes: str) -> ModelSpec:
+    """A CIFAR-10 network of ``camlib.cifar_models`` whose weights ``python -m camlib.train`` writes to
+    ``models/<key>/model.safetensors``."""
+    return ModelSpec(
+        key=key,
+        label=label,
+        source="project",
+        arch=arch,
+        num_classes=10,
+        preprocessing=_CIFAR_PREPROCESSING,
+        dataset="cifar10",
+        weights_file=f"models/{key}/model.safetensors",
+        notes=notes,
+    )
+
+
 MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in (
@@ -205,26 +222,16 @@ MODELS: dict[str, ModelSpec] = {
             interpolation="bicubic",
             default_layers=("features.7.1.norm2",),
         ),
-        ModelSpec(
-            key="cifar10_resnet20",
-            label="ResNet-20 (CIFAR-10, trained by this project)",
-            source="project",
-            arch="resnet20",
-            num_classes=10,
-            preprocessing=_CIFAR_PREPROCESSING,
-            dataset="cifar10",
-            weights_file="models/cifar10_resnet20/model.safetensors",
+        _project_cifar_spec(
+            "cifar10_resnet20",
+            "ResNet-20 (CIFAR-10, trained by this project)",
+            "resnet20",
             notes="trained with `python -m camlib.train`; see models/cifar10_resnet20/model_card.json",
         ),
-        ModelSpec(
-            key="cifar10_resnet18",
-            label="ResNet-18 (CIFAR-10 variant, train your own)",
-            source="project",
-            arch="resnet18_cifar",
-            num_classes=10,
-            preprocessing=_CIFAR_PREPROCESSING,
-            dataset="cifar10",
-            weights_file="models/cifar10_resnet18/model.safetensors",
+        _project_cifar_spec(
+            "cifar10_resnet18",
+            "ResNet-18 (CIFAR-10 variant, train your own)",
+            "resnet18_cifar",
             notes="train it on a GPU with `python -m camlib.train --arch resnet18_cifar --out "
             "models/cifar10_resnet18 ...`, or upload its model.safetensors as a checkpoint",
         ),

@@ -168,6 +168,9 @@ EXCLUDED: dict[str, dict[str, str]] = {
     },
 }
 
+# A shift of a uint8 channel, in grey levels, one level per slider step.
+_UINT8_SHIFT = UIOverride(low=-255.0, high=255.0, step=1.0)
+
 UI_OVERRIDES: dict[str, dict[str, UIOverride]] = {
     # crop/pad sizes are scaled for 32x32 CIFAR-10; larger images still work, the crops are just small
     "PadIfNeeded": {
@@ -205,21 +208,14 @@ UI_OVERRIDES: dict[str, dict[str, UIOverride]] = {
     },
     "HueSaturationValue": {
         "hue_shift_limit": UIOverride(low=-180.0, high=180.0, step=1.0),
-        "sat_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
-        "val_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
+        **dict.fromkeys(("sat_shift_limit", "val_shift_limit"), _UINT8_SHIFT),
     },
     # ColorJitter's bounds live in a field validator (not introspectable): hue in [-0.5, 0.5], the others >= 0.
     "ColorJitter": {
-        "brightness": UIOverride(low=0.0, high=2.0),
-        "contrast": UIOverride(low=0.0, high=2.0),
-        "saturation": UIOverride(low=0.0, high=2.0),
+        **dict.fromkeys(("brightness", "contrast", "saturation"), UIOverride(low=0.0, high=2.0)),
         "hue": UIOverride(low=-0.5, high=0.5),
     },
-    "RGBShift": {
-        "r_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
-        "g_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
-        "b_shift_limit": UIOverride(low=-255.0, high=255.0, step=1.0),
-    },
+    "RGBShift": dict.fromkeys(("r_shift_limit", "g_shift_limit", "b_shift_limit"), _UINT8_SHIFT),
     "CLAHE": {
         "clip_limit": UIOverride(high=16.0, step=0.1, default=(1.0, 4.0)),
         "tile_grid_size": UIOverride(kind="int_pair", high=16),
