@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from camlib.contracts import require_int
 from camlib.errors import InputError, NonFiniteError, TargetError
 
 Target = Callable[[Any], torch.Tensor]
@@ -121,24 +122,24 @@ def per_image_outputs(output: object, batch: int) -> list[Any]:
     if isinstance(output, torch.Tensor):
         if output.dim() == 0 or output.shape[0] != batch:
             raise TargetError(
-                f"the model returned a tensor of shape {tuple(output.shape)} for {batch} images; "
+                f"the model output is a tensor of shape {tuple(output.shape)} for {batch} images; "
                 "targets need one row per image"
             )
         return list(output.unbind(0))
     if isinstance(output, (list, tuple)):
         if len(output) != batch:
-            raise TargetError(f"the model returned {len(output)} outputs for {batch} images")
+            raise TargetError(f"the model output holds {len(output)} per-image outputs for {batch} images")
         return list(output)
     if isinstance(output, Mapping):
         tensors = {k: v for k, v in output.items() if isinstance(v, torch.Tensor)}
         wrong = [k for k, v in tensors.items() if v.dim() == 0 or v.shape[0] != batch]
         if not tensors or wrong:
             raise TargetError(
-                f"the model returned a dict whose tensors {wrong or '(none)'} do not have one row per image ({batch})"
+                f"the model output is a dict whose tensors {wrong or '(none)'} do not have one row per image ({batch})"
             )
         return [{k: (v[i] if k in tensors else v) for k, v in output.items()} for i in range(batch)]
     raise TargetError(
-        f"the model returned a {type(output).__name__}; targets read a tensor, a list of per-image outputs or a dict"
+        f"the model output is a {type(output).__name__}; targets read a tensor, a list of per-image outputs or a dict"
     )
 
 
@@ -157,10 +158,13 @@ def target_scores(targets: Sequence[Target], output: object) -> torch.Tensor:
         TargetError: a target raised, or returned something other than a one-element floating tensor.
         NonFiniteError: a target's score is NaN or Inf.
     """
+    targets = _require_targets(targets)
     batch = len(targets)
     if (
         isinstance(output, torch.Tensor)
         and output.dim() == 2
+        and output.shape[0] == batch
+        and output.is_floating_point()
         and all(is_logit_target(t) for t in targets)
         and all(0 <= class_of(t) < output.shape[1] for t in targets)
     ):
@@ -171,7 +175,7 @@ def target_scores(targets: Sequence[Target], output: object) -> torch.Tensor:
         )
     if not bool(torch.isfinite(scores.detach()).all()):
         raise NonFiniteError(
-            "a target's score is NaN or Inf (the model's output overflowed, or the target divides by zero); "
+            "the targets' scores hold NaN or Inf (the model output overflowed, or a target divides by zero); "
             "the map cannot be drawn"
         )
     return scores
@@ -181,12 +185,12 @@ def _one_score(target: Target, output: object, index: int) -> torch.Tensor:
     try:
         score = target(output)
     except (IndexError, KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise TargetError(
-            f"the target of image {index} ({_name(target)}) failed on the model's output: {error}"
-        ) from error
+        raise TargetError(f"targets[{index}] ({_name(target)}) failed on the model output: {error}") from error
     if not isinstance(score, torch.Tensor) or score.numel() != 1 or not score.is_floating_point():
         got = f"{score.dtype} tensor {tuple(score.shape)}" if isinstance(score, torch.Tensor) else type(score).__name__
-        raise TargetError(f"the target of image {index} ({_name(target)}) must return one float score, got {got}")
+        raise TargetError(
+            f"targets[{index}] ({_name(target)}) must return one float score from the model output, got {got}"
+        )
     return score.reshape(())
 
 
@@ -207,19 +211,29 @@ def resolve_targets(targets: Sequence[Target] | None, class_idx: object, batch: 
         return None
     if class_idx is not None:
         raise InputError("give either class_idx or targets, not both")
-    if isinstance(targets, (str, bytes, Mapping)) or not isinstance(targets, Sequence):
-        raise InputError(f"targets must be a list with one callable per image, got {type(targets).__name__}")
-    targets = list(targets)
+    targets = _require_targets(targets)
     if len(targets) != batch:
         raise TargetError(f"got {len(targets)} targets for a batch of {batch} images; give one per image")
-    bad = [i for i, t in enumerate(targets) if not callable(t)]
-    if bad:
-        raise InputError(
-            f"targets must be callables (output -> scalar tensor); item {bad[0]} is {type(targets[bad[0]]).__name__}"
-        )
     return targets
 
 
+def _require_targets(targets: object) -> list[Target]:
+    if isinstance(targets, (str, bytes, Mapping)) or not isinstance(targets, Sequence):
+        raise InputError(f"targets must be a list with one callable per image, got {type(targets).__name__}")
+    bad = next((i for i, t in enumerate(targets) if not callable(t)), None)
+    if bad is not None:
+        raise InputError(
+            f"targets must be callables (output -> scalar tensor); item {bad} is {type(targets[bad]).__name__}"
+        )
+    return list(targets)
+
+
 def class_targets(classes: Sequence[int]) -> list[ClassTarget]:
-    """``ClassTarget(k)`` for each class: the targets ``class_idx`` stands for."""
-    return [ClassTarget(int(k)) for k in classes]
+    """``ClassTarget(k)`` for each class ``k >= 0``: the targets ``class_idx`` stands for.
+
+    Raises:
+        InputError: ``classes`` is not a sequence of non-negative integers.
+    """
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise InputError(f"classes must be a list of class indices, got {type(classes).__name__}")
+    return [ClassTarget(require_int(k, f"classes[{i}]", minimum=0)) for i, k in enumerate(classes)]

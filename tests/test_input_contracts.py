@@ -30,6 +30,7 @@ from camlib import (
     checkpoints,
     cifar,
     cifar_models,
+    cli,
     contracts,
     cost,
     device,
@@ -48,6 +49,7 @@ from camlib import (
     samples,
     stability,
     storage,
+    targets,
     train,
 )
 from camlib.batch import files as batch_files
@@ -1382,6 +1384,76 @@ CASES: list[Case] = [
     Case(contracts.require_int, "count", lambda v: contracts.require_int(v, "count", minimum=1), bad_ints),
     Case(contracts.require_size, "size", lambda v: contracts.require_size(v, "size"), bad_sizes),
     Case(contracts.require_model, "model", contracts.require_model, bad_models),
+    Case(
+        contracts.resolve_classes,
+        "class",
+        lambda v: contracts.resolve_classes(v, torch.zeros(2, 3)),
+        lambda: {"str": "1", "float": 0.5, "bool": [True, 0], "out of range": 3, "negative": -1, "count": [0]},
+    ),
+    # targets
+    Case(
+        targets.target_scores,
+        "targets",
+        lambda v: targets.target_scores(v, torch.zeros(2, 3)),
+        lambda: {
+            "None": None,
+            "str": "01",
+            "not callable": [1, 2],
+            "count": [targets.ClassTarget(0)],
+            "class out of range": [targets.ClassTarget(3)] * 2,
+            "not a scalar": [lambda o: o] * 2,
+            "not a tensor": [lambda o: 1.0] * 2,
+            "integer score": [lambda o: o.argmax()] * 2,
+            "NaN score": [lambda o: o[0] / o[0]] * 2,
+        },
+    ),
+    Case(
+        targets.target_scores,
+        "output",
+        lambda v: targets.target_scores([targets.ClassTarget(0)] * 2, v),
+        lambda: {
+            "None": None,
+            "str": "logits",
+            "wrong batch": torch.zeros(3, 3),
+            "0-d": torch.tensor(1.0),
+            "integer logits": torch.zeros(2, 3, dtype=torch.long),
+            "NaN": torch.full((2, 3), float("nan")),
+            "list of 3": [torch.zeros(3)] * 3,
+            "dict without rows": {"out": torch.zeros(3, 3)},
+        },
+    ),
+    Case(
+        targets.per_image_outputs,
+        "output",
+        lambda v: targets.per_image_outputs(v, 2),
+        lambda: {
+            "None": None,
+            "int": 2,
+            "wrong batch": torch.zeros(3, 4),
+            "0-d": torch.tensor(0.0),
+            "list of 1": [torch.zeros(3)],
+            "dict without tensors": {"labels": [1, 2]},
+            "dict with a short tensor": {"out": torch.zeros(2, 3), "aux": torch.zeros(1, 3)},
+        },
+    ),
+    Case(
+        targets.resolve_targets,
+        "targets",
+        lambda v: targets.resolve_targets(v, None, 2),
+        lambda: {"str": "01", "dict": {0: targets.ClassTarget(0)}, "int": 0, "not callable": [0, 1], "count": []},
+    ),
+    Case(
+        targets.resolve_targets,
+        "class_idx",
+        lambda v: targets.resolve_targets([targets.ClassTarget(0)] * 2, v, 2),
+        lambda: {"both (int)": 0, "both (list)": [0, 1]},
+    ),
+    Case(
+        targets.class_targets,
+        "classes",
+        targets.class_targets,
+        lambda: {"None": None, "str": "12", "float": [1.5], "negative": [-1], "bool": [True]},
+    ),
     # cost
     Case(
         cost.estimate_cost,
@@ -1933,6 +2005,9 @@ EXEMPT: dict[Callable, str] = {
     checkpoints.candidate_readings: "takes any loaded object; a non-state-dict has no readings ([])",
     checkpoints.weight_tensors: "takes any loaded object; a non-state-dict has no tensors (empty iterator)",
     contracts.describe: "describes any value for messages",
+    targets.class_of: "a predicate on any object: None is its answer for anything that is not a class target",
+    targets.is_logit_target: "a predicate on any object: False is its answer for anything else",
+    cli.run_command: "runs the command's own checked work; it only turns CamlibError and Ctrl-C into exit statuses",
     # Helpers of the augment package that its split made public; only validate_step calls them (it turns
     # normalise_value's ValueError into a PipelineError naming the step and parameter, tested in test_augment.py).
     augment.catalogue.normalise_value: "internal to validate_step, which types its errors",
@@ -1990,6 +2065,10 @@ EXEMPT_CLASSES: dict[type, str] = {
     stability.StabilityReport: _RESULT,
     stability.FlipCurve: _RESULT,
     stability.Sweep: "user data, checked by flip_curve (row above)",
+    targets.ClassTarget: "what a map explains: applied by target_scores, which types its failures (rows above)",
+    targets.SoftmaxTarget: "what a map explains: applied by target_scores, which types its failures (rows above)",
+    targets.SigmoidTarget: "what a map explains: applied by target_scores, which types its failures (rows above)",
+    targets.BinaryTarget: "what a map explains: applied by target_scores, which types its failures (rows above)",
 }
 
 
