@@ -52,18 +52,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlib.contracts import require_array, require_int, require_model, require_size, require_tensor
+from camlib.contracts import (
+    require_array,
+    require_cam_input,
+    require_finite,
+    require_int,
+    require_model,
+    require_size,
+    require_tensor,
+    resolve_classes,
+)
 from camlib.errors import (
-    ClassIndexError,
     GradientUnavailableError,
     InputError,
     LayerError,
     MethodError,
     NonFiniteError,
+    TargetError,
 )
 from camlib.guard import eval_mode, owned_by_this_thread
 from camlib.layers import layer_layout
 from camlib.layouts import Layout, layout_from_spec, to_feature_map
+from camlib.targets import Target, class_of, class_targets, is_logit_target, resolve_targets, target_scores
 
 NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
 # A ReLU'd map whose max-min is below this share of max|raw| carries no usable evidence: for a float32 raw map,
@@ -81,16 +91,21 @@ class LayerEvidence:
     Attributes:
         activations: ``(B, C, h, w)`` the layer's output as produced (after any layout reshaping), upcast to
             ``working_dtype`` (float32 for a float16 or bfloat16 model): a method computes in that dtype.
-        gradients: ``(B, C, h, w)`` d(score of each image's explained class) / d(activations) for "gradient" methods,
-            else None; upcast as the activations.
+        gradients: ``(B, C, h, w)`` d(each image's target score) / d(activations) for "gradient" methods, else None;
+            upcast as the activations.
         model: the model, locked and in eval mode; "perturbation" methods run further forwards with it (no hooks).
         x: ``(B, C_in, H, W)`` the model input as the model saw it (the model's dtype: cast what you feed it to
             ``x.dtype``, and upcast what it returns).
-        targets: the explained class of each image.
+        targets: what each image's map explains: one callable per image, ``targets[b](output_b) -> scalar``
+            (``camlib.targets``; ``ClassTarget(k)`` for ``class_idx=k``). A method scores a perturbed copy of image
+            ``b`` with ``target_scores([targets[b]] * N, model(copies))``; only the methods that need class logits
+            read ``class_of(targets[b])``.
+        scores: ``(B,)`` the targets' scores on ``x``, upcast as the activations, detached.
         batch_size: inputs per extra forward for "perturbation" methods.
         progress: call ``progress.step()`` after each extra forward batch (reports progress; may raise to cancel).
-        logits: ``(B, num_classes)`` the model's output for ``x``, upcast as the activations (the explained scores
-            are ``logits[b, targets[b]]``).
+        logits: the model's output for ``x`` when it is a tensor (``(B, num_classes)`` for a classifier), upcast as
+            the activations; None for a dict or list output. Only the methods that need class logits read it (CAM,
+            Finer-CAM, SESS's softmax).
         output: the layer's output as produced, in its own layout (``(B, C, h, w)``, ``(B, h, w, C)`` or tokens
             ``(B, N, C)``); ``channel_dim`` is its channel axis.
         forward_with_output: ``forward_with_output(inputs, output) -> logits`` runs the model on ``inputs`` with this
@@ -101,8 +116,8 @@ class LayerEvidence:
         n_samples: how many noisy or integration samples a sampling method draws (its ``MethodSpec.samples`` unless
             the caller chose another count).
         gradients_at: ``gradients_at(inputs, targets) -> (activations, gradients)``, both ``(N, C, h, w)``: this
-            layer's activations on ``inputs`` ``(N, C_in, H, W)`` (model dtype) and the gradients of the explained
-            logits ``targets`` (one per input) with respect to them, both upcast (one more forward and backward;
+            layer's activations on ``inputs`` ``(N, C_in, H, W)`` (model dtype) and the gradients of the summed scores
+            of ``targets`` (one callable per input) with respect to them, both upcast (one more forward and backward;
             hooks act for this thread only and are removed after).
         eigen_smooth: project the method's per-channel terms on their first principal component instead of summing
             them (``_channel_sum``; pytorch-grad-cam's ``eigen_smooth``).
@@ -113,7 +128,7 @@ class LayerEvidence:
     gradients: torch.Tensor | None
     model: nn.Module
     x: torch.Tensor
-    targets: list[int]
+    targets: list[Target]
     batch_size: int
     progress: Progress = field(default_factory=lambda: Progress(None, 0))
     logits: torch.Tensor | None = None
@@ -127,6 +142,7 @@ class LayerEvidence:
     eigen_smooth: bool = False
     module: nn.Module | None = None
     layout: Layout | None = None
+    scores: torch.Tensor | None = None
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -150,13 +166,37 @@ class Progress:
 
 RawMap = Callable[[LayerEvidence], torch.Tensor]
 Refusal = Callable[[nn.Module, nn.Module, "Layout | None"], "str | None"]
-Score = Callable[[torch.Tensor, list[int]], torch.Tensor]
+Score = Callable[[object, list[Target]], torch.Tensor]
 
 
-def _class_scores(logits: torch.Tensor, targets: list[int]) -> torch.Tensor:
-    """The explained score of each image: its class's raw logit, ``logits[b, targets[b]]`` (pytorch-grad-cam's
-    ``ClassifierOutputTarget``). What "gradient" methods differentiate unless their spec says otherwise."""
-    return logits[torch.arange(len(targets)), torch.tensor(targets)]
+def _target_scores(output: object, targets: list[Target]) -> torch.Tensor:
+    """Each image's score ``targets[b](output_b)``, ``(B,)`` (``camlib.targets.target_scores``; for logit targets
+    ``logits[b, k_b]``, pytorch-grad-cam's ``ClassifierOutputTarget``). What "gradient" methods differentiate unless
+    their spec says otherwise."""
+    return target_scores(targets, output)
+
+
+def _logit_classes(method: str, output: object, targets: list[Target]) -> list[int]:
+    """The class of each image for a method that explains one class's logit of a ``(B, num_classes)`` output.
+
+    Raises ``MethodError`` for another output or a target that is not a class's raw logit."""
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        raise MethodError(
+            f"{method} needs a model that returns (B, num_classes) class logits; this one returns "
+            f"{_describe_output(output)}: use Grad-CAM or another gradient method with targets="
+        )
+    if not all(is_logit_target(t) for t in targets):
+        raise MethodError(
+            f"{method} explains the logit of one class (class_idx=k, ClassTarget or ClassifierOutputTarget); "
+            "use Grad-CAM or another gradient method for other targets"
+        )
+    return [class_of(t) for t in targets]
+
+
+def _describe_output(output: object) -> str:
+    if isinstance(output, torch.Tensor):
+        return f"a tensor of shape {tuple(output.shape)}"
+    return f"a {type(output).__name__}"
 
 
 @dataclass(frozen=True)
@@ -166,7 +206,7 @@ class MethodSpec:
     ``family`` says what ``compute_cams`` prepares: "gradient" methods get the gradients of the explained score (one
     backward for all layers), "activation" methods only the activations, "perturbation" methods also run forwards of
     perturbed inputs. ``raw_map(evidence) -> (B, h, w)`` is the signed map before ReLU and normalisation.
-    ``score(logits, targets) -> (B,)`` is what a "gradient" method differentiates (``_class_scores`` by default);
+    ``score(output, targets) -> (B,)`` is what a "gradient" method differentiates (``_target_scores`` by default);
     ``second_order`` methods also get Hessian-vector products (one more backward per layer). ``samples`` is the
     default number of noisy or integration samples of a sampling method (1 otherwise); a "perturbation" method runs
     ``samples`` extra forwards per channel, or ``samples * forwards_per_sample`` in all when ``per_channel`` is False
@@ -181,7 +221,7 @@ class MethodSpec:
     family: str
     cost: str
     raw_map: RawMap = field(compare=False, repr=False)
-    score: Score = field(default=_class_scores, compare=False, repr=False)
+    score: Score = field(default=_target_scores, compare=False, repr=False)
     second_order: bool = False
     samples: int = 1
     per_channel: bool = True
@@ -236,7 +276,7 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
     paper: str,
     family: str,
     cost: str,
-    score: Score = _class_scores,
+    score: Score = _target_scores,
     second_order: bool = False,
     samples: int = 1,
     per_channel: bool = True,
@@ -248,7 +288,7 @@ def register_method(  # noqa: PLR0913 (keyword-only declarations of a method)
 ) -> Callable[[RawMap], RawMap]:
     """Decorator adding a raw-map function to ``METHODS`` under ``name``: the one place a method is declared.
 
-    ``score`` is what a "gradient" method differentiates (default: the explained class's logit); ``second_order``
+    ``score`` is what a "gradient" method differentiates (default: the targets' scores); ``second_order``
     gives it Hessian-vector products as well (``LayerEvidence.hessian_products``); ``samples`` and ``per_channel``
     describe a sampling "perturbation" method's extra forwards (``MethodSpec.extra_forwards``); ``fuses_layers``
     says that the method's map is ``CamResult.refined`` (its per-layer maps fused); ``refuse(model, module, layout)``
@@ -290,29 +330,40 @@ class CamResult:
     Attributes:
         method: the method name (a key of ``METHODS``).
         layers: the layer names, in the order requested.
-        class_idx: the explained class of each image.
-        logits: ``(B, num_classes)`` float32 raw model outputs.
+        class_idx: the explained class of each image where every target is a class target (``class_idx=``,
+            ``ClassTarget``, ``SoftmaxTarget``, ``SigmoidTarget`` or pytorch-grad-cam's classifier targets;
+            ``camlib.targets.class_of``), else None.
+        logits: ``(B, K)`` float32 raw model outputs when the model returns a 2-D tensor (a classifier's logits, a
+            one-logit binary head's ``(B, 1)``), else None (a dict, a list or a score map: ``scores`` holds what was
+            explained).
         maps: per layer, ``(B, H, W)`` float32 in [0, 1] at the input's size (finished in float64 from ``raw``).
         raw: per layer, ``(B, h, w)`` signed map before ReLU and normalisation, at feature resolution (SESS: at the
             input's), in the method's working precision: float32, or float64 for a float64 model (``working_dtype``).
         degenerate: per layer, ``(B,)`` bool; True where the map carries no positive evidence (then it is all zeros).
         elapsed_s: wall time of the call.
         counterfactual: True when the maps explain ``-score`` (``compute_cams(counterfactual=True)``).
+        scores: ``(B,)`` float64, each image's target score on the input (for ``class_idx``: the logits
+            ``logits[b, k_b]``), before any counterfactual negation.
     """
 
     method: str
     layers: tuple[str, ...]
-    class_idx: list[int]
-    logits: np.ndarray
+    class_idx: list[int] | None
+    logits: np.ndarray | None
     maps: dict[str, np.ndarray]
     raw: dict[str, np.ndarray]
     degenerate: dict[str, np.ndarray]
     elapsed_s: float = field(default=0.0, compare=False)
     counterfactual: bool = False
+    scores: np.ndarray | None = None
 
     @property
     def probabilities(self) -> np.ndarray:
-        """Softmax of the logits, ``(B, num_classes)`` float32."""
+        """Softmax of the logits, ``(B, num_classes)`` float32.
+
+        Raises ``InputError`` when the model's output was not a 2-D tensor (``logits`` is None)."""
+        if self.logits is None:
+            raise InputError("this result's model output is not (B, num_classes) logits; it has no probabilities")
         return torch.softmax(torch.from_numpy(self.logits), dim=-1).numpy()
 
     @property
@@ -483,11 +534,15 @@ FINER_COMPARISONS = 3  # pytorch-grad-cam's default comparison_categories (1, 2,
 FINER_ALPHA = 1.0  # pytorch-grad-cam's default comparison strength
 
 
-def _finer_scores(logits: torch.Tensor, targets: list[int]) -> torch.Tensor:
+def _finer_scores(logits: torch.Tensor, targets: list[Target]) -> torch.Tensor:
     """Finer-CAM's score: ``sum_j p_j (y_k - alpha y_j) / (sum_j p_j + 1e-9)`` over the ``FINER_COMPARISONS`` classes
     ``j`` whose logits are closest to the explained class ``k``'s, ``p = softmax(logits)`` (pytorch-grad-cam's
-    ``FinerWeightedTarget``; gradients flow through ``p`` too), ``alpha = FINER_ALPHA``."""
-    main = _class_scores(logits, targets)
+    ``FinerWeightedTarget``; gradients flow through ``p`` too), ``alpha = FINER_ALPHA``.
+
+    Raises ``MethodError`` unless ``logits`` is ``(B, num_classes)`` and every target a class's raw logit (Finer-CAM
+    builds its own contrast from the class; any other target has no class to contrast)."""
+    targets = _logit_classes("Finer-CAM", logits, targets)
+    main = target_scores(class_targets(targets), logits)
     rows, comparisons = torch.arange(len(targets)), min(FINER_COMPARISONS, logits.shape[1] - 1)
     distance = (logits - main[:, None]).detach().abs()
     distance[rows, torch.tensor(targets)] = -1.0  # the explained class comes first, then the most similar ones
@@ -700,7 +755,7 @@ def _scorecam(e: LayerEvidence) -> torch.Tensor:
             mins = flat.min(dim=1).values[:, None, None]
             maxs = flat.max(dim=1).values[:, None, None]
             masks = (up - mins) / (maxs - mins + 1e-8)
-            scores.append(e.model((x[b][None] * masks[:, None]).to(x.dtype))[:, target])
+            scores.append(target_scores([target] * len(masks), e.model((x[b][None] * masks[:, None]).to(x.dtype))))
             e.progress.step()
         raws.append(torch.softmax(torch.cat(scores).to(acts.dtype), dim=-1))
     return _weighted_sum(torch.stack(raws), acts, e)
@@ -733,9 +788,10 @@ def _ablationcam(e: LayerEvidence) -> torch.Tensor:
             batch = out[b : b + 1].repeat(len(index), *repeat)
             batch.movedim(dim, 1)[torch.arange(len(index), device=out.device), index] = 0  # copy k drops channel k
             inputs = e.x[b : b + 1].repeat(len(index), 1, 1, 1)
-            ablated.append(e.forward_with_output(inputs, batch)[:, target].to(e.activations.dtype))
+            outputs = e.forward_with_output(inputs, batch)
+            ablated.append(target_scores([target] * len(index), outputs).to(e.activations.dtype))
             e.progress.step()
-        score = e.logits[b, target]
+        score = e.scores[b]
         drop = score - torch.cat(ablated)
         weights.append(drop / score if bool(score != 0) else drop)
     return _weighted_sum(torch.stack(weights), e.activations, e)
@@ -763,7 +819,7 @@ def _masked_score_gains(e: LayerEvidence, b: int, masks: torch.Tensor, scale: fl
     for start in range(0, len(masks), e.batch_size):
         inputs = x[None] * masks[start : start + e.batch_size, None]
         inputs = (inputs if scale == 1.0 else scale * inputs).to(x.dtype)  # the model's dtype; masks are upcast
-        gains.append(e.model(inputs)[:, target].to(masks.dtype) - e.logits[b, target])
+        gains.append(target_scores([target] * len(inputs), e.model(inputs)).to(masks.dtype) - e.scores[b])
         e.progress.step()
     return torch.cat(gains)
 
@@ -792,7 +848,7 @@ def _sscam(e: LayerEvidence) -> torch.Tensor:
     for b in range(len(e.targets)):
         masks = _score_masks(acts[b], size)
         generator = torch.Generator().manual_seed(e.seed)
-        total = torch.zeros(len(masks), dtype=e.logits.dtype, device=masks.device)
+        total = torch.zeros(len(masks), dtype=e.scores.dtype, device=masks.device)
         for _ in range(e.n_samples):
             noise = SSCAM_STD * torch.randn(masks.shape, generator=generator, dtype=torch.float32)
             total += _masked_score_gains(e, b, masks + noise.to(masks))
@@ -819,7 +875,7 @@ def _iscam(e: LayerEvidence) -> torch.Tensor:
     raws = []
     for b in range(len(e.targets)):
         masks = _score_masks(acts[b], size)
-        total = torch.zeros(len(masks), dtype=e.logits.dtype, device=masks.device)
+        total = torch.zeros(len(masks), dtype=e.scores.dtype, device=masks.device)
         scale = 0.0
         for step in range(e.n_samples):
             scale += (step + 1) / e.n_samples
@@ -914,6 +970,11 @@ def _sess(e: LayerEvidence) -> torch.Tensor:
         raise MethodError("SESS cuts square patches; on a token layer it needs a square input")
     from torchvision.transforms.functional import resize  # imported here: torchvision's import costs 1.3 s
 
+    if e.logits is None or e.logits.dim() != 2:
+        raise MethodError(
+            "SESS weighs each patch by the softmax of the model's class scores (as pytorch-grad-cam's default), so it "
+            "needs a model that returns (B, num_classes) logits; use Grad-CAM with targets= for other outputs"
+        )
     window = min(height, width)
     step = int(round(window * SESS_SCALE_STEP))
     scales = [window + step * i for i in range(e.n_samples)]
@@ -933,7 +994,10 @@ def _sess(e: LayerEvidence) -> torch.Tensor:
         every = torch.stack([patch for scale in patches for patch, _ in scale])
         scores = torch.cat(
             [
-                torch.softmax(_upcast(e.model(every[start : start + e.batch_size])), dim=-1)[:, target]
+                target_scores(
+                    [target] * len(every[start : start + e.batch_size]),
+                    torch.softmax(_upcast(e.model(every[start : start + e.batch_size])), dim=-1),
+                )
                 for start in range(0, len(every), e.batch_size)
             ]
         ).clamp(min=0)
@@ -1034,10 +1098,10 @@ def _randomcam(e: LayerEvidence) -> torch.Tensor:
 )
 def _legrad(e: LayerEvidence) -> torch.Tensor:
     """LeGrad: ``mean_{heads, queries} relu(d s_k / d P)`` over the patch keys, ``P`` the block's post-softmax
-    attention probabilities ``(B, heads, N, N)`` and ``s_k`` the explained class's logit read from the block's own
-    output, ``heads(ln(mean_tokens(block output)))`` (Bousselham et al. 2024), as torch-cam 0.5.0's ``LeGrad`` on a
-    torchvision ``VisionTransformer``: leading (class) keys dropped, the rest on the patch grid. Attention values are
-    not multiplied in. camlib returns each block's map (torch-cam averages the blocks of one call).
+    attention probabilities ``(B, heads, N, N)`` and ``s_k`` the target's score of the class scores read from the
+    block's own output, ``heads(ln(mean_tokens(block output)))`` (Bousselham et al. 2024), as torch-cam 0.5.0's
+    ``LeGrad`` on a torchvision ``VisionTransformer``: leading (class) keys dropped, the rest on the patch grid.
+    Attention values are not multiplied in. camlib returns each block's map (torch-cam averages the blocks of one call).
 
     The layer must be a transformer block that outputs tokens and has an ``nn.MultiheadAttention`` child (torchvision
     ViT's ``encoder.layers.encoder_layer_K``); the model must have ``encoder.ln`` and ``heads`` (the score
@@ -1079,7 +1143,7 @@ def _legrad(e: LayerEvidence) -> torch.Tensor:
         with torch.inference_mode(False), torch.enable_grad():
             e.model(e.x.detach().clone().requires_grad_(True))
             logits = store["logits"]
-            selected = logits[torch.arange(len(e.targets)), torch.tensor(e.targets, device=logits.device)]
+            selected = target_scores(e.targets, logits)
             (grad,) = torch.autograd.grad(selected.sum(), store["probs"])
     finally:
         for handle in handles:
@@ -1160,7 +1224,8 @@ def _cam(e: LayerEvidence) -> torch.Tensor:
 
     Raises ``MethodError`` when no Linear layer of the model does that (another layer, or a model that ends with an
     MLP, a norm after the pooling, or a class token)."""
-    return _weighted_sum(_gap_classifier(e)[e.targets], e.activations, e)
+    classes = _logit_classes("CAM", e.logits, e.targets)
+    return _weighted_sum(_gap_classifier(e)[classes], e.activations, e)
 
 
 def _gap_classifier(e: LayerEvidence) -> torch.Tensor:
@@ -1212,38 +1277,6 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
             hint = f" Similar names: {', '.join(close)}." if close else ""
             raise LayerError(f"layer {name!r} is not a module of this model.{hint}")
     return names
-
-
-def _resolve_classes(class_idx: int | Sequence[int] | None, logits: torch.Tensor) -> list[int]:
-    batch, num_classes = logits.shape
-    if class_idx is None:
-        return [int(k) for k in logits.argmax(dim=1).tolist()]
-    if isinstance(class_idx, (torch.Tensor, np.ndarray)):
-        class_idx = class_idx.tolist()
-    if isinstance(class_idx, (int, np.integer)):
-        requested = [class_idx] * batch
-    elif isinstance(class_idx, Sequence) and not isinstance(class_idx, str):
-        requested = list(class_idx)
-    else:
-        raise ClassIndexError(f"class index must be an integer or a list of integers, got {class_idx!r}")
-    if len(requested) != batch:
-        raise ClassIndexError(f"got {len(requested)} class indices for a batch of {batch} images")
-    out = []
-    for k in requested:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise ClassIndexError(f"class index must be an integer, got {k!r}")
-        if not 0 <= int(k) < num_classes:
-            raise ClassIndexError(f"class index {int(k)} is out of range: this model has classes 0..{num_classes - 1}")
-        out.append(int(k))
-    return out
-
-
-def _validate_input(x: torch.Tensor, scorecam_batch_size: int) -> None:
-    """A non-empty float ``(B, C, H, W)`` tensor with data (not ``meta``), not channels-last; a positive batch size."""
-    require_tensor(x, "x", ndim=4, floating=True, expected="float tensor (B, C, H, W)")
-    if x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
-        raise InputError(f"x looks channels-last {tuple(x.shape)}; pass (B, C, H, W), e.g. x.permute(0, 3, 1, 2)")
-    require_int(scorecam_batch_size, "scorecam_batch_size", minimum=1)
 
 
 def _resolve_layouts(layouts: Mapping[str, str] | None, names: list[str]) -> dict[str, str]:
@@ -1300,18 +1333,15 @@ class _Capture:
         return save
 
 
-def _check_finite(what: str, tensor: torch.Tensor) -> None:
-    if not bool(torch.isfinite(tensor).all()):
-        raise NonFiniteError(f"the model produced non-finite values (NaN or Inf) in {what}; the CAM cannot be drawn")
-
-
 def _forward(
     model: nn.Module, x: torch.Tensor, names: list[str], *, start_graph: bool
-) -> tuple[torch.Tensor, torch.Tensor, _Capture]:
+) -> tuple[torch.Tensor, object, _Capture]:
     """One forward with temporary hooks on ``names`` (removed in ``finally``); the caller holds the model guard.
 
     Returns the input as the model saw it (its device and dtype; a copy, as a model may modify its input in place),
-    the ``(B, num_classes)`` logits, and the capture of every layer's output.
+    the model's output as it returned it (a tensor, a dict, a list: the targets read it), and the capture of every
+    layer's output. A tensor output must be finite; the targets' scores of any output are checked where they are
+    taken (``camlib.targets.target_scores``).
     """
     first = next(model.parameters(), None)
     device = first.device if first is not None else x.device
@@ -1324,13 +1354,12 @@ def _forward(
         # methods the first hooked layer switches it on (see _Capture), which also works with frozen parameters.
         with torch.inference_mode(False), torch.set_grad_enabled(False):
             xin = x.detach().to(device=device, dtype=dtype).clone()
-            logits = model(xin)
+            output = model(xin)
     finally:
         for handle in handles:
             handle.remove()
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise LayerError("the model must return (B, num_classes) logits for a CAM")
-    _check_finite("the logits", logits)
+    if isinstance(output, torch.Tensor):
+        require_finite("the logits" if output.dim() == 2 else "the model's output", output)
     for name in names:
         if name not in capture.outputs:
             raise LayerError(f"layer {name!r} was not run in the forward pass, so it has no map")
@@ -1339,12 +1368,40 @@ def _forward(
                 f"layer {name!r} runs {capture.calls[name]} times per forward pass (a shared module); "
                 "pick a layer that runs once"
             )
-    return xin, logits, capture
+    return xin, output, capture
+
+
+def _upcast_output(output: object) -> object:
+    """The model's output with its floating tensors in ``working_dtype`` (dicts and lists walked; integer tensors,
+    such as a detector's labels, and other values kept)."""
+    if isinstance(output, torch.Tensor):
+        return _upcast(output) if output.is_floating_point() else output
+    if isinstance(output, Mapping):
+        return {key: _upcast_output(value) for key, value in output.items()}
+    if isinstance(output, (list, tuple)):
+        return [_upcast_output(value) for value in output]
+    return output
+
+
+def _explained(targets: list[Target] | None, class_idx: int | Sequence[int] | None, output: object) -> list[Target]:
+    """The targets of a call: those given, else ``ClassTarget`` of each image's class from ``class_idx`` and the
+    ``(B, num_classes)`` logits (``camlib.contracts.resolve_classes``).
+
+    Raises ``TargetError`` when no targets were given and the output is not ``(B, num_classes)`` logits."""
+    if targets is not None:
+        return targets
+    if not isinstance(output, torch.Tensor) or output.dim() != 2:
+        raise TargetError(
+            f"the model returns {_describe_output(output)}, not (B, num_classes) logits, so there is no class to "
+            "explain: pass targets=[...], one callable per image that turns its output into the explained score "
+            "(camlib.targets)"
+        )
+    return class_targets(resolve_classes(class_idx, output))
 
 
 def _gradients(
-    logits: torch.Tensor,
-    targets: list[int],
+    logits: object,
+    targets: list[Target],
     capture: _Capture,
     names: list[str],
     layouts: dict[str, Layout],
@@ -1352,14 +1409,14 @@ def _gradients(
     scores: Score,
     second_order: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One ``torch.autograd.grad`` of the summed explained scores (``scores(logits, targets)``) with respect to every
+    """One ``torch.autograd.grad`` of the summed explained scores (``scores(output, targets)``) with respect to every
     layer's output as produced, each read as ``(B, C, h, w)``. Never ``backward()``: parameters' ``.grad`` stay
     untouched. With ``second_order``, also each layer's Hessian-vector product ``H A`` (the gradient of ``g . A``
     with ``A`` held fixed; zeros where the network above the layer is piecewise linear), else no products."""
     outputs = [capture.outputs[n] for n in names]
     products = {}
     with torch.inference_mode(False), torch.enable_grad():
-        score = scores(_upcast(logits), targets).sum()  # Finer-CAM's softmax, in float32 for a half-precision model
+        score = scores(_upcast_output(logits), targets).sum()  # softmax targets in float32 for a half-precision model
         if not score.requires_grad:
             raise LayerError(f"the layers {', '.join(names)} were not used to compute the selected class")
         grads = torch.autograd.grad(score, outputs, allow_unused=True, create_graph=second_order)
@@ -1380,25 +1437,25 @@ def _gradients(
                         f"PyTorch has none for an operation above it ({str(error).splitlines()[0]}); use Grad-CAM"
                     ) from error
             product = torch.zeros_like(output) if product is None else product.detach()
-            _check_finite(f"the Hessian-vector product of layer {name!r}", product)
+            require_finite(f"the Hessian-vector product of layer {name!r}", product)
             products[name] = _upcast(to_feature_map(product, layouts[name]))
     out = {}
     for name, grad in zip(names, grads):
         if grad is None:
             raise LayerError(f"layer {name!r} was not used to compute the selected class")
-        _check_finite(f"the gradients of layer {name!r}", grad)
+        require_finite(f"the gradients of layer {name!r}", grad)
         out[name] = _upcast(to_feature_map(grad.detach(), layouts[name]))
     return out, products
 
 
 def _gradients_at(
-    model: nn.Module, name: str, layout: Layout, inputs: torch.Tensor, targets: list[int]
+    model: nn.Module, name: str, layout: Layout, inputs: torch.Tensor, targets: list[Target]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer ``name``'s activations on ``inputs`` and the gradients of the ``targets`` logits with respect to them,
+    """Layer ``name``'s activations on ``inputs`` and the gradients of the ``targets``' summed scores (one callable
+    per input) with respect to them,
     both read as ``(N, C, h, w)``: one more forward with this thread's hook and one ``torch.autograd.grad``. Inputs of
     another size than the call's (SESS's patches) are read in the same layout kind (and number of leading tokens)."""
     _, logits, capture = _forward(model, inputs, [name], start_graph=True)
-    _check_finite("the logits", logits)
     shape = tuple(capture.values[name].shape)
     expected = {
         "nchw": (layout.channels, layout.height, layout.width),
@@ -1408,7 +1465,7 @@ def _gradients_at(
     if shape[1:] != expected:
         spec = f"tokens:{layout.prefix_tokens}" if layout.kind == "tokens" else layout.kind
         layout = layout_from_spec(spec, shape, (int(inputs.shape[-2]), int(inputs.shape[-1])))
-    grads, _ = _gradients(logits, targets, capture, [name], {name: layout}, scores=_class_scores)
+    grads, _ = _gradients(logits, targets, capture, [name], {name: layout}, scores=_target_scores)
     return _upcast(to_feature_map(capture.values[name], layout)), grads[name]
 
 
@@ -1458,6 +1515,7 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
     layers: Sequence[str],
     *,
     method: str = "gradcam",
+    targets: Sequence[Target] | None = None,
     class_idx: int | Sequence[int] | None = None,
     scorecam_batch_size: int = 32,
     layouts: Mapping[str, str] | None = None,
@@ -1471,14 +1529,22 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
     """Compute one CAM per requested layer from a single forward (and, for gradient methods, a single backward).
 
     Args:
-        model: a classifier returning ``(B, num_classes)`` logits. It may be shared: its hooks act only for this
-            thread (an eval-mode model is not locked; one with training-mode modules is locked for the call), its
-            modules' ``training`` flags are restored, and its parameters' ``.grad`` and ``requires_grad`` untouched.
+        model: a classifier returning ``(B, num_classes)`` logits, or with ``targets`` any model (its output a
+            tensor, a dict of batched tensors or a list of per-image outputs: ``camlib.targets``). It may be shared:
+            its hooks act only for this thread (an eval-mode model is not locked; one with training-mode modules is
+            locked for the call), its modules' ``training`` flags are restored, and its parameters' ``.grad`` and
+            ``requires_grad`` untouched.
         x: float tensor ``(B, 3, H, W)``, already preprocessed for the model.
         layers: dotted module names (from ``model.named_modules()``), each run once per forward, whose output is a
             spatial feature map: ``(B, C, h, w)``, channels-last ``(B, h, w, C)`` or tokens ``(B, N, C)``.
         method: a key of ``METHODS``.
-        class_idx: the class to explain: ``None`` for each image's argmax, one int for all, or one per image.
+        targets: what to explain, one callable per image, ``targets[b](output_b) -> scalar tensor`` on image ``b``'s
+            share of the model's output (pytorch-grad-cam 1.5.7's convention: its target objects work unchanged;
+            camlib's own are in ``camlib.targets``); gradient methods differentiate the sum over the images. CAM and
+            Finer-CAM need ``(B, num_classes)`` logits and class-logit targets, SESS needs class logits for its
+            softmax (``MethodError`` otherwise). Not together with ``class_idx``.
+        class_idx: the class to explain: ``None`` for each image's argmax, one int for all, or one per image; the
+            shortcut for ``targets=[ClassTarget(k) for k in ...]`` (the same numbers).
         scorecam_batch_size: perturbed images per forward for the "perturbation" methods (Score-CAM's masked
             images, Ablation-CAM's ablated copies); it does not change the numbers.
         layouts: optional per-layer layout ("nchw", "nhwc" or "tokens:K"), needed only where the layout is ambiguous
@@ -1510,7 +1576,9 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
         A ``CamResult``; ``raw`` is at the feature map's ``(h, w)`` after any layout reshaping.
 
     Raises:
-        InputError, MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError (all
+        InputError (both ``targets`` and ``class_idx``), TargetError (a wrong count of targets, a target that fails
+        or returns no float scalar, no targets for a model without class logits), MethodError, LayerError,
+        ClassIndexError, NonFiniteError (also a target's NaN or Inf score), GradientUnavailableError (all
         ``ValueError``).
     """
     _resolve_method(method)  # an unknown method is reported before any other argument
@@ -1519,6 +1587,7 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
         x,
         layers,
         [method],
+        targets=targets,
         class_idx=class_idx,
         scorecam_batch_size=scorecam_batch_size,
         layouts=layouts,
@@ -1537,6 +1606,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
     layers: Sequence[str],
     methods: Sequence[str],
     *,
+    targets: Sequence[Target] | None = None,
     class_idx: int | Sequence[int] | None = None,
     scorecam_batch_size: int = 32,
     layouts: Mapping[str, str] | None = None,
@@ -1556,8 +1626,8 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
 
     Args:
         methods: keys of ``METHODS``, at least one; repeats are computed once.
-        model, x, layers, class_idx, scorecam_batch_size, layouts, seed, n_samples, aug_smooth, eigen_smooth,
-            counterfactual: as for ``compute_cams``.
+        model, x, layers, targets, class_idx, scorecam_batch_size, layouts, seed, n_samples, aug_smooth,
+            eigen_smooth, counterfactual: as for ``compute_cams``.
         progress: ``callback(done, total)`` after each extra forward batch of the perturbation methods, counted over
             all of them; it may raise to cancel (hooks removed, modes restored, lock released).
 
@@ -1566,8 +1636,8 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
         call (the passes are shared).
 
     Raises:
-        InputError, MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError (all
-        ``ValueError``).
+        InputError, TargetError, MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError
+        (all ``ValueError``), as for ``compute_cams``.
     """
     started = time.perf_counter()
     if not all(isinstance(flag, bool) for flag in (aug_smooth, eigen_smooth, counterfactual)):
@@ -1588,7 +1658,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
             eigen_smooth=eigen_smooth,
             counterfactual=counterfactual,
         )
-        return _augmentation_smoothed(run, x, class_idx, progress, started)
+        return _augmentation_smoothed(run, x, targets=targets, class_idx=class_idx, progress=progress, started=started)
     specs = _resolve_methods(methods)
     if counterfactual and (other := next((s for s in specs if not s.uses_gradients), None)):
         raise MethodError(
@@ -1599,7 +1669,9 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
     if progress is not None and not callable(progress):
         raise InputError(f"progress must be a callable (done, total) or None, got {type(progress).__name__}")
     names = _resolve_layers(model, layers)
-    _validate_input(x, scorecam_batch_size)
+    require_cam_input(x)
+    require_int(scorecam_batch_size, "scorecam_batch_size", minimum=1)
+    given = resolve_targets(targets, class_idx, int(x.shape[0]))
     seed = require_int(seed, "seed", minimum=0)
     n_samples = None if n_samples is None else require_int(n_samples, "n_samples", minimum=1)
     explicit_layouts = _resolve_layouts(layouts, names)
@@ -1616,8 +1688,10 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
     with eval_mode(model):
         for group in _pass_groups(specs):
             gradient = next((s for s in group if s.uses_gradients), None)
-            xin, logits, capture = _forward(model, x, names, start_graph=gradient is not None)
-            targets = _resolve_classes(class_idx, logits)
+            xin, output, capture = _forward(model, x, names, start_graph=gradient is not None)
+            explained = _explained(given, class_idx, output)
+            with torch.no_grad():
+                scores = target_scores(explained, _upcast_output(output)).detach()
             feature_layouts = {
                 name: layer_layout(
                     model,
@@ -1633,11 +1707,11 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
             # The methods' arithmetic runs on upcast copies (working_dtype); the model keeps its own dtype.
             values = {name: _upcast(to_feature_map(capture.values[name], feature_layouts[name])) for name in names}
             for name in names:
-                _check_finite(f"the activations of layer {name!r}", values[name])
+                require_finite(f"the activations of layer {name!r}", values[name])
             grads, products = (
                 _gradients(
-                    logits,
-                    targets,
+                    output,
+                    explained,
                     capture,
                     names,
                     feature_layouts,
@@ -1649,22 +1723,24 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
             )
             if counter is None:
                 total = sum(
-                    len(targets) * s.batches(values[name].shape[1], scorecam_batch_size, n_samples)
+                    len(explained) * s.batches(values[name].shape[1], scorecam_batch_size, n_samples)
                     for s in specs
                     for name in names
                 )
                 counter = Progress(progress, total)
+            logits = _upcast(output.detach()) if isinstance(output, torch.Tensor) else None
             pass_ = _Pass(
                 model,
                 xin.detach(),
-                _upcast(logits.detach()),
-                targets,
+                logits,
+                explained,
                 capture,
                 feature_layouts,
                 values,
                 grads,
                 products,
                 modules,
+                scores,
             )
             for spec in group:
                 raws[spec.name] = _raw_maps(
@@ -1686,7 +1762,7 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
 
 def _negated(score: Score) -> Score:
     """``-score``: what a counterfactual map differentiates (Selvaraju et al. 2017's negated gradients)."""
-    return lambda logits, targets: -score(logits, targets)
+    return lambda output, targets: -score(output, targets)
 
 
 # pytorch-grad-cam's aug_smooth views, in ttach's order: Compose([HorizontalFlip(), Multiply([0.9, 1, 1.1])]).
@@ -1696,14 +1772,17 @@ AUG_SMOOTH_VIEWS = tuple((mirror, factor) for mirror in (False, True) for factor
 def _augmentation_smoothed(
     run: Callable[..., dict[str, CamResult]],
     x: torch.Tensor,
+    *,
+    targets: Sequence[Target] | None,
     class_idx: int | Sequence[int] | None,
     progress: ProgressCallback | None,
     started: float,
 ) -> dict[str, CamResult]:
     """``run`` (``compute_cam_grid`` without aug_smooth) on every view of ``AUG_SMOOTH_VIEWS``, the original first
-    (it fixes the classes), each view's maps mirrored back; per method the mean of the views' maps and raw maps, in
-    ttach's order (pytorch-grad-cam's ``forward_augmentation_smoothing``). Progress counts the views' batches."""
-    _validate_input(x, 1)
+    (it fixes the classes, unless ``targets`` are given: those explain every view), each view's maps mirrored back;
+    per method the mean of the views' maps and raw maps, in ttach's order (pytorch-grad-cam's
+    ``forward_augmentation_smoothing``). Progress counts the views' batches."""
+    require_cam_input(x)
     order = [(False, 1.0), *(view for view in AUG_SMOOTH_VIEWS if view != (False, 1.0))]
     views: dict[tuple[bool, float], dict[str, CamResult]] = {}
     for k, (mirror, factor) in enumerate(order):
@@ -1714,8 +1793,11 @@ def _augmentation_smoothed(
             def report(done: int, total: int, k: int = k) -> None:
                 progress(k * total + done, len(order) * total)
 
-        views[mirror, factor] = run(image * factor if factor != 1.0 else image, class_idx=class_idx, progress=report)
-        class_idx = next(iter(views[False, 1.0].values())).class_idx
+        views[mirror, factor] = run(
+            image * factor if factor != 1.0 else image, targets=targets, class_idx=class_idx, progress=report
+        )
+        if targets is None:
+            class_idx = next(iter(views[False, 1.0].values())).class_idx
 
     def back(array: np.ndarray, mirror: bool) -> np.ndarray:
         return np.ascontiguousarray(array[..., ::-1]) if mirror else array
@@ -1745,14 +1827,15 @@ class _Pass:
 
     model: nn.Module
     x: torch.Tensor
-    logits: torch.Tensor
-    targets: list[int]
+    logits: torch.Tensor | None  # the model's output when it is a tensor, upcast; None for a dict or list
+    targets: list[Target]
     capture: _Capture
     layouts: dict[str, Layout]
     values: dict[str, torch.Tensor]
     grads: dict[str, torch.Tensor]
     products: dict[str, torch.Tensor]
     modules: dict[str, nn.Module]  # the model's modules by name, looked up once per call
+    scores: torch.Tensor  # (B,) the targets' scores, upcast, detached
 
 
 def _resolve_methods(methods: Sequence[str]) -> list[MethodSpec]:
@@ -1814,6 +1897,7 @@ def _raw_maps(
                 gradients_at=partial(_gradients_at, pass_.model, name, pass_.layouts[name]),
                 module=pass_.modules[name],
                 layout=pass_.layouts[name],
+                scores=pass_.scores,
             )
             try:
                 raws[name] = spec.raw_map(evidence)
@@ -1865,11 +1949,14 @@ def _result(
 ) -> CamResult:
     """A method's ``CamResult`` from its raw maps (in layer order) and their finished maps."""
     names = list(raws)
+    classes = [class_of(target) for target in pass_.targets]
+    logits = pass_.logits
     return CamResult(
         method=spec.name,
         layers=tuple(names),
-        class_idx=pass_.targets,
-        logits=pass_.logits.float().cpu().numpy(),
+        class_idx=None if None in classes else classes,
+        logits=logits.float().cpu().numpy() if logits is not None and logits.dim() == 2 else None,
+        scores=pass_.scores.double().cpu().numpy(),
         maps={name: finished[name][0] for name in names},
         raw={name: raws[name].detach().to(working_dtype(pass_.x.dtype)).cpu().numpy() for name in names},
         degenerate={name: finished[name][1] for name in names},
@@ -1897,7 +1984,7 @@ def layer_magnitudes(result: CamResult) -> dict[str, np.ndarray]:
     Raises ``InputError`` when ``result`` is not a ``CamResult``."""
     _require_result(result)
     return {
-        name: np.maximum(result.raw[name], 0).reshape(len(result.class_idx), -1).max(axis=1) for name in result.layers
+        name: np.maximum(result.raw[name], 0).reshape(len(result.raw[name]), -1).max(axis=1) for name in result.layers
     }
 
 

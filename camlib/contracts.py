@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from camlib.errors import CamlibError, ClassIndexError, InputError
+from camlib.errors import CamlibError, ClassIndexError, InputError, NonFiniteError
 
 
 def describe(value: object) -> str:
@@ -207,3 +207,25 @@ def resolve_classes(class_idx: int | Sequence[int] | None, logits: torch.Tensor)
             raise ClassIndexError(f"class index {int(k)} is out of range: this model has classes 0..{num_classes - 1}")
         out.append(int(k))
     return out
+
+
+def require_cam_input(x: object, name: str = "x") -> torch.Tensor:
+    """A model input for a map: a non-empty float ``(B, C, H, W)`` tensor with data (not ``meta``), not channels-last.
+
+    Returns ``x``. Raises ``InputError`` naming ``name`` otherwise (a ``(B, H, W, C)`` tensor is told to permute)."""
+    x = require_tensor(x, name, ndim=4, floating=True, expected="float tensor (B, C, H, W)")
+    if x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        raise InputError(
+            f"{name} looks channels-last {tuple(x.shape)}; pass (B, C, H, W), e.g. {name}.permute(0, 3, 1, 2)"
+        )
+    return x
+
+
+def require_finite(what: str, tensor: torch.Tensor) -> None:
+    """Raise ``NonFiniteError`` naming ``what`` (e.g. "the logits") when the model produced NaN or Inf in ``tensor``.
+
+    Raises ``InputError`` when ``tensor`` is not a tensor."""
+    if not isinstance(tensor, torch.Tensor):
+        raise InputError(f"tensor must be a torch.Tensor, got {describe(tensor)}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise NonFiniteError(f"the model produced non-finite values (NaN or Inf) in {what}; the CAM cannot be drawn")

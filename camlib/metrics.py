@@ -47,8 +47,17 @@ from skimage.filters import sobel
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from camlib.cam import ProgressCallback, _resolve_classes, _validate_input
-from camlib.contracts import describe, require_int, require_model, require_size, require_tensor, require_unit_range
+from camlib.cam import ProgressCallback
+from camlib.contracts import (
+    describe,
+    require_cam_input,
+    require_int,
+    require_model,
+    require_size,
+    require_tensor,
+    require_unit_range,
+    resolve_classes,
+)
 from camlib.errors import InputError, NonFiniteError
 from camlib.guard import eval_mode, model_lock
 
@@ -204,7 +213,7 @@ class _Inputs:
 def _check_inputs(model: object, x: object, maps: object, batch_size: object = 1) -> _Inputs:
     """Check the common arguments; raise ``InputError`` naming the first bad one."""
     device = require_model(model)
-    _validate_input(x, 1)  # a float (B, C, H, W) tensor with data, not channels-last (as compute_cams checks x)
+    require_cam_input(x)  # a float (B, C, H, W) tensor with data, not channels-last (as compute_cams checks x)
     require_int(batch_size, "batch_size", minimum=1)
     if isinstance(maps, torch.Tensor):
         require_tensor(maps, "maps", ndim=3, floating=True, expected="float (B, H, W) array or tensor in [0, 1]")
@@ -253,7 +262,7 @@ def _scores(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
 def _classes_and_scores(model: nn.Module, x: torch.Tensor, class_idx: object) -> tuple[list[int], torch.Tensor]:
     """The checked class of each image (``ClassIndexError`` when out of range) and its probability on ``x``."""
     logits = _logits(model, lambda batch: x[batch], len(x), len(x))
-    targets = _resolve_classes(class_idx, logits)
+    targets = resolve_classes(class_idx, logits)
     return targets, _scores(logits, targets)
 
 
@@ -347,7 +356,7 @@ def deletion_insertion(
 
         logits = _logits(model, make, images * per_image, batch_size)
     # Deletion step 0 is x itself: its logits pick and check the classes (no separate forward of x).
-    targets = _resolve_classes(class_idx, logits[::per_image])
+    targets = resolve_classes(class_idx, logits[::per_image])
     curves = _scores(logits, [k for k in targets for _ in range(per_image)]).reshape(images, 2, steps + 1).numpy()
     fractions = np.arange(steps + 1) / steps
     deletion, insertion = curves[:, 0], curves[:, 1]
@@ -514,7 +523,7 @@ def _explanation_scores(
 
     with eval_mode(model):
         logits = _logits(model, make, 2 * images, batch_size)
-    targets = _resolve_classes(class_idx, logits[:images])
+    targets = resolve_classes(class_idx, logits[:images])
     scores = _scores(logits, targets * 2)
     return scores[:images], scores[images:]
 
@@ -892,13 +901,13 @@ def _sanity_setup(
     of classes and a deep copy of ``model`` in eval mode (copied under the model's lock: the shared model is only
     read)."""
     device = require_model(model)
-    _validate_input(x, 1)  # a float (B, C, H, W) tensor with data, not channels-last (as compute_cams checks x)
+    require_cam_input(x)  # a float (B, C, H, W) tensor with data, not channels-last (as compute_cams checks x)
     if not callable(explain):
         raise InputError(f"explain must be a callable (model, x, classes) -> maps, got {describe(explain)}")
     x = x.detach().to(device)
     with eval_mode(model):
         logits = _logits(model, lambda batch: x[batch], len(x), len(x))
-    targets = _resolve_classes(class_idx, logits)
+    targets = resolve_classes(class_idx, logits)
     with model_lock(model):
         copied = copy.deepcopy(model)
     return x, targets, logits.shape[1], copied.eval()

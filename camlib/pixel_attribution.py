@@ -72,15 +72,12 @@ from torch.overrides import TorchFunctionMode
 
 from camlib.cam import (
     CamResult,
-    _check_finite,
-    _resolve_classes,
     _upcast,
-    _validate_input,
     compute_cams,
     minmax_normalize,
     upsample_maps,
 )
-from camlib.contracts import require_array, require_model
+from camlib.contracts import require_array, require_cam_input, require_finite, require_model, resolve_classes
 from camlib.errors import GradientUnavailableError, InputError, MethodError
 from camlib.guard import eval_mode
 
@@ -290,7 +287,7 @@ def compute_guided_backprop(
                 f"model's forward runs none (its activations: {used}), so it would equal the plain gradient; use "
                 "FullGrad or a CAM method instead"
             )
-        targets = _resolve_classes(class_idx, logits)
+        targets = resolve_classes(class_idx, logits)
         (grad,) = _input_gradient(logits, targets, [leaf])
     return GuidedBackpropResult(
         class_idx=targets,
@@ -460,14 +457,14 @@ def compute_fullgrad(
                 "FullGrad sums the bias-gradients of convolutions and batch norms, and this model's forward runs "
                 "neither a convolution with a bias nor a batch norm on a feature map; use another method"
             )
-        targets = _resolve_classes(class_idx, logits)
+        targets = resolve_classes(class_idx, logits)
         (grad,) = _input_gradient(logits, targets, [leaf])
     size = (int(leaf.shape[-2]), int(leaf.shape[-1]))
     # Products in at least float32 (camlib.cam.working_dtype): in half precision |x g| and |b g| underflow to 0.
     raw = _channel_sum(_upcast(leaf.detach()) * _upcast(grad), size)
     for term in mode.terms:
         if term.grad is not None:  # None: the layer does not lie between the input and the score
-            _check_finite(f"the gradients of {term.layer}", term.grad)
+            require_finite(f"the gradients of {term.layer}", term.grad)
             grad_z = _upcast(term.grad)
             raw = raw + _channel_sum(term.bias.to(grad_z.dtype)[None, :, None, None] * grad_z, size)
     flat = raw.flatten(1)  # float64 (_channel_sum): normalised before any rounding to float32
@@ -502,7 +499,7 @@ def _channel_sum(products: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _check_call(model: nn.Module, x: torch.Tensor, method: str) -> None:
     """The argument checks both methods share, before any work."""
     require_model(model)
-    _validate_input(x, 1)  # as compute_cams checks x (there are no perturbation batches here)
+    require_cam_input(x)  # as compute_cams checks x (there are no perturbation batches here)
     for name, module in model.named_modules():
         if isinstance(module, (torch.jit.ScriptModule, nn.DataParallel)):
             kind = "a TorchScript module" if isinstance(module, torch.jit.ScriptModule) else "nn.DataParallel"
@@ -532,7 +529,7 @@ def _forward(model: nn.Module, x: torch.Tensor, mode: TorchFunctionMode) -> tupl
             logits = model(model_input)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise InputError("the model must return (B, num_classes) logits")
-    _check_finite("the logits", logits)
+    require_finite("the logits", logits)
     return leaf, logits
 
 
@@ -547,7 +544,7 @@ def _input_gradient(logits: torch.Tensor, targets: list[int], inputs: list[torch
     if any(grad is None for grad in grads):
         raise MethodError("the model's output does not depend on its input through autograd, so it has no gradient")
     for grad in grads:
-        _check_finite("the input gradients", grad)
+        require_finite("the input gradients", grad)
     return tuple(grad.detach() for grad in grads)
 
 

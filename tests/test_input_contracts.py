@@ -1385,6 +1385,18 @@ CASES: list[Case] = [
     Case(contracts.require_size, "size", lambda v: contracts.require_size(v, "size"), bad_sizes),
     Case(contracts.require_model, "model", contracts.require_model, bad_models),
     Case(
+        contracts.require_cam_input,
+        "x",
+        contracts.require_cam_input,
+        lambda: {**bad_tensors(4), "channels-last": torch.zeros(1, 8, 8, 3)},
+    ),
+    Case(
+        contracts.require_finite,
+        "tensor",
+        lambda v: contracts.require_finite("the logits", v),
+        lambda: {"None": None, "array": np.zeros(3), "list": [1.0]},
+    ),
+    Case(
         contracts.resolve_classes,
         "class",
         lambda v: contracts.resolve_classes(v, torch.zeros(2, 3)),
