@@ -3,7 +3,7 @@ any start opens the page in under 5 s").
 
 Run from the repository root:  python benchmarks/bench_gallery_start.py [--starts 3] [--cold]
 
-Each start launches a new ``streamlit run app.py`` (``tests/streamlit_ws.py``, headless, 127.0.0.1) and measures:
+Each start launches a new ``streamlit run app.py`` (tests/helpers/streamlit_ws.py, headless, 127.0.0.1) and measures:
 
 - server start: from launching the process until ``/_stcore/health`` answers (Python, Streamlit and the app's imports);
 - page open: one protocol-level WebSocket session (as a browser speaks to the server) asks for the Misclassification
@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from helpers.streamlit_ws import Session, streamlit_server  # noqa: E402
 from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: E402
-from streamlit_ws import Session, streamlit_server  # noqa: E402
 
 GOAL_S = 5.0
 PAGE_NAME = "misclassifications"  # the page's URL path (app.py: app_pages/misclassifications.py)

@@ -2,8 +2,8 @@
 
 Run from the repository root:  python benchmarks/bench_load.py [--sessions 1 4 8] [--reruns K] [--quick] [--think-s S]
 
-One headless server on a free 127.0.0.1 port (``tests/streamlit_ws.py``) with ``CAMLIB_LOG_LEVEL=debug``, so that
-``ui.run_log`` writes one line per script run with its session id and duration. After a warm-up visit (the model
+One headless server on a free 127.0.0.1 port (tests/helpers/streamlit_ws.py) with ``CAMLIB_LOG_LEVEL=debug``, so that
+``ui.server.run_log`` writes one line per script run with its session id and duration. After a warm-up visit (the model
 loads once), for each N in ``--sessions``: N threads, each with its own protocol-level WebSocket session (as a browser
 speaks to the server), open the CAM Explorer on their own sample photo, wait for each other, then send ``--reruns``
 reruns one after another, each waiting for ``script_finished`` (closed loop; with ``--think-s S`` each session first
@@ -18,9 +18,10 @@ answers is printed). Overlay changes alternate the opacity slider and the colorm
 those widgets are drawn inside an ``st.fragment`` the rerun names that fragment, as the browser does.
 
 Reported per N:
-- server-side p50/p95 of the script-run duration, from the server's log lines (``ui.run_log``), for (a) method/layer
-  changes and (b) overlay-only changes. A fragment rerun does not run app.py: its duration is logged only when the
-  fragment's function is decorated with ``ui.run_log.timed_run``, otherwise it is reported as "not logged";
+- server-side p50/p95 of the script-run duration, from the server's log lines (``ui.server.run_log``), for (a)
+  method/layer changes and (b) overlay-only changes. A fragment rerun does not run app.py: its duration is logged only
+  when the fragment's function is decorated with ``ui.server.run_log.timed_run``, otherwise it is reported as "not
+  logged";
 - the same percentiles as the client observed them (send to ``script_finished``), which include the client's own
   work (parsing every message of 8 sessions) on the same machine;
 - errors: runs that did not finish successfully, exceptions or ``st.error`` alerts in the stream, failed clients and
@@ -51,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from streamlit_ws import FINISHED_OK, Run, Server, Session, streamlit_server  # noqa: E402
+from helpers.streamlit_ws import FINISHED_OK, Run, Server, Session, streamlit_server  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from camlib.cam import METHODS  # noqa: E402

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.apptest import APP, TIMEOUT
 from PIL import Image
 from streamlit.runtime.media_file_storage import MediaFileStorageError
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
@@ -38,8 +38,6 @@ from camlib.samples import DEFAULT_SAMPLE, load_sample
 from ui import cache, keys
 from ui.text import escape
 
-TIMEOUT = 180
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 LAB = "app_pages/augmentation_lab.py"
 CAM = "app_pages/cam_explorer.py"
 ROOT = default_root()

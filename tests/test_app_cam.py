@@ -5,21 +5,18 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.apptest import APP, TIMEOUT, explained
 from PIL import Image
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from camlib.overlay import signed_map
 from ui import cache, cam_view, checkpoint_store, keys
-
-TIMEOUT = 180
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -40,19 +37,13 @@ def _layers(at: AppTest):
     return at.multiselect(key=keys.cam_layers(at.session_state[f"{keys.CAM}_last_model"]))
 
 
-def _explained(at: AppTest) -> str:
-    """The "Explaining class ..." line without its timing (which says whether the CAM came from the cache)."""
-    line = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
-    return re.sub(r" (in \d+ ms|from the cache \(first computed in \d+ ms\)) on ", " on ", line)
-
-
 def test_default_flow_shows_chelsea_gradcam(app: AppTest) -> None:
     # With no input at all: the chelsea photo, the bundled model and its Grad-CAM on the suggested layer.
     assert app.selectbox(key="cam_sample").value == "chelsea (cat)"
     assert app.selectbox(key="cam_model").value == "efficientnet_lite0"
     assert _layers(app).value == ["bn2"]
     assert app.selectbox(key="cam_method").value == "gradcam"
-    text = _explained(app)
+    text = explained(app)
     assert any(f"class {k}:" in text for k in (281, 282, 285)), text  # tabby / tiger cat / Egyptian cat
     assert not app.error
     assert len(app.image) >= 2  # the overlay on the model's view and on the original
@@ -146,16 +137,16 @@ def test_bad_upload_keeps_last_good_image(app: AppTest) -> None:
     good[:, 48:] = 255
     app.file_uploader(key="cam_upload").set_value(("good.png", _png(good), "image/png")).run()
     assert not app.exception and not app.error
-    before = _explained(app)
+    before = explained(app)
 
     app.file_uploader(key="cam_upload").set_value(("evil.png", b"MZ\x90\x00 not an image", "image/png")).run()
     assert not app.exception
     assert any("Cannot use this file" in e.value and "not a valid image" in e.value for e in app.error)
-    assert _explained(app) == before  # the page goes on with the last good image
+    assert explained(app) == before  # the page goes on with the last good image
 
     app.file_uploader(key="cam_upload").set_value(("empty.png", b"", "image/png")).run()
     assert any("empty file" in e.value for e in app.error)
-    assert _explained(app) == before
+    assert explained(app) == before
 
 
 def test_change_of_layer(app: AppTest) -> None:
@@ -208,7 +199,7 @@ def test_choose_a_class_by_name(app: AppTest) -> None:
     app.radio(key="cam_class_mode").set_value("Choose a class").run()
     app.selectbox(key=keys.cam_class("efficientnet_lite0")).set_value(207).run()  # golden retriever
     assert not app.exception
-    assert "class 207: golden retriever" in _explained(app)
+    assert "class 207: golden retriever" in explained(app)
 
 
 def test_shared_model_left_clean_after_page_runs(app: AppTest) -> None:
@@ -231,7 +222,7 @@ def test_user_checkpoint_upload_and_refusal(app: AppTest, tmp_path) -> None:
     app.file_uploader(key="cam_ckpt_file").set_value(("mine.safetensors", weights, "application/octet-stream")).run()
     assert not app.exception and not app.error
     assert _layers(app).value == ["layer3"]  # the CIFAR ResNet-20's suggested layer
-    assert _explained(app)
+    assert explained(app)
 
     marker = tmp_path / "pwned"
 
@@ -244,7 +235,7 @@ def test_user_checkpoint_upload_and_refusal(app: AppTest, tmp_path) -> None:
     assert not app.exception
     assert any(r"Only safetensors \/ weights\-only checkpoints are accepted" in e.value for e in app.error)
     assert not marker.exists()
-    assert _explained(app)  # the last good model goes on working
+    assert explained(app)  # the last good model goes on working
 
 
 # --- checkpoint uploads: which reading was used, and the checkpoint size cap (issue #8 part 5, issue #9) -------------
@@ -286,7 +277,7 @@ def test_checkpoint_upload_says_which_container_and_prefix(app: AppTest) -> None
     assert not app.exception and not app.error
     shown = [t.value for t in app.text]
     assert "Your checkpoint: loaded from checkpoint['state_dict'], prefix 'model._orig_mod.' removed" in shown
-    assert _layers(app).value == ["layer3"] and _explained(app)
+    assert _layers(app).value == ["layer3"] and explained(app)
 
 
 def test_resnet50_sized_checkpoint_is_uploaded_and_used(app: AppTest) -> None:
@@ -308,7 +299,7 @@ def test_resnet50_sized_checkpoint_is_uploaded_and_used(app: AppTest) -> None:
         assert "Your checkpoint: loaded from the file's top level, no prefix" in [t.value for t in app.text]
         used = [m for key, m in checkpoint_store._checkpoint_models().items() if key.startswith("checkpoint:resnet50:")]
         assert len(used) == 1 and used[0].spec.label == "ResNet-50 (your checkpoint: resnet50.pt)"
-        assert _layers(app).value == ["layer4"] and _explained(app)
+        assert _layers(app).value == ["layer4"] and explained(app)
     finally:
         checkpoint_store._checkpoint_models().clear()  # 100 MB of weights: not kept for the other tests of this process
 

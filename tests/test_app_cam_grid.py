@@ -6,10 +6,10 @@ last grid."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.apptest import APP, TIMEOUT
 from streamlit.testing.v1 import AppTest
 
 from camlib.cam import METHODS, compute_cams
@@ -18,8 +18,6 @@ from camlib.models import DEFAULT_MODEL, prepare_input
 from camlib.pixel_attribution import PIXEL_METHODS, attribution_images
 from ui import cache, cam_grid, cam_view, keys
 
-TIMEOUT = 300
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 LAYERS = ["blocks.5", "bn2"]  # blocks.5 does not feed the classifier directly: CAM refuses it
 
 

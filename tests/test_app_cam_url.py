@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.apptest import APP, TIMEOUT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
+from ui.cam_url import QUERY_KEYS, VIEWS, parse_link
 
 from camlib.cam import METHODS
 from camlib.cifar import CLASS_NAMES
@@ -23,10 +25,7 @@ from camlib.models import MODELS
 from camlib.pixel_attribution import PIXEL_METHODS
 from camlib.samples import SAMPLES
 from ui import cache, cam_grid, cam_view, keys, widgets
-from ui.cam_url import QUERY_KEYS, VIEWS, parse_link
 
-TIMEOUT = 300
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 MODEL = "cifar10_resnet20"
 
 

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from helpers.apptest import APP, TIMEOUT, explained
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_app_cam import APP, TIMEOUT, _explained
 
 from camlib.cam import compute_cam_grid
 from camlib.imaging import MAX_SIDE
@@ -28,7 +28,7 @@ def test_disallowed_extension_injected_past_the_frontend_fails_in_that_session_o
     StreamlitAPIException (its message redacted: showErrorDetails="type") in that session; another session of the
     same process renders its CAM as before."""
     other = _app()
-    before = _explained(other)
+    before = explained(other)
     attacker = _app()
     attacker.radio(key="cam_source").set_value("Upload").run()
     attacker.file_uploader(key="cam_upload").set_value((name, b"MZ\x90\x00 not an image", "image/png")).run()
@@ -37,7 +37,7 @@ def test_disallowed_extension_injected_past_the_frontend_fails_in_that_session_o
     other.selectbox(key="cam_method").set_value("gradcam++").run()
     other.selectbox(key="cam_method").set_value("gradcam").run()
     assert not other.exception and not other.error
-    assert _explained(other) == before
+    assert explained(other) == before
 
 
 @pytest.mark.bad_input(9)
@@ -58,7 +58,7 @@ def test_huge_legitimate_photo_is_downscaled_once_and_explained(width: int, heig
     assert max(shown.shape[:2]) == MAX_SIDE
     assert shown.shape[1] / shown.shape[0] == pytest.approx(width / height, abs=0.01)
     assert any("downscaled" in i.value for i in at.info)
-    assert _explained(at).startswith("**Explaining class")
+    assert explained(at).startswith("**Explaining class")
 
 
 @pytest.mark.bad_input(37)
@@ -68,7 +68,7 @@ def test_class_index_out_of_range_is_an_error_not_another_class(monkeypatch: pyt
     shifting the index on its way to camlib. camlib's ClassIndexError reaches the page as one error line, negative
     indices are not taken from the end, and the last good CAM stays on screen."""
     at = _app()
-    before = _explained(at)
+    before = explained(at)
 
     def shifted(model, x, layers, methods, *, class_idx, **kwargs):
         return compute_cam_grid(model, x, layers, methods, class_idx=class_idx + offset, **kwargs)
@@ -79,4 +79,4 @@ def test_class_index_out_of_range_is_an_error_not_another_class(monkeypatch: pyt
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "Cannot compute the CAM" in at.error[0].value
     assert "class" in at.error[0].value.lower() and ("range" in at.error[0].value or "0.." in at.error[0].value)
-    assert _explained(at) == before
+    assert explained(at) == before

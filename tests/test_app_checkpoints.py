@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from helpers.apptest import APP, TIMEOUT, explained
 from helpers.checkpoint_files import Storage, Tensor, saved, torch_zip, zip_bomb
 from streamlit.testing.v1 import AppTest
 
 from ui import checkpoint_store, keys
 
-TIMEOUT = 180
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 WEIGHTS = Path(APP).parent / "models" / "cifar10_resnet20" / "model.safetensors"
 MINE = "ResNet-20 (your checkpoint: mine.safetensors)"
 
@@ -57,12 +56,6 @@ BAD_UPLOADS = {
 }
 
 
-def _explained(at: AppTest) -> str:
-    """The "Explaining class ..." line without its timing (which says whether the CAM came from the cache)."""
-    line = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
-    return re.sub(r" (in \d+ ms|from the cache \(first computed in \d+ ms\)) on ", " on ", line)
-
-
 def _layers(at: AppTest) -> list[str]:
     return at.multiselect(key=keys.cam_layers(at.session_state[f"{keys.CAM}_last_model"])).value
 
@@ -97,7 +90,7 @@ def test_a_refused_checkpoint_is_named_and_the_last_model_kept(app: AppTest, mon
     assert not app.exception and not app.error
     mine = app.session_state[f"{keys.CAM}_last_model"]
     assert mine.startswith("checkpoint:cifar10_resnet20:") and _layers(app) == ["layer3"]
-    explained = _explained(app)
+    shown = explained(app)
     for name, (make, message) in BAD_UPLOADS.items():
         app.file_uploader(key="cam_ckpt_file").set_value((name, make(), "application/octet-stream"))
         app.run()
@@ -105,7 +98,7 @@ def test_a_refused_checkpoint_is_named_and_the_last_model_kept(app: AppTest, mon
         assert message in _errors(app), (name, _errors(app))
         assert [_shown(c.value) for c in app.caption if "Still using" in c.value] == [f"Still using: {MINE}"], name
         assert app.session_state[f"{keys.CAM}_last_model"] == mine and _layers(app) == ["layer3"], name
-        assert _explained(app) == explained, name  # its CAM is still shown
+        assert explained(app) == shown, name  # its CAM is still shown
     with monkeypatch.context() as patch:  # a rerun shows the refusal again without reading the file again
         patch.setattr(checkpoint_store, "load_checkpoint", lambda *args, **kwargs: pytest.fail("read again"))
         app.run()

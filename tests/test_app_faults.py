@@ -11,11 +11,11 @@ from __future__ import annotations
 import ast
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from helpers.apptest import APP, TIMEOUT
 from streamlit.testing.v1 import AppTest
 
 from camlib.cifar import default_root, detect_source
@@ -24,8 +24,6 @@ from camlib.errors import InputError
 from ui import cache, checkpoint_store, keys
 from ui.text import escape
 
-TIMEOUT = 300
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 CAM, LAB, GALLERY = "app_pages/cam_explorer.py", "app_pages/augmentation_lab.py", "app_pages/misclassifications.py"
 HAS_CIFAR = default_root() is not None and detect_source(default_root()) is not None
 ENTRY_MODULES = (cache, checkpoint_store)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
+from helpers.apptest import APP, REPO, TIMEOUT
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -28,9 +29,6 @@ from camlib.models import MODELS, load_model
 from ui import cache, model_loop
 from ui.text import escape
 
-TIMEOUT = 300
-REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "app.py")
 DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10"
 WEIGHTS = REPO / "models/cifar10_resnet20/model.safetensors"
 CAPTION = re.compile(r"^#(\d+): (\w+) → (\w+) \((\d+)%\)$")

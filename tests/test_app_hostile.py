@@ -14,12 +14,12 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from google.protobuf.message import Message
+from helpers.apptest import APP, REPO, TIMEOUT, explained
 from PIL import Image
 from safetensors.torch import save as save_safetensors
 from streamlit.testing.v1 import AppTest
@@ -32,9 +32,6 @@ from camlib.samples import DEFAULT_SAMPLE
 from ui import cache
 from ui.text import escape, md, shorten
 
-TIMEOUT = 300
-REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "app.py")
 CAM, LAB, GALLERY = "app_pages/cam_explorer.py", "app_pages/augmentation_lab.py", "app_pages/misclassifications.py"
 WEIGHTS = REPO / "models/cifar10_resnet20/model.safetensors"
 ROOT = default_root()
@@ -97,12 +94,6 @@ def _app(page: str = CAM) -> AppTest:
     return at
 
 
-def _explained(at: AppTest) -> str:
-    """The "Explaining class ..." line without its timing (which says whether the CAM came from the cache)."""
-    line = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
-    return re.sub(r" (in \d+ ms|from the cache \(first computed in \d+ ms\)) on ", " on ", line)
-
-
 # --- hostile names ---------------------------------------------------------------------------------------------------
 
 
@@ -110,7 +101,7 @@ def _explained(at: AppTest) -> str:
 @pytest.mark.parametrize("name", HOSTILE.values(), ids=HOSTILE.keys())
 def test_cam_upload_name_is_escaped_and_not_named_after_removal(name: str) -> None:
     at = _app()
-    default = _explained(at)
+    default = explained(at)
     at.radio(key="cam_source").set_value("Upload").run()
     assert [c.value for c in at.caption if c.value.startswith("No upload yet")] == [
         md("No upload yet: showing {image}.", image=DEFAULT_SAMPLE)
@@ -121,14 +112,14 @@ def test_cam_upload_name_is_escaped_and_not_named_after_removal(name: str) -> No
     note = md("{file}: {note}", file=shorten(name), note="transparent pixels shown on a white background")
     assert note in [i.value for i in at.info]
     assert escape(shorten(name)) in note and len(note) < 400
-    assert _explained(at) != default
+    assert explained(at) != default
 
     at.file_uploader(key="cam_upload").set_value(None).run()  # removed: the page no longer names the file
     assert_no_live_text(at)
     assert [c.value for c in at.caption if c.value.startswith("No upload yet")] == [
         md("No upload yet: showing {image}.", image=DEFAULT_SAMPLE)
     ]
-    assert _explained(at).split(" with ")[0] == default.split(" with ")[0]  # back to the sample photo
+    assert explained(at).split(" with ")[0] == default.split(" with ")[0]  # back to the sample photo
 
     at.file_uploader(key="cam_upload").set_value((name, b"\x7fELF not an image", "image/png")).run()
     assert_no_live_text(at)
@@ -261,7 +252,7 @@ def test_lab_grid_too_large_keeps_last_grid_and_export() -> None:
 @pytest.mark.bad_input(59)
 def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app()
-    before, images = _explained(at), len(at.image)
+    before, images = explained(at), len(at.image)
 
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits [x](https://example.invalid/)")
@@ -273,7 +264,7 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [e.value for e in at.error] == [
         md("Cannot compute the CAM: {error}", error="the model produced NaN logits [x](https://example.invalid/)")
     ]
-    assert _explained(at) == before and len(at.image) == images
+    assert explained(at) == before and len(at.image) == images
     assert "Showing the last result that worked." in [c.value for c in at.caption]
 
 
@@ -291,7 +282,7 @@ def test_cam_error_keeps_the_last_cam_on_its_own_image(monkeypatch: pytest.Monke
     at.radio(key="cam_source").set_value("Upload").run()
     at.file_uploader(key="cam_upload").set_value(("wide.png", _png(seed=11), "image/png")).run()  # 48x64
     assert not at.error and _original_overlay_size(at) == (48, 64)
-    before = _explained(at)
+    before = explained(at)
 
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits")
@@ -303,14 +294,14 @@ def test_cam_error_keeps_the_last_cam_on_its_own_image(monkeypatch: pytest.Monke
     at.file_uploader(key="cam_upload").set_value(("tall.png", buffer.getvalue(), "image/png")).run()
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == ["Cannot compute the CAM: the model produced NaN logits"]
-    assert _explained(at) == before
+    assert explained(at) == before
     assert _original_overlay_size(at) == (48, 64)  # the kept map is drawn on the image it explains
 
 
 @pytest.mark.bad_input(59)
 def test_cam_prediction_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app()
-    before, images = _explained(at), len(at.image)
+    before, images = explained(at), len(at.image)
 
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits")
@@ -320,7 +311,7 @@ def test_cam_prediction_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) ->
     at.file_uploader(key="cam_upload").set_value(("new.png", _png(seed=7), "image/png")).run()  # not in the cache
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == ["Cannot compute the CAM: the model produced NaN logits"]
-    assert _explained(at) == before and len(at.image) == images
+    assert explained(at) == before and len(at.image) == images
 
 
 @pytest.mark.bad_input(59)
@@ -331,7 +322,7 @@ def test_dropped_checkpoint_falls_back_to_the_bundled_model() -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert any("no longer loaded" in e.value and "upload it again" in e.value for e in at.error)
     assert at.session_state["cam_last_model"] == "efficientnet_lite0"
-    assert _explained(at)
+    assert explained(at)
 
 
 @pytest.mark.bad_input(59)
@@ -392,4 +383,4 @@ def test_extension_that_disagrees_with_the_content_is_noted(name: str, fmt: str,
     at.file_uploader(key="cam_upload").set_value((name, _encoded(fmt), "image/png")).run()
     assert not at.exception and not at.error
     assert [i.value for i in at.info] == ([md("{file}: {note}", file=name, note=note)] if note else [])
-    assert _explained(at)  # decoded and explained either way
+    assert explained(at)  # decoded and explained either way

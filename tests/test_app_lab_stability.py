@@ -4,12 +4,11 @@ good result."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import streamlit as st
 import torch
+from helpers.apptest import APP, TIMEOUT
 from streamlit.testing.v1 import AppTest
 
 from camlib.augment import CIFAR10_TRAIN_PIPELINE, TRANSFORMS, pick_images
@@ -19,8 +18,6 @@ from camlib.models import load_model
 from camlib.stability import Sweep, augmentation_stability, flip_curve, stability_views
 from ui import cache, lab_stability
 
-TIMEOUT = 300
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 LAB = "app_pages/augmentation_lab.py"
 ROOT = default_root()
 HAS_CIFAR = ROOT is not None and detect_source(ROOT) is not None

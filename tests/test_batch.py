@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import WritesMarker
+from helpers.pickles import WritesMarker
 from PIL import Image
 
 import camlib.batch.job as job_module
@@ -410,7 +410,7 @@ print(error)
 def test_a_multi_gb_input_image_is_refused_from_its_size_in_flat_memory(tmp_path):
     """A 3 GB file among the input images is an error row from its stat: the peak memory of reading it, measured in
     a fresh interpreter (ru_maxrss after the imports), stays far below its size (the whole file was read before)."""
-    from test_imaging import RSS_BASELINE, run_python
+    from helpers.memory import RSS_BASELINE, run_python
 
     big = _sparse(tmp_path / "big.png", 3 * 2**30)
     peak_mb, error = run_python(_IMPORTS + RSS_BASELINE + _VIEW_OF_A_SPARSE_FILE, big).strip().splitlines()

@@ -6,88 +6,28 @@ import base64
 import io
 import json
 import re
-import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.browser import BROWSER_MARKS, choose, explained, open_page, wait_text
 from PIL import Image
-from streamlit_ws import streamlit_server
 
 from camlib.augment import CIFAR10_TRAIN_PIPELINE, pipeline_to_json
 from camlib.samples import load_sample
 
 ROOT = Path(__file__).resolve().parents[1]
-# the lab writes its pipeline into the query string (ui/lab_url.py), so the URL may carry one
+# the lab writes its pipeline into the query string (ui/lab/url.py), so the URL may carry one
 LAB_PATH = re.compile(r"/augmentation_lab(\?|$)")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)"),
-]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``streamlit run app.py`` on a free 127.0.0.1 port, without file watching (edits never reload it mid-test), its
-    output in a log file (a pipe nobody reads could fill up and stall the server)."""
-    with streamlit_server(log=tmp_path_factory.mktemp("browser") / "streamlit.log") as running:
-        yield running.url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-def _open_page(browser, server: str):
-    """A new tab on the app, recording dialogs (an alert would mean injected script ran) and every request."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    dialogs: list[str] = []
-    requests: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.on("request", lambda request: requests.append(request.url))
-    page.goto(server)
-    page.wait_for_selector('[data-testid="stApp"]', timeout=120_000)
-    return page, dialogs, requests
-
-
-@pytest.fixture(scope="module")
-def browser_page(server: str, browser):
-    page, dialogs, _ = _open_page(browser, server)
-    yield page, dialogs
-    page.close()
-
-
-def _explained(page) -> str:
-    locator = page.locator("p", has_text="Explaining class").first
-    locator.wait_for(timeout=120_000)
-    return locator.inner_text()
+pytestmark = BROWSER_MARKS
 
 
 def test_cam_page_upload_shows_overlay(browser_page, tmp_path: Path) -> None:
     page, dialogs = browser_page
     page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
-    first = _explained(page)
+    first = explained(page)
     assert "281" in first or "282" in first or "285" in first  # the default chelsea photo is a cat
 
     photo = tmp_path / "coffee.png"
@@ -100,7 +40,7 @@ def test_cam_page_upload_shows_overlay(browser_page, tmp_path: Path) -> None:
         arg=first,
         timeout=120_000,
     )
-    assert _explained(page) != first
+    assert explained(page) != first
     overlays = page.locator('[data-testid="stImage"] img')
     assert overlays.count() >= 2
     # the new overlay's <img> may still be loading when the text changes (this check raced 1 run in 3)
@@ -115,8 +55,8 @@ def test_cam_page_upload_shows_overlay(browser_page, tmp_path: Path) -> None:
 
 
 def test_overlay_png_download_is_made_when_clicked_and_lossless(browser_page) -> None:
-    """The "Overlay PNG" button is a deferred download (ui/cam_view.py): the browser asks the server for the file on
-    click and gets the lossless PNG of the overlay shown above it as a JPEG (224 px, the model's view)."""
+    """The "Overlay PNG" button is a deferred download (ui/explorer/cam_view.py): the browser asks the server for the
+    file on click and gets the lossless PNG of the overlay shown above it as a JPEG (224 px, the model's view)."""
     page, dialogs = browser_page
     page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
     shown = page.locator('[data-testid="stImage"] img').first
@@ -146,32 +86,15 @@ def test_bad_upload_shows_error_not_traceback(browser_page, tmp_path: Path) -> N
     assert page.locator('[data-testid="stImage"] img').count() >= 2  # the last good overlay stays
 
 
-def _choose(page, key: str, option: str) -> None:
-    """Open a selectbox and click one option, without waiting for the rerun it starts (retried if the box was being
-    re-rendered by a rerun at the moment of the click)."""
-    for attempt in range(3):
-        page.locator(f".st-key-{key}").click()
-        try:
-            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
-            return
-        except Exception:  # noqa: BLE001 - the dropdown closed under a rerun: open it again
-            if attempt == 2:
-                raise
-
-
-def _wait_text(page, text: str, timeout: int = 180_000) -> None:
-    page.get_by_text(text, exact=False).first.wait_for(timeout=timeout)
-
-
 def test_compare_methods_grid_scores_faithfulness_and_runs_the_sanity_checks(server: str, browser) -> None:
     """Issues #12 and #13 in the browser, on the CIFAR-10 ResNet-20 (fast): the method x layer grid draws one loaded
     overlay per method, then its cells are scored on request (table, most faithful layer, curves) and the best cell's
     sanity checks run."""
-    page, dialogs, _ = _open_page(browser, server)
-    _explained(page)
-    _choose(page, "cam_model", "ResNet-20 (CIFAR-10, trained by this project)")
+    page, dialogs, _ = open_page(browser, server)
+    explained(page)
+    choose(page, "cam_model", "ResNet-20 (CIFAR-10, trained by this project)")
     page.locator(".st-key-cam_view").get_by_text("Compare methods", exact=True).click()
-    _wait_text(page, "5 methods x 1 layers")
+    wait_text(page, "5 methods x 1 layers")
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
         ".filter(i => i.complete && i.naturalWidth >= 224).length >= 5",
@@ -179,7 +102,7 @@ def test_compare_methods_grid_scores_faithfulness_and_runs_the_sanity_checks(ser
     )
     page.locator('[data-testid="stExpander"] summary', has_text="Which map to trust?").click()
     page.get_by_role("button", name="Score faithfulness (5 cells)").click()
-    _wait_text(page, "Most faithful layer on this image")
+    wait_text(page, "Most faithful layer on this image")
     page.locator(".st-key-cam_faith_curves .js-plotly-plot").wait_for(timeout=60_000)
     page.get_by_role("button", name="Run the sanity checks").click()
     page.locator(".st-key-cam_sanity_curve .js-plotly-plot").wait_for(timeout=180_000)
@@ -293,7 +216,7 @@ def _transparent_png() -> bytes:
 
 @pytest.mark.bad_input(20)
 def test_hostile_names_render_as_text_and_load_nothing(server: str, browser) -> None:
-    page, dialogs, requests = _open_page(browser, server)
+    page, dialogs, requests = open_page(browser, server)
     try:
         page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
         page.get_by_text("Upload", exact=True).click()

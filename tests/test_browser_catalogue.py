@@ -1,33 +1,20 @@
 """Real-browser checks of the bad-input catalogue (rows 4, 6, 12, 22, 49): Playwright drives headless Debian chromium
-against `streamlit run` on 127.0.0.1 (no file watcher), with the browser and page fixtures of tests/test_browser.py."""
+against `streamlit run` on 127.0.0.1 (no file watcher), with the browser and page fixtures of tests/conftest.py."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.browser import BROWSER_MARKS, choose, explained
+from helpers.images import with_orientation
 from PIL import Image
-from streamlit_ws import streamlit_server
-from test_browser import CHROMIUM, _choose, _explained, browser, browser_page  # noqa: F401 - fixtures used by name
-from test_imaging import _with_orientation
 
 from camlib.samples import load_sample
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)"),
-]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app on 127.0.0.1 without a file watcher: edits to the source during a run never reload its modules (the
-    page fixtures of tests/test_browser.py use this server)."""
-    with streamlit_server(log=tmp_path_factory.mktemp("browser") / "streamlit.log") as running:
-        yield running.url
+pytestmark = BROWSER_MARKS
 
 
 UPLOADER = '[data-testid="stFileUploaderDropzoneInput"]'
@@ -75,7 +62,7 @@ def _original_aspect(page, replacing: str | None = None) -> float:
 
 def _cam_text(page) -> str:
     """The "Explaining class ..." line without its timing (which says whether the CAM came from the cache)."""
-    return re.sub(r" (in \d+ ms|from the cache \(first computed in \d+ ms\)) on ", " on ", _explained(page))
+    return re.sub(r" (in \d+ ms|from the cache \(first computed in \d+ ms\)) on ", " on ", explained(page))
 
 
 def _wait_for_upload_shown(page, name: str, timeout: float = 120_000) -> None:
@@ -152,7 +139,7 @@ def test_exif_rotated_photo_is_shown_upright_with_its_overlay(
     _to_upload(page)
     pixels = np.asarray(Image.fromarray(load_sample("coffee (cup)")).resize((360, 240)))
     path = tmp_path / f"portrait{orientation}.jpg"
-    path.write_bytes(_with_orientation(pixels, orientation, "JPEG"))
+    path.write_bytes(with_orientation(pixels, orientation, "JPEG"))
     before = _original_src(page)
     page.locator(UPLOADER).set_input_files(str(path))
     _wait_for_upload_shown(page, path.name)
@@ -219,7 +206,7 @@ def test_rerun_storm_of_widget_changes_ends_in_the_final_values(browser_page) ->
     for _ in range(10):
         page.keyboard.press("ArrowLeft")
     for method in ("LayerCAM", "HiResCAM", "XGrad-CAM"):  # each click starts a rerun that supersedes the last
-        _choose(page, "cam_method", method)
+        choose(page, "cam_method", method)
     _settle(page)
     assert page.locator('.st-key-cam_method input[role="combobox"]').input_value() == "XGrad-CAM"
     page.wait_for_function(
@@ -247,7 +234,7 @@ def test_several_browser_tabs_load_the_app_and_their_cams_at_once(browser, serve
             pages.append((page, dialogs))
         for page, dialogs in pages:
             page.wait_for_selector('[data-testid="stApp"]', timeout=120_000)
-            assert _explained(page).startswith("Explaining class")
+            assert explained(page).startswith("Explaining class")
             _settle(page)
             _no_exception(page, dialogs)
     finally:
@@ -277,19 +264,19 @@ def test_a_slow_method_in_one_tab_blocks_no_other_and_stops_when_changed(browser
             dialogs: list[str] = []
             page.on("dialog", lambda dialog, seen=dialogs: (seen.append(dialog.message), dialog.dismiss()))
             page.goto(server)
-            _explained(page)
+            explained(page)
             _settle(page)
             tabs.append((page, dialogs))
         (a, a_dialogs), (b, b_dialogs) = tabs
-        _choose(a, "cam_method", "Score-CAM")
+        choose(a, "cam_method", "Score-CAM")
         a.get_by_text("extra forward passes", exact=False).first.wait_for(timeout=120_000)
         a.locator(".st-key-cam_start button").click()
         bar = a.locator('[data-testid="stProgress"]')
         bar.first.wait_for(timeout=120_000)
-        _choose(b, "cam_method", "XGrad-CAM")
+        choose(b, "cam_method", "XGrad-CAM")
         _explaining_with(b, "XGrad-CAM")
         assert bar.count() == 1  # A's Score-CAM is still running: B did not wait for it
-        _choose(a, "cam_method", "Grad-CAM")
+        choose(a, "cam_method", "Grad-CAM")
         _explaining_with(a, "Grad-CAM")
         _settle(a)
         assert bar.count() == 0

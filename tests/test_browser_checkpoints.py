@@ -1,5 +1,5 @@
 """Real-browser test of a checkpoint upload whose declared work exceeds its bytes (catalogue row 69): Playwright drives
-headless Debian chromium against ``streamlit run`` on 127.0.0.1, with the browser fixture of tests/test_browser.py."""
+headless Debian chromium against ``streamlit run`` on 127.0.0.1, with the browser fixture of tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.browser import BROWSER_MARKS, choose, explained, wait_text
 from helpers.checkpoint_files import zip_bomb
-from streamlit_ws import Server, streamlit_server
-from test_browser import CHROMIUM, _choose, _explained, _wait_text, browser  # noqa: F401 - fixtures used by name
+from helpers.streamlit_ws import Server, streamlit_server
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)"),
-]
+pytestmark = BROWSER_MARKS
 CHECKPOINT_UPLOADER = '.st-key-cam_ckpt_file [data-testid="stFileUploaderDropzoneInput"]'
 
 
@@ -39,19 +36,19 @@ def test_a_zip_bomb_checkpoint_is_refused_in_the_page_which_keeps_working(
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     page.goto(running.url)
     page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
-    shown = _explained(page).split(" with ")[0]  # "Explaining class 281: tabby" (the timing part varies)
-    _choose(page, "cam_model", "Your checkpoint...")
-    _wait_text(page, "Upload a checkpoint to use it")
+    shown = explained(page).split(" with ")[0]  # "Explaining class 281: tabby" (the timing part varies)
+    choose(page, "cam_model", "Your checkpoint...")
+    wait_text(page, "Upload a checkpoint to use it")
     peak = running.status("VmHWM")  # kB
     page.locator(CHECKPOINT_UPLOADER).set_input_files(str(bomb))
-    _wait_text(page, "is compressed")
+    wait_text(page, "is compressed")
     error = page.locator('[data-testid="stAlertContentError"]').first.inner_text()
     assert "record 'archive/data/0' is compressed" in error and "declaring 1,073,741,824" in error, error
     assert running.status("VmHWM") - peak < 200 * 1024  # the server's peak RSS: not the 1 GiB the file declares
-    _wait_text(page, "Still using: EfficientNet-Lite0")
-    assert _explained(page).split(" with ")[0] == shown  # the last model's CAM is still shown
+    wait_text(page, "Still using: EfficientNet-Lite0")
+    assert explained(page).split(" with ")[0] == shown  # the last model's CAM is still shown
     # and the page goes on working: back to a registry model, no error left
-    _choose(page, "cam_model", "ResNet-20 (CIFAR-10, trained by this project)")
+    choose(page, "cam_model", "ResNet-20 (CIFAR-10, trained by this project)")
     page.wait_for_function(
         "(before) => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith('Explaining class') "
         "&& !p.innerText.startsWith(before))",

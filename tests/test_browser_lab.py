@@ -9,19 +9,19 @@ import time
 import urllib.parse
 
 import pytest
-from test_browser import _open_page, browser, server  # noqa: F401  (module fixtures: one server, one browser)
+from helpers.browser import BROWSER_MARKS, open_page
 
 from camlib.augment import CIFAR10_TRAIN_PIPELINE, Pipeline, PipelineStep, pipeline_to_query
 from camlib.cifar import default_root, detect_source
 
 ROOT = default_root()
 pytestmark = [
-    pytest.mark.browser,
+    *BROWSER_MARKS,
     pytest.mark.skipif(ROOT is None or detect_source(ROOT) is None, reason="CIFAR-10 not found"),
 ]
 
 
-def test_a_shared_link_opens_the_same_grid_and_the_stability_summary_computes(server, browser) -> None:  # noqa: F811
+def test_a_shared_link_opens_the_same_grid_and_the_stability_summary_computes(server, browser) -> None:
     query = {
         "pipeline": pipeline_to_query(CIFAR10_TRAIN_PIPELINE),
         "seed": "11",
@@ -31,14 +31,14 @@ def test_a_shared_link_opens_the_same_grid_and_the_stability_summary_computes(se
         "split": "test",
         "classes": "cat,ship",
     }
-    page, dialogs, _ = _open_page(browser, f"{server}/augmentation_lab?{urllib.parse.urlencode(query)}")
+    page, dialogs, _ = open_page(browser, f"{server}/augmentation_lab?{urllib.parse.urlencode(query)}")
     try:
         grid = page.locator('[data-testid="stImage"]', has_text="Augmented (seed 11)").locator("img")
         grid.wait_for(timeout=120_000)
         assert "seed=11" in page.url and "rows=2" in page.url and "classes=cat%2Cship" in page.url
         first = grid.get_attribute("src")
         # the same link in a second tab: the same grid image (its media name is the hash of its bytes)
-        other, _, _ = _open_page(browser, f"{server}/augmentation_lab?{urllib.parse.urlencode(query)}")
+        other, _, _ = open_page(browser, f"{server}/augmentation_lab?{urllib.parse.urlencode(query)}")
         again = other.locator('[data-testid="stImage"]', has_text="Augmented (seed 11)").locator("img")
         again.wait_for(timeout=120_000)
         assert again.get_attribute("src").rsplit("/", 1)[-1] == first.rsplit("/", 1)[-1]
@@ -58,7 +58,7 @@ def test_a_shared_link_opens_the_same_grid_and_the_stability_summary_computes(se
 
 
 @pytest.mark.bad_input(71, kind="PW")
-def test_a_slow_link_waits_for_its_button_and_a_rerun_stops_the_grid(server, browser) -> None:  # noqa: F811
+def test_a_slow_link_waits_for_its_button_and_a_rerun_stops_the_grid(server, browser) -> None:
     """A link whose pipeline is over the budget (eight Superpixels at their most expensive, 256 tiles: minutes) shows
     the estimate and a button instead of running; once started, a new seed (a rerun) stops it at the next tile and
     the page asks again, in seconds rather than the minutes the grid would take."""
@@ -66,7 +66,7 @@ def test_a_slow_link_waits_for_its_button_and_a_rerun_stops_the_grid(server, bro
         tuple(PipelineStep("Superpixels", {"p_replace": (1.0, 1.0), "n_segments": (256, 256)}) for _ in range(8)), 0
     )
     query = {"pipeline": pipeline_to_query(slow), "seed": "0", "rows": "16", "cols": "16", "split": "test"}
-    page, dialogs, _ = _open_page(browser, f"{server}/augmentation_lab?{urllib.parse.urlencode(query)}")
+    page, dialogs, _ = open_page(browser, f"{server}/augmentation_lab?{urllib.parse.urlencode(query)}")
     try:
         start = page.get_by_role("button", name=re.compile(r"^Draw the grid \(about"))
         start.wait_for(timeout=120_000)

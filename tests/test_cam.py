@@ -12,42 +12,44 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
 import pytorch_grad_cam
-import timm
 import torch
 import torch.nn.functional as F
 import torchcam.methods
 import torchvision
-from conftest import mixed_state, registered_hooks, seeded, seeded_resnet18
+from helpers.models import mixed_state, registered_hooks, seeded, seeded_resnet18
+from helpers.reference_zoo import (
+    ATOL,
+    FEW_SAMPLES,
+    LAYOUT_QUICK_SIZE,
+    LAYOUT_SCORECAM_SIZE,
+    LAYOUT_ZOO,
+    QUICK_SIZE,
+    REFERENCE_CAMS,
+    SCORECAM_SIZE,
+    ZOO,
+    LayoutZoo,
+    Zoo,
+    assert_equal_up_to_eigen_sign,
+    assert_same_result,
+    channels_last,
+    classes_per_image,
+    drop_tokens,
+    random_images,
+    reference_maps,
+    reference_pipeline,
+    sizes,
+)
 from pytorch_grad_cam import (
-    FEM,
-    KPCA_CAM,
-    SESS,
-    AblationCAM,
     AblationLayer,
     AblationLayerVit,
-    EigenCAM,
-    EigenGradCAM,
-    FinerCAM,
-    GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    RandomCAM,
-    RefineCAM,
-    ScoreCAM,
-    ShapleyCAM,
-    XGradCAM,
 )
 from pytorch_grad_cam.utils.image import scale_cam_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 from torch import nn
 
@@ -74,27 +76,6 @@ from camlib.errors import (
 from camlib.guard import model_lock
 from camlib.layers import list_candidate_layers
 
-ATOL = 1e-5  # on maps in [0, 1]
-REFERENCE_CAMS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "hirescam": HiResCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "scorecam": ScoreCAM,
-    "gradcam_elementwise": GradCAMElementWise,
-    "eigengradcam": EigenGradCAM,
-    "ablationcam": AblationCAM,
-    "kpcacam": KPCA_CAM,
-    "randomcam": RandomCAM,  # with its numpy draws replaced by camlib's (see _injected_random_weights)
-    "cam": GradCAM,  # pytorch-grad-cam has no CAM: where CAM is defined, Grad-CAM's weights are CAM's / (h w)
-    "finercam": FinerCAM,  # its own targets: called with target_idx (see _reference_maps)
-    "shapleycam": ShapleyCAM,
-    "fem": FEM,  # compared in tests/test_cam_methods.py
-    "refinecam": RefineCAM,  # CamResult.refined, compared in tests/test_cam_methods.py
-    "sess": SESS,  # compared in tests/test_cam_methods.py
-}
 # pytorch-grad-cam 1.5.7's CAM classes that camlib does not (yet) have, and why: the registry test keeps this honest.
 NOT_IN_CAMLIB = {
     "FullGrad": "ignores the target layer: a sum over every bias layer of the model, not a per-layer map",
@@ -126,7 +107,6 @@ SIGN_FREE = ("eigencam", "eigengradcam", "kpcacam")  # a principal component: py
 # Methods that explain CNN feature maps (the invariant tests' models); LeGrad explains ViT blocks only and has its
 # own invariant tests in tests/test_cam_methods.py.
 CNN_METHODS = [name for name in METHODS if name != "legrad"]
-FEW_SAMPLES = 2  # noisy or integration samples of the sampling methods in the invariant tests (others ignore it)
 TARGET_KINDS = ("argmax", "same", "per_image")  # None / one non-argmax class for all / one non-argmax class each
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -135,211 +115,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # --- helpers -------------------------------------------------------------------------------------------------------
 
 
-def _images(batch: int, size: int, seed: int) -> torch.Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _per_image(class_idx: int | list[int], batch: int) -> list[int]:
-    return [class_idx] * batch if isinstance(class_idx, int) else list(class_idx)
-
-
-def inplace_off(model: nn.Module) -> nn.Module:
-    """The same model (same weights, in place) with every module's ``inplace`` flag switched off."""
-    for module in model.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-    return model
-
-
-def _as_produced(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-    """Registered after pytorch-grad-cam's hooks: the network continues on a copy, so the tensor pytorch-grad-cam
-    stored keeps the layer's output as produced, also under in-place ops that are not module flags (a residual
-    ``+=``, DenseNet's functional ``F.relu(..., inplace=True)``)."""
-    return output.clone()
-
-
-def _reference_maps(
-    model: nn.Module,
-    x: torch.Tensor,
-    layer: str,
-    method: str,
-    class_idx: int | list[int] | None,
-    *,
-    reshape_transform: Callable | None = None,
-    as_produced: bool = True,
-    cam_kwargs: dict | None = None,
-) -> np.ndarray:
-    """pytorch-grad-cam's map for one target layer; its parameter gradients are dropped afterwards.
-
-    pytorch-grad-cam reads its stored activations after the forward, so in-place ops that run later change them
-    (but not its gradients). camlib uses the output as produced; ``as_produced=True`` makes pytorch-grad-cam do the
-    same (see ``_as_produced``); the zoo models also have their ``inplace`` flags off. ``cam_kwargs`` go to the
-    reference class's constructor (AblationCAM's ``ablation_layer`` and ``batch_size``).
-    """
-    targets = None if class_idx is None else [ClassifierOutputTarget(k) for k in _per_image(class_idx, len(x))]
-    module = dict(model.named_modules())[layer]
-    reference = REFERENCE_CAMS[method]
-    with reference(
-        model=model, target_layers=[module], reshape_transform=reshape_transform, **(cam_kwargs or {})
-    ) as cam:
-        handle = module.register_forward_hook(_as_produced) if as_produced else None
-        try:
-            if method != "finercam":
-                maps = cam(input_tensor=x, targets=targets)
-            elif class_idx is None or isinstance(class_idx, int):  # FinerCAM builds its targets from target_idx
-                maps = cam(input_tensor=x, target_idx=class_idx)
-            else:
-                maps = np.concatenate([cam(input_tensor=x[b : b + 1], target_idx=k) for b, k in enumerate(class_idx)])
-        finally:
-            if handle is not None:
-                handle.remove()
-    model.zero_grad(set_to_none=True)
-    return maps
-
-
-def _reference_pipeline(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """base_cam's path from a signed (B, h, w) map: ReLU, scale_cam_image to (W, H), the one-layer aggregation."""
-    height, width = size
-    return scale_cam_image(scale_cam_image(np.maximum(raw, 0), (width, height)))
-
-
 def _assert_maps_follow_raw(result: CamResult, size: tuple[int, int]) -> None:
     """``.maps`` is pytorch-grad-cam's pipeline applied to ``.raw``, with degenerate images exactly zero."""
     for layer in result.layers:
-        expected = _reference_pipeline(result.raw[layer], size)
+        expected = reference_pipeline(result.raw[layer], size)
         expected[result.degenerate[layer]] = 0.0
         np.testing.assert_allclose(result.maps[layer], expected, atol=ATOL, rtol=0)
-
-
-def _assert_same_result(actual: CamResult, expected: CamResult) -> None:
-    assert actual.class_idx == expected.class_idx
-    assert actual.layers == expected.layers
-    np.testing.assert_array_equal(actual.logits, expected.logits)
-    for layer in expected.layers:
-        np.testing.assert_array_equal(actual.maps[layer], expected.maps[layer])
-        np.testing.assert_array_equal(actual.raw[layer], expected.raw[layer])
-        np.testing.assert_array_equal(actual.degenerate[layer], expected.degenerate[layer])
 
 
 # --- the reference zoo ---------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class ZooEntry:
-    build: Callable[[], nn.Module]
-    layers: tuple[str, ...]  # explained together in ONE camlib call, each compared with a one-layer reference call
-
-
-# The reference comparison runs on these models with every `inplace` flag off (`Zoo.model`); `Zoo.model_inplace` is the
-# same weights with the flags as built, which must give the same maps.
-ZOO = {
-    # layer4.1.bn2: its output is then changed in place by the residual `+=` and the inplace ReLU.
-    "resnet18": ZooEntry(lambda: torchvision.models.resnet18(weights=None), ("layer4", "layer3", "layer4.1.bn2")),
-    # features: followed by F.relu(..., inplace=True) in DenseNet.forward.
-    "densenet121": ZooEntry(lambda: torchvision.models.densenet121(weights=None), ("features", "features.denseblock3")),
-    "mobilenet_v3_small": ZooEntry(lambda: torchvision.models.mobilenet_v3_small(weights=None), ("features.12",)),
-    # features.27: the last ReLU(inplace=True), whose output is its input tensor modified in place; features.26: that
-    # batch norm, whose output the next module changes in place.
-    "vgg11_bn": ZooEntry(lambda: torchvision.models.vgg11_bn(weights=None), ("features.27", "features.26")),
-    "efficientnet_lite0": ZooEntry(
-        lambda: timm.create_model("efficientnet_lite0", pretrained=False), ("bn2", "blocks.5")
-    ),
-}
-SCORECAM_SIZE = 64
 SCORECAM_LAYERS = {"resnet18": ("layer1", "layer2"), "efficientnet_lite0": ("blocks.1",)}  # 64, 128 and 24 channels
-
-
-class Zoo:
-    """Seeded models, inputs, explicit classes and camlib results, built lazily and shared by the module."""
-
-    def __init__(self) -> None:
-        self._models: dict[str, nn.Module] = {}
-        self._images: dict[int, torch.Tensor] = {}
-        self._results: dict[tuple, CamResult] = {}
-        self._activations: dict[str, dict[str, np.ndarray]] = {}
-        self._logits: dict[tuple[str, int], np.ndarray] = {}
-
-    def model(self, name: str) -> nn.Module:
-        """The seeded zoo model with every ``inplace`` flag off (the reference comparison's model)."""
-        if name not in self._models:
-            self._models[name] = inplace_off(seeded(ZOO[name].build))
-        return self._models[name]
-
-    def model_inplace(self, name: str) -> nn.Module:
-        """The same weights with the ``inplace`` flags as torchvision/timm build them."""
-        key = f"{name}:inplace"
-        if key not in self._models:
-            self._models[key] = seeded(ZOO[name].build)
-        return self._models[key]
-
-    def model64(self, name: str) -> nn.Module:
-        """A float64 copy of ``model(name)``."""
-        key = f"{name}:float64"
-        if key not in self._models:
-            self._models[key] = copy.deepcopy(self.model(name)).double()
-        return self._models[key]
-
-    def images(self, size: int = 224) -> torch.Tensor:
-        if size not in self._images:
-            self._images[size] = _images(2, size, seed=size)
-        return self._images[size]
-
-    def logits(self, name: str, size: int = 224) -> np.ndarray:
-        if (name, size) not in self._logits:
-            with torch.no_grad():
-                self._logits[name, size] = self.model(name)(self.images(size)).numpy()
-        return self._logits[name, size]
-
-    def targets(self, name: str, kind: str, size: int = 224) -> int | list[int] | None:
-        """None, or classes that are not the argmax of either image."""
-        if kind == "argmax":
-            return None
-        logits = self.logits(name, size)
-        order = np.argsort(-logits, axis=1, kind="stable")
-        top = set(order[:, 0].tolist())
-        if kind == "same":
-            return next(int(k) for k in order[0, 1:] if int(k) not in top)
-        per_image = [int(order[0, 2]), int(order[1, -1])]
-        assert per_image[0] != per_image[1] and not top & set(per_image)
-        return per_image
-
-    def ours(
-        self, name: str, method: str, kind: str, size: int = 224, layers: tuple[str, ...] | None = None
-    ) -> CamResult:
-        layers = layers or ZOO[name].layers
-        key = (name, method, kind, size, layers)
-        if key not in self._results:
-            self._results[key] = compute_cams(
-                self.model(name),
-                self.images(size),
-                list(layers),
-                method=method,
-                class_idx=self.targets(name, kind, size),
-                n_samples=FEW_SAMPLES,
-            )
-        return self._results[key]
-
-    def activations(self, name: str) -> dict[str, np.ndarray]:
-        """Each zoo layer's output values as the layer produced them (copied in the hook, before any later in-place
-        op), from our own forward hooks."""
-        if name not in self._activations:
-            model = self.model(name)
-            modules = dict(model.named_modules())
-            store: dict[str, torch.Tensor] = {}
-            handles = [
-                modules[layer].register_forward_hook(
-                    lambda _m, _i, out, layer=layer: store.update({layer: out.clone()})
-                )
-                for layer in ZOO[name].layers
-            ]
-            try:
-                with torch.no_grad():
-                    model(self.images())
-            finally:
-                for handle in handles:
-                    handle.remove()
-            self._activations[name] = {layer: out.numpy().copy() for layer, out in store.items()}
-        return self._activations[name]
 
 
 @pytest.fixture(scope="module")
@@ -413,21 +200,23 @@ def test_every_method_has_a_reference_and_the_registry_is_complete():
     assert peers == covered | set(NOT_IN_CAMLIB)
 
 
+@pytest.mark.parametrize("size", sizes(QUICK_SIZE, 224))
 @pytest.mark.parametrize("model_name,layer,method,kind", _gradient_cases())
-def test_gradient_methods_match_pytorch_grad_cam(zoo, model_name, layer, method, kind):
+def test_gradient_methods_match_pytorch_grad_cam(zoo, model_name, layer, method, kind, size):  # noqa: PLR0917 - pytest params
     """One multi-layer camlib call, per layer equal to a one-layer pytorch-grad-cam call (which, given several
-    layers, would only return their average)."""
-    ours = zoo.ours(model_name, method, kind)
-    x = zoo.images()
-    class_idx = zoo.targets(model_name, kind)
+    layers, would only return their average). The same models and layers at 64 px (maps of 2x2 to 16x16 cells) in
+    the quick tier, at 224 px in the slow one."""
+    ours = zoo.ours(model_name, method, kind, size)
+    x = zoo.images(size)
+    class_idx = zoo.targets(model_name, kind, size)
     if class_idx is None:
-        assert ours.class_idx == np.argmax(zoo.logits(model_name), axis=1).tolist()
+        assert ours.class_idx == np.argmax(zoo.logits(model_name, size), axis=1).tolist()
     else:
-        assert ours.class_idx == _per_image(class_idx, len(x))
-    assert ours.maps[layer].dtype == np.float32 and ours.maps[layer].shape == (2, 224, 224)
-    reference = _reference_maps(zoo.model(model_name), x, layer, method, class_idx)
+        assert ours.class_idx == classes_per_image(class_idx, len(x))
+    assert ours.maps[layer].dtype == np.float32 and ours.maps[layer].shape == (2, size, size)
+    reference = reference_maps(zoo.model(model_name), x, layer, method, class_idx)
     if method in SIGN_FREE:
-        _assert_equal_up_to_eigen_sign(ours, layer, reference, 224)
+        assert_equal_up_to_eigen_sign(ours, layer, reference, size)
     else:
         np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
@@ -440,18 +229,18 @@ def test_scorecam_matches_pytorch_grad_cam(zoo, model_name, layer, kind):
     """Score-CAM runs one forward per channel: compared at 64x64 on early layers, still at 1e-5."""
     ours = zoo.ours(model_name, "scorecam", kind, SCORECAM_SIZE, SCORECAM_LAYERS[model_name])
     class_idx = zoo.targets(model_name, kind, SCORECAM_SIZE)
-    reference = _reference_maps(zoo.model(model_name), zoo.images(SCORECAM_SIZE), layer, "scorecam", class_idx)
+    reference = reference_maps(zoo.model(model_name), zoo.images(SCORECAM_SIZE), layer, "scorecam", class_idx)
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "hirescam"])
 def test_non_square_input_matches_pytorch_grad_cam(method):
     """(H, W) = (64, 96): catches any swap of height and width in the resize (cv2 takes (W, H))."""
-    model, x = seeded_resnet18(seed=1), _images(2, 96, seed=8)[:, :, :64]
+    model, x = seeded_resnet18(seed=1), random_images(2, 96, seed=8)[:, :, :64]
     ours = compute_cams(model, x, ["layer2", "layer3"], method=method, class_idx=[1, 2])
     for layer in ours.layers:
         assert ours.maps[layer].shape == (2, 64, 96)
-        reference = _reference_maps(model, x, layer, method, [1, 2])
+        reference = reference_maps(model, x, layer, method, [1, 2])
         np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -484,11 +273,11 @@ def test_eigencam_matches_pytorch_grad_cam_up_to_the_svd_sign(zoo, model_name, l
         scale = float(np.abs(projection[b]).max())
         np.testing.assert_allclose(raw[b], sign * projection[b], atol=1e-5 * scale, rtol=0)
 
-    reference = _reference_maps(model, x, layer, "eigencam", None)
+    reference = reference_maps(model, x, layer, "eigencam", None)
     # Our emulation of base_cam's pipeline is faithful: on the unflipped projection it gives EigenCAM's output.
-    np.testing.assert_allclose(_reference_pipeline(projection, (224, 224)), reference, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(reference_pipeline(projection, (224, 224)), reference, atol=1e-6, rtol=0)
     for b, sign in enumerate(signs):
-        expected = _reference_pipeline(sign * projection[b : b + 1], (224, 224))[0]
+        expected = reference_pipeline(sign * projection[b : b + 1], (224, 224))[0]
         np.testing.assert_allclose(ours.maps[layer][b], expected, atol=ATOL, rtol=0)
         if sign > 0:
             np.testing.assert_allclose(ours.maps[layer][b], reference[b], atol=ATOL, rtol=0)
@@ -531,7 +320,7 @@ def test_eigencam_highlights_the_strongly_activated_region_whatever_the_svd_sign
     blob = np.zeros((12, 12), dtype=bool)
     blob[2:5, 3:7] = True
     bright = ~blob if inverted else blob
-    x = 0.01 * _images(2, 12, seed)
+    x = 0.01 * random_images(2, 12, seed)
     x[:, :, torch.from_numpy(bright)] += 5.0
     result = compute_cams(seeded(_Blob, seed), x, ["features"], method="eigencam")
     raw, maps = result.raw["features"], result.maps["features"]
@@ -553,12 +342,12 @@ def test_kpcacam_matches_pytorch_grad_cam_up_to_the_sign(zoo, model_name, layer)
         # This seeded model's features.12 is ~1e-7, so tanh(a . b / C + 1) varies by ~1e-16, below float64 rounding:
         # camlib reports no evidence; pytorch-grad-cam returns zeros in float32 (its float64 map is rounding noise).
         assert ours.degenerate[layer].all()
-        reference = _reference_maps(zoo.model(model_name), zoo.images(), layer, "kpcacam", None)
+        reference = reference_maps(zoo.model(model_name), zoo.images(), layer, "kpcacam", None)
         assert (reference == 0).all()
         return
     assert not ours.degenerate[layer].any()
-    reference = _reference_maps(model, x, layer, "kpcacam", None)
-    _assert_equal_up_to_eigen_sign(ours, layer, reference, 224)
+    reference = reference_maps(model, x, layer, "kpcacam", None)
+    assert_equal_up_to_eigen_sign(ours, layer, reference, 224)
 
 
 def _layer_output(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
@@ -599,7 +388,7 @@ def test_ablationcam_matches_pytorch_grad_cam(zoo, layer, kind):
     model, x = zoo.model("resnet18"), zoo.images(SCORECAM_SIZE)
     assert float(_layer_output(model, x, layer).min()) == 0.0
     ours = zoo.ours("resnet18", "ablationcam", kind, SCORECAM_SIZE, SCORECAM_LAYERS["resnet18"])
-    reference = _reference_maps(model, x, layer, "ablationcam", zoo.targets("resnet18", kind, SCORECAM_SIZE))
+    reference = reference_maps(model, x, layer, "ablationcam", zoo.targets("resnet18", kind, SCORECAM_SIZE))
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -611,11 +400,11 @@ def test_ablationcam_zeroes_channels_as_the_paper_where_pytorch_grad_cam_does_no
     assert float(_layer_output(model, x, layer).min()) < 0
     class_idx = zoo.targets("efficientnet_lite0", "per_image", SCORECAM_SIZE)
     ours = zoo.ours("efficientnet_lite0", "ablationcam", "per_image", SCORECAM_SIZE, (layer,))
-    paper = _reference_maps(model, x, layer, "ablationcam", class_idx, cam_kwargs={"ablation_layer": _ZeroAblation()})
+    paper = reference_maps(model, x, layer, "ablationcam", class_idx, cam_kwargs={"ablation_layer": _ZeroAblation()})
     np.testing.assert_allclose(ours.maps[layer], paper, atol=ATOL, rtol=0)
     one_per_batch = compute_cams(model, x, [layer], method="ablationcam", class_idx=class_idx, scorecam_batch_size=1)
     np.testing.assert_allclose(one_per_batch.maps[layer], ours.maps[layer], atol=ATOL, rtol=0)
-    default = _reference_maps(model, x, layer, "ablationcam", class_idx)
+    default = reference_maps(model, x, layer, "ablationcam", class_idx)
     assert np.abs(default - paper).max() > 0.5
 
 
@@ -651,7 +440,7 @@ def _inject_random_weights(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_randomcam_matches_pytorch_grad_cam_given_the_same_draws(zoo, monkeypatch, model_name, layer):
     ours = zoo.ours(model_name, "randomcam", "argmax")
     _inject_random_weights(monkeypatch)
-    reference = _reference_maps(zoo.model(model_name), zoo.images(), layer, "randomcam", None)
+    reference = reference_maps(zoo.model(model_name), zoo.images(), layer, "randomcam", None)
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -663,7 +452,7 @@ def test_randomcam_on_channels_last_and_token_layers_matches_pytorch_grad_cam(
     ours = layout_zoo.ours(model_name, "randomcam", tuple(entry.layers))
     _inject_random_weights(monkeypatch)
     model, x = layout_zoo.model(model_name), layout_zoo.images(model_name)
-    reference = _reference_maps(model, x, layer, "randomcam", [5, 9], reshape_transform=entry.layers[layer])
+    reference = reference_maps(model, x, layer, "randomcam", [5, 9], reshape_transform=entry.layers[layer])
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -693,7 +482,7 @@ def test_cam_equals_gradcam_where_cam_is_defined(zoo, model_name, layer, kind):
     expected = np.einsum("bc,bchw->bhw", weight[ours.class_idx], zoo.activations(model_name)[layer].astype(np.float64))
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(ours.raw[layer], expected, atol=1e-6 * scale, rtol=0)
-    reference = _reference_maps(zoo.model(model_name), zoo.images(), layer, "cam", zoo.targets(model_name, kind))
+    reference = reference_maps(zoo.model(model_name), zoo.images(), layer, "cam", zoo.targets(model_name, kind))
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -702,7 +491,7 @@ def test_cam_on_a_channels_last_final_norm_equals_gradcam(layout_zoo):
     dtype = torch.float64
     ours = layout_zoo.ours("swin_t", "cam", ("norm",), dtype=dtype)
     model, x = layout_zoo.model("swin_t", dtype), layout_zoo.images("swin_t", dtype=dtype)
-    reference = _reference_maps(model, x, "norm", "cam", [5, 9], reshape_transform=_channels_last)
+    reference = reference_maps(model, x, "norm", "cam", [5, 9], reshape_transform=channels_last)
     np.testing.assert_allclose(ours.maps["norm"], reference, atol=ATOL, rtol=0)
 
 
@@ -731,7 +520,7 @@ def test_finercam_is_gradcam_of_the_contrast_with_the_most_similar_classes():
     logits are closest to class k's, softmax-weighted contrast; on a 2-class net the one other class (pytorch-grad-cam
     clamps its comparisons the same way)."""
     for classes in (5, 2):
-        net, x = seeded(lambda classes=classes: _Net(classes)), _images(2, 10, seed=3)
+        net, x = seeded(lambda classes=classes: _Net(classes)), random_images(2, 10, seed=3)
         result = compute_cams(net, x, ["features"], method="finercam", class_idx=[0, 1])
         features = torch.relu(net.bn.eval()(net.conv(x))).detach().double().requires_grad_(True)
         logits = torch.nn.functional.linear(features.mean(dim=(2, 3)), net.head.weight.double(), net.head.bias.double())
@@ -767,15 +556,17 @@ def test_shapleycam_matches_pytorch_grad_cam_where_the_hessian_matters():
     (pytorch-grad-cam 1.5.7's ShapleyCAM cannot run the channels-last and token layers of the layout zoo: with a
     reshape_transform it multiplies reshaped weights with unreshaped activations, and it calls ``detach_`` on view
     outputs; ``test_shapleycam_on_zoo_layers_without_second_derivatives_is_a_method_error`` covers attention.)"""
-    model, x = seeded(_Smooth), _images(2, 12, seed=5)
+    model, x = seeded(_Smooth), random_images(2, 12, seed=5)
     shapley = compute_cams(model, x, ["features"], method="shapleycam", class_idx=[1, 3])
     gradcam = compute_cams(model, x, ["features"], method="gradcam", class_idx=[1, 3])
     scale = float(np.abs(gradcam.raw["features"]).max())
     assert np.abs(shapley.raw["features"] - gradcam.raw["features"]).max() > 0.01 * scale
-    reference = _reference_maps(model, x, "features", "shapleycam", [1, 3])
+    reference = reference_maps(model, x, "features", "shapleycam", [1, 3])
     np.testing.assert_allclose(shapley.maps["features"], reference, atol=ATOL, rtol=0)
-    piecewise_linear = compute_cams(seeded_resnet18(), _images(2, 64, seed=7), ["layer3"], class_idx=[3, 7])
-    same = compute_cams(seeded_resnet18(), _images(2, 64, seed=7), ["layer3"], method="shapleycam", class_idx=[3, 7])
+    piecewise_linear = compute_cams(seeded_resnet18(), random_images(2, 64, seed=7), ["layer3"], class_idx=[3, 7])
+    same = compute_cams(
+        seeded_resnet18(), random_images(2, 64, seed=7), ["layer3"], method="shapleycam", class_idx=[3, 7]
+    )
     np.testing.assert_array_equal(same.raw["layer3"], piecewise_linear.raw["layer3"])
 
 
@@ -888,111 +679,16 @@ def test_a_layer_requested_with_its_parent_or_child_gives_the_same_map_as_alone(
 def test_pytorch_grad_cam_reads_post_inplace_values_and_camlib_does_not(zoo):
     """The documented difference: on ResNet-18 as built, pytorch-grad-cam's layer4.1.bn2 map uses values after the
     residual `+=` and ReLU (with gradients from before them), and so differs from camlib's; given the as-produced
-    output (`_as_produced`), it equals camlib's."""
+    output (`keep_as_produced`), it equals camlib's."""
     model, x = zoo.model_inplace("resnet18"), zoo.images()
     ours = compute_cams(model, x, ["layer4.1.bn2"], method="gradcam", class_idx=[3, 7]).maps["layer4.1.bn2"]
-    post_inplace = _reference_maps(model, x, "layer4.1.bn2", "gradcam", [3, 7], as_produced=False)
-    as_produced = _reference_maps(model, x, "layer4.1.bn2", "gradcam", [3, 7])
+    post_inplace = reference_maps(model, x, "layer4.1.bn2", "gradcam", [3, 7], as_produced=False)
+    as_produced = reference_maps(model, x, "layer4.1.bn2", "gradcam", [3, 7])
     assert np.abs(post_inplace - ours).max() > 0.05
     np.testing.assert_allclose(as_produced, ours, atol=ATOL, rtol=0)
 
 
 # --- channels-last and token layers (issue 8.1, bad-inputs row 64) --------------------------------------------------
-
-
-def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
-    """pytorch-grad-cam's reshape_transform for Swin/ConvNeXt internals (its tutorial's swin example)."""
-    return tensor.permute(0, 3, 1, 2)
-
-
-def _drop_tokens(prefix: int, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """pytorch-grad-cam's ViT reshape_transform (tutorials/vision_transformers.md), dropping ``prefix`` tokens."""
-
-    def reshape(tensor: torch.Tensor) -> torch.Tensor:
-        result = tensor[:, prefix:, :].reshape(tensor.size(0), height, width, tensor.size(2))
-        return result.transpose(2, 3).transpose(1, 2)
-
-    return reshape
-
-
-def _vit_b_16_112() -> nn.Module:
-    """ViT-B/16 at 112 px; torchvision initialises its head to zeros (all-zero logits and gradients), so it gets a
-    random one here, drawn from the caller's seeded RNG."""
-    model = torchvision.models.vit_b_16(weights=None, image_size=112)
-    nn.init.normal_(model.heads.head.weight, std=0.02)
-    return model
-
-
-@dataclasses.dataclass(frozen=True)
-class LayoutEntry:
-    build: Callable[[], nn.Module]
-    size: int
-    layers: dict[str, Callable[[torch.Tensor], torch.Tensor] | None]  # layer -> pytorch-grad-cam reshape_transform
-    scorecam_layer: str | None  # a layer with few enough channels for Score-CAM on CPU (None: skipped, see below)
-
-
-LAYOUT_ZOO = {
-    "convnext_tiny": LayoutEntry(
-        lambda: torchvision.models.convnext_tiny(weights=None),
-        96,
-        {"features.1.0.block.2": _channels_last, "features.5.8.block.3": _channels_last, "features.5": None},
-        "features.1.0.block.2",
-    ),
-    "swin_t": LayoutEntry(
-        lambda: torchvision.models.swin_t(weights=None),
-        96,
-        {"features.5": _channels_last, "features.7.1.norm2": _channels_last, "norm": _channels_last},
-        "features.1",
-    ),
-    # ViT-B/16 at 112 px: 1 class token + 7x7 patches. Score-CAM (768 channels = 1,536 ViT-B forwards) is left to
-    # DeiT-Tiny, which exercises the same token path with 192 channels.
-    "vit_b_16": LayoutEntry(
-        _vit_b_16_112,
-        112,
-        {
-            "encoder.layers.encoder_layer_11.ln_1": _drop_tokens(1, 7, 7),
-            "encoder.layers.encoder_layer_5": _drop_tokens(1, 7, 7),
-        },
-        None,
-    ),
-    # DeiT-Tiny distilled: a class token and a distillation token before the patches.
-    "deit_tiny": LayoutEntry(
-        lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=112),
-        112,
-        {"blocks.11.norm1": _drop_tokens(2, 7, 7), "blocks.4": _drop_tokens(2, 7, 7)},
-        "blocks.11.norm1",
-    ),
-}
-LAYOUT_SCORECAM_SIZE = {"convnext_tiny": 64, "swin_t": 64, "deit_tiny": 112}
-
-
-class LayoutZoo:
-    def __init__(self) -> None:
-        self._models: dict[str, nn.Module] = {}
-        self._results: dict[tuple, CamResult] = {}
-
-    def model(self, name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-        if (name, dtype) not in self._models:
-            self._models[name, dtype] = inplace_off(seeded(LAYOUT_ZOO[name].build)).to(dtype)
-        return self._models[name, dtype]
-
-    def images(self, name: str, size: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return _images(2, size or LAYOUT_ZOO[name].size, seed=11).to(dtype)
-
-    def ours(
-        self,
-        name: str,
-        method: str,
-        layers: tuple[str, ...],
-        size: int | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> CamResult:
-        key = (name, method, layers, size, dtype)
-        if key not in self._results:
-            self._results[key] = compute_cams(
-                self.model(name, dtype), self.images(name, size, dtype), list(layers), method=method, class_idx=[5, 9]
-            )
-        return self._results[key]
 
 
 @pytest.fixture(scope="module")
@@ -1008,18 +704,20 @@ def _layout_cases():
                 yield pytest.param(name, layer, method, id=f"{name}-{layer}-{method}")
 
 
-def _assert_equal_up_to_eigen_sign(ours: CamResult, layer: str, reference: np.ndarray, size: int) -> None:
-    """EigenCAM: per image, camlib's map equals pytorch-grad-cam's where the SVD signs agree, else the map of the
-    negated projection (see test_eigencam_matches_pytorch_grad_cam_up_to_the_svd_sign)."""
-    for b in range(len(reference)):
-        flipped = _reference_pipeline(-ours.raw[layer][b : b + 1], (size, size))[0]
-        assert np.abs(ours.maps[layer][b] - reference[b]).max() <= ATOL or np.abs(flipped - reference[b]).max() <= ATOL
+def _sized_layout_cases():
+    """``_layout_cases`` at LAYOUT_QUICK_SIZE, and at the zoo's size (slow tier) where that differs."""
+    for case in _layout_cases():
+        name = case.values[0]
+        quick, full = LAYOUT_QUICK_SIZE[name], LAYOUT_ZOO[name].size
+        yield pytest.param(*case.values, quick, id=f"{case.id}-{quick}px")
+        if full != quick:
+            yield pytest.param(*case.values, full, id=f"{case.id}-{full}px", marks=pytest.mark.slow)
 
 
 @pytest.mark.bad_input(64)
-@pytest.mark.parametrize("model_name,layer,method", _layout_cases())
+@pytest.mark.parametrize("model_name,layer,method,size", _sized_layout_cases())
 def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_transform(
-    layout_zoo, model_name, layer, method
+    layout_zoo, model_name, layer, method, size
 ):
     """All layers of a model from one camlib call (inferred layouts); each equals pytorch-grad-cam run on that layer
     with the matching reshape_transform (none for an NCHW layer).
@@ -1027,22 +725,25 @@ def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_tr
     Compared in float64 (both libraries): these seeded models' maps are tiny and cancellation-prone (ConvNeXt's
     features.5 raw map is ~1e-7; XGrad-CAM divides by activation sums near zero for LayerNorm'd features), so float32
     runs of either library differ from a float64 run by up to 2e-4 (measured) and from each other by up to 5e-2.
-    ``test_token_and_channels_last_maps_match_in_float32`` covers the float32 path where it is well conditioned."""
+    ``test_token_and_channels_last_maps_match_in_float32`` covers the float32 path where it is well conditioned.
+
+    The quick tier runs the same models at LAYOUT_QUICK_SIZE (every layer's map still 2x2 or more), the slow tier at
+    the zoo's sizes."""
     entry = LAYOUT_ZOO[model_name]
     dtype = torch.float64
-    ours = layout_zoo.ours(model_name, method, tuple(entry.layers), dtype=dtype)
-    assert ours.maps[layer].shape == (2, entry.size, entry.size)
+    ours = layout_zoo.ours(model_name, method, tuple(entry.layers), size, dtype=dtype)
+    assert ours.maps[layer].shape == (2, size, size)
     assert not ours.degenerate[layer].any()
-    reference = _reference_maps(
-        layout_zoo.model(model_name, dtype),
-        layout_zoo.images(model_name, dtype=dtype),
+    reference = reference_maps(
+        layout_zoo.model(model_name, dtype, size),
+        layout_zoo.images(model_name, size, dtype),
         layer,
         method,
         None if method in ("eigencam", "kpcacam") else [5, 9],
-        reshape_transform=entry.layers[layer],
+        reshape_transform=entry.reshape_transform(layer, size),
     )
     if method in SIGN_FREE:
-        _assert_equal_up_to_eigen_sign(ours, layer, reference, entry.size)
+        assert_equal_up_to_eigen_sign(ours, layer, reference, size)
     else:
         np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
@@ -1054,7 +755,7 @@ def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_tr
 def test_token_and_channels_last_maps_match_in_float32(layout_zoo, model_name, layer):
     entry = LAYOUT_ZOO[model_name]
     ours = layout_zoo.ours(model_name, "gradcam", tuple(entry.layers))
-    reference = _reference_maps(
+    reference = reference_maps(
         layout_zoo.model(model_name),
         layout_zoo.images(model_name),
         layer,
@@ -1072,19 +773,25 @@ _PERTURBATION_LAYOUT_CASES = [
 ]
 
 
+@pytest.mark.parametrize(
+    "full", [pytest.param(False, id="quick"), pytest.param(True, id="full", marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("model_name,method", _PERTURBATION_LAYOUT_CASES)
-def test_perturbation_methods_on_channels_last_and_token_layers_match_pytorch_grad_cam(layout_zoo, model_name, method):
+def test_perturbation_methods_on_channels_last_and_token_layers_match_pytorch_grad_cam(
+    layout_zoo, model_name, method, full
+):
     """Ablation-CAM: pytorch-grad-cam ablates channels-last and token outputs with AblationLayerVit, given here the
     paper's zero (these LayerNorm outputs are negative in places); a token layer's channel is ablated in every token,
-    class tokens too, in both libraries."""
-    entry, size = LAYOUT_ZOO[model_name], LAYOUT_SCORECAM_SIZE[model_name]
+    class tokens too, in both libraries. At 32 px in the quick tier (the layers' maps 8x8, DeiT's 2x2 patches)."""
+    entry = LAYOUT_ZOO[model_name]
+    size = LAYOUT_SCORECAM_SIZE[model_name] if full else 32
     layer = entry.scorecam_layer
     ours = layout_zoo.ours(model_name, method, (layer,), size)
-    transform = entry.layers.get(layer, _channels_last)
+    transform = entry.layers.get(layer, channels_last)
     if model_name == "deit_tiny":
-        transform = _drop_tokens(2, size // 16, size // 16)
-    reference = _reference_maps(
-        layout_zoo.model(model_name),
+        transform = drop_tokens(2, size // 16, size // 16)
+    reference = reference_maps(
+        layout_zoo.model(model_name, size=size),
         layout_zoo.images(model_name, size),
         layer,
         method,
@@ -1100,7 +807,7 @@ def test_a_channels_last_map_differs_from_reading_it_as_channels_first(layout_zo
     """The fault this fixes: ConvNeXt's block LayerNorm output (B, 24, 24, 96) read as (B, C, H, W) gives a different
     map; camlib's equals the permuted reading."""
     ours = layout_zoo.ours("convnext_tiny", "gradcam", tuple(LAYOUT_ZOO["convnext_tiny"].layers))
-    wrong = _reference_maps(
+    wrong = reference_maps(
         layout_zoo.model("convnext_tiny"), layout_zoo.images("convnext_tiny"), "features.1.0.block.2", "gradcam", [5, 9]
     )
     assert np.abs(ours.maps["features.1.0.block.2"] - wrong).max() > 0.3
@@ -1121,7 +828,7 @@ def test_an_ambiguous_layout_is_refused_unless_given_explicitly():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.body(self.conv(x)).flatten(1))
 
-    model, x = seeded(Cube), _images(2, 8, seed=3)
+    model, x = seeded(Cube), random_images(2, 8, seed=3)
     with pytest.raises(LayerError, match="cannot be told"):
         compute_cams(model, x, ["body"])
     first = compute_cams(model, x, ["body"], layouts={"body": "nchw"}, class_idx=1)
@@ -1153,12 +860,12 @@ def test_token_layers_with_registers_and_explicit_prefix():
             tokens = torch.cat([self.prefix.expand(len(x), -1, -1), tokens], dim=1)
             return self.head(self.blocks(tokens).mean(dim=1))
 
-    model, x = seeded(ToyViT), _images(2, 64, seed=4)
+    model, x = seeded(ToyViT), random_images(2, 64, seed=4)
     inferred = compute_cams(model, x, ["blocks"], class_idx=2)
     explicit = compute_cams(model, x, ["blocks"], class_idx=2, layouts={"blocks": "tokens:5"})
     assert inferred.raw["blocks"].shape == (2, 8, 8)
     np.testing.assert_array_equal(inferred.maps["blocks"], explicit.maps["blocks"])
-    reference = _reference_maps(model, x, "blocks", "gradcam", 2, reshape_transform=_drop_tokens(5, 8, 8))
+    reference = reference_maps(model, x, "blocks", "gradcam", 2, reshape_transform=drop_tokens(5, 8, 8))
     np.testing.assert_allclose(inferred.maps["blocks"], reference, atol=ATOL, rtol=0)
     with pytest.raises(LayerError, match="grid"):
         compute_cams(model, x, ["blocks"], class_idx=2, layouts={"blocks": "tokens:4"})
@@ -1215,17 +922,17 @@ def small_resnet() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def x64() -> torch.Tensor:
-    return _images(2, 64, seed=7)
+    return random_images(2, 64, seed=7)
 
 
 def test_class_idx_forms(small_resnet, x64):
     base = compute_cams(small_resnet, x64, ["layer3"], class_idx=[5, 9])
     assert base.class_idx == [5, 9]
     for form in ((5, 9), np.array([5, 9]), [np.int64(5), 9]):
-        _assert_same_result(compute_cams(small_resnet, x64, ["layer3"], class_idx=form), base)
+        assert_same_result(compute_cams(small_resnet, x64, ["layer3"], class_idx=form), base)
     one = compute_cams(small_resnet, x64, ["layer3"], class_idx=np.int64(5))
     assert one.class_idx == [5, 5]
-    _assert_same_result(compute_cams(small_resnet, x64, "layer3", class_idx=5), one)  # a bare layer name
+    assert_same_result(compute_cams(small_resnet, x64, "layer3", class_idx=5), one)  # a bare layer name
 
 
 def test_images_of_a_batch_never_interact(small_resnet, x64):
@@ -1243,7 +950,7 @@ def test_the_callers_input_is_left_alone():
             nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
         )
     )
-    x = _images(2, 8, seed=9).requires_grad_(True)
+    x = random_images(2, 8, seed=9).requires_grad_(True)
     before = x.detach().clone()
     compute_cams(model, x, ["1"])
     assert torch.equal(x.detach(), before) and x.grad is None and x.requires_grad
@@ -1332,7 +1039,7 @@ def _failing_calls():
 def test_a_failed_call_leaves_the_model_exactly_as_it_was(snapshot, build, kwargs, error, method):
     model = build()
     before = snapshot(model)
-    x = _images(2, 32, seed=3)
+    x = random_images(2, 32, seed=3)
     for grad_mode in (True, False):
         with torch.set_grad_enabled(grad_mode):
             with pytest.raises(error):
@@ -1356,7 +1063,7 @@ def test_frozen_model_works_and_stays_frozen(snapshot, x64):
         result = compute_cams(frozen, x64, ["layer2", "layer3"], method=method, class_idx=[3, 8])
         assert not result.degenerate["layer3"].any()
         if method == "gradcam":
-            _assert_same_result(result, reference)
+            assert_same_result(result, reference)
     before.assert_unchanged()
     assert not any(p.requires_grad for p in frozen.parameters())
 
@@ -1365,7 +1072,7 @@ def test_frozen_model_works_and_stays_frozen(snapshot, x64):
 def test_train_mode_batch_of_one_uses_eval_and_keeps_statistics(snapshot):
     """At 32x32 layer4 is 1x1: a train-mode BatchNorm would refuse a batch of one there, so this only works if the
     CAM runs in eval mode; the running statistics must not move and the maps equal the eval-mode maps."""
-    x = _images(1, 32, seed=11)
+    x = random_images(1, 32, seed=11)
     model = seeded_resnet18().train()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         copy.deepcopy(model)(x)  # the premise
@@ -1374,7 +1081,7 @@ def test_train_mode_batch_of_one_uses_eval_and_keeps_statistics(snapshot):
     before.assert_unchanged()
     assert all(m.training for m in model.modules())
     evaluated = compute_cams(model.eval(), x, ["layer1", "layer2"], class_idx=7)
-    _assert_same_result(trained, evaluated)
+    assert_same_result(trained, evaluated)
 
 
 @pytest.mark.bad_input(38)
@@ -1391,14 +1098,14 @@ def test_dropout_is_off_during_the_cam():
             nn.Linear(8, 5),
         )
     )
-    x = _images(1, 16, seed=2)
+    x = random_images(1, 16, seed=2)
     with torch.no_grad():
         logits = net(x).numpy()
     net.train()
     results = [compute_cams(net, x, ["2"], class_idx=1) for _ in range(3)]
     for result in results:
         np.testing.assert_allclose(result.logits, logits, atol=1e-6, rtol=0)
-        _assert_same_result(result, results[0])
+        assert_same_result(result, results[0])
     assert all(m.training for m in net.modules())
 
 
@@ -1411,7 +1118,7 @@ def test_works_inside_no_grad_and_inference_mode(small_resnet, x64, context, met
         x = x64.clone()  # created inside the context (an inference tensor under inference_mode)
         result = compute_cams(small_resnet, x, ["layer2", "layer3"], method=method, class_idx=[1, 2])
         assert not torch.is_grad_enabled()
-    _assert_same_result(result, baseline)
+    assert_same_result(result, baseline)
     assert torch.is_grad_enabled()
 
 
@@ -1420,7 +1127,7 @@ def test_model_created_in_inference_mode_raises_a_typed_error():
     with torch.inference_mode():
         model = seeded(_Net)
     with pytest.raises(GradientUnavailableError, match="inference"):
-        compute_cams(model, _images(1, 8, seed=0), ["features"])
+        compute_cams(model, random_images(1, 8, seed=0), ["features"])
 
 
 def _manual_hirescam_raw(
@@ -1471,7 +1178,7 @@ def test_memory_efficient_densenet_gives_the_same_maps(monkeypatch):
         "features.denseblock3.denselayer5.conv1",
         "features.denseblock3",
     ]
-    x = _images(1, 64, seed=6)
+    x = random_images(1, 64, seed=6)
     plain = compute_cams(seeded(lambda: torchvision.models.densenet121(weights=None)), x, layers, class_idx=17)
     checkpoint = torchvision.models.densenet.cp.checkpoint
     calls = []
@@ -1495,7 +1202,7 @@ def test_concurrent_calls_on_one_shared_model_equal_serial_results(snapshot):
     modes, hooks and grads are as before afterwards (rows 44-45)."""
     model = mixed_state(seeded_resnet18())
     before = snapshot(model)
-    images = _images(6, 48, seed=5)
+    images = random_images(6, 48, seed=5)
     jobs = [
         (images[i : i + 1], GRADIENT_METHODS[i % len(GRADIENT_METHODS)], None if i % 2 else 10 * i)
         for i in range(len(images))
@@ -1527,7 +1234,7 @@ def test_concurrent_calls_on_one_shared_model_equal_serial_results(snapshot):
             futures = [pool.submit(concurrent, job) for job in jobs] + [pool.submit(failing), pool.submit(probing)]
             outcomes = [future.result(timeout=120) for future in futures]
         for result, expected in zip(outcomes[: len(jobs)], serial, strict=True):
-            _assert_same_result(result, expected)
+            assert_same_result(result, expected)
         assert outcomes[-1] == serial_layers
         before.assert_unchanged()
 
@@ -1564,7 +1271,7 @@ def test_degenerate_flag_is_per_image_and_per_layer():
     model = seeded_resnet18()
     with torch.no_grad():
         model.fc.weight[3] = 0.0
-    result = compute_cams(model, _images(2, 32, seed=4), ["layer2", "layer4"], class_idx=[3, 8])
+    result = compute_cams(model, random_images(2, 32, seed=4), ["layer2", "layer4"], class_idx=[3, 8])
     _assert_degenerate(result, "layer2", [True, False])
     _assert_degenerate(result, "layer4", [True, True])
 
@@ -1582,7 +1289,9 @@ def _constant_activation_net() -> nn.Module:
 @pytest.mark.bad_input(32)
 def test_constant_map_is_degenerate_not_nan(method):
     """Every channel of `features` is spatially constant, so every method's raw map is constant (max == min)."""
-    result = compute_cams(_constant_activation_net(), _images(2, 10, seed=1), ["features"], method=method, class_idx=0)
+    result = compute_cams(
+        _constant_activation_net(), random_images(2, 10, seed=1), ["features"], method=method, class_idx=0
+    )
     raw = result.raw["features"]
     np.testing.assert_allclose(raw, raw[:, :1, :1] * np.ones_like(raw), rtol=1e-6, atol=1e-7)
     _assert_degenerate(result, "features", [True, True])
@@ -1596,7 +1305,7 @@ def test_all_negative_map_is_degenerate_not_nan(method):
     net = seeded(_Net)
     with torch.no_grad():
         net.head.weight[0] = -net.head.weight[0].abs() - 0.1
-    result = compute_cams(net, _images(2, 10, seed=1), ["features"], method=method, class_idx=0)
+    result = compute_cams(net, random_images(2, 10, seed=1), ["features"], method=method, class_idx=0)
     raw = result.raw["features"]
     assert raw.max() <= 0
     if method in ("gradcam", "hirescam", "xgradcam"):
@@ -1611,7 +1320,7 @@ def test_non_finite_logits_raise_non_finite_error(value, method):
     net = seeded(_Net)
     net.add_to_logits = value
     with pytest.raises(NonFiniteError, match="non-finite"):
-        compute_cams(net, _images(1, 8, seed=0), ["features"], method=method)
+        compute_cams(net, random_images(1, 8, seed=0), ["features"], method=method)
 
 
 class _NanAtCorner(nn.Module):
@@ -1637,7 +1346,7 @@ class _NanFeatures(nn.Module):
 @pytest.mark.bad_input(34)
 def test_non_finite_activations_raise_non_finite_error(method):
     with pytest.raises(NonFiniteError, match="non-finite"):
-        compute_cams(seeded(_NanFeatures), _images(1, 8, seed=0), ["conv"], method=method)
+        compute_cams(seeded(_NanFeatures), random_images(1, 8, seed=0), ["conv"], method=method)
 
 
 # --- validation errors ---------------------------------------------------------------------------------------------
@@ -1719,7 +1428,7 @@ def test_bad_layers(small_resnet, x64, layers, message):
 def test_layer_not_used_for_the_output_raises(layers, frozen):
     """``aux`` never runs; ``side`` runs but its output is dropped, so no gradient reaches it."""
     with pytest.raises(LayerError, match=layers[-1]):
-        compute_cams(seeded(_Net).requires_grad_(not frozen), _images(1, 8, seed=0), layers)
+        compute_cams(seeded(_Net).requires_grad_(not frozen), random_images(1, 8, seed=0), layers)
 
 
 @pytest.mark.bad_input(36)
@@ -1727,7 +1436,7 @@ def test_auxiliary_head_of_a_train_mode_googlenet_raises(snapshot):
     """GoogLeNet runs its auxiliary heads only in training; the CAM runs in eval mode, so they are unused there."""
     model = seeded(lambda: torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)).train()
     before = snapshot(model)
-    x = _images(2, 64, seed=1)
+    x = random_images(2, 64, seed=1)
     with pytest.raises(LayerError, match="aux1.conv"):
         compute_cams(model, x, ["inception4e", "aux1.conv"])
     assert compute_cams(model, x, ["inception4e"]).maps["inception4e"].shape == (2, 64, 64)
@@ -1753,7 +1462,7 @@ class _FailsWithItsOwnMessage(nn.Module):
 @pytest.mark.parametrize("method", ["gradcam", "eigencam"])
 def test_a_models_own_runtime_error_is_not_reported_as_inference_mode(method):
     with pytest.raises(RuntimeError, match="inference backend failed") as caught:
-        compute_cams(seeded(_FailsWithItsOwnMessage), _images(1, 8, seed=0), ["conv"], method=method)
+        compute_cams(seeded(_FailsWithItsOwnMessage), random_images(1, 8, seed=0), ["conv"], method=method)
     assert not isinstance(caught.value, GradientUnavailableError)
 
 
@@ -1834,7 +1543,7 @@ def test_shared_scale_maps_without_any_evidence_are_zeros():
     model = seeded_resnet18()
     with torch.no_grad():
         model.fc.weight[3] = 0.0
-    result = compute_cams(model, _images(1, 64, seed=0), ["layer2", "layer3"], class_idx=3)
+    result = compute_cams(model, random_images(1, 64, seed=0), ["layer2", "layer3"], class_idx=3)
     for layer, shared in shared_scale_maps(result).items():
         assert result.degenerate[layer].all()
         assert np.isfinite(shared).all() and (shared == 0).all()
@@ -1861,7 +1570,7 @@ def test_perturbation_methods_report_progress_per_batch_and_gradient_methods_rep
     total = 64 // 16 + 128 // 16  # one image: ceil(C / batch) forwards per layer
     assert calls == [(k, total) for k in range(1, total + 1)]
     same = compute_cams(small_resnet, x64[:1], ["layer1", "layer2"], method=method, scorecam_batch_size=16)
-    _assert_same_result(result, same)
+    assert_same_result(result, same)
     quiet: list[tuple[int, int]] = []
     compute_cams(small_resnet, x64, ["layer2"], method="gradcam", progress=lambda *a: quiet.append(a))
     assert quiet == []
@@ -1910,7 +1619,7 @@ def test_a_slow_method_in_one_session_never_blocks_a_fast_one_in_another():
     shared eval-mode model starts after A and finishes while A is still waiting. Ordering and overlap are asserted,
     not wall-clock times; both results equal serial ones and the model is left clean."""
     model = seeded_resnet18()
-    x = _images(2, 64, seed=21)
+    x = random_images(2, 64, seed=21)
     serial_slow = compute_cams(model, x[:1], ["layer1"], method="scorecam", scorecam_batch_size=16)
     serial_fast = compute_cams(model, x[1:], ["layer3", "layer4"], method="gradcam")
     a_waiting, release_a = threading.Event(), threading.Event()
@@ -1946,8 +1655,8 @@ def test_a_slow_method_in_one_session_never_blocks_a_fast_one_in_another():
     a.join(timeout=120)
     assert not errors, errors
     assert finished_while_a_waits, "the fast call waited for the slow one"
-    _assert_same_result(results["fast"], serial_fast)
-    _assert_same_result(results["slow"], serial_slow)
+    assert_same_result(results["fast"], serial_fast)
+    assert_same_result(results["slow"], serial_slow)
     assert registered_hooks(model) == []
 
 
@@ -1955,7 +1664,7 @@ def test_hooks_of_one_session_do_not_touch_another_sessions_forward():
     """While session A's hooks are registered (A is paused inside its hooked forward), session B's plain forward on
     the same model gives exactly the unhooked logits."""
     model = seeded_resnet18()
-    x = _images(2, 64, seed=22)
+    x = random_images(2, 64, seed=22)
     with torch.no_grad():
         expected = model(x[1:]).clone()
     inside, release = threading.Event(), threading.Event()
@@ -1991,15 +1700,6 @@ ONE_PASS_METHODS = [
 ]
 
 
-def _assert_same_result(got: CamResult, expected: CamResult) -> None:
-    assert got.method == expected.method and got.layers == expected.layers and got.class_idx == expected.class_idx
-    np.testing.assert_allclose(got.logits, expected.logits, atol=1e-6)
-    for layer in expected.layers:
-        np.testing.assert_allclose(got.raw[layer], expected.raw[layer], atol=1e-6, rtol=1e-5)
-        np.testing.assert_allclose(got.maps[layer], expected.maps[layer], atol=1e-5)
-        np.testing.assert_array_equal(got.degenerate[layer], expected.degenerate[layer])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", list(ZOO))
 def test_every_grid_cell_equals_its_own_compute_cams_call(zoo, model_name):
@@ -2010,7 +1710,7 @@ def test_every_grid_cell_equals_its_own_compute_cams_call(zoo, model_name):
     grid = compute_cam_grid(model, x, layers, ONE_PASS_METHODS, class_idx=targets)
     assert list(grid) == ONE_PASS_METHODS
     for method in ONE_PASS_METHODS:
-        _assert_same_result(grid[method], compute_cams(model, x, layers, method=method, class_idx=targets))
+        assert_same_result(grid[method], compute_cams(model, x, layers, method=method, class_idx=targets))
 
 
 @pytest.mark.parametrize("model_name", ["convnext_tiny", "deit_tiny"])
@@ -2020,7 +1720,7 @@ def test_grid_cells_on_channels_last_and_token_layers_equal_compute_cams(layout_
     methods = [m for m in ONE_PASS_METHODS if m != "shapleycam"]  # no second derivative of CPU flash attention
     grid = compute_cam_grid(model, x, layers, methods)
     for method in methods:
-        _assert_same_result(grid[method], compute_cams(model, x, layers, method=method))
+        assert_same_result(grid[method], compute_cams(model, x, layers, method=method))
 
 
 def test_gradient_methods_share_one_forward_and_one_gradient(monkeypatch, small_resnet, x64):
@@ -2068,7 +1768,7 @@ def test_grid_progress_counts_every_perturbation_methods_batches():
     total = 2 * -(-channels // 2)
     assert steps == [(k, total) for k in range(1, total + 1)]
     for method in ("scorecam", "ablationcam"):
-        _assert_same_result(grid[method], compute_cams(model, x, ["conv"], method=method, scorecam_batch_size=2))
+        assert_same_result(grid[method], compute_cams(model, x, ["conv"], method=method, scorecam_batch_size=2))
 
 
 @pytest.mark.parametrize("methods", [[], "gradcam", None, ["gradcam", "nope"]])
@@ -2122,7 +1822,7 @@ def test_a_near_flat_gradcam_map_of_a_float64_model_equals_its_exact_map():
     ``minmax(resize(minmax(sum_c w_c P_c)))``, computed here without the offset by pytorch-grad-cam's
     ``scale_cam_image``. Rounded to float32 before its minimum was subtracted, the map was off by ~1e-3."""
     model = seeded(_Offset).double()
-    x = _images(2, 12, seed=5).double()
+    x = random_images(2, 12, seed=5).double()
     result = compute_cams(model, x, ["features"], class_idx=1)
     raw = result.raw["features"]
     assert raw.dtype == np.float64 and raw.min() > 0 and np.ptp(raw, axis=(1, 2)).max() < 1e-3 * raw.min()
@@ -2141,9 +1841,9 @@ def test_near_flat_maps_of_a_float64_model_equal_pytorch_grad_cam_in_float64(met
     """Every gradient method on ``_Offset`` in float64 against pytorch-grad-cam on the same float64 model, which
     normalises in float64 (its ``scale_cam_image`` rounds to float32 after subtracting the minimum)."""
     model = seeded(_Offset).double()
-    x = _images(2, 12, seed=5).double()
+    x = random_images(2, 12, seed=5).double()
     result = compute_cams(model, x, ["features"], method=method, class_idx=1)
-    expected = _reference_maps(model, x, "features", method, 1)
+    expected = reference_maps(model, x, "features", method, 1)
     assert np.ptp(expected, axis=(1, 2)).min() > 0.5  # a map with a pattern, not a blank
     np.testing.assert_allclose(result.maps["features"], expected, atol=1e-6, rtol=0)
 
@@ -2153,8 +1853,8 @@ def test_finish_maps_subtracts_the_minimum_in_float64():
     the same float64 map (its first ``scale_cam_image`` runs in the map's dtype)."""
     pattern = np.random.default_rng(4).random((2, 5, 7))
     raw = 1e3 + 1e-3 * pattern
-    np.testing.assert_allclose(finish_maps(raw, (10, 14)), _reference_pipeline(raw, (10, 14)), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(finish_maps(raw, (10, 14)), _reference_pipeline(pattern, (10, 14)), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(finish_maps(raw, (10, 14)), reference_pipeline(raw, (10, 14)), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(finish_maps(raw, (10, 14)), reference_pipeline(pattern, (10, 14)), atol=1e-6, rtol=0)
 
 
 @pytest.mark.bad_input(75)
@@ -2166,7 +1866,7 @@ def test_a_method_map_that_is_not_finite_raises_non_finite_error_never_a_nan_map
         METHODS["gradcam"], name="overflowing", label="Overflowing", raw_map=lambda e: e.activations.sum(dim=1) * value
     )
     monkeypatch.setitem(METHODS, "overflowing", overflowing)
-    model, x = seeded(_Net), _images(2, 8, seed=0)
+    model, x = seeded(_Net), random_images(2, 8, seed=0)
     for methods in (["overflowing"], ["gradcam", "overflowing"]):
         with pytest.raises(NonFiniteError, match="Overflowing's map of layer 'features' holds NaN or Inf"):
             compute_cam_grid(model, x, ["features"], methods)

@@ -20,11 +20,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import seeded, seeded_resnet18
 from helpers.dtype_models import DTYPE_MODELS, DTYPES, KPCA_ULPS, HotNet, dtype_tolerance, tiny_vit
-from pytorch_grad_cam import SESS, RefineCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from test_cam import (
+from helpers.models import seeded, seeded_resnet18
+from helpers.reference_zoo import (
     ATOL,
     LAYOUT_SCORECAM_SIZE,
     LAYOUT_ZOO,
@@ -33,15 +31,17 @@ from test_cam import (
     ZOO,
     LayoutZoo,
     Zoo,
-    _as_produced,
-    _assert_equal_up_to_eigen_sign,
-    _assert_same_result,
-    _channels_last,
-    _drop_tokens,
-    _images,
-    _reference_maps,
-    _reference_pipeline,
+    assert_equal_up_to_eigen_sign,
+    assert_same_result,
+    channels_last,
+    drop_tokens,
+    keep_as_produced,
+    random_images,
+    reference_maps,
+    reference_pipeline,
 )
+from pytorch_grad_cam import SESS, RefineCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchcam.methods import ISCAM, SSCAM, LeGrad, SmoothGradCAMpp
 from torchvision.models import VisionTransformer
@@ -101,7 +101,7 @@ def _torchcam_maps(
         with torch.no_grad():
             model(x)
         raw = cam(class_idx=class_idx, normalized=False)[0]
-    return _reference_pipeline(raw.numpy(), tuple(x.shape[-2:]))
+    return reference_pipeline(raw.numpy(), tuple(x.shape[-2:]))
 
 
 # --- SS-CAM and IS-CAM ---------------------------------------------------------------------------------------------
@@ -111,8 +111,8 @@ def _torchcam_maps(
 SCORE_CASES = [
     ("resnet18", "layer1", SCORECAM_SIZE, None),
     ("efficientnet_lite0", "blocks.1", SCORECAM_SIZE, None),  # 24 channels
-    ("convnext_tiny", "features.1.0.block.2", 64, _channels_last),
-    ("deit_tiny", "blocks.11.norm1", 112, _drop_tokens(2, 7, 7)),
+    ("convnext_tiny", "features.1.0.block.2", 64, channels_last),
+    ("deit_tiny", "blocks.11.norm1", 112, drop_tokens(2, 7, 7)),
 ]
 SCORE_IDS = [case[0] for case in SCORE_CASES]
 
@@ -159,8 +159,8 @@ SCORE_REST_CASES = [
     ("densenet121", "features.transition1", 32, None, 1),  # 128 channels, 4 x 4: after the first dense block
     ("mobilenet_v3_small*1e10", "model.features.8", SCORECAM_SIZE, None, 2),  # 48 channels, 4 x 4 (an SE block)
     ("vgg11_bn", "features.2", 32, None, 1),  # 64 channels, 32 x 32: VGG's narrowest layers
-    ("narrow_swin_t", "features.5", SCORECAM_SIZE, _channels_last, 2),  # as swin_t's: (B, 4, 4, 96) here
-    ("narrow_vit_b_16", "encoder.layers.encoder_layer_1.ln_1", 112, _drop_tokens(1, 7, 7), 2),  # as vit_b_16's
+    ("narrow_swin_t", "features.5", SCORECAM_SIZE, channels_last, 2),  # as swin_t's: (B, 4, 4, 96) here
+    ("narrow_vit_b_16", "encoder.layers.encoder_layer_1.ln_1", 112, drop_tokens(1, 7, 7), 2),  # as vit_b_16's
 ]
 
 
@@ -183,7 +183,7 @@ def _score_case(
         assert narrow is not None
         if name not in narrow:
             narrow[name] = seeded(NARROW_ZOO[name])
-        return narrow[name], _images(2, size, seed=11), [5, 9]
+        return narrow[name], random_images(2, size, seed=11), [5, 9]
     if "*" in name:  # "zoo model*gain": _Amplified
         model, gain = name.split("*")
         return _Amplified(zoo.model(model), float(gain)), zoo.images(size), [3, 7]
@@ -239,7 +239,7 @@ def test_sscam_and_iscam_on_the_rest_of_the_zoo_match_torchcam(zoos, narrow_zoo,
     x, classes = x[:images], classes[:images]
     ours = compute_cams(model, x, [layer], method=method, class_idx=classes, n_samples=2, seed=3)
     assert not ours.degenerate[layer].any()
-    flat = _reference_pipeline(_layer_output(model, x, layer, transform).mean(dim=1).numpy(), (size, size))
+    flat = reference_pipeline(_layer_output(model, x, layer, transform).mean(dim=1).numpy(), (size, size))
     assert np.abs(ours.maps[layer] - flat).max() > 100 * ATOL
     if method == "sscam":
         draws = _camlib_draws(3, 2, (_channel_count(model, x, layer, transform), size, size), SSCAM_STD)
@@ -263,7 +263,7 @@ def small_resnet() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def x64() -> torch.Tensor:
-    return _images(2, 64, seed=7)
+    return random_images(2, 64, seed=7)
 
 
 def test_sscam_is_reproducible_with_its_seed_and_changes_with_it(small_resnet, x64):
@@ -273,7 +273,7 @@ def test_sscam_is_reproducible_with_its_seed_and_changes_with_it(small_resnet, x
         )
 
     first, again, other = run(1), run(1), run(2)
-    _assert_same_result(first, again)
+    assert_same_result(first, again)
     assert np.abs(first.raw["layer2"] - other.raw["layer2"]).max() > 1e-6
     # The draws do not depend on the batch size; only the batched forwards' rounding does.
     np.testing.assert_allclose(run(1, batch_size=48).maps["layer2"], first.maps["layer2"], atol=1e-6, rtol=0)
@@ -389,8 +389,8 @@ def _torchcam_smooth_gradcam_plus_plus(
 
 SMOOTH_CASES = [
     ("resnet18", "layer3", SCORECAM_SIZE, None),
-    ("convnext_tiny", "features.5.8.block.3", 96, _channels_last),
-    ("deit_tiny", "blocks.4", 112, _drop_tokens(2, 7, 7)),
+    ("convnext_tiny", "features.5.8.block.3", 96, channels_last),
+    ("deit_tiny", "blocks.4", 112, drop_tokens(2, 7, 7)),
 ]
 
 
@@ -410,7 +410,7 @@ def test_smooth_gradcam_plus_plus_is_the_paper_formula_and_differs_from_torchcam
     paper = _paper_smooth_gradcam_plus_plus(clean, [grad for _, grad in noisy]).numpy()
     scale = float(np.abs(paper).max())
     np.testing.assert_allclose(ours.raw[layer], paper, atol=1e-4 * scale, rtol=0)
-    np.testing.assert_allclose(ours.maps[layer], _reference_pipeline(paper, (size, size)), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(ours.maps[layer], reference_pipeline(paper, (size, size)), atol=ATOL, rtol=0)
 
     reference = _torchcam_maps(
         SmoothGradCAMpp,
@@ -424,7 +424,7 @@ def test_smooth_gradcam_plus_plus_is_the_paper_formula_and_differs_from_torchcam
         std=SMOOTH_GRADCAMPP_STD,
     )
     as_written = _torchcam_smooth_gradcam_plus_plus(clean, [grad for _, grad in noisy], noisy[-1][0]).numpy()
-    np.testing.assert_allclose(reference, _reference_pipeline(as_written, (size, size)), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(reference, reference_pipeline(as_written, (size, size)), atol=1e-4, rtol=0)
     assert np.abs(reference - ours.maps[layer]).max() > 0.05
 
 
@@ -463,11 +463,11 @@ def test_smooth_gradcam_plus_plus_is_the_paper_formula_on_swin_and_vit(zoos, nam
     paper = _paper_smooth_gradcam_plus_plus(clean, grads).numpy()
     scale = float(np.abs(paper).max())
     np.testing.assert_allclose(ours.raw[layer], paper, atol=1e-4 * scale, rtol=0)
-    np.testing.assert_allclose(ours.maps[layer], _reference_pipeline(paper, (size, size)), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(ours.maps[layer], reference_pipeline(paper, (size, size)), atol=ATOL, rtol=0)
 
 
 def test_smooth_gradcam_plus_plus_with_one_noiseless_sample_is_gradcam_plus_plus(monkeypatch, small_resnet, x64):
-    monkeypatch.setattr(camlib.cam, "SMOOTH_GRADCAMPP_STD", 0.0)
+    monkeypatch.setattr(camlib.cam.perturbation, "SMOOTH_GRADCAMPP_STD", 0.0)
     layers, classes = ["layer2", "layer3"], [3, 7]
     smooth = compute_cams(small_resnet, x64, layers, method="smoothgradcam++", class_idx=classes, n_samples=1)
     plain = compute_cams(small_resnet, x64, layers, method="gradcam++", class_idx=classes)
@@ -493,7 +493,7 @@ def test_smooth_gradcam_plus_plus_is_seeded_batched_and_reports_progress(small_r
     first = run(1, 2, progress=lambda done, total: steps.append((done, total)))
     assert steps == [(k, 6) for k in range(1, 7)]  # 2 images x ceil(5 / 2) batches of noisy copies
     assert METHODS["smoothgradcam++"].batches(256, 2, 5) == 3 and METHODS["smoothgradcam++"].extra_forwards(256) == 4
-    _assert_same_result(run(1, 2), first)
+    assert_same_result(run(1, 2), first)
     np.testing.assert_allclose(run(1, 5).maps["layer3"], first.maps["layer3"], atol=1e-5, rtol=0)
     assert np.abs(run(2, 2).raw["layer3"] - first.raw["layer3"]).max() > 1e-6
 
@@ -507,7 +507,7 @@ def test_fem_matches_pytorch_grad_cam(zoos, name):
     zoo, _ = zoos
     ours = zoo.ours(name, "fem", "argmax")
     for layer in ZOO[name].layers:
-        reference = _reference_maps(zoo.model(name), zoo.images(), layer, "fem", None)
+        reference = reference_maps(zoo.model(name), zoo.images(), layer, "fem", None)
         np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -518,7 +518,7 @@ def test_fem_on_channels_last_and_token_layers_matches_pytorch_grad_cam(zoos, na
     ours = layout_zoo.ours(name, "fem", tuple(entry.layers))
     model, x = layout_zoo.model(name), layout_zoo.images(name)
     for layer, transform in entry.layers.items():
-        reference = _reference_maps(model, x, layer, "fem", [5, 9], reshape_transform=transform)
+        reference = reference_maps(model, x, layer, "fem", [5, 9], reshape_transform=transform)
         np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
@@ -544,7 +544,7 @@ def _pytorch_grad_cam_refinecam(
     """pytorch-grad-cam's RefineCAM (base Grad-CAM++) on ``layers``, each layer's output kept as produced."""
     modules = dict(model.named_modules())
     cam = RefineCAM(model, [modules[layer] for layer in layers], reshape_transform=transform)
-    handles = [modules[layer].register_forward_hook(_as_produced) for layer in layers]
+    handles = [modules[layer].register_forward_hook(keep_as_produced) for layer in layers]
     try:
         return cam(x, [ClassifierOutputTarget(k) for k in classes])
     finally:
@@ -610,7 +610,7 @@ def test_legrad_matches_torchcam_per_block(zoos):
         with LeGrad(model, layer) as cam:
             model(x)
             relevance = cam(class_idx=[5, 9], normalized=False)[0]
-        reference = _reference_pipeline(relevance.detach().numpy(), (112, 112))
+        reference = reference_pipeline(relevance.detach().numpy(), (112, 112))
         np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
         model.zero_grad(set_to_none=True)
 
@@ -623,7 +623,7 @@ def test_legrad_leaves_a_shared_vit_as_it_was(snapshot):
     model.heads.head.weight.grad = torch.full_like(model.heads.head.weight, 0.25)
     before = snapshot(model)
     layer = "encoder.layers.encoder_layer_1"  # 17 tokens: 1 + 4x4 is told explicitly (8 + 3x3 would fit too)
-    result = compute_cams(model, _images(2, 32, seed=3), [layer], method="legrad", layouts={layer: "tokens:1"})
+    result = compute_cams(model, random_images(2, 32, seed=3), [layer], method="legrad", layouts={layer: "tokens:1"})
     assert result.raw[layer].shape == (2, 4, 4) and not result.degenerate[layer].any()
     before.assert_unchanged()
 
@@ -665,7 +665,7 @@ def _pytorch_grad_cam_call(
     """pytorch-grad-cam's map of one layer, called with ``call`` (aug_smooth, eigen_smooth); output as produced."""
     module = dict(model.named_modules())[layer]
     with REFERENCE_CAMS[method](model=model, target_layers=[module], reshape_transform=transform) as cam:
-        handle = module.register_forward_hook(_as_produced)
+        handle = module.register_forward_hook(keep_as_produced)
         try:
             return cam(input_tensor=x, targets=[ClassifierOutputTarget(k) for k in classes], **call)
         finally:
@@ -705,7 +705,7 @@ def test_eigen_smooth_matches_pytorch_grad_cam_up_to_the_sign(zoos, method):
     plain = compute_cams(model, x, ["layer2", "layer3"], method=method, class_idx=classes)
     for layer in ours.layers:
         reference = _pytorch_grad_cam_call(model, x, layer, method, classes, eigen_smooth=True)
-        _assert_equal_up_to_eigen_sign(ours, layer, reference, SCORECAM_SIZE)
+        assert_equal_up_to_eigen_sign(ours, layer, reference, SCORECAM_SIZE)
         for smooth, summed in zip(ours.raw[layer], plain.raw[layer], strict=True):
             assert np.corrcoef(smooth.ravel(), summed.ravel())[0, 1] > 0
 
@@ -718,12 +718,12 @@ def test_eigen_smooth_on_token_and_channels_last_layers_matches_pytorch_grad_cam
     model, x = layout_zoo.model(name, torch.float64), layout_zoo.images(name, dtype=torch.float64)
     ours = compute_cams(model, x, [layer], method="layercam", class_idx=[5, 9], eigen_smooth=True)
     reference = _pytorch_grad_cam_call(model, x, layer, "layercam", [5, 9], transform=transform, eigen_smooth=True)
-    _assert_equal_up_to_eigen_sign(ours, layer, reference, entry.size)
+    assert_equal_up_to_eigen_sign(ours, layer, reference, entry.size)
 
 
 def test_fem_ignores_eigen_smooth_as_pytorch_grad_cam(small_resnet, x64):
     smooth = compute_cams(small_resnet, x64, ["layer3"], method="fem", eigen_smooth=True)
-    _assert_same_result(smooth, compute_cams(small_resnet, x64, ["layer3"], method="fem"))
+    assert_same_result(smooth, compute_cams(small_resnet, x64, ["layer3"], method="fem"))
 
 
 def test_aug_smooth_explains_the_original_images_class_and_counts_every_views_batches(small_resnet, x64):
@@ -775,7 +775,7 @@ def test_a_refused_method_is_refused_at_compute_time_too(zoos, name, layer):
     zoo, layout_zoo = zoos
     model, size = (layout_zoo.model(name), LAYOUT_ZOO[name].size) if name in LAYOUT_ZOO else (zoo.model(name), 64)
     layout = _inspected(model, size)[layer]
-    x = _images(1, size, seed=2)
+    x = random_images(1, size, seed=2)
     for method in ("cam", "legrad", "kpcacam"):
         reason = METHODS[method].refusal(model, layer, layout)
         assert reason is None or (isinstance(reason, str) and reason)
@@ -826,10 +826,10 @@ def test_kpcacam_refuses_a_kernel_over_its_memory_cap_before_building_it(monkeyp
     def tripwire(_acts):
         raise AssertionError("the kernel was built")
 
-    monkeypatch.setattr(camlib.cam, "_kernel_projection", tripwire)
+    monkeypatch.setattr(camlib.cam.activation, "_kernel_projection", tripwire)
     net = seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 112 * 112, 3)))
     with pytest.raises(MethodError, match=r"12,544 x 12,544 kernel.*1\.2 GiB.*512 MiB.*8,192 positions"):
-        compute_cams(net, _images(1, 112, seed=0), ["0"], method="kpcacam")
+        compute_cams(net, random_images(1, 112, seed=0), ["0"], method="kpcacam")
     layout = _inspected(net, 112)["0"]
     assert "12,544 x 12,544" in METHODS["kpcacam"].refusal(net, "0", layout)
 
@@ -840,7 +840,7 @@ def test_kpcacam_cap_separates_layers_by_their_positions(monkeypatch, small_resn
     layouts = _inspected(small_resnet, 64)
     assert METHODS["kpcacam"].refusal(small_resnet, "layer2", layouts["layer2"]) is None
     compute_cams(small_resnet, x64, ["layer2", "layer3"], method="kpcacam")
-    monkeypatch.setattr(camlib.cam, "KPCA_MAX_KERNEL_BYTES", 8 * 63**2)
+    monkeypatch.setattr(camlib.cam.activation, "KPCA_MAX_KERNEL_BYTES", 8 * 63**2)
     assert "64 x 64 kernel" in METHODS["kpcacam"].refusal(small_resnet, "layer2", layouts["layer2"])
     assert METHODS["kpcacam"].refusal(small_resnet, "layer3", layouts["layer3"]) is None
     with pytest.raises(MethodError, match="KPCA-CAM cannot explain layer 'layer2'.*64 x 64 kernel"):
@@ -864,7 +864,7 @@ def _pytorch_grad_cam_sess(
 ) -> np.ndarray:
     module = dict(model.named_modules())[layer]
     with SESS(model, [module], transform, num_scales=scales) as cam:
-        handle = module.register_forward_hook(_as_produced)
+        handle = module.register_forward_hook(keep_as_produced)
         try:
             return cam(x, [ClassifierOutputTarget(k) for k in classes])
         finally:
@@ -886,7 +886,7 @@ def test_sess_matches_pytorch_grad_cam(zoos):
     input (64 x 96: the windows slide along the long side)."""
     zoo, _ = zoos
     model, classes = zoo.model("resnet18"), [3, 7]
-    for x in (zoo.images(SCORECAM_SIZE), _images(2, 96, seed=8)[:, :, :64]):
+    for x in (zoo.images(SCORECAM_SIZE), random_images(2, 96, seed=8)[:, :, :64]):
         ours = compute_cams(model, x, ["layer2", "layer3"], method="sess", class_idx=classes, n_samples=3)
         for layer in ours.layers:
             assert ours.raw[layer].shape == (2, *x.shape[-2:])
@@ -953,7 +953,11 @@ def test_sess_steps_once_per_scale_and_refuses_tokens_on_a_non_square_input(smal
     assert METHODS["sess"].extra_forwards(256) == 20 * 12 and METHODS["sess"].batches(256, 32) == 12
     with pytest.raises(MethodError, match="square input"):
         compute_cams(
-            seeded(_Tokens), _images(1, 64, seed=1)[:, :, :32], ["block"], method="sess", layouts={"block": "tokens:1"}
+            seeded(_Tokens),
+            random_images(1, 64, seed=1)[:, :, :32],
+            ["block"],
+            method="sess",
+            layouts={"block": "tokens:1"},
         )
 
 
@@ -961,7 +965,7 @@ def test_randomcam_draws_its_weights_from_the_seed(small_resnet, x64):
     """The seed of compute_cams (default RANDOM_CAM_SEED) picks Random-CAM's weights: reproducible, and another seed
     gives another map (the same for every image and class)."""
     default = compute_cams(small_resnet, x64, ["layer3"], method="randomcam")
-    _assert_same_result(compute_cams(small_resnet, x64, ["layer3"], method="randomcam", seed=RANDOM_CAM_SEED), default)
+    assert_same_result(compute_cams(small_resnet, x64, ["layer3"], method="randomcam", seed=RANDOM_CAM_SEED), default)
     other = compute_cams(small_resnet, x64, ["layer3"], method="randomcam", seed=RANDOM_CAM_SEED + 1)
     assert np.abs(other.raw["layer3"] - default.raw["layer3"]).max() > 1e-3 * np.abs(default.raw["layer3"]).max()
 
@@ -993,12 +997,12 @@ def counterfactual_model() -> nn.Module:
 @pytest.mark.parametrize("method", COUNTERFACTUAL_METHODS)
 @pytest.mark.parametrize("layer", ["layer3", "layer4"])
 def test_counterfactual_maps_equal_pytorch_grad_cam_with_a_negated_target(counterfactual_model, method, layer):
-    model, x, classes = counterfactual_model, _images(2, 64, 5), [7, 281]
+    model, x, classes = counterfactual_model, random_images(2, 64, 5), [7, 281]
     ours = compute_cams(model, x, [layer], method=method, class_idx=classes, counterfactual=True)
     assert ours.counterfactual and ours.class_idx == classes
     module = dict(model.named_modules())[layer]
     with REFERENCE_CAMS[method](model=model, target_layers=[module]) as cam:
-        handle = module.register_forward_hook(_as_produced)
+        handle = module.register_forward_hook(keep_as_produced)
         try:
             theirs = cam(input_tensor=x, targets=[_NegatedTarget(k) for k in classes])
         finally:
@@ -1011,7 +1015,7 @@ def test_counterfactual_maps_equal_pytorch_grad_cam_with_a_negated_target(counte
 def test_a_counterfactual_map_is_the_negated_raw_map_for_methods_linear_in_the_gradients(counterfactual_model, method):
     """Grad-CAM's and HiResCAM's raw maps are linear in the gradients, so negating the gradients negates the raw map:
     the counterfactual map is exactly the evidence against the class that the plain map's ReLU drops."""
-    x = _images(2, 64, 6)
+    x = random_images(2, 64, 6)
     plain = compute_cams(counterfactual_model, x, ["layer4"], method=method, class_idx=3)
     against = compute_cams(counterfactual_model, x, ["layer4"], method=method, class_idx=3, counterfactual=True)
     np.testing.assert_allclose(against.raw["layer4"], -plain.raw["layer4"], rtol=1e-5, atol=1e-7)
@@ -1021,7 +1025,7 @@ def test_a_counterfactual_map_is_the_negated_raw_map_for_methods_linear_in_the_g
 
 
 def test_a_counterfactual_grid_shares_one_pass_and_equals_its_cells(counterfactual_model):
-    x = _images(1, 64, 7)
+    x = random_images(1, 64, 7)
     grid = camlib.cam.compute_cam_grid(
         counterfactual_model, x, ["layer3", "layer4"], ["gradcam", "layercam"], counterfactual=True
     )
@@ -1034,13 +1038,13 @@ def test_a_counterfactual_grid_shares_one_pass_and_equals_its_cells(counterfactu
 @pytest.mark.parametrize("method", ["eigencam", "scorecam", "cam", "fem"])
 def test_counterfactual_is_refused_for_methods_without_gradients(counterfactual_model, method):
     with pytest.raises(MethodError, match="negates the gradients"):
-        compute_cams(counterfactual_model, _images(1, 32, 0), ["layer4"], method=method, counterfactual=True)
+        compute_cams(counterfactual_model, random_images(1, 32, 0), ["layer4"], method=method, counterfactual=True)
 
 
 @pytest.mark.parametrize("bad", [1, "yes", None])
 def test_counterfactual_must_be_a_bool(counterfactual_model, bad):
     with pytest.raises(InputError, match="counterfactual"):
-        compute_cams(counterfactual_model, _images(1, 32, 0), ["layer4"], counterfactual=bad)
+        compute_cams(counterfactual_model, random_images(1, 32, 0), ["layer4"], counterfactual=bad)
 
 
 # --- model dtypes: every method on float16, bfloat16 and float64 models ------------------------------------------
@@ -1056,7 +1060,7 @@ def _dtype_cases():
 @functools.cache
 def _float32_result(model_name: str, method: str) -> CamResult:
     build, size, layer, layouts = DTYPE_MODELS[model_name]
-    x = _images(3, size, seed=21)
+    x = random_images(3, size, seed=21)
     return compute_cams(seeded(build), x, [layer], method=method, layouts=layouts, n_samples=2)
 
 
@@ -1071,7 +1075,7 @@ def test_every_method_on_a_half_or_double_precision_model_equals_the_float32_mod
     expected = _float32_result(model_name, method)
     model = seeded(build).to(dtype)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    x = _images(3, size, seed=21)
+    x = random_images(3, size, seed=21)
     result = compute_cams(model, x, [layer], method=method, layouts=layouts, n_samples=2, class_idx=expected.class_idx)
     assert all(t.dtype == dtype and torch.equal(t, before[n]) for n, t in model.state_dict().items())
     maps = result.maps[layer]
@@ -1092,7 +1096,7 @@ def test_gradcam_plus_plus_on_float16_is_finite_where_its_sums_overflow_float16(
     """The case of the issue, made sure of: on the float16 model, ``deep``'s channel sums overflow float16 and the
     cubes of its gradients underflow, yet the maps are finite, not degenerate, and the float32 model's."""
     model = seeded(HotNet).half()
-    x = _images(3, 16, seed=21)
+    x = random_images(3, 16, seed=21)
     captured = {}
     handle = model.deep.register_forward_hook(lambda _m, _i, output: captured.update(acts=output.detach()))
     with torch.no_grad():
@@ -1146,7 +1150,7 @@ def _pairs():
 @functools.cache
 def _alone(model_name: str, method: str) -> CamResult:
     build, size, layer, layouts = PAIR_MODELS[model_name]
-    x = _images(2, size, seed=8)
+    x = random_images(2, size, seed=8)
     return compute_cams(build(), x, [layer], method=method, layouts=layouts, n_samples=2, scorecam_batch_size=4)
 
 
@@ -1156,9 +1160,9 @@ def test_every_pair_of_methods_in_one_grid_call_equals_each_method_alone(model_n
     """Each cell of a two-method grid call equals its method's own compute_cams call, whatever the raw maps'
     resolutions (SESS's is the input's), in both orders."""
     build, size, layer, layouts = PAIR_MODELS[model_name]
-    x = _images(2, size, seed=8)
+    x = random_images(2, size, seed=8)
     for methods in (pair, pair[::-1]):
         grid = compute_cam_grid(build(), x, [layer], list(methods), layouts=layouts, n_samples=2, scorecam_batch_size=4)
         assert list(grid) == list(methods)
         for method in methods:
-            _assert_same_result(grid[method], _alone(model_name, method))
+            assert_same_result(grid[method], _alone(model_name, method))

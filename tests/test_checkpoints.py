@@ -26,7 +26,6 @@ import safetensors.torch
 import timm.utils
 import torch
 import torchvision
-from conftest import RunsShell, WritesMarker, seeded
 from helpers.checkpoint_files import (
     ONE_GIB,
     Record,
@@ -40,6 +39,8 @@ from helpers.checkpoint_files import (
     zip_bomb,
     zip_bytes,
 )
+from helpers.models import seeded
+from helpers.pickles import RunsShell, WritesMarker
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 

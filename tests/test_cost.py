@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import mixed_state, seeded, seeded_resnet18
+from helpers.models import mixed_state, seeded, seeded_resnet18
 from torch import nn
 
 import camlib.cost

@@ -9,11 +9,8 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import os
 import re
 import struct
-import subprocess
-import sys
 import time
 import warnings
 import zlib
@@ -22,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.images import bilevel_png, encode, gif_declaring, png_chunk, with_orientation
+from helpers.memory import DECODE_SCRIPT, RSS_BASELINE, run_python
 from PIL import GifImagePlugin, Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 from camlib import imaging
@@ -43,51 +42,13 @@ MP_MESSAGE = re.compile(r"\d+(\.\d+)? MP > \d+ MP")  # "image too large (30.0 MP
 # --- helpers -------------------------------------------------------------------------------------------------------
 
 
-def _encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
-
-
 def _rgb_noise(height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _bilevel_png(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG of any declared size, built row by row (a few KB even for 30000 x 30000)."""
-    row = b"\x00" + bytes((width + 7) // 8)  # filter byte + packed bits
-    compressor = zlib.compressobj(9)
-    block_rows = max(1, min(height, (1 << 22) // len(row)))
-    parts = []
-    done = 0
-    while done < height:
-        n = min(block_rows, height - done)
-        parts.append(compressor.compress(row * n))
-        done += n
-    parts.append(compressor.flush())
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", b"".join(parts))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _gif_declaring(width: int, height: int) -> bytes:
-    """A 1x1 GIF whose logical screen declares ``width`` x ``height`` (Pillow reports the screen size)."""
-    data = bytearray(_encode(Image.new("P", (1, 1)), "GIF"))
-    data[6:10] = struct.pack("<HH", width, height)
-    return bytes(data)
-
-
 def _jpeg_declaring(width: int, height: int) -> bytes:
     """A small JPEG whose SOF0 frame header declares ``width`` x ``height``."""
-    data = bytearray(_encode(Image.new("RGB", (16, 16), (10, 20, 30)), "JPEG"))
+    data = bytearray(encode(Image.new("RGB", (16, 16), (10, 20, 30)), "JPEG"))
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
@@ -120,15 +81,6 @@ def _tiff_rgb16(array: np.ndarray) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8 + len(bits)) + bits + ifd + pixels
 
 
-def _with_orientation(array: np.ndarray, orientation: int, fmt: str) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    params: dict[str, object] = {"exif": exif.tobytes()}
-    if fmt == "JPEG":
-        params.update(quality=100, subsampling=0)
-    return _encode(Image.fromarray(array), fmt, **params)
-
-
 @pytest.fixture()
 def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if any pixel data is decoded (the caps must act on the header alone)."""
@@ -150,9 +102,9 @@ def _assert_typed(error: BaseException) -> None:
 
 
 def test_crafted_files_are_valid_images() -> None:
-    small = decode_image(_bilevel_png(37, 21), max_side=None)
+    small = decode_image(bilevel_png(37, 21), max_side=None)
     assert small.pixels.shape == (21, 37, 3) and (small.pixels == 0).all()
-    assert decode_image(_gif_declaring(12, 10)).original_size == (12, 10)
+    assert decode_image(gif_declaring(12, 10)).original_size == (12, 10)
     with Image.open(io.BytesIO(_jpeg_declaring(16, 16))) as image:
         image.load()
 
@@ -195,7 +147,7 @@ def test_non_image_bytes_say_not_a_valid_image(data: bytes) -> None:
 
 def test_real_format_is_reported_whatever_the_name() -> None:
     # JPEG bytes that a user named "x.png" are decoded and reported as JPEG.
-    data = _encode(Image.fromarray(_rgb_noise()), "JPEG")
+    data = encode(Image.fromarray(_rgb_noise()), "JPEG")
     decoded = decode_image(data, filename="x.png")
     assert isinstance(decoded, DecodedImage)
     assert decoded.format == "JPEG"
@@ -216,7 +168,7 @@ _EXTENSIONS = {
 @pytest.mark.bad_input(3)
 @pytest.mark.parametrize("fmt", sorted(_EXTENSIONS))
 def test_a_name_that_disagrees_with_the_content_gets_a_note(fmt: str) -> None:
-    data = _encode(Image.fromarray(_rgb_noise(16, 16)), fmt)
+    data = encode(Image.fromarray(_rgb_noise(16, 16)), fmt)
     for extension in _EXTENSIONS[fmt]:  # matching names (any case): no note
         assert decode_image(data, filename=f"holiday.{extension}").notes == ()
     for name in ("holiday", "", "a.b/holiday"):  # no extension: nothing to compare
@@ -230,7 +182,7 @@ def test_a_name_that_disagrees_with_the_content_gets_a_note(fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"])
 def test_allowed_formats_decode(fmt: str) -> None:
-    decoded = decode_image(_encode(Image.new("RGB", (16, 12), (200, 100, 50)), fmt))
+    decoded = decode_image(encode(Image.new("RGB", (16, 12), (200, 100, 50)), fmt))
     assert decoded.format == fmt
     assert decoded.pixels.shape == (12, 16, 3)
     assert decoded.pixels.dtype == np.uint8
@@ -244,11 +196,11 @@ def test_allowed_formats_decode(fmt: str) -> None:
 
 def test_no_decoding_fixture_detects_decoding(no_decoding: None) -> None:
     with pytest.raises(AssertionError, match="pixel data was decoded"):
-        decode_image(_bilevel_png(64, 48))
+        decode_image(bilevel_png(64, 48))
 
 
 def test_file_over_max_bytes_is_rejected_before_decoding(no_decoding: None) -> None:
-    data = _bilevel_png(64, 48)  # built without Pillow: the fixture already forbids decoding
+    data = bilevel_png(64, 48)  # built without Pillow: the fixture already forbids decoding
     with pytest.raises(ImageTooLargeError, match="too large") as info:
         decode_image(data, max_bytes=len(data) - 1)
     _assert_typed(info.value)
@@ -256,7 +208,7 @@ def test_file_over_max_bytes_is_rejected_before_decoding(no_decoding: None) -> N
 
 
 def test_file_at_max_bytes_is_accepted() -> None:
-    data = _encode(Image.fromarray(_rgb_noise()), "PNG")
+    data = encode(Image.fromarray(_rgb_noise()), "PNG")
     assert decode_image(data, max_bytes=len(data)).pixels.shape == (48, 64, 3)
 
 
@@ -268,7 +220,7 @@ def test_file_at_max_bytes_is_accepted() -> None:
 )
 @pytest.mark.bad_input(7, 8)
 def test_declared_pixel_count_is_rejected_without_decoding(width: int, height: int, no_decoding: None) -> None:
-    data = _bilevel_png(width, height)
+    data = bilevel_png(width, height)
     assert len(data) < 200_000  # a small file that would expand to width * height pixels
     with pytest.raises(ImageTooLargeError, match="(?i)too large") as info:
         decode_image(data)
@@ -279,8 +231,8 @@ def test_declared_pixel_count_is_rejected_without_decoding(width: int, height: i
 @pytest.mark.parametrize(
     ("make", "width", "height"),
     [
-        (_gif_declaring, 6000, 5000),
-        (_gif_declaring, 20000, 20000),
+        (gif_declaring, 6000, 5000),
+        (gif_declaring, 20000, 20000),
         (_jpeg_declaring, 20000, 20000),
         (_jpeg_declaring, 16000, 12501),
         (_jpeg_declaring, 65535, 65535),
@@ -297,7 +249,7 @@ def test_crafted_headers_are_rejected_without_decoding(make, width: int, height:
 @pytest.mark.parametrize(("width", "height"), [(6000, 5000), (10000, 10000)])
 def test_pixel_cap_message_gives_megapixels(width: int, height: int) -> None:
     with pytest.raises(ImageTooLargeError) as info:
-        decode_image(_bilevel_png(width, height))
+        decode_image(bilevel_png(width, height))
     message = str(info.value)
     assert MP_MESSAGE.search(message), message
     assert f"{width * height / 1e6:.1f} MP > {MAX_PIXELS / 1e6:.0f} MP" in message
@@ -305,13 +257,13 @@ def test_pixel_cap_message_gives_megapixels(width: int, height: int) -> None:
 
 def test_pixel_cap_message_gives_megapixels_for_a_pillow_bomb() -> None:
     with pytest.raises(ImageTooLargeError) as info:
-        decode_image(_bilevel_png(30000, 30000))
+        decode_image(bilevel_png(30000, 30000))
     assert MP_MESSAGE.search(str(info.value)), str(info.value)
 
 
 @pytest.mark.bad_input(8)
 def test_pixel_cap_does_not_depend_on_warning_filters() -> None:
-    data = _bilevel_png(10000, 10000)
+    data = bilevel_png(10000, 10000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ImageTooLargeError):
@@ -319,7 +271,7 @@ def test_pixel_cap_does_not_depend_on_warning_filters() -> None:
 
 
 def test_custom_pixel_cap_is_inclusive() -> None:
-    data = _encode(Image.new("RGB", (50, 40)), "PNG")
+    data = encode(Image.new("RGB", (50, 40)), "PNG")
     assert decode_image(data, max_pixels=2000).pixels.shape == (40, 50, 3)
     with pytest.raises(ImageTooLargeError, match="MP"):
         decode_image(data, max_pixels=1999)
@@ -331,7 +283,7 @@ def test_pillow_limit_is_untouched_and_restorable(monkeypatch: pytest.MonkeyPatc
     assert before is not None
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageTooLargeError):
-        decode_image(_encode(Image.new("RGB", (20, 20)), "PNG"))
+        decode_image(encode(Image.new("RGB", (20, 20)), "PNG"))
     monkeypatch.undo()
     assert before == Image.MAX_IMAGE_PIXELS
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
@@ -341,7 +293,7 @@ def test_large_jpeg_is_downscaled_once_with_a_note() -> None:
     gradient = np.zeros((2000, 3000, 3), dtype=np.uint8)
     gradient[..., 0] = np.linspace(0, 255, 3000, dtype=np.uint8)[None, :]
     gradient[..., 2] = 120
-    decoded = decode_image(_encode(Image.fromarray(gradient), "JPEG", quality=90))
+    decoded = decode_image(encode(Image.fromarray(gradient), "JPEG", quality=90))
     assert decoded.pixels.shape == (683, 1024, 3)
     assert max(decoded.pixels.shape[:2]) == MAX_SIDE
     assert decoded.original_size == (3000, 2000)
@@ -353,21 +305,21 @@ def test_large_jpeg_is_downscaled_once_with_a_note() -> None:
 
 def test_large_jpeg_with_draft_decoding_keeps_aspect_and_colour() -> None:
     # > 2 x max_side: decoded at reduced scale (draft) and then resized to the exact longest side.
-    decoded = decode_image(_encode(Image.new("RGB", (4400, 2200), (30, 160, 90)), "JPEG"), max_side=512)
+    decoded = decode_image(encode(Image.new("RGB", (4400, 2200), (30, 160, 90)), "JPEG"), max_side=512)
     assert decoded.pixels.shape == (256, 512, 3)
     assert decoded.original_size == (4400, 2200)
     assert np.abs(decoded.pixels.astype(int) - (30, 160, 90)).max() <= 6
 
 
 def test_max_side_none_keeps_the_size() -> None:
-    decoded = decode_image(_encode(Image.new("RGB", (1300, 20)), "PNG"), max_side=None)
+    decoded = decode_image(encode(Image.new("RGB", (1300, 20)), "PNG"), max_side=None)
     assert decoded.pixels.shape == (20, 1300, 3)
     assert not any("downscaled" in note for note in decoded.notes)
 
 
 def test_small_image_is_not_resized() -> None:
     array = _rgb_noise(100, 120)
-    decoded = decode_image(_encode(Image.fromarray(array), "PNG"))
+    decoded = decode_image(encode(Image.fromarray(array), "PNG"))
     np.testing.assert_array_equal(decoded.pixels, array)
     assert decoded.notes == ()
     assert decoded.original_size == (120, 100)
@@ -416,7 +368,7 @@ def test_large_jpeg_without_downscaling_keeps_the_25_mp_cap(no_decoding: None) -
 
 def test_large_progressive_jpeg_is_refused_without_decoding(no_decoding: None) -> None:
     # A progressive JPEG holds every DCT coefficient of the full image whatever the output scale.
-    small = _encode(Image.new("RGB", (16, 16), (10, 20, 30)), "JPEG", progressive=True)
+    small = encode(Image.new("RGB", (16, 16), (10, 20, 30)), "JPEG", progressive=True)
     data = _jpeg_with_sof(small, b"\xff\xc2", 8000, 6000)
     with pytest.raises(ImageTooLargeError) as info:
         decode_image(data)
@@ -426,7 +378,7 @@ def test_large_progressive_jpeg_is_refused_without_decoding(no_decoding: None) -
 
 
 def test_progressive_jpeg_within_the_cap_is_decoded_reduced() -> None:
-    data = _encode(Image.new("RGB", (4400, 2200), (30, 160, 90)), "JPEG", progressive=True)
+    data = encode(Image.new("RGB", (4400, 2200), (30, 160, 90)), "JPEG", progressive=True)
     decoded = decode_image(data, max_side=512)
     assert decoded.notes == ("decoded at 1/8 size: 4400x2200 -> 550x275", "downscaled from 4400x2200 to 512x256")
     assert np.abs(decoded.pixels.astype(int) - (30, 160, 90)).max() <= 6
@@ -437,14 +389,14 @@ def test_thin_jpeg_strips_are_decoded_reduced_with_the_right_scale(
     width: int, height: int, scale: int, drafted: str
 ) -> None:
     # libjpeg's scale: the largest of 8, 4, 2, 1 <= min(5 // 1, 5000 // 512) = 5, or min(5000 // 512, 8 // 1) = 8.
-    decoded = decode_image(_encode(Image.new("RGB", (width, height), (200, 40, 40)), "JPEG"), max_side=512)
+    decoded = decode_image(encode(Image.new("RGB", (width, height), (200, 40, 40)), "JPEG"), max_side=512)
     assert decoded.notes[0] == f"decoded at 1/{scale} size: {width}x{height} -> {drafted}"
     assert max(decoded.pixels.shape) == 512
     assert np.abs(decoded.pixels.astype(int) - (200, 40, 40)).max() <= 12
 
 
 def test_cmyk_jpeg_is_decoded_reduced() -> None:
-    data = _encode(Image.new("CMYK", (4400, 2200), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
+    data = encode(Image.new("CMYK", (4400, 2200), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
     decoded = decode_image(data, max_side=512)
     assert decoded.pixels.shape == (256, 512, 3)
     assert decoded.notes == (
@@ -460,45 +412,12 @@ def test_reduced_decoding_note_is_in_display_orientation() -> None:
     stored = np.zeros((2200, 4400, 3), dtype=np.uint8)
     stored[:, :2200] = (255, 0, 0)
     stored[:, 2200:] = (0, 0, 255)
-    decoded = decode_image(_with_orientation(stored, 6, "JPEG"), max_side=512)
+    decoded = decode_image(with_orientation(stored, 6, "JPEG"), max_side=512)
     assert decoded.original_size == (2200, 4400)
     assert decoded.pixels.shape == (512, 256, 3)
     assert decoded.notes == ("decoded at 1/8 size: 2200x4400 -> 275x550", "downscaled from 2200x4400 to 256x512")
     assert np.abs(decoded.pixels[:200].astype(int) - (255, 0, 0)).max() <= 12  # the stored left half is on top
     assert np.abs(decoded.pixels[-200:].astype(int) - (0, 0, 255)).max() <= 12
-
-
-# Run through an intermediate interpreter: a process started directly from this one inherits this one's peak RSS as
-# its own ru_maxrss (Linux keeps the high-water mark across exec), which would hide what the script allocates.
-_TRAMPOLINE = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
-
-# For measuring scripts: the baseline after imports, refused if an earlier peak would hide the work's own.
-RSS_BASELINE = """
-import resource
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-rss = int(next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1])
-assert baseline - rss < 50 * 1024, f"peak {baseline} KiB before the work, RSS {rss} KiB: the measure would be blind"
-"""
-
-
-def run_python(script: str, *args: object, timeout: float = 300) -> str:
-    """Run ``script`` in a fresh interpreter and return its stdout.
-
-    ``MALLOC_MMAP_THRESHOLD_``: glibc serves blocks of 64 kB and more from fresh mappings, which the peak RSS counts
-    (by default it would reuse heap that the imports freed, hundreds of MB after ``import torch``, and hide them).
-    """
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    done = subprocess.run(
-        [sys.executable, "-c", _TRAMPOLINE, sys.executable, "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=timeout,
-        check=False,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 def test_memory_measurement_sees_what_the_script_allocates() -> None:
@@ -525,23 +444,6 @@ red = ramp.resize((width, height), Image.Resampling.NEAREST)
 green = ramp.rotate(90).resize((width, height), Image.Resampling.NEAREST)
 Image.merge("RGB", (red, green, Image.new("L", (width, height), 90))).save(path, "JPEG", quality=80)
 """
-
-DECODE_SCRIPT = (
-    """
-import json, sys, time
-from camlib.imaging import decode_image
-data = open(sys.argv[1], "rb").read()
-"""
-    + RSS_BASELINE
-    + """
-start = time.perf_counter()
-decoded = decode_image(data)
-seconds = time.perf_counter() - start
-extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
-print(json.dumps({"shape": list(decoded.pixels.shape), "notes": decoded.notes, "extra_mb": extra, "s": seconds,
-                  "mean": decoded.pixels.reshape(-1, 3).mean(axis=0).tolist()}))
-"""
-)
 
 
 @pytest.fixture(scope="session")
@@ -623,7 +525,7 @@ def test_25_mp_images_decode_without_full_size_copies(kind: str, bound_mb: float
 @pytest.mark.bad_input(14)
 def test_16_bit_scaling_is_exact_for_every_value() -> None:
     values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
-    decoded = decode_image(_encode(Image.fromarray(values), "PNG"), max_side=None)
+    decoded = decode_image(encode(Image.fromarray(values), "PNG"), max_side=None)
     np.testing.assert_array_equal(decoded.pixels[..., 0], np.round(values / 257.0).astype(np.uint8))
 
 
@@ -635,7 +537,7 @@ def test_alpha_composited_after_the_downscale_matches_compositing_first() -> Non
         [_diagonal(1600, 1200)[..., None].repeat(3, axis=2), rng.integers(0, 256, (1200, 1600, 1), dtype=np.uint8)],
         axis=2,
     )
-    decoded = decode_image(_encode(Image.fromarray(rgba), "PNG"), max_side=400)
+    decoded = decode_image(encode(Image.fromarray(rgba), "PNG"), max_side=400)
     white = Image.new("RGBA", (1600, 1200), (255, 255, 255, 255))
     first = (
         Image.alpha_composite(white, Image.fromarray(rgba)).convert("RGB").resize((400, 300), Image.Resampling.LANCZOS)
@@ -646,7 +548,7 @@ def test_alpha_composited_after_the_downscale_matches_compositing_first() -> Non
 
 @pytest.mark.bad_input(9)
 def test_a_900_mp_png_bomb_is_still_refused_fast() -> None:
-    data = _bilevel_png(30000, 30000)
+    data = bilevel_png(30000, 30000)
     assert len(data) < 200_000
     start = time.perf_counter()
     with pytest.raises(ImageTooLargeError, match="MP > 25 MP"):
@@ -660,13 +562,13 @@ def test_sides_over_65535_pixels_are_refused_without_decoding(width: int, height
     # A 1 x 25,000,000 strip is within the pixel cap, but Pillow keeps a pointer per row (200 MB of them) and
     # resampling it builds a 1.2 GB coefficient table.
     with pytest.raises(ImageTooLargeError) as info:
-        decode_image(_bilevel_png(width, height))
+        decode_image(bilevel_png(width, height))
     assert str(info.value) == f"image too long: {width}x{height} pixels; each side must be at most 65,535 pixels"
 
 
 @pytest.mark.parametrize(("width", "height"), [(65535, 1), (1, 65535)])
 def test_sides_of_65535_pixels_are_accepted(width: int, height: int) -> None:
-    decoded = decode_image(_bilevel_png(width, height))
+    decoded = decode_image(bilevel_png(width, height))
     assert decoded.original_size == (width, height)
     assert sorted(decoded.pixels.shape[:2]) == [1, MAX_SIDE] and (decoded.pixels == 0).all()
 
@@ -677,14 +579,14 @@ def test_sides_of_65535_pixels_are_accepted(width: int, height: int) -> None:
 @pytest.mark.bad_input(10)
 @pytest.mark.parametrize(("width", "height"), [(1, 1), (2, 2), (1, 64), (64, 1), (7, 300)])
 def test_tiny_images_decode_with_a_note(width: int, height: int) -> None:
-    decoded = decode_image(_encode(Image.new("RGB", (width, height), (9, 8, 7)), "PNG"))
+    decoded = decode_image(encode(Image.new("RGB", (width, height), (9, 8, 7)), "PNG"))
     assert decoded.pixels.shape == (height, width, 3)
     assert (decoded.pixels == (9, 8, 7)).all()
     assert any("tiny" in note and f"{width}x{height}" in note for note in decoded.notes), decoded.notes
 
 
 def test_eight_pixels_is_not_tiny() -> None:
-    decoded = decode_image(_encode(Image.new("RGB", (TINY_SIDE, TINY_SIDE)), "PNG"))
+    decoded = decode_image(encode(Image.new("RGB", (TINY_SIDE, TINY_SIDE)), "PNG"))
     assert not any("tiny" in note for note in decoded.notes)
 
 
@@ -695,7 +597,7 @@ def test_eight_pixels_is_not_tiny() -> None:
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "TIFF", "GIF"])
 def test_truncated_files_are_invalid(fmt: str) -> None:
-    data = _encode(Image.fromarray(_rgb_noise(64, 64)), fmt)
+    data = encode(Image.fromarray(_rgb_noise(64, 64)), fmt)
     with pytest.raises(InvalidImageError, match="truncated|corrupted") as info:
         decode_image(data[: len(data) // 2])
     _assert_typed(info.value)
@@ -704,13 +606,13 @@ def test_truncated_files_are_invalid(fmt: str) -> None:
 
 @pytest.mark.bad_input(11)
 def test_truncated_png_is_invalid() -> None:
-    data = _encode(Image.fromarray(_rgb_noise(64, 64)), "PNG")
+    data = encode(Image.fromarray(_rgb_noise(64, 64)), "PNG")
     with pytest.raises(InvalidImageError, match="truncated|corrupted"):
         decode_image(data[: len(data) // 2])
 
 
 def test_truncated_header_is_invalid() -> None:
-    data = _encode(Image.fromarray(_rgb_noise(64, 64)), "PNG")
+    data = encode(Image.fromarray(_rgb_noise(64, 64)), "PNG")
     with pytest.raises(InvalidImageError):
         decode_image(data[:20])
 
@@ -735,7 +637,7 @@ def _asymmetric() -> np.ndarray:
 @pytest.mark.bad_input(12)
 def test_exif_orientation_is_applied_once(fmt: str, orientation: int, turns: int) -> None:
     original = _asymmetric()
-    data = _with_orientation(original, orientation, fmt)
+    data = with_orientation(original, orientation, fmt)
     decoded = decode_image(data)
     expected = np.rot90(original, turns)
     tolerance = 0 if fmt == "PNG" else 12
@@ -757,7 +659,7 @@ def test_exif_rotation_and_downscale_of_a_large_jpeg() -> None:
     stored = np.zeros((1200, 2400, 3), dtype=np.uint8)
     stored[:, :1200] = (255, 0, 0)
     stored[:, 1200:] = (0, 0, 255)
-    decoded = decode_image(_with_orientation(stored, 6, "JPEG"), max_side=512)
+    decoded = decode_image(with_orientation(stored, 6, "JPEG"), max_side=512)
     assert decoded.original_size == (1200, 2400)
     assert decoded.pixels.shape == (512, 256, 3)
     assert any(note.startswith("downscaled from 1200x2400 to 256x512") for note in decoded.notes), decoded.notes
@@ -771,7 +673,7 @@ def test_exif_rotation_and_downscale_of_a_large_jpeg() -> None:
 
 @pytest.mark.bad_input(13)
 def test_cmyk_jpeg_becomes_rgb() -> None:
-    data = _encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
+    data = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
     with Image.open(io.BytesIO(data)) as image:
         assert image.mode == "CMYK"
     decoded = decode_image(data)
@@ -784,7 +686,7 @@ def test_cmyk_jpeg_becomes_rgb() -> None:
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
 def test_16_bit_grayscale_is_scaled_not_clipped(fmt: str) -> None:
     values = np.array([[0, 257, 40000, 65535]], dtype=np.uint16).repeat(3, axis=0)
-    data = _encode(Image.fromarray(values), fmt)
+    data = encode(Image.fromarray(values), fmt)
     with Image.open(io.BytesIO(data)) as image:
         assert image.mode.startswith("I;16")
     decoded = decode_image(data)
@@ -806,20 +708,20 @@ def test_16_bit_rgb_tiff_is_scaled_not_clipped() -> None:
 
 @pytest.mark.bad_input(18)
 def test_32_bit_integer_image_in_16_bit_range_is_scaled() -> None:
-    decoded = decode_image(_encode(Image.fromarray(np.full((8, 8), 40000, dtype=np.int32)), "TIFF"))
+    decoded = decode_image(encode(Image.fromarray(np.full((8, 8), 40000, dtype=np.int32)), "TIFF"))
     assert (decoded.pixels == 156).all()
 
 
 @pytest.mark.bad_input(18)
 def test_32_bit_integer_image_out_of_range_is_rejected() -> None:
     with pytest.raises(InvalidImageError, match="unsupported image mode I") as info:
-        decode_image(_encode(Image.fromarray(np.full((8, 8), -5, dtype=np.int32)), "TIFF"))
+        decode_image(encode(Image.fromarray(np.full((8, 8), -5, dtype=np.int32)), "TIFF"))
     _assert_typed(info.value)
 
 
 @pytest.mark.bad_input(18)
 def test_float_tiff_is_rejected() -> None:
-    data = _encode(Image.fromarray(np.ones((8, 8), dtype=np.float32)), "TIFF")
+    data = encode(Image.fromarray(np.ones((8, 8), dtype=np.float32)), "TIFF")
     with pytest.raises(InvalidImageError, match="unsupported image mode F") as info:
         decode_image(data)
     _assert_typed(info.value)
@@ -830,7 +732,7 @@ def test_palette_png_with_transparency_is_composited_on_white() -> None:
     image = Image.new("P", (8, 8), 0)
     image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
     image.putpixel((3, 2), 1)
-    decoded = decode_image(_encode(image, "PNG", transparency=0))  # index 0 (red) is fully transparent
+    decoded = decode_image(encode(image, "PNG", transparency=0))  # index 0 (red) is fully transparent
     assert decoded.pixels.shape == (8, 8, 3)
     assert decoded.pixels[2, 3].tolist() == [0, 0, 255]
     assert decoded.pixels[0, 0].tolist() == [255, 255, 255]
@@ -840,7 +742,7 @@ def test_palette_png_with_transparency_is_composited_on_white() -> None:
 def test_palette_png_without_transparency_keeps_colours() -> None:
     image = Image.new("P", (8, 8), 1)
     image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
-    decoded = decode_image(_encode(image, "PNG"))
+    decoded = decode_image(encode(image, "PNG"))
     assert (decoded.pixels == (0, 0, 255)).all()
     assert decoded.notes == ()
 
@@ -852,7 +754,7 @@ def test_rgba_is_composited_on_white() -> None:
     rgba[..., 3] = 255
     rgba[0, 0, 3] = 0
     rgba[0, 1, 3] = 128
-    decoded = decode_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    decoded = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
     assert decoded.pixels.shape == (8, 8, 3)
     assert decoded.pixels[0, 0].tolist() == [255, 255, 255]
     assert decoded.pixels[1, 1].tolist() == [10, 20, 30]
@@ -864,7 +766,7 @@ def test_rgba_is_composited_on_white() -> None:
 def test_opaque_rgba_has_no_transparency_note() -> None:
     rgba = np.full((8, 8, 4), 255, dtype=np.uint8)
     rgba[..., :3] = (1, 2, 3)
-    decoded = decode_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    decoded = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
     assert (decoded.pixels == (1, 2, 3)).all()
     assert not any("transparent" in note for note in decoded.notes)
 
@@ -874,7 +776,7 @@ def test_la_is_composited_on_white() -> None:
     gray = np.full((8, 8), 50, dtype=np.uint8)
     alpha = np.full((8, 8), 255, dtype=np.uint8)
     alpha[4, 4] = 0
-    decoded = decode_image(_encode(Image.fromarray(np.dstack([gray, alpha]), "LA"), "PNG"))
+    decoded = decode_image(encode(Image.fromarray(np.dstack([gray, alpha]), "LA"), "PNG"))
     assert decoded.pixels[4, 4].tolist() == [255, 255, 255]
     assert decoded.pixels[0, 0].tolist() == [50, 50, 50]
 
@@ -882,7 +784,7 @@ def test_la_is_composited_on_white() -> None:
 @pytest.mark.bad_input(16)
 def test_grayscale_is_replicated_to_three_channels() -> None:
     gray = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).astype(np.uint8)
-    decoded = decode_image(_encode(Image.fromarray(gray, "L"), "PNG"))
+    decoded = decode_image(encode(Image.fromarray(gray, "L"), "PNG"))
     assert decoded.pixels.shape == (8, 8, 3)
     for channel in range(3):
         np.testing.assert_array_equal(decoded.pixels[..., channel], gray)
@@ -893,7 +795,7 @@ def test_bilevel_is_replicated_to_three_channels() -> None:
     bits = np.arange(64).reshape(8, 8) % 3 == 0
     image = Image.fromarray(bits)
     assert image.mode == "1"
-    decoded = decode_image(_encode(image, "PNG"))
+    decoded = decode_image(encode(image, "PNG"))
     assert decoded.pixels.shape == (8, 8, 3)
     np.testing.assert_array_equal(decoded.pixels, np.where(bits, 255, 0).astype(np.uint8)[..., None].repeat(3, 2))
 
@@ -915,7 +817,7 @@ def test_animated_image_uses_first_frame(fmt: str, note: str) -> None:
     params: dict[str, object] = {"save_all": True, "append_images": frames[1:]}
     if fmt == "WEBP":
         params["lossless"] = True
-    decoded = decode_image(_encode(frames[0], fmt, **params))
+    decoded = decode_image(encode(frames[0], fmt, **params))
     assert decoded.format == fmt
     assert decoded.notes == (note,)
     assert np.abs(decoded.pixels.astype(int) - (255, 0, 0)).max() <= 2
@@ -923,7 +825,7 @@ def test_animated_image_uses_first_frame(fmt: str, note: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF", "WEBP"])
 def test_single_frame_files_have_no_frame_note(fmt: str) -> None:
-    assert decode_image(_encode(Image.new("RGB", (16, 16), (1, 2, 3)), fmt)).notes == ()
+    assert decode_image(encode(Image.new("RGB", (16, 16), (1, 2, 3)), fmt)).notes == ()
 
 
 def _many_page_tiff(pages: int) -> bytes:
@@ -973,20 +875,20 @@ def _many_frame_apng(frames: int) -> bytes:
     red, blue = zlib.compress(b"\x00\xff\x00\x00"), zlib.compress(b"\x00\x00\x00\xff")
 
     def control(sequence: int) -> bytes:
-        return _png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, 1, 1, 0, 0, 1, 10, 0, 0))
+        return png_chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, 1, 1, 0, 0, 1, 10, 0, 0))
 
     parts = [
         b"\x89PNG\r\n\x1a\n",
-        _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)),
-        _png_chunk(b"acTL", struct.pack(">II", frames, 0)),
+        png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)),
+        png_chunk(b"acTL", struct.pack(">II", frames, 0)),
         control(0),
-        _png_chunk(b"IDAT", red),
+        png_chunk(b"IDAT", red),
     ]
     sequence = 1
     for _ in range(frames - 1):
-        parts += [control(sequence), _png_chunk(b"fdAT", struct.pack(">I", sequence + 1) + blue)]
+        parts += [control(sequence), png_chunk(b"fdAT", struct.pack(">I", sequence + 1) + blue)]
         sequence += 2
-    parts.append(_png_chunk(b"IEND", b""))
+    parts.append(png_chunk(b"IEND", b""))
     return b"".join(parts)
 
 
@@ -1065,7 +967,7 @@ def _other_format_samples() -> dict[str, bytes]:
     image = Image.new("RGB", (8, 8), (1, 2, 3))
     for fmt in ("ICO", "PPM", "TGA", "PCX", "DDS", "QOI"):
         try:
-            samples[fmt.lower()] = _encode(image, fmt)
+            samples[fmt.lower()] = encode(image, fmt)
         except (KeyError, OSError, ValueError):  # a writer this Pillow build lacks
             continue
     return samples
@@ -1098,7 +1000,7 @@ def test_decode_image_takes_bytes_only_and_never_opens_files(monkeypatch: pytest
     def no_files(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"filesystem access: {args!r}")
 
-    data = _encode(Image.fromarray(_rgb_noise()), "PNG")
+    data = encode(Image.fromarray(_rgb_noise()), "PNG")
     monkeypatch.setattr("builtins.open", no_files)
     monkeypatch.setattr("os.open", no_files)
     assert decode_image(data, filename="../../etc/passwd.png").pixels.shape == (48, 64, 3)  # a name, never opened
@@ -1108,12 +1010,12 @@ def test_decode_image_takes_bytes_only_and_never_opens_files(monkeypatch: pytest
 
 
 def test_bytearray_input_is_accepted() -> None:
-    data = _encode(Image.fromarray(_rgb_noise()), "PNG")
+    data = encode(Image.fromarray(_rgb_noise()), "PNG")
     assert decode_image(bytearray(data)).pixels.shape == (48, 64, 3)
 
 
 def test_result_is_frozen() -> None:
-    decoded = decode_image(_encode(Image.new("RGB", (10, 10)), "PNG"))
+    decoded = decode_image(encode(Image.new("RGB", (10, 10)), "PNG"))
     with pytest.raises(AttributeError):
         decoded.format = "PNG"  # type: ignore[misc]
 
@@ -1195,7 +1097,7 @@ def test_ensure_rgb_batch_rejects_other_contracts(images: object) -> None:
     ],
 )
 def test_decode_image_refuses_bad_options_by_name(keyword: str, value: object) -> None:
-    data = _encode(Image.new("RGB", (4, 4)), "PNG")
+    data = encode(Image.new("RGB", (4, 4)), "PNG")
     with pytest.raises(InputError, match=keyword) as info:
         decode_image(data, **{keyword: value})
     _assert_typed(info.value)
@@ -1229,10 +1131,10 @@ def _png(samples: np.ndarray, colour_type: int, depth: int, trns: bytes | None) 
     header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + (_png_chunk(b"tRNS", trns) if trns is not None else b"")
-        + _png_chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row for row in rows)))
-        + _png_chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + (png_chunk(b"tRNS", trns) if trns is not None else b"")
+        + png_chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row for row in rows)))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -1270,7 +1172,7 @@ def _alpha_ramp() -> np.ndarray:
 def _palette_with_partial_alpha() -> bytes:
     image = Image.fromarray((np.arange(480).reshape(24, 20) % 4).astype(np.uint8), "L").convert("P")
     image.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10, 10, 10, 200] + [0] * 756)
-    return _encode(image, "PNG", transparency=bytes([0, 255, 128, 40]))  # one alpha per palette entry
+    return encode(image, "PNG", transparency=bytes([0, 255, 128, 40]))  # one alpha per palette entry
 
 
 def _gif(mode: str) -> bytes:
@@ -1281,35 +1183,35 @@ def _gif(mode: str) -> bytes:
     if mode == "P":
         image = Image.fromarray(cycle, "L").convert("P")
         image.putpalette([0, 0, 0, 250, 0, 0, 0, 0, 250] + [0] * 759)
-    return _encode(image, "GIF", transparency=0, optimize=False)  # optimize would drop unused grey levels
+    return encode(image, "GIF", transparency=0, optimize=False)  # optimize would drop unused grey levels
 
 
 # Every way an accepted format declares transparency that Pillow's RGBA conversion reads right.
 PILLOW_TRANSPARENCY_CASES = {
-    "png-L-tRNS": lambda: _encode(Image.fromarray((_keyed_grey(100)).astype(np.uint8), "L"), "PNG", transparency=0),
-    "png-RGB-tRNS": lambda: _encode(
+    "png-L-tRNS": lambda: encode(Image.fromarray((_keyed_grey(100)).astype(np.uint8), "L"), "PNG", transparency=0),
+    "png-RGB-tRNS": lambda: encode(
         Image.fromarray(np.dstack([_keyed_grey(100), _keyed_grey(50), _keyed_grey(20)]).astype(np.uint8), "RGB"),
         "PNG",
         transparency=(0, 0, 0),
     ),
     "png-1-tRNS": lambda: _png(_keyed_grey(1) % 2, 0, 1, struct.pack(">H", 0)),
-    "png-P-tRNS-index": lambda: _encode(
+    "png-P-tRNS-index": lambda: encode(
         Image.fromarray(_keyed_grey(1).astype(np.uint8), "L").convert("P"), "PNG", transparency=0
     ),
     "png-P-tRNS-partial-alpha": _palette_with_partial_alpha,
-    "png-LA": lambda: _encode(Image.fromarray(_alpha_ramp()[..., [0, 3]], "LA"), "PNG"),
-    "png-RGBA": lambda: _encode(Image.fromarray(_alpha_ramp(), "RGBA"), "PNG"),
+    "png-LA": lambda: encode(Image.fromarray(_alpha_ramp()[..., [0, 3]], "LA"), "PNG"),
+    "png-RGBA": lambda: encode(Image.fromarray(_alpha_ramp(), "RGBA"), "PNG"),
     "png-RGBA-16-bit": lambda: _png(_alpha_ramp().astype(np.uint16) * 257 + 3, 6, 16, None),
     "png-LA-16-bit": lambda: _png((_alpha_ramp().astype(np.uint16) * 257 + 3)[..., [0, 3]], 4, 16, None),
     "gif-P-index": lambda: _gif("P"),
     "gif-L-index": lambda: _gif("L"),
-    "webp-RGBA": lambda: _encode(Image.fromarray(_alpha_ramp(), "RGBA"), "WEBP", lossless=True),
-    "webp-RGBA-lossy": lambda: _encode(Image.fromarray(_alpha_ramp(), "RGBA"), "WEBP", quality=80),
+    "webp-RGBA": lambda: encode(Image.fromarray(_alpha_ramp(), "RGBA"), "WEBP", lossless=True),
+    "webp-RGBA-lossy": lambda: encode(Image.fromarray(_alpha_ramp(), "RGBA"), "WEBP", quality=80),
     "tiff-RGBA-unassociated": lambda: _tiff_with_alpha(_alpha_ramp(), "rgb", "unassalpha"),
     "tiff-RGBA-associated": lambda: _tiff_with_alpha(_alpha_ramp(), "rgb", "assocalpha"),
     "tiff-RGBA-16-bit": lambda: _tiff_with_alpha(_alpha_ramp().astype(np.uint16) * 257 + 3, "rgb", "unassalpha"),
     "bmp-v4-alpha-mask": lambda: _bmp_with_alpha(_alpha_ramp()),
-    "jpeg-none": lambda: _encode(Image.fromarray(_alpha_ramp()[..., :3], "RGB"), "JPEG", quality=95),
+    "jpeg-none": lambda: encode(Image.fromarray(_alpha_ramp()[..., :3], "RGB"), "JPEG", quality=95),
 }
 
 
@@ -1330,7 +1232,7 @@ def test_transparency_equals_pillows_rgba_conversion_on_white(case: str) -> None
 
 
 def test_a_format_camlib_does_not_accept_stays_refused() -> None:
-    data = _encode(Image.fromarray(_alpha_ramp(), "RGBA").resize((32, 32)), "ICO")
+    data = encode(Image.fromarray(_alpha_ramp(), "RGBA").resize((32, 32)), "ICO")
     with pytest.raises(InvalidImageError, match="not a valid image"):
         decode_image(data)
 

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import mixed_state, seeded, seeded_resnet18
+from helpers.models import mixed_state, seeded, seeded_resnet18
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from conftest import mixed_state, seeded, seeded_resnet18
+from helpers.models import mixed_state, seeded, seeded_resnet18
 from pytorch_grad_cam.metrics import road as reference_road
 from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget

@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
-from conftest import RunsShell, WritesMarker
+from helpers.pickles import RunsShell, WritesMarker
 from PIL import Image
 from torch import nn
 

@@ -20,8 +20,8 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import mixed_state, registered_hooks, seeded, seeded_resnet18
 from helpers.dtype_models import DTYPE_MODELS, DTYPES, dtype_tolerance
+from helpers.models import mixed_state, registered_hooks, seeded, seeded_resnet18
 from pytorch_grad_cam import FullGrad, GradCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.image import deprocess_image

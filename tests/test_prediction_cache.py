@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.pickles import WritesMarker
 from torch import nn
 
 from camlib import prediction_cache
@@ -31,7 +32,6 @@ from camlib.prediction_cache import (
     default_cache_dir,
     weights_digest,
 )
-from tests.conftest import WritesMarker
 
 PRE = Preprocessing(resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 N, BATCH = 10, 4  # three batches: 4 + 4 + 2

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from helpers.memory import DECODE_SCRIPT, RSS_BASELINE, run_python
 from PIL import Image
-from test_imaging import DECODE_SCRIPT, RSS_BASELINE, run_python
 
 from camlib import models
 from camlib.errors import InputError, InvalidImageError

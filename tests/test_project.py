@@ -88,7 +88,7 @@ def test_requirements_pins() -> None:
 
 @pytest.mark.bad_input(20)
 def test_no_unsafe_html_in_ui() -> None:
-    for path in [ROOT / "app.py", *(ROOT / "app_pages").glob("*.py"), *(ROOT / "ui").glob("*.py")]:
+    for path in [ROOT / "app.py", *(ROOT / "app_pages").glob("*.py"), *(ROOT / "ui").rglob("*.py")]:
         assert "unsafe_allow_html=True" not in path.read_text(), path
 
 
@@ -107,3 +107,30 @@ def test_no_pages_folder_beside_the_entry_point() -> None:
         PagesManager.uses_pages_directory = None
     source = (ROOT / "app.py").read_text(encoding="utf-8")
     assert all(f'st.Page("app_pages/{p.name}"' in source for p in (ROOT / "app_pages").glob("*.py"))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The top-level names of every module ``path`` imports (absolute imports, anywhere in the file)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_test_modules_share_code_through_helpers_only() -> None:
+    """A test module imports no other test module and not conftest.py (pytest loads both itself, and a second import
+    runs a module twice under two names): shared test code lives in tests/helpers/, shared fixtures in conftest.py."""
+    tests = ROOT / "tests"
+    test_modules = {p.stem for p in tests.glob("test_*.py")}
+    assert {"test_project", "test_cam"} <= test_modules  # the scan sees the test modules
+    offending = {}
+    for path in sorted([*tests.glob("*.py"), *(tests / "helpers").glob("*.py")]):
+        wrong = _imported_modules(path) & (test_modules | {"conftest", "tests"})
+        if wrong:
+            offending[str(path.relative_to(ROOT))] = sorted(wrong)
+    assert offending == {}
+    # shared code has no other place to hide: next to the test modules there is only conftest.py
+    assert sorted(p.name for p in tests.glob("*.py") if not p.name.startswith("test_")) == ["conftest.py"]

@@ -1,6 +1,6 @@
 """HTTP and WebSocket checks against a real `streamlit run app.py` on 127.0.0.1 (bad-inputs rows 5, 6, 44, 47, 48,
 50, 61, 62), and the soaks that need a server (rows 21, 50, 52; marked kind="SOAK"). Sessions are protocol-level
-clients (tests/streamlit_ws.py) speaking Streamlit's own protobufs; one server serves the whole module."""
+clients (tests/helpers/streamlit_ws.py) speaking Streamlit's own protobufs; one server serves the whole module."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from helpers.streamlit_ws import ROOT, Server, Session, streamlit_server
 from PIL import Image
-from streamlit_ws import ROOT, Server, Session, streamlit_server
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import mixed_state, registered_hooks, seeded_resnet18
+from helpers.models import mixed_state, registered_hooks, seeded_resnet18
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 from torch import nn
 

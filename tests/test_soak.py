@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import seeded_resnet18
+from helpers.images import bilevel_png, gif_declaring
+from helpers.models import seeded_resnet18
 from PIL import Image
-from test_imaging import _bilevel_png, _gif_declaring
 
 from camlib.cam import compute_cams
 from camlib.errors import ImageTooLargeError
@@ -38,7 +38,7 @@ def own_status(field_name: str) -> int:
 def test_repeated_decompression_bombs_cost_no_memory() -> None:
     """300 refusals of small files declaring 30 MP to 900 MP (PNG and GIF headers): each is refused from its header;
     peak RSS grows by less than 16 MB (one decoded 30 MP image would take 90 MB) and RSS does not creep."""
-    bombs = [_bilevel_png(30000, 30000), _bilevel_png(6000, 5000), _gif_declaring(20000, 20000)]
+    bombs = [bilevel_png(30000, 30000), bilevel_png(6000, 5000), gif_declaring(20000, 20000)]
     for data in bombs:  # warm-up: imports, Pillow plugins
         with pytest.raises(ImageTooLargeError):
             decode_image(data)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import seeded
+from helpers.models import seeded
 from torch import nn
 
 from camlib.augment import Pipeline, PipelineStep, build_pipeline

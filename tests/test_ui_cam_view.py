@@ -3,11 +3,10 @@ reduced hover heatmap (issue #11)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers.apptest import APP, TIMEOUT
 from streamlit.testing.v1 import AppTest
 
 from camlib.cam import compute_cam_grid, compute_cams, shared_scale_maps
@@ -15,9 +14,6 @@ from camlib.errors import NonFiniteError
 from camlib.overlay import map_to_original, upscale_nearest
 from ui import cache, cam_view, figures, keys
 from ui.widgets import ChosenImage
-
-TIMEOUT = 300
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
 
 @pytest.mark.parametrize("shape", [(224, 224), (225, 300), (112, 112), (7, 7), (1000, 30)])

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import streamlit.logger
+from helpers.apptest import APP
+from helpers.streamlit_ws import Session, streamlit_server
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 from streamlit.testing.v1 import AppTest
-from streamlit_ws import Session, streamlit_server
 
 from ui import keys, run_log
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 LINE = re.compile(
     r"run page='(?P<page>[^']*)' kind=(?P<kind>full|fragment) session='(?P<session>[^']*)' "
     r"outcome=(?P<outcome>\S+) duration_ms=(?P<ms>\S+)"
@@ -140,7 +140,6 @@ def test_camlib_log_level_sets_our_logger_alone(monkeypatch: pytest.MonkeyPatch)
 
 def _demo_app() -> None:
     import streamlit as st
-
     from ui.run_log import timed_run
 
     @st.fragment
