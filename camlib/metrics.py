@@ -1,15 +1,20 @@
 """Faithfulness metrics of saliency maps: does the model's confidence follow the map?
 
-Every metric takes ``model, x, maps, class_idx``:
+Every metric takes ``model, x, maps, class_idx`` and the keyword ``targets``:
 
-- ``model``: a ``torch.nn.Module`` returning ``(B, num_classes)`` logits; it may be a shared cached model. Only
+- ``model``: a ``torch.nn.Module`` returning ``(B, num_classes)`` logits (with ``targets``, any output the targets
+  read: a tensor, a dict of batched tensors, a list of per-image outputs); it may be a shared cached model. Only
   ``torch.no_grad`` forwards run on it, under ``camlib.guard.eval_mode`` (modes restored); no hooks, no
   ``backward()``, nothing modified.
 - ``x``: ``(B, C, H, W)`` float tensor, already preprocessed (model space); moved to the model's device and dtype.
 - ``maps``: ``(B, H, W)`` float numpy array or tensor in ``[0, 1]`` (``CamResult.maps[layer]``), one per image.
 - ``class_idx``: the explained class, an int for every image or one per image (``None``: the predicted class).
+- ``targets``: instead of ``class_idx``, one callable per image (``camlib.targets``; pytorch-grad-cam 1.5.7's target
+  objects work unchanged). Giving both is an ``InputError``, a wrong count a ``TargetError``.
 
-The score of an input is the softmax probability of the explained class. Perturbed inputs are built on the model's
+The score of an input is the softmax probability of the explained class, or with ``targets`` the score
+``targets[i](output_i)`` of its image's target as returned (pytorch-grad-cam's metrics score inputs this way, so
+``ClassifierOutputSoftmaxTarget(k)`` gives the numbers of ``class_idx=k``). Perturbed inputs are built on the model's
 device and run through the model in batches (``batch_size``). Maps are ranked in their own dtype; ROAD reads them as
 numpy arrays, as pytorch-grad-cam does.
 
@@ -34,6 +39,7 @@ numpy arrays, as pytorch-grad-cam does.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -58,8 +64,9 @@ from camlib.contracts import (
     require_unit_range,
     resolve_classes,
 )
-from camlib.errors import InputError, NonFiniteError
+from camlib.errors import InputError, MethodError, NonFiniteError
 from camlib.guard import eval_mode, model_lock
+from camlib.targets import Target, class_of, resolve_targets, target_scores
 
 BLUR_KERNEL = 11  # RISE's evaluation code (eclique/RISE, evaluation.py): blur = gkern(klen=11, nsig=5)
 BLUR_SIGMA = 5.0
@@ -259,11 +266,50 @@ def _scores(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[torch.arange(len(targets)), torch.tensor(targets)]
 
 
-def _classes_and_scores(model: nn.Module, x: torch.Tensor, class_idx: object) -> tuple[list[int], torch.Tensor]:
-    """The checked class of each image (``ClassIndexError`` when out of range) and its probability on ``x``."""
-    logits = _logits(model, lambda batch: x[batch], len(x), len(x))
-    targets = resolve_classes(class_idx, logits)
-    return targets, _scores(logits, targets)
+def _targeted_scores(
+    model: nn.Module, make: Callable[[slice], torch.Tensor], targets: Sequence[Target], batch_size: int
+) -> torch.Tensor:
+    """``targets[n](output_n)`` of inputs ``n = 0..len(targets)-1``, built ``make(batch)`` at a time: ``(N,)``
+    float32 on the CPU. The caller holds ``eval_mode(model)``; every forward runs under ``torch.no_grad``.
+
+    Raises ``TargetError`` when a target fails on the model's output and ``NonFiniteError`` when a score is not
+    finite (``camlib.targets.target_scores``)."""
+    out = []
+    with torch.no_grad():
+        for batch in _batches(len(targets), batch_size):
+            out.append(target_scores(targets[batch], model(make(batch))).detach().float().cpu())
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """What a metric scores: the checked ``targets`` (one callable per image), or when None ``class_idx`` (checked
+    on the logits of the unperturbed images)."""
+
+    class_idx: object
+    targets: list[Target] | None
+
+    def scores(
+        self,
+        model: nn.Module,
+        make: Callable[[slice], torch.Tensor],
+        image_of: Sequence[int],
+        batch_size: int,
+        originals: Sequence[int],
+    ) -> tuple[torch.Tensor, list[int] | None]:
+        """The ``(N,)`` float32 scores of inputs ``0..N-1`` (``make``), input ``n`` being a version of image
+        ``image_of[n]``, and the checked class of each image (None with ``targets``). With ``class_idx`` the
+        classes are read from the logits of inputs ``originals`` (image ``i``'s own input, ``x_i``)."""
+        if self.targets is not None:
+            return _targeted_scores(model, make, [self.targets[i] for i in image_of], batch_size), None
+        logits = _logits(model, make, len(image_of), batch_size)
+        classes = resolve_classes(self.class_idx, logits[list(originals)])
+        return _scores(logits, [classes[i] for i in image_of]), classes
+
+
+def _scoring(class_idx: object, targets: object, batch: int) -> _Scoring:
+    """Check ``class_idx`` against ``targets``: ``InputError`` for both, ``TargetError`` for a wrong count."""
+    return _Scoring(class_idx, resolve_targets(targets, class_idx, batch))
 
 
 # --- deletion and insertion ----------------------------------------------------------------------------------------
@@ -301,8 +347,9 @@ def deletion_insertion(
     model: nn.Module,
     x: torch.Tensor,
     maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None,
+    class_idx: int | Sequence[int] | None = None,
     *,
+    targets: Sequence[Target] | None = None,
     steps: int = 20,
     baseline: str | torch.Tensor = "blur",
     batch_size: int = 64,
@@ -311,12 +358,12 @@ def deletion_insertion(
 
     Pixels are ranked by map value, highest first, ties by flat index (a stable argsort of ``-map``). At step
     ``k = 0..steps`` the top ``n_k = ceil(k H W / steps)`` pixels (all channels) are replaced by the baseline
-    (deletion) or restored onto the baseline (insertion); each curve is the explained class's softmax probability, its
-    area the trapezoid rule over ``k / steps``. All ``B (2 steps + 2)`` inputs go through the model in batches of
-    ``batch_size``.
+    (deletion) or restored onto the baseline (insertion); each curve is the explained class's softmax probability (the
+    target's score with ``targets``), its area the trapezoid rule over ``k / steps``. All ``B (2 steps + 2)`` inputs
+    go through the model in batches of ``batch_size``.
 
     Args:
-        model, x, maps, class_idx: see the module docstring.
+        model, x, maps, class_idx, targets: see the module docstring.
         steps: the number of steps (curve points minus one), at least 1.
         baseline: what removed pixels become, in model space: "blur" (``blurred(x)``, the paper's insertion start),
             "zeros", "mean" (each image's per-channel mean), or a tensor of ``x``'s shape.
@@ -326,10 +373,12 @@ def deletion_insertion(
         ``DeletionInsertion``: curves ``(B, steps + 1)`` and areas ``(B,)``.
 
     Raises:
-        InputError: a bad argument (the message names it). ClassIndexError: a class outside the model's classes.
-        NonFiniteError: the model produced NaN or Inf.
+        InputError: a bad argument (the message names it), or both ``class_idx`` and ``targets``.
+        ClassIndexError: a class outside the model's classes. TargetError: not one target per image, or a target
+        failing on the model's output. NonFiniteError: the model or a target produced NaN or Inf.
     """
     inputs = _check_inputs(model, x, maps, batch_size)
+    scoring = _scoring(class_idx, targets, len(inputs.x))
     steps = require_int(steps, "steps", minimum=1)
     x = inputs.x
     images, _, height, width = x.shape
@@ -354,10 +403,12 @@ def deletion_insertion(
             take_x = top == inserting[batch][:, None, None, None]
             return torch.where(take_x, x[b], base[b])
 
-        logits = _logits(model, make, images * per_image, batch_size)
-    # Deletion step 0 is x itself: its logits pick and check the classes (no separate forward of x).
-    targets = resolve_classes(class_idx, logits[::per_image])
-    curves = _scores(logits, [k for k in targets for _ in range(per_image)]).reshape(images, 2, steps + 1).numpy()
+        # Deletion step 0 is x itself: its logits pick and check the classes (no separate forward of x).
+        total = images * per_image
+        scores, _ = scoring.scores(
+            model, make, [n // per_image for n in range(total)], batch_size, range(0, total, per_image)
+        )
+    curves = scores.reshape(images, 2, steps + 1).numpy()
     fractions = np.arange(steps + 1) / steps
     deletion, insertion = curves[:, 0], curves[:, 1]
     return DeletionInsertion(
@@ -437,12 +488,13 @@ def _check_percentiles(percentiles: object) -> tuple[float, ...]:
     return tuple(percentiles)
 
 
-def road(
+def road(  # noqa: PLR0913 (keyword-only options of a public metric)
     model: nn.Module,
     x: torch.Tensor,
     maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None,
+    class_idx: int | Sequence[int] | None = None,
     *,
+    targets: Sequence[Target] | None = None,
     percentiles: Sequence[float] = ROAD_PERCENTILES,
     order: str = "combined",
     noise: float = 0.01,
@@ -454,7 +506,8 @@ def road(
     percentile (``np.percentile``, linear), LeRF the pixels whose ``1 - map`` is. Imputed pixels are the
     ``ROAD_NEIGHBOURS``-weighted mean of their neighbours (one sparse linear solve per image and percentile, on the
     CPU with scipy, as the reference) plus Gaussian noise of standard deviation ``noise``. The score is the explained
-    class's softmax probability after imputation minus before (``ClassifierOutputSoftmaxTarget``). The imputed
+    class's softmax probability after imputation minus before (``ClassifierOutputSoftmaxTarget``; with ``targets``,
+    each image's target score after minus before, as the reference scores its ``targets``). The imputed
     inputs go through the model ``ROAD_BATCH_SIZE`` at a time.
 
     With ``noise=0`` the scores equal the reference's (whose imputer hard-codes noise 0.01; its noise comes from the
@@ -462,7 +515,7 @@ def road(
     touches the global RNG).
 
     Args:
-        model, x, maps, class_idx: see the module docstring.
+        model, x, maps, class_idx, targets: see the module docstring.
         percentiles: thresholds in [0, 100].
         order: "morf" (most relevant first), "lerf" (least relevant first) or "combined" (both, LeRF drawn first).
         noise: standard deviation of the imputation noise, in model-space units; 0 for none.
@@ -472,10 +525,12 @@ def road(
         ``RoadResult`` (per-percentile changes and the reference's score per image).
 
     Raises:
-        InputError: a bad argument (the message names it). ClassIndexError: a class outside the model's classes.
-        NonFiniteError: the model produced NaN or Inf.
+        InputError: a bad argument (the message names it), or both ``class_idx`` and ``targets``.
+        ClassIndexError: a class outside the model's classes. TargetError: not one target per image, or a target
+        failing on the model's output. NonFiniteError: the model or a target produced NaN or Inf.
     """
     inputs = _check_inputs(model, x, maps)
+    scoring = _scoring(class_idx, targets, len(inputs.x))
     percentiles = _check_percentiles(percentiles)
     if not isinstance(order, str) or order not in ROAD_ORDERS:
         raise InputError(f"order must be one of {ROAD_ORDERS}, got {order!r}")
@@ -484,8 +539,11 @@ def road(
     generator = torch.Generator().manual_seed(require_int(seed, "seed", minimum=0))
     x_cpu = inputs.x.float().cpu().numpy()
     changes: dict[str, np.ndarray] = {}
+    images = len(x_cpu)
     with eval_mode(model):
-        targets, before = _classes_and_scores(model, inputs.x, class_idx)
+        before, classes = scoring.scores(model, lambda batch: inputs.x[batch], range(images), images, range(images))
+        if classes is not None:
+            scoring = _Scoring(classes, None)  # the classes picked on x, for every imputed input
         for name in ("lerf", "morf"):  # ROADCombined runs LeRF first, so the noise is drawn in the same order
             if order not in (name, "combined"):
                 continue
@@ -493,13 +551,13 @@ def road(
                 x_cpu, inputs.maps, percentiles, least_relevant=name == "lerf", noise=noise, generator=generator
             )
             flat = torch.from_numpy(perturbed.reshape(-1, *x_cpu.shape[1:]))
-            logits = _logits(
+            after, _ = scoring.scores(
                 model,
                 lambda batch, flat=flat: flat[batch].to(device=inputs.device, dtype=inputs.x.dtype),
-                len(flat),
+                [n % images for n in range(len(flat))],
                 ROAD_BATCH_SIZE,
+                range(images),
             )
-            after = _scores(logits, targets * len(percentiles))
             changes[name] = (after.reshape(len(percentiles), -1) - before).T.numpy()
     means = {name: np.mean(change, axis=1, dtype=np.float32) for name, change in changes.items()}
     scores = (means["lerf"] - means["morf"]) / 2 if order == "combined" else means[order]
@@ -510,10 +568,18 @@ def road(
 
 
 def _explanation_scores(
-    model: nn.Module, x: torch.Tensor, maps: np.ndarray | torch.Tensor, class_idx: object, batch_size: int
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: np.ndarray | torch.Tensor,
+    class_idx: object,
+    *,
+    targets: object,
+    batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The explained class's probability on ``x`` and on ``x * map``, each ``(B,)`` float32 on the CPU."""
+    """The explained class's probability (the target's score) on ``x`` and on ``x * map``, each ``(B,)`` float32 on
+    the CPU."""
     inputs = _check_inputs(model, x, maps, batch_size)
+    scoring = _scoring(class_idx, targets, len(inputs.x))
     weights = torch.from_numpy(inputs.maps).to(device=inputs.device, dtype=inputs.x.dtype)[:, None]
     images = len(inputs.x)
     both = torch.cat([torch.ones_like(weights), weights])  # x itself, then x * map: one pass for both
@@ -522,9 +588,7 @@ def _explanation_scores(
         return inputs.x[torch.arange(batch.start, batch.stop) % images] * both[batch]
 
     with eval_mode(model):
-        logits = _logits(model, make, 2 * images, batch_size)
-    targets = resolve_classes(class_idx, logits[:images])
-    scores = _scores(logits, targets * 2)
+        scores, _ = scoring.scores(model, make, [n % images for n in range(2 * images)], batch_size, range(images))
     return scores[:images], scores[images:]
 
 
@@ -532,16 +596,19 @@ def confidence_change(
     model: nn.Module,
     x: torch.Tensor,
     maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None,
+    class_idx: int | Sequence[int] | None = None,
     *,
+    targets: Sequence[Target] | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
     """``p(x * map) - p(x)`` per image, ``(B,)`` float32: pytorch-grad-cam 1.5.7's ``CamMultImageConfidenceChange``
-    with ``ClassifierOutputSoftmaxTarget(class)`` (the input multiplied by the map in model space).
+    with ``ClassifierOutputSoftmaxTarget(class)`` (the input multiplied by the map in model space), or with the
+    ``targets`` given (the reference's ``targets`` argument).
 
-    Raises ``InputError`` for a bad argument, ``ClassIndexError`` for a class outside the model's classes and
-    ``NonFiniteError`` when the model produces NaN or Inf."""
-    before, after = _explanation_scores(model, x, maps, class_idx, batch_size)
+    Raises ``InputError`` for a bad argument or both ``class_idx`` and ``targets``, ``ClassIndexError`` for a class
+    outside the model's classes, ``TargetError`` for a wrong count of targets or a target failing on the model's
+    output and ``NonFiniteError`` when the model or a target produces NaN or Inf."""
+    before, after = _explanation_scores(model, x, maps, class_idx, targets=targets, batch_size=batch_size)
     return (after - before).numpy()
 
 
@@ -549,17 +616,23 @@ def average_drop_increase(
     model: nn.Module,
     x: torch.Tensor,
     maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None,
+    class_idx: int | Sequence[int] | None = None,
     *,
+    targets: Sequence[Target] | None = None,
     batch_size: int = 64,
 ) -> ConfidenceDrop:
     """Average Drop ``100 / N sum_i max(0, Y_i - O_i) / Y_i`` and Increase in Confidence ``100 / N sum_i [Y_i < O_i]``
     (Chattopadhay et al., "Grad-CAM++", WACV 2018, section 5.2, eq. 22-23), with ``Y_i`` the explained class's
-    softmax probability on image ``x_i`` and ``O_i`` on its explanation map ``x_i * map_i`` (model space).
+    softmax probability on image ``x_i`` and ``O_i`` on its explanation map ``x_i * map_i`` (model space); with
+    ``targets``, image ``i``'s target score. ``drop`` is pytorch-grad-cam 1.5.7's ``DropInConfidence`` divided by
+    ``Y_i``, ``increased`` its ``IncreaseInConfidence``.
 
-    Raises ``InputError`` for a bad argument, ``ClassIndexError`` for a class outside the model's classes and
-    ``NonFiniteError`` when the model produces NaN or Inf."""
-    before, after = (t.numpy() for t in _explanation_scores(model, x, maps, class_idx, batch_size))
+    Raises ``InputError`` for a bad argument or both ``class_idx`` and ``targets``, ``ClassIndexError`` for a class
+    outside the model's classes, ``TargetError`` for a wrong count of targets or a target failing on the model's
+    output and ``NonFiniteError`` when the model or a target produces NaN or Inf."""
+    before, after = (
+        t.numpy() for t in _explanation_scores(model, x, maps, class_idx, targets=targets, batch_size=batch_size)
+    )
     drop = np.where(before > 0, np.maximum(before - after, 0) / np.where(before > 0, before, 1), 0).astype(np.float32)
     increased = before < after
     return ConfidenceDrop(
@@ -642,12 +715,13 @@ class FaithfulnessScores:
         }
 
 
-def faithfulness_scores(
+def faithfulness_scores(  # noqa: PLR0913 (keyword-only options of a public metric)
     model: nn.Module,
     x: torch.Tensor,
     maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None,
+    class_idx: int | Sequence[int] | None = None,
     *,
+    targets: Sequence[Target] | None = None,
     steps: int = 20,
     baseline: str | torch.Tensor = "blur",
     noise: float = 0.01,
@@ -656,22 +730,24 @@ def faithfulness_scores(
     """``deletion_insertion`` (``steps``, ``baseline``) and ``road`` (``order="combined"``, the default percentiles,
     ``noise``, ``seed``) of the same maps: the three numbers of the app's faithfulness grid and of
     ``benchmarks/bench_faithfulness.py``. Arguments, errors and sources as those two functions."""
-    curves = deletion_insertion(model, x, maps, class_idx, steps=steps, baseline=baseline)
-    scores = road(model, x, maps, class_idx, order="combined", noise=noise, seed=seed)
+    curves = deletion_insertion(model, x, maps, class_idx, targets=targets, steps=steps, baseline=baseline)
+    scores = road(model, x, maps, class_idx, targets=targets, order="combined", noise=noise, seed=seed)
     return FaithfulnessScores(curves, scores)
 
 
 def baseline_scores(
     model: nn.Module,
     x: torch.Tensor,
-    class_idx: int | Sequence[int] | None,
+    class_idx: int | Sequence[int] | None = None,
     *,
+    targets: Sequence[Target] | None = None,
     kinds: Sequence[str] = BASELINE_KINDS,
     seed: int = 0,
     **options: object,
 ) -> dict[str, FaithfulnessScores]:
     """``faithfulness_scores`` of each ``baseline_maps(x, kind, seed=seed)``: what a map that explains nothing scores
-    on these images. ``options`` go to ``faithfulness_scores`` (``seed`` is also ROAD's noise seed).
+    on these images, for ``class_idx`` or ``targets``. ``options`` go to ``faithfulness_scores`` (``seed`` is also
+    ROAD's noise seed).
 
     Returns ``{kind: FaithfulnessScores}`` in the order of ``kinds``. Raises ``InputError`` for an unknown kind or a
     bad argument, and what ``faithfulness_scores`` raises."""
@@ -685,7 +761,9 @@ def baseline_scores(
     if unknown := sorted(set(options) - {"steps", "baseline", "noise"}):
         raise InputError(f"unknown options {unknown} for faithfulness_scores; the options are steps, baseline, noise")
     return {
-        kind: faithfulness_scores(model, x, baseline_maps(x, kind, seed=seed), class_idx, seed=seed, **options)
+        kind: faithfulness_scores(
+            model, x, baseline_maps(x, kind, seed=seed), class_idx, targets=targets, seed=seed, **options
+        )
         for kind in kinds
     }
 
@@ -738,8 +816,8 @@ def compare_with_baselines(
     *,
     margin: float = 0.0,
 ) -> BaselineComparison:
-    """Does a method beat the maps that explain nothing? Issue #13's baseline check, after the sanity-check argument of
-    Adebayo et al. (NeurIPS 2018): a saliency method should be judged against model-independent maps (a seeded random
+    """Does a method beat the maps that explain nothing? After the sanity-check argument of Adebayo et al.
+    (NeurIPS 2018): a saliency method should be judged against model-independent maps (a seeded random
     map, a centred Gaussian, Sobel edges: ``baseline_maps``/``baseline_scores``).
 
     Each metric's mean over the images is compared with each baseline's: the method beats a baseline on a metric when
@@ -811,7 +889,7 @@ def rank_by_faithfulness(means: Mapping[object, Mapping[str, float]]) -> list[ob
 # --- sanity checks -------------------------------------------------------------------------------------------------
 
 
-Explain = Callable[[nn.Module, torch.Tensor, list[int]], np.ndarray]
+Explain = Callable[[nn.Module, torch.Tensor, list[int] | list[Target]], np.ndarray]
 
 
 def _reinitialize(module: nn.Module, generator: torch.Generator, seed: int) -> None:
@@ -845,6 +923,7 @@ def cascading_randomization(
     class_idx: int | Sequence[int] | None,
     explain: Explain,
     *,
+    targets: Sequence[Target] | None = None,
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> SanityResult:
@@ -856,9 +935,12 @@ def cascading_randomization(
     ``model`` itself is only deep-copied (under its lock): its weights, modes, hooks and gradients stay as they were.
 
     Args:
-        model, x, class_idx: see the module docstring (the classes are checked on ``model``'s logits for ``x``).
+        model, x, class_idx, targets: see the module docstring (the classes are checked on ``model``'s logits for
+            ``x``, the targets on its output: ``class_idx`` must then be None).
         explain: ``explain(model_copy, x, classes) -> (B, H', W')`` maps in [0, 1], e.g.
             ``lambda m, x, k: compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]``; called ``L + 1`` times.
+            With ``targets`` it gets the list of targets in place of the classes, e.g.
+            ``lambda m, x, t: compute_cams(m, x, ["layer4"], targets=t).maps["layer4"]``.
         seed: seeds the re-initialisations (layer ``i`` uses ``seed + i``).
         progress: ``callback(done, total)`` after each ``explain`` call (``total = len(layers) + 1``); it may raise to
             cancel (the copy is dropped, the shared model was never touched).
@@ -867,11 +949,12 @@ def cascading_randomization(
         ``SanityResult``: the re-initialised layers in order and each image's similarity after each step.
 
     Raises:
-        InputError: a bad argument, a model without parameters, or ``explain`` not returning one map in [0, 1] per
-            image.
-        ClassIndexError: a class outside the model's classes.
+        InputError: a bad argument, a model without parameters, both ``class_idx`` and ``targets``, or ``explain``
+            not returning one map in [0, 1] per image.
+        ClassIndexError: a class outside the model's classes. TargetError: not one target per image, or a target
+            failing on the model's output. NonFiniteError: the model or a target produced NaN or Inf.
     """
-    x, targets, _, randomized = _sanity_setup(model, x, class_idx, explain)
+    x, explained, _, randomized = _sanity_setup(model, x, class_idx, targets, explain)
     seed = require_int(seed, "seed", minimum=0)
     if progress is not None and not callable(progress):
         raise InputError(f"progress must be None or a callable (done, total), got {describe(progress)}")
@@ -879,7 +962,7 @@ def cascading_randomization(
     if not layers:
         raise InputError("model has no parameters to randomise")
     layers.reverse()
-    reference = _explained(explain, randomized, x, targets)
+    reference = _explained(explain, randomized, x, explained)
     if progress is not None:
         progress(1, len(layers) + 1)
     generator = torch.Generator().manual_seed(seed)
@@ -887,7 +970,7 @@ def cascading_randomization(
     spearman, ssim = np.zeros((len(x), len(layers))), np.zeros((len(x), len(layers)))
     for step, name in enumerate(layers):
         _reinitialize(modules[name], generator, seed + step)
-        for b, (before, after) in enumerate(zip(reference, _explained(explain, randomized, x, targets))):
+        for b, (before, after) in enumerate(zip(reference, _explained(explain, randomized, x, explained))):
             spearman[b, step], ssim[b, step] = _similarities(before, after)
         if progress is not None:
             progress(step + 2, len(layers) + 1)
@@ -895,28 +978,37 @@ def cascading_randomization(
 
 
 def _sanity_setup(
-    model: nn.Module, x: torch.Tensor, class_idx: object, explain: object
-) -> tuple[torch.Tensor, list[int], int, nn.Module]:
-    """Check the sanity checks' common arguments; return ``x`` on the model's device, the checked classes, the number
-    of classes and a deep copy of ``model`` in eval mode (copied under the model's lock: the shared model is only
-    read)."""
+    model: nn.Module, x: torch.Tensor, class_idx: object, targets: object, explain: object
+) -> tuple[torch.Tensor, list[int] | list[Target], int | None, nn.Module]:
+    """Check the sanity checks' common arguments; return ``x`` on the model's device, what ``explain`` explains (the
+    checked classes, or the targets, checked on the model's output for ``x``), the number of classes (None when the
+    output is not ``(B, num_classes)`` logits) and a deep copy of ``model`` in eval mode (copied under the model's
+    lock: the shared model is only read)."""
     device = require_model(model)
     require_cam_input(x)  # a float (B, C, H, W) tensor with data, not channels-last (as compute_cams checks x)
     if not callable(explain):
         raise InputError(f"explain must be a callable (model, x, classes) -> maps, got {describe(explain)}")
     x = x.detach().to(device)
+    checked = resolve_targets(targets, class_idx, len(x))
     with eval_mode(model):
-        logits = _logits(model, lambda batch: x[batch], len(x), len(x))
-    targets = resolve_classes(class_idx, logits)
+        if checked is None:
+            logits = _logits(model, lambda batch: x[batch], len(x), len(x))
+            explained, num_classes = resolve_classes(class_idx, logits), int(logits.shape[1])
+        else:
+            with torch.no_grad():
+                output = model(x)
+            target_scores(checked, output)  # every target reads the output and scores it finitely, before any map
+            explained = checked
+            num_classes = output.shape[1] if isinstance(output, torch.Tensor) and output.dim() == 2 else None
     with model_lock(model):
         copied = copy.deepcopy(model)
-    return x, targets, logits.shape[1], copied.eval()
+    return x, explained, num_classes, copied.eval()
 
 
-def _explained(explain: Explain, network: nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
-    """``explain(network, x, classes)`` as ``(B, H, W)`` float64; ``InputError`` unless it is one float map in
-    [0, 1] per image."""
-    maps = explain(network, x, list(classes))
+def _explained(explain: Explain, network: nn.Module, x: torch.Tensor, explained: list) -> np.ndarray:
+    """``explain(network, x, explained)`` (classes or targets) as ``(B, H, W)`` float64; ``InputError`` unless it is
+    one float map in [0, 1] per image."""
+    maps = explain(network, x, list(explained))
     maps = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else maps
     if not isinstance(maps, np.ndarray) or maps.ndim != 3 or len(maps) != len(x) or maps.dtype.kind != "f":
         raise InputError(f"explain must return (B, H, W) float maps, one per image, got {describe(maps)}")
@@ -930,6 +1022,7 @@ def random_logit(
     class_idx: int | Sequence[int] | None,
     explain: Explain,
     *,
+    targets: Sequence[Target] | None = None,
     seed: int = 0,
 ) -> RandomLogitResult:
     """The random-logit test (Sixt, Granz and Landgraf, "When Explanations Lie: Why Many Modified BP Attributions
@@ -943,34 +1036,74 @@ def random_logit(
     deep copy of ``model`` (copied under its lock; the shared model's weights, modes, hooks and gradients stay as they
     were), with the batch ``x`` twice: explained classes first, other classes second.
 
+    With ``targets`` each must explain one class of ``(B, num_classes)`` logits (``camlib.targets.class_of``: the
+    logit, softmax and sigmoid targets, pytorch-grad-cam's classifier targets); the other class's target is the same
+    kind of target for the other class, and ``explain`` gets the ``2B`` targets in place of the classes.
+
     Args:
-        model, x, class_idx: see the module docstring (``None``: the predicted classes; checked on ``model``'s logits).
+        model, x, class_idx, targets: see the module docstring (``None``: the predicted classes; checked on
+            ``model``'s logits).
         explain: ``explain(model_copy, x2, classes) -> (2B, H', W')`` float maps in [0, 1], one per image of ``x2``,
-            e.g. ``lambda m, x, k: compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]``; called once.
+            e.g. ``lambda m, x, k: compute_cams(m, x, ["layer4"], class_idx=k).maps["layer4"]``; called once. With
+            ``targets``: ``lambda m, x, t: compute_cams(m, x, ["layer4"], targets=t).maps["layer4"]``.
         seed: seeds the choice of the other classes, ``>= 0``.
 
     Returns:
         ``RandomLogitResult``: the classes, both maps and their Spearman correlation and SSIM per image.
 
     Raises:
-        InputError: a bad argument, a model with fewer than 2 classes, or ``explain`` not returning one map in
-            [0, 1] per image.
-        ClassIndexError: a class outside the model's classes. NonFiniteError: the model produced NaN or Inf.
+        InputError: a bad argument, both ``class_idx`` and ``targets``, a model with fewer than 2 classes, or
+            ``explain`` not returning one map in [0, 1] per image.
+        MethodError: a target that explains no class of ``(B, num_classes)`` logits.
+        ClassIndexError: a class outside the model's classes. TargetError: not one target per image, or a target
+            failing on the model's output. NonFiniteError: the model or a target produced NaN or Inf.
     """
-    x, targets, num_classes, copied = _sanity_setup(model, x, class_idx, explain)
+    x, explained, num_classes, copied = _sanity_setup(model, x, class_idx, targets, explain)
     seed = require_int(seed, "seed", minimum=0)
+    classes = _target_classes(explained, num_classes) if targets is not None else explained
     if num_classes < 2:
         raise InputError(f"the random-logit test needs a model with at least 2 classes, this one has {num_classes}")
     draws = np.random.default_rng(seed).integers(num_classes - 1, size=len(x))
-    others = [int(d) + int(d >= k) for d, k in zip(draws, targets)]  # uniform over the classes other than k
-    both = _explained(explain, copied, torch.cat([x, x]), targets + others)
+    others = [int(d) + int(d >= k) for d, k in zip(draws, classes)]  # uniform over the classes other than k
+    if targets is not None:
+        others_explained = [_for_class(target, k) for target, k in zip(explained, others)]
+    else:
+        others_explained = others
+    both = _explained(explain, copied, torch.cat([x, x]), list(explained) + others_explained)
     explained, other = both[: len(x)], both[len(x) :]
     similarity = np.array([_similarities(a, b) for a, b in zip(explained, other)]).reshape(len(x), 2)
     return RandomLogitResult(
-        class_idx=tuple(targets),
+        class_idx=tuple(classes),
         other_class_idx=tuple(others),
         maps=explained.astype(np.float32),
         other_maps=other.astype(np.float32),
         spearman=similarity[:, 0],
         ssim=similarity[:, 1],
     )
+
+
+def _target_classes(targets: Sequence[Target], num_classes: int | None) -> list[int]:
+    """The class each target explains; ``MethodError`` unless every target explains one class of ``(B, C)`` logits
+    (the random-logit test swaps the class for another one)."""
+    if num_classes is None:
+        raise MethodError(
+            "the random-logit test swaps each image's class for another class, so it needs a model returning "
+            "(B, num_classes) logits; this model's output is not"
+        )
+    classes = [class_of(target) for target in targets]
+    if None in classes:
+        index = classes.index(None)
+        raise MethodError(
+            f"the random-logit test swaps each image's class for another class; targets[{index}] "
+            f"({type(targets[index]).__name__}) explains no class (use a class target: ClassTarget, SoftmaxTarget, "
+            "SigmoidTarget or pytorch-grad-cam's ClassifierOutputTarget)"
+        )
+    return resolve_classes(classes, torch.empty(len(classes), num_classes))
+
+
+def _for_class(target: Target, category: int) -> Target:
+    """The same kind of class target as ``target`` for class ``category``: camlib's frozen dataclasses by
+    ``dataclasses.replace``, pytorch-grad-cam's classifier targets by their one-argument constructor."""
+    if dataclasses.is_dataclass(target):
+        return dataclasses.replace(target, category=category)
+    return type(target)(category)
