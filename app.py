@@ -10,9 +10,9 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import camlib  # noqa: E402
-from ui import memory, net  # noqa: E402
-from ui.cache import TORCH_THREADS  # noqa: E402
-from ui.run_log import timed_run  # noqa: E402
+from ui.jobs import TORCH_THREADS  # noqa: E402
+from ui.server import memory, net  # noqa: E402
+from ui.server.run_log import timed_run  # noqa: E402
 from ui.text import md  # noqa: E402
 
 # An emoji favicon is an inline data: URL; a :material/...: one would be fetched from fonts.gstatic.com (offline app).
@@ -22,15 +22,15 @@ st.set_page_config(page_title="CAM Explorer", page_icon="🔥", layout="wide")
 @st.cache_resource
 def _configure_torch() -> int:
     """Once per process: bound torch's intra-op threads so concurrent sessions do not oversubscribe the CPU (the
-    count is ``ui.cache.TORCH_THREADS``, which the CAM jobs share)."""
+    count is ``ui.jobs.TORCH_THREADS``, which the CAM jobs share)."""
     torch.set_num_threads(TORCH_THREADS)
     return TORCH_THREADS
 
 
 @st.cache_resource
 def _configure_server() -> int:
-    """Once per process: TCP_NODELAY on the server's connections (``ui.net``: Streamlit leaves Nagle's algorithm on,
-    which delays the end of most reruns by the browser's delayed ACK, about 40 ms)."""
+    """Once per process: TCP_NODELAY on the server's connections (``ui.server.net``: Streamlit leaves Nagle's algorithm
+    on, which delays the end of most reruns by the browser's delayed ACK, about 40 ms)."""
     return net.enable_tcp_nodelay()
 
 

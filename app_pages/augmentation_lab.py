@@ -11,7 +11,12 @@ from camlib.augment.grid import GridResult, augment_grid, pick_images
 from camlib.drawing import fast_png, grid_png
 from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
-from ui import app_inputs, keys, lab_grid, lab_stability, lab_steps, lab_url, model_loop, pipeline_editor, widgets
+from ui import app_inputs, keys, widgets
+from ui.lab import grid as lab_grid
+from ui.lab import model_loop, pipeline_editor
+from ui.lab import stability as lab_stability
+from ui.lab import steps as lab_steps
+from ui.lab import url as lab_url
 from ui.last_good import keep_last_good
 from ui.text import md
 

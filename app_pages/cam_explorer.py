@@ -8,7 +8,8 @@ import streamlit as st
 from camlib.cam import METHODS
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
-from ui import app_inputs, cache, cam_grid, cam_url, cam_view, faithfulness_view, figures, keys, pixel_view, widgets
+from ui import app_inputs, figures, keys, models, widgets
+from ui.explorer import cam_grid, cam_url, cam_view, cams, faithfulness_view, pixel_view
 from ui.last_good import keep_last_good
 from ui.text import md
 
@@ -21,8 +22,8 @@ controls, results = st.columns([1, 3], gap="large")
 with controls:
     model_key = widgets.model_input(keys.CAM, device)  # the last model that worked, after an error
     try:
-        loaded = cache.resolve_model(model_key, device)
-        candidates = cache.get_layers(model_key, device)
+        loaded = models.resolve_model(model_key, device)
+        candidates = models.get_layers(model_key, device)
     except CamlibError as error:
         st.error(md("{error}", error=error))
         st.stop()
@@ -32,7 +33,7 @@ with controls:
         candidates, default=default_layer(candidates, loaded.spec.default_layers).name, key=keys.cam_layers(model_key)
     )
     try:  # methods that cannot explain these layers: marked in the pickers, with the reason
-        refused = cache.method_refusals(model_key, device, tuple(layers))
+        refused = models.method_refusals(model_key, device, tuple(layers))
     except CamlibError as error:  # none marked; the computation reports what is wrong with the method
         refused = {}
         st.warning(md("Cannot check which methods apply to these layers: {error}", error=error))
@@ -58,7 +59,7 @@ with controls:
         cam_options = cam_view.method_options(method)
 
     try:
-        probabilities, failed = cache.predict(model_key, device, image.pixels), None
+        probabilities, failed = models.predict(model_key, device, image.pixels), None
     except CamlibError as error:  # shown below, where the CAM would be; the last good result stays
         probabilities, failed = np.zeros(len(loaded.class_names), np.float32), error
     top1 = int(np.argmax(probabilities))
@@ -88,7 +89,7 @@ with results:
     if not layers:
         st.info("Pick at least one target layer.")
         st.stop()
-    request, class_idx = (model_key, device, image.pixels, tuple(layers)), int(class_idx)
+    request, class_idx = cams.CamRequest(model_key, device, image.pixels, tuple(layers)), int(class_idx)
     if mode == "Pixel attribution":
         pixel_view.show(request, method, class_idx, loaded.class_names, failed=failed)
         st.stop()
@@ -97,12 +98,19 @@ with results:
         cam_grid.show(request, methods, class_idx, context, failed=failed)
         st.stop()
 
-    def explain() -> tuple[cache.CamView, tuple[str, ...], widgets.ChosenImage]:
+    def explain() -> tuple[cams.CamOutcome, tuple[str, ...], widgets.ChosenImage]:
         if failed is not None:
             raise failed  # the prediction failed: shown here, where the CAM would be
         with cam_view.progress([method]) as report:  # a rerun or a closed tab stops a long method at its next batch
-            view = cache.compute_view(
-                *request, method=method, class_idx=class_idx, options=cam_options, progress=report
+            view = cams.compute_cam(
+                model_key,
+                device,
+                image.pixels,
+                request.layers,
+                method=method,
+                class_idx=class_idx,
+                options=cam_options,
+                progress=report,
             )
         return view, loaded.class_names, image
 
@@ -126,8 +134,8 @@ with results:
     cam_view.headline(shown, prediction=None if failed is not None else (top1, float(probabilities[top1])))
     cam_view.draw(shown)
     # the maps shown are this request's, computed as the faithfulness view computes them (no method options)
-    if start and failed is None and cam_options == cache.DEFAULT_OPTIONS:
+    if start and failed is None and cam_options == cams.DEFAULT_OPTIONS:
         with st.expander("Which map to trust? Faithfulness and sanity checks"):
             faithfulness_view.faithfulness_section(
-                *request[:3], layers=request[3], methods=(method,), class_idx=class_idx
+                model_key, device, image.pixels, layers=request.layers, methods=(method,), class_idx=class_idx
             )

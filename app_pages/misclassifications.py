@@ -13,7 +13,8 @@ from camlib.evaluation import confusion_matrix, per_class_accuracy
 from camlib.layers import default_layer
 from camlib.models import MODELS
 from camlib.overlay import overlay_heatmap, upscale_nearest
-from ui import app_inputs, cache, figures, keys, widgets
+from ui import app_inputs, datasets, figures, keys, models, widgets
+from ui.gallery import predictions
 from ui.last_good import keep_last_good
 from ui.text import html_text, md
 
@@ -27,7 +28,9 @@ st.caption(
 
 root, device = app_inputs.data_root_input(), app_inputs.device_input()  # app-wide: the sidebar of every page
 if st.radio("Source", ["This model on the test set", "A batch table"], horizontal=True) == "A batch table":
-    from ui import batch_table  # here: it imports pandas and pyarrow's Parquet reader, a second on a fresh server
+    from ui.gallery import (
+        batch_table,  # here: it imports pandas and pyarrow's Parquet reader, a second on a fresh server
+    )
 
     batch_out = st.text_input(
         "Batch output directory (the --out of python -m camlib.batch)",
@@ -44,7 +47,7 @@ chosen = widgets.cifar_model_select("Model", keys.GAL_MODEL)
 
 
 def load_model() -> str:
-    cache.get_model(chosen, device)
+    models.get_model(chosen, device)
     return chosen
 
 
@@ -65,9 +68,9 @@ def show_progress(done: int, total: int) -> None:
 
 
 try:
-    data = cache.get_cifar(root, "test")
-    probabilities = cache.dataset_predictions(model_key, device, root, progress=show_progress)
-    candidates = cache.get_layers(model_key, device)
+    data = datasets.get_cifar(root, "test")
+    probabilities = predictions.dataset_predictions(model_key, device, root, progress=show_progress)
+    candidates = models.get_layers(model_key, device)
 except CamlibError as error:
     st.error(md("{error}", error=error))
     st.stop()
@@ -141,7 +144,7 @@ shown = tuple(int(i) for i in wrong[(page - 1) * PAGE_SIZE : page * PAGE_SIZE])
 
 def draw_page() -> list[tuple[bytes, str]]:
     """One PNG per shown image (CAM of the predicted class, gap, CAM of the true class) with its caption."""
-    for_predicted, for_true = cache.gallery_cams(model_key, device, root, shown, layer=layer)
+    for_predicted, for_true = predictions.gallery_cams(model_key, device, root, shown, layer=layer)
     tiles = []
     for k, index in enumerate(shown):
         image = upscale_nearest(data.images[index], 128)

@@ -1,4 +1,4 @@
-"""AppTest tests of the Augmentation Lab page (app_pages/augmentation_lab.py with ui/pipeline_editor.py).
+"""AppTest tests of the Augmentation Lab page (app_pages/augmentation_lab.py with ui/lab/pipeline_editor.py).
 
 The page runs in this process (streamlit.testing.v1). Grids are compared byte for byte with ``camlib.augment`` called
 directly; the images the page sends are read back from AppTest's in-memory media storage (see the ``media`` fixture).
@@ -35,7 +35,7 @@ from camlib.augment import (
 from camlib.cifar import CLASS_NAMES, default_root, detect_source
 from camlib.overlay import upscale_nearest
 from camlib.samples import DEFAULT_SAMPLE, load_sample
-from ui import cache, keys
+from ui import datasets, keys
 from ui.text import escape
 
 LAB = "app_pages/augmentation_lab.py"
@@ -128,7 +128,7 @@ def _step(at: AppTest, step_id: int) -> dict:
 
 def _cifar():
     """The split the page shows (the same process-wide cached object the page reads)."""
-    return cache.get_cifar(str(ROOT), "test")
+    return datasets.get_cifar(str(ROOT), "test")
 
 
 def _page_indices(seed: int, pool: np.ndarray, count: int = 64) -> list[int]:

@@ -16,7 +16,8 @@ from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from camlib.overlay import signed_map
-from ui import cache, cam_view, checkpoint_store, keys
+from ui import checkpoint_store, keys, models, overlays
+from ui.explorer import cam_view, cams
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -64,7 +65,7 @@ def test_overlays_are_inline_jpegs_and_the_download_a_lossless_png_made_when_cli
         return add_deferred(self, generate, *args, **kwargs)
 
     monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
-    cache._overlay_image.clear()
+    overlays._overlay_image.clear()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     images = {i.caption: i.url for element in at.image for i in element.proto.imgs}
@@ -175,9 +176,9 @@ def test_small_layer_warns(app: AppTest) -> None:
 
 
 def test_overlay_changes_do_not_rerun_the_model(app: AppTest) -> None:
-    cache._cached_view.clear()  # Eigen-CAM below must be computed, whatever other tests of this process cached
+    cams._cam_store.clear()  # Eigen-CAM below must be computed, whatever other tests of this process cached
     app.run()  # the default CAM again, cached
-    model = cache.get_model("efficientnet_lite0", "cpu").model
+    model = models.get_model("efficientnet_lite0", "cpu").model
     calls = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
@@ -188,7 +189,7 @@ def test_overlay_changes_do_not_rerun_the_model(app: AppTest) -> None:
         assert not app.exception and not app.error
         assert calls == [], "overlay settings must reuse the cached CAM"
         app.selectbox(key="cam_method").set_value("hirescam").run()
-        assert calls == [], "a gradient method was computed with the default one's pass (ui.cache.grid_partners)"
+        assert calls == [], "a gradient method was computed with the default one's pass (cams.grid_partners)"
         app.selectbox(key="cam_method").set_value("eigencam").run()
         assert calls, "a method of another pass does run the model (the counter works)"
     finally:
@@ -203,7 +204,7 @@ def test_choose_a_class_by_name(app: AppTest) -> None:
 
 
 def test_shared_model_left_clean_after_page_runs(app: AppTest) -> None:
-    model = cache.get_model("efficientnet_lite0", "cpu").model
+    model = models.get_model("efficientnet_lite0", "cpu").model
     _layers(app).set_value(["bn2", "blocks.4"]).run()
     for module in model.modules():
         assert not module._forward_hooks and not module._backward_hooks and not module.training

@@ -1,6 +1,6 @@
-"""AppTest of the CAM Explorer's "Compare methods" view (ui.cam_grid, issue #12): one overlay per method and layer,
-all from one ``compute_cam_grid`` call whose cells equal camlib's one-method calls; a method that cannot explain the
-layers is reported in its row while the others are drawn; slow methods show their cost and wait; an error keeps the
+"""AppTest of the CAM Explorer's "Compare methods" view (ui.explorer.cam_grid, issue #12): one overlay per method and
+layer, all from one ``compute_cam_grid`` call whose cells equal camlib's one-method calls; a method that cannot explain
+the layers is reported in its row while the others are drawn; slow methods show their cost and wait; an error keeps the
 last grid."""
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ from camlib.cam import METHODS, compute_cams
 from camlib.errors import MethodError, NonFiniteError
 from camlib.models import DEFAULT_MODEL, prepare_input
 from camlib.pixel_attribution import PIXEL_METHODS, attribution_images
-from ui import cache, cam_grid, cam_view, keys
+from ui import keys, models
+from ui.explorer import cam_grid, cam_view, cams
 
 LAYERS = ["blocks.5", "bn2"]  # blocks.5 does not feed the classifier directly: CAM refuses it
 
 
 class Spy:
-    """Wraps ``cache.compute_cam_grid``: records each call's layers, methods, input and results."""
+    """Wraps ``cams.compute_cam_grid``: records each call's layers, methods, input and results."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[tuple[str, ...], tuple[str, ...], object, dict]] = []
-        self.real = cache.compute_cam_grid
+        self.real = cams.compute_cam_grid
 
     def __call__(self, model, x, layers, methods, **kwargs):
         results = self.real(model, x, layers, methods, **kwargs)
@@ -35,9 +36,9 @@ class Spy:
 
 
 def _open_grid(monkeypatch: pytest.MonkeyPatch) -> tuple[AppTest, Spy]:
-    cache._cached_view.clear()  # each test starts from computed-nothing (the store is process-wide)
+    cams._cam_store.clear()  # each test starts from computed-nothing (the store is process-wide)
     spy = Spy()
-    monkeypatch.setattr(cache, "compute_cam_grid", spy)
+    monkeypatch.setattr(cams, "compute_cam_grid", spy)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.radio(key=keys.CAM_VIEW).set_value("Compare methods").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -59,7 +60,7 @@ def test_the_grid_is_one_overlay_per_method_and_layer_from_one_call_equal_to_one
     assert len(at.image) == len(methods) * len(layers)
     labels = [m.value for m in at.markdown]
     assert any("5 methods x 2 layers, computed together" in label for label in labels)
-    model = cache.resolve_model(DEFAULT_MODEL, "cpu").model
+    model = models.resolve_model(DEFAULT_MODEL, "cpu").model
     for method in methods:
         for layer in layers:
             alone = compute_cams(model, x, [layer], method=method, class_idx=results[method].class_idx)
@@ -85,7 +86,7 @@ def test_a_method_camlib_refuses_only_at_compute_time_is_reported_in_its_row(mon
     """A refusal the structure does not predict (MethodSpec.refusal says None) comes from compute_cam_grid as a
     MethodError: that row is a warning and the other methods are still drawn."""
     at, _ = _open_grid(monkeypatch)
-    monkeypatch.setattr(cache, "method_refusals", lambda *args: {})
+    monkeypatch.setattr(models, "method_refusals", lambda *args: {})
     at.multiselect(key=keys.cam_layers(DEFAULT_MODEL)).set_value(list(LAYERS)).run()
     at.multiselect(key=keys.CAM_GRID_METHODS).set_value(["gradcam", "cam", "eigencam"]).run()
     _no_errors(at)
@@ -97,7 +98,7 @@ def test_a_method_camlib_refuses_only_at_compute_time_is_reported_in_its_row(mon
 def test_a_slow_method_in_the_grid_shows_its_cost_and_waits_for_the_button(monkeypatch):
     at, spy = _open_grid(monkeypatch)
     drawn = len(at.image)
-    monkeypatch.setattr(cache, "forward_seconds", lambda model_key, device: 0.05)
+    monkeypatch.setattr(models, "forward_seconds", lambda model_key, device: 0.05)
     spy.calls.clear()
     at.multiselect(key=keys.CAM_GRID_METHODS).select("scorecam").run()
     _no_errors(at)
@@ -130,7 +131,7 @@ def test_an_error_keeps_the_last_grid(monkeypatch):
     def fails(*args, **kwargs):
         raise NonFiniteError("the model produced NaN")
 
-    monkeypatch.setattr(cache, "compute_cam_grid", fails)
+    monkeypatch.setattr(cams, "compute_cam_grid", fails)
     at.multiselect(key=keys.CAM_GRID_METHODS).set_value(["gradcam", "layercam"]).run()  # both cached: no call
     _no_errors(at)
     drawn = len(at.image)
@@ -172,7 +173,7 @@ def test_the_grid_scores_its_cells_on_request_and_runs_the_sanity_checks(monkeyp
 def test_the_pixel_attribution_view_shows_camlibs_attribution(method):
     """Guided Backpropagation, Guided Grad-CAM and FullGrad on the default model (EfficientNet-Lite0: ReLU6, which
     camlib guides): the page shows what camlib.pixel_attribution computes for the same input."""
-    cache.compute_pixel_view.clear()
+    cams.compute_pixel_maps.clear()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.radio(key=keys.CAM_VIEW).set_value("Pixel attribution").run()
     at.selectbox(key=keys.CAM_PIXEL_METHOD).set_value(method).run()
@@ -180,7 +181,7 @@ def test_the_pixel_attribution_view_shows_camlibs_attribution(method):
     spec = PIXEL_METHODS[method]
     view, _ = at.session_state[keys.CAM_LAST_PIXEL]
     assert view.method == method and len(at.image) == 2  # the model's view and one attribution (one layer: bn2)
-    loaded = cache.resolve_model(DEFAULT_MODEL, "cpu")
+    loaded = models.resolve_model(DEFAULT_MODEL, "cpu")
     x = prepare_input(at.session_state[f"{keys.CAM}_last_image"].pixels, loaded.spec.preprocessing).tensor
     layers = (["bn2"],) if spec.needs_layers else ()
     expected = spec.compute(loaded.model, x, *layers, class_idx=view.class_idx)
@@ -202,7 +203,7 @@ def test_a_pixel_method_that_does_not_apply_is_refused_and_the_last_result_stays
         raise MethodError("guided backpropagation needs a model with ReLUs")
 
     monkeypatch.setitem(PIXEL_METHODS, "guided_backprop", replace(PIXEL_METHODS["guided_backprop"], compute=refuse))
-    cache.compute_pixel_view.clear()
+    cams.compute_pixel_maps.clear()
     at.radio(key=keys.CAM_CLASS_MODE).set_value("Choose a class").run()
     at.selectbox(key=keys.cam_class(DEFAULT_MODEL)).set_value(1).run()
     assert not at.exception
@@ -224,8 +225,8 @@ def test_methods_that_cannot_explain_the_layers_are_marked_in_the_pickers_with_t
     _no_errors(at)
     picker = at.selectbox(key=keys.CAM_METHOD)
     assert "CAM (not for these layers)" in picker.options and "Grad-CAM" in picker.options
-    model = cache.resolve_model(DEFAULT_MODEL, "cpu").model
-    [info] = [c for c in cache.get_layers(DEFAULT_MODEL, "cpu") if c.name == "blocks.6"]
+    model = models.resolve_model(DEFAULT_MODEL, "cpu").model
+    [info] = [c for c in models.get_layers(DEFAULT_MODEL, "cpu") if c.name == "blocks.6"]
     assert "320 channels" in METHODS["cam"].refusal(model, "blocks.6", info.layout)
     at.selectbox(key=keys.CAM_METHOD).set_value("cam").run()
     assert not at.exception
@@ -260,7 +261,7 @@ def test_aug_smooth_maps_survive_the_compact_cache():
     hit = at.session_state[keys.CAM_LAST_VIEW][0]
     assert hit.from_cache and not first.from_cache
     np.testing.assert_array_equal(hit.result.maps["bn2"], first.result.maps["bn2"])
-    loaded = cache.resolve_model(DEFAULT_MODEL, "cpu")
+    loaded = models.resolve_model(DEFAULT_MODEL, "cpu")
     x = prepare_input(at.session_state[f"{keys.CAM}_last_image"].pixels, loaded.spec.preprocessing).tensor
     expected = compute_cams(loaded.model, x, ["bn2"], class_idx=hit.result.class_idx, aug_smooth=True)
     np.testing.assert_allclose(hit.result.maps["bn2"], expected.maps["bn2"], atol=1e-5)

@@ -1,5 +1,5 @@
-"""AppTest of the CAM Explorer's shareable link (ui.cam_url, issue #14): the settings of one session, written to the
-URL query, reproduce the same maps in another session; a bad part of a link is named and the rest applies."""
+"""AppTest of the CAM Explorer's shareable link (ui.explorer.cam_url, issue #14): the settings of one session, written
+to the URL query, reproduce the same maps in another session; a bad part of a link is named and the rest applies."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from helpers.apptest import APP, TIMEOUT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
-from ui.cam_url import QUERY_KEYS, VIEWS, parse_link
 
 from camlib.cam import METHODS
 from camlib.cifar import CLASS_NAMES
@@ -24,7 +23,9 @@ from camlib.errors import InputError
 from camlib.models import MODELS
 from camlib.pixel_attribution import PIXEL_METHODS
 from camlib.samples import SAMPLES
-from ui import cache, cam_grid, cam_view, keys, widgets
+from ui import keys, models, widgets
+from ui.explorer import cam_grid, cam_view
+from ui.explorer.cam_url import QUERY_KEYS, VIEWS, parse_link
 
 MODEL = "cifar10_resnet20"
 
@@ -71,11 +72,11 @@ def test_a_link_reproduces_the_grid_in_another_session():
     assert not second.error, [e.value for e in second.error]
     assert second.multiselect(key=keys.CAM_GRID_METHODS).value == ["gradcam", "layercam"]
     mine, theirs = first.session_state[keys.CAM_LAST_GRID][0], second.session_state[keys.CAM_LAST_GRID][0]
-    assert list(theirs.views) == list(mine.views) == ["gradcam", "layercam"]
-    for method, view in mine.views.items():
-        assert theirs.views[method].result.class_idx == view.result.class_idx == [3]
+    assert list(theirs.outcomes) == list(mine.outcomes) == ["gradcam", "layercam"]
+    for method, view in mine.outcomes.items():
+        assert theirs.outcomes[method].result.class_idx == view.result.class_idx == [3]
         for layer in ("layer2", "layer3"):
-            np.testing.assert_array_equal(theirs.views[method].result.raw[layer], view.result.raw[layer])
+            np.testing.assert_array_equal(theirs.outcomes[method].result.raw[layer], view.result.raw[layer])
     assert _query(second) == link  # opening a link does not change it
 
 
@@ -181,7 +182,7 @@ def test_a_link_naming_every_layer_and_every_method_gets_the_pickers_caps():
     """The probe's link (every layer, every method) took 204 s and 2.4 GB; the pickers hold at most
     ``MAX_LAYERS`` layers and ``MAX_METHODS`` methods, and so does a link: both parts are refused by name, the
     page draws its default grid."""
-    names = [c.name for c in cache.get_layers(MODEL, "cpu")]
+    names = [c.name for c in models.get_layers(MODEL, "cpu")]
     assert len(names) > widgets.MAX_LAYERS and len(METHODS) > cam_grid.MAX_METHODS
     start = time.perf_counter()
     at = _open({"model": MODEL, "view": "compare", "layers": ",".join(names), "methods": ",".join(METHODS)})
@@ -194,7 +195,7 @@ def test_a_link_naming_every_layer_and_every_method_gets_the_pickers_caps():
     assert layers.proto.max_selections == widgets.MAX_LAYERS and methods.proto.max_selections == cam_grid.MAX_METHODS
     assert len(layers.value) == 1 and methods.value == list(cam_grid.DEFAULT_METHODS)
     grid = at.session_state[keys.CAM_LAST_GRID][0]
-    assert list(grid.views) == list(cam_grid.DEFAULT_METHODS)
+    assert list(grid.outcomes) == list(cam_grid.DEFAULT_METHODS)
 
 
 SLOW_LAYERS = ["layer1", "layer2", "layer3", "stem"]
@@ -226,11 +227,11 @@ def test_a_slow_method_waits_for_the_same_button_from_a_link_as_from_the_pickers
     ]
     assert any(passes in info.value for info in at.info), [i.value for i in at.info]
     kept = at.session_state[keys.CAM_LAST_GRID] if keys.CAM_LAST_GRID in at.session_state else None  # noqa: SIM401 (no .get)
-    assert kept is None or slow not in kept[0].views  # nothing slow ran before the click
+    assert kept is None or slow not in kept[0].outcomes  # nothing slow ran before the click
     if by == "link" and slow == "shapleycam":
         start.click().run()
         assert not at.exception and not at.error
-        assert set(at.session_state[keys.CAM_LAST_GRID][0].views) == {"gradcam", "shapleycam"}
+        assert set(at.session_state[keys.CAM_LAST_GRID][0].outcomes) == {"gradcam", "shapleycam"}
 
 
 @pytest.mark.bad_input(72)

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from camlib.cam import compute_cam_grid
 from camlib.imaging import MAX_SIDE
-from ui import cache
+from ui.explorer import cams
 
 
 def _app() -> AppTest:
@@ -73,8 +73,8 @@ def test_class_index_out_of_range_is_an_error_not_another_class(monkeypatch: pyt
     def shifted(model, x, layers, methods, *, class_idx, **kwargs):
         return compute_cam_grid(model, x, layers, methods, class_idx=class_idx + offset, **kwargs)
 
-    monkeypatch.setattr(cache, "compute_cam_grid", shifted)
-    cache._cached_view.clear()  # a cached CAM would not reach compute_cam_grid
+    monkeypatch.setattr(cams, "compute_cam_grid", shifted)
+    cams._cam_store.clear()  # a cached CAM would not reach compute_cam_grid
     at.selectbox(key="cam_method").set_value("layercam").run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "Cannot compute the CAM" in at.error[0].value

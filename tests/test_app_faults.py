@@ -1,9 +1,10 @@
 """AppTest: the app-wide inputs (data root, device) and fault injection into every cache call a page makes (issue #10).
 
-A page talks to models and data only through ``ui.cache`` and ``ui.checkpoint_store``. The fault-injection tests run
-each page once, record which of those modules' functions it reached, then make each one in turn raise a camlib error
-and rerun: the page must show the error (``st.error`` or ``st.warning``) and never a traceback. The list of functions
-is discovered, not written here, so a new cache call is covered the day a page makes it.
+A page talks to models and data only through the modules of ``ENTRY_MODULES`` (``ui.models``, ``ui.explorer.cams``,
+``ui.checkpoint_store``...). The fault-injection tests run each page once, record which of those modules' functions it
+reached, then make each one in turn raise a camlib error and rerun: the page must show the error (``st.error`` or
+``st.warning``) and never a traceback. The list of functions is discovered, not written here, so a new cache call is
+covered the day a page makes it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from streamlit.testing.v1 import AppTest
 from camlib.cifar import default_root, detect_source
 from camlib.device import available_devices
 from camlib.errors import InputError
-from ui import cache, checkpoint_store, keys
+from ui import checkpoint_store, datasets, jobs, keys, models, overlays, stores
+from ui.explorer import cams
+from ui.gallery import predictions
 from ui.text import escape
 
 CAM, LAB, GALLERY = "app_pages/cam_explorer.py", "app_pages/augmentation_lab.py", "app_pages/misclassifications.py"
 HAS_CIFAR = default_root() is not None and detect_source(default_root()) is not None
-ENTRY_MODULES = (cache, checkpoint_store)
+ENTRY_MODULES = (models, datasets, stores, overlays, jobs, cams, predictions, checkpoint_store)
 # Kept across the faulty rerun (clearing them costs 10,000 predictions); a page reaches them directly when it uses them.
 KEPT_CACHES = {"get_cifar", "dataset_predictions", "get_model"}
 
@@ -117,6 +120,7 @@ def test_cam_page_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch) -> 
     assert {"resolve_model", "get_layers", "predict", "compute_view", "get_model"} <= set(tried)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("view", "entry"), [("Compare methods", "compute_grid"), ("Pixel attribution", "compute_pixel_view")]
 )
@@ -125,6 +129,7 @@ def test_cam_pages_other_views_show_every_cache_failure(monkeypatch: pytest.Monk
     assert {"resolve_model", "get_layers", "predict", entry} <= set(tried)
 
 
+@pytest.mark.slow
 def test_lab_page_with_the_model_in_the_loop_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     tried = _inject_each(LAB, monkeypatch, model_loop=True)
     assert "get_model" in tried
@@ -132,6 +137,7 @@ def test_lab_page_with_the_model_in_the_loop_shows_every_cache_failure(monkeypat
         assert "get_cifar" in tried
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_CIFAR, reason="needs the CIFAR-10 copy in ../shared")
 def test_gallery_page_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     tried = _inject_each(GALLERY, monkeypatch)
@@ -166,10 +172,10 @@ def test_a_bad_camlib_device_is_shown_and_the_cpu_is_used(monkeypatch: pytest.Mo
 
 def test_each_device_has_its_own_copy_of_a_model() -> None:
     """The shared model cache is keyed by device: another device name gets another model, on that device."""
-    on_cpu = cache.get_model("cifar10_resnet20", "cpu")
-    assert cache.get_model("cifar10_resnet20", "cpu") is on_cpu
-    other = cache.get_model("cifar10_resnet20", "cpu:0")  # a second name this CPU-only machine can load
+    on_cpu = models.get_model("cifar10_resnet20", "cpu")
+    assert models.get_model("cifar10_resnet20", "cpu") is on_cpu
+    other = models.get_model("cifar10_resnet20", "cpu:0")  # a second name this CPU-only machine can load
     assert other is not on_cpu and other.device == torch.device("cpu", 0)
     assert next(other.model.parameters()).data_ptr() != next(on_cpu.model.parameters()).data_ptr()
     with pytest.raises(InputError, match="device"):
-        cache.get_model("cifar10_resnet20", "gpu")
+        models.get_model("cifar10_resnet20", "gpu")

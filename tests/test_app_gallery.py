@@ -26,7 +26,9 @@ from camlib import prediction_cache
 from camlib.cifar import CLASS_NAMES, default_root, load_cifar10
 from camlib.evaluation import confusion_matrix, flip_report, predict_probabilities
 from camlib.models import MODELS, load_model
-from ui import cache, model_loop
+from ui import datasets, models
+from ui.gallery import predictions
+from ui.lab import model_loop
 from ui.text import escape
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10"
@@ -57,7 +59,7 @@ def test_set(root: str):
 @pytest.fixture(scope="module")
 def probabilities(root: str) -> np.ndarray:
     """What the page uses: the app's cached whole-test-set predictions (checked against the model below)."""
-    return cache.dataset_predictions("cifar10_resnet20", "cpu", root)
+    return predictions.dataset_predictions("cifar10_resnet20", "cpu", root)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +173,7 @@ def test_changing_the_layer_redraws_the_cams(layer: str, gallery: AppTest, root:
     assert _shown(gallery) == before  # the same mistakes...
     assert [url for image in gallery.image for url in image.value] != before_urls  # ...with other maps
     indices = tuple(s[0] for s in before)
-    for_predicted, for_true = cache.gallery_cams("cifar10_resnet20", "cpu", root, indices, layer=layer)
+    for_predicted, for_true = predictions.gallery_cams("cifar10_resnet20", "cpu", root, indices, layer=layer)
     assert for_predicted.shape == for_true.shape == (12, 32, 32)
     assert np.isfinite(for_predicted).all() and for_predicted.min() >= 0 and for_predicted.max() <= 1
 
@@ -252,9 +254,9 @@ def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_fo
     monkeypatch.setenv("CAMLIB_CACHE_DIR", str(tmp_path))
     subset = replace(test_set, images=test_set.images[:1200].copy(), labels=test_set.labels[:1200].copy())
     subset.images.setflags(write=False)
-    monkeypatch.setattr(cache, "get_cifar", lambda root, split: subset)
+    monkeypatch.setattr(datasets, "get_cifar", lambda root, split: subset)
     builds, reported = [], []
-    original_predict, original_cached = prediction_cache.predict_probabilities, cache.cached_predictions
+    original_predict, original_cached = prediction_cache.predict_probabilities, predictions.cached_predictions
 
     def counting_predict(model, images, *args, **kwargs):
         builds.append(len(images))
@@ -268,7 +270,7 @@ def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_fo
         return original_cached(*args, progress=None if progress is None else spy, **kwargs)
 
     monkeypatch.setattr(prediction_cache, "predict_probabilities", counting_predict)
-    monkeypatch.setattr(cache, "cached_predictions", spying_cached)
+    monkeypatch.setattr(predictions, "cached_predictions", spying_cached)
     files = tmp_path / "predictions"
 
     _new_process()
@@ -288,11 +290,11 @@ def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_fo
     assert _shown(second) == shown
     assert sorted(files.glob("predictions-*.npy")) == [stored]
 
-    loaded = cache.get_model("cifar10_resnet20", "cpu")
+    loaded = models.get_model("cifar10_resnet20", "cpu")
     changed = copy.deepcopy(loaded.model)
     with torch.no_grad():
         changed.fc.bias[3] += 2.0  # favour "cat": other predictions
-    monkeypatch.setattr(cache, "get_model", lambda key, device: replace(loaded, model=changed))
+    monkeypatch.setattr(models, "get_model", lambda key, device: replace(loaded, model=changed))
     _new_process()
     third = _page("app_pages/misclassifications.py")
     assert builds == [1200] and len(reported) == 3
@@ -349,8 +351,8 @@ def test_a_rerun_during_the_first_build_ends_the_wait_not_the_build(
     the rerun request) leaves the build going, and the next run gets its result; the model predicts the set once."""
     monkeypatch.setenv("CAMLIB_CACHE_DIR", str(tmp_path))
     subset = replace(test_set, images=test_set.images[:1500].copy(), labels=test_set.labels[:1500].copy())
-    monkeypatch.setattr(cache, "get_cifar", lambda root, split: subset)
-    monkeypatch.setattr(cache, "BUILD_POLL_S", 0.01)
+    monkeypatch.setattr(datasets, "get_cifar", lambda root, split: subset)
+    monkeypatch.setattr(predictions, "BUILD_POLL_S", 0.01)
     builds, started = [], threading.Event()
     original_predict = prediction_cache.predict_probabilities
 
@@ -366,11 +368,11 @@ def test_a_rerun_during_the_first_build_ends_the_wait_not_the_build(
         raise _Superseded
 
     with pytest.raises(_Superseded):
-        cache.dataset_predictions("cifar10_resnet20", "cpu", "root", progress=superseded)
+        predictions.dataset_predictions("cifar10_resnet20", "cpu", "root", progress=superseded)
     assert started.wait(30)
-    probabilities = cache.dataset_predictions("cifar10_resnet20", "cpu", "root")
+    probabilities = predictions.dataset_predictions("cifar10_resnet20", "cpu", "root")
     assert builds == [1500] and probabilities.shape == (1500, 10)
-    model = cache.get_model("cifar10_resnet20", "cpu")
+    model = models.get_model("cifar10_resnet20", "cpu")
     expected = original_predict(model.model, subset.images, model.spec.preprocessing)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
 
@@ -489,11 +491,11 @@ def test_stored_paths_leading_out_of_the_table_folder_are_refused(tmp_path, monk
     assert str(tmp_path) not in _shown_text(at)
 
 
-@pytest.mark.bad_input(80, kind="U")  # ui.batch_table's own functions, without an AppTest
+@pytest.mark.bad_input(80, kind="U")  # ui.gallery.batch_table's own functions, without an AppTest
 def test_an_image_folder_outside_the_shared_folders_is_not_read(tmp_path, monkeypatch) -> None:
     """Maps inside the table's folder but images recorded in a folder that is not shared: the tiles are the maps
     alone (the same tile as a table with no image source), never the outside image."""
-    from ui import batch_table
+    from ui.gallery import batch_table
 
     runs, secret = tmp_path / "runs", tmp_path / "secret"
     _secret_files(secret)
@@ -544,7 +546,7 @@ def test_a_cifar_image_id_is_its_position_in_the_split_strictly_read(tmp_path, m
     """A stored CIFAR-10 id names the image's position in the split ("test/00002"): a negative or non-digit position
     draws no image (``int()`` would read "test/-1" as the split's last image, shown under another image's map)."""
     from camlib.models import prepare_input
-    from ui import batch_table
+    from ui.gallery import batch_table
 
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     monkeypatch.setattr(batch_table, "_cifar_images", lambda root, split, limit: images)

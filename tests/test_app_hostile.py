@@ -29,7 +29,9 @@ from camlib.cifar import default_root, detect_source
 from camlib.errors import NonFiniteError
 from camlib.models import load_model
 from camlib.samples import DEFAULT_SAMPLE
-from ui import cache
+from ui import models
+from ui.explorer import cams
+from ui.gallery import predictions
 from ui.text import escape, md, shorten
 
 CAM, LAB, GALLERY = "app_pages/cam_explorer.py", "app_pages/augmentation_lab.py", "app_pages/misclassifications.py"
@@ -45,6 +47,11 @@ HOSTILE = {
     "long": "n" * 4096 + ".png",
     "rtl": "photo\u202egnp.exe.png",
 }
+# The Lab's escaping test takes ~5 s per name: the first name in the quick tier, every name in the slow one.
+QUICK_FIRST_HOSTILE = [
+    pytest.param(value, id=key, marks=() if i == 0 else pytest.mark.slow)
+    for i, (key, value) in enumerate(HOSTILE.items())
+]
 # What live Markdown/HTML made of the names above would need, unescaped, in an element's text.
 LIVE = re.compile(r"(?<!\\)(\]\(https://|!\[|<img|\$\\href|:red\[|:material/)|\u202e|n{200}")
 
@@ -127,7 +134,7 @@ def test_cam_upload_name_is_escaped_and_not_named_after_removal(name: str) -> No
 
 
 @pytest.mark.bad_input(20)
-@pytest.mark.parametrize("name", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("name", QUICK_FIRST_HOSTILE)
 def test_lab_upload_and_import_names_are_escaped(name: str) -> None:
     at = _app(LAB)
     if HAS_CIFAR:
@@ -200,7 +207,7 @@ def test_checkpoint_file_name_and_key_names_are_escaped() -> None:
     assert_no_live_text(at)
     assert not at.error
     key = at.session_state["cam_last_model"]
-    label = cache.resolve_model(key, "cpu").spec.label
+    label = models.resolve_model(key, "cpu").spec.label
 
     at.file_uploader(key="cam_ckpt_file").set_value(None).run()  # the checkpoint's name is shown in "Still using"
     assert_no_live_text(at)
@@ -223,6 +230,7 @@ def test_checkpoint_file_name_and_key_names_are_escaped() -> None:
 # --- camlib errors keep the last good result ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.bad_input(59)
 def test_lab_grid_too_large_keeps_last_grid_and_export() -> None:
     # The issue's case: a sample photo, RandomCrop off, Affine scale (2, 2) with fit_output: 8218x6490 grid image.
@@ -257,8 +265,8 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits [x](https://example.invalid/)")
 
-    monkeypatch.setattr(cache, "compute_cam_grid", fail)
-    cache._cached_view.clear()  # a cached CAM would not reach compute_cam_grid
+    monkeypatch.setattr(cams, "compute_cam_grid", fail)
+    cams._cam_store.clear()  # a cached CAM would not reach compute_cam_grid
     at.selectbox(key="cam_method").set_value("xgradcam").run()
     assert_no_live_text(at)
     assert [e.value for e in at.error] == [
@@ -271,7 +279,7 @@ def test_cam_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) -> None:
 def _original_overlay_size(at: AppTest) -> tuple[int, int]:
     """(height, width) of the "On the original image" overlay the page sent."""
     [url] = [i.url for element in at.image for i in element.proto.imgs if i.caption.startswith("On the original")]
-    assert url.startswith("data:image/jpeg;base64,")  # sent inline by the overlay fragment (ui/cam_view.py)
+    assert url.startswith("data:image/jpeg;base64,")  # sent inline by the overlay fragment (ui/explorer/cam_view.py)
     content = base64.b64decode(url.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(content))).shape[:2]
 
@@ -287,7 +295,7 @@ def test_cam_error_keeps_the_last_cam_on_its_own_image(monkeypatch: pytest.Monke
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits")
 
-    monkeypatch.setattr(cache, "compute_cam_grid", fail)
+    monkeypatch.setattr(cams, "compute_cam_grid", fail)
     tall = np.random.default_rng(12).integers(0, 256, (120, 40, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(tall).save(buffer, format="PNG")
@@ -306,7 +314,7 @@ def test_cam_prediction_error_keeps_last_cam(monkeypatch: pytest.MonkeyPatch) ->
     def fail(*args, **kwargs):
         raise NonFiniteError("the model produced NaN logits")
 
-    monkeypatch.setattr(cache, "predict_probabilities", fail)
+    monkeypatch.setattr(models, "predict_probabilities", fail)
     at.radio(key="cam_source").set_value("Upload").run()
     at.file_uploader(key="cam_upload").set_value(("new.png", _png(seed=7), "image/png")).run()  # not in the cache
     assert not at.exception, [e.value for e in at.exception]
@@ -336,7 +344,7 @@ def test_gallery_error_keeps_last_page(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args, **kwargs):
         raise NonFiniteError("non-finite CAM")
 
-    monkeypatch.setattr(cache, "gallery_cams", fail)
+    monkeypatch.setattr(predictions, "gallery_cams", fail)
     at.number_input(key="gal_page").set_value(2).run()
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == ["Cannot compute the CAMs: non\\-finite CAM"]
@@ -348,7 +356,7 @@ def test_gallery_error_keeps_last_page(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_cached_cam_says_so() -> None:
-    cache._cached_view.clear()
+    cams._cam_store.clear()
     at = _app()
     fresh = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
     match = re.search(r" in (\d+) ms on ", fresh)

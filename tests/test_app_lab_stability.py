@@ -1,4 +1,4 @@
-"""AppTest tests of the Augmentation Lab's "Does the explanation survive this pipeline?" panel (ui/lab_stability.py):
+"""AppTest tests of the Augmentation Lab's "Does the explanation survive this pipeline?" panel (ui/lab/stability.py):
 each part computes only on its button, equals camlib.stability called directly, is cached, and an error keeps the last
 good result."""
 
@@ -16,7 +16,8 @@ from camlib.cifar import default_root, detect_source
 from camlib.errors import PipelineError
 from camlib.models import load_model
 from camlib.stability import Sweep, augmentation_stability, flip_curve, stability_views
-from ui import cache, lab_stability
+from ui import datasets
+from ui.lab import stability as lab_stability
 
 LAB = "app_pages/augmentation_lab.py"
 ROOT = default_root()
@@ -50,7 +51,7 @@ def _clean(at: AppTest) -> None:
 
 
 def _images() -> np.ndarray:
-    return cache.get_cifar(str(ROOT), "test").images
+    return datasets.get_cifar(str(ROOT), "test").images
 
 
 def test_nothing_is_computed_before_a_button(lab) -> None:

@@ -1,4 +1,4 @@
-"""Tests of ui.net: TCP_NODELAY on the app server's connections (issue #11).
+"""Tests of ui.server.net: TCP_NODELAY on the app server's connections (issue #11).
 
 The scenario runs in a fresh interpreter, because ``enable_tcp_nodelay`` changes asyncio's hook for the whole process.
 It serves on a listening socket made by Streamlit's own ``_bind_socket`` (what ``streamlit run`` serves on) and reads
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from ui import net
+from ui.server import net
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SCENARIO = """
 import asyncio, json, socket
 from streamlit.web.server.starlette.starlette_server import _bind_socket
-from ui import net
+from ui.server import net
 
 async def main():
     listener = _bind_socket("127.0.0.1", 0, 8)
@@ -66,7 +66,7 @@ def test_streamlits_connections_get_tcp_nodelay_open_and_new() -> None:
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     # Streamlit's listening socket has proto 0, so asyncio left Nagle on: the cause. If a later Streamlit fixes it,
-    # "before" becomes 1 and ui.net can go.
+    # "before" becomes 1 and ui.server.net can go.
     assert seen["proto"] == 0 and seen["before"] == 0
     assert seen["open"] != 0 and seen["new"] != 0  # the open connection switched, and every later one
     assert seen["switched"] >= 2 and seen["again"] == 0  # both ends of the open connection; once per process

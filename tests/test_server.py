@@ -20,7 +20,11 @@ from websockets.sync.client import connect
 
 from camlib.cam import METHODS
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's /proc entries")
+# A real server and its sockets: seconds per test, so the whole module is in the slow tier.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's /proc entries"),
+]
 
 TTL_S = 3  # server.disconnectedSessionTTL for this server (default 120 s)
 THREADS = 1  # CAMLIB_TORCH_THREADS for this server
@@ -62,8 +66,8 @@ def wait_for(condition, timeout: float, step: float = 0.5) -> bool:
 
 
 def test_an_overlay_change_reruns_only_the_overlay_fragment_and_sends_its_images_inline(server: Server) -> None:
-    """Issue #11: the overlay controls and what they change are an ``st.fragment`` (ui/cam_view.py). An opacity change
-    sent as the browser sends it (naming that fragment) reruns the fragment alone: its widgets and overlays come
+    """Issue #11: the overlay controls and what they change are an ``st.fragment`` (ui/explorer/cam_view.py). An opacity
+    change sent as the browser sends it (naming that fragment) reruns the fragment alone: its widgets and overlays come
     back, the headline and the method picker do not. The overlays are inline ``data:`` URLs, so no superseded full run
     can collect a media file the page still shows."""
     with Session(server) as session:

@@ -1,5 +1,5 @@
-"""Tests of ui.cam_view: the slow-method estimate and start button, the progress callback reaching camlib, and the
-reduced hover heatmap (issue #11)."""
+"""Tests of ui.explorer.cam_view: the slow-method estimate and start button, the progress callback reaching camlib, and
+the reduced hover heatmap (issue #11)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from streamlit.testing.v1 import AppTest
 from camlib.cam import compute_cam_grid, compute_cams, shared_scale_maps
 from camlib.errors import NonFiniteError
 from camlib.overlay import map_to_original, upscale_nearest
-from ui import cache, cam_view, figures, keys
+from ui import figures, keys, models, overlays, stores
+from ui.explorer import cam_view, cams
 from ui.widgets import ChosenImage
 
 
@@ -47,12 +48,12 @@ def _open() -> AppTest:
 def test_a_slow_method_shows_its_estimate_and_waits_for_the_button(monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open()
     before = [m.value for m in at.markdown if m.value.startswith("**Explaining class")]
-    monkeypatch.setattr(cache, "forward_seconds", lambda model_key, device: 0.05)  # 1,280 channels: 64 s
+    monkeypatch.setattr(models, "forward_seconds", lambda model_key, device: 0.05)  # 1,280 channels: 64 s
 
     def never(*args, **kwargs):
         raise AssertionError("a slow method started without the button")
 
-    monkeypatch.setattr(cache, "compute_cam_grid", never)
+    monkeypatch.setattr(cams, "compute_cam_grid", never)
     at.selectbox(key=keys.CAM_METHOD).set_value("scorecam").run()
     assert not at.exception and not at.error
     [estimate] = at.info
@@ -78,8 +79,8 @@ def test_the_button_runs_the_method_with_a_progress_callback_and_the_page_shows_
         report = None if progress is None else lambda d, t: (calls.append((d, t)), progress(d, t))
         return compute_cam_grid(model, x, layers, methods, progress=report, **kwargs)
 
-    monkeypatch.setattr(cache, "compute_cam_grid", recording)
-    cache._cached_view.clear()
+    monkeypatch.setattr(cams, "compute_cam_grid", recording)
+    cams._cam_store.clear()
     at = _open()
     at.selectbox(key=f"{keys.CAM}_model").set_value("cifar10_resnet20").run()
     inputs.clear()  # the Grad-CAM of the new model
@@ -92,7 +93,7 @@ def test_the_button_runs_the_method_with_a_progress_callback_and_the_page_shows_
     line = next(m.value for m in at.markdown if m.value.startswith("**Explaining class"))
     assert "Score\\-CAM" in line
     layers = at.session_state[keys.cam_layers("cifar10_resnet20")]
-    expected = compute_cams(cache.get_model("cifar10_resnet20", "cpu").model, x, layers, method="scorecam")
+    expected = compute_cams(models.get_model("cifar10_resnet20", "cpu").model, x, layers, method="scorecam")
     shown = at.session_state[keys.CAM_LAST_VIEW][0].result
     for layer in layers:
         np.testing.assert_allclose(shown.maps[layer], expected.maps[layer], atol=1e-6)
@@ -111,8 +112,8 @@ def test_a_failed_slow_method_keeps_the_last_result(monkeypatch: pytest.MonkeyPa
 
     at = _open()
     before = [m.value for m in at.markdown if m.value.startswith("**Explaining class")]
-    monkeypatch.setattr(cache, "compute_cam_grid", fail)
-    cache._cached_view.clear()
+    monkeypatch.setattr(cams, "compute_cam_grid", fail)
+    cams._cam_store.clear()
     at.selectbox(key=keys.CAM_METHOD).set_value("scorecam").run()
     at.button(key=keys.CAM_START).click().run()
     assert not at.exception
@@ -130,7 +131,7 @@ def _shown(image: np.ndarray) -> cam_view.Shown:
     crop = image[10:74, 20:84]
     x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
     result = compute_cam_grid(model, x, ["0", "1"], ["gradcam"], class_idx=1)["gradcam"]
-    view = cache.CamView(result=result, model_view=crop.copy(), crop_box=(20.0, 10.0, 84.0, 74.0))
+    view = cams.CamOutcome(result=result, model_view=crop.copy(), crop_box=(20.0, 10.0, 84.0, 74.0))
     return cam_view.Shown(view, ("a", "b", "c", "d"), ChosenImage("random", image), None, "test", {})
 
 
@@ -146,14 +147,14 @@ def test_shown_derives_the_overlay_inputs_once_and_exactly(monkeypatch: pytest.M
         np.testing.assert_array_equal(shown.maps(shared)[layer], expected_maps[layer])
         tile = upscale_nearest(shown.view.model_view, cam_view.TILE_PX)
         np.testing.assert_array_equal(shown.tile, tile)
-        assert shown.tile_key(shared, layer) == f"{cache.image_key(tile)}|{cache.image_key(expected_maps[layer][0])}"
+        assert shown.tile_key(shared, layer) == f"{stores.image_key(tile)}|{stores.image_key(expected_maps[layer][0])}"
         cam, inside, key = shown.on_original(shared, layer)
         ref_cam, ref_inside = map_to_original(expected_maps[layer][0], image.shape[:2], shown.view.crop_box)
         np.testing.assert_array_equal(cam, ref_cam)
         np.testing.assert_array_equal(inside, ref_inside)
-        assert key == "|".join(cache.image_key(a) for a in (image, ref_cam, ref_inside))
+        assert key == "|".join(stores.image_key(a) for a in (image, ref_cam, ref_inside))
     calls = []
-    monkeypatch.setattr(cache, "image_key", lambda array: calls.append(array) or "changed")
+    monkeypatch.setattr(overlays, "image_key", lambda array: calls.append(array) or "changed")
     for layer in result.layers:  # the fragment's next run: nothing hashed or placed again
         assert shown.tile_key(shared, layer) != "changed|changed"
         assert shown.on_original(shared, layer)[2] != "changed|changed|changed"

@@ -1,6 +1,6 @@
-"""Tests of ui.faithfulness_view (issue #13): the faithfulness grid waits for its button, then shows the method x layer
-table with the best cell highlighted and the "most faithful layer" answer; the curves chart has the baselines' traces;
-the sanity panel draws its curve and strip and flags a map that survives randomisation; errors are st.error."""
+"""Tests of ui.explorer.faithfulness_view (issue #13): the faithfulness grid waits for its button, then shows the method
+x layer table with the best cell highlighted and the "most faithful layer" answer; the curves chart has the baselines'
+traces; the sanity panel draws its curve and strip and flags a map that survives randomisation; errors are st.error."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from streamlit.testing.v1 import AppTest
 
 from camlib.errors import LayerError
 from camlib.metrics import DeletionInsertion, FaithfulnessScores, RoadResult, baseline_maps
-from ui import cache, faithfulness_view, keys
+from ui import keys
+from ui.explorer import cams, faithfulness_view
 
 TIMEOUT = 300
 
@@ -23,7 +24,7 @@ def _section(model_key: str, layers: tuple[str, ...], methods: tuple[str, ...], 
     """The AppTest script: a seeded 32x32 image and the whole section, as the CAM Explorer mounts it."""
     import numpy as np
 
-    from ui import faithfulness_view
+    from ui.explorer import faithfulness_view
 
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     faithfulness_view.faithfulness_section(model_key, "cpu", image, layers=layers, methods=methods, class_idx=class_idx)
@@ -141,7 +142,7 @@ def test_errors_are_shown_with_st_error_not_a_traceback(monkeypatch: pytest.Monk
     def failing(*args, **kwargs):
         raise LayerError("layer 'nope' is not in this model")
 
-    monkeypatch.setattr(cache, "compute_view", failing)
+    monkeypatch.setattr(cams, "compute_cam", failing)
     at = _app()
     at.button(key=keys.CAM_FAITH_START).click().run()
     assert not at.exception

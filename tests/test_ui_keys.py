@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = sorted([REPO / "app.py", *REPO.glob("app_pages/*.py"), *REPO.glob("ui/*.py")])
+SOURCES = sorted([REPO / "app.py", *REPO.glob("app_pages/*.py"), *REPO.glob("ui/**/*.py")])
 KEYS_MODULE = REPO / "ui" / "keys.py"
 STATE_METHODS = {"get", "pop", "setdefault", "__contains__", "__getitem__", "__setitem__", "__delitem__"}
 

@@ -1,4 +1,4 @@
-"""ui.run_log: one debug line per script run, with the page, the session, how the run ended and its duration."""
+"""ui.server.run_log: one debug line per script run, with the page, the session, how the run ended and its duration."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from helpers.streamlit_ws import Session, streamlit_server
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 from streamlit.testing.v1 import AppTest
 
-from ui import keys, run_log
+from ui import keys
+from ui.server import run_log
 
 LINE = re.compile(
     r"run page='(?P<page>[^']*)' kind=(?P<kind>full|fragment) session='(?P<session>[^']*)' "
@@ -140,7 +141,8 @@ def test_camlib_log_level_sets_our_logger_alone(monkeypatch: pytest.MonkeyPatch)
 
 def _demo_app() -> None:
     import streamlit as st
-    from ui.run_log import timed_run
+
+    from ui.server.run_log import timed_run
 
     @st.fragment
     @timed_run("Demo: fragment")

@@ -165,7 +165,7 @@ MARKDOWN_CALLS = {
     "metric",
 }
 TEXT_KEYWORDS = {"label", "body", "caption", "text", "help"}
-SOURCES = sorted([REPO / "app.py", *REPO.glob("app_pages/*.py"), *REPO.glob("ui/*.py")])
+SOURCES = sorted([REPO / "app.py", *REPO.glob("app_pages/*.py"), *REPO.glob("ui/**/*.py")])
 
 
 def _unsafe_text(node: ast.expr) -> bool:

@@ -33,7 +33,7 @@ def device_input() -> str:
     """The device selectbox, in the sidebar: the devices this machine has (``camlib.device.available_devices``),
     starting at ``camlib.device.default_device()`` (``$CAMLIB_DEVICE``, else CUDA when available, else CPU). A bad
     ``$CAMLIB_DEVICE`` is shown as an error and the CPU is used. Returns the canonical name ("cpu", "cuda:0"...),
-    which keys the shared model cache (``ui.cache``): each device has its own copy of a model."""
+    which keys the shared model cache (``ui.models``): each device has its own copy of a model."""
     options = list(available_devices())
     try:
         start = str(default_device())

@@ -1,7 +1,7 @@
 """The store of user checkpoints loaded in this process, shared by every session and bounded in models and bytes.
 
 A checkpoint is loaded once per (architecture, file content, device) and used under a model key
-``checkpoint:{arch}:{hash}``; ``ui.cache.resolve_model`` turns such a key and a device (or a registry key) into the
+``checkpoint:{arch}:{hash}``; ``ui.models.resolve_model`` turns such a key and a device (or a registry key) into the
 loaded model.
 """
 

@@ -8,7 +8,10 @@ not cached selects nothing new until the visitor presses "Download". The operato
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from camlib.cifar import download_cifar10
 from camlib.errors import CamlibError
@@ -66,14 +69,9 @@ def offer_weights(key: str, *, button_key: str) -> None:
         )
 
     path = torchvision_cache_path(spec)
-    try:
-        download_file(spec.weights_url, path, progress=report, max_bytes=download_allowance(path.parent))
-    except CamlibError as error:
-        st.error(md("{error}", error=error))
-        return
-    finally:
-        bar.empty()
-    st.rerun()
+    _download_then_rerun(
+        bar, lambda: download_file(spec.weights_url, path, progress=report, max_bytes=download_allowance(path.parent))
+    )
 
 
 def cifar_download_button(root: str, *, key: str) -> None:
@@ -92,8 +90,14 @@ def cifar_download_button(root: str, *, key: str) -> None:
             text=md("{done:.0f} / {total:.0f} MB", done=done / 1e6, total=total / 1e6),
         )
 
+    _download_then_rerun(bar, lambda: download_cifar10(root, report))
+
+
+def _download_then_rerun(bar: DeltaGenerator, download: Callable[[], object]) -> None:
+    """Run ``download`` under its progress ``bar`` (removed however it ends), then rerun the page; a camlib error is
+    shown with ``st.error`` instead."""
     try:
-        download_cifar10(root, report)
+        download()
     except CamlibError as error:
         st.error(md("{error}", error=error))
         return

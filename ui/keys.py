@@ -21,26 +21,29 @@ CAM_TOP5 = "cam_top5"  # app_pages/cam_explorer.py: top-k chart
 CAM_MAGNITUDES = "cam_magnitudes"  # app_pages/cam_explorer.py: layer magnitude chart
 CAM_DETAIL_LAYER = "cam_detail_layer"  # app_pages/cam_explorer.py: layer of the detailed view and export
 CAM_HEATMAP = "cam_heatmap"  # app_pages/cam_explorer.py: interactive heatmap
-CAM_START = "cam_start"  # ui.cam_view: the button that starts a slow (perturbation) method
+CAM_START = "cam_start"  # ui.explorer.cam_view: the button that starts a slow (perturbation) method
 CAM_LAST_VIEW = "cam_last_view"  # ui.last_good (from the CAM page): the last CAM that worked, with classes and image
-CAM_FAITH_START = "cam_faith_start"  # ui.faithfulness_view: button that computes the faithfulness grid
-CAM_FAITH_CELL = "cam_faith_cell"  # ui.faithfulness_view: the (method, layer) cell whose curves and sanity are shown
-CAM_FAITH_CURVES = "cam_faith_curves"  # ui.faithfulness_view: deletion/insertion curves chart
-CAM_SANITY_START = "cam_sanity_start"  # ui.faithfulness_view: button that runs the sanity checks
-CAM_SANITY_CURVE = "cam_sanity_curve"  # ui.faithfulness_view: cascading-randomisation chart
+CAM_FAITH_START = "cam_faith_start"  # ui.explorer.faithfulness_view: button that computes the faithfulness grid
+CAM_FAITH_CELL = (
+    "cam_faith_cell"  # ui.explorer.faithfulness_view: the (method, layer) cell whose curves and sanity are shown
+)
+CAM_FAITH_CURVES = "cam_faith_curves"  # ui.explorer.faithfulness_view: deletion/insertion curves chart
+CAM_SANITY_START = "cam_sanity_start"  # ui.explorer.faithfulness_view: button that runs the sanity checks
+CAM_SANITY_CURVE = "cam_sanity_curve"  # ui.explorer.faithfulness_view: cascading-randomisation chart
 CAM_VIEW = "cam_view"  # app_pages/cam_explorer.py: one method, or the method x layer grid
-CAM_GRID_METHODS = "cam_grid_methods"  # ui.cam_grid: the grid's methods (rows)
-CAM_GRID_START = "cam_grid_start"  # ui.cam_grid (through ui.cam_view.ready_to_start): starts slow methods of the grid
-CAM_LAST_GRID = "cam_last_grid"  # ui.last_good (from ui.cam_grid): the last grid that worked, with its context
-CAM_PIXEL_METHOD = "cam_pixel_method"  # ui.pixel_view: the pixel-attribution method
-CAM_LAST_PIXEL = "cam_last_pixel"  # ui.last_good (from ui.pixel_view): the last attribution that worked
-CAM_LINK = "cam_link"  # ui.cam_url: the CAM Explorer settings last read from or written to the URL query
-CAM_COUNTERFACTUAL = "cam_counterfactual"  # ui.cam_view.method_options: explain -score (negated gradients)
-CAM_AUG_SMOOTH = "cam_aug_smooth"  # ui.cam_view.method_options
-CAM_EIGEN_SMOOTH = "cam_eigen_smooth"  # ui.cam_view.method_options
-CAM_SEED = "cam_seed"  # ui.cam_view.method_options: seed of the stochastic methods
-CAM_SAMPLES = "cam_samples"  # ui.cam_view.method_options: samples of the sampling methods
-CAM_SIGNED = "cam_signed"  # ui.cam_view: the detailed view shows the signed raw map
+CAM_GRID_METHODS = "cam_grid_methods"  # ui.explorer.cam_grid: the grid's methods (rows)
+# ui.explorer.cam_grid (through ui.explorer.cam_view.ready_to_start): starts slow methods of the grid
+CAM_GRID_START = "cam_grid_start"
+CAM_LAST_GRID = "cam_last_grid"  # ui.last_good (from ui.explorer.cam_grid): the last grid that worked, with its context
+CAM_PIXEL_METHOD = "cam_pixel_method"  # ui.explorer.pixel_view: the pixel-attribution method
+CAM_LAST_PIXEL = "cam_last_pixel"  # ui.last_good (from ui.explorer.pixel_view): the last attribution that worked
+CAM_LINK = "cam_link"  # ui.explorer.cam_url: the CAM Explorer settings last read from or written to the URL query
+CAM_COUNTERFACTUAL = "cam_counterfactual"  # ui.explorer.cam_view.method_options: explain -score (negated gradients)
+CAM_AUG_SMOOTH = "cam_aug_smooth"  # ui.explorer.cam_view.method_options
+CAM_EIGEN_SMOOTH = "cam_eigen_smooth"  # ui.explorer.cam_view.method_options
+CAM_SEED = "cam_seed"  # ui.explorer.cam_view.method_options: seed of the stochastic methods
+CAM_SAMPLES = "cam_samples"  # ui.explorer.cam_view.method_options: samples of the sampling methods
+CAM_SIGNED = "cam_signed"  # ui.explorer.cam_view: the detailed view shows the signed raw map
 
 
 def cam_layers(model_key: str) -> str:
@@ -54,7 +57,7 @@ def cam_class(model_key: str) -> str:
     return f"cam_class:{model_key}"
 
 
-# --- Augmentation Lab (app_pages/augmentation_lab.py, ui.pipeline_editor, ui.model_loop) ------------------------------
+# --- Augmentation Lab (app_pages/augmentation_lab.py, ui.lab.pipeline_editor, ui.lab.model_loop) ----------------------
 AUG = "aug"  # prefix of ui.widgets' groups on this page: aug_source, aug_sample, aug_upload, aug_split, aug_download...
 AUG_IMAGES = "aug_images"  # app_pages/augmentation_lab.py: CIFAR-10 or a photo
 AUG_ROWS = "aug_rows"  # app_pages/augmentation_lab.py
@@ -66,45 +69,45 @@ AUG_SHOW_LABELS = "aug_show_labels"  # app_pages/augmentation_lab.py
 AUG_TILE = "aug_tile"  # app_pages/augmentation_lab.py: tile whose applied parameters are shown
 AUG_LAST_DRAWN = "aug_last_drawn"  # ui.last_good (from the Lab): the last grid that worked, drawn (PNGs, summary)
 AUG_LAST_GRID = "aug_last_grid"  # app_pages/augmentation_lab.py: the grid shown (the last good one after an error)
-AUG_MODEL_LOOP = "aug_model_loop"  # ui.model_loop: model-in-the-loop toggle
-AUG_LOOP_MODEL = "aug_loop_model"  # ui.model_loop: its CIFAR-10 model
-AUG_STEPS = "aug_steps"  # ui.pipeline_editor: the canonical pipeline steps
-AUG_NEXT_ID = "aug_next_id"  # ui.pipeline_editor: next step id
-AUG_SEED = "aug_seed"  # ui.pipeline_editor: the canonical seed
-AUG_SEED_INPUT = "aug_seed_input"  # ui.pipeline_editor: the seed number input (and "New samples", import)
-AUG_NEW_SAMPLES = "aug_new_samples"  # ui.pipeline_editor: button
-AUG_ADD_CHOICE = "aug_add_choice"  # ui.pipeline_editor: transform to add
-AUG_ADD = "aug_add"  # ui.pipeline_editor: button
-AUG_IMPORT = "aug_import"  # ui.pipeline_editor: pipeline JSON uploader
-AUG_IMPORTED_ID = "aug_imported_id"  # ui.pipeline_editor: the upload already applied
-AUG_DL_JSON = "aug_dl_json"  # ui.pipeline_editor: export buttons
+AUG_MODEL_LOOP = "aug_model_loop"  # ui.lab.model_loop: model-in-the-loop toggle
+AUG_LOOP_MODEL = "aug_loop_model"  # ui.lab.model_loop: its CIFAR-10 model
+AUG_STEPS = "aug_steps"  # ui.lab.pipeline_editor: the canonical pipeline steps
+AUG_NEXT_ID = "aug_next_id"  # ui.lab.pipeline_editor: next step id
+AUG_SEED = "aug_seed"  # ui.lab.pipeline_editor: the canonical seed
+AUG_SEED_INPUT = "aug_seed_input"  # ui.lab.pipeline_editor: the seed number input (and "New samples", import)
+AUG_NEW_SAMPLES = "aug_new_samples"  # ui.lab.pipeline_editor: button
+AUG_ADD_CHOICE = "aug_add_choice"  # ui.lab.pipeline_editor: transform to add
+AUG_ADD = "aug_add"  # ui.lab.pipeline_editor: button
+AUG_IMPORT = "aug_import"  # ui.lab.pipeline_editor: pipeline JSON uploader
+AUG_IMPORTED_ID = "aug_imported_id"  # ui.lab.pipeline_editor: the upload already applied
+AUG_DL_JSON = "aug_dl_json"  # ui.lab.pipeline_editor: export buttons
 AUG_DL_YAML = "aug_dl_yaml"
 AUG_DL_PY = "aug_dl_py"
-AUG_SPLIT = "aug_split"  # ui.widgets.cifar_input (on the Lab): the CIFAR-10 split radio (set by ui.lab_url from a link)
-AUG_LAST_STEPS = "aug_last_steps"  # ui.lab_steps: the last step-by-step view that worked (shown after an error)
-AUG_LINK = "aug_link"  # ui.lab_url: the Lab settings last read from or written to the URL query
-AUG_STAB_MODEL = "aug_stab_model"  # ui.lab_stability: the stability panel's CIFAR-10 model
-AUG_STAB_LAYER = "aug_stab_layer"  # ui.lab_stability: its target layer
-AUG_STAB_METHOD = "aug_stab_method"  # ui.lab_stability: its CAM method
-AUG_STAB_VIEWS = "aug_stab_views"  # ui.lab_stability: views per image
-AUG_STAB_IMAGE = "aug_stab_image"  # ui.lab_stability: the image of the one-image strip
-AUG_STAB_K = "aug_stab_k"  # ui.lab_stability: K images of the summary and the flip curves
-AUG_STAB_PARAM = "aug_stab_param"  # ui.lab_stability: the swept (step, parameter)
-AUG_STAB_POINTS = "aug_stab_points"  # ui.lab_stability: points of a flip curve
-AUG_STAB_SHARE = "aug_stab_share"  # ui.lab_stability: the flip share marked on the curve
-AUG_STAB_RUN_ONE = "aug_stab_run_one"  # ui.lab_stability: buttons
+AUG_SPLIT = "aug_split"  # ui.widgets.cifar_input (on the Lab): the CIFAR-10 split radio (set by ui.lab.url from a link)
+AUG_LAST_STEPS = "aug_last_steps"  # ui.lab.steps: the last step-by-step view that worked (shown after an error)
+AUG_LINK = "aug_link"  # ui.lab.url: the Lab settings last read from or written to the URL query
+AUG_STAB_MODEL = "aug_stab_model"  # ui.lab.stability: the stability panel's CIFAR-10 model
+AUG_STAB_LAYER = "aug_stab_layer"  # ui.lab.stability: its target layer
+AUG_STAB_METHOD = "aug_stab_method"  # ui.lab.stability: its CAM method
+AUG_STAB_VIEWS = "aug_stab_views"  # ui.lab.stability: views per image
+AUG_STAB_IMAGE = "aug_stab_image"  # ui.lab.stability: the image of the one-image strip
+AUG_STAB_K = "aug_stab_k"  # ui.lab.stability: K images of the summary and the flip curves
+AUG_STAB_PARAM = "aug_stab_param"  # ui.lab.stability: the swept (step, parameter)
+AUG_STAB_POINTS = "aug_stab_points"  # ui.lab.stability: points of a flip curve
+AUG_STAB_SHARE = "aug_stab_share"  # ui.lab.stability: the flip share marked on the curve
+AUG_STAB_RUN_ONE = "aug_stab_run_one"  # ui.lab.stability: buttons
 AUG_STAB_RUN_SUMMARY = "aug_stab_run_summary"
 AUG_STAB_RUN_CURVE = "aug_stab_run_curve"
-AUG_STAB_LAST_ONE = "aug_stab_last_one"  # ui.lab_stability: the last good result of each part, with its key
+AUG_STAB_LAST_ONE = "aug_stab_last_one"  # ui.lab.stability: the last good result of each part, with its key
 AUG_STAB_LAST_SUMMARY = "aug_stab_last_summary"
 AUG_STAB_LAST_CURVE = "aug_stab_last_curve"
-AUG_START = "aug_start"  # ui.lab_grid: the button that draws a grid estimated above the budget
-AUG_APPROVED = "aug_approved"  # ui.lab_grid: the grid request the button approved, and the grid drawn for it
+AUG_START = "aug_start"  # ui.lab.grid: the button that draws a grid estimated above the budget
+AUG_APPROVED = "aug_approved"  # ui.lab.grid: the grid request the button approved, and the grid drawn for it
 STEP_WIDGET = re.compile(r"^aug_s\d+_")  # widget keys of pipeline steps: aug_s{id}_{param}, aug_s{id}__p, ...
 
 
 def step_widget(step_id: int, name: str) -> str:
-    """ui.pipeline_editor: the widget of one step's parameter (``name``) or control (``_p``, ``_enabled``...)."""
+    """ui.lab.pipeline_editor: the widget of one step's parameter (``name``) or control (``_p``, ``_enabled``...)."""
     return f"aug_s{step_id}_{name}"
 
 

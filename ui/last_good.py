@@ -33,3 +33,13 @@ def keep_last_good(
         return last, error
     st.session_state[slot] = value
     return value, None
+
+
+def show_last_good(slot: str, error: Exception, draw: Callable[..., None], *, failure: str, stale: str) -> None:
+    """Show ``error`` with ``st.error`` (``failure``: a ``ui.text.md`` template with ``{error}``), then the slot's last
+    good value, drawn by ``draw(*value)`` under the caption ``stale``; nothing more when the slot is empty."""
+    st.error(md(failure, error=error))
+    kept = st.session_state.get(slot)
+    if kept is not None:
+        st.caption(md(stale))
+        draw(*kept)

@@ -24,7 +24,7 @@ from camlib.models import (
 )
 from camlib.overlay import COLORMAPS
 from camlib.samples import DEFAULT_SAMPLE, SAMPLES, load_sample
-from ui import cache, checkpoint_store, downloads
+from ui import checkpoint_store, datasets, downloads, models
 from ui.text import md, shorten
 
 CHECKPOINT_OPTION = "checkpoint"
@@ -81,7 +81,7 @@ def image_input(prefix: str, *, cifar: CifarData | None = None) -> ChosenImage:
     )
     if upload is not None:
         try:
-            decoded = cache.decode_upload(upload.getvalue(), upload.name)
+            decoded = datasets.decode_upload(upload.getvalue(), upload.name)
         except CamlibError as error:
             st.error(md("Cannot use this file: {error}", error=error))
         else:
@@ -120,7 +120,7 @@ def _cifar_image(prefix: str, cifar: CifarData) -> ChosenImage:
 
 
 def model_input(prefix: str, device: str) -> str:
-    """Pick a registry model or upload a checkpoint; returns a model key that ``cache.resolve_model`` resolves on
+    """Pick a registry model or upload a checkpoint; returns a model key that ``models.resolve_model`` resolves on
     ``device`` (the model that worked last, or the bundled one, after an error: shown with ``st.error``). A model whose
     weights are not cached gets a download button (``downloads.offer_weights``) and the last model stays meanwhile."""
     last_key = f"{prefix}_last_model"
@@ -138,7 +138,7 @@ def model_input(prefix: str, device: str) -> str:
             key = _last_model(last_key, device)
             st.caption(md("Still using: {model}", model=_label(key, device)))
         else:
-            cache.get_model(choice, device)
+            models.get_model(choice, device)
             key = choice
     except CamlibError as error:
         key = _last_model(last_key, device)
@@ -154,7 +154,7 @@ def _last_model(last_key: str, device: str) -> str:
     """The session's last good model key; the bundled model when that was a checkpoint the shared store dropped."""
     key = st.session_state.get(last_key, DEFAULT_MODEL)
     try:
-        cache.resolve_model(key, device)
+        models.resolve_model(key, device)
     except CamlibError as error:
         st.error(md("{error}. Showing the bundled model instead.", error=error))
         key = DEFAULT_MODEL
@@ -162,7 +162,7 @@ def _last_model(last_key: str, device: str) -> str:
 
 
 def _label(key: str, device: str) -> str:
-    return shorten(cache.resolve_model(key, device).spec.label)
+    return shorten(models.resolve_model(key, device).spec.label)
 
 
 def _checkpoint_input(prefix: str, device: str) -> str | None:
@@ -194,7 +194,7 @@ def _checkpoint_input(prefix: str, device: str) -> str | None:
         arch, upload.getvalue(), upload.name, device=device, upload_id=upload.file_id
     )
     st.text(
-        f"Your checkpoint: {cache.resolve_model(key, device).spec.notes}"
+        f"Your checkpoint: {models.resolve_model(key, device).spec.notes}"
     )  # plain text: its key names are user data
     return key
 
@@ -205,7 +205,7 @@ def cifar_test_images(root: str, dataset: str) -> CifarData | None:
     if dataset != "cifar10":
         return None
     try:
-        return cache.cifar_test_set(root)
+        return datasets.cifar_test_set(root)
     except CamlibError as error:
         st.warning(md("CIFAR-10 test images are unavailable: {error}", error=error))
         return None
@@ -216,7 +216,7 @@ def cifar_input(root: str, prefix: str) -> CifarData | None:
     if root and detect_source(root):
         split = st.radio("Split", ["test", "train"], horizontal=True, key=f"{prefix}_split", persist_state="session")
         try:
-            return cache.get_cifar(root, split)
+            return datasets.get_cifar(root, split)
         except CamlibError as error:
             st.error(md("{error}", error=error))
             return None

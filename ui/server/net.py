@@ -5,8 +5,7 @@ its ``proto`` is 0. Accepted connections inherit that, and asyncio enables TCP_N
 is ``IPPROTO_TCP`` (``asyncio.base_events._set_nodelay``), so Nagle's algorithm stays on: after a large message (an
 overlay image, a figure) the next small one (a download button, ``script_finished``) waits for the browser's delayed
 ACK, about 40 ms on Linux, on most reruns. The same cause as uvicorn #3149 (pre-bound sockets lose TCP_NODELAY).
-Measured with one session (benchmarks/bench_load.py's protocol client): an overlay change took 60-72 ms from request to
-``script_finished`` for a 16-20 ms script; with TCP_NODELAY 18-27 ms.
+``benchmarks/bench_load.py`` measures the time from an overlay change to ``script_finished``.
 
 ``enable_tcp_nodelay`` (called once per process from app.py) turns it on for the connections already open and, by
 wrapping asyncio's hook, for every connection accepted later; on anything but a TCP socket it does nothing.

@@ -3,7 +3,7 @@ so a link reproduces the grid.
 
 ``apply_link`` runs before the Lab's widgets are drawn and loads settings from the query on the session's first run
 only (a link opened in a tab or pasted into one loads the page: a new session; a rerun's query may be stale, see
-``ui.cam_url``); ``write_link`` puts the current
+``ui.explorer.cam_url``); ``write_link`` puts the current
 settings back after the grid is drawn. The CAM Explorer keeps its own query keys.
 """
 
@@ -15,7 +15,8 @@ from camlib.augment import Pipeline, pipeline_from_query, pipeline_to_query
 from camlib.cifar import CLASS_NAMES
 from camlib.errors import CamlibError, PipelineError
 from camlib.parsing import parse_int
-from ui import keys, pipeline_editor
+from ui import keys
+from ui.lab import pipeline_editor
 from ui.text import md
 
 QUERY_KEYS = ("pipeline", "seed", "rows", "cols", "mode", "image", "classes", "split")
@@ -94,7 +95,9 @@ def check_image_index(count: int) -> None:
 def apply_link() -> None:
     """Load the Lab's settings from the URL query when they are new to this session; a bad value is shown with
     ``st.error`` and the rest of the link still applies."""
-    if keys.AUG_LINK in st.session_state:  # once per session, as ui.cam_url: a rerun's stale query never comes back
+    if (
+        keys.AUG_LINK in st.session_state
+    ):  # once per session, as ui.explorer.cam_url: a rerun's stale query never comes back
         return
     wanted = {k: st.query_params[k] for k in QUERY_KEYS if k in st.query_params}
     if not wanted:

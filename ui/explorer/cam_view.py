@@ -43,8 +43,9 @@ from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
 from camlib.models import LoadedModel
 from camlib.overlay import map_to_original, overlay_heatmap, signed_map, upscale_nearest
-from ui import cache, figures, keys, widgets
-from ui.run_log import timed_run
+from ui import figures, jobs, keys, models, overlays, widgets
+from ui.explorer import cams
+from ui.server.run_log import timed_run
 from ui.text import md
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ ORIGINAL_PX = 1024  # the "On the original image" overlay's longer side at most,
 class Shown:
     """What ``draw`` renders: a computed CAM and the context it was computed in."""
 
-    view: cache.CamView
+    view: cams.CamOutcome
     class_names: tuple[str, ...]
     image: widgets.ChosenImage
     loaded: LoadedModel
@@ -85,16 +86,17 @@ class Shown:
         return self.once(("maps", shared_scale), lambda: shared_scale_maps(result) if shared_scale else result.maps)
 
     def tile_key(self, shared_scale: bool, layer: str) -> str:
-        """``cache.overlay_image``'s key of ``layer``'s overlay on ``tile``."""
+        """``overlays.overlay_image``'s key of ``layer``'s overlay on ``tile``."""
         return self.once(
-            ("tile key", shared_scale, layer), lambda: cache.overlay_key(self.tile, self.maps(shared_scale)[layer][0])
+            ("tile key", shared_scale, layer),
+            lambda: overlays.overlay_key(self.tile, self.maps(shared_scale)[layer][0]),
         )
 
     @cached_property
     def refined_tile(self) -> tuple[np.ndarray, str]:
         """RefineCAM's fused map (``CamResult.refined``) upscaled to ``TILE_PX``, and its overlay's key on ``tile``."""
         refined = upscale_nearest(self.view.result.refined[0], TILE_PX)
-        return refined, cache.overlay_key(self.tile, refined)
+        return refined, overlays.overlay_key(self.tile, refined)
 
     def on_original(self, shared_scale: bool, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
         """``layer``'s map placed on ``original`` (``map_to_original``), its crop mask, and their overlay's key."""
@@ -102,7 +104,7 @@ class Shown:
         def make() -> tuple[np.ndarray, np.ndarray, str]:
             image, box = self.original
             cam, inside = map_to_original(self.maps(shared_scale)[layer][0], image.shape[:2], box)
-            return cam, inside, cache.overlay_key(image, cam, inside)
+            return cam, inside, overlays.overlay_key(image, cam, inside)
 
         return self.once(("original", shared_scale, layer), make)
 
@@ -125,7 +127,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def method_options(method: str) -> cache.CamOptions:
+def method_options(method: str) -> cams.CamOptions:
     """pytorch-grad-cam's options for ``method`` in an expander: the counterfactual map (gradient methods), aug_smooth,
     eigen_smooth, and the seed and sample count of the methods that sample."""
     spec = METHODS[method]
@@ -153,7 +155,7 @@ def method_options(method: str) -> cache.CamOptions:
             samples = int(
                 st.number_input("Samples", 1, 100, spec.samples, key=keys.CAM_SAMPLES, persist_state="session")
             )
-    return cache.CamOptions(bool(counterfactual), aug_smooth, eigen_smooth, seed, samples)
+    return cams.CamOptions(bool(counterfactual), aug_smooth, eigen_smooth, seed, samples)
 
 
 def costly(method: str) -> bool:
@@ -169,8 +171,9 @@ def pass_seconds(model_key: str, device: str) -> PassTimes:
     """The model's timed passes on ``device`` (``camlib.cost.time_passes`` at its input size), measured once per
     process: the basis of the estimate of the methods that run a backward, a Hessian product or an eigenproblem per
     layer."""
-    loaded = cache.resolve_model(model_key, device)
-    return time_passes(loaded.model, loaded.spec.preprocessing.crop)
+    loaded = models.resolve_model(model_key, device)
+    with jobs.model_job(heavy=False):
+        return time_passes(loaded.model, loaded.spec.preprocessing.crop)
 
 
 def _passes_text(estimates: list[CostEstimate]) -> str:
@@ -184,16 +187,16 @@ def _passes_text(estimates: list[CostEstimate]) -> str:
 
 
 def ready_to_start(
-    request: tuple,
+    request: cams.CamRequest,
     methods: list[str],
     class_idx: int,
     layers: list[LayerInfo],
     *,
-    options: cache.CamOptions = cache.DEFAULT_OPTIONS,
+    options: cams.CamOptions = cams.DEFAULT_OPTIONS,
     button_key: str = keys.CAM_START,
 ) -> bool:
-    """Whether to compute ``methods`` now, for ``cache.compute_grid(*request, methods=..., class_idx=...)`` (or
-    ``compute_view`` for one method): True when every ``costly`` method among them is cached or they are estimated
+    """Whether to compute ``methods`` now, for ``cams.compute_grid`` of ``request`` (or ``compute_cam`` for one
+    method): True when every ``costly`` method among them is cached or they are estimated
     at most ``SLOW_S`` together on ``layers`` (``camlib.cost.estimate_cost``, from the model's timed forward, and for
     second-order, per-layer-pass and eigenproblem methods its timed backward, Hessian product and the timed
     eigenproblems, times ``AUG_SMOOTH_VIEWS`` with aug_smooth);
@@ -201,23 +204,23 @@ def ready_to_start(
     pressed in. Whatever set the methods and layers (the pickers or a link), the same check applies. When the cache
     or the estimate fails this is True: the computation then shows the error.
     """
-    model_key, device = request[:2]
+    model_key, device = request.model_key, request.device
     channels = [layer.channels for layer in layers]
     positions = [layer.height * layer.width for layer in layers]
     slow = [METHODS[m] for m in methods if costly(m)]
     try:
         # A method that cannot explain these layers is refused by the computation at once: nothing to estimate.
-        refused = cache.method_refusals(model_key, device, tuple(layer.name for layer in layers)) if slow else {}
+        refused = models.method_refusals(model_key, device, tuple(layer.name for layer in layers)) if slow else {}
         slow = [
             spec
             for spec in slow
             if spec.name not in refused
-            and cache.cached_view(*request, method=spec.name, class_idx=class_idx, options=options) is None
+            and cams.cached_cam(request, method=spec.name, class_idx=class_idx, options=options) is None
         ]
         if not slow:
             return True
         views = len(AUG_SMOOTH_VIEWS) if options.aug_smooth else 1
-        seconds = cache.forward_seconds(model_key, device) * views
+        seconds = models.forward_seconds(model_key, device) * views
         passes = None
         if any(spec.family != "perturbation" for spec in slow):
             passes = pass_seconds(model_key, device).scaled(views)
@@ -355,15 +358,17 @@ def _draw(shown: Shown) -> None:
     explained = result.class_idx[0]
     model_view = shown.tile
     style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}
-    overlays = {
-        name: cache.overlay_image(model_view, maps[name][0], encoding="jpeg", key=shown.tile_key(shared, name), **style)
+    jpegs = {
+        name: overlays.overlay_image(
+            model_view, maps[name][0], encoding="jpeg", key=shown.tile_key(shared, name), **style
+        )
         for name in names
     }
     for column, name in zip(st.columns(min(max(len(names), 3), 4)) * 4, names):
         with column:
             info = shown.layers.get(name)
             st.image(
-                jpeg_data_url(overlays[name]),
+                jpeg_data_url(jpegs[name]),
                 caption=md("{name} [{shape}]", name=name, shape=info.shape_label if info else ""),
                 width="stretch",
             )
@@ -372,7 +377,7 @@ def _draw(shown: Shown) -> None:
     if METHODS[result.method].fuses_layers:  # RefineCAM: its map is the layers' maps fused
         st.image(
             jpeg_data_url(
-                cache.overlay_image(
+                overlays.overlay_image(
                     model_view, shown.refined_tile[0], encoding="jpeg", key=shown.refined_tile[1], **style
                 )
             ),
@@ -389,7 +394,7 @@ def _draw(shown: Shown) -> None:
     left, right = st.columns(2)
     left.image(
         jpeg_data_url(
-            cache.overlay_image(
+            overlays.overlay_image(
                 shown.original[0], original_map, mask=inside, encoding="jpeg", key=original_key, **style
             )
         ),

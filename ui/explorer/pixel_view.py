@@ -14,8 +14,9 @@ import streamlit as st
 from camlib.errors import CamlibError
 from camlib.overlay import upscale_nearest
 from camlib.pixel_attribution import PIXEL_METHODS
-from ui import cache, cam_view, keys, widgets
-from ui.last_good import keep_last_good
+from ui import keys, overlays, widgets
+from ui.explorer import cam_view, cams
+from ui.last_good import keep_last_good, show_last_good
 from ui.text import md
 
 
@@ -35,22 +36,34 @@ def method_picker() -> str:
 
 
 def show(
-    request: tuple, method: str, class_idx: int, class_names: tuple[str, ...], *, failed: Exception | None = None
+    request: cams.CamRequest,
+    method: str,
+    class_idx: int,
+    class_names: tuple[str, ...],
+    *,
+    failed: Exception | None = None,
 ) -> None:
-    """Compute (cached) and draw ``method`` for ``request = (model_key, device, image, layers)``; an error (this
+    """Compute (cached) and draw ``method`` for ``request``; an error (this
     one's, or ``failed``: the page's prediction of this image) is shown with ``st.error`` and the last result that
     worked stays."""
     if failed is not None:
-        st.error(md("Cannot compute the attribution: {error}", error=failed))
-        kept = st.session_state.get(keys.CAM_LAST_PIXEL)
-        if kept is not None:
-            st.caption("Showing the last attribution that worked.")
-            draw(*kept)
+        show_last_good(
+            keys.CAM_LAST_PIXEL,
+            failed,
+            draw,
+            failure="Cannot compute the attribution: {error}",
+            stale="Showing the last attribution that worked.",
+        )
         return
-    layers = request[3] if PIXEL_METHODS[method].needs_layers else ()
+    layers = request.layers if PIXEL_METHODS[method].needs_layers else ()
     kept, _ = keep_last_good(
         keys.CAM_LAST_PIXEL,
-        lambda: (cache.compute_pixel_view(*request[:3], layers, method=method, class_idx=class_idx), class_names),
+        lambda: (
+            cams.compute_pixel_maps(
+                request.model_key, request.device, request.image, layers, method=method, class_idx=class_idx
+            ),
+            class_names,
+        ),
         failure="Cannot compute the attribution: {error}",
         stale="Showing the last attribution that worked.",
     )
@@ -58,7 +71,7 @@ def show(
         draw(*kept)
 
 
-def draw(view: cache.PixelView, class_names: tuple[str, ...]) -> None:
+def draw(view: cams.PixelMaps, class_names: tuple[str, ...]) -> None:
     """The model's view of the image, then one attribution image (or FullGrad overlay) per layer; a camlib error
     while drawing is shown with ``st.error``."""
     try:
@@ -67,7 +80,7 @@ def draw(view: cache.PixelView, class_names: tuple[str, ...]) -> None:
         st.error(md("Cannot draw the attribution: {error}", error=error))
 
 
-def _draw(view: cache.PixelView, class_names: tuple[str, ...]) -> None:
+def _draw(view: cams.PixelMaps, class_names: tuple[str, ...]) -> None:
     spec = PIXEL_METHODS[view.method]
     st.markdown(
         md(
@@ -89,7 +102,7 @@ def _draw(view: cache.PixelView, class_names: tuple[str, ...]) -> None:
     for column, (layer, shown) in zip(columns[1:], view.shown.items()):
         caption = md("{label} at {layer}", label=spec.label, layer=layer) if layer else spec.label
         if spec.output == "map":
-            shown = cache.overlay_image(model_view, upscale_nearest(shown, cam_view.TILE_PX), **style)
+            shown = overlays.overlay_image(model_view, upscale_nearest(shown, cam_view.TILE_PX), **style)
         column.image(shown, caption=caption, width="stretch", output_format="PNG")
     if spec.output == "attributions":
         st.caption("Signed attributions normalised per image: grey is 0, brighter or darker is stronger evidence.")

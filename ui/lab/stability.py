@@ -23,6 +23,7 @@ from camlib.cifar import CifarData
 from camlib.drawing import fast_png
 from camlib.errors import CamlibError
 from camlib.layers import default_layer
+from camlib.models import LoadedModel
 from camlib.overlay import overlay_heatmap, upscale_nearest
 from camlib.stability import (
     FlipCurve,
@@ -34,8 +35,7 @@ from camlib.stability import (
     reporting_progress,
     stability_views,
 )
-from ui import cache, keys, widgets
-from ui.cache import _handed, _probe, _store
+from ui import jobs, keys, models, stores, widgets
 from ui.text import md
 
 METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")  # one forward + one backward each
@@ -57,28 +57,28 @@ class Settings:
     seed: int
 
 
-# --- bounded stores of finished results (filled from outside, see ui.cache._handed) ----------------------------------
+# --- bounded stores of finished results (filled from outside, see ui.stores.handed) --------------------------------
 
 
-@st.cache_data(max_entries=8, ttl=cache.CACHE_TTL, show_spinner=False)
+@st.cache_data(max_entries=8, ttl=stores.CACHE_TTL, show_spinner=False)
 def _stored_views(settings: Settings, image_key: str) -> ViewMaps:
-    return _handed()
+    return stores.handed()
 
 
-@st.cache_data(max_entries=8, ttl=cache.CACHE_TTL, show_spinner=False)
+@st.cache_data(max_entries=8, ttl=stores.CACHE_TTL, show_spinner=False)
 def _stored_report(settings: Settings, images_key: str) -> StabilityReport:
-    return _handed()
+    return stores.handed()
 
 
-@st.cache_data(max_entries=8, ttl=cache.CACHE_TTL, show_spinner=False)
+@st.cache_data(max_entries=8, ttl=stores.CACHE_TTL, show_spinner=False)
 def _stored_curve(settings: Settings, images_key: str, sweep: Sweep) -> FlipCurve:
-    return _handed()
+    return stores.handed()
 
 
 def _computed(slot: str, label: str, store: Callable, compute: Callable[[], Any], *key: Any) -> None:
     """The result for ``key`` from ``store``, else computed with a progress bar and stored; kept in ``slot``. A camlib
     error is shown and the slot keeps the last good result."""
-    result = _probe(store, *key)
+    result = stores.probe(store, *key)
     if result is None:
         bar = st.progress(0.0, text=md("{label}: starting...", label=label))
 
@@ -94,8 +94,17 @@ def _computed(slot: str, label: str, store: Callable, compute: Callable[[], Any]
             return
         finally:
             bar.empty()
-        _store(store, result, *key)
+        stores.store(store, result, *key)
     st.session_state[slot] = (key, result)
+
+
+def _on_button(names: tuple[str, str, str, str], store: Callable, compute: Callable[[], Any], *key: Any) -> Any:
+    """A button (``names``: its text, its key, the result's session slot, the progress label) that computes the
+    result for ``key`` (``_computed``); the slot's result, as ``_shown``."""
+    text, button_key, slot, label = names
+    if st.button(text, key=button_key):
+        _computed(slot, label, store, compute, *key)
+    return _shown(slot, *key)
 
 
 def _shown(slot: str, *key: Any) -> Any:
@@ -208,6 +217,46 @@ def curve_chart(curve: FlipCurve, share: float) -> alt.LayerChart:
     return alt.layer(*layers)
 
 
+# --- the model runs (each a heavy job of ui.jobs) ---------------------------------------------------------------------
+
+
+def _method_args(loaded: LoadedModel, settings: Settings) -> dict[str, Any]:
+    return {"preprocessing": loaded.spec.preprocessing, "method": settings.method, "n_views": settings.n_views}
+
+
+def compute_views(loaded: LoadedModel, image: np.ndarray, pipeline: Pipeline, settings: Settings) -> ViewMaps:
+    """``camlib.stability.stability_views`` of one uint8 ``(32, 32, 3)`` image under ``pipeline``.
+
+    Raises:
+        CamlibError: from ``camlib.stability``.
+    """
+    with jobs.model_job(heavy=True):
+        return stability_views(loaded.model, image, pipeline, settings.layer, **_method_args(loaded, settings))
+
+
+def compute_summary(loaded: LoadedModel, images: np.ndarray, pipeline: Pipeline, settings: Settings) -> StabilityReport:
+    """``camlib.stability.augmentation_stability`` of uint8 ``(K, 32, 32, 3)`` images under ``pipeline``.
+
+    Raises:
+        CamlibError: from ``camlib.stability``.
+    """
+    with jobs.model_job(heavy=True):
+        return augmentation_stability(loaded.model, images, pipeline, settings.layer, **_method_args(loaded, settings))
+
+
+def compute_curve(
+    loaded: LoadedModel, images: np.ndarray, pipeline: Pipeline, settings: Settings, sweep: Sweep
+) -> FlipCurve:
+    """``camlib.stability.flip_curve`` of uint8 ``(K, 32, 32, 3)`` images along ``sweep`` of one pipeline parameter.
+
+    Raises:
+        CamlibError: from ``camlib.stability``.
+    """
+    with jobs.model_job(heavy=True):
+        args = _method_args(loaded, settings)
+        return flip_curve(loaded.model, images, pipeline, settings.layer, sweep=sweep, **args)
+
+
 # --- the panel -------------------------------------------------------------------------------------------------------
 
 
@@ -216,8 +265,8 @@ def _settings(pipeline: Pipeline, device: str) -> tuple[Settings, Any] | None:
     with top[0]:
         model_key = widgets.cifar_model_select("CIFAR-10 model", keys.AUG_STAB_MODEL)
     try:
-        loaded = cache.get_model(model_key, device)
-        layers = cache.get_layers(model_key, device)
+        loaded = models.get_model(model_key, device)
+        layers = models.get_layers(model_key, device)
         suggested = default_layer(layers, loaded.spec.default_layers).name
     except CamlibError as error:
         st.error(md("The stability panel is off: {error}", error=error))
@@ -244,53 +293,46 @@ def stability_panel(data: CifarData | None, pool: np.ndarray, pipeline: Pipeline
     if chosen is None:
         return
     settings, loaded = chosen
-    args = {"preprocessing": loaded.spec.preprocessing, "method": settings.method, "n_views": settings.n_views}
     count = int(st.session_state.get(keys.AUG_STAB_K, 64))
     position = int(st.session_state.get(keys.AUG_STAB_IMAGE, 0))
     try:
         images = data.images[pick_images(pool, min(count, len(pool)), settings.seed)]
         image = data.images[int(pool[min(position, len(pool) - 1)])]
-        images_key, key = cache.image_key(images), (settings, cache.image_key(image))
+        images_key, key = stores.image_key(images), (settings, stores.image_key(image))
     except CamlibError as error:
         st.error(md("The stability panel is off: {error}", error=error))
         return
     one, summary, curve = st.tabs(["One image", "Summary over K images", "Flip curves"])
     with one:
         st.number_input("Image (of the chosen classes)", 0, len(pool) - 1, 0, key=keys.AUG_STAB_IMAGE)
-        if st.button("Compute the views' CAMs", key=keys.AUG_STAB_RUN_ONE):
-            _computed(
-                keys.AUG_STAB_LAST_ONE,
-                "Views",
-                _stored_views,
-                lambda: stability_views(loaded.model, image, pipeline, settings.layer, **args),
-                *key,
-            )
-        views = _shown(keys.AUG_STAB_LAST_ONE, *key)
+        views = _on_button(
+            ("Compute the views' CAMs", keys.AUG_STAB_RUN_ONE, keys.AUG_STAB_LAST_ONE, "Views"),
+            _stored_views,
+            lambda: compute_views(loaded, image, pipeline, settings),
+            *key,
+        )
         if views is not None:
             _strip(views, image, loaded.class_names)
     with summary:
         st.number_input("K images (drawn from the chosen classes with the seed)", 1, 256, 64, key=keys.AUG_STAB_K)
-        if st.button("Compute the summary", key=keys.AUG_STAB_RUN_SUMMARY):
-            _computed(
-                keys.AUG_STAB_LAST_SUMMARY,
-                "Summary",
-                _stored_report,
-                lambda: augmentation_stability(loaded.model, images, pipeline, settings.layer, **args),
-                settings,
-                images_key,
-            )
-        report = _shown(keys.AUG_STAB_LAST_SUMMARY, settings, images_key)
+        report = _on_button(
+            ("Compute the summary", keys.AUG_STAB_RUN_SUMMARY, keys.AUG_STAB_LAST_SUMMARY, "Summary"),
+            _stored_report,
+            lambda: compute_summary(loaded, images, pipeline, settings),
+            settings,
+            images_key,
+        )
         if report is not None:
             table = summary_table(report)
             st.dataframe(table, width="stretch")
             st.bar_chart(table["mean correlation"], horizontal=True)
             st.caption("Correlation and IoU compare each view's CAM with the original CAM carried through the view.")
     with curve:
-        _curve_tab(settings, loaded, pipeline, images=images, images_key=images_key, args=args)
+        _curve_tab(settings, loaded, pipeline, images=images, images_key=images_key)
 
 
 def _curve_tab(
-    settings: Settings, loaded: Any, pipeline: Pipeline, *, images: np.ndarray, images_key: str, args: dict
+    settings: Settings, loaded: LoadedModel, pipeline: Pipeline, *, images: np.ndarray, images_key: str
 ) -> None:
     options = [
         (i, p.name)
@@ -313,17 +355,14 @@ def _curve_tab(
     share = float(right.slider("Mark where flips pass", 0.05, 0.9, 0.1, 0.05, key=keys.AUG_STAB_SHARE))
     spec = TRANSFORMS[pipeline.steps[choice[0]].transform].param(choice[1])
     sweep = Sweep(choice[0], choice[1], sweep_values(spec.low, spec.high, spec.kind, points))
-    if st.button("Compute the flip curve", key=keys.AUG_STAB_RUN_CURVE):
-        _computed(
-            keys.AUG_STAB_LAST_CURVE,
-            "Flip curve",
-            _stored_curve,
-            lambda: flip_curve(loaded.model, images, pipeline, settings.layer, sweep=sweep, **args),
-            settings,
-            images_key,
-            sweep,
-        )
-    result = _shown(keys.AUG_STAB_LAST_CURVE, settings, images_key, sweep)
+    result = _on_button(
+        ("Compute the flip curve", keys.AUG_STAB_RUN_CURVE, keys.AUG_STAB_LAST_CURVE, "Flip curve"),
+        _stored_curve,
+        lambda: compute_curve(loaded, images, pipeline, settings, sweep),
+        settings,
+        images_key,
+        sweep,
+    )
     if result is None:
         return
     labels = [str(v) for v in result.sweep.values]

@@ -1,5 +1,5 @@
 """The CAM Explorer's "Compare methods" view: a grid with one row per method and one column per target layer, every
-cell an overlay, all from one ``cache.compute_grid`` call (one forward and one gradient for every gradient method,
+cell an overlay, all from one ``cams.compute_grid`` call (one forward and one gradient for every gradient method,
 ``camlib.cam.compute_cam_grid``).
 
 Each method's cost comes from its registry entry, shown in the picker before a slow one is added; costly methods
@@ -20,8 +20,9 @@ from camlib.cam import METHODS, shared_scale_maps
 from camlib.errors import CamlibError
 from camlib.layers import LayerInfo
 from camlib.overlay import upscale_nearest
-from ui import cache, cam_view, faithfulness_view, keys, widgets
-from ui.last_good import keep_last_good
+from ui import keys, overlays, widgets
+from ui.explorer import cam_view, cams, faithfulness_view
+from ui.last_good import keep_last_good, show_last_good
 from ui.text import md
 
 DEFAULT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")  # one pass between them
@@ -29,7 +30,7 @@ MAX_METHODS = 8  # rows of the grid at once, in the picker and in a link (times 
 
 
 def option_label(method: str, refused: dict[str, str] | None = None, *, cost: bool = True) -> str:
-    """A method as the pickers list it: its label; "not for these layers" when ``refused`` (``cache.method_refusals``)
+    """A method as the pickers list it: its label; "not for these layers" when ``refused`` (``models.method_refusals``)
     names it (a select box cannot grey out an option: the label says it, and the page shows the reason); with
     ``cost``, its cost when it runs extra forward passes (the one-method view shows the cost under the picker)."""
     spec = METHODS[method]
@@ -73,26 +74,29 @@ class Context:
 
 
 def show(
-    request: tuple, methods: list[str], class_idx: int, context: Context, *, failed: Exception | None = None
+    request: cams.CamRequest,
+    methods: list[str],
+    class_idx: int,
+    context: Context,
+    *,
+    failed: Exception | None = None,
 ) -> None:
-    """Compute (after the slow-method check) and draw the grid for ``request = (model_key, device, image, layers)``;
+    """Compute (after the slow-method check) and draw the grid for ``request``;
     a camlib error (this one's, or ``failed``: the page's prediction of this image) is shown with ``st.error`` and
     the last grid that worked stays."""
     if not methods:
         st.info("Pick at least one method.")
         return
     if failed is not None:
-        st.error(md("Cannot compute the grid: {error}", error=failed))
-        kept = st.session_state.get(keys.CAM_LAST_GRID)
-        if kept is not None:
-            st.caption("Showing the last grid.")
-            draw(*kept)
+        show_last_good(
+            keys.CAM_LAST_GRID, failed, draw, failure="Cannot compute the grid: {error}", stale="Showing the last grid."
+        )
         return
-    chosen = [context.layers[n] for n in request[3]]
+    chosen = [context.layers[n] for n in request.layers]
 
-    def compute() -> tuple[cache.GridView, Context]:
+    def compute() -> tuple[cams.GridMaps, Context]:
         with cam_view.progress(methods) as report:
-            grid = cache.compute_grid(*request, methods=tuple(methods), class_idx=class_idx, progress=report)
+            grid = cams.compute_grid(request, methods=tuple(methods), class_idx=class_idx, progress=report)
         return grid, context
 
     current = cam_view.ready_to_start(request, methods, class_idx, chosen, button_key=keys.CAM_GRID_START)
@@ -108,15 +112,19 @@ def show(
     if kept is None:
         return
     draw(*kept)
-    if current and kept[0].views:  # this request's grid: its cells can be scored
+    if current and kept[0].outcomes:  # this request's grid: its cells can be scored
         with st.expander("Which map to trust? Faithfulness of every cell, curves and sanity checks"):
-            methods = tuple(kept[0].views)
             faithfulness_view.faithfulness_section(
-                *request[:3], layers=request[3], methods=methods, class_idx=class_idx
+                request.model_key,
+                request.device,
+                request.image,
+                layers=request.layers,
+                methods=tuple(kept[0].outcomes),
+                class_idx=class_idx,
             )
 
 
-def draw(grid: cache.GridView, context: Context) -> None:
+def draw(grid: cams.GridMaps, context: Context) -> None:
     """The overlay controls, then one row per method (label, cost) and one column per layer; a camlib error while
     drawing is shown with ``st.error`` (the grid stays, the next overlay change redraws)."""
     try:
@@ -125,15 +133,15 @@ def draw(grid: cache.GridView, context: Context) -> None:
         st.error(md("Cannot draw the grid: {error}", error=error))
 
 
-def _draw(grid: cache.GridView, context: Context) -> None:
+def _draw(grid: cams.GridMaps, context: Context) -> None:
     with st.expander("Overlay", expanded=True):
         look = widgets.overlay_controls(keys.CAM, columns=4)
     style = {"alpha": look.alpha, "colormap": look.colormap, "threshold": look.threshold}
     for method, error in grid.errors.items():
         st.warning(md("{label} cannot explain these layers: {error}", label=METHODS[method].label, error=error))
-    if not grid.views:
+    if not grid.outcomes:
         return
-    first = next(iter(grid.views.values())).result
+    first = next(iter(grid.outcomes.values())).result
     explained = first.class_idx[0]
     st.markdown(
         md(
@@ -142,16 +150,16 @@ def _draw(grid: cache.GridView, context: Context) -> None:
             k=explained,
             name=context.class_names[explained],
             p=first.probabilities[0, explained],
-            n=len(grid.views),
+            n=len(grid.outcomes),
             m=len(first.layers),
-            ms=max(view.result.elapsed_s for view in grid.views.values()) * 1000,
+            ms=max(view.result.elapsed_s for view in grid.outcomes.values()) * 1000,
         )
     )
     widths = [1] + [2] * len(first.layers)
     for column, name in zip(st.columns(widths)[1:], first.layers):
         info = context.layers.get(name)
         column.markdown(md("**{name}** {shape}", name=name, shape=f"[{info.shape_label}]" if info else ""))
-    for method, view in grid.views.items():
+    for method, view in grid.outcomes.items():
         result = view.result
         maps = shared_scale_maps(result) if look.shared_scale else result.maps
         model_view = upscale_nearest(view.model_view, cam_view.TILE_PX)
@@ -159,6 +167,8 @@ def _draw(grid: cache.GridView, context: Context) -> None:
         row[0].markdown(md("**{label}**", label=METHODS[method].label))
         row[0].caption(md("{cost}", cost=METHODS[method].cost))
         for column, name in zip(row[1:], result.layers):
-            column.image(cache.overlay_image(model_view, maps[name][0], **style), width="stretch", output_format="PNG")
+            column.image(
+                overlays.overlay_image(model_view, maps[name][0], **style), width="stretch", output_format="PNG"
+            )
             if result.degenerate[name][0]:
                 column.caption("No positive evidence: blank.")

@@ -8,7 +8,7 @@ import streamlit as st
 from camlib.errors import CamlibError
 from camlib.evaluation import FlipReport, flip_report, predict_probabilities
 from camlib.models import LoadedModel
-from ui import cache, keys, widgets
+from ui import jobs, keys, models, widgets
 from ui.text import md
 
 
@@ -26,7 +26,7 @@ def model_loop_controls(device: str) -> LoadedModel | None:
         return None
     key = widgets.cifar_model_select("CIFAR-10 model", keys.AUG_LOOP_MODEL)
     try:
-        return cache.get_model(key, device)
+        return models.get_model(key, device)
     except CamlibError as error:
         st.error(md("Model in the loop is off: {error}", error=error))
         return None
@@ -34,8 +34,9 @@ def model_loop_controls(device: str) -> LoadedModel | None:
 
 def tile_predictions(loaded: LoadedModel, originals: np.ndarray, tiles: np.ndarray) -> tuple[FlipReport, list[str]]:
     """The flip report of original vs augmented tiles, and one badge text per tile."""
-    before = predict_probabilities(loaded.model, originals, loaded.spec.preprocessing)
-    after = predict_probabilities(loaded.model, tiles, loaded.spec.preprocessing)
+    with jobs.model_job(heavy=True):  # two batches of tiles
+        before = predict_probabilities(loaded.model, originals, loaded.spec.preprocessing)
+        after = predict_probabilities(loaded.model, tiles, loaded.spec.preprocessing)
     report = flip_report(before, after)
     badges = [f"{loaded.class_names[label]} {after[k, label]:.0%}" for k, label in enumerate(report.augmented_label)]
     return report, badges

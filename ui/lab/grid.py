@@ -1,4 +1,5 @@
-"""The Augmentation Lab's cost check before a grid, and its progress while drawing, as the CAM page's (ui.cam_view).
+"""The Augmentation Lab's cost check before a grid, and its progress while drawing, as the CAM page's
+(ui.explorer.cam_view).
 
 - ``ready_to_draw``: a grid whose estimated time (``camlib.augment.estimate_grid``: each step timed on this machine
   with its own parameters, at the size it can get) exceeds ``SLOW_S`` waits for a button, with the estimate shown;
@@ -19,7 +20,7 @@ import streamlit as st
 from camlib.augment import Pipeline, ProgressCallback, estimate_grid, pipeline_to_query
 from camlib.errors import CamlibError
 from ui import keys
-from ui.cam_view import SLOW_S
+from ui.explorer.cam_view import SLOW_S
 from ui.text import md
 
 QUIET_S = 0.5  # estimated seconds below which a grid is drawn without a progress bar

@@ -34,7 +34,7 @@ from camlib.models import Preprocessing, prepare_input
 from camlib.overlay import colorize, overlay_heatmap, upscale_nearest
 from camlib.parsing import parse_int
 from ui import figures
-from ui.cache import CACHE_TTL
+from ui.stores import CACHE_TTL
 from ui.text import md
 
 PAGE_SIZE = 12

@@ -1,5 +1,5 @@
 """Shareable CAM Explorer state: the model, view, method (or the grid's methods), target layers, class and image
-live in the URL query (``st.query_params``), so a link reproduces the maps (the Lab has ``ui.lab_url``).
+live in the URL query (``st.query_params``), so a link reproduces the maps (the Lab has ``ui.lab.url``).
 
 ``apply_link`` runs before the page's widgets are drawn and loads the settings from the query on the session's first
 run only (a link opened in a tab, or pasted into one: both load the page, a new session). Later reruns never read it
@@ -31,7 +31,8 @@ from camlib.models import DEFAULT_MODEL, MODELS, class_names_for
 from camlib.parsing import parse_int
 from camlib.pixel_attribution import PIXEL_METHODS
 from camlib.samples import SAMPLES
-from ui import cache, cam_grid, downloads, keys, widgets
+from ui import datasets, downloads, keys, models, widgets
+from ui.explorer import cam_grid
 from ui.text import md
 
 QUERY_KEYS = ("model", "view", "method", "methods", "layers", "class", "sample", "cifar")
@@ -84,7 +85,7 @@ def parse_link(
         query: the URL query, name -> value (``st.query_params``); keys other than ``QUERY_KEYS`` are ignored, and a
             value that is not a string is refused.
         current_model: the model the layers and class apply to when the link names none (or a refused one).
-        layer_names: a model's candidate layers (``cache.get_layers``); may raise ``CamlibError`` (e.g. weights
+        layer_names: a model's candidate layers (``models.get_layers``); may raise ``CamlibError`` (e.g. weights
             not downloaded), which refuses the layers part.
         cifar_members: the number of CIFAR-10 test images of a class on this server; may raise ``CamlibError``.
 
@@ -165,11 +166,11 @@ def _layer_names(model: str, device: str) -> list[str]:
             f"layers apply once {MODELS[model].label}'s weights are downloaded: press the download button, then "
             "open the link again"
         )
-    return [c.name for c in cache.get_layers(model, device)]
+    return [c.name for c in models.get_layers(model, device)]
 
 
 def _cifar_members(root: str, name: str) -> int:
-    data = cache.cifar_test_set(root)
+    data = datasets.cifar_test_set(root)
     _check(data is not None, "cifar: no CIFAR-10 test images on this server (set the data root)")
     return int(np.count_nonzero(data.labels == data.class_names.index(name)))
 

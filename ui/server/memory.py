@@ -1,10 +1,9 @@
 """The app process's long-lived objects out of Python's full garbage collections: reruns under load are not held up.
 
-A generation-2 collection traverses every tracked object and holds the GIL, so every session's script waits for it:
-with torch, Streamlit and a model in the server process they took 170-400 ms each, six times per
-``benchmarks/bench_load.py`` run. ``gc.freeze()`` moves the objects alive at that moment to a permanent generation that
-those collections skip; with the imports and the model frozen they took 24-46 ms, and the 8-session method/layer p95
-was 418-516 ms against 734-755 ms without it, in alternating runs.
+A generation-2 collection traverses every tracked object and holds the GIL, so every session's script waits for it;
+with torch, Streamlit and a model in the server process that is hundreds of thousands of objects. ``gc.freeze()``
+moves the objects alive at that moment to a permanent generation that those collections skip, so they traverse only
+what the sessions create (``benchmarks/bench_load.py`` measures the effect on the 8-session method/layer p95).
 """
 
 from __future__ import annotations
@@ -13,12 +12,12 @@ import gc
 import threading
 
 _lock = threading.Lock()
-_model_loaded = False  # a model was loaded in this process (ui.cache.get_model)
+_model_loaded = False  # a model was loaded in this process (ui.models.get_model)
 _freezes = 0  # 1: frozen after the imports; 2: and after the first model load
 
 
 def note_model_load() -> None:
-    """Called by ``ui.cache.get_model`` after it loaded a model: the next ``freeze_at_run_start`` freezes it."""
+    """Called by ``ui.models.get_model`` after it loaded a model: the next ``freeze_at_run_start`` freezes it."""
     global _model_loaded
     _model_loaded = True
 

@@ -1,12 +1,13 @@
 """Which map to trust, as components the CAM Explorer mounts: the faithfulness grid, the deletion and
 insertion curves of one cell next to the baselines', and the sanity-check panel.
 
-Compute side (``compute_grid_scores``, ``compute_sanity``): the CAMs come from ``ui.cache.compute_view`` (the page's own
-cached maps; models from ``ui.cache.resolve_model``, i.e. ``get_model`` for registry keys), the numbers from
-``camlib.metrics``. Both run outside any ``st.cache_*`` function, so their ``progress(done, total)`` callback may draw
-(an ``st.progress`` bar: ``progress_bar``) and a rerun or a closed tab stops them between cells or steps; finished
-results are then put in a bounded ``st.cache_data`` store (``max_entries``, ``ui.cache.CACHE_TTL``), so later reruns
-find them with ``cached_grid_scores``/``cached_sanity`` and nothing is computed until the user asks.
+Compute side (``compute_grid_scores``, ``compute_sanity``): the CAMs come from ``ui.explorer.cams.compute_cam`` (the
+page's own cached maps; models from ``ui.models.resolve_model``, i.e. ``get_model`` for registry keys), the numbers
+from ``camlib.metrics``, run inside ``ui.jobs.model_job``. Both run outside any ``st.cache_*`` function, so their
+``progress(done, total)`` callback may draw (an ``st.progress`` bar: ``progress_bar``) and a rerun or a closed tab stops
+them between cells or steps; finished results are then put in a bounded ``st.cache_data`` store through ``ui.stores``
+(``max_entries``, ``ui.stores.CACHE_TTL``), so later reruns find them with ``cached_grid_scores``/``cached_sanity`` and
+nothing is computed until the user asks.
 
 Drawing side (``faithfulness_table``, ``curves_figure``, ``sanity_panel``) renders results and never computes.
 ``faithfulness_section`` is the whole thing in one call: buttons, progress, errors (``st.error``, never a traceback),
@@ -45,7 +46,8 @@ from camlib.metrics import (
 )
 from camlib.models import prepare_input
 from camlib.overlay import overlay_heatmap
-from ui import cache, keys
+from ui import jobs, keys, models, stores
+from ui.explorer import cams
 from ui.text import html_text, md
 
 Cell = tuple[str, str]  # (method, layer)
@@ -90,7 +92,7 @@ class GridScores:
 
 
 @dataclass(frozen=True)
-class SanityView:
+class SanityChecks:
     """The sanity checks of one (method, layer) on one image.
 
     Attributes:
@@ -117,34 +119,16 @@ class SanityView:
 # --- compute side: outside st.cache_*, stored in bounded caches ------------------------------------------------------
 
 
-class _Missing(Exception):  # noqa: N818 - a signal between a probe and its store, never shown
-    """Raised by a store on a probe: exceptions are not cached, so nothing is stored."""
+@st.cache_data(max_entries=16, ttl=stores.CACHE_TTL, show_spinner=False)
+def _grid_store(model_key: str, device: str, image: str, cells: tuple[Cell, ...], class_idx: int) -> GridScores:
+    """Finished grids by (model, device, ``stores.image_key``, cells, class), through ``ui.stores``."""
+    return stores.handed()
 
 
-@st.cache_data(max_entries=16, ttl=cache.CACHE_TTL, show_spinner=False)
-def _grid_store(
-    model_key: str, device: str, image: str, cells: tuple[Cell, ...], class_idx: int, _value: list
-) -> GridScores:
-    """Finished grids by (model, device, ``cache.image_key``, cells, class); ``_value`` (not hashed) is ``[]`` to
-    probe and ``[grid]`` to store."""
-    if not _value:
-        raise _Missing
-    return _value[0]
-
-
-@st.cache_data(max_entries=16, ttl=cache.CACHE_TTL, show_spinner=False)
-def _sanity_store(model_key: str, device: str, image: str, cell: Cell, class_idx: int, _value: list) -> SanityView:
+@st.cache_data(max_entries=16, ttl=stores.CACHE_TTL, show_spinner=False)
+def _sanity_store(model_key: str, device: str, image: str, cell: Cell, class_idx: int) -> SanityChecks:
     """Finished sanity checks, as ``_grid_store``."""
-    if not _value:
-        raise _Missing
-    return _value[0]
-
-
-def _probe(store: Callable, *args: object) -> object | None:
-    try:
-        return store(*args, [])
-    except _Missing:
-        return None
+    return stores.handed()
 
 
 def _cells(methods: tuple[str, ...], layers: tuple[str, ...]) -> tuple[Cell, ...]:
@@ -155,8 +139,8 @@ def cached_grid_scores(
     model_key: str, device: str, image: np.ndarray, *, layers: tuple[str, ...], methods: tuple[str, ...], class_idx: int
 ) -> GridScores | None:
     """The stored grid for these inputs, or None; never computes."""
-    key = cache.image_key(image)
-    return _probe(_grid_store, model_key, device, key, _cells(methods, layers), int(class_idx))
+    key = stores.image_key(image)
+    return stores.probe(_grid_store, model_key, device, key, _cells(methods, layers), int(class_idx))
 
 
 def compute_grid_scores(
@@ -177,14 +161,14 @@ def compute_grid_scores(
     an exception it raises (Streamlit's rerun or stop request) stops the work there and nothing is stored.
 
     Raises:
-        CamlibError: from ``ui.cache.resolve_model``, ``ui.cache.compute_view`` or ``camlib.metrics``.
+        CamlibError: from ``ui.models.resolve_model``, ``ui.explorer.cams.compute_cam`` or ``camlib.metrics``.
     """
     cells, class_idx = _cells(methods, layers), int(class_idx)
-    key = cache.image_key(image)
-    if (stored := _probe(_grid_store, model_key, device, key, cells, class_idx)) is not None:
+    key = stores.image_key(image)
+    if (stored := stores.probe(_grid_store, model_key, device, key, cells, class_idx)) is not None:
         return stored
     start = time.perf_counter()
-    loaded = cache.resolve_model(model_key, device)
+    loaded = models.resolve_model(model_key, device)
     x = prepare_input(image, loaded.spec.preprocessing).tensor.to(loaded.device)
     total, done = len(methods) + len(cells) + len(BASELINE_KINDS), 0
 
@@ -196,25 +180,25 @@ def compute_grid_scores(
 
     maps = {}
     for method in methods:
-        view = cache.compute_view(model_key, device, image, tuple(layers), method=method, class_idx=class_idx)
+        view = cams.compute_cam(model_key, device, image, tuple(layers), method=method, class_idx=class_idx)
         maps.update({(method, layer): view.result.maps[layer] for layer in layers})
         step()
-    scores = {}
-    for cell in cells:
-        scores[cell] = faithfulness_scores(loaded.model, x, maps[cell], class_idx)
-        step()
-    baselines = {}
-    for kind in BASELINE_KINDS:
-        baselines[kind] = faithfulness_scores(loaded.model, x, baseline_maps(x, kind, seed=0), class_idx)
-        step()
+    scores, baselines = {}, {}
+    with jobs.model_job(heavy=True):  # 20 steps of blurred and noised copies per map
+        for cell in cells:
+            scores[cell] = faithfulness_scores(loaded.model, x, maps[cell], class_idx)
+            step()
+        for kind in BASELINE_KINDS:
+            baselines[kind] = faithfulness_scores(loaded.model, x, baseline_maps(x, kind, seed=0), class_idx)
+            step()
     grid = GridScores(scores, baselines, class_idx, time.perf_counter() - start)
-    _grid_store(model_key, device, key, cells, class_idx, [grid])
+    stores.store(_grid_store, grid, model_key, device, key, cells, class_idx)
     return grid
 
 
-def cached_sanity(model_key: str, device: str, image: np.ndarray, *, cell: Cell, class_idx: int) -> SanityView | None:
+def cached_sanity(model_key: str, device: str, image: np.ndarray, *, cell: Cell, class_idx: int) -> SanityChecks | None:
     """The stored sanity checks for these inputs, or None; never computes."""
-    return _probe(_sanity_store, model_key, device, cache.image_key(image), tuple(cell), int(class_idx))
+    return stores.probe(_sanity_store, model_key, device, stores.image_key(image), tuple(cell), int(class_idx))
 
 
 def _thumbnail(cam: np.ndarray) -> np.ndarray:
@@ -231,7 +215,7 @@ def compute_sanity(
     cell: Cell,
     class_idx: int,
     progress: ProgressCallback | None = None,
-) -> SanityView:
+) -> SanityChecks:
     """Cascading randomisation (``camlib.metrics.cascading_randomization``, seed 0) and the random-logit test
     (``camlib.metrics.random_logit``, seed 0) of one (method, layer) on ``image``, on a deep copy of the shared model;
     the stored result when there is one.
@@ -240,18 +224,18 @@ def compute_sanity(
 
     Raises:
         MethodError: a perturbation method (one forward per channel at every depth: too slow here).
-        CamlibError: from ``ui.cache.resolve_model`` or ``camlib.metrics``.
+        CamlibError: from ``ui.models.resolve_model`` or ``camlib.metrics``.
     """
     method, layer = cell = (str(cell[0]), str(cell[1]))
-    class_idx, key = int(class_idx), cache.image_key(image)
-    if (stored := _probe(_sanity_store, model_key, device, key, cell, class_idx)) is not None:
+    class_idx, key = int(class_idx), stores.image_key(image)
+    if (stored := stores.probe(_sanity_store, model_key, device, key, cell, class_idx)) is not None:
         return stored
     if method in METHODS and METHODS[method].family == "perturbation":
         raise MethodError(
             f"{METHODS[method].label} runs one forward pass per channel at every randomisation depth: too slow for "
             "the sanity check here; check a gradient or activation method"
         )
-    loaded = cache.resolve_model(model_key, device)
+    loaded = models.resolve_model(model_key, device)
     x = prepare_input(image, loaded.spec.preprocessing).tensor.to(loaded.device)
     depths: list[np.ndarray] = []
 
@@ -260,12 +244,13 @@ def compute_sanity(
         depths.append(_thumbnail(maps[0]))
         return maps
 
-    cascading = cascading_randomization(loaded.model, x, class_idx, explain, seed=0, progress=progress)
-    picks = np.unique(np.linspace(0, len(depths) - 1, min(STRIP_MAPS, len(depths))).round().astype(int))
-    strip = [("trained" if i == 0 else f"{i} random: {cascading.layers[i - 1]}", depths[i]) for i in picks]
-    logit = random_logit(loaded.model, x, class_idx, explain, seed=0)
-    view = SanityView(cell, cascading, strip, logit)
-    _sanity_store(model_key, device, key, cell, class_idx, [view])
+    with jobs.model_job(heavy=True):  # one CAM per randomisation depth, on a deep copy of the model
+        cascading = cascading_randomization(loaded.model, x, class_idx, explain, seed=0, progress=progress)
+        picks = np.unique(np.linspace(0, len(depths) - 1, min(STRIP_MAPS, len(depths))).round().astype(int))
+        strip = [("trained" if i == 0 else f"{i} random: {cascading.layers[i - 1]}", depths[i]) for i in picks]
+        logit = random_logit(loaded.model, x, class_idx, explain, seed=0)
+    view = SanityChecks(cell, cascading, strip, logit)
+    stores.store(_sanity_store, view, model_key, device, key, cell, class_idx)
     return view
 
 
@@ -378,7 +363,7 @@ def curves_figure(grid: GridScores, cell: Cell) -> go.Figure:
     return figure
 
 
-def sanity_figure(view: SanityView) -> go.Figure:
+def sanity_figure(view: SanityChecks) -> go.Figure:
     """Spearman and SSIM of the map against the trained model's, as layers are randomised from the logits down."""
     depth = list(range(len(view.cascading.layers) + 1))
     figure = go.Figure()
@@ -403,7 +388,7 @@ def sanity_figure(view: SanityView) -> go.Figure:
     return figure
 
 
-def sanity_panel(view: SanityView) -> None:
+def sanity_panel(view: SanityChecks) -> None:
     """Draw the "Sanity check" panel: the cascading-randomisation curve, the maps at each depth as a strip, the
     random-logit similarity, and the flag "not explaining the model" for a map that survives randomising every layer."""
     st.markdown("**Sanity check** (Adebayo et al., NeurIPS 2018)")
@@ -500,8 +485,8 @@ def _section(
         )
         if grid is None:
             return
-    loaded = cache.resolve_model(model_key, device)
-    suggested = default_layer(cache.get_layers(model_key, device), loaded.spec.default_layers).name
+    loaded = models.resolve_model(model_key, device)
+    suggested = default_layer(models.get_layers(model_key, device), loaded.spec.default_layers).name
     best = faithfulness_table(grid, suggested=suggested)
     cells = {f"{_label(c[0])} · {c[1]}": c for c in sorted(grid.cells, key=lambda cell: cell != best)}  # best first
     cell = cells[st.selectbox("Cell (curves and sanity check)", list(cells), key=keys.CAM_FAITH_CELL)]

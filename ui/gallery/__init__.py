@@ -1,0 +1,1 @@
+"""The misclassification gallery's parts (``app_pages/misclassifications.py``)."""

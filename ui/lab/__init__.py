@@ -1,0 +1,1 @@
+"""The Augmentation Lab's parts (``app_pages/augmentation_lab.py``)."""

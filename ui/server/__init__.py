@@ -1,0 +1,1 @@
+"""The server's housekeeping, for every page: memory, TCP_NODELAY, the run log."""
