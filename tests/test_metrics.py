@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,23 @@ import torch
 import torchvision.transforms.functional as TF
 from helpers.models import mixed_state, seeded, seeded_resnet18
 from pytorch_grad_cam.metrics import road as reference_road
-from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+from pytorch_grad_cam.metrics.cam_mult_image import (
+    CamMultImageConfidenceChange,
+    DropInConfidence,
+    IncreaseInConfidence,
+)
+from pytorch_grad_cam.utils.model_targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+)
 from skimage.metrics import structural_similarity as ssim_of
 from torch import nn
 
 from camlib.cam import compute_cams
 from camlib.cifar import load_cifar10
 from camlib.cifar_models import normalize_batch
-from camlib.errors import ClassIndexError, InputError
+from camlib.errors import ClassIndexError, InputError, MethodError, NonFiniteError, TargetError
 from camlib.metrics import (
     METRIC_DIRECTIONS,
     FaithfulnessScores,
@@ -38,6 +47,7 @@ from camlib.metrics import (
     rank_by_faithfulness,
     road,
 )
+from camlib.targets import ClassTarget, SigmoidTarget, SoftmaxTarget
 
 DATA = Path(os.environ.get("CAMLIB_CIFAR10_ROOT", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
 SIDE, TOP, LEFT, SQUARE = 10, 2, 3, 5  # a 10x10 image whose 5x5 square at (2, 3) decides class 0
@@ -628,3 +638,283 @@ def test_metrics_leave_a_shared_model_as_they_found_it(snapshot, one_torch_threa
     assert calls and all(m is not model for m in calls)
     before.assert_unchanged()
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+# --- targets -------------------------------------------------------------------------------------------------------
+
+
+def binary_cnn() -> nn.Module:
+    """``small_cnn`` with a one-logit (binary) head: its output is ``(B, 1)``."""
+
+    def build() -> nn.Module:
+        model = small_cnn()
+        model[-1] = nn.Linear(128, 1)
+        with torch.no_grad():
+            model[-1].weight.mul_(30)
+        return model
+
+    return seeded(build, seed=5)
+
+
+class DictOutput(nn.Module):
+    """A model whose output is ``{"out": logits}`` (torchvision's segmenters return dicts alike)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.inner(x)}
+
+
+@dataclass(frozen=True)
+class SoftmaxOfOut:
+    """A target reading the ``"out"`` entry of a dict output: the softmax probability of ``category``."""
+
+    category: int
+
+    def __call__(self, output: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.softmax(output["out"], dim=-1)[self.category]
+
+
+def target_cases(classes: list[int]) -> dict[str, tuple[nn.Module, list]]:
+    """The model and the pytorch-grad-cam targets of each kind of head: raw logits, softmax, one binary logit."""
+    return {
+        "logit": (small_cnn(), [ClassifierOutputTarget(k) for k in classes]),
+        "softmax": (small_cnn(), [ClassifierOutputSoftmaxTarget(k) for k in classes]),
+        "binary": (binary_cnn(), [BinaryClassifierOutputTarget(k % 2) for k in classes]),
+    }
+
+
+TARGET_KINDS = ("logit", "softmax", "binary")
+
+
+@REFERENCE_WARNINGS
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_road_with_targets_equals_pytorch_grad_cam(cifar_batch, kind, monkeypatch):
+    """pytorch-grad-cam's ROAD metrics score each input by ``target(output)`` as returned; given the same targets
+    (raw logits, softmax, a one-logit binary head) the numbers agree, one percentile (``ROADMostRelevantFirst``,
+    ``ROADLeastRelevantFirst``) and averaged (``ROAD*Average``, ``ROADCombined``)."""
+    _, x, maps, classes = cifar_batch
+    model, targets = target_cases(classes)[kind]
+    monkeypatch.setattr(
+        reference_road.NoisyLinearImputer.__init__, "__defaults__", (0.0, reference_road.neighbors_weights)
+    )
+    single = {"morf": reference_road.ROADMostRelevantFirst, "lerf": reference_road.ROADLeastRelevantFirst}
+    for order, reference in single.items():
+        expected = reference(percentile=30)(x, maps, targets, model).reshape(-1)
+        result = road(model, x, maps, targets=targets, order=order, noise=0, percentiles=(30,))
+        np.testing.assert_allclose(result.scores, expected, atol=1e-4, rtol=0)
+    for order, reference in REFERENCES.items():
+        expected = reference([20, 50, 80])(x, maps, targets, model).reshape(-1)
+        result = road(model, x, maps, targets=targets, order=order, noise=0, percentiles=(20, 50, 80))
+        np.testing.assert_allclose(result.scores, expected, atol=1e-4, rtol=0)
+        changes = result.lerf if result.morf is None else result.morf
+        assert np.abs(changes).max() > 0.01  # the comparison is not between near-zeros
+
+
+@REFERENCE_WARNINGS
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_confidence_metrics_with_targets_equal_pytorch_grad_cam(cifar_batch, kind):
+    """``CamMultImageConfidenceChange``, ``DropInConfidence`` and ``IncreaseInConfidence`` given the same targets."""
+    _, x, maps, classes = cifar_batch
+    model, targets = target_cases(classes)[kind]
+    expected = CamMultImageConfidenceChange()(x, maps, targets, model).reshape(-1)
+    result = confidence_change(model, x, maps, targets=targets, batch_size=2)
+    np.testing.assert_allclose(result, expected, atol=1e-5, rtol=0)
+    assert np.abs(result).max() > 1e-3
+    drop = average_drop_increase(model, x, torch.from_numpy(maps), targets=targets)
+    reference_drop = DropInConfidence()(x, maps, targets, model).reshape(-1)
+    positive = drop.original > 0  # Average Drop divides by Y_i; the reference's drop is Y_i - O_i, clipped at 0
+    np.testing.assert_allclose(drop.drop[positive] * drop.original[positive], reference_drop[positive], atol=1e-5)
+    np.testing.assert_array_equal(drop.increased, IncreaseInConfidence()(x, maps, targets, model).reshape(-1) > 0)
+
+
+def test_softmax_targets_give_the_numbers_of_class_idx(cifar_batch):
+    """camlib's ``SoftmaxTarget`` and pytorch-grad-cam's ``ClassifierOutputSoftmaxTarget`` score what ``class_idx``
+    scores: every metric's numbers are the same."""
+    model, x, maps, classes = cifar_batch
+    for targets in ([SoftmaxTarget(k) for k in classes], [ClassifierOutputSoftmaxTarget(k) for k in classes]):
+        by_class = deletion_insertion(model, x, maps, classes, steps=4)
+        by_target = deletion_insertion(model, x, maps, targets=targets, steps=4)
+        np.testing.assert_allclose(by_target.deletion, by_class.deletion, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(by_target.insertion, by_class.insertion, atol=1e-6, rtol=0)
+        by_class_road = road(model, x, maps, classes, percentiles=(30, 70), seed=3)
+        by_target_road = road(model, x, maps, targets=targets, percentiles=(30, 70), seed=3)
+        np.testing.assert_allclose(by_target_road.morf, by_class_road.morf, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(by_target_road.lerf, by_class_road.lerf, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(
+            confidence_change(model, x, maps, targets=targets), confidence_change(model, x, maps, classes), atol=1e-6
+        )
+        scores = faithfulness_scores(model, x, maps, targets=targets, steps=3).summary
+        for metric, values in faithfulness_scores(model, x, maps, classes, steps=3).summary.items():
+            np.testing.assert_allclose(scores[metric], values, atol=1e-6, rtol=0)
+        baselines = baseline_scores(model, x, targets=targets, kinds=("edges",), steps=2)["edges"].summary
+        for metric, values in baseline_scores(model, x, classes, kinds=("edges",), steps=2)["edges"].summary.items():
+            np.testing.assert_allclose(baselines[metric], values, atol=1e-6, rtol=0)
+
+
+def test_logit_targets_score_the_raw_logit_on_the_analytic_model():
+    """``RegionModel``'s class-0 logit is ``log m``: deleting the square with a zero baseline sends it to
+    ``log 0 = -inf``; with the map halved, ``O = log(m / 2)``."""
+    x = square_input(0.8)
+    result = confidence_change(RegionModel(), x, 0.5 * square_map(), targets=[ClassTarget(0)])
+    np.testing.assert_allclose(result, [math.log(0.4) - math.log(0.8)], atol=1e-6)
+    result = confidence_change(RegionModel(), x, 0.5 * square_map(), targets=[SigmoidTarget(0)])
+    sigmoid = 1 / (1 + np.exp(-np.log([0.4, 0.8])))
+    np.testing.assert_allclose(result, [sigmoid[0] - sigmoid[1]], atol=1e-6)
+
+
+def test_a_dict_output_model_is_scored_by_a_target_reading_it(cifar_batch):
+    """Metrics no longer need ``(B, C)`` logits when the targets read the output: a ``{"out": logits}`` model with a
+    target reading ``out`` scores as the plain model with ``class_idx``; without targets it is refused."""
+    model, x, maps, classes = cifar_batch
+    wrapped = DictOutput(model)
+    targets = [SoftmaxOfOut(k) for k in classes]
+    np.testing.assert_allclose(
+        confidence_change(wrapped, x, maps, targets=targets), confidence_change(model, x, maps, classes), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        deletion_insertion(wrapped, x, maps, targets=targets, steps=3).deletion_auc,
+        deletion_insertion(model, x, maps, classes, steps=3).deletion_auc,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        road(wrapped, x, maps, targets=targets, percentiles=(50,)).scores,
+        road(model, x, maps, classes, percentiles=(50,)).scores,
+        atol=1e-6,
+    )
+    with pytest.raises(InputError, match="logits"):
+        confidence_change(wrapped, x, maps, classes)
+
+
+def _run_deletion(model, x, maps, **kwargs):
+    return deletion_insertion(model, x, maps, steps=2, **kwargs)
+
+
+def _run_road(model, x, maps, **kwargs):
+    return road(model, x, maps, percentiles=(50,), **kwargs)
+
+
+def _run_faithfulness(model, x, maps, **kwargs):
+    return faithfulness_scores(model, x, maps, steps=2, **kwargs)
+
+
+def _run_baselines(model, x, maps, **kwargs):
+    return baseline_scores(model, x, kinds=("edges",), steps=2, **kwargs)
+
+
+def _run_cascading(model, x, maps, **kwargs):
+    return cascading_randomization(model, x, kwargs.pop("class_idx", None), grad_cam_targets, **kwargs)
+
+
+def _run_random_logit(model, x, maps, **kwargs):
+    return random_logit(model, x, kwargs.pop("class_idx", None), grad_cam_targets, **kwargs)
+
+
+METRIC_RUNS = {
+    "deletion_insertion": _run_deletion,
+    "road": _run_road,
+    "confidence_change": confidence_change,
+    "average_drop_increase": average_drop_increase,
+    "faithfulness_scores": _run_faithfulness,
+    "baseline_scores": _run_baselines,
+    "cascading_randomization": _run_cascading,
+    "random_logit": _run_random_logit,
+}
+
+
+class NaNTarget:
+    """A target whose score is NaN (a target dividing by zero, an overflowed output)."""
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output[0] * float("nan")
+
+
+@pytest.mark.parametrize("metric", list(METRIC_RUNS))
+def test_every_metric_refuses_bad_targets(cifar_batch, metric):
+    """Both ``class_idx`` and ``targets``, a wrong count, something not callable, a target failing on the output."""
+    model, x, maps, classes = cifar_batch
+    run = METRIC_RUNS[metric]
+    targets = [ClassTarget(k) for k in classes]
+    with pytest.raises(InputError, match="not both"):
+        run(model, x, maps, class_idx=classes, targets=targets)
+    for wrong in (targets[:2], targets + targets[:1]):
+        with pytest.raises(TargetError, match=f"got {len(wrong)} targets for a batch of 3"):
+            run(model, x, maps, targets=wrong)
+    with pytest.raises(InputError, match="callables"):
+        run(model, x, maps, targets=[0, 3, 7])
+    with pytest.raises(TargetError, match="targets\\[0\\]"):
+        run(model, x, maps, targets=[ClassifierOutputTarget(12), *targets[1:]])  # a class the model does not have
+
+
+@pytest.mark.bad_input(34)
+@pytest.mark.parametrize("metric", list(METRIC_RUNS))
+def test_every_metric_refuses_a_non_finite_target_score(cifar_batch, metric):
+    model, x, maps, _ = cifar_batch
+    with pytest.raises(NonFiniteError):
+        METRIC_RUNS[metric](model, x, maps, targets=[NaNTarget()] * 3)
+
+
+# --- sanity checks with targets ------------------------------------------------------------------------------------
+
+
+def grad_cam_targets(model: nn.Module, x: torch.Tensor, targets: list) -> np.ndarray:
+    return compute_cams(model, x, ["4"], targets=targets).maps["4"]
+
+
+def test_cascading_randomization_passes_the_targets_to_explain(cifar_batch):
+    """With ``targets`` the explainer gets the targets in place of the classes: logit targets give the numbers of
+    ``class_idx``; a dict-output model works with a target reading its output."""
+    model, x, _, classes = cifar_batch
+    by_class = cascading_randomization(model, x, classes, grad_cam, seed=2)
+    seen = []
+
+    def explain(m, x, targets):
+        seen.append(targets)
+        return grad_cam_targets(m, x, targets)
+
+    targets = [ClassTarget(k) for k in classes]
+    by_target = cascading_randomization(model, x, None, explain, targets=targets, seed=2)
+    assert all(t == targets for t in seen) and len(seen) == len(by_target.layers) + 1
+    assert by_target.layers == by_class.layers
+    np.testing.assert_allclose(by_target.spearman, by_class.spearman, atol=1e-6)
+    np.testing.assert_allclose(by_target.ssim, by_class.ssim, atol=1e-6)
+    wrapped = DictOutput(model)
+    edges = cascading_randomization(
+        wrapped, x, None, lambda m, x, t: baseline_maps(x, "edges"), targets=[SoftmaxOfOut(k) for k in classes]
+    )
+    assert edges.layers == ("inner.8", "inner.4", "inner.2", "inner.0")
+    np.testing.assert_allclose(edges.spearman, 1.0)
+
+
+@pytest.mark.parametrize("make", [ClassTarget, SoftmaxTarget, ClassifierOutputTarget, ClassifierOutputSoftmaxTarget])
+def test_random_logit_swaps_the_class_of_class_targets(cifar_batch, make):
+    """The other target is the same kind of target for the other class, drawn as with ``class_idx``."""
+    model, x, _, classes = cifar_batch
+    by_class = random_logit(model, x, classes, grad_cam, seed=7)
+    seen = []
+
+    def explain(m, x, targets):
+        seen.append(targets)
+        return baseline_maps(x, "edges")
+
+    result = random_logit(model, x, None, explain, targets=[make(k) for k in classes], seed=7)
+    assert result.class_idx == tuple(classes) and result.other_class_idx == by_class.other_class_idx
+    (given,) = seen
+    assert all(type(t) is make for t in given)
+    assert [t.category for t in given] == classes + list(by_class.other_class_idx)
+
+
+def test_random_logit_refuses_targets_without_a_class(cifar_batch):
+    """The test swaps a class for another: a binary head's target, or a model without ``(B, C)`` logits, has none."""
+    _, x, _, classes = cifar_batch
+    with pytest.raises(MethodError, match="explains no class"):
+        random_logit(binary_cnn(), x, None, grad_cam_targets, targets=[BinaryClassifierOutputTarget(1)] * 3)
+    model = cifar_batch[0]
+    with pytest.raises(MethodError, match="\\(B, num_classes\\) logits"):
+        random_logit(DictOutput(model), x, None, grad_cam_targets, targets=[SoftmaxOfOut(k) for k in classes])
+    with pytest.raises(TargetError, match="out of bounds"):
+        random_logit(model, x, None, grad_cam_targets, targets=[SoftmaxTarget(12)] * 3)
+    with pytest.raises(ClassIndexError, match="-1"):  # reads the last class; as a class to swap it is refused
+        random_logit(model, x, None, grad_cam_targets, targets=[SoftmaxTarget(-1)] * 3)
