@@ -2,8 +2,10 @@
 
 Unlike the CAMs of ``camlib.cam`` (one coarse map per layer), these explain each input pixel; each is one entry of
 ``PIXEL_METHODS`` (label, paper, cost, what it returns) and one ``compute_*`` function. B = batch, C = input channels,
-(H, W) = the input's size, g = d score / d x, where the score is each image's class logit (summed over the batch; images
-never interact in eval mode), as in ``camlib.cam`` and pytorch-grad-cam 1.5.7.
+(H, W) = the input's size, g = d score / d x, where the score is each image's class logit, or with ``targets=`` its
+target's score ``targets[b](output_b)`` (``camlib.targets``; summed over the batch; images never interact in eval
+mode), as in ``camlib.cam`` and pytorch-grad-cam 1.5.7. With ``targets`` the model's output may be anything the
+targets read (a tensor, a dict of batched tensors, a list of per-image outputs).
 
 - **Guided Backpropagation** (Springenberg et al., ICLR-W 2015, arXiv:1412.6806, eq. for "guided backpropagation" in
   section 3.4): the input gradient computed with every rectifier's backward replaced by
@@ -80,6 +82,7 @@ from camlib.cam import (
 from camlib.contracts import require_array, require_cam_input, require_finite, require_model, resolve_classes
 from camlib.errors import GradientUnavailableError, InputError, MethodError
 from camlib.guard import eval_mode
+from camlib.targets import Target, class_of, resolve_targets, target_scores
 
 # --- results -------------------------------------------------------------------------------------------------------
 
@@ -89,22 +92,26 @@ class GuidedBackpropResult:
     """The guided gradients of one ``compute_guided_backprop`` call.
 
     Attributes:
-        class_idx: the explained class of each image.
+        class_idx: the explained class of each image (with ``targets``: where every target is a class target,
+            ``camlib.targets.class_of``, else None).
         logits: ``(B, num_classes)`` float32 raw model outputs (equal to a plain forward's: the guided rule changes
-            only the backward).
-        attributions: ``(B, C, H, W)`` float32 signed guided gradients of each image's class logit with respect to
-            the input, in the input's layout (pytorch-grad-cam returns the first image's as ``(H, W, C)``).
+            only the backward); None when the output is not a 2-D tensor.
+        attributions: ``(B, C, H, W)`` float32 signed guided gradients of each image's class logit (target score)
+            with respect to the input, in the input's layout (pytorch-grad-cam returns the first image's as
+            ``(H, W, C)``).
         rectifiers: calls that ran with the guided backward, by kind (``"relu"``, ``"relu6"``, ``"hardtanh"``).
         unguided: calls of other activations, whose plain gradient was used, by kind (``"silu"``, ``"sigmoid"``...).
         elapsed_s: wall time of the call.
+        scores: ``(B,)`` float64, each image's explained score (the class logit, or the target's score).
     """
 
-    class_idx: list[int]
-    logits: np.ndarray
+    class_idx: list[int] | None
+    logits: np.ndarray | None
     attributions: np.ndarray
     rectifiers: dict[str, int]
     unguided: dict[str, int]
     elapsed_s: float = field(default=0.0, compare=False)
+    scores: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,7 @@ class GuidedGradCamResult:
     elapsed_s: float = field(default=0.0, compare=False)
 
     @property
-    def class_idx(self) -> list[int]:
+    def class_idx(self) -> list[int] | None:
         return self.guided.class_idx
 
     @property
@@ -137,8 +144,8 @@ class FullGradResult:
     """The FullGrad saliency maps of one ``compute_fullgrad`` call.
 
     Attributes:
-        class_idx: the explained class of each image.
-        logits: ``(B, num_classes)`` float32 raw model outputs.
+        class_idx: the explained class of each image (None as for ``GuidedBackpropResult``).
+        logits: ``(B, num_classes)`` float32 raw model outputs (None when the output is not a 2-D tensor).
         maps: ``(B, H, W)`` float32 in [0, 1]: ``raw`` min-max normalised per image (pytorch-grad-cam's output).
         raw: ``(B, H, W)`` float32 non-negative sum of the normalised input and bias terms, before that normalisation.
         degenerate: ``(B,)`` bool; True where ``raw`` is constant (no evidence), and then ``maps`` is all zeros.
@@ -146,15 +153,17 @@ class FullGradResult:
             order; a module that runs twice is listed twice; ``"<functional conv2d>"`` where the weights belong to no
             module.
         elapsed_s: wall time of the call.
+        scores: ``(B,)`` float64, each image's explained score (the class logit, or the target's score).
     """
 
-    class_idx: list[int]
-    logits: np.ndarray
+    class_idx: list[int] | None
+    logits: np.ndarray | None
     maps: np.ndarray
     raw: np.ndarray
     degenerate: np.ndarray
     bias_layers: tuple[str, ...]
     elapsed_s: float = field(default=0.0, compare=False)
+    scores: np.ndarray | None = None
 
 
 # --- guided backpropagation ----------------------------------------------------------------------------------------
@@ -251,7 +260,11 @@ class _GuidedRectifiers(TorchFunctionMode):
 
 
 def compute_guided_backprop(
-    model: nn.Module, x: torch.Tensor, *, class_idx: int | Sequence[int] | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    targets: Sequence[Target] | None = None,
+    class_idx: int | Sequence[int] | None = None,
 ) -> GuidedBackpropResult:
     """Guided Backpropagation (Springenberg et al., ICLR-W 2015, arXiv:1412.6806).
 
@@ -261,25 +274,30 @@ def compute_guided_backprop(
     returns ``attributions[0].transpose(1, 2, 0)``); see the module docstring for ReLU6 and functional ReLUs.
 
     Args:
-        model: a classifier returning ``(B, num_classes)`` logits; it may be shared (never changed or hooked; other
-            threads' forwards are not guided).
+        model: a classifier returning ``(B, num_classes)`` logits (with ``targets``, any output they read); it may
+            be shared (never changed or hooked; other threads' forwards are not guided).
         x: float tensor ``(B, C, H, W)``, already preprocessed for the model.
-        class_idx: ``None`` for each image's argmax, one int for all, or one per image.
+        targets: one callable per image, ``targets[b](output_b) -> scalar`` (``camlib.targets``; pytorch-grad-cam's
+            target objects work unchanged): the gradient is that of their sum. ``ClassTarget(k)`` is ``class_idx=k``.
+        class_idx: ``None`` for each image's argmax, one int for all, or one per image (not with ``targets``).
 
     Returns:
         A ``GuidedBackpropResult``; ``attributions`` is ``(B, C, H, W)`` float32.
 
     Raises:
-        InputError: ``model`` or ``x`` violate the contract (e.g. channels-last ``x``).
+        InputError: ``model`` or ``x`` violate the contract (e.g. channels-last ``x``), or both ``targets`` and
+            ``class_idx`` are given.
+        TargetError: not one target per image, or a target failing on the model's output.
         MethodError: the model runs no rectifier (guided backprop would be the plain gradient), is or contains a
             TorchScript module or ``nn.DataParallel``, or its output does not depend on ``x`` through autograd.
         ClassIndexError, NonFiniteError, GradientUnavailableError (all ``ValueError``).
     """
     started = time.perf_counter()
     _check_call(model, x, "Guided backpropagation")
+    explained = resolve_targets(targets, class_idx, len(x))
     mode = _GuidedRectifiers()
     with eval_mode(model):
-        leaf, logits = _forward(model, x, mode)
+        leaf, output = _forward(model, x, mode, explained)
         if not mode.rectifiers:
             used = ", ".join(f"{kind} x {n}" for kind, n in sorted(mode.unguided.items())) or "none found"
             raise MethodError(
@@ -287,15 +305,16 @@ def compute_guided_backprop(
                 f"model's forward runs none (its activations: {used}), so it would equal the plain gradient; use "
                 "FullGrad or a CAM method instead"
             )
-        targets = resolve_classes(class_idx, logits)
-        (grad,) = _input_gradient(logits, targets, [leaf])
+        explained = _Explained.of(output, explained, class_idx)
+        (grad,) = _input_gradient(explained.score, [leaf])
     return GuidedBackpropResult(
-        class_idx=targets,
-        logits=logits.detach().float().cpu().numpy(),
+        class_idx=explained.classes,
+        logits=explained.logits,
         attributions=grad.float().cpu().numpy(),
         rectifiers=dict(mode.rectifiers),
         unguided=dict(mode.unguided),
         elapsed_s=time.perf_counter() - started,
+        scores=explained.scores,
     )
 
 
@@ -304,6 +323,7 @@ def compute_guided_gradcam(
     x: torch.Tensor,
     layers: Sequence[str],
     *,
+    targets: Sequence[Target] | None = None,
     class_idx: int | Sequence[int] | None = None,
     layouts: Mapping[str, str] | None = None,
 ) -> GuidedGradCamResult:
@@ -312,10 +332,11 @@ def compute_guided_gradcam(
     its ``deprocess_image``; see ``attribution_images`` for that display step).
 
     The Grad-CAM maps come from ``camlib.cam.compute_cams(..., method="gradcam")`` (one pass for all layers), the
-    guided gradients from ``compute_guided_backprop`` for the same classes: 2 forwards and 2 backwards in all.
+    guided gradients from ``compute_guided_backprop`` for the same classes (the same targets): 2 forwards and 2
+    backwards in all.
 
     Args:
-        model, x, class_idx: as for ``compute_guided_backprop``.
+        model, x, targets, class_idx: as for ``compute_guided_backprop``.
         layers, layouts: as for ``camlib.cam.compute_cams``.
 
     Returns:
@@ -326,8 +347,11 @@ def compute_guided_gradcam(
         ``compute_guided_backprop`` (all ``ValueError``).
     """
     started = time.perf_counter()
-    gradcam = compute_cams(model, x, layers, method="gradcam", class_idx=class_idx, layouts=layouts)
-    guided = compute_guided_backprop(model, x, class_idx=gradcam.class_idx)
+    gradcam = compute_cams(model, x, layers, method="gradcam", targets=targets, class_idx=class_idx, layouts=layouts)
+    if targets is None:  # the classes Grad-CAM picked (an argmax is read once)
+        guided = compute_guided_backprop(model, x, class_idx=gradcam.class_idx)
+    else:
+        guided = compute_guided_backprop(model, x, targets=targets)
     attributions = {
         layer: (gradcam.maps[layer][:, None] * guided.attributions).astype(np.float32) for layer in gradcam.layers
     }
@@ -419,7 +443,11 @@ class _BiasCapture(TorchFunctionMode):
 
 
 def compute_fullgrad(
-    model: nn.Module, x: torch.Tensor, *, class_idx: int | Sequence[int] | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    targets: Sequence[Target] | None = None,
+    class_idx: int | Sequence[int] | None = None,
 ) -> FullGradResult:
     """FullGrad saliency (Srinivas & Fleuret, NeurIPS 2019, arXiv:1905.00780) as pytorch-grad-cam 1.5.7 computes it.
 
@@ -431,7 +459,7 @@ def compute_fullgrad(
     are seen and how that differs from pytorch-grad-cam on timm models.
 
     Args:
-        model, x, class_idx: as for ``compute_guided_backprop``.
+        model, x, targets, class_idx: as for ``compute_guided_backprop``.
 
     Returns:
         A ``FullGradResult``: ``maps`` ``(B, H, W)`` float32 in [0, 1], ``raw`` ``(B, H, W)`` float32.
@@ -440,10 +468,12 @@ def compute_fullgrad(
         InputError: ``model`` or ``x`` violate the contract.
         MethodError: the forward runs no conv with a bias and no batch norm, a batch norm uses batch statistics, the
             model is or contains a TorchScript module or ``nn.DataParallel``, or its output does not depend on ``x``.
+        InputError, TargetError: as for ``compute_guided_backprop``.
         ClassIndexError, NonFiniteError, GradientUnavailableError (all ``ValueError``).
     """
     started = time.perf_counter()
     _check_call(model, x, "FullGrad")
+    explained = resolve_targets(targets, class_idx, len(x))
     owners = {
         id(tensor): name
         for name, module in model.named_modules()
@@ -451,14 +481,14 @@ def compute_fullgrad(
     }
     mode = _BiasCapture(owners)
     with eval_mode(model):
-        leaf, logits = _forward(model, x, mode)
+        leaf, output = _forward(model, x, mode, explained)
         if not mode.terms:
             raise MethodError(
                 "FullGrad sums the bias-gradients of convolutions and batch norms, and this model's forward runs "
                 "neither a convolution with a bias nor a batch norm on a feature map; use another method"
             )
-        targets = resolve_classes(class_idx, logits)
-        (grad,) = _input_gradient(logits, targets, [leaf])
+        explained = _Explained.of(output, explained, class_idx)
+        (grad,) = _input_gradient(explained.score, [leaf])
     size = (int(leaf.shape[-2]), int(leaf.shape[-1]))
     # Products in at least float32 (camlib.cam.working_dtype): in half precision |x g| and |b g| underflow to 0.
     raw = _channel_sum(_upcast(leaf.detach()) * _upcast(grad), size)
@@ -473,13 +503,14 @@ def compute_fullgrad(
     maps[degenerate] = 0.0
     raw = raw.float()
     return FullGradResult(
-        class_idx=targets,
-        logits=logits.detach().float().cpu().numpy(),
+        class_idx=explained.classes,
+        logits=explained.logits,
         maps=maps.cpu().numpy(),
         raw=raw.cpu().numpy(),
         degenerate=degenerate.cpu().numpy(),
         bias_layers=tuple(term.layer for term in mode.terms),
         elapsed_s=time.perf_counter() - started,
+        scores=explained.scores,
     )
 
 
@@ -514,10 +545,13 @@ def _check_call(model: nn.Module, x: torch.Tensor, method: str) -> None:
         )
 
 
-def _forward(model: nn.Module, x: torch.Tensor, mode: TorchFunctionMode) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(
+    model: nn.Module, x: torch.Tensor, mode: TorchFunctionMode, targets: list[Target] | None
+) -> tuple[torch.Tensor, object]:
     """One forward under ``mode`` (entered and left in this thread, also on error); the caller holds ``eval_mode``.
 
-    Returns the input leaf (model device and dtype, requiring grad) and the ``(B, num_classes)`` logits."""
+    Returns the input leaf (model device and dtype, requiring grad) and the model's output: ``(B, num_classes)``
+    finite logits without ``targets``, whatever the model returns with them (the targets' scores are checked)."""
     first = next(model.parameters(), None)
     device = first.device if first is not None else x.device
     dtype = first.dtype if first is not None and first.is_floating_point() else x.dtype
@@ -526,18 +560,46 @@ def _forward(model: nn.Module, x: torch.Tensor, mode: TorchFunctionMode) -> tupl
         leaf = x.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
         model_input = leaf.clone()  # a model may change its input in place; the leaf keeps x
         with mode:
-            logits = model(model_input)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise InputError("the model must return (B, num_classes) logits")
-    require_finite("the logits", logits)
-    return leaf, logits
+            output = model(model_input)
+    if targets is None:
+        if not isinstance(output, torch.Tensor) or output.dim() != 2:
+            raise InputError("the model must return (B, num_classes) logits")
+        require_finite("the logits", output)
+    return leaf, output
 
 
-def _input_gradient(logits: torch.Tensor, targets: list[int], inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """``torch.autograd.grad`` of the summed class logits with respect to ``inputs``: never ``backward()``, so
+@dataclass(frozen=True)
+class _Explained:
+    """What a pixel attribution explains on one forward's output: ``score`` ``(B,)`` (graph kept, at least float32),
+    the classes (None unless every target is a class target), the logits and the scores as results hold them."""
+
+    score: torch.Tensor
+    classes: list[int] | None
+    logits: np.ndarray | None
+    scores: np.ndarray
+
+    @classmethod
+    def of(cls, output: object, targets: list[Target] | None, class_idx: object) -> _Explained:
+        """The class logits of ``class_idx`` (``resolve_classes``: an argmax for None) or ``targets``' scores
+        (``target_scores`` on the upcast output when it is a tensor)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            if targets is None:
+                classes = resolve_classes(class_idx, output)
+                score = _upcast(output)[torch.arange(len(classes)), torch.tensor(classes)]
+            else:
+                score = _upcast(target_scores(targets, _upcast(output) if isinstance(output, torch.Tensor) else output))
+                found = [class_of(target) for target in targets]
+                classes = None if None in found else found
+        is_logits = isinstance(output, torch.Tensor) and output.dim() == 2
+        logits = output.detach().float().cpu().numpy() if is_logits else None
+        return cls(score, classes, logits, score.detach().double().cpu().numpy())
+
+
+def _input_gradient(score: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """``torch.autograd.grad`` of the summed scores ``(B,)`` with respect to ``inputs``: never ``backward()``, so
     parameters' ``.grad`` stay untouched."""
     with torch.inference_mode(False), torch.enable_grad():
-        score = _upcast(logits)[torch.arange(len(targets)), torch.tensor(targets)].sum()
+        score = score.sum()
         if not score.requires_grad:
             raise MethodError("the model's output does not depend on its input through autograd, so it has no gradient")
         grads = torch.autograd.grad(score, inputs, allow_unused=True)
@@ -555,9 +617,9 @@ def _input_gradient(logits: torch.Tensor, targets: list[int], inputs: list[torch
 class PixelMethodSpec:
     """A pixel-attribution method: display label, paper, cost, and what it computes.
 
-    ``needs_layers``: ``compute(model, x, layers, *, class_idx=...)`` (Guided Grad-CAM) instead of
-    ``compute(model, x, *, class_idx=...)``. ``output``: ``"attributions"`` (signed ``(B, C, H, W)``, shown with
-    ``attribution_images``) or ``"map"`` (``(B, H, W)`` in [0, 1], overlaid like a CAM).
+    ``needs_layers``: ``compute(model, x, layers, *, targets=..., class_idx=...)`` (Guided Grad-CAM) instead of
+    ``compute(model, x, *, targets=..., class_idx=...)``. ``output``: ``"attributions"`` (signed ``(B, C, H, W)``,
+    shown with ``attribution_images``) or ``"map"`` (``(B, H, W)`` in [0, 1], overlaid like a CAM).
     """
 
     name: str

@@ -25,10 +25,23 @@ from helpers.models import mixed_state, registered_hooks, seeded, seeded_resnet1
 from pytorch_grad_cam import FullGrad, GradCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.image import deprocess_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputReST,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+)
 from torch import nn
 
-from camlib.errors import ClassIndexError, GradientUnavailableError, InputError, LayerError, MethodError, NonFiniteError
+from camlib.errors import (
+    ClassIndexError,
+    GradientUnavailableError,
+    InputError,
+    LayerError,
+    MethodError,
+    NonFiniteError,
+    TargetError,
+)
 from camlib.pixel_attribution import (
     PIXEL_METHODS,
     FullGradResult,
@@ -39,6 +52,7 @@ from camlib.pixel_attribution import (
     compute_guided_backprop,
     compute_guided_gradcam,
 )
+from camlib.targets import SigmoidTarget
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,9 +135,11 @@ def reference_guided(model: nn.Module, x: torch.Tensor, class_idx: list[int]) ->
     ).transpose(0, 3, 1, 2)
 
 
-def reference_fullgrad(model: nn.Module, x: torch.Tensor, class_idx: list[int]) -> np.ndarray:
+def reference_fullgrad(
+    model: nn.Module, x: torch.Tensor, class_idx: list[int] | None = None, targets=None
+) -> np.ndarray:
     cam = FullGrad(copy.deepcopy(model), [])
-    return cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(k) for k in class_idx])
+    return cam(input_tensor=x.clone(), targets=targets or [ClassifierOutputTarget(k) for k in class_idx])
 
 
 def assert_attributions_equal(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -135,6 +151,23 @@ def assert_attributions_equal(actual: np.ndarray, expected: np.ndarray) -> None:
 def other_class(result: GuidedBackpropResult | FullGradResult) -> list[int]:
     """A non-argmax class per image (explicit targets must be honoured, not replaced by the prediction)."""
     return [int(np.argsort(row)[-3]) for row in result.logits]
+
+
+EXPLAINED = ["argmax", "explicit", "targets"]
+
+
+def explained_result(compute: Callable, model: nn.Module, x: torch.Tensor, kind: str):
+    """``compute(model, x)`` for each image's prediction ("argmax"), for a non-argmax class given as ``class_idx``
+    ("explicit") or as pytorch-grad-cam's ``ClassifierOutputTarget`` ("targets"), which must give the same numbers."""
+    result = compute(model, x)
+    if kind == "argmax":
+        return result
+    explicit = compute(model, x, class_idx=other_class(result))
+    if kind == "explicit":
+        return explicit
+    targeted = compute(model, x, targets=[ClassifierOutputTarget(k) for k in other_class(result)])
+    assert_same_result(targeted, explicit)
+    return targeted
 
 
 MODELS = {
@@ -174,12 +207,10 @@ def models() -> Zoo:
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("kind", ["argmax", "explicit"])
+@pytest.mark.parametrize("kind", EXPLAINED)
 def test_guided_backprop_matches_pytorch_grad_cam(models, name, kind):
     model, x = models[name], images()
-    result = compute_guided_backprop(model, x)
-    if kind == "explicit":
-        result = compute_guided_backprop(model, x, class_idx=other_class(result))
+    result = explained_result(compute_guided_backprop, model, x, kind)
     assert result.attributions.shape == x.shape and result.attributions.dtype == np.float32
     assert result.rectifiers.get("relu", 0) > 0
     assert_attributions_equal(result.attributions, reference_guided(model, x, result.class_idx))
@@ -320,12 +351,10 @@ def test_attribution_images_equal_pytorch_grad_cams_deprocess_image(models):
 
 
 @pytest.mark.parametrize("name", FULLGRAD_MODELS)
-@pytest.mark.parametrize("kind", ["argmax", "explicit"])
+@pytest.mark.parametrize("kind", EXPLAINED)
 def test_fullgrad_matches_pytorch_grad_cam(models, name, kind):
     model, x = models[name], images()
-    result = compute_fullgrad(model, x)
-    if kind == "explicit":
-        result = compute_fullgrad(model, x, class_idx=other_class(result))
+    result = explained_result(compute_fullgrad, model, x, kind)
     assert result.maps.shape == (2, SIZE, SIZE) and result.maps.dtype == np.float32
     assert result.raw.dtype == np.float32 and not result.degenerate.any()
     np.testing.assert_allclose(result.maps, reference_fullgrad(model, x, result.class_idx), atol=ATOL, rtol=0)
@@ -619,3 +648,119 @@ def test_pixel_attribution_on_a_half_or_double_precision_model_equals_the_float3
             theirs = expected.attributions if name == "guided_backprop" else expected.attributions[layer]
             scale = np.abs(theirs).max()
             assert_close(ours / scale, theirs / scale)
+
+
+# --- targets -------------------------------------------------------------------------------------------------------
+
+
+class DictOutput(nn.Module):
+    """A model whose output is ``{"out": logits}``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.inner(x)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitOfOut:
+    """A target reading the ``"out"`` entry of a dict output: the logit of ``category``."""
+
+    category: int
+
+    def __call__(self, output: dict[str, torch.Tensor]) -> torch.Tensor:
+        return output["out"][self.category]
+
+
+def binary_cnn() -> nn.Module:
+    """``SmallCNN`` with a one-logit (binary) head: its output is ``(B, 1)``."""
+
+    def build() -> nn.Module:
+        model = SmallCNN()
+        model.fc = nn.Linear(24, 1)
+        return model
+
+    return randomised_norms(seeded(build))
+
+
+@pytest.mark.parametrize(
+    ("head", "make"),
+    [
+        ("classes", ClassifierOutputSoftmaxTarget),
+        ("classes", ClassifierOutputReST),
+        ("classes", SigmoidTarget),
+        ("binary", BinaryClassifierOutputTarget),
+    ],
+)
+def test_fullgrad_with_targets_matches_pytorch_grad_cam(head, make):
+    """pytorch-grad-cam's FullGrad differentiates ``sum_b targets[b](output_b)``; so does ours, for the softmax, ReST
+    and sigmoid targets of a 10-class head and both classes of a one-logit binary head."""
+    model = binary_cnn() if head == "binary" else randomised_norms(seeded(SmallCNN))
+    x = images(size=32)
+    targets = [make(0), make(1)]
+    result = compute_fullgrad(model, x, targets=targets)
+    np.testing.assert_allclose(result.maps, reference_fullgrad(model, x, targets=targets), atol=ATOL, rtol=0)
+    assert result.scores.shape == (2,) and result.scores.dtype == np.float64
+    with torch.no_grad():
+        output = model(x)
+    np.testing.assert_allclose(result.scores, [float(t(o)) for t, o in zip(targets, output)], rtol=1e-6)
+    assert result.class_idx == (None if head == "binary" else [0, 1])
+
+
+def test_guided_gradcam_with_targets_matches_pytorch_grad_cam(models):
+    """Both parts explain the targets: Grad-CAM equals pytorch-grad-cam's for the softmax targets, and the product
+    is taken with the guided gradients of the same targets."""
+    model, x = models["small_cnn"], images(size=32)
+    targets = [ClassifierOutputSoftmaxTarget(3), ClassifierOutputSoftmaxTarget(5)]
+    result = compute_guided_gradcam(model, x, ["act2"], targets=targets)
+    reference = copy.deepcopy(model)
+    with GradCAM(reference, target_layers=[reference.act2]) as cam:
+        maps = cam(input_tensor=x.clone(), targets=targets)
+    np.testing.assert_allclose(result.gradcam.maps["act2"], maps, atol=ATOL, rtol=0)
+    assert_same_result(result.guided, compute_guided_backprop(model, x, targets=targets))
+    assert result.class_idx == [3, 5]
+    np.testing.assert_allclose(result.attributions["act2"], maps[:, None] * result.guided.attributions, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", PIXEL_METHODS)
+def test_a_dict_output_model_is_explained_by_a_target_reading_it(models, name):
+    """No method needs ``(B, C)`` logits when the targets read the output: a ``{"out": logits}`` model with a target
+    reading ``out`` gives the plain model's result for ``class_idx``; without targets it is refused."""
+    model, x = models["small_cnn"], images(size=32)
+    wrapped = DictOutput(model)
+    result = _run(name, wrapped, x, layers=("inner.act2",), targets=[LogitOfOut(3), LogitOfOut(5)])
+    expected = _run(name, model, x, class_idx=[3, 5])
+    maps = (result.guided, result.gradcam.maps["inner.act2"]) if PIXEL_METHODS[name].needs_layers else (result,)
+    if PIXEL_METHODS[name].needs_layers:
+        np.testing.assert_allclose(maps[1], expected.gradcam.maps["act2"], atol=1e-6)
+    guided_or_fullgrad = maps[0]
+    expected_part = expected.guided if PIXEL_METHODS[name].needs_layers else expected
+    field = "maps" if PIXEL_METHODS[name].output == "map" else "attributions"
+    np.testing.assert_array_equal(getattr(guided_or_fullgrad, field), getattr(expected_part, field))
+    assert guided_or_fullgrad.logits is None and guided_or_fullgrad.class_idx is None
+    with pytest.raises(InputError, match="logits"):
+        _run(name, wrapped, x, layers=("inner.act2",))
+
+
+@pytest.mark.parametrize("name", PIXEL_METHODS)
+def test_bad_targets_raise_typed_errors(models, name):
+    model, x = models["small_cnn"], images(size=32)
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(2)]
+    with pytest.raises(InputError, match="not both"):
+        _run(name, model, x, targets=targets, class_idx=[1, 2])
+    with pytest.raises(TargetError, match="got 1 targets for a batch of 2"):
+        _run(name, model, x, targets=targets[:1])
+    with pytest.raises(InputError, match="callables"):
+        _run(name, model, x, targets=[1, 2])
+    with pytest.raises(TargetError, match="targets\\[1\\]"):
+        _run(name, model, x, targets=[targets[0], ClassifierOutputTarget(10)])
+
+
+@pytest.mark.bad_input(34)
+@pytest.mark.parametrize("name", PIXEL_METHODS)
+def test_a_non_finite_target_score_is_refused(models, name):
+    model, x = models["small_cnn"], images(size=32)
+    with pytest.raises(NonFiniteError):
+        _run(name, model, x, targets=[lambda o: o[0] / 0 * 0] * 2)
