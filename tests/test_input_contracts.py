@@ -1,5 +1,5 @@
 """Every public camlib function refuses a violated input contract with a typed camlib error naming the argument
-(bad-inputs row 43, issue #9): wrong shapes, dtypes, containers, value ranges and devices.
+(bad-inputs row 43): wrong shapes, dtypes, containers, value ranges and devices.
 
 ``CASES`` is the table: one row per (function, argument) with the bad values fed to that argument while every other
 argument is valid. ``test_every_public_function_is_covered`` walks camlib's modules, so a new public function
@@ -335,6 +335,12 @@ CASES: list[Case] = [
         lambda: {k: v for k, v in bad_maps(3).items() if k not in ("above 1", "negative")},
     ),
     Case(cam.finish_maps, "size", lambda v: cam.finish_maps(np.zeros((1, 4, 4), np.float32), v), bad_sizes),
+    Case(
+        cam.compute_cam_grid,
+        "options",
+        lambda v: cam.compute_cam_grid(MODEL, X, ["0"], ["gradcam"], options=v),
+        lambda: {"dict": {"seed": 1}, "str": "gradcam", "int": 3},
+    ),
     Case(
         cam.compute_cam_grid,
         "methods",
@@ -2043,6 +2049,7 @@ EXEMPT_CLASSES: dict[type, str] = {
     cost.CostEstimate: _RESULT,
     cost.PassTimes: _RESULT,
     cam.Progress: "built by compute_cams from its checked progress argument",
+    cam.CamOptions: "a record of options; compute_cams and compute_cam_grid check each where it is used",
     cam.CamResult: _RESULT,
     checkpoints.CheckpointReading: _RESULT,
     cifar.CifarData: _RESULT,
