@@ -49,6 +49,7 @@ from camlib.cam import METHODS, compute_cams
 from camlib.contracts import describe, require_array, require_int, require_model
 from camlib.errors import ClassIndexError, InputError, LayerError, MethodError, PipelineError
 from camlib.models import Preprocessing, _resize_geometry, prepare_batch
+from camlib.targets import Target, class_of, resolve_targets
 
 TOP_FRACTION = 0.2  # the share of pixels that counts as "the salient region" in the IoU
 MAX_VIEWS = 256  # views per image
@@ -163,7 +164,8 @@ class StabilityScores:
             valid in both; NaN where undefined (a constant map, e.g. a degenerate CAM).
         iou: float64 ``(N, V)``, ``top_fraction_iou`` (top 20%) over the same pixels; NaN where undefined.
         probability_change: float64 ``(N, V)``, softmax probability of the explained class on the view minus on the
-            original (negative: the view made the model less sure of it).
+            original (negative: the view made the model less sure of it); with ``targets``, the target's score on
+            the view minus on the original.
         flipped: bool ``(N, V)``, the view's predicted label differs from the original's.
         augmented_label: int64 ``(N, V)``, the view's predicted label.
         valid_fraction: float64 ``(N, V)``, the share of the view's pixels valid in both maps.
@@ -243,11 +245,14 @@ class StabilityReport:
     Attributes:
         method, layer: the CAM method and target layer.
         seed: the pipeline's seed, which drew the views; ``n_views``: views per image.
-        class_idx: int64 ``(N,)``, the explained class of each image (kept for its views).
+        class_idx: int64 ``(N,)``, the explained class of each image (kept for its views); with ``targets``, the
+            class of each class target (``camlib.targets.class_of``), -1 for a target that explains no class.
         original_label: int64 ``(N,)``, the class predicted on each original image.
-        original_probability: float64 ``(N,)``, the probability of ``class_idx`` on the original.
+        original_probability: float64 ``(N,)``, the probability of ``class_idx`` on the original (with ``targets``,
+            the target's score).
         scores: the full pipeline's measures.
         per_step: one entry per enabled step, in pipeline order (empty for a pipeline without enabled steps).
+        targets: the targets explained, one per image, or None for ``class_idx``.
     """
 
     method: str
@@ -259,6 +264,7 @@ class StabilityReport:
     original_probability: np.ndarray
     scores: StabilityScores
     per_step: tuple[StepStability, ...]
+    targets: tuple[Target, ...] | None = None
 
 
 # --- frames and carrying ---------------------------------------------------------------------------------------------
@@ -346,8 +352,9 @@ def _model_input(images: Sequence[np.ndarray], preprocessing: Preprocessing) -> 
 
 @dataclass(frozen=True)
 class _Setup:
-    """Validated inputs and what does not depend on the pipeline: each original's explained class, predicted label,
-    probability of the class and CAM (image frame, with the pixels inside the model's crop)."""
+    """Validated inputs and what does not depend on the pipeline: each original's explained class (or target),
+    predicted label, probability of the class (score of the target) and CAM (image frame, with the pixels inside the
+    model's crop)."""
 
     model: nn.Module
     images: np.ndarray
@@ -362,6 +369,7 @@ class _Setup:
     original_cams: np.ndarray
     original_valid: np.ndarray
     original_degenerate: np.ndarray
+    explained: tuple[Target, ...] | None = None
 
 
 _PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("camlib_stability_progress", default=None)
@@ -391,26 +399,41 @@ def _batches(count: int) -> list[slice]:
 def _cams(
     model: nn.Module,
     images: Sequence[np.ndarray],
-    targets: Sequence[int] | None,
+    classes: Sequence[int] | Sequence[Target] | None,
     *,
     layer: str,
     method: str,
     preprocessing: Preprocessing,
+    explained: Sequence[Target] | None = None,
     tick: Callable[[], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``compute_cams`` over ``images`` (any sizes) in batches of ``VIEW_BATCH``, explaining ``targets`` (None: each
-    image's prediction): maps, degenerate flags and softmax probabilities, concatenated; ``tick`` after each batch."""
-    maps, flags, probabilities = [], [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``compute_cams`` over ``images`` (any sizes) in batches of ``VIEW_BATCH``, explaining ``classes`` (None: each
+    image's prediction) or the targets ``explained`` (one per image): maps, degenerate flags, softmax probabilities
+    and the explained scores (``CamResult.scores``), concatenated; ``tick`` after each batch.
+
+    Raises ``MethodError`` when the model's output is not ``(N, num_classes)`` logits (the report compares predicted
+    labels), and what ``compute_cams`` raises."""
+    maps, flags, probabilities, scores = [], [], [], []
     for part in _batches(len(images)):
         x = _model_input(images[part], preprocessing)
-        classes = None if targets is None else list(targets[part])
-        result = compute_cams(model, x, [layer], method=method, class_idx=classes)
+        if explained is not None:
+            result = compute_cams(model, x, [layer], method=method, targets=list(explained[part]))
+        else:
+            result = compute_cams(
+                model, x, [layer], method=method, class_idx=None if classes is None else list(classes[part])
+            )
+        if result.logits is None:
+            raise MethodError(
+                "the stability report compares each view's predicted label with the original's, so it needs a model "
+                "returning (N, num_classes) logits; this model's output is not"
+            )
         maps.append(result.maps[layer])
         flags.append(result.degenerate[layer])
         probabilities.append(result.probabilities)
+        scores.append(result.scores)
         if tick is not None:
             tick()
-    return np.concatenate(maps), np.concatenate(flags), np.concatenate(probabilities)
+    return np.concatenate(maps), np.concatenate(flags), np.concatenate(probabilities), np.concatenate(scores)
 
 
 def _measure(
@@ -431,17 +454,22 @@ def _measure(
         augmented += [_augment(compose, image, coordinates, offered) for _ in range(v)]
     views = [view for view, _ in augmented]
     targets = np.repeat(setup.targets, v)
-    maps, flags, probabilities = _cams(
+    explained = None if setup.explained is None else [t for t in setup.explained for _ in range(v)]
+    maps, flags, probabilities, explained_scores = _cams(
         setup.model,
         views,
         targets,
         layer=setup.layer,
         method=setup.method,
         preprocessing=setup.preprocessing,
+        explained=explained,
         tick=tick,
     )
     labels = probabilities.argmax(axis=1).reshape(n, v)
-    picked = probabilities[np.arange(n * v), targets].astype(np.float64).reshape(n, v)
+    if explained is None:
+        picked = probabilities[np.arange(n * v), targets].astype(np.float64).reshape(n, v)
+    else:
+        picked = explained_scores.astype(np.float64).reshape(n, v)
     change = picked - setup.original_probability[:, None]
     correlation, iou, valid_fraction = np.full((n, v), np.nan), np.full((n, v), np.nan), np.zeros((n, v))
     kept = []
@@ -500,17 +528,20 @@ def _ticker(total: int) -> Callable[[], None]:
 # --- validation ------------------------------------------------------------------------------------------------------
 
 
-def _setup(
-    model: object,
-    images: object,
-    pipeline: object,
-    layer: object,
-    *,
-    preprocessing: object,
-    method: object,
-    class_idx: object,
-    n_views: object,
-) -> _Setup:
+@dataclass(frozen=True)
+class _Explanation:
+    """What the public functions pass on unchecked: the model's preprocessing, the CAM method, what is explained
+    (``class_idx`` or ``targets``) and the views per image."""
+
+    preprocessing: object
+    method: object
+    n_views: object
+    class_idx: object = None
+    targets: object = None
+
+
+def _setup(model: object, images: object, pipeline: object, layer: object, explanation: _Explanation) -> _Setup:
+    preprocessing, method, class_idx = explanation.preprocessing, explanation.method, explanation.class_idx
     require_model(model)
     require_array(images, "images", dtypes=(np.uint8,), ndim=4, channels=3, expected="uint8 RGB images (N, H, W, 3)")
     if len(images) > MAX_IMAGES:
@@ -522,15 +553,19 @@ def _setup(
         raise InputError(f"preprocessing must be a camlib.models.Preprocessing, got {describe(preprocessing)}")
     if not isinstance(method, str) or method not in METHODS:
         raise MethodError(f"unknown CAM method {method!r}; choose one of: {', '.join(METHODS)}")
-    n_views = require_int(n_views, "n_views", minimum=1, maximum=MAX_VIEWS)
+    n_views = require_int(explanation.n_views, "n_views", minimum=1, maximum=MAX_VIEWS)
+    explained = resolve_targets(explanation.targets, class_idx, len(images))
     requested = _requested_classes(class_idx, len(images))
     build_pipeline(pipeline)  # every step and the seed valid before any forward pass
     # the originals' CAMs, once for every pipeline measured with this setup
-    maps, flags, probabilities = _cams(
-        model, images, requested, layer=layer, method=method, preprocessing=preprocessing
+    maps, flags, probabilities, scores = _cams(
+        model, images, requested, layer=layer, method=method, preprocessing=preprocessing, explained=explained
     )
-    targets = probabilities.argmax(axis=1) if requested is None else np.array(requested)
-    targets = targets.astype(np.int64)
+    if explained is not None:
+        classes = np.array([-1 if class_of(t) is None else class_of(t) for t in explained])
+    else:
+        classes = probabilities.argmax(axis=1) if requested is None else np.array(requested)
+    classes = classes.astype(np.int64)
     original_cams, original_valid = _to_image_frame(maps, *images.shape[1:3], preprocessing)
     return _Setup(
         model=model,
@@ -538,14 +573,17 @@ def _setup(
         layer=layer,
         preprocessing=preprocessing,
         method=method,
-        targets=targets,
+        targets=classes,
         n_views=n_views,
         seed=int(pipeline.seed),
         original_label=probabilities.argmax(axis=1).astype(np.int64),
-        original_probability=probabilities[np.arange(len(images)), targets].astype(np.float64),
+        original_probability=(probabilities[np.arange(len(images)), classes] if explained is None else scores).astype(
+            np.float64
+        ),
         original_cams=original_cams,
         original_valid=original_valid,
         original_degenerate=flags,
+        explained=None if explained is None else tuple(explained),
     )
 
 
@@ -565,7 +603,7 @@ def _requested_classes(class_idx: object, count: int) -> list[int] | None:
 # --- public ----------------------------------------------------------------------------------------------------------
 
 
-def augmentation_stability(
+def augmentation_stability(  # noqa: PLR0913 (keyword-only options of a public entry point)
     model: nn.Module,
     images: np.ndarray,
     pipeline: Pipeline,
@@ -574,6 +612,7 @@ def augmentation_stability(
     preprocessing: Preprocessing,
     method: str = "gradcam",
     class_idx: int | Sequence[int] | None = None,
+    targets: Sequence[Target] | None = None,
     n_views: int = 16,
 ) -> StabilityReport:
     """How much a CAM and a prediction change when each image is augmented by ``pipeline``, view by view.
@@ -582,12 +621,12 @@ def augmentation_stability(
     and called ``n_views`` times: the same pipeline (seed included) gives an identical report, and an image's views
     depend on its position ``i``, never on the other images (reroll with ``dataclasses.replace(pipeline, seed=k)``).
     The originals and the views are preprocessed (``prepare_batch``, after augmentation) and go through
-    ``compute_cams``, each view explaining its original's class (batches mix images: equal up to float rounding).
-    Per view: ``map_correlation`` and ``top_fraction_iou`` (top 20%) of the view's CAM and the original's CAM
-    carried through the view's transform, over the pixels valid in both (see the module docstring); the explained
-    class's probability change; whether the predicted label flipped. ``per_step`` repeats this with the pipeline cut
-    to each enabled step (same seeds: the step's own draws, not those it gets inside the full pipeline; a single-step
-    pipeline's row equals the full one).
+    ``compute_cams``, each view explaining its original's class or target (batches mix images: equal up to float
+    rounding). Per view: ``map_correlation`` and ``top_fraction_iou`` (top 20%) of the view's CAM and the original's
+    CAM carried through the view's transform, over the pixels valid in both (see the module docstring); the explained
+    class's probability change (the target's score change); whether the predicted label flipped. ``per_step``
+    repeats this with the pipeline cut to each enabled step (same seeds: the step's own draws, not those it gets
+    inside the full pipeline; a single-step pipeline's row equals the full one).
     Steps that match an image to a second one (FDA, HistogramMatching...) take it from the other images of the call
     (``pick_references``; a lone image is matched to itself).
 
@@ -605,6 +644,8 @@ def augmentation_stability(
         method: a key of ``camlib.cam.METHODS``.
         class_idx: the class to explain: None for each original image's prediction, one int for all, or one per
             image.
+        targets: instead of ``class_idx``, one target per image (``camlib.targets``; pytorch-grad-cam's target
+            objects work unchanged), explained on the image and on each of its views.
         n_views: views per image, 1 to ``MAX_VIEWS``.
 
     Returns:
@@ -614,18 +655,12 @@ def augmentation_stability(
         InputError: bad ``model``, ``images``, ``preprocessing`` or ``n_views``.
         PipelineError: ``pipeline`` is not a valid Lab pipeline, or a transform fails on these images.
         LayerError, MethodError, ClassIndexError: a bad ``layer``, ``method`` or ``class_idx``; and whatever
-            ``compute_cams`` raises (e.g. ``NonFiniteError``).
+            ``compute_cams`` raises (e.g. ``NonFiniteError``). MethodError also: a model whose output is not
+            ``(N, num_classes)`` logits (the labels compared).
+        InputError, TargetError: both ``class_idx`` and ``targets``, or not one target per image.
     """
-    setup = _setup(
-        model,
-        images,
-        pipeline,
-        layer,
-        preprocessing=preprocessing,
-        method=method,
-        class_idx=class_idx,
-        n_views=n_views,
-    )
+    explanation = _Explanation(preprocessing, method, n_views, class_idx, targets)
+    setup = _setup(model, images, pipeline, layer, explanation)
     enabled = [(index, step) for index, step in enumerate(pipeline.steps) if step.enabled]
     cut = [] if len(enabled) == 1 else enabled  # one step: its row is the full pipeline's (same seeds, same draws)
     tick = _ticker(len(_batches(len(images) * setup.n_views)) * (1 + len(cut)))
@@ -646,10 +681,11 @@ def augmentation_stability(
         original_probability=setup.original_probability,
         scores=scores,
         per_step=per_step,
+        targets=setup.explained,
     )
 
 
-def stability_views(
+def stability_views(  # noqa: PLR0913 (keyword-only options of a public entry point)
     model: nn.Module,
     image: np.ndarray,
     pipeline: Pipeline,
@@ -658,6 +694,7 @@ def stability_views(
     preprocessing: Preprocessing,
     method: str = "gradcam",
     class_idx: int | None = None,
+    targets: Sequence[Target] | None = None,
     n_views: int = 16,
 ) -> ViewMaps:
     """One image's views with their maps and measures, to show what ``augmentation_stability`` compared.
@@ -668,6 +705,7 @@ def stability_views(
         image: uint8 RGB ``(H, W, 3)``.
         model, pipeline, layer, preprocessing, method, n_views: as for ``augmentation_stability``.
         class_idx: the class to explain, or None for the image's prediction.
+        targets: instead of ``class_idx``, a list of one target (``camlib.targets``).
 
     Raises:
         As ``augmentation_stability``; ``InputError`` for an ``image`` that is not uint8 ``(H, W, 3)``.
@@ -675,16 +713,8 @@ def stability_views(
     require_array(image, "image", dtypes=(np.uint8,), ndim=3, channels=3, expected="uint8 RGB image (H, W, 3)")
     if class_idx is not None and (isinstance(class_idx, bool) or not isinstance(class_idx, int | np.integer)):
         raise ClassIndexError(f"class_idx must be None or an integer, got {class_idx!r}")
-    setup = _setup(
-        model,
-        image[None],
-        pipeline,
-        layer,
-        preprocessing=preprocessing,
-        method=method,
-        class_idx=class_idx,
-        n_views=n_views,
-    )
+    explanation = _Explanation(preprocessing, method, n_views, class_idx, targets)
+    setup = _setup(model, image[None], pipeline, layer, explanation)
     (views,) = _measure(setup, pipeline, keep_views=True, tick=_ticker(len(_batches(setup.n_views))))[1]
     return views
 
@@ -795,16 +825,7 @@ def flip_curve(
     """
     _require_pipeline(pipeline)
     pipelines = _swept_pipelines(pipeline, sweep)
-    setup = _setup(
-        model,
-        images,
-        pipeline,
-        layer,
-        preprocessing=preprocessing,
-        method=method,
-        class_idx=None,
-        n_views=n_views,
-    )
+    setup = _setup(model, images, pipeline, layer, _Explanation(preprocessing, method, n_views))
     tick = _ticker(len(_batches(len(images) * setup.n_views)) * len(pipelines))
     curves = [_measure(setup, varied, keep_views=False, tick=tick)[0] for varied in pipelines]
     return FlipCurve(

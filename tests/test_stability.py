@@ -1,4 +1,4 @@
-"""Tests of camlib.stability: CAMs compared with the original CAM carried through each view's transform (issue #14)."""
+"""Tests of camlib.stability: CAMs compared with the original CAM carried through each view's transform."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from torch import nn
 
 from camlib.augment import Pipeline, PipelineStep, build_pipeline
 from camlib.cifar import load_cifar10
-from camlib.errors import ClassIndexError, InputError, LayerError, MethodError, PipelineError
-from camlib.models import Preprocessing, load_model
+from camlib.errors import ClassIndexError, InputError, LayerError, MethodError, PipelineError, TargetError
+from camlib.models import Preprocessing, load_model, prepare_batch
 from camlib.stability import (
     StabilityReport,
     Sweep,
@@ -27,6 +27,7 @@ from camlib.stability import (
     stability_views,
     top_fraction_iou,
 )
+from camlib.targets import ClassTarget, SoftmaxTarget
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -374,3 +375,75 @@ def test_progress_is_reported_per_batch_and_a_raising_callback_cancels(model, im
         augmentation_stability(model, images, FLIP_CROP, "2", preprocessing=SAME, n_views=2)
     before.assert_unchanged()
     augmentation_stability(model, images[:1], FLIP, "2", preprocessing=SAME, n_views=1)  # no callback outside
+
+
+# --- targets ------------------------------------------------------------------------------------------------------
+
+
+class DictOutput(nn.Module):
+    """A model whose output is ``{"out": logits}``: no labels to compare."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.inner(x)}
+
+
+def test_softmax_targets_change_the_probability_as_class_idx_and_keep_flip_equivariance(model, images):
+    """``SoftmaxTarget(k)`` scores the probability ``class_idx=k`` reads: the same probability changes, labels and
+    flips; its maps (the softmax's gradient) still mirror under a flip on the flip-equivariant model."""
+    classes = [1, 2, 3]
+    by_class = augmentation_stability(model, images, FLIP_CROP, "2", preprocessing=SAME, class_idx=classes, n_views=3)
+    targets = [SoftmaxTarget(k) for k in classes]
+    by_target = augmentation_stability(model, images, FLIP_CROP, "2", preprocessing=SAME, targets=targets, n_views=3)
+    np.testing.assert_allclose(by_target.scores.probability_change, by_class.scores.probability_change, atol=1e-6)
+    np.testing.assert_allclose(by_target.original_probability, by_class.original_probability, atol=1e-6)
+    np.testing.assert_array_equal(by_target.scores.flipped, by_class.scores.flipped)
+    np.testing.assert_array_equal(by_target.class_idx, classes)
+    assert by_target.targets == tuple(targets) and by_class.targets is None
+    flipped = augmentation_stability(model, images, FLIP, "2", preprocessing=SAME, targets=targets, n_views=2)
+    np.testing.assert_allclose(flipped.scores.correlation, 1.0, atol=1e-6)
+
+
+def test_logit_targets_give_the_maps_of_class_idx_and_score_the_logit(model, images):
+    """``ClassTarget(k)`` explains what ``class_idx=k`` explains (the same maps, so the same correlations); its score
+    is the raw logit, read here from the model's own forward of the originals."""
+    classes = [4, 0, 7]
+    by_class = augmentation_stability(model, images, FLIP_CROP, "2", preprocessing=SAME, class_idx=classes, n_views=2)
+    by_target = augmentation_stability(
+        model, images, FLIP_CROP, "2", preprocessing=SAME, targets=[ClassTarget(k) for k in classes], n_views=2
+    )
+    for field in ("correlation", "iou", "flipped", "augmented_label", "valid_fraction", "degenerate"):
+        np.testing.assert_allclose(getattr(by_target.scores, field), getattr(by_class.scores, field), atol=1e-6)
+    with torch.no_grad():
+        logits = model(prepare_batch(images, SAME)).numpy()
+    np.testing.assert_allclose(by_target.original_probability, logits[np.arange(3), classes], rtol=1e-5)
+    view = stability_views(model, images[0], FLIP_CROP, "2", preprocessing=SAME, targets=[ClassTarget(4)], n_views=2)
+    np.testing.assert_allclose(view.scores.correlation, by_target.scores.correlation[:1], atol=1e-6)
+
+
+def test_bad_targets_raise_typed_errors(model, images):
+    def run(**kwargs):
+        return augmentation_stability(model, images, FLIP, "2", preprocessing=SAME, n_views=1, **kwargs)
+
+    targets = [SoftmaxTarget(k) for k in (1, 2, 3)]
+    with pytest.raises(InputError, match="not both"):
+        run(class_idx=[1, 2, 3], targets=targets)
+    with pytest.raises(TargetError, match="got 2 targets for a batch of 3"):
+        run(targets=targets[:2])
+    with pytest.raises(InputError, match="callables"):
+        run(targets=[1, 2, 3])
+    with pytest.raises(MethodError, match="predicted label"):  # a target can read a dict; the labels cannot
+        augmentation_stability(
+            DictOutput(model),
+            images,
+            FLIP,
+            "inner.2",
+            preprocessing=SAME,
+            n_views=1,
+            targets=[lambda out, k=k: out["out"][k] for k in (1, 2, 3)],
+        )
+    with pytest.raises(TargetError, match="got 2 targets for a batch of 1"):
+        stability_views(model, images[0], FLIP, "2", preprocessing=SAME, targets=targets[:2], n_views=1)
