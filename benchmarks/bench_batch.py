@@ -1,4 +1,4 @@
-"""Throughput of ``python -m camlib.batch`` (issue #15) against a tight ``compute_cams`` loop, as ratios in one run.
+"""Throughput of ``python -m camlib.batch`` against a tight ``compute_cams`` loop, as ratios in one run.
 
 Setting: the bundled CIFAR-10 ResNet-20 (``layer3``, Grad-CAM, the predicted class) on 1,000 CIFAR-10 test images
 (the image-folder copy), batch size 64, shards of 128 images, on this machine's CPU (or CUDA when available). In each

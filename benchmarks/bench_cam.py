@@ -5,7 +5,7 @@ available), it times: a plain no-grad forward, camlib Grad-CAM with 1 layer and 
 pytorch-grad-cam 1.5.7 with 1 layer and producing the same 4 per-layer maps (4 calls: it averages the layers of one
 call, so per-layer maps cost one call each). It checks that both libraries' maps agree, then prints medians and ratios.
 
-The grid (issue #12): 5 gradient methods (Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM) x the 4 layers from one
+The grid: 5 gradient methods (Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM) x the 4 layers from one
 ``camlib.cam.compute_cam_grid`` call (one forward, one autograd.grad), against pytorch-grad-cam's 20 calls (one per
 method and layer) and against the plain forward. Targets: at least 20x faster than pytorch-grad-cam; at most 2.5x a
 no-grad forward.

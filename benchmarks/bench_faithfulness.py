@@ -1,4 +1,4 @@
-"""Faithfulness benchmarks (issue #13): the cost of deletion + insertion, and which method and layer to trust on
+"""Faithfulness benchmarks: the cost of deletion + insertion, and which method and layer to trust on
 CIFAR-10.
 
 Speed: for one 224x224 image on torchvision's ResNet-18 (seeded random weights, no download), on this machine's CPU
@@ -14,7 +14,7 @@ alone, ``compute_cams`` on the batch) and of the metrics, and whether the cell b
 Gaussian and Sobel-edge maps (``compare_with_baselines``; the baselines get their own rows). Prints a Markdown table,
 best cell first (``rank_by_faithfulness``).
 
-Dataset from a batch table (issue #15): ``--table OUT`` reads the metric columns of a ``python -m camlib.batch ...
+Dataset from a batch table: ``--table OUT`` reads the metric columns of a ``python -m camlib.batch ...
 --metrics deletion_auc insertion_auc road`` job's output instead of recomputing them, and prints the same table per
 method and layer (no baseline rows: a batch job scores the methods' maps only; rows with an error are left out).
 

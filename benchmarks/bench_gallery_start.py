@@ -1,5 +1,5 @@
-"""How long the Misclassification page takes to open on a freshly started server (issue #11: "after the first open,
-any start opens the page in under 5 s").
+"""How long the Misclassification page takes to open on a freshly started server (the target: after the first open,
+any start opens the page in under 5 s).
 
 Run from the repository root:  python benchmarks/bench_gallery_start.py [--starts 3] [--cold]
 

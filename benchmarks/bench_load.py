@@ -1,4 +1,4 @@
-"""Many users on one server (issue #11): N concurrent sessions drive the CAM Explorer of one ``streamlit run app.py``.
+"""Many users on one server: N concurrent sessions drive the CAM Explorer of one ``streamlit run app.py``.
 
 Run from the repository root:  python benchmarks/bench_load.py [--sessions 1 4 8] [--reruns K] [--quick] [--think-s S]
 

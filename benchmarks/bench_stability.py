@@ -1,4 +1,4 @@
-"""Speed of ``camlib.stability`` (issue #14) against the model passes it cannot avoid, as ratios measured in one run.
+"""Speed of ``camlib.stability`` against the model passes it cannot avoid, as ratios measured in one run.
 
 Setting: the bundled CIFAR-10 ResNet-20 (``layer3``, Grad-CAM) on this machine's CPU (or CUDA when available), CIFAR-10
 test images from the image-folder copy; every variant and its floor are timed in rotation (``bench_cam``'s timer) and

@@ -49,7 +49,7 @@ def test_default_flow_shows_chelsea_gradcam(app: AppTest) -> None:
     assert not app.error
     assert len(app.image) >= 2  # the overlay on the model's view and on the original
     assert [b.label for b in app.get("download_button")] == ["Overlay PNG", "Raw CAM (.npy)", "Settings (JSON)"]
-    assert app.button(key=keys.CAM_FAITH_START).label == "Score faithfulness (1 cell)"  # issue #13, on request
+    assert app.button(key=keys.CAM_FAITH_START).label == "Score faithfulness (1 cell)"  # scored on request
 
 
 def test_overlays_are_inline_jpegs_and_the_download_a_lossless_png_made_when_clicked(
@@ -239,7 +239,7 @@ def test_user_checkpoint_upload_and_refusal(app: AppTest, tmp_path) -> None:
     assert explained(app)  # the last good model goes on working
 
 
-# --- checkpoint uploads: which reading was used, and the checkpoint size cap (issue #8 part 5, issue #9) -------------
+# --- checkpoint uploads: which reading was used, and the checkpoint size cap ----------------------------------------
 
 
 def _saved_state(obj: object) -> bytes:
@@ -282,7 +282,7 @@ def test_checkpoint_upload_says_which_container_and_prefix(app: AppTest) -> None
 
 
 def test_resnet50_sized_checkpoint_is_uploaded_and_used(app: AppTest) -> None:
-    """Issue #9: a ResNet-50 state dict (random weights, 102 MB) goes through the checkpoint uploader and is used."""
+    """A ResNet-50 state dict (random weights, 102 MB) goes through the checkpoint uploader and is used."""
     from camlib.models import MODELS, build_architecture
 
     with torch.random.fork_rng(devices=[]):

@@ -1,4 +1,4 @@
-"""AppTest of the CAM Explorer's "Compare methods" view (ui.explorer.cam_grid, issue #12): one overlay per method and
+"""AppTest of the CAM Explorer's "Compare methods" view (ui.explorer.cam_grid): one overlay per method and
 layer, all from one ``compute_cam_grid`` call whose cells equal camlib's one-method calls; a method that cannot explain
 the layers is reported in its row while the others are drawn; slow methods show their cost and wait; an error keeps the
 last grid."""
@@ -144,7 +144,7 @@ def test_an_error_keeps_the_last_grid(monkeypatch):
 
 
 def test_the_grid_scores_its_cells_on_request_and_runs_the_sanity_checks(monkeypatch):
-    """Issue #13 on the compare view (CIFAR-10 ResNet-20, 2 methods x 2 layers): nothing is scored until asked; then a
+    """Scores on the compare view (CIFAR-10 ResNet-20, 2 methods x 2 layers): nothing is scored until asked; then a
     table of every cell with the most faithful layer, the curves of the best cell and, on request, its sanity checks."""
     at, _ = _open_grid(monkeypatch)
     at.selectbox(key=f"{keys.CAM}_model").set_value("cifar10_resnet20").run()
@@ -236,7 +236,7 @@ def test_methods_that_cannot_explain_the_layers_are_marked_in_the_pickers_with_t
 
 
 def test_the_counterfactual_toggle_shows_camlibs_counterfactual_map():
-    """Issue #12: Grad-CAM's counterfactual map on the page is camlib's (its raw map is minus the plain one)."""
+    """Grad-CAM's counterfactual map on the page is camlib's (its raw map is minus the plain one)."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     plain = at.session_state[keys.CAM_LAST_VIEW][0].result
     at.toggle(key=keys.CAM_COUNTERFACTUAL).set_value(True).run()

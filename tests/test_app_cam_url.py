@@ -1,4 +1,4 @@
-"""AppTest of the CAM Explorer's shareable link (ui.explorer.cam_url, issue #14): the settings of one session, written
+"""AppTest of the CAM Explorer's shareable link (ui.explorer.cam_url): the settings of one session, written
 to the URL query, reproduce the same maps in another session; a bad part of a link is named and the rest applies."""
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def test_a_stale_query_sent_with_a_later_rerun_never_puts_old_settings_back():
     assert _query(at)["sample"] == "rocket"
 
 
-# --- strict values, caps and downloads (issue #21) ------------------------------------------------------------------
+# --- strict values, caps and downloads -----------------------------------------------------------------------------
 
 
 def _texts(at: AppTest) -> list[str]:

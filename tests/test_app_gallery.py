@@ -235,7 +235,7 @@ def test_model_without_weights_shows_an_error_then_recovers(gallery: AppTest) ->
     assert len(gallery.image) == 12
 
 
-# --- the on-disk prediction cache (issue #11) ---------------------------------------------------------------------
+# --- the on-disk prediction cache ----------------------------------------------------------------------------------
 
 
 def _new_process() -> None:

@@ -87,7 +87,7 @@ def test_bad_upload_shows_error_not_traceback(browser_page, tmp_path: Path) -> N
 
 
 def test_compare_methods_grid_scores_faithfulness_and_runs_the_sanity_checks(server: str, browser) -> None:
-    """Issues #12 and #13 in the browser, on the CIFAR-10 ResNet-20 (fast): the method x layer grid draws one loaded
+    """The compare view in the browser, on the CIFAR-10 ResNet-20 (fast): the method x layer grid draws one loaded
     overlay per method, then its cells are scored on request (table, most faithful layer, curves) and the best cell's
     sanity checks run."""
     page, dialogs, _ = open_page(browser, server)

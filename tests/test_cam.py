@@ -618,7 +618,7 @@ def test_one_multi_layer_call_equals_one_layer_calls(zoo):
         np.testing.assert_array_equal(alone.degenerate[layer], together.degenerate[layer])
 
 
-# --- in-place ops and parent/child layers (issue 8.2, bad-inputs row 65) -----------------------------------------
+# --- in-place ops and parent/child layers (bad-inputs row 65) ------------------------------------------------------
 
 
 def _inplace_flags(model: nn.Module) -> int:
@@ -688,7 +688,7 @@ def test_pytorch_grad_cam_reads_post_inplace_values_and_camlib_does_not(zoo):
     np.testing.assert_allclose(as_produced, ours, atol=ATOL, rtol=0)
 
 
-# --- channels-last and token layers (issue 8.1, bad-inputs row 64) --------------------------------------------------
+# --- channels-last and token layers (bad-inputs row 64) -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -1549,7 +1549,7 @@ def test_shared_scale_maps_without_any_evidence_are_zeros():
         assert np.isfinite(shared).all() and (shared == 0).all()
 
 
-# --- progress and cancellation of long methods (issue 11, bad-inputs row 68) ---------------------------------------
+# --- progress and cancellation of long methods (bad-inputs row 68) -------------------------------------------------
 
 
 class _Cancelled(Exception):
@@ -1615,7 +1615,7 @@ def test_progress_must_be_callable(small_resnet, x64):
 
 
 def test_a_slow_method_in_one_session_never_blocks_a_fast_one_in_another():
-    """Issue 11: session A's Score-CAM is held mid-way (its progress callback waits); session B's Grad-CAM on the same
+    """Session A's Score-CAM is held mid-way (its progress callback waits); session B's Grad-CAM on the same
     shared eval-mode model starts after A and finishes while A is still waiting. Ordering and overlap are asserted,
     not wall-clock times; both results equal serial ones and the model is left clean."""
     model = seeded_resnet18()
@@ -1692,7 +1692,7 @@ def test_hooks_of_one_session_do_not_touch_another_sessions_forward():
     assert "a" in results and registered_hooks(model) == []
 
 
-# --- compute_cam_grid: the methods x layers grid from shared passes (issue #12) -----------------------------------
+# --- compute_cam_grid: the methods x layers grid from shared passes -------------------------------------------------
 
 # Every method that runs on any layer in one pass ("cam" needs a layer feeding the classifier's GAP + Linear).
 ONE_PASS_METHODS = [

@@ -1,5 +1,5 @@
 """Tests of camlib.checkpoints: the usual ways a state dict is saved load into the registry architectures, only when
-exactly one reading fits (catalogue row 66, issue #8 part 5), and the checkpoint size cap fits the registry (issue #9);
+exactly one reading fits (catalogue row 66), and the checkpoint size cap fits the registry;
 what a file declares (record sizes, counts, storage sizes, extents) is checked before any element is read (row 69), and
 only tensor kinds an architecture holds are read (row 70).
 
@@ -428,7 +428,7 @@ def test_describe_reads_like_python_indexing() -> None:
     assert CheckpointReading({}, (), "a\u202eb.").describe().endswith(r"prefix 'a\u202eb.' removed")
 
 
-# --- issue #9: the size cap fits every registry model ----------------------------------------------------------------
+# --- the size cap fits every registry model ---------------------------------------------------------------------------
 
 
 def _state_bytes(key: str) -> int:
@@ -443,7 +443,7 @@ def test_checkpoint_cap_fits_the_largest_registry_model() -> None:
     # float32: 4 bytes per parameter; BatchNorm adds running mean and variance (4 bytes a channel each) and an int64
     # counter per layer: VGG-16-BN 138,365,992 parameters, 4,224 BatchNorm channels in 13 layers.
     assert largest == "vgg16_bn" and sizes["vgg16_bn"] == 4 * 138_365_992 + 2 * 4 * 4_224 + 8 * 13 == 553_497_864
-    assert sizes["resnet50"] == 102_441_032  # the "98 MB" of issue #9 (in MiB); 25,557,032 parameters
+    assert sizes["resnet50"] == 102_441_032  # "98 MB" in MiB; 25,557,032 parameters
     # A saved file adds a zip directory or a JSON header: under 1% here (next test); 5% margin on top of it.
     assert 1.05 * sizes[largest] <= models.MAX_CHECKPOINT_BYTES
     assert models.MAX_CHECKPOINT_BYTES % (1024 * 1024) == 0  # whole MB, as Streamlit's per-widget limit takes

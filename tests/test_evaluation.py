@@ -213,7 +213,7 @@ def _predict_in_thread(model: nn.Module, images: np.ndarray) -> tuple[threading.
 
 
 def test_prediction_runs_while_another_session_computes_a_cam(model: nn.Module, images: np.ndarray) -> None:
-    """Issue 11: a Score-CAM held mid-way in another thread (its hooks were on this model a moment before) does not
+    """A Score-CAM held mid-way in another thread (its hooks were on this model a moment before) does not
     delay a prediction on the same eval-mode model, and the prediction equals the serial one."""
     from camlib.cam import compute_cams
 

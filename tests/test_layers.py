@@ -227,7 +227,7 @@ def test_no_candidates_raises_layer_error():
     assert list_candidate_layers(mlp, (2, 2)) == []
 
 
-# --- channels-last and token layers (issue 8.1, bad-inputs row 64) -------------------------------------------------
+# --- channels-last and token layers (bad-inputs row 64) ------------------------------------------------------------
 
 
 def _channel_axis_by_probing(model: nn.Module, sizes: tuple[tuple[int, int], tuple[int, int]]) -> dict[str, int]:

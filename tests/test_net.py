@@ -1,4 +1,4 @@
-"""Tests of ui.server.net: TCP_NODELAY on the app server's connections (issue #11).
+"""Tests of ui.server.net: TCP_NODELAY on the app server's connections.
 
 The scenario runs in a fresh interpreter, because ``enable_tcp_nodelay`` changes asyncio's hook for the whole process.
 It serves on a listening socket made by Streamlit's own ``_bind_socket`` (what ``streamlit run`` serves on) and reads

@@ -1,4 +1,4 @@
-"""camlib.prediction_cache: whole-dataset predictions computed once, then read from disk (issue #11).
+"""camlib.prediction_cache: whole-dataset predictions computed once, then read from disk.
 
 Tiny seeded models on random 8x8 images; every test has its own cache directory and starts with an empty in-memory
 cache, so "a new process" is ``clear_memory_cache()``. Forwards are counted by the model itself.

@@ -60,7 +60,7 @@ def test_streamlit_config_keeps_protections() -> None:
     server = config["server"]
     assert server["enableXsrfProtection"] is True
     assert server["enableCORS"] is True
-    # Row 61 asks for a small cap; issue #9 needs 600 MB checkpoints and the server has one cap for every upload, so
+    # Row 61 asks for a small cap; registry checkpoints reach 600 MB and the server has one cap for every upload, so
     # the cap is exactly the checkpoint cap, and the image cap is checked in the browser and in camlib (next test).
     assert server["maxUploadSize"] * 1024 * 1024 == MAX_CHECKPOINT_BYTES <= 600 * 1024 * 1024
     assert server["maxMessageSize"] <= 50

@@ -66,7 +66,7 @@ def wait_for(condition, timeout: float, step: float = 0.5) -> bool:
 
 
 def test_an_overlay_change_reruns_only_the_overlay_fragment_and_sends_its_images_inline(server: Server) -> None:
-    """Issue #11: the overlay controls and what they change are an ``st.fragment`` (ui/explorer/cam_view.py). An opacity
+    """The overlay controls and what they change are an ``st.fragment`` (ui/explorer/cam_view.py). An opacity
     change sent as the browser sends it (naming that fragment) reruns the fragment alone: its widgets and overlays come
     back, the headline and the method picker do not. The overlays are inline ``data:`` URLs, so no superseded full run
     can collect a media file the page still shows."""

@@ -81,7 +81,7 @@ def _png(seed: int) -> bytes:
 
 @pytest.mark.slow
 def test_200_app_reruns_with_alternating_settings_and_uploads_do_not_grow_memory() -> None:
-    """Issue #11's soak, in AppTest: 200 reruns of the CAM Explorer that alternate the method (the gradient methods),
+    """A soak in AppTest: 200 reruns of the CAM Explorer that alternate the method (the gradient methods),
     the target layers, the overlay and the uploaded image (12 different photos, so results are computed, cached and
     evicted). RSS after the first 20 reruns grows by less than 50 MB over the remaining 180: every cache is bounded."""
     import gc

@@ -1,4 +1,4 @@
-"""Tests of ``torchrun --nproc_per_node N -m camlib.train``: DistributedDataParallel training (issue #15).
+"""Tests of ``torchrun --nproc_per_node N -m camlib.train``: DistributedDataParallel training.
 
 Real launches: 2 CPU processes (gloo, ``CAMLIB_DEVICE=cpu`` even where CUDA exists) through
 ``python -m torch.distributed.run --standalone`` (a free port), each with one torch thread, on 200 CIFAR-10 training

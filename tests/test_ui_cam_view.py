@@ -1,5 +1,5 @@
 """Tests of ui.explorer.cam_view: the slow-method estimate and start button, the progress callback reaching camlib, and
-the reduced hover heatmap (issue #11)."""
+the reduced hover heatmap."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def _shown(image: np.ndarray) -> cam_view.Shown:
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_shown_derives_the_overlay_inputs_once_and_exactly(monkeypatch: pytest.MonkeyPatch, shared: bool) -> None:
-    """Issue #11: an overlay change reruns the fragment with the same ``Shown``; the maps it draws, their placement on
+    """An overlay change reruns the fragment with the same ``Shown``; the maps it draws, their placement on
     the original image and the overlay cache keys are derived on the first run only, and equal a fresh derivation."""
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     shown = _shown(image)

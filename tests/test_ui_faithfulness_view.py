@@ -1,4 +1,4 @@
-"""Tests of ui.explorer.faithfulness_view (issue #13): the faithfulness grid waits for its button, then shows the method
+"""Tests of ui.explorer.faithfulness_view: the faithfulness grid waits for its button, then shows the method
 x layer table with the best cell highlighted and the "most faithful layer" answer; the curves chart has the baselines'
 traces; the sanity panel draws its curve and strip and flags a map that survives randomisation; errors are st.error."""
 
