@@ -233,6 +233,7 @@ def _peak(link: str, rows: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.bad_input(71)
 def test_a_doubling_link_is_refused_with_flat_memory() -> None:
     """The issue's link: in-bounds steps that each double the image (3.3 GB before). Refused from the declarations:

@@ -1,4 +1,4 @@
-"""Tests of camlib.batch (``python -m camlib.batch``, issue #15): the table's numbers against compute_cams and
+"""Tests of camlib.batch (``python -m camlib.batch``): the table's numbers against compute_cams and
 camlib.metrics, run.json, resuming after a kill, bad images and bad arguments, checkpoints, and the Ray engine against
 the local one (a local Ray with 2 CPUs started here).
 
@@ -273,6 +273,7 @@ print(" ".join(sorted(name for name in sys.modules if name.split(".")[0] in {"al
 """
 
 
+@pytest.mark.slow
 def test_an_actor_imports_no_metric_augmentation_or_app_module_a_job_does_not_use():
     """A Ray actor's start is mostly imports: a job without --metrics must not pay for camlib.metrics (scipy.stats,
     scikit-image: seconds per actor), nor the Lab's Albumentations or the app's Streamlit (a fresh process: sys.modules
@@ -359,7 +360,7 @@ def test_a_list_file_with_labels_and_a_missing_image(tmp_path):
 
 
 def test_the_dataset_faithfulness_table_reads_a_batch_tables_metrics(tmp_path, capsys, monkeypatch):
-    """Issue #15: benchmarks/bench_faithfulness.py --table prints the per-cell means from the job's metric columns
+    """benchmarks/bench_faithfulness.py --table prints the per-cell means from the job's metric columns
     instead of recomputing them."""
     args = [*BASE[: BASE.index("--limit")], "--limit", "4", "--methods", "gradcam", "--layers", "layer2,layer3"]
     _run(tmp_path, "--metrics", "deletion_auc,insertion_auc,road", "--threads", "1", args=args)
@@ -406,6 +407,7 @@ print(error)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.bad_input(79)
 def test_a_multi_gb_input_image_is_refused_from_its_size_in_flat_memory(tmp_path):
     """A 3 GB file among the input images is an error row from its stat: the peak memory of reading it, measured in

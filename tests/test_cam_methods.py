@@ -1,4 +1,4 @@
-"""Tests of the CAM methods of issue #12 that tests/test_cam.py does not hold: the sampling methods (SS-CAM, IS-CAM,
+"""Tests of the CAM methods that tests/test_cam.py does not hold: the sampling methods (SS-CAM, IS-CAM,
 Smooth Grad-CAM++) against torch-cam 0.5.0 given the same random draws, and their seeds, batches and progress; every
 method on float16, bfloat16 and float64 models against the float32 model; every pair of methods in one grid call.
 
@@ -36,6 +36,7 @@ from helpers.reference_zoo import (
     channels_last,
     drop_tokens,
     keep_as_produced,
+    layout_sizes,
     random_images,
     reference_maps,
     reference_pipeline,
@@ -106,15 +107,26 @@ def _torchcam_maps(
 
 # --- SS-CAM and IS-CAM ---------------------------------------------------------------------------------------------
 
+
+def _layout_score_cases(name: str, layer: str, full: int) -> list:
+    """A layout-zoo case at 32 px (ConvNeXt's block 8x8, DeiT's 2x2 patches) and at ``full`` px (slow tier)."""
+    entry = LAYOUT_ZOO[name]
+    return [
+        pytest.param(name, layer, 32, entry.reshape_transform(layer, 32), id=f"{name}-32px"),
+        pytest.param(
+            name, layer, full, entry.reshape_transform(layer, full), id=f"{name}-{full}px", marks=pytest.mark.slow
+        ),
+    ]
+
+
 # (model, layer, input size, pytorch-grad-cam-style reshape_transform for torch-cam): an NCHW layer, a channels-last
-# ConvNeXt block and DeiT's tokens (a class and a distillation token before a 7x7 grid).
+# ConvNeXt block and DeiT's tokens (a class and a distillation token before a 7x7 grid at 112 px).
 SCORE_CASES = [
-    ("resnet18", "layer1", SCORECAM_SIZE, None),
-    ("efficientnet_lite0", "blocks.1", SCORECAM_SIZE, None),  # 24 channels
-    ("convnext_tiny", "features.1.0.block.2", 64, channels_last),
-    ("deit_tiny", "blocks.11.norm1", 112, drop_tokens(2, 7, 7)),
+    pytest.param("resnet18", "layer1", SCORECAM_SIZE, None, id="resnet18"),
+    pytest.param("efficientnet_lite0", "blocks.1", SCORECAM_SIZE, None, id="efficientnet_lite0"),  # 24 channels
+    *_layout_score_cases("convnext_tiny", "features.1.0.block.2", 64),
+    *_layout_score_cases("deit_tiny", "blocks.11.norm1", 112),
 ]
-SCORE_IDS = [case[0] for case in SCORE_CASES]
 
 
 def _narrow_swin_t() -> nn.Module:
@@ -188,11 +200,11 @@ def _score_case(
         model, gain = name.split("*")
         return _Amplified(zoo.model(model), float(gain)), zoo.images(size), [3, 7]
     if name in LAYOUT_ZOO:
-        return layout_zoo.model(name), layout_zoo.images(name, size), [5, 9]
+        return layout_zoo.model(name, size=size), layout_zoo.images(name, size), [5, 9]
     return zoo.model(name), zoo.images(size), [3, 7]
 
 
-@pytest.mark.parametrize("name,layer,size,transform", SCORE_CASES, ids=SCORE_IDS)
+@pytest.mark.parametrize("name,layer,size,transform", SCORE_CASES)
 def test_sscam_matches_torchcam_given_the_same_noise(zoos, name, layer, size, transform):
     model, x, classes = _score_case(zoos, name, size)
     ours = compute_cams(model, x, [layer], method="sscam", class_idx=classes, n_samples=2, seed=3)
@@ -219,7 +231,7 @@ def _channel_count(model: nn.Module, x: torch.Tensor, layer: str, transform: Cal
     return int(_layer_output(model, x[:1], layer, transform).shape[1])
 
 
-@pytest.mark.parametrize("name,layer,size,transform", SCORE_CASES, ids=SCORE_IDS)
+@pytest.mark.parametrize("name,layer,size,transform", SCORE_CASES)
 def test_iscam_matches_torchcam(zoos, name, layer, size, transform):
     model, x, classes = _score_case(zoos, name, size)
     # Two steps: scales 1/2 and 1/2 + 2/2 (torch-cam's accumulated scale goes above 1 from the second step).
@@ -448,7 +460,8 @@ def test_smooth_gradcam_plus_plus_is_the_paper_formula_on_the_rest_of_the_cnn_zo
     "name,layer,size",
     [
         ("swin_t", "features.5", LAYOUT_SCORECAM_SIZE["swin_t"]),
-        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", 112),
+        # ViT-B/16 (768 channels at 112 px): tens of seconds; DeiT's tokens are in the quick tier above
+        pytest.param("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", 112, marks=pytest.mark.slow),
     ],
 )
 def test_smooth_gradcam_plus_plus_is_the_paper_formula_on_swin_and_vit(zoos, name, layer, size):
@@ -567,16 +580,16 @@ def test_refinecam_matches_pytorch_grad_cam(zoos, name):
         np.testing.assert_array_equal(ours.raw[layer], plus_plus.raw[layer])
 
 
-@pytest.mark.parametrize("name", ["deit_tiny", "convnext_tiny"])
-def test_refinecam_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name):
+@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny"))
+def test_refinecam_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name, size):
     """In float64 (see test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_transform); the
     layers of one model share a reshape_transform (ConvNeXt: its two channels-last block internals)."""
     _, layout_zoo = zoos
     entry = LAYOUT_ZOO[name]
     layers = tuple(layer for layer, transform in entry.layers.items() if transform is not None)[:2]
-    model, x = layout_zoo.model(name, torch.float64), layout_zoo.images(name, dtype=torch.float64)
+    model, x = layout_zoo.model(name, torch.float64, size), layout_zoo.images(name, size, torch.float64)
     ours = compute_cams(model, x, list(layers), method="refinecam", class_idx=[5, 9])
-    reference = _pytorch_grad_cam_refinecam(model, x, layers, [5, 9], entry.layers[layers[0]])
+    reference = _pytorch_grad_cam_refinecam(model, x, layers, [5, 9], entry.reshape_transform(layers[0], size))
     np.testing.assert_allclose(ours.refined, reference, atol=ATOL, rtol=0)
 
 
@@ -685,18 +698,23 @@ def test_aug_smooth_matches_pytorch_grad_cam(zoos, method):
     assert np.abs(plain.maps["layer3"] - ours.maps["layer3"]).max() > 1e-3  # the views change the map
 
 
-@pytest.mark.parametrize("name", ["deit_tiny", "convnext_tiny"])
-def test_aug_smooth_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name):
+@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny"))
+def test_aug_smooth_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name, size):
     _, layout_zoo = zoos
     entry = LAYOUT_ZOO[name]
-    layer, transform = next((layer, t) for layer, t in entry.layers.items() if t is not None)
-    model, x = layout_zoo.model(name, torch.float64), layout_zoo.images(name, dtype=torch.float64)
+    layer = next(layer for layer, t in entry.layers.items() if t is not None)
+    transform = entry.reshape_transform(layer, size)
+    model, x = layout_zoo.model(name, torch.float64, size), layout_zoo.images(name, size, torch.float64)
     ours = compute_cams(model, x, [layer], class_idx=[5, 9], aug_smooth=True)
     reference = _pytorch_grad_cam_call(model, x, layer, "gradcam", [5, 9], transform=transform, aug_smooth=True)
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("method", SMOOTHING_METHODS)
+@pytest.mark.parametrize(
+    "method",
+    # Score-CAM: one forward per channel of layer2 and layer3 (384 in all), ~10 s
+    [pytest.param(m, marks=pytest.mark.slow) if m == "scorecam" else m for m in SMOOTHING_METHODS],
+)
 def test_eigen_smooth_matches_pytorch_grad_cam_up_to_the_sign(zoos, method):
     """pytorch-grad-cam keeps LAPACK's sign of the principal component; camlib orients it like the channel sum."""
     zoo, _ = zoos
@@ -872,7 +890,10 @@ def _pytorch_grad_cam_sess(
             model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v3_small", "densenet121", "vgg11_bn"])
+@pytest.mark.parametrize(
+    "name",
+    ["efficientnet_lite0", "mobilenet_v3_small", "densenet121", pytest.param("vgg11_bn", marks=pytest.mark.slow)],
+)
 def test_sess_on_the_rest_of_the_cnn_zoo_matches_pytorch_grad_cam(zoos, name):
     zoo, _ = zoos
     model, x, classes = zoo.model(name), zoo.images(SCORECAM_SIZE), [3, 7]
@@ -894,12 +915,13 @@ def test_sess_matches_pytorch_grad_cam(zoos):
             np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["deit_tiny", "convnext_tiny"])
-def test_sess_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name):
+@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny"))
+def test_sess_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name, size):
     _, layout_zoo = zoos
     entry = LAYOUT_ZOO[name]
-    layer, transform = next((layer, t) for layer, t in entry.layers.items() if t is not None)
-    model, x = layout_zoo.model(name, torch.float64), layout_zoo.images(name, dtype=torch.float64)
+    layer = next(layer for layer, t in entry.layers.items() if t is not None)
+    transform = entry.reshape_transform(layer, size)
+    model, x = layout_zoo.model(name, torch.float64, size), layout_zoo.images(name, size, torch.float64)
     ours = compute_cams(model, x, [layer], method="sess", class_idx=[5, 9], n_samples=2)
     module = dict(model.named_modules())[layer]
     with SESS(model, [module], transform, num_scales=2) as cam:
@@ -912,7 +934,8 @@ def test_sess_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, n
     "name,layer,size",
     [
         ("swin_t", "features.5", LAYOUT_SCORECAM_SIZE["swin_t"]),
-        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", 112),
+        # ViT-B/16 (768 channels at 112 px): tens of seconds; DeiT's tokens are in the quick tier above
+        pytest.param("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", 112, marks=pytest.mark.slow),
     ],
 )
 def test_sess_on_swin_and_vit_matches_pytorch_grad_cam(zoos, name, layer, size):

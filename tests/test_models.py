@@ -227,7 +227,7 @@ def test_torchvision_specs_match_torchvision_transforms(key: str) -> None:
 
 def test_importing_camlib_for_cifar_work_does_not_import_torchvision(tmp_path: Path) -> None:
     """torchvision's import costs 1.3 s (it imports torch._dynamo): the gallery's path (model registry, CIFAR-10
-    folder copy, preprocessing at the model's size, a CAM) must not need it (issue #11's 5 s gallery start)."""
+    folder copy, preprocessing at the model's size, a CAM) must not need it (the gallery opens in under 5 s)."""
     root = tmp_path / "cifar"
     (root / "test" / "cat").mkdir(parents=True)  # an image-folder copy's layout: no data needed to detect it
     code = (
@@ -1157,7 +1157,7 @@ def test_errors_are_value_errors() -> None:
         assert issubclass(error, CamlibError) and issubclass(error, ValueError)
 
 
-# --- EfficientNet-Lite0's preprocessing (issue #8): the bundled weights' own statistics choose it ---------------------
+# --- EfficientNet-Lite0's preprocessing: the bundled weights' own statistics choose it --------------------------------
 # The bundled weights are Google's TensorFlow EfficientNet-Lite0 checkpoint, trained on (x - 127) / 128. Each test
 # below holds the registry's preprocessing against the ImageNet mean/std alternative (what the registry used before),
 # so it proves the choice rather than restating it. Measurements: benchmarks/efficientnet_lite0_preprocessing.py.
@@ -1269,7 +1269,12 @@ def test_labelled_cifar10_agrees_better_with_the_registry_preprocessing(bundled:
     assert nine_way > nine_way_imagenet and nll < nll_imagenet - NLL_MARGIN, scores
 
 
-@pytest.mark.parametrize("shape", [(3, 4000), (4000, 3), (1, 2000), (300, 400)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "shape",
+    # the strips resize to thousands of pixels a side (seconds each): the slow tier
+    [*(pytest.param(s, marks=pytest.mark.slow) for s in [(3, 4000), (4000, 3), (1, 2000)]), (300, 400)],
+    ids=lambda s: f"{s[0]}x{s[1]}",
+)
 def test_bicubic_preprocessing_follows_torchvision_also_for_extreme_strips(shape: tuple[int, int]) -> None:
     """Swin-T's weights expect bicubic: the bounded-memory window path (strips) uses PyTorch's antialiased bicubic
     weights (Keys, a = -0.5); torchvision clamps its uint8 intermediate between passes, so a few grey levels may

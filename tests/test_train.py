@@ -506,6 +506,7 @@ def test_bundled_model_is_at_least_85_percent_accurate_on_a_fixed_test_subset(bu
     assert accuracy >= 0.85, f"bundled ResNet-20 accuracy on the fixed 1000-image test subset: {accuracy:.4f}"
 
 
+@pytest.mark.slow
 @needs_data
 @needs_bundled
 @pytest.mark.skipif(not BUNDLED_CARD.is_file(), reason=f"no model card at {BUNDLED_CARD}")

@@ -19,9 +19,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-quic",
 ]
-# Every real-browser module's marks: Playwright cannot download its own browsers here, so no chromium means a skip.
+# Every real-browser module's marks: each test starts a server and a browser (seconds to tens of seconds), so they are
+# in the slow tier; Playwright cannot download its own browsers here, so no chromium means a skip.
 BROWSER_MARKS = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (.ci/run installs it)"),
 ]
 

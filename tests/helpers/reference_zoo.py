@@ -352,6 +352,18 @@ LAYOUT_SCORECAM_SIZE = {"convnext_tiny": 64, "swin_t": 64, "deit_tiny": 112}
 LAYOUT_QUICK_SIZE = {"convnext_tiny": 64, "swin_t": 96, "vit_b_16": 48, "deit_tiny": 48}
 
 
+def layout_sizes(*names: str) -> list:
+    """``(name, size)`` parameters: each layout-zoo model at LAYOUT_QUICK_SIZE, and at its zoo size under
+    ``pytest.mark.slow`` where that differs."""
+    params = []
+    for name in names:
+        quick, full = LAYOUT_QUICK_SIZE[name], LAYOUT_ZOO[name].size
+        params.append(pytest.param(name, quick, id=f"{name}-{quick}px"))
+        if full != quick:
+            params.append(pytest.param(name, full, id=f"{name}-{full}px", marks=pytest.mark.slow))
+    return params
+
+
 class LayoutZoo:
     """Seeded layout-zoo models (per dtype, and per input size for token models) and camlib results, built lazily."""
 
