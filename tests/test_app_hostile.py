@@ -1,4 +1,4 @@
-"""AppTest: hostile user text on every page, and camlib errors that must keep the last good result (issue #9).
+"""AppTest: hostile user text on every page, and camlib errors that must keep the last good result.
 
 Every string a user controls (file names, imported pipeline contents, checkpoint key names in error messages) must reach
 the page as escaped Markdown (``ui.text``): these tests put hostile names in every place a name is shown and assert
