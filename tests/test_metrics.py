@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from helpers.models import mixed_state, seeded, seeded_resnet18
+from helpers.models import DictOutput, mixed_state, seeded, seeded_resnet18
 from pytorch_grad_cam.metrics import road as reference_road
 from pytorch_grad_cam.metrics.cam_mult_image import (
     CamMultImageConfidenceChange,
@@ -654,17 +654,6 @@ def binary_cnn() -> nn.Module:
         return model
 
     return seeded(build, seed=5)
-
-
-class DictOutput(nn.Module):
-    """A model whose output is ``{"out": logits}`` (torchvision's segmenters return dicts alike)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.inner(x)}
 
 
 @dataclass(frozen=True)

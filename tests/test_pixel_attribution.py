@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from helpers.dtype_models import DTYPE_MODELS, DTYPES, dtype_tolerance
-from helpers.models import mixed_state, registered_hooks, seeded, seeded_resnet18
+from helpers.models import DictOutput, mixed_state, registered_hooks, seeded, seeded_resnet18
 from pytorch_grad_cam import FullGrad, GradCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.image import deprocess_image
@@ -651,17 +651,6 @@ def test_pixel_attribution_on_a_half_or_double_precision_model_equals_the_float3
 
 
 # --- targets -------------------------------------------------------------------------------------------------------
-
-
-class DictOutput(nn.Module):
-    """A model whose output is ``{"out": logits}``."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.inner(x)}
 
 
 @dataclasses.dataclass(frozen=True)

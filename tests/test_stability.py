@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.models import seeded
+from helpers.models import DictOutput, seeded
 from torch import nn
 
 from camlib.augment import Pipeline, PipelineStep, build_pipeline
@@ -378,17 +378,6 @@ def test_progress_is_reported_per_batch_and_a_raising_callback_cancels(model, im
 
 
 # --- targets ------------------------------------------------------------------------------------------------------
-
-
-class DictOutput(nn.Module):
-    """A model whose output is ``{"out": logits}``: no labels to compare."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.inner(x)}
 
 
 def test_softmax_targets_change_the_probability_as_class_idx_and_keep_flip_equivariance(model, images):

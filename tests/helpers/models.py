@@ -93,3 +93,15 @@ def mixed_state(model: nn.Module, grad: float = 0.25) -> nn.Module:
     model.conv1.weight.requires_grad_(False)
     model.fc.weight.grad = torch.full_like(model.fc.weight, grad)
     return model
+
+
+class DictOutput(nn.Module):
+    """``inner`` with its output wrapped as ``{"out": output}`` (as torchvision's segmenters return): a model whose
+    output is not a tensor, for the code that must not assume ``(B, C)`` logits when targets read the output."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.inner(x)}
