@@ -755,7 +755,7 @@ def test_logit_targets_score_the_raw_logit_on_the_analytic_model():
 
 
 def test_a_dict_output_model_is_scored_by_a_target_reading_it(cifar_batch):
-    """Metrics no longer need ``(B, C)`` logits when the targets read the output: a ``{"out": logits}`` model with a
+    """Metrics need no ``(B, C)`` logits when the targets read the output: a ``{"out": logits}`` model with a
     target reading ``out`` scores as the plain model with ``class_idx``; without targets it is refused."""
     model, x, maps, classes = cifar_batch
     wrapped = DictOutput(model)
