@@ -10,7 +10,12 @@ Every metric takes ``model, x, maps, class_idx`` and the keyword ``targets``:
 - ``maps``: ``(B, H, W)`` float numpy array or tensor in ``[0, 1]`` (``CamResult.maps[layer]``), one per image.
 - ``class_idx``: the explained class, an int for every image or one per image (``None``: the predicted class).
 - ``targets``: instead of ``class_idx``, one callable per image (``camlib.targets``; pytorch-grad-cam 1.5.7's target
-  objects work unchanged). Giving both is an ``InputError``, a wrong count a ``TargetError``.
+  objects work unchanged).
+
+Every metric and sanity check raises ``InputError`` for a bad argument (the message names it) or both ``class_idx``
+and ``targets``, ``ClassIndexError`` for a class outside the model's classes, ``TargetError`` for not one target per
+image or a target failing on the model's output, and ``NonFiniteError`` when the model or a target produces NaN or
+Inf: "the common errors" below.
 
 The score of an input is the softmax probability of the explained class, or with ``targets`` the score
 ``targets[i](output_i)`` of its image's target as returned (pytorch-grad-cam's metrics score inputs this way, so
@@ -373,9 +378,7 @@ def deletion_insertion(
         ``DeletionInsertion``: curves ``(B, steps + 1)`` and areas ``(B,)``.
 
     Raises:
-        InputError: a bad argument (the message names it), or both ``class_idx`` and ``targets``.
-        ClassIndexError: a class outside the model's classes. TargetError: not one target per image, or a target
-        failing on the model's output. NonFiniteError: the model or a target produced NaN or Inf.
+        The common errors (module docstring).
     """
     inputs = _check_inputs(model, x, maps, batch_size)
     scoring = _scoring(class_idx, targets, len(inputs.x))
@@ -525,9 +528,7 @@ def road(  # noqa: PLR0913 (keyword-only options of a public metric)
         ``RoadResult`` (per-percentile changes and the reference's score per image).
 
     Raises:
-        InputError: a bad argument (the message names it), or both ``class_idx`` and ``targets``.
-        ClassIndexError: a class outside the model's classes. TargetError: not one target per image, or a target
-        failing on the model's output. NonFiniteError: the model or a target produced NaN or Inf.
+        The common errors (module docstring).
     """
     inputs = _check_inputs(model, x, maps)
     scoring = _scoring(class_idx, targets, len(inputs.x))
@@ -605,9 +606,7 @@ def confidence_change(
     with ``ClassifierOutputSoftmaxTarget(class)`` (the input multiplied by the map in model space), or with the
     ``targets`` given (the reference's ``targets`` argument).
 
-    Raises ``InputError`` for a bad argument or both ``class_idx`` and ``targets``, ``ClassIndexError`` for a class
-    outside the model's classes, ``TargetError`` for a wrong count of targets or a target failing on the model's
-    output and ``NonFiniteError`` when the model or a target produces NaN or Inf."""
+    Raises the common errors (module docstring)."""
     before, after = _explanation_scores(model, x, maps, class_idx, targets=targets, batch_size=batch_size)
     return (after - before).numpy()
 
@@ -627,9 +626,7 @@ def average_drop_increase(
     ``targets``, image ``i``'s target score. ``drop`` is pytorch-grad-cam 1.5.7's ``DropInConfidence`` divided by
     ``Y_i``, ``increased`` its ``IncreaseInConfidence``.
 
-    Raises ``InputError`` for a bad argument or both ``class_idx`` and ``targets``, ``ClassIndexError`` for a class
-    outside the model's classes, ``TargetError`` for a wrong count of targets or a target failing on the model's
-    output and ``NonFiniteError`` when the model or a target produces NaN or Inf."""
+    Raises the common errors (module docstring)."""
     before, after = (
         t.numpy() for t in _explanation_scores(model, x, maps, class_idx, targets=targets, batch_size=batch_size)
     )
@@ -949,10 +946,8 @@ def cascading_randomization(
         ``SanityResult``: the re-initialised layers in order and each image's similarity after each step.
 
     Raises:
-        InputError: a bad argument, a model without parameters, both ``class_idx`` and ``targets``, or ``explain``
-            not returning one map in [0, 1] per image.
-        ClassIndexError: a class outside the model's classes. TargetError: not one target per image, or a target
-            failing on the model's output. NonFiniteError: the model or a target produced NaN or Inf.
+        InputError: a model without parameters, or ``explain`` not returning one map in [0, 1] per image.
+        And the common errors (module docstring).
     """
     x, explained, _, randomized = _sanity_setup(model, x, class_idx, targets, explain)
     seed = require_int(seed, "seed", minimum=0)
@@ -1052,11 +1047,9 @@ def random_logit(
         ``RandomLogitResult``: the classes, both maps and their Spearman correlation and SSIM per image.
 
     Raises:
-        InputError: a bad argument, both ``class_idx`` and ``targets``, a model with fewer than 2 classes, or
-            ``explain`` not returning one map in [0, 1] per image.
+        InputError: a model with fewer than 2 classes, or ``explain`` not returning one map in [0, 1] per image.
         MethodError: a target that explains no class of ``(B, num_classes)`` logits.
-        ClassIndexError: a class outside the model's classes. TargetError: not one target per image, or a target
-            failing on the model's output. NonFiniteError: the model or a target produced NaN or Inf.
+        And the common errors (module docstring).
     """
     x, explained, num_classes, copied = _sanity_setup(model, x, class_idx, targets, explain)
     seed = require_int(seed, "seed", minimum=0)
