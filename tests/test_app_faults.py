@@ -1,4 +1,4 @@
-"""AppTest: the app-wide inputs (data root, device) and fault injection into every cache call a page makes (issue #10).
+"""AppTest: the app-wide inputs (data root, device) and fault injection into every cache call a page makes.
 
 A page talks to models and data only through the modules of ``ENTRY_MODULES`` (``ui.models``, ``ui.explorer.cams``,
 ``ui.checkpoint_store``...). The fault-injection tests run each page once, record which of those modules' functions it
@@ -117,7 +117,7 @@ def _inject_each(page: str, monkeypatch: pytest.MonkeyPatch, **open_kwargs) -> l
 
 def test_cam_page_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     tried = _inject_each(CAM, monkeypatch)
-    assert {"resolve_model", "get_layers", "predict", "compute_view", "get_model"} <= set(tried)
+    assert {"resolve_model", "get_layers", "predict", "compute_cam", "get_model"} <= set(tried)
 
 
 @pytest.mark.slow

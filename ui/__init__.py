@@ -15,6 +15,8 @@ Where to look, in one hop from a page:
   caches (``models``, ``datasets``), the result stores (``stores``), overlays (``overlays``), checkpoints, downloads,
   widgets, the app-wide inputs, session-state keys (``keys``), text escaping (``text``), figures and ``last_good``.
 
-A new page ``app_pages/<page>.py`` gets its own ``ui/<page>/`` beside these, holding its model runs (each inside
-``ui.jobs.model_job``) and its views; what it shares with other pages stays here.
+A new page ``app_pages/<page>.py`` gets its own ``ui/<page>/`` beside these (a detection and segmentation page:
+``app_pages/detection.py`` with ``ui/detection/``; a labelled-data Lab: ``app_pages/data_lab.py`` with
+``ui/data_lab/``), holding its model runs (each inside ``ui.jobs.model_job``, which ``tests/test_ui_jobs.py`` checks)
+and its views; what it shares with other pages stays here.
 """

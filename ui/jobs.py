@@ -32,7 +32,7 @@ import torch
 from camlib.cam import METHODS
 
 if TYPE_CHECKING:
-    from ui.explorer.cams import CamOptions
+    from camlib.cam import CamOptions
 
 # torch's intra-op threads for this process (app.py sets them once): torch's own default, or fewer with
 # $CAMLIB_TORCH_THREADS. Read here, at import, before any job has set a share of it.

@@ -155,7 +155,13 @@ def method_options(method: str) -> cams.CamOptions:
             samples = int(
                 st.number_input("Samples", 1, 100, spec.samples, key=keys.CAM_SAMPLES, persist_state="session")
             )
-    return cams.CamOptions(bool(counterfactual), aug_smooth, eigen_smooth, seed, samples)
+    return cams.CamOptions(
+        counterfactual=bool(counterfactual),
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        seed=seed,
+        n_samples=samples,
+    )
 
 
 def costly(method: str) -> bool:

@@ -8,14 +8,14 @@ scale) never re-run the model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 import streamlit as st
 import torch
 
-from camlib.cam import METHODS, RANDOM_CAM_SEED, CamResult, ProgressCallback, compute_cam_grid, finish_maps
+from camlib.cam import METHODS, CamOptions, CamResult, ProgressCallback, compute_cam_grid, finish_maps
 from camlib.errors import MethodError
 from camlib.models import prepare_input
 from camlib.pixel_attribution import PIXEL_METHODS, attribution_images
@@ -34,17 +34,8 @@ class CamRequest:
     layers: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class CamOptions:
-    """``compute_cams``' options besides the method and the class (hashable: part of every CAM cache key)."""
-
-    counterfactual: bool = False
-    aug_smooth: bool = False
-    eigen_smooth: bool = False
-    seed: int = RANDOM_CAM_SEED
-    n_samples: int | None = None
-
-
+# ``camlib.cam.CamOptions`` (hashable: part of every CAM cache key). The method is a key of its own in these caches and
+# ``compute_cam_grid`` computes its ``methods``, so the options here leave ``method`` at its default.
 DEFAULT_OPTIONS = CamOptions()
 
 
@@ -223,7 +214,7 @@ def _compute(
     x = prepared.tensor.to(loaded.device)
     results, errors = {}, {}
     grid = partial(
-        compute_cam_grid, loaded.model, x, list(layers), class_idx=class_idx, progress=progress, **asdict(options)
+        compute_cam_grid, loaded.model, x, list(layers), class_idx=class_idx, progress=progress, options=options
     )
     with jobs.model_job(jobs.is_heavy(methods, options)):
         try:
