@@ -754,11 +754,24 @@ def test_logit_targets_score_the_raw_logit_on_the_analytic_model():
     np.testing.assert_allclose(result, [sigmoid[0] - sigmoid[1]], atol=1e-6)
 
 
-def test_a_dict_output_model_is_scored_by_a_target_reading_it(cifar_batch):
-    """Metrics need no ``(B, C)`` logits when the targets read the output: a ``{"out": logits}`` model with a
-    target reading ``out`` scores as the plain model with ``class_idx``; without targets it is refused."""
+class PerImageOutputs(nn.Module):
+    """A model whose output is a list with one ``{"out": (C,)}`` dict per image (as a detector's list of dicts)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return [{"out": row} for row in self.inner(x)]
+
+
+@pytest.mark.parametrize("wrap", [DictOutput, PerImageOutputs])
+def test_a_dict_or_list_output_model_is_scored_by_a_target_reading_it(cifar_batch, wrap):
+    """Metrics need no ``(B, C)`` logits when the targets read the output: a ``{"out": logits}`` model, or one with a
+    list of per-image dicts, with a target reading ``out`` scores as the plain model with ``class_idx``; without
+    targets it is refused."""
     model, x, maps, classes = cifar_batch
-    wrapped = DictOutput(model)
+    wrapped = wrap(model)
     targets = [SoftmaxOfOut(k) for k in classes]
     np.testing.assert_allclose(
         confidence_change(wrapped, x, maps, targets=targets), confidence_change(model, x, maps, classes), atol=1e-6
