@@ -75,3 +75,35 @@ def browser_page(server: str, browser):
     page, dialogs, _ = open_page(browser, server)
     yield page, dialogs
     page.close()
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    """tests/helpers/reference_zoo.py's seeded NCHW reference models and camlib results, built lazily per module."""
+    from helpers.reference_zoo import Zoo
+
+    return Zoo()
+
+
+@pytest.fixture(scope="module")
+def layout_zoo():
+    """The channels-last and token reference models (``LayoutZoo``), built lazily per module."""
+    from helpers.reference_zoo import LayoutZoo
+
+    return LayoutZoo()
+
+
+@pytest.fixture(scope="module")
+def small_resnet():
+    """A read-only seeded ResNet-18 for 64x64 inputs (the tests that change a model build their own)."""
+    from helpers.models import seeded_resnet18
+
+    return seeded_resnet18()
+
+
+@pytest.fixture(scope="module")
+def x64():
+    """Two seeded 64x64 standard-normal images, ``(2, 3, 64, 64)`` float32."""
+    from helpers.reference_zoo import random_images
+
+    return random_images(2, 64, seed=7)

@@ -33,13 +33,12 @@ from helpers.reference_zoo import (
     REFERENCE_CAMS,
     SCORECAM_SIZE,
     ZOO,
-    LayoutZoo,
-    Zoo,
     assert_equal_up_to_eigen_sign,
     assert_same_result,
     channels_last,
     classes_per_image,
     drop_tokens,
+    layer_output,
     random_images,
     reference_maps,
     reference_pipeline,
@@ -127,11 +126,6 @@ def _assert_maps_follow_raw(result: CamResult, size: tuple[int, int]) -> None:
 
 
 SCORECAM_LAYERS = {"resnet18": ("layer1", "layer2"), "efficientnet_lite0": ("blocks.1",)}  # 64, 128 and 24 channels
-
-
-@pytest.fixture(scope="module")
-def zoo() -> Zoo:
-    return Zoo()
 
 
 def _gradient_cases():
@@ -350,17 +344,6 @@ def test_kpcacam_matches_pytorch_grad_cam_up_to_the_sign(zoo, model_name, layer)
     assert_equal_up_to_eigen_sign(ours, layer, reference, 224)
 
 
-def _layer_output(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
-    store: dict[str, torch.Tensor] = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.update(out=out))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return store["out"]
-
-
 class _ZeroAblation(AblationLayer):
     """pytorch-grad-cam's ablation layer with the paper's ablation: the channel set to zero, whatever the minimum."""
 
@@ -386,7 +369,7 @@ class _ZeroAblationVit(AblationLayerVit):
 def test_ablationcam_matches_pytorch_grad_cam(zoo, layer, kind):
     """On post-ReLU layers (minimum 0) pytorch-grad-cam zeroes the ablated channel, as the paper and camlib."""
     model, x = zoo.model("resnet18"), zoo.images(SCORECAM_SIZE)
-    assert float(_layer_output(model, x, layer).min()) == 0.0
+    assert float(layer_output(model, x, layer).min()) == 0.0
     ours = zoo.ours("resnet18", "ablationcam", kind, SCORECAM_SIZE, SCORECAM_LAYERS["resnet18"])
     reference = reference_maps(model, x, layer, "ablationcam", zoo.targets("resnet18", kind, SCORECAM_SIZE))
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
@@ -397,7 +380,7 @@ def test_ablationcam_zeroes_channels_as_the_paper_where_pytorch_grad_cam_does_no
     ablated channel to a very negative value instead of zero, and its map differs; camlib zeroes (the paper) and
     equals pytorch-grad-cam given a zeroing ablation layer, whatever camlib's batch size."""
     model, x, layer = zoo.model("efficientnet_lite0"), zoo.images(SCORECAM_SIZE), "blocks.1"
-    assert float(_layer_output(model, x, layer).min()) < 0
+    assert float(layer_output(model, x, layer).min()) < 0
     class_idx = zoo.targets("efficientnet_lite0", "per_image", SCORECAM_SIZE)
     ours = zoo.ours("efficientnet_lite0", "ablationcam", "per_image", SCORECAM_SIZE, (layer,))
     paper = reference_maps(model, x, layer, "ablationcam", class_idx, cam_kwargs={"ablation_layer": _ZeroAblation()})
@@ -576,15 +559,17 @@ def test_shapleycam_without_second_derivatives_is_a_method_error(layout_zoo):
         layout_zoo.ours("deit_tiny", "shapleycam", ("blocks.4",))
 
 
-def _manual_gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]) -> np.ndarray:
-    """Grad-CAM's signed map by hand on a copy of the model: a tensor hook for the gradient of the layer's output,
-    its values as produced (copied in the hook), ``loss.backward()`` (the copy's ``.grad`` do not matter), float64
-    sums."""
+def _manual_activations_and_gradients(
+    model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], *, as_produced: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's output and the gradient of the classes' summed logits with respect to it, by hand on a copy of the
+    model (its ``.grad`` do not matter): a tensor hook for the gradient; the values either as produced (copied in the
+    hook) or at the end of the forward (the tensor kept, pytorch-grad-cam's reading). Both float64."""
     model = copy.deepcopy(model)
     store: dict[str, torch.Tensor] = {}
 
     def keep(_module, _inputs, output):
-        store["activations"] = output.detach().clone()
+        store["activations"] = output.detach().clone() if as_produced else output
         output.register_hook(lambda grad: store.update(gradients=grad))
 
     handle = dict(model.named_modules())[layer].register_forward_hook(keep)
@@ -593,9 +578,13 @@ def _manual_gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: 
     finally:
         handle.remove()
     logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
-    activations = store["activations"].detach().double()
-    weights = store["gradients"].double().mean(dim=(2, 3), keepdim=True)
-    return (weights * activations).sum(dim=1).numpy()
+    return store["activations"].detach().double(), store["gradients"].double()
+
+
+def _manual_gradcam_raw(model: nn.Module, x: torch.Tensor, layer: str, classes: list[int]) -> np.ndarray:
+    """Grad-CAM's signed map by hand: the spatial mean of the gradient weighs the activations as produced."""
+    activations, gradients = _manual_activations_and_gradients(model, x, layer, classes)
+    return (gradients.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1).numpy()
 
 
 @pytest.mark.parametrize("layer", ZOO["resnet18"].layers)
@@ -689,11 +678,6 @@ def test_pytorch_grad_cam_reads_post_inplace_values_and_camlib_does_not(zoo):
 
 
 # --- channels-last and token layers (bad-inputs row 64) -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def layout_zoo() -> LayoutZoo:
-    return LayoutZoo()
 
 
 def _layout_cases():
@@ -914,17 +898,6 @@ def test_output_contract(zoo, method):
         result.method = "other"  # type: ignore[misc]
 
 
-@pytest.fixture(scope="module")
-def small_resnet() -> nn.Module:
-    """A read-only seeded ResNet-18 for 64x64 inputs (the tests that change a model build their own)."""
-    return seeded_resnet18()
-
-
-@pytest.fixture(scope="module")
-def x64() -> torch.Tensor:
-    return random_images(2, 64, seed=7)
-
-
 def test_class_idx_forms(small_resnet, x64):
     base = compute_cams(small_resnet, x64, ["layer3"], class_idx=[5, 9])
     assert base.class_idx == [5, 9]
@@ -1133,23 +1106,9 @@ def test_model_created_in_inference_mode_raises_a_typed_error():
 def _manual_hirescam_raw(
     model: nn.Module, x: torch.Tensor, layer: str, classes: list[int], *, as_produced: bool
 ) -> np.ndarray:
-    """HiResCAM's ``sum_c g_c * A_c`` by hand on a copy: the gradient of the layer's output (a tensor hook), and its
-    values either as produced (copied in the hook) or at the end of the forward (the tensor kept, pytorch-grad-cam's
-    reading)."""
-    model = copy.deepcopy(model)
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(_module, _inputs, output):
-        store["activations"] = output.detach().clone() if as_produced else output
-        output.register_hook(lambda grad: store.update(gradients=grad))
-
-    handle = dict(model.named_modules())[layer].register_forward_hook(keep)
-    try:
-        logits = model(x.clone())
-    finally:
-        handle.remove()
-    logits[torch.arange(len(classes)), torch.tensor(classes)].sum().backward()
-    return (store["gradients"].double() * store["activations"].detach().double()).sum(dim=1).numpy()
+    """HiResCAM's ``sum_c g_c * A_c`` by hand, with the activations as produced or as pytorch-grad-cam reads them."""
+    activations, gradients = _manual_activations_and_gradients(model, x, layer, classes, as_produced=as_produced)
+    return (gradients * activations).sum(dim=1).numpy()
 
 
 @pytest.mark.bad_input(65)

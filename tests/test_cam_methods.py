@@ -36,6 +36,7 @@ from helpers.reference_zoo import (
     channels_last,
     drop_tokens,
     keep_as_produced,
+    layer_output,
     layout_sizes,
     random_images,
     reference_maps,
@@ -177,9 +178,9 @@ SCORE_REST_CASES = [
 
 
 @pytest.fixture(scope="module")
-def zoos() -> tuple[Zoo, LayoutZoo]:
-    """test_cam's seeded reference models (NCHW zoo, channels-last and token zoo), built lazily."""
-    return Zoo(), LayoutZoo()
+def zoos(zoo: Zoo, layout_zoo: LayoutZoo) -> tuple[Zoo, LayoutZoo]:
+    """The seeded reference models (NCHW zoo, channels-last and token zoo; conftest.py), built lazily."""
+    return zoo, layout_zoo
 
 
 @pytest.fixture(scope="module")
@@ -215,20 +216,8 @@ def test_sscam_matches_torchcam_given_the_same_noise(zoos, name, layer, size, tr
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
-def _layer_output(model: nn.Module, x: torch.Tensor, layer: str, transform: Callable | None) -> torch.Tensor:
-    """The layer's output on ``x`` read as ``(B, C, h, w)`` through ``transform``."""
-    store: dict[str, torch.Tensor] = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.update(out=out))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return store["out"] if transform is None else transform(store["out"])
-
-
 def _channel_count(model: nn.Module, x: torch.Tensor, layer: str, transform: Callable | None) -> int:
-    return int(_layer_output(model, x[:1], layer, transform).shape[1])
+    return int(layer_output(model, x[:1], layer, transform).shape[1])
 
 
 @pytest.mark.parametrize("name,layer,size,transform", SCORE_CASES)
@@ -251,7 +240,7 @@ def test_sscam_and_iscam_on_the_rest_of_the_zoo_match_torchcam(zoos, narrow_zoo,
     x, classes = x[:images], classes[:images]
     ours = compute_cams(model, x, [layer], method=method, class_idx=classes, n_samples=2, seed=3)
     assert not ours.degenerate[layer].any()
-    flat = reference_pipeline(_layer_output(model, x, layer, transform).mean(dim=1).numpy(), (size, size))
+    flat = reference_pipeline(layer_output(model, x, layer, transform).mean(dim=1).numpy(), (size, size))
     assert np.abs(ours.maps[layer] - flat).max() > 100 * ATOL
     if method == "sscam":
         draws = _camlib_draws(3, 2, (_channel_count(model, x, layer, transform), size, size), SSCAM_STD)
@@ -266,16 +255,6 @@ def test_sampling_defaults_are_torchcams():
     assert (METHODS["sscam"].samples, SSCAM_STD, METHODS["iscam"].samples) == (35, 2.0, 10)
     assert (SSCAM_SAMPLES, ISCAM_SAMPLES) == (35, 10)
     assert METHODS["sscam"].extra_forwards(64) == 35 * 64 and METHODS["iscam"].extra_forwards(64, 3) == 3 * 64
-
-
-@pytest.fixture(scope="module")
-def small_resnet() -> nn.Module:
-    return seeded_resnet18()
-
-
-@pytest.fixture(scope="module")
-def x64() -> torch.Tensor:
-    return random_images(2, 64, seed=7)
 
 
 def test_sscam_is_reproducible_with_its_seed_and_changes_with_it(small_resnet, x64):

@@ -348,13 +348,18 @@ def test_download_with_a_wrong_md5_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_download_refuses_an_archive_that_escapes_the_root(release, tmp_path, monkeypatch):
+def _serve_an_escaping_archive(release, monkeypatch) -> None:
+    """Serve the release with a member ``../escaped.txt`` added, under the checksum the download expects."""
     root, _ = release
     escape = tarfile.TarInfo("../escaped.txt")
     escape.size = 3
     payload = archive_of(root / "cifar-10-batches-py", escape)
     monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(payload, usedforsecurity=False).hexdigest())
     serve(monkeypatch, payload)
+
+
+def test_download_refuses_an_archive_that_escapes_the_root(release, tmp_path, monkeypatch):
+    _serve_an_escaping_archive(release, monkeypatch)
     (tmp_path / "inner").mkdir()
     with pytest.raises(DatasetIntegrityError, match="cannot extract"):
         download_cifar10(tmp_path / "inner")
@@ -456,12 +461,7 @@ def test_no_cifar_download_failure_names_a_server_path(release, tmp_path, monkey
     elif kind == "md5":
         serve(monkeypatch, b"not the archive")
     else:
-        root, _ = release
-        escape = tarfile.TarInfo("../escaped.txt")
-        escape.size = 3
-        payload = archive_of(root / "cifar-10-batches-py", escape)
-        monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(payload, usedforsecurity=False).hexdigest())
-        serve(monkeypatch, payload)
+        _serve_an_escaping_archive(release, monkeypatch)
     with pytest.raises(CamlibError) as info:
         download_cifar10(secret / "inner" if kind == "root is a file" else secret)
     assert "srv-secret-root" not in str(info.value) and str(tmp_path) not in str(info.value), str(info.value)

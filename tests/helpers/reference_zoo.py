@@ -140,6 +140,20 @@ def reference_maps(
     return maps
 
 
+def layer_output(
+    model: nn.Module, x: torch.Tensor, layer: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The layer's output on ``x`` (no gradients), read as ``(B, C, h, w)`` through ``transform`` when given."""
+    store: dict[str, torch.Tensor] = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, out: store.update(out=out))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return store["out"] if transform is None else transform(store["out"])
+
+
 def reference_pipeline(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """base_cam's path from a signed (B, h, w) map: ReLU, scale_cam_image to (W, H), the one-layer aggregation."""
     height, width = size
