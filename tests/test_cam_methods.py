@@ -677,13 +677,18 @@ def test_aug_smooth_matches_pytorch_grad_cam(zoos, method):
     assert np.abs(plain.maps["layer3"] - ours.maps["layer3"]).max() > 1e-3  # the views change the map
 
 
-@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny"))
-def test_aug_smooth_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name, size):
-    _, layout_zoo = zoos
+def _first_reshaped_layer(layout_zoo: LayoutZoo, name: str, size: int):
+    """``(model, x, layer, transform)`` in float64: the layout-zoo model's first layer that needs a reshape_transform
+    (channels-last or tokens), with pytorch-grad-cam's transform at ``size`` px."""
     entry = LAYOUT_ZOO[name]
     layer = next(layer for layer, t in entry.layers.items() if t is not None)
-    transform = entry.reshape_transform(layer, size)
     model, x = layout_zoo.model(name, torch.float64, size), layout_zoo.images(name, size, torch.float64)
+    return model, x, layer, entry.reshape_transform(layer, size)
+
+
+@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny"))
+def test_aug_smooth_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name, size):
+    model, x, layer, transform = _first_reshaped_layer(zoos[1], name, size)
     ours = compute_cams(model, x, [layer], class_idx=[5, 9], aug_smooth=True)
     reference = _pytorch_grad_cam_call(model, x, layer, "gradcam", [5, 9], transform=transform, aug_smooth=True)
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
@@ -896,11 +901,7 @@ def test_sess_matches_pytorch_grad_cam(zoos):
 
 @pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny"))
 def test_sess_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name, size):
-    _, layout_zoo = zoos
-    entry = LAYOUT_ZOO[name]
-    layer = next(layer for layer, t in entry.layers.items() if t is not None)
-    transform = entry.reshape_transform(layer, size)
-    model, x = layout_zoo.model(name, torch.float64, size), layout_zoo.images(name, size, torch.float64)
+    model, x, layer, transform = _first_reshaped_layer(zoos[1], name, size)
     ours = compute_cams(model, x, [layer], method="sess", class_idx=[5, 9], n_samples=2)
     module = dict(model.named_modules())[layer]
     with SESS(model, [module], transform, num_scales=2) as cam:
