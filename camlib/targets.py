@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from camlib.contracts import require_int
-from camlib.errors import InputError, NonFiniteError, TargetError
+from camlib.errors import ClassIndexError, InputError, NonFiniteError, TargetError
 
 Target = Callable[[Any], torch.Tensor]
 
@@ -34,12 +34,21 @@ def _select(output: torch.Tensor, category: int) -> torch.Tensor:
     return output[category] if output.dim() == 1 else output[:, category]
 
 
+def _category(target: object) -> None:
+    """Refuse a class that is not a non-negative integer: a negative index would silently read the last classes."""
+    category = require_int(target.category, f"{type(target).__name__} category", minimum=0, error=ClassIndexError)
+    object.__setattr__(target, "category", category)
+
+
 @dataclass(frozen=True)
 class ClassTarget:
     """The raw logit of class ``category``: ``y_k`` (Selvaraju et al. 2017, eq. 1; pytorch-grad-cam's
     ``ClassifierOutputTarget``). What ``class_idx=k`` explains."""
 
     category: int
+
+    def __post_init__(self) -> None:
+        _category(self)
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return _select(output, self.category)
@@ -52,6 +61,9 @@ class SoftmaxTarget:
 
     category: int
 
+    def __post_init__(self) -> None:
+        _category(self)
+
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return _select(torch.softmax(output, dim=-1), self.category)
 
@@ -63,6 +75,9 @@ class SigmoidTarget:
 
     category: int
 
+    def __post_init__(self) -> None:
+        _category(self)
+
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(_select(output, self.category))
 
@@ -73,6 +88,11 @@ class BinaryTarget:
     negative one (pytorch-grad-cam's ``BinaryClassifierOutputTarget`` with category 1 or 0)."""
 
     positive: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.positive, (bool, np.bool_)):
+            raise InputError(f"BinaryTarget positive must be True or False, got {self.positive!r}")
+        object.__setattr__(self, "positive", bool(self.positive))
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         return output if self.positive else -output
@@ -224,6 +244,12 @@ def _require_targets(targets: object) -> list[Target]:
     if bad is not None:
         raise InputError(
             f"targets must be callables (output -> scalar tensor); item {bad} is {type(targets[bad]).__name__}"
+        )
+    negative = next((i for i, t in enumerate(targets) if (class_of(t) or 0) < 0), None)
+    if negative is not None:
+        raise ClassIndexError(
+            f"targets[{negative}] names class {class_of(targets[negative])}: class indices are never negative "
+            "(a negative index would silently read the last classes)"
         )
     return list(targets)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import camlib
@@ -1419,6 +1420,7 @@ CASES: list[Case] = [
             "not callable": [1, 2],
             "count": [targets.ClassTarget(0)],
             "class out of range": [targets.ClassTarget(3)] * 2,
+            "negative class": [ClassifierOutputTarget(-1)] * 2,
             "not a scalar": [lambda o: o] * 2,
             "not a tensor": [lambda o: 1.0] * 2,
             "integer score": [lambda o: o.argmax()] * 2,
