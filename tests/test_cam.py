@@ -248,7 +248,13 @@ def test_perturbation_batch_size_does_not_change_the_maps(zoo, method):
     np.testing.assert_allclose(small_batches.maps["layer1"], ours.maps["layer1"], atol=atol, rtol=0)
 
 
-_EIGEN_CASES = [(name, layer) for name, entry in ZOO.items() for layer in entry.layers]
+# VGG-11 at 224 px costs ~10 ResNet-18s on CPU: its cases are in the slow tier (the quick tier compares VGG-11 in
+# test_gradient_methods_match_pytorch_grad_cam at 64 px).
+_EIGEN_CASES = [
+    pytest.param(name, layer, marks=pytest.mark.slow) if name == "vgg11_bn" else (name, layer)
+    for name, entry in ZOO.items()
+    for layer in entry.layers
+]
 
 
 @pytest.mark.parametrize("model_name,layer", _EIGEN_CASES)
@@ -616,7 +622,11 @@ def _inplace_flags(model: nn.Module) -> int:
 
 @pytest.mark.bad_input(65)
 @pytest.mark.parametrize("method", [*GRADIENT_METHODS, "eigencam"])
-@pytest.mark.parametrize("model_name", list(ZOO))
+@pytest.mark.parametrize(
+    "model_name",
+    # VGG-11 at 224 px (~10 ResNet-18s): slow tier
+    [pytest.param(name, marks=pytest.mark.slow) if name == "vgg11_bn" else name for name in ZOO],
+)
 def test_maps_do_not_depend_on_inplace_flags(zoo, model_name, method):
     """Every reference model, its in-place flags as built vs all off (same weights): the same maps for every layer."""
     built = zoo.model_inplace(model_name)
@@ -751,7 +761,12 @@ def test_token_and_channels_last_maps_match_in_float32(layout_zoo, model_name, l
 
 
 _PERTURBATION_LAYOUT_CASES = [
-    *((name, "scorecam") for name in LAYOUT_SCORECAM_SIZE),
+    # Swin-T's 96-channel Score-CAM takes ~100 whole-model forwards even at 32 px: slow tier only (ConvNeXt keeps the
+    # channels-last path in the quick tier).
+    *(
+        pytest.param(name, "scorecam", marks=pytest.mark.slow) if name == "swin_t" else (name, "scorecam")
+        for name in LAYOUT_SCORECAM_SIZE
+    ),
     ("convnext_tiny", "ablationcam"),  # Swin, the slowest on CPU, is left to Score-CAM
     ("deit_tiny", "ablationcam"),
 ]
