@@ -193,6 +193,11 @@ def bad_tensors(ndim: int) -> dict[str, object]:
     }
 
 
+def bad_shapes() -> dict[str, object]:
+    """Values that are no tensor shape: not a tuple, a float or a negative dimension."""
+    return {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)}
+
+
 def bad_sizes() -> dict[str, object]:
     """Violations of a ``(H, W)`` pair of positive pixel counts."""
     return {
@@ -436,33 +441,16 @@ CASES: list[Case] = [
         lambda: {"None": None, "float": 7.5, "str": "7", "bool": True},
     ),
     Case(layouts.grid_fits, "input_size", lambda v: layouts.grid_fits(8, 8, v), bad_sizes),
-    Case(
-        layouts.infer_layout,
-        "shape",
-        lambda v: layouts.infer_layout(v, (32, 32)),
-        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
+    # the three layout readers take (shape, input_size) alike
+    *(
+        case
+        for read in (layouts.infer_layout, layouts.layout_readings, layouts.confirm_layout)
+        for case in (
+            Case(read, "shape", lambda v, read=read: read(v, (32, 32)), bad_shapes),
+            Case(read, "input_size", lambda v, read=read: read((1, 4, 8, 8), v), bad_sizes),
+        )
     ),
-    Case(layouts.infer_layout, "input_size", lambda v: layouts.infer_layout((1, 4, 8, 8), v), bad_sizes),
-    Case(
-        layouts.layout_readings,
-        "shape",
-        lambda v: layouts.layout_readings(v, (32, 32)),
-        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
-    ),
-    Case(layouts.layout_readings, "input_size", lambda v: layouts.layout_readings((1, 4, 8, 8), v), bad_sizes),
-    Case(
-        layouts.confirm_layout,
-        "shape",
-        lambda v: layouts.confirm_layout(v, (32, 32)),
-        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
-    ),
-    Case(layouts.confirm_layout, "input_size", lambda v: layouts.confirm_layout((1, 4, 8, 8), v), bad_sizes),
-    Case(
-        layouts.require_batch,
-        "shape",
-        lambda v: layouts.require_batch("0", v, 1),
-        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
-    ),
+    Case(layouts.require_batch, "shape", lambda v: layouts.require_batch("0", v, 1), bad_shapes),
     Case(layers.layer_layout, "model", lambda v: layers.layer_layout(v, "0", (1, 4, 8, 8), (8, 8)), bad_models),
     Case(
         layers.layer_layout,
@@ -474,7 +462,7 @@ CASES: list[Case] = [
         layers.layer_layout,
         "shape",
         lambda v: layers.layer_layout(MODEL, "0", v, (8, 8)),
-        lambda: {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)},
+        bad_shapes,
     ),
     Case(layers.layer_layout, "input_size", lambda v: layers.layer_layout(MODEL, "0", (1, 4, 8, 8), v), bad_sizes),
     Case(layers.probe_layouts, "model", lambda v: layers.probe_layouts(v, (8, 8)), bad_models),
