@@ -122,7 +122,7 @@ def test_cam_page_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("view", "entry"), [("Compare methods", "compute_grid"), ("Pixel attribution", "compute_pixel_view")]
+    ("view", "entry"), [("Compare methods", "compute_grid"), ("Pixel attribution", "compute_pixel_maps")]
 )
 def test_cam_pages_other_views_show_every_cache_failure(monkeypatch: pytest.MonkeyPatch, view: str, entry: str):
     tried = _inject_each(CAM, monkeypatch, view=view)
