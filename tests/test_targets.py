@@ -177,7 +177,11 @@ def test_classifier_targets_give_pytorch_grad_cams_maps(cnn, images, method, kin
 
 
 @pytest.mark.parametrize("kind", CLASSIFIER_KINDS)
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "layercam", "scorecam"])
+@pytest.mark.parametrize(
+    # Score-CAM: one forward per channel of layer3 (256), ~6 s a case
+    "method",
+    ["gradcam", "gradcam++", "hirescam", "layercam", pytest.param("scorecam", marks=pytest.mark.slow)],
+)
 def test_classifier_targets_on_resnet18_at_64px(method, kind):
     model = inplace_off(seeded(lambda: torchvision.models.resnet18(weights=None), seed=0))
     x = random_images(2, 64, seed=64)

@@ -440,7 +440,8 @@ def compute_cam_grid(  # noqa: PLR0913 (keyword-only options of the public entry
 
     Raises:
         InputError, TargetError, MethodError, LayerError, ClassIndexError, NonFiniteError, GradientUnavailableError
-        (all ``ValueError``), as for ``compute_cams``.
+        (all ``ValueError``), as for ``compute_cams``; ``InputError`` also for ``options`` that are not a
+        ``CamOptions``, for both ``options`` and option keywords, and for an unknown keyword.
     """
     if options is None:
         options = CamOptions.from_keywords(**keywords)

@@ -53,8 +53,9 @@ class LayerEvidence:
             Finer-CAM, SESS's softmax).
         output: the layer's output as produced, in its own layout (``(B, C, h, w)``, ``(B, h, w, C)`` or tokens
             ``(B, N, C)``); ``channel_dim`` is its channel axis.
-        forward_with_output: ``forward_with_output(inputs, output) -> logits`` runs the model on ``inputs`` with this
-            layer's output replaced by ``output`` (same layout; a hook acting for this thread only, removed after).
+        forward_with_output: ``forward_with_output(inputs, output) -> model output`` runs the model on ``inputs``
+            with this layer's output replaced by ``output`` (same layout; a hook acting for this thread only, removed
+            after); score it with ``target_scores``.
         hessian_products: ``(B, C, h, w)`` ``H A``, the Hessian of the summed scores with respect to the activations
             times the activations, for "gradient" methods registered with ``second_order=True``, else None.
         seed: the seed of a sampling method's ``torch.Generator`` (one generator per image and layer, seeded alike).
