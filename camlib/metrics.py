@@ -71,7 +71,10 @@ from camlib.contracts import (
 )
 from camlib.errors import InputError, MethodError, NonFiniteError
 from camlib.guard import eval_mode, model_lock
-from camlib.targets import Target, class_of, resolve_targets, target_scores
+from camlib.targets import ClassIdx, Target, Targets, class_of, resolve_targets, target_scores
+
+# A batch of maps: (B, H, W) float in [0, 1], numpy or torch.
+Maps = np.ndarray | torch.Tensor
 
 BLUR_KERNEL = 11  # RISE's evaluation code (eclique/RISE, evaluation.py): blur = gkern(klen=11, nsig=5)
 BLUR_SIGMA = 5.0
@@ -351,10 +354,10 @@ def _baseline(x: torch.Tensor, baseline: object) -> torch.Tensor:
 def deletion_insertion(
     model: nn.Module,
     x: torch.Tensor,
-    maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None = None,
+    maps: Maps,
+    class_idx: ClassIdx = None,
     *,
-    targets: Sequence[Target] | None = None,
+    targets: Targets = None,
     steps: int = 20,
     baseline: str | torch.Tensor = "blur",
     batch_size: int = 64,
@@ -494,10 +497,10 @@ def _check_percentiles(percentiles: object) -> tuple[float, ...]:
 def road(  # noqa: PLR0913 (keyword-only options of a public metric)
     model: nn.Module,
     x: torch.Tensor,
-    maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None = None,
+    maps: Maps,
+    class_idx: ClassIdx = None,
     *,
-    targets: Sequence[Target] | None = None,
+    targets: Targets = None,
     percentiles: Sequence[float] = ROAD_PERCENTILES,
     order: str = "combined",
     noise: float = 0.01,
@@ -569,13 +572,7 @@ def road(  # noqa: PLR0913 (keyword-only options of a public metric)
 
 
 def _explanation_scores(
-    model: nn.Module,
-    x: torch.Tensor,
-    maps: np.ndarray | torch.Tensor,
-    class_idx: object,
-    *,
-    targets: object,
-    batch_size: int,
+    model: nn.Module, x: torch.Tensor, maps: Maps, class_idx: object, *, targets: object, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The explained class's probability (the target's score) on ``x`` and on ``x * map``, each ``(B,)`` float32 on
     the CPU."""
@@ -596,10 +593,10 @@ def _explanation_scores(
 def confidence_change(
     model: nn.Module,
     x: torch.Tensor,
-    maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None = None,
+    maps: Maps,
+    class_idx: ClassIdx = None,
     *,
-    targets: Sequence[Target] | None = None,
+    targets: Targets = None,
     batch_size: int = 64,
 ) -> np.ndarray:
     """``p(x * map) - p(x)`` per image, ``(B,)`` float32: pytorch-grad-cam 1.5.7's ``CamMultImageConfidenceChange``
@@ -614,10 +611,10 @@ def confidence_change(
 def average_drop_increase(
     model: nn.Module,
     x: torch.Tensor,
-    maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None = None,
+    maps: Maps,
+    class_idx: ClassIdx = None,
     *,
-    targets: Sequence[Target] | None = None,
+    targets: Targets = None,
     batch_size: int = 64,
 ) -> ConfidenceDrop:
     """Average Drop ``100 / N sum_i max(0, Y_i - O_i) / Y_i`` and Increase in Confidence ``100 / N sum_i [Y_i < O_i]``
@@ -715,10 +712,10 @@ class FaithfulnessScores:
 def faithfulness_scores(  # noqa: PLR0913 (keyword-only options of a public metric)
     model: nn.Module,
     x: torch.Tensor,
-    maps: np.ndarray | torch.Tensor,
-    class_idx: int | Sequence[int] | None = None,
+    maps: Maps,
+    class_idx: ClassIdx = None,
     *,
-    targets: Sequence[Target] | None = None,
+    targets: Targets = None,
     steps: int = 20,
     baseline: str | torch.Tensor = "blur",
     noise: float = 0.01,
@@ -735,9 +732,9 @@ def faithfulness_scores(  # noqa: PLR0913 (keyword-only options of a public metr
 def baseline_scores(
     model: nn.Module,
     x: torch.Tensor,
-    class_idx: int | Sequence[int] | None = None,
+    class_idx: ClassIdx = None,
     *,
-    targets: Sequence[Target] | None = None,
+    targets: Targets = None,
     kinds: Sequence[str] = BASELINE_KINDS,
     seed: int = 0,
     **options: object,
@@ -917,10 +914,10 @@ def _similarities(reference: np.ndarray, other: np.ndarray) -> tuple[float, floa
 def cascading_randomization(
     model: nn.Module,
     x: torch.Tensor,
-    class_idx: int | Sequence[int] | None,
+    class_idx: ClassIdx,
     explain: Explain,
     *,
-    targets: Sequence[Target] | None = None,
+    targets: Targets = None,
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> SanityResult:
@@ -1012,13 +1009,7 @@ def _explained(explain: Explain, network: nn.Module, x: torch.Tensor, explained:
 
 
 def random_logit(
-    model: nn.Module,
-    x: torch.Tensor,
-    class_idx: int | Sequence[int] | None,
-    explain: Explain,
-    *,
-    targets: Sequence[Target] | None = None,
-    seed: int = 0,
+    model: nn.Module, x: torch.Tensor, class_idx: ClassIdx, explain: Explain, *, targets: Targets = None, seed: int = 0
 ) -> RandomLogitResult:
     """The random-logit test (Sixt, Granz and Landgraf, "When Explanations Lie: Why Many Modified BP Attributions
     Fail", ICML 2020, arXiv:1912.09818; Quantus's ``RandomLogit``), a sanity check in the sense of Adebayo et al.,

@@ -82,7 +82,7 @@ from camlib.cam import (
 from camlib.contracts import require_array, require_cam_input, require_finite, require_model, resolve_classes
 from camlib.errors import GradientUnavailableError, InputError, MethodError
 from camlib.guard import eval_mode
-from camlib.targets import Target, class_of, resolve_targets, target_scores
+from camlib.targets import ClassIdx, Target, Targets, class_of, resolve_targets, target_scores
 
 # --- results -------------------------------------------------------------------------------------------------------
 
@@ -260,11 +260,7 @@ class _GuidedRectifiers(TorchFunctionMode):
 
 
 def compute_guided_backprop(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    targets: Sequence[Target] | None = None,
-    class_idx: int | Sequence[int] | None = None,
+    model: nn.Module, x: torch.Tensor, *, targets: Targets = None, class_idx: ClassIdx = None
 ) -> GuidedBackpropResult:
     """Guided Backpropagation (Springenberg et al., ICLR-W 2015, arXiv:1412.6806).
 
@@ -323,8 +319,8 @@ def compute_guided_gradcam(
     x: torch.Tensor,
     layers: Sequence[str],
     *,
-    targets: Sequence[Target] | None = None,
-    class_idx: int | Sequence[int] | None = None,
+    targets: Targets = None,
+    class_idx: ClassIdx = None,
     layouts: Mapping[str, str] | None = None,
 ) -> GuidedGradCamResult:
     """Guided Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391, section 3.1): per layer,
@@ -443,11 +439,7 @@ class _BiasCapture(TorchFunctionMode):
 
 
 def compute_fullgrad(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    targets: Sequence[Target] | None = None,
-    class_idx: int | Sequence[int] | None = None,
+    model: nn.Module, x: torch.Tensor, *, targets: Targets = None, class_idx: ClassIdx = None
 ) -> FullGradResult:
     """FullGrad saliency (Srinivas & Fleuret, NeurIPS 2019, arXiv:1905.00780) as pytorch-grad-cam 1.5.7 computes it.
 

@@ -27,6 +27,10 @@ from camlib.contracts import require_int
 from camlib.errors import ClassIndexError, InputError, NonFiniteError, TargetError
 
 Target = Callable[[Any], torch.Tensor]
+# What camlib's public functions take for "what to explain": ``class_idx`` (None for each image's argmax, one class
+# for all, or one per image) or ``targets`` (one target per image), never both.
+ClassIdx = int | Sequence[int] | None
+Targets = Sequence[Target] | None
 
 
 def _select(output: torch.Tensor, category: int) -> torch.Tensor:
