@@ -68,7 +68,9 @@ BUILD_POLL_S = 0.25  # how often a waiting page hears of the builder's progress,
 _BUILDER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="camlib-predictions")  # a hit never waits on a build
 _BUILDS: dict[tuple[str, str, str, str], Future] = {}  # (model, device, root, split) -> the running lookup or build
 _BUILD_STATE: dict[tuple[str, str, str, str], tuple[int, int]] = {}
-_BUILDS_LOCK = threading.Lock()
+# Reentrant: a build already done when its callback is added (a fast disk hit, an error at once) runs _forget_build
+# at once, in this thread, which still holds the lock.
+_BUILDS_LOCK = threading.RLock()
 
 
 def _forget_build(key: tuple[str, str, str, str]) -> None:
