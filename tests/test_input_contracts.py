@@ -1397,6 +1397,12 @@ CASES: list[Case] = [
         lambda v: contracts.resolve_classes(v, torch.zeros(2, 3)),
         lambda: {"str": "1", "float": 0.5, "bool": [True, 0], "out of range": 3, "negative": -1, "count": [0]},
     ),
+    Case(
+        cam.registry.family_decorator,
+        "family",
+        cam.registry.family_decorator,
+        lambda: {"unknown": "colour", "None": None, "int": 1, "list": ["gradient"]},
+    ),
     # targets
     Case(
         targets.target_scores,

@@ -12,11 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlib.cam.registry import LayerEvidence, _logit_classes, register_method
+from camlib.cam.registry import LayerEvidence, _logit_classes, family_decorator
 from camlib.cam.result import working_dtype
 from camlib.contracts import require_tensor
 from camlib.errors import MethodError
 from camlib.layouts import Layout
+
+activation_method = family_decorator("activation")
+# The cost of the activation methods that need nothing but the forward pass.
+ONE_FORWARD = "1 forward"
 
 
 def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor, e: LayerEvidence | None = None) -> torch.Tensor:
@@ -33,11 +37,10 @@ def _channel_sum(terms: torch.Tensor, e: LayerEvidence | None = None) -> torch.T
     return terms.sum(dim=1)
 
 
-@register_method(
+@activation_method(
     "eigencam",
     label="Eigen-CAM",
     paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299",
-    family="activation",
     cost="1 forward + an SVD per image",
 )
 def _eigencam(e: LayerEvidence) -> torch.Tensor:
@@ -95,11 +98,10 @@ def _kpca_refusal(positions: int) -> str | None:
     )
 
 
-@register_method(
+@activation_method(
     "kpcacam",
     label="KPCA-CAM",
     paper="Karmani et al., 2024, arXiv:2410.00267",
-    family="activation",
     cost="1 forward + a kernel eigenproblem per image, (h w) x (h w)",
     refuse=lambda _model, _module, layout: (
         None if layout is None or not layout.height else _kpca_refusal(layout.height * layout.width)
@@ -157,12 +159,8 @@ def _top_eigenpair(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 FEM_K = 2.0  # pytorch-grad-cam 1.5.7's FEM default: a position is salient above mean + k std of its channel
 
 
-@register_method(
-    "fem",
-    label="FEM",
-    paper="Fuad et al., IPTA 2020, doi:10.1109/IPTA50016.2020.9286629",
-    family="activation",
-    cost="1 forward",
+@activation_method(
+    "fem", label="FEM", paper="Fuad et al., IPTA 2020, doi:10.1109/IPTA50016.2020.9286629", cost=ONE_FORWARD
 )
 def _fem(e: LayerEvidence) -> torch.Tensor:
     """FEM (Feature Explanation Method): ``sum_c w_c A_c`` with ``w_c`` the share of channel ``c``'s positions whose
@@ -174,12 +172,11 @@ def _fem(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum((acts > threshold).to(acts.dtype).mean(dim=(2, 3)), acts)
 
 
-@register_method(
+@activation_method(
     "randomcam",
     label="Random-CAM (baseline)",
     paper="a sanity-check baseline (pytorch-grad-cam's RandomCAM); cf. Adebayo et al., NeurIPS 2018, arXiv:1810.03292",
-    family="activation",
-    cost="1 forward",
+    cost=ONE_FORWARD,
     stochastic=True,
 )
 def _randomcam(e: LayerEvidence) -> torch.Tensor:
@@ -214,13 +211,8 @@ def _cam_refusal(model: nn.Module, _module: nn.Module, layout: Layout | None) ->
     return None
 
 
-@register_method(
-    "cam",
-    label="CAM",
-    paper="Zhou et al., CVPR 2016, arXiv:1512.04150",
-    family="activation",
-    cost="1 forward",
-    refuse=_cam_refusal,
+@activation_method(
+    "cam", label="CAM", paper="Zhou et al., CVPR 2016, arXiv:1512.04150", cost=ONE_FORWARD, refuse=_cam_refusal
 )
 def _cam(e: LayerEvidence) -> torch.Tensor:
     """CAM: ``sum_c W_kc A_c`` with ``W_k`` the explained class's row of the classifier (Zhou et al. 2016, eq. 1-2).

@@ -10,28 +10,22 @@ from __future__ import annotations
 import torch
 
 from camlib.cam.activation import _channel_sum, _weighted_sum, eigen_projection
-from camlib.cam.registry import LayerEvidence, _logit_classes, register_method
+from camlib.cam.registry import LayerEvidence, _logit_classes, family_decorator
 from camlib.targets import Target, class_targets, target_scores
 
+gradient_method = family_decorator("gradient")
+# The cost of most gradient methods: the forward pass and one torch.autograd.grad call for every layer.
+ONE_BACKWARD = "1 forward + 1 backward"
 
-@register_method(
-    "gradcam",
-    label="Grad-CAM",
-    paper="Selvaraju et al., ICCV 2017, arXiv:1610.02391",
-    family="gradient",
-    cost="1 forward + 1 backward",
-)
+
+@gradient_method("gradcam", label="Grad-CAM", paper="Selvaraju et al., ICCV 2017, arXiv:1610.02391", cost=ONE_BACKWARD)
 def _gradcam(e: LayerEvidence) -> torch.Tensor:
     """Grad-CAM: ``sum_c w_c A_c`` with ``w_c = mean_ij g_cij`` (Selvaraju et al. 2017, eq. 1-2, before the ReLU)."""
     return _weighted_sum(e.gradients.mean(dim=(2, 3)), e.activations, e)
 
 
-@register_method(
-    "gradcam++",
-    label="Grad-CAM++",
-    paper="Chattopadhyay et al., WACV 2018, arXiv:1710.11063",
-    family="gradient",
-    cost="1 forward + 1 backward",
+@gradient_method(
+    "gradcam++", label="Grad-CAM++", paper="Chattopadhyay et al., WACV 2018, arXiv:1710.11063", cost=ONE_BACKWARD
 )
 def _gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
     """Grad-CAM++: ``w_c = sum_ij alpha_cij relu(g_cij)`` with ``alpha = g^2 / (2 g^2 + sum_ij(A) g^3)`` (eq. 19 of
@@ -46,11 +40,10 @@ def _gradcam_plus_plus(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum((torch.relu(grads) * alpha).sum(dim=(2, 3)), acts, e)
 
 
-@register_method(
+@gradient_method(
     "refinecam",
     label="RefineCAM (Grad-CAM++ over the layers)",
     paper="How to Evaluate and Refine your CAM, arXiv:2605.14641",
-    family="gradient",
     cost="1 forward + 1 backward (as Grad-CAM++); pick 2+ layers",
     fuses_layers=True,
 )
@@ -63,13 +56,7 @@ def _refinecam(e: LayerEvidence) -> torch.Tensor:
     return _gradcam_plus_plus(e)
 
 
-@register_method(
-    "xgradcam",
-    label="XGrad-CAM",
-    paper="Fu et al., BMVC 2020, arXiv:2008.02312",
-    family="gradient",
-    cost="1 forward + 1 backward",
-)
+@gradient_method("xgradcam", label="XGrad-CAM", paper="Fu et al., BMVC 2020, arXiv:2008.02312", cost=ONE_BACKWARD)
 def _xgradcam(e: LayerEvidence) -> torch.Tensor:
     """XGrad-CAM: ``w_c = sum_ij (A_cij / (sum_ij A_cij + 1e-7)) g_cij`` (Fu et al. 2020, eq. 12)."""
     acts = e.activations
@@ -77,23 +64,16 @@ def _xgradcam(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum((e.gradients * acts / (sum_acts + 1e-7)).sum(dim=(2, 3)), acts, e)
 
 
-@register_method(
-    "hirescam",
-    label="HiResCAM",
-    paper="Draelos & Carin, 2020, arXiv:2011.08891",
-    family="gradient",
-    cost="1 forward + 1 backward",
-)
+@gradient_method("hirescam", label="HiResCAM", paper="Draelos & Carin, 2020, arXiv:2011.08891", cost=ONE_BACKWARD)
 def _hirescam(e: LayerEvidence) -> torch.Tensor:
     """HiResCAM: ``sum_c g_c * A_c`` element-wise, no spatial averaging of the gradients (Draelos & Carin 2020)."""
     return _channel_sum(e.gradients * e.activations, e)
 
 
-@register_method(
+@gradient_method(
     "shapleycam",
     label="ShapleyCAM",
     paper="Cai, 2025, arXiv:2501.06261",
-    family="gradient",
     cost="1 forward + 1 backward + 1 Hessian-vector product per layer",
     second_order=True,
 )
@@ -105,9 +85,7 @@ def _shapleycam(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum((e.gradients - 0.5 * e.hessian_products).mean(dim=(2, 3)), e.activations, e)
 
 
-@register_method(
-    "layercam", label="LayerCAM", paper="Jiang et al., IEEE TIP 2021", family="gradient", cost="1 forward + 1 backward"
-)
+@gradient_method("layercam", label="LayerCAM", paper="Jiang et al., IEEE TIP 2021", cost=ONE_BACKWARD)
 def _layercam(e: LayerEvidence) -> torch.Tensor:
     """LayerCAM: ``sum_c relu(g_c) * A_c`` element-wise (Jiang et al. 2021, eq. 5)."""
     return _channel_sum(torch.relu(e.gradients) * e.activations, e)
@@ -137,12 +115,11 @@ def _finer_scores(logits: torch.Tensor, targets: list[Target]) -> torch.Tensor:
     return (weights * contrast).sum(dim=1) / (weights.sum(dim=1) + 1e-9)
 
 
-@register_method(
+@gradient_method(
     "finercam",
     label="Finer-CAM",
     paper="Zhang et al., CVPR 2025, arXiv:2501.11309",
-    family="gradient",
-    cost="1 forward + 1 backward",
+    cost=ONE_BACKWARD,
     score=_finer_scores,
 )
 def _finercam(e: LayerEvidence) -> torch.Tensor:
@@ -152,12 +129,11 @@ def _finercam(e: LayerEvidence) -> torch.Tensor:
     return _gradcam(e)
 
 
-@register_method(
+@gradient_method(
     "gradcam_elementwise",
     label="Grad-CAM element-wise",
     paper="Gildenblat et al., pytorch-grad-cam (2021), after Draelos & Carin, arXiv:2011.08891",
-    family="gradient",
-    cost="1 forward + 1 backward",
+    cost=ONE_BACKWARD,
 )
 def _gradcam_elementwise(e: LayerEvidence) -> torch.Tensor:
     """Grad-CAM element-wise: ``sum_c relu(g_c * A_c)``, HiResCAM with the ReLU on each channel's product before the
@@ -165,11 +141,10 @@ def _gradcam_elementwise(e: LayerEvidence) -> torch.Tensor:
     return _channel_sum(torch.relu(e.gradients * e.activations), e)
 
 
-@register_method(
+@gradient_method(
     "eigengradcam",
     label="Eigen-Grad-CAM",
     paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299 (on gradients x activations)",
-    family="gradient",
     cost="1 forward + 1 backward + an SVD per image",
 )
 def _eigengradcam(e: LayerEvidence) -> torch.Tensor:

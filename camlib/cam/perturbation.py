@@ -13,18 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from camlib.cam.activation import _weighted_sum
-from camlib.cam.registry import LayerEvidence, register_method
+from camlib.cam.registry import LayerEvidence, family_decorator
 from camlib.cam.result import _finish, _upcast
 from camlib.errors import MethodError
 from camlib.targets import target_scores
 
+perturbation_method = family_decorator("perturbation")
+# The cost of the per-channel perturbation methods: one extra forward per channel (in batches).
+PER_CHANNEL = "1 forward + one forward per channel (slow)"
 
-@register_method(
-    "scorecam",
-    label="Score-CAM",
-    paper="Wang et al., CVPR-W 2020, arXiv:1910.01279",
-    family="perturbation",
-    cost="1 forward + one forward per channel (slow)",
+
+@perturbation_method(
+    "scorecam", label="Score-CAM", paper="Wang et al., CVPR-W 2020, arXiv:1910.01279", cost=PER_CHANNEL
 )
 def _scorecam(e: LayerEvidence) -> torch.Tensor:
     """Score-CAM: ``sum_c w_c A_c`` with ``w = softmax_c(score(x * norm(up(A_c))))`` (Wang et al. 2020, eq. 4-6),
@@ -47,12 +47,11 @@ def _scorecam(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum(torch.stack(raws), acts, e)
 
 
-@register_method(
+@perturbation_method(
     "ablationcam",
     label="Ablation-CAM",
     paper="Desai & Ramaswamy, WACV 2020, doi:10.1109/WACV45572.2020.9093360",
-    family="perturbation",
-    cost="1 forward + one forward per channel (slow)",
+    cost=PER_CHANNEL,
 )
 def _ablationcam(e: LayerEvidence) -> torch.Tensor:
     """Ablation-CAM: ``sum_c w_c A_c`` with ``w_c = (y - y_c) / y``, ``y`` the explained score and ``y_c`` the score
@@ -114,11 +113,10 @@ def _masked_score_gains(e: LayerEvidence, b: int, masks: torch.Tensor, scale: fl
     return torch.cat(gains)
 
 
-@register_method(
+@perturbation_method(
     "sscam",
     label="SS-CAM",
     paper="Wang et al., 2020, arXiv:2006.14255",
-    family="perturbation",
     cost=f"1 forward + {SSCAM_SAMPLES} forwards per channel (very slow)",
     samples=SSCAM_SAMPLES,
     stochastic=True,
@@ -146,11 +144,10 @@ def _sscam(e: LayerEvidence) -> torch.Tensor:
     return _weighted_sum(torch.stack(raws), acts, e)
 
 
-@register_method(
+@perturbation_method(
     "iscam",
     label="IS-CAM",
     paper="Naidu et al., 2020, arXiv:2010.03023",
-    family="perturbation",
     cost=f"1 forward + {ISCAM_SAMPLES} forwards per channel (very slow)",
     samples=ISCAM_SAMPLES,
 )
@@ -180,11 +177,10 @@ SMOOTH_GRADCAMPP_SAMPLES = 4  # torch-cam 0.5.0's SmoothGradCAMpp defaults: nois
 SMOOTH_GRADCAMPP_STD = 0.3  # and the standard deviation of the Gaussian noise added to the (preprocessed) input
 
 
-@register_method(
+@perturbation_method(
     "smoothgradcam++",
     label="Smooth Grad-CAM++",
     paper="Omeiza et al., 2019, arXiv:1908.01224",
-    family="perturbation",
     cost=f"1 forward + {SMOOTH_GRADCAMPP_SAMPLES} forwards and backwards of noisy inputs per layer",
     samples=SMOOTH_GRADCAMPP_SAMPLES,
     per_channel=False,
@@ -237,11 +233,10 @@ SESS_SCALE_STEP = 2 / 7  # 2/7 of the window (224, 288, ..., 928 px for a 224 px
 SESS_BLUR_SIZE, SESS_BLUR_SIGMA = 11, 5.0  # and its final Gaussian blur (cv2.GaussianBlur((11, 11), 5))
 
 
-@register_method(
+@perturbation_method(
     "sess",
     label="SESS (Grad-CAM, multi-scale)",
     paper="Tursun et al., ECCV 2022, arXiv:2207.01769",
-    family="perturbation",
     cost=f"1 forward + {SESS_SCALES} scales x their patches x (1 forward + 1 forward and backward): ~122 patches "
     "at 224 px (very slow)",
     samples=SESS_SCALES,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import torch
@@ -249,6 +250,18 @@ def register_method(name: str, **declaration: Any) -> Callable[[RawMap], RawMap]
         return raw_map
 
     return add
+
+
+def family_decorator(family: str) -> Callable[..., Callable[[RawMap], RawMap]]:
+    """``register_method`` with ``family`` given: each family's module declares its methods with its own decorator
+    (``gradient_method = family_decorator("gradient")``), so the family is said once per module.
+
+    Raises:
+        MethodError: an unknown ``family``.
+    """
+    if family not in FAMILIES:
+        raise MethodError(f"unknown method family {family!r}; one of {FAMILIES}")
+    return partial(register_method, family=family)
 
 
 RANDOM_CAM_SEED = 0  # compute_cams' default seed: Random-CAM's weights are the same for every image, layer and call

@@ -10,19 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camlib.cam.registry import LayerEvidence, register_method
+from camlib.cam.registry import LayerEvidence, family_decorator
 from camlib.cam.result import _upcast
 from camlib.errors import MethodError
 from camlib.guard import owned_by_this_thread
 from camlib.layouts import Layout
 from camlib.targets import target_scores
 
+activation_method = family_decorator("activation")
 
-@register_method(
+
+@activation_method(
     "legrad",
     label="LeGrad (ViT)",
     paper="Bousselham et al., 2024, arXiv:2404.03214",
-    family="activation",
     cost="1 forward + 1 forward and backward per layer (its own pass, with attention hooks)",
     refuse=lambda model, module, layout: _legrad_refusal(model, module, layout),
 )
