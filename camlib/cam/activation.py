@@ -8,6 +8,8 @@ positions (i, j). Constants follow pytorch-grad-cam 1.5.7 (shared docs: cam-refe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,14 +60,23 @@ def eigen_projection(acts: torch.Tensor) -> torch.Tensor:
     Raises ``InputError`` unless ``acts`` is a non-empty float ``(B, C, h, w)`` tensor with data (not ``meta``).
     """
     require_tensor(acts, "acts", ndim=4, floating=True)
-    dtype = working_dtype(acts.dtype)
-    acts = torch.nan_to_num(acts.double(), nan=0.0)
-    out = []
-    for image_acts in acts:
-        flat = image_acts.flatten(1).T  # (h*w, C)
-        centred = flat - flat.mean(dim=0)
+
+    def first_component(centred: torch.Tensor) -> torch.Tensor:
         _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-        out.append(_oriented(centred @ vh[0], flat).reshape(image_acts.shape[1:]))
+        return centred @ vh[0]
+
+    return _per_image_projection(acts, first_component)
+
+
+def _per_image_projection(acts: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``project`` applied to each image's channel-centred positions ``(h*w, C)`` float64 (NaN read as 0), its
+    ``(h*w,)`` projection oriented (``_oriented``) and reshaped: ``(B, C, h, w) -> (B, h, w)`` in ``acts``'
+    working dtype."""
+    dtype = working_dtype(acts.dtype)
+    out = []
+    for image_acts in torch.nan_to_num(acts.double(), nan=0.0):
+        flat = image_acts.flatten(1).T  # (h*w, C)
+        out.append(_oriented(project(flat - flat.mean(dim=0)), flat).reshape(image_acts.shape[1:]))
     return torch.stack(out).to(dtype)
 
 
@@ -128,19 +139,15 @@ def _kernel_projection(acts: torch.Tensor) -> torch.Tensor:
     eigenvalue), the projection ``v * sqrt(lambda)``. Eigenvalues at rounding level (no variation) give zeros. The
     sign is fixed as Eigen-CAM's (``_oriented``); sklearn makes the eigenvector's largest entry positive instead.
     """
-    dtype = working_dtype(acts.dtype)
-    acts = torch.nan_to_num(acts.double(), nan=0.0)
-    out = []
-    for image_acts in acts:
-        flat = image_acts.flatten(1).T  # (h*w, C)
-        centred = flat - flat.mean(dim=0)
-        kernel = torch.tanh(centred @ centred.T / flat.shape[1] + 1.0)
+
+    def first_kernel_component(centred: torch.Tensor) -> torch.Tensor:
+        kernel = torch.tanh(centred @ centred.T / centred.shape[1] + 1.0)
         noise = 100 * len(kernel) * torch.finfo(kernel.dtype).eps * float(kernel.abs().max())
         kernel = kernel - kernel.mean(dim=0, keepdim=True) - kernel.mean(dim=1, keepdim=True) + kernel.mean()
         value, vector = _top_eigenpair(kernel)
-        projection = vector * value.sqrt() if float(value) > noise else torch.zeros_like(vector)
-        out.append(_oriented(projection, flat).reshape(image_acts.shape[1:]))
-    return torch.stack(out).to(dtype)
+        return vector * value.sqrt() if float(value) > noise else torch.zeros_like(vector)
+
+    return _per_image_projection(acts, first_kernel_component)
 
 
 def _top_eigenpair(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
