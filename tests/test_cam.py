@@ -29,6 +29,7 @@ from helpers.reference_zoo import (
     LAYOUT_QUICK_SIZE,
     LAYOUT_SCORECAM_SIZE,
     LAYOUT_ZOO,
+    NARROW_LAYOUT,
     QUICK_SIZE,
     REFERENCE_CAMS,
     SCORECAM_SIZE,
@@ -698,20 +699,28 @@ def _layout_cases():
                 yield pytest.param(name, layer, method, id=f"{name}-{layer}-{method}")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+    size: int
+    narrow: bool  # the model's narrow copy (NARROW_LAYOUT) instead of the model
+
+
 def _sized_layout_cases():
-    """``_layout_cases`` at LAYOUT_QUICK_SIZE, and at the zoo's size (slow tier) where that differs."""
+    """``_layout_cases`` at LAYOUT_QUICK_SIZE on the narrow copies (DeiT-Tiny as it is), and on the zoo's models at
+    the zoo's sizes in the slow tier."""
     for case in _layout_cases():
         name = case.values[0]
-        quick, full = LAYOUT_QUICK_SIZE[name], LAYOUT_ZOO[name].size
-        yield pytest.param(*case.values, quick, id=f"{case.id}-{quick}px")
+        quick, full = _Variant(LAYOUT_QUICK_SIZE[name], name in NARROW_LAYOUT), _Variant(LAYOUT_ZOO[name].size, False)
+        label = f"{quick.size}px-narrow" if quick.narrow else f"{quick.size}px"
+        yield pytest.param(*case.values, quick, id=f"{case.id}-{label}")
         if full != quick:
-            yield pytest.param(*case.values, full, id=f"{case.id}-{full}px", marks=pytest.mark.slow)
+            yield pytest.param(*case.values, full, id=f"{case.id}-{full.size}px", marks=pytest.mark.slow)
 
 
 @pytest.mark.bad_input(64)
-@pytest.mark.parametrize("model_name,layer,method,size", _sized_layout_cases())
+@pytest.mark.parametrize("model_name,layer,method,variant", _sized_layout_cases())
 def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_transform(
-    layout_zoo, model_name, layer, method, size
+    layout_zoo, model_name, layer, method, variant
 ):
     """All layers of a model from one camlib call (inferred layouts); each equals pytorch-grad-cam run on that layer
     with the matching reshape_transform (none for an NCHW layer).
@@ -721,15 +730,15 @@ def test_channels_last_and_token_layers_match_pytorch_grad_cam_with_a_reshape_tr
     runs of either library differ from a float64 run by up to 2e-4 (measured) and from each other by up to 5e-2.
     ``test_token_and_channels_last_maps_match_in_float32`` covers the float32 path where it is well conditioned.
 
-    The quick tier runs the same models at LAYOUT_QUICK_SIZE (every layer's map still 2x2 or more), the slow tier at
-    the zoo's sizes."""
-    entry = LAYOUT_ZOO[model_name]
+    The quick tier runs narrow copies of the same architectures (same layer names and layouts) at LAYOUT_QUICK_SIZE
+    (every layer's map still 2x2 or more), the slow tier the zoo's models at the zoo's sizes."""
+    entry, size, narrow = LAYOUT_ZOO[model_name], variant.size, variant.narrow
     dtype = torch.float64
-    ours = layout_zoo.ours(model_name, method, tuple(entry.layers), size, dtype=dtype)
+    ours = layout_zoo.ours(model_name, method, tuple(entry.layers), size, dtype=dtype, narrow=narrow)
     assert ours.maps[layer].shape == (2, size, size)
     assert not ours.degenerate[layer].any()
     reference = reference_maps(
-        layout_zoo.model(model_name, dtype, size),
+        layout_zoo.model(model_name, dtype, size, narrow),
         layout_zoo.images(model_name, size, dtype),
         layer,
         method,

@@ -361,9 +361,43 @@ LAYOUT_ZOO = {
     ),
 }
 LAYOUT_SCORECAM_SIZE = {"convnext_tiny": 64, "swin_t": 64, "deit_tiny": 112}
-# The quick tier's inputs: every zoo layer's map still 2x2 or more (ConvNeXt's stride 16; 3x3 patch tokens). Swin
-# stays at 96: at 64 its final norm's 2x2 Hi-Res map is all negative (degenerate) for one of the seeded images.
-LAYOUT_QUICK_SIZE = {"convnext_tiny": 64, "swin_t": 96, "vit_b_16": 48, "deit_tiny": 48}
+# The quick tier's inputs: every zoo layer's map still 2x2 or more (ConvNeXt's stride 16; 3x3 DeiT and 4x4 narrow
+# ViT patches: at 3x3 the narrow ViT's last-layer Grad-CAM is all negative for one seeded image). Swin stays at 96: at
+# 64 its final norm's 2x2 Hi-Res map is all negative (degenerate) for one of the seeded images.
+LAYOUT_QUICK_SIZE = {"convnext_tiny": 64, "swin_t": 96, "vit_b_16": 64, "deit_tiny": 48}
+
+
+def _narrow_convnext_tiny(_size: int) -> nn.Module:
+    """torchvision's ConvNeXt-T (stages of 3, 3, 9 and 3 blocks, its layer scale and layer names) at a quarter of its
+    widths: 24 to 192 channels instead of 96 to 768."""
+    from torchvision.models.convnext import CNBlockConfig
+
+    stages = [
+        CNBlockConfig(24, 48, 3),
+        CNBlockConfig(48, 96, 3),
+        CNBlockConfig(96, 192, 9),
+        CNBlockConfig(192, None, 3),
+    ]
+    return torchvision.models.ConvNeXt(stages, stochastic_depth_prob=0.1)
+
+
+def _narrow_swin_t(_size: int) -> nn.Module:
+    """torchvision's Swin-T (4 px patches, 7 x 7 windows, stages of 2, 2, 6 and 2 blocks, its layer names) at a quarter
+    of its widths: 24 channels a head, 24 to 192 channels instead of 96 to 768."""
+    return torchvision.models.SwinTransformer([4, 4], 24, [2, 2, 6, 2], [1, 2, 4, 8], [7, 7], stochastic_depth_prob=0.2)
+
+
+def _narrow_vit_b_16(size: int) -> nn.Module:
+    """torchvision's ViT-B/16 (16 px patches, a class token, 12 encoder layers and their names) at 64 channels and 2
+    heads instead of 768 and 12, with a random head (torchvision's is zeros)."""
+    model = torchvision.models.VisionTransformer(size, 16, num_layers=12, num_heads=2, hidden_dim=64, mlp_dim=128)
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+# Narrow copies of the layout zoo's wide models, with the same layer names and layouts: the quick tier's comparison
+# on channels-last and token layers (a full-width ConvNeXt, Swin or ViT-B in float64 takes ~1 s a reference call).
+NARROW_LAYOUT = {"convnext_tiny": _narrow_convnext_tiny, "swin_t": _narrow_swin_t, "vit_b_16": _narrow_vit_b_16}
 
 
 def layout_sizes(*names: str) -> list:
@@ -385,12 +419,16 @@ class LayoutZoo:
         self._models: dict[tuple, nn.Module] = {}
         self._results: dict[tuple, CamResult] = {}
 
-    def model(self, name: str, dtype: torch.dtype = torch.float32, size: int | None = None) -> nn.Module:
+    def model(
+        self, name: str, dtype: torch.dtype = torch.float32, size: int | None = None, narrow: bool = False
+    ) -> nn.Module:
+        """The seeded model, or its narrow copy (``NARROW_LAYOUT``), for ``size`` px inputs in ``dtype``."""
         entry = LAYOUT_ZOO[name]
         size = size or entry.size
-        key = (name, dtype, size if entry.token_prefix is not None else None)
+        build = NARROW_LAYOUT[name] if narrow else entry.build
+        key = (name, dtype, size if entry.token_prefix is not None or narrow else None, narrow)
         if key not in self._models:
-            self._models[key] = inplace_off(seeded(lambda: entry.build(size))).to(dtype)
+            self._models[key] = inplace_off(seeded(lambda: build(size))).to(dtype)
         return self._models[key]
 
     def images(self, name: str, size: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -403,11 +441,13 @@ class LayoutZoo:
         layers: tuple[str, ...],
         size: int | None = None,
         dtype: torch.dtype = torch.float32,
+        *,
+        narrow: bool = False,
     ) -> CamResult:
-        key = (name, method, layers, size, dtype)
+        key = (name, method, layers, size, dtype, narrow)
         if key not in self._results:
             self._results[key] = compute_cams(
-                self.model(name, dtype, size),
+                self.model(name, dtype, size, narrow),
                 self.images(name, size, dtype),
                 list(layers),
                 method=method,
