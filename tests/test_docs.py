@@ -54,3 +54,34 @@ def test_readme_python_example_runs_as_written() -> None:
     maps = scope["result"].maps["bn2"]
     assert maps.shape == (1, 224, 224) and maps.dtype == np.float32
     assert np.isfinite(maps).all() and maps.min() == 0.0 and maps.max() == pytest.approx(1.0, abs=1e-6)
+
+
+def _layout_block() -> str:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    return _fenced(text.split("## Layout", 1)[1], "")[0]
+
+
+def _tracked_python(folder: str) -> list[Path]:
+    return sorted(p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts and p.name != "__init__.py")
+
+
+def test_the_layout_section_names_every_module() -> None:
+    """docs/architecture.md's layout names every module of ui/, app_pages/ and benchmarks/ by file name, and every
+    camlib module and package by name, so a newcomer finds each one from there."""
+    block = _layout_block()
+    files = [p for folder in ("ui", "app_pages", "benchmarks") for p in _tracked_python(folder)]
+    missing = [str(p.relative_to(ROOT)) for p in files if not re.search(rf"\b{re.escape(p.name)}\b", block)]
+    camlib = {p.stem for p in (ROOT / "camlib").glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    camlib |= {p.parent.name for p in (ROOT / "camlib").glob("*/__init__.py")}
+    missing += [f"camlib.{name}" for name in sorted(camlib) if not re.search(rf"\b{name}\b", block)]
+    assert not missing, f"docs/architecture.md's layout does not name: {missing}"
+
+
+def test_the_layout_section_names_no_missing_file() -> None:
+    block = _layout_block()
+    existing = {
+        p.name for folder in ("ui", "app_pages", "benchmarks", "camlib", "tests") for p in _tracked_python(folder)
+    }
+    existing |= {p.name for p in ROOT.glob("*.py")}
+    gone = sorted(set(re.findall(r"\b\w+\.py\b", block)) - existing)
+    assert not gone, f"docs/architecture.md's layout names files that do not exist: {gone}"
