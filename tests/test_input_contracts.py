@@ -193,6 +193,11 @@ def bad_tensors(ndim: int) -> dict[str, object]:
     }
 
 
+def bad_timer_sizes() -> dict[str, object]:
+    """``bad_sizes`` for the cost timers, which also take an int (a square side): zero and a bool instead."""
+    return {k: v for k, v in bad_sizes().items() if k != "int"} | {"zero": 0, "bool": True}
+
+
 def bad_shapes() -> dict[str, object]:
     """Values that are no tensor shape: not a tuple, a float or a negative dimension."""
     return {"None": None, "str": "1x4x8x8", "floats": (1, 4.5, 8, 8), "negative": (1, 4, -8, 8)}
@@ -1493,28 +1498,22 @@ CASES: list[Case] = [
         lambda v: cost.estimate_cost("scorecam", [8], seconds_per_image=0.1, batch_size=v),
         bad_ints,
     ),
-    Case(cost.time_forward, "model", lambda v: cost.time_forward(v, 8), bad_models),
-    Case(
-        cost.time_forward,
-        "input_size",
-        lambda v: cost.time_forward(MODEL, v),
-        lambda: {k: v for k, v in bad_sizes().items() if k != "int"} | {"zero": 0, "bool": True},
+    # the two timers take (model, input_size, batch_size) alike; an int size is a square side for them
+    *(
+        case
+        for timer in (cost.time_forward, cost.time_passes)
+        for case in (
+            Case(timer, "model", lambda v, timer=timer: timer(v, 8), bad_models),
+            Case(timer, "input_size", lambda v, timer=timer: timer(MODEL, v), bad_timer_sizes),
+            Case(timer, "batch_size", lambda v, timer=timer: timer(MODEL, 8, batch_size=v), bad_ints),
+        )
     ),
-    Case(cost.time_forward, "batch_size", lambda v: cost.time_forward(MODEL, 8, batch_size=v), bad_ints),
     Case(
         cost.estimate_cost,
         "passes",
         lambda v: cost.estimate_cost("shapleycam", [8], seconds_per_image=0.1, passes=v),
         lambda: {"None": None, "float": 0.2, "tuple": (0.01, 0.03, 0.2)},
     ),
-    Case(cost.time_passes, "model", lambda v: cost.time_passes(v, 8), bad_models),
-    Case(
-        cost.time_passes,
-        "input_size",
-        lambda v: cost.time_passes(MODEL, v),
-        lambda: {k: v for k, v in bad_sizes().items() if k != "int"} | {"zero": 0, "bool": True},
-    ),
-    Case(cost.time_passes, "batch_size", lambda v: cost.time_passes(MODEL, 8, batch_size=v), bad_ints),
     Case(
         cost.estimate_cost,
         "positions",
