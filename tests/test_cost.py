@@ -205,12 +205,8 @@ class _SlowGrad(torch.autograd.Function):
         return _SlowGrad.apply(grad)
 
 
-class _SlowBackward(nn.Module):
+class _SlowBackward(_Sleepy):
     """A forward that sleeps ``delay`` and whose score is not linear in the input (a Hessian product runs)."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay, self.linear = delay, nn.Linear(3, 2)
 
     def forward(self, x):
         time.sleep(self.delay)
