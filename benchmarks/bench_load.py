@@ -215,13 +215,7 @@ def measure(server: Server, sessions: int, reruns: int, think_s: float = 0.0) ->
         def run(index: int) -> None:
             results[index] = drive(server, index, reruns, barrier, progress, think_s=think_s)
 
-        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(sessions)]
-        for thread in threads:
-            thread.start()
-        peak = 0.0
-        while any(t.is_alive() for t in threads):
-            peak = max(peak, server.rss_mb())
-            time.sleep(0.2)
+        peak = server.run_sessions(run, sessions, daemon=True)
     elapsed = time.monotonic() - start
     time.sleep(0.5)  # the last log lines are written before script_finished; let the file catch up
     durations, log_errors, unmatched = server_durations(server.log.read_text(), results)

@@ -206,15 +206,7 @@ def test_concurrent_sessions_all_finish_with_their_own_cam(server: Server) -> No
         except Exception as error:  # noqa: BLE001 - reported below with the session number
             failures.append(f"session {index}: {type(error).__name__}: {error}")
 
-    threads = [threading.Thread(target=visit, args=(i,)) for i in range(N_SESSIONS)]
-    for thread in threads:
-        thread.start()
-    peak_rss = 0.0
-    while any(t.is_alive() for t in threads):
-        peak_rss = max(peak_rss, server.rss_mb())
-        time.sleep(0.2)
-    for thread in threads:
-        thread.join(timeout=1)
+    peak_rss = server.run_sessions(visit, N_SESSIONS)
 
     assert failures == []
     assert sorted(results) == list(range(N_SESSIONS))

@@ -13,10 +13,11 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,20 @@ class Server:
 
     def rss_mb(self) -> float:
         return self.status("VmRSS") / 1024
+
+    def run_sessions(self, work: Callable[[int], None], sessions: int, *, daemon: bool = False) -> float:
+        """``work(i)`` for ``i < sessions``, each in its own thread, all at once; returns the server's peak RSS in
+        MB, sampled every 0.2 s while any of them runs."""
+        threads = [threading.Thread(target=work, args=(i,), daemon=daemon) for i in range(sessions)]
+        for thread in threads:
+            thread.start()
+        peak = 0.0
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, self.rss_mb())
+            time.sleep(0.2)
+        for thread in threads:
+            thread.join(timeout=1)
+        return peak
 
     def reset_peak_rss(self) -> bool:
         """Reset the process's peak RSS (``VmHWM``) to its current RSS; False where the kernel does not allow it."""
