@@ -408,6 +408,7 @@ def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
 
 
 @needs_cifar
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_exported_json_imports_to_the_same_editor_and_grid(media) -> None:
     at = _lab()
     at.slider(key="aug_s3_rotate").set_value((-40.0, 25.0)).run()
@@ -512,6 +513,7 @@ def test_import_keeps_grid_settings() -> None:
     assert at.toggle(key="aug_show_labels").value is False
 
 
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_import_keeps_chosen_sample_photo() -> None:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.switch_page(LAB).run()
@@ -592,6 +594,7 @@ def test_class_filter_restricts_labels() -> None:
     assert _grid(at).indices == (int(pool[999]),) * 64
 
 
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_sample_photo_source() -> None:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.switch_page(LAB).run()

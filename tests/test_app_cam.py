@@ -175,6 +175,7 @@ def test_small_layer_warns(app: AppTest) -> None:
     assert any("always blank" in w.value for w in app.warning)
 
 
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_overlay_changes_do_not_rerun_the_model(app: AppTest) -> None:
     cams._cam_store.clear()  # Eigen-CAM below must be computed, whatever other tests of this process cached
     app.run()  # the default CAM again, cached

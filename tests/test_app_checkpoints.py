@@ -81,6 +81,9 @@ def app() -> AppTest:
 @pytest.mark.bad_input(70, kind="AT")
 def test_a_refused_checkpoint_is_named_and_the_last_model_kept(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint_store._refusals().clear()
+    # The store is keyed by the file's content: another test's upload of the same weights under another name would
+    # otherwise be the one this test's caption names.
+    checkpoint_store._checkpoint_models().clear()
     app.selectbox(key="cam_model").set_value("checkpoint").run()
     app.selectbox(key="cam_ckpt_arch").set_value("cifar10_resnet20").run()
     app.file_uploader(key="cam_ckpt_file").set_value(

@@ -115,6 +115,7 @@ def _inject_each(page: str, monkeypatch: pytest.MonkeyPatch, **open_kwargs) -> l
     return list(dict.fromkeys(reached))
 
 
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_cam_page_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     tried = _inject_each(CAM, monkeypatch)
     assert {"resolve_model", "get_layers", "predict", "compute_cam", "get_model"} <= set(tried)
@@ -148,6 +149,7 @@ def test_gallery_page_shows_every_cache_failure(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize("page", [CAM, LAB, GALLERY])
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_every_page_has_the_device_input_with_this_machines_devices(page: str) -> None:
     at = _open(page)
     [device] = [s for s in at.sidebar.selectbox if s.key == keys.DEVICE]

@@ -245,6 +245,7 @@ def _new_process() -> None:
     prediction_cache.clear_memory_cache()
 
 
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_gallery_predictions_are_read_from_disk_on_a_second_start_and_rebuilt_for_new_weights(
     test_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -344,6 +345,7 @@ class _Superseded(Exception):
     """Stands for Streamlit's rerun request, raised by the page's progress bar in a superseded run."""
 
 
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_a_rerun_during_the_first_build_ends_the_wait_not_the_build(
     test_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -135,6 +135,7 @@ def test_cam_upload_name_is_escaped_and_not_named_after_removal(name: str) -> No
 
 @pytest.mark.bad_input(20)
 @pytest.mark.parametrize("name", QUICK_FIRST_HOSTILE)
+@pytest.mark.slow  # many seconds of AppTest; the page keeps quick tests of its main paths
 def test_lab_upload_and_import_names_are_escaped(name: str) -> None:
     at = _app(LAB)
     if HAS_CIFAR:

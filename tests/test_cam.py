@@ -45,6 +45,7 @@ from helpers.reference_zoo import (
     reference_pipeline,
     sizes,
 )
+from helpers.tiers import quick_subset
 from pytorch_grad_cam import (
     AblationLayer,
     AblationLayerVit,
@@ -138,7 +139,10 @@ def _gradient_cases():
             for method in methods:
                 kinds = TARGET_KINDS if name != "vgg11_bn" or method == "gradcam" else ("per_image",)
                 for kind in kinds:
-                    yield pytest.param(name, layer, method, kind, id=f"{name}-{layer}-{method}-{kind}")
+                    # Quick tier: every model and method with per-image classes, the other class choices on
+                    # ResNet-18; the slow tier runs every combination.
+                    slow = () if name == "resnet18" or kind == "per_image" else pytest.mark.slow
+                    yield pytest.param(name, layer, method, kind, marks=slow, id=f"{name}-{layer}-{method}-{kind}")
 
 
 def test_every_method_has_a_reference_and_the_registry_is_complete():
@@ -316,7 +320,11 @@ def test_eigencam_highlights_the_strongly_activated_region_whatever_the_svd_sign
 # --- KPCA-CAM, Ablation-CAM, Random-CAM, CAM -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_name,layer", _EIGEN_CASES)
+@pytest.mark.parametrize(
+    "model_name,layer",
+    # DenseNet's wide layers make the largest kernels: slow tier
+    [pytest.param(*case, marks=pytest.mark.slow) if case[0] == "densenet121" else case for case in _EIGEN_CASES],
+)
 def test_kpcacam_matches_pytorch_grad_cam_up_to_the_sign(zoo, model_name, layer):
     """KPCA-CAM against KPCA_CAM (sklearn's KernelPCA, sigmoid kernel), both in float64: pytorch-grad-cam's float32
     kernel and eigensolver are accurate to ~3e-5 only on VGG-11's features.27 (measured; in float64 the two agree to
@@ -606,7 +614,7 @@ def _inplace_flags(model: nn.Module) -> int:
 
 
 @pytest.mark.bad_input(65)
-@pytest.mark.parametrize("method", [*GRADIENT_METHODS, "eigencam"])
+@pytest.mark.parametrize("method", quick_subset([*GRADIENT_METHODS, "eigencam"]))
 @pytest.mark.parametrize(
     "model_name",
     # VGG-11 at 224 px (~10 ResNet-18s): slow tier
@@ -642,8 +650,13 @@ _RELATIVES = [
 
 
 @pytest.mark.bad_input(65)
-@pytest.mark.parametrize("method", ["gradcam", "hirescam", "eigencam"])
-@pytest.mark.parametrize("model_name,layer,relatives", _RELATIVES, ids=[f"{m}-{layer}" for m, layer, _ in _RELATIVES])
+@pytest.mark.parametrize("method", quick_subset(["gradcam", "hirescam", "eigencam"]))
+@pytest.mark.parametrize(
+    "model_name,layer,relatives",
+    # VGG-11 at 224 px costs ~10 ResNet-18s: slow tier
+    [pytest.param(*case, marks=pytest.mark.slow) if case[0] == "vgg11_bn" else case for case in _RELATIVES],
+    ids=[f"{m}-{layer}" for m, layer, _ in _RELATIVES],
+)
 def test_a_layer_requested_with_its_parent_or_child_gives_the_same_map_as_alone(
     zoo, model_name, layer, relatives, method
 ):
@@ -870,7 +883,7 @@ def test_token_layers_with_registers_and_explicit_prefix():
 # --- output contract -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", CNN_METHODS)
+@pytest.mark.parametrize("method", quick_subset(CNN_METHODS))
 def test_output_contract(zoo, method):
     model, x = zoo.model("resnet18"), zoo.images(SCORECAM_SIZE)
     # 16x16 and 8x8 at 64x64; CAM is defined only on the layer before the global pooling (2x2 here)
@@ -945,7 +958,7 @@ def test_duplicate_layers_are_explained_once_in_the_requested_order(small_resnet
 # --- model state: hooks, grads, flags, statistics ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", CNN_METHODS)
+@pytest.mark.parametrize("method", quick_subset(CNN_METHODS))
 @pytest.mark.bad_input(39)
 def test_a_call_leaves_the_model_exactly_as_it_was(snapshot, x64, method):
     model = mixed_state(seeded_resnet18())

@@ -42,6 +42,7 @@ from helpers.reference_zoo import (
     reference_maps,
     reference_pipeline,
 )
+from helpers.tiers import quick_subset
 from pytorch_grad_cam import SESS, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -230,7 +231,12 @@ def test_iscam_matches_torchcam(zoos, name, layer, size, transform):
 
 
 @pytest.mark.parametrize("method", ["sscam", "iscam"])
-@pytest.mark.parametrize("case", SCORE_REST_CASES, ids=[case[0] for case in SCORE_REST_CASES])
+@pytest.mark.parametrize(
+    "case",
+    # The quick tier checks one more CNN here (and ConvNeXt and DeiT above); the slow tier every model.
+    quick_subset(SCORE_REST_CASES, SCORE_REST_CASES[:1]),
+    ids=[case[0] for case in SCORE_REST_CASES],
+)
 def test_sscam_and_iscam_on_the_rest_of_the_zoo_match_torchcam(zoos, narrow_zoo, method, case):
     """With SCORE_CASES, every architecture and layout of the zoo: two samples (SS-CAM, the same noise) or steps
     (IS-CAM), as above. The scores decide the maps: they differ from the channel mean's (uniform weights, the map of
@@ -257,6 +263,7 @@ def test_sampling_defaults_are_torchcams():
     assert METHODS["sscam"].extra_forwards(64) == 35 * 64 and METHODS["iscam"].extra_forwards(64, 3) == 3 * 64
 
 
+@pytest.mark.slow  # four SS-CAM runs; the seeded draws are checked quickly against torch-cam above
 def test_sscam_is_reproducible_with_its_seed_and_changes_with_it(small_resnet, x64):
     def run(seed: int, batch_size: int = 32):
         return compute_cams(
@@ -686,7 +693,8 @@ def _first_reshaped_layer(layout_zoo: LayoutZoo, name: str, size: int):
     return model, x, layer, entry.reshape_transform(layer, size)
 
 
-@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny"))
+# ConvNeXt's channels-last layers cost seconds here; its other methods' channels-last checks stay quick.
+@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny", slow=("convnext_tiny",)))
 def test_aug_smooth_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name, size):
     model, x, layer, transform = _first_reshaped_layer(zoos[1], name, size)
     ours = compute_cams(model, x, [layer], class_idx=[5, 9], aug_smooth=True)
@@ -899,7 +907,8 @@ def test_sess_matches_pytorch_grad_cam(zoos):
             np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny"))
+# ConvNeXt's channels-last layers cost seconds here; its other methods' channels-last checks stay quick.
+@pytest.mark.parametrize("name,size", layout_sizes("deit_tiny", "convnext_tiny", slow=("convnext_tiny",)))
 def test_sess_on_token_and_channels_last_layers_matches_pytorch_grad_cam(zoos, name, size):
     model, x, layer, transform = _first_reshaped_layer(zoos[1], name, size)
     ours = compute_cams(model, x, [layer], method="sess", class_idx=[5, 9], n_samples=2)

@@ -805,6 +805,7 @@ def _measured(files: dict[str, bytes], tmp_path: Path) -> dict[str, tuple[str, f
 
 
 @pytest.mark.bad_input(69, kind="U")
+@pytest.mark.slow  # times and measures many refusals; each refusal kind has its quick test above
 def test_refusals_take_milliseconds_and_flat_memory(tmp_path: Path) -> None:
     files = {
         "bomb.pt": zip_bomb(),

@@ -407,16 +407,22 @@ def test_cmyk_jpeg_is_decoded_reduced() -> None:
     assert np.abs(decoded.pixels.astype(int) - (255, 0, 0)).max() <= 8
 
 
-def test_reduced_decoding_note_is_in_display_orientation() -> None:
-    # Stored 4400 x 2200 with EXIF orientation 6 (a portrait phone photo): shown 2200 x 4400.
-    stored = np.zeros((2200, 4400, 3), dtype=np.uint8)
-    stored[:, :2200] = (255, 0, 0)
-    stored[:, 2200:] = (0, 0, 255)
+@pytest.mark.parametrize(
+    ("side", "reduced"),
+    [(1200, "decoded at 1/4 size: 1200x2400 -> 300x600"), (2200, "decoded at 1/8 size: 2200x4400 -> 275x550")],
+)
+def test_exif_rotation_and_reduced_decoding_of_a_large_jpeg(side: int, reduced: str) -> None:
+    """A portrait phone photo: stored ``2 side x side`` (landscape) with EXIF orientation 6, shown ``side x 2 side``;
+    the reduced decoding and the downscale are said in display orientation, and the picture is rotated 90 degrees
+    clockwise (the stored left, red, half is on top)."""
+    stored = np.zeros((side, 2 * side, 3), dtype=np.uint8)
+    stored[:, :side] = (255, 0, 0)
+    stored[:, side:] = (0, 0, 255)
     decoded = decode_image(with_orientation(stored, 6, "JPEG"), max_side=512)
-    assert decoded.original_size == (2200, 4400)
+    assert decoded.original_size == (side, 2 * side)
     assert decoded.pixels.shape == (512, 256, 3)
-    assert decoded.notes == ("decoded at 1/8 size: 2200x4400 -> 275x550", "downscaled from 2200x4400 to 256x512")
-    assert np.abs(decoded.pixels[:200].astype(int) - (255, 0, 0)).max() <= 12  # the stored left half is on top
+    assert decoded.notes == (reduced, f"downscaled from {side}x{2 * side} to 256x512")
+    assert np.abs(decoded.pixels[:200].astype(int) - (255, 0, 0)).max() <= 12
     assert np.abs(decoded.pixels[-200:].astype(int) - (0, 0, 255)).max() <= 12
 
 
@@ -652,20 +658,6 @@ def test_exif_orientation_is_applied_once(fmt: str, orientation: int, turns: int
         assert twice.shape != decoded.pixels.shape or np.abs(decoded.pixels.astype(int) - twice).max() > 100
     height, width = expected.shape[:2]
     assert decoded.original_size == (width, height)
-
-
-def test_exif_rotation_and_downscale_of_a_large_jpeg() -> None:
-    # Portrait phone photo: stored 2400 x 1200 (landscape) with orientation 6; shown 1200 x 2400, then downscaled.
-    stored = np.zeros((1200, 2400, 3), dtype=np.uint8)
-    stored[:, :1200] = (255, 0, 0)
-    stored[:, 1200:] = (0, 0, 255)
-    decoded = decode_image(with_orientation(stored, 6, "JPEG"), max_side=512)
-    assert decoded.original_size == (1200, 2400)
-    assert decoded.pixels.shape == (512, 256, 3)
-    assert any(note.startswith("downscaled from 1200x2400 to 256x512") for note in decoded.notes), decoded.notes
-    # Rotated 90 degrees clockwise: the stored left (red) half is now on top.
-    assert np.abs(decoded.pixels[:200].astype(int) - (255, 0, 0)).max() <= 12
-    assert np.abs(decoded.pixels[-200:].astype(int) - (0, 0, 255)).max() <= 12
 
 
 # --- rows 13-18: modes -----------------------------------------------------------------------------------------------

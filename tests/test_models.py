@@ -1249,6 +1249,7 @@ NINE_WAY_FLOOR = 0.3
 NLL_MARGIN = 0.1
 
 
+@pytest.mark.slow  # seconds of labelled CIFAR-10 predictions
 def test_labelled_cifar10_agrees_better_with_the_registry_preprocessing(bundled: LoadedModel) -> None:
     root = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10/test"
     if not root.is_dir():

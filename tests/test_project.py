@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # imports every camlib module in a fresh interpreter (seconds)
 def test_camlib_never_imports_streamlit() -> None:
     # rglob: camlib has subpackages (camlib.augment), whose modules are imported and read too
     modules = sorted(

@@ -400,13 +400,14 @@ def _narrow_vit_b_16(size: int) -> nn.Module:
 NARROW_LAYOUT = {"convnext_tiny": _narrow_convnext_tiny, "swin_t": _narrow_swin_t, "vit_b_16": _narrow_vit_b_16}
 
 
-def layout_sizes(*names: str) -> list:
+def layout_sizes(*names: str, slow: tuple[str, ...] = ()) -> list:
     """``(name, size)`` parameters: each layout-zoo model at LAYOUT_QUICK_SIZE, and at its zoo size under
-    ``pytest.mark.slow`` where that differs."""
+    ``pytest.mark.slow`` where that differs; the models in ``slow`` run at both sizes in the slow tier only."""
     params = []
     for name in names:
         quick, full = LAYOUT_QUICK_SIZE[name], LAYOUT_ZOO[name].size
-        params.append(pytest.param(name, quick, id=f"{name}-{quick}px"))
+        marks = pytest.mark.slow if name in slow else ()
+        params.append(pytest.param(name, quick, id=f"{name}-{quick}px", marks=marks))
         if full != quick:
             params.append(pytest.param(name, full, id=f"{name}-{full}px", marks=pytest.mark.slow))
     return params
