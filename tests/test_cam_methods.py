@@ -21,7 +21,7 @@ import pytest
 import torch
 import torchvision
 from helpers.dtype_models import DTYPE_MODELS, DTYPES, KPCA_ULPS, HotNet, dtype_tolerance, tiny_vit
-from helpers.models import seeded, seeded_resnet18
+from helpers.models import Amplified, seeded, seeded_resnet18
 from helpers.reference_zoo import (
     ATOL,
     LAYOUT_SCORECAM_SIZE,
@@ -152,23 +152,10 @@ def _narrow_vit_b_16() -> nn.Module:
 NARROW_ZOO = {"narrow_swin_t": _narrow_swin_t, "narrow_vit_b_16": _narrow_vit_b_16}
 
 
-class _Amplified(nn.Module):
-    """``model``'s logits times ``gain``. The seeded MobileNetV3-Small's logits are ~1e-10 and move by ~1e-10 with
-    the input, so the softmax over channels of SS-CAM's and IS-CAM's score gains is uniform to 1e-7 and its maps equal
-    the channel mean's whatever the scores: amplified, the scores decide the weights (and are compared)."""
-
-    def __init__(self, model: nn.Module, gain: float) -> None:
-        super().__init__()
-        self.model, self.gain = model, gain
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gain * self.model(x)
-
-
 # The rest of the zoo, one layer each, where SS-CAM and IS-CAM stay cheap (their cost is n_samples * C forwards per
 # image): (model, layer, input size, reshape_transform, images). Early, narrow layers of the CNNs (one image where a
 # forward is dear); the transformers as narrow copies of the zoo's architectures (NARROW_ZOO) at their zoo layers'
-# layouts. "name*gain" is the zoo model with amplified logits (_Amplified).
+# layouts. "name*gain" is the zoo model with amplified logits (Amplified).
 SCORE_REST_CASES = [
     ("densenet121", "features.transition1", 32, None, 1),  # 128 channels, 4 x 4: after the first dense block
     ("mobilenet_v3_small*1e10", "model.features.8", SCORECAM_SIZE, None, 2),  # 48 channels, 4 x 4 (an SE block)
@@ -198,9 +185,9 @@ def _score_case(
         if name not in narrow:
             narrow[name] = seeded(NARROW_ZOO[name])
         return narrow[name], random_images(2, size, seed=11), [5, 9]
-    if "*" in name:  # "zoo model*gain": _Amplified
+    if "*" in name:  # "zoo model*gain": Amplified
         model, gain = name.split("*")
-        return _Amplified(zoo.model(model), float(gain)), zoo.images(size), [3, 7]
+        return Amplified(zoo.model(model), float(gain)), zoo.images(size), [3, 7]
     if name in LAYOUT_ZOO:
         return layout_zoo.model(name, size=size), layout_zoo.images(name, size), [5, 9]
     return zoo.model(name), zoo.images(size), [3, 7]

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from helpers.models import mixed_state, seeded, seeded_resnet18
+from helpers.models import Amplified, mixed_state, seeded, seeded_resnet18
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -684,24 +684,13 @@ def test_token_grids_are_read_as_pytorch_grad_cam_reads_them_with_the_right_resh
     np.testing.assert_allclose(ours.maps[layer], reference, atol=ATOL, rtol=0)
 
 
-class _Amplified(nn.Module):
-    """``model``'s logits times ``gain``: a seeded LeViT's logits barely move with the input (raw maps ~1e-7)."""
-
-    def __init__(self, model: nn.Module, gain: float) -> None:
-        super().__init__()
-        self.model, self.gain = model, gain
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gain * self.model(x)
-
-
 # (id, builder, input size, layer, explicit layout, (leading tokens, h, w)): the shape fits several readings, the
 # model refuses any other input size and no convolution made the grid: refused until told.
 REFUSED_CASES = [
     # 49 tokens: 0 + 7 x 7 or 13 + 6 x 6; LeViT's attention biases are sized for 224 px only
     (
         "levit_128s",
-        lambda: _Amplified(timm.create_model("levit_128s", num_classes=10), 1e6),
+        lambda: Amplified(timm.create_model("levit_128s", num_classes=10), 1e6),
         (224, 224),
         "model.stages.1",
         (0, 7, 7),

@@ -105,3 +105,16 @@ class DictOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"out": self.inner(x)}
+
+
+class Amplified(nn.Module):
+    """``model``'s logits times ``gain``: seeded random networks whose logits barely move with the input (a
+    MobileNetV3-Small's are ~1e-10, a LeViT's raw maps ~1e-7) give maps that rounding decides; amplified, the model's
+    own scores do."""
+
+    def __init__(self, model: nn.Module, gain: float) -> None:
+        super().__init__()
+        self.model, self.gain = model, gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * self.model(x)
