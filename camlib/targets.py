@@ -153,6 +153,15 @@ def per_image_outputs(output: object, batch: int) -> list[Any]:
     if isinstance(output, (list, tuple)):
         if len(output) != batch:
             raise TargetError(f"the model output holds {len(output)} per-image outputs for {batch} images")
+        if isinstance(output, tuple) and all(
+            isinstance(v, torch.Tensor) and v.dim() and len(v) == batch for v in output
+        ):
+            # (logits, features) of a batch is a tuple of batched tensors, not one output per image: reading it as
+            # per-image outputs would hand image 0 every image's logits.
+            raise TargetError(
+                f"the model output is a tuple of {len(output)} batched tensors; targets read one output per image: "
+                "wrap the model so that it returns one tensor or a dict of batched tensors"
+            )
         return list(output)
     if isinstance(output, Mapping):
         tensors = {k: v for k, v in output.items() if isinstance(v, torch.Tensor)}
@@ -183,6 +192,7 @@ def target_scores(targets: Sequence[Target], output: object) -> torch.Tensor:
         NonFiniteError: a target's score is NaN or Inf.
     """
     targets = _require_targets(targets)
+    output = _at_least_float32(output)
     batch = len(targets)
     if (
         isinstance(output, torch.Tensor)
@@ -203,6 +213,20 @@ def target_scores(targets: Sequence[Target], output: object) -> torch.Tensor:
             "the map cannot be drawn"
         )
     return scores
+
+
+def _at_least_float32(output: object) -> object:
+    """``output`` with its float16 and bfloat16 tensors upcast to float32 (dicts, lists and tuples walked; other
+    values kept): a target's arithmetic (a softmax, a sigmoid) runs in at least float32 whatever the model's dtype, as
+    every method's does, so a half-precision model's scores of different inputs are comparable to one rounding."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() and torch.finfo(output.dtype).bits < 32 else output
+    if isinstance(output, Mapping):
+        return {key: _at_least_float32(value) for key, value in output.items()}
+    if isinstance(output, (list, tuple)):
+        values = [_at_least_float32(value) for value in output]
+        return tuple(values) if isinstance(output, tuple) else values
+    return output
 
 
 def _one_score(target: Target, output: object, index: int) -> torch.Tensor:
@@ -241,6 +265,13 @@ def resolve_targets(targets: Sequence[Target] | None, class_idx: object, batch: 
     return targets
 
 
+def _declared_category(target: object) -> int:
+    """The integer ``.category`` of any target that has one (camlib's and pytorch-grad-cam's class and mask targets),
+    else 0."""
+    category = getattr(target, "category", 0)
+    return int(category) if isinstance(category, (int, np.integer)) and not isinstance(category, bool) else 0
+
+
 def _require_targets(targets: object) -> list[Target]:
     if isinstance(targets, (str, bytes, Mapping)) or not isinstance(targets, Sequence):
         raise InputError(f"targets must be a list with one callable per image, got {type(targets).__name__}")
@@ -249,11 +280,11 @@ def _require_targets(targets: object) -> list[Target]:
         raise InputError(
             f"targets must be callables (output -> scalar tensor); item {bad} is {type(targets[bad]).__name__}"
         )
-    negative = next((i for i, t in enumerate(targets) if (class_of(t) or 0) < 0), None)
+    negative = next((i for i, t in enumerate(targets) if _declared_category(t) < 0), None)
     if negative is not None:
         raise ClassIndexError(
-            f"targets[{negative}] names class {class_of(targets[negative])}: class indices are never negative "
-            "(a negative index would silently read the last classes)"
+            f"targets[{negative}] names class {_declared_category(targets[negative])}: class indices are never "
+            "negative (a negative index would silently read the last classes)"
         )
     return list(targets)
 

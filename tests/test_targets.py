@@ -38,7 +38,8 @@ from pytorch_grad_cam.utils.model_targets import (
 from torch import nn
 
 from camlib.cam import METHODS, CamResult, compute_cam_grid, compute_cams
-from camlib.errors import InputError, MethodError, NonFiniteError, TargetError
+from camlib.errors import ClassIndexError, InputError, MethodError, NonFiniteError, TargetError
+from camlib.metrics import confidence_change
 from camlib.targets import (
     BinaryTarget,
     ClassTarget,
@@ -494,3 +495,59 @@ def test_a_model_without_class_logits_needs_targets(images):
     model = seeded(lambda: _Segmenter(as_dict=True), seed=5)
     with pytest.raises(TargetError, match="targets="):
         compute_cams(model, images, ["body"])
+
+
+# --- precision, ambiguous outputs and options that do not fit a target ----------------------------------------------
+
+
+def test_targets_score_a_half_precision_output_in_float32(cnn, images):
+    """A softmax target on a bfloat16 model's output is computed on the output upcast to float32, so it equals the
+    metrics' ``class_idx`` path (``softmax(logits.float())``) exactly, and the scores of different inputs
+    (Ablation-CAM's drops, SS-CAM's gains) differ by the model's rounding only, not by a second rounding."""
+    logits = torch.randn(2, 10, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    scores = target_scores([SoftmaxTarget(1), SoftmaxTarget(2)], logits)
+    assert scores.dtype == torch.float32
+    expected = torch.softmax(logits.float(), dim=1)[[0, 1], [1, 2]]
+    np.testing.assert_array_equal(scores.numpy(), expected.numpy())
+    half = seeded(lambda: _Cnn(10), seed=3).to(torch.bfloat16)
+    x = images.to(torch.bfloat16)
+    classes = _other_classes(cnn, images)
+    maps = np.random.default_rng(0).random((2, SIZE, SIZE)).astype(np.float32)
+    by_class = confidence_change(half, x, maps, classes)
+    by_target = confidence_change(half, x, maps, targets=[SoftmaxTarget(k) for k in classes])
+    np.testing.assert_array_equal(by_target, by_class)
+
+
+def test_a_tuple_of_batched_tensors_is_refused_not_read_per_image(cnn, images):
+    class LogitsAndFeatures(nn.Module):
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.model(x), x.mean(dim=(2, 3))
+
+    with pytest.raises(TargetError, match="tuple of 2 batched tensors"):
+        compute_cams(LogitsAndFeatures(cnn), images, ["model.features"], targets=[lambda o: o[0].sum()] * 2)
+
+
+def test_a_negative_category_of_any_target_is_refused(cnn, images):
+    mask = np.ones((SIZE, SIZE), dtype=np.float32)
+    with pytest.raises(ClassIndexError, match="never negative"):
+        compute_cams(cnn, images, ["features"], targets=[SemanticSegmentationTarget(-1, mask)] * 2)
+
+
+def test_sess_refuses_a_one_logit_head(binary_cnn, images):
+    """SESS weighs patches by a softmax over classes: on one logit it is always 1, which would weigh every patch
+    alike whatever the target."""
+    with pytest.raises(MethodError, match="2 classes or more"):
+        compute_cams(binary_cnn, images, ["features"], method="sess", targets=[BinaryTarget(False)] * 2, n_samples=2)
+
+
+def test_aug_smooth_takes_class_targets_only(segmenter, cnn, images):
+    x = images[:1]
+    targets = _segmentation_targets(segmenter, x)
+    with pytest.raises(MethodError, match="mirrored"):
+        compute_cams(segmenter, x, ["body"], targets=targets, aug_smooth=True)
+    smoothed = compute_cams(cnn, images, ["features"], targets=[SoftmaxTarget(1)] * 2, aug_smooth=True)
+    assert smoothed.maps["features"].shape == (2, SIZE, SIZE)

@@ -185,7 +185,8 @@ def _upcast_output(output: object) -> object:
     if isinstance(output, Mapping):
         return {key: _upcast_output(value) for key, value in output.items()}
     if isinstance(output, (list, tuple)):
-        return [_upcast_output(value) for value in output]
+        values = [_upcast_output(value) for value in output]
+        return tuple(values) if isinstance(output, tuple) else values  # a tuple stays one (per_image_outputs reads it)
     return output
 
 
@@ -349,8 +350,9 @@ def compute_cams(  # noqa: PLR0913 (keyword-only options of the public entry poi
         targets: what to explain, one callable per image, ``targets[b](output_b) -> scalar tensor`` on image ``b``'s
             share of the model's output (pytorch-grad-cam 1.5.7's convention: its target objects work unchanged;
             camlib's own are in ``camlib.targets``); gradient methods differentiate the sum over the images. CAM and
-            Finer-CAM need ``(B, num_classes)`` logits and class-logit targets, SESS needs class logits for its
-            softmax (``MethodError`` otherwise). Not together with ``class_idx``.
+            Finer-CAM need ``(B, num_classes)`` logits and class-logit targets; SESS applies the targets to the
+            softmax of ``(B, num_classes)`` logits of 2 classes or more (pytorch-grad-cam's default); ``aug_smooth``
+            takes class targets only, as it mirrors the image (``MethodError`` otherwise). Not with ``class_idx``.
         class_idx: the class to explain: ``None`` for each image's argmax, one int for all, or one per image; the
             shortcut for ``targets=[ClassTarget(k) for k in ...]`` (the same numbers).
         scorecam_batch_size: perturbed images per forward for the "perturbation" methods (Score-CAM's masked
@@ -472,6 +474,13 @@ def _compute(  # noqa: PLR0913, PLR0914 (the options of both entry points, and t
             f"{flags[0]!r}, {flags[1]!r}, {flags[2]!r}"
         )
     if options.aug_smooth:
+        if options.targets is not None and any(class_of(t) is None for t in options.targets):
+            # The views are mirrored and the maps mirrored back; a mask or a box is not, so each mirrored view would
+            # explain the mirror image of the region asked for.
+            raise MethodError(
+                "aug_smooth averages the maps of mirrored views, which only class targets explain alike; a target "
+                "that reads a region (a mask, a box) would be explained on the mirrored image: turn aug_smooth off"
+            )
         run = partial(
             _compute, model, layers=layers, methods=methods, options=replace(options, aug_smooth=False), layouts=layouts
         )

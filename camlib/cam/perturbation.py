@@ -261,10 +261,11 @@ def _sess(e: LayerEvidence) -> torch.Tensor:
         raise MethodError("SESS cuts square patches; on a token layer it needs a square input")
     from torchvision.transforms.functional import resize  # imported here: torchvision's import costs 1.3 s
 
-    if e.logits is None or e.logits.dim() != 2:
+    if e.logits is None or e.logits.dim() != 2 or e.logits.shape[1] < 2:
         raise MethodError(
             "SESS weighs each patch by the softmax of the model's class scores (as pytorch-grad-cam's default), so it "
-            "needs a model that returns (B, num_classes) logits; use Grad-CAM with targets= for other outputs"
+            "needs a model that returns (B, num_classes) logits of 2 classes or more; use Grad-CAM with targets= for "
+            "other outputs"
         )
     window = min(height, width)
     step = int(round(window * SESS_SCALE_STEP))
