@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.browser import BROWSER_MARKS, choose, explained, open_page, wait_text
+from helpers.browser import BROWSER_MARKS, choose, explained, open_page, settle, wait_text
 from PIL import Image
 
 from camlib.augment import CIFAR10_TRAIN_PIPELINE, pipeline_to_json
@@ -59,15 +59,18 @@ def test_overlay_png_download_is_made_when_clicked_and_lossless(browser_page) ->
     file on click and gets the lossless PNG of the overlay shown above it as a JPEG (224 px, the model's view)."""
     page, dialogs = browser_page
     page.wait_for_selector('[data-testid="stImage"] img', timeout=120_000)
+    settle(page)  # the module's page: the previous test's upload may still be running
     shown = page.locator('[data-testid="stImage"] img').first
-    assert shown.get_attribute("src").startswith("data:image/jpeg;base64,")
+    src = shown.get_attribute("src")
+    assert src.startswith("data:image/jpeg;base64,")
     with page.expect_download(timeout=60_000) as started:
         page.locator(".st-key-cam_dl_png button").click()
     saved = started.value.path()
+    assert shown.get_attribute("src") == src  # no run in between: the overlay shown is the one exported
     with Image.open(saved) as image:
         assert image.format == "PNG" and image.size == (224, 224)
         exported = np.asarray(image.convert("RGB"), dtype=np.int16)
-    jpeg = base64.b64decode(shown.get_attribute("src").split(",", 1)[1])
+    jpeg = base64.b64decode(src.split(",", 1)[1])
     with Image.open(io.BytesIO(jpeg)) as image:
         displayed = np.asarray(image.convert("RGB"), dtype=np.int16)
     assert np.abs(exported - displayed).mean() < 3  # the same overlay, JPEG's loss aside

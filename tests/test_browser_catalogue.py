@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.browser import BROWSER_MARKS, choose, explained
+from helpers.browser import BROWSER_MARKS, choose, explained, settle
 from helpers.images import with_orientation
 from PIL import Image
 
@@ -22,21 +22,6 @@ ORIGINAL_IMG = (
     "() => { const box = [...document.querySelectorAll('[data-testid=\"stImage\"]')]"
     ".find(e => e.innerText.includes('On the original image')); return box && box.querySelector('img'); }"
 )
-
-
-def _settle(page, timeout: float = 120_000) -> None:
-    """Wait until no script run is in progress (Streamlit's running indicator is gone) and the images have loaded."""
-    page.wait_for_timeout(400)
-    page.wait_for_function(
-        '() => !document.querySelector(\'[data-testid="stStatusWidgetRunningIcon"],'
-        ' [data-testid="stStatusWidgetRunningManIcon"], [data-stale="true"]\')',
-        timeout=timeout,
-    )
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-        ".every(i => i.complete && i.naturalWidth > 0)",
-        timeout=timeout,
-    )
 
 
 def _to_upload(page) -> None:
@@ -75,7 +60,7 @@ def _wait_for_upload_shown(page, name: str, timeout: float = 120_000) -> None:
         "&& !document.body.innerText.replace(/[\\u2060\\u200b]/g, '').includes('No upload yet')",
         timeout=timeout,
     )
-    _settle(page, timeout)
+    settle(page, timeout)
 
 
 def _no_exception(page, dialogs: list[str]) -> None:
@@ -87,7 +72,7 @@ def _no_exception(page, dialogs: list[str]) -> None:
 @pytest.mark.parametrize("name", ["setup.exe", "pipeline.json", "drawing.svg", "photo.png.exe"])
 def test_disallowed_extension_gets_a_frontend_error_chip(browser_page, tmp_path: Path, name: str) -> None:  # noqa: F811
     page, dialogs = browser_page
-    _settle(page)
+    settle(page)
     _to_upload(page)
     before = _cam_text(page)
     path = tmp_path / name
@@ -99,7 +84,7 @@ def test_disallowed_extension_gets_a_frontend_error_chip(browser_page, tmp_path:
     page.locator(UPLOADER).set_input_files(str(path))
     page.locator('[data-testid="stFileChipIconError"]').first.wait_for(timeout=30_000)
     assert page.get_by_text("not allowed", exact=False).count() >= 1
-    _settle(page)
+    settle(page)
     assert _cam_text(page) == before  # the app is unaffected: same image, same CAM
     _no_exception(page, dialogs)
     page.locator('[data-testid="stFileChipDeleteBtn"]').first.click()  # clear it for the next case
@@ -111,14 +96,14 @@ def test_file_over_the_upload_limit_gets_a_frontend_error_chip(browser_page, tmp
     """The image uploader allows 20 MB: a 21 MB PNG is refused in the browser (error chip) and never reaches the
     script: the CAM shown stays the same."""
     page, dialogs = browser_page
-    _settle(page)
+    settle(page)
     _to_upload(page)
     before = _cam_text(page)
     path = tmp_path / "huge.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(21 * 1024 * 1024))
     page.locator(UPLOADER).set_input_files(str(path))
     page.locator('[data-testid="stFileChipIconError"]').first.wait_for(timeout=60_000)
-    _settle(page)
+    settle(page)
     assert _cam_text(page) == before
     _no_exception(page, dialogs)
     page.locator('[data-testid="stFileChipDeleteBtn"]').first.click()
@@ -135,7 +120,7 @@ def test_exif_rotated_photo_is_shown_upright_with_its_overlay(
     """A 360x240 (landscape) JPEG whose EXIF says "rotate 90 degrees": the overlay on the original image is portrait
     (2:3), i.e. the rotation was applied once, and the overlay is drawn on the rotated image."""
     page, dialogs = browser_page
-    _settle(page)
+    settle(page)
     _to_upload(page)
     pixels = np.asarray(Image.fromarray(load_sample("coffee (cup)")).resize((360, 240)))
     path = tmp_path / f"portrait{orientation}.jpg"
@@ -158,7 +143,7 @@ def test_new_upload_during_a_run_shows_only_the_new_images_cam(browser_page, tmp
     """Upload a wide photo and, while its run is going, a tall one: the page settles on the tall photo's CAM (the
     same text as when the tall photo is uploaded alone) on a tall original, never the wide one's overlay."""
     page, dialogs = browser_page
-    _settle(page)
+    settle(page)
     _to_upload(page)
     tall = _photo(tmp_path, "rocket", (240, 400), "tall.png")
     wide = _photo(tmp_path, "astronaut", (400, 240), "wide.png")
@@ -180,12 +165,12 @@ def test_removing_the_upload_mid_run_shows_no_stale_overlay(browser_page, tmp_pa
     """Upload a wide photo and click the chip's x while its run is going: the page settles on the sample photo it
     names ("No upload yet: showing ..."), with the sample's aspect ratio, not on the removed photo."""
     page, dialogs = browser_page
-    _settle(page)
+    settle(page)
     _to_upload(page)
     wide = _photo(tmp_path, "motorcycle", (480, 200), "wide-bike.png")
     page.locator(UPLOADER).set_input_files(str(wide))
     page.locator('[data-testid="stFileChipDeleteBtn"]').first.click(timeout=30_000)
-    _settle(page)
+    settle(page)
     page.get_by_text("No upload yet: showing", exact=False).first.wait_for(timeout=60_000)
     chelsea = load_sample("chelsea (cat)")
     assert _original_aspect(page) == pytest.approx(chelsea.shape[1] / chelsea.shape[0], abs=0.01)
@@ -198,7 +183,7 @@ def test_rerun_storm_of_widget_changes_ends_in_the_final_values(browser_page) ->
     """Ten rapid opacity steps and three method changes in quick succession: reruns are superseded, the page
     settles with the last method explained and the slider at its last value, with no exception."""
     page, dialogs = browser_page
-    _settle(page)
+    settle(page)
     slider = page.locator('.st-key-cam_alpha [role="slider"], .st-key-cam_alpha input[type="range"]').first
     slider.wait_for(state="attached", timeout=30_000)
     start = float(page.locator('.st-key-cam_alpha [data-testid="stSliderThumbValue"]').inner_text())
@@ -207,7 +192,7 @@ def test_rerun_storm_of_widget_changes_ends_in_the_final_values(browser_page) ->
         page.keyboard.press("ArrowLeft")
     for method in ("LayerCAM", "HiResCAM", "XGrad-CAM"):  # each click starts a rerun that supersedes the last
         choose(page, "cam_method", method)
-    _settle(page)
+    settle(page)
     assert page.locator('.st-key-cam_method input[role="combobox"]').input_value() == "XGrad-CAM"
     page.wait_for_function(
         "() => [...document.querySelectorAll('p')].some(p => p.innerText.startsWith("
@@ -235,7 +220,7 @@ def test_several_browser_tabs_load_the_app_and_their_cams_at_once(browser, serve
         for page, dialogs in pages:
             page.wait_for_selector('[data-testid="stApp"]', timeout=120_000)
             assert explained(page).startswith("Explaining class")
-            _settle(page)
+            settle(page)
             _no_exception(page, dialogs)
     finally:
         for page, _ in pages:
@@ -265,7 +250,7 @@ def test_a_slow_method_in_one_tab_blocks_no_other_and_stops_when_changed(browser
             page.on("dialog", lambda dialog, seen=dialogs: (seen.append(dialog.message), dialog.dismiss()))
             page.goto(server)
             explained(page)
-            _settle(page)
+            settle(page)
             tabs.append((page, dialogs))
         (a, a_dialogs), (b, b_dialogs) = tabs
         choose(a, "cam_method", "Score-CAM")
@@ -278,7 +263,7 @@ def test_a_slow_method_in_one_tab_blocks_no_other_and_stops_when_changed(browser
         assert bar.count() == 1  # A's Score-CAM is still running: B did not wait for it
         choose(a, "cam_method", "Grad-CAM")
         _explaining_with(a, "Grad-CAM")
-        _settle(a)
+        settle(a)
         assert bar.count() == 0
         _no_exception(a, a_dialogs)
         _no_exception(b, b_dialogs)

@@ -62,3 +62,18 @@ def choose(page, key: str, option: str) -> None:
 
 def wait_text(page, text: str, timeout: int = 180_000) -> None:
     page.get_by_text(text, exact=False).first.wait_for(timeout=timeout)
+
+
+def settle(page, timeout: float = 120_000) -> None:
+    """Wait until no script run is in progress (Streamlit's running indicator is gone) and the images have loaded."""
+    page.wait_for_timeout(400)
+    page.wait_for_function(
+        '() => !document.querySelector(\'[data-testid="stStatusWidgetRunningIcon"],'
+        ' [data-testid="stStatusWidgetRunningManIcon"], [data-stale="true"]\')',
+        timeout=timeout,
+    )
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=timeout,
+    )
