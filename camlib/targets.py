@@ -192,7 +192,7 @@ def target_scores(targets: Sequence[Target], output: object) -> torch.Tensor:
         NonFiniteError: a target's score is NaN or Inf.
     """
     targets = _require_targets(targets)
-    output = _at_least_float32(output)
+    output = upcast_output(output)
     batch = len(targets)
     if (
         isinstance(output, torch.Tensor)
@@ -215,16 +215,18 @@ def target_scores(targets: Sequence[Target], output: object) -> torch.Tensor:
     return scores
 
 
-def _at_least_float32(output: object) -> object:
-    """``output`` with its float16 and bfloat16 tensors upcast to float32 (dicts, lists and tuples walked; other
-    values kept): a target's arithmetic (a softmax, a sigmoid) runs in at least float32 whatever the model's dtype, as
-    every method's does, so a half-precision model's scores of different inputs are comparable to one rounding."""
+def upcast_output(output: object) -> object:
+    """``output`` with its float16 and bfloat16 tensors upcast to float32, float32 and float64 ones kept (dicts, lists
+    and tuples walked, a tuple kept a tuple; integer tensors, such as a detector's labels, and other values kept):
+    ``camlib.cam.working_dtype`` applied to an output. A target's arithmetic (a softmax, a sigmoid) runs in at least
+    float32 whatever the model's dtype, as every method's does, so a half-precision model's scores of different
+    inputs are comparable to one rounding."""
     if isinstance(output, torch.Tensor):
         return output.float() if output.is_floating_point() and torch.finfo(output.dtype).bits < 32 else output
     if isinstance(output, Mapping):
-        return {key: _at_least_float32(value) for key, value in output.items()}
+        return {key: upcast_output(value) for key, value in output.items()}
     if isinstance(output, (list, tuple)):
-        values = [_at_least_float32(value) for value in output]
+        values = [upcast_output(value) for value in output]
         return tuple(values) if isinstance(output, tuple) else values
     return output
 

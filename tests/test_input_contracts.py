@@ -2020,6 +2020,7 @@ EXEMPT: dict[Callable, str] = {
     contracts.describe: "describes any value for messages",
     targets.class_of: "a predicate on any object: None is its answer for anything that is not a class target",
     targets.is_logit_target: "a predicate on any object: False is its answer for anything else",
+    targets.upcast_output: "walks any model output; what is not a half-precision tensor is returned as it is",
     cli.run_command: "runs the command's own checked work; it only turns CamlibError and Ctrl-C into exit statuses",
     # Helpers of the augment package that its split made public; only validate_step calls them (it turns
     # normalise_value's ValueError into a PipelineError naming the step and parameter, tested in test_augment.py).

@@ -51,7 +51,7 @@ from camlib.errors import GradientUnavailableError, InputError, LayerError, Meth
 from camlib.guard import eval_mode, owned_by_this_thread
 from camlib.layers import layer_layout
 from camlib.layouts import Layout, layout_from_spec, to_feature_map
-from camlib.targets import Target, class_of, class_targets, resolve_targets, target_scores
+from camlib.targets import Target, class_of, class_targets, resolve_targets, target_scores, upcast_output
 
 
 def _forward_with_output(
@@ -177,19 +177,6 @@ def _forward(
     return xin, output, capture
 
 
-def _upcast_output(output: object) -> object:
-    """The model's output with its floating tensors in ``working_dtype`` (dicts and lists walked; integer tensors,
-    such as a detector's labels, and other values kept)."""
-    if isinstance(output, torch.Tensor):
-        return _upcast(output) if output.is_floating_point() else output
-    if isinstance(output, Mapping):
-        return {key: _upcast_output(value) for key, value in output.items()}
-    if isinstance(output, (list, tuple)):
-        values = [_upcast_output(value) for value in output]
-        return tuple(values) if isinstance(output, tuple) else values  # a tuple stays one (per_image_outputs reads it)
-    return output
-
-
 def _explained(targets: list[Target] | None, class_idx: int | Sequence[int] | None, output: object) -> list[Target]:
     """The targets of a call: those given, else ``ClassTarget`` of each image's class from ``class_idx`` and the
     ``(B, num_classes)`` logits (``camlib.contracts.resolve_classes``).
@@ -223,7 +210,7 @@ def _gradients(
     outputs = [capture.outputs[n] for n in names]
     products = {}
     with torch.inference_mode(False), torch.enable_grad():
-        score = scores(_upcast_output(logits), targets).sum()  # softmax targets in float32 for a half-precision model
+        score = scores(upcast_output(logits), targets).sum()  # softmax targets in float32 for a half-precision model
         if not score.requires_grad:
             raise LayerError(f"the layers {', '.join(names)} were not used to compute the selected class")
         grads = torch.autograd.grad(score, outputs, allow_unused=True, create_graph=second_order)
@@ -521,7 +508,7 @@ def _compute(  # noqa: PLR0913, PLR0914 (the options of both entry points, and t
             xin, output, capture = _forward(model, x, names, start_graph=gradient is not None)
             explained = _explained(given, class_idx, output)
             with torch.no_grad():
-                scores = target_scores(explained, _upcast_output(output)).detach()
+                scores = target_scores(explained, upcast_output(output)).detach()
             feature_layouts = {
                 name: layer_layout(
                     model,
